@@ -1,0 +1,145 @@
+# vmferry build.  `make` builds everything; `make check` runs the whole suite
+# (unit + integration, then again under ASan/UBSan); `make demo` runs the
+# main job.  BUILD=dir and SAN=1 select a sanitizer build tree.
+
+CC      ?= cc
+SAN     ?= 0
+WERROR  ?= 0
+ifeq ($(SAN),1)
+BUILD   ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD   ?= build
+SANFLAGS :=
+endif
+
+WARN    := -Wall -Wextra -Wshadow -Wvla -Wmissing-prototypes -Wstrict-prototypes \
+           -Wformat=2 -Wno-format-nonliteral -Wundef
+ifeq ($(WERROR),1)
+WARN    += -Werror
+endif
+CFLAGS  ?= -O2 -g
+ALLCFLAGS := -std=gnu11 $(CFLAGS) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
+LDLIBS  := -ljson-c -lpthread -lm
+
+# ---- guest (freestanding) ----
+GUEST_CFLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-builtin -nostdlib -nostdinc \
+  -fno-pic -fno-pie -mno-red-zone -mcmodel=small -fno-stack-protector \
+  -fno-asynchronous-unwind-tables -mno-sse -mno-mmx -mno-avx -mgeneral-regs-only \
+  -Iinclude -Iguest/sdk $(WARN) -Wno-missing-prototypes
+GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,-T,guest/sdk/guest.ld -Wl,--build-id=none
+GUEST_SDK_SRC := $(wildcard guest/sdk/*.c) $(wildcard guest/sdk/*.S)
+GUEST_SDK_OBJ := $(patsubst %,$(BUILD)/%.o,$(GUEST_SDK_SRC))
+GUEST_NAMES   := $(sort $(basename $(notdir $(wildcard guest/workloads/*.c))))
+GUEST_ELFS    := $(patsubst %,$(BUILD)/guest/%.elf,$(GUEST_NAMES))
+
+# ---- VMM ----
+LIB_SRC  := $(filter-out src/main.c,$(shell find src -name '*.c' | sort))
+LIB_OBJ  := $(patsubst %,$(BUILD)/%.o,$(LIB_SRC))
+LIB      := $(BUILD)/libvmferry.a
+BIN      := $(BUILD)/vmferry
+
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+INT_SRC  := $(sort $(wildcard tests/integration/test_*.c))
+TLIB_SRC := $(sort $(wildcard tests/lib/*.c))
+TLIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(TLIB_SRC))
+UNIT_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+INT_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(INT_SRC))
+BENCH_SRC:= $(sort $(wildcard bench/*.c))
+BENCH_BIN:= $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+TOOL_SRC := $(sort $(wildcard tools/*.c))
+TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
+
+.PHONY: all check demo bench fuzz clean setup tests
+all: $(BIN) $(GUEST_ELFS) tests $(BENCH_BIN) $(TOOL_BIN)
+tests: $(UNIT_BIN) $(INT_BIN)
+
+$(BUILD)/guest/%.S.o: guest/%.S
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+$(BUILD)/guest/%.c.o: guest/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+$(BUILD)/guest/%.elf: $(BUILD)/guest/workloads/%.c.o $(GUEST_SDK_OBJ) guest/sdk/guest.ld
+	$(CC) $(GUEST_CFLAGS) $(GUEST_LDFLAGS) -o $@ $(GUEST_SDK_OBJ) $<
+
+# The built-in guests are linked into the vmferry binary (--guest NAME).
+$(BUILD)/gen/guest_blobs.S: $(GUEST_ELFS) Makefile
+	@mkdir -p $(dir $@)
+	@{ echo '.section .rodata'; \
+	   for n in $(GUEST_NAMES); do \
+	     echo ".global vmf_blob_$${n}_start"; echo ".global vmf_blob_$${n}_end"; \
+	     echo ".balign 16"; echo "vmf_blob_$${n}_start:"; \
+	     echo ".incbin \"$(BUILD)/guest/$${n}.elf\""; echo "vmf_blob_$${n}_end:"; \
+	   done; \
+	   echo '.section .note.GNU-stack,"",@progbits'; } > $@
+$(BUILD)/gen/guest_blobs_table.c: Makefile $(GUEST_ELFS)
+	@mkdir -p $(dir $@)
+	@{ echo '#include "vmm/guest_image.h"'; \
+	   for n in $(GUEST_NAMES); do \
+	     echo "extern const unsigned char vmf_blob_$${n}_start[], vmf_blob_$${n}_end[];"; done; \
+	   echo 'const struct guest_builtin guest_builtins[] = {'; \
+	   for n in $(GUEST_NAMES); do \
+	     echo "  { \"$${n}\", vmf_blob_$${n}_start, vmf_blob_$${n}_end },"; done; \
+	   echo '  { 0, 0, 0 } };'; } > $@
+$(BUILD)/gen/%.S.o: $(BUILD)/gen/%.S
+	$(CC) -c $< -o $@
+$(BUILD)/gen/%.c.o: $(BUILD)/gen/%.c
+	$(CC) $(ALLCFLAGS) -Wno-missing-prototypes -c $< -o $@
+GEN_OBJ := $(BUILD)/gen/guest_blobs.S.o $(BUILD)/gen/guest_blobs_table.c.o
+
+$(BUILD)/src/%.c.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -c $< -o $@
+$(BUILD)/tests/%.c.o: tests/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -Itests -c $< -o $@
+$(BUILD)/bench/%.c.o: bench/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -c $< -o $@
+$(BUILD)/tools/%.c.o: tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ) $(GEN_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+$(BIN): $(BUILD)/src/main.c.o $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.c.o $(TLIB_OBJ) $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/tools/%: $(BUILD)/tools/%.c.o $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
+
+# Fuzz targets (clang libFuzzer): fuzz/fuzz_NAME.c -> build-fuzz/fuzz_NAME
+FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
+FUZZ_BIN := $(patsubst fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
+FUZZ_LIB_SRC := $(filter-out src/main.c,$(LIB_SRC))
+fuzz: $(FUZZ_BIN)
+build-fuzz/%: fuzz/%.c $(FUZZ_LIB_SRC) build/gen/guest_blobs.S build/gen/guest_blobs_table.c
+	@mkdir -p build-fuzz
+	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude -Isrc \
+	  -o $@ $< $(FUZZ_LIB_SRC) build/gen/guest_blobs.S build/gen/guest_blobs_table.c $(LDLIBS)
+
+setup:
+	@scripts/setup.sh
+
+check:
+	@scripts/setup.sh
+	@scripts/check.sh
+
+demo:
+	@scripts/setup.sh
+	@scripts/demo.sh
+
+bench: all
+	@scripts/bench.sh
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

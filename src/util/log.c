@@ -1,0 +1,67 @@
+#include "util/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static _Atomic int log_level_current = 0; /* 0 = not yet read from env */
+
+static const char *const log_level_names[] = {
+	[LOG_ERROR] = "error", [LOG_WARN] = "warn",
+	[LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+};
+
+void log_set_level(enum log_level level)
+{
+	log_level_current = (int)level;
+}
+
+enum log_level log_get_level(void)
+{
+	int lvl = log_level_current;
+
+	if (lvl == 0) {
+		const char *env = getenv("VMFERRY_LOG");
+
+		lvl = LOG_INFO;
+		for (int i = LOG_ERROR; env && i <= LOG_DEBUG; i++)
+			if (strcmp(env, log_level_names[i]) == 0)
+				lvl = i;
+		log_level_current = lvl;
+	}
+	return (enum log_level)lvl;
+}
+
+uint64_t clock_monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t clock_realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	if ((int)level > (int)log_get_level())
+		return;
+	n = snprintf(line, sizeof(line), "vmferry[%s]: ", log_level_names[level]);
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	va_end(ap);
+	/* One fprintf per message so lines from threads do not interleave. */
+	fprintf(stderr, "%s\n", line);
+}

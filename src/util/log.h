@@ -1,0 +1,25 @@
+/* Logging to stderr with a level and a monotonic timestamp.  Any thread. */
+#ifndef VMFERRY_UTIL_LOG_H
+#define VMFERRY_UTIL_LOG_H
+
+#include <stdint.h>
+
+enum log_level { LOG_ERROR = 1, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+/* Messages above this level are dropped; default LOG_INFO, VMFERRY_LOG env. */
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+void log_msg(enum log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t clock_monotonic_ns(void);
+/* CLOCK_REALTIME in nanoseconds. */
+uint64_t clock_realtime_ns(void);
+
+#endif
