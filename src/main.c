@@ -160,7 +160,7 @@ static int main_run(int argc, char **argv)
 out:
 	/* Stop the vCPUs first so no event is emitted into a dead server. */
 	if (vm)
-		vm_request_quit(vm);
+		vm_join_vcpus(vm);
 	control_server_destroy(srv);
 	vm_destroy(vm);
 	return err ? 1 : status;

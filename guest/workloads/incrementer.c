@@ -15,6 +15,8 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 	uint64_t npages = bi->range[vcpu].bytes / VMF_PAGE_BYTES;
 	uint64_t limit = vmf_param(bi, "passes", 0);
 
+	if (vcpu == 0)
+		vmf_puts("incrementer: start\n");
 	st->phase = VMF_PHASE_SETUP;
 	for (uint64_t i = 0; i < npages; i++)
 		base[i * VMF_PAGE_BYTES] = 0;

@@ -13,6 +13,18 @@ int size_parse(const char *text, uint64_t *out_bytes)
 
 	if (!text || !isdigit((unsigned char)text[0]))
 		return -EINVAL;
+	if (text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+		if (!isxdigit((unsigned char)text[2]))
+			return -EINVAL;
+		errno = 0;
+		v = strtoull(text + 2, &end, 16);
+		if (errno == ERANGE)
+			return -ERANGE;
+		if (*end)
+			return -EINVAL;
+		*out_bytes = v;
+		return 0;
+	}
 	errno = 0;
 	v = strtoull(text, &end, 10);
 	if (errno == ERANGE)

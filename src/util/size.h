@@ -6,7 +6,7 @@
 
 /*
  * Parse a size with an optional binary suffix K, M, G, T (case-insensitive,
- * optional trailing "iB"/"B").  Returns 0 and stores the value, or -EINVAL
+ * optional trailing "iB"/"B"), or a hex number "0x..." without suffix.  Returns 0 and stores the value, or -EINVAL
  * for junk, -ERANGE on overflow.
  */
 int size_parse(const char *text, uint64_t *out_bytes);

@@ -961,17 +961,35 @@ int vm_wait(struct vm *vm)
 	return status;
 }
 
+void vm_join_vcpus(struct vm *vm)
+{
+	vm_request_quit(vm);
+	for (unsigned i = 0; vm->vcpus && i < vm->nvcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		bool started;
+
+		pthread_mutex_lock(&vm->lock);
+		started = v->thread_started;
+		pthread_mutex_unlock(&vm->lock);
+		if (!started)
+			continue;
+		pthread_join(v->thread, NULL);
+		pthread_mutex_lock(&vm->lock);
+		v->thread_started = false;
+		vm->nparked--; /* it parked for good before exiting */
+		pthread_mutex_unlock(&vm->lock);
+	}
+}
+
 void vm_destroy(struct vm *vm)
 {
 	if (!vm)
 		return;
 	if (vm->vcpus) {
-		vm_request_quit(vm);
+		vm_join_vcpus(vm);
 		for (unsigned i = 0; i < vm->nvcpus; i++) {
 			struct vcpu *v = &vm->vcpus[i];
 
-			if (v->thread_started)
-				pthread_join(v->thread, NULL);
 			if (v->run)
 				munmap(v->run, v->run_bytes);
 			if (v->fd >= 0)
@@ -1032,10 +1050,13 @@ struct json_object *vm_query_status(struct vm *vm)
 	json_object_object_add(o, "guest-clock-ns", json_u64(guest_clock));
 	if (crash[0])
 		json_object_object_add(o, "crash", json_object_new_string(crash));
+	/* Absolute CLOCK_MONOTONIC stamps, so a benchmark on this host can
+	 * measure from its own fork(). */
+	json_object_object_add(t, "create-ns", json_u64(vm->start_ns));
 	if (fe)
-		json_object_object_add(t, "first-instruction-us", json_u64((fe - vm->start_ns) / 1000));
+		json_object_object_add(t, "first-instruction-ns", json_u64(fe));
 	if (fc)
-		json_object_object_add(t, "first-console-us", json_u64((fc - vm->start_ns) / 1000));
+		json_object_object_add(t, "first-console-ns", json_u64(fc));
 	json_object_object_add(o, "boot", t);
 	return o;
 }

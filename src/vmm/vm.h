@@ -86,6 +86,12 @@ void vm_request_quit(struct vm *vm);
 int vm_wait(struct vm *vm);
 #define VM_EXIT_STATUS_CRASH 3
 
+/*
+ * Quit and join every vCPU thread; afterwards no vCPU emits events.  The VM
+ * stays valid for queries.  Main thread; idempotent.
+ */
+void vm_join_vcpus(struct vm *vm);
+
 /* Stop the vCPU threads, free everything.  Main thread; NULL is fine. */
 void vm_destroy(struct vm *vm);
 

@@ -1,0 +1,59 @@
+#!/bin/bash
+# The whole test suite: strict build, unit + integration tests, the same
+# suite under ASan/UBSan, and a short run of every fuzz target.  Ends with
+# one line "N passed, N failed[, N skipped]".
+set -u
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+total_p=0 total_f=0 total_s=0
+
+count() { # add BUILD_DIR/test-counts to the totals
+	local p f s
+	read -r p f s < "$1/test-counts" || return
+	total_p=$((total_p + p)); total_f=$((total_f + f)); total_s=$((total_s + s))
+}
+
+echo "== build (strict warnings)"
+if ! make -s -j"$jobs" WERROR=1 all; then
+	echo "build failed"; echo "0 passed, 1 failed"; exit 1
+fi
+echo "== tests"
+scripts/run-tests.sh build ""
+count build
+
+echo "== tests under ASan/UBSan"
+if make -s -j"$jobs" WERROR=1 SAN=1 all; then
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		VMFERRY_SANITIZED=1 scripts/run-tests.sh build-san "[asan] "
+	count build-san
+else
+	echo "sanitizer build failed"; total_f=$((total_f + 1))
+fi
+
+echo "== fuzz targets (short runs)"
+if make -s -j"$jobs" fuzz; then
+	for f in build-fuzz/fuzz_*; do
+		[ -x "$f" ] || continue
+		name=$(basename "$f")
+		corpus="fuzz/corpus/${name#fuzz_}"
+		args=(-runs="${VMFERRY_FUZZ_RUNS:-20000}" -max_total_time=30)
+		work=$(mktemp -d /tmp/vmferry-corpus.XXXXXX) # libFuzzer adds to it
+		[ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
+		args+=("$work")
+		if "$f" "${args[@]}" >"build-fuzz/$name.log" 2>&1; then
+			echo "ok   $name"; total_p=$((total_p + 1))
+		else
+			echo "FAIL $name"; tail -n 30 "build-fuzz/$name.log"; total_f=$((total_f + 1))
+		fi
+		rm -rf "$work"
+	done
+else
+	echo "fuzz build failed"; total_f=$((total_f + 1))
+fi
+
+if [ "$total_s" -gt 0 ]; then
+	echo "$total_p passed, $total_f failed, $total_s skipped"
+else
+	echo "$total_p passed, $total_f failed"
+fi
+[ "$total_f" -eq 0 ]
