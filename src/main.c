@@ -16,6 +16,7 @@
 
 #include "control/client.h"
 #include "control/control.h"
+#include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
 #include "verify/verify.h"
@@ -48,6 +49,8 @@ static void run_usage(FILE *f)
 		"      --control PATH      JSON control socket (docs/control.md)\n"
 		"      --console PATH      write guest console output to PATH (default stdout)\n"
 		"  -S, --paused            do not start the vCPUs until 'cont'\n"
+		"      --incoming URI      wait for a migration stream on tcp:HOST:PORT or unix:PATH\n"
+		"                          instead of booting (--mem and --vcpus must match the source)\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
 		"  -v, --verbose           debug logging\n"
 		"\n"
@@ -82,6 +85,7 @@ static int main_run(int argc, char **argv)
 		{ "console", required_argument, NULL, 'o' },
 		{ "paused", no_argument, NULL, 'S' },
 		{ "no-shutdown", no_argument, NULL, 'N' },
+		{ "incoming", required_argument, NULL, 'I' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
@@ -91,8 +95,10 @@ static int main_run(int argc, char **argv)
 		.nvcpus = 1,
 		.guest = "incrementer",
 	};
-	const char *control_path = NULL;
+	const char *control_path = NULL, *incoming_uri = NULL;
 	struct control_server *srv = NULL;
+	struct migration *mig = NULL;
+	char errbuf[512];
 	struct vm *vm = NULL;
 	pthread_t sig_thread;
 	sigset_t sigs;
@@ -121,6 +127,7 @@ static int main_run(int argc, char **argv)
 		case 'o': cfg.console_path = optarg; break;
 		case 'S': cfg.start_paused = true; break;
 		case 'N': cfg.no_shutdown = true; break;
+		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': run_usage(stdout); return 0;
 		default: run_usage(stderr); return 1;
@@ -142,11 +149,18 @@ static int main_run(int argc, char **argv)
 	err = vm_create(&cfg, &vm);
 	if (err)
 		return 1;
+	err = migration_create(vm, &mig);
+	if (err)
+		goto out;
 	if (control_path) {
 		err = control_server_create(control_path, vm, &srv);
 		if (err)
 			goto out;
 		vm_set_event_handler(vm, control_server_emit_event, srv);
+		migration_set_event_handler(mig, control_server_emit_event, srv);
+		err = migration_register_commands(mig, srv);
+		if (err)
+			goto out;
 		err = control_server_start(srv);
 		if (err)
 			goto out;
@@ -156,12 +170,21 @@ static int main_run(int argc, char **argv)
 	err = vm_start(vm);
 	if (err)
 		goto out;
+	if (incoming_uri) {
+		err = migration_incoming_start(mig, incoming_uri, errbuf, sizeof(errbuf));
+		if (err) {
+			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
+			goto out;
+		}
+	}
 	status = vm_wait(vm);
 out:
-	/* Stop the vCPUs first so no event is emitted into a dead server. */
+	/* Nothing may emit events into the server once it is destroyed. */
+	migration_shutdown(mig);
 	if (vm)
 		vm_join_vcpus(vm);
 	control_server_destroy(srv);
+	migration_destroy(mig);
 	vm_destroy(vm);
 	return err ? 1 : status;
 }

@@ -79,7 +79,7 @@ struct vmf_boot_info {
 	char workload[VMF_WORKLOAD_NAME_BYTES];
 	struct vmf_param params[VMF_MAX_PARAMS];
 	struct vmf_range range[VMF_MAX_VCPUS]; /* vCPU i's own memory */
-	struct vmf_vcpu_stats stats[VMF_MAX_VCPUS];
+	_Alignas(64) struct vmf_vcpu_stats stats[VMF_MAX_VCPUS]; /* cache-line aligned */
 };
 
 _Static_assert(sizeof(struct vmf_boot_info) <= 4096, "boot info fits one page");

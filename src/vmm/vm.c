@@ -23,6 +23,7 @@
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -41,6 +42,7 @@
 #define VM_KICK_SIGNAL SIGUSR1
 #define VM_SLEEP_MAX_US 1000000u
 #define VM_TSS_GPA 0xfffbd000ull
+#define VM_THROTTLE_PERIOD_US 20000u
 
 struct vcpu {
 	struct vm *vm;
@@ -52,6 +54,7 @@ struct vcpu {
 	bool thread_started;
 	uint32_t time_hi_latch; /* vCPU thread only */
 	uint64_t entry_rip;
+	uint64_t throttle_seen;  /* vCPU thread only */
 };
 
 struct vm {
@@ -74,6 +77,7 @@ struct vm {
 	unsigned nparked;      /* vCPU threads parked or gone */
 	bool quit;
 	int exit_status;
+	bool exit_status_forced;
 	char crash_report[2048];
 	atomic_int attention;  /* pause_depth > 0 || quit; read lock-free */
 
@@ -86,6 +90,15 @@ struct vm {
 	_Atomic uint64_t first_exit_ns;
 	_Atomic uint64_t first_console_ns;
 	atomic_bool warned_port;
+
+	/* Migration support. */
+	_Atomic uint64_t first_unpark_ns; /* set by the first vCPU let go */
+	bool dirty_logging;               /* lock */
+	_Atomic uint64_t *vmm_dirty;      /* one bit per page of ram, or NULL */
+	_Atomic unsigned throttle_pct;
+	_Atomic uint64_t throttle_gen;    /* bumped every throttle period */
+	pthread_t throttle_thread;
+	bool throttle_running;            /* lock */
 };
 
 /* ---- run state table ---- */
@@ -97,6 +110,9 @@ static const char *const vm_runstate_names[VM_RUNSTATE__COUNT] = {
 	[VM_RUNSTATE_SHUTDOWN] = "shutdown",
 	[VM_RUNSTATE_GUEST_PANICKED] = "guest-panicked",
 	[VM_RUNSTATE_INTERNAL_ERROR] = "internal-error",
+	[VM_RUNSTATE_INMIGRATE] = "inmigrate",
+	[VM_RUNSTATE_FINISH_MIGRATE] = "finish-migrate",
+	[VM_RUNSTATE_POSTMIGRATE] = "postmigrate",
 };
 
 /* allowed[from][to] */
@@ -107,10 +123,19 @@ static const bool vm_runstate_allowed[VM_RUNSTATE__COUNT][VM_RUNSTATE__COUNT] = 
 	[VM_RUNSTATE_RUNNING] = {
 		[VM_RUNSTATE_PAUSED] = true, [VM_RUNSTATE_SHUTDOWN] = true,
 		[VM_RUNSTATE_GUEST_PANICKED] = true, [VM_RUNSTATE_INTERNAL_ERROR] = true,
+		[VM_RUNSTATE_FINISH_MIGRATE] = true,
 	},
 	[VM_RUNSTATE_PAUSED] = {
-		[VM_RUNSTATE_RUNNING] = true,
+		[VM_RUNSTATE_RUNNING] = true, [VM_RUNSTATE_FINISH_MIGRATE] = true,
 	},
+	[VM_RUNSTATE_INMIGRATE] = {
+		[VM_RUNSTATE_RUNNING] = true, [VM_RUNSTATE_PAUSED] = true,
+	},
+	[VM_RUNSTATE_FINISH_MIGRATE] = {
+		[VM_RUNSTATE_RUNNING] = true, [VM_RUNSTATE_PAUSED] = true,
+		[VM_RUNSTATE_POSTMIGRATE] = true,
+	},
+	/* postmigrate: the guest runs elsewhere; running it here too would fork it */
 	/* shutdown, guest-panicked, internal-error are terminal */
 };
 
@@ -253,6 +278,11 @@ static bool vcpu_park(struct vcpu *vcpu)
 	if (!quit)
 		vm->nparked--;
 	pthread_mutex_unlock(&vm->lock);
+	if (!quit) {
+		uint64_t zero = 0;
+
+		atomic_compare_exchange_strong(&vm->first_unpark_ns, &zero, clock_monotonic_ns());
+	}
 	return quit;
 }
 
@@ -437,6 +467,17 @@ static bool vcpu_handle_io(struct vcpu *vcpu)
 	return true;
 }
 
+/* vCPU thread: sit out this throttle period's share. */
+static void vcpu_throttle(struct vcpu *vcpu)
+{
+	struct vm *vm = vcpu->vm;
+	unsigned pct = atomic_load(&vm->throttle_pct);
+
+	vcpu->throttle_seen = vm->throttle_gen;
+	if (pct > 0 && pct < 100)
+		vcpu_sleep(vcpu, (uint32_t)(VM_THROTTLE_PERIOD_US * pct / 100));
+}
+
 /* ---- the vCPU thread: one flat switch on the exit reason ---- */
 
 static void *vcpu_thread(void *arg)
@@ -458,6 +499,10 @@ static void *vcpu_thread(void *arg)
 		if (atomic_load(&vm->attention)) {
 			if (vcpu_park(vcpu))
 				break;
+			continue;
+		}
+		if (atomic_load(&vm->throttle_pct) && vcpu->throttle_seen != vm->throttle_gen) {
+			vcpu_throttle(vcpu);
 			continue;
 		}
 		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
@@ -517,6 +562,22 @@ static void *vcpu_thread(void *arg)
 }
 
 /* ---- creation ---- */
+
+/* Manual-protect dirty logging, pages initially dirty, when KVM has it. */
+static void vm_enable_manual_dirty_log(struct vm *vm)
+{
+	int caps = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 };
+
+	if (caps <= 0) {
+		log_warn("KVM lacks manual dirty-log protection; migration is unavailable");
+		return;
+	}
+	cap.args[0] = (uint64_t)caps & (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE |
+					 KVM_DIRTY_LOG_INITIALLY_SET);
+	if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) < 0)
+		log_warn("enabling manual dirty-log protection failed: %s", strerror(errno));
+}
 
 static int vm_check_config(const struct vm_config *c)
 {
@@ -813,9 +874,15 @@ int vm_create(const struct vm_config *config, struct vm **out)
 	pthread_cond_init(&vm->cond, &ca);
 	pthread_condattr_destroy(&ca);
 
-	err = guest_spec_parse(config->guest ? config->guest : "incrementer", &vm->guest);
-	if (err)
-		goto fail;
+	if (config->incoming) {
+		/* The guest arrives in the stream; its name is in the boot info. */
+		vm->runstate = VM_RUNSTATE_INMIGRATE;
+		snprintf(vm->guest.name, sizeof(vm->guest.name), "incoming");
+	} else {
+		err = guest_spec_parse(config->guest ? config->guest : "incrementer", &vm->guest);
+		if (err)
+			goto fail;
+	}
 	if (config->console_path) {
 		vm->console_fd = open(config->console_path,
 				      O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -838,11 +905,15 @@ int vm_create(const struct vm_config *config, struct vm **out)
 	err = vm_set_memslot(vm, 0, &vm->ram, 0);
 	if (err)
 		goto fail;
-	err = guest_image_load(&vm->guest, vm->ram.host, vm->ram.bytes, &entry);
-	if (err)
-		goto fail;
-	vm_build_page_tables(vm);
-	vm_fill_boot_info(vm);
+	vm_enable_manual_dirty_log(vm);
+	entry = 0;
+	if (!config->incoming) {
+		err = guest_image_load(&vm->guest, vm->ram.host, vm->ram.bytes, &entry);
+		if (err)
+			goto fail;
+		vm_build_page_tables(vm);
+		vm_fill_boot_info(vm);
+	}
 
 	err = vm_get_supported_cpuid(vm, &cpuid);
 	if (err)
@@ -889,17 +960,24 @@ int vm_start(struct vm *vm)
 		vm->vcpus[i].thread_started = true;
 		pthread_mutex_unlock(&vm->lock);
 	}
-	if (!vm->config.start_paused)
+	if (!vm->config.start_paused && !vm->config.incoming)
 		return vm_cont(vm);
 	return 0;
+}
+
+/* States in which the user's stop/cont do not apply. */
+static bool vm_runstate_migrating(enum vm_runstate s)
+{
+	return s == VM_RUNSTATE_INMIGRATE || s == VM_RUNSTATE_FINISH_MIGRATE ||
+	       s == VM_RUNSTATE_POSTMIGRATE;
 }
 
 int vm_stop(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
-	if (vm_runstate_terminal(vm->runstate)) {
+	if (vm_runstate_terminal(vm->runstate) || vm_runstate_migrating(vm->runstate)) {
 		pthread_mutex_unlock(&vm->lock);
-		return -EINVAL;
+		return vm_runstate_migrating(vm->runstate) ? -EBUSY : -EINVAL;
 	}
 	if (vm->runstate != VM_RUNSTATE_RUNNING) {
 		pthread_mutex_unlock(&vm->lock);
@@ -922,9 +1000,9 @@ int vm_stop(struct vm *vm)
 int vm_cont(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
-	if (vm_runstate_terminal(vm->runstate)) {
+	if (vm_runstate_terminal(vm->runstate) || vm_runstate_migrating(vm->runstate)) {
 		pthread_mutex_unlock(&vm->lock);
-		return -EINVAL;
+		return vm_runstate_migrating(vm->runstate) ? -EBUSY : -EINVAL;
 	}
 	if (vm->runstate == VM_RUNSTATE_RUNNING) {
 		pthread_mutex_unlock(&vm->lock);
@@ -936,6 +1014,15 @@ int vm_cont(struct vm *vm)
 	pthread_mutex_unlock(&vm->lock);
 	vm_emit(vm, "RESUME", NULL);
 	return 0;
+}
+
+void vm_request_exit(struct vm *vm, int status)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->exit_status = status;
+	vm->exit_status_forced = true;
+	pthread_mutex_unlock(&vm->lock);
+	vm_request_quit(vm);
 }
 
 void vm_request_quit(struct vm *vm)
@@ -955,8 +1042,9 @@ int vm_wait(struct vm *vm)
 	while (!vm->quit &&
 	       !(vm_runstate_terminal(vm->runstate) && !vm->config.no_shutdown))
 		pthread_cond_wait(&vm->cond, &vm->lock);
-	status = vm->quit ? (vm_runstate_terminal(vm->runstate) ? vm->exit_status : 0)
-			  : vm->exit_status;
+	status = vm->quit && !vm->exit_status_forced
+			 ? (vm_runstate_terminal(vm->runstate) ? vm->exit_status : 0)
+			 : vm->exit_status;
 	pthread_mutex_unlock(&vm->lock);
 	return status;
 }
@@ -997,6 +1085,8 @@ void vm_destroy(struct vm *vm)
 		}
 		free(vm->vcpus);
 	}
+	vm_set_throttle(vm, 0);
+	free((void *)vm->vmm_dirty);
 	ram_block_destroy(&vm->ram);
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
@@ -1149,8 +1239,16 @@ struct json_object *vm_query_workload(struct vm *vm)
 	struct json_object *arr = json_object_new_array();
 	uint64_t total = 0;
 
-	json_object_object_add(o, "workload", json_object_new_string(vm->guest.name));
-	for (unsigned i = 0; i < vm->nvcpus; i++) {
+	{
+		char name[VMF_WORKLOAD_NAME_BYTES];
+
+		/* From guest RAM: after a migration the destination learns it there. */
+		for (size_t k = 0; k < sizeof(name); k++)
+			name[k] = bi->workload[k];
+		name[sizeof(name) - 1] = 0;
+		json_object_object_add(o, "workload", json_object_new_string(name));
+	}
+	for (unsigned i = 0; i < vm->nvcpus && i < VMF_MAX_VCPUS; i++) {
 		struct json_object *v = json_object_new_object();
 		uint64_t writes = bi->stats[i].writes;
 
@@ -1259,4 +1357,252 @@ size_t vm_ram_block_count(struct vm *vm)
 struct ram_block *vm_ram_block(struct vm *vm, size_t index)
 {
 	return index == 0 ? &vm->ram : NULL;
+}
+
+/* ---- migration support ---- */
+
+unsigned vm_nvcpus(struct vm *vm) { return vm->nvcpus; }
+int vm_vcpu_fd(struct vm *vm, unsigned index) { return index < vm->nvcpus ? vm->vcpus[index].fd : -1; }
+int vm_kvm_fd(struct vm *vm) { return vm->kvm_fd; }
+int vm_vm_fd(struct vm *vm) { return vm->vm_fd; }
+
+int vm_migration_stop(struct vm *vm, uint64_t *stopped_ns, bool *was_running)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate != VM_RUNSTATE_RUNNING && vm->runstate != VM_RUNSTATE_PAUSED) {
+		pthread_mutex_unlock(&vm->lock);
+		return -EINVAL;
+	}
+	*was_running = vm->runstate == VM_RUNSTATE_RUNNING;
+	if (*was_running)
+		vm_pause_locked(vm);
+	*stopped_ns = clock_monotonic_ns();
+	if (vm->runstate != VM_RUNSTATE_RUNNING && vm->runstate != VM_RUNSTATE_PAUSED) {
+		/* The guest crashed or exited while we stopped it. */
+		if (*was_running)
+			vm_resume_locked(vm);
+		pthread_mutex_unlock(&vm->lock);
+		return -EINVAL;
+	}
+	vm_set_runstate_locked(vm, VM_RUNSTATE_FINISH_MIGRATE);
+	vm_clock_freeze_locked(vm);
+	pthread_mutex_unlock(&vm->lock);
+	if (*was_running)
+		vm_emit(vm, "STOP", NULL);
+	return 0;
+}
+
+void vm_migration_abort(struct vm *vm, bool was_running)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate != VM_RUNSTATE_FINISH_MIGRATE) {
+		pthread_mutex_unlock(&vm->lock);
+		return;
+	}
+	if (was_running) {
+		vm_set_runstate_locked(vm, VM_RUNSTATE_RUNNING);
+		vm_clock_thaw_locked(vm);
+		vm_resume_locked(vm);
+	} else {
+		vm_set_runstate_locked(vm, VM_RUNSTATE_PAUSED);
+	}
+	pthread_mutex_unlock(&vm->lock);
+	if (was_running)
+		vm_emit(vm, "RESUME", NULL);
+}
+
+void vm_migration_complete(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate == VM_RUNSTATE_FINISH_MIGRATE)
+		vm_set_runstate_locked(vm, VM_RUNSTATE_POSTMIGRATE);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+int vm_incoming_finish(struct vm *vm, bool run, uint64_t *first_run_ns)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate != VM_RUNSTATE_INMIGRATE) {
+		pthread_mutex_unlock(&vm->lock);
+		return -EINVAL;
+	}
+	if (!run) {
+		vm_set_runstate_locked(vm, VM_RUNSTATE_PAUSED);
+		pthread_mutex_unlock(&vm->lock);
+		*first_run_ns = 0;
+		return 0;
+	}
+	vm->first_unpark_ns = 0;
+	vm_set_runstate_locked(vm, VM_RUNSTATE_RUNNING);
+	vm_clock_thaw_locked(vm);
+	vm_resume_locked(vm);
+	pthread_mutex_unlock(&vm->lock);
+	/* vCPU threads stamp first_unpark_ns as they leave vcpu_park(). */
+	for (int i = 0; i < 100000 && !vm->first_unpark_ns; i++)
+		sched_yield();
+	*first_run_ns = vm->first_unpark_ns ? vm->first_unpark_ns : clock_monotonic_ns();
+	vm_emit(vm, "RESUME", NULL);
+	return 0;
+}
+
+uint64_t vm_guest_clock_get(struct vm *vm)
+{
+	uint64_t v;
+
+	pthread_mutex_lock(&vm->lock);
+	v = vm->clock_frozen ? vm->clock_frozen_ns : vm_guest_clock_ns(vm);
+	pthread_mutex_unlock(&vm->lock);
+	return v;
+}
+
+void vm_guest_clock_set(struct vm *vm, uint64_t ns)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->clock_frozen = true;
+	vm->clock_frozen_ns = ns;
+	pthread_mutex_unlock(&vm->lock);
+}
+
+static uint64_t vm_block_pages(const struct ram_block *b)
+{
+	return b->bytes / VMF_PAGE_BYTES;
+}
+
+int vm_dirty_log_start(struct vm *vm)
+{
+	uint64_t words = (vm_block_pages(&vm->ram) + 63) / 64;
+	int err;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->dirty_logging) {
+		pthread_mutex_unlock(&vm->lock);
+		return -EBUSY;
+	}
+	if (!vm->vmm_dirty)
+		vm->vmm_dirty = calloc(words, sizeof(uint64_t));
+	if (!vm->vmm_dirty) {
+		pthread_mutex_unlock(&vm->lock);
+		return -ENOMEM;
+	}
+	err = vm_set_memslot(vm, 0, &vm->ram, KVM_MEM_LOG_DIRTY_PAGES);
+	vm->dirty_logging = err == 0;
+	pthread_mutex_unlock(&vm->lock);
+	return err;
+}
+
+int vm_dirty_log_stop(struct vm *vm)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->dirty_logging)
+		err = vm_set_memslot(vm, 0, &vm->ram, 0);
+	vm->dirty_logging = false;
+	pthread_mutex_unlock(&vm->lock);
+	return err;
+}
+
+int vm_dirty_log_get(struct vm *vm, size_t block, uint64_t *bitmap)
+{
+	struct kvm_dirty_log log = { .slot = (uint32_t)block, .dirty_bitmap = bitmap };
+	uint64_t words = (vm_block_pages(&vm->ram) + 63) / 64;
+
+	if (block != 0)
+		return -EINVAL;
+	if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
+		int err = -errno;
+
+		log_error("KVM_GET_DIRTY_LOG failed: %s", strerror(errno));
+		return err;
+	}
+	for (uint64_t i = 0; vm->vmm_dirty && i < words; i++)
+		bitmap[i] |= atomic_exchange(&vm->vmm_dirty[i], 0);
+	return 0;
+}
+
+int vm_dirty_log_clear(struct vm *vm, size_t block, uint64_t first_page,
+		       uint32_t npages, const uint64_t *bits)
+{
+	struct kvm_clear_dirty_log c = {
+		.slot = (uint32_t)block, .first_page = first_page,
+		.num_pages = npages, .dirty_bitmap = (void *)bits,
+	};
+
+	if (block != 0 || first_page % 64)
+		return -EINVAL;
+	if (ioctl(vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &c) < 0) {
+		int err = -errno;
+
+		log_error("KVM_CLEAR_DIRTY_LOG(%llu, %u) failed: %s",
+			  (unsigned long long)first_page, npages, strerror(errno));
+		return err;
+	}
+	return 0;
+}
+
+int vm_ram_write(struct vm *vm, uint64_t gpa, const void *data, size_t len)
+{
+	struct ram_block *b = &vm->ram;
+
+	if (!ram_block_contains(b, gpa, len))
+		return -EFAULT;
+	memcpy(b->host + (gpa - b->gpa), data, len);
+	if (vm->vmm_dirty && len) {
+		uint64_t first = (gpa - b->gpa) / VMF_PAGE_BYTES;
+		uint64_t last = (gpa - b->gpa + len - 1) / VMF_PAGE_BYTES;
+
+		for (uint64_t p = first; p <= last; p++)
+			atomic_fetch_or(&vm->vmm_dirty[p / 64], 1ull << (p % 64));
+	}
+	return 0;
+}
+
+static void *vm_throttle_thread(void *arg)
+{
+	struct vm *vm = arg;
+	struct timespec period = { 0, VM_THROTTLE_PERIOD_US * 1000l };
+
+	while (atomic_load(&vm->throttle_pct)) {
+		nanosleep(&period, NULL);
+		pthread_mutex_lock(&vm->lock);
+		vm->throttle_gen++;
+		for (unsigned i = 0; i < vm->nvcpus; i++)
+			if (vm->vcpus[i].thread_started)
+				pthread_kill(vm->vcpus[i].thread, VM_KICK_SIGNAL);
+		pthread_mutex_unlock(&vm->lock);
+	}
+	return NULL;
+}
+
+void vm_set_throttle(struct vm *vm, unsigned pct)
+{
+	bool join = false;
+
+	if (pct > 99)
+		pct = 99;
+	pthread_mutex_lock(&vm->lock);
+	atomic_store(&vm->throttle_pct, pct);
+	if (pct && !vm->throttle_running) {
+		sigset_t block, old;
+
+		sigemptyset(&block);
+		sigaddset(&block, VM_KICK_SIGNAL);
+		pthread_sigmask(SIG_BLOCK, &block, &old);
+		vm->throttle_running =
+			pthread_create(&vm->throttle_thread, NULL, vm_throttle_thread, vm) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	} else if (!pct && vm->throttle_running) {
+		vm->throttle_running = false;
+		join = true;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	if (join)
+		pthread_join(vm->throttle_thread, NULL);
+	if (pct)
+		log_info("vCPUs throttled to %u%%", 100 - pct);
+}
+
+unsigned vm_get_throttle(struct vm *vm)
+{
+	return atomic_load(&vm->throttle_pct);
 }

@@ -29,6 +29,9 @@ enum vm_runstate {
 	VM_RUNSTATE_SHUTDOWN,      /* guest wrote the exit port            */
 	VM_RUNSTATE_GUEST_PANICKED,/* triple fault, panic port, bad exit   */
 	VM_RUNSTATE_INTERNAL_ERROR,/* KVM failed underneath the guest      */
+	VM_RUNSTATE_INMIGRATE,     /* destination: waiting for / loading state */
+	VM_RUNSTATE_FINISH_MIGRATE,/* source: vCPUs stopped for switch-over */
+	VM_RUNSTATE_POSTMIGRATE,   /* source: the guest now runs elsewhere  */
 	VM_RUNSTATE__COUNT,
 };
 
@@ -45,6 +48,7 @@ struct vm_config {
 	bool start_paused;        /* -S: stay in prelaunch/paused until cont */
 	bool no_shutdown;         /* keep the VMM alive after guest exit/crash */
 	const char *kvm_path;     /* NULL: /dev/kvm */
+	bool incoming;            /* no guest is loaded: state comes from a stream */
 };
 
 /*
@@ -75,8 +79,10 @@ int vm_stop(struct vm *vm);
 /* Resume (user "cont").  0, or -EINVAL in a terminal state.  Emits RESUME. */
 int vm_cont(struct vm *vm);
 
-/* Ask vm_wait() to return: the VMM quits. */
+/* Ask vm_wait() to return: the VMM quits (exit status 0 unless the guest ended). */
 void vm_request_quit(struct vm *vm);
+/* Same, with the process exit status vm_wait() returns (a failed incoming). */
+void vm_request_exit(struct vm *vm, int status);
 
 /*
  * Block until quit is requested, or the guest shut down / crashed and
@@ -116,5 +122,55 @@ int vm_dump_memory(struct vm *vm, const char *path);
 /* Guest RAM blocks, for the migration code. */
 size_t vm_ram_block_count(struct vm *vm);
 struct ram_block *vm_ram_block(struct vm *vm, size_t index);
+
+/* ---- for the migration code (any non-vCPU thread unless noted) ---- */
+
+unsigned vm_nvcpus(struct vm *vm);
+int vm_vcpu_fd(struct vm *vm, unsigned index);
+int vm_kvm_fd(struct vm *vm);
+int vm_vm_fd(struct vm *vm);
+
+/*
+ * Source switch-over: stop every vCPU and enter finish-migrate from running
+ * or paused.  *stopped_ns is when the last vCPU stopped (CLOCK_MONOTONIC),
+ * *was_running whether the guest ran before.  0, or -EINVAL when the state
+ * does not allow it.  Emits STOP when it was running.
+ */
+int vm_migration_stop(struct vm *vm, uint64_t *stopped_ns, bool *was_running);
+/* The migration failed before the destination ran: back to where we were. */
+void vm_migration_abort(struct vm *vm, bool was_running);
+/* The destination runs the guest: finish-migrate -> postmigrate. */
+void vm_migration_complete(struct vm *vm);
+
+/*
+ * Destination: state is loaded; inmigrate -> running (@run) or paused.
+ * When running, *first_run_ns is when the first vCPU was let go.
+ */
+int vm_incoming_finish(struct vm *vm, bool run, uint64_t *first_run_ns);
+
+/* The guest clock (ns); set only while the vCPUs are stopped. */
+uint64_t vm_guest_clock_get(struct vm *vm);
+void vm_guest_clock_set(struct vm *vm, uint64_t ns);
+
+/*
+ * Dirty logging over every RAM block (KVM manual-protect mode: pages start
+ * dirty, and a page is write-protected again only by vm_dirty_log_clear).
+ * vm_dirty_log_get ORs KVM's log and the VMM's own writes (vm_ram_write)
+ * into @bitmap (one bit per 4 KiB page of the block).  0 or -errno.
+ */
+int vm_dirty_log_start(struct vm *vm);
+int vm_dirty_log_stop(struct vm *vm);
+int vm_dirty_log_get(struct vm *vm, size_t block, uint64_t *bitmap);
+/* Re-protect the pages set in @bits, which covers [first_page, +npages);
+ * first_page is a multiple of 64. */
+int vm_dirty_log_clear(struct vm *vm, size_t block, uint64_t first_page,
+		       uint32_t npages, const uint64_t *bits);
+
+/* A write by the VMM itself into guest RAM, logged for migration. */
+int vm_ram_write(struct vm *vm, uint64_t gpa, const void *data, size_t len);
+
+/* Throttle every vCPU to run only (100 - @pct)% of the time; 0 = off. */
+void vm_set_throttle(struct vm *vm, unsigned pct);
+unsigned vm_get_throttle(struct vm *vm);
 
 #endif

@@ -1,0 +1,60 @@
+/*
+ * The vmferry migration stream, version 1 (docs/stream-format.md has it
+ * byte by byte).  All integers little-endian.  Zero is invalid in every
+ * enum.
+ *
+ *   source                                   destination
+ *     |-- header ------------------------------->|  validate, refuse mismatch
+ *     |-- RAM records (pass 1) ----------------->|  place pages
+ *     |-- PASS_END, RAM records (pass n) ------->|
+ *     |   ... vCPUs stop (switch-over) ...        |
+ *     |-- RAM records (final dirty pages) ------>|
+ *     |-- SECTION vm, SECTION cpu x N ---------->|
+ *     |-- END ---------------------------------->|  load state, run vCPUs
+ *     |<-------------------- RP_RUNNING / RP_ERROR|  (return path, same socket)
+ */
+#ifndef VMFERRY_MIGRATION_FORMAT_H
+#define VMFERRY_MIGRATION_FORMAT_H
+
+#include <stdint.h>
+
+#define MIG_MAGIC 0x004d525453464d56ull /* "VMFSTRM\0" */
+#define MIG_VERSION 1u
+#define MIG_PAGE_BYTES 4096u
+#define MIG_MAX_BLOCKS 16u
+#define MIG_BLOCK_NAME_MAX 31u
+#define MIG_MAX_VCPUS 32u
+#define MIG_BOOT_ID_BYTES 16u
+/* Longest run of data pages in one RAM record (zero runs may be longer). */
+#define MIG_RUN_MAX_PAGES 1024u
+#define MIG_ERRMSG_MAX 512u
+
+enum mig_record {
+	MIG_REC_RAM = 1,     /* u8 block, u8 flags, u16 0, u32 npages, u64 first_page [, data] */
+	MIG_REC_SECTION = 2, /* u32 id, u32 instance, u32 version, u32 len, data */
+	MIG_REC_PASS_END = 3,/* u32 pass */
+	MIG_REC_END = 4,     /* nothing */
+};
+#define MIG_RAM_FLAG_ZERO 0x1u
+
+enum mig_rp_message {
+	MIG_RP_RUNNING = 1,  /* u64 first_run_ns, u8 same_clock, u64 load_ns */
+	MIG_RP_ERROR = 2,    /* u32 errno, u16 len, len bytes of text */
+};
+
+struct mig_block_desc {
+	char name[MIG_BLOCK_NAME_MAX + 1];
+	uint64_t gpa;
+	uint64_t bytes;
+};
+
+struct mig_header {
+	uint32_t version;
+	uint32_t page_bytes;
+	uint32_t nvcpus;
+	uint32_t nblocks;
+	uint8_t boot_id[MIG_BOOT_ID_BYTES];
+	struct mig_block_desc blocks[MIG_MAX_BLOCKS];
+};
+
+#endif

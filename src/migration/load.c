@@ -1,0 +1,338 @@
+#include "migration/load.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "migration/vmstate.h"
+
+void mig_boot_id(uint8_t out[MIG_BOOT_ID_BYTES])
+{
+	char text[64] = { 0 };
+	int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+	unsigned j = 0;
+
+	memset(out, 0, MIG_BOOT_ID_BYTES);
+	if (fd >= 0) {
+		if (read(fd, text, sizeof(text) - 1) < 0)
+			text[0] = 0;
+		close(fd);
+	}
+	/* "xxxxxxxx-xxxx-..." -> 16 bytes */
+	for (unsigned i = 0; text[i] && j < 2 * MIG_BOOT_ID_BYTES; i++) {
+		char c = text[i];
+		unsigned v;
+
+		if (c >= '0' && c <= '9')
+			v = (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v = (unsigned)(c - 'a' + 10);
+		else
+			continue;
+		out[j / 2] |= (uint8_t)(v << (j % 2 ? 0 : 4));
+		j++;
+	}
+}
+
+void mig_save_header(struct stream *s, const struct mig_header *h)
+{
+	stream_put_u64(s, MIG_MAGIC);
+	stream_put_u32(s, h->version);
+	stream_put_u32(s, h->page_bytes);
+	stream_put_u32(s, h->nvcpus);
+	stream_put_u32(s, h->nblocks);
+	stream_put_bytes(s, h->boot_id, MIG_BOOT_ID_BYTES);
+	for (uint32_t i = 0; i < h->nblocks; i++) {
+		uint8_t n = (uint8_t)strlen(h->blocks[i].name);
+
+		stream_put_u8(s, n);
+		stream_put_bytes(s, h->blocks[i].name, n);
+		stream_put_u64(s, h->blocks[i].gpa);
+		stream_put_u64(s, h->blocks[i].bytes);
+	}
+}
+
+#define LOAD_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -EBADMSG; } while (0)
+
+static int mig_load_io_error(struct stream *s, char *err, size_t errlen)
+{
+	snprintf(err, errlen, "migration stream: %s", s->errmsg[0] ? s->errmsg : strerror(-s->err));
+	return s->err;
+}
+
+int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t errlen)
+{
+	uint64_t magic;
+
+	memset(h, 0, sizeof(*h));
+	magic = stream_get_u64(s);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (magic != MIG_MAGIC)
+		LOAD_FAIL("not a vmferry migration stream (magic %#llx)", (unsigned long long)magic);
+	h->version = stream_get_u32(s);
+	h->page_bytes = stream_get_u32(s);
+	h->nvcpus = stream_get_u32(s);
+	h->nblocks = stream_get_u32(s);
+	stream_get_bytes(s, h->boot_id, MIG_BOOT_ID_BYTES);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (h->version != MIG_VERSION)
+		LOAD_FAIL("stream version %u, this build reads version %u", h->version, MIG_VERSION);
+	if (h->page_bytes != MIG_PAGE_BYTES)
+		LOAD_FAIL("stream page size %u, expected %u", h->page_bytes, MIG_PAGE_BYTES);
+	if (h->nvcpus == 0 || h->nvcpus > MIG_MAX_VCPUS)
+		LOAD_FAIL("stream has %u vCPUs (1..%u allowed)", h->nvcpus, MIG_MAX_VCPUS);
+	if (h->nblocks == 0 || h->nblocks > MIG_MAX_BLOCKS)
+		LOAD_FAIL("stream has %u RAM blocks (1..%u allowed)", h->nblocks, MIG_MAX_BLOCKS);
+	for (uint32_t i = 0; i < h->nblocks; i++) {
+		struct mig_block_desc *b = &h->blocks[i];
+		uint8_t n = stream_get_u8(s);
+
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (n == 0 || n > MIG_BLOCK_NAME_MAX)
+			LOAD_FAIL("RAM block %u: name of %u bytes", i, n);
+		stream_get_bytes(s, b->name, n);
+		b->name[n] = 0;
+		b->gpa = stream_get_u64(s);
+		b->bytes = stream_get_u64(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (memchr(b->name, 0, n))
+			LOAD_FAIL("RAM block %u: name contains NUL", i);
+		if (b->bytes == 0 || b->bytes % MIG_PAGE_BYTES || b->gpa % MIG_PAGE_BYTES ||
+		    b->gpa + b->bytes < b->gpa)
+			LOAD_FAIL("RAM block %s: bad geometry (gpa %#llx, %llu bytes)", b->name,
+				  (unsigned long long)b->gpa, (unsigned long long)b->bytes);
+	}
+	return 0;
+}
+
+int mig_load_ram_skip(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
+		      bool zero, struct stream *s, char *err, size_t errlen)
+{
+	uint8_t scratch[MIG_PAGE_BYTES];
+
+	(void)opaque; (void)block; (void)first_page; (void)err; (void)errlen;
+	for (uint32_t i = 0; !zero && i < npages && !stream_error(s); i++)
+		stream_get_bytes(s, scratch, sizeof(scratch));
+	return 0;
+}
+
+int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
+	     struct mig_load_stats *st, char *err, size_t errlen)
+{
+	struct mig_header h;
+	uint8_t *section = NULL;
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	r = mig_load_header(s, &h, err, errlen);
+	if (r)
+		return r;
+	if (ops->header) {
+		r = ops->header(opaque, &h, err, errlen);
+		if (r)
+			return r;
+	}
+	for (;;) {
+		uint8_t type = stream_get_u8(s);
+
+		if (stream_error(s)) {
+			r = mig_load_io_error(s, err, errlen);
+			break;
+		}
+		switch (type) {
+		case MIG_REC_RAM: {
+			uint8_t block = stream_get_u8(s), flags = stream_get_u8(s);
+			uint16_t pad = stream_get_u16(s);
+			uint32_t npages = stream_get_u32(s);
+			uint64_t first = stream_get_u64(s), block_pages;
+			bool zero;
+
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			if (block >= h.nblocks || (flags & ~MIG_RAM_FLAG_ZERO) || pad) {
+				snprintf(err, errlen, "RAM record: block %u flags %#x pad %#x invalid",
+					 block, flags, pad);
+				r = -EBADMSG;
+				goto out;
+			}
+			zero = flags & MIG_RAM_FLAG_ZERO;
+			block_pages = h.blocks[block].bytes / MIG_PAGE_BYTES;
+			if (npages == 0 || (!zero && npages > MIG_RUN_MAX_PAGES) ||
+			    first >= block_pages || npages > block_pages - first) {
+				snprintf(err, errlen, "RAM record: pages %llu+%u outside block %s (%llu pages)",
+					 (unsigned long long)first, npages, h.blocks[block].name,
+					 (unsigned long long)block_pages);
+				r = -EBADMSG;
+				goto out;
+			}
+			r = ops->ram(opaque, block, first, npages, zero, s, err, errlen);
+			if (r)
+				goto out;
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			st->ram_records++;
+			if (zero)
+				st->zero_pages += npages;
+			else
+				st->data_pages += npages;
+			break;
+		}
+		case MIG_REC_SECTION: {
+			uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
+			uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
+
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			if (id == VMSTATE_SECTION_CPU) {
+				if (inst >= h.nvcpus || (st->cpu_sections_seen & (1u << inst))) {
+					snprintf(err, errlen, "cpu section for vCPU %u unexpected", inst);
+					r = -EBADMSG;
+					goto out;
+				}
+				st->cpu_sections_seen |= 1u << inst;
+			} else if (id == VMSTATE_SECTION_VM) {
+				if (inst != 0 || st->vm_section_seen) {
+					snprintf(err, errlen, "vm section %u unexpected", inst);
+					r = -EBADMSG;
+					goto out;
+				}
+				st->vm_section_seen = true;
+			} else {
+				snprintf(err, errlen, "unknown section id %u", id);
+				r = -EBADMSG;
+				goto out;
+			}
+			if (len > VMSTATE_SECTION_MAX_BYTES) {
+				snprintf(err, errlen, "section %u of %u bytes exceeds %u", id, len,
+					 VMSTATE_SECTION_MAX_BYTES);
+				r = -EBADMSG;
+				goto out;
+			}
+			free(section);
+			section = malloc(len ? len : 1);
+			if (!section) {
+				r = -ENOMEM;
+				goto out;
+			}
+			stream_get_bytes(s, section, len);
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			r = ops->section(opaque, id, inst, ver, section, len, err, errlen);
+			if (r)
+				goto out;
+			st->sections++;
+			break;
+		}
+		case MIG_REC_PASS_END: {
+			uint32_t pass = stream_get_u32(s);
+
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			st->passes++;
+			if (ops->pass_end && (r = ops->pass_end(opaque, pass)) != 0)
+				goto out;
+			break;
+		}
+		case MIG_REC_END:
+			if (!st->vm_section_seen ||
+			    st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1)) {
+				snprintf(err, errlen, "stream ended without the state of the VM and every vCPU");
+				r = -EBADMSG;
+				goto out;
+			}
+			st->end_seen = true;
+			r = 0;
+			goto out;
+		default:
+			snprintf(err, errlen, "unknown record type %u", type);
+			r = -EBADMSG;
+			goto out;
+		}
+	}
+out:
+	free(section);
+	return r;
+}
+
+int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen)
+{
+	memset(m, 0, sizeof(*m));
+	m->type = stream_get_u8(s);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	switch (m->type) {
+	case MIG_RP_RUNNING: {
+		uint8_t same;
+
+		m->first_run_ns = stream_get_u64(s);
+		same = stream_get_u8(s);
+		m->load_ns = stream_get_u64(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (same > 1)
+			LOAD_FAIL("return path: RUNNING with same_clock %u", same);
+		m->same_clock = same;
+		return 0;
+	}
+	case MIG_RP_ERROR: {
+		uint32_t code = stream_get_u32(s);
+		uint16_t len = stream_get_u16(s);
+
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (len > MIG_ERRMSG_MAX)
+			LOAD_FAIL("return path: error text of %u bytes", len);
+		if (code == 0 || code > 4095)
+			LOAD_FAIL("return path: error code %u", code);
+		stream_get_bytes(s, m->text, len);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		m->text[len] = 0;
+		for (uint16_t i = 0; i < len; i++)
+			if ((unsigned char)m->text[i] < 0x20)
+				m->text[i] = '?'; /* keep logs and JSON readable */
+		m->err = -(int32_t)code;
+		return 0;
+	}
+	}
+	LOAD_FAIL("return path: unknown message type %u", m->type);
+}
+
+void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_clock, uint64_t load_ns)
+{
+	stream_put_u8(s, MIG_RP_RUNNING);
+	stream_put_u64(s, first_run_ns);
+	stream_put_u8(s, same_clock);
+	stream_put_u64(s, load_ns);
+	stream_flush(s);
+}
+
+void mig_rp_send_error(struct stream *s, int err, const char *text)
+{
+	size_t n = strlen(text);
+
+	if (n > MIG_ERRMSG_MAX)
+		n = MIG_ERRMSG_MAX;
+	stream_put_u8(s, MIG_RP_ERROR);
+	stream_put_u32(s, (uint32_t)(err < 0 ? -err : (err ? err : EIO)));
+	stream_put_u16(s, (uint16_t)n);
+	stream_put_bytes(s, text, n);
+	stream_flush(s);
+}

@@ -1,0 +1,77 @@
+/*
+ * Parsing a migration stream (format.h), independent of what consumes it:
+ * the destination VMM, the stream dump tool and the fuzz target each give
+ * their own callbacks.  Every field is validated before a callback sees it;
+ * unknown record types and section ids are errors.
+ */
+#ifndef VMFERRY_MIGRATION_LOAD_H
+#define VMFERRY_MIGRATION_LOAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migration/format.h"
+#include "migration/stream.h"
+
+struct mig_load_ops {
+	/* The header passed framing checks; refuse a mismatch with the local VM. */
+	int (*header)(void *opaque, const struct mig_header *h, char *err, size_t errlen);
+	/*
+	 * A RAM record, bounds-checked against the header's block.  For a data
+	 * record the callback must consume exactly npages * page bytes from @s
+	 * (for instance straight into guest memory).
+	 */
+	int (*ram)(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
+		   bool zero, struct stream *s, char *err, size_t errlen);
+	int (*section)(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+		       const uint8_t *data, uint32_t len, char *err, size_t errlen);
+	int (*pass_end)(void *opaque, uint32_t pass); /* may be NULL */
+};
+
+struct mig_load_stats {
+	uint64_t ram_records, zero_pages, data_pages, sections, passes;
+	uint32_t cpu_sections_seen; /* bitmask by instance */
+	bool vm_section_seen;
+	bool end_seen;
+};
+
+/*
+ * Read the stream up to and including END.  Returns 0, or the first error:
+ * -EBADMSG for malformed or mismatching content (message in @err), the
+ * stream's error for I/O (message in @err).  Checks at END that the VM
+ * section and a cpu section per vCPU arrived.
+ */
+int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
+	     struct mig_load_stats *stats, char *err, size_t errlen);
+
+/* Read and check only the header. */
+int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t errlen);
+
+/* A ram callback that reads and discards page data (dump tool, fuzzing). */
+int mig_load_ram_skip(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
+		      bool zero, struct stream *s, char *err, size_t errlen);
+
+/* Write a header for the source. */
+void mig_save_header(struct stream *s, const struct mig_header *h);
+
+/* This host's boot id (for comparing CLOCK_MONOTONIC across processes). */
+void mig_boot_id(uint8_t out[MIG_BOOT_ID_BYTES]);
+
+#endif
+
+/* ---- return path (destination -> source) ---- */
+
+struct mig_rp_msg {
+	uint8_t type;            /* enum mig_rp_message */
+	uint64_t first_run_ns;   /* RUNNING */
+	uint64_t load_ns;        /* RUNNING */
+	bool same_clock;         /* RUNNING: destination shares our boot id */
+	int32_t err;             /* ERROR: -errno */
+	char text[MIG_ERRMSG_MAX + 1]; /* ERROR */
+};
+
+/* Read one return-path message.  0, -EBADMSG (message in @err) or the I/O error. */
+int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen);
+void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_clock, uint64_t load_ns);
+void mig_rp_send_error(struct stream *s, int err, const char *text);

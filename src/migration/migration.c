@@ -1,0 +1,1248 @@
+/*
+ * Precopy source engine and incoming side.  See migration.h.
+ *
+ * Dirty tracking uses KVM's manual-protect dirty log: KVM_GET_DIRTY_LOG
+ * only reads the log; a page is write-protected again (its next write
+ * logged) by KVM_CLEAR_DIRTY_LOG, which we issue for a window of pages just
+ * before sending them.  So a write that lands after the clear is in the
+ * next pass, and one that lands before it is sent now:
+ *
+ *   migration thread        vCPU
+ *   ----------------        ----
+ *   GET log (page p dirty)
+ *                           writes p   (not logged: p still writable)
+ *   CLEAR window with p     -> p write-protected
+ *   send p                  (sends the newer content)
+ *                           writes p   -> logged, sent next pass
+ */
+#include "migration/migration.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "control/control.h"
+#include "migration/channel.h"
+#include "migration/format.h"
+#include "migration/load.h"
+#include "migration/stream.h"
+#include "migration/vmstate.h"
+#include "util/log.h"
+
+#define MIG_WINDOW_PAGES 512u          /* pages cleared + sent together (2 MiB) */
+#define MIG_CONNECT_TIMEOUT_MS 10000
+#define MIG_IO_TIMEOUT_MS 30000
+#define MIG_RP_TIMEOUT_MS 30000
+#define MIG_ERROR_BYTES 512
+
+struct migration {
+	struct vm *vm;
+	vm_event_fn *event_fn;
+	void *event_opaque;
+
+	pthread_mutex_t lock;     /* protects what follows, unless atomic */
+	enum mig_status status;
+	struct mig_params params;
+	char error[MIG_ERROR_BYTES];
+	bool incoming;
+	bool closing;             /* the VMM is going: no new migrations */
+	bool thread_joinable;
+	pthread_t thread;
+	char uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	struct channel_uri curi;
+	struct stream *stream;    /* live stream, for cancel */
+	int listen_fd;            /* incoming */
+	int cancel_fd;            /* eventfd: cancel an accept */
+	atomic_bool cancel;
+
+	/* statistics (written by the migration thread) */
+	uint64_t start_ns, setup_ns, end_ns;
+	uint64_t downtime_ns;
+	bool downtime_known;
+	bool downtime_same_clock;
+	uint64_t expected_downtime_ms;
+	_Atomic uint64_t transferred;
+	_Atomic uint64_t zero_pages, normal_pages;
+	_Atomic uint64_t remaining_bytes;
+	_Atomic uint64_t dirty_sync_count, dirty_pages_rate, passes;
+	_Atomic uint64_t throughput_bps;
+	uint64_t total_bytes;
+};
+
+/* ---- status table ---- */
+
+static const char *const mig_status_names[MIG_STATUS__COUNT] = {
+	[MIG_STATUS_NONE] = "none", [MIG_STATUS_SETUP] = "setup",
+	[MIG_STATUS_ACTIVE] = "active", [MIG_STATUS_DEVICE] = "device",
+	[MIG_STATUS_COMPLETED] = "completed", [MIG_STATUS_FAILED] = "failed",
+	[MIG_STATUS_CANCELLING] = "cancelling", [MIG_STATUS_CANCELLED] = "cancelled",
+};
+
+static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
+	[MIG_STATUS_NONE] = { [MIG_STATUS_SETUP] = true },
+	[MIG_STATUS_SETUP] = {
+		[MIG_STATUS_ACTIVE] = true, [MIG_STATUS_FAILED] = true,
+		[MIG_STATUS_CANCELLING] = true,
+	},
+	[MIG_STATUS_ACTIVE] = {
+		[MIG_STATUS_DEVICE] = true, [MIG_STATUS_COMPLETED] = true,
+		[MIG_STATUS_FAILED] = true, [MIG_STATUS_CANCELLING] = true,
+	},
+	[MIG_STATUS_DEVICE] = {
+		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
+		[MIG_STATUS_CANCELLING] = true,
+	},
+	[MIG_STATUS_CANCELLING] = {
+		[MIG_STATUS_CANCELLED] = true, [MIG_STATUS_FAILED] = true,
+		[MIG_STATUS_COMPLETED] = true, /* the destination already ran */
+	},
+	/* a finished migration may be followed by a new one */
+	[MIG_STATUS_COMPLETED] = { [MIG_STATUS_SETUP] = true },
+	[MIG_STATUS_FAILED] = { [MIG_STATUS_SETUP] = true },
+	[MIG_STATUS_CANCELLED] = { [MIG_STATUS_SETUP] = true },
+};
+
+const char *mig_status_name(enum mig_status s)
+{
+	if ((int)s <= 0 || s >= MIG_STATUS__COUNT)
+		return "invalid";
+	return mig_status_names[s];
+}
+
+bool mig_status_transition_ok(enum mig_status from, enum mig_status to)
+{
+	if ((int)from <= 0 || from >= MIG_STATUS__COUNT || (int)to <= 0 || to >= MIG_STATUS__COUNT)
+		return false;
+	return mig_status_allowed[from][to];
+}
+
+static bool mig_status_finished(enum mig_status s)
+{
+	return s == MIG_STATUS_NONE || s == MIG_STATUS_COMPLETED || s == MIG_STATUS_FAILED ||
+	       s == MIG_STATUS_CANCELLED;
+}
+
+static void mig_emit(struct migration *m, const char *event, struct json_object *data)
+{
+	if (m->event_fn)
+		m->event_fn(m->event_opaque, event, data);
+	json_object_put(data);
+}
+
+/* Move to @to if the table allows it; emits MIGRATION.  Returns true if moved. */
+static bool mig_set_status(struct migration *m, enum mig_status to)
+{
+	struct json_object *data;
+	bool ok;
+
+	pthread_mutex_lock(&m->lock);
+	ok = mig_status_transition_ok(m->status, to);
+	if (ok)
+		m->status = to;
+	pthread_mutex_unlock(&m->lock);
+	if (!ok)
+		return false;
+	data = json_object_new_object();
+	json_object_object_add(data, "status", json_object_new_string(mig_status_name(to)));
+	mig_emit(m, "MIGRATION", data);
+	return true;
+}
+
+/* Keep the first error of this migration. */
+static void mig_set_error(struct migration *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void mig_set_error(struct migration *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&m->lock);
+	if (!m->error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(m->error, sizeof(m->error), fmt, ap);
+		va_end(ap);
+		log_error("migration: %s", m->error);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Finish a failed or cancelled run. */
+static void mig_finish_failed(struct migration *m)
+{
+	if (atomic_load(&m->cancel) && mig_set_status(m, MIG_STATUS_CANCELLED))
+		return;
+	if (!mig_set_status(m, MIG_STATUS_FAILED)) {
+		/* cancelling -> failed is allowed too; nothing else remains */
+		log_debug("migration: already finished");
+	}
+}
+
+/* ---- lifecycle ---- */
+
+int migration_create(struct vm *vm, struct migration **out)
+{
+	struct migration *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return -ENOMEM;
+	m->vm = vm;
+	m->status = MIG_STATUS_NONE;
+	m->params = (struct mig_params){
+		.downtime_limit_ms = 300,
+		.throttle_initial_pct = 20,
+		.throttle_increment_pct = 10,
+	};
+	m->listen_fd = -1;
+	m->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (m->cancel_fd < 0) {
+		free(m);
+		return -errno;
+	}
+	pthread_mutex_init(&m->lock, NULL);
+	*out = m;
+	return 0;
+}
+
+void migration_set_event_handler(struct migration *m, vm_event_fn *fn, void *opaque)
+{
+	m->event_fn = fn;
+	m->event_opaque = opaque;
+}
+
+static void mig_request_cancel(struct migration *m)
+{
+	uint64_t one = 1;
+
+	atomic_store(&m->cancel, true);
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		stream_cancel(m->stream);
+	pthread_mutex_unlock(&m->lock);
+	if (write(m->cancel_fd, &one, sizeof(one)) < 0)
+		log_debug("migration: cancel eventfd: %s", strerror(errno));
+}
+
+void migration_shutdown(struct migration *m)
+{
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->closing = true;
+	pthread_mutex_unlock(&m->lock);
+	mig_request_cancel(m);
+	if (m->thread_joinable)
+		pthread_join(m->thread, NULL);
+	m->thread_joinable = false;
+}
+
+void migration_destroy(struct migration *m)
+{
+	if (!m)
+		return;
+	migration_shutdown(m);
+	if (m->listen_fd >= 0)
+		close(m->listen_fd);
+	if (m->curi.kind == CHANNEL_UNIX && m->incoming)
+		unlink(m->curi.path);
+	close(m->cancel_fd);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+enum mig_status migration_get_status(struct migration *m)
+{
+	enum mig_status s;
+
+	pthread_mutex_lock(&m->lock);
+	s = m->status;
+	pthread_mutex_unlock(&m->lock);
+	return s;
+}
+
+/* ---- source: sending pages ---- */
+
+struct mig_src {
+	struct migration *m;
+	struct stream s;
+	struct ram_block *block;
+	uint64_t npages;
+	uint64_t *bitmap;          /* dirty pages of the current pass */
+	uint64_t bitmap_words;
+	/* current run being built */
+	uint64_t run_first;
+	uint32_t run_len;
+	bool run_zero;
+};
+
+static bool mig_page_is_zero(const uint8_t *p)
+{
+	const uint64_t *q = (const uint64_t *)p;
+
+	for (size_t i = 0; i < MIG_PAGE_BYTES / 8; i += 4)
+		if (q[i] | q[i + 1] | q[i + 2] | q[i + 3])
+			return false;
+	return true;
+}
+
+static void mig_flush_run(struct mig_src *src)
+{
+	struct migration *m = src->m;
+
+	if (!src->run_len)
+		return;
+	stream_put_u8(&src->s, MIG_REC_RAM);
+	stream_put_u8(&src->s, 0);
+	stream_put_u8(&src->s, src->run_zero ? MIG_RAM_FLAG_ZERO : 0);
+	stream_put_u16(&src->s, 0);
+	stream_put_u32(&src->s, src->run_len);
+	stream_put_u64(&src->s, src->run_first);
+	if (src->run_zero) {
+		atomic_fetch_add(&m->zero_pages, src->run_len);
+	} else {
+		stream_put_direct(&src->s, src->block->host + src->run_first * MIG_PAGE_BYTES,
+				  (size_t)src->run_len * MIG_PAGE_BYTES);
+		atomic_fetch_add(&m->normal_pages, src->run_len);
+	}
+	atomic_store(&m->transferred, src->s.bytes + src->s.wlen);
+	src->run_len = 0;
+}
+
+static void mig_add_page(struct mig_src *src, uint64_t page, bool zero)
+{
+	if (src->run_len && (src->run_zero != zero || src->run_first + src->run_len != page ||
+			     (!zero && src->run_len >= MIG_RUN_MAX_PAGES) ||
+			     src->run_len == UINT32_MAX))
+		mig_flush_run(src);
+	if (!src->run_len) {
+		src->run_first = page;
+		src->run_zero = zero;
+	}
+	src->run_len++;
+}
+
+/* Send the pages of [first, first+n) set in @bits (NULL: all). */
+static void mig_send_pages(struct mig_src *src, uint64_t first, uint64_t n, const uint64_t *bits)
+{
+	for (uint64_t p = first; p < first + n; p++) {
+		if (bits && !(bits[(p - first) / 64] & (1ull << ((p - first) % 64)))) {
+			mig_flush_run(src);
+			continue;
+		}
+		mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+	}
+	mig_flush_run(src);
+}
+
+static const uint64_t mig_all_ones[MIG_WINDOW_PAGES / 64] = {
+	~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull,
+};
+
+/* Pass 1: every page.  Holes of the memfd are zero here and there: skipped. */
+static int mig_first_pass(struct mig_src *src)
+{
+	struct migration *m = src->m;
+	int fd = src->block->fd;
+
+	for (uint64_t w = 0; w < src->npages; w += MIG_WINDOW_PAGES) {
+		uint64_t n = src->npages - w < MIG_WINDOW_PAGES ? src->npages - w : MIG_WINDOW_PAGES;
+		off_t data;
+		int err;
+
+		if (atomic_load(&m->cancel))
+			return -ECANCELED;
+		err = vm_dirty_log_clear(m->vm, 0, w, (uint32_t)n, mig_all_ones);
+		if (err)
+			return err;
+		data = lseek(fd, (off_t)(w * MIG_PAGE_BYTES), SEEK_DATA);
+		if (data < 0 || (uint64_t)data >= (w + n) * MIG_PAGE_BYTES) {
+			/* A hole: zero on both sides (the destination's RAM is new). */
+			atomic_fetch_add(&m->zero_pages, n);
+		} else {
+			mig_send_pages(src, w, n, NULL);
+		}
+		atomic_store(&m->remaining_bytes, (src->npages - w - n) * MIG_PAGE_BYTES);
+		if (stream_error(&src->s))
+			return stream_error(&src->s);
+	}
+	return 0;
+}
+
+static uint64_t mig_popcount(const uint64_t *bits, uint64_t words)
+{
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < words; i++)
+		n += (uint64_t)__builtin_popcountll(bits[i]);
+	return n;
+}
+
+/* A later pass: the pages in src->bitmap.  @protect: re-arm logging first. */
+static int mig_dirty_pass(struct mig_src *src, bool protect)
+{
+	struct migration *m = src->m;
+	const uint64_t wwords = MIG_WINDOW_PAGES / 64;
+
+	for (uint64_t w = 0; w < src->npages; w += MIG_WINDOW_PAGES) {
+		uint64_t n = src->npages - w < MIG_WINDOW_PAGES ? src->npages - w : MIG_WINDOW_PAGES;
+		const uint64_t *bits = &src->bitmap[w / 64];
+		bool any = false;
+
+		for (uint64_t i = 0; i < wwords && w / 64 + i < src->bitmap_words; i++)
+			any |= bits[i] != 0;
+		if (!any)
+			continue;
+		if (atomic_load(&m->cancel))
+			return -ECANCELED;
+		if (protect) {
+			int err = vm_dirty_log_clear(m->vm, 0, w, (uint32_t)n, bits);
+
+			if (err)
+				return err;
+		}
+		mig_send_pages(src, w, n, bits);
+		if (stream_error(&src->s))
+			return stream_error(&src->s);
+	}
+	return 0;
+}
+
+static int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns)
+{
+	struct migration *m = src->m;
+	struct vmstate_buf b = { 0 };
+	int err;
+
+	vmstate_vm_save(m->vm, was_running, stop_ns, &b);
+	if (b.err)
+		return b.err;
+	stream_put_u8(&src->s, MIG_REC_SECTION);
+	stream_put_u32(&src->s, VMSTATE_SECTION_VM);
+	stream_put_u32(&src->s, 0);
+	stream_put_u32(&src->s, VMSTATE_VM_VERSION);
+	stream_put_u32(&src->s, (uint32_t)b.len);
+	stream_put_bytes(&src->s, b.data, b.len);
+	for (unsigned i = 0; i < vm_nvcpus(m->vm); i++) {
+		b.len = 0;
+		err = vmstate_cpu_save(m->vm, i, &b);
+		if (err) {
+			vmstate_buf_free(&b);
+			return err;
+		}
+		stream_put_u8(&src->s, MIG_REC_SECTION);
+		stream_put_u32(&src->s, VMSTATE_SECTION_CPU);
+		stream_put_u32(&src->s, i);
+		stream_put_u32(&src->s, VMSTATE_CPU_VERSION);
+		stream_put_u32(&src->s, (uint32_t)b.len);
+		stream_put_bytes(&src->s, b.data, b.len);
+	}
+	vmstate_buf_free(&b);
+	stream_put_u8(&src->s, MIG_REC_END);
+	return stream_flush(&src->s);
+}
+
+static void mig_emit_pass(struct migration *m, uint64_t pass)
+{
+	struct json_object *d = json_object_new_object();
+
+	json_object_object_add(d, "pass", json_object_new_uint64(pass));
+	mig_emit(m, "MIGRATION_PASS", d);
+}
+
+/*
+ * Converged?  Updates the expected downtime.  @bw: bytes per second.
+ */
+static bool mig_converged(struct migration *m, uint64_t dirty_pages, double bw,
+			  struct mig_params *p)
+{
+	double remaining = (double)dirty_pages * MIG_PAGE_BYTES;
+	double expect_ms = bw > 0 ? remaining * 1000.0 / bw : 1e9;
+
+	m->expected_downtime_ms = (uint64_t)expect_ms;
+	atomic_store(&m->remaining_bytes, (uint64_t)remaining);
+	return expect_ms <= (double)p->downtime_limit_ms;
+}
+
+static void *mig_source_thread(void *arg)
+{
+	struct migration *m = arg;
+	struct vm *vm = m->vm;
+	struct mig_src src = { .m = m, .block = vm_ram_block(vm, 0) };
+	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
+	struct mig_params p;
+	struct mig_rp_msg rp;
+	char errbuf[MIG_ERROR_BYTES];
+	uint64_t stop_ns = 0, pass_start, pass_bytes, last_sync_ns;
+	double bw = 0;
+	bool was_running = false, stopped = false, end_sent = false, logging = false;
+	unsigned hot_syncs = 0;
+	int fd = -1, err;
+
+	pthread_mutex_lock(&m->lock);
+	p = m->params;
+	pthread_mutex_unlock(&m->lock);
+
+	src.npages = src.block->bytes / MIG_PAGE_BYTES;
+	src.bitmap_words = (src.npages + 63) / 64;
+	src.bitmap = calloc(src.bitmap_words + MIG_WINDOW_PAGES / 64, sizeof(uint64_t));
+	if (!src.bitmap) {
+		mig_set_error(m, "out of memory");
+		goto fail;
+	}
+	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (fd < 0) {
+		mig_set_error(m, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		goto fail;
+	}
+	err = stream_init(&src.s, fd, MIG_IO_TIMEOUT_MS);
+	if (err) {
+		mig_set_error(m, "stream setup: %s", strerror(-err));
+		goto fail;
+	}
+	src.s.max_bytes_per_s = p.max_bandwidth;
+	pthread_mutex_lock(&m->lock);
+	m->stream = &src.s;
+	pthread_mutex_unlock(&m->lock);
+	if (atomic_load(&m->cancel))
+		goto fail;
+
+	/* Header */
+	h.nvcpus = vm_nvcpus(vm);
+	h.nblocks = 1;
+	mig_boot_id(h.boot_id);
+	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "%s", src.block->name);
+	h.blocks[0].gpa = src.block->gpa;
+	h.blocks[0].bytes = src.block->bytes;
+	mig_save_header(&src.s, &h);
+	err = vm_dirty_log_start(vm);
+	if (err) {
+		mig_set_error(m, "cannot start dirty logging: %s", strerror(-err));
+		goto fail;
+	}
+	logging = true;
+	m->setup_ns = clock_monotonic_ns() - m->start_ns;
+	if (!mig_set_status(m, MIG_STATUS_ACTIVE))
+		goto fail; /* cancelled */
+
+	/* Pass 1 */
+	pass_start = clock_monotonic_ns();
+	pass_bytes = src.s.bytes;
+	err = mig_first_pass(&src);
+	if (err)
+		goto stream_fail;
+	atomic_store(&m->passes, 1);
+	stream_put_u8(&src.s, MIG_REC_PASS_END);
+	stream_put_u32(&src.s, 1);
+	if (stream_flush(&src.s))
+		goto stream_fail;
+	mig_emit_pass(m, 1);
+	bw = (double)(src.s.bytes - pass_bytes) * 1e9 / (double)(clock_monotonic_ns() - pass_start + 1);
+	atomic_store(&m->throughput_bps, (uint64_t)bw);
+	last_sync_ns = pass_start;
+
+	/* Passes 2..n until the rest fits the downtime limit */
+	for (;;) {
+		uint64_t dirty, now;
+
+		memset(src.bitmap, 0, src.bitmap_words * sizeof(uint64_t));
+		err = vm_dirty_log_get(vm, 0, src.bitmap);
+		if (err) {
+			mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
+			goto fail;
+		}
+		now = clock_monotonic_ns();
+		dirty = mig_popcount(src.bitmap, src.bitmap_words);
+		atomic_fetch_add(&m->dirty_sync_count, 1);
+		atomic_store(&m->dirty_pages_rate,
+			     (uint64_t)((double)dirty * 1e9 / (double)(now - last_sync_ns + 1)));
+		last_sync_ns = now;
+		pthread_mutex_lock(&m->lock);
+		p = m->params; /* parameters may change while we run */
+		pthread_mutex_unlock(&m->lock);
+		src.s.max_bytes_per_s = p.max_bandwidth;
+		if (mig_converged(m, dirty, bw, &p))
+			break;
+		if (p.convergence_timeout_s &&
+		    now - m->start_ns > p.convergence_timeout_s * 1000000000ull) {
+			mig_set_error(m, "precopy did not converge within %" PRIu64 " s: %" PRIu64
+				      " MiB still dirty at %" PRIu64 " MiB/s (expected downtime %" PRIu64
+				      " ms > limit %" PRIu64 " ms); enable auto-converge or raise downtime-limit",
+				      p.convergence_timeout_s, dirty * MIG_PAGE_BYTES >> 20,
+				      (uint64_t)bw >> 20, m->expected_downtime_ms, p.downtime_limit_ms);
+			goto fail;
+		}
+		/* auto-converge: the guest dirties more than half of what we send */
+		if (p.auto_converge) {
+			uint64_t last_pass_bytes = src.s.bytes - pass_bytes;
+
+			if (dirty * MIG_PAGE_BYTES > last_pass_bytes / 2)
+				hot_syncs++;
+			if (hot_syncs >= 2) {
+				unsigned t = vm_get_throttle(vm);
+
+				t = t ? t + p.throttle_increment_pct : p.throttle_initial_pct;
+				vm_set_throttle(vm, t > 99 ? 99 : t);
+				hot_syncs = 0;
+			}
+		}
+		pass_start = clock_monotonic_ns();
+		pass_bytes = src.s.bytes;
+		err = mig_dirty_pass(&src, true);
+		if (err)
+			goto stream_fail;
+		atomic_fetch_add(&m->passes, 1);
+		stream_put_u8(&src.s, MIG_REC_PASS_END);
+		stream_put_u32(&src.s, (uint32_t)atomic_load(&m->passes));
+		if (stream_flush(&src.s))
+			goto stream_fail;
+		mig_emit_pass(m, atomic_load(&m->passes));
+		{
+			uint64_t sent = src.s.bytes - pass_bytes;
+			double t = (double)(clock_monotonic_ns() - pass_start + 1);
+
+			/* Small passes say more about overhead than about the link. */
+			if (sent >= (1u << 20))
+				bw = (double)sent * 1e9 / t;
+			atomic_store(&m->throughput_bps, (uint64_t)bw);
+		}
+	}
+
+	/* Switch-over */
+	if (!mig_set_status(m, MIG_STATUS_DEVICE))
+		goto fail;
+	err = vm_migration_stop(vm, &stop_ns, &was_running);
+	if (err) {
+		mig_set_error(m, "cannot stop the guest for switch-over (state %s)",
+			      vm_runstate_name(vm_get_runstate(vm)));
+		goto fail;
+	}
+	stopped = true;
+	memset(src.bitmap, 0, src.bitmap_words * sizeof(uint64_t));
+	err = vm_dirty_log_get(vm, 0, src.bitmap);
+	if (err) {
+		mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
+		goto fail;
+	}
+	err = mig_dirty_pass(&src, false);
+	if (err)
+		goto stream_fail;
+	err = mig_send_sections(&src, was_running, stop_ns);
+	if (err)
+		goto stream_fail;
+	end_sent = true;
+	atomic_store(&m->transferred, src.s.bytes);
+	atomic_store(&m->remaining_bytes, 0);
+
+	/* Wait for the destination to run the guest. */
+	src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
+	err = mig_rp_read(&src.s, &rp, errbuf, sizeof(errbuf));
+	if (err) {
+		if (err == -EPIPE || err == -ECONNRESET) {
+			/* The destination closed without running: it is gone. */
+			mig_set_error(m, "destination closed the connection before running the guest");
+			goto fail;
+		}
+		mig_set_error(m, "no word from the destination after switch-over (%s); the guest is "
+			      "kept paused here because the destination may be running it",
+			      errbuf);
+		stopped = false; /* do not resume: two copies must never run */
+		goto fail;
+	}
+	if (rp.type == MIG_RP_ERROR) {
+		mig_set_error(m, "destination failed to load the state: %s", rp.text);
+		goto fail;
+	}
+	{
+		uint64_t now = clock_monotonic_ns();
+
+		m->downtime_same_clock = rp.same_clock;
+		m->downtime_ns = rp.same_clock && rp.first_run_ns >= stop_ns
+					 ? rp.first_run_ns - stop_ns : now - stop_ns;
+		m->downtime_known = true;
+	}
+	vm_migration_complete(vm);
+	vm_set_throttle(vm, 0);
+	vm_dirty_log_stop(vm);
+	m->end_ns = clock_monotonic_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(&src.s);
+	close(fd);
+	free(src.bitmap);
+	if (!mig_set_status(m, MIG_STATUS_COMPLETED))
+		log_debug("migration: completed after a late cancel");
+	log_info("migration to %s completed: %.1f ms total, downtime %.3f ms",
+		 m->uri, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
+	return NULL;
+
+stream_fail:
+	if (atomic_load(&m->cancel))
+		mig_set_error(m, "cancelled");
+	else
+		mig_set_error(m, "sending to %s failed: %s", m->uri,
+			      src.s.errmsg[0] ? src.s.errmsg : strerror(-err));
+fail:
+	if (atomic_load(&m->cancel))
+		mig_set_error(m, "cancelled");
+	vm_set_throttle(vm, 0);
+	if (logging)
+		vm_dirty_log_stop(vm);
+	if (stopped)
+		vm_migration_abort(vm, was_running);
+	(void)end_sent;
+	m->end_ns = clock_monotonic_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (fd >= 0) {
+		stream_release(&src.s);
+		close(fd);
+	}
+	free(src.bitmap);
+	mig_finish_failed(m);
+	return NULL;
+}
+
+static void mig_reset_stats(struct migration *m)
+{
+	m->start_ns = clock_monotonic_ns();
+	m->setup_ns = m->end_ns = m->downtime_ns = 0;
+	m->downtime_known = m->downtime_same_clock = false;
+	m->expected_downtime_ms = 0;
+	atomic_store(&m->transferred, 0);
+	atomic_store(&m->zero_pages, 0);
+	atomic_store(&m->normal_pages, 0);
+	atomic_store(&m->remaining_bytes, 0);
+	atomic_store(&m->dirty_sync_count, 0);
+	atomic_store(&m->dirty_pages_rate, 0);
+	atomic_store(&m->passes, 0);
+	atomic_store(&m->throughput_bps, 0);
+	m->error[0] = 0;
+	atomic_store(&m->cancel, false);
+	{
+		uint64_t v;
+
+		while (read(m->cancel_fd, &v, sizeof(v)) > 0)
+			;
+	}
+}
+
+int migration_start(struct migration *m, const char *uri, char *err, size_t errlen)
+{
+	enum vm_runstate rs = vm_get_runstate(m->vm);
+	struct channel_uri cu;
+	int r;
+
+	r = channel_uri_parse(uri, &cu, err, errlen);
+	if (r)
+		return r;
+	if (m->incoming) {
+		snprintf(err, errlen, "this VM is the destination of a migration");
+		return -EBUSY;
+	}
+	if (rs != VM_RUNSTATE_RUNNING && rs != VM_RUNSTATE_PAUSED) {
+		snprintf(err, errlen, "cannot migrate a guest in state %s", vm_runstate_name(rs));
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->closing) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "the VMM is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (!mig_status_finished(m->status)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "a migration is already in progress (%s)",
+			 mig_status_name(m->status));
+		return -EBUSY;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (m->thread_joinable) {
+		pthread_join(m->thread, NULL);
+		m->thread_joinable = false;
+	}
+	mig_reset_stats(m);
+	m->curi = cu;
+	snprintf(m->uri, sizeof(m->uri), "%s", uri);
+	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
+	mig_set_status(m, MIG_STATUS_SETUP);
+	r = -pthread_create(&m->thread, NULL, mig_source_thread, m);
+	if (r) {
+		snprintf(err, errlen, "cannot start the migration thread: %s", strerror(-r));
+		mig_set_status(m, MIG_STATUS_FAILED);
+		return r;
+	}
+	m->thread_joinable = true;
+	return 0;
+}
+
+int migration_cancel(struct migration *m, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&m->lock);
+	if (m->incoming || mig_status_finished(m->status)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "no outgoing migration is in progress");
+		return -EINVAL;
+	}
+	pthread_mutex_unlock(&m->lock);
+	mig_set_status(m, MIG_STATUS_CANCELLING);
+	mig_request_cancel(m);
+	return 0;
+}
+
+/* ---- destination ---- */
+
+struct mig_dst {
+	struct migration *m;
+	struct ram_block *block;
+	struct vmstate_vm vmsec;
+	uint8_t src_boot_id[MIG_BOOT_ID_BYTES];
+	bool have_vm;
+};
+
+static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
+{
+	struct mig_dst *d = opaque;
+	struct vm *vm = d->m->vm;
+	const struct mig_block_desc *b = &h->blocks[0];
+
+	memcpy(d->src_boot_id, h->boot_id, MIG_BOOT_ID_BYTES);
+	if (h->nvcpus != vm_nvcpus(vm)) {
+		snprintf(err, errlen, "the source has %u vCPUs, this VM %u: start the destination "
+			 "with --vcpus %u", h->nvcpus, vm_nvcpus(vm), h->nvcpus);
+		return -EBADMSG;
+	}
+	if (h->nblocks != vm_ram_block_count(vm)) {
+		snprintf(err, errlen, "the source has %u RAM blocks, this VM %zu", h->nblocks,
+			 vm_ram_block_count(vm));
+		return -EBADMSG;
+	}
+	if (strcmp(b->name, d->block->name) || b->gpa != d->block->gpa ||
+	    b->bytes != d->block->bytes) {
+		snprintf(err, errlen, "the source's RAM block %s is %" PRIu64 " MiB at %#" PRIx64
+			 ", this VM's %s is %" PRIu64 " MiB at %#" PRIx64
+			 ": start the destination with --mem %" PRIu64 "M",
+			 b->name, b->bytes >> 20, b->gpa, d->block->name, d->block->bytes >> 20,
+			 d->block->gpa, b->bytes >> 20);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
+		       bool zero, struct stream *s, char *err, size_t errlen)
+{
+	struct mig_dst *d = opaque;
+	uint64_t off = first_page * MIG_PAGE_BYTES, len = (uint64_t)npages * MIG_PAGE_BYTES;
+
+	(void)block;
+	if (zero) {
+		/* Free and zero them: nothing is read, nothing allocated. */
+		if (fallocate(d->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)off, (off_t)len) < 0) {
+			memset(d->block->host + off, 0, len);
+		}
+	} else {
+		stream_get_bytes(s, d->block->host + off, len);
+	}
+	atomic_store(&d->m->transferred, s->bytes);
+	(void)err; (void)errlen;
+	return 0;
+}
+
+static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+			   const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	struct mig_dst *d = opaque;
+
+	if (id == VMSTATE_SECTION_VM) {
+		if (version != VMSTATE_VM_VERSION) {
+			snprintf(err, errlen, "vm section version %u, this build reads %u", version,
+				 VMSTATE_VM_VERSION);
+			return -EBADMSG;
+		}
+		d->have_vm = true;
+		return vmstate_vm_parse(data, len, &d->vmsec, err, errlen);
+	}
+	if (version != VMSTATE_CPU_VERSION) {
+		snprintf(err, errlen, "cpu section version %u, this build reads %u", version,
+			 VMSTATE_CPU_VERSION);
+		return -EBADMSG;
+	}
+	return vmstate_cpu_load(d->m->vm, instance, data, len, err, errlen);
+}
+
+static int mig_dst_pass_end(void *opaque, uint32_t pass)
+{
+	struct mig_dst *d = opaque;
+
+	atomic_store(&d->m->passes, pass);
+	return 0;
+}
+
+static void *mig_incoming_thread(void *arg)
+{
+	struct migration *m = arg;
+	struct vm *vm = m->vm;
+	static const struct mig_load_ops ops = {
+		.header = mig_dst_header,
+		.ram = mig_dst_ram,
+		.section = mig_dst_section,
+		.pass_end = mig_dst_pass_end,
+	};
+	struct mig_dst d = { .m = m, .block = vm_ram_block(vm, 0) };
+	struct mig_load_stats st;
+	struct stream s;
+	char errbuf[MIG_ERROR_BYTES];
+	uint8_t boot_id[MIG_BOOT_ID_BYTES];
+	uint64_t first_run_ns = 0, end_ns;
+	bool same_clock;
+	int fd, err;
+
+	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
+	close(m->listen_fd);
+	m->listen_fd = -1;
+	if (m->curi.kind == CHANNEL_UNIX)
+		unlink(m->curi.path);
+	if (fd < 0) {
+		if (fd != -ECANCELED)
+			mig_set_error(m, "accepting the migration connection failed: %s", strerror(-fd));
+		mig_finish_failed(m);
+		return NULL;
+	}
+	m->start_ns = clock_monotonic_ns();
+	err = stream_init(&s, fd, MIG_IO_TIMEOUT_MS);
+	if (err) {
+		close(fd);
+		mig_set_error(m, "stream setup: %s", strerror(-err));
+		goto quit;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stream = &s;
+	pthread_mutex_unlock(&m->lock);
+	mig_set_status(m, MIG_STATUS_ACTIVE);
+
+	err = mig_load(&s, &ops, &d, &st, errbuf, sizeof(errbuf));
+	end_ns = clock_monotonic_ns();
+	if (!err && !d.have_vm) {
+		snprintf(errbuf, sizeof(errbuf), "no vm section");
+		err = -EBADMSG;
+	}
+	if (err) {
+		mig_set_error(m, "incoming migration failed: %s", errbuf);
+		if (!stream_error(&s))
+			mig_rp_send_error(&s, err, m->error);
+		goto out;
+	}
+	atomic_store(&m->zero_pages, st.zero_pages);
+	atomic_store(&m->normal_pages, st.data_pages);
+	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
+	err = vm_incoming_finish(vm, d.vmsec.was_running, &first_run_ns);
+	if (err) {
+		mig_set_error(m, "cannot start the guest after loading");
+		mig_rp_send_error(&s, err, m->error);
+		goto out;
+	}
+	mig_boot_id(boot_id);
+	same_clock = !memcmp(boot_id, d.src_boot_id, MIG_BOOT_ID_BYTES);
+	if (!first_run_ns)
+		first_run_ns = clock_monotonic_ns();
+	mig_rp_send_running(&s, first_run_ns, same_clock, first_run_ns - end_ns);
+	if (same_clock && d.vmsec.was_running && first_run_ns >= d.vmsec.stop_ns) {
+		m->downtime_ns = first_run_ns - d.vmsec.stop_ns;
+		m->downtime_known = true;
+		m->downtime_same_clock = true;
+	}
+	m->end_ns = clock_monotonic_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(&s);
+	close(fd);
+	mig_set_status(m, MIG_STATUS_COMPLETED);
+	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
+		 " zero pages, downtime %.3f ms", st.data_pages, st.zero_pages,
+		 (double)m->downtime_ns / 1e6);
+	return NULL;
+out:
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(&s);
+	close(fd);
+quit:
+	mig_finish_failed(m);
+	/* Half-loaded RAM cannot be reused: the destination VMM ends here. */
+	vm_request_exit(vm, 1);
+	return NULL;
+}
+
+int migration_incoming_start(struct migration *m, const char *uri, char *err, size_t errlen)
+{
+	int r = channel_uri_parse(uri, &m->curi, err, errlen);
+
+	if (r)
+		return r;
+	m->incoming = true;
+	snprintf(m->uri, sizeof(m->uri), "%s", uri);
+	m->listen_fd = channel_listen(&m->curi);
+	if (m->listen_fd < 0) {
+		r = m->listen_fd;
+		m->listen_fd = -1;
+		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-r));
+		return r;
+	}
+	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
+	mig_reset_stats(m);
+	mig_set_status(m, MIG_STATUS_SETUP);
+	r = -pthread_create(&m->thread, NULL, mig_incoming_thread, m);
+	if (r) {
+		snprintf(err, errlen, "cannot start the incoming thread: %s", strerror(-r));
+		return r;
+	}
+	m->thread_joinable = true;
+	return 0;
+}
+
+/* ---- query ---- */
+
+struct json_object *migration_query(struct migration *m)
+{
+	struct json_object *o = json_object_new_object();
+	enum mig_status st;
+	char error[MIG_ERROR_BYTES];
+	uint64_t now = clock_monotonic_ns(), total_ns;
+	unsigned throttle = vm_get_throttle(m->vm);
+
+	pthread_mutex_lock(&m->lock);
+	st = m->status;
+	snprintf(error, sizeof(error), "%s", m->error);
+	pthread_mutex_unlock(&m->lock);
+
+	json_object_object_add(o, "status", json_object_new_string(mig_status_name(st)));
+	if (st == MIG_STATUS_NONE)
+		return o;
+	json_object_object_add(o, "role", json_object_new_string(m->incoming ? "destination" : "source"));
+	total_ns = m->start_ns ? (m->end_ns ? m->end_ns : now) - m->start_ns : 0;
+	json_object_object_add(o, "total-time", json_object_new_double((double)total_ns / 1e6));
+	json_object_object_add(o, "setup-time", json_object_new_double((double)m->setup_ns / 1e6));
+	if (m->downtime_known) {
+		json_object_object_add(o, "downtime", json_object_new_double((double)m->downtime_ns / 1e6));
+		json_object_object_add(o, "downtime-measured",
+				       json_object_new_string(m->downtime_same_clock
+							      ? "source-vcpu-stop-to-destination-vcpu-run"
+							      : "source-vcpu-stop-to-running-ack"));
+	}
+	if (!m->incoming)
+		json_object_object_add(o, "expected-downtime",
+				       json_object_new_uint64(m->expected_downtime_ms));
+	json_object_object_add(o, "transferred", json_object_new_uint64(atomic_load(&m->transferred)));
+	json_object_object_add(o, "remaining", json_object_new_uint64(atomic_load(&m->remaining_bytes)));
+	json_object_object_add(o, "total", json_object_new_uint64(m->total_bytes));
+	json_object_object_add(o, "zero-pages", json_object_new_uint64(atomic_load(&m->zero_pages)));
+	json_object_object_add(o, "normal-pages", json_object_new_uint64(atomic_load(&m->normal_pages)));
+	json_object_object_add(o, "passes", json_object_new_uint64(atomic_load(&m->passes)));
+	json_object_object_add(o, "dirty-sync-count", json_object_new_uint64(atomic_load(&m->dirty_sync_count)));
+	json_object_object_add(o, "dirty-pages-rate", json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
+	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
+	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
+	if (error[0])
+		json_object_object_add(o, "error-desc", json_object_new_string(error));
+	return o;
+}
+
+/* ---- control commands ---- */
+
+static int mig_cmd_migrate(void *opaque, struct json_object *args, struct json_object **ret,
+			   char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+	struct json_object *uri;
+
+	(void)ret;
+	json_object_object_get_ex(args, "uri", &uri);
+	return migration_start(m, json_object_get_string(uri), err, errlen);
+}
+
+static int mig_cmd_cancel(void *opaque, struct json_object *args, struct json_object **ret,
+			  char *err, size_t errlen)
+{
+	(void)args; (void)ret;
+	return migration_cancel(opaque, err, errlen);
+}
+
+static int mig_cmd_query(void *opaque, struct json_object *args, struct json_object **ret,
+			 char *err, size_t errlen)
+{
+	(void)args; (void)err; (void)errlen;
+	*ret = migration_query(opaque);
+	return 0;
+}
+
+/* A non-negative integer argument within [min, max]; absent is fine. */
+static int mig_arg_u64(struct json_object *args, const char *name, uint64_t min, uint64_t max,
+		       uint64_t *out, bool *given, char *err, size_t errlen)
+{
+	struct json_object *v;
+	int64_t x;
+
+	*given = json_object_object_get_ex(args, name, &v);
+	if (!*given)
+		return 0;
+	x = json_object_get_int64(v);
+	if (x < 0 || (uint64_t)x < min || (uint64_t)x > max) {
+		snprintf(err, errlen, "%s must be in %" PRIu64 "..%" PRIu64, name, min, max);
+		return -EINVAL;
+	}
+	*out = (uint64_t)x;
+	return 0;
+}
+
+static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
+				  struct json_object **ret, char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+	uint64_t dl = 0, bw = 0, ct = 0;
+	bool g_dl, g_bw, g_ct;
+	int r;
+
+	(void)ret;
+	/* Validate everything before changing anything. */
+	r = mig_arg_u64(args, "downtime-limit", 1, 2000000, &dl, &g_dl, err, errlen);
+	if (!r)
+		r = mig_arg_u64(args, "max-bandwidth", 0, INT64_MAX, &bw, &g_bw, err, errlen);
+	if (!r)
+		r = mig_arg_u64(args, "convergence-timeout", 0, 86400, &ct, &g_ct, err, errlen);
+	if (r)
+		return r;
+	pthread_mutex_lock(&m->lock);
+	if (g_dl)
+		m->params.downtime_limit_ms = dl;
+	if (g_bw)
+		m->params.max_bandwidth = bw;
+	if (g_ct)
+		m->params.convergence_timeout_s = ct;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
+				    struct json_object **ret, char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+	struct json_object *o = json_object_new_object();
+
+	(void)args; (void)err; (void)errlen;
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(o, "downtime-limit", json_object_new_uint64(m->params.downtime_limit_ms));
+	json_object_object_add(o, "max-bandwidth", json_object_new_uint64(m->params.max_bandwidth));
+	json_object_object_add(o, "convergence-timeout",
+			       json_object_new_uint64(m->params.convergence_timeout_s));
+	pthread_mutex_unlock(&m->lock);
+	*ret = o;
+	return 0;
+}
+
+static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
+				    struct json_object **ret, char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+	struct json_object *caps;
+	size_t n;
+	int auto_converge = -1;
+
+	(void)ret;
+	json_object_object_get_ex(args, "capabilities", &caps);
+	n = json_object_array_length(caps);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *c = json_object_array_get_idx(caps, i), *name, *state;
+
+		if (!json_object_is_type(c, json_type_object) ||
+		    !json_object_object_get_ex(c, "capability", &name) ||
+		    !json_object_is_type(name, json_type_string) ||
+		    !json_object_object_get_ex(c, "state", &state) ||
+		    !json_object_is_type(state, json_type_boolean) ||
+		    json_object_object_length(c) != 2) {
+			snprintf(err, errlen, "capabilities[%zu] must be {\"capability\": NAME, \"state\": BOOL}", i);
+			return -EINVAL;
+		}
+		if (strcmp(json_object_get_string(name), "auto-converge")) {
+			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge)",
+				 json_object_get_string(name));
+			return -EINVAL;
+		}
+		auto_converge = json_object_get_boolean(state);
+	}
+	pthread_mutex_lock(&m->lock);
+	if (!mig_status_finished(m->status)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "capabilities cannot change during a migration");
+		return -EBUSY;
+	}
+	if (auto_converge >= 0)
+		m->params.auto_converge = auto_converge;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+static int mig_cmd_query_capabilities(void *opaque, struct json_object *args,
+				      struct json_object **ret, char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+	struct json_object *arr = json_object_new_array(), *c = json_object_new_object();
+
+	(void)args; (void)err; (void)errlen;
+	json_object_object_add(c, "capability", json_object_new_string("auto-converge"));
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(c, "state", json_object_new_boolean(m->params.auto_converge));
+	pthread_mutex_unlock(&m->lock);
+	json_object_array_add(arr, c);
+	*ret = arr;
+	return 0;
+}
+
+int migration_register_commands(struct migration *m, struct control_server *srv)
+{
+	static const struct control_arg_spec migrate_args[] = {
+		{ "uri", CONTROL_ARG_STRING, true },
+		{ NULL, 0, false },
+	};
+	static const struct control_arg_spec param_args[] = {
+		{ "downtime-limit", CONTROL_ARG_INT, false },
+		{ "max-bandwidth", CONTROL_ARG_INT, false },
+		{ "convergence-timeout", CONTROL_ARG_INT, false },
+		{ NULL, 0, false },
+	};
+	static const struct control_arg_spec cap_args[] = {
+		{ "capabilities", CONTROL_ARG_ARRAY, true },
+		{ NULL, 0, false },
+	};
+	const struct control_command cmds[] = {
+		{ .name = "migrate", .fn = mig_cmd_migrate, .opaque = m, .args = migrate_args },
+		{ .name = "migrate-cancel", .fn = mig_cmd_cancel, .opaque = m },
+		{ .name = "query-migrate", .fn = mig_cmd_query, .opaque = m },
+		{ .name = "migrate-set-parameters", .fn = mig_cmd_set_parameters, .opaque = m,
+		  .args = param_args },
+		{ .name = "query-migrate-parameters", .fn = mig_cmd_query_parameters, .opaque = m },
+		{ .name = "migrate-set-capabilities", .fn = mig_cmd_set_capabilities, .opaque = m,
+		  .args = cap_args },
+		{ .name = "query-migrate-capabilities", .fn = mig_cmd_query_capabilities, .opaque = m },
+	};
+
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		int r = control_server_register(srv, &cmds[i]);
+
+		if (r)
+			return r;
+	}
+	return 0;
+}

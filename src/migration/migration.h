@@ -1,0 +1,81 @@
+/*
+ * Live migration of one VM: the precopy source engine, the incoming
+ * (destination) side, their parameters, statistics and control commands.
+ *
+ * Source: `migrate {"uri": ...}` starts a migration thread that copies RAM
+ * while the guest runs (dirty logging), re-sends dirtied pages pass after
+ * pass, and switches over when the remaining bytes fit the downtime limit at
+ * the measured bandwidth: vCPUs stop, the last pages and every device
+ * section go out, and the destination reports that it runs.  Any failure
+ * before the destination runs leaves the guest running here.
+ *
+ * Destination: `vmferry run --incoming URI` listens, loads one stream, and
+ * runs the guest.
+ *
+ * Threads: one migration thread (source) or incoming thread (destination)
+ * owns the connection; the control thread reads statistics and may cancel
+ * (which only flips a flag and cancels the stream).  docs/threads.md.
+ */
+#ifndef VMFERRY_MIGRATION_MIGRATION_H
+#define VMFERRY_MIGRATION_MIGRATION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vmm/vm.h"
+
+struct migration;
+struct control_server;
+struct json_object;
+
+/* Migration status, a table in migration.c; zero is invalid. */
+enum mig_status {
+	MIG_STATUS_NONE = 1,
+	MIG_STATUS_SETUP,
+	MIG_STATUS_ACTIVE,
+	MIG_STATUS_DEVICE,     /* source: vCPUs stopped, final pages + state */
+	MIG_STATUS_COMPLETED,
+	MIG_STATUS_FAILED,
+	MIG_STATUS_CANCELLING,
+	MIG_STATUS_CANCELLED,
+	MIG_STATUS__COUNT,
+};
+const char *mig_status_name(enum mig_status s);
+bool mig_status_transition_ok(enum mig_status from, enum mig_status to);
+
+struct mig_params {
+	uint64_t downtime_limit_ms;     /* default 300 */
+	uint64_t max_bandwidth;         /* bytes/s, 0 = unlimited */
+	uint64_t convergence_timeout_s; /* 0 = none */
+	bool auto_converge;             /* capability */
+	uint32_t throttle_initial_pct;  /* 20 */
+	uint32_t throttle_increment_pct;/* 10 */
+};
+
+/* Create the migration state for @vm (does not start anything). */
+int migration_create(struct vm *vm, struct migration **out);
+/*
+ * Cancel any migration, join its thread and refuse new ones; queries still
+ * work.  Main thread, before the control server goes.  NULL is fine.
+ */
+void migration_shutdown(struct migration *m);
+/* Free (after migration_shutdown and after the control server is gone). */
+void migration_destroy(struct migration *m);
+void migration_set_event_handler(struct migration *m, vm_event_fn *fn, void *opaque);
+
+/* Register migrate, migrate-cancel, migrate-set-parameters, ... */
+int migration_register_commands(struct migration *m, struct control_server *srv);
+
+/* Start an outgoing migration.  0, or -errno with a reason in @err. */
+int migration_start(struct migration *m, const char *uri, char *err, size_t errlen);
+/* Cancel an outgoing migration (asynchronous).  0 or -EINVAL if none. */
+int migration_cancel(struct migration *m, char *err, size_t errlen);
+/* Listen on @uri and load the first stream that arrives (destination). */
+int migration_incoming_start(struct migration *m, const char *uri, char *err, size_t errlen);
+
+enum mig_status migration_get_status(struct migration *m);
+/* query-migrate's reply; the caller owns it. */
+struct json_object *migration_query(struct migration *m);
+
+#endif

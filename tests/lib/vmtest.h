@@ -1,0 +1,114 @@
+/*
+ * Helpers for integration tests that run real VMs: KVM detection, unique
+ * temporary paths, spawning `vmferry run` with a control socket, bounded
+ * waits, and checking the incrementer workload.
+ *
+ * Every wait is bounded; every process started is reaped.  Single-threaded
+ * use (one test program's main thread).
+ */
+#ifndef VMFERRY_TESTS_VMTEST_H
+#define VMFERRY_TESTS_VMTEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct control_client;
+struct json_object;
+
+#define VMTEST_PATH_BYTES 108 /* fits sockaddr_un.sun_path */
+#define VMTEST_SKIP 77        /* exit status of a skipped test */
+
+struct vmtest_vm {
+	pid_t pid;                           /* -1 once reaped */
+	int exit_status;                     /* see vmtest_wait_exit(); valid once reaped */
+	char sock_path[VMTEST_PATH_BYTES];
+	char console_path[VMTEST_PATH_BYTES];
+	struct control_client *client;       /* owned; NULL once closed */
+};
+
+/*
+ * 1 if /dev/kvm opens read-write; else prints
+ * "SKIP: /dev/kvm not available: <reason>" on stderr and returns 0.
+ */
+int vmtest_kvm_available(void);
+
+/*
+ * A fresh path "<dir>/<tag>-<n>" in this process's temporary directory
+ * (mkdtemp under /tmp, removed at exit unless VMTEST_KEEP is set).  The file
+ * does not exist yet.  0, -ENAMETOOLONG, or -errno from mkdtemp.
+ */
+int vmtest_unique_path(char *buf, size_t len, const char *tag);
+
+/* The vmferry binary: $VMFERRY_BIN, else "build/vmferry". */
+const char *vmtest_binary(void);
+
+/*
+ * Start `vmferry run --control SOCK --console CONSOLE <extra_args...>`
+ * (@extra_args NULL-terminated, may be NULL) and connect to its control
+ * socket within 10 s.  0 with *out filled, or -errno (the child, if any, has
+ * been killed and reaped; -ECHILD when it exited by itself).
+ */
+int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[]);
+
+/*
+ * Wait up to @timeout_ms for the child to exit and reap it.  Returns its
+ * exit code, 128+N when killed by signal N, or -ETIMEDOUT (still running).
+ * Also returns the saved status when already reaped.
+ */
+int vmtest_wait_exit(struct vmtest_vm *vm, int timeout_ms);
+
+/*
+ * Send quit, close the client, wait up to 10 s for the exit (SIGKILL after
+ * that).  Returns the exit status as vmtest_wait_exit(), or -ETIMEDOUT when
+ * it had to be killed.  Safe on an already reaped VM.
+ */
+int vmtest_vm_quit(struct vmtest_vm *vm);
+
+/* SIGKILL, reap, close the client.  Returns the status as above. */
+int vmtest_vm_kill(struct vmtest_vm *vm);
+
+/*
+ * From query-workload: the smallest "passes" over all vCPUs in *min_passes.
+ * 0, -EAGAIN when some vCPU is not in phase "running" yet, other -errno.
+ */
+int vmtest_workload_passes(struct vmtest_vm *vm, uint64_t *min_passes);
+
+/*
+ * Poll query-workload (short sleeps between calls) until every vCPU is
+ * "running" with passes >= @passes.  0, -ETIMEDOUT after @timeout_ms, or the
+ * error of the query.
+ */
+int vmtest_wait_passes(struct vmtest_vm *vm, uint64_t passes, int timeout_ms);
+
+/*
+ * dump-guest-memory to a unique file, verify_incrementer_file() on it,
+ * unlink it.  0 when consistent, -EBADMSG when broken (verdict printed on
+ * stderr), other -errno.
+ */
+int vmtest_verify_incrementer(struct vmtest_vm *vm);
+
+/*
+ * Call @command (args borrowed, may be NULL) and return its "return" value
+ * in *ret (caller owns; may be NULL to discard).  0, -EREMOTEIO (error reply,
+ * desc printed on stderr), other -errno.
+ */
+int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *args,
+		struct json_object **ret);
+
+struct vmtest_result {
+	int status;  /* exit code, 128+signal, or -ETIMEDOUT when killed */
+	char *out;   /* stdout, NUL-terminated (at most 1 MiB kept) */
+	char *err;   /* stderr, likewise */
+};
+
+/*
+ * Run `vmferry <args...>` (@args NULL-terminated) with @stdin_text (may be
+ * NULL: /dev/null) and capture its output, killing it after @timeout_ms.
+ * 0 with *res filled (free with vmtest_result_free), or -errno.
+ */
+int vmtest_run(const char *const args[], const char *stdin_text, int timeout_ms,
+	       struct vmtest_result *res);
+void vmtest_result_free(struct vmtest_result *res);
+
+#endif

@@ -1,0 +1,668 @@
+/*
+ * Unit tests for the incrementer verifier (src/verify): synthetic RAM images
+ * with a boot info and per-vCPU ranges, consistent ones and every kind of
+ * damage the verifier must catch.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "verify/verify.h"
+#include "vmferry/guest_abi.h"
+
+#define TEST_RAM_BYTES (8ull << 20)
+#define TEST_PAGE VMF_PAGE_BYTES
+
+struct test_image {
+	uint8_t *ram;
+	uint64_t bytes;
+	struct vmf_boot_info *bi;
+};
+
+/* 8 MiB RAM; workload memory [2 MiB, 8 MiB) split evenly among @nvcpus. */
+static void test_image_init(struct test_image *t, unsigned nvcpus)
+{
+	uint64_t per = (TEST_RAM_BYTES - VMF_WORK_GPA) / nvcpus / TEST_PAGE * TEST_PAGE;
+
+	t->bytes = TEST_RAM_BYTES;
+	t->ram = calloc(1, t->bytes);
+	assert_non_null(t->ram);
+	t->bi = (struct vmf_boot_info *)(t->ram + VMF_BOOT_INFO_GPA);
+	t->bi->magic = VMF_BOOT_MAGIC;
+	t->bi->abi_version = VMF_ABI_VERSION;
+	t->bi->nvcpus = nvcpus;
+	t->bi->ram_bytes = TEST_RAM_BYTES;
+	strcpy(t->bi->workload, "incrementer");
+	for (unsigned i = 0; i < nvcpus; i++) {
+		t->bi->range[i].gpa = VMF_WORK_GPA + i * per;
+		t->bi->range[i].bytes = per;
+		t->bi->stats[i].phase = VMF_PHASE_RUNNING;
+	}
+}
+
+static void test_image_free(struct test_image *t)
+{
+	free(t->ram);
+}
+
+static uint64_t test_npages(struct test_image *t, unsigned vcpu)
+{
+	return t->bi->range[vcpu].bytes / TEST_PAGE;
+}
+
+static uint8_t *test_page(struct test_image *t, unsigned vcpu, uint64_t page)
+{
+	return t->ram + t->bi->range[vcpu].gpa + page * TEST_PAGE;
+}
+
+/*
+ * A consistent stop: @passes done, pages below @edge one further.  The rest
+ * of each page gets noise: only first bytes count.
+ */
+static void test_fill(struct test_image *t, unsigned vcpu, uint64_t passes,
+		      uint64_t edge)
+{
+	t->bi->stats[vcpu].passes = passes;
+	t->bi->stats[vcpu].writes = passes * test_npages(t, vcpu) + edge;
+	for (uint64_t i = 0; i < test_npages(t, vcpu); i++) {
+		uint8_t *p = test_page(t, vcpu, i);
+
+		p[0] = (uint8_t)(i < edge ? passes + 1 : passes);
+		p[1] = 0xa5;
+		p[TEST_PAGE - 1] = (uint8_t)i;
+	}
+}
+
+static int test_verify(struct test_image *t, struct json_object **verdict)
+{
+	return verify_incrementer_image(t->ram, t->bytes, verdict);
+}
+
+static struct json_object *test_vcpu(struct json_object *verdict, unsigned vcpu)
+{
+	struct json_object *vcpus = json_object_object_get(verdict, "vcpus");
+
+	assert_non_null(vcpus);
+	assert_true(json_object_array_length(vcpus) > vcpu);
+	return json_object_array_get_idx(vcpus, vcpu);
+}
+
+static int64_t test_int(struct json_object *obj, const char *key)
+{
+	struct json_object *v = json_object_object_get(obj, key);
+
+	assert_non_null(v);
+	return json_object_get_int64(v);
+}
+
+static bool test_bool(struct json_object *obj, const char *key)
+{
+	struct json_object *v;
+
+	assert_true(json_object_object_get_ex(obj, key, &v));
+	assert_true(json_object_is_type(v, json_type_boolean));
+	return json_object_get_boolean(v);
+}
+
+static const char *test_error(struct json_object *verdict)
+{
+	struct json_object *v = json_object_object_get(verdict, "error");
+
+	assert_non_null(v);
+	return json_object_get_string(v);
+}
+
+/* Expect the image to be consistent with edge @edge on every vCPU given. */
+static void test_expect_ok(struct test_image *t, const int64_t *edges)
+{
+	struct json_object *verdict = NULL;
+
+	assert_int_equal(test_verify(t, &verdict), 0);
+	assert_non_null(verdict);
+	assert_true(test_bool(verdict, "ok"));
+	assert_null(json_object_object_get(verdict, "error"));
+	assert_string_equal(json_object_get_string(json_object_object_get(verdict, "workload")),
+			    "incrementer");
+	for (unsigned i = 0; i < t->bi->nvcpus; i++) {
+		struct json_object *v = test_vcpu(verdict, i);
+
+		assert_int_equal(test_int(v, "vcpu"), i);
+		assert_true(test_bool(v, "ok"));
+		assert_int_equal(test_int(v, "edge"), edges[i]);
+		assert_int_equal(test_int(v, "pages"), test_npages(t, i));
+		assert_int_equal(test_int(v, "passes"), t->bi->stats[i].passes);
+		assert_int_equal(test_int(v, "gpa"), t->bi->range[i].gpa);
+	}
+	json_object_put(verdict);
+}
+
+/*
+ * Expect -EBADMSG with @needle in the error.  With @vcpu >= 0, that vCPU's
+ * entry must be bad at @bad_page; returns nothing, frees the verdict.
+ */
+static void test_expect_bad(struct test_image *t, const char *needle, int vcpu,
+			    int64_t bad_page)
+{
+	struct json_object *verdict = NULL;
+	const char *err;
+
+	assert_int_equal(test_verify(t, &verdict), -EBADMSG);
+	assert_non_null(verdict);
+	assert_false(test_bool(verdict, "ok"));
+	err = test_error(verdict);
+	if (!strstr(err, needle))
+		fail_msg("error \"%s\" lacks \"%s\"", err, needle);
+	if (vcpu >= 0) {
+		struct json_object *v = test_vcpu(verdict, (unsigned)vcpu);
+
+		assert_false(test_bool(v, "ok"));
+		assert_true(json_object_object_get_ex(v, "edge", NULL));
+		assert_null(json_object_object_get(v, "edge"));
+		if (bad_page >= 0) {
+			assert_int_equal(test_int(v, "bad_page"), bad_page);
+			assert_int_equal(test_int(v, "bad_gpa"),
+					 t->bi->range[vcpu].gpa + (uint64_t)bad_page * TEST_PAGE);
+		}
+	} else {
+		assert_int_equal(json_object_array_length(json_object_object_get(verdict, "vcpus")), 0);
+	}
+	json_object_put(verdict);
+}
+
+/* ---- consistent images ---- */
+
+static void test_ok_edge_zero(void **state)
+{
+	struct test_image t;
+	int64_t edges[1] = { 0 };
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 3, 0);
+	test_expect_ok(&t, edges);
+	test_image_free(&t);
+}
+
+static void test_ok_mid_range(void **state)
+{
+	struct test_image t;
+	int64_t edges[2] = { 377, 1 };
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 5, 377);
+	test_fill(&t, 1, 0, 1); /* first pass barely begun */
+	test_expect_ok(&t, edges);
+	test_image_free(&t);
+}
+
+static void test_ok_edge_at_end(void **state)
+{
+	struct test_image t;
+	int64_t edges[2];
+
+	(void)state;
+	test_image_init(&t, 2);
+	edges[0] = (int64_t)test_npages(&t, 0);
+	edges[1] = 0;
+	test_fill(&t, 0, 9, test_npages(&t, 0)); /* pass done, passes not yet bumped */
+	test_fill(&t, 1, 0, 0);                  /* just zeroed */
+	test_expect_ok(&t, edges);
+	test_image_free(&t);
+}
+
+static void test_ok_wraparound(void **state)
+{
+	struct test_image t;
+	int64_t edges[2] = { 100, 200 };
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 255, 100);  /* prefix 0, rest 255 */
+	test_fill(&t, 1, 511, 200);  /* same bytes, passes > 256 */
+	assert_int_equal(test_page(&t, 0, 0)[0], 0);
+	assert_int_equal(test_page(&t, 0, 100)[0], 255);
+	test_expect_ok(&t, edges);
+	test_image_free(&t);
+}
+
+static void test_ok_phase_done(void **state)
+{
+	struct test_image t;
+	int64_t edges[1] = { 0 };
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 4, 0);
+	t.bi->stats[0].phase = VMF_PHASE_DONE;
+	test_expect_ok(&t, edges);
+	test_image_free(&t);
+}
+
+/* A shorter image reads as zeros past its end: fine when zeros are expected. */
+static void test_ok_short_image_zero_tail(void **state)
+{
+	struct test_image t;
+	int64_t edges[1] = { 10 };
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 0, 10);
+	/* clear the noise so the tail beyond the cut is really zero */
+	for (uint64_t i = 0; i < test_npages(&t, 0); i++)
+		memset(test_page(&t, 0, i) + 1, 0, TEST_PAGE - 1);
+	t.bytes = t.bi->range[0].gpa + 11 * TEST_PAGE;
+	test_expect_ok(&t, edges);
+	/* cut inside page 0: pages 1..9 read as zero, so the edge moves to 1 */
+	t.bytes = t.bi->range[0].gpa + 5;
+	edges[0] = 1;
+	test_expect_ok(&t, edges);
+	test_image_free(&t);
+}
+
+/* A huge claimed RAM and range past a small image: checked without a walk. */
+static void test_ok_huge_claimed_ram(void **state)
+{
+	struct test_image t;
+	int64_t edges[1];
+
+	(void)state;
+	test_image_init(&t, 1);
+	t.bi->ram_bytes = VMF_MAX_RAM_GIB << 30;
+	t.bi->range[0].bytes = t.bi->ram_bytes - VMF_WORK_GPA;
+	/* passes 255: prefix holds 0, so an all-zero range is at edge n. */
+	t.bi->stats[0].passes = 255;
+	edges[0] = (int64_t)test_npages(&t, 0);
+	test_expect_ok(&t, edges);
+	/* with passes 7 the zero tail is wrong; its size is counted, not walked */
+	t.bi->stats[0].passes = 7;
+	test_expect_bad(&t, "holds 0, expected 8 or 7", 0, 0);
+	test_image_free(&t);
+}
+
+/* ---- broken images ---- */
+
+static void test_bad_stale_page(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 7, 200);
+	test_fill(&t, 1, 7, 200);
+	test_page(&t, 1, 50)[0] = 7; /* one pass behind, inside the prefix */
+	test_expect_bad(&t, "vcpu 1: pages 50..50", 1, 50);
+	test_image_free(&t);
+}
+
+static void test_bad_stale_page_in_rest(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 7, 200);
+	test_page(&t, 0, 300)[0] = 6; /* two passes behind the prefix */
+	test_expect_bad(&t, "expected 7 after the edge at page 200", 0, 300);
+	test_image_free(&t);
+}
+
+static void test_bad_zeroed_page(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 7, 200);
+	test_page(&t, 0, 37)[0] = 0;
+	test_expect_bad(&t, "page 37 (gpa 0x225000) holds 0, expected 8 or 7", 0, 37);
+	test_image_free(&t);
+}
+
+static void test_bad_torn_range(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 12, 300);
+	for (uint64_t i = 100; i < 200; i++)
+		test_page(&t, 0, i)[0] = 12;  /* two edges: 100 and 300 */
+	test_expect_bad(&t, "pages 100..199", 0, 100);
+	test_image_free(&t);
+}
+
+static void test_bad_two_passes_ahead(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 20, 40);
+	test_page(&t, 0, 10)[0] = 22;
+	test_expect_bad(&t, "holds 22, expected 21 or 20", 0, 10);
+	test_image_free(&t);
+}
+
+static void test_bad_phase_setup(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 1, 1);
+	test_fill(&t, 1, 0, 0);
+	t.bi->stats[1].phase = VMF_PHASE_SETUP;
+	test_expect_bad(&t, "vcpu 1: phase setup", 1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_magic(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 1, 1);
+	t.bi->magic ^= 1;
+	test_expect_bad(&t, "bad magic", -1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_abi_and_workload(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 1, 1);
+	t.bi->abi_version = VMF_ABI_VERSION + 1;
+	test_expect_bad(&t, "abi_version", -1, -1);
+	t.bi->abi_version = VMF_ABI_VERSION;
+	strcpy(t.bi->workload, "dirtier");
+	test_expect_bad(&t, "workload \"dirtier\"", -1, -1);
+	memset(t.bi->workload, 'x', sizeof(t.bi->workload)); /* no NUL */
+	test_expect_bad(&t, "is not \"incrementer\"", -1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_overlapping_ranges(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 1, 1);
+	test_fill(&t, 1, 1, 1);
+	t.bi->range[1].gpa -= TEST_PAGE;
+	test_expect_bad(&t, "overlaps vcpu 0", -1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_ranges_outside_ram(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 1, 1);
+	t.bi->range[0].bytes += TEST_PAGE; /* one page past the end of RAM */
+	test_expect_bad(&t, "outside workload memory", -1, -1);
+	t.bi->range[0].bytes -= TEST_PAGE;
+	t.bi->range[0].gpa = VMF_IMAGE_GPA; /* below the workload area */
+	test_expect_bad(&t, "outside workload memory", -1, -1);
+	t.bi->range[0].gpa = UINT64_MAX - TEST_PAGE + 1; /* wraps */
+	test_expect_bad(&t, "outside workload memory", -1, -1);
+	t.bi->range[0].gpa = VMF_WORK_GPA + 8;
+	test_expect_bad(&t, "not page aligned", -1, -1);
+	t.bi->range[0].gpa = VMF_WORK_GPA;
+	t.bi->range[0].bytes = 0;
+	test_expect_bad(&t, "empty", -1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_ram_bytes(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 1, 1);
+	t.bi->ram_bytes = TEST_RAM_BYTES - TEST_PAGE; /* image larger than RAM */
+	t.bi->range[0].bytes -= TEST_PAGE;
+	test_expect_bad(&t, "image is", -1, -1);
+	t.bi->ram_bytes = (VMF_MAX_RAM_GIB << 30) + TEST_PAGE;
+	test_expect_bad(&t, "ram_bytes", -1, -1);
+	t.bi->ram_bytes = TEST_RAM_BYTES + 1;
+	test_expect_bad(&t, "ram_bytes", -1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_nvcpus(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 1, 1);
+	t.bi->nvcpus = 0;
+	test_expect_bad(&t, "nvcpus 0", -1, -1);
+	t.bi->nvcpus = VMF_MAX_VCPUS + 1;
+	test_expect_bad(&t, "nvcpus 33", -1, -1);
+	t.bi->nvcpus = UINT32_MAX;
+	test_expect_bad(&t, "nvcpus", -1, -1);
+	test_image_free(&t);
+}
+
+static void test_bad_tiny_images(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 1, 1);
+	/* cut inside the boot info: the rest reads as zero */
+	t.bytes = VMF_BOOT_INFO_GPA + 12;
+	test_expect_bad(&t, "nvcpus 0", -1, -1);
+	t.bytes = 3;
+	test_expect_bad(&t, "bad magic", -1, -1);
+	assert_int_equal(verify_incrementer_image(NULL, 0, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	assert_int_equal(verify_incrementer_image(NULL, 5, &verdict), -EINVAL);
+	assert_int_equal(verify_incrementer_image(t.ram, t.bytes, NULL), -EINVAL);
+	test_image_free(&t);
+}
+
+/* ---- files ---- */
+
+static char *test_write_file(const uint8_t *data, uint64_t bytes)
+{
+	char *path = strdup("/tmp/vmferry-test-verify-XXXXXX");
+	int fd;
+
+	assert_non_null(path);
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	for (uint64_t off = 0; off < bytes;) {
+		ssize_t n = write(fd, data + off, bytes - off);
+
+		assert_true(n > 0);
+		off += (uint64_t)n;
+	}
+	close(fd);
+	return path;
+}
+
+static void test_file_ok_and_truncated(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+	char *path;
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 3, 77);
+	test_fill(&t, 1, 3, 0);
+
+	path = test_write_file(t.ram, t.bytes);
+	assert_int_equal(verify_incrementer_file(path, &verdict), 0);
+	assert_true(test_bool(verdict, "ok"));
+	json_object_put(verdict);
+	verdict = NULL;
+
+	/* lose the second half of vCPU 1's range: those pages read as 0 */
+	assert_int_equal(truncate(path, (off_t)(t.bi->range[1].gpa +
+						t.bi->range[1].bytes / 2)), 0);
+	assert_int_equal(verify_incrementer_file(path, &verdict), -EBADMSG);
+	assert_false(test_bool(verdict, "ok"));
+	assert_true(test_bool(test_vcpu(verdict, 0), "ok"));
+	assert_false(test_bool(test_vcpu(verdict, 1), "ok"));
+	assert_int_equal(test_int(test_vcpu(verdict, 1), "bad_page"),
+			 test_npages(&t, 1) / 2);
+	assert_int_equal(test_int(test_vcpu(verdict, 1), "other_pages"),
+			 test_npages(&t, 1) / 2);
+	json_object_put(verdict);
+	verdict = NULL;
+
+	/* an empty file has no boot info */
+	assert_int_equal(truncate(path, 0), 0);
+	assert_int_equal(verify_incrementer_file(path, &verdict), -EBADMSG);
+	assert_string_equal(test_error(verdict), "boot info at 0x1000: bad magic "
+			    "0x0000000000000000 (expected 0x31544f4f42464d56)");
+	json_object_put(verdict);
+	verdict = NULL;
+
+	unlink(path);
+	assert_int_equal(verify_incrementer_file(path, &verdict), -ENOENT);
+	assert_null(verdict);
+	assert_int_equal(verify_incrementer_file("/tmp", &verdict), -EINVAL);
+	assert_null(verdict);
+	free(path);
+	test_image_free(&t);
+}
+
+/* Run verify_main with stdout and stderr sent to /dev/null. */
+static int test_run_main(int argc, const char *const *argv)
+{
+	int saved_out, saved_err, devnull, ret;
+
+	fflush(stdout);
+	fflush(stderr);
+	saved_out = dup(STDOUT_FILENO);
+	saved_err = dup(STDERR_FILENO);
+	devnull = open("/dev/null", O_WRONLY);
+	assert_true(saved_out >= 0 && saved_err >= 0 && devnull >= 0);
+	dup2(devnull, STDOUT_FILENO);
+	dup2(devnull, STDERR_FILENO);
+	ret = verify_main(argc, (char **)argv);
+	fflush(stdout);
+	fflush(stderr);
+	dup2(saved_out, STDOUT_FILENO);
+	dup2(saved_err, STDERR_FILENO);
+	close(saved_out);
+	close(saved_err);
+	close(devnull);
+	return ret;
+}
+
+static void test_main_exit_codes(void **state)
+{
+	struct test_image t;
+	char *good, *bad;
+
+	(void)state;
+	test_image_init(&t, 1);
+	test_fill(&t, 0, 2, 5);
+	good = test_write_file(t.ram, t.bytes);
+	test_page(&t, 0, 3)[0] = 99;
+	bad = test_write_file(t.ram, t.bytes);
+
+	{
+		const char *argv[] = { "verify", "incrementer", good };
+		assert_int_equal(test_run_main(3, argv), 0);
+	}
+	{
+		const char *argv[] = { "verify", "--pretty", "incrementer", "--", good };
+		assert_int_equal(test_run_main(5, argv), 0);
+	}
+	{
+		const char *argv[] = { "verify", "incrementer", bad };
+		assert_int_equal(test_run_main(3, argv), 1);
+	}
+	{
+		const char *argv[] = { "verify", "incrementer", "/nonexistent/dump" };
+		assert_int_equal(test_run_main(3, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify" };
+		assert_int_equal(test_run_main(1, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify", "incrementer" };
+		assert_int_equal(test_run_main(2, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify", "incrementer", good, "extra" };
+		assert_int_equal(test_run_main(4, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify", "dirtier", good };
+		assert_int_equal(test_run_main(3, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify", "--bogus", "incrementer", good };
+		assert_int_equal(test_run_main(4, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify", "--help" };
+		assert_int_equal(test_run_main(2, argv), 0);
+	}
+	unlink(good);
+	unlink(bad);
+	free(good);
+	free(bad);
+	test_image_free(&t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_ok_edge_zero),
+		cmocka_unit_test(test_ok_mid_range),
+		cmocka_unit_test(test_ok_edge_at_end),
+		cmocka_unit_test(test_ok_wraparound),
+		cmocka_unit_test(test_ok_phase_done),
+		cmocka_unit_test(test_ok_short_image_zero_tail),
+		cmocka_unit_test(test_ok_huge_claimed_ram),
+		cmocka_unit_test(test_bad_stale_page),
+		cmocka_unit_test(test_bad_stale_page_in_rest),
+		cmocka_unit_test(test_bad_zeroed_page),
+		cmocka_unit_test(test_bad_torn_range),
+		cmocka_unit_test(test_bad_two_passes_ahead),
+		cmocka_unit_test(test_bad_phase_setup),
+		cmocka_unit_test(test_bad_magic),
+		cmocka_unit_test(test_bad_abi_and_workload),
+		cmocka_unit_test(test_bad_overlapping_ranges),
+		cmocka_unit_test(test_bad_ranges_outside_ram),
+		cmocka_unit_test(test_bad_ram_bytes),
+		cmocka_unit_test(test_bad_nvcpus),
+		cmocka_unit_test(test_bad_tiny_images),
+		cmocka_unit_test(test_file_ok_and_truncated),
+		cmocka_unit_test(test_main_exit_codes),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
