@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void fuzz_check(const uint8_t *image, uint64_t bytes)
 {
 	struct json_object *verdict = NULL;
-	int ret = verify_incrementer_image(image, bytes, &verdict);
+	int ret = verify_guest_image(image, bytes, &verdict);
 
 	if (ret == 0 || ret == -EBADMSG) {
 		/* A verdict must exist and serialise. */

@@ -16,6 +16,7 @@
 
 #include "control/client.h"
 #include "control/control.h"
+#include "migration/cli.h"
 #include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
@@ -33,6 +34,7 @@ static void main_usage(FILE *f)
 		"commands:\n"
 		"  run      boot a guest VM            (vmferry run --help)\n"
 		"  ctl      send a control command     (vmferry ctl --help)\n"
+		"  migrate  live-migrate a running VM  (vmferry migrate --help)\n"
 		"  verify   check a guest memory dump  (vmferry verify --help)\n"
 		"  version  print the version\n");
 }
@@ -199,6 +201,8 @@ int main(int argc, char **argv)
 		return main_run(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "ctl"))
 		return control_client_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "migrate"))
+		return migration_cli_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "verify"))
 		return verify_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {

@@ -55,7 +55,7 @@ int channel_uri_parse(const char *text, struct channel_uri *out, char *err, size
 		if (hlen == 0 || hlen >= sizeof(out->host))
 			goto bad;
 		port = strtol(colon + 1, &end, 10);
-		if (colon[1] == 0 || *end || port < 1 || port > 65535)
+		if (colon[1] == 0 || *end || port < 0 || port > 65535)
 			goto bad;
 		out->kind = CHANNEL_TCP;
 		memcpy(out->host, h, hlen);
@@ -222,6 +222,10 @@ int channel_connect(const struct channel_uri *uri, int timeout_ms)
 		struct addrinfo *res, *ai;
 		int gai;
 
+		if (!strcmp(uri->port, "0")) {
+			log_error("migration: cannot connect to port 0 (only listening picks a free port)");
+			return -EINVAL;
+		}
 		gai = getaddrinfo(uri->host, uri->port, &hints, &res);
 		if (gai) {
 			log_error("migration: cannot resolve %s: %s", uri->host, gai_strerror(gai));

@@ -22,7 +22,8 @@ struct channel_uri {
 };
 
 /*
- * Parse @text.  Returns 0, or -EINVAL with a message in @err (which says
+ * Parse @text ("tcp:HOST:0" is accepted: listening on port 0 picks a free
+ * port).  Returns 0, or -EINVAL with a message in @err (which says
  * what form is expected).
  */
 int channel_uri_parse(const char *text, struct channel_uri *out, char *err, size_t errlen);

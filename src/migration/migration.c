@@ -26,7 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -76,6 +78,7 @@ struct migration {
 	_Atomic uint64_t remaining_bytes;
 	_Atomic uint64_t dirty_sync_count, dirty_pages_rate, passes;
 	_Atomic uint64_t throughput_bps;
+	_Atomic unsigned throttle_max;
 	uint64_t total_bytes;
 };
 
@@ -471,6 +474,28 @@ static bool mig_converged(struct migration *m, uint64_t dirty_pages, double bw,
 	return expect_ms <= (double)p->downtime_limit_ms;
 }
 
+/*
+ * After a failed send: did the destination say why on the return path?
+ * (It reports a refused header or a bad record, then closes.)  0 and the
+ * text in @out when it did.
+ */
+static int mig_rp_pending_error(struct mig_src *src, char *out, size_t len)
+{
+	struct stream rs;
+	struct mig_rp_msg msg;
+	char err[128];
+	int r;
+
+	if (stream_init(&rs, src->s.fd, 200))
+		return -ENOMEM;
+	r = mig_rp_read(&rs, &msg, err, sizeof(err));
+	stream_release(&rs);
+	if (r || msg.type != MIG_RP_ERROR)
+		return -ENOENT;
+	snprintf(out, len, "%.*s", (int)(len - 1), msg.text);
+	return 0;
+}
+
 static void *mig_source_thread(void *arg)
 {
 	struct migration *m = arg;
@@ -589,7 +614,10 @@ static void *mig_source_thread(void *arg)
 				unsigned t = vm_get_throttle(vm);
 
 				t = t ? t + p.throttle_increment_pct : p.throttle_initial_pct;
-				vm_set_throttle(vm, t > 99 ? 99 : t);
+				t = t > 99 ? 99 : t;
+				vm_set_throttle(vm, t);
+				if (t > atomic_load(&m->throttle_max))
+					atomic_store(&m->throttle_max, t);
 				hot_syncs = 0;
 			}
 		}
@@ -687,6 +715,8 @@ static void *mig_source_thread(void *arg)
 stream_fail:
 	if (atomic_load(&m->cancel))
 		mig_set_error(m, "cancelled");
+	else if (!mig_rp_pending_error(&src, errbuf, sizeof(errbuf)))
+		mig_set_error(m, "destination refused the migration: %s", errbuf);
 	else
 		mig_set_error(m, "sending to %s failed: %s", m->uri,
 			      src.s.errmsg[0] ? src.s.errmsg : strerror(-err));
@@ -726,6 +756,7 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->dirty_pages_rate, 0);
 	atomic_store(&m->passes, 0);
 	atomic_store(&m->throughput_bps, 0);
+	atomic_store(&m->throttle_max, 0);
 	m->error[0] = 0;
 	atomic_store(&m->cancel, false);
 	{
@@ -745,8 +776,8 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 	r = channel_uri_parse(uri, &cu, err, errlen);
 	if (r)
 		return r;
-	if (m->incoming) {
-		snprintf(err, errlen, "this VM is the destination of a migration");
+	if (m->incoming && migration_get_status(m) != MIG_STATUS_COMPLETED) {
+		snprintf(err, errlen, "this VM is waiting for an incoming migration");
 		return -EBUSY;
 	}
 	if (rs != VM_RUNSTATE_RUNNING && rs != VM_RUNSTATE_PAUSED) {
@@ -771,6 +802,7 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 		m->thread_joinable = false;
 	}
 	mig_reset_stats(m);
+	m->incoming = false; /* a guest that arrived here may move on */
 	m->curi = cu;
 	snprintf(m->uri, sizeof(m->uri), "%s", uri);
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
@@ -1001,9 +1033,22 @@ int migration_incoming_start(struct migration *m, const char *uri, char *err, si
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-r));
 		return r;
 	}
+	if (m->curi.kind == CHANNEL_TCP) {
+		/* Port 0 picks a free port; query-migrate shows the real one. */
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		char host[NI_MAXHOST], port[NI_MAXSERV];
+
+		if (getsockname(m->listen_fd, (struct sockaddr *)&ss, &sl) == 0 &&
+		    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
+				NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+			snprintf(m->uri, sizeof(m->uri), ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s",
+				 host, port);
+	}
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
 	mig_reset_stats(m);
 	mig_set_status(m, MIG_STATUS_SETUP);
+	log_info("waiting for an incoming migration on %s", m->uri);
 	r = -pthread_create(&m->thread, NULL, mig_incoming_thread, m);
 	if (r) {
 		snprintf(err, errlen, "cannot start the incoming thread: %s", strerror(-r));
@@ -1032,6 +1077,8 @@ struct json_object *migration_query(struct migration *m)
 	if (st == MIG_STATUS_NONE)
 		return o;
 	json_object_object_add(o, "role", json_object_new_string(m->incoming ? "destination" : "source"));
+	json_object_object_add(o, "uri", json_object_new_string(m->uri));
+	json_object_object_add(o, "cpu-throttle-max", json_object_new_int((int)atomic_load(&m->throttle_max)));
 	total_ns = m->start_ns ? (m->end_ns ? m->end_ns : now) - m->start_ns : 0;
 	json_object_object_add(o, "total-time", json_object_new_double((double)total_ns / 1e6));
 	json_object_object_add(o, "setup-time", json_object_new_double((double)m->setup_ns / 1e6));

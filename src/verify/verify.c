@@ -1,6 +1,10 @@
 /*
- * Offline verifiers for guest RAM dumps.  See verify.h for the property
+ * Offline verifiers for guest RAM dumps.  See verify.h for the properties
  * checked and the verdict format.
+ *
+ * One driver (verify_run) reads and checks the boot info, picks the
+ * workload (given, or named by the boot info) and builds the verdict; each
+ * workload only checks one vCPU's memory (its check_vcpu hook).
  */
 #include "verify/verify.h"
 
@@ -20,7 +24,7 @@
 #include "util/log.h"
 #include "vmferry/guest_abi.h"
 
-#define VERIFY_MSG_BYTES 256
+#define VERIFY_MSG_BYTES 320
 
 /* An image: @bytes readable bytes at @data; everything beyond reads as 0. */
 struct verify_image {
@@ -29,26 +33,17 @@ struct verify_image {
 };
 
 /*
- * Scan state of one vCPU range: a prefix of `hi` then the rest at `lo`.
- * The first problem found is kept:
- *  - VERIFY_BAD_VALUE: page bad_page holds a value that is neither;
- *  - VERIFY_BAD_TORN: `hi` reappears at page torn_at after the edge, so
- *    pages [bad_page = edge, torn_at) hold `lo` between `hi` pages: they are
- *    stale (one pass behind), or the range has two edges.
+ * A workload verifier.  check_vcpu adds the workload's keys to the vCPU's
+ * verdict @o (the common ones are there already), checks vCPU @vcpu's
+ * memory and returns true when it is consistent, else false with the
+ * problem in @msg.  The boot info has passed every check of verify_run().
  */
-enum verify_bad { VERIFY_BAD_NONE, VERIFY_BAD_VALUE, VERIFY_BAD_TORN };
-
-struct verify_scan {
-	uint8_t hi;            /* (passes + 1) mod 256 */
-	uint8_t lo;            /* passes mod 256 */
-	bool in_rest;          /* the edge has been seen */
-	uint64_t edge;         /* first page holding lo, valid when in_rest */
-	enum verify_bad bad;
-	uint64_t bad_page;
-	uint64_t torn_at;
-	uint8_t bad_value;
-	bool bad_after_edge;   /* VERIFY_BAD_VALUE found after the edge */
-	uint64_t other_pages;  /* pages holding neither hi nor lo */
+struct verify_workload {
+	const char *name;
+	bool (*check_vcpu)(const struct verify_image *img,
+			   const struct vmf_boot_info *bi, uint32_t vcpu,
+			   struct json_object *o, char *msg, size_t msg_len,
+			   int *err);
 };
 
 /* Add @val under @key; sticky -ENOMEM in *err, @val consumed either way. */
@@ -93,6 +88,22 @@ static void verify_read_boot_info(const struct verify_image *img,
 		memcpy(bi, img->data + VMF_BOOT_INFO_GPA, (size_t)avail);
 }
 
+/* The little-endian u64 at @gpa; bytes beyond the image read as 0. */
+static uint64_t verify_read_u64(const struct verify_image *img, uint64_t gpa)
+{
+	uint8_t b[8] = { 0 };
+	uint64_t v = 0;
+
+	if (gpa < img->bytes) {
+		uint64_t avail = img->bytes - gpa;
+
+		memcpy(b, img->data + gpa, (size_t)(avail < 8 ? avail : 8));
+	}
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | b[i];
+	return v;
+}
+
 /* The workload name as printable ASCII, for messages and the verdict. */
 static void verify_workload_name(const struct vmf_boot_info *bi,
 				 char out[VMF_WORKLOAD_NAME_BYTES + 1])
@@ -107,16 +118,24 @@ static void verify_workload_name(const struct vmf_boot_info *bi,
 	out[i] = 0;
 }
 
-/*
- * Validate everything the scan relies on.  Returns 0, or -EBADMSG with the
- * reason in @why.
- */
-static int verify_check_boot_info(const struct vmf_boot_info *bi,
-				  uint64_t image_bytes, char *why, size_t why_len)
+/* A parameter as the guest's vmf_param() reads it: first slot with @key. */
+static uint64_t verify_param(const struct vmf_boot_info *bi, const char *key,
+			     uint64_t dflt)
 {
-	static const char want[] = "incrementer";
-	char name[VMF_WORKLOAD_NAME_BYTES + 1];
+	for (unsigned i = 0; i < VMF_MAX_PARAMS; i++)
+		if (bi->params[i].key[0] &&
+		    strncmp(bi->params[i].key, key, VMF_PARAM_KEY_BYTES) == 0)
+			return bi->params[i].value;
+	return dflt;
+}
 
+/*
+ * The header that says this is a vmferry boot info at all.  Returns 0, or
+ * -EBADMSG with the reason in @why.
+ */
+static int verify_check_header(const struct vmf_boot_info *bi, char *why,
+			       size_t why_len)
+{
 	if (bi->magic != VMF_BOOT_MAGIC) {
 		snprintf(why, why_len, "boot info at 0x%llx: bad magic 0x%016" PRIx64
 			 " (expected 0x%016llx)", VMF_BOOT_INFO_GPA, bi->magic,
@@ -133,13 +152,16 @@ static int verify_check_boot_info(const struct vmf_boot_info *bi,
 			 bi->nvcpus, VMF_MAX_VCPUS);
 		return -EBADMSG;
 	}
-	if (memchr(bi->workload, 0, sizeof(bi->workload)) == NULL ||
-	    strcmp(bi->workload, want) != 0) {
-		verify_workload_name(bi, name);
-		snprintf(why, why_len, "boot info: workload \"%s\" is not \"%s\"",
-			 name, want);
-		return -EBADMSG;
-	}
+	return 0;
+}
+
+/*
+ * RAM size and vCPU ranges: everything the page scans rely on.  Returns 0,
+ * or -EBADMSG with the reason in @why.
+ */
+static int verify_check_layout(const struct vmf_boot_info *bi,
+			       uint64_t image_bytes, char *why, size_t why_len)
+{
 	if (bi->ram_bytes % VMF_PAGE_BYTES || bi->ram_bytes < VMF_WORK_GPA ||
 	    bi->ram_bytes > (VMF_MAX_RAM_GIB << 30)) {
 		snprintf(why, why_len, "boot info: ram_bytes %" PRIu64
@@ -184,6 +206,44 @@ static int verify_check_boot_info(const struct vmf_boot_info *bi,
 	}
 	return 0;
 }
+
+/* True when vCPU @vcpu is RUNNING or DONE, else false with @msg set. */
+static bool verify_phase_ok(const struct vmf_boot_info *bi, uint32_t vcpu,
+			    char *msg, size_t msg_len)
+{
+	uint64_t phase = bi->stats[vcpu].phase;
+
+	if (phase == VMF_PHASE_RUNNING || phase == VMF_PHASE_DONE)
+		return true;
+	snprintf(msg, msg_len, "vcpu %" PRIu32 ": phase %s (%" PRIu64
+		 "), expected running or done", vcpu, verify_phase_name(phase), phase);
+	return false;
+}
+
+/* ---- incrementer ---- */
+
+/*
+ * Scan state of one vCPU range: a prefix of `hi` then the rest at `lo`.
+ * The first problem found is kept:
+ *  - VERIFY_BAD_VALUE: page bad_page holds a value that is neither;
+ *  - VERIFY_BAD_TORN: `hi` reappears at page torn_at after the edge, so
+ *    pages [bad_page = edge, torn_at) hold `lo` between `hi` pages: they are
+ *    stale (one pass behind), or the range has two edges.
+ */
+enum verify_bad { VERIFY_BAD_NONE, VERIFY_BAD_VALUE, VERIFY_BAD_TORN };
+
+struct verify_scan {
+	uint8_t hi;            /* (passes + 1) mod 256 */
+	uint8_t lo;            /* passes mod 256 */
+	bool in_rest;          /* the edge has been seen */
+	uint64_t edge;         /* first page holding lo, valid when in_rest */
+	enum verify_bad bad;
+	uint64_t bad_page;
+	uint64_t torn_at;
+	uint8_t bad_value;
+	bool bad_after_edge;   /* VERIFY_BAD_VALUE found after the edge */
+	uint64_t other_pages;  /* pages holding neither hi nor lo */
+};
 
 /* Feed @count consecutive pages, from page @page on, all holding @value. */
 static void verify_scan_pages(struct verify_scan *s, uint64_t page,
@@ -245,20 +305,294 @@ static const char *verify_hint(const struct verify_scan *s)
 	return "garbage";
 }
 
+static bool verify_incrementer_vcpu(const struct verify_image *img,
+				    const struct vmf_boot_info *bi, uint32_t vcpu,
+				    struct json_object *o, char *msg, size_t msg_len,
+				    int *err)
+{
+	const struct vmf_range *r = &bi->range[vcpu];
+	const struct vmf_vcpu_stats *st = &bi->stats[vcpu];
+	struct verify_scan s = {
+		.hi = (uint8_t)(st->passes + 1),
+		.lo = (uint8_t)st->passes,
+	};
+	uint64_t bad_gpa;
+
+	if (!verify_phase_ok(bi, vcpu, msg, msg_len)) {
+		verify_put_null(o, "edge", err);
+		return false;
+	}
+	verify_scan_range(img, r, &s);
+	if (s.bad == VERIFY_BAD_NONE) {
+		uint64_t edge = s.in_rest ? s.edge : r->bytes / VMF_PAGE_BYTES;
+
+		verify_put(o, "edge", json_object_new_uint64(edge), err);
+		return true;
+	}
+	verify_put_null(o, "edge", err);
+	bad_gpa = r->gpa + s.bad_page * VMF_PAGE_BYTES;
+	if (s.bad == VERIFY_BAD_TORN)
+		snprintf(msg, msg_len, "vcpu %" PRIu32 ": pages %" PRIu64 "..%" PRIu64
+			 " (gpa 0x%" PRIx64 ") hold %u but page %" PRIu64 " after them"
+			 " holds %u (passes %" PRIu64 "; stale pages one pass behind,"
+			 " or a torn range with two edges)",
+			 vcpu, s.bad_page, s.torn_at - 1, bad_gpa, s.lo, s.torn_at,
+			 s.hi, st->passes);
+	else if (s.bad_after_edge)
+		snprintf(msg, msg_len, "vcpu %" PRIu32 ": page %" PRIu64
+			 " (gpa 0x%" PRIx64 ") holds %u, expected %u after the edge"
+			 " at page %" PRIu64 " (passes %" PRIu64 "; %s)",
+			 vcpu, s.bad_page, bad_gpa, s.bad_value, s.lo, s.edge,
+			 st->passes, verify_hint(&s));
+	else
+		snprintf(msg, msg_len, "vcpu %" PRIu32 ": page %" PRIu64
+			 " (gpa 0x%" PRIx64 ") holds %u, expected %u or %u"
+			 " (passes %" PRIu64 "; %s)",
+			 vcpu, s.bad_page, bad_gpa, s.bad_value, s.hi, s.lo,
+			 st->passes, verify_hint(&s));
+	verify_put(o, "bad_page", json_object_new_uint64(s.bad_page), err);
+	verify_put(o, "bad_gpa", json_object_new_uint64(bad_gpa), err);
+	verify_put(o, "value", json_object_new_int(s.bad_value), err);
+	verify_put(o, "other_pages", json_object_new_uint64(s.other_pages), err);
+	return false;
+}
+
+/* ---- dirtier ---- */
+
+/*
+ * Scan state of one dirtier vCPU.  Page k < wss_pages must hold
+ * verify_dirtier_expected(writes, wss_pages, k), except that page
+ * next_page may hold writes + 1 (stopped between the page write and the
+ * stats update); pages from wss_pages on must hold 0.  The first offending
+ * page is kept.
+ */
+struct verify_dirtier_scan {
+	uint64_t wss_pages;
+	uint64_t writes;
+	uint64_t next_page;   /* writes % wss_pages: where writes + 1 goes */
+	bool in_flight;       /* next_page holds writes + 1 */
+	bool bad;
+	uint64_t bad_page;
+	uint64_t expected;    /* what bad_page should hold */
+	uint64_t value;       /* what it holds */
+	uint64_t bad_pages;   /* offending pages in all */
+};
+
+/* The working set in pages, computed exactly as guest/workloads/dirtier.c. */
+static uint64_t verify_dirtier_wss_pages(const struct vmf_boot_info *bi,
+					 uint32_t vcpu)
+{
+	uint64_t range_pages = bi->range[vcpu].bytes / VMF_PAGE_BYTES;
+	uint64_t wss_bytes = verify_param(bi, "wss", 0);
+	uint64_t npages = range_pages;
+
+	if (wss_bytes && wss_bytes / VMF_PAGE_BYTES < range_pages)
+		npages = wss_bytes / VMF_PAGE_BYTES ? wss_bytes / VMF_PAGE_BYTES : 1;
+	return npages;
+}
+
+/*
+ * The sequence number page @k (< @npages) holds after @writes writes: the
+ * largest s <= writes with (s - 1) % npages == k, or 0 when there is none.
+ * k < npages <= 2^24, so k + 1 cannot wrap.
+ */
+static uint64_t verify_dirtier_expected(uint64_t writes, uint64_t npages,
+					uint64_t k)
+{
+	if (writes < k + 1)
+		return 0;
+	return k + 1 + (writes - k - 1) / npages * npages;
+}
+
+static void verify_dirtier_bad(struct verify_dirtier_scan *s, uint64_t page,
+			       uint64_t expected, uint64_t value, uint64_t count)
+{
+	s->bad_pages += count;
+	if (s->bad)
+		return;
+	s->bad = true;
+	s->bad_page = page;
+	s->expected = expected;
+	s->value = value;
+}
+
+static void verify_dirtier_page(struct verify_dirtier_scan *s, uint64_t k,
+				uint64_t value)
+{
+	uint64_t want = 0;
+
+	if (k < s->wss_pages)
+		want = verify_dirtier_expected(s->writes, s->wss_pages, k);
+	if (value == want)
+		return;
+	if (k == s->next_page && s->writes != UINT64_MAX && value == s->writes + 1) {
+		s->in_flight = true;
+		return;
+	}
+	verify_dirtier_bad(s, k, want, value, 1);
+}
+
+static void verify_dirtier_scan_range(const struct verify_image *img,
+				      const struct vmf_range *r,
+				      struct verify_dirtier_scan *s)
+{
+	uint64_t npages = r->bytes / VMF_PAGE_BYTES;
+
+	for (uint64_t k = 0; k < npages; k++) {
+		uint64_t gpa = r->gpa + k * VMF_PAGE_BYTES;
+		uint64_t written_end;
+
+		if (gpa < img->bytes) {
+			verify_dirtier_page(s, k, verify_read_u64(img, gpa));
+			continue;
+		}
+		/*
+		 * The rest of the range is past the image: all zero, which is
+		 * right for pages never written, i.e. from min(writes,
+		 * wss_pages) on, and wrong before.  Counted, not walked.
+		 */
+		written_end = s->writes < s->wss_pages ? s->writes : s->wss_pages;
+		if (k < written_end)
+			verify_dirtier_bad(s, k, verify_dirtier_expected(s->writes,
+					   s->wss_pages, k), 0, written_end - k);
+		return;
+	}
+}
+
+/* What kind of damage the first offending page looks like, in @buf. */
+static const char *verify_dirtier_hint(const struct verify_dirtier_scan *s,
+				       char *buf, size_t len)
+{
+	uint64_t v = s->value, n = s->wss_pages;
+
+	if (v == 0)
+		return "zero: lost page?";
+	if (s->writes != UINT64_MAX && v == s->writes + 1) {
+		snprintf(buf, len, "from the future: writes + 1, but the next write"
+			 " goes to page %" PRIu64, s->next_page);
+		return buf;
+	}
+	if (v > s->writes)
+		return "from the future: newer than writes";
+	if ((v - 1) % n != s->bad_page)
+		return "not a sequence number of this page: garbage";
+	snprintf(buf, len, "older sequence number: stale page, %" PRIu64
+		 " pass%s behind", (s->expected - v) / n,
+		 (s->expected - v) / n == 1 ? "" : "es");
+	return buf;
+}
+
+static bool verify_dirtier_vcpu(const struct verify_image *img,
+				const struct vmf_boot_info *bi, uint32_t vcpu,
+				struct json_object *o, char *msg, size_t msg_len,
+				int *err)
+{
+	const struct vmf_range *r = &bi->range[vcpu];
+	struct verify_dirtier_scan s = {
+		.wss_pages = verify_dirtier_wss_pages(bi, vcpu),
+		.writes = bi->stats[vcpu].writes,
+	};
+	char hint[96], or_next[40] = "";
+	uint64_t bad_gpa;
+
+	s.next_page = s.writes % s.wss_pages;
+	verify_put(o, "wss_pages", json_object_new_uint64(s.wss_pages), err);
+	verify_put(o, "writes", json_object_new_uint64(s.writes), err);
+	if (!verify_phase_ok(bi, vcpu, msg, msg_len))
+		return false;
+	verify_dirtier_scan_range(img, r, &s);
+	verify_put(o, "in_flight", json_object_new_boolean(s.in_flight), err);
+	if (!s.bad)
+		return true;
+
+	bad_gpa = r->gpa + s.bad_page * VMF_PAGE_BYTES;
+	if (s.bad_page >= s.wss_pages) {
+		snprintf(msg, msg_len, "vcpu %" PRIu32 ": page %" PRIu64 " (gpa 0x%"
+			 PRIx64 ") holds %" PRIu64 ", expected 0 (beyond the working"
+			 " set of %" PRIu64 " pages: never written)", vcpu,
+			 s.bad_page, bad_gpa, s.value, s.wss_pages);
+	} else {
+		if (s.bad_page == s.next_page && s.writes != UINT64_MAX)
+			snprintf(or_next, sizeof(or_next), " or %" PRIu64, s.writes + 1);
+		snprintf(msg, msg_len, "vcpu %" PRIu32 ": page %" PRIu64 " (gpa 0x%"
+			 PRIx64 ") holds %" PRIu64 ", expected %" PRIu64 "%s (writes %"
+			 PRIu64 ", wss_pages %" PRIu64 "; %s)", vcpu, s.bad_page,
+			 bad_gpa, s.value, s.expected, or_next, s.writes, s.wss_pages,
+			 verify_dirtier_hint(&s, hint, sizeof(hint)));
+	}
+	verify_put(o, "bad_page", json_object_new_uint64(s.bad_page), err);
+	verify_put(o, "bad_gpa", json_object_new_uint64(bad_gpa), err);
+	verify_put(o, "expected", json_object_new_uint64(s.expected), err);
+	verify_put(o, "value", json_object_new_uint64(s.value), err);
+	verify_put(o, "bad_pages", json_object_new_uint64(s.bad_pages), err);
+	return false;
+}
+
+/* ---- driver ---- */
+
+static const struct verify_workload verify_workloads[] = {
+	{ "incrementer", verify_incrementer_vcpu },
+	{ "dirtier", verify_dirtier_vcpu },
+};
+
+#define VERIFY_KNOWN "incrementer, dirtier"
+
+static const struct verify_workload *verify_find_workload(const char *name)
+{
+	for (size_t i = 0; i < sizeof(verify_workloads) / sizeof(verify_workloads[0]); i++)
+		if (strcmp(verify_workloads[i].name, name) == 0)
+			return &verify_workloads[i];
+	return NULL;
+}
+
+/*
+ * The workload to check: @want, which the boot info must name, or, when
+ * @want is NULL, the one the boot info names.  NULL with *ret = -EBADMSG
+ * (name missing or wrong) or -ENOTSUP (no verifier), reason in @why.
+ */
+static const struct verify_workload *
+verify_pick_workload(const struct vmf_boot_info *bi,
+		     const struct verify_workload *want, int *ret,
+		     char *why, size_t why_len)
+{
+	char name[VMF_WORKLOAD_NAME_BYTES + 1];
+	bool terminated = memchr(bi->workload, 0, sizeof(bi->workload)) != NULL;
+	const struct verify_workload *wl;
+
+	verify_workload_name(bi, name);
+	if (want) {
+		if (terminated && strcmp(bi->workload, want->name) == 0)
+			return want;
+		snprintf(why, why_len, "boot info: workload \"%s\" is not \"%s\"",
+			 name, want->name);
+		*ret = -EBADMSG;
+		return NULL;
+	}
+	if (!terminated) {
+		snprintf(why, why_len, "boot info: workload \"%s\" is not"
+			 " NUL-terminated", name);
+		*ret = -EBADMSG;
+		return NULL;
+	}
+	wl = verify_find_workload(bi->workload);
+	if (!wl) {
+		snprintf(why, why_len, "workload \"%s\" has no verifier (known: "
+			 VERIFY_KNOWN ")", name);
+		*ret = -ENOTSUP;
+	}
+	return wl;
+}
+
 /* Build the verdict of one vCPU; sets *ok false and @why on a problem. */
 static struct json_object *verify_vcpu(const struct verify_image *img,
 				       const struct vmf_boot_info *bi, uint32_t vcpu,
+				       const struct verify_workload *wl,
 				       bool *ok, char *why, size_t why_len, int *err)
 {
 	const struct vmf_range *r = &bi->range[vcpu];
 	const struct vmf_vcpu_stats *st = &bi->stats[vcpu];
 	struct json_object *o = json_object_new_object();
-	struct verify_scan s = {
-		.hi = (uint8_t)(st->passes + 1),
-		.lo = (uint8_t)st->passes,
-	};
-	char msg[VERIFY_MSG_BYTES];
-	uint64_t bad_gpa;
+	char msg[VERIFY_MSG_BYTES] = "";
 	bool vcpu_ok;
 
 	if (!o) {
@@ -270,50 +604,7 @@ static struct json_object *verify_vcpu(const struct verify_image *img,
 	verify_put(o, "pages", json_object_new_uint64(r->bytes / VMF_PAGE_BYTES), err);
 	verify_put(o, "phase", json_object_new_string(verify_phase_name(st->phase)), err);
 	verify_put(o, "passes", json_object_new_uint64(st->passes), err);
-
-	if (st->phase != VMF_PHASE_RUNNING && st->phase != VMF_PHASE_DONE) {
-		snprintf(msg, sizeof(msg), "vcpu %" PRIu32 ": phase %s (%" PRIu64
-			 "), expected running or done", vcpu,
-			 verify_phase_name(st->phase), st->phase);
-		verify_put_null(o, "edge", err);
-		vcpu_ok = false;
-		goto out;
-	}
-
-	verify_scan_range(img, r, &s);
-	vcpu_ok = s.bad == VERIFY_BAD_NONE;
-	if (vcpu_ok) {
-		uint64_t edge = s.in_rest ? s.edge : r->bytes / VMF_PAGE_BYTES;
-
-		verify_put(o, "edge", json_object_new_uint64(edge), err);
-		goto out;
-	}
-	verify_put_null(o, "edge", err);
-	bad_gpa = r->gpa + s.bad_page * VMF_PAGE_BYTES;
-	if (s.bad == VERIFY_BAD_TORN)
-		snprintf(msg, sizeof(msg), "vcpu %" PRIu32 ": pages %" PRIu64 "..%" PRIu64
-			 " (gpa 0x%" PRIx64 ") hold %u but page %" PRIu64 " after them"
-			 " holds %u (passes %" PRIu64 "; stale pages one pass behind,"
-			 " or a torn range with two edges)",
-			 vcpu, s.bad_page, s.torn_at - 1, bad_gpa, s.lo, s.torn_at,
-			 s.hi, st->passes);
-	else if (s.bad_after_edge)
-		snprintf(msg, sizeof(msg), "vcpu %" PRIu32 ": page %" PRIu64
-			 " (gpa 0x%" PRIx64 ") holds %u, expected %u after the edge"
-			 " at page %" PRIu64 " (passes %" PRIu64 "; %s)",
-			 vcpu, s.bad_page, bad_gpa, s.bad_value, s.lo, s.edge,
-			 st->passes, verify_hint(&s));
-	else
-		snprintf(msg, sizeof(msg), "vcpu %" PRIu32 ": page %" PRIu64
-			 " (gpa 0x%" PRIx64 ") holds %u, expected %u or %u"
-			 " (passes %" PRIu64 "; %s)",
-			 vcpu, s.bad_page, bad_gpa, s.bad_value, s.hi, s.lo,
-			 st->passes, verify_hint(&s));
-	verify_put(o, "bad_page", json_object_new_uint64(s.bad_page), err);
-	verify_put(o, "bad_gpa", json_object_new_uint64(bad_gpa), err);
-	verify_put(o, "value", json_object_new_int(s.bad_value), err);
-	verify_put(o, "other_pages", json_object_new_uint64(s.other_pages), err);
-out:
+	vcpu_ok = wl->check_vcpu(img, bi, vcpu, o, msg, sizeof(msg), err);
 	verify_put(o, "ok", json_object_new_boolean(vcpu_ok), err);
 	if (!vcpu_ok) {
 		verify_put(o, "error", json_object_new_string(msg), err);
@@ -324,15 +615,21 @@ out:
 	return o;
 }
 
-static int verify_incrementer(const struct verify_image *img,
-			      struct json_object **verdict)
+/*
+ * Check @img against @want (NULL: the workload its boot info names).
+ * Returns 0, -EBADMSG or -ENOTSUP with *verdict set, or -ENOMEM.
+ */
+static int verify_run(const struct verify_image *img,
+		      const struct verify_workload *want,
+		      struct json_object **verdict)
 {
+	const struct verify_workload *wl = NULL;
 	struct vmf_boot_info bi;
 	char name[VMF_WORKLOAD_NAME_BYTES + 1];
 	char why[VERIFY_MSG_BYTES] = "";
 	struct json_object *root, *vcpus;
 	bool ok = true;
-	int err = 0;
+	int err = 0, ret;
 
 	verify_read_boot_info(img, &bi);
 	root = json_object_new_object();
@@ -345,18 +642,25 @@ static int verify_incrementer(const struct verify_image *img,
 	verify_workload_name(&bi, name);
 	verify_put(root, "workload", json_object_new_string(name), &err);
 	verify_put(root, "ram_bytes", json_object_new_uint64(bi.ram_bytes), &err);
-	if (verify_check_boot_info(&bi, img->bytes, why, sizeof(why)) < 0) {
+	ret = verify_check_header(&bi, why, sizeof(why));
+	if (ret == 0)
+		wl = verify_pick_workload(&bi, want, &ret, why, sizeof(why));
+	if (ret == 0)
+		ret = verify_check_layout(&bi, img->bytes, why, sizeof(why));
+	if (ret < 0) {
 		ok = false;
 	} else {
 		for (uint32_t i = 0; i < bi.nvcpus && !err; i++) {
 			struct json_object *v =
-				verify_vcpu(img, &bi, i, &ok, why, sizeof(why), &err);
+				verify_vcpu(img, &bi, i, wl, &ok, why, sizeof(why), &err);
 
 			if (v && json_object_array_add(vcpus, v) < 0) {
 				json_object_put(v);
 				err = -ENOMEM;
 			}
 		}
+		if (!ok)
+			ret = -EBADMSG;
 	}
 	verify_put(root, "vcpus", vcpus, &err);
 	verify_put(root, "ok", json_object_new_boolean(ok), &err);
@@ -367,21 +671,23 @@ static int verify_incrementer(const struct verify_image *img,
 		return err;
 	}
 	*verdict = root;
-	return ok ? 0 : -EBADMSG;
+	return ret;
 }
 
-int verify_incrementer_image(const uint8_t *ram, uint64_t image_bytes,
-			     struct json_object **verdict)
+static int verify_image(const uint8_t *ram, uint64_t image_bytes,
+			const struct verify_workload *want,
+			struct json_object **verdict)
 {
 	struct verify_image img = { .data = ram, .bytes = image_bytes };
 
 	if (!verdict || (!ram && image_bytes))
 		return -EINVAL;
 	*verdict = NULL;
-	return verify_incrementer(&img, verdict);
+	return verify_run(&img, want, verdict);
 }
 
-int verify_incrementer_file(const char *path, struct json_object **verdict)
+static int verify_file(const char *path, const struct verify_workload *want,
+		       struct json_object **verdict)
 {
 	struct verify_image img = { 0 };
 	void *map = NULL;
@@ -417,12 +723,12 @@ int verify_incrementer_file(const char *path, struct json_object **verdict)
 				  (long long)st.st_size, strerror(-ret));
 			goto out_close;
 		}
-		/* One byte per page, in order: let readahead work. */
+		/* A few bytes per page, in order: let readahead work. */
 		(void)madvise(map, (size_t)st.st_size, MADV_SEQUENTIAL);
 		img.data = map;
 		img.bytes = (uint64_t)st.st_size;
 	}
-	ret = verify_incrementer(&img, verdict);
+	ret = verify_run(&img, want, verdict);
 	if (map)
 		munmap(map, (size_t)st.st_size);
 out_close:
@@ -430,22 +736,67 @@ out_close:
 	return ret;
 }
 
+int verify_incrementer_image(const uint8_t *ram, uint64_t image_bytes,
+			     struct json_object **verdict)
+{
+	return verify_image(ram, image_bytes, verify_find_workload("incrementer"),
+			    verdict);
+}
+
+int verify_incrementer_file(const char *path, struct json_object **verdict)
+{
+	return verify_file(path, verify_find_workload("incrementer"), verdict);
+}
+
+int verify_dirtier_image(const uint8_t *ram, uint64_t image_bytes,
+			 struct json_object **verdict)
+{
+	return verify_image(ram, image_bytes, verify_find_workload("dirtier"), verdict);
+}
+
+int verify_dirtier_file(const char *path, struct json_object **verdict)
+{
+	return verify_file(path, verify_find_workload("dirtier"), verdict);
+}
+
+int verify_guest_image(const uint8_t *ram, uint64_t image_bytes,
+		       struct json_object **verdict)
+{
+	return verify_image(ram, image_bytes, NULL, verdict);
+}
+
+int verify_guest_file(const char *path, struct json_object **verdict)
+{
+	return verify_file(path, NULL, verdict);
+}
+
+/* ---- vmferry verify ---- */
+
 static void verify_usage(FILE *f)
 {
-	fputs("usage: vmferry verify [--pretty] incrementer DUMPFILE\n"
+	fputs("usage: vmferry verify [--pretty] WORKLOAD DUMPFILE\n"
 	      "\n"
 	      "Check a guest RAM dump (as written by dump-guest-memory: file offset ==\n"
-	      "guest-physical address) for the incrementer workload's invariant: in each\n"
-	      "vCPU range, page first bytes hold passes+1 on a prefix and passes on the\n"
-	      "rest.  Prints a JSON verdict on stdout.\n"
+	      "guest-physical address) against its workload's invariant and print a\n"
+	      "JSON verdict on stdout.  WORKLOAD is one of:\n"
 	      "\n"
-	      "exit status: 0 consistent, 1 broken (verdict says where), 2 usage or I/O error\n",
+	      "  incrementer  in each vCPU range, page first bytes hold passes+1 on a\n"
+	      "               prefix and passes on the rest\n"
+	      "  dirtier      in each vCPU working set, page k's first 8 bytes hold the\n"
+	      "               last sequence number <= writes that went to page k (the\n"
+	      "               page being written may hold writes+1); pages past the\n"
+	      "               working set hold 0\n"
+	      "  auto         the workload named in the dump's boot info\n"
+	      "\n"
+	      "exit status: 0 consistent, 1 broken (verdict says where), 2 usage or I/O\n"
+	      "error, or no verifier for the dump's workload\n",
 	      f);
 }
 
 int verify_main(int argc, char **argv)
 {
 	const char *positional[2];
+	const struct verify_workload *want = NULL;
 	int npositional = 0, flags = JSON_C_TO_STRING_PLAIN;
 	struct json_object *verdict = NULL;
 	bool options_done = false;
@@ -481,14 +832,17 @@ int verify_main(int argc, char **argv)
 		verify_usage(stderr);
 		return VERIFY_EXIT_ERROR;
 	}
-	if (strcmp(positional[0], "incrementer") != 0) {
-		fprintf(stderr, "vmferry verify: unknown workload \"%s\" (known: incrementer)\n",
-			positional[0]);
-		return VERIFY_EXIT_ERROR;
+	if (strcmp(positional[0], "auto") != 0) {
+		want = verify_find_workload(positional[0]);
+		if (!want) {
+			fprintf(stderr, "vmferry verify: unknown workload \"%s\" (known: "
+				VERIFY_KNOWN ", auto)\n", positional[0]);
+			return VERIFY_EXIT_ERROR;
+		}
 	}
 
-	ret = verify_incrementer_file(positional[1], &verdict);
-	if (ret < 0 && ret != -EBADMSG) {
+	ret = verify_file(positional[1], want, &verdict);
+	if (ret < 0 && ret != -EBADMSG && ret != -ENOTSUP) {
 		/* open/stat/mmap failures were logged with their cause already */
 		if (ret == -ENOMEM)
 			fprintf(stderr, "vmferry verify: out of memory checking %s\n",
@@ -503,9 +857,11 @@ int verify_main(int argc, char **argv)
 	printf("%s\n", json_object_to_json_string_ext(verdict,
 						      flags | JSON_C_TO_STRING_NOSLASHESCAPE));
 	fflush(stdout);
-	if (ret == -EBADMSG)
-		fprintf(stderr, "vmferry verify: BROKEN: %s\n",
+	if (ret < 0)
+		fprintf(stderr, "vmferry verify: %s%s\n", ret == -EBADMSG ? "BROKEN: " : "",
 			json_object_get_string(json_object_object_get(verdict, "error")));
 	json_object_put(verdict);
+	if (ret == -ENOTSUP)
+		return VERIFY_EXIT_ERROR;
 	return ret == 0 ? VERIFY_EXIT_OK : VERIFY_EXIT_BROKEN;
 }

@@ -13,8 +13,21 @@
  * b[0..k-1] == (P+1) mod 256 and b[k..n-1] == P mod 256.  A lost, stale,
  * zeroed or torn page breaks it.
  *
+ * dirtier property (see guest/workloads/dirtier.c): for each vCPU, with
+ * n = the working set in pages (the "wss" param as the guest reads it:
+ * clamped to the range, rounded down to pages, at least one page),
+ * W = stats[vcpu].writes and q[k] the little-endian u64 at the start of
+ * page k of the range, the phase is RUNNING or DONE and
+ *  - for k < n, q[k] is the largest s <= W with (s - 1) % n == k, or 0 when
+ *    W < k + 1 -- except that q[W % n] may be W + 1 (a stop between the
+ *    page write and the stats update);
+ *  - for k >= n, q[k] == 0 (never written).
+ * A stale page (older sequence number), a zeroed one, a value from the
+ * future or a write beyond the working set breaks it.
+ *
  * The boot info must also be sane, else the dump is rejected as broken:
- * magic, abi_version, nvcpus in 1..VMF_MAX_VCPUS, workload "incrementer",
+ * magic, abi_version, nvcpus in 1..VMF_MAX_VCPUS, the workload name
+ * NUL-terminated (and the expected one, for the per-workload functions),
  * ram_bytes page aligned, at least VMF_WORK_GPA and at most VMF_MAX_RAM_GIB,
  * not smaller than the image, and every vCPU range non-empty, page aligned,
  * at or above VMF_WORK_GPA, inside ram_bytes and not overlapping another.
@@ -70,10 +83,53 @@ int verify_incrementer_image(const uint8_t *ram, uint64_t image_bytes,
 int verify_incrementer_file(const char *path, struct json_object **verdict);
 
 /*
- * `vmferry verify [--pretty] incrementer DUMPFILE`; argv[0] is "verify".
- * Prints the verdict JSON on stdout (and a one-line summary on stderr when
- * broken).  Returns the process exit status: 0 consistent, 1 broken,
- * 2 usage or I/O error (message on stderr); --help prints usage, returns 0.
+ * Check the dirtier property, as verify_incrementer_image() does the
+ * incrementer one (same returns and ownership).  The verdict:
+ *
+ *   {"ok": bool, "workload": "dirtier", "ram_bytes": N,
+ *    "vcpus": [{"vcpu": 0, "gpa": N, "pages": N, "phase": "running",
+ *               "passes": N, "wss_pages": n, "writes": W, "ok": bool,
+ *               -- when the phase was right: --
+ *               "in_flight": bool (page W % n holds W + 1),
+ *               -- when not ok: --
+ *               "error": "...",
+ *               -- when not ok and the phase was right: --
+ *               "bad_page": k, "bad_gpa": N, "expected": s, "value": v,
+ *               "bad_pages": count of offending pages}],
+ *    "error": "first problem found, in words"   -- only when not ok
+ *   }
+ *
+ * "bad_page" is the first offending page of the range; "expected" is what
+ * it should hold (W + 1 is allowed too when k == W % n).
+ */
+int verify_dirtier_image(const uint8_t *ram, uint64_t image_bytes,
+			 struct json_object **verdict);
+
+/* verify_dirtier_image() on a dump file; as verify_incrementer_file(). */
+int verify_dirtier_file(const char *path, struct json_object **verdict);
+
+/*
+ * Check an image against the property of the workload its boot info names
+ * (incrementer or dirtier), with that workload's verdict.  Returns as
+ * verify_incrementer_image(), and also -ENOTSUP when the workload has no
+ * verifier: *verdict is then set too, with "ok": false, empty "vcpus" and
+ * "error": "workload \"NAME\" has no verifier (...)".  A boot info too
+ * broken to name a workload (bad magic, abi_version or nvcpus, unterminated
+ * name) gives -EBADMSG.
+ */
+int verify_guest_image(const uint8_t *ram, uint64_t image_bytes,
+		       struct json_object **verdict);
+
+/* verify_guest_image() on a dump file; as verify_incrementer_file(). */
+int verify_guest_file(const char *path, struct json_object **verdict);
+
+/*
+ * `vmferry verify [--pretty] {incrementer|dirtier|auto} DUMPFILE`; argv[0]
+ * is "verify"; auto dispatches on the dump's boot info.  Prints the verdict
+ * JSON on stdout (and a one-line summary on stderr when broken or
+ * unverifiable).  Returns the process exit status: 0 consistent, 1 broken,
+ * 2 usage or I/O error, or no verifier for the dump's workload (message on
+ * stderr); --help prints usage, returns 0.
  */
 int verify_main(int argc, char **argv);
 

@@ -340,7 +340,12 @@ int vmtest_wait_passes(struct vmtest_vm *vm, uint64_t passes, int timeout_ms)
 	return -ETIMEDOUT;
 }
 
-int vmtest_verify_incrementer(struct vmtest_vm *vm)
+/*
+ * dump-guest-memory to a unique file, check it with @verify_file, unlink
+ * it.  A broken or unverifiable verdict is printed on stderr.
+ */
+static int vmtest_verify_dump(struct vmtest_vm *vm,
+			      int (*verify_file)(const char *, struct json_object **))
 {
 	char path[VMTEST_PATH_BYTES];
 	struct json_object *args, *verdict = NULL;
@@ -357,9 +362,10 @@ int vmtest_verify_incrementer(struct vmtest_vm *vm)
 	json_object_put(args);
 	if (rc < 0)
 		goto out;
-	rc = verify_incrementer_file(path, &verdict);
-	if (rc == -EBADMSG)
-		fprintf(stderr, "vmtest: incrementer memory is broken: %s\n",
+	rc = verify_file(path, &verdict);
+	if (rc == -EBADMSG || rc == -ENOTSUP)
+		fprintf(stderr, "vmtest: guest memory is %s: %s\n",
+			rc == -EBADMSG ? "broken" : "not verifiable",
 			json_object_to_json_string_ext(verdict, JSON_C_TO_STRING_PLAIN));
 	else if (rc < 0)
 		fprintf(stderr, "vmtest: cannot verify %s: %s\n", path, strerror(-rc));
@@ -367,6 +373,16 @@ out:
 	json_object_put(verdict);
 	unlink(path);
 	return rc;
+}
+
+int vmtest_verify_incrementer(struct vmtest_vm *vm)
+{
+	return vmtest_verify_dump(vm, verify_incrementer_file);
+}
+
+int vmtest_verify_memory(struct vmtest_vm *vm)
+{
+	return vmtest_verify_dump(vm, verify_guest_file);
 }
 
 /* Read up to VMTEST_CAPTURE_MAX_BYTES of @path into a new string. */

@@ -1,7 +1,7 @@
 /*
  * Helpers for integration tests that run real VMs: KVM detection, unique
  * temporary paths, spawning `vmferry run` with a control socket, bounded
- * waits, and checking the incrementer workload.
+ * waits, and checking guest memory with the workload verifiers.
  *
  * Every wait is bounded; every process started is reaped.  Single-threaded
  * use (one test program's main thread).
@@ -87,6 +87,14 @@ int vmtest_wait_passes(struct vmtest_vm *vm, uint64_t passes, int timeout_ms);
  * stderr), other -errno.
  */
 int vmtest_verify_incrementer(struct vmtest_vm *vm);
+
+/*
+ * Same with verify_guest_file(): checks whichever workload the guest runs
+ * (incrementer or dirtier).  0 when consistent, -EBADMSG when broken,
+ * -ENOTSUP when the workload has no verifier (verdict printed on stderr
+ * for both), other -errno.
+ */
+int vmtest_verify_memory(struct vmtest_vm *vm);
 
 /*
  * Call @command (args borrowed, may be NULL) and return its "return" value

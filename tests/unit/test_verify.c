@@ -1,7 +1,8 @@
 /*
- * Unit tests for the incrementer verifier (src/verify): synthetic RAM images
- * with a boot info and per-vCPU ranges, consistent ones and every kind of
- * damage the verifier must catch.
+ * Unit tests for the guest memory verifiers (src/verify): synthetic RAM
+ * images with a boot info and per-vCPU ranges for the incrementer and the
+ * dirtier, consistent ones and every kind of damage the verifiers must
+ * catch, and dispatch on the workload named in the boot info.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -486,6 +487,518 @@ static void test_bad_tiny_images(void **state)
 	test_image_free(&t);
 }
 
+/* ---- dirtier ---- */
+
+/* Store @v little-endian in the first 8 bytes of @p, as the guest does. */
+static void test_put_u64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A dirtier image; @wss_bytes 0 leaves the param out (whole range). */
+static void test_dirtier_init(struct test_image *t, unsigned nvcpus,
+			      uint64_t wss_bytes)
+{
+	test_image_init(t, nvcpus);
+	strcpy(t->bi->workload, "dirtier");
+	/* unrelated params around it, as `--guest dirtier,rate=..,wss=..` */
+	strcpy(t->bi->params[0].key, "rate");
+	t->bi->params[0].value = 50000;
+	if (wss_bytes) {
+		strcpy(t->bi->params[1].key, "wss");
+		t->bi->params[1].value = wss_bytes;
+	}
+}
+
+/* The working set in pages the verdict must report for @wss_bytes. */
+static uint64_t test_wss_pages(struct test_image *t, unsigned vcpu)
+{
+	uint64_t range = test_npages(t, vcpu);
+
+	for (unsigned i = 0; i < VMF_MAX_PARAMS; i++) {
+		if (strcmp(t->bi->params[i].key, "wss") == 0) {
+			uint64_t n = t->bi->params[i].value / TEST_PAGE;
+
+			if (t->bi->params[i].value == 0 || n >= range)
+				return range;
+			return n ? n : 1;
+		}
+	}
+	return range;
+}
+
+/*
+ * A consistent stop after @writes writes: page k of the working set holds
+ * the last sequence number written to it, with noise after the first 8
+ * bytes (only those count); pages beyond it keep noise past byte 8 too.
+ * Written independently of the verifier: by replaying the guest's loop
+ * when @writes is small, by formula otherwise.
+ */
+static void test_dirtier_fill(struct test_image *t, unsigned vcpu, uint64_t writes)
+{
+	uint64_t n = test_wss_pages(t, vcpu);
+
+	t->bi->stats[vcpu].writes = writes;
+	t->bi->stats[vcpu].passes = writes / n;
+	for (uint64_t k = 0; k < test_npages(t, vcpu); k++) {
+		uint8_t *p = test_page(t, vcpu, k);
+
+		memset(p, 0, 8);
+		p[8] = 0x5a;
+		p[TEST_PAGE - 1] = (uint8_t)k;
+	}
+	if (writes <= 4 * n) {
+		for (uint64_t seq = 1; seq <= writes; seq++)
+			test_put_u64(test_page(t, vcpu, (seq - 1) % n), seq);
+		return;
+	}
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t last = writes - (writes - 1 - k) % n; /* writes >= n > k */
+
+		test_put_u64(test_page(t, vcpu, k), last);
+	}
+}
+
+/* The guest wrote seq writes + 1 but was stopped before stats.writes. */
+static void test_dirtier_in_flight(struct test_image *t, unsigned vcpu)
+{
+	uint64_t w = t->bi->stats[vcpu].writes;
+
+	test_put_u64(test_page(t, vcpu, w % test_wss_pages(t, vcpu)), w + 1);
+}
+
+static int test_verify_dirtier(struct test_image *t, struct json_object **verdict)
+{
+	return verify_dirtier_image(t->ram, t->bytes, verdict);
+}
+
+/* Expect a consistent dirtier image; returns the verdict (caller puts). */
+static struct json_object *test_dirtier_expect_ok(struct test_image *t)
+{
+	struct json_object *verdict = NULL;
+
+	assert_int_equal(test_verify_dirtier(t, &verdict), 0);
+	assert_non_null(verdict);
+	assert_true(test_bool(verdict, "ok"));
+	assert_null(json_object_object_get(verdict, "error"));
+	assert_string_equal(json_object_get_string(json_object_object_get(verdict, "workload")),
+			    "dirtier");
+	for (unsigned i = 0; i < t->bi->nvcpus; i++) {
+		struct json_object *v = test_vcpu(verdict, i);
+
+		assert_int_equal(test_int(v, "vcpu"), i);
+		assert_true(test_bool(v, "ok"));
+		assert_int_equal(test_int(v, "pages"), test_npages(t, i));
+		assert_int_equal(test_int(v, "wss_pages"), test_wss_pages(t, i));
+		assert_int_equal(test_int(v, "writes"), t->bi->stats[i].writes);
+		assert_int_equal(test_int(v, "gpa"), t->bi->range[i].gpa);
+		assert_null(json_object_object_get(v, "bad_page"));
+	}
+	return verdict;
+}
+
+/*
+ * Expect -EBADMSG with @needle in the error, vCPU @vcpu bad at @bad_page
+ * holding @value where @expected belongs.
+ */
+static void test_dirtier_expect_bad(struct test_image *t, const char *needle,
+				    unsigned vcpu, uint64_t bad_page,
+				    uint64_t expected, uint64_t value)
+{
+	struct json_object *verdict = NULL, *v;
+	const char *err;
+
+	assert_int_equal(test_verify_dirtier(t, &verdict), -EBADMSG);
+	assert_non_null(verdict);
+	assert_false(test_bool(verdict, "ok"));
+	err = test_error(verdict);
+	if (!strstr(err, needle))
+		fail_msg("error \"%s\" lacks \"%s\"", err, needle);
+	v = test_vcpu(verdict, vcpu);
+	assert_false(test_bool(v, "ok"));
+	assert_string_equal(json_object_get_string(json_object_object_get(v, "error")), err);
+	assert_int_equal(test_int(v, "bad_page"), bad_page);
+	assert_int_equal(test_int(v, "bad_gpa"), t->bi->range[vcpu].gpa + bad_page * TEST_PAGE);
+	assert_int_equal(test_int(v, "expected"), expected);
+	assert_int_equal(test_int(v, "value"), value);
+	assert_true(test_int(v, "bad_pages") >= 1);
+	json_object_put(verdict);
+}
+
+static void test_dirtier_ok_first_pass(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict;
+
+	(void)state;
+	test_dirtier_init(&t, 1, 0);
+	test_dirtier_fill(&t, 0, 0); /* nothing written yet */
+	json_object_put(test_dirtier_expect_ok(&t));
+	test_dirtier_fill(&t, 0, 100); /* W < n: pages 100.. still 0 */
+	verdict = test_dirtier_expect_ok(&t);
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "wss_pages"), 1536);
+	assert_false(test_bool(test_vcpu(verdict, 0), "in_flight"));
+	json_object_put(verdict);
+	test_image_free(&t);
+}
+
+static void test_dirtier_ok_many_passes(void **state)
+{
+	struct test_image t;
+	uint64_t n;
+
+	(void)state;
+	test_dirtier_init(&t, 2, 0);
+	n = test_wss_pages(&t, 0);
+	test_dirtier_fill(&t, 0, 3 * n + 300);   /* replayed */
+	test_dirtier_fill(&t, 1, 1000 * n + 17); /* by formula */
+	json_object_put(test_dirtier_expect_ok(&t));
+	test_dirtier_fill(&t, 0, 5 * n);         /* exactly at a pass boundary */
+	t.bi->stats[0].passes--;                 /* ... before passes++ */
+	t.bi->stats[1].phase = VMF_PHASE_DONE;   /* passes=N reached */
+	json_object_put(test_dirtier_expect_ok(&t));
+	test_image_free(&t);
+}
+
+static void test_dirtier_ok_in_flight(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict;
+	uint64_t n;
+
+	(void)state;
+	test_dirtier_init(&t, 2, 0);
+	n = test_wss_pages(&t, 0);
+	test_dirtier_fill(&t, 0, 2 * n + 10);
+	test_dirtier_in_flight(&t, 0);          /* page 10 holds W + 1 */
+	test_dirtier_fill(&t, 1, 0);
+	test_dirtier_in_flight(&t, 1);          /* the very first write */
+	verdict = test_dirtier_expect_ok(&t);
+	assert_true(test_bool(test_vcpu(verdict, 0), "in_flight"));
+	assert_true(test_bool(test_vcpu(verdict, 1), "in_flight"));
+	json_object_put(verdict);
+	/* the write that wraps: W = 3n, next page is 0 */
+	test_dirtier_fill(&t, 0, 3 * n);
+	test_dirtier_in_flight(&t, 0);
+	test_dirtier_fill(&t, 1, 7);            /* W < n */
+	test_dirtier_in_flight(&t, 1);
+	verdict = test_dirtier_expect_ok(&t);
+	assert_true(test_bool(test_vcpu(verdict, 0), "in_flight"));
+	assert_true(test_bool(test_vcpu(verdict, 1), "in_flight"));
+	json_object_put(verdict);
+	test_image_free(&t);
+}
+
+static void test_dirtier_ok_small_wss(void **state)
+{
+	static const struct {
+		uint64_t wss_bytes;
+		uint64_t wss_pages;
+	} cases[] = {
+		{ 256 << 10, 64 },
+		{ 100000, 24 },           /* rounded down to pages */
+		{ 1, 1 },                 /* at least one page */
+		{ TEST_PAGE, 1 },
+		{ 1ull << 40, 1536 },     /* clamped to the range */
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct test_image t;
+		struct json_object *verdict;
+
+		test_dirtier_init(&t, 1, cases[i].wss_bytes);
+		assert_int_equal(test_wss_pages(&t, 0), cases[i].wss_pages);
+		test_dirtier_fill(&t, 0, 7 * cases[i].wss_pages + cases[i].wss_pages / 2);
+		verdict = test_dirtier_expect_ok(&t);
+		assert_int_equal(test_int(test_vcpu(verdict, 0), "wss_pages"),
+				 cases[i].wss_pages);
+		json_object_put(verdict);
+		test_image_free(&t);
+	}
+}
+
+static void test_dirtier_ok_short_image(void **state)
+{
+	struct test_image t;
+	uint64_t cut;
+
+	(void)state;
+	test_dirtier_init(&t, 1, 0);
+	test_dirtier_fill(&t, 0, 40);
+	for (uint64_t k = 0; k < test_npages(&t, 0); k++)
+		memset(test_page(&t, 0, k) + 8, 0, TEST_PAGE - 8);
+	/* cut in the never-written part: the zero tail is right */
+	t.bytes = t.bi->range[0].gpa + 41 * TEST_PAGE;
+	json_object_put(test_dirtier_expect_ok(&t));
+	/* cut inside page 30's u64: its high bytes read as 0, still 31 */
+	t.bytes = t.bi->range[0].gpa + 30 * TEST_PAGE + 1;
+	test_dirtier_expect_bad(&t, "page 31 (gpa 0x21f000) holds 0, expected 32", 0,
+				31, 32, 0);
+	test_image_free(&t);
+
+	/* many writes: a cut loses written pages, counted in bad_pages */
+	test_dirtier_init(&t, 1, 0);
+	test_dirtier_fill(&t, 0, 3 * test_npages(&t, 0));
+	cut = test_npages(&t, 0) - 100;
+	t.bytes = t.bi->range[0].gpa + cut * TEST_PAGE;
+	{
+		struct json_object *verdict = NULL;
+
+		assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+		assert_int_equal(test_int(test_vcpu(verdict, 0), "bad_page"), cut);
+		assert_int_equal(test_int(test_vcpu(verdict, 0), "bad_pages"), 100);
+		json_object_put(verdict);
+	}
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_stale_page(void **state)
+{
+	struct test_image t;
+	uint64_t n, w, want;
+
+	(void)state;
+	test_dirtier_init(&t, 2, 0);
+	n = test_wss_pages(&t, 1);
+	w = 4 * n + 50;
+	test_dirtier_fill(&t, 0, w);
+	test_dirtier_fill(&t, 1, w);
+	want = 4 * n + 21;
+	test_put_u64(test_page(&t, 1, 20), want - n); /* an older copy: lost in migration */
+	test_dirtier_expect_bad(&t, "vcpu 1: page 20 (gpa 0x514000)", 1, 20, want, want - n);
+	test_dirtier_expect_bad(&t, "stale page, 1 pass behind", 1, 20, want, want - n);
+	/* later damage is counted, the first page is reported */
+	test_put_u64(test_page(&t, 1, 200), 3 * n + 201 - 2 * n);
+	{
+		struct json_object *verdict = NULL;
+
+		assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+		assert_true(test_bool(test_vcpu(verdict, 0), "ok"));
+		assert_int_equal(test_int(test_vcpu(verdict, 1), "bad_page"), 20);
+		assert_int_equal(test_int(test_vcpu(verdict, 1), "bad_pages"), 2);
+		json_object_put(verdict);
+	}
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_zero_page(void **state)
+{
+	struct test_image t;
+	uint64_t n;
+
+	(void)state;
+	test_dirtier_init(&t, 1, 1 << 20);
+	n = test_wss_pages(&t, 0);
+	test_dirtier_fill(&t, 0, 2 * n + 100);
+	test_put_u64(test_page(&t, 0, 150), 0);
+	test_dirtier_expect_bad(&t, "holds 0, expected 407 (writes 612, wss_pages 256;"
+				" zero: lost page?)", 0, 150, n + 151, 0);
+	/* in the first pass too */
+	test_dirtier_fill(&t, 0, 100);
+	test_put_u64(test_page(&t, 0, 99), 0);
+	test_dirtier_expect_bad(&t, "zero", 0, 99, 100, 0);
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_future(void **state)
+{
+	struct test_image t;
+	uint64_t n, w;
+
+	(void)state;
+	test_dirtier_init(&t, 1, 0);
+	n = test_wss_pages(&t, 0);
+	w = n + 5;
+	test_dirtier_fill(&t, 0, w);
+	/* page 3 one pass ahead of stats.writes */
+	test_put_u64(test_page(&t, 0, 3), n + 4 + n);
+	test_dirtier_expect_bad(&t, "from the future: newer than writes", 0, 3, n + 4, 2 * n + 4);
+	/* in the first pass: a page the guest has not reached yet */
+	test_dirtier_fill(&t, 0, 10);
+	test_put_u64(test_page(&t, 0, 12), 13);
+	test_dirtier_expect_bad(&t, "from the future", 0, 12, 0, 13);
+	/* garbage: not any sequence number page 5 ever held */
+	test_dirtier_fill(&t, 0, 10);
+	test_put_u64(test_page(&t, 0, 5), 3);
+	test_dirtier_expect_bad(&t, "garbage", 0, 5, 6, 3);
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_beyond_wss(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	test_dirtier_init(&t, 2, 64 * TEST_PAGE);
+	test_dirtier_fill(&t, 0, 1000);
+	test_dirtier_fill(&t, 1, 1000);
+	json_object_put(test_dirtier_expect_ok(&t));
+	test_page(&t, 1, 64)[7] = 1; /* the first page past the working set */
+	test_dirtier_expect_bad(&t, "beyond the working set of 64 pages", 1, 64, 0,
+				1ull << 56);
+	test_page(&t, 1, 64)[7] = 0;
+	test_put_u64(test_page(&t, 1, 700), 1001); /* even W + 1 */
+	test_dirtier_expect_bad(&t, "page 700", 1, 700, 0, 1001);
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_in_flight_wrong_page(void **state)
+{
+	struct test_image t;
+	uint64_t n, w;
+
+	(void)state;
+	test_dirtier_init(&t, 1, 0);
+	n = test_wss_pages(&t, 0);
+	w = 2 * n + 10;
+	test_dirtier_fill(&t, 0, w);
+	test_put_u64(test_page(&t, 0, 11), w + 1); /* the next write goes to 10 */
+	test_dirtier_expect_bad(&t, "next write goes to page 10", 0, 11, n + 12, w + 1);
+	/* W + 1 on the right page, but page 10 a pass behind too */
+	test_dirtier_fill(&t, 0, w);
+	test_put_u64(test_page(&t, 0, 10), w + 1 - 2 * n);
+	test_dirtier_expect_bad(&t, "expected 1547 or 3083", 0, 10, w + 1 - n, w + 1 - 2 * n);
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_phase_setup(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+
+	(void)state;
+	test_dirtier_init(&t, 2, 0);
+	test_dirtier_fill(&t, 0, 10);
+	test_dirtier_fill(&t, 1, 0);
+	t.bi->stats[1].phase = VMF_PHASE_SETUP;
+	assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+	assert_string_equal(test_error(verdict), "vcpu 1: phase setup (1), expected running or done");
+	assert_true(test_bool(test_vcpu(verdict, 0), "ok"));
+	assert_false(test_bool(test_vcpu(verdict, 1), "ok"));
+	assert_null(json_object_object_get(test_vcpu(verdict, 1), "bad_page"));
+	json_object_put(verdict);
+	t.bi->stats[1].phase = VMF_PHASE_BOOTING;
+	assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	t.bi->stats[1].phase = 77;
+	assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	test_image_free(&t);
+}
+
+static void test_dirtier_bad_boot_info(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+
+	(void)state;
+	/* the incrementer's boot-info checks apply: shared code */
+	test_dirtier_init(&t, 2, 0);
+	test_dirtier_fill(&t, 0, 1);
+	test_dirtier_fill(&t, 1, 1);
+	t.bi->range[1].gpa -= TEST_PAGE;
+	assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+	assert_non_null(strstr(test_error(verdict), "overlaps vcpu 0"));
+	json_object_put(verdict);
+	t.bi->range[1].gpa += TEST_PAGE;
+	/* an incrementer dump is not a dirtier dump, and vice versa */
+	strcpy(t.bi->workload, "incrementer");
+	assert_int_equal(test_verify_dirtier(&t, &verdict), -EBADMSG);
+	assert_string_equal(test_error(verdict),
+			    "boot info: workload \"incrementer\" is not \"dirtier\"");
+	json_object_put(verdict);
+	strcpy(t.bi->workload, "dirtier");
+	assert_int_equal(test_verify(&t, &verdict), -EBADMSG);
+	assert_string_equal(test_error(verdict),
+			    "boot info: workload \"dirtier\" is not \"incrementer\"");
+	json_object_put(verdict);
+	assert_int_equal(verify_dirtier_image(NULL, 0, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	assert_int_equal(verify_dirtier_image(NULL, 5, &verdict), -EINVAL);
+	assert_int_equal(verify_dirtier_image(t.ram, t.bytes, NULL), -EINVAL);
+	test_image_free(&t);
+}
+
+/* ---- dispatch on the boot info ---- */
+
+static const char *test_str(struct json_object *obj, const char *key)
+{
+	struct json_object *v = json_object_object_get(obj, key);
+
+	assert_non_null(v);
+	return json_object_get_string(v);
+}
+
+static void test_auto_dispatch(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+
+	(void)state;
+	test_image_init(&t, 2);
+	test_fill(&t, 0, 3, 20);
+	test_fill(&t, 1, 3, 0);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), 0);
+	assert_string_equal(test_str(verdict, "workload"), "incrementer");
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "edge"), 20);
+	json_object_put(verdict);
+	test_page(&t, 1, 3)[0] = 9;
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_non_null(strstr(test_error(verdict), "vcpu 1: page 3"));
+	json_object_put(verdict);
+	test_image_free(&t);
+
+	test_dirtier_init(&t, 2, 32 * TEST_PAGE);
+	test_dirtier_fill(&t, 0, 1000);
+	test_dirtier_fill(&t, 1, 5);
+	test_dirtier_in_flight(&t, 1);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), 0);
+	assert_string_equal(test_str(verdict, "workload"), "dirtier");
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "wss_pages"), 32);
+	assert_true(test_bool(test_vcpu(verdict, 1), "in_flight"));
+	json_object_put(verdict);
+	test_put_u64(test_page(&t, 0, 4), 5);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "bad_page"), 4);
+	json_object_put(verdict);
+	test_image_free(&t);
+}
+
+static void test_auto_no_verifier(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+
+	(void)state;
+	test_image_init(&t, 1);
+	strcpy(t.bi->workload, "idle");
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -ENOTSUP);
+	assert_non_null(verdict);
+	assert_false(test_bool(verdict, "ok"));
+	assert_string_equal(test_str(verdict, "workload"), "idle");
+	assert_string_equal(test_error(verdict),
+			    "workload \"idle\" has no verifier (known: incrementer, dirtier)");
+	assert_int_equal(json_object_array_length(json_object_object_get(verdict, "vcpus")), 0);
+	json_object_put(verdict);
+	/* a boot info too broken to name a workload is broken, not unknown */
+	memset(t.bi->workload, 'x', sizeof(t.bi->workload));
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_non_null(strstr(test_error(verdict), "not NUL-terminated"));
+	json_object_put(verdict);
+	strcpy(t.bi->workload, "idle");
+	t.bi->magic = 0;
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_non_null(strstr(test_error(verdict), "bad magic"));
+	json_object_put(verdict);
+	assert_int_equal(verify_guest_image(NULL, 0, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	assert_int_equal(verify_guest_image(NULL, 1, &verdict), -EINVAL);
+	assert_int_equal(verify_guest_file(NULL, &verdict), -EINVAL);
+	test_image_free(&t);
+}
+
 /* ---- files ---- */
 
 static char *test_write_file(const uint8_t *data, uint64_t bytes)
@@ -554,6 +1067,41 @@ static void test_file_ok_and_truncated(void **state)
 	test_image_free(&t);
 }
 
+static void test_file_dirtier_and_auto(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+	char *path;
+
+	(void)state;
+	test_dirtier_init(&t, 2, 0);
+	test_dirtier_fill(&t, 0, 12345);
+	test_dirtier_fill(&t, 1, 0);
+	path = test_write_file(t.ram, t.bytes);
+	assert_int_equal(verify_dirtier_file(path, &verdict), 0);
+	json_object_put(verdict);
+	assert_int_equal(verify_guest_file(path, &verdict), 0);
+	assert_string_equal(test_str(verdict, "workload"), "dirtier");
+	json_object_put(verdict);
+	assert_int_equal(verify_incrementer_file(path, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	/* lose vCPU 0's pages from 100 on (all written): zeros where values belong */
+	assert_int_equal(truncate(path, (off_t)(t.bi->range[0].gpa + 100 * TEST_PAGE)), 0);
+	assert_int_equal(verify_guest_file(path, &verdict), -EBADMSG);
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "bad_page"), 100);
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "bad_pages"),
+			 test_npages(&t, 0) - 100);
+	assert_true(test_bool(test_vcpu(verdict, 1), "ok")); /* nothing written yet */
+	json_object_put(verdict);
+	unlink(path);
+	assert_int_equal(verify_guest_file(path, &verdict), -ENOENT);
+	assert_null(verdict);
+	assert_int_equal(verify_dirtier_file(path, &verdict), -ENOENT);
+	assert_null(verdict);
+	free(path);
+	test_image_free(&t);
+}
+
 /* Run verify_main with stdout and stderr sent to /dev/null. */
 static int test_run_main(int argc, const char *const *argv)
 {
@@ -581,7 +1129,7 @@ static int test_run_main(int argc, const char *const *argv)
 static void test_main_exit_codes(void **state)
 {
 	struct test_image t;
-	char *good, *bad;
+	char *good, *bad, *dirtier, *idle;
 
 	(void)state;
 	test_image_init(&t, 1);
@@ -589,6 +1137,12 @@ static void test_main_exit_codes(void **state)
 	good = test_write_file(t.ram, t.bytes);
 	test_page(&t, 0, 3)[0] = 99;
 	bad = test_write_file(t.ram, t.bytes);
+	strcpy(t.bi->workload, "idle");
+	idle = test_write_file(t.ram, t.bytes);
+	test_image_free(&t);
+	test_dirtier_init(&t, 1, 0);
+	test_dirtier_fill(&t, 0, 4000);
+	dirtier = test_write_file(t.ram, t.bytes);
 
 	{
 		const char *argv[] = { "verify", "incrementer", good };
@@ -619,7 +1173,31 @@ static void test_main_exit_codes(void **state)
 		assert_int_equal(test_run_main(4, argv), 2);
 	}
 	{
-		const char *argv[] = { "verify", "dirtier", good };
+		const char *argv[] = { "verify", "dirtier", good }; /* wrong workload */
+		assert_int_equal(test_run_main(3, argv), 1);
+	}
+	{
+		const char *argv[] = { "verify", "auto", good };
+		assert_int_equal(test_run_main(3, argv), 0);
+	}
+	{
+		const char *argv[] = { "verify", "auto", bad };
+		assert_int_equal(test_run_main(3, argv), 1);
+	}
+	{
+		const char *argv[] = { "verify", "dirtier", dirtier };
+		assert_int_equal(test_run_main(3, argv), 0);
+	}
+	{
+		const char *argv[] = { "verify", "--pretty", "auto", dirtier };
+		assert_int_equal(test_run_main(4, argv), 0);
+	}
+	{
+		const char *argv[] = { "verify", "auto", idle };
+		assert_int_equal(test_run_main(3, argv), 2);
+	}
+	{
+		const char *argv[] = { "verify", "idle", idle };
 		assert_int_equal(test_run_main(3, argv), 2);
 	}
 	{
@@ -632,8 +1210,12 @@ static void test_main_exit_codes(void **state)
 	}
 	unlink(good);
 	unlink(bad);
+	unlink(dirtier);
+	unlink(idle);
 	free(good);
 	free(bad);
+	free(dirtier);
+	free(idle);
 	test_image_free(&t);
 }
 
@@ -660,7 +1242,22 @@ int main(void)
 		cmocka_unit_test(test_bad_ram_bytes),
 		cmocka_unit_test(test_bad_nvcpus),
 		cmocka_unit_test(test_bad_tiny_images),
+		cmocka_unit_test(test_dirtier_ok_first_pass),
+		cmocka_unit_test(test_dirtier_ok_many_passes),
+		cmocka_unit_test(test_dirtier_ok_in_flight),
+		cmocka_unit_test(test_dirtier_ok_small_wss),
+		cmocka_unit_test(test_dirtier_ok_short_image),
+		cmocka_unit_test(test_dirtier_bad_stale_page),
+		cmocka_unit_test(test_dirtier_bad_zero_page),
+		cmocka_unit_test(test_dirtier_bad_future),
+		cmocka_unit_test(test_dirtier_bad_beyond_wss),
+		cmocka_unit_test(test_dirtier_bad_in_flight_wrong_page),
+		cmocka_unit_test(test_dirtier_bad_phase_setup),
+		cmocka_unit_test(test_dirtier_bad_boot_info),
+		cmocka_unit_test(test_auto_dispatch),
+		cmocka_unit_test(test_auto_no_verifier),
 		cmocka_unit_test(test_file_ok_and_truncated),
+		cmocka_unit_test(test_file_dirtier_and_auto),
 		cmocka_unit_test(test_main_exit_codes),
 	};
 

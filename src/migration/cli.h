@@ -1,0 +1,12 @@
+/* `vmferry migrate`: drive an outgoing migration from the command line. */
+#ifndef VMFERRY_MIGRATION_CLI_H
+#define VMFERRY_MIGRATION_CLI_H
+
+/*
+ * argv[0] is "migrate".  Sets the given parameters, starts the migration,
+ * shows a live progress line on stderr, prints the final query-migrate JSON
+ * on stdout.  Exit status 0 completed, 1 failed or cancelled, 2 usage.
+ */
+int migration_cli_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,682 @@
+/*
+ * Precopy live migration between two vmferry processes, under real KVM:
+ * transports x vCPUs, ping-pong, convergence (timeout and auto-converge),
+ * cancel, a destination killed mid-way, a connection cut mid-way, bad
+ * parameters, mismatching destinations, corrupted and truncated streams.
+ * Every migration verifies guest memory on the side that runs the guest
+ * afterwards and that the guest keeps running.  Skips (77) without KVM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "control/client.h"
+#include "lib/vmtest.h"
+
+#define MIG_TIMEOUT_MS 60000
+
+static void set_sun_path(struct sockaddr_un *sa, const char *path)
+{
+	size_t n = strnlen(path, sizeof(sa->sun_path) - 1);
+
+	memcpy(sa->sun_path, path, n);
+	sa->sun_path[n] = 0;
+}
+
+static void tick_ms(long ms)
+{
+	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
+
+	nanosleep(&t, NULL);
+}
+
+static const char *str_at(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
+static int64_t int_at(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
+}
+
+/* Spawn a VM; @mem/@vcpus as text; @guest NULL for --incoming @incoming. */
+static void spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
+		  const char *incoming)
+{
+	const char *args[] = { "--mem", mem, "--vcpus", vcpus,
+			       guest ? "--guest" : "--incoming", guest ? guest : incoming, NULL };
+
+	assert_int_equal(vmtest_spawn(vm, args), 0);
+}
+
+/* The destination's listening URI (port 0 resolved), into @uri. */
+static void incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
+{
+	struct json_object *q = NULL;
+
+	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
+	snprintf(uri, len, "%s", str_at(q, "uri"));
+	json_object_put(q);
+	assert_true(uri[0]);
+}
+
+static void spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+			   bool unix_sock, char *uri, size_t len)
+{
+	char listen_uri[VMTEST_PATH_BYTES + 8];
+
+	if (unix_sock) {
+		char path[VMTEST_PATH_BYTES];
+
+		assert_int_equal(vmtest_unique_path(path, sizeof(path), "mig"), 0);
+		snprintf(listen_uri, sizeof(listen_uri), "unix:%s", path);
+	} else {
+		snprintf(listen_uri, sizeof(listen_uri), "tcp:127.0.0.1:0");
+	}
+	spawn(dst, mem, vcpus, NULL, listen_uri);
+	incoming_uri(dst, uri, len);
+}
+
+static int set_params(struct vmtest_vm *vm, const char *json)
+{
+	struct json_object *args = json_tokener_parse(json);
+	int r = vmtest_call(vm, "migrate-set-parameters", args, NULL);
+
+	json_object_put(args);
+	return r;
+}
+
+static int start_migrate(struct vmtest_vm *src, const char *uri)
+{
+	struct json_object *args = json_object_new_object();
+	int r;
+
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	r = vmtest_call(src, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
+/* Poll query-migrate until a final status; returns the reply (caller owns). */
+static struct json_object *wait_migration(struct vmtest_vm *src)
+{
+	for (int i = 0; i < MIG_TIMEOUT_MS / 10; i++) {
+		struct json_object *q = NULL;
+		const char *st;
+
+		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
+		st = str_at(q, "status");
+		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
+			return q;
+		json_object_put(q);
+		tick_ms(10);
+	}
+	fail_msg("migration did not finish within %d ms", MIG_TIMEOUT_MS);
+	return NULL;
+}
+
+/* Wait until the migration reached at least @passes passes (or finished). */
+static void wait_passes_sent(struct vmtest_vm *src, int64_t passes)
+{
+	for (int i = 0; i < MIG_TIMEOUT_MS / 5; i++) {
+		struct json_object *q = NULL;
+		int64_t p;
+		bool active;
+
+		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
+		p = int_at(q, "passes");
+		active = !strcmp(str_at(q, "status"), "active");
+		json_object_put(q);
+		if (p >= passes || !active)
+			return;
+		tick_ms(5);
+	}
+	fail_msg("migration made no progress");
+}
+
+static void expect_status(struct vmtest_vm *vm, const char *status)
+{
+	struct json_object *s = NULL;
+
+	assert_int_equal(vmtest_call(vm, "query-status", NULL, &s), 0);
+	if (strcmp(str_at(s, "status"), status))
+		fail_msg("VM status %s, expected %s", str_at(s, "status"), status);
+	json_object_put(s);
+}
+
+/* The guest runs and its memory is right, twice, with progress between. */
+static void expect_guest_alive_and_verified(struct vmtest_vm *vm)
+{
+	uint64_t p0 = 0, p1 = 0;
+
+	expect_status(vm, "running");
+	assert_int_equal(vmtest_verify_memory(vm), 0);
+	assert_int_equal(vmtest_workload_passes(vm, &p0), 0);
+	assert_int_equal(vmtest_wait_passes(vm, p0 + 2, 30000), 0);
+	assert_int_equal(vmtest_verify_memory(vm), 0);
+	assert_int_equal(vmtest_workload_passes(vm, &p1), 0);
+	assert_true(p1 >= p0 + 2);
+}
+
+/* One full migration src -> new destination; returns the destination. */
+static void migrate_once(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
+			 const char *vcpus, bool unix_sock)
+{
+	char uri[VMTEST_PATH_BYTES + 32];
+	struct json_object *q;
+
+	spawn_incoming(dst, mem, vcpus, unix_sock, uri, sizeof(uri));
+	expect_status(dst, "inmigrate");
+	assert_int_equal(start_migrate(src, uri), 0);
+	q = wait_migration(src);
+	if (strcmp(str_at(q, "status"), "completed"))
+		fail_msg("migration %s: %s", str_at(q, "status"), str_at(q, "error-desc"));
+	assert_true(int_at(q, "downtime") >= 0);
+	json_object_put(q);
+	expect_status(src, "postmigrate");
+	/* The old side refuses to run the guest a second time. */
+	assert_int_equal(vmtest_call(src, "cont", NULL, NULL), -EREMOTEIO);
+	q = NULL;
+	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
+	assert_string_equal(str_at(q, "status"), "completed");
+	json_object_put(q);
+}
+
+static void test_matrix(void **state)
+{
+	static const struct {
+		bool unix_sock;
+		const char *vcpus;
+	} cases[] = {
+		{ false, "1" }, { false, "2" }, { true, "1" }, { true, "2" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct vmtest_vm src, dst;
+
+		spawn(&src, "64M", cases[i].vcpus, "incrementer", NULL);
+		assert_int_equal(vmtest_wait_passes(&src, 2, 30000), 0);
+		migrate_once(&src, &dst, "64M", cases[i].vcpus, cases[i].unix_sock);
+		expect_guest_alive_and_verified(&dst);
+		assert_int_equal(vmtest_vm_quit(&src), 0);
+		assert_int_equal(vmtest_vm_quit(&dst), 0);
+	}
+}
+
+static void test_ping_pong_20(void **state)
+{
+	struct vmtest_vm a, b;
+
+	(void)state;
+	spawn(&a, "32M", "2", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&a, 2, 30000), 0);
+	for (int hop = 0; hop < 20; hop++) {
+		migrate_once(&a, &b, "32M", "2", hop % 2);
+		assert_int_equal(vmtest_verify_memory(&b), 0);
+		assert_int_equal(vmtest_vm_quit(&a), 0);
+		a = b;
+	}
+	expect_guest_alive_and_verified(&a);
+	assert_int_equal(vmtest_vm_quit(&a), 0);
+}
+
+/* A paused source stays paused on the destination. */
+static void test_paused_guest(void **state)
+{
+	struct vmtest_vm src, dst;
+
+	(void)state;
+	spawn(&src, "32M", "1", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(vmtest_call(&src, "stop", NULL, NULL), 0);
+	migrate_once(&src, &dst, "32M", "1", false);
+	expect_status(&dst, "paused");
+	assert_int_equal(vmtest_verify_memory(&dst), 0);
+	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), 0);
+	expect_guest_alive_and_verified(&dst);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+}
+
+/* The source after a failed migration: still running, verified, migratable. */
+static void expect_source_survived(struct vmtest_vm *src, const char *mem, const char *vcpus)
+{
+	struct vmtest_vm dst;
+
+	expect_guest_alive_and_verified(src);
+	/* ... and it can migrate again. */
+	assert_int_equal(set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
+	migrate_once(src, &dst, mem, vcpus, false);
+	expect_guest_alive_and_verified(&dst);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+}
+
+static void test_no_convergence_times_out(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[64];
+	struct json_object *q;
+
+	(void)state;
+	spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	/* 2 x 40 MB/s dirtied over a 30 MB/s link: never fits 10 ms. */
+	assert_int_equal(set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
+				    "\"max-bandwidth\": 30000000}"), 0);
+	spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
+	assert_int_equal(start_migrate(&src, uri), 0);
+	q = wait_migration(&src);
+	assert_string_equal(str_at(q, "status"), "failed");
+	assert_non_null(strstr(str_at(q, "error-desc"), "did not converge"));
+	assert_int_equal(int_at(q, "cpu-throttle-max"), 0);
+	json_object_put(q);
+	/* The destination gives up cleanly with an error status. */
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	expect_source_survived(&src, "64M", "2");
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+static void test_auto_converge(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[64];
+	struct json_object *q, *caps;
+
+	(void)state;
+	spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	/* Same as above, but the throttle brings the dirty rate under the link. */
+	assert_int_equal(set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
+				    "\"max-bandwidth\": 30000000}"), 0);
+	caps = json_tokener_parse("{\"capabilities\": [{\"capability\": \"auto-converge\", \"state\": true}]}");
+	assert_int_equal(vmtest_call(&src, "migrate-set-capabilities", caps, NULL), 0);
+	json_object_put(caps);
+	spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
+	assert_int_equal(start_migrate(&src, uri), 0);
+	q = wait_migration(&src);
+	if (strcmp(str_at(q, "status"), "completed"))
+		fail_msg("auto-converge: %s: %s", str_at(q, "status"), str_at(q, "error-desc"));
+	assert_true(int_at(q, "cpu-throttle-max") > 0);
+	json_object_put(q);
+	expect_guest_alive_and_verified(&dst);
+	/* Throttling ends with the migration. */
+	q = NULL;
+	assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
+	assert_int_equal(int_at(q, "cpu-throttle-percentage"), 0);
+	json_object_put(q);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+}
+
+/* A slow link (max-bandwidth) so that the migration is still running. */
+static void start_slow_migration(struct vmtest_vm *src, struct vmtest_vm *dst)
+{
+	char uri[64];
+
+	spawn(src, "64M", "2", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
+	assert_int_equal(set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	spawn_incoming(dst, "64M", "2", false, uri, sizeof(uri));
+	assert_int_equal(start_migrate(src, uri), 0);
+	wait_passes_sent(src, 0);
+	{
+		struct json_object *q = NULL;
+
+		/* Some bytes are on the way. */
+		for (int i = 0; i < 1000; i++) {
+			assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
+			if (int_at(q, "transferred") > (1 << 20))
+				break;
+			json_object_put(q);
+			q = NULL;
+			tick_ms(5);
+		}
+		json_object_put(q);
+	}
+	assert_int_equal(set_params(src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+}
+
+static void test_cancel(void **state)
+{
+	struct vmtest_vm src, dst;
+	struct json_object *q;
+
+	(void)state;
+	start_slow_migration(&src, &dst);
+	assert_int_equal(vmtest_call(&src, "migrate-cancel", NULL, NULL), 0);
+	q = wait_migration(&src);
+	assert_string_equal(str_at(q, "status"), "cancelled");
+	json_object_put(q);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	/* Cancelling nothing is an error, not a crash. */
+	assert_int_equal(vmtest_call(&src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	expect_source_survived(&src, "64M", "2");
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+static void test_destination_killed(void **state)
+{
+	struct vmtest_vm src, dst;
+	struct json_object *q;
+
+	(void)state;
+	start_slow_migration(&src, &dst);
+	vmtest_vm_kill(&dst);
+	q = wait_migration(&src);
+	assert_string_equal(str_at(q, "status"), "failed");
+	assert_true(strlen(str_at(q, "error-desc")) > 0);
+	json_object_put(q);
+	assert_int_equal(set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	expect_source_survived(&src, "64M", "2");
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+/*
+ * Connection cut: a proxy between source and destination that forwards a
+ * few MiB and then closes both sides.
+ */
+struct proxy {
+	int listen_fd;
+	char path[VMTEST_PATH_BYTES];
+	pid_t pid;
+};
+
+static void proxy_start(struct proxy *p, const char *target_uri, size_t cut_after_bytes)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char target[VMTEST_PATH_BYTES];
+
+	assert_true(!strncmp(target_uri, "unix:", 5));
+	snprintf(target, sizeof(target), "%.*s", (int)sizeof(target) - 1, target_uri + 5);
+	assert_int_equal(vmtest_unique_path(p->path, sizeof(p->path), "proxy"), 0);
+	set_sun_path(&sa, p->path);
+	p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(p->listen_fd >= 0);
+	assert_int_equal(bind(p->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(p->listen_fd, 1), 0);
+	p->pid = fork();
+	assert_true(p->pid >= 0);
+	if (p->pid == 0) {
+		struct sockaddr_un ta = { .sun_family = AF_UNIX };
+		static char buf[65536];
+		size_t moved = 0;
+		int in = accept(p->listen_fd, NULL, NULL), out = socket(AF_UNIX, SOCK_STREAM, 0);
+
+		alarm(60);
+		set_sun_path(&ta, target);
+		if (in < 0 || out < 0 || connect(out, (struct sockaddr *)&ta, sizeof(ta)) < 0)
+			_exit(1);
+		while (moved < cut_after_bytes) {
+			ssize_t n = read(in, buf, sizeof(buf));
+
+			if (n <= 0 || write(out, buf, (size_t)n) != n)
+				break;
+			moved += (size_t)n;
+		}
+		/* The cut: both directions go away at once. */
+		shutdown(in, SHUT_RDWR);
+		shutdown(out, SHUT_RDWR);
+		_exit(0);
+	}
+	close(p->listen_fd);
+}
+
+static void test_connection_cut(void **state)
+{
+	struct vmtest_vm src, dst;
+	struct proxy p;
+	char uri[VMTEST_PATH_BYTES + 8], puri[VMTEST_PATH_BYTES + 8];
+	struct json_object *q;
+	int status;
+
+	(void)state;
+	spawn(&src, "64M", "2", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
+	proxy_start(&p, uri, 8u << 20);
+	snprintf(puri, sizeof(puri), "unix:%s", p.path);
+	assert_int_equal(start_migrate(&src, puri), 0);
+	q = wait_migration(&src);
+	assert_string_equal(str_at(q, "status"), "failed");
+	json_object_put(q);
+	assert_int_equal(waitpid(p.pid, &status, 0), p.pid);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	expect_source_survived(&src, "64M", "2");
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+static void test_bad_requests(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[64];
+	struct json_object *q;
+
+	(void)state;
+	spawn(&src, "32M", "1", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(start_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
+	assert_int_equal(start_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
+	assert_int_equal(set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
+	assert_int_equal(set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
+	assert_int_equal(set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
+	q = json_tokener_parse("{\"capabilities\": [{\"capability\": \"warp-drive\", \"state\": true}]}");
+	assert_int_equal(vmtest_call(&src, "migrate-set-capabilities", q, NULL), -EREMOTEIO);
+	json_object_put(q);
+	/* Nobody listening: fails, guest runs on. */
+	{
+		char path[VMTEST_PATH_BYTES + 8], u[VMTEST_PATH_BYTES + 16];
+
+		assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
+		snprintf(u, sizeof(u), "unix:%s", path);
+		assert_int_equal(start_migrate(&src, u), 0);
+		q = wait_migration(&src);
+		assert_string_equal(str_at(q, "status"), "failed");
+		json_object_put(q);
+	}
+	/* Destination with the wrong RAM size refuses before loading anything. */
+	spawn_incoming(&dst, "64M", "1", false, uri, sizeof(uri));
+	assert_int_equal(start_migrate(&src, uri), 0);
+	q = wait_migration(&src);
+	assert_string_equal(str_at(q, "status"), "failed");
+	json_object_put(q);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	/* Wrong vCPU count too. */
+	spawn_incoming(&dst, "32M", "2", false, uri, sizeof(uri));
+	assert_int_equal(start_migrate(&src, uri), 0);
+	q = wait_migration(&src);
+	assert_string_equal(str_at(q, "status"), "failed");
+	assert_non_null(strstr(str_at(q, "error-desc"), "vCPU"));
+	json_object_put(q);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	/* The destination refuses stop/cont/migrate while waiting. */
+	spawn_incoming(&dst, "32M", "1", false, uri, sizeof(uri));
+	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(start_migrate(&dst, uri), -EREMOTEIO);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	expect_source_survived(&src, "32M", "1");
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+/* Raw bytes to a destination: it must fail with an error status, not crash. */
+static void feed_destination(const void *bytes, size_t len)
+{
+	struct vmtest_vm dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uint8_t reply[1024];
+	int fd;
+
+	spawn_incoming(&dst, "8M", "1", true, uri, sizeof(uri));
+	set_sun_path(&sa, uri + 5);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	/* The destination may stop reading at the first bad byte. */
+	for (size_t off = 0; off < len;) {
+		ssize_t n = write(fd, (const uint8_t *)bytes + off, len - off);
+
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	shutdown(fd, SHUT_WR);
+	/* An ERROR on the return path, or a plain close: never RUNNING. */
+	if (read(fd, reply, sizeof(reply)) > 0)
+		assert_int_equal(reply[0], 2);
+	close(fd);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+}
+
+static void test_corrupt_streams(void **state)
+{
+	struct vmtest_vm src;
+	uint8_t *stream = NULL;
+	size_t len = 0;
+
+	(void)state;
+	/* Garbage and an empty stream. */
+	feed_destination("hello, this is not a migration stream", 37);
+	feed_destination("", 0);
+	/* A real stream, captured through a recording proxy, then damaged. */
+	{
+		struct vmtest_vm dst;
+		char uri[VMTEST_PATH_BYTES + 8];
+		char path[VMTEST_PATH_BYTES];
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		struct json_object *q;
+		int lfd, cfd;
+		size_t cap = 0;
+		uint8_t reply[64];
+
+		spawn(&src, "8M", "1", "incrementer", NULL);
+		assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+		/* Pause it so the stream is small and deterministic. */
+		assert_int_equal(vmtest_call(&src, "stop", NULL, NULL), 0);
+		assert_int_equal(vmtest_unique_path(path, sizeof(path), "rec"), 0);
+		set_sun_path(&sa, path);
+		lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(listen(lfd, 1), 0);
+		snprintf(uri, sizeof(uri), "unix:%s", path);
+		assert_int_equal(start_migrate(&src, uri), 0);
+		cfd = accept(lfd, NULL, NULL);
+		assert_true(cfd >= 0);
+		/* Record until END (type 4) can have arrived: the source then waits
+		 * for our reply, so read with a short poll-free deadline. */
+		for (;;) {
+			ssize_t n;
+			struct timeval tv = { 1, 0 };
+
+			setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+			if (len + 65536 > cap) {
+				cap = cap ? cap * 2 : 1 << 20;
+				stream = realloc(stream, cap);
+				assert_non_null(stream);
+			}
+			n = read(cfd, stream + len, 65536);
+			if (n <= 0)
+				break;
+			len += (size_t)n;
+		}
+		/* Refuse on the return path: the source must resume (here: stay paused). */
+		reply[0] = 2;
+		reply[1] = 125; reply[2] = reply[3] = reply[4] = 0; /* ECANCELED */
+		reply[5] = 4; reply[6] = 0;
+		memcpy(reply + 7, "test", 4);
+		assert_int_equal(write(cfd, reply, 11), 11);
+		close(cfd);
+		close(lfd);
+		q = wait_migration(&src);
+		assert_string_equal(str_at(q, "status"), "failed");
+		json_object_put(q);
+		expect_status(&src, "paused");
+		assert_true(len > 4096);
+		/* The captured stream itself is good: a destination runs it. */
+		spawn_incoming(&dst, "8M", "1", true, uri, sizeof(uri));
+		{
+			struct sockaddr_un da = { .sun_family = AF_UNIX };
+			int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+			set_sun_path(&da, uri + 5);
+			assert_int_equal(connect(fd, (struct sockaddr *)&da, sizeof(da)), 0);
+			assert_int_equal(write(fd, stream, len), (ssize_t)len);
+			assert_true(read(fd, reply, sizeof(reply)) > 0);
+			assert_int_equal(reply[0], 1); /* RUNNING */
+			close(fd);
+		}
+		expect_status(&dst, "paused"); /* the source was paused */
+		assert_int_equal(vmtest_verify_memory(&dst), 0);
+		assert_int_equal(vmtest_vm_quit(&dst), 0);
+	}
+	/* Truncated at several points, and bytes flipped in the header/records. */
+	{
+		size_t cuts[] = { 1, 8, 30, 100, 4096, len / 2, len - 1 };
+
+		for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++)
+			feed_destination(stream, cuts[i]);
+	}
+	{
+		/* magic, version, page size, vCPUs, name length, block size, record */
+		size_t flips[] = { 0, 9, 13, 17, 40, 60, 62 };
+
+		for (size_t i = 0; i < sizeof(flips) / sizeof(flips[0]); i++) {
+			uint8_t *bad = malloc(len);
+
+			memcpy(bad, stream, len);
+			bad[flips[i]] ^= 0x5a;
+			feed_destination(bad, len);
+			free(bad);
+		}
+	}
+	free(stream);
+	assert_int_equal(vmtest_call(&src, "cont", NULL, NULL), 0);
+	expect_guest_alive_and_verified(&src);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_matrix),
+		cmocka_unit_test(test_paused_guest),
+		cmocka_unit_test(test_ping_pong_20),
+		cmocka_unit_test(test_no_convergence_times_out),
+		cmocka_unit_test(test_auto_converge),
+		cmocka_unit_test(test_cancel),
+		cmocka_unit_test(test_destination_killed),
+		cmocka_unit_test(test_connection_cut),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_corrupt_streams),
+	};
+
+	if (!vmtest_kvm_available())
+		return VMTEST_SKIP;
+	signal(SIGPIPE, SIG_IGN);
+	if (getenv("VMFERRY_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
