@@ -163,9 +163,6 @@ static int main_run(int argc, char **argv)
 		err = migration_register_commands(mig, srv);
 		if (err)
 			goto out;
-		err = control_server_start(srv);
-		if (err)
-			goto out;
 	}
 	if (pthread_create(&sig_thread, NULL, main_signal_thread, vm) == 0)
 		pthread_detach(sig_thread);
@@ -178,6 +175,12 @@ static int main_run(int argc, char **argv)
 			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
 			goto out;
 		}
+	}
+	/* Clients are served once everything they may ask about exists. */
+	if (srv) {
+		err = control_server_start(srv);
+		if (err)
+			goto out;
 	}
 	status = vm_wait(vm);
 out:

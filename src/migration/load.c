@@ -108,6 +108,14 @@ int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t er
 		    b->gpa + b->bytes < b->gpa)
 			LOAD_FAIL("RAM block %s: bad geometry (gpa %#llx, %llu bytes)", b->name,
 				  (unsigned long long)b->gpa, (unsigned long long)b->bytes);
+		for (uint32_t j = 0; j < i; j++) {
+			const struct mig_block_desc *o = &h->blocks[j];
+
+			if (!strcmp(o->name, b->name))
+				LOAD_FAIL("RAM block name %s given twice", b->name);
+			if (b->gpa < o->gpa + o->bytes && o->gpa < b->gpa + b->bytes)
+				LOAD_FAIL("RAM blocks %s and %s overlap", o->name, b->name);
+		}
 	}
 	return 0;
 }
@@ -166,8 +174,13 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 			}
 			zero = flags & MIG_RAM_FLAG_ZERO;
 			block_pages = h.blocks[block].bytes / MIG_PAGE_BYTES;
-			if (npages == 0 || (!zero && npages > MIG_RUN_MAX_PAGES) ||
-			    first >= block_pages || npages > block_pages - first) {
+			if (!zero && npages > MIG_RUN_MAX_PAGES) {
+				snprintf(err, errlen, "RAM record: data run of %u pages (at most %u)",
+					 npages, MIG_RUN_MAX_PAGES);
+				r = -EBADMSG;
+				goto out;
+			}
+			if (npages == 0 || first >= block_pages || npages > block_pages - first) {
 				snprintf(err, errlen, "RAM record: pages %llu+%u outside block %s (%llu pages)",
 					 (unsigned long long)first, npages, h.blocks[block].name,
 					 (unsigned long long)block_pages);
@@ -306,7 +319,7 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 			return mig_load_io_error(s, err, errlen);
 		m->text[len] = 0;
 		for (uint16_t i = 0; i < len; i++)
-			if ((unsigned char)m->text[i] < 0x20)
+			if ((unsigned char)m->text[i] < 0x20 || (unsigned char)m->text[i] >= 0x7f)
 				m->text[i] = '?'; /* keep logs and JSON readable */
 		m->err = -(int32_t)code;
 		return 0;
@@ -327,11 +340,15 @@ void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_cloc
 void mig_rp_send_error(struct stream *s, int err, const char *text)
 {
 	size_t n = strlen(text);
+	uint32_t code;
 
 	if (n > MIG_ERRMSG_MAX)
 		n = MIG_ERRMSG_MAX;
 	stream_put_u8(s, MIG_RP_ERROR);
-	stream_put_u32(s, (uint32_t)(err < 0 ? -err : (err ? err : EIO)));
+	code = (uint32_t)(err < 0 ? -err : err);
+	if (code == 0 || code > 4095) /* the reader accepts errno values only */
+		code = EIO;
+	stream_put_u32(s, code);
 	stream_put_u16(s, (uint16_t)n);
 	stream_put_bytes(s, text, n);
 	stream_flush(s);

@@ -835,7 +835,6 @@ int migration_cancel(struct migration *m, char *err, size_t errlen)
 
 struct mig_dst {
 	struct migration *m;
-	struct ram_block *block;
 	struct vmstate_vm vmsec;
 	uint8_t src_boot_id[MIG_BOOT_ID_BYTES];
 	bool have_vm;
@@ -845,7 +844,6 @@ static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, s
 {
 	struct mig_dst *d = opaque;
 	struct vm *vm = d->m->vm;
-	const struct mig_block_desc *b = &h->blocks[0];
 
 	memcpy(d->src_boot_id, h->boot_id, MIG_BOOT_ID_BYTES);
 	if (h->nvcpus != vm_nvcpus(vm)) {
@@ -858,14 +856,18 @@ static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, s
 			 vm_ram_block_count(vm));
 		return -EBADMSG;
 	}
-	if (strcmp(b->name, d->block->name) || b->gpa != d->block->gpa ||
-	    b->bytes != d->block->bytes) {
-		snprintf(err, errlen, "the source's RAM block %s is %" PRIu64 " MiB at %#" PRIx64
-			 ", this VM's %s is %" PRIu64 " MiB at %#" PRIx64
-			 ": start the destination with --mem %" PRIu64 "M",
-			 b->name, b->bytes >> 20, b->gpa, d->block->name, d->block->bytes >> 20,
-			 d->block->gpa, b->bytes >> 20);
-		return -EBADMSG;
+	for (uint32_t i = 0; i < h->nblocks; i++) {
+		const struct mig_block_desc *b = &h->blocks[i];
+		const struct ram_block *mine = vm_ram_block(vm, i);
+
+		if (strcmp(b->name, mine->name) || b->gpa != mine->gpa || b->bytes != mine->bytes) {
+			snprintf(err, errlen, "the source's RAM block %s is %" PRIu64 " MiB at %#" PRIx64
+				 ", this VM's %s is %" PRIu64 " MiB at %#" PRIx64
+				 ": start the destination with --mem %" PRIu64 "M",
+				 b->name, b->bytes >> 20, b->gpa, mine->name, mine->bytes >> 20,
+				 mine->gpa, b->bytes >> 20);
+			return -EBADMSG;
+		}
 	}
 	return 0;
 }
@@ -874,17 +876,18 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 		       bool zero, struct stream *s, char *err, size_t errlen)
 {
 	struct mig_dst *d = opaque;
+	/* The header callback checked that the block matches ours. */
+	struct ram_block *rb = vm_ram_block(d->m->vm, block);
 	uint64_t off = first_page * MIG_PAGE_BYTES, len = (uint64_t)npages * MIG_PAGE_BYTES;
 
-	(void)block;
 	if (zero) {
 		/* Free and zero them: nothing is read, nothing allocated. */
-		if (fallocate(d->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			      (off_t)off, (off_t)len) < 0) {
-			memset(d->block->host + off, 0, len);
+			memset(rb->host + off, 0, len);
 		}
 	} else {
-		stream_get_bytes(s, d->block->host + off, len);
+		stream_get_bytes(s, rb->host + off, len);
 	}
 	atomic_store(&d->m->transferred, s->bytes);
 	(void)err; (void)errlen;
@@ -931,7 +934,7 @@ static void *mig_incoming_thread(void *arg)
 		.section = mig_dst_section,
 		.pass_end = mig_dst_pass_end,
 	};
-	struct mig_dst d = { .m = m, .block = vm_ram_block(vm, 0) };
+	struct mig_dst d = { .m = m };
 	struct mig_load_stats st;
 	struct stream s;
 	char errbuf[MIG_ERROR_BYTES];

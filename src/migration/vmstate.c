@@ -254,6 +254,15 @@ static int vmstate_cpu_index(const uint8_t *data, size_t len, size_t xsave_bytes
 				snprintf(err, errlen, "MSR field: %u entries in %u bytes", nmsrs, n);
 				return -EBADMSG;
 			}
+			for (uint32_t k = 0; k < nmsrs; k++) {
+				uint32_t pad;
+
+				memcpy(&pad, data + off + 4 + k * 16 + 4, 4);
+				if (pad) {
+					snprintf(err, errlen, "MSR entry %u: nonzero padding", k);
+					return -EBADMSG;
+				}
+			}
 		}
 		at[kind] = off;
 		flen[kind] = n;

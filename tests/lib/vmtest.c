@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,11 +133,14 @@ static int vmtest_kill_reap(pid_t pid)
 }
 
 /*
- * fork + exec vmferry with @argv (argv[0] unused), stdin/stdout/stderr from
- * the given fds (-1: inherit, except stdin which becomes /dev/null).
- * The child dies with us (PDEATHSIG), so a crashed test leaves no VM.
+ * fork + exec @argv[0] with @argv (looked up in PATH when @search_path, else
+ * a path as is), stdin/stdout/stderr from the given fds (-1: inherit, except
+ * stdin which becomes /dev/null).  The child dies with us (PDEATHSIG), so a
+ * crashed test leaves no VM; `ip netns exec` execs its command in the same
+ * process, so that holds through it too.
  */
-static pid_t vmtest_fork_exec(const char *const argv[], int in_fd, int out_fd, int err_fd)
+static pid_t vmtest_fork_exec(const char *const argv[], bool search_path, int in_fd, int out_fd,
+			      int err_fd)
 {
 	pid_t parent = getpid();
 	pid_t pid = fork();
@@ -153,12 +157,21 @@ static pid_t vmtest_fork_exec(const char *const argv[], int in_fd, int out_fd, i
 		dup2(out_fd, 1);
 	if (err_fd >= 0 && err_fd != 2)
 		dup2(err_fd, 2);
-	execv(vmtest_binary(), (char *const *)argv);
-	fprintf(stderr, "vmtest: cannot exec %s: %s\n", vmtest_binary(), strerror(errno));
+	if (search_path)
+		execvp(argv[0], (char *const *)argv);
+	else
+		execv(argv[0], (char *const *)argv);
+	fprintf(stderr, "vmtest: cannot exec %s: %s\n", argv[0], strerror(errno));
 	_exit(127);
 }
 
 int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[])
+{
+	return vmtest_spawn_prefixed(out, NULL, extra_args);
+}
+
+int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
+			  const char *const extra_args[])
 {
 	const char *argv[64];
 	size_t n = 0;
@@ -170,6 +183,11 @@ int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[])
 	if (vmtest_unique_path(out->sock_path, sizeof(out->sock_path), "ctl") < 0 ||
 	    vmtest_unique_path(out->console_path, sizeof(out->console_path), "console") < 0)
 		return -ENAMETOOLONG;
+	for (size_t i = 0; prefix && prefix[i]; i++) {
+		if (n + 8 >= sizeof(argv) / sizeof(argv[0]))
+			return -E2BIG;
+		argv[n++] = prefix[i];
+	}
 	argv[n++] = vmtest_binary();
 	argv[n++] = "run";
 	argv[n++] = "--control";
@@ -183,7 +201,7 @@ int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[])
 	}
 	argv[n] = NULL;
 
-	out->pid = vmtest_fork_exec(argv, -1, -1, -1);
+	out->pid = vmtest_fork_exec(argv, prefix && prefix[0], -1, -1, -1);
 	if (out->pid < 0) {
 		rc = -errno;
 		out->pid = -1;
@@ -204,7 +222,9 @@ int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[])
 		rc = control_client_connect(out->sock_path, 200, &out->client);
 		if (rc == 0)
 			return 0;
-		if ((rc != -ENOENT && rc != -ECONNREFUSED) || clock_monotonic_ns() >= deadline)
+		/* -ETIMEDOUT: the socket is bound but the greeting is late (busy host). */
+		if ((rc != -ENOENT && rc != -ECONNREFUSED && rc != -ETIMEDOUT) ||
+		    clock_monotonic_ns() >= deadline)
 			break;
 		vmtest_nap_ms(10);
 	}
@@ -225,6 +245,9 @@ int vmtest_wait_exit(struct vmtest_vm *vm, int timeout_ms)
 		return rc;
 	vm->pid = -1;
 	vm->exit_status = rc;
+	/* Nothing answers on the socket any more. */
+	control_client_close(vm->client);
+	vm->client = NULL;
 	return rc;
 }
 
@@ -438,7 +461,7 @@ int vmtest_run(const char *const args[], const char *stdin_text, int timeout_ms,
 		rc = -errno;
 		goto out;
 	}
-	pid = vmtest_fork_exec(argv, in_fd, out_fd, err_fd);
+	pid = vmtest_fork_exec(argv, false, in_fd, out_fd, err_fd);
 	if (pid < 0) {
 		rc = -errno;
 		goto out;
@@ -473,4 +496,230 @@ void vmtest_result_free(struct vmtest_result *res)
 	free(res->out);
 	free(res->err);
 	res->out = res->err = NULL;
+}
+
+/* ---- simulated hosts: network namespaces joined by a veth pair ---- */
+
+/* Bounded, async-signal-safe sleep-poll for @pid; SIGKILL at the deadline. */
+static int vmtest_cmd_reap(pid_t pid, int timeout_ms)
+{
+	struct timespec tick = { 0, 1000000L };
+	int raw = 0;
+
+	for (int waited_ms = 0;; waited_ms++) {
+		pid_t r = waitpid(pid, &raw, WNOHANG);
+
+		if (r == pid)
+			return vmtest_decode_status(raw);
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (waited_ms >= timeout_ms)
+			break;
+		nanosleep(&tick, NULL);
+	}
+	kill(pid, SIGKILL);
+	while (waitpid(pid, &raw, 0) < 0 && errno == EINTR)
+		;
+	return -ETIMEDOUT;
+}
+
+int vmtest_cmd(const char *const argv[], bool quiet, int timeout_ms)
+{
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int null_fd = open("/dev/null", O_RDWR);
+
+		if (null_fd >= 0) {
+			dup2(null_fd, 0);
+			dup2(null_fd, 1);
+			if (quiet)
+				dup2(null_fd, 2);
+		}
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	return vmtest_cmd_reap(pid, timeout_ms);
+}
+
+#define VMTEST_IP_TIMEOUT_MS 10000
+
+/* `ip ARGS...` (NULL-terminated), quiet or not; 0 when it exits 0. */
+static int vmtest_ip(const struct vmtest_netns_pair *p, bool quiet, const char *first, ...)
+{
+	const char *argv[24];
+	size_t n = 0;
+	va_list ap;
+
+	argv[n++] = p->ip_path;
+	argv[n++] = first;
+	va_start(ap, first);
+	while (n < sizeof(argv) / sizeof(argv[0]) - 1 && (argv[n] = va_arg(ap, const char *)))
+		n++;
+	va_end(ap);
+	argv[n] = NULL;
+	return vmtest_cmd(argv, quiet, VMTEST_IP_TIMEOUT_MS) == 0 ? 0 : -EIO;
+}
+
+/*
+ * Fork the janitor: it blocks reading a pipe whose only write end we hold
+ * (close-on-exec, so no VMM inherits it), and deletes the namespaces once
+ * the read ends, i.e. once we closed it or died.
+ */
+static void vmtest_janitor_start(struct vmtest_netns_pair *p)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return;
+	pid = fork();
+	if (pid < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return;
+	}
+	if (pid == 0) {
+		int null_fd = open("/dev/null", O_RDWR);
+		char byte;
+
+		close(fds[1]);
+		setsid();
+		signal(SIGINT, SIG_IGN);
+		signal(SIGTERM, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
+		if (null_fd >= 0) {
+			dup2(null_fd, 0);
+			dup2(null_fd, 1);
+			dup2(null_fd, 2);
+		}
+		while (read(fds[0], &byte, 1) < 0 && errno == EINTR)
+			;
+		for (int i = 0; i < 2; i++)
+			vmtest_cmd(p->del_argv[i], true, VMTEST_IP_TIMEOUT_MS);
+		_exit(0);
+	}
+	close(fds[0]);
+	p->janitor_fd = fds[1];
+	p->janitor_pid = pid;
+}
+
+int vmtest_netns_create(struct vmtest_netns_pair *p)
+{
+	static const char *const ip_paths[] = { "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip" };
+	unsigned pid = (unsigned)getpid(), subnet = pid % 254 + 1;
+	char cidr[2][24];
+
+	memset(p, 0, sizeof(*p));
+	for (int i = 0; i < 2; i++) {
+		snprintf(p->ns[i], sizeof(p->ns[i]), "vmft-%u-%c", pid, 'a' + i);
+		snprintf(p->veth[i], sizeof(p->veth[i]), "vft%c%u", 'a' + i, pid);
+		snprintf(p->addr[i], sizeof(p->addr[i]), "10.199.%u.%d", subnet, i + 1);
+		snprintf(cidr[i], sizeof(cidr[i]), "%s/24", p->addr[i]);
+	}
+	for (size_t i = 0; i < sizeof(ip_paths) / sizeof(ip_paths[0]) && !p->ip_path[0]; i++)
+		if (access(ip_paths[i], X_OK) == 0)
+			snprintf(p->ip_path, sizeof(p->ip_path), "%s", ip_paths[i]);
+	if (!p->ip_path[0])
+		return -ENOENT;
+	for (int i = 0; i < 2; i++) {
+		p->del_argv[i][0] = p->ip_path;
+		p->del_argv[i][1] = "netns";
+		p->del_argv[i][2] = "del";
+		p->del_argv[i][3] = p->ns[i];
+		p->del_argv[i][4] = NULL;
+	}
+	vmtest_janitor_start(p);
+	for (int i = 0; i < 2; i++) {
+		if (vmtest_ip(p, false, "netns", "add", p->ns[i], NULL) < 0) {
+			vmtest_netns_destroy(p);
+			return -EPERM;
+		}
+		p->created[i] = 1;
+	}
+	/* Both ends are born inside their namespaces: nothing is left in ours. */
+	if (vmtest_ip(p, false, "link", "add", p->veth[0], "netns", p->ns[0], "type", "veth",
+		      "peer", "name", p->veth[1], "netns", p->ns[1], NULL) < 0)
+		goto fail;
+	for (int i = 0; i < 2; i++)
+		if (vmtest_ip(p, false, "-n", p->ns[i], "addr", "add", cidr[i], "dev", p->veth[i], NULL) ||
+		    vmtest_ip(p, false, "-n", p->ns[i], "link", "set", "lo", "up", NULL) ||
+		    vmtest_ip(p, false, "-n", p->ns[i], "link", "set", p->veth[i], "up", NULL))
+			goto fail;
+	return 0;
+fail:
+	fprintf(stderr, "vmtest: cannot set up the veth pair between %s and %s\n", p->ns[0], p->ns[1]);
+	vmtest_netns_destroy(p);
+	return -EIO;
+}
+
+int vmtest_netns_shape(const struct vmtest_netns_pair *p, uint64_t rate_bps, unsigned delay_us,
+		       char *how, size_t howlen)
+{
+	char rate[32], delay[32], burst[32];
+	/* tbf: a burst of ~4 ms at the rate (at least 64 KiB, above a GSO packet). */
+	uint64_t burst_bytes = rate_bps / 8 / 250;
+	bool netem = true;
+
+	if (burst_bytes < 65536)
+		burst_bytes = 65536;
+	snprintf(rate, sizeof(rate), "%llubit", (unsigned long long)rate_bps);
+	snprintf(delay, sizeof(delay), "%uus", delay_us);
+	snprintf(burst, sizeof(burst), "%llub", (unsigned long long)burst_bytes);
+	for (int i = 0; i < 2; i++) {
+		if (netem && vmtest_ip(p, true, "netns", "exec", p->ns[i], "tc", "qdisc", "replace",
+				       "dev", p->veth[i], "root", "netem", "rate", rate, "delay",
+				       delay, NULL) == 0)
+			continue;
+		if (netem && i == 0)
+			fprintf(stderr, "vmtest: netem is not available here; shaping with tbf "
+				"(rate %s, no delay)\n", rate);
+		netem = false;
+		if (vmtest_ip(p, false, "netns", "exec", p->ns[i], "tc", "qdisc", "replace", "dev",
+			      p->veth[i], "root", "tbf", "rate", rate, "burst", burst, "latency",
+			      "20ms", NULL) < 0)
+			return -EIO;
+	}
+	snprintf(how, howlen, "%s", netem ? "netem" : "tbf");
+	return 0;
+}
+
+int vmtest_netns_unshape(const struct vmtest_netns_pair *p)
+{
+	int rc = 0;
+
+	for (int i = 0; i < 2; i++)
+		if (vmtest_ip(p, true, "netns", "exec", p->ns[i], "tc", "qdisc", "del", "dev",
+			      p->veth[i], "root", NULL) < 0)
+			rc = -EIO;
+	return rc;
+}
+
+void vmtest_netns_destroy(struct vmtest_netns_pair *p)
+{
+	for (int i = 0; i < 2; i++) {
+		if (!p->created[i])
+			continue;
+		p->created[i] = 0;
+		vmtest_cmd(p->del_argv[i], true, VMTEST_IP_TIMEOUT_MS);
+	}
+	if (p->janitor_pid > 0) {
+		pid_t pid = p->janitor_pid;
+
+		p->janitor_pid = 0;
+		close(p->janitor_fd);
+		/* It retries the (now failing) deletes, then exits. */
+		vmtest_cmd_reap(pid, 2 * VMTEST_IP_TIMEOUT_MS + 1000);
+	}
+}
+
+void vmtest_netns_prefix(const struct vmtest_netns_pair *p, int side, const char *out[5])
+{
+	out[0] = p->ip_path;
+	out[1] = "netns";
+	out[2] = "exec";
+	out[3] = p->ns[side];
+	out[4] = NULL;
 }

@@ -9,6 +9,7 @@
 #ifndef VMFERRY_TESTS_VMTEST_H
 #define VMFERRY_TESTS_VMTEST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -52,7 +53,18 @@ const char *vmtest_binary(void);
 int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[]);
 
 /*
- * Wait up to @timeout_ms for the child to exit and reap it.  Returns its
+ * vmtest_spawn() with the command line after @prefix (NULL-terminated, may
+ * be NULL), e.g. {"ip", "netns", "exec", NS, NULL} to run the VMM in a
+ * network namespace.  @prefix[0] is looked up in PATH; the prefix command
+ * must exec the VMM in its own process (as `ip netns exec` does), since the
+ * pid kept is the one forked.
+ */
+int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
+			  const char *const extra_args[]);
+
+/*
+ * Wait up to @timeout_ms for the child to exit, reap it and close its
+ * control client.  Returns its
  * exit code, 128+N when killed by signal N, or -ETIMEDOUT (still running).
  * Also returns the saved status when already reaped.
  */
@@ -118,5 +130,64 @@ struct vmtest_result {
 int vmtest_run(const char *const args[], const char *stdin_text, int timeout_ms,
 	       struct vmtest_result *res);
 void vmtest_result_free(struct vmtest_result *res);
+
+/*
+ * Two simulated hosts: network namespaces "vmft-<pid>-a" and "-b" joined by
+ * a veth pair, 10.199.X.1/24 in a and 10.199.X.2/24 in b (X from the pid),
+ * links and loopback up.  Needs root and iproute2.
+ */
+struct vmtest_netns_pair {
+	char ns[2][32];
+	char veth[2][16];        /* veth[i] lives in ns[i] */
+	char addr[2][16];        /* without the prefix length */
+	char ip_path[32];        /* the ip binary, resolved once */
+	const char *del_argv[2][5]; /* prebuilt `ip netns del`, for signal handlers */
+	int created[2];          /* ns[i] exists (set/cleared by create/destroy) */
+	pid_t janitor_pid;       /* > 0 while the janitor (see create) runs */
+	int janitor_fd;          /* its pipe's write end; valid while janitor_pid > 0 */
+};
+
+/*
+ * Create the pair.  0; -EPERM when `ip netns add` fails (not root, no
+ * netns support: callers skip); -ENOENT without an ip binary; -EIO when a
+ * later step fails (whatever was made is removed again).  The names are
+ * filled in before anything is created, so vmtest_netns_destroy() is always
+ * safe on @p afterwards.
+ *
+ * A janitor process (its own session, so a terminal's Ctrl-C spares it)
+ * waits on a pipe and deletes the namespaces when the pipe closes: also when
+ * this process dies in a way no handler sees (SIGKILL, a sanitizer abort).
+ */
+int vmtest_netns_create(struct vmtest_netns_pair *p);
+
+/*
+ * Shape both directions of the veth to @rate_bps bits/s with @delay_us
+ * one-way delay, with netem; where netem is not built into the kernel,
+ * with tbf (rate only: no delay).  Writes "netem" or "tbf" into @how.
+ * 0 or -EIO.
+ */
+int vmtest_netns_shape(const struct vmtest_netns_pair *p, uint64_t rate_bps, unsigned delay_us,
+		       char *how, size_t howlen);
+/* Remove the shaping again.  0 or -EIO. */
+int vmtest_netns_unshape(const struct vmtest_netns_pair *p);
+
+/*
+ * Delete both namespaces (the veth goes with them; processes still inside
+ * keep theirs alive until they exit), then release and reap the janitor.
+ * Idempotent, and async-signal-safe: only fork, execv, close, waitpid,
+ * nanosleep, kill and _exit, each wait bounded, so a SIGINT/SIGTERM handler
+ * or an atexit handler may call it.  Safe on a zeroed struct.
+ */
+void vmtest_netns_destroy(struct vmtest_netns_pair *p);
+
+/* {ip_path, "netns", "exec", ns[@side], NULL} for vmtest_spawn_prefixed(). */
+void vmtest_netns_prefix(const struct vmtest_netns_pair *p, int side, const char *out[5]);
+
+/*
+ * Run @argv (argv[0] a path) with stdin and stdout on /dev/null and stderr
+ * on /dev/null too when @quiet; killed after @timeout_ms.  Its exit status
+ * (128+N for signal N), -ETIMEDOUT, or -errno.  Async-signal-safe.
+ */
+int vmtest_cmd(const char *const argv[], bool quiet, int timeout_ms);
 
 #endif
