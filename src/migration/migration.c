@@ -46,6 +46,8 @@
 #define MIG_IO_TIMEOUT_MS 30000
 #define MIG_RP_TIMEOUT_MS 30000
 #define MIG_ERROR_BYTES 512
+#define MIG_DOWNTIME_GOOD_MS 2     /* below this, another pass is not worth it */
+#define MIG_EXTRA_PASSES_MAX 5     /* passes after the limit was first met */
 
 struct migration {
 	struct vm *vm;
@@ -508,7 +510,8 @@ static void *mig_source_thread(void *arg)
 	uint64_t stop_ns = 0, pass_start, pass_bytes, last_sync_ns;
 	double bw = 0;
 	bool was_running = false, stopped = false, end_sent = false, logging = false;
-	unsigned hot_syncs = 0;
+	unsigned hot_syncs = 0, extra_passes = 0;
+	uint64_t prev_dirty = UINT64_MAX;
 	int fd = -1, err;
 
 	pthread_mutex_lock(&m->lock);
@@ -593,8 +596,18 @@ static void *mig_source_thread(void *arg)
 		p = m->params; /* parameters may change while we run */
 		pthread_mutex_unlock(&m->lock);
 		src.s.max_bytes_per_s = p.max_bandwidth;
-		if (mig_converged(m, dirty, bw, &p))
+		/*
+		 * The limit is what the user accepts, not a target: while another
+		 * pass still shrinks the dirty set by half or more, it costs a
+		 * fraction of a pass of total time and buys a shorter pause.
+		 */
+		if (mig_converged(m, dirty, bw, &p) &&
+		    (m->expected_downtime_ms <= MIG_DOWNTIME_GOOD_MS || dirty * 2 > prev_dirty ||
+		     extra_passes >= MIG_EXTRA_PASSES_MAX))
 			break;
+		if (mig_converged(m, dirty, bw, &p))
+			extra_passes++;
+		prev_dirty = dirty;
 		if (p.convergence_timeout_s &&
 		    now - m->start_ns > p.convergence_timeout_s * 1000000000ull) {
 			mig_set_error(m, "precopy did not converge within %" PRIu64 " s: %" PRIu64
