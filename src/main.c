@@ -53,6 +53,9 @@ static void run_usage(FILE *f)
 		"  -S, --paused            do not start the vCPUs until 'cont'\n"
 		"      --incoming URI      wait for a migration stream on tcp:HOST:PORT or unix:PATH\n"
 		"                          instead of booting (--mem and --vcpus must match the source)\n"
+		"      --prealloc          allocate all guest RAM up front (default with --incoming,\n"
+		"                          where it happens in the background while waiting)\n"
+		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
 		"  -v, --verbose           debug logging\n"
 		"\n"
@@ -88,6 +91,8 @@ static int main_run(int argc, char **argv)
 		{ "paused", no_argument, NULL, 'S' },
 		{ "no-shutdown", no_argument, NULL, 'N' },
 		{ "incoming", required_argument, NULL, 'I' },
+		{ "prealloc", no_argument, NULL, 'P' },
+		{ "no-prealloc", no_argument, NULL, 'p' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
@@ -105,7 +110,7 @@ static int main_run(int argc, char **argv)
 	pthread_t sig_thread;
 	sigset_t sigs;
 	uint64_t v;
-	int opt, err, status = 1;
+	int opt, err, status = 1, prealloc = -1; /* -1: the default for the mode */
 
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "m:c:g:Svh", opts, NULL)) != -1) {
@@ -130,6 +135,8 @@ static int main_run(int argc, char **argv)
 		case 'S': cfg.start_paused = true; break;
 		case 'N': cfg.no_shutdown = true; break;
 		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
+		case 'P': prealloc = 1; break;
+		case 'p': prealloc = 0; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': run_usage(stdout); return 0;
 		default: run_usage(stderr); return 1;
@@ -148,9 +155,18 @@ static int main_run(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	if (prealloc < 0)
+		prealloc = cfg.incoming;
 	err = vm_create(&cfg, &vm);
 	if (err)
 		return 1;
+	if (prealloc && !cfg.incoming) {
+		/* Booting: before the first instruction, so the guest never waits. */
+		err = ram_block_populate(vm_ram_block(vm, 0), 0, vm_ram_block(vm, 0)->bytes);
+		if (err)
+			log_warn("--prealloc: %s; pages will be allocated on first use", strerror(-err));
+		err = 0;
+	}
 	err = migration_create(vm, &mig);
 	if (err)
 		goto out;
@@ -170,7 +186,7 @@ static int main_run(int argc, char **argv)
 	if (err)
 		goto out;
 	if (incoming_uri) {
-		err = migration_incoming_start(mig, incoming_uri, errbuf, sizeof(errbuf));
+		err = migration_incoming_start(mig, incoming_uri, prealloc != 0, errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
 			goto out;

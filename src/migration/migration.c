@@ -82,6 +82,12 @@ struct migration {
 	_Atomic uint64_t throughput_bps;
 	_Atomic unsigned throttle_max;
 	uint64_t total_bytes;
+
+	/* destination: background preallocation of guest RAM */
+	pthread_t prealloc_thread;
+	bool prealloc_joinable;
+	atomic_bool prealloc_stop;
+	_Atomic uint64_t prealloc_ns, prealloc_bytes;
 };
 
 /* ---- status table ---- */
@@ -236,6 +242,8 @@ static void mig_request_cancel(struct migration *m)
 		log_debug("migration: cancel eventfd: %s", strerror(errno));
 }
 
+static void mig_prealloc_join(struct migration *m);
+
 void migration_shutdown(struct migration *m)
 {
 	if (!m)
@@ -247,6 +255,7 @@ void migration_shutdown(struct migration *m)
 	if (m->thread_joinable)
 		pthread_join(m->thread, NULL);
 	m->thread_joinable = false;
+	mig_prealloc_join(m);
 }
 
 void migration_destroy(struct migration *m)
@@ -573,6 +582,8 @@ static void *mig_source_thread(void *arg)
 		goto stream_fail;
 	mig_emit_pass(m, 1);
 	bw = (double)(src.s.bytes - pass_bytes) * 1e9 / (double)(clock_monotonic_ns() - pass_start + 1);
+	log_debug("migration: pass 1: %" PRIu64 " bytes in %.1f ms (%.0f MB/s)",
+		  src.s.bytes - pass_bytes, (double)(clock_monotonic_ns() - pass_start) / 1e6, bw / 1e6);
 	atomic_store(&m->throughput_bps, (uint64_t)bw);
 	last_sync_ns = pass_start;
 
@@ -652,6 +663,8 @@ static void *mig_source_thread(void *arg)
 			/* Small passes say more about overhead than about the link. */
 			if (sent >= (1u << 20))
 				bw = (double)sent * 1e9 / t;
+			log_debug("migration: pass %" PRIu64 ": %" PRIu64 " dirty pages, %" PRIu64
+				  " bytes in %.1f ms", atomic_load(&m->passes), dirty, sent, t / 1e6);
 			atomic_store(&m->throughput_bps, (uint64_t)bw);
 		}
 	}
@@ -994,6 +1007,8 @@ static void *mig_incoming_thread(void *arg)
 	atomic_store(&m->zero_pages, st.zero_pages);
 	atomic_store(&m->normal_pages, st.data_pages);
 	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
+	/* Not needed any more; it must not compete with the vCPUs. */
+	atomic_store(&m->prealloc_stop, true);
 	err = vm_incoming_finish(vm, d.vmsec.was_running, &first_run_ns);
 	if (err) {
 		mig_set_error(m, "cannot start the guest after loading");
@@ -1034,7 +1049,49 @@ quit:
 	return NULL;
 }
 
-int migration_incoming_start(struct migration *m, const char *uri, char *err, size_t errlen)
+/*
+ * Destination: fault in guest RAM ahead of the stream.  The guest's RAM is
+ * committed to it anyway; paying for the page faults while waiting for the
+ * source (instead of inside every recv) is what -mem-prealloc does in QEMU.
+ */
+static void *mig_prealloc_thread(void *arg)
+{
+	struct migration *m = arg;
+	const uint64_t chunk = 32ull << 20;
+	uint64_t t0 = clock_monotonic_ns();
+
+	for (size_t b = 0; b < vm_ram_block_count(m->vm); b++) {
+		struct ram_block *rb = vm_ram_block(m->vm, b);
+
+		for (uint64_t off = 0; off < rb->bytes && !atomic_load(&m->prealloc_stop); off += chunk) {
+			uint64_t n = rb->bytes - off < chunk ? rb->bytes - off : chunk;
+			int r = ram_block_populate(rb, off, n);
+
+			if (r) {
+				log_warn("migration: preallocating guest RAM failed (%s); pages will be "
+					 "allocated as they arrive", strerror(-r));
+				return NULL;
+			}
+			atomic_fetch_add(&m->prealloc_bytes, n);
+		}
+	}
+	atomic_store(&m->prealloc_ns, clock_monotonic_ns() - t0);
+	log_debug("migration: %" PRIu64 " MiB of guest RAM preallocated in %.1f ms",
+		  atomic_load(&m->prealloc_bytes) >> 20, (double)(clock_monotonic_ns() - t0) / 1e6);
+	return NULL;
+}
+
+static void mig_prealloc_join(struct migration *m)
+{
+	if (!m->prealloc_joinable)
+		return;
+	atomic_store(&m->prealloc_stop, true);
+	pthread_join(m->prealloc_thread, NULL);
+	m->prealloc_joinable = false;
+}
+
+int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
+			     char *err, size_t errlen)
 {
 	int r = channel_uri_parse(uri, &m->curi, err, errlen);
 
@@ -1065,6 +1122,9 @@ int migration_incoming_start(struct migration *m, const char *uri, char *err, si
 	mig_reset_stats(m);
 	mig_set_status(m, MIG_STATUS_SETUP);
 	log_info("waiting for an incoming migration on %s", m->uri);
+	if (prealloc)
+		m->prealloc_joinable =
+			pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
 	r = -pthread_create(&m->thread, NULL, mig_incoming_thread, m);
 	if (r) {
 		snprintf(err, errlen, "cannot start the incoming thread: %s", strerror(-r));
@@ -1118,6 +1178,11 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "dirty-pages-rate", json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
+	if (m->incoming || atomic_load(&m->prealloc_bytes)) {
+		json_object_object_add(o, "prealloc-bytes", json_object_new_uint64(atomic_load(&m->prealloc_bytes)));
+		json_object_object_add(o, "prealloc-time",
+				       json_object_new_double((double)atomic_load(&m->prealloc_ns) / 1e6));
+	}
 	if (error[0])
 		json_object_object_add(o, "error-desc", json_object_new_string(error));
 	return o;

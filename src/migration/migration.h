@@ -71,8 +71,14 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 int migration_start(struct migration *m, const char *uri, char *err, size_t errlen);
 /* Cancel an outgoing migration (asynchronous).  0 or -EINVAL if none. */
 int migration_cancel(struct migration *m, char *err, size_t errlen);
-/* Listen on @uri and load the first stream that arrives (destination). */
-int migration_incoming_start(struct migration *m, const char *uri, char *err, size_t errlen);
+/*
+ * Listen on @uri and load the first stream that arrives (destination).
+ * @prealloc: fault in guest RAM in the background while waiting, so the
+ * stream does not pay a page fault per page (query-migrate shows how long
+ * it took).  0, or -errno with a reason in @err.
+ */
+int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
+			     char *err, size_t errlen);
 
 enum mig_status migration_get_status(struct migration *m);
 /* query-migrate's reply; the caller owns it. */

@@ -92,6 +92,19 @@ fail:
 	return err;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int ram_block_populate(struct ram_block *block, uint64_t off, uint64_t len)
+{
+	if (off > block->bytes || len > block->bytes - off)
+		return -EINVAL;
+	if (madvise(block->host + off, len, MADV_POPULATE_WRITE) < 0)
+		return -errno;
+	return 0;
+}
+
 void ram_block_destroy(struct ram_block *block)
 {
 	if (block->host)

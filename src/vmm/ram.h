@@ -33,6 +33,14 @@ int ram_block_create(const char *name, uint64_t gpa, uint64_t bytes,
 int ram_block_adopt_fd(const char *name, uint64_t gpa, uint64_t bytes, int fd,
 		       struct ram_block *out);
 
+/*
+ * Allocate and map the pages of [off, off+len) without changing their
+ * content (MADV_POPULATE_WRITE), so that later writes - a migration stream,
+ * a booting guest - do not pay a page fault each.  Safe while others write
+ * the same pages.  0, or -errno (-EINVAL: the kernel lacks it).
+ */
+int ram_block_populate(struct ram_block *block, uint64_t off, uint64_t len);
+
 /* Unmap and close; safe on a zeroed or already destroyed block. */
 void ram_block_destroy(struct ram_block *block);
 
