@@ -12,6 +12,13 @@
  *     |-- SECTION vm, SECTION cpu x N ---------->|
  *     |-- END ---------------------------------->|  load state, run vCPUs
  *     |<-------------------- RP_RUNNING / RP_ERROR|  (return path, same socket)
+ *
+ * With postcopy (docs/migration.md): POSTCOPY_ADVISE right after the
+ * header; at the switch DISCARD records, the sections, then POSTCOPY_RUN;
+ * the destination runs, asks for missing pages with RP_PAGE_REQ, which the
+ * source answers on a second connection (the urgent channel, opened with
+ * MIG_URGENT_MAGIC, carrying RAM records and END); the rest of RAM follows on
+ * the main channel, then END; the destination answers RP_COMPLETE.
  */
 #ifndef VMFERRY_MIGRATION_FORMAT_H
 #define VMFERRY_MIGRATION_FORMAT_H
@@ -34,12 +41,20 @@ enum mig_record {
 	MIG_REC_SECTION = 2, /* u32 id, u32 instance, u32 version, u32 len, data */
 	MIG_REC_PASS_END = 3,/* u32 pass */
 	MIG_REC_END = 4,     /* nothing */
+	MIG_REC_POSTCOPY_ADVISE = 5, /* nothing: postcopy may follow (first record) */
+	MIG_REC_POSTCOPY_DISCARD = 6,/* u8 block, u32 count, count x (u64 first, u32 n) */
+	MIG_REC_POSTCOPY_RUN = 7,    /* nothing: device state is complete, run now */
 };
+#define MIG_DISCARD_MAX_RUNS 4096u
+/* First bytes on the urgent channel (postcopy page answers). */
+#define MIG_URGENT_MAGIC 0x544e475255464d56ull /* "VMFURGNT" */
 #define MIG_RAM_FLAG_ZERO 0x1u
 
 enum mig_rp_message {
 	MIG_RP_RUNNING = 1,  /* u64 first_run_ns, u8 same_clock, u64 load_ns */
 	MIG_RP_ERROR = 2,    /* u32 errno, u16 len, len bytes of text */
+	MIG_RP_PAGE_REQ = 3, /* u8 block, u32 npages, u64 first_page */
+	MIG_RP_COMPLETE = 4, /* nothing: every page arrived (postcopy) */
 };
 
 struct mig_block_desc {

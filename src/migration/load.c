@@ -131,6 +131,80 @@ int mig_load_ram_skip(void *opaque, uint32_t block, uint64_t first_page, uint32_
 	return 0;
 }
 
+/*
+ * One RAM record after its type byte: validated against @h, handed to
+ * ops->ram.  0 or the error.
+ */
+static int mig_load_ram_record(struct stream *s, const struct mig_header *h,
+			       const struct mig_load_ops *ops, void *opaque, bool *zero_out,
+			       uint32_t *npages_out, char *err, size_t errlen)
+{
+	uint8_t block = stream_get_u8(s), flags = stream_get_u8(s);
+	uint16_t pad = stream_get_u16(s);
+	uint32_t npages = stream_get_u32(s);
+	uint64_t first = stream_get_u64(s), block_pages;
+	bool zero;
+	int r;
+
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (block >= h->nblocks || (flags & ~MIG_RAM_FLAG_ZERO) || pad) {
+		snprintf(err, errlen, "RAM record: block %u flags %#x pad %#x invalid",
+			 block, flags, pad);
+		return -EBADMSG;
+	}
+	zero = flags & MIG_RAM_FLAG_ZERO;
+	block_pages = h->blocks[block].bytes / MIG_PAGE_BYTES;
+	if (!zero && npages > MIG_RUN_MAX_PAGES) {
+		snprintf(err, errlen, "RAM record: data run of %u pages (at most %u)",
+			 npages, MIG_RUN_MAX_PAGES);
+		return -EBADMSG;
+	}
+	if (npages == 0 || first >= block_pages || npages > block_pages - first) {
+		snprintf(err, errlen, "RAM record: pages %llu+%u outside block %s (%llu pages)",
+			 (unsigned long long)first, npages, h->blocks[block].name,
+			 (unsigned long long)block_pages);
+		return -EBADMSG;
+	}
+	r = ops->ram(opaque, block, first, npages, zero, s, err, errlen);
+	if (r)
+		return r;
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	*zero_out = zero;
+	*npages_out = npages;
+	return 0;
+}
+
+int mig_load_urgent_magic(struct stream *s, char *err, size_t errlen)
+{
+	uint64_t magic = stream_get_u64(s);
+
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (magic != MIG_URGENT_MAGIC)
+		LOAD_FAIL("not a vmferry urgent channel (magic %#llx)", (unsigned long long)magic);
+	return 0;
+}
+
+int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
+			   const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen)
+{
+	uint8_t type = stream_get_u8(s);
+	uint32_t npages;
+	bool zero;
+	int r;
+
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (type == MIG_REC_END)
+		return 0;
+	if (type != MIG_REC_RAM)
+		LOAD_FAIL("urgent channel: record type %u (only RAM and END belong here)", type);
+	r = mig_load_ram_record(s, h, ops, opaque, &zero, &npages, err, errlen);
+	return r ? r : 1;
+}
+
 int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 	     struct mig_load_stats *st, char *err, size_t errlen)
 {
@@ -156,44 +230,12 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 		}
 		switch (type) {
 		case MIG_REC_RAM: {
-			uint8_t block = stream_get_u8(s), flags = stream_get_u8(s);
-			uint16_t pad = stream_get_u16(s);
-			uint32_t npages = stream_get_u32(s);
-			uint64_t first = stream_get_u64(s), block_pages;
 			bool zero;
+			uint32_t npages;
 
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			if (block >= h.nblocks || (flags & ~MIG_RAM_FLAG_ZERO) || pad) {
-				snprintf(err, errlen, "RAM record: block %u flags %#x pad %#x invalid",
-					 block, flags, pad);
-				r = -EBADMSG;
-				goto out;
-			}
-			zero = flags & MIG_RAM_FLAG_ZERO;
-			block_pages = h.blocks[block].bytes / MIG_PAGE_BYTES;
-			if (!zero && npages > MIG_RUN_MAX_PAGES) {
-				snprintf(err, errlen, "RAM record: data run of %u pages (at most %u)",
-					 npages, MIG_RUN_MAX_PAGES);
-				r = -EBADMSG;
-				goto out;
-			}
-			if (npages == 0 || first >= block_pages || npages > block_pages - first) {
-				snprintf(err, errlen, "RAM record: pages %llu+%u outside block %s (%llu pages)",
-					 (unsigned long long)first, npages, h.blocks[block].name,
-					 (unsigned long long)block_pages);
-				r = -EBADMSG;
-				goto out;
-			}
-			r = ops->ram(opaque, block, first, npages, zero, s, err, errlen);
+			r = mig_load_ram_record(s, &h, ops, opaque, &zero, &npages, err, errlen);
 			if (r)
 				goto out;
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
 			st->ram_records++;
 			if (zero)
 				st->zero_pages += npages;
@@ -201,12 +243,83 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 				st->data_pages += npages;
 			break;
 		}
+		case MIG_REC_POSTCOPY_ADVISE:
+			if (st->ram_records || st->sections || st->passes || st->postcopy_advised) {
+				snprintf(err, errlen, "postcopy advise must be the first record");
+				r = -EBADMSG;
+				goto out;
+			}
+			if (!ops->postcopy_advise) {
+				snprintf(err, errlen, "the source wants postcopy, which this destination does not do");
+				r = -EBADMSG;
+				goto out;
+			}
+			r = ops->postcopy_advise(opaque, err, errlen);
+			if (r)
+				goto out;
+			st->postcopy_advised = true;
+			break;
+		case MIG_REC_POSTCOPY_DISCARD: {
+			uint8_t block = stream_get_u8(s);
+			uint32_t count = stream_get_u32(s);
+			uint64_t block_pages;
+
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			if (!st->postcopy_advised || st->postcopy_running || block >= h.nblocks ||
+			    count == 0 || count > MIG_DISCARD_MAX_RUNS) {
+				snprintf(err, errlen, "postcopy discard: unexpected (block %u, %u runs)",
+					 block, count);
+				r = -EBADMSG;
+				goto out;
+			}
+			block_pages = h.blocks[block].bytes / MIG_PAGE_BYTES;
+			for (uint32_t i = 0; i < count; i++) {
+				uint64_t first = stream_get_u64(s);
+				uint32_t n = stream_get_u32(s);
+
+				if (stream_error(s)) {
+					r = mig_load_io_error(s, err, errlen);
+					goto out;
+				}
+				if (n == 0 || first >= block_pages || n > block_pages - first) {
+					snprintf(err, errlen, "postcopy discard: pages %llu+%u outside block %s",
+						 (unsigned long long)first, n, h.blocks[block].name);
+					r = -EBADMSG;
+					goto out;
+				}
+				r = ops->postcopy_discard(opaque, block, first, n);
+				if (r)
+					goto out;
+				st->discarded_pages += n;
+			}
+			break;
+		}
+		case MIG_REC_POSTCOPY_RUN:
+			if (!st->postcopy_advised || st->postcopy_running || !st->vm_section_seen ||
+			    st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1)) {
+				snprintf(err, errlen, "postcopy run before the state of the VM and every vCPU");
+				r = -EBADMSG;
+				goto out;
+			}
+			r = ops->postcopy_run(opaque, err, errlen);
+			if (r)
+				goto out;
+			st->postcopy_running = true;
+			break;
 		case MIG_REC_SECTION: {
 			uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
 			uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
 
 			if (stream_error(s)) {
 				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			if (st->postcopy_running) {
+				snprintf(err, errlen, "section after postcopy run");
+				r = -EBADMSG;
 				goto out;
 			}
 			if (id == VMSTATE_SECTION_CPU) {
@@ -264,8 +377,11 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 			break;
 		}
 		case MIG_REC_END:
-			if (!st->vm_section_seen ||
-			    st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1)) {
+			/* After RUN the sections were checked already; precopy may also
+			 * finish normally after postcopy was advised. */
+			if (!st->postcopy_running &&
+			    (!st->vm_section_seen ||
+			     st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1))) {
 				snprintf(err, errlen, "stream ended without the state of the VM and every vCPU");
 				r = -EBADMSG;
 				goto out;
@@ -304,6 +420,19 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 		m->same_clock = same;
 		return 0;
 	}
+	case MIG_RP_PAGE_REQ:
+		m->block = stream_get_u8(s);
+		m->npages = stream_get_u32(s);
+		m->first_page = stream_get_u64(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (m->npages == 0 || m->npages > MIG_RUN_MAX_PAGES ||
+		    m->first_page > (UINT64_MAX >> 12))
+			LOAD_FAIL("return path: page request for %u pages at %llu", m->npages,
+				  (unsigned long long)m->first_page);
+		return 0; /* the block and range are checked by the source against its RAM */
+	case MIG_RP_COMPLETE:
+		return 0;
 	case MIG_RP_ERROR: {
 		uint32_t code = stream_get_u32(s);
 		uint16_t len = stream_get_u16(s);
@@ -351,5 +480,20 @@ void mig_rp_send_error(struct stream *s, int err, const char *text)
 	stream_put_u32(s, code);
 	stream_put_u16(s, (uint16_t)n);
 	stream_put_bytes(s, text, n);
+	stream_flush(s);
+}
+
+void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, uint32_t npages)
+{
+	stream_put_u8(s, MIG_RP_PAGE_REQ);
+	stream_put_u8(s, block);
+	stream_put_u32(s, npages);
+	stream_put_u64(s, first_page);
+	stream_flush(s);
+}
+
+void mig_rp_send_complete(struct stream *s)
+{
+	stream_put_u8(s, MIG_RP_COMPLETE);
 	stream_flush(s);
 }

@@ -27,6 +27,10 @@ struct mig_load_ops {
 	int (*section)(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
 		       const uint8_t *data, uint32_t len, char *err, size_t errlen);
 	int (*pass_end)(void *opaque, uint32_t pass); /* may be NULL */
+	/* Postcopy (NULL: refused as "postcopy not enabled here"). */
+	int (*postcopy_advise)(void *opaque, char *err, size_t errlen);
+	int (*postcopy_discard)(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages);
+	int (*postcopy_run)(void *opaque, char *err, size_t errlen);
 };
 
 struct mig_load_stats {
@@ -34,6 +38,8 @@ struct mig_load_stats {
 	uint32_t cpu_sections_seen; /* bitmask by instance */
 	bool vm_section_seen;
 	bool end_seen;
+	bool postcopy_advised, postcopy_running;
+	uint64_t discarded_pages;
 };
 
 /*
@@ -44,6 +50,7 @@ struct mig_load_stats {
  */
 int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 	     struct mig_load_stats *stats, char *err, size_t errlen);
+
 
 /* Read and check only the header. */
 int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t errlen);
@@ -64,6 +71,9 @@ void mig_boot_id(uint8_t out[MIG_BOOT_ID_BYTES]);
 
 struct mig_rp_msg {
 	uint8_t type;            /* enum mig_rp_message */
+	uint8_t block;           /* PAGE_REQ */
+	uint32_t npages;         /* PAGE_REQ */
+	uint64_t first_page;     /* PAGE_REQ */
 	uint64_t first_run_ns;   /* RUNNING */
 	uint64_t load_ns;        /* RUNNING */
 	bool same_clock;         /* RUNNING: destination shares our boot id */
@@ -75,3 +85,17 @@ struct mig_rp_msg {
 int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen);
 void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_clock, uint64_t load_ns);
 void mig_rp_send_error(struct stream *s, int err, const char *text);
+void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, uint32_t npages);
+void mig_rp_send_complete(struct stream *s);
+
+/*
+ * The urgent channel: after MIG_URGENT_MAGIC, RAM records only, then END.
+ * Reads the magic; 0 or -EBADMSG.
+ */
+int mig_load_urgent_magic(struct stream *s, char *err, size_t errlen);
+/*
+ * Read one urgent-channel record against header @h: 1 = a RAM record was
+ * handed to @ops->ram, 0 = END, <0 error.
+ */
+int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
+			   const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen);

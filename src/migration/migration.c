@@ -37,6 +37,7 @@
 #include "migration/channel.h"
 #include "migration/format.h"
 #include "migration/load.h"
+#include "migration/postcopy.h"
 #include "migration/stream.h"
 #include "migration/vmstate.h"
 #include "util/log.h"
@@ -65,6 +66,7 @@ struct migration {
 	char uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
 	struct channel_uri curi;
 	struct stream *stream;    /* live stream, for cancel */
+	struct stream *urgent_stream; /* destination: the urgent channel, for cancel */
 	int listen_fd;            /* incoming */
 	int cancel_fd;            /* eventfd: cancel an accept */
 	atomic_bool cancel;
@@ -82,6 +84,11 @@ struct migration {
 	_Atomic uint64_t throughput_bps;
 	_Atomic unsigned throttle_max;
 	uint64_t total_bytes;
+	atomic_bool postcopy_requested; /* migrate-start-postcopy */
+	bool pc_prepared;               /* destination RAM punched for postcopy */
+	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests;
+	struct postcopy_dst_stats pc_stats; /* destination, kept at the end */
+	bool pc_stats_valid;
 
 	/* destination: background preallocation of guest RAM */
 	pthread_t prealloc_thread;
@@ -97,6 +104,7 @@ static const char *const mig_status_names[MIG_STATUS__COUNT] = {
 	[MIG_STATUS_ACTIVE] = "active", [MIG_STATUS_DEVICE] = "device",
 	[MIG_STATUS_COMPLETED] = "completed", [MIG_STATUS_FAILED] = "failed",
 	[MIG_STATUS_CANCELLING] = "cancelling", [MIG_STATUS_CANCELLED] = "cancelled",
+	[MIG_STATUS_POSTCOPY_ACTIVE] = "postcopy-active",
 };
 
 static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
@@ -107,11 +115,16 @@ static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
 	},
 	[MIG_STATUS_ACTIVE] = {
 		[MIG_STATUS_DEVICE] = true, [MIG_STATUS_COMPLETED] = true,
+		[MIG_STATUS_POSTCOPY_ACTIVE] = true, /* destination side */
 		[MIG_STATUS_FAILED] = true, [MIG_STATUS_CANCELLING] = true,
 	},
 	[MIG_STATUS_DEVICE] = {
 		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
-		[MIG_STATUS_CANCELLING] = true,
+		[MIG_STATUS_CANCELLING] = true, [MIG_STATUS_POSTCOPY_ACTIVE] = true,
+	},
+	/* once the destination runs there is no cancelling: only the end */
+	[MIG_STATUS_POSTCOPY_ACTIVE] = {
+		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
 	},
 	[MIG_STATUS_CANCELLING] = {
 		[MIG_STATUS_CANCELLED] = true, [MIG_STATUS_FAILED] = true,
@@ -291,6 +304,22 @@ struct mig_src {
 	uint64_t npages;
 	uint64_t *bitmap;          /* dirty pages of the current pass */
 	uint64_t bitmap_words;
+	/* postcopy */
+	bool postcopy;             /* advised: the switch may come */
+	bool release_ram;          /* postcopy phase: free pages once sent */
+	uint64_t *sent_once;       /* pages the destination holds a copy of */
+	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
+	_Atomic uint64_t pending_count;
+	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
+	_Atomic uint64_t pushed, requested_sent, requests;
+	struct stream urgent;      /* written by the return-path thread only */
+	int urgent_fd;
+	struct stream rp;          /* return path, read by its thread */
+	int rp_fd;
+	int rp_result;             /* 0 = COMPLETE seen */
+	char rp_error[MIG_ERROR_BYTES];
+	struct mig_rp_msg running;
+	atomic_bool got_running;
 	/* current run being built */
 	uint64_t run_first;
 	uint32_t run_len;
@@ -326,12 +355,20 @@ static void mig_flush_run(struct mig_src *src)
 				  (size_t)src->run_len * MIG_PAGE_BYTES);
 		atomic_fetch_add(&m->normal_pages, src->run_len);
 	}
+	if (src->release_ram && !stream_error(&src->s)) {
+		/* Postcopy: the source's vCPUs never run again; the copy is gone
+		 * into the socket, so the memory can go back to the host. */
+		fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			  (off_t)(src->run_first * MIG_PAGE_BYTES), (off_t)src->run_len * MIG_PAGE_BYTES);
+	}
 	atomic_store(&m->transferred, src->s.bytes + src->s.wlen);
 	src->run_len = 0;
 }
 
 static void mig_add_page(struct mig_src *src, uint64_t page, bool zero)
 {
+	if (src->sent_once)
+		src->sent_once[page / 64] |= 1ull << (page % 64);
 	if (src->run_len && (src->run_zero != zero || src->run_first + src->run_len != page ||
 			     (!zero && src->run_len >= MIG_RUN_MAX_PAGES) ||
 			     src->run_len == UINT32_MAX))
@@ -378,8 +415,18 @@ static int mig_first_pass(struct mig_src *src)
 			return err;
 		data = lseek(fd, (off_t)(w * MIG_PAGE_BYTES), SEEK_DATA);
 		if (data < 0 || (uint64_t)data >= (w + n) * MIG_PAGE_BYTES) {
-			/* A hole: zero on both sides (the destination's RAM is new). */
-			atomic_fetch_add(&m->zero_pages, n);
+			/*
+			 * A hole: zero on both sides (the destination's RAM is new).
+			 * With postcopy the destination must know these pages are
+			 * here, so a zero run (a few bytes) says so.
+			 */
+			if (src->postcopy) {
+				for (uint64_t p = w; p < w + n; p++)
+					mig_add_page(src, p, true);
+				mig_flush_run(src);
+			} else {
+				atomic_fetch_add(&m->zero_pages, n);
+			}
 		} else {
 			mig_send_pages(src, w, n, NULL);
 		}
@@ -429,7 +476,7 @@ static int mig_dirty_pass(struct mig_src *src, bool protect)
 	return 0;
 }
 
-static int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns)
+static int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns, bool end)
 {
 	struct migration *m = src->m;
 	struct vmstate_buf b = { 0 };
@@ -459,7 +506,8 @@ static int mig_send_sections(struct mig_src *src, bool was_running, uint64_t sto
 		stream_put_bytes(&src->s, b.data, b.len);
 	}
 	vmstate_buf_free(&b);
-	stream_put_u8(&src->s, MIG_REC_END);
+	if (end)
+		stream_put_u8(&src->s, MIG_REC_END);
 	return stream_flush(&src->s);
 }
 
@@ -505,6 +553,295 @@ static int mig_rp_pending_error(struct mig_src *src, char *out, size_t len)
 		return -ENOENT;
 	snprintf(out, len, "%.*s", (int)(len - 1), msg.text);
 	return 0;
+}
+
+/* ---- source: postcopy ---- */
+
+static bool mig_pending_take(struct mig_src *src, uint64_t p)
+{
+	uint64_t bit = 1ull << (p % 64);
+
+	if (!(atomic_fetch_and(&src->pending[p / 64], ~bit) & bit))
+		return false;
+	atomic_fetch_sub(&src->pending_count, 1);
+	return true;
+}
+
+/* Return-path thread: answers page requests on the urgent channel at once. */
+static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *msg)
+{
+	uint64_t end = msg->first_page + msg->npages;
+
+	atomic_fetch_add(&src->requests, 1);
+	if (msg->block != 0 || msg->first_page >= src->npages || end > src->npages) {
+		snprintf(src->rp_error, sizeof(src->rp_error),
+			 "destination asked for pages %" PRIu64 "+%u outside block %u",
+			 msg->first_page, msg->npages, msg->block);
+		src->rp_result = -EBADMSG;
+		return;
+	}
+	atomic_store(&src->last_fault, msg->first_page + 1);
+	for (uint64_t p = msg->first_page; p < end; p++) {
+		const uint8_t *page = src->block->host + p * MIG_PAGE_BYTES;
+		bool zero;
+
+		/* Already sent (maybe still in flight on the main channel): it
+		 * arrives there; each page crosses the wire once. */
+		if (!mig_pending_take(src, p))
+			continue;
+		zero = mig_page_is_zero(page);
+		stream_put_u8(&src->urgent, MIG_REC_RAM);
+		stream_put_u8(&src->urgent, 0);
+		stream_put_u8(&src->urgent, zero ? MIG_RAM_FLAG_ZERO : 0);
+		stream_put_u16(&src->urgent, 0);
+		stream_put_u32(&src->urgent, 1);
+		stream_put_u64(&src->urgent, p);
+		if (!zero)
+			stream_put_bytes(&src->urgent, page, MIG_PAGE_BYTES);
+		atomic_fetch_add(&src->requested_sent, 1);
+		if (!zero)
+			atomic_fetch_add(&src->m->normal_pages, 1);
+		else
+			atomic_fetch_add(&src->m->zero_pages, 1);
+	}
+	stream_flush(&src->urgent);
+}
+
+static void *mig_rp_thread(void *arg)
+{
+	struct mig_src *src = arg;
+	struct mig_rp_msg msg;
+	char err[256];
+
+	for (;;) {
+		int r = mig_rp_read(&src->rp, &msg, err, sizeof(err));
+
+		if (r) {
+			snprintf(src->rp_error, sizeof(src->rp_error), "return path: %s", err);
+			src->rp_result = r;
+			break;
+		}
+		if (msg.type == MIG_RP_RUNNING) {
+			src->running = msg;
+			atomic_store(&src->got_running, true);
+		} else if (msg.type == MIG_RP_PAGE_REQ) {
+			mig_rp_serve_request(src, &msg);
+			if (src->rp_result)
+				break;
+		} else if (msg.type == MIG_RP_COMPLETE) {
+			src->rp_result = 0;
+			break;
+		} else {
+			snprintf(src->rp_error, sizeof(src->rp_error), "destination failed: %.400s", msg.text);
+			src->rp_result = msg.err ? msg.err : -EIO;
+			break;
+		}
+		if (stream_error(&src->urgent)) {
+			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s",
+				 src->urgent.errmsg);
+			src->rp_result = stream_error(&src->urgent);
+			break;
+		}
+	}
+	if (!src->rp_result) {
+		stream_put_u8(&src->urgent, MIG_REC_END);
+		stream_flush(&src->urgent);
+	}
+	/* Whatever happened, the background sender must not wait for us. */
+	stream_cancel(&src->s);
+	return NULL;
+}
+
+/*
+ * Background push after the switch: pages the destination has not got, in an
+ * order that follows its faults (CRIU's lazy-pages idea): after a request,
+ * start right behind the faulting page with a small chunk and double it while
+ * no new request comes.
+ */
+static int mig_postcopy_push(struct mig_src *src)
+{
+	uint64_t cursor = 0, chunk = 16, seen_fault = 0;
+
+	while (atomic_load(&src->pending_count) > 0) {
+		uint64_t fault = atomic_load(&src->last_fault), end;
+
+		if (fault && fault != seen_fault) {
+			seen_fault = fault;
+			cursor = fault % src->npages; /* the page after the fault */
+			chunk = 16;
+		} else if (chunk < MIG_RUN_MAX_PAGES) {
+			chunk *= 2;
+		}
+		end = cursor + chunk < src->npages ? cursor + chunk : src->npages;
+		for (uint64_t p = cursor; p < end; p++) {
+			if (!mig_pending_take(src, p)) {
+				mig_flush_run(src);
+				continue;
+			}
+			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+			atomic_fetch_add(&src->pushed, 1);
+		}
+		mig_flush_run(src);
+		if (stream_error(&src->s))
+			return stream_error(&src->s);
+		cursor = end == src->npages ? 0 : end;
+	}
+	stream_put_u8(&src->s, MIG_REC_END);
+	return stream_flush(&src->s);
+}
+
+static void mig_send_discards(struct mig_src *src, const uint64_t *discard)
+{
+	uint64_t runs_first[256];
+	uint32_t runs_n[256];
+	uint32_t nruns = 0;
+
+	for (uint64_t p = 0; p <= src->npages; p++) {
+		bool bit = p < src->npages && (discard[p / 64] & (1ull << (p % 64)));
+
+		if (bit && nruns && runs_first[nruns - 1] + runs_n[nruns - 1] == p) {
+			runs_n[nruns - 1]++;
+			continue;
+		}
+		if ((bit && nruns == 256) || (p == src->npages && nruns)) {
+			stream_put_u8(&src->s, MIG_REC_POSTCOPY_DISCARD);
+			stream_put_u8(&src->s, 0);
+			stream_put_u32(&src->s, nruns);
+			for (uint32_t i = 0; i < nruns; i++) {
+				stream_put_u64(&src->s, runs_first[i]);
+				stream_put_u32(&src->s, runs_n[i]);
+			}
+			nruns = 0;
+		}
+		if (bit) {
+			runs_first[nruns] = p;
+			runs_n[nruns++] = 1;
+		}
+	}
+}
+
+/*
+ * Switch to postcopy: the vCPUs are stopped and the final dirty log is in
+ * src->bitmap.  Sends discards, state and RUN; serves the destination until
+ * it has every page.  Returns 0 when complete, -EAGAIN when the destination
+ * failed before running the guest (the caller resumes it here), other -errno
+ * when the guest's state is split between the two sides.
+ */
+static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int fd)
+{
+	struct migration *m = src->m;
+	pthread_t rp_thread;
+	uint64_t *discard = calloc(src->bitmap_words, sizeof(uint64_t));
+	bool rp_started = false;
+	int err = 0;
+
+	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
+	src->urgent_fd = src->rp_fd = -1;
+	if (!discard || !src->pending) {
+		free(discard);
+		mig_set_error(m, "out of memory");
+		return -EAGAIN;
+	}
+	/* pending = never sent, or dirtied since sent; discard = the latter */
+	for (uint64_t w = 0; w < src->bitmap_words; w++) {
+		uint64_t valid = w * 64 + 64 <= src->npages ? ~0ull
+				 : (1ull << (src->npages % 64)) - 1;
+		uint64_t pend = (~src->sent_once[w] | src->bitmap[w]) & valid;
+
+		discard[w] = src->sent_once[w] & src->bitmap[w] & valid;
+		atomic_store(&src->pending[w], pend);
+		atomic_fetch_add(&src->pending_count, (uint64_t)__builtin_popcountll(pend));
+	}
+	log_debug("postcopy: %" PRIu64 " pages pending, %.3f ms after the stop",
+		  atomic_load(&src->pending_count), (double)(clock_monotonic_ns() - stop_ns) / 1e6);
+	mig_send_discards(src, discard);
+	free(discard);
+	err = mig_send_sections(src, was_running, stop_ns, false);
+	if (err) {
+		mig_set_error(m, "sending the device state failed: %s", src->s.errmsg);
+		return -EAGAIN;
+	}
+	/* The urgent channel first, so the destination can be answered at once. */
+	src->urgent_fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (src->urgent_fd < 0 || stream_init(&src->urgent, src->urgent_fd, MIG_IO_TIMEOUT_MS)) {
+		mig_set_error(m, "cannot open the urgent channel to %s", m->uri);
+		if (src->urgent_fd >= 0)
+			close(src->urgent_fd);
+		src->urgent_fd = -1;
+		return -EAGAIN;
+	}
+	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC);
+	stream_flush(&src->urgent);
+	src->rp_fd = dup(fd);
+	if (src->rp_fd < 0 || stream_init(&src->rp, src->rp_fd, -1)) {
+		mig_set_error(m, "cannot set up the return path");
+		err = -EAGAIN;
+		goto out;
+	}
+	log_debug("postcopy: urgent channel open, %.3f ms after the stop",
+		  (double)(clock_monotonic_ns() - stop_ns) / 1e6);
+	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RUN);
+	if (stream_flush(&src->s)) {
+		mig_set_error(m, "sending run failed: %s", src->s.errmsg);
+		err = -EAGAIN;
+		goto out;
+	}
+	if (pthread_create(&rp_thread, NULL, mig_rp_thread, src)) {
+		mig_set_error(m, "cannot start the return-path thread");
+		err = -EAGAIN;
+		goto out;
+	}
+	rp_started = true;
+	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
+	src->release_ram = true;
+	err = mig_postcopy_push(src);
+	{
+		/* The destination answers COMPLETE once it holds every page. */
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += MIG_RP_TIMEOUT_MS / 1000;
+		if (pthread_timedjoin_np(rp_thread, NULL, &until)) {
+			stream_cancel(&src->rp);
+			pthread_join(rp_thread, NULL);
+			if (!src->rp_error[0])
+				snprintf(src->rp_error, sizeof(src->rp_error),
+					 "the destination did not confirm it has every page");
+			if (!src->rp_result)
+				src->rp_result = -ETIMEDOUT;
+		}
+	}
+	rp_started = false;
+	if (src->rp_result || !atomic_load(&src->got_running)) {
+		bool ran = atomic_load(&src->got_running);
+
+		mig_set_error(m, "%s%s", src->rp_error[0] ? src->rp_error : "postcopy failed",
+			      ran ? "; the guest ran on the destination, so its state is split and "
+				    "it cannot resume here" : "");
+		err = ran ? (src->rp_result ? src->rp_result : -EIO) : -EAGAIN;
+		goto out;
+	}
+	err = 0;
+	m->downtime_same_clock = src->running.same_clock;
+	m->downtime_ns = src->running.same_clock && src->running.first_run_ns >= stop_ns
+				 ? src->running.first_run_ns - stop_ns : 0;
+	m->downtime_known = true;
+out:
+	if (rp_started) {
+		stream_cancel(&src->rp);
+		pthread_join(rp_thread, NULL);
+	}
+	if (src->rp_fd >= 0) {
+		stream_release(&src->rp);
+		close(src->rp_fd);
+	}
+	if (src->urgent_fd >= 0) {
+		stream_release(&src->urgent);
+		close(src->urgent_fd);
+	}
+	free((void *)src->pending);
+	src->pending = NULL;
+	return err;
 }
 
 static void *mig_source_thread(void *arg)
@@ -559,6 +896,15 @@ static void *mig_source_thread(void *arg)
 	h.blocks[0].gpa = src.block->gpa;
 	h.blocks[0].bytes = src.block->bytes;
 	mig_save_header(&src.s, &h);
+	if (p.postcopy_ram) {
+		src.postcopy = true;
+		src.sent_once = calloc(src.bitmap_words, sizeof(uint64_t));
+		if (!src.sent_once) {
+			mig_set_error(m, "out of memory");
+			goto fail;
+		}
+		stream_put_u8(&src.s, MIG_REC_POSTCOPY_ADVISE);
+	}
 	err = vm_dirty_log_start(vm);
 	if (err) {
 		mig_set_error(m, "cannot start dirty logging: %s", strerror(-err));
@@ -568,6 +914,12 @@ static void *mig_source_thread(void *arg)
 	m->setup_ns = clock_monotonic_ns() - m->start_ns;
 	if (!mig_set_status(m, MIG_STATUS_ACTIVE))
 		goto fail; /* cancelled */
+
+	/* Pure postcopy: switch before the first pass. */
+	if (src.postcopy && atomic_load(&m->postcopy_requested)) {
+		memset(src.bitmap, 0xff, src.bitmap_words * sizeof(uint64_t));
+		goto postcopy_switch;
+	}
 
 	/* Pass 1 */
 	pass_start = clock_monotonic_ns();
@@ -607,6 +959,11 @@ static void *mig_source_thread(void *arg)
 		p = m->params; /* parameters may change while we run */
 		pthread_mutex_unlock(&m->lock);
 		src.s.max_bytes_per_s = p.max_bandwidth;
+		if (src.postcopy && (atomic_load(&m->postcopy_requested) ||
+				     (p.postcopy_after_passes &&
+				      atomic_load(&m->passes) >= p.postcopy_after_passes &&
+				      !mig_converged(m, dirty, bw, &p))))
+			goto postcopy_switch;
 		/*
 		 * The limit is what the user accepts, not a target: while another
 		 * pass still shrinks the dirty set by half or more, it costs a
@@ -669,6 +1026,40 @@ static void *mig_source_thread(void *arg)
 		}
 	}
 
+	if (0) {
+postcopy_switch:
+		if (!mig_set_status(m, MIG_STATUS_DEVICE))
+			goto fail;
+		err = vm_migration_stop(vm, &stop_ns, &was_running);
+		if (err) {
+			mig_set_error(m, "cannot stop the guest for switch-over (state %s)",
+				      vm_runstate_name(vm_get_runstate(vm)));
+			goto fail;
+		}
+		stopped = true;
+		{
+			/* Pure postcopy keeps the all-ones bitmap: every page pending. */
+			uint64_t *final = calloc(src.bitmap_words, sizeof(uint64_t));
+
+			err = final ? vm_dirty_log_get(vm, 0, final) : -ENOMEM;
+			for (uint64_t w = 0; !err && w < src.bitmap_words; w++)
+				src.bitmap[w] = atomic_load(&m->passes) ? final[w] : ~0ull;
+			free(final);
+		}
+		if (err) {
+			mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
+			goto fail;
+		}
+		err = mig_postcopy(&src, was_running, stop_ns, fd);
+		if (err == -EAGAIN)
+			goto fail; /* the destination never ran: resume here */
+		if (err) {
+			stopped = false; /* the guest ran there: never run it here too */
+			goto fail;
+		}
+		goto completed;
+	}
+
 	/* Switch-over */
 	if (!mig_set_status(m, MIG_STATUS_DEVICE))
 		goto fail;
@@ -688,7 +1079,7 @@ static void *mig_source_thread(void *arg)
 	err = mig_dirty_pass(&src, false);
 	if (err)
 		goto stream_fail;
-	err = mig_send_sections(&src, was_running, stop_ns);
+	err = mig_send_sections(&src, was_running, stop_ns, true);
 	if (err)
 		goto stream_fail;
 	end_sent = true;
@@ -710,8 +1101,9 @@ static void *mig_source_thread(void *arg)
 		stopped = false; /* do not resume: two copies must never run */
 		goto fail;
 	}
-	if (rp.type == MIG_RP_ERROR) {
-		mig_set_error(m, "destination failed to load the state: %s", rp.text);
+	if (rp.type != MIG_RP_RUNNING) {
+		mig_set_error(m, "destination failed to load the state: %s",
+			      rp.type == MIG_RP_ERROR ? rp.text : "unexpected return-path message");
 		goto fail;
 	}
 	{
@@ -722,10 +1114,16 @@ static void *mig_source_thread(void *arg)
 					 ? rp.first_run_ns - stop_ns : now - stop_ns;
 		m->downtime_known = true;
 	}
+completed:
+	atomic_store(&m->postcopy_requested, false);
 	vm_migration_complete(vm);
 	vm_set_throttle(vm, 0);
 	vm_dirty_log_stop(vm);
 	m->end_ns = clock_monotonic_ns();
+	atomic_store(&m->pages_pushed, atomic_load(&src.pushed));
+	atomic_store(&m->pages_requested, atomic_load(&src.requested_sent));
+	atomic_store(&m->postcopy_requests, atomic_load(&src.requests));
+	free(src.sent_once);
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
@@ -764,6 +1162,8 @@ fail:
 		close(fd);
 	}
 	free(src.bitmap);
+	free(src.sent_once);
+	atomic_store(&m->postcopy_requested, false);
 	mig_finish_failed(m);
 	return NULL;
 }
@@ -843,6 +1243,29 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 	return 0;
 }
 
+int migration_start_postcopy(struct migration *m, char *err, size_t errlen)
+{
+	enum mig_status st;
+
+	pthread_mutex_lock(&m->lock);
+	st = m->status;
+	if (!m->params.postcopy_ram) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "enable the postcopy-ram capability first");
+		return -EINVAL;
+	}
+	if (m->incoming || (!mig_status_finished(st) && st != MIG_STATUS_SETUP &&
+			    st != MIG_STATUS_ACTIVE)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "postcopy cannot start now (%s)", mig_status_name(st));
+		return -EBUSY;
+	}
+	pthread_mutex_unlock(&m->lock);
+	/* Before `migrate` this makes the next migration pure postcopy. */
+	atomic_store(&m->postcopy_requested, true);
+	return 0;
+}
+
 int migration_cancel(struct migration *m, char *err, size_t errlen)
 {
 	pthread_mutex_lock(&m->lock);
@@ -863,15 +1286,34 @@ struct mig_dst {
 	struct migration *m;
 	struct vmstate_vm vmsec;
 	uint8_t src_boot_id[MIG_BOOT_ID_BYTES];
+	struct mig_header header;
 	bool have_vm;
+	/* postcopy */
+	struct postcopy_dst *pd;
+	struct stream rp;            /* return-path writes, under rp_lock */
+	int rp_fd;
+	pthread_mutex_t rp_lock;
+	pthread_t urgent_thread;
+	bool urgent_started;
+	atomic_bool urgent_failed;
+	uint64_t first_run_ns;
+	_Atomic uint64_t run_at_ns;  /* when RUN was handled: RAM is under userfaultfd */
+	atomic_bool closing;         /* mig_dst_finish runs: the urgent thread must go */
+};
+
+/* Each reader of RAM records: the load thread and the urgent thread. */
+struct mig_dst_chan {
+	struct mig_dst *d;
+	uint8_t *bounce;             /* MIG_RUN_MAX_PAGES pages, for UFFDIO_COPY */
 };
 
 static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
 {
-	struct mig_dst *d = opaque;
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
 	struct vm *vm = d->m->vm;
 
 	memcpy(d->src_boot_id, h->boot_id, MIG_BOOT_ID_BYTES);
+	d->header = *h;
 	if (h->nvcpus != vm_nvcpus(vm)) {
 		snprintf(err, errlen, "the source has %u vCPUs, this VM %u: start the destination "
 			 "with --vcpus %u", h->nvcpus, vm_nvcpus(vm), h->nvcpus);
@@ -901,29 +1343,46 @@ static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, s
 static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
 		       bool zero, struct stream *s, char *err, size_t errlen)
 {
-	struct mig_dst *d = opaque;
+	struct mig_dst_chan *c = opaque;
+	struct mig_dst *d = c->d;
 	/* The header callback checked that the block matches ours. */
 	struct ram_block *rb = vm_ram_block(d->m->vm, block);
 	uint64_t off = first_page * MIG_PAGE_BYTES, len = (uint64_t)npages * MIG_PAGE_BYTES;
+	int r;
 
-	if (zero) {
+	if (d->pd && atomic_load(&d->run_at_ns)) {
+		/* Postcopy: guest RAM is under userfaultfd; place atomically. */
+		if (!zero)
+			stream_get_bytes(s, c->bounce, len);
+		if (stream_error(s))
+			return 0; /* the caller reports the stream error */
+		r = postcopy_dst_place(d->pd, first_page, npages, zero ? NULL : c->bounce);
+		if (r) {
+			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
+				 npages, strerror(-r));
+			return r;
+		}
+	} else if (zero) {
 		/* Free and zero them: nothing is read, nothing allocated. */
 		if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			      (off_t)off, (off_t)len) < 0) {
 			memset(rb->host + off, 0, len);
 		}
+		if (d->pd)
+			postcopy_dst_mark_received(d->pd, first_page, npages);
 	} else {
 		stream_get_bytes(s, rb->host + off, len);
+		if (d->pd)
+			postcopy_dst_mark_received(d->pd, first_page, npages);
 	}
-	atomic_store(&d->m->transferred, s->bytes);
-	(void)err; (void)errlen;
+	atomic_fetch_add(&d->m->transferred, zero ? 16 : 16 + len);
 	return 0;
 }
 
 static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
 			   const uint8_t *data, uint32_t len, char *err, size_t errlen)
 {
-	struct mig_dst *d = opaque;
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
 
 	if (id == VMSTATE_SECTION_VM) {
 		if (version != VMSTATE_VM_VERSION) {
@@ -944,10 +1403,220 @@ static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_
 
 static int mig_dst_pass_end(void *opaque, uint32_t pass)
 {
-	struct mig_dst *d = opaque;
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
 
 	atomic_store(&d->m->passes, pass);
 	return 0;
+}
+
+/* Fault thread: ask the source for a page on the return path. */
+static int mig_dst_request(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
+{
+	struct mig_dst *d = opaque;
+	int r;
+
+	pthread_mutex_lock(&d->rp_lock);
+	mig_rp_send_page_req(&d->rp, (uint8_t)block, first_page, npages);
+	r = stream_error(&d->rp);
+	pthread_mutex_unlock(&d->rp_lock);
+	return r;
+}
+
+static void mig_dst_rp_running(struct mig_dst *d, uint64_t first_run_ns, bool same_clock,
+			       uint64_t load_ns)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	mig_rp_send_running(&d->rp, first_run_ns, same_clock, load_ns);
+	pthread_mutex_unlock(&d->rp_lock);
+}
+
+static void mig_dst_rp_error(struct mig_dst *d, int err, const char *text)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	if (!stream_error(&d->rp))
+		mig_rp_send_error(&d->rp, err, text);
+	pthread_mutex_unlock(&d->rp_lock);
+}
+
+/* Urgent thread: requested pages, straight into guest RAM. */
+static void *mig_urgent_thread(void *arg)
+{
+	struct mig_dst *d = arg;
+	struct migration *m = d->m;
+	static const struct mig_load_ops ops = { .ram = mig_dst_ram };
+	struct mig_dst_chan c = { .d = d, .bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES) };
+	struct stream s;
+	char err[256];
+	int fd, r;
+
+	fd = channel_accept(m->listen_fd, MIG_IO_TIMEOUT_MS, m->cancel_fd);
+	if (fd < 0 || !c.bounce || stream_init(&s, fd, -1)) {
+		if (fd != -ECANCELED)
+			mig_set_error(m, "postcopy: the source did not open the urgent channel (%s)",
+				      strerror(fd < 0 ? -fd : ENOMEM));
+		atomic_store(&d->urgent_failed, true);
+		if (fd >= 0)
+			close(fd);
+		free(c.bounce);
+		return NULL;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->urgent_stream = &s;
+	pthread_mutex_unlock(&m->lock);
+	/* mig_dst_finish may have looked before we published the stream. */
+	if (atomic_load(&d->closing))
+		stream_cancel(&s);
+	r = mig_load_urgent_magic(&s, err, sizeof(err));
+	while (!r) {
+		r = mig_load_urgent_record(&s, &d->header, &ops, &c, err, sizeof(err));
+		if (r == 1)
+			r = 0;
+		else if (r == 0)
+			break; /* END */
+	}
+	if (r && !atomic_load(&m->cancel) && !atomic_load(&d->closing)) {
+		mig_set_error(m, "postcopy urgent channel: %s", err);
+		atomic_store(&d->urgent_failed, true);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->urgent_stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(&s);
+	close(fd);
+	free(c.bounce);
+	return NULL;
+}
+
+static int mig_dst_advise(void *opaque, char *err, size_t errlen)
+{
+	struct mig_dst_chan *c = opaque;
+	struct mig_dst *d = c->d;
+	struct migration *m = d->m;
+	int r;
+
+	pthread_mutex_lock(&m->lock);
+	r = m->params.postcopy_ram;
+	pthread_mutex_unlock(&m->lock);
+	if (!r) {
+		snprintf(err, errlen, "the source wants postcopy: enable the postcopy-ram capability "
+			 "on the destination too");
+		return -EBADMSG;
+	}
+	/* Pages that have not arrived at the switch are punched out again, so
+	 * preallocating them would be wasted work: it stops here. */
+	mig_prealloc_join(m);
+	r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &d->pd);
+	if (!r && !m->pc_prepared)
+		r = postcopy_dst_prepare(d->pd);
+	if (r) {
+		snprintf(err, errlen, "postcopy setup: %s", strerror(-r));
+		return r;
+	}
+	d->urgent_started = pthread_create(&d->urgent_thread, NULL, mig_urgent_thread, d) == 0;
+	if (!d->urgent_started) {
+		snprintf(err, errlen, "cannot start the urgent-channel thread");
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+static int mig_dst_discard(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
+{
+	struct mig_dst_chan *c = opaque;
+
+	(void)block;
+	return postcopy_dst_discard(c->d->pd, first_page, npages);
+}
+
+/* POSTCOPY_RUN: every page not here will fault; the guest runs now. */
+static int mig_dst_run(void *opaque, char *err, size_t errlen)
+{
+	struct mig_dst_chan *c = opaque;
+	struct mig_dst *d = c->d;
+	struct migration *m = d->m;
+	uint8_t boot_id[MIG_BOOT_ID_BYTES];
+	uint64_t start = clock_monotonic_ns();
+	bool same_clock;
+	int r;
+
+	if (!d->have_vm) {
+		snprintf(err, errlen, "run without the vm section");
+		return -EBADMSG;
+	}
+	/* Preallocation would fill pages that must fault: it stops here. */
+	mig_prealloc_join(m);
+	r = postcopy_dst_listen(d->pd);
+	if (r) {
+		snprintf(err, errlen, "cannot put guest RAM under userfaultfd: %s", strerror(-r));
+		return r;
+	}
+	log_debug("postcopy: listening after %.3f ms", (double)(clock_monotonic_ns() - start) / 1e6);
+	d->run_at_ns = start;
+	vm_guest_clock_set(m->vm, d->vmsec.guest_clock_ns);
+	r = vm_incoming_finish(m->vm, d->vmsec.was_running, &d->first_run_ns);
+	if (r) {
+		snprintf(err, errlen, "cannot start the guest");
+		return r;
+	}
+	if (!d->first_run_ns)
+		d->first_run_ns = clock_monotonic_ns();
+	mig_boot_id(boot_id);
+	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
+	mig_dst_rp_running(d, d->first_run_ns, same_clock, d->first_run_ns - start);
+	if (same_clock && d->vmsec.was_running && d->first_run_ns >= d->vmsec.stop_ns) {
+		m->downtime_ns = d->first_run_ns - d->vmsec.stop_ns;
+		m->downtime_known = true;
+		m->downtime_same_clock = true;
+	}
+	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
+	log_info("postcopy: the guest runs here; %" PRIu64 " pages still to come",
+		 postcopy_dst_missing(d->pd));
+	return 0;
+}
+
+/* Tear down the destination's connections and postcopy state. */
+static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream *s, int fd,
+			   struct mig_dst_chan *chan)
+{
+	atomic_store(&d->closing, true);
+	if (d->urgent_started) {
+		/* Wake its accept or read, then wait for it. */
+		pthread_mutex_lock(&m->lock);
+		if (m->urgent_stream)
+			stream_cancel(m->urgent_stream);
+		pthread_mutex_unlock(&m->lock);
+		{
+			uint64_t one = 1;
+
+			if (write(m->cancel_fd, &one, sizeof(one)) < 0)
+				log_debug("migration: cancel eventfd: %s", strerror(errno));
+		}
+		pthread_join(d->urgent_thread, NULL);
+		d->urgent_started = false;
+	}
+	if (d->pd) {
+		postcopy_dst_get_stats(d->pd, &m->pc_stats);
+		m->pc_stats_valid = true;
+		postcopy_dst_destroy(d->pd);
+		d->pd = NULL;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(s);
+	close(fd);
+	if (d->rp_fd >= 0) {
+		stream_release(&d->rp);
+		close(d->rp_fd);
+	}
+	free(chan->bounce);
+	if (m->listen_fd >= 0) {
+		close(m->listen_fd);
+		m->listen_fd = -1;
+		if (m->curi.kind == CHANNEL_UNIX)
+			unlink(m->curi.path);
+	}
+	pthread_mutex_destroy(&d->rp_lock);
 }
 
 static void *mig_incoming_thread(void *arg)
@@ -959,89 +1628,118 @@ static void *mig_incoming_thread(void *arg)
 		.ram = mig_dst_ram,
 		.section = mig_dst_section,
 		.pass_end = mig_dst_pass_end,
+		.postcopy_advise = mig_dst_advise,
+		.postcopy_discard = mig_dst_discard,
+		.postcopy_run = mig_dst_run,
 	};
-	struct mig_dst d = { .m = m };
+	struct mig_dst d = { .m = m, .rp_fd = -1 };
+	struct mig_dst_chan chan = { .d = &d };
 	struct mig_load_stats st;
 	struct stream s;
 	char errbuf[MIG_ERROR_BYTES];
 	uint8_t boot_id[MIG_BOOT_ID_BYTES];
 	uint64_t first_run_ns = 0, end_ns;
-	bool same_clock;
+	bool same_clock, ran = false;
 	int fd, err;
 
+	pthread_mutex_init(&d.rp_lock, NULL);
 	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
-	close(m->listen_fd);
-	m->listen_fd = -1;
-	if (m->curi.kind == CHANNEL_UNIX)
-		unlink(m->curi.path);
 	if (fd < 0) {
 		if (fd != -ECANCELED)
 			mig_set_error(m, "accepting the migration connection failed: %s", strerror(-fd));
 		mig_finish_failed(m);
+		pthread_mutex_destroy(&d.rp_lock);
 		return NULL;
 	}
 	m->start_ns = clock_monotonic_ns();
 	err = stream_init(&s, fd, MIG_IO_TIMEOUT_MS);
-	if (err) {
+	d.rp_fd = dup(fd);
+	if (err || d.rp_fd < 0 || stream_init(&d.rp, d.rp_fd, MIG_IO_TIMEOUT_MS)) {
+		mig_set_error(m, "stream setup failed");
+		if (!err)
+			stream_release(&s);
 		close(fd);
-		mig_set_error(m, "stream setup: %s", strerror(-err));
+		if (d.rp_fd >= 0)
+			close(d.rp_fd);
+		d.rp_fd = -1;
 		goto quit;
 	}
+	chan.bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES);
 	pthread_mutex_lock(&m->lock);
 	m->stream = &s;
 	pthread_mutex_unlock(&m->lock);
 	mig_set_status(m, MIG_STATUS_ACTIVE);
 
-	err = mig_load(&s, &ops, &d, &st, errbuf, sizeof(errbuf));
+	err = chan.bounce ? mig_load(&s, &ops, &chan, &st, errbuf, sizeof(errbuf)) : -ENOMEM;
+	if (!chan.bounce)
+		snprintf(errbuf, sizeof(errbuf), "out of memory");
 	end_ns = clock_monotonic_ns();
+	ran = d.run_at_ns != 0;
 	if (!err && !d.have_vm) {
 		snprintf(errbuf, sizeof(errbuf), "no vm section");
 		err = -EBADMSG;
 	}
+	if (!err && ran) {
+		/* Requested pages may still be on the urgent channel. */
+		for (int i = 0; i < MIG_RP_TIMEOUT_MS && postcopy_dst_missing(d.pd) &&
+				!atomic_load(&d.urgent_failed); i++) {
+			struct timespec ms = { 0, 1000000 };
+
+			nanosleep(&ms, NULL);
+		}
+		if (postcopy_dst_missing(d.pd)) {
+			snprintf(errbuf, sizeof(errbuf), "%" PRIu64 " pages never arrived",
+				 postcopy_dst_missing(d.pd));
+			err = -EIO;
+		}
+	}
 	if (err) {
-		mig_set_error(m, "incoming migration failed: %s", errbuf);
-		if (!stream_error(&s))
-			mig_rp_send_error(&s, err, m->error);
+		if (ran)
+			mig_set_error(m, "postcopy failed after the guest started here: %s; pages are "
+				      "missing, so the guest cannot continue (the source is gone or "
+				      "unreachable, and postcopy recovery is not implemented yet)", errbuf);
+		else
+			mig_set_error(m, "incoming migration failed: %s", errbuf);
+		mig_dst_rp_error(&d, err, m->error);
 		goto out;
 	}
 	atomic_store(&m->zero_pages, st.zero_pages);
 	atomic_store(&m->normal_pages, st.data_pages);
+	if (ran) {
+		pthread_mutex_lock(&d.rp_lock);
+		mig_rp_send_complete(&d.rp);
+		pthread_mutex_unlock(&d.rp_lock);
+		goto done;
+	}
 	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
 	/* Not needed any more; it must not compete with the vCPUs. */
 	atomic_store(&m->prealloc_stop, true);
 	err = vm_incoming_finish(vm, d.vmsec.was_running, &first_run_ns);
 	if (err) {
 		mig_set_error(m, "cannot start the guest after loading");
-		mig_rp_send_error(&s, err, m->error);
+		mig_dst_rp_error(&d, err, m->error);
 		goto out;
 	}
 	mig_boot_id(boot_id);
 	same_clock = !memcmp(boot_id, d.src_boot_id, MIG_BOOT_ID_BYTES);
 	if (!first_run_ns)
 		first_run_ns = clock_monotonic_ns();
-	mig_rp_send_running(&s, first_run_ns, same_clock, first_run_ns - end_ns);
+	mig_dst_rp_running(&d, first_run_ns, same_clock, first_run_ns - end_ns);
 	if (same_clock && d.vmsec.was_running && first_run_ns >= d.vmsec.stop_ns) {
 		m->downtime_ns = first_run_ns - d.vmsec.stop_ns;
 		m->downtime_known = true;
 		m->downtime_same_clock = true;
 	}
+done:
 	m->end_ns = clock_monotonic_ns();
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	stream_release(&s);
-	close(fd);
+	mig_dst_finish(m, &d, &s, fd, &chan);
 	mig_set_status(m, MIG_STATUS_COMPLETED);
 	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
 		 " zero pages, downtime %.3f ms", st.data_pages, st.zero_pages,
 		 (double)m->downtime_ns / 1e6);
 	return NULL;
 out:
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	stream_release(&s);
-	close(fd);
+	mig_dst_finish(m, &d, &s, fd, &chan);
 quit:
 	mig_finish_failed(m);
 	/* Half-loaded RAM cannot be reused: the destination VMM ends here. */
@@ -1178,6 +1876,19 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "dirty-pages-rate", json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
+	if (!m->incoming && (atomic_load(&m->pages_pushed) || atomic_load(&m->pages_requested))) {
+		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(atomic_load(&m->postcopy_requests)));
+		json_object_object_add(o, "postcopy-pages-pushed", json_object_new_uint64(atomic_load(&m->pages_pushed)));
+		json_object_object_add(o, "postcopy-pages-requested", json_object_new_uint64(atomic_load(&m->pages_requested)));
+	}
+	if (m->incoming && m->pc_stats_valid) {
+		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(m->pc_stats.requests));
+		json_object_object_add(o, "postcopy-faults", json_object_new_uint64(m->pc_stats.faults));
+		json_object_object_add(o, "fault-latency-p50-us", json_object_new_double((double)m->pc_stats.latency_p50_ns / 1e3));
+		json_object_object_add(o, "fault-latency-p99-us", json_object_new_double((double)m->pc_stats.latency_p99_ns / 1e3));
+		json_object_object_add(o, "fault-latency-max-us", json_object_new_double((double)m->pc_stats.latency_max_ns / 1e3));
+		json_object_object_add(o, "vcpu-blocked-time", json_object_new_double((double)m->pc_stats.blocked_ns / 1e6));
+	}
 	if (m->incoming || atomic_load(&m->prealloc_bytes)) {
 		json_object_object_add(o, "prealloc-bytes", json_object_new_uint64(atomic_load(&m->prealloc_bytes)));
 		json_object_object_add(o, "prealloc-time",
@@ -1239,8 +1950,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 				  struct json_object **ret, char *err, size_t errlen)
 {
 	struct migration *m = opaque;
-	uint64_t dl = 0, bw = 0, ct = 0;
-	bool g_dl, g_bw, g_ct;
+	uint64_t dl = 0, bw = 0, ct = 0, pa = 0;
+	bool g_dl, g_bw, g_ct, g_pa;
 	int r;
 
 	(void)ret;
@@ -1250,6 +1961,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 		r = mig_arg_u64(args, "max-bandwidth", 0, INT64_MAX, &bw, &g_bw, err, errlen);
 	if (!r)
 		r = mig_arg_u64(args, "convergence-timeout", 0, 86400, &ct, &g_ct, err, errlen);
+	if (!r)
+		r = mig_arg_u64(args, "postcopy-after-passes", 0, 1000000, &pa, &g_pa, err, errlen);
 	if (r)
 		return r;
 	pthread_mutex_lock(&m->lock);
@@ -1259,6 +1972,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 		m->params.max_bandwidth = bw;
 	if (g_ct)
 		m->params.convergence_timeout_s = ct;
+	if (g_pa)
+		m->params.postcopy_after_passes = pa;
 	pthread_mutex_unlock(&m->lock);
 	return 0;
 }
@@ -1275,6 +1990,8 @@ static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
 	json_object_object_add(o, "max-bandwidth", json_object_new_uint64(m->params.max_bandwidth));
 	json_object_object_add(o, "convergence-timeout",
 			       json_object_new_uint64(m->params.convergence_timeout_s));
+	json_object_object_add(o, "postcopy-after-passes",
+			       json_object_new_uint64(m->params.postcopy_after_passes));
 	pthread_mutex_unlock(&m->lock);
 	*ret = o;
 	return 0;
@@ -1286,7 +2003,8 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 	struct migration *m = opaque;
 	struct json_object *caps;
 	size_t n;
-	int auto_converge = -1;
+	int auto_converge = -1, postcopy = -1;
+	bool prepare;
 
 	(void)ret;
 	json_object_object_get_ex(args, "capabilities", &caps);
@@ -1303,21 +2021,41 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			snprintf(err, errlen, "capabilities[%zu] must be {\"capability\": NAME, \"state\": BOOL}", i);
 			return -EINVAL;
 		}
-		if (strcmp(json_object_get_string(name), "auto-converge")) {
-			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge)",
+		if (!strcmp(json_object_get_string(name), "auto-converge")) {
+			auto_converge = json_object_get_boolean(state);
+		} else if (!strcmp(json_object_get_string(name), "postcopy-ram")) {
+			postcopy = json_object_get_boolean(state);
+		} else {
+			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge, postcopy-ram)",
 				 json_object_get_string(name));
 			return -EINVAL;
 		}
-		auto_converge = json_object_get_boolean(state);
 	}
 	pthread_mutex_lock(&m->lock);
-	if (!mig_status_finished(m->status)) {
+	/* A destination still waiting for its stream may change them. */
+	if (!mig_status_finished(m->status) && !(m->incoming && m->status == MIG_STATUS_SETUP)) {
 		pthread_mutex_unlock(&m->lock);
 		snprintf(err, errlen, "capabilities cannot change during a migration");
 		return -EBUSY;
 	}
 	if (auto_converge >= 0)
 		m->params.auto_converge = auto_converge;
+	if (postcopy >= 0)
+		m->params.postcopy_ram = postcopy;
+	prepare = m->incoming && postcopy > 0 && !m->pc_prepared && m->status == MIG_STATUS_SETUP;
+	if (prepare) {
+		/*
+		 * A destination that may receive postcopy gives its preallocated
+		 * RAM back now, while nothing has arrived (under the lock: the
+		 * stream only writes RAM once the status is active), instead of
+		 * inside the switch-over.
+		 */
+		struct ram_block *rb = vm_ram_block(m->vm, 0);
+
+		mig_prealloc_join(m);
+		if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)rb->bytes) == 0)
+			m->pc_prepared = true;
+	}
 	pthread_mutex_unlock(&m->lock);
 	return 0;
 }
@@ -1334,8 +2072,21 @@ static int mig_cmd_query_capabilities(void *opaque, struct json_object *args,
 	json_object_object_add(c, "state", json_object_new_boolean(m->params.auto_converge));
 	pthread_mutex_unlock(&m->lock);
 	json_object_array_add(arr, c);
+	c = json_object_new_object();
+	json_object_object_add(c, "capability", json_object_new_string("postcopy-ram"));
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(c, "state", json_object_new_boolean(m->params.postcopy_ram));
+	pthread_mutex_unlock(&m->lock);
+	json_object_array_add(arr, c);
 	*ret = arr;
 	return 0;
+}
+
+static int mig_cmd_start_postcopy(void *opaque, struct json_object *args,
+				  struct json_object **ret, char *err, size_t errlen)
+{
+	(void)args; (void)ret;
+	return migration_start_postcopy(opaque, err, errlen);
 }
 
 int migration_register_commands(struct migration *m, struct control_server *srv)
@@ -1348,6 +2099,7 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		{ "downtime-limit", CONTROL_ARG_INT, false },
 		{ "max-bandwidth", CONTROL_ARG_INT, false },
 		{ "convergence-timeout", CONTROL_ARG_INT, false },
+		{ "postcopy-after-passes", CONTROL_ARG_INT, false },
 		{ NULL, 0, false },
 	};
 	static const struct control_arg_spec cap_args[] = {
@@ -1364,6 +2116,7 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		{ .name = "migrate-set-capabilities", .fn = mig_cmd_set_capabilities, .opaque = m,
 		  .args = cap_args },
 		{ .name = "query-migrate-capabilities", .fn = mig_cmd_query_capabilities, .opaque = m },
+		{ .name = "migrate-start-postcopy", .fn = mig_cmd_start_postcopy, .opaque = m },
 	};
 
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {

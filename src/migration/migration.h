@@ -39,6 +39,7 @@ enum mig_status {
 	MIG_STATUS_FAILED,
 	MIG_STATUS_CANCELLING,
 	MIG_STATUS_CANCELLED,
+	MIG_STATUS_POSTCOPY_ACTIVE, /* the destination runs; pages still move */
 	MIG_STATUS__COUNT,
 };
 const char *mig_status_name(enum mig_status s);
@@ -49,6 +50,8 @@ struct mig_params {
 	uint64_t max_bandwidth;         /* bytes/s, 0 = unlimited */
 	uint64_t convergence_timeout_s; /* 0 = none */
 	bool auto_converge;             /* capability */
+	bool postcopy_ram;              /* capability, needed on both sides */
+	uint64_t postcopy_after_passes; /* switch when not converged after N; 0 = never */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */
 };
@@ -69,6 +72,12 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 
 /* Start an outgoing migration.  0, or -errno with a reason in @err. */
 int migration_start(struct migration *m, const char *uri, char *err, size_t errlen);
+/*
+ * Switch the outgoing migration to postcopy at the next opportunity; before
+ * `migrate` it makes the next migration pure postcopy.  Needs the
+ * postcopy-ram capability.  0 or -errno with @err.
+ */
+int migration_start_postcopy(struct migration *m, char *err, size_t errlen);
 /* Cancel an outgoing migration (asynchronous).  0 or -EINVAL if none. */
 int migration_cancel(struct migration *m, char *err, size_t errlen);
 /*

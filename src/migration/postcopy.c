@@ -1,0 +1,389 @@
+#include "migration/postcopy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "util/log.h"
+#include "vmm/ram.h"
+
+#define PC_PAGE 4096ull
+#define PC_ZERO_PAGES 64u
+
+struct postcopy_dst {
+	struct ram_block *block;
+	uint64_t npages;
+	postcopy_request_fn *request;
+	void *opaque;
+	_Atomic uint64_t *received;   /* bit per page */
+	_Atomic uint64_t *requested;  /* bit per page */
+	_Atomic uint64_t *req_ns;     /* per page: when requested, 0 = not waiting */
+	_Atomic uint64_t nreceived;
+	int uffd;                     /* -1 until listening */
+	int stop_fd;
+	pthread_t thread;
+	bool thread_running;
+	atomic_bool listening;
+
+	pthread_mutex_t stats_lock;   /* protects samples */
+	uint32_t *samples_us;         /* latency samples, npages at most */
+	uint64_t nsamples;
+	_Atomic uint64_t requests, faults, blocked_ns, max_ns;
+};
+
+static const uint8_t pc_zero[PC_ZERO_PAGES * PC_PAGE] __attribute__((aligned(4096)));
+
+static bool pc_test(_Atomic uint64_t *bits, uint64_t p)
+{
+	return atomic_load(&bits[p / 64]) & (1ull << (p % 64));
+}
+
+/* Set bit @p; returns whether it was set before. */
+static bool pc_test_and_set(_Atomic uint64_t *bits, uint64_t p)
+{
+	return atomic_fetch_or(&bits[p / 64], 1ull << (p % 64)) & (1ull << (p % 64));
+}
+
+static bool pc_test_and_clear(_Atomic uint64_t *bits, uint64_t p)
+{
+	return atomic_fetch_and(&bits[p / 64], ~(1ull << (p % 64))) & (1ull << (p % 64));
+}
+
+int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
+			struct postcopy_dst **out)
+{
+	struct postcopy_dst *pd = calloc(1, sizeof(*pd));
+	uint64_t words;
+
+	if (!pd)
+		return -ENOMEM;
+	pd->block = block;
+	pd->npages = block->bytes / PC_PAGE;
+	words = (pd->npages + 63) / 64;
+	pd->request = request;
+	pd->opaque = opaque;
+	pd->uffd = -1;
+	pd->received = calloc(words, sizeof(uint64_t));
+	pd->requested = calloc(words, sizeof(uint64_t));
+	pd->req_ns = calloc(pd->npages, sizeof(uint64_t));
+	pd->samples_us = calloc(pd->npages, sizeof(uint32_t));
+	pd->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	pthread_mutex_init(&pd->stats_lock, NULL);
+	if (!pd->received || !pd->requested || !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
+		postcopy_dst_destroy(pd);
+		return -ENOMEM;
+	}
+	*out = pd;
+	return 0;
+}
+
+void postcopy_dst_destroy(struct postcopy_dst *pd)
+{
+	uint64_t one = 1;
+
+	if (!pd)
+		return;
+	if (pd->thread_running) {
+		if (write(pd->stop_fd, &one, sizeof(one)) < 0)
+			log_debug("postcopy: stop write: %s", strerror(errno));
+		pthread_join(pd->thread, NULL);
+	}
+	if (pd->uffd >= 0) {
+		struct uffdio_range r = {
+			.start = (uint64_t)(uintptr_t)pd->block->host, .len = pd->block->bytes,
+		};
+
+		ioctl(pd->uffd, UFFDIO_UNREGISTER, &r);
+		close(pd->uffd);
+	}
+	if (pd->stop_fd >= 0)
+		close(pd->stop_fd);
+	free((void *)pd->received);
+	free((void *)pd->requested);
+	free((void *)pd->req_ns);
+	free(pd->samples_us);
+	pthread_mutex_destroy(&pd->stats_lock);
+	free(pd);
+}
+
+void postcopy_dst_mark_received(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages)
+{
+	for (uint64_t p = first_page; p < first_page + npages && p < pd->npages; p++)
+		if (!pc_test_and_set(pd->received, p))
+			atomic_fetch_add(&pd->nreceived, 1);
+}
+
+/* Give pages back to the memfd so that, once registered, they fault. */
+static int pc_punch(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages)
+{
+	if (fallocate(pd->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)(first_page * PC_PAGE), (off_t)(npages * PC_PAGE)) < 0) {
+		int err = -errno;
+
+		log_error("postcopy: punching pages %llu+%llu failed: %s",
+			  (unsigned long long)first_page, (unsigned long long)npages, strerror(errno));
+		return err;
+	}
+	return 0;
+}
+
+int postcopy_dst_discard(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages)
+{
+	if (first_page >= pd->npages || npages > pd->npages - first_page)
+		return -EINVAL;
+	for (uint64_t p = first_page; p < first_page + npages; p++)
+		if (pc_test_and_clear(pd->received, p))
+			atomic_fetch_sub(&pd->nreceived, 1);
+	return pc_punch(pd, first_page, npages);
+}
+
+int postcopy_dst_prepare(struct postcopy_dst *pd)
+{
+	return pc_punch(pd, 0, pd->npages);
+}
+
+uint64_t postcopy_dst_missing(struct postcopy_dst *pd)
+{
+	return pd->npages - atomic_load(&pd->nreceived);
+}
+
+/* A request for @p was answered: account for the wait. */
+static void pc_account(struct postcopy_dst *pd, uint64_t p, uint64_t now)
+{
+	uint64_t t = atomic_exchange(&pd->req_ns[p], 0), d;
+
+	if (!t)
+		return;
+	d = now > t ? now - t : 0;
+	atomic_fetch_add(&pd->blocked_ns, d);
+	if (d > atomic_load(&pd->max_ns))
+		atomic_store(&pd->max_ns, d);
+	pthread_mutex_lock(&pd->stats_lock);
+	if (pd->nsamples < pd->npages)
+		pd->samples_us[pd->nsamples++] = (uint32_t)(d / 1000 > UINT32_MAX ? UINT32_MAX : d / 1000);
+	pthread_mutex_unlock(&pd->stats_lock);
+}
+
+static int pc_wake(struct postcopy_dst *pd, uint64_t p, uint64_t n)
+{
+	struct uffdio_range r = {
+		.start = (uint64_t)(uintptr_t)(pd->block->host + p * PC_PAGE), .len = n * PC_PAGE,
+	};
+
+	return ioctl(pd->uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+}
+
+/* UFFDIO_COPY of one run; pages already present are skipped (and woken). */
+static int pc_copy(struct postcopy_dst *pd, uint64_t p, uint64_t n, const uint8_t *src)
+{
+	struct uffdio_copy c = {
+		.dst = (uint64_t)(uintptr_t)(pd->block->host + p * PC_PAGE),
+		.src = (uint64_t)(uintptr_t)src, .len = n * PC_PAGE,
+	};
+
+	if (ioctl(pd->uffd, UFFDIO_COPY, &c) == 0)
+		return 0;
+	if (errno != EEXIST) {
+		int err = -errno;
+
+		log_error("postcopy: UFFDIO_COPY at page %llu (+%llu) failed: %s",
+			  (unsigned long long)p, (unsigned long long)n, strerror(errno));
+		return err;
+	}
+	/* Someone placed part of it: place page by page, waking the rest. */
+	for (uint64_t i = 0; i < n; i++) {
+		struct uffdio_copy one = {
+			.dst = c.dst + i * PC_PAGE, .src = c.src + i * PC_PAGE, .len = PC_PAGE,
+		};
+
+		if (ioctl(pd->uffd, UFFDIO_COPY, &one) < 0) {
+			if (errno != EEXIST)
+				return -errno;
+			pc_wake(pd, p + i, 1); /* an EEXIST copy does not wake waiters */
+		}
+	}
+	return 0;
+}
+
+int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
+		       const void *data)
+{
+	uint64_t now, p = first_page, end = first_page + npages;
+	int err = 0;
+
+	if (end > pd->npages)
+		return -EINVAL;
+	if (!atomic_load(&pd->listening)) {
+		/* Precopy phase: the caller wrote the pages in place already. */
+		postcopy_dst_mark_received(pd, first_page, npages);
+		return 0;
+	}
+	while (p < end) {
+		uint64_t run;
+
+		/* Skip pages that are here already; collect a run of missing ones. */
+		if (pc_test(pd->received, p)) {
+			p++;
+			continue;
+		}
+		for (run = 1; p + run < end && !pc_test(pd->received, p + run); run++)
+			;
+		if (data) {
+			err = pc_copy(pd, p, run, (const uint8_t *)data + (p - first_page) * PC_PAGE);
+		} else {
+			for (uint64_t q = p; q < p + run && !err; q += PC_ZERO_PAGES) {
+				uint64_t k = p + run - q < PC_ZERO_PAGES ? p + run - q : PC_ZERO_PAGES;
+
+				err = pc_copy(pd, q, k, pc_zero);
+			}
+		}
+		if (err)
+			return err;
+		now = clock_monotonic_ns();
+		for (uint64_t q = p; q < p + run; q++) {
+			if (!pc_test_and_set(pd->received, q))
+				atomic_fetch_add(&pd->nreceived, 1);
+			pc_account(pd, q, now);
+		}
+		p += run;
+	}
+	return 0;
+}
+
+static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
+{
+	uint64_t host = (uint64_t)(uintptr_t)pd->block->host;
+	uint64_t p;
+
+	atomic_fetch_add(&pd->faults, 1);
+	if (addr < host || addr >= host + pd->block->bytes)
+		return;
+	p = (addr - host) / PC_PAGE;
+	if (pc_test(pd->received, p)) {
+		/*
+		 * Either placed between the fault and now (the copy below finds it
+		 * and just wakes), or a zero page that arrived as a hole: give it
+		 * a zero page.  UFFDIO_COPY never overwrites a present page.
+		 */
+		pc_copy(pd, p, 1, pc_zero);
+		return;
+	}
+	if (pc_test_and_set(pd->requested, p))
+		return; /* already asked: the answer wakes this waiter too */
+	atomic_store(&pd->req_ns[p], clock_monotonic_ns());
+	atomic_fetch_add(&pd->requests, 1);
+	if (pd->request(pd->opaque, 0, p, 1))
+		log_error("postcopy: requesting page %llu failed", (unsigned long long)p);
+	/* The page may have landed while we asked; it woke everyone then, but
+	 * a waiter that faulted after the copy's wake must not sleep on. */
+	if (pc_test(pd->received, p))
+		pc_copy(pd, p, 1, pc_zero);
+}
+
+static void *pc_fault_thread(void *arg)
+{
+	struct postcopy_dst *pd = arg;
+	struct pollfd pfd[2] = {
+		{ .fd = pd->uffd, .events = POLLIN },
+		{ .fd = pd->stop_fd, .events = POLLIN },
+	};
+
+	for (;;) {
+		struct uffd_msg msgs[64];
+		ssize_t n;
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("postcopy: poll: %s", strerror(errno));
+			return NULL;
+		}
+		if (pfd[1].revents)
+			return NULL;
+		n = read(pd->uffd, msgs, sizeof(msgs));
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			log_error("postcopy: reading userfaultfd: %s", strerror(errno));
+			return NULL;
+		}
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				pc_handle_fault(pd, msgs[i].arg.pagefault.address);
+	}
+}
+
+int postcopy_dst_listen(struct postcopy_dst *pd)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MISSING_SHMEM };
+	struct uffdio_register reg = {
+		.range = { .start = (uint64_t)(uintptr_t)pd->block->host, .len = pd->block->bytes },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	int err;
+
+	pd->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (pd->uffd < 0) {
+		err = -errno;
+		log_error("postcopy: userfaultfd: %s", strerror(errno));
+		return err;
+	}
+	if (ioctl(pd->uffd, UFFDIO_API, &api) < 0 || ioctl(pd->uffd, UFFDIO_REGISTER, &reg) < 0) {
+		err = -errno;
+		log_error("postcopy: registering guest RAM with userfaultfd failed: %s", strerror(errno));
+		return err;
+	}
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+		log_error("postcopy: UFFDIO_COPY is not available on guest RAM");
+		return -ENOTSUP;
+	}
+	atomic_store(&pd->listening, true);
+	err = -pthread_create(&pd->thread, NULL, pc_fault_thread, pd);
+	if (err)
+		return err;
+	pd->thread_running = true;
+	return 0;
+}
+
+static int pc_cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+void postcopy_dst_get_stats(struct postcopy_dst *pd, struct postcopy_dst_stats *st)
+{
+	uint32_t *copy = NULL;
+	uint64_t n;
+
+	memset(st, 0, sizeof(*st));
+	st->requests = atomic_load(&pd->requests);
+	st->faults = atomic_load(&pd->faults);
+	st->blocked_ns = atomic_load(&pd->blocked_ns);
+	st->latency_max_ns = atomic_load(&pd->max_ns);
+	pthread_mutex_lock(&pd->stats_lock);
+	n = pd->nsamples;
+	if (n)
+		copy = malloc(n * sizeof(uint32_t));
+	if (copy)
+		memcpy(copy, pd->samples_us, n * sizeof(uint32_t));
+	pthread_mutex_unlock(&pd->stats_lock);
+	st->pages_requested_placed = n;
+	if (copy) {
+		qsort(copy, n, sizeof(uint32_t), pc_cmp_u32);
+		st->latency_p50_ns = (uint64_t)copy[n / 2] * 1000;
+		st->latency_p99_ns = (uint64_t)copy[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] * 1000;
+		free(copy);
+	}
+}

@@ -1,0 +1,84 @@
+/*
+ * Postcopy, destination side: guest RAM under userfaultfd (missing mode).
+ *
+ * Every page that has not arrived (never received in precopy, or discarded
+ * because the source dirtied it after sending) is a hole in the memfd, and
+ * before the destination's vCPUs run the RAM is registered with userfaultfd.
+ * A received page that reads as a hole was a zero page: the fault thread
+ * places a zero page there.  A vCPU (inside KVM_RUN) or a VMM thread that touches such a
+ * page sleeps in the kernel; the fault thread reads the fault, asks the
+ * source for the page once (duplicate faults on a page in flight send no
+ * second request), and whoever receives the page - main channel or urgent
+ * channel - places it atomically with UFFDIO_COPY, which wakes the waiters.
+ * A UFFDIO_COPY that finds the page already there (EEXIST: the other
+ * channel won) still wakes the range.
+ *
+ *   vCPU            fault thread               urgent thread / load thread
+ *   touch p ->      read fault p
+ *   (sleeps)        requested[p]? no -> set,
+ *                   send PAGE_REQ(p) ----> source
+ *                                              <- page p: UFFDIO_COPY p
+ *   wakes  <------------------------------------  (wakes every waiter)
+ *
+ * Thread safety: the bitmaps are atomics; place/discard/mark may be called
+ * from any thread.
+ */
+#ifndef VMFERRY_MIGRATION_POSTCOPY_H
+#define VMFERRY_MIGRATION_POSTCOPY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct postcopy_dst;
+struct ram_block;
+
+/* Send a page request for @npages at @first_page; 0 or -errno.  Fault thread. */
+typedef int postcopy_request_fn(void *opaque, uint32_t block, uint64_t first_page,
+				uint32_t npages);
+
+/* Track one RAM block (the VM's block 0).  0 or -errno. */
+int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
+			struct postcopy_dst **out);
+/* Stop the fault thread, unregister, free.  NULL is fine. */
+void postcopy_dst_destroy(struct postcopy_dst *pd);
+
+/* Precopy phase: pages written in place (plain stores) now hold current data. */
+void postcopy_dst_mark_received(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages);
+/*
+ * Postcopy was advised: nothing has arrived, so every page is given back to
+ * the memfd now (it costs time proportional to what was allocated, which is
+ * better spent here than at the switch).  0 or -errno.
+ */
+int postcopy_dst_prepare(struct postcopy_dst *pd);
+/* The source dirtied these after sending them: punched out, fetched again.
+ * 0 or -errno. */
+int postcopy_dst_discard(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages);
+
+/*
+ * Switch to postcopy: register the RAM with userfaultfd and start the fault
+ * thread.  Pages not received are holes since postcopy_dst_prepare or a
+ * discard, so they fault.  Call before any vCPU runs.  0 or -errno (logged).
+ */
+int postcopy_dst_listen(struct postcopy_dst *pd);
+
+/*
+ * Place @npages pages at @first_page (data: @npages * 4096 bytes; NULL for
+ * zero pages) atomically; wakes every thread waiting on them.  Pages that
+ * arrived already are left alone.  0 or -errno.
+ */
+int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
+		       const void *data);
+
+/* Pages still missing (0 = the guest's RAM is complete). */
+uint64_t postcopy_dst_missing(struct postcopy_dst *pd);
+
+struct postcopy_dst_stats {
+	uint64_t requests;         /* page requests sent */
+	uint64_t faults;           /* faults read (duplicates included) */
+	uint64_t pages_requested_placed; /* placed after a request */
+	uint64_t latency_p50_ns, latency_p99_ns, latency_max_ns; /* request -> placed */
+	uint64_t blocked_ns;       /* sum of request -> placed */
+};
+void postcopy_dst_get_stats(struct postcopy_dst *pd, struct postcopy_dst_stats *st);
+
+#endif
