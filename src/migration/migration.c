@@ -355,9 +355,11 @@ static void mig_flush_run(struct mig_src *src)
 				  (size_t)src->run_len * MIG_PAGE_BYTES);
 		atomic_fetch_add(&m->normal_pages, src->run_len);
 	}
-	if (src->release_ram && !stream_error(&src->s)) {
-		/* Postcopy: the source's vCPUs never run again; the copy is gone
-		 * into the socket, so the memory can go back to the host. */
+	if (src->release_ram && atomic_load(&src->got_running) && !stream_error(&src->s)) {
+		/* Postcopy, and the destination runs the guest: the source's
+		 * vCPUs never run again and the copy is gone into the socket, so
+		 * the memory can go back to the host.  Not before RUNNING: a
+		 * destination that fails earlier leaves the guest to us. */
 		fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)(src->run_first * MIG_PAGE_BYTES), (off_t)src->run_len * MIG_PAGE_BYTES);
 	}
@@ -557,6 +559,8 @@ static int mig_rp_pending_error(struct mig_src *src, char *out, size_t len)
 
 /* ---- source: postcopy ---- */
 
+static int mig_rp_pending_error(struct mig_src *src, char *out, size_t len);
+
 static bool mig_pending_take(struct mig_src *src, uint64_t p)
 {
 	uint64_t bit = 1ull << (p % 64);
@@ -740,7 +744,8 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 	if (!discard || !src->pending) {
 		free(discard);
 		mig_set_error(m, "out of memory");
-		return -EAGAIN;
+		err = -EAGAIN;
+		goto out;
 	}
 	/* pending = never sent, or dirtied since sent; discard = the latter */
 	for (uint64_t w = 0; w < src->bitmap_words; w++) {
@@ -758,17 +763,29 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 	free(discard);
 	err = mig_send_sections(src, was_running, stop_ns, false);
 	if (err) {
-		mig_set_error(m, "sending the device state failed: %s", src->s.errmsg);
-		return -EAGAIN;
+		char why[MIG_ERROR_BYTES];
+
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			mig_set_error(m, "destination refused the migration: %s", why);
+		else
+			mig_set_error(m, "sending the device state failed: %s", src->s.errmsg);
+		err = -EAGAIN;
+		goto out;
 	}
 	/* The urgent channel first, so the destination can be answered at once. */
 	src->urgent_fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
 	if (src->urgent_fd < 0 || stream_init(&src->urgent, src->urgent_fd, MIG_IO_TIMEOUT_MS)) {
-		mig_set_error(m, "cannot open the urgent channel to %s", m->uri);
+		char why[MIG_ERROR_BYTES];
+
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			mig_set_error(m, "destination refused the migration: %s", why);
+		else
+			mig_set_error(m, "cannot open the urgent channel to %s", m->uri);
 		if (src->urgent_fd >= 0)
 			close(src->urgent_fd);
 		src->urgent_fd = -1;
-		return -EAGAIN;
+		err = -EAGAIN;
+		goto out;
 	}
 	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC);
 	stream_flush(&src->urgent);
@@ -782,7 +799,12 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		  (double)(clock_monotonic_ns() - stop_ns) / 1e6);
 	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RUN);
 	if (stream_flush(&src->s)) {
-		mig_set_error(m, "sending run failed: %s", src->s.errmsg);
+		char why[MIG_ERROR_BYTES];
+
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			mig_set_error(m, "destination refused the migration: %s", why);
+		else
+			mig_set_error(m, "sending run failed: %s", src->s.errmsg);
 		err = -EAGAIN;
 		goto out;
 	}
@@ -1701,6 +1723,9 @@ static void *mig_incoming_thread(void *arg)
 		else
 			mig_set_error(m, "incoming migration failed: %s", errbuf);
 		mig_dst_rp_error(&d, err, m->error);
+		/* Stop the vCPUs before closing userfaultfd lets them see holes. */
+		if (ran)
+			vm_request_exit(vm, 1);
 		goto out;
 	}
 	atomic_store(&m->zero_pages, st.zero_pages);

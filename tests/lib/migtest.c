@@ -1,0 +1,160 @@
+/* Migration test helpers; see migtest.h. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+
+void migtest_set_sun_path(struct sockaddr_un *sa, const char *path)
+{
+	size_t n = strnlen(path, sizeof(sa->sun_path) - 1);
+
+	memcpy(sa->sun_path, path, n);
+	sa->sun_path[n] = 0;
+}
+
+void migtest_tick_ms(long ms)
+{
+	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
+
+	nanosleep(&t, NULL);
+}
+
+const char *migtest_str_at(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
+int64_t migtest_int_at(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
+}
+
+/* Spawn a VM; @mem/@vcpus as text; @guest NULL for --incoming @incoming. */
+void migtest_spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
+		  const char *incoming)
+{
+	const char *args[] = { "--mem", mem, "--vcpus", vcpus,
+			       guest ? "--guest" : "--incoming", guest ? guest : incoming, NULL };
+
+	assert_int_equal(vmtest_spawn(vm, args), 0);
+}
+
+/* The destination's listening URI (port 0 resolved), into @uri. */
+void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
+{
+	struct json_object *q = NULL;
+
+	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
+	snprintf(uri, len, "%s", migtest_str_at(q, "uri"));
+	json_object_put(q);
+	assert_true(uri[0]);
+}
+
+void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+			   bool unix_sock, char *uri, size_t len)
+{
+	char listen_uri[VMTEST_PATH_BYTES + 8];
+
+	if (unix_sock) {
+		char path[VMTEST_PATH_BYTES];
+
+		assert_int_equal(vmtest_unique_path(path, sizeof(path), "mig"), 0);
+		snprintf(listen_uri, sizeof(listen_uri), "unix:%s", path);
+	} else {
+		snprintf(listen_uri, sizeof(listen_uri), "tcp:127.0.0.1:0");
+	}
+	migtest_spawn(dst, mem, vcpus, NULL, listen_uri);
+	migtest_incoming_uri(dst, uri, len);
+}
+
+int migtest_set_params(struct vmtest_vm *vm, const char *json)
+{
+	struct json_object *args = json_tokener_parse(json);
+	int r = vmtest_call(vm, "migrate-set-parameters", args, NULL);
+
+	json_object_put(args);
+	return r;
+}
+
+int migtest_start_migrate(struct vmtest_vm *src, const char *uri)
+{
+	struct json_object *args = json_object_new_object();
+	int r;
+
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	r = vmtest_call(src, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
+/* Poll query-migrate until a final status; returns the reply (caller owns). */
+struct json_object *migtest_wait_migration(struct vmtest_vm *src)
+{
+	for (int i = 0; i < MIG_TIMEOUT_MS / 10; i++) {
+		struct json_object *q = NULL;
+		const char *st;
+
+		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
+		st = migtest_str_at(q, "status");
+		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
+			return q;
+		json_object_put(q);
+		migtest_tick_ms(10);
+	}
+	fail_msg("migration did not finish within %d ms", MIG_TIMEOUT_MS);
+	return NULL;
+}
+
+void migtest_expect_status(struct vmtest_vm *vm, const char *status)
+{
+	struct json_object *s = NULL;
+
+	assert_int_equal(vmtest_call(vm, "query-status", NULL, &s), 0);
+	if (strcmp(migtest_str_at(s, "status"), status))
+		fail_msg("VM status %s, expected %s", migtest_str_at(s, "status"), status);
+	json_object_put(s);
+}
+
+/* The guest runs and its memory is right, twice, with progress between. */
+void migtest_expect_guest_alive_and_verified(struct vmtest_vm *vm)
+{
+	uint64_t p0 = 0, p1 = 0;
+
+	migtest_expect_status(vm, "running");
+	assert_int_equal(vmtest_verify_memory(vm), 0);
+	assert_int_equal(vmtest_workload_passes(vm, &p0), 0);
+	assert_int_equal(vmtest_wait_passes(vm, p0 + 2, 30000), 0);
+	assert_int_equal(vmtest_verify_memory(vm), 0);
+	assert_int_equal(vmtest_workload_passes(vm, &p1), 0);
+	assert_true(p1 >= p0 + 2);
+}
+
+
+void migtest_wait_migration_status(struct vmtest_vm *vm, const char *status)
+{
+	for (int i = 0; i < MIG_TIMEOUT_MS / 5; i++) {
+		struct json_object *q = NULL;
+		bool done;
+
+		assert_int_equal(vmtest_call(vm, "query-migrate", NULL, &q), 0);
+		done = !strcmp(migtest_str_at(q, "status"), status);
+		json_object_put(q);
+		if (done)
+			return;
+		migtest_tick_ms(5);
+	}
+	fail_msg("migration status never became %s", status);
+}

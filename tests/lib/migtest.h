@@ -1,0 +1,45 @@
+/*
+ * Helpers for migration integration tests (cmocka): spawning sources and
+ * destinations, driving and waiting for migrations, checking the guest.
+ * They fail the current cmocka test on unexpected errors.  Every wait is
+ * bounded.
+ */
+#ifndef VMFERRY_TESTS_MIGTEST_H
+#define VMFERRY_TESTS_MIGTEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/un.h>
+
+#include "lib/vmtest.h"
+
+struct json_object;
+
+#define MIG_TIMEOUT_MS 60000
+
+void migtest_set_sun_path(struct sockaddr_un *sa, const char *path);
+void migtest_tick_ms(long ms);
+/* A member of @o as text ("" when absent) or integer (-1 when absent). */
+const char *migtest_str_at(struct json_object *o, const char *key);
+int64_t migtest_int_at(struct json_object *o, const char *key);
+/* Spawn a VM; @guest NULL for a destination listening on @incoming. */
+void migtest_spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
+		   const char *incoming);
+/* The destination's listening URI (port 0 resolved). */
+void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len);
+/* A destination on a unique UNIX socket or tcp:127.0.0.1:0; its URI in @uri. */
+void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+			    bool unix_sock, char *uri, size_t len);
+/* migrate-set-parameters with the JSON text @json; 0 or the vmtest_call error. */
+int migtest_set_params(struct vmtest_vm *vm, const char *json);
+int migtest_start_migrate(struct vmtest_vm *src, const char *uri);
+/* Poll query-migrate until completed/failed/cancelled; the reply (caller owns). */
+struct json_object *migtest_wait_migration(struct vmtest_vm *src);
+void migtest_expect_status(struct vmtest_vm *vm, const char *status);
+/* Poll query-migrate on @vm until its status is @status (bounded). */
+void migtest_wait_migration_status(struct vmtest_vm *vm, const char *status);
+/* Running, memory verified, two more passes, verified again. */
+void migtest_expect_guest_alive_and_verified(struct vmtest_vm *vm);
+
+#endif
