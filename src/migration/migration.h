@@ -51,6 +51,9 @@ struct mig_params {
 	uint64_t convergence_timeout_s; /* 0 = none */
 	bool auto_converge;             /* capability */
 	bool postcopy_ram;              /* capability, needed on both sides */
+	bool postcopy_preempt;          /* capability (default on): answer page
+					 * requests on the urgent channel; off:
+					 * the background stream jumps to them */
 	uint64_t postcopy_after_passes; /* switch when not converged after N; 0 = never */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */

@@ -1,10 +1,14 @@
 #include "util/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Atomic int log_level_current = 0; /* 0 = not yet read from env */
 
@@ -64,4 +68,11 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	va_end(ap);
 	/* One fprintf per message so lines from threads do not interleave. */
 	fprintf(stderr, "%s\n", line);
+}
+
+void thread_boost_priority(int boost)
+{
+	/* PRIO_PROCESS with a thread id applies to that thread alone on Linux. */
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -boost) < 0)
+		log_debug("thread priority unchanged: %s", strerror(errno));
 }

@@ -17,6 +17,13 @@ void log_msg(enum log_level level, const char *fmt, ...)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
 
+/*
+ * Raise the calling thread's scheduling priority (nice -@boost) for threads
+ * on a latency path (postcopy page requests).  Best effort: without
+ * CAP_SYS_NICE it silently stays as it is.
+ */
+void thread_boost_priority(int boost);
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t clock_monotonic_ns(void);
 /* CLOCK_REALTIME in nanoseconds. */

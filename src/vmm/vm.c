@@ -1134,7 +1134,17 @@ struct json_object *vm_query_status(struct vm *vm)
 
 	json_object_object_add(o, "status", json_object_new_string(vm_runstate_name(s)));
 	json_object_object_add(o, "running", json_object_new_boolean(s == VM_RUNSTATE_RUNNING));
-	json_object_object_add(o, "guest", json_object_new_string(vm->guest.name));
+	{
+		/* After a migration the name is only in guest RAM's boot info. */
+		const volatile struct vmf_boot_info *bi =
+			(const volatile struct vmf_boot_info *)(vm->ram.host + VMF_BOOT_INFO_GPA);
+		char name[VMF_WORKLOAD_NAME_BYTES];
+
+		for (size_t k = 0; k < sizeof(name); k++)
+			name[k] = s == VM_RUNSTATE_INMIGRATE ? vm->guest.name[k] : bi->workload[k];
+		name[sizeof(name) - 1] = 0;
+		json_object_object_add(o, "guest", json_object_new_string(name));
+	}
 	json_object_object_add(o, "vcpus", json_object_new_int((int)vm->nvcpus));
 	json_object_object_add(o, "ram-bytes", json_u64(vm->config.ram_bytes));
 	json_object_object_add(o, "guest-clock-ns", json_u64(guest_clock));
