@@ -3,8 +3,9 @@
  * destination go through mig_rp_read until it fails.
  *
  * Checks beyond "no crash, no leak": every message accepted has a known
- * type and sane fields (same_clock a bool, an error's code a negative errno
- * with printable, NUL-terminated text), and every failure has a message.
+ * type and sane fields (same_clock a bool, a page request's length within
+ * a run, an error's code a negative errno with printable, NUL-terminated
+ * text), and every failure has a message.
  */
 #include <assert.h>
 #include <errno.h>
@@ -38,6 +39,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(s.pos > before); /* progress: no endless loop on any input */
 		if (m.type == MIG_RP_RUNNING) {
 			assert(m.same_clock == 0 || m.same_clock == 1);
+		} else if (m.type == MIG_RP_PAGE_REQ) {
+			assert(m.npages >= 1 && m.npages <= MIG_RUN_MAX_PAGES);
+		} else if (m.type == MIG_RP_COMPLETE) {
+			/* nothing to check */
 		} else {
 			size_t n = strnlen(m.text, sizeof(m.text));
 

@@ -36,7 +36,7 @@ if make -s -j"$jobs" fuzz; then
 		[ -x "$f" ] || continue
 		name=$(basename "$f")
 		corpus="fuzz/corpus/${name#fuzz_}"
-		args=(-runs="${VMFERRY_FUZZ_RUNS:-20000}" -max_total_time=30)
+		args=(-runs="${VMFERRY_FUZZ_RUNS:-20000}" -max_total_time=30 -artifact_prefix=build-fuzz/)
 		work=$(mktemp -d /tmp/vmferry-corpus.XXXXXX) # libFuzzer adds to it
 		[ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
 		args+=("$work")
