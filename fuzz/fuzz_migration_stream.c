@@ -24,6 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 struct fuzz_state {
 	struct mig_header h;
 	bool header_seen;
+	bool advised, running;
 };
 
 static int fuzz_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
@@ -66,6 +67,7 @@ static int fuzz_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 
 	(void)version;
 	assert(len <= VMSTATE_SECTION_MAX_BYTES);
+	assert(!f->running); /* no state after postcopy run */
 	if (id == VMSTATE_SECTION_VM) {
 		struct vmstate_vm v;
 
@@ -76,11 +78,46 @@ static int fuzz_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 	return vmstate_cpu_check(data, len, 0, err, errlen);
 }
 
+/* Postcopy records: the parser promises their order and bounds. */
+static int fuzz_advise(void *opaque, char *err, size_t errlen)
+{
+	struct fuzz_state *f = opaque;
+
+	(void)err; (void)errlen;
+	assert(f->header_seen && !f->advised);
+	f->advised = true;
+	return 0;
+}
+
+static int fuzz_discard(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
+{
+	struct fuzz_state *f = opaque;
+	uint64_t block_pages;
+
+	assert(f->advised && !f->running && block < f->h.nblocks);
+	block_pages = f->h.blocks[block].bytes / MIG_PAGE_BYTES;
+	assert(npages >= 1 && first_page < block_pages && npages <= block_pages - first_page);
+	return 0;
+}
+
+static int fuzz_run(void *opaque, char *err, size_t errlen)
+{
+	struct fuzz_state *f = opaque;
+
+	(void)err; (void)errlen;
+	assert(f->advised && !f->running);
+	f->running = true;
+	return 0;
+}
+
 static const struct mig_load_ops fuzz_ops = {
 	.header = fuzz_header,
 	.ram = fuzz_ram,
 	.section = fuzz_section,
 	.pass_end = NULL, /* optional: the parser must cope */
+	.postcopy_advise = fuzz_advise,
+	.postcopy_discard = fuzz_discard,
+	.postcopy_run = fuzz_run,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
