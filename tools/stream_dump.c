@@ -356,11 +356,56 @@ static int dump_pass_end(void *opaque, uint32_t pass)
 	return 0;
 }
 
+/* Postcopy records: printed, and re-encoded for --save. */
+static int dump_postcopy_advise(void *opaque, char *err, size_t errlen)
+{
+	struct dump *d = opaque;
+
+	(void)err; (void)errlen;
+	dump_flush_ram_summary(d);
+	printf("@%llu POSTCOPY_ADVISE\n", (unsigned long long)d->record_end);
+	dump_save_le(d, MIG_REC_POSTCOPY_ADVISE, 1);
+	d->record_end = dump_offset(d->s);
+	return 0;
+}
+
+static int dump_postcopy_discard(void *opaque, uint32_t block, uint64_t first_page,
+				 uint32_t npages)
+{
+	struct dump *d = opaque;
+
+	dump_flush_ram_summary(d);
+	printf("  POSTCOPY_DISCARD block %u pages %llu+%u\n", block,
+	       (unsigned long long)first_page, npages);
+	/* One run per record when saving: the same pages, re-framed. */
+	dump_save_le(d, MIG_REC_POSTCOPY_DISCARD, 1);
+	dump_save_le(d, block, 1);
+	dump_save_le(d, 1, 4);
+	dump_save_le(d, first_page, 8);
+	dump_save_le(d, npages, 4);
+	return 0;
+}
+
+static int dump_postcopy_run(void *opaque, char *err, size_t errlen)
+{
+	struct dump *d = opaque;
+
+	(void)err; (void)errlen;
+	dump_flush_ram_summary(d);
+	printf("@%llu POSTCOPY_RUN\n", (unsigned long long)d->record_end);
+	dump_save_le(d, MIG_REC_POSTCOPY_RUN, 1);
+	d->record_end = dump_offset(d->s);
+	return 0;
+}
+
 static const struct mig_load_ops dump_ops = {
 	.header = dump_header,
 	.ram = dump_ram,
 	.section = dump_section,
 	.pass_end = dump_pass_end,
+	.postcopy_advise = dump_postcopy_advise,
+	.postcopy_discard = dump_postcopy_discard,
+	.postcopy_run = dump_postcopy_run,
 };
 
 /*
