@@ -27,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <netdb.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -49,6 +51,7 @@
 #define MIG_ERROR_BYTES 512
 #define MIG_DOWNTIME_GOOD_MS 2     /* below this, another pass is not worth it */
 #define MIG_EXTRA_PASSES_MAX 5     /* passes after the limit was first met */
+#define MIG_DRAIN_MAX_MS 5000      /* longest wait for the send queue to drain */
 
 struct migration {
 	struct vm *vm;
@@ -559,6 +562,28 @@ static int mig_rp_pending_error(struct mig_src *src, char *out, size_t len)
 	return 0;
 }
 
+/*
+ * Wait (bounded) until the socket's send queue - bytes not yet acknowledged
+ * by the peer - is nearly empty.  Megabytes can sit in socket buffers and a
+ * shaped link's queue; whatever is there when the vCPUs stop is pause.
+ */
+static void mig_wait_drained(struct mig_src *src)
+{
+	const int low_bytes = 64 * 1024;
+	uint64_t deadline = clock_monotonic_ns() + MIG_DRAIN_MAX_MS * 1000000ull;
+
+	if (stream_flush(&src->s))
+		return;
+	while (clock_monotonic_ns() < deadline && !atomic_load(&src->m->cancel)) {
+		int queued = 0;
+		struct timespec tick = { 0, 200 * 1000 };
+
+		if (ioctl(src->s.fd, SIOCOUTQ, &queued) < 0 || queued <= low_bytes)
+			return;
+		nanosleep(&tick, NULL);
+	}
+}
+
 /* ---- source: postcopy ---- */
 
 static int mig_rp_pending_error(struct mig_src *src, char *out, size_t len);
@@ -963,6 +988,7 @@ static void *mig_source_thread(void *arg)
 	if (stream_flush(&src.s))
 		goto stream_fail;
 	mig_emit_pass(m, 1);
+	mig_wait_drained(&src);
 	bw = (double)(src.s.bytes - pass_bytes) * 1e9 / (double)(clock_monotonic_ns() - pass_start + 1);
 	log_debug("migration: pass 1: %" PRIu64 " bytes in %.1f ms (%.0f MB/s)",
 		  src.s.bytes - pass_bytes, (double)(clock_monotonic_ns() - pass_start) / 1e6, bw / 1e6);
@@ -1046,6 +1072,9 @@ static void *mig_source_thread(void *arg)
 		if (stream_flush(&src.s))
 			goto stream_fail;
 		mig_emit_pass(m, atomic_load(&m->passes));
+		/* The next dirty sync sees what the guest did while this pass was
+		 * really on the wire, not still in socket buffers. */
+		mig_wait_drained(&src);
 		{
 			uint64_t sent = src.s.bytes - pass_bytes;
 			double t = (double)(clock_monotonic_ns() - pass_start + 1);
@@ -1061,6 +1090,7 @@ static void *mig_source_thread(void *arg)
 
 	if (0) {
 postcopy_switch:
+		mig_wait_drained(&src);
 		if (!mig_set_status(m, MIG_STATUS_DEVICE))
 			goto fail;
 		err = vm_migration_stop(vm, &stop_ns, &was_running);
@@ -1092,6 +1122,10 @@ postcopy_switch:
 		}
 		goto completed;
 	}
+
+	/* Switch-over: first let the link drain what earlier passes queued,
+	 * while the guest still runs, so the pause pays only for the rest. */
+	mig_wait_drained(&src);
 
 	/* Switch-over */
 	if (!mig_set_status(m, MIG_STATUS_DEVICE))
