@@ -109,7 +109,7 @@ static void test_dirtier_switches_automatically(void **state)
 	struct json_object *q;
 
 	(void)state;
-	setup_pair(&src, &dst, "64M", "2", "dirtier,wss=16M,rate=10000", uri, sizeof(uri));
+	setup_pair(&src, &dst, "64M", "2", "dirtier,wss=16M,rate=0", uri, sizeof(uri));
 	/* The same non-converging setup as the precopy timeout test. */
 	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"max-bandwidth\": 30000000, "
 					    "\"postcopy-after-passes\": 2}"), 0);
