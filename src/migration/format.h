@@ -44,6 +44,7 @@ enum mig_record {
 	MIG_REC_POSTCOPY_ADVISE = 5, /* nothing: postcopy may follow (first record) */
 	MIG_REC_POSTCOPY_DISCARD = 6,/* u8 block, u32 count, count x (u64 first, u32 n) */
 	MIG_REC_POSTCOPY_RUN = 7,    /* nothing: device state is complete, run now */
+	MIG_REC_PING = 8,            /* u32 id: answer RP_PONG once all before it is done */
 };
 #define MIG_DISCARD_MAX_RUNS 4096u
 /* First bytes on the urgent channel (postcopy page answers). */
@@ -55,6 +56,7 @@ enum mig_rp_message {
 	MIG_RP_ERROR = 2,    /* u32 errno, u16 len, len bytes of text */
 	MIG_RP_PAGE_REQ = 3, /* u8 block, u32 npages, u64 first_page */
 	MIG_RP_COMPLETE = 4, /* nothing: every page arrived (postcopy) */
+	MIG_RP_PONG = 5,     /* u32 id: every record before PING(id) is done */
 };
 
 struct mig_block_desc {

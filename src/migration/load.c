@@ -297,6 +297,19 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 			}
 			break;
 		}
+		case MIG_REC_PING: {
+			uint32_t id = stream_get_u32(s);
+
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			if (ops->ping && (r = ops->ping(opaque, id)) != 0) {
+				snprintf(err, errlen, "answering ping %u failed", id);
+				goto out;
+			}
+			break;
+		}
 		case MIG_REC_POSTCOPY_RUN:
 			if (!st->postcopy_advised || st->postcopy_running || !st->vm_section_seen ||
 			    st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1)) {
@@ -433,6 +446,11 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 		return 0; /* the block and range are checked by the source against its RAM */
 	case MIG_RP_COMPLETE:
 		return 0;
+	case MIG_RP_PONG:
+		m->id = stream_get_u32(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		return 0;
 	case MIG_RP_ERROR: {
 		uint32_t code = stream_get_u32(s);
 		uint16_t len = stream_get_u16(s);
@@ -495,5 +513,12 @@ void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, 
 void mig_rp_send_complete(struct stream *s)
 {
 	stream_put_u8(s, MIG_RP_COMPLETE);
+	stream_flush(s);
+}
+
+void mig_rp_send_pong(struct stream *s, uint32_t id)
+{
+	stream_put_u8(s, MIG_RP_PONG);
+	stream_put_u32(s, id);
 	stream_flush(s);
 }

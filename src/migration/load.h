@@ -31,6 +31,8 @@ struct mig_load_ops {
 	int (*postcopy_advise)(void *opaque, char *err, size_t errlen);
 	int (*postcopy_discard)(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages);
 	int (*postcopy_run)(void *opaque, char *err, size_t errlen);
+	/* PING: everything before it is processed; answer PONG (NULL: ignored). */
+	int (*ping)(void *opaque, uint32_t id);
 };
 
 struct mig_load_stats {
@@ -74,6 +76,7 @@ struct mig_rp_msg {
 	uint8_t block;           /* PAGE_REQ */
 	uint32_t npages;         /* PAGE_REQ */
 	uint64_t first_page;     /* PAGE_REQ */
+	uint32_t id;             /* PONG */
 	uint64_t first_run_ns;   /* RUNNING */
 	uint64_t load_ns;        /* RUNNING */
 	bool same_clock;         /* RUNNING: destination shares our boot id */
@@ -87,6 +90,7 @@ void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_cloc
 void mig_rp_send_error(struct stream *s, int err, const char *text);
 void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, uint32_t npages);
 void mig_rp_send_complete(struct stream *s);
+void mig_rp_send_pong(struct stream *s, uint32_t id);
 
 /*
  * The urgent channel: after MIG_URGENT_MAGIC, RAM records only, then END.

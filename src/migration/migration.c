@@ -313,6 +313,7 @@ struct mig_src {
 	bool release_ram;          /* postcopy phase: free pages once sent */
 	bool preempt;              /* requested pages go on the urgent channel */
 	uint64_t *sent_once;       /* pages the destination holds a copy of */
+	uint64_t *predisc;         /* discarded before the stop (hybrid), or NULL */
 	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
 	_Atomic uint64_t pending_count;
 	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
@@ -757,6 +758,44 @@ static void mig_send_discards(struct mig_src *src, const uint64_t *discard)
 }
 
 /*
+ * Hybrid switch, guest still running: send discards for every page dirtied
+ * since it was sent, then PING and wait for the PONG that says the
+ * destination has dropped them.  0, or -errno with a reason in @err.
+ */
+static int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
+{
+	struct mig_rp_msg msg;
+	char why[256];
+	int r;
+
+	src->predisc = calloc(src->bitmap_words, sizeof(uint64_t));
+	if (!src->predisc) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	r = vm_dirty_log_get(src->m->vm, 0, src->predisc);
+	if (r) {
+		snprintf(err, errlen, "reading the dirty log failed: %s", strerror(-r));
+		return r;
+	}
+	for (uint64_t w = 0; w < src->bitmap_words; w++)
+		src->predisc[w] &= src->sent_once[w];
+	mig_send_discards(src, src->predisc);
+	stream_put_u8(&src->s, MIG_REC_PING);
+	stream_put_u32(&src->s, 1);
+	if (stream_flush(&src->s)) {
+		snprintf(err, errlen, "sending discards failed: %s", src->s.errmsg);
+		return stream_error(&src->s);
+	}
+	r = mig_rp_read(&src->s, &msg, why, sizeof(why));
+	if (!r && msg.type == MIG_RP_PONG && msg.id == 1)
+		return 0;
+	snprintf(err, errlen, "destination did not confirm the discards: %.300s",
+		 r ? why : msg.type == MIG_RP_ERROR ? msg.text : "unexpected return-path message");
+	return r ? r : -EPROTO;
+}
+
+/*
  * Switch to postcopy: the vCPUs are stopped and the final dirty log is in
  * src->bitmap.  Sends discards, state and RUN; serves the destination until
  * it has every page.  Returns 0 when complete, -EAGAIN when the destination
@@ -786,6 +825,11 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		uint64_t pend = (~src->sent_once[w] | src->bitmap[w]) & valid;
 
 		discard[w] = src->sent_once[w] & src->bitmap[w] & valid;
+		if (src->predisc) {
+			/* Discarded while the guest still ran: pending, not again. */
+			pend |= src->predisc[w] & valid;
+			discard[w] &= ~src->predisc[w];
+		}
 		atomic_store(&src->pending[w], pend);
 		atomic_fetch_add(&src->pending_count, (uint64_t)__builtin_popcountll(pend));
 	}
@@ -1091,6 +1135,21 @@ static void *mig_source_thread(void *arg)
 	if (0) {
 postcopy_switch:
 		mig_wait_drained(&src);
+		if (atomic_load(&m->passes)) {
+			/*
+			 * Hybrid: most pages the destination must drop are known
+			 * already.  Discard them while the guest still runs here and
+			 * wait until the destination has (PING/PONG): dropping
+			 * hundreds of MiB takes it tens of milliseconds, which would
+			 * otherwise land inside the pause.  Only what the guest
+			 * dirties from now to the stop is discarded in the pause.
+			 */
+			err = mig_prediscard(&src, errbuf, sizeof(errbuf));
+			if (err) {
+				mig_set_error(m, "%s", errbuf);
+				goto fail;
+			}
+		}
 		if (!mig_set_status(m, MIG_STATUS_DEVICE))
 			goto fail;
 		err = vm_migration_stop(vm, &stop_ns, &was_running);
@@ -1191,6 +1250,7 @@ completed:
 	atomic_store(&m->pages_requested, atomic_load(&src.requested_sent));
 	atomic_store(&m->postcopy_requests, atomic_load(&src.requests));
 	free(src.sent_once);
+	free(src.predisc);
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
@@ -1230,6 +1290,7 @@ fail:
 	}
 	free(src.bitmap);
 	free(src.sent_once);
+	free(src.predisc);
 	atomic_store(&m->postcopy_requested, false);
 	mig_finish_failed(m);
 	return NULL;
@@ -1588,6 +1649,18 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 	return 0;
 }
 
+static int mig_dst_ping(void *opaque, uint32_t id)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+	int r;
+
+	pthread_mutex_lock(&d->rp_lock);
+	mig_rp_send_pong(&d->rp, id);
+	r = stream_error(&d->rp);
+	pthread_mutex_unlock(&d->rp_lock);
+	return r;
+}
+
 static int mig_dst_discard(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
 {
 	struct mig_dst_chan *c = opaque;
@@ -1699,6 +1772,7 @@ static void *mig_incoming_thread(void *arg)
 		.postcopy_advise = mig_dst_advise,
 		.postcopy_discard = mig_dst_discard,
 		.postcopy_run = mig_dst_run,
+		.ping = mig_dst_ping,
 	};
 	struct mig_dst d = { .m = m, .rp_fd = -1 };
 	struct mig_dst_chan chan = { .d = &d };

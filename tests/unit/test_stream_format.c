@@ -654,7 +654,7 @@ static void test_bad_data_run_too_long(void **state)
 
 static void test_bad_record_types(void **state)
 {
-	static const uint8_t types[] = { 0, 8, 0x80, 0xff };
+	static const uint8_t types[] = { 0, 9, 0x80, 0xff };
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(types); i++) {
@@ -1004,8 +1004,8 @@ static void test_rp_bad(void **state)
 	tbuf_u8(&b, 0);
 	expect_rp_bad(&b, "unknown message type 0");
 	tbuf_free(&b);
-	tbuf_u8(&b, 5);
-	expect_rp_bad(&b, "unknown message type 5");
+	tbuf_u8(&b, 6);
+	expect_rp_bad(&b, "unknown message type 6");
 	tbuf_free(&b);
 
 	put_rp_error(&b, EIO, longtext, sizeof(longtext));
