@@ -1,424 +1,628 @@
 /*
- * bench/postcopy: postcopy and hybrid migration against precopy, one JSON
- * line per run, then one median line per combination.
+ * bench/postcopy: postcopy migration with and without the urgent channel,
+ * hybrid, and precopy on the same workload, next to the link they run over.
  *
- *   postcopy [--mem SIZES] [--runs N] [--workload SPEC] [--quick]
+ *   postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]
+ *            [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]
+ *            [--probe-bytes SIZE] [--quick]
  *
- * Modes, each on the same workload (default the heavy dirtier,
- * `dirtier,rate=0`) over loopback TCP: postcopy-pure with the urgent
- * channel (postcopy-preempt on), postcopy-pure without it (page requests
- * only redirect the background stream, so they wait behind what it queued),
- * hybrid (switch after one precopy pass), and precopy.  Reported per run:
- * total time, guest pause, bytes on the wire and per byte of guest RAM
- * (about 1.0 when every page crosses once: pure postcopy), pages
- * pushed / requested, page-request latency p50 / p99 / max and the time
- * vCPUs spent blocked (from the destination), the link bandwidth measured
- * just before, the ratio of total time to the bandwidth bound, and whether
- * the destination's memory verified with the guest still running.
+ *   --mem SIZES          guest RAM sizes, comma separated (default 256M,1G)
+ *   --workloads LIST     incrementer, heavy (dirtier,rate=0)  (default both)
+ *   --modes LIST         pure (postcopy-pure, postcopy-preempt on: requested
+ *                        pages on the urgent channel), pure-nopreempt
+ *                        (postcopy-pure, preempt off: a request only makes the
+ *                        background stream jump to the page, behind what is
+ *                        already queued), hybrid (postcopy-after-passes 1,
+ *                        preempt on), precopy (default all)
+ *   --transports LIST    loopback ("loopback-tcp"), veth (two network
+ *                        namespaces joined by a veth pair shaped to 1 Gbit/s,
+ *                        each direction delayed by 0.5 ms where netem exists:
+ *                        "veth-1gbit"; needs root)  (default loopback,veth)
+ *   --runs N             runs per combination (default 3)
+ *   --vcpus N            guest vCPUs (default 2)
+ *   --convergence-timeout S  migrate-set-parameters convergence-timeout, every
+ *                        mode (default 30; 0 = never): precopy of a workload
+ *                        that outruns the link fails after S s instead of
+ *                        running until --timeout.  Nothing else is set: the
+ *                        VMM's defaults otherwise.
+ *   --timeout S          cancel a migration still running after S s (default 300)
+ *   --probe-bytes SIZE   bytes of the link bandwidth probe (default 512M)
+ *   --quick              smoke: 256M, loopback, 1 run (modes and workloads as given)
+ *
+ * Per run, as bench/precopy: measure the link with no VM running, start a
+ * destination `vmferry run --incoming`, start a source with the workload and
+ * wait until every vCPU runs and has been once over its memory, set the
+ * mode's capabilities (postcopy-ram on both sides, postcopy-preempt on the
+ * source) and parameters, `migrate-start-postcopy` first for pure postcopy,
+ * migrate, poll the source's query-migrate to a final status, then the
+ * destination's until it too says "completed" (its page-fault figures are
+ * final only then), and check there that the guest runs, makes progress
+ * and that its memory verifies (verify_guest_file).  For each run index the
+ * modes run one after the other, so every mode sees the same machine load.
+ *
+ * Output, stdout: one JSON object per run ("type": "run"), and once the runs
+ * of a (transport, size, workload) are done, one per mode with medians over
+ * its completed runs ("type": "median").  A failed run still gets its line,
+ * with "error".  "postcopy_switched" says whether the migration went to
+ * postcopy (a hybrid whose first pass converged finishes as precopy); when
+ * it did not, the postcopy figures (fault latencies, vcpu_blocked_ms,
+ * page_requests) are null, and medians of those are over the runs that
+ * switched ("postcopy_runs").
+ *
+ *   bytes_on_wire = the source's "transferred" (today its main channel only:
+ *     pages answered on the urgent channel are not in it)
+ *   bytes_per_guest_page = bytes_on_wire / (guest_ram_bytes / 4096)
+ *   wire_bytes_per_guest_byte = bytes_on_wire / guest_ram_bytes (1.0: each
+ *     page crossed once with its data)
+ *   bound_ms = normal_pages * 4096 / link bandwidth: the time the RAM that
+ *     crossed as data needs at the rate this run measured
+ *   ratio_total_to_bound = total_time_ms / bound_ms
+ *
+ * Exit status: 0 (even when runs fail; see the JSON), 1 when the benchmark
+ * itself cannot work, 2 usage, 77 without /dev/kvm.  Cleanup as in
+ * bench/precopy (bench_common.h); POSTCOPY_KEEP=1 keeps the temporary
+ * directory with the last run's VMM logs (a failed run's tails go to stderr).
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-#include <json-c/json.h>
+#include "bench_common.h"
 
-#include "control/client.h"
-#include "util/log.h"
-#include "util/size.h"
-#include "verify/verify.h"
+#define BENCH_VETH_DELAY_US    500     /* per direction, netem only */
+#define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */
 
-#define PCB_MAX_SIZES 4
-#define PCB_MAX_RUNS 16
-#define PCB_TIMEOUT_MS 120000
+static const struct bench_workload {
+	const char *name;
+	const char *spec;       /* --guest */
+} bench_workloads[] = {
+	{ "incrementer", "incrementer" },
+	{ "heavy", "dirtier,rate=0" },
+};
+#define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
-enum pcb_mode { PCB_PURE, PCB_PURE_NOPREEMPT, PCB_HYBRID, PCB_PRECOPY, PCB_NMODES };
-static const char *const pcb_mode_names[PCB_NMODES] = {
-	"postcopy-pure", "postcopy-pure", "hybrid", "precopy",
+static const struct bench_mode {
+	const char *opt;            /* in --modes */
+	const char *name;           /* "mode" */
+	bool postcopy_ram;          /* capability on both sides */
+	bool preempt;               /* source capability postcopy-preempt */
+	bool start_postcopy;        /* migrate-start-postcopy before migrate */
+	uint64_t after_passes;      /* postcopy-after-passes, 0: not set */
+} bench_modes[] = {
+	{ "pure", "postcopy-pure", true, true, true, 0 },
+	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0 },
+	{ "hybrid", "hybrid", true, true, false, 1 },
+	{ "precopy", "precopy", false, false, false, 0 },
+};
+#define BENCH_NMODES (sizeof(bench_modes) / sizeof(bench_modes[0]))
+
+struct bench_opts {
+	uint64_t mem_bytes[BENCH_MAX_SIZES];
+	unsigned nmem;
+	bool workload_on[BENCH_NWORKLOADS];
+	bool mode_on[BENCH_NMODES];
+	bool transport_on[BENCH_TRANSPORT__COUNT];
+	unsigned runs;
+	unsigned vcpus;
+	uint64_t convergence_timeout_s;
+	uint64_t timeout_s;
+	uint64_t probe_bytes;
+	const char *bin;
 };
 
-struct pcb_run {
-	bool ok, verified;
-	char error[256];
-	double total_ms, downtime_ms, setup_ms, bytes, pushed, requested, pages;
-	double p50_us, p99_us, max_us, blocked_ms, requests, link_bps, bound_ms, ratio;
+/* One run: the source's figures (b) and the postcopy ones of both sides. */
+struct bench_pc_result {
+	struct bench_result b;
+	bool switched;                           /* to postcopy: the fields below are valid */
+	uint64_t pages_pushed, pages_requested;  /* source */
+	uint64_t requests_served;                /* source: PAGE_REQs it answered */
+	uint64_t page_requests, faults;          /* destination */
+	double fault_p50_us, fault_p99_us, fault_max_us, vcpu_blocked_ms;
 };
 
-static const char *pcb_bin(void)
+/* ---- one migration ---- */
+
+/* postcopy-ram on, and postcopy-preempt set to *@preempt unless NULL. */
+static int bench_set_caps(struct bench_vmm *vm, const bool *preempt, struct bench_result *r)
 {
-	return getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
-}
+	struct json_object *args = json_object_new_object(), *caps = json_object_new_array();
+	struct json_object *cap = json_object_new_object();
+	int rc;
 
-/* ---- loopback bandwidth, measured in the same run ---- */
-
-struct pcb_sink { int fd; uint64_t bytes; };
-
-static void *pcb_sink_thread(void *arg)
-{
-	struct pcb_sink *k = arg;
-	static char buf[1 << 20];
-	ssize_t n;
-
-	while ((n = read(k->fd, buf, sizeof(buf))) > 0)
-		k->bytes += (uint64_t)n;
-	return NULL;
-}
-
-static double pcb_link_bandwidth(void)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t sl = sizeof(sa);
-	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), cfd, afd;
-	static char buf[1 << 20];
-	struct pcb_sink k = { 0 };
-	const uint64_t total = 512ull << 20;
-	uint64_t t0, sent = 0;
-	pthread_t th;
-
-	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1) ||
-	    getsockname(lfd, (struct sockaddr *)&sa, &sl))
-		return 0;
-	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (connect(cfd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		return 0;
-	afd = accept(lfd, NULL, NULL);
-	k.fd = afd;
-	pthread_create(&th, NULL, pcb_sink_thread, &k);
-	memset(buf, 0x5a, sizeof(buf));
-	t0 = clock_monotonic_ns();
-	while (sent < total) {
-		ssize_t n = write(cfd, buf, sizeof(buf));
-
-		if (n <= 0)
-			break;
-		sent += (uint64_t)n;
+	json_object_object_add(cap, "capability", json_object_new_string("postcopy-ram"));
+	json_object_object_add(cap, "state", json_object_new_boolean(true));
+	json_object_array_add(caps, cap);
+	if (preempt) {
+		cap = json_object_new_object();
+		json_object_object_add(cap, "capability", json_object_new_string("postcopy-preempt"));
+		json_object_object_add(cap, "state", json_object_new_boolean(*preempt));
+		json_object_array_add(caps, cap);
 	}
-	shutdown(cfd, SHUT_WR);
-	pthread_join(th, NULL);
-	close(cfd);
-	close(afd);
-	close(lfd);
-	return (double)k.bytes * 1e9 / (double)(clock_monotonic_ns() - t0);
-}
-
-/* ---- VMs ---- */
-
-struct pcb_vm { pid_t pid; struct control_client *c; char sock[128]; };
-
-static int pcb_spawn(struct pcb_vm *vm, const char *dir, const char *tag, const char *mem,
-		     const char *guest)
-{
-	snprintf(vm->sock, sizeof(vm->sock), "%s/%s.sock", dir, tag);
-	vm->pid = fork();
-	if (vm->pid == 0) {
-		int null_fd = open("/dev/null", O_RDWR);
-
-		dup2(null_fd, 1);
-		dup2(null_fd, 2);
-		if (guest)
-			execl(pcb_bin(), pcb_bin(), "run", "--mem", mem, "--vcpus", "2", "--guest",
-			      guest, "--control", vm->sock, "--console", "/dev/null", (char *)NULL);
-		else
-			execl(pcb_bin(), pcb_bin(), "run", "--mem", mem, "--vcpus", "2", "--incoming",
-			      "tcp:127.0.0.1:0", "--control", vm->sock, "--console", "/dev/null",
-			      (char *)NULL);
-		_exit(127);
-	}
-	return vm->pid < 0 ? -errno : control_client_connect(vm->sock, 20000, &vm->c);
-}
-
-static void pcb_reap(struct pcb_vm *vm)
-{
-	int st;
-
-	if (vm->c) {
-		control_client_call(vm->c, "quit", NULL, NULL);
-		control_client_close(vm->c);
-		vm->c = NULL;
-	}
-	for (int i = 0; i < 1000 && vm->pid > 0; i++) {
-		if (waitpid(vm->pid, &st, WNOHANG) == vm->pid) {
-			vm->pid = -1;
-			return;
-		}
-		usleep(10000);
-	}
-	if (vm->pid > 0) {
-		kill(vm->pid, SIGKILL);
-		waitpid(vm->pid, &st, 0);
-		vm->pid = -1;
-	}
-}
-
-/* Call and return the "return" value (caller owns), or NULL. */
-static struct json_object *pcb_call(struct pcb_vm *vm, const char *cmd, const char *args_json)
-{
-	struct json_object *args = args_json ? json_tokener_parse(args_json) : NULL, *reply = NULL, *ret;
-
-	control_client_set_timeout(vm->c, 20000);
-	if (control_client_call(vm->c, cmd, args, &reply) != 0) {
-		json_object_put(args);
-		json_object_put(reply);
-		return NULL;
-	}
-	ret = json_object_get(control_reply_return(reply));
+	json_object_object_add(args, "capabilities", caps);
+	rc = bench_call(vm, "migrate-set-capabilities", args, NULL, r);
 	json_object_put(args);
-	json_object_put(reply);
-	return ret ? ret : json_object_new_object();
+	return rc;
 }
 
-static double pcb_num(struct json_object *o, const char *key)
+/* Capabilities and parameters of @mode on both sides, before `migrate`. */
+static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mode,
+			 struct bench_vmm *src, struct bench_vmm *dst, struct bench_result *r)
 {
-	struct json_object *v;
+	struct json_object *p = json_object_new_object(), *q = NULL;
+	int rc;
 
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : 0;
-}
-
-static const char *pcb_str(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
-}
-
-/* Poll query-migrate on @vm until a final status (bounded). */
-static struct json_object *pcb_wait(struct pcb_vm *vm)
-{
-	for (int i = 0; i < PCB_TIMEOUT_MS / 10; i++) {
-		struct json_object *q = pcb_call(vm, "query-migrate", NULL);
-		const char *s = pcb_str(q, "status");
-
-		if (!q)
-			return NULL;
-		if (!strcmp(s, "completed") || !strcmp(s, "failed") || !strcmp(s, "cancelled"))
-			return q;
-		json_object_put(q);
-		usleep(10000);
-	}
-	return NULL;
-}
-
-static bool pcb_guest_ready(struct pcb_vm *vm)
-{
-	for (int i = 0; i < 3000; i++) {
-		struct json_object *w = pcb_call(vm, "query-workload", NULL), *arr;
-		bool ready = w && json_object_object_get_ex(w, "vcpus", &arr) &&
-			     json_object_array_length(arr) > 0;
-
-		for (size_t k = 0; ready && k < json_object_array_length(arr); k++)
-			ready = pcb_num(json_object_array_get_idx(arr, k), "passes") >= 1;
-		json_object_put(w);
-		if (ready)
-			return true;
-		usleep(10000);
-	}
-	return false;
-}
-
-static void pcb_one(const char *dir, const char *mem, uint64_t mem_bytes, const char *guest,
-		    enum pcb_mode mode, struct pcb_run *r)
-{
-	static const char caps_on[] = "{\"capabilities\": [{\"capability\": \"postcopy-ram\", \"state\": true}]}";
-	static const char nopreempt[] = "{\"capabilities\": [{\"capability\": \"postcopy-ram\", \"state\": true},"
-					" {\"capability\": \"postcopy-preempt\", \"state\": false}]}";
-	struct pcb_vm src = { .pid = -1 }, dst = { .pid = -1 };
-	struct json_object *q = NULL, *dq = NULL, *x;
-	char args[512], dump[256];
-
-	memset(r, 0, sizeof(*r));
-	r->link_bps = pcb_link_bandwidth();
-	if (pcb_spawn(&src, dir, "src", mem, guest) || pcb_spawn(&dst, dir, "dst", mem, NULL) ||
-	    !pcb_guest_ready(&src)) {
-		snprintf(r->error, sizeof(r->error), "could not start the VMs");
-		goto out;
-	}
-	if (mode != PCB_PRECOPY) {
-		const char *caps = mode == PCB_PURE_NOPREEMPT ? nopreempt : caps_on;
-
-		json_object_put(pcb_call(&src, "migrate-set-capabilities", caps));
-		json_object_put(pcb_call(&dst, "migrate-set-capabilities", caps_on));
-	}
-	if (mode == PCB_PURE || mode == PCB_PURE_NOPREEMPT)
-		json_object_put(pcb_call(&src, "migrate-start-postcopy", NULL));
-	if (mode == PCB_HYBRID)
-		json_object_put(pcb_call(&src, "migrate-set-parameters", "{\"postcopy-after-passes\": 1}"));
-	x = pcb_call(&dst, "query-migrate", NULL);
-	snprintf(args, sizeof(args), "{\"uri\": \"%s\"}", pcb_str(x, "uri"));
-	json_object_put(x);
-	json_object_put(pcb_call(&src, "migrate", args));
-	q = pcb_wait(&src);
-	if (!q || strcmp(pcb_str(q, "status"), "completed")) {
-		snprintf(r->error, sizeof(r->error), "%s", q ? pcb_str(q, "error-desc") : "no answer");
-		goto out;
-	}
-	dq = pcb_wait(&dst);
-	r->ok = true;
-	r->total_ms = pcb_num(q, "total-time");
-	r->downtime_ms = pcb_num(q, "downtime");
-	r->setup_ms = pcb_num(q, "setup-time");
-	r->bytes = pcb_num(q, "transferred");
-	r->pushed = pcb_num(q, "postcopy-pages-pushed");
-	r->requested = pcb_num(q, "postcopy-pages-requested");
-	r->pages = pcb_num(q, "normal-pages") + pcb_num(q, "zero-pages");
-	r->p50_us = pcb_num(dq, "fault-latency-p50-us");
-	r->p99_us = pcb_num(dq, "fault-latency-p99-us");
-	r->max_us = pcb_num(dq, "fault-latency-max-us");
-	r->blocked_ms = pcb_num(dq, "vcpu-blocked-time");
-	r->requests = pcb_num(dq, "postcopy-requests");
-	r->bound_ms = r->link_bps > 0 ? pcb_num(q, "normal-pages") * 4096.0 * 1e3 / r->link_bps : 0;
-	r->ratio = r->bound_ms > 0 ? r->total_ms / r->bound_ms : 0;
-	/* The destination's memory, with the guest still running there. */
-	snprintf(dump, sizeof(dump), "%s/dump", dir);
-	snprintf(args, sizeof(args), "{\"file\": \"%s\"}", dump);
-	x = pcb_call(&dst, "dump-guest-memory", args);
-	if (x) {
-		struct json_object *verdict = NULL;
-		struct json_object *st = pcb_call(&dst, "query-status", NULL);
-
-		r->verified = verify_guest_file(dump, &verdict) == 0 &&
-			      !strcmp(pcb_str(st, "status"), "running");
-		json_object_put(verdict);
-		json_object_put(st);
-	}
-	json_object_put(x);
-	unlink(dump);
-	(void)mem_bytes;
-out:
+	json_object_object_add(p, "convergence-timeout",
+			       json_object_new_int64((int64_t)o->convergence_timeout_s));
+	if (mode->after_passes)
+		json_object_object_add(p, "postcopy-after-passes",
+				       json_object_new_int64((int64_t)mode->after_passes));
+	rc = bench_call(src, "migrate-set-parameters", p, NULL, r);
+	json_object_put(p);
+	if (rc)
+		return rc;
+	if (mode->postcopy_ram &&
+	    (bench_set_caps(dst, NULL, r) || bench_set_caps(src, &mode->preempt, r)))
+		return -EIO;
+	if (mode->start_postcopy && bench_call(src, "migrate-start-postcopy", NULL, NULL, r))
+		return -EIO;
+	rc = bench_call(src, "query-migrate-parameters", NULL, &q, r);
+	if (rc == 0)
+		r->downtime_limit_ms = json_u64_at(q, "downtime-limit");
 	json_object_put(q);
-	json_object_put(dq);
-	pcb_reap(&src);
-	pcb_reap(&dst);
+	return rc;
 }
 
-static void pcb_print(const char *type, enum pcb_mode mode, const char *guest,
-		      uint64_t mem_bytes, const struct pcb_run *r, unsigned runs)
+/*
+ * After the source completed: poll the destination until it completes too
+ * (it does once it holds every page and told the source), and take its
+ * postcopy figures.  0 or -errno with r->b.error.
+ */
+static int bench_dst_done(struct bench_vmm *dst, struct bench_pc_result *r)
 {
-	printf("{\"bench\":\"postcopy\",\"type\":\"%s\",\"mode\":\"%s\",\"preempt\":%s,"
-	       "\"transport\":\"loopback-tcp\",\"workload\":\"%s\",\"guest_ram_bytes\":%llu,",
-	       type, pcb_mode_names[mode], mode == PCB_PURE_NOPREEMPT ? "false" :
-	       mode == PCB_PRECOPY ? "null" : "true", guest, (unsigned long long)mem_bytes);
-	if (!strcmp(type, "median"))
-		printf("\"runs\":%u,", runs);
-	if (!r->ok) {
-		printf("\"status\":\"failed\",\"error\":\"%s\"}\n", r->error);
+	uint64_t deadline = clock_monotonic_ns() + BENCH_DST_DONE_MS * 1000000ull;
+	char status[32] = "";
+
+	while (clock_monotonic_ns() < deadline) {
+		struct json_object *q = NULL;
+
+		if (bench_call(dst, "query-migrate", NULL, &q, &r->b))
+			return -EIO;
+		snprintf(status, sizeof(status), "%s", json_str_at(q, "status"));
+		if (!strcmp(status, "completed")) {
+			r->page_requests = json_u64_at(q, "postcopy-requests");
+			r->faults = json_u64_at(q, "postcopy-faults");
+			r->fault_p50_us = json_num_at(q, "fault-latency-p50-us");
+			r->fault_p99_us = json_num_at(q, "fault-latency-p99-us");
+			r->fault_max_us = json_num_at(q, "fault-latency-max-us");
+			r->vcpu_blocked_ms = json_num_at(q, "vcpu-blocked-time");
+			json_object_put(q);
+			return 0;
+		}
+		if (!strcmp(status, "failed") || !strcmp(status, "cancelled")) {
+			snprintf(r->b.error, sizeof(r->b.error), "destination %s: %.200s", status,
+				 json_str_at(q, "error-desc"));
+			json_object_put(q);
+			return -EIO;
+		}
+		json_object_put(q);
+		bench_nap_ms(BENCH_POLL_MS);
+	}
+	snprintf(r->b.error, sizeof(r->b.error),
+		 "destination still %s %d ms after the source completed", status, BENCH_DST_DONE_MS);
+	return -ETIMEDOUT;
+}
+
+/* One migration; the result in *r (r->b.error set when it did not complete). */
+static void bench_one(const struct bench_opts *o, enum bench_transport t, struct bench_netns *n,
+		      uint64_t mem_bytes, const struct bench_workload *w,
+		      const struct bench_mode *mode, struct bench_pc_result *pr)
+{
+	struct bench_vmm src = { .pid = -1, .slot = 0 }, dst = { .pid = -1, .slot = 1 };
+	char mem[32], vcpus[16], listen_uri[64], uri[96];
+	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
+	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
+	const char *host_addr = t == BENCH_VETH ? n->addr[1] : "127.0.0.1";
+	struct bench_netns *ns = t == BENCH_VETH ? n : NULL;
+	struct bench_result *r = &pr->b;
+	struct json_object *args, *q = NULL;
+	uint64_t deadline, progress;
+	bool running = false;
+	int rc;
+
+	memset(pr, 0, sizeof(*pr));
+	r->downtime_ms = -1;
+	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
+	snprintf(vcpus, sizeof(vcpus), "%u", o->vcpus);
+	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
+
+	/* The link first, with no VM competing for the CPUs. */
+	rc = bench_link_bandwidth(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr,
+				  o->probe_bytes, &r->link_bps);
+	if (rc) {
+		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
 		return;
 	}
-	printf("\"status\":\"completed\",\"total_time_ms\":%.3f,\"downtime_ms\":%.3f,"
-	       "\"setup_time_ms\":%.3f,\"bytes_on_wire\":%.0f,\"pages_sent\":%.0f,"
-	       "\"postcopy_pages_pushed\":%.0f,\"postcopy_pages_requested\":%.0f,"
-	       "\"wire_bytes_per_guest_byte\":%.3f,\"page_requests\":%.0f,"
-	       "\"fault_latency_p50_us\":%.1f,\"fault_latency_p99_us\":%.1f,\"fault_latency_max_us\":%.1f,"
-	       "\"vcpu_blocked_ms\":%.3f,\"link_bandwidth_bytes_per_s\":%.0f,\"bound_ms\":%.3f,"
-	       "\"ratio_total_to_bound\":%.3f,\"verified\":%s}\n",
-	       r->total_ms, r->downtime_ms, r->setup_ms, r->bytes, r->pages, r->pushed, r->requested,
-	       r->bytes / (double)mem_bytes, r->requests, r->p50_us, r->p99_us, r->max_us,
-	       r->blocked_ms, r->link_bps, r->bound_ms, r->ratio, r->verified ? "true" : "false");
-	fflush(stdout);
+	if (bench_vmm_start(o->bin, ns, 1, "dst", dst_args, &dst, r) ||
+	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
+	    bench_vmm_start(o->bin, ns, 0, "src", src_args, &src, r))
+		goto out;
+	/* Pages the guest has not written yet would cross as zero flags only. */
+	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
+	while (!running && clock_monotonic_ns() < deadline) {
+		if (bench_workload(&src, &running, &progress, r))
+			goto out;
+		if (!running)
+			bench_nap_ms(10);
+	}
+	if (!running) {
+		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
+			 BENCH_READY_MS);
+		goto out;
+	}
+	if (bench_prepare(o, mode, &src, &dst, r))
+		goto out;
+	args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	rc = bench_call(&src, "migrate", args, NULL, r);
+	json_object_put(args);
+	if (rc || bench_wait_migration(o->timeout_s, &src, &q, r))
+		goto out;
+	bench_copy_stats(q, r);
+	/*
+	 * The source shows postcopy figures once it sent pages after the switch
+	 * (the destination shows its own whenever postcopy was advised, even
+	 * when a hybrid converged without switching).
+	 */
+	pr->switched = json_object_object_get_ex(q, "postcopy-pages-pushed", NULL);
+	pr->pages_pushed = json_u64_at(q, "postcopy-pages-pushed");
+	pr->pages_requested = json_u64_at(q, "postcopy-pages-requested");
+	pr->requests_served = json_u64_at(q, "postcopy-requests");
+	json_object_put(q);
+	if (!r->completed)
+		goto out;
+	if (bench_dst_done(&dst, pr)) {
+		r->completed = false;
+		snprintf(r->status, sizeof(r->status), "dst-failed");
+		goto out;
+	}
+	bench_verify_destination(&dst, w->name, r);
+out:
+	if (r->error[0]) {
+		bench_vmm_log_tail(&src, "source");
+		bench_vmm_log_tail(&dst, "destination");
+	}
+	bench_vmm_stop(&src);
+	bench_vmm_stop(&dst);
+	if (!getenv(bench_keep_env)) {
+		unlink(src.log);
+		unlink(dst.log);
+	}
 }
 
-static int pcb_cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
+/* ---- output ---- */
 
-	return (x > y) - (x < y);
+static double bench_bound_ms(const struct bench_result *r)
+{
+	return r->link_bps > 0 ? (double)r->normal_pages * BENCH_PAGE_BYTES / r->link_bps * 1000.0 : 0;
 }
 
-static double pcb_median(double *v, unsigned n)
+static double bench_ratio(const struct bench_result *r)
 {
-	qsort(v, n, sizeof(*v), pcb_cmp);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	double bound = bench_bound_ms(r);
+
+	return bound > 0 ? r->total_ms / bound : NAN;
+}
+
+static double bench_per_page(const struct bench_result *r, uint64_t mem_bytes)
+{
+	return (double)r->wire_bytes / (double)(mem_bytes / BENCH_PAGE_BYTES);
+}
+
+static struct json_object *bench_line(const char *type, enum bench_transport t,
+				      const struct bench_netns *n, uint64_t mem_bytes,
+				      const struct bench_workload *w, const struct bench_mode *mode,
+				      const struct bench_opts *o)
+{
+	struct json_object *obj = json_object_new_object();
+
+	json_object_object_add(obj, "bench", json_object_new_string("postcopy"));
+	json_object_object_add(obj, "type", json_object_new_string(type));
+	json_object_object_add(obj, "mode", json_object_new_string(mode->name));
+	/* Precopy never uses the urgent channel: null, not false. */
+	json_object_object_add(obj, "preempt",
+			       mode->postcopy_ram ? json_object_new_boolean(mode->preempt) : NULL);
+	if (mode->after_passes)
+		json_add_u64(obj, "postcopy_after_passes", mode->after_passes);
+	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
+	if (t == BENCH_VETH && n && n->shaper[0]) {
+		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
+		json_add_num(obj, "link_delay_ms", n->delay_us / 1000.0, 3);
+	}
+	json_object_object_add(obj, "workload", json_object_new_string(w->name));
+	json_object_object_add(obj, "guest", json_object_new_string(w->spec));
+	json_add_u64(obj, "guest_ram_bytes", mem_bytes);
+	json_add_u64(obj, "vcpus", o->vcpus);
+	json_add_u64(obj, "convergence_timeout_s", o->convergence_timeout_s);
+	return obj;
+}
+
+static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
+			    uint64_t mem_bytes, const struct bench_workload *w,
+			    const struct bench_mode *mode, const struct bench_opts *o, unsigned run,
+			    const struct bench_pc_result *pr)
+{
+	struct json_object *obj = bench_line("run", t, n, mem_bytes, w, mode, o);
+	const struct bench_result *r = &pr->b;
+	bool pc = pr->switched;
+
+	json_add_u64(obj, "run", run);
+	json_object_object_add(obj, "status",
+			       json_object_new_string(r->status[0] ? r->status : "error"));
+	if (r->status[0]) {
+		json_add_num(obj, "total_time_ms", r->total_ms, 3);
+		json_add_num(obj, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
+		json_add_num(obj, "setup_time_ms", r->setup_ms, 3);
+		json_add_u64(obj, "downtime_limit_ms", r->downtime_limit_ms);
+		json_add_u64(obj, "bytes_on_wire", r->wire_bytes);
+		json_add_u64(obj, "pages_sent", r->normal_pages + r->zero_pages);
+		json_add_u64(obj, "normal_pages", r->normal_pages);
+		json_add_u64(obj, "zero_pages", r->zero_pages);
+		json_add_u64(obj, "passes", r->passes);
+		json_add_u64(obj, "postcopy_pages_pushed", pr->pages_pushed);
+		json_add_u64(obj, "postcopy_pages_requested", pr->pages_requested);
+		json_add_u64(obj, "ram_sent_bytes", r->normal_pages * BENCH_PAGE_BYTES);
+		json_add_num(obj, "bytes_per_guest_page", bench_per_page(r, mem_bytes), 1);
+		json_add_num(obj, "wire_bytes_per_guest_byte",
+			     (double)r->wire_bytes / (double)mem_bytes, 4);
+	}
+	json_add_num(obj, "link_bandwidth_bytes_per_s", r->link_bps, 0);
+	if (r->status[0]) {
+		json_add_num(obj, "bound_ms", bench_bound_ms(r), 3);
+		json_add_num(obj, "ratio_total_to_bound", bench_ratio(r), 3);
+	}
+	if (r->completed) {
+		json_object_object_add(obj, "postcopy_switched", json_object_new_boolean(pc));
+		json_add_num(obj, "fault_latency_p50_us", pc ? pr->fault_p50_us : NAN, 1);
+		json_add_num(obj, "fault_latency_p99_us", pc ? pr->fault_p99_us : NAN, 1);
+		json_add_num(obj, "fault_latency_max_us", pc ? pr->fault_max_us : NAN, 1);
+		json_add_num(obj, "vcpu_blocked_ms", pc ? pr->vcpu_blocked_ms : NAN, 3);
+		json_add_num(obj, "page_requests", pc ? (double)pr->page_requests : NAN, 0);
+		json_add_num(obj, "postcopy_faults", pc ? (double)pr->faults : NAN, 0);
+		json_add_u64(obj, "page_requests_served", pr->requests_served);
+	}
+	json_object_object_add(obj, "verified", json_object_new_boolean(r->verified));
+	if (r->completed && !r->verified)
+		json_object_object_add(obj, "verify_error", json_object_new_string(r->verify_error));
+	if (r->error[0])
+		json_object_object_add(obj, "error", json_object_new_string(r->error));
+	bench_print(obj);
+}
+
+static void bench_print_median(enum bench_transport t, const struct bench_netns *n,
+			       uint64_t mem_bytes, const struct bench_workload *w,
+			       const struct bench_mode *mode, const struct bench_opts *o,
+			       const struct bench_pc_result *rs)
+{
+	struct json_object *obj = bench_line("median", t, n, mem_bytes, w, mode, o);
+	double v[BENCH_MAX_RUNS];
+	unsigned ok = 0, verified = 0, postcopy = 0, k;
+
+	for (unsigned i = 0; i < o->runs; i++) {
+		ok += rs[i].b.completed;
+		verified += rs[i].b.verified;
+		postcopy += rs[i].b.completed && rs[i].switched;
+	}
+	json_add_u64(obj, "runs", o->runs);
+	json_add_u64(obj, "completed", ok);
+	json_add_u64(obj, "verified_runs", verified);
+	json_add_u64(obj, "postcopy_runs", postcopy);
+	/* Over the completed runs; @pc: over those where the destination ran postcopy. */
+#define MEDIAN_FIELD(key, pc, expr, decimals) do { \
+		k = 0; \
+		for (unsigned i = 0; i < o->runs; i++) \
+			if (rs[i].b.completed && (!(pc) || rs[i].switched)) { \
+				const struct bench_pc_result *pr = &rs[i]; \
+				const struct bench_result *r = &pr->b; \
+				(void)pr; \
+				(void)r; \
+				v[k++] = (expr); \
+			} \
+		json_add_num(obj, key, median(v, k), decimals); \
+	} while (0)
+	MEDIAN_FIELD("total_time_ms", false, r->total_ms, 3);
+	MEDIAN_FIELD("downtime_ms", false, r->downtime_ms, 3);
+	MEDIAN_FIELD("setup_time_ms", false, r->setup_ms, 3);
+	MEDIAN_FIELD("bytes_on_wire", false, (double)r->wire_bytes, 0);
+	MEDIAN_FIELD("pages_sent", false, (double)(r->normal_pages + r->zero_pages), 0);
+	MEDIAN_FIELD("normal_pages", false, (double)r->normal_pages, 0);
+	MEDIAN_FIELD("zero_pages", false, (double)r->zero_pages, 0);
+	MEDIAN_FIELD("passes", false, (double)r->passes, 1);
+	MEDIAN_FIELD("postcopy_pages_pushed", false, (double)pr->pages_pushed, 0);
+	MEDIAN_FIELD("postcopy_pages_requested", false, (double)pr->pages_requested, 0);
+	MEDIAN_FIELD("bytes_per_guest_page", false, bench_per_page(r, mem_bytes), 1);
+	MEDIAN_FIELD("wire_bytes_per_guest_byte", false, (double)r->wire_bytes / (double)mem_bytes, 4);
+	MEDIAN_FIELD("link_bandwidth_bytes_per_s", false, r->link_bps, 0);
+	MEDIAN_FIELD("bound_ms", false, bench_bound_ms(r), 3);
+	MEDIAN_FIELD("ratio_total_to_bound", false, bench_ratio(r), 3);
+	MEDIAN_FIELD("fault_latency_p50_us", true, pr->fault_p50_us, 1);
+	MEDIAN_FIELD("fault_latency_p99_us", true, pr->fault_p99_us, 1);
+	MEDIAN_FIELD("fault_latency_max_us", true, pr->fault_max_us, 1);
+	MEDIAN_FIELD("vcpu_blocked_ms", true, pr->vcpu_blocked_ms, 3);
+	MEDIAN_FIELD("page_requests", true, (double)pr->page_requests, 0);
+#undef MEDIAN_FIELD
+	bench_print(obj);
+}
+
+/* ---- options ---- */
+
+static void bench_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]\n"
+		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
+		"                [--probe-bytes SIZE] [--quick]\n"
+		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
+		"  workloads: incrementer, heavy (default: both)\n"
+		"  modes: pure, pure-nopreempt, hybrid, precopy (default: all)\n"
+		"  transports: loopback, veth (default: both)\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "mem", required_argument, NULL, 'm' }, { "runs", required_argument, NULL, 'r' },
-		{ "workload", required_argument, NULL, 'w' }, { "quick", no_argument, NULL, 'q' },
-		{ "help", no_argument, NULL, 'h' }, { 0, 0, 0, 0 },
+		{ "mem", required_argument, NULL, 'm' },
+		{ "workloads", required_argument, NULL, 'w' },
+		{ "modes", required_argument, NULL, 'M' },
+		{ "transports", required_argument, NULL, 't' },
+		{ "runs", required_argument, NULL, 'r' },
+		{ "vcpus", required_argument, NULL, 'c' },
+		{ "convergence-timeout", required_argument, NULL, 'C' },
+		{ "timeout", required_argument, NULL, 'T' },
+		{ "probe-bytes", required_argument, NULL, 'p' },
+		{ "quick", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0, 0, 0, 0 },
 	};
-	const char *mems[PCB_MAX_SIZES] = { "256M", "1G" }, *guest = "dirtier,rate=0";
-	unsigned nmem = 2, runs = 3;
-	char dir[] = "/tmp/vmferry-pcbench.XXXXXX";
+	const char *workload_names[BENCH_NWORKLOADS], *mode_names[BENCH_NMODES];
+	struct bench_opts o = {
+		.mem_bytes = { 256ull << 20, 1ull << 30 }, .nmem = 2, .runs = 3, .vcpus = 2,
+		.convergence_timeout_s = 30, .timeout_s = 300, .probe_bytes = 512ull << 20,
+		.transport_on = { [BENCH_LOOPBACK] = true, [BENCH_VETH] = true },
+	};
+	/* Static: the atexit handler reaches it after main() has returned. */
+	static struct bench_netns netns;
+	bool quick = false, netns_tried = false, netns_ok = false;
+	struct bench_pc_result *results;
 	uint64_t v;
 	int opt;
 
+	bench_prog = "postcopy";
+	bench_keep_env = "POSTCOPY_KEEP";
+	for (size_t i = 0; i < BENCH_NWORKLOADS; i++) {
+		workload_names[i] = bench_workloads[i].name;
+		o.workload_on[i] = true;
+	}
+	for (size_t i = 0; i < BENCH_NMODES; i++) {
+		mode_names[i] = bench_modes[i].opt;
+		o.mode_on[i] = true;
+	}
+	o.bin = getenv("VMFERRY_BIN") && *getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (opt) {
-		case 'm': {
-			char *copy = strdup(optarg), *save = NULL, *tok;
-
-			nmem = 0;
-			for (tok = strtok_r(copy, ",", &save); tok && nmem < PCB_MAX_SIZES;
-			     tok = strtok_r(NULL, ",", &save))
-				mems[nmem++] = tok; /* copy is kept for the program's life */
-			break;
-		}
-		case 'r':
-			if (size_parse_uint(optarg, 1, PCB_MAX_RUNS, &v))
+		case 'm':
+			if (bench_parse_sizes(optarg, o.mem_bytes, &o.nmem))
 				goto usage;
-			runs = (unsigned)v;
 			break;
-		case 'w': guest = optarg; break;
-		case 'q': nmem = 1; mems[0] = "256M"; runs = 1; break;
-		default: goto usage;
+		case 'w':
+			if (bench_parse_names(optarg, workload_names, BENCH_NWORKLOADS, o.workload_on))
+				goto usage;
+			break;
+		case 'M':
+			if (bench_parse_names(optarg, mode_names, BENCH_NMODES, o.mode_on))
+				goto usage;
+			break;
+		case 't':
+			if (bench_parse_names(optarg, bench_transport_opts, BENCH_TRANSPORT__COUNT,
+					      o.transport_on))
+				goto usage;
+			break;
+		case 'r':
+			if (size_parse_uint(optarg, 1, BENCH_MAX_RUNS, &v))
+				goto usage;
+			o.runs = (unsigned)v;
+			break;
+		case 'c':
+			if (size_parse_uint(optarg, 1, 64, &v))
+				goto usage;
+			o.vcpus = (unsigned)v;
+			break;
+		case 'C':
+			if (size_parse_uint(optarg, 0, 86400, &o.convergence_timeout_s))
+				goto usage;
+			break;
+		case 'T':
+			if (size_parse_uint(optarg, 1, 86400, &o.timeout_s))
+				goto usage;
+			break;
+		case 'p':
+			if (size_parse(optarg, &o.probe_bytes) || o.probe_bytes < (1u << 20))
+				goto usage;
+			break;
+		case 'q':
+			quick = true;
+			break;
+		case 'h':
+			bench_usage(stdout);
+			return 0;
+		default:
+			goto usage;
 		}
 	}
-	if (access("/dev/kvm", R_OK | W_OK)) {
+	if (optind != argc)
+		goto usage;
+	if (quick) {
+		o.mem_bytes[0] = 256ull << 20;
+		o.nmem = 1;
+		o.runs = 1;
+		o.transport_on[BENCH_LOOPBACK] = true;
+		o.transport_on[BENCH_VETH] = false;
+	}
+	if (access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "postcopy: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
 	}
-	if (!mkdtemp(dir))
+	if (bench_setup())
 		return 1;
-	signal(SIGPIPE, SIG_IGN);
-	for (unsigned s = 0; s < nmem; s++) {
-		uint64_t mem_bytes;
+	memset(&netns, 0, sizeof(netns));
 
-		if (size_parse(mems[s], &mem_bytes))
-			goto usage;
-		for (int mode = 0; mode < PCB_NMODES; mode++) {
-			struct pcb_run rs[PCB_MAX_RUNS], med;
-			double a[PCB_MAX_RUNS];
-			unsigned ok = 0;
+	/* One (transport, size, workload) at a time: its modes x runs. */
+	results = calloc((size_t)BENCH_NMODES * o.runs, sizeof(*results));
+	if (!results) {
+		perror("postcopy");
+		return 1;
+	}
+	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
+		if (!o.transport_on[t])
+			continue;
+		if (t == BENCH_VETH && !netns_tried) {
+			netns_tried = true;
+			netns_ok = bench_netns_create(&netns, BENCH_VETH_DELAY_US) == 0;
+		}
+		for (unsigned m = 0; m < o.nmem; m++) {
+			for (size_t w = 0; w < BENCH_NWORKLOADS; w++) {
+				if (!o.workload_on[w])
+					continue;
+				for (unsigned i = 0; i < o.runs; i++) {
+					for (size_t d = 0; d < BENCH_NMODES; d++) {
+						struct bench_pc_result *r = &results[d * o.runs + i];
 
-			for (unsigned i = 0; i < runs; i++) {
-				pcb_one(dir, mems[s], mem_bytes, guest, (enum pcb_mode)mode, &rs[i]);
-				pcb_print("run", (enum pcb_mode)mode, guest, mem_bytes, &rs[i], 1);
+						if (!o.mode_on[d])
+							continue;
+						if (t == BENCH_VETH && !netns_ok) {
+							memset(r, 0, sizeof(*r));
+							snprintf(r->b.error, sizeof(r->b.error),
+								 "cannot create the network namespaces");
+						} else {
+							bench_one(&o, (enum bench_transport)t, &netns,
+								  o.mem_bytes[m], &bench_workloads[w],
+								  &bench_modes[d], r);
+						}
+						bench_print_run((enum bench_transport)t, &netns,
+								o.mem_bytes[m], &bench_workloads[w],
+								&bench_modes[d], &o, i, r);
+					}
+				}
+				for (size_t d = 0; d < BENCH_NMODES; d++)
+					if (o.mode_on[d])
+						bench_print_median((enum bench_transport)t, &netns,
+								   o.mem_bytes[m], &bench_workloads[w],
+								   &bench_modes[d], &o,
+								   &results[d * o.runs]);
 			}
-			memset(&med, 0, sizeof(med));
-			for (unsigned i = 0; i < runs; i++)
-				if (rs[i].ok)
-					rs[ok++] = rs[i];
-			if (!ok) {
-				snprintf(med.error, sizeof(med.error), "no run completed");
-				pcb_print("median", (enum pcb_mode)mode, guest, mem_bytes, &med, runs);
-				continue;
-			}
-			med.ok = true;
-			med.verified = true;
-#define PCB_MED(f) do { for (unsigned i = 0; i < ok; i++) a[i] = rs[i].f; med.f = pcb_median(a, ok); } while (0)
-			PCB_MED(total_ms); PCB_MED(downtime_ms); PCB_MED(setup_ms); PCB_MED(bytes);
-			PCB_MED(pushed); PCB_MED(requested); PCB_MED(pages); PCB_MED(p50_us);
-			PCB_MED(p99_us); PCB_MED(max_us); PCB_MED(blocked_ms); PCB_MED(requests);
-			PCB_MED(link_bps); PCB_MED(bound_ms); PCB_MED(ratio);
-#undef PCB_MED
-			for (unsigned i = 0; i < ok; i++)
-				med.verified &= rs[i].verified;
-			pcb_print("median", (enum pcb_mode)mode, guest, mem_bytes, &med, ok);
 		}
 	}
-	rmdir(dir);
+	free(results);
 	return 0;
 usage:
-	fprintf(stderr, "usage: postcopy [--mem SIZES] [--runs N] [--workload SPEC] [--quick]\n");
+	bench_usage(stderr);
 	return 2;
 }
