@@ -42,12 +42,13 @@
  *
  * Output, stdout: one JSON object per run ("type": "run"), and once the runs
  * of a (transport, size, workload) are done, one per mode with medians over
- * its completed runs ("type": "median").  A failed run still gets its line,
- * with "error".  "postcopy_switched" says whether the migration went to
- * postcopy (a hybrid whose first pass converged finishes as precopy); when
- * it did not, the postcopy figures (fault latencies, vcpu_blocked_ms,
- * page_requests) are null, and medians of those are over the runs that
- * switched ("postcopy_runs").
+ * its completed runs ("type": "median", with "first_error" when a run
+ * failed).  A failed run still gets its line, with "error".
+ * "postcopy_switched" says whether the migration went to postcopy (a hybrid
+ * whose first pass converged finishes as precopy); when it did not, the
+ * postcopy figures (fault latencies, vcpu_blocked_ms, page_requests) are
+ * null, and medians of those are over the runs that switched
+ * ("postcopy_runs").
  *
  *   bytes_on_wire = the source's "transferred" (today its main channel only:
  *     pages answered on the urgent channel are not in it)
@@ -415,6 +416,12 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	json_add_u64(obj, "completed", ok);
 	json_add_u64(obj, "verified_runs", verified);
 	json_add_u64(obj, "postcopy_runs", postcopy);
+	for (unsigned i = 0; i < o->runs; i++)
+		if (rs[i].b.error[0]) {
+			json_object_object_add(obj, "first_error",
+					       json_object_new_string(rs[i].b.error));
+			break;
+		}
 	/* Over the completed runs; @pc: over those where the destination ran postcopy. */
 #define MEDIAN_FIELD(key, pc, expr, decimals) do { \
 		k = 0; \

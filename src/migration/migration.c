@@ -320,6 +320,7 @@ struct mig_src {
 	_Atomic uint64_t pushed, requested_sent, requests;
 	struct stream urgent;      /* written by the return-path thread only */
 	int urgent_fd;
+	uint64_t urgent_bytes;     /* sent on the urgent channel, for the figures */
 	struct stream rp;          /* return path, read by its thread */
 	int rp_fd;
 	int rp_result;             /* 0 = COMPLETE seen */
@@ -704,7 +705,7 @@ static int mig_postcopy_push(struct mig_src *src)
 
 		if (fault && fault != seen_fault) {
 			seen_fault = fault;
-			cursor = fault % src->npages; /* the page after the fault */
+			cursor = fault - 1; /* the faulting page (already taken if urgent) */
 			chunk = 16;
 		} else if (chunk < MIG_RUN_MAX_PAGES) {
 			chunk *= 2;
@@ -934,6 +935,7 @@ out:
 		close(src->rp_fd);
 	}
 	if (src->urgent_fd >= 0) {
+		src->urgent_bytes = src->urgent.bytes;
 		stream_release(&src->urgent);
 		close(src->urgent_fd);
 	}
@@ -1209,7 +1211,7 @@ postcopy_switch:
 	if (err)
 		goto stream_fail;
 	end_sent = true;
-	atomic_store(&m->transferred, src.s.bytes);
+	atomic_store(&m->transferred, src.s.bytes + src.urgent_bytes);
 	atomic_store(&m->remaining_bytes, 0);
 
 	/* Wait for the destination to run the guest. */
