@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 struct fuzz_state {
 	struct mig_header h;
 	bool header_seen;
-	bool advised, running;
+	bool advised, running, cpr;
 };
 
 static int fuzz_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
@@ -54,6 +54,7 @@ static int fuzz_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t 
 	uint64_t block_pages;
 
 	assert(f->header_seen && block < f->h.nblocks);
+	assert(!f->cpr); /* RAM is shared in a cpr-transfer stream */
 	block_pages = f->h.blocks[block].bytes / MIG_PAGE_BYTES;
 	assert(npages >= 1 && first_page < block_pages && npages <= block_pages - first_page);
 	assert(zero || npages <= MIG_RUN_MAX_PAGES);
@@ -65,14 +66,13 @@ static int fuzz_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 {
 	struct fuzz_state *f = opaque;
 
-	(void)version;
 	assert(len <= VMSTATE_SECTION_MAX_BYTES);
 	assert(!f->running); /* no state after postcopy run */
 	if (id == VMSTATE_SECTION_VM) {
 		struct vmstate_vm v;
 
 		assert(instance == 0);
-		return vmstate_vm_parse(data, len, &v, err, errlen);
+		return vmstate_vm_parse(data, len, version, &v, err, errlen);
 	}
 	assert(id == VMSTATE_SECTION_CPU && instance < f->h.nvcpus);
 	return vmstate_cpu_check(data, len, 0, err, errlen);
@@ -110,7 +110,18 @@ static int fuzz_run(void *opaque, char *err, size_t errlen)
 	return 0;
 }
 
+static int fuzz_cpr(void *opaque, const uint8_t *token, char *err, size_t errlen)
+{
+	struct fuzz_state *f = opaque;
+
+	(void)token; (void)err; (void)errlen;
+	assert(f->header_seen && !f->cpr && !f->advised);
+	f->cpr = true;
+	return 0;
+}
+
 static const struct mig_load_ops fuzz_ops = {
+	.cpr = fuzz_cpr,
 	.header = fuzz_header,
 	.ram = fuzz_ram,
 	.section = fuzz_section,

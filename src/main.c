@@ -17,6 +17,7 @@
 #include "control/client.h"
 #include "control/control.h"
 #include "migration/cli.h"
+#include "migration/cpr.h"
 #include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
@@ -53,6 +54,11 @@ static void run_usage(FILE *f)
 		"  -S, --paused            do not start the vCPUs until 'cont'\n"
 		"      --incoming URI      wait for a migration stream on tcp:HOST:PORT or unix:PATH\n"
 		"                          instead of booting (--mem and --vcpus must match the source)\n"
+		"      --incoming-cpr unix:PATH\n"
+		"                          live update on this host (with --incoming): first take\n"
+		"                          guest RAM from the running VMM over this socket instead\n"
+		"                          of copying it; --mem and --vcpus then default to the\n"
+		"                          source's (docs/cpr.md)\n"
 		"      --prealloc          allocate all guest RAM up front (default with --incoming,\n"
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
@@ -61,6 +67,77 @@ static void run_usage(FILE *f)
 		"\n"
 		"Exit status: the guest's exit code; %d when the guest crashed; 1 on errors.\n",
 		VMF_MAX_VCPUS, guest_builtin_names(), VM_EXIT_STATUS_CRASH);
+}
+
+/* Tell the old process why the update cannot go on, and hang up. */
+static void main_cpr_fail(int *cpr_fd, int err, const char *why)
+{
+	if (*cpr_fd < 0)
+		return;
+	cpr_send_ack(*cpr_fd, err < 0 ? err : -EIO, why);
+	close(*cpr_fd);
+	*cpr_fd = -1;
+}
+
+/*
+ * --incoming-cpr: wait for the old process, take the guest RAM memfd it
+ * hands over, and size the VM after it.  Returns the connected cpr socket
+ * (answered once the main channel listens) or -1 after printing why.
+ */
+static int main_cpr_receive(const char *uri, struct cpr_state *st, struct vm_config *cfg,
+			    bool mem_given, bool vcpus_given)
+{
+	char err[512];
+	struct cpr_fd *ram;
+	int lfd, fd, r;
+
+	lfd = cpr_listen(uri, err, sizeof(err));
+	if (lfd < 0) {
+		fprintf(stderr, "vmferry run: --incoming-cpr: %s\n", err);
+		return -1;
+	}
+	log_info("waiting for a live update on %s", uri);
+	fd = cpr_accept(lfd, -1);
+	close(lfd);
+	unlink(uri + strlen("unix:"));
+	if (fd < 0) {
+		fprintf(stderr, "vmferry run: --incoming-cpr: accept: %s\n", strerror(-fd));
+		return -1;
+	}
+	cpr_fault_point("before-fds");
+	r = cpr_recv(fd, 10000, st, err, sizeof(err));
+	if (r) {
+		fprintf(stderr, "vmferry run: --incoming-cpr: %s\n", err);
+		main_cpr_fail(&fd, r, err);
+		return -1;
+	}
+	ram = cpr_state_find(st, CPR_FD_RAM, "ram0");
+	if (!ram || st->nfds != 1 || ram->gpa != 0)
+		snprintf(err, sizeof(err), "expected exactly one RAM block, ram0 at 0; got %u fds",
+			 st->nfds);
+	else if (mem_given && cfg->ram_bytes != ram->bytes)
+		snprintf(err, sizeof(err), "the guest has %llu MiB of RAM, --mem says %llu MiB",
+			 (unsigned long long)(ram->bytes >> 20),
+			 (unsigned long long)(cfg->ram_bytes >> 20));
+	else if (vcpus_given && cfg->nvcpus != st->nvcpus)
+		snprintf(err, sizeof(err), "the guest has %u vCPUs, --vcpus says %u", st->nvcpus,
+			 cfg->nvcpus);
+	else
+		err[0] = 0;
+	if (err[0]) {
+		fprintf(stderr, "vmferry run: --incoming-cpr: %s\n", err);
+		cpr_state_close(st);
+		main_cpr_fail(&fd, -EINVAL, err);
+		return -1;
+	}
+	cfg->ram_bytes = ram->bytes;
+	cfg->nvcpus = st->nvcpus;
+	cfg->ram_inherited = true;
+	cfg->ram_fd = ram->fd; /* vm_create owns it from here */
+	ram->fd = -1;
+	log_info("live update: inherited %llu MiB of guest RAM and %u vCPUs",
+		 (unsigned long long)(cfg->ram_bytes >> 20), cfg->nvcpus);
+	return fd;
 }
 
 /* SIGINT/SIGTERM arrive here (blocked in every other thread). */
@@ -91,6 +168,7 @@ static int main_run(int argc, char **argv)
 		{ "paused", no_argument, NULL, 'S' },
 		{ "no-shutdown", no_argument, NULL, 'N' },
 		{ "incoming", required_argument, NULL, 'I' },
+		{ "incoming-cpr", required_argument, NULL, 'R' },
 		{ "prealloc", no_argument, NULL, 'P' },
 		{ "no-prealloc", no_argument, NULL, 'p' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -102,7 +180,10 @@ static int main_run(int argc, char **argv)
 		.nvcpus = 1,
 		.guest = "incrementer",
 	};
-	const char *control_path = NULL, *incoming_uri = NULL;
+	const char *control_path = NULL, *incoming_uri = NULL, *cpr_uri = NULL;
+	struct cpr_state cpr = { 0 };
+	bool mem_given = false, vcpus_given = false;
+	int cpr_fd = -1;
 	struct control_server *srv = NULL;
 	struct migration *mig = NULL;
 	char errbuf[512];
@@ -120,6 +201,7 @@ static int main_run(int argc, char **argv)
 				fprintf(stderr, "vmferry run: --mem: '%s' is not a size (e.g. 512M, 1G)\n", optarg);
 				return 1;
 			}
+			mem_given = true;
 			break;
 		case 'c':
 			if (size_parse_uint(optarg, 1, VMF_MAX_VCPUS, &v)) {
@@ -128,6 +210,7 @@ static int main_run(int argc, char **argv)
 				return 1;
 			}
 			cfg.nvcpus = (unsigned)v;
+			vcpus_given = true;
 			break;
 		case 'g': cfg.guest = optarg; break;
 		case 'C': control_path = optarg; break;
@@ -135,6 +218,7 @@ static int main_run(int argc, char **argv)
 		case 'S': cfg.start_paused = true; break;
 		case 'N': cfg.no_shutdown = true; break;
 		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
+		case 'R': cpr_uri = optarg; break;
 		case 'P': prealloc = 1; break;
 		case 'p': prealloc = 0; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
@@ -148,6 +232,23 @@ static int main_run(int argc, char **argv)
 		return 1;
 	}
 
+	if (cpr_uri) {
+		/* Before signals are routed: Ctrl-C while waiting just ends us. */
+		if (!incoming_uri) {
+			fprintf(stderr, "vmferry run: --incoming-cpr needs --incoming MAIN_URI too\n");
+			return 1;
+		}
+		if (prealloc > 0) {
+			fprintf(stderr, "vmferry run: --prealloc does not apply to --incoming-cpr: "
+				"guest RAM is inherited, not allocated\n");
+			return 1;
+		}
+		prealloc = 0;
+		cpr_fd = main_cpr_receive(cpr_uri, &cpr, &cfg, mem_given, vcpus_given);
+		if (cpr_fd < 0)
+			return 1;
+	}
+
 	/* SIGINT/SIGTERM go to one thread; created threads inherit the mask. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
@@ -158,8 +259,13 @@ static int main_run(int argc, char **argv)
 	if (prealloc < 0)
 		prealloc = cfg.incoming;
 	err = vm_create(&cfg, &vm);
-	if (err)
+	if (err) {
+		main_cpr_fail(&cpr_fd, err, "the new process could not create its VM over the "
+			      "inherited memory (see its log)");
 		return 1;
+	}
+	if (cpr_fd >= 0)
+		cpr_fault_point("after-map");
 	if (prealloc && !cfg.incoming) {
 		/* Booting: before the first instruction, so the guest never waits. */
 		err = ram_block_populate(vm_ram_block(vm, 0), 0, vm_ram_block(vm, 0)->bytes);
@@ -186,10 +292,20 @@ static int main_run(int argc, char **argv)
 	if (err)
 		goto out;
 	if (incoming_uri) {
+		if (cpr_fd >= 0)
+			migration_incoming_set_cpr(mig, cpr.token);
 		err = migration_incoming_start(mig, incoming_uri, prealloc != 0, errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
+			main_cpr_fail(&cpr_fd, err, errbuf);
 			goto out;
+		}
+		if (cpr_fd >= 0) {
+			/* Listening on the main channel: the old process may connect. */
+			if (cpr_send_ack(cpr_fd, 0, NULL))
+				log_warn("--incoming-cpr: the old process went away before the answer");
+			close(cpr_fd);
+			cpr_fd = -1;
 		}
 	}
 	/* Clients are served once everything they may ask about exists. */
@@ -200,6 +316,8 @@ static int main_run(int argc, char **argv)
 	}
 	status = vm_wait(vm);
 out:
+	if (err)
+		main_cpr_fail(&cpr_fd, err, "the new process failed to start (see its log)");
 	/* Nothing may emit events into the server once it is destroyed. */
 	migration_shutdown(mig);
 	if (vm)

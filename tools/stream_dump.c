@@ -239,15 +239,17 @@ static int dump_section_version(uint32_t id, uint32_t version, uint32_t supporte
 	return 0;
 }
 
-static int dump_section_vm(const uint8_t *data, uint32_t len, char *err, size_t errlen)
+static int dump_section_vm(const uint8_t *data, uint32_t len, uint32_t version, char *err,
+			   size_t errlen)
 {
 	struct vmstate_vm v;
-	int r = vmstate_vm_parse(data, len, &v, err, errlen);
+	int r = vmstate_vm_parse(data, len, version, &v, err, errlen);
 
 	if (r)
 		return r;
-	printf("  guest clock %llu ns, source stop time %llu ns, was_running %u\n",
-	       (unsigned long long)v.guest_clock_ns, (unsigned long long)v.stop_ns, v.was_running);
+	printf("  guest clock %llu ns, source stop time %llu ns, was_running %u, moves %llu\n",
+	       (unsigned long long)v.guest_clock_ns, (unsigned long long)v.stop_ns, v.was_running,
+	       (unsigned long long)v.moves);
 	return 0;
 }
 
@@ -326,7 +328,7 @@ static int dump_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 	if (id == VMSTATE_SECTION_VM) {
 		r = dump_section_version(id, version, VMSTATE_VM_VERSION, err, errlen);
 		if (!r)
-			r = dump_section_vm(data, len, err, errlen);
+			r = dump_section_vm(data, len, version, err, errlen);
 	} else {
 		r = dump_section_version(id, version, VMSTATE_CPU_VERSION, err, errlen);
 		if (!r)
@@ -398,7 +400,24 @@ static int dump_postcopy_run(void *opaque, char *err, size_t errlen)
 	return 0;
 }
 
+static int dump_cpr(void *opaque, const uint8_t *token, char *err, size_t errlen)
+{
+	struct dump *d = opaque;
+
+	(void)err; (void)errlen;
+	dump_flush_ram_summary(d);
+	printf("@%llu CPR token ", (unsigned long long)d->record_end);
+	for (unsigned i = 0; i < MIG_CPR_TOKEN_BYTES; i++)
+		printf("%02x", token[i]);
+	printf(" (RAM is shared over the cpr channel)\n");
+	dump_save_le(d, MIG_REC_CPR, 1);
+	dump_save_bytes(d, token, MIG_CPR_TOKEN_BYTES);
+	d->record_end = dump_offset(d->s);
+	return 0;
+}
+
 static const struct mig_load_ops dump_ops = {
+	.cpr = dump_cpr,
 	.header = dump_header,
 	.ram = dump_ram,
 	.section = dump_section,

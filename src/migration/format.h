@@ -19,6 +19,10 @@
  * source answers on a second connection (the urgent channel, opened with
  * MIG_URGENT_MAGIC, carrying RAM records and END); the rest of RAM follows on
  * the main channel, then END; the destination answers RP_COMPLETE.
+ *
+ * With CPR transfer (an in-place live update, docs/cpr.md) the RAM
+ * blocks' memfds went over the cpr channel first; the main stream is the
+ * header, CPR(token), the sections and END - no RAM record at all.
  */
 #ifndef VMFERRY_MIGRATION_FORMAT_H
 #define VMFERRY_MIGRATION_FORMAT_H
@@ -45,7 +49,11 @@ enum mig_record {
 	MIG_REC_POSTCOPY_DISCARD = 6,/* u8 block, u32 count, count x (u64 first, u32 n) */
 	MIG_REC_POSTCOPY_RUN = 7,    /* nothing: device state is complete, run now */
 	MIG_REC_PING = 8,            /* u32 id: answer RP_PONG once all before it is done */
+	MIG_REC_CPR = 9,             /* u8 token[16]: CPR transfer - guest RAM is the memfds
+				      * handed over on the cpr channel with this token; no
+				      * RAM record follows (first record) */
 };
+#define MIG_CPR_TOKEN_BYTES 16u
 #define MIG_DISCARD_MAX_RUNS 4096u
 /* First bytes on the urgent channel (postcopy page answers). */
 #define MIG_URGENT_MAGIC 0x544e475255464d56ull /* "VMFURGNT" */

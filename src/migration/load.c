@@ -233,6 +233,12 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 			bool zero;
 			uint32_t npages;
 
+			if (st->cpr) {
+				/* Guest RAM is shared with the running source. */
+				snprintf(err, errlen, "RAM record in a cpr-transfer stream");
+				r = -EBADMSG;
+				goto out;
+			}
 			r = mig_load_ram_record(s, &h, ops, opaque, &zero, &npages, err, errlen);
 			if (r)
 				goto out;
@@ -243,8 +249,35 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 				st->data_pages += npages;
 			break;
 		}
+		case MIG_REC_CPR: {
+			uint8_t token[MIG_CPR_TOKEN_BYTES];
+
+			stream_get_bytes(s, token, sizeof(token));
+			if (stream_error(s)) {
+				r = mig_load_io_error(s, err, errlen);
+				goto out;
+			}
+			if (st->ram_records || st->sections || st->passes || st->postcopy_advised ||
+			    st->cpr) {
+				snprintf(err, errlen, "cpr record must be the first record");
+				r = -EBADMSG;
+				goto out;
+			}
+			if (!ops->cpr) {
+				snprintf(err, errlen, "the source does a cpr-transfer live update, which "
+					 "this destination does not take");
+				r = -EBADMSG;
+				goto out;
+			}
+			r = ops->cpr(opaque, token, err, errlen);
+			if (r)
+				goto out;
+			st->cpr = true;
+			break;
+		}
 		case MIG_REC_POSTCOPY_ADVISE:
-			if (st->ram_records || st->sections || st->passes || st->postcopy_advised) {
+			if (st->ram_records || st->sections || st->passes || st->postcopy_advised ||
+			    st->cpr) {
 				snprintf(err, errlen, "postcopy advise must be the first record");
 				r = -EBADMSG;
 				goto out;

@@ -33,6 +33,8 @@ struct mig_load_ops {
 	int (*postcopy_run)(void *opaque, char *err, size_t errlen);
 	/* PING: everything before it is processed; answer PONG (NULL: ignored). */
 	int (*ping)(void *opaque, uint32_t id);
+	/* CPR transfer: RAM is shared, check the token (NULL: refused). */
+	int (*cpr)(void *opaque, const uint8_t *token, char *err, size_t errlen);
 };
 
 struct mig_load_stats {
@@ -41,6 +43,7 @@ struct mig_load_stats {
 	bool vm_section_seen;
 	bool end_seen;
 	bool postcopy_advised, postcopy_running;
+	bool cpr;
 	uint64_t discarded_pages;
 };
 

@@ -30,13 +30,17 @@
 #include <linux/sockios.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+#include <poll.h>
 
 #include <json-c/json.h>
 
 #include "control/control.h"
 #include "migration/channel.h"
+#include "migration/cpr.h"
 #include "migration/format.h"
 #include "migration/load.h"
 #include "migration/postcopy.h"
@@ -52,6 +56,9 @@
 #define MIG_DOWNTIME_GOOD_MS 2     /* below this, another pass is not worth it */
 #define MIG_EXTRA_PASSES_MAX 5     /* passes after the limit was first met */
 #define MIG_DRAIN_MAX_MS 5000      /* longest wait for the send queue to drain */
+#define MIG_CPR_ACK_TIMEOUT_MS 30000  /* the new process creates its VM */
+#define MIG_CPR_PEER_EXIT_MS 5000     /* a failed new process has this long to exit */
+#define MIG_CPR_CONNECT_WAIT_MS 2000  /* for a new process that does not listen yet */
 
 struct migration {
 	struct vm *vm;
@@ -68,6 +75,9 @@ struct migration {
 	pthread_t thread;
 	char uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
 	struct channel_uri curi;
+	char cpr_uri[CHANNEL_PATH_BYTES + 8]; /* source, cpr-transfer: "unix:PATH" */
+	bool cpr_incoming;        /* destination: RAM inherited over the cpr channel */
+	uint8_t cpr_token[MIG_CPR_TOKEN_BYTES];
 	struct stream *stream;    /* live stream, for cancel */
 	struct stream *urgent_stream; /* destination: the urgent channel, for cancel */
 	int listen_fd;            /* incoming */
@@ -153,6 +163,11 @@ bool mig_status_transition_ok(enum mig_status from, enum mig_status to)
 	return mig_status_allowed[from][to];
 }
 
+static const char *mig_mode_name(enum mig_mode mode)
+{
+	return mode == MIG_MODE_CPR_TRANSFER ? "cpr-transfer" : "normal";
+}
+
 static bool mig_status_finished(enum mig_status s)
 {
 	return s == MIG_STATUS_NONE || s == MIG_STATUS_COMPLETED || s == MIG_STATUS_FAILED ||
@@ -228,6 +243,7 @@ int migration_create(struct vm *vm, struct migration **out)
 		.throttle_initial_pct = 20,
 		.throttle_increment_pct = 10,
 		.postcopy_preempt = true,
+		.mode = MIG_MODE_NORMAL,
 	};
 	m->listen_fd = -1;
 	m->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -485,19 +501,35 @@ static int mig_dirty_pass(struct mig_src *src, bool protect)
 	return 0;
 }
 
+/*
+ * The VM section's format version.  VMFERRY_EMIT_VM_SECTION_VERSION makes
+ * this build write an older one, as an older build would: the
+ * compatibility tests migrate from "an older build" that way.
+ */
+static uint32_t mig_vm_section_version(void)
+{
+	const char *e = getenv("VMFERRY_EMIT_VM_SECTION_VERSION");
+	unsigned long v = e ? strtoul(e, NULL, 10) : 0;
+
+	return v >= VMSTATE_VM_VERSION_MIN && v <= VMSTATE_VM_VERSION ? (uint32_t)v
+								     : VMSTATE_VM_VERSION;
+}
+
 static int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns, bool end)
 {
 	struct migration *m = src->m;
 	struct vmstate_buf b = { 0 };
 	int err;
 
-	vmstate_vm_save(m->vm, was_running, stop_ns, &b);
+	uint32_t vm_version = mig_vm_section_version();
+
+	vmstate_vm_save(m->vm, was_running, stop_ns, vm_moves_get(m->vm), vm_version, &b);
 	if (b.err)
 		return b.err;
 	stream_put_u8(&src->s, MIG_REC_SECTION);
 	stream_put_u32(&src->s, VMSTATE_SECTION_VM);
 	stream_put_u32(&src->s, 0);
-	stream_put_u32(&src->s, VMSTATE_VM_VERSION);
+	stream_put_u32(&src->s, vm_version);
 	stream_put_u32(&src->s, (uint32_t)b.len);
 	stream_put_bytes(&src->s, b.data, b.len);
 	for (unsigned i = 0; i < vm_nvcpus(m->vm); i++) {
@@ -944,6 +976,184 @@ out:
 	return err;
 }
 
+/* ---- source: CPR transfer (in-place live update) ---- */
+
+/* 1 when the process behind @pidfd exits within @timeout_ms, else 0. */
+static int mig_pidfd_exited(int pidfd, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+	int r;
+
+	do {
+		r = poll(&pfd, 1, timeout_ms);
+	} while (r < 0 && errno == EINTR);
+	return r > 0;
+}
+
+/*
+ * Hand the guest to a new VMM process on this host.  Guest RAM is never
+ * copied: its memfds go over the cpr channel, the main channel carries only
+ * the device sections.  Until the new process says it runs the guest, this
+ * one may resume it - but once the vCPUs stopped here, only if the new one
+ * provably never ran it (it refused the state, or its process is gone):
+ * both share the same RAM, so two running copies would corrupt it.
+ *
+ *   old process                          new process
+ *   cpr: HELLO, FD ram0, DONE  ------->  create the VM over the memfd
+ *                             <-------  ACK 0 (listening on main)
+ *   main: header, CPR(token)  ------->
+ *   stop vCPUs  (pause starts)
+ *   main: sections, END       ------->  load state, run vCPUs (pause ends)
+ *                             <-------  RP_RUNNING
+ *   exit 0
+ */
+static void mig_cpr_source(struct migration *m)
+{
+	struct vm *vm = m->vm;
+	struct ram_block *rb = vm_ram_block(vm, 0);
+	struct mig_src src = { .m = m, .block = rb };
+	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
+	struct cpr_state cs;
+	struct mig_rp_msg rp;
+	char errbuf[MIG_ERROR_BYTES];
+	uint64_t stop_ns = 0;
+	bool was_running = false, stopped = false, have_stream = false;
+	int cfd = -1, fd = -1, pidfd = -1, peer, err;
+
+	memset(&cs, 0, sizeof(cs));
+	for (unsigned i = 0; i < CPR_MAX_FDS; i++)
+		cs.fds[i].fd = -1;
+	cfd = cpr_connect(m->cpr_uri, MIG_CPR_CONNECT_WAIT_MS, m->cancel_fd, errbuf, sizeof(errbuf));
+	if (cfd < 0) {
+		mig_set_error(m, "%s", errbuf);
+		goto fail;
+	}
+	/* Watch the new process itself, not only its sockets (see above). */
+	peer = cpr_peer_pid(cfd);
+	pidfd = peer > 0 ? (int)syscall(SYS_pidfd_open, peer, 0) : -1;
+	if (pidfd < 0) {
+		mig_set_error(m, "cannot watch the process behind %s (pid %d): %s", m->cpr_uri, peer,
+			      strerror(peer > 0 ? errno : -peer));
+		goto fail;
+	}
+	cs.nvcpus = vm_nvcpus(vm);
+	if (getrandom(cs.token, sizeof(cs.token), 0) != (ssize_t)sizeof(cs.token)) {
+		mig_set_error(m, "getrandom: %s", strerror(errno));
+		goto fail;
+	}
+	cs.nfds = 1;
+	cs.fds[0].kind = CPR_FD_RAM;
+	snprintf(cs.fds[0].name, sizeof(cs.fds[0].name), "%s", rb->name);
+	cs.fds[0].gpa = rb->gpa;
+	cs.fds[0].bytes = rb->bytes;
+	cs.fds[0].fd = rb->fd; /* lent, not given: the block keeps it */
+	err = cpr_send(cfd, &cs, errbuf, sizeof(errbuf));
+	if (!err)
+		err = cpr_recv_ack(cfd, MIG_CPR_ACK_TIMEOUT_MS, m->cancel_fd, errbuf, sizeof(errbuf));
+	if (err) {
+		mig_set_error(m, "the new process (pid %d) did not take the update: %s", peer, errbuf);
+		goto fail;
+	}
+
+	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (fd < 0) {
+		mig_set_error(m, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		goto fail;
+	}
+	err = stream_init(&src.s, fd, MIG_IO_TIMEOUT_MS);
+	if (err) {
+		mig_set_error(m, "stream setup: %s", strerror(-err));
+		goto fail;
+	}
+	have_stream = true;
+	pthread_mutex_lock(&m->lock);
+	m->stream = &src.s;
+	pthread_mutex_unlock(&m->lock);
+	h.nvcpus = vm_nvcpus(vm);
+	h.nblocks = 1;
+	mig_boot_id(h.boot_id);
+	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "%s", rb->name);
+	h.blocks[0].gpa = rb->gpa;
+	h.blocks[0].bytes = rb->bytes;
+	mig_save_header(&src.s, &h);
+	stream_put_u8(&src.s, MIG_REC_CPR);
+	stream_put_bytes(&src.s, cs.token, sizeof(cs.token));
+	m->setup_ns = clock_monotonic_ns() - m->start_ns;
+	if (!mig_set_status(m, MIG_STATUS_ACTIVE) || !mig_set_status(m, MIG_STATUS_DEVICE))
+		goto fail; /* cancelled */
+	if (vm_migration_stop(vm, &stop_ns, &was_running)) {
+		mig_set_error(m, "cannot stop the guest for the update (state %s)",
+			      vm_runstate_name(vm_get_runstate(vm)));
+		goto fail;
+	}
+	stopped = true;
+	err = mig_send_sections(&src, was_running, stop_ns, true);
+	if (!err) {
+		src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
+		err = mig_rp_read(&src.s, &rp, errbuf, sizeof(errbuf));
+	} else {
+		snprintf(errbuf, sizeof(errbuf), "%s", src.s.errmsg[0] ? src.s.errmsg : strerror(-err));
+	}
+	if (!err && rp.type == MIG_RP_ERROR) {
+		/* It refused the state: it never ran the guest. */
+		mig_set_error(m, "the new process failed to load the state: %s; the guest "
+			      "continues here", rp.text);
+		goto fail;
+	}
+	if (err || rp.type != MIG_RP_RUNNING) {
+		if (mig_pidfd_exited(pidfd, MIG_CPR_PEER_EXIT_MS)) {
+			mig_set_error(m, "the new process (pid %d) exited before running the guest (%s); "
+				      "the guest continues here", peer,
+				      err ? errbuf : "unexpected return-path message");
+			goto fail;
+		}
+		mig_set_error(m, "no word from the new process (pid %d) after the switch (%s) and it "
+			      "is still alive, so it may be running the guest: kept paused here; "
+			      "if it is not, stop it and 'cont' here", peer,
+			      err ? errbuf : "unexpected return-path message");
+		stopped = false; /* two copies must never run over one RAM */
+		goto fail;
+	}
+	m->downtime_same_clock = rp.same_clock;
+	m->downtime_ns = rp.same_clock && rp.first_run_ns >= stop_ns
+				 ? rp.first_run_ns - stop_ns : clock_monotonic_ns() - stop_ns;
+	m->downtime_known = true;
+	atomic_store(&m->transferred, src.s.bytes);
+	vm_migration_complete(vm);
+	m->end_ns = clock_monotonic_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(&src.s);
+	close(fd);
+	close(cfd);
+	close(pidfd);
+	mig_set_status(m, MIG_STATUS_COMPLETED);
+	log_info("live update to pid %d completed: %.1f ms total, guest paused %.3f ms; exiting",
+		 peer, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
+	/* The guest lives in the new process now; this one's job is done. */
+	vm_request_exit(vm, 0);
+	return;
+fail:
+	if (atomic_load(&m->cancel))
+		mig_set_error(m, "cancelled");
+	if (stopped)
+		vm_migration_abort(vm, was_running);
+	m->end_ns = clock_monotonic_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (have_stream)
+		stream_release(&src.s);
+	if (fd >= 0)
+		close(fd);
+	if (cfd >= 0)
+		close(cfd);
+	if (pidfd >= 0)
+		close(pidfd);
+	mig_finish_failed(m);
+}
+
 static void *mig_source_thread(void *arg)
 {
 	struct migration *m = arg;
@@ -963,6 +1173,10 @@ static void *mig_source_thread(void *arg)
 	pthread_mutex_lock(&m->lock);
 	p = m->params;
 	pthread_mutex_unlock(&m->lock);
+	if (p.mode == MIG_MODE_CPR_TRANSFER) {
+		mig_cpr_source(m);
+		return NULL;
+	}
 
 	src.npages = src.block->bytes / MIG_PAGE_BYTES;
 	src.bitmap_words = (src.npages + 63) / 64;
@@ -1325,13 +1539,48 @@ static void mig_reset_stats(struct migration *m)
 
 int migration_start(struct migration *m, const char *uri, char *err, size_t errlen)
 {
+	return migration_start_channels(m, uri, NULL, err, errlen);
+}
+
+int migration_start_channels(struct migration *m, const char *uri, const char *cpr_uri,
+			     char *err, size_t errlen)
+{
 	enum vm_runstate rs = vm_get_runstate(m->vm);
-	struct channel_uri cu;
+	struct channel_uri cu, cpr_cu;
+	struct mig_params p;
 	int r;
 
 	r = channel_uri_parse(uri, &cu, err, errlen);
 	if (r)
 		return r;
+	pthread_mutex_lock(&m->lock);
+	p = m->params;
+	pthread_mutex_unlock(&m->lock);
+	if (p.mode == MIG_MODE_CPR_TRANSFER) {
+		if (!cpr_uri) {
+			snprintf(err, errlen, "mode cpr-transfer needs a cpr channel: migrate "
+				 "{\"channels\": [{\"type\": \"main\", \"uri\": URI}, "
+				 "{\"type\": \"cpr\", \"uri\": \"unix:PATH\"}]}");
+			return -EINVAL;
+		}
+		r = channel_uri_parse(cpr_uri, &cpr_cu, err, errlen);
+		if (r)
+			return r;
+		if (cpr_cu.kind != CHANNEL_UNIX) {
+			snprintf(err, errlen, "the cpr channel must be a UNIX socket (unix:PATH): it "
+				 "carries file descriptors");
+			return -EINVAL;
+		}
+		if (p.postcopy_ram) {
+			snprintf(err, errlen, "cpr-transfer moves no RAM: disable the postcopy-ram "
+				 "capability");
+			return -EINVAL;
+		}
+	} else if (cpr_uri) {
+		snprintf(err, errlen, "a cpr channel needs mode cpr-transfer "
+			 "(migrate-set-parameters {\"mode\": \"cpr-transfer\"})");
+		return -EINVAL;
+	}
 	if (m->incoming && migration_get_status(m) != MIG_STATUS_COMPLETED) {
 		snprintf(err, errlen, "this VM is waiting for an incoming migration");
 		return -EBUSY;
@@ -1361,6 +1610,7 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 	m->incoming = false; /* a guest that arrived here may move on */
 	m->curi = cu;
 	snprintf(m->uri, sizeof(m->uri), "%s", uri);
+	snprintf(m->cpr_uri, sizeof(m->cpr_uri), "%s", cpr_uri ? cpr_uri : "");
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
 	mig_set_status(m, MIG_STATUS_SETUP);
 	r = -pthread_create(&m->thread, NULL, mig_source_thread, m);
@@ -1418,6 +1668,7 @@ struct mig_dst {
 	uint8_t src_boot_id[MIG_BOOT_ID_BYTES];
 	struct mig_header header;
 	bool have_vm;
+	bool cpr_seen;               /* the stream's CPR record matched our token */
 	/* postcopy */
 	struct postcopy_dst *pd;
 	struct stream rp;            /* return-path writes, under rp_lock */
@@ -1509,19 +1760,38 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 	return 0;
 }
 
+static int mig_dst_cpr(void *opaque, const uint8_t *token, char *err, size_t errlen)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+	struct migration *m = d->m;
+
+	if (!m->cpr_incoming) {
+		snprintf(err, errlen, "the source does a cpr-transfer live update: start this process "
+			 "with --incoming-cpr unix:PATH as well");
+		return -EBADMSG;
+	}
+	if (memcmp(token, m->cpr_token, MIG_CPR_TOKEN_BYTES)) {
+		snprintf(err, errlen, "this stream belongs to another live update than the memory "
+			 "received on the cpr channel");
+		return -EBADMSG;
+	}
+	d->cpr_seen = true;
+	return 0;
+}
+
 static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
 			   const uint8_t *data, uint32_t len, char *err, size_t errlen)
 {
 	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
 
+	if (d->m->cpr_incoming && !d->cpr_seen) {
+		snprintf(err, errlen, "guest RAM came over the cpr channel, but this is a normal "
+			 "migration stream: set mode cpr-transfer on the source");
+		return -EBADMSG;
+	}
 	if (id == VMSTATE_SECTION_VM) {
-		if (version != VMSTATE_VM_VERSION) {
-			snprintf(err, errlen, "vm section version %u, this build reads %u", version,
-				 VMSTATE_VM_VERSION);
-			return -EBADMSG;
-		}
 		d->have_vm = true;
-		return vmstate_vm_parse(data, len, &d->vmsec, err, errlen);
+		return vmstate_vm_parse(data, len, version, &d->vmsec, err, errlen);
 	}
 	if (version != VMSTATE_CPU_VERSION) {
 		snprintf(err, errlen, "cpu section version %u, this build reads %u", version,
@@ -1625,6 +1895,10 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 	struct migration *m = d->m;
 	int r;
 
+	if (m->cpr_incoming) {
+		snprintf(err, errlen, "postcopy into memory inherited over the cpr channel");
+		return -EBADMSG;
+	}
 	pthread_mutex_lock(&m->lock);
 	r = m->params.postcopy_ram;
 	pthread_mutex_unlock(&m->lock);
@@ -1696,6 +1970,7 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	log_debug("postcopy: listening after %.3f ms", (double)(clock_monotonic_ns() - start) / 1e6);
 	d->run_at_ns = start;
 	vm_guest_clock_set(m->vm, d->vmsec.guest_clock_ns);
+	vm_moves_set(m->vm, d->vmsec.moves + 1);
 	r = vm_incoming_finish(m->vm, d->vmsec.was_running, &d->first_run_ns);
 	if (r) {
 		snprintf(err, errlen, "cannot start the guest");
@@ -1775,6 +2050,7 @@ static void *mig_incoming_thread(void *arg)
 		.postcopy_discard = mig_dst_discard,
 		.postcopy_run = mig_dst_run,
 		.ping = mig_dst_ping,
+		.cpr = mig_dst_cpr,
 	};
 	struct mig_dst d = { .m = m, .rp_fd = -1 };
 	struct mig_dst_chan chan = { .d = &d };
@@ -1859,8 +2135,11 @@ static void *mig_incoming_thread(void *arg)
 		goto done;
 	}
 	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
+	vm_moves_set(vm, d.vmsec.moves + 1);
 	/* Not needed any more; it must not compete with the vCPUs. */
 	atomic_store(&m->prealloc_stop, true);
+	if (m->cpr_incoming)
+		cpr_fault_point("before-run");
 	err = vm_incoming_finish(vm, d.vmsec.was_running, &first_run_ns);
 	if (err) {
 		mig_set_error(m, "cannot start the guest after loading");
@@ -1935,6 +2214,13 @@ static void mig_prealloc_join(struct migration *m)
 	m->prealloc_joinable = false;
 }
 
+void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
+{
+	m->cpr_incoming = true;
+	memcpy(m->cpr_token, token, MIG_CPR_TOKEN_BYTES);
+	m->params.mode = MIG_MODE_CPR_TRANSFER;
+}
+
 int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
 			     char *err, size_t errlen)
 {
@@ -1998,6 +2284,9 @@ struct json_object *migration_query(struct migration *m)
 	if (st == MIG_STATUS_NONE)
 		return o;
 	json_object_object_add(o, "role", json_object_new_string(m->incoming ? "destination" : "source"));
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(m->params.mode)));
+	pthread_mutex_unlock(&m->lock);
 	json_object_object_add(o, "uri", json_object_new_string(m->uri));
 	json_object_object_add(o, "cpu-throttle-max", json_object_new_int((int)atomic_load(&m->throttle_max)));
 	total_ns = m->start_ns ? (m->end_ns ? m->end_ns : now) - m->start_ns : 0;
@@ -2048,15 +2337,70 @@ struct json_object *migration_query(struct migration *m)
 
 /* ---- control commands ---- */
 
+/*
+ * migrate {"uri": URI} or {"channels": [{"type": "main", "uri": URI},
+ * {"type": "cpr", "uri": "unix:PATH"}]}: the main channel's and the cpr
+ * channel's (NULL) URIs.  Borrowed from @args.
+ */
+static int mig_parse_channels(struct json_object *args, const char **main_uri,
+			      const char **cpr_uri, char *err, size_t errlen)
+{
+	struct json_object *uri = NULL, *chans = NULL;
+	bool has_uri = json_object_object_get_ex(args, "uri", &uri);
+	bool has_chans = json_object_object_get_ex(args, "channels", &chans);
+	size_t n;
+
+	*main_uri = *cpr_uri = NULL;
+	if (has_uri == has_chans) {
+		snprintf(err, errlen, "give either \"uri\" or \"channels\"");
+		return -EINVAL;
+	}
+	if (has_uri) {
+		*main_uri = json_object_get_string(uri);
+		return 0;
+	}
+	n = json_object_array_length(chans);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *c = json_object_array_get_idx(chans, i), *type, *u;
+		const char *t;
+
+		if (!json_object_is_type(c, json_type_object) ||
+		    !json_object_object_get_ex(c, "type", &type) ||
+		    !json_object_is_type(type, json_type_string) ||
+		    !json_object_object_get_ex(c, "uri", &u) ||
+		    !json_object_is_type(u, json_type_string) || json_object_object_length(c) != 2) {
+			snprintf(err, errlen, "channels[%zu] must be {\"type\": \"main\"|\"cpr\", "
+				 "\"uri\": URI}", i);
+			return -EINVAL;
+		}
+		t = json_object_get_string(type);
+		if (strcmp(t, "main") && strcmp(t, "cpr")) {
+			snprintf(err, errlen, "channels[%zu]: unknown type '%s' (main or cpr)", i, t);
+			return -EINVAL;
+		}
+		if (*(!strcmp(t, "main") ? main_uri : cpr_uri)) {
+			snprintf(err, errlen, "channels: more than one '%s' channel", t);
+			return -EINVAL;
+		}
+		*(!strcmp(t, "main") ? main_uri : cpr_uri) = json_object_get_string(u);
+	}
+	if (!*main_uri) {
+		snprintf(err, errlen, "channels: no 'main' channel");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int mig_cmd_migrate(void *opaque, struct json_object *args, struct json_object **ret,
 			   char *err, size_t errlen)
 {
 	struct migration *m = opaque;
-	struct json_object *uri;
+	const char *uri, *cpr_uri;
+	int r;
 
 	(void)ret;
-	json_object_object_get_ex(args, "uri", &uri);
-	return migration_start(m, json_object_get_string(uri), err, errlen);
+	r = mig_parse_channels(args, &uri, &cpr_uri, err, errlen);
+	return r ? r : migration_start_channels(m, uri, cpr_uri, err, errlen);
 }
 
 static int mig_cmd_cancel(void *opaque, struct json_object *args, struct json_object **ret,
@@ -2099,6 +2443,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 	struct migration *m = opaque;
 	uint64_t dl = 0, bw = 0, ct = 0, pa = 0;
 	bool g_dl, g_bw, g_ct, g_pa;
+	struct json_object *mode_arg;
+	enum mig_mode mode = 0;
 	int r;
 
 	(void)ret;
@@ -2112,7 +2458,26 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 		r = mig_arg_u64(args, "postcopy-after-passes", 0, 1000000, &pa, &g_pa, err, errlen);
 	if (r)
 		return r;
+	if (json_object_object_get_ex(args, "mode", &mode_arg)) {
+		const char *name = json_object_get_string(mode_arg);
+
+		for (enum mig_mode i = MIG_MODE_NORMAL; i <= MIG_MODE_CPR_TRANSFER; i++)
+			if (!strcmp(name, mig_mode_name(i)))
+				mode = i;
+		if (!mode) {
+			snprintf(err, errlen, "mode must be normal or cpr-transfer");
+			return -EINVAL;
+		}
+	}
 	pthread_mutex_lock(&m->lock);
+	if (mode && !mig_status_finished(m->status) &&
+	    !(m->incoming && m->status == MIG_STATUS_SETUP)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "mode cannot change during a migration");
+		return -EBUSY;
+	}
+	if (mode)
+		m->params.mode = mode;
 	if (g_dl)
 		m->params.downtime_limit_ms = dl;
 	if (g_bw)
@@ -2133,6 +2498,7 @@ static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
 
 	(void)args; (void)err; (void)errlen;
 	pthread_mutex_lock(&m->lock);
+	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(m->params.mode)));
 	json_object_object_add(o, "downtime-limit", json_object_new_uint64(m->params.downtime_limit_ms));
 	json_object_object_add(o, "max-bandwidth", json_object_new_uint64(m->params.max_bandwidth));
 	json_object_object_add(o, "convergence-timeout",
@@ -2250,7 +2616,8 @@ static int mig_cmd_start_postcopy(void *opaque, struct json_object *args,
 int migration_register_commands(struct migration *m, struct control_server *srv)
 {
 	static const struct control_arg_spec migrate_args[] = {
-		{ "uri", CONTROL_ARG_STRING, true },
+		{ "uri", CONTROL_ARG_STRING, false },
+		{ "channels", CONTROL_ARG_ARRAY, false },
 		{ NULL, 0, false },
 	};
 	static const struct control_arg_spec param_args[] = {
@@ -2258,6 +2625,7 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		{ "max-bandwidth", CONTROL_ARG_INT, false },
 		{ "convergence-timeout", CONTROL_ARG_INT, false },
 		{ "postcopy-after-passes", CONTROL_ARG_INT, false },
+		{ "mode", CONTROL_ARG_STRING, false },
 		{ NULL, 0, false },
 	};
 	static const struct control_arg_spec cap_args[] = {

@@ -45,7 +45,15 @@ enum mig_status {
 const char *mig_status_name(enum mig_status s);
 bool mig_status_transition_ok(enum mig_status from, enum mig_status to);
 
+/* The `mode` parameter. */
+enum mig_mode {
+	MIG_MODE_NORMAL = 1,   /* copy RAM over the main channel */
+	MIG_MODE_CPR_TRANSFER, /* live update on this host: hand the RAM memfds to a
+				* new process over a cpr channel, copy no RAM */
+};
+
 struct mig_params {
+	enum mig_mode mode;             /* default normal */
 	uint64_t downtime_limit_ms;     /* default 300 */
 	uint64_t max_bandwidth;         /* bytes/s, 0 = unlimited */
 	uint64_t convergence_timeout_s; /* 0 = none */
@@ -76,6 +84,14 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 /* Start an outgoing migration.  0, or -errno with a reason in @err. */
 int migration_start(struct migration *m, const char *uri, char *err, size_t errlen);
 /*
+ * The same with the cpr channel (@cpr_uri "unix:PATH", NULL when none),
+ * which mode cpr-transfer needs and mode normal refuses.  On completion of
+ * a cpr-transfer the VMM exits with status 0: the guest runs in the new
+ * process.
+ */
+int migration_start_channels(struct migration *m, const char *uri, const char *cpr_uri,
+			     char *err, size_t errlen);
+/*
  * Switch the outgoing migration to postcopy at the next opportunity; before
  * `migrate` it makes the next migration pure postcopy.  Needs the
  * postcopy-ram capability.  0 or -errno with @err.
@@ -91,6 +107,13 @@ int migration_cancel(struct migration *m, char *err, size_t errlen);
  */
 int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
 			     char *err, size_t errlen);
+
+/*
+ * CPR transfer, destination: guest RAM was inherited over the cpr channel
+ * with @token; the main stream must be a cpr-transfer stream with the same
+ * token.  Call before migration_incoming_start() (main thread).
+ */
+void migration_incoming_set_cpr(struct migration *m, const uint8_t *token);
 
 enum mig_status migration_get_status(struct migration *m);
 /* query-migrate's reply; the caller owns it. */

@@ -367,25 +367,53 @@ out:
 	return r;
 }
 
-void vmstate_vm_save(struct vm *vm, bool was_running, uint64_t stop_ns, struct vmstate_buf *out)
+/* Bytes of the VM section in each version. */
+static size_t vmstate_vm_bytes(uint32_t version)
+{
+	return version == 1 ? 24 : 32;
+}
+
+void vmstate_vm_save(struct vm *vm, bool was_running, uint64_t stop_ns, uint64_t moves,
+		     uint32_t version, struct vmstate_buf *out)
 {
 	struct vmstate_vm v = {
 		.guest_clock_ns = vm_guest_clock_get(vm),
 		.stop_ns = stop_ns,
 		.was_running = was_running,
+		.moves = moves,
 	};
 
-	vmstate_put(out, &v, sizeof(v));
+	if (version < VMSTATE_VM_VERSION_MIN || version > VMSTATE_VM_VERSION) {
+		out->err = -EINVAL;
+		return;
+	}
+	vmstate_put(out, &v, vmstate_vm_bytes(version));
 }
 
-int vmstate_vm_parse(const uint8_t *data, size_t len, struct vmstate_vm *out,
+int vmstate_vm_parse(const uint8_t *data, size_t len, uint32_t version, struct vmstate_vm *out,
 		     char *err, size_t errlen)
 {
-	if (len != sizeof(*out)) {
-		snprintf(err, errlen, "vm section has %zu bytes, expected %zu", len, sizeof(*out));
+	size_t want;
+
+	memset(out, 0, sizeof(*out));
+	if (version > VMSTATE_VM_VERSION) {
+		snprintf(err, errlen, "vm section version %u is newer than this build reads "
+			 "(%u..%u): update the destination first", version, VMSTATE_VM_VERSION_MIN,
+			 VMSTATE_VM_VERSION);
 		return -EBADMSG;
 	}
-	memcpy(out, data, sizeof(*out));
+	if (version < VMSTATE_VM_VERSION_MIN) {
+		snprintf(err, errlen, "vm section version %u is unknown (this build reads %u..%u)",
+			 version, VMSTATE_VM_VERSION_MIN, VMSTATE_VM_VERSION);
+		return -EBADMSG;
+	}
+	want = vmstate_vm_bytes(version);
+	if (len != want) {
+		snprintf(err, errlen, "vm section version %u has %zu bytes, expected %zu", version,
+			 len, want);
+		return -EBADMSG;
+	}
+	memcpy(out, data, want); /* the layout only grows at the end */
 	if (out->was_running > 1 || out->reserved) {
 		snprintf(err, errlen, "vm section: invalid flags");
 		return -EBADMSG;

@@ -26,7 +26,12 @@ enum vmstate_section_id {
 	VMSTATE_SECTION_VM = 1,
 	VMSTATE_SECTION_CPU = 2,
 };
-#define VMSTATE_VM_VERSION 1
+/*
+ * Version 2 added `moves`.  A build loads every older version it knows
+ * (missing fields take their documented defaults) and refuses newer ones.
+ */
+#define VMSTATE_VM_VERSION 2
+#define VMSTATE_VM_VERSION_MIN 1
 #define VMSTATE_CPU_VERSION 1
 #define VMSTATE_SECTION_MAX_BYTES (1u << 20)
 
@@ -47,6 +52,8 @@ struct vmstate_vm {
 	uint64_t stop_ns;        /* source CLOCK_MONOTONIC when its last vCPU stopped */
 	uint32_t was_running;    /* 0 or 1: the destination runs the guest iff 1 */
 	uint32_t reserved;       /* 0 */
+	uint64_t moves;          /* v2: completed moves to a new VMM process before
+				  * this one (migrations and live updates); v1: 0 */
 };
 
 /* A growable byte buffer for one section.  Owned by its user. */
@@ -76,8 +83,17 @@ int vmstate_cpu_load(struct vm *vm, unsigned index, const uint8_t *data, size_t 
 int vmstate_cpu_check(const uint8_t *data, size_t len, size_t xsave_bytes,
 		      char *err, size_t errlen);
 
-void vmstate_vm_save(struct vm *vm, bool was_running, uint64_t stop_ns, struct vmstate_buf *out);
-int vmstate_vm_parse(const uint8_t *data, size_t len, struct vmstate_vm *out,
+/*
+ * Serialise the VM section in format @version (VMSTATE_VM_VERSION_MIN..
+ * VMSTATE_VM_VERSION; older versions exist to test compatibility).
+ */
+void vmstate_vm_save(struct vm *vm, bool was_running, uint64_t stop_ns, uint64_t moves,
+		     uint32_t version, struct vmstate_buf *out);
+/*
+ * Parse a VM section of format @version: 0, or -EBADMSG with @err filled
+ * (a version newer than this build's is refused with a message saying so).
+ */
+int vmstate_vm_parse(const uint8_t *data, size_t len, uint32_t version, struct vmstate_vm *out,
 		     char *err, size_t errlen);
 
 #endif

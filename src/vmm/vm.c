@@ -66,6 +66,7 @@ struct vm {
 	struct vcpu *vcpus;
 	int console_fd;        /* owned unless it is stdout */
 	bool console_owned;
+	_Atomic uint64_t moves; /* see vm_moves_get() */
 
 	vm_event_fn *event_fn;
 	void *event_opaque;
@@ -854,11 +855,12 @@ int vm_create(const struct vm_config *config, struct vm **out)
 
 	*out = NULL;
 	err = vm_check_config(config);
-	if (err)
-		return err;
-	vm = calloc(1, sizeof(*vm));
-	if (!vm)
-		return -ENOMEM;
+	vm = err ? NULL : calloc(1, sizeof(*vm));
+	if (!vm) {
+		if (config->ram_inherited)
+			close(config->ram_fd);
+		return err ? err : -ENOMEM;
+	}
 	vm->config = *config;
 	vm->start_ns = clock_monotonic_ns();
 	vm->kvm_fd = vm->vm_fd = vm->console_fd = -1;
@@ -899,7 +901,17 @@ int vm_create(const struct vm_config *config, struct vm **out)
 	err = vm_open_kvm(vm);
 	if (err)
 		goto fail;
-	err = ram_block_create("ram0", 0, config->ram_bytes, &vm->ram);
+	if (config->ram_inherited) {
+		int fd = config->ram_fd;
+
+		vm->config.ram_inherited = false; /* the block owns the fd now */
+		err = config->incoming ? ram_block_adopt_fd("ram0", 0, config->ram_bytes, fd, &vm->ram)
+				       : -EINVAL;
+		if (!config->incoming)
+			close(fd);
+	} else {
+		err = ram_block_create("ram0", 0, config->ram_bytes, &vm->ram);
+	}
 	if (err)
 		goto fail;
 	err = vm_set_memslot(vm, 0, &vm->ram, 0);
@@ -935,6 +947,8 @@ int vm_create(const struct vm_config *config, struct vm **out)
 	*out = vm;
 	return 0;
 fail:
+	if (vm->config.ram_inherited)
+		close(config->ram_fd); /* failed before the block took it */
 	free(cpuid);
 	vm_destroy(vm);
 	return err;
@@ -1148,6 +1162,7 @@ struct json_object *vm_query_status(struct vm *vm)
 	json_object_object_add(o, "vcpus", json_object_new_int((int)vm->nvcpus));
 	json_object_object_add(o, "ram-bytes", json_u64(vm->config.ram_bytes));
 	json_object_object_add(o, "guest-clock-ns", json_u64(guest_clock));
+	json_object_object_add(o, "moves", json_u64(atomic_load(&vm->moves)));
 	if (crash[0])
 		json_object_object_add(o, "crash", json_object_new_string(crash));
 	/* Absolute CLOCK_MONOTONIC stamps, so a benchmark on this host can
@@ -1463,6 +1478,16 @@ uint64_t vm_guest_clock_get(struct vm *vm)
 	v = vm->clock_frozen ? vm->clock_frozen_ns : vm_guest_clock_ns(vm);
 	pthread_mutex_unlock(&vm->lock);
 	return v;
+}
+
+uint64_t vm_moves_get(struct vm *vm)
+{
+	return atomic_load(&vm->moves);
+}
+
+void vm_moves_set(struct vm *vm, uint64_t moves)
+{
+	atomic_store(&vm->moves, moves);
 }
 
 void vm_guest_clock_set(struct vm *vm, uint64_t ns)

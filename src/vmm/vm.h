@@ -49,6 +49,13 @@ struct vm_config {
 	bool no_shutdown;         /* keep the VMM alive after guest exit/crash */
 	const char *kvm_path;     /* NULL: /dev/kvm */
 	bool incoming;            /* no guest is loaded: state comes from a stream */
+	/*
+	 * CPR transfer: guest RAM is this inherited memfd (ownership passes to
+	 * vm_create, also on error), mapped as it is - nothing is written.
+	 * Only with @incoming; @ram_fd is ignored unless @ram_inherited.
+	 */
+	bool ram_inherited;
+	int ram_fd;
 };
 
 /*
@@ -151,6 +158,12 @@ int vm_incoming_finish(struct vm *vm, bool run, uint64_t *first_run_ns);
 /* The guest clock (ns); set only while the vCPUs are stopped. */
 uint64_t vm_guest_clock_get(struct vm *vm);
 void vm_guest_clock_set(struct vm *vm, uint64_t ns);
+/*
+ * How many times this guest moved to a new VMM process (migrations and
+ * live updates) before arriving here; carried in the VM section.  Any thread.
+ */
+uint64_t vm_moves_get(struct vm *vm);
+void vm_moves_set(struct vm *vm, uint64_t moves);
 
 /*
  * Dirty logging over every RAM block (KVM manual-protect mode: pages start

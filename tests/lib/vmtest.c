@@ -170,13 +170,12 @@ int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[])
 	return vmtest_spawn_prefixed(out, NULL, extra_args);
 }
 
-int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
-			  const char *const extra_args[])
+int vmtest_spawn_start(struct vmtest_vm *out, const char *const prefix[],
+		       const char *const extra_args[])
 {
 	const char *argv[64];
 	size_t n = 0;
-	uint64_t deadline;
-	int rc, raw = 0;
+	int rc;
 
 	memset(out, 0, sizeof(*out));
 	out->pid = -1;
@@ -207,8 +206,15 @@ int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
 		out->pid = -1;
 		return rc;
 	}
+	return 0;
+}
+
+int vmtest_connect(struct vmtest_vm *out, int timeout_ms)
+{
+	uint64_t deadline = clock_monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;
+	int rc, raw = 0;
+
 	/* The socket appears once the VMM is up: wait for that, or its death. */
-	deadline = clock_monotonic_ns() + VMTEST_CONNECT_TIMEOUT_MS * 1000000ull;
 	for (;;) {
 		pid_t r = waitpid(out->pid, &raw, WNOHANG);
 
@@ -232,6 +238,14 @@ int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
 	out->exit_status = vmtest_kill_reap(out->pid);
 	out->pid = -1;
 	return rc;
+}
+
+int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
+			  const char *const extra_args[])
+{
+	int rc = vmtest_spawn_start(out, prefix, extra_args);
+
+	return rc ? rc : vmtest_connect(out, VMTEST_CONNECT_TIMEOUT_MS);
 }
 
 int vmtest_wait_exit(struct vmtest_vm *vm, int timeout_ms)

@@ -63,6 +63,16 @@ int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
 			  const char *const extra_args[]);
 
 /*
+ * The two halves of vmtest_spawn_prefixed(): start the process (no
+ * connection yet: a VMM with --incoming-cpr serves its control socket only
+ * after the live update handed it guest RAM), and connect within
+ * @timeout_ms (on failure the child is killed and reaped).  0 or -errno.
+ */
+int vmtest_spawn_start(struct vmtest_vm *out, const char *const prefix[],
+		       const char *const extra_args[]);
+int vmtest_connect(struct vmtest_vm *out, int timeout_ms);
+
+/*
  * Wait up to @timeout_ms for the child to exit, reap it and close its
  * control client.  Returns its
  * exit code, 128+N when killed by signal N, or -ETIMEDOUT (still running).

@@ -159,7 +159,8 @@ static void put_vm_section(struct tbuf *b, uint32_t inst)
 	tbuf_u64(&v, 987654321);  /* stop_ns */
 	tbuf_u32(&v, 1);          /* was_running */
 	tbuf_u32(&v, 0);          /* reserved */
-	put_section(b, VMSTATE_SECTION_VM, inst, VMSTATE_VM_VERSION, v.p, (uint32_t)v.len);
+	tbuf_u64(&v, 3);          /* moves (version 2) */
+	put_section(b, VMSTATE_SECTION_VM, inst, 2, v.p, (uint32_t)v.len);
 	tbuf_free(&v);
 }
 
@@ -287,10 +288,9 @@ static int tload_section(void *opaque, uint32_t id, uint32_t instance, uint32_t 
 	struct tload *t = opaque;
 
 	(void)instance;
-	(void)version;
 	if (id == VMSTATE_SECTION_VM) {
 		struct vmstate_vm v;
-		int r = vmstate_vm_parse(data, len, &v, err, errlen);
+		int r = vmstate_vm_parse(data, len, version, &v, err, errlen);
 
 		if (r)
 			return r;
@@ -896,22 +896,38 @@ static void test_vm_parse(void **state)
 	char err[256];
 
 	(void)state;
+	/* Version 1, as an older build writes it: no `moves`. */
 	tbuf_u64(&v, 5);
 	tbuf_u64(&v, 6);
 	tbuf_u32(&v, 0);
 	tbuf_u32(&v, 0);
-	assert_int_equal(vmstate_vm_parse(v.p, v.len, &out, err, sizeof(err)), 0);
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 1, &out, err, sizeof(err)), 0);
 	assert_int_equal(out.guest_clock_ns, 5);
 	assert_int_equal(out.was_running, 0);
-	assert_int_equal(vmstate_vm_parse(v.p, v.len - 1, &out, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(out.moves, 0);
+	/* The same bytes are too short for version 2. */
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 2, &out, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "expected 32"));
+	assert_int_equal(vmstate_vm_parse(v.p, v.len - 1, 1, &out, err, sizeof(err)), -EBADMSG);
 	patch_u32(&v, 16, 2);
-	assert_int_equal(vmstate_vm_parse(v.p, v.len, &out, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 1, &out, err, sizeof(err)), -EBADMSG);
 	patch_u32(&v, 16, 1);
 	patch_u32(&v, 20, 1);
-	assert_int_equal(vmstate_vm_parse(v.p, v.len, &out, err, sizeof(err)), -EBADMSG);
-	tbuf_u8(&v, 0);
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 1, &out, err, sizeof(err)), -EBADMSG);
 	patch_u32(&v, 20, 0);
-	assert_int_equal(vmstate_vm_parse(v.p, v.len, &out, err, sizeof(err)), -EBADMSG);
+	/* Version 2 appends moves. */
+	tbuf_u64(&v, 41);
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 2, &out, err, sizeof(err)), 0);
+	assert_int_equal(out.moves, 41);
+	assert_int_equal(out.was_running, 1);
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 1, &out, err, sizeof(err)), -EBADMSG);
+	/* A newer build's section and version 0 are refused with a reason. */
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, VMSTATE_VM_VERSION + 1, &out, err, sizeof(err)),
+			 -EBADMSG);
+	assert_non_null(strstr(err, "newer"));
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 0, &out, err, sizeof(err)), -EBADMSG);
+	tbuf_u8(&v, 0);
+	assert_int_equal(vmstate_vm_parse(v.p, v.len, 2, &out, err, sizeof(err)), -EBADMSG);
 	tbuf_free(&v);
 }
 

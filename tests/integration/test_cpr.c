@@ -1,0 +1,321 @@
+/*
+ * In-place live update (CPR transfer) between vmferry processes on this
+ * host, under real KVM: 100 updates in a row on one guest, a new process
+ * dying at each step (the guest must keep running in the old one), an
+ * update from "an older build" (a version-1 VM section), and bad input:
+ * a non-UNIX cpr channel, missing or extra channels, wrong sizes, a
+ * normal stream into a process waiting for a live update.  Every update
+ * verifies guest memory (incrementer) and that the guest keeps running.
+ * Skips (77) without KVM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+#include "lib/vmtest.h"
+
+#define CPR_MEM "64M"
+
+struct cpr_target {
+	struct vmtest_vm vm;
+	char main_uri[VMTEST_PATH_BYTES + 8];
+	char cpr_uri[VMTEST_PATH_BYTES + 8];
+};
+
+/*
+ * Start a new process waiting for a live update (not connected yet: its
+ * control socket comes up only once it holds guest RAM).  @fault: a
+ * VMFERRY_CPR_FAULT point or NULL; @extra: more options or NULL.
+ */
+static void cpr_spawn_new(struct cpr_target *t, const char *fault, const char *const extra[])
+{
+	char mp[VMTEST_PATH_BYTES], cp[VMTEST_PATH_BYTES];
+	const char *args[16] = { "--incoming", t->main_uri, "--incoming-cpr", t->cpr_uri };
+	size_t n = 4;
+
+	assert_int_equal(vmtest_unique_path(mp, sizeof(mp), "main"), 0);
+	assert_int_equal(vmtest_unique_path(cp, sizeof(cp), "cpr"), 0);
+	snprintf(t->main_uri, sizeof(t->main_uri), "unix:%s", mp);
+	snprintf(t->cpr_uri, sizeof(t->cpr_uri), "unix:%s", cp);
+	for (size_t i = 0; extra && extra[i] && n < 15; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	if (fault)
+		setenv("VMFERRY_CPR_FAULT", fault, 1);
+	assert_int_equal(vmtest_spawn_start(&t->vm, NULL, args), 0);
+	unsetenv("VMFERRY_CPR_FAULT");
+}
+
+/* migrate with both channels; 0 or the vmtest_call error. */
+static int cpr_migrate(struct vmtest_vm *old, const char *main_uri, const char *cpr_uri)
+{
+	struct json_object *args = json_object_new_object(), *chans = json_object_new_array();
+	struct json_object *c;
+	int r;
+
+	c = json_object_new_object();
+	json_object_object_add(c, "type", json_object_new_string("main"));
+	json_object_object_add(c, "uri", json_object_new_string(main_uri));
+	json_object_array_add(chans, c);
+	if (cpr_uri) {
+		c = json_object_new_object();
+		json_object_object_add(c, "type", json_object_new_string("cpr"));
+		json_object_object_add(c, "uri", json_object_new_string(cpr_uri));
+		json_object_array_add(chans, c);
+	}
+	json_object_object_add(args, "channels", chans);
+	r = vmtest_call(old, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
+static int64_t cpr_moves(struct vmtest_vm *vm)
+{
+	struct json_object *q = NULL;
+	int64_t moves;
+
+	assert_int_equal(vmtest_call(vm, "query-status", NULL, &q), 0);
+	moves = migtest_int_at(q, "moves");
+	json_object_put(q);
+	return moves;
+}
+
+/*
+ * One successful update of @old into a new process, which replaces *@old.
+ * Checks: the old process exits 0, the new one runs the guest with the
+ * move counted, guest memory verifies, the guest makes progress.
+ */
+static void cpr_update(struct vmtest_vm *old, bool full_check)
+{
+	struct cpr_target t;
+	struct json_object *q = NULL;
+	int64_t moves = cpr_moves(old);
+	uint64_t p0 = 0;
+	int rc;
+
+	assert_int_equal(vmtest_workload_passes(old, &p0), 0);
+	cpr_spawn_new(&t, NULL, NULL);
+	assert_int_equal(migtest_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(cpr_migrate(old, t.main_uri, t.cpr_uri), 0);
+	rc = vmtest_wait_exit(old, MIG_TIMEOUT_MS);
+	if (rc != 0)
+		fail_msg("the old process ended with status %d instead of 0", rc);
+	assert_int_equal(vmtest_connect(&t.vm, 10000), 0);
+	migtest_wait_migration_status(&t.vm, "completed");
+	assert_int_equal(vmtest_call(&t.vm, "query-migrate", NULL, &q), 0);
+	assert_string_equal(migtest_str_at(q, "mode"), "cpr-transfer");
+	assert_int_equal(migtest_int_at(q, "normal-pages"), 0); /* no RAM copied */
+	json_object_put(q);
+	assert_int_equal(cpr_moves(&t.vm), moves + 1);
+	migtest_expect_status(&t.vm, "running");
+	assert_int_equal(vmtest_verify_incrementer(&t.vm), 0);
+	/* The guest goes on where it was. */
+	assert_int_equal(vmtest_wait_passes(&t.vm, p0 + 1, 30000), 0);
+	if (full_check)
+		migtest_expect_guest_alive_and_verified(&t.vm);
+	*old = t.vm;
+}
+
+static void test_hundred_updates(void **state)
+{
+	/* Under the sanitizers every process is several times slower. */
+	int n = getenv("VMFERRY_SANITIZED") ? 10 : 100;
+	struct vmtest_vm vm;
+
+	(void)state;
+	migtest_spawn(&vm, CPR_MEM, "2", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&vm, 1, 30000), 0);
+	for (int i = 0; i < n; i++)
+		cpr_update(&vm, i == n - 1);
+	assert_int_equal(cpr_moves(&vm), n);
+	assert_int_equal(vmtest_vm_quit(&vm), 0);
+}
+
+/*
+ * The new process dies at @fault: the old one reports the failure, the
+ * guest keeps running there, verified, and a later update still works.
+ */
+static void cpr_expect_failed_update(const char *fault)
+{
+	struct vmtest_vm old;
+	struct cpr_target t;
+	struct json_object *q;
+
+	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&old, 1, 30000), 0);
+	cpr_spawn_new(&t, fault, NULL);
+	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
+	q = migtest_wait_migration(&old);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	fprintf(stderr, "update with the new process dying at %s: %s\n", fault,
+		migtest_str_at(q, "error-desc"));
+	assert_true(migtest_str_at(q, "error-desc")[0]);
+	json_object_put(q);
+	assert_int_equal(vmtest_wait_exit(&t.vm, 10000), 128 + SIGKILL);
+	migtest_expect_guest_alive_and_verified(&old);
+	cpr_update(&old, true);
+	assert_int_equal(vmtest_vm_quit(&old), 0);
+}
+
+static void test_new_dies_before_fds(void **state)
+{
+	(void)state;
+	cpr_expect_failed_update("before-fds");
+}
+
+static void test_new_dies_after_map(void **state)
+{
+	(void)state;
+	cpr_expect_failed_update("after-map");
+}
+
+static void test_new_dies_before_run(void **state)
+{
+	(void)state;
+	cpr_expect_failed_update("before-run");
+}
+
+/* A source writing the version-1 VM section, as an older build does. */
+static void test_update_from_older_build(void **state)
+{
+	struct vmtest_vm vm;
+
+	(void)state;
+	setenv("VMFERRY_EMIT_VM_SECTION_VERSION", "1", 1);
+	migtest_spawn(&vm, CPR_MEM, "1", "incrementer", NULL);
+	unsetenv("VMFERRY_EMIT_VM_SECTION_VERSION");
+	assert_int_equal(vmtest_wait_passes(&vm, 1, 30000), 0);
+	cpr_update(&vm, true);
+	/* Version 1 carries no move count: the new process starts over at 1. */
+	assert_int_equal(cpr_moves(&vm), 1);
+	cpr_update(&vm, false);
+	assert_int_equal(cpr_moves(&vm), 2);
+	assert_int_equal(vmtest_vm_quit(&vm), 0);
+}
+
+static void expect_call_error(struct vmtest_vm *vm, const char *cmd, const char *json)
+{
+	struct json_object *args = json ? json_tokener_parse(json) : NULL;
+
+	assert_true(!json || args);
+	assert_int_equal(vmtest_call(vm, cmd, args, NULL), -EREMOTEIO);
+	json_object_put(args);
+}
+
+static void test_bad_requests(void **state)
+{
+	struct vmtest_vm old;
+	struct cpr_target t;
+	struct vmtest_result res;
+	const char *tcp_cpr[] = { "run", "--incoming", "unix:/nonexistent/x", "--incoming-cpr",
+				  "tcp:127.0.0.1:0", NULL };
+	const char *no_main[] = { "run", "--incoming-cpr", "unix:/tmp/x", NULL };
+
+	(void)state;
+	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
+	/* A cpr channel without mode cpr-transfer, and the reverse. */
+	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
+			 -EREMOTEIO);
+	expect_call_error(&old, "migrate-set-parameters", "{\"mode\": \"copy-everything\"}");
+	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", NULL), -EREMOTEIO);
+	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/nonexistent/main\"}");
+	/* The cpr channel must be a UNIX socket. */
+	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", "tcp:127.0.0.1:1"), -EREMOTEIO);
+	/* Malformed channel lists. */
+	expect_call_error(&old, "migrate", "{}");
+	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/a\", \"channels\": []}");
+	expect_call_error(&old, "migrate", "{\"channels\": []}");
+	expect_call_error(&old, "migrate", "{\"channels\": [{\"type\": \"main\"}]}");
+	expect_call_error(&old, "migrate", "{\"channels\": [{\"type\": \"side\", \"uri\": \"unix:/a\"}]}");
+	expect_call_error(&old, "migrate", "{\"channels\": [{\"type\": \"main\", \"uri\": \"unix:/a\"}, "
+			  "{\"type\": \"main\", \"uri\": \"unix:/b\"}]}");
+	expect_call_error(&old, "migrate", "{\"channels\": [{\"type\": \"cpr\", \"uri\": \"unix:/a\"}]}");
+	expect_call_error(&old, "migrate", "{\"channels\": [{\"type\": \"main\", \"uri\": \"unix:/a\", "
+			  "\"x\": 1}]}");
+	/* Nobody listens on the cpr channel: a clear failure, the guest runs on. */
+	{
+		char cp[VMTEST_PATH_BYTES], cpr_uri[VMTEST_PATH_BYTES + 8];
+		struct json_object *q;
+
+		assert_int_equal(vmtest_unique_path(cp, sizeof(cp), "nobody"), 0);
+		snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s", cp);
+		migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
+		assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", cpr_uri), 0);
+		q = migtest_wait_migration(&old);
+		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_non_null(strstr(migtest_str_at(q, "error-desc"), "cpr channel"));
+		json_object_put(q);
+		migtest_expect_status(&old, "running");
+	}
+	/* The new process: a non-UNIX cpr uri, no main channel. */
+	assert_int_equal(vmtest_run(tcp_cpr, NULL, 10000, &res), 0);
+	assert_int_equal(res.status, 1);
+	assert_non_null(strstr(res.err, "UNIX socket"));
+	vmtest_result_free(&res);
+	assert_int_equal(vmtest_run(no_main, NULL, 10000, &res), 0);
+	assert_int_equal(res.status, 1);
+	assert_non_null(strstr(res.err, "--incoming"));
+	vmtest_result_free(&res);
+	/* A new process told a different size refuses, and the guest runs on. */
+	{
+		const char *extra[] = { "--mem", "128M", NULL };
+		struct json_object *q;
+
+		cpr_spawn_new(&t, NULL, extra);
+		assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
+		q = migtest_wait_migration(&old);
+		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_non_null(strstr(migtest_str_at(q, "error-desc"), "--mem"));
+		json_object_put(q);
+		assert_int_equal(vmtest_wait_exit(&t.vm, 10000), 1);
+		migtest_expect_status(&old, "running");
+	}
+	/* A normal migration into a process waiting for a live update. */
+	{
+		struct json_object *q;
+
+		cpr_spawn_new(&t, NULL, NULL);
+		assert_int_equal(migtest_set_params(&old, "{\"mode\": \"normal\"}"), 0);
+		assert_int_equal(migtest_start_migrate(&old, t.main_uri), 0);
+		q = migtest_wait_migration(&old);
+		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		json_object_put(q);
+		/* It never got its fds; nothing is listening on main. */
+		assert_int_equal(vmtest_vm_kill(&t.vm), 128 + SIGKILL);
+	}
+	migtest_expect_guest_alive_and_verified(&old);
+	assert_int_equal(vmtest_vm_quit(&old), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_hundred_updates),
+		cmocka_unit_test(test_new_dies_before_fds),
+		cmocka_unit_test(test_new_dies_after_map),
+		cmocka_unit_test(test_new_dies_before_run),
+		cmocka_unit_test(test_update_from_older_build),
+		cmocka_unit_test(test_bad_requests),
+	};
+
+	if (!vmtest_kvm_available())
+		return VMTEST_SKIP;
+	signal(SIGPIPE, SIG_IGN);
+	if (getenv("VMFERRY_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
