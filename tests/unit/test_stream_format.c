@@ -243,6 +243,8 @@ struct tload {
 	int vm_sections, cpu_sections;
 	uint32_t last_pass;
 	bool fail_header;
+	int cpr_records;
+	uint8_t cpr_token[MIG_CPR_TOKEN_BYTES];
 };
 
 static int tload_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
@@ -309,7 +311,18 @@ static int tload_pass_end(void *opaque, uint32_t pass)
 	return 0;
 }
 
+static int tload_cpr(void *opaque, const uint8_t *token, char *err, size_t errlen)
+{
+	struct tload *t = opaque;
+
+	(void)err; (void)errlen;
+	t->cpr_records++;
+	memcpy(t->cpr_token, token, MIG_CPR_TOKEN_BYTES);
+	return 0;
+}
+
 static const struct mig_load_ops tload_ops = {
+	.cpr = tload_cpr,
 	.header = tload_header,
 	.ram = tload_ram,
 	.section = tload_section,
@@ -654,7 +667,7 @@ static void test_bad_data_run_too_long(void **state)
 
 static void test_bad_record_types(void **state)
 {
-	static const uint8_t types[] = { 0, 9, 0x80, 0xff };
+	static const uint8_t types[] = { 0, 0x40, 0x80, 0xff };
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(types); i++) {
@@ -929,6 +942,84 @@ static void test_vm_parse(void **state)
 	tbuf_u8(&v, 0);
 	assert_int_equal(vmstate_vm_parse(v.p, v.len, 2, &out, err, sizeof(err)), -EBADMSG);
 	tbuf_free(&v);
+}
+
+/* ---- tests: cpr-transfer streams ---- */
+
+static void put_cpr(struct tbuf *b)
+{
+	tbuf_u8(b, MIG_REC_CPR);
+	for (unsigned i = 0; i < MIG_CPR_TOKEN_BYTES; i++)
+		tbuf_u8(b, 0xc0 + i);
+}
+
+static void test_cpr_stream(void **state)
+{
+	struct tbuf b = { 0 };
+	struct tload t = { 0 };
+	struct mig_load_stats st;
+	char err[512];
+
+	(void)state;
+	/* Valid: header, CPR, state, END - no RAM at all. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_cpr(&b);
+	put_vm_section(&b, 0);
+	put_cpu_section(&b, 0);
+	put_end(&b);
+	assert_int_equal(load_buf(b.p, b.len, &t, &st, err, sizeof(err)), 0);
+	assert_true(st.cpr);
+	assert_int_equal(t.cpr_records, 1);
+	assert_int_equal(t.cpr_token[0], 0xc0);
+	assert_int_equal(t.cpr_token[MIG_CPR_TOKEN_BYTES - 1], 0xc0 + MIG_CPR_TOKEN_BYTES - 1);
+	assert_int_equal(st.ram_records, 0);
+	tbuf_free(&b);
+
+	/* RAM is shared: a RAM record after CPR is refused. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_cpr(&b);
+	put_ram_data(&b, 0, 1, 0);
+	expect_bad(&b, "RAM record in a cpr-transfer stream");
+	tbuf_free(&b);
+	/* CPR only first, only once, and not with postcopy. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_ram_hdr(&b, 0, MIG_RAM_FLAG_ZERO, 0, 1, 0);
+	put_cpr(&b);
+	expect_bad(&b, "cpr record must be the first record");
+	tbuf_free(&b);
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_cpr(&b);
+	put_cpr(&b);
+	expect_bad(&b, "cpr record must be the first record");
+	tbuf_free(&b);
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_cpr(&b);
+	tbuf_u8(&b, MIG_REC_POSTCOPY_ADVISE);
+	expect_bad(&b, "postcopy advise must be the first record");
+	tbuf_free(&b);
+	/* A token cut short. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_cpr(&b);
+	b.len -= 3;
+	memset(&t, 0, sizeof(t));
+	assert_int_not_equal(load_buf(b.p, b.len, &t, &st, err, sizeof(err)), 0);
+	assert_int_equal(t.cpr_records, 0);
+	tbuf_free(&b);
+	/* A loader that does not take live updates says so. */
+	{
+		struct mig_load_ops ops = tload_ops;
+		struct stream s;
+
+		ops.cpr = NULL;
+		put_header(&b, 1, 1, T_BLOCK_PAGES);
+		put_cpr(&b);
+		memset(&t, 0, sizeof(t));
+		stream_init_mem(&s, b.p, b.len);
+		assert_int_equal(mig_load(&s, &ops, &t, &st, err, sizeof(err)), -EBADMSG);
+		assert_non_null(strstr(err, "cpr-transfer"));
+		stream_release(&s);
+		tbuf_free(&b);
+	}
 }
 
 /* ---- tests: the return path ---- */
@@ -1380,6 +1471,7 @@ int main(void)
 		cmocka_unit_test(test_truncated_everywhere),
 		cmocka_unit_test(test_cpu_check),
 		cmocka_unit_test(test_vm_parse),
+		cmocka_unit_test(test_cpr_stream),
 		cmocka_unit_test(test_rp_valid),
 		cmocka_unit_test(test_rp_bad),
 		cmocka_unit_test(test_rp_truncated),
