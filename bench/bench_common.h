@@ -537,18 +537,17 @@ struct bench_vmm {
 
 /*
  * Start `[ip netns exec NS] vmferry run --control SOCK --console /dev/null
- * ARGS...` with stdout and stderr into its log file, and connect.  0 or
- * -errno with @r->error set.
+ * ARGS...` with stdout and stderr into its log file (not connected yet: see
+ * bench_vmm_connect).  0 or -errno with @r->error set.
  */
-static inline int bench_vmm_start(const char *bin, const struct bench_netns *n, int side,
+static inline int bench_vmm_spawn(const char *bin, const struct bench_netns *n, int side,
 				   const char *name, const char *const args[], struct bench_vmm *vm,
 				   struct bench_result *r)
 {
 	const char *argv[32];
 	size_t k = 0;
 	pid_t parent = getpid();
-	uint64_t deadline;
-	int rc = -ETIMEDOUT;
+	int rc;
 
 	vm->pid = -1;
 	vm->c = NULL;
@@ -594,7 +593,15 @@ static inline int bench_vmm_start(const char *bin, const struct bench_netns *n, 
 		_exit(127);
 	}
 	bench_children[vm->slot] = vm->pid;
-	deadline = clock_monotonic_ns() + BENCH_CONNECT_MS * 1000000ull;
+	return 0;
+}
+
+/* Connect to a spawned VMM's control socket, or notice its death.  0 or -errno. */
+static inline int bench_vmm_connect(struct bench_vmm *vm, const char *name, struct bench_result *r)
+{
+	uint64_t deadline = clock_monotonic_ns() + BENCH_CONNECT_MS * 1000000ull;
+	int rc = -ETIMEDOUT;
+
 	while (clock_monotonic_ns() < deadline) {
 		int raw;
 
@@ -613,6 +620,16 @@ static inline int bench_vmm_start(const char *bin, const struct bench_netns *n, 
 	}
 	snprintf(r->error, sizeof(r->error), "cannot connect to the %s VMM: %s", name, strerror(-rc));
 	return rc;
+}
+
+/* bench_vmm_spawn() and bench_vmm_connect(). */
+static inline int bench_vmm_start(const char *bin, const struct bench_netns *n, int side,
+				   const char *name, const char *const args[], struct bench_vmm *vm,
+				   struct bench_result *r)
+{
+	int rc = bench_vmm_spawn(bin, n, side, name, args, vm, r);
+
+	return rc ? rc : bench_vmm_connect(vm, name, r);
 }
 
 /* quit (or kill), reap; the exit status, -ETIMEDOUT when it had to be killed. */

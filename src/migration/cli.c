@@ -33,11 +33,16 @@ static void cli_usage(FILE *f)
 		"Migrate the VM behind control socket PATH to URI (tcp:HOST:PORT or unix:PATH),\n"
 		"where a destination started with `vmferry run --incoming URI` waits.\n"
 		"\n"
+		"With --cpr, update the VMM in place instead: hand the guest to a new vmferry\n"
+		"process on this host started with `vmferry run --incoming URI --incoming-cpr\n"
+		"unix:CPR_PATH`; guest RAM is shared, not copied, and the old process exits.\n"
+		"\n"
 		"  -C, --control PATH             the source VM's control socket (required)\n"
 		"      --downtime-limit MS        longest acceptable guest pause (default 300)\n"
 		"      --max-bandwidth BYTES/S    cap the transfer rate (K/M/G suffixes; default unlimited)\n"
 		"      --convergence-timeout S    give up (guest keeps running) after S seconds\n"
 		"      --auto-converge            throttle the vCPUs when precopy does not converge\n"
+		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
 		"      --timeout S                stop waiting after S seconds (default 600) and cancel\n"
 		"  -q, --quiet                    no progress line\n"
 		"\n"
@@ -76,6 +81,29 @@ static const char *cli_str(struct json_object *o, const char *key)
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
 }
 
+/* The final MIGRATION event among those queued, or NULL (caller owns). */
+static struct json_object *cli_last_migration_event(struct control_client *c)
+{
+	struct json_object *ev = NULL, *found = NULL;
+
+	while (control_client_wait_event(c, "MIGRATION", 0, &ev) == 0) {
+		struct json_object *data;
+		const char *st;
+
+		if (json_object_object_get_ex(ev, "data", &data)) {
+			st = cli_str(data, "status");
+			if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
+			    !strcmp(st, "cancelled")) {
+				json_object_put(found);
+				found = json_object_get(data);
+			}
+		}
+		json_object_put(ev);
+		ev = NULL;
+	}
+	return found;
+}
+
 int migration_cli_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -84,12 +112,13 @@ int migration_cli_main(int argc, char **argv)
 		{ "max-bandwidth", required_argument, NULL, 'b' },
 		{ "convergence-timeout", required_argument, NULL, 't' },
 		{ "auto-converge", no_argument, NULL, 'a' },
+		{ "cpr", required_argument, NULL, 'c' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
-	const char *control = NULL, *uri;
+	const char *control = NULL, *uri, *cpr_uri = NULL;
 	struct json_object *params = json_object_new_object(), *args, *q = NULL;
 	struct control_client *c = NULL;
 	uint64_t v, timeout_s = 600, start;
@@ -116,6 +145,10 @@ int migration_cli_main(int argc, char **argv)
 			json_object_object_add(params, "convergence-timeout", json_object_new_int64((int64_t)v));
 			break;
 		case 'a': auto_converge = true; break;
+		case 'c':
+			cpr_uri = optarg;
+			json_object_object_add(params, "mode", json_object_new_string("cpr-transfer"));
+			break;
 		case 'T':
 			if (size_parse_uint(optarg, 1, 86400, &timeout_s))
 				goto usage;
@@ -132,6 +165,8 @@ int migration_cli_main(int argc, char **argv)
 	if (!control || optind != argc - 1)
 		goto usage;
 	uri = argv[optind];
+	if (!cpr_uri)
+		json_object_object_add(params, "mode", json_object_new_string("normal"));
 
 	if (control_client_connect(control, 5000, &c) != 0) {
 		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n", control);
@@ -154,7 +189,21 @@ int migration_cli_main(int argc, char **argv)
 			goto out;
 	}
 	args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string(uri));
+	if (cpr_uri) {
+		struct json_object *chans = json_object_new_array(), *ch;
+
+		ch = json_object_new_object();
+		json_object_object_add(ch, "type", json_object_new_string("main"));
+		json_object_object_add(ch, "uri", json_object_new_string(uri));
+		json_object_array_add(chans, ch);
+		ch = json_object_new_object();
+		json_object_object_add(ch, "type", json_object_new_string("cpr"));
+		json_object_object_add(ch, "uri", json_object_new_string(cpr_uri));
+		json_object_array_add(chans, ch);
+		json_object_object_add(args, "channels", chans);
+	} else {
+		json_object_object_add(args, "uri", json_object_new_string(uri));
+	}
 	if (cli_call(c, "migrate", args, NULL)) {
 		json_object_put(args);
 		goto out;
@@ -168,8 +217,31 @@ int migration_cli_main(int argc, char **argv)
 
 		json_object_put(q);
 		q = NULL;
-		if (cli_call(c, "query-migrate", NULL, &q))
+		if (cpr_uri) {
+			/* The old process exits once the update is done; its last
+			 * MIGRATION event carries the figures. */
+			struct json_object *reply = NULL;
+			int r = control_client_call(c, "query-migrate", NULL, &reply);
+
+			if (r == 0)
+				q = json_object_get(control_reply_return(reply));
+			json_object_put(reply);
+			if (r == -ECONNRESET || r == -EPIPE) {
+				q = cli_last_migration_event(c);
+				if (!q) {
+					fprintf(stderr, "vmferry migrate: the VMM closed its control "
+						"socket without reporting the end of the update\n");
+					goto out;
+				}
+				break;
+			}
+			if (r) {
+				fprintf(stderr, "vmferry migrate: query-migrate: %s\n", strerror(-r));
+				goto out;
+			}
+		} else if (cli_call(c, "query-migrate", NULL, &q)) {
 			goto out;
+		}
 		st = cli_str(q, "status");
 		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
 			break;

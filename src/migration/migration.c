@@ -194,8 +194,16 @@ static bool mig_set_status(struct migration *m, enum mig_status to)
 	pthread_mutex_unlock(&m->lock);
 	if (!ok)
 		return false;
-	data = json_object_new_object();
-	json_object_object_add(data, "status", json_object_new_string(mig_status_name(to)));
+	/*
+	 * The end carries every figure: after a live update the old process
+	 * exits at once, and this event is the last thing its clients get.
+	 */
+	if (to == MIG_STATUS_COMPLETED || to == MIG_STATUS_FAILED) {
+		data = migration_query(m);
+	} else {
+		data = json_object_new_object();
+		json_object_object_add(data, "status", json_object_new_string(mig_status_name(to)));
+	}
 	mig_emit(m, "MIGRATION", data);
 	return true;
 }
