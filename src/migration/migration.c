@@ -984,6 +984,39 @@ out:
 	return err;
 }
 
+/*
+ * Connect the main channel, set up its stream (published for cancel) and
+ * queue the header.  The fd, or -1 with the migration's error set.
+ */
+static int mig_src_connect(struct mig_src *src)
+{
+	struct migration *m = src->m;
+	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
+	int fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS), err;
+
+	if (fd < 0) {
+		mig_set_error(m, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		return -1;
+	}
+	err = stream_init(&src->s, fd, MIG_IO_TIMEOUT_MS);
+	if (err) {
+		mig_set_error(m, "stream setup: %s", strerror(-err));
+		close(fd);
+		return -1;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stream = &src->s;
+	pthread_mutex_unlock(&m->lock);
+	h.nvcpus = vm_nvcpus(m->vm);
+	h.nblocks = 1;
+	mig_boot_id(h.boot_id);
+	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "%s", src->block->name);
+	h.blocks[0].gpa = src->block->gpa;
+	h.blocks[0].bytes = src->block->bytes;
+	mig_save_header(&src->s, &h);
+	return fd;
+}
+
 /* ---- source: CPR transfer (in-place live update) ---- */
 
 /* 1 when the process behind @pidfd exits within @timeout_ms, else 0. */
@@ -1020,12 +1053,11 @@ static void mig_cpr_source(struct migration *m)
 	struct vm *vm = m->vm;
 	struct ram_block *rb = vm_ram_block(vm, 0);
 	struct mig_src src = { .m = m, .block = rb };
-	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
 	struct cpr_state cs;
 	struct mig_rp_msg rp;
 	char errbuf[MIG_ERROR_BYTES];
 	uint64_t stop_ns = 0;
-	bool was_running = false, stopped = false, have_stream = false;
+	bool was_running = false, stopped = false;
 	int cfd = -1, fd = -1, pidfd = -1, peer, err;
 
 	memset(&cs, 0, sizeof(cs));
@@ -1063,27 +1095,9 @@ static void mig_cpr_source(struct migration *m)
 		goto fail;
 	}
 
-	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
-	if (fd < 0) {
-		mig_set_error(m, "cannot connect to %s: %s", m->uri, strerror(-fd));
+	fd = mig_src_connect(&src);
+	if (fd < 0)
 		goto fail;
-	}
-	err = stream_init(&src.s, fd, MIG_IO_TIMEOUT_MS);
-	if (err) {
-		mig_set_error(m, "stream setup: %s", strerror(-err));
-		goto fail;
-	}
-	have_stream = true;
-	pthread_mutex_lock(&m->lock);
-	m->stream = &src.s;
-	pthread_mutex_unlock(&m->lock);
-	h.nvcpus = vm_nvcpus(vm);
-	h.nblocks = 1;
-	mig_boot_id(h.boot_id);
-	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "%s", rb->name);
-	h.blocks[0].gpa = rb->gpa;
-	h.blocks[0].bytes = rb->bytes;
-	mig_save_header(&src.s, &h);
 	stream_put_u8(&src.s, MIG_REC_CPR);
 	stream_put_bytes(&src.s, cs.token, sizeof(cs.token));
 	m->setup_ns = clock_monotonic_ns() - m->start_ns;
@@ -1151,10 +1165,10 @@ fail:
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
-	if (have_stream)
+	if (fd >= 0) {
 		stream_release(&src.s);
-	if (fd >= 0)
 		close(fd);
+	}
 	if (cfd >= 0)
 		close(cfd);
 	if (pidfd >= 0)
@@ -1167,7 +1181,6 @@ static void *mig_source_thread(void *arg)
 	struct migration *m = arg;
 	struct vm *vm = m->vm;
 	struct mig_src src = { .m = m, .block = vm_ram_block(vm, 0) };
-	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
 	struct mig_params p;
 	struct mig_rp_msg rp;
 	char errbuf[MIG_ERROR_BYTES];
@@ -1193,31 +1206,12 @@ static void *mig_source_thread(void *arg)
 		mig_set_error(m, "out of memory");
 		goto fail;
 	}
-	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
-	if (fd < 0) {
-		mig_set_error(m, "cannot connect to %s: %s", m->uri, strerror(-fd));
+	fd = mig_src_connect(&src);
+	if (fd < 0)
 		goto fail;
-	}
-	err = stream_init(&src.s, fd, MIG_IO_TIMEOUT_MS);
-	if (err) {
-		mig_set_error(m, "stream setup: %s", strerror(-err));
-		goto fail;
-	}
 	src.s.max_bytes_per_s = p.max_bandwidth;
-	pthread_mutex_lock(&m->lock);
-	m->stream = &src.s;
-	pthread_mutex_unlock(&m->lock);
 	if (atomic_load(&m->cancel))
 		goto fail;
-
-	/* Header */
-	h.nvcpus = vm_nvcpus(vm);
-	h.nblocks = 1;
-	mig_boot_id(h.boot_id);
-	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "%s", src.block->name);
-	h.blocks[0].gpa = src.block->gpa;
-	h.blocks[0].bytes = src.block->bytes;
-	mig_save_header(&src.s, &h);
 	if (p.postcopy_ram) {
 		src.postcopy = true;
 		src.preempt = p.postcopy_preempt;
