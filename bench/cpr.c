@@ -4,7 +4,8 @@
  * prints one JSON line with the guest pause (last old-vCPU stop to first
  * new-vCPU run, both on CLOCK_MONOTONIC of this host), the total time of
  * the update as the old process measured it (migrate command to the new
- * process running), and the bytes that crossed the main channel.  Then a
+ * process running; the new process is already up and listening, as an
+ * operator would start it first), and the bytes on the main channel.  Then a
  * median line per size, and - for sizes up to --copy-max - one ordinary
  * precopy migration of the same guest over a UNIX socket on this host, the
  * alternative that copies RAM, for the ratio in the same run.
@@ -124,6 +125,9 @@ static void cpr_update(const struct cpr_opts *o, struct bench_vmm *old, int slot
 	nargs[4] = NULL;
 	if (bench_vmm_spawn(o->bin, NULL, 0, name, nargs, &nv, &r))
 		goto fail;
+	/* An operator starts the new process first: time the update, not its exec. */
+	for (int i = 0; i < BENCH_CONNECT_MS && access(cpr_uri + strlen("unix:"), F_OK); i++)
+		bench_nap_ms(1);
 	args = json_tokener_parse("{\"mode\": \"cpr-transfer\"}");
 	rc = bench_call(old, "migrate-set-parameters", args, NULL, &r);
 	json_object_put(args);
