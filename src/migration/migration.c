@@ -108,6 +108,7 @@ static const char *const mig_status_names[MIG_STATUS__COUNT] = {
 	[MIG_STATUS_COMPLETED] = "completed", [MIG_STATUS_FAILED] = "failed",
 	[MIG_STATUS_CANCELLING] = "cancelling", [MIG_STATUS_CANCELLED] = "cancelled",
 	[MIG_STATUS_POSTCOPY_ACTIVE] = "postcopy-active",
+	[MIG_STATUS_POSTCOPY_PAUSED] = "postcopy-paused",
 };
 
 static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
@@ -125,9 +126,16 @@ static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
 		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
 		[MIG_STATUS_CANCELLING] = true, [MIG_STATUS_POSTCOPY_ACTIVE] = true,
 	},
-	/* once the destination runs there is no cancelling: only the end */
+	/* once the destination runs there is no cancelling: only the end, or a
+	 * pause when a channel breaks (postcopy recovery) */
 	[MIG_STATUS_POSTCOPY_ACTIVE] = {
 		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
+		[MIG_STATUS_POSTCOPY_PAUSED] = true,
+	},
+	/* resumed on a new connection; failed only when the VMM goes or the peer
+	 * reports an unrecoverable error */
+	[MIG_STATUS_POSTCOPY_PAUSED] = {
+		[MIG_STATUS_POSTCOPY_ACTIVE] = true, [MIG_STATUS_FAILED] = true,
 	},
 	[MIG_STATUS_CANCELLING] = {
 		[MIG_STATUS_CANCELLED] = true, [MIG_STATUS_FAILED] = true,

@@ -40,6 +40,9 @@ enum mig_status {
 	MIG_STATUS_CANCELLING,
 	MIG_STATUS_CANCELLED,
 	MIG_STATUS_POSTCOPY_ACTIVE, /* the destination runs; pages still move */
+	MIG_STATUS_POSTCOPY_PAUSED, /* a channel broke in postcopy: both sides wait for
+				     * migrate-recover (destination) and
+				     * migrate {"resume": true} (source) */
 	MIG_STATUS__COUNT,
 };
 const char *mig_status_name(enum mig_status s);
