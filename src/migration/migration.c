@@ -1825,6 +1825,11 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 		snprintf(err, errlen, "this VM is waiting for an incoming migration");
 		return -EBUSY;
 	}
+	if (migration_get_status(m) == MIG_STATUS_POSTCOPY_PAUSED) {
+		snprintf(err, errlen, "a postcopy migration is paused: resume it with migrate "
+			 "{\"uri\": URI, \"resume\": true}");
+		return -EBUSY;
+	}
 	if (rs != VM_RUNSTATE_RUNNING && rs != VM_RUNSTATE_PAUSED) {
 		snprintf(err, errlen, "cannot migrate a guest in state %s", vm_runstate_name(rs));
 		return -EINVAL;
