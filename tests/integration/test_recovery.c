@@ -266,6 +266,26 @@ static void link_set(int host, const char *updown)
 	assert_int_equal(vmtest_cmd(argv, false, 10000), 0);
 }
 
+/*
+ * With postcopy running: @host's veth end goes down with pages in flight,
+ * @first then @second are told (migrate-pause), the link comes up again and
+ * the migration resumes on a new connection to @listen.
+ */
+static void cut_link(int host, struct vmtest_vm *first, struct vmtest_vm *second,
+		     const char *listen)
+{
+	char real[64];
+
+	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	link_set(host, "down");
+	assert_int_equal(vmtest_call(first, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(vmtest_call(second, "migrate-pause", NULL, NULL), 0);
+	wait_both_paused();
+	link_set(host, "up");
+	recover(listen, real, sizeof(real));
+	resume(real);
+}
+
 static void test_recover_netns_link_down(void **state)
 {
 	char listen[48], uri[64], real[64];
@@ -291,24 +311,9 @@ static void test_recover_netns_link_down(void **state)
 	resume(real);
 
 	/* Cut 2: the link goes down with pages in flight. */
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
-	link_set(HOST_A, "down");
-	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
-	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
-	wait_both_paused();
-	link_set(HOST_A, "up");
-	recover(listen, real, sizeof(real));
-	resume(real);
-
-	/* Cut 3: down again, this time the destination pauses first. */
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
-	link_set(HOST_B, "down");
-	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
-	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
-	wait_both_paused();
-	link_set(HOST_B, "up");
-	recover(listen, real, sizeof(real));
-	resume(real);
+	cut_link(HOST_A, &rec_src, &rec_dst, listen);
+	/* Cut 3: down again at the other end, the destination told first. */
+	cut_link(HOST_B, &rec_dst, &rec_src, listen);
 
 	expect_recovered(3);
 }
