@@ -5,7 +5,8 @@
  * Checks beyond "no crash, no leak": every message accepted has a known
  * type and sane fields (same_clock a bool, a page request's length within
  * a run, an error's code a negative errno with printable, NUL-terminated
- * text), and every failure has a message.
+ * text, a received bitmap within bounds with no bit past its last page),
+ * every failure has a message and leaves no bitmap behind.
  */
 #include <assert.h>
 #include <errno.h>
@@ -33,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		r = mig_rp_read(&s, &m, err, sizeof(err));
 		assert(s.pos <= size);
 		if (r) {
-			assert(r < 0 && err[0]);
+			assert(r < 0 && err[0] && !m.bitmap);
 			break;
 		}
 		assert(s.pos > before); /* progress: no endless loop on any input */
@@ -41,6 +42,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			assert(m.same_clock == 0 || m.same_clock == 1);
 		} else if (m.type == MIG_RP_PAGE_REQ) {
 			assert(m.npages >= 1 && m.npages <= MIG_RUN_MAX_PAGES);
+		} else if (m.type == MIG_RP_RECV_BITMAP) {
+			assert(m.bitmap && m.bitmap_pages >= 1 &&
+			       m.bitmap_pages <= MIG_RECV_BITMAP_MAX_PAGES);
+			/* the whole bitmap is readable (ASan) and has no stray bit */
+			if (m.bitmap_pages % 8)
+				assert(!(m.bitmap[(m.bitmap_pages - 1) / 8] >> (m.bitmap_pages % 8)));
+			mig_rp_msg_release(&m);
 		} else if (m.type == MIG_RP_COMPLETE || m.type == MIG_RP_PONG) {
 			/* nothing to check */
 		} else {

@@ -23,6 +23,11 @@
  * With CPR transfer (an in-place live update, docs/cpr.md) the RAM
  * blocks' memfds went over the cpr channel first; the main stream is the
  * header, CPR(token), the sections and END - no RAM record at all.
+ *
+ * Postcopy recovery: when a channel breaks after RUN both sides pause; the
+ * source reconnects and sends the header again then POSTCOPY_RESUME; the
+ * destination answers RP_RECV_BITMAP (every page it holds) and repeats its
+ * outstanding RP_PAGE_REQs; the source re-sends whatever the bitmap lacks.
  */
 #ifndef VMFERRY_MIGRATION_FORMAT_H
 #define VMFERRY_MIGRATION_FORMAT_H
@@ -49,7 +54,9 @@ enum mig_record {
 	MIG_REC_POSTCOPY_DISCARD = 6,/* u8 block, u32 count, count x (u64 first, u32 n) */
 	MIG_REC_POSTCOPY_RUN = 7,    /* nothing: device state is complete, run now */
 	MIG_REC_PING = 8,            /* u32 id: answer RP_PONG once all before it is done */
-	MIG_REC_CPR = 9,             /* u8 token[16]: CPR transfer - guest RAM is the memfds
+	MIG_REC_POSTCOPY_RESUME = 9, /* nothing: a new connection continues a paused postcopy
+				      * (only right after the header of a resumed stream) */
+	MIG_REC_CPR = 10,            /* u8 token[16]: CPR transfer - guest RAM is the memfds
 				      * handed over on the cpr channel with this token; no
 				      * RAM record follows (first record) */
 };
@@ -65,7 +72,11 @@ enum mig_rp_message {
 	MIG_RP_PAGE_REQ = 3, /* u8 block, u32 npages, u64 first_page */
 	MIG_RP_COMPLETE = 4, /* nothing: every page arrived (postcopy) */
 	MIG_RP_PONG = 5,     /* u32 id: every record before PING(id) is done */
+	MIG_RP_RECV_BITMAP = 6, /* u8 block, u64 npages, u32 len, len bytes: pages held
+				 * (postcopy recovery, first on a resumed return path) */
 };
+/* Largest block a RECEIVED bitmap may describe: 2^27 pages (512 GiB), 16 MiB of bits. */
+#define MIG_RECV_BITMAP_MAX_PAGES (1ull << 27)
 
 struct mig_block_desc {
 	char name[MIG_BLOCK_NAME_MAX + 1];

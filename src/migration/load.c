@@ -205,6 +205,60 @@ int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
 	return r ? r : 1;
 }
 
+int mig_load_resume_start(struct stream *s, const struct mig_header *orig, char *err,
+			  size_t errlen)
+{
+	struct mig_header h;
+	uint8_t type;
+	int r = mig_load_header(s, &h, err, errlen);
+
+	if (r)
+		return r;
+	if (h.nvcpus != orig->nvcpus || h.nblocks != orig->nblocks ||
+	    memcmp(h.boot_id, orig->boot_id, MIG_BOOT_ID_BYTES))
+		LOAD_FAIL("resume: the header is not the paused migration's (another source?)");
+	for (uint32_t i = 0; i < h.nblocks; i++)
+		if (strcmp(h.blocks[i].name, orig->blocks[i].name) ||
+		    h.blocks[i].gpa != orig->blocks[i].gpa || h.blocks[i].bytes != orig->blocks[i].bytes)
+			LOAD_FAIL("resume: RAM block %u differs from the paused migration's", i);
+	type = stream_get_u8(s);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (type != MIG_REC_POSTCOPY_RESUME)
+		LOAD_FAIL("resume: record type %u after the header, expected postcopy resume (%u)",
+			  type, MIG_REC_POSTCOPY_RESUME);
+	return 0;
+}
+
+int mig_load_resumed_record(struct stream *s, const struct mig_header *h,
+			    const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen)
+{
+	uint8_t type = stream_get_u8(s);
+	uint32_t npages, id;
+	bool zero;
+	int r;
+
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	switch (type) {
+	case MIG_REC_END:
+		return 0;
+	case MIG_REC_RAM:
+		r = mig_load_ram_record(s, h, ops, opaque, &zero, &npages, err, errlen);
+		return r ? r : 1;
+	case MIG_REC_PING:
+		id = stream_get_u32(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (ops->ping && (r = ops->ping(opaque, id)) != 0) {
+			snprintf(err, errlen, "answering ping %u failed", id);
+			return r;
+		}
+		return 1;
+	}
+	LOAD_FAIL("resumed stream: record type %u (only RAM, PING and END belong here)", type);
+}
+
 int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 	     struct mig_load_stats *st, char *err, size_t errlen)
 {
@@ -343,6 +397,11 @@ int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 			}
 			break;
 		}
+		case MIG_REC_POSTCOPY_RESUME:
+			snprintf(err, errlen, "postcopy resume in a new migration stream (it only "
+				 "follows the header of a resumed one)");
+			r = -EBADMSG;
+			goto out;
 		case MIG_REC_POSTCOPY_RUN:
 			if (!st->postcopy_advised || st->postcopy_running || !st->vm_section_seen ||
 			    st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1)) {
@@ -479,6 +538,37 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 		return 0; /* the block and range are checked by the source against its RAM */
 	case MIG_RP_COMPLETE:
 		return 0;
+	case MIG_RP_RECV_BITMAP: {
+		uint32_t len;
+
+		m->block = stream_get_u8(s);
+		m->bitmap_pages = stream_get_u64(s);
+		len = stream_get_u32(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (m->bitmap_pages == 0 || m->bitmap_pages > MIG_RECV_BITMAP_MAX_PAGES)
+			LOAD_FAIL("return path: received bitmap of %llu pages (1..%llu)",
+				  (unsigned long long)m->bitmap_pages, MIG_RECV_BITMAP_MAX_PAGES);
+		if (len != (m->bitmap_pages + 7) / 8)
+			LOAD_FAIL("return path: received bitmap of %llu pages in %u bytes",
+				  (unsigned long long)m->bitmap_pages, len);
+		m->bitmap = malloc(len);
+		if (!m->bitmap) {
+			snprintf(err, errlen, "return path: no memory for a %u-byte bitmap", len);
+			return -ENOMEM;
+		}
+		stream_get_bytes(s, m->bitmap, len);
+		if (stream_error(s)) {
+			mig_rp_msg_release(m);
+			return mig_load_io_error(s, err, errlen);
+		}
+		if (m->bitmap_pages % 8 && (m->bitmap[len - 1] >> (m->bitmap_pages % 8))) {
+			mig_rp_msg_release(m);
+			LOAD_FAIL("return path: received bitmap has bits past page %llu",
+				  (unsigned long long)m->bitmap_pages);
+		}
+		return 0; /* the block and its size are checked by the source against its RAM */
+	}
 	case MIG_RP_PONG:
 		m->id = stream_get_u32(s);
 		if (stream_error(s))
@@ -540,6 +630,22 @@ void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, 
 	stream_put_u8(s, block);
 	stream_put_u32(s, npages);
 	stream_put_u64(s, first_page);
+	stream_flush(s);
+}
+
+void mig_rp_msg_release(struct mig_rp_msg *m)
+{
+	free(m->bitmap);
+	m->bitmap = NULL;
+}
+
+void mig_rp_send_recv_bitmap(struct stream *s, uint8_t block, uint64_t npages, const uint8_t *bits)
+{
+	stream_put_u8(s, MIG_RP_RECV_BITMAP);
+	stream_put_u8(s, block);
+	stream_put_u64(s, npages);
+	stream_put_u32(s, (uint32_t)((npages + 7) / 8));
+	stream_put_bytes(s, bits, (size_t)((npages + 7) / 8));
 	stream_flush(s);
 }
 

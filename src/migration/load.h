@@ -85,10 +85,21 @@ struct mig_rp_msg {
 	bool same_clock;         /* RUNNING: destination shares our boot id */
 	int32_t err;             /* ERROR: -errno */
 	char text[MIG_ERRMSG_MAX + 1]; /* ERROR */
+	uint64_t bitmap_pages;   /* RECV_BITMAP: pages described (block is in @block) */
+	uint8_t *bitmap;         /* RECV_BITMAP: (bitmap_pages + 7) / 8 bytes, bit i of
+				  * byte j = page 8j + i; owned: mig_rp_msg_release */
 };
 
-/* Read one return-path message.  0, -EBADMSG (message in @err) or the I/O error. */
+/*
+ * Read one return-path message into @m (which must not hold a bitmap: release
+ * it first).  0, -EBADMSG (message in @err), -ENOMEM, or the I/O error.  A
+ * RECV_BITMAP's bits are allocated only after its length fields were checked.
+ */
 int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen);
+/* Free what mig_rp_read allocated (a RECV_BITMAP's bits).  Any thread. */
+void mig_rp_msg_release(struct mig_rp_msg *m);
+/* Send RECV_BITMAP for @block: @npages bits from @bits (LSB first). */
+void mig_rp_send_recv_bitmap(struct stream *s, uint8_t block, uint64_t npages, const uint8_t *bits);
 void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_clock, uint64_t load_ns);
 void mig_rp_send_error(struct stream *s, int err, const char *text);
 void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, uint32_t npages);
@@ -106,3 +117,18 @@ int mig_load_urgent_magic(struct stream *s, char *err, size_t errlen);
  */
 int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
 			   const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen);
+
+/*
+ * Postcopy recovery, destination: the start of a resumed main channel, a
+ * HEADER equal to @orig (the one the paused migration began with: same
+ * vCPUs, blocks and boot id) followed by POSTCOPY_RESUME.  0 or -EBADMSG
+ * (message in @err) or the I/O error.
+ */
+int mig_load_resume_start(struct stream *s, const struct mig_header *orig, char *err,
+			  size_t errlen);
+/*
+ * One record of a resumed main channel: RAM (handed to @ops->ram), PING
+ * (@ops->ping) or END.  1 = a record was handled, 0 = END, <0 error.
+ */
+int mig_load_resumed_record(struct stream *s, const struct mig_header *h,
+			    const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen);

@@ -59,6 +59,12 @@
 #define MIG_CPR_ACK_TIMEOUT_MS 30000  /* the new process creates its VM */
 #define MIG_CPR_PEER_EXIT_MS 5000     /* a failed new process has this long to exit */
 #define MIG_CPR_CONNECT_WAIT_MS 2000  /* for a new process that does not listen yet */
+/*
+ * Postcopy: the source asks for an acknowledgement (PING) after this many
+ * pages pushed, and gives a page's memory back only once acknowledged, so a
+ * page lost in flight when a channel breaks is still here to be re-sent.
+ */
+#define MIG_ACK_PAGES 1024u
 
 struct migration {
 	struct vm *vm;
@@ -83,6 +89,19 @@ struct migration {
 	int listen_fd;            /* incoming */
 	int cancel_fd;            /* eventfd: cancel an accept */
 	atomic_bool cancel;
+
+	/* postcopy recovery (docs/migration.md), under lock */
+	pthread_cond_t cond;      /* a resume or recover request, or closing */
+	int conn_fd;              /* the main connection, for migrate-pause; -1 none */
+	int urgent_conn_fd;       /* the urgent connection, likewise */
+	bool pause_requested;     /* migrate-pause: the break is deliberate */
+	bool resume_requested;    /* source: migrate {"resume": true} given ... */
+	struct channel_uri resume_curi; /* ... to this address */
+	char resume_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	int recover_fd;           /* destination: migrate-recover's listening socket, -1 none */
+	struct channel_uri recover_curi;
+	char recover_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	_Atomic uint64_t postcopy_pauses;
 
 	/* statistics (written by the migration thread) */
 	uint64_t start_ns, setup_ns, end_ns;
@@ -118,6 +137,7 @@ static const char *const mig_status_names[MIG_STATUS__COUNT] = {
 	[MIG_STATUS_COMPLETED] = "completed", [MIG_STATUS_FAILED] = "failed",
 	[MIG_STATUS_CANCELLING] = "cancelling", [MIG_STATUS_CANCELLED] = "cancelled",
 	[MIG_STATUS_POSTCOPY_ACTIVE] = "postcopy-active",
+	[MIG_STATUS_POSTCOPY_PAUSED] = "postcopy-paused",
 };
 
 static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
@@ -135,9 +155,16 @@ static const bool mig_status_allowed[MIG_STATUS__COUNT][MIG_STATUS__COUNT] = {
 		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
 		[MIG_STATUS_CANCELLING] = true, [MIG_STATUS_POSTCOPY_ACTIVE] = true,
 	},
-	/* once the destination runs there is no cancelling: only the end */
+	/* once the destination runs there is no cancelling: only the end, or a
+	 * pause when a channel breaks (postcopy recovery) */
 	[MIG_STATUS_POSTCOPY_ACTIVE] = {
 		[MIG_STATUS_COMPLETED] = true, [MIG_STATUS_FAILED] = true,
+		[MIG_STATUS_POSTCOPY_PAUSED] = true,
+	},
+	/* resumed on a new connection; failed only when the VMM goes or the peer
+	 * reports an unrecoverable error */
+	[MIG_STATUS_POSTCOPY_PAUSED] = {
+		[MIG_STATUS_POSTCOPY_ACTIVE] = true, [MIG_STATUS_FAILED] = true,
 	},
 	[MIG_STATUS_CANCELLING] = {
 		[MIG_STATUS_CANCELLED] = true, [MIG_STATUS_FAILED] = true,
@@ -225,6 +252,60 @@ static void mig_set_error(struct migration *m, const char *fmt, ...)
 	pthread_mutex_unlock(&m->lock);
 }
 
+/* A postcopy pause replaces whatever error an earlier pause left. */
+static void mig_replace_error(struct migration *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void mig_replace_error(struct migration *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&m->lock);
+	va_start(ap, fmt);
+	vsnprintf(m->error, sizeof(m->error), fmt, ap);
+	va_end(ap);
+	log_error("migration: %s", m->error);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Publish the connections migrate-pause may shut down (-1: none). */
+static void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd)
+{
+	pthread_mutex_lock(&m->lock);
+	m->conn_fd = conn_fd;
+	m->urgent_conn_fd = urgent_fd;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/*
+ * Enter postcopy-paused: emits MIGRATION (status) and MIGRATION_PAUSED with
+ * the reason, which query-migrate shows as error-desc until resumed.
+ */
+static void mig_enter_paused(struct migration *m, const char *reason)
+{
+	struct json_object *data = json_object_new_object();
+
+	mig_replace_error(m, "postcopy paused: %s", reason);
+	pthread_mutex_lock(&m->lock);
+	m->pause_requested = false;
+	pthread_mutex_unlock(&m->lock);
+	atomic_fetch_add(&m->postcopy_pauses, 1);
+	mig_set_status(m, MIG_STATUS_POSTCOPY_PAUSED);
+	json_object_object_add(data, "role", json_object_new_string(m->incoming ? "destination"
+										   : "source"));
+	json_object_object_add(data, "reason", json_object_new_string(reason));
+	mig_emit(m, "MIGRATION_PAUSED", data);
+}
+
+/* Back to postcopy-active on new connections. */
+static void mig_leave_paused(struct migration *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->error[0] = 0;
+	pthread_mutex_unlock(&m->lock);
+	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
+	log_info("migration: postcopy resumed");
+}
+
 /* Finish a failed or cancelled run. */
 static void mig_finish_failed(struct migration *m)
 {
@@ -254,12 +335,14 @@ int migration_create(struct vm *vm, struct migration **out)
 		.mode = MIG_MODE_NORMAL,
 	};
 	m->listen_fd = -1;
+	m->conn_fd = m->urgent_conn_fd = m->recover_fd = -1;
 	m->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (m->cancel_fd < 0) {
 		free(m);
 		return -errno;
 	}
 	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
 	*out = m;
 	return 0;
 }
@@ -291,6 +374,7 @@ void migration_shutdown(struct migration *m)
 		return;
 	pthread_mutex_lock(&m->lock);
 	m->closing = true;
+	pthread_cond_broadcast(&m->cond); /* a paused migration stops waiting */
 	pthread_mutex_unlock(&m->lock);
 	mig_request_cancel(m);
 	if (m->thread_joinable)
@@ -308,7 +392,10 @@ void migration_destroy(struct migration *m)
 		close(m->listen_fd);
 	if (m->curi.kind == CHANNEL_UNIX && m->incoming)
 		unlink(m->curi.path);
+	if (m->recover_fd >= 0)
+		close(m->recover_fd);
 	close(m->cancel_fd);
+	pthread_cond_destroy(&m->cond);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }
@@ -345,17 +432,80 @@ struct mig_src {
 	struct stream urgent;      /* written by the return-path thread only */
 	int urgent_fd;
 	uint64_t urgent_bytes;     /* sent on the urgent channel, for the figures */
+	uint64_t earlier_bytes;    /* sent on main connections before a postcopy pause */
 	struct stream rp;          /* return path, read by its thread */
 	int rp_fd;
 	int rp_result;             /* 0 = COMPLETE seen */
 	char rp_error[MIG_ERROR_BYTES];
+	bool rp_fatal;             /* the destination failed or broke the protocol */
 	struct mig_rp_msg running;
 	atomic_bool got_running;
+	/* postcopy: release only what the destination acknowledged */
+	struct mig_header header;  /* sent again when resuming */
+	uint64_t *released;        /* pages given back to the host */
+	struct mig_unacked *unacked; /* runs sent on the main channel, not yet acknowledged */
+	size_t unacked_head, unacked_len, unacked_cap;
+	uint32_t ping_id;          /* last PING sent in postcopy */
+	_Atomic uint32_t ping_acked; /* last PONG received */
+	uint64_t since_ping;       /* pages pushed since that PING */
 	/* current run being built */
 	uint64_t run_first;
 	uint32_t run_len;
 	bool run_zero;
 };
+
+/* Pages sent on the main channel before PING @ping, freed once it is answered. */
+struct mig_unacked {
+	uint64_t first;
+	uint64_t n;
+	uint32_t ping;
+};
+
+static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
+{
+	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		  (off_t)(first * MIG_PAGE_BYTES), (off_t)(n * MIG_PAGE_BYTES));
+	for (uint64_t p = first; p < first + n; p++)
+		src->released[p / 64] |= 1ull << (p % 64);
+}
+
+/* Remember a run sent on the main channel until the destination acknowledges it. */
+static void mig_unacked_add(struct mig_src *src, uint64_t first, uint64_t n)
+{
+	if (src->unacked_len == src->unacked_cap && src->unacked_head) {
+		/* reuse the acknowledged front first */
+		memmove(src->unacked, src->unacked + src->unacked_head,
+			(src->unacked_len - src->unacked_head) * sizeof(*src->unacked));
+		src->unacked_len -= src->unacked_head;
+		src->unacked_head = 0;
+	}
+	if (src->unacked_len == src->unacked_cap) {
+		size_t cap = src->unacked_cap ? src->unacked_cap * 2 : 256;
+		struct mig_unacked *u = realloc(src->unacked, cap * sizeof(*u));
+
+		if (!u)
+			return; /* never released then: costs memory, never data */
+		src->unacked = u;
+		src->unacked_cap = cap;
+	}
+	src->unacked[src->unacked_len++] =
+		(struct mig_unacked){ .first = first, .n = n, .ping = src->ping_id + 1 };
+}
+
+/* Give back the runs every PING up to the last PONG covered. */
+static void mig_release_acked(struct mig_src *src)
+{
+	uint32_t acked = atomic_load(&src->ping_acked);
+
+	while (src->unacked_head < src->unacked_len &&
+	       src->unacked[src->unacked_head].ping <= acked) {
+		mig_release(src, src->unacked[src->unacked_head].first,
+			    src->unacked[src->unacked_head].n);
+		src->unacked_head++;
+	}
+	if (src->unacked_head == src->unacked_len)
+		src->unacked_head = src->unacked_len = 0;
+}
 
 static bool mig_page_is_zero(const uint8_t *p)
 {
@@ -386,15 +536,19 @@ static void mig_flush_run(struct mig_src *src)
 				  (size_t)src->run_len * MIG_PAGE_BYTES);
 		atomic_fetch_add(&m->normal_pages, src->run_len);
 	}
-	if (src->release_ram && atomic_load(&src->got_running) && !stream_error(&src->s)) {
-		/* Postcopy, and the destination runs the guest: the source's
-		 * vCPUs never run again and the copy is gone into the socket, so
-		 * the memory can go back to the host.  Not before RUNNING: a
-		 * destination that fails earlier leaves the guest to us. */
-		fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			  (off_t)(src->run_first * MIG_PAGE_BYTES), (off_t)src->run_len * MIG_PAGE_BYTES);
+	if (src->release_ram && !stream_error(&src->s)) {
+		/*
+		 * Postcopy: the source's vCPUs never run again, so the memory can
+		 * go back to the host - but only once the destination confirms it
+		 * placed the pages (PONG to the next PING): a page sent into a
+		 * connection that then breaks is lost in flight and must be sent
+		 * again after recovery.  A PONG also implies RUNNING came first, so
+		 * a destination that fails before running leaves the guest intact.
+		 */
+		mig_unacked_add(src, src->run_first, src->run_len);
+		src->since_ping += src->run_len;
 	}
-	atomic_store(&m->transferred, src->s.bytes + src->s.wlen);
+	atomic_store(&m->transferred, src->earlier_bytes + src->s.bytes + src->s.wlen);
 	src->run_len = 0;
 }
 
@@ -697,21 +851,34 @@ static void *mig_rp_thread(void *arg)
 		if (r) {
 			snprintf(src->rp_error, sizeof(src->rp_error), "return path: %s", err);
 			src->rp_result = r;
+			src->rp_fatal = r == -EBADMSG; /* malformed, not merely broken */
 			break;
 		}
-		if (msg.type == MIG_RP_RUNNING) {
+		if (msg.type == MIG_RP_PONG) {
+			atomic_store(&src->ping_acked, msg.id);
+		} else if (msg.type == MIG_RP_RUNNING) {
 			src->running = msg;
 			atomic_store(&src->got_running, true);
 		} else if (msg.type == MIG_RP_PAGE_REQ) {
 			mig_rp_serve_request(src, &msg);
-			if (src->rp_result)
+			if (src->rp_result) {
+				src->rp_fatal = true;
 				break;
+			}
 		} else if (msg.type == MIG_RP_COMPLETE) {
 			src->rp_result = 0;
 			break;
-		} else {
+		} else if (msg.type == MIG_RP_ERROR) {
 			snprintf(src->rp_error, sizeof(src->rp_error), "destination failed: %.400s", msg.text);
 			src->rp_result = msg.err ? msg.err : -EIO;
+			src->rp_fatal = true;
+			break;
+		} else {
+			mig_rp_msg_release(&msg);
+			snprintf(src->rp_error, sizeof(src->rp_error),
+				 "return path: unexpected message type %u during postcopy", msg.type);
+			src->rp_result = -EPROTO;
+			src->rp_fatal = true;
 			break;
 		}
 		if (stream_error(&src->urgent)) {
@@ -760,6 +927,12 @@ static int mig_postcopy_push(struct mig_src *src)
 			atomic_fetch_add(&src->pushed, 1);
 		}
 		mig_flush_run(src);
+		if (src->since_ping >= MIG_ACK_PAGES) {
+			stream_put_u8(&src->s, MIG_REC_PING);
+			stream_put_u32(&src->s, ++src->ping_id);
+			src->since_ping = 0;
+		}
+		mig_release_acked(src);
 		if (stream_error(&src->s))
 			return stream_error(&src->s);
 		cursor = end == src->npages ? 0 : end;
@@ -836,24 +1009,277 @@ static int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
 	return r ? r : -EPROTO;
 }
 
+/* Open the urgent channel to m->curi and start it with its magic.  0 or -errno. */
+static int mig_src_open_urgent(struct mig_src *src)
+{
+	src->urgent_fd = channel_connect(&src->m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (src->urgent_fd < 0 || stream_init(&src->urgent, src->urgent_fd, MIG_IO_TIMEOUT_MS)) {
+		if (src->urgent_fd >= 0)
+			close(src->urgent_fd);
+		src->urgent_fd = -1;
+		return -ECONNREFUSED;
+	}
+	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC);
+	return stream_flush(&src->urgent);
+}
+
+/* The return path reads a dup of the main connection @fd.  0 or -errno. */
+static int mig_src_open_rp(struct mig_src *src, int fd)
+{
+	src->rp_fd = dup(fd);
+	if (src->rp_fd < 0)
+		return -errno;
+	if (stream_init(&src->rp, src->rp_fd, -1)) {
+		close(src->rp_fd);
+		src->rp_fd = -1;
+		return -ENOMEM;
+	}
+	src->rp_result = 0;
+	src->rp_fatal = false;
+	src->rp_error[0] = 0;
+	return 0;
+}
+
+static void mig_src_close_side_channels(struct mig_src *src)
+{
+	if (src->rp_fd >= 0) {
+		stream_release(&src->rp);
+		close(src->rp_fd);
+		src->rp_fd = -1;
+	}
+	if (src->urgent_fd >= 0) {
+		src->urgent_bytes += src->urgent.bytes;
+		stream_release(&src->urgent);
+		close(src->urgent_fd);
+		src->urgent_fd = -1;
+	}
+}
+
+/*
+ * Serve the destination on the current connections until it holds every
+ * page: push the rest, then wait (bounded) for COMPLETE.  Joins the
+ * return-path thread.  0 when complete; otherwise the error, with
+ * src->rp_fatal set when the destination failed or broke the protocol.
+ */
+static int mig_postcopy_serve(struct mig_src *src, pthread_t rp_thread)
+{
+	struct timespec until;
+	int err = mig_postcopy_push(src);
+
+	if (err) {
+		stream_cancel(&src->rp);
+		pthread_join(rp_thread, NULL);
+		return src->rp_fatal ? src->rp_result : err;
+	}
+	/* The destination answers COMPLETE once it holds every page. */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += MIG_RP_TIMEOUT_MS / 1000;
+	if (pthread_timedjoin_np(rp_thread, NULL, &until)) {
+		stream_cancel(&src->rp);
+		pthread_join(rp_thread, NULL);
+		if (!src->rp_error[0])
+			snprintf(src->rp_error, sizeof(src->rp_error),
+				 "the destination did not confirm it has every page");
+		if (!src->rp_result)
+			src->rp_result = -ETIMEDOUT;
+	}
+	return src->rp_result;
+}
+
+/*
+ * The destination's RECEIVED bitmap, on a resumed connection: every page it
+ * lacks is pending again (lost in flight, or never sent); what it holds may
+ * go back to the host.  A page the destination lacks that was given back
+ * here would be lost for good: that is refused (it cannot happen unless the
+ * destination is another one).  0 or -EPROTO with @why.
+ */
+static int mig_src_apply_received(struct mig_src *src, const struct mig_rp_msg *msg, char *why,
+				  size_t whylen)
+{
+	uint64_t count = 0, run = 0;
+
+	if (msg->type != MIG_RP_RECV_BITMAP || msg->block != 0 || msg->bitmap_pages != src->npages) {
+		snprintf(why, whylen, "expected the received bitmap of block 0 (%" PRIu64 " pages), "
+			 "got message type %u (block %u, %" PRIu64 " pages)", src->npages, msg->type,
+			 msg->block, msg->bitmap_pages);
+		return -EPROTO;
+	}
+	for (uint64_t p = 0; p < src->npages; p++) {
+		bool have = msg->bitmap[p / 8] & (1u << (p % 8));
+		bool gone = src->released[p / 64] & (1ull << (p % 64));
+
+		if (!have && gone) {
+			snprintf(why, whylen, "the destination lacks page %" PRIu64 ", which it had "
+				 "acknowledged (another destination?)", p);
+			return -EPROTO;
+		}
+	}
+	for (uint64_t w = 0; w < src->bitmap_words; w++)
+		atomic_store(&src->pending[w], 0);
+	for (uint64_t p = 0; p <= src->npages; p++) {
+		bool have = p < src->npages && (msg->bitmap[p / 8] & (1u << (p % 8)));
+		bool fresh = have && !(src->released[p / 64] & (1ull << (p % 64)));
+
+		if (p < src->npages && !have) {
+			atomic_fetch_or(&src->pending[p / 64], 1ull << (p % 64));
+			count++;
+		}
+		/* Held there and not yet released here: release in runs. */
+		if (fresh) {
+			run++;
+		} else if (run) {
+			mig_release(src, p - run, run);
+			run = 0;
+		}
+	}
+	atomic_store(&src->pending_count, count);
+	src->unacked_head = src->unacked_len = 0; /* the bitmap settled all of them */
+	src->since_ping = 0;
+	atomic_store(&src->last_fault, 0);
+	log_info("postcopy: the destination holds %" PRIu64 " of %" PRIu64 " pages; %" PRIu64
+		 " to send", src->npages - count, src->npages, count);
+	return 0;
+}
+
+/*
+ * Resume a paused postcopy on m->curi: connect, send the header and RESUME,
+ * read the destination's RECEIVED bitmap, open the urgent channel and the
+ * return path.  On success *fdp is the new main connection and the
+ * return-path thread runs.  0 or -errno with @why.
+ */
+static int mig_src_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread, char *why,
+			  size_t whylen)
+{
+	struct migration *m = src->m;
+	struct mig_rp_msg msg = { 0 };
+	char err[256];
+	int fd, r;
+
+	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		return fd;
+	}
+	r = stream_init(&src->s, fd, MIG_IO_TIMEOUT_MS);
+	if (r) {
+		close(fd);
+		snprintf(why, whylen, "stream setup: %s", strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&m->lock);
+	src->s.max_bytes_per_s = m->params.max_bandwidth;
+	m->stream = &src->s;
+	pthread_mutex_unlock(&m->lock);
+	*fdp = fd;
+	mig_publish_conns(m, fd, -1);
+	mig_save_header(&src->s, &src->header);
+	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RESUME);
+	if (stream_flush(&src->s)) {
+		snprintf(why, whylen, "sending resume: %s", src->s.errmsg);
+		return stream_error(&src->s);
+	}
+	r = mig_rp_read(&src->s, &msg, err, sizeof(err));
+	if (r) {
+		snprintf(why, whylen, "no received bitmap from the destination: %s", err);
+		return r;
+	}
+	if (msg.type == MIG_RP_ERROR) {
+		snprintf(why, whylen, "the destination refused to resume: %.400s", msg.text);
+		return -EPROTO;
+	}
+	r = mig_src_apply_received(src, &msg, why, whylen);
+	mig_rp_msg_release(&msg);
+	if (r)
+		return r;
+	r = mig_src_open_urgent(src);
+	if (r) {
+		snprintf(why, whylen, "cannot open the urgent channel to %s", m->uri);
+		return r;
+	}
+	r = mig_src_open_rp(src, fd);
+	if (!r)
+		r = -pthread_create(rp_thread, NULL, mig_rp_thread, src);
+	if (r) {
+		snprintf(why, whylen, "cannot start the return path: %s", strerror(-r));
+		return r;
+	}
+	mig_publish_conns(m, fd, src->urgent_fd);
+	return 0;
+}
+
+/* Drop the broken connections of a paused postcopy (the thread is joined). */
+static void mig_src_drop_conns(struct mig_src *src, int *fdp)
+{
+	struct migration *m = src->m;
+
+	mig_publish_conns(m, -1, -1);
+	mig_src_close_side_channels(src);
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (*fdp >= 0) {
+		src->earlier_bytes += src->s.bytes;
+		stream_release(&src->s);
+		close(*fdp);
+		*fdp = -1;
+	}
+}
+
+/*
+ * Postcopy-paused on the source: wait for `migrate {"resume": true}` and
+ * resume; a failed attempt stays paused (error-desc says why) and waits for
+ * the next.  0 resumed (the return-path thread runs), -ECANCELED when the
+ * VMM goes.
+ */
+static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread)
+{
+	struct migration *m = src->m;
+	char why[MIG_ERROR_BYTES];
+
+	for (;;) {
+		int r;
+
+		pthread_mutex_lock(&m->lock);
+		while (!m->resume_requested && !m->closing)
+			pthread_cond_wait(&m->cond, &m->lock);
+		if (m->closing) {
+			pthread_mutex_unlock(&m->lock);
+			return -ECANCELED;
+		}
+		m->resume_requested = false;
+		m->curi = m->resume_curi;
+		snprintf(m->uri, sizeof(m->uri), "%s", m->resume_uri);
+		pthread_mutex_unlock(&m->lock);
+		log_info("postcopy: resuming to %s", m->uri);
+		r = mig_src_resume(src, fdp, rp_thread, why, sizeof(why));
+		if (!r)
+			return 0;
+		mig_src_drop_conns(src, fdp);
+		mig_replace_error(m, "postcopy paused: resuming to %s failed: %s", m->uri, why);
+	}
+}
+
 /*
  * Switch to postcopy: the vCPUs are stopped and the final dirty log is in
  * src->bitmap.  Sends discards, state and RUN; serves the destination until
- * it has every page.  Returns 0 when complete, -EAGAIN when the destination
+ * it has every page, pausing when a channel breaks and resuming on request
+ * (postcopy recovery).  Returns 0 when complete, -EAGAIN when the destination
  * failed before running the guest (the caller resumes it here), other -errno
- * when the guest's state is split between the two sides.
+ * when the guest's state is split between the two sides.  *fdp is the main
+ * connection, replaced on resume.
  */
-static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int fd)
+static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp)
 {
 	struct migration *m = src->m;
 	pthread_t rp_thread;
 	uint64_t *discard = calloc(src->bitmap_words, sizeof(uint64_t));
-	bool rp_started = false;
 	int err = 0;
 
 	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
+	src->released = calloc(src->bitmap_words, sizeof(uint64_t));
 	src->urgent_fd = src->rp_fd = -1;
-	if (!discard || !src->pending) {
+	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
+	if (!discard || !src->pending || !src->released) {
 		free(discard);
 		mig_set_error(m, "out of memory");
 		err = -EAGAIN;
@@ -890,24 +1316,17 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		goto out;
 	}
 	/* The urgent channel first, so the destination can be answered at once. */
-	src->urgent_fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
-	if (src->urgent_fd < 0 || stream_init(&src->urgent, src->urgent_fd, MIG_IO_TIMEOUT_MS)) {
+	if (mig_src_open_urgent(src)) {
 		char why[MIG_ERROR_BYTES];
 
 		if (!mig_rp_pending_error(src, why, sizeof(why)))
 			mig_set_error(m, "destination refused the migration: %s", why);
 		else
 			mig_set_error(m, "cannot open the urgent channel to %s", m->uri);
-		if (src->urgent_fd >= 0)
-			close(src->urgent_fd);
-		src->urgent_fd = -1;
 		err = -EAGAIN;
 		goto out;
 	}
-	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC);
-	stream_flush(&src->urgent);
-	src->rp_fd = dup(fd);
-	if (src->rp_fd < 0 || stream_init(&src->rp, src->rp_fd, -1)) {
+	if (mig_src_open_rp(src, *fdp)) {
 		mig_set_error(m, "cannot set up the return path");
 		err = -EAGAIN;
 		goto out;
@@ -930,57 +1349,73 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		err = -EAGAIN;
 		goto out;
 	}
-	rp_started = true;
+	mig_publish_conns(m, *fdp, src->urgent_fd);
 	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
 	src->release_ram = true;
-	err = mig_postcopy_push(src);
-	{
-		/* The destination answers COMPLETE once it holds every page. */
-		struct timespec until;
+	for (;;) {
+		bool ran, deliberate;
 
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += MIG_RP_TIMEOUT_MS / 1000;
-		if (pthread_timedjoin_np(rp_thread, NULL, &until)) {
-			stream_cancel(&src->rp);
-			pthread_join(rp_thread, NULL);
-			if (!src->rp_error[0])
-				snprintf(src->rp_error, sizeof(src->rp_error),
-					 "the destination did not confirm it has every page");
-			if (!src->rp_result)
-				src->rp_result = -ETIMEDOUT;
+		err = mig_postcopy_serve(src, rp_thread);
+		if (!err)
+			break;
+		ran = atomic_load(&src->got_running);
+		pthread_mutex_lock(&m->lock);
+		deliberate = m->pause_requested;
+		pthread_mutex_unlock(&m->lock);
+		/*
+		 * The destination closed without saying RUNNING: it never ran the
+		 * guest (it sends RUNNING before anything else once it does, and
+		 * exits instead when it cannot), so the guest resumes here.
+		 */
+		if (!ran && !deliberate && !src->rp_fatal &&
+		    (src->rp_result == -EPIPE || src->rp_result == -ECONNRESET)) {
+			mig_set_error(m, "%s", src->rp_error[0] ? src->rp_error : "postcopy failed");
+			err = -EAGAIN;
+			goto out;
 		}
-	}
-	rp_started = false;
-	if (src->rp_result || !atomic_load(&src->got_running)) {
-		bool ran = atomic_load(&src->got_running);
+		if (src->rp_fatal || atomic_load(&m->cancel)) {
+			mig_set_error(m, "%s%s", src->rp_error[0] ? src->rp_error : "postcopy failed",
+				      ran ? "; the guest ran on the destination, so its state is split "
+					    "and it cannot resume here" : "");
+			err = !ran ? -EAGAIN : src->rp_result ? src->rp_result : -EIO;
+			goto out;
+		}
+		/* A channel broke: keep every unacknowledged page and wait. */
+		{
+			char reason[MIG_ERROR_BYTES];
 
-		mig_set_error(m, "%s%s", src->rp_error[0] ? src->rp_error : "postcopy failed",
-			      ran ? "; the guest ran on the destination, so its state is split and "
-				    "it cannot resume here" : "");
-		err = ran ? (src->rp_result ? src->rp_result : -EIO) : -EAGAIN;
-		goto out;
+			snprintf(reason, sizeof(reason), "%s",
+				 deliberate ? "migrate-pause"
+				 : src->rp_error[0] ? src->rp_error
+				 : stream_error(&src->s) ? src->s.errmsg : strerror(-err));
+			mig_src_drop_conns(src, fdp);
+			mig_enter_paused(m, reason);
+		}
+		err = mig_src_paused(src, fdp, &rp_thread);
+		if (err) {
+			mig_set_error(m, "the VMM is shutting down during a paused postcopy; the guest "
+				      "stays with the destination");
+			goto out;
+		}
+		mig_leave_paused(m);
 	}
 	err = 0;
+	/* Every page is on the destination: the rest of RAM goes back too. */
+	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+		  (off_t)src->block->bytes);
 	m->downtime_same_clock = src->running.same_clock;
 	m->downtime_ns = src->running.same_clock && src->running.first_run_ns >= stop_ns
 				 ? src->running.first_run_ns - stop_ns : 0;
 	m->downtime_known = true;
 out:
-	if (rp_started) {
-		stream_cancel(&src->rp);
-		pthread_join(rp_thread, NULL);
-	}
-	if (src->rp_fd >= 0) {
-		stream_release(&src->rp);
-		close(src->rp_fd);
-	}
-	if (src->urgent_fd >= 0) {
-		src->urgent_bytes = src->urgent.bytes;
-		stream_release(&src->urgent);
-		close(src->urgent_fd);
-	}
+	mig_publish_conns(m, -1, -1);
+	mig_src_close_side_channels(src);
 	free((void *)src->pending);
 	src->pending = NULL;
+	free(src->released);
+	src->released = NULL;
+	free(src->unacked);
+	src->unacked = NULL;
 	return err;
 }
 
@@ -1013,6 +1448,7 @@ static int mig_src_connect(struct mig_src *src)
 	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "%s", src->block->name);
 	h.blocks[0].gpa = src->block->gpa;
 	h.blocks[0].bytes = src->block->bytes;
+	src->header = h; /* a resumed postcopy sends it again */
 	mig_save_header(&src->s, &h);
 	return fd;
 }
@@ -1390,7 +1826,7 @@ postcopy_switch:
 			mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
 			goto fail;
 		}
-		err = mig_postcopy(&src, was_running, stop_ns, fd);
+		err = mig_postcopy(&src, was_running, stop_ns, &fd);
 		if (err == -EAGAIN)
 			goto fail; /* the destination never ran: resume here */
 		if (err) {
@@ -1472,8 +1908,10 @@ completed:
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
-	stream_release(&src.s);
-	close(fd);
+	if (fd >= 0) {
+		stream_release(&src.s);
+		close(fd);
+	}
 	free(src.bitmap);
 	if (!mig_set_status(m, MIG_STATUS_COMPLETED))
 		log_debug("migration: completed after a late cancel");
@@ -1539,6 +1977,57 @@ static void mig_reset_stats(struct migration *m)
 	}
 }
 
+int migration_resume(struct migration *m, const char *uri, char *err, size_t errlen)
+{
+	struct channel_uri cu;
+	int r;
+
+	if (!uri) {
+		snprintf(err, errlen, "resume needs the destination's recovery address in \"uri\"");
+		return -EINVAL;
+	}
+	r = channel_uri_parse(uri, &cu, err, errlen);
+	if (r)
+		return r;
+	pthread_mutex_lock(&m->lock);
+	if (m->incoming || m->status != MIG_STATUS_POSTCOPY_PAUSED) {
+		snprintf(err, errlen, "resume needs an outgoing migration in postcopy-paused (this "
+			 "one is %s%s)", m->incoming ? "incoming, " : "", mig_status_name(m->status));
+		r = -EINVAL;
+	} else if (m->resume_requested) {
+		snprintf(err, errlen, "already resuming to %s", m->resume_uri);
+		r = -EBUSY;
+	} else {
+		m->resume_curi = cu;
+		snprintf(m->resume_uri, sizeof(m->resume_uri), "%s", uri);
+		m->resume_requested = true;
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+int migration_pause(struct migration *m, char *err, size_t errlen)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&m->lock);
+	if (m->status != MIG_STATUS_POSTCOPY_ACTIVE || m->conn_fd < 0) {
+		snprintf(err, errlen, "migrate-pause needs a migration in postcopy-active (this one "
+			 "is %s)", mig_status_name(m->status));
+		r = -EINVAL;
+	} else {
+		/* The owners notice the dead sockets and pause; they close them. */
+		m->pause_requested = true;
+		shutdown(m->conn_fd, SHUT_RDWR);
+		if (m->urgent_conn_fd >= 0)
+			shutdown(m->urgent_conn_fd, SHUT_RDWR);
+		log_info("migration: migrate-pause: connections shut down");
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
 int migration_start(struct migration *m, const char *uri, char *err, size_t errlen)
 {
 	return migration_start_channels(m, uri, NULL, err, errlen);
@@ -1585,6 +2074,11 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 	}
 	if (m->incoming && migration_get_status(m) != MIG_STATUS_COMPLETED) {
 		snprintf(err, errlen, "this VM is waiting for an incoming migration");
+		return -EBUSY;
+	}
+	if (migration_get_status(m) == MIG_STATUS_POSTCOPY_PAUSED) {
+		snprintf(err, errlen, "a postcopy migration is paused: resume it with migrate "
+			 "{\"uri\": URI, \"resume\": true}");
 		return -EBUSY;
 	}
 	if (rs != VM_RUNSTATE_RUNNING && rs != VM_RUNSTATE_PAUSED) {
@@ -1656,6 +2150,13 @@ int migration_cancel(struct migration *m, char *err, size_t errlen)
 		snprintf(err, errlen, "no outgoing migration is in progress");
 		return -EINVAL;
 	}
+	if (m->status == MIG_STATUS_POSTCOPY_ACTIVE || m->status == MIG_STATUS_POSTCOPY_PAUSED) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "the guest runs on the destination (%s): a postcopy migration "
+			 "cannot be cancelled; migrate-pause breaks its connection, "
+			 "migrate {\"resume\": true} resumes it", mig_status_name(m->status));
+		return -EBUSY;
+	}
 	pthread_mutex_unlock(&m->lock);
 	mig_set_status(m, MIG_STATUS_CANCELLING);
 	mig_request_cancel(m);
@@ -1675,6 +2176,8 @@ struct mig_dst {
 	struct postcopy_dst *pd;
 	struct stream rp;            /* return-path writes, under rp_lock */
 	int rp_fd;
+	bool rp_connected;           /* under rp_lock: false while postcopy is paused */
+	bool run_unconfirmed;        /* the guest ran but RUNNING could not be sent */
 	pthread_mutex_t rp_lock;
 	pthread_t urgent_thread;
 	bool urgent_started;
@@ -1815,13 +2318,27 @@ static int mig_dst_pass_end(void *opaque, uint32_t pass)
 static int mig_dst_request(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
 {
 	struct mig_dst *d = opaque;
-	int r;
+	int r = 0;
 
+	/* While paused the request is only recorded (the requested bitmap): it
+	 * is sent again when the migration resumes. */
 	pthread_mutex_lock(&d->rp_lock);
-	mig_rp_send_page_req(&d->rp, (uint8_t)block, first_page, npages);
-	r = stream_error(&d->rp);
+	if (d->rp_connected) {
+		mig_rp_send_page_req(&d->rp, (uint8_t)block, first_page, npages);
+		r = stream_error(&d->rp);
+	}
 	pthread_mutex_unlock(&d->rp_lock);
 	return r;
+}
+
+/* Resume: repeat one outstanding request (the caller holds rp_lock). */
+static int mig_dst_rerequest_locked(void *opaque, uint32_t block, uint64_t first_page,
+				    uint32_t npages)
+{
+	struct mig_dst *d = opaque;
+
+	mig_rp_send_page_req(&d->rp, (uint8_t)block, first_page, npages);
+	return stream_error(&d->rp);
 }
 
 static void mig_dst_rp_running(struct mig_dst *d, uint64_t first_run_ns, bool same_clock,
@@ -1835,9 +2352,30 @@ static void mig_dst_rp_running(struct mig_dst *d, uint64_t first_run_ns, bool sa
 static void mig_dst_rp_error(struct mig_dst *d, int err, const char *text)
 {
 	pthread_mutex_lock(&d->rp_lock);
-	if (!stream_error(&d->rp))
+	if (d->rp_connected && !stream_error(&d->rp))
 		mig_rp_send_error(&d->rp, err, text);
 	pthread_mutex_unlock(&d->rp_lock);
+}
+
+/*
+ * Urgent thread: its channel broke.  Before RUN that fails the migration;
+ * after it, the main channel is cancelled too, so that the load thread
+ * pauses the migration (postcopy recovery) rather than carrying on half
+ * connected.
+ */
+static void mig_dst_urgent_broke(struct mig_dst *d, const char *why)
+{
+	struct migration *m = d->m;
+
+	if (!atomic_load(&d->run_at_ns)) {
+		mig_set_error(m, "postcopy: %s", why);
+		return;
+	}
+	log_warn("postcopy urgent channel: %s", why);
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		stream_cancel(m->stream);
+	pthread_mutex_unlock(&m->lock);
 }
 
 /* Urgent thread: requested pages, straight into guest RAM. */
@@ -1854,9 +2392,11 @@ static void *mig_urgent_thread(void *arg)
 	thread_boost_priority(10); /* on the page-fault latency path */
 	fd = channel_accept(m->listen_fd, MIG_IO_TIMEOUT_MS, m->cancel_fd);
 	if (fd < 0 || !c.bounce || stream_init(&s, fd, -1)) {
-		if (fd != -ECANCELED)
-			mig_set_error(m, "postcopy: the source did not open the urgent channel (%s)",
-				      strerror(fd < 0 ? -fd : ENOMEM));
+		if (fd != -ECANCELED) {
+			snprintf(err, sizeof(err), "the source did not open the urgent channel (%s)",
+				 strerror(fd < 0 ? -fd : ENOMEM));
+			mig_dst_urgent_broke(d, err);
+		}
 		atomic_store(&d->urgent_failed, true);
 		if (fd >= 0)
 			close(fd);
@@ -1865,6 +2405,7 @@ static void *mig_urgent_thread(void *arg)
 	}
 	pthread_mutex_lock(&m->lock);
 	m->urgent_stream = &s;
+	m->urgent_conn_fd = fd;
 	pthread_mutex_unlock(&m->lock);
 	/* mig_dst_finish may have looked before we published the stream. */
 	if (atomic_load(&d->closing))
@@ -1878,11 +2419,12 @@ static void *mig_urgent_thread(void *arg)
 			break; /* END */
 	}
 	if (r && !atomic_load(&m->cancel) && !atomic_load(&d->closing)) {
-		mig_set_error(m, "postcopy urgent channel: %s", err);
+		mig_dst_urgent_broke(d, err);
 		atomic_store(&d->urgent_failed, true);
 	}
 	pthread_mutex_lock(&m->lock);
 	m->urgent_stream = NULL;
+	m->urgent_conn_fd = -1;
 	pthread_mutex_unlock(&m->lock);
 	stream_release(&s);
 	close(fd);
@@ -1930,11 +2472,13 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 static int mig_dst_ping(void *opaque, uint32_t id)
 {
 	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
-	int r;
+	int r = -EPIPE;
 
 	pthread_mutex_lock(&d->rp_lock);
-	mig_rp_send_pong(&d->rp, id);
-	r = stream_error(&d->rp);
+	if (d->rp_connected) {
+		mig_rp_send_pong(&d->rp, id);
+		r = stream_error(&d->rp);
+	}
 	pthread_mutex_unlock(&d->rp_lock);
 	return r;
 }
@@ -1983,6 +2527,19 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	mig_boot_id(boot_id);
 	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
 	mig_dst_rp_running(d, d->first_run_ns, same_clock, d->first_run_ns - start);
+	pthread_mutex_lock(&d->rp_lock);
+	r = stream_error(&d->rp);
+	pthread_mutex_unlock(&d->rp_lock);
+	if (r) {
+		/*
+		 * The source may not know the guest runs here, and would then
+		 * resume its own copy: this side must not continue (or pause).
+		 */
+		d->run_unconfirmed = true;
+		snprintf(err, errlen, "cannot tell the source that the guest runs here: %s",
+			 d->rp.errmsg);
+		return r;
+	}
 	if (same_clock && d->vmsec.was_running && d->first_run_ns >= d->vmsec.stop_ns) {
 		m->downtime_ns = d->first_run_ns - d->vmsec.stop_ns;
 		m->downtime_known = true;
@@ -1995,25 +2552,39 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 }
 
 /* Tear down the destination's connections and postcopy state. */
+/* Stop the urgent thread (with d->closing set by the caller): wake its accept or read, join. */
+static void mig_dst_stop_urgent(struct migration *m, struct mig_dst *d)
+{
+	uint64_t one = 1;
+
+	if (!d->urgent_started)
+		return;
+	pthread_mutex_lock(&m->lock);
+	if (m->urgent_stream)
+		stream_cancel(m->urgent_stream);
+	pthread_mutex_unlock(&m->lock);
+	if (write(m->cancel_fd, &one, sizeof(one)) < 0)
+		log_debug("migration: cancel eventfd: %s", strerror(errno));
+	pthread_join(d->urgent_thread, NULL);
+	d->urgent_started = false;
+}
+
+static void mig_dst_close_listener(struct migration *m)
+{
+	if (m->listen_fd >= 0) {
+		close(m->listen_fd);
+		m->listen_fd = -1;
+		if (m->curi.kind == CHANNEL_UNIX)
+			unlink(m->curi.path);
+	}
+}
+
 static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream *s, int fd,
 			   struct mig_dst_chan *chan)
 {
 	atomic_store(&d->closing, true);
-	if (d->urgent_started) {
-		/* Wake its accept or read, then wait for it. */
-		pthread_mutex_lock(&m->lock);
-		if (m->urgent_stream)
-			stream_cancel(m->urgent_stream);
-		pthread_mutex_unlock(&m->lock);
-		{
-			uint64_t one = 1;
-
-			if (write(m->cancel_fd, &one, sizeof(one)) < 0)
-				log_debug("migration: cancel eventfd: %s", strerror(errno));
-		}
-		pthread_join(d->urgent_thread, NULL);
-		d->urgent_started = false;
-	}
+	mig_dst_stop_urgent(m, d);
+	mig_publish_conns(m, -1, -1);
 	if (d->pd) {
 		postcopy_dst_get_stats(d->pd, &m->pc_stats);
 		m->pc_stats_valid = true;
@@ -2023,20 +2594,212 @@ static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
-	stream_release(s);
-	close(fd);
+	if (fd >= 0) {
+		stream_release(s);
+		close(fd);
+	}
 	if (d->rp_fd >= 0) {
 		stream_release(&d->rp);
 		close(d->rp_fd);
 	}
 	free(chan->bounce);
-	if (m->listen_fd >= 0) {
-		close(m->listen_fd);
-		m->listen_fd = -1;
-		if (m->curi.kind == CHANNEL_UNIX)
-			unlink(m->curi.path);
-	}
+	mig_dst_close_listener(m);
 	pthread_mutex_destroy(&d->rp_lock);
+}
+
+/* Drop the destination's broken connections; the listening socket stays. */
+static void mig_dst_drop_conns(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp)
+{
+	uint64_t v;
+
+	atomic_store(&d->closing, true);
+	mig_dst_stop_urgent(m, d);
+	atomic_store(&d->closing, false);
+	/* The accept-cancel eventfd was only for the urgent thread: drain it
+	 * (migration_shutdown also sets m->closing, which is checked later). */
+	while (read(m->cancel_fd, &v, sizeof(v)) > 0)
+		;
+	mig_publish_conns(m, -1, -1);
+	pthread_mutex_lock(&d->rp_lock);
+	d->rp_connected = false;
+	if (d->rp_fd >= 0) {
+		stream_release(&d->rp);
+		close(d->rp_fd);
+		d->rp_fd = -1;
+	}
+	pthread_mutex_unlock(&d->rp_lock);
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (*fdp >= 0) {
+		stream_release(s);
+		close(*fdp);
+		*fdp = -1;
+	}
+}
+
+static bool mig_closing(struct migration *m)
+{
+	bool c;
+
+	pthread_mutex_lock(&m->lock);
+	c = m->closing;
+	pthread_mutex_unlock(&m->lock);
+	return c || atomic_load(&m->cancel);
+}
+
+/* Paused destination: wait for migrate-recover's listening socket.  0 or -ECANCELED. */
+static int mig_dst_wait_recover(struct migration *m)
+{
+	pthread_mutex_lock(&m->lock);
+	while (m->recover_fd < 0 && !m->closing)
+		pthread_cond_wait(&m->cond, &m->lock);
+	if (m->closing) {
+		pthread_mutex_unlock(&m->lock);
+		return -ECANCELED;
+	}
+	m->listen_fd = m->recover_fd;
+	m->recover_fd = -1;
+	m->curi = m->recover_curi;
+	snprintf(m->uri, sizeof(m->uri), "%s", m->recover_uri);
+	pthread_mutex_unlock(&m->lock);
+	log_info("postcopy: waiting on %s for the source to resume", m->uri);
+	return 0;
+}
+
+/*
+ * Paused destination: accept the source's resumed main channel, check it,
+ * answer with the RECEIVED bitmap and the outstanding page requests (under
+ * rp_lock, so a request the fault thread sends meanwhile comes after them),
+ * and start the urgent thread for the source's new urgent channel.  0, or
+ * -errno with @why (-ECANCELED: the VMM is going).
+ */
+static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
+			  char *why, size_t whylen)
+{
+	uint64_t npages = postcopy_dst_npages(d->pd), outstanding = 0;
+	uint8_t *bits = NULL;
+	int fd, r;
+
+	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
+	if (fd < 0) {
+		snprintf(why, whylen, "accepting the source's connection: %s", strerror(-fd));
+		return fd;
+	}
+	if (stream_init(s, fd, MIG_IO_TIMEOUT_MS)) {
+		close(fd);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	*fdp = fd;
+	pthread_mutex_lock(&m->lock);
+	m->stream = s;
+	pthread_mutex_unlock(&m->lock);
+	mig_publish_conns(m, fd, -1);
+	r = mig_load_resume_start(s, &d->header, why, whylen);
+	if (r) {
+		mig_rp_send_error(s, r, why); /* the source says why it cannot resume */
+		return r;
+	}
+	bits = malloc((size_t)((npages + 7) / 8));
+	d->rp_fd = dup(fd);
+	if (!bits || d->rp_fd < 0 || stream_init(&d->rp, d->rp_fd, MIG_IO_TIMEOUT_MS)) {
+		if (d->rp_fd >= 0)
+			close(d->rp_fd);
+		d->rp_fd = -1;
+		free(bits);
+		snprintf(why, whylen, "return path setup failed");
+		return -ENOMEM;
+	}
+	atomic_store(&d->urgent_failed, false);
+	d->urgent_started = pthread_create(&d->urgent_thread, NULL, mig_urgent_thread, d) == 0;
+	pthread_mutex_lock(&d->rp_lock);
+	postcopy_dst_received_bits(d->pd, bits);
+	mig_rp_send_recv_bitmap(&d->rp, 0, npages, bits);
+	if (!stream_error(&d->rp))
+		outstanding = postcopy_dst_outstanding(d->pd, mig_dst_rerequest_locked, d);
+	r = stream_error(&d->rp);
+	d->rp_connected = !r;
+	pthread_mutex_unlock(&d->rp_lock);
+	free(bits);
+	if (!d->urgent_started) {
+		snprintf(why, whylen, "cannot start the urgent-channel thread");
+		return -EAGAIN;
+	}
+	if (r) {
+		snprintf(why, whylen, "sending the received bitmap: %s", d->rp.errmsg);
+		return r;
+	}
+	log_info("postcopy: resumed; %" PRIu64 " pages missing, %" PRIu64 " requests repeated",
+		 postcopy_dst_missing(d->pd), outstanding);
+	return 0;
+}
+
+/*
+ * The destination after POSTCOPY_RUN, with the main channel's outcome
+ * @err (0: END seen): wait for the last requested pages and send COMPLETE;
+ * when a channel breaks, pause (the guest keeps running here; its vCPUs
+ * block only on missing pages) and resume on a new connection after
+ * migrate-recover, as often as it takes.  0 complete, or -ECANCELED when
+ * the VMM goes (m->error says why).
+ */
+static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
+			    struct mig_dst_chan *chan, int err, char *errbuf, size_t errlen)
+{
+	static const struct mig_load_ops ops = { .ram = mig_dst_ram, .ping = mig_dst_ping };
+	char reason[MIG_ERROR_BYTES + 64];
+
+	for (;;) {
+		if (!err) {
+			/* END: requested pages may still be on the urgent channel. */
+			for (int i = 0; i < MIG_RP_TIMEOUT_MS && postcopy_dst_missing(d->pd) &&
+					!atomic_load(&d->urgent_failed) && !mig_closing(m); i++) {
+				struct timespec ms = { 0, 1000000 };
+
+				nanosleep(&ms, NULL);
+			}
+			if (!postcopy_dst_missing(d->pd)) {
+				pthread_mutex_lock(&d->rp_lock);
+				mig_rp_send_complete(&d->rp);
+				pthread_mutex_unlock(&d->rp_lock);
+				return 0;
+			}
+			snprintf(errbuf, errlen, "%" PRIu64 " pages never arrived",
+				 postcopy_dst_missing(d->pd));
+			err = -EIO;
+		}
+		if (mig_closing(m))
+			return -ECANCELED;
+		pthread_mutex_lock(&m->lock);
+		snprintf(reason, sizeof(reason), "%s", m->pause_requested ? "migrate-pause" : "");
+		pthread_mutex_unlock(&m->lock);
+		if (!reason[0])
+			snprintf(reason, sizeof(reason), "the connection to the source broke (%.*s); "
+				 "the guest keeps running here and waits for the %" PRIu64 " missing "
+				 "pages: migrate-recover to resume (if the source is gone they are lost)",
+				 (int)MIG_ERROR_BYTES / 2, errbuf, postcopy_dst_missing(d->pd));
+		mig_dst_drop_conns(m, d, s, fdp);
+		mig_dst_close_listener(m);
+		mig_enter_paused(m, reason);
+		if (mig_dst_wait_recover(m))
+			return -ECANCELED;
+		for (;;) {
+			char why[MIG_ERROR_BYTES];
+			int r = mig_dst_resume(m, d, s, fdp, why, sizeof(why));
+
+			if (!r)
+				break;
+			if (r == -ECANCELED || mig_closing(m))
+				return -ECANCELED;
+			mig_dst_drop_conns(m, d, s, fdp);
+			mig_replace_error(m, "postcopy paused: a resume attempt on %s failed: %s", m->uri,
+					  why);
+		}
+		mig_leave_paused(m);
+		do
+			err = mig_load_resumed_record(s, &d->header, &ops, chan, errbuf, errlen);
+		while (err == 1);
+	}
 }
 
 static void *mig_incoming_thread(void *arg)
@@ -2086,10 +2849,12 @@ static void *mig_incoming_thread(void *arg)
 		d.rp_fd = -1;
 		goto quit;
 	}
+	d.rp_connected = true;
 	chan.bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES);
 	pthread_mutex_lock(&m->lock);
 	m->stream = &s;
 	pthread_mutex_unlock(&m->lock);
+	mig_publish_conns(m, fd, -1);
 	mig_set_status(m, MIG_STATUS_ACTIVE);
 
 	err = chan.bounce ? mig_load(&s, &ops, &chan, &st, errbuf, sizeof(errbuf)) : -ENOMEM;
@@ -2101,25 +2866,22 @@ static void *mig_incoming_thread(void *arg)
 		snprintf(errbuf, sizeof(errbuf), "no vm section");
 		err = -EBADMSG;
 	}
-	if (!err && ran) {
-		/* Requested pages may still be on the urgent channel. */
-		for (int i = 0; i < MIG_RP_TIMEOUT_MS && postcopy_dst_missing(d.pd) &&
-				!atomic_load(&d.urgent_failed); i++) {
-			struct timespec ms = { 0, 1000000 };
-
-			nanosleep(&ms, NULL);
-		}
-		if (postcopy_dst_missing(d.pd)) {
-			snprintf(errbuf, sizeof(errbuf), "%" PRIu64 " pages never arrived",
-				 postcopy_dst_missing(d.pd));
-			err = -EIO;
-		}
+	atomic_store(&m->zero_pages, st.zero_pages);
+	atomic_store(&m->normal_pages, st.data_pages);
+	if (ran && !d.run_unconfirmed) {
+		/* Postcopy: from here a broken channel pauses instead of failing. */
+		err = mig_dst_postcopy(m, &d, &s, &fd, &chan, err, errbuf, sizeof(errbuf));
+		if (!err)
+			goto done;
+		mig_set_error(m, "the VMM is shutting down during postcopy; pages that had not "
+			      "arrived are lost");
+		vm_request_exit(vm, 1);
+		goto out;
 	}
 	if (err) {
 		if (ran)
-			mig_set_error(m, "postcopy failed after the guest started here: %s; pages are "
-				      "missing, so the guest cannot continue (the source is gone or "
-				      "unreachable, and postcopy recovery is not implemented yet)", errbuf);
+			mig_set_error(m, "postcopy failed after the guest started here: %s; the source "
+				      "may not know it runs here, so it cannot continue", errbuf);
 		else
 			mig_set_error(m, "incoming migration failed: %s", errbuf);
 		mig_dst_rp_error(&d, err, m->error);
@@ -2127,14 +2889,6 @@ static void *mig_incoming_thread(void *arg)
 		if (ran)
 			vm_request_exit(vm, 1);
 		goto out;
-	}
-	atomic_store(&m->zero_pages, st.zero_pages);
-	atomic_store(&m->normal_pages, st.data_pages);
-	if (ran) {
-		pthread_mutex_lock(&d.rp_lock);
-		mig_rp_send_complete(&d.rp);
-		pthread_mutex_unlock(&d.rp_lock);
-		goto done;
 	}
 	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
 	vm_moves_set(vm, d.vmsec.moves + 1);
@@ -2223,6 +2977,71 @@ void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
 	m->params.mode = MIG_MODE_CPR_TRANSFER;
 }
 
+/* The address a listening socket really has (port 0 resolved) into @uri, for tcp. */
+static void mig_listen_uri(int fd, const struct channel_uri *cu, char *uri, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[NI_MAXHOST], port[NI_MAXSERV];
+
+	if (cu->kind != CHANNEL_TCP)
+		return;
+	/* Port 0 picks a free port; query-migrate shows the real one. */
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+	    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
+			NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+		snprintf(uri, len, ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s", host, port);
+}
+
+int migration_recover(struct migration *m, const char *uri, char *err, size_t errlen)
+{
+	struct channel_uri cu;
+	char real[sizeof(m->recover_uri)];
+	int r, fd;
+
+	if (!uri) {
+		snprintf(err, errlen, "migrate-recover needs the address to listen on in \"uri\"");
+		return -EINVAL;
+	}
+	r = channel_uri_parse(uri, &cu, err, errlen);
+	if (r)
+		return r;
+	pthread_mutex_lock(&m->lock);
+	if (!m->incoming || m->status != MIG_STATUS_POSTCOPY_PAUSED) {
+		snprintf(err, errlen, "migrate-recover needs an incoming migration in postcopy-paused "
+			 "(this one is %s%s)", m->incoming ? "" : "outgoing, ", mig_status_name(m->status));
+		r = -EINVAL;
+	} else if (m->recover_fd >= 0 || m->listen_fd >= 0) {
+		snprintf(err, errlen, "already waiting for the source to resume on %s",
+			 m->recover_fd >= 0 ? m->recover_uri : m->uri);
+		r = -EBUSY;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (r)
+		return r;
+	fd = channel_listen(&cu);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-fd));
+		return fd;
+	}
+	snprintf(real, sizeof(real), "%s", uri);
+	mig_listen_uri(fd, &cu, real, sizeof(real));
+	pthread_mutex_lock(&m->lock);
+	if (m->status != MIG_STATUS_POSTCOPY_PAUSED || m->recover_fd >= 0 || m->listen_fd >= 0) {
+		pthread_mutex_unlock(&m->lock); /* lost a race with shutdown or another recover */
+		close(fd);
+		snprintf(err, errlen, "the migration left postcopy-paused");
+		return -EBUSY;
+	}
+	m->recover_fd = fd;
+	m->recover_curi = cu;
+	snprintf(m->recover_uri, sizeof(m->recover_uri), "%s", real);
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	log_info("migration: migrate-recover: listening on %s", real);
+	return 0;
+}
+
 int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
 			     char *err, size_t errlen)
 {
@@ -2239,18 +3058,7 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-r));
 		return r;
 	}
-	if (m->curi.kind == CHANNEL_TCP) {
-		/* Port 0 picks a free port; query-migrate shows the real one. */
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		char host[NI_MAXHOST], port[NI_MAXSERV];
-
-		if (getsockname(m->listen_fd, (struct sockaddr *)&ss, &sl) == 0 &&
-		    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
-				NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-			snprintf(m->uri, sizeof(m->uri), ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s",
-				 host, port);
-	}
+	mig_listen_uri(m->listen_fd, &m->curi, m->uri, sizeof(m->uri));
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
 	mig_reset_stats(m);
 	mig_set_status(m, MIG_STATUS_SETUP);
@@ -2332,6 +3140,9 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "prealloc-time",
 				       json_object_new_double((double)atomic_load(&m->prealloc_ns) / 1e6));
 	}
+	if (atomic_load(&m->postcopy_pauses))
+		json_object_object_add(o, "postcopy-pauses",
+				       json_object_new_uint64(atomic_load(&m->postcopy_pauses)));
 	if (error[0])
 		json_object_object_add(o, "error-desc", json_object_new_string(error));
 	return o;
@@ -2398,11 +3209,22 @@ static int mig_cmd_migrate(void *opaque, struct json_object *args, struct json_o
 {
 	struct migration *m = opaque;
 	const char *uri, *cpr_uri;
+	struct json_object *resume;
 	int r;
 
 	(void)ret;
 	r = mig_parse_channels(args, &uri, &cpr_uri, err, errlen);
-	return r ? r : migration_start_channels(m, uri, cpr_uri, err, errlen);
+	if (r)
+		return r;
+	if (json_object_object_get_ex(args, "resume", &resume) && json_object_get_boolean(resume)) {
+		if (cpr_uri) {
+			snprintf(err, errlen, "resume continues a postcopy migration: it takes no cpr "
+				 "channel");
+			return -EINVAL;
+		}
+		return migration_resume(m, uri, err, errlen);
+	}
+	return migration_start_channels(m, uri, cpr_uri, err, errlen);
 }
 
 static int mig_cmd_cancel(void *opaque, struct json_object *args, struct json_object **ret,
@@ -2615,11 +3437,43 @@ static int mig_cmd_start_postcopy(void *opaque, struct json_object *args,
 	return migration_start_postcopy(opaque, err, errlen);
 }
 
+static int mig_cmd_pause(void *opaque, struct json_object *args, struct json_object **ret,
+			 char *err, size_t errlen)
+{
+	(void)args; (void)ret;
+	return migration_pause(opaque, err, errlen);
+}
+
+static int mig_cmd_recover(void *opaque, struct json_object *args, struct json_object **ret,
+			   char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+	struct json_object *uri;
+	int r;
+
+	json_object_object_get_ex(args, "uri", &uri);
+	r = migration_recover(m, json_object_get_string(uri), err, errlen);
+	if (!r) {
+		/* The address really listened on (port 0 resolved). */
+		*ret = json_object_new_object();
+		pthread_mutex_lock(&m->lock);
+		json_object_object_add(*ret, "uri", json_object_new_string(m->recover_fd >= 0
+									  ? m->recover_uri : m->uri));
+		pthread_mutex_unlock(&m->lock);
+	}
+	return r;
+}
+
 int migration_register_commands(struct migration *m, struct control_server *srv)
 {
 	static const struct control_arg_spec migrate_args[] = {
 		{ "uri", CONTROL_ARG_STRING, false },
 		{ "channels", CONTROL_ARG_ARRAY, false },
+		{ "resume", CONTROL_ARG_BOOL, false },
+		{ NULL, 0, false },
+	};
+	static const struct control_arg_spec recover_args[] = {
+		{ "uri", CONTROL_ARG_STRING, true },
 		{ NULL, 0, false },
 	};
 	static const struct control_arg_spec param_args[] = {
@@ -2645,6 +3499,8 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		  .args = cap_args },
 		{ .name = "query-migrate-capabilities", .fn = mig_cmd_query_capabilities, .opaque = m },
 		{ .name = "migrate-start-postcopy", .fn = mig_cmd_start_postcopy, .opaque = m },
+		{ .name = "migrate-pause", .fn = mig_cmd_pause, .opaque = m },
+		{ .name = "migrate-recover", .fn = mig_cmd_recover, .opaque = m, .args = recover_args },
 	};
 
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {

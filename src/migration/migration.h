@@ -40,6 +40,9 @@ enum mig_status {
 	MIG_STATUS_CANCELLING,
 	MIG_STATUS_CANCELLED,
 	MIG_STATUS_POSTCOPY_ACTIVE, /* the destination runs; pages still move */
+	MIG_STATUS_POSTCOPY_PAUSED, /* a channel broke in postcopy: both sides wait for
+				     * migrate-recover (destination) and
+				     * migrate {"resume": true} (source) */
 	MIG_STATUS__COUNT,
 };
 const char *mig_status_name(enum mig_status s);
@@ -97,7 +100,21 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
  * postcopy-ram capability.  0 or -errno with @err.
  */
 int migration_start_postcopy(struct migration *m, char *err, size_t errlen);
-/* Cancel an outgoing migration (asynchronous).  0 or -EINVAL if none. */
+/*
+ * Postcopy recovery.  migration_pause: break the connections of a migration
+ * in postcopy-active (either side) so both sides enter postcopy-paused.
+ * migration_recover (destination, postcopy-paused): listen on @uri for the
+ * source to resume.  migration_resume (source, postcopy-paused): connect to
+ * the destination's recovery address @uri and continue.  All three return at
+ * once (the migration thread does the work; query-migrate and the
+ * MIGRATION events show the outcome): 0, or -errno with a reason in @err.
+ * Control thread.
+ */
+int migration_pause(struct migration *m, char *err, size_t errlen);
+int migration_recover(struct migration *m, const char *uri, char *err, size_t errlen);
+int migration_resume(struct migration *m, const char *uri, char *err, size_t errlen);
+/* Cancel an outgoing migration (asynchronous).  0 or -EINVAL if none;
+ * -EBUSY in postcopy (the guest runs on the destination). */
 int migration_cancel(struct migration *m, char *err, size_t errlen);
 /*
  * Listen on @uri and load the first stream that arrives (destination).

@@ -152,6 +152,33 @@ int postcopy_dst_prepare(struct postcopy_dst *pd)
 	return pc_punch(pd, 0, pd->npages);
 }
 
+uint64_t postcopy_dst_npages(struct postcopy_dst *pd)
+{
+	return pd->npages;
+}
+
+void postcopy_dst_received_bits(struct postcopy_dst *pd, uint8_t *out)
+{
+	memset(out, 0, (size_t)((pd->npages + 7) / 8));
+	for (uint64_t p = 0; p < pd->npages; p++)
+		if (pc_test(pd->received, p))
+			out[p / 8] |= (uint8_t)(1u << (p % 8));
+}
+
+uint64_t postcopy_dst_outstanding(struct postcopy_dst *pd, postcopy_request_fn *fn, void *opaque)
+{
+	uint64_t n = 0;
+
+	for (uint64_t p = 0; p < pd->npages; p++) {
+		if (!pc_test(pd->requested, p) || pc_test(pd->received, p))
+			continue;
+		if (fn(opaque, 0, p, 1))
+			break;
+		n++;
+	}
+	return n;
+}
+
 uint64_t postcopy_dst_missing(struct postcopy_dst *pd)
 {
 	return pd->npages - atomic_load(&pd->nreceived);

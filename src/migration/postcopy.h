@@ -69,6 +69,21 @@ int postcopy_dst_listen(struct postcopy_dst *pd);
 int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		       const void *data);
 
+/* Pages in the block. */
+uint64_t postcopy_dst_npages(struct postcopy_dst *pd);
+/*
+ * Postcopy recovery: the RECEIVED bitmap into @out, (npages + 7) / 8 bytes,
+ * bit i of byte j = page 8j + i (the wire layout of RP RECV_BITMAP).  Call
+ * while no channel places pages (paused), or it is a snapshot.
+ */
+void postcopy_dst_received_bits(struct postcopy_dst *pd, uint8_t *out);
+/*
+ * Postcopy recovery: call @fn for each page requested and not received (a
+ * request the paused connection lost, or made while paused), in page
+ * order, until it fails.  Returns how many were passed on.
+ */
+uint64_t postcopy_dst_outstanding(struct postcopy_dst *pd, postcopy_request_fn *fn, void *opaque);
+
 /* Pages still missing (0 = the guest's RAM is complete). */
 uint64_t postcopy_dst_missing(struct postcopy_dst *pd);
 

@@ -1153,9 +1153,22 @@ struct json_object *vm_query_status(struct vm *vm)
 		const volatile struct vmf_boot_info *bi =
 			(const volatile struct vmf_boot_info *)(vm->ram.host + VMF_BOOT_INFO_GPA);
 		char name[VMF_WORKLOAD_NAME_BYTES];
+		uint8_t present = 0;
+		uintptr_t page = (uintptr_t)bi & ~(uintptr_t)4095;
 
+		/*
+		 * During postcopy that page may not have arrived: reading it would
+		 * block this (control) thread until it does - forever while the
+		 * migration is paused.  A page not in memory is not read.
+		 */
+		if (s != VM_RUNSTATE_INMIGRATE &&
+		    (mincore((void *)page, 4096, &present) < 0 || !(present & 1)))
+			present = 0;
+		else
+			present = 1;
 		for (size_t k = 0; k < sizeof(name); k++)
-			name[k] = s == VM_RUNSTATE_INMIGRATE ? vm->guest.name[k] : bi->workload[k];
+			name[k] = s == VM_RUNSTATE_INMIGRATE ? vm->guest.name[k]
+				  : present ? bi->workload[k] : 0;
 		name[sizeof(name) - 1] = 0;
 		json_object_object_add(o, "guest", json_object_new_string(name));
 	}

@@ -80,6 +80,21 @@ void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *
 	migtest_incoming_uri(dst, uri, len);
 }
 
+int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on)
+{
+	struct json_object *args = json_object_new_object(), *arr = json_object_new_array();
+	struct json_object *cap = json_object_new_object();
+	int r;
+
+	json_object_object_add(cap, "capability", json_object_new_string(name));
+	json_object_object_add(cap, "state", json_object_new_boolean(on));
+	json_object_array_add(arr, cap);
+	json_object_object_add(args, "capabilities", arr);
+	r = vmtest_call(vm, "migrate-set-capabilities", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
 int migtest_set_params(struct vmtest_vm *vm, const char *json)
 {
 	struct json_object *args = json_tokener_parse(json);

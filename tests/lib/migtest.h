@@ -31,6 +31,8 @@ void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len);
 /* A destination on a unique UNIX socket or tcp:127.0.0.1:0; its URI in @uri. */
 void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
 			    bool unix_sock, char *uri, size_t len);
+/* migrate-set-capabilities for one capability; 0 or the vmtest_call error. */
+int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on);
 /* migrate-set-parameters with the JSON text @json; 0 or the vmtest_call error. */
 int migtest_set_params(struct vmtest_vm *vm, const char *json);
 int migtest_start_migrate(struct vmtest_vm *src, const char *uri);

@@ -1111,8 +1111,8 @@ static void test_rp_bad(void **state)
 	tbuf_u8(&b, 0);
 	expect_rp_bad(&b, "unknown message type 0");
 	tbuf_free(&b);
-	tbuf_u8(&b, 6);
-	expect_rp_bad(&b, "unknown message type 6");
+	tbuf_u8(&b, 7);
+	expect_rp_bad(&b, "unknown message type 7");
 	tbuf_free(&b);
 
 	put_rp_error(&b, EIO, longtext, sizeof(longtext));
@@ -1160,6 +1160,249 @@ static void test_rp_truncated(void **state)
 		tbuf_free(&b);
 	}
 	tbuf_free(&whole);
+}
+
+/* ---- tests: postcopy recovery (RECV_BITMAP, resumed main channel) ---- */
+
+/* RECV_BITMAP claiming @len bytes of bits; at most 64 are written (a bad
+ * length is refused before the bits are read). */
+static void put_rp_bitmap(struct tbuf *b, uint8_t block, uint64_t npages, uint32_t len,
+			  uint8_t fill)
+{
+	tbuf_u8(b, MIG_RP_RECV_BITMAP);
+	tbuf_u8(b, block);
+	tbuf_u64(b, npages);
+	tbuf_u32(b, len);
+	for (uint32_t i = 0; i < len && i < 64; i++)
+		tbuf_u8(b, fill);
+}
+
+static void test_rp_recv_bitmap(void **state)
+{
+	struct tbuf b = { 0 };
+	struct stream s;
+	struct mig_rp_msg m;
+	char err[512];
+
+	(void)state;
+	put_rp_bitmap(&b, 0, 16, 2, 0xa5);
+	/* 13 pages: the last byte's top 3 bits must be zero */
+	tbuf_u8(&b, MIG_RP_RECV_BITMAP);
+	tbuf_u8(&b, 2);
+	tbuf_u64(&b, 13);
+	tbuf_u32(&b, 2);
+	tbuf_u8(&b, 0xff);
+	tbuf_u8(&b, 0x1f);
+	stream_init_mem(&s, b.p, b.len);
+	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, MIG_RP_RECV_BITMAP);
+	assert_int_equal(m.block, 0);
+	assert_int_equal(m.bitmap_pages, 16);
+	assert_non_null(m.bitmap);
+	assert_int_equal(m.bitmap[0], 0xa5);
+	assert_int_equal(m.bitmap[1], 0xa5);
+	mig_rp_msg_release(&m);
+	assert_null(m.bitmap);
+	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.block, 2);
+	assert_int_equal(m.bitmap_pages, 13);
+	assert_int_equal(m.bitmap[1], 0x1f);
+	mig_rp_msg_release(&m);
+	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), -EPIPE);
+	assert_null(m.bitmap);
+	stream_release(&s);
+	tbuf_free(&b);
+}
+
+static void test_rp_recv_bitmap_bad(void **state)
+{
+	struct tbuf b = { 0 };
+
+	(void)state;
+	put_rp_bitmap(&b, 0, 0, 0, 0);
+	expect_rp_bad(&b, "received bitmap of 0 pages");
+	tbuf_free(&b);
+	/* too large: refused before anything is allocated or read */
+	tbuf_u8(&b, MIG_RP_RECV_BITMAP);
+	tbuf_u8(&b, 0);
+	tbuf_u64(&b, MIG_RECV_BITMAP_MAX_PAGES + 1);
+	tbuf_u32(&b, (uint32_t)((MIG_RECV_BITMAP_MAX_PAGES + 8) / 8));
+	expect_rp_bad(&b, "received bitmap of 134217729 pages");
+	tbuf_free(&b);
+	tbuf_u8(&b, MIG_RP_RECV_BITMAP);
+	tbuf_u8(&b, 0);
+	tbuf_u64(&b, UINT64_MAX);
+	tbuf_u32(&b, UINT32_MAX);
+	expect_rp_bad(&b, "received bitmap of");
+	tbuf_free(&b);
+	/* length must be exactly ceil(npages / 8) */
+	put_rp_bitmap(&b, 0, 16, 3, 0);
+	expect_rp_bad(&b, "16 pages in 3 bytes");
+	tbuf_free(&b);
+	put_rp_bitmap(&b, 0, 17, 2, 0);
+	expect_rp_bad(&b, "17 pages in 2 bytes");
+	tbuf_free(&b);
+	put_rp_bitmap(&b, 0, 16, UINT32_MAX, 0);
+	expect_rp_bad(&b, "in 4294967295 bytes");
+	tbuf_free(&b);
+	/* stray bits past the last page */
+	put_rp_bitmap(&b, 0, 12, 2, 0x10);
+	expect_rp_bad(&b, "bits past page 12");
+	tbuf_free(&b);
+}
+
+static void test_rp_recv_bitmap_truncated(void **state)
+{
+	struct tbuf whole = { 0 };
+
+	(void)state;
+	put_rp_bitmap(&whole, 1, 64, 8, 0xff);
+	for (size_t len = 0; len < whole.len; len++) {
+		struct stream s;
+		struct mig_rp_msg m;
+		char err[512];
+
+		stream_init_mem(&s, whole.p, len);
+		if (mig_rp_read(&s, &m, err, sizeof(err)) != -EPIPE)
+			fail_msg("prefix of %zu bytes: \"%s\"", len, err);
+		assert_null(m.bitmap); /* nothing leaks from a cut message */
+		stream_release(&s);
+	}
+	tbuf_free(&whole);
+}
+
+static int resume_start_buf(const struct tbuf *b, const struct mig_header *orig, char *err,
+			    size_t errlen)
+{
+	struct stream s;
+	int r;
+
+	stream_init_mem(&s, b->p, b->len);
+	err[0] = 0;
+	r = mig_load_resume_start(&s, orig, err, errlen);
+	stream_release(&s);
+	return r;
+}
+
+/* The header put_header(b, 2, 1, T_BLOCK_PAGES) describes. */
+static void orig_header(struct mig_header *h)
+{
+	struct tbuf b = { 0 };
+	struct stream s;
+	char err[256];
+
+	put_header(&b, 2, 1, T_BLOCK_PAGES);
+	stream_init_mem(&s, b.p, b.len);
+	assert_int_equal(mig_load_header(&s, h, err, sizeof(err)), 0);
+	stream_release(&s);
+	tbuf_free(&b);
+}
+
+static void test_resume_start(void **state)
+{
+	struct mig_header orig, other;
+	struct tbuf b = { 0 };
+	char err[512];
+
+	(void)state;
+	orig_header(&orig);
+	put_header(&b, 2, 1, T_BLOCK_PAGES);
+	tbuf_u8(&b, MIG_REC_POSTCOPY_RESUME);
+	assert_int_equal(resume_start_buf(&b, &orig, err, sizeof(err)), 0);
+	tbuf_free(&b);
+
+	/* another VM's header, another boot id, another record, a cut */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	tbuf_u8(&b, MIG_REC_POSTCOPY_RESUME);
+	assert_int_equal(resume_start_buf(&b, &orig, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "not the paused migration's"));
+	tbuf_free(&b);
+	put_header(&b, 2, 1, T_BLOCK_PAGES * 2);
+	tbuf_u8(&b, MIG_REC_POSTCOPY_RESUME);
+	assert_int_equal(resume_start_buf(&b, &orig, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "RAM block 0 differs"));
+	tbuf_free(&b);
+	other = orig;
+	other.boot_id[3] ^= 1;
+	put_header(&b, 2, 1, T_BLOCK_PAGES);
+	tbuf_u8(&b, MIG_REC_POSTCOPY_RESUME);
+	assert_int_equal(resume_start_buf(&b, &other, err, sizeof(err)), -EBADMSG);
+	tbuf_free(&b);
+	put_header(&b, 2, 1, T_BLOCK_PAGES);
+	tbuf_u8(&b, MIG_REC_RAM);
+	assert_int_equal(resume_start_buf(&b, &orig, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "expected postcopy resume"));
+	tbuf_free(&b);
+	put_header(&b, 2, 1, T_BLOCK_PAGES);
+	assert_int_equal(resume_start_buf(&b, &orig, err, sizeof(err)), -EPIPE);
+	tbuf_free(&b);
+	/* garbage instead of a header */
+	tbuf_u64(&b, MIG_URGENT_MAGIC);
+	assert_int_equal(resume_start_buf(&b, &orig, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "not a vmferry migration stream"));
+	tbuf_free(&b);
+
+	/* RESUME inside a fresh stream is refused */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	tbuf_u8(&b, MIG_REC_POSTCOPY_RESUME);
+	expect_bad(&b, "postcopy resume in a new migration stream");
+	tbuf_free(&b);
+}
+
+static uint32_t resumed_pongs;
+
+static int count_ping(void *opaque, uint32_t id)
+{
+	(void)opaque;
+	resumed_pongs += id;
+	return 0;
+}
+
+static void test_resumed_records(void **state)
+{
+	struct mig_load_ops ops = { .ram = tload_ram, .ping = count_ping };
+	struct tload t = { 0 };
+	struct tbuf b = { 0 };
+	struct stream s;
+	char err[512];
+	static const uint8_t bad[] = { 0, MIG_REC_SECTION, MIG_REC_PASS_END, MIG_REC_POSTCOPY_RUN,
+				       MIG_REC_POSTCOPY_RESUME, MIG_REC_POSTCOPY_DISCARD, 10 };
+
+	(void)state;
+	orig_header(&t.h);
+	put_ram_data(&b, 0, 2, 5);
+	tbuf_u8(&b, MIG_REC_PING);
+	tbuf_u32(&b, 7);
+	put_ram_hdr(&b, 0, MIG_RAM_FLAG_ZERO, 0, T_BLOCK_PAGES, 0);
+	put_end(&b);
+	stream_init_mem(&s, b.p, b.len);
+	resumed_pongs = 0;
+	assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)), 1);
+	assert_int_equal(t.data_pages_checked, 2);
+	assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)), 1);
+	assert_int_equal(resumed_pongs, 7);
+	assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)), 1);
+	assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)), 0);
+	assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)), -EPIPE);
+	stream_release(&s);
+	tbuf_free(&b);
+
+	for (size_t i = 0; i < sizeof(bad); i++) {
+		tbuf_u8(&b, bad[i]);
+		tbuf_u32(&b, 0);
+		stream_init_mem(&s, b.p, b.len);
+		assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)),
+				 -EBADMSG);
+		assert_non_null(strstr(err, "only RAM, PING and END"));
+		stream_release(&s);
+		tbuf_free(&b);
+	}
+	/* RAM outside the block */
+	put_ram_hdr(&b, 0, MIG_RAM_FLAG_ZERO, 0, 1, T_BLOCK_PAGES);
+	stream_init_mem(&s, b.p, b.len);
+	assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)), -EBADMSG);
+	stream_release(&s);
+	tbuf_free(&b);
 }
 
 /* ---- tests: tools/stream_dump, end to end ---- */
@@ -1475,6 +1718,11 @@ int main(void)
 		cmocka_unit_test(test_rp_valid),
 		cmocka_unit_test(test_rp_bad),
 		cmocka_unit_test(test_rp_truncated),
+		cmocka_unit_test(test_rp_recv_bitmap),
+		cmocka_unit_test(test_rp_recv_bitmap_bad),
+		cmocka_unit_test(test_rp_recv_bitmap_truncated),
+		cmocka_unit_test(test_resume_start),
+		cmocka_unit_test(test_resumed_records),
 		cmocka_unit_test(test_tool_file),
 		cmocka_unit_test(test_tool_listen),
 	};

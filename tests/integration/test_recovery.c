@@ -1,0 +1,341 @@
+/*
+ * Postcopy recovery under real KVM (docs/migration.md, "Postcopy recovery").
+ * One 256 MiB incrementer guest per test, its background push throttled
+ * with max-bandwidth so that postcopy is still running at each cut:
+ *
+ * - test_recover_unix: over a UNIX socket, cut three times (migrate-pause on
+ *   the source, on the destination, on both), with the bad requests of each
+ *   state tried on the way (wrong state, missing or invalid URI, resume to
+ *   nobody, cancel), each recovered on a fresh socket;
+ * - test_recover_netns_link_down: two network namespaces joined by a veth;
+ *   cut by migrate-pause, then by the veth going down with data in flight
+ *   (both sides are told with migrate-pause, since TCP alone would notice
+ *   only after its timeout), recovered after the link is up again.
+ *
+ * Each migration must complete with every page there (the incrementer's
+ * check on the destination) and the guest must keep running.  Skips (77)
+ * without KVM; the netns test skips without root or netns.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+#include "lib/vmtest.h"
+#include "util/log.h"
+
+#define REC_MEM "256M"
+#define REC_VCPUS "2"
+#define REC_BANDWIDTH "{\"max-bandwidth\": 40000000}"
+
+enum { HOST_A, HOST_B };
+
+static struct vmtest_netns_pair rec_hosts;
+static bool rec_netns_ok;
+static struct vmtest_vm rec_src = { .pid = -1 }, rec_dst = { .pid = -1 };
+
+static void rec_atexit(void)
+{
+	vmtest_vm_kill(&rec_src);
+	vmtest_vm_kill(&rec_dst);
+	vmtest_netns_destroy(&rec_hosts);
+}
+
+static void rec_on_signal(int sig)
+{
+	vmtest_netns_destroy(&rec_hosts);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static int rec_teardown(void **state)
+{
+	(void)state;
+	vmtest_vm_kill(&rec_src);
+	vmtest_vm_kill(&rec_dst);
+	return 0;
+}
+
+/* @cmd with {"uri": @uri} (and "resume": true when @resume); 0 or the call's error. */
+static int call_uri(struct vmtest_vm *vm, const char *cmd, const char *uri, bool resume,
+		    struct json_object **ret)
+{
+	struct json_object *args = json_object_new_object();
+	int r;
+
+	if (uri)
+		json_object_object_add(args, "uri", json_object_new_string(uri));
+	if (resume)
+		json_object_object_add(args, "resume", json_object_new_boolean(true));
+	r = vmtest_call(vm, cmd, args, ret);
+	json_object_put(args);
+	return r;
+}
+
+static int64_t query_int(struct vmtest_vm *vm, const char *key)
+{
+	struct json_object *q = NULL;
+	int64_t v;
+
+	assert_int_equal(vmtest_call(vm, "query-migrate", NULL, &q), 0);
+	v = migtest_int_at(q, key);
+	json_object_put(q);
+	return v;
+}
+
+/* Both sides postcopy-active, and the push made progress since @since bytes. */
+static void wait_active_with_progress(int64_t since)
+{
+	migtest_wait_migration_status(&rec_src, "postcopy-active");
+	migtest_wait_migration_status(&rec_dst, "postcopy-active");
+	for (int i = 0; i < 2000 && query_int(&rec_src, "transferred") < since + (4 << 20); i++)
+		migtest_tick_ms(5);
+}
+
+/* migrate-recover on the destination at @listen; the address it really listens on. */
+static void recover(const char *listen, char *uri, size_t len)
+{
+	struct json_object *ret = NULL;
+
+	assert_int_equal(call_uri(&rec_dst, "migrate-recover", listen, false, &ret), 0);
+	snprintf(uri, len, "%s", migtest_str_at(ret, "uri"));
+	json_object_put(ret);
+	assert_true(uri[0]);
+}
+
+static void wait_both_paused(void)
+{
+	migtest_wait_migration_status(&rec_src, "postcopy-paused");
+	migtest_wait_migration_status(&rec_dst, "postcopy-paused");
+}
+
+/* Resume to @uri and time it: both sides postcopy-active again. */
+static void resume(const char *uri)
+{
+	uint64_t t0 = clock_monotonic_ns();
+
+	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), 0);
+	migtest_wait_migration_status(&rec_src, "postcopy-active");
+	migtest_wait_migration_status(&rec_dst, "postcopy-active");
+	fprintf(stderr, "recovery: resumed in %.1f ms\n", (double)(clock_monotonic_ns() - t0) / 1e6);
+}
+
+static void start_postcopy(const char *uri)
+{
+	assert_int_equal(migtest_set_capability(&rec_src, "postcopy-ram", true), 0);
+	assert_int_equal(migtest_set_capability(&rec_dst, "postcopy-ram", true), 0);
+	assert_int_equal(migtest_set_params(&rec_src, REC_BANDWIDTH), 0);
+	assert_int_equal(vmtest_call(&rec_src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(migtest_start_migrate(&rec_src, uri), 0);
+}
+
+/* Completed on both sides after @pauses pauses; memory verified; guest alive. */
+static void expect_recovered(int64_t pauses)
+{
+	struct json_object *q = migtest_wait_migration(&rec_src);
+
+	if (strcmp(migtest_str_at(q, "status"), "completed"))
+		fail_msg("migration %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
+	assert_int_equal(migtest_int_at(q, "postcopy-pauses"), pauses);
+	fprintf(stderr, "recovery: completed in %.0f ms with %lld pauses\n",
+		json_object_get_double(json_object_object_get(q, "total-time")), (long long)pauses);
+	json_object_put(q);
+	migtest_expect_status(&rec_src, "postmigrate");
+	migtest_wait_migration_status(&rec_dst, "completed");
+	assert_int_equal(query_int(&rec_dst, "postcopy-pauses"), pauses);
+	migtest_expect_guest_alive_and_verified(&rec_dst);
+	assert_int_equal(vmtest_vm_quit(&rec_src), 0);
+	assert_int_equal(vmtest_vm_quit(&rec_dst), 0);
+}
+
+static void unix_uri(char *uri, size_t len)
+{
+	char path[VMTEST_PATH_BYTES];
+
+	assert_int_equal(vmtest_unique_path(path, sizeof(path), "recover"), 0);
+	snprintf(uri, len, "unix:%s", path);
+}
+
+static void test_recover_unix(void **state)
+{
+	char uri[VMTEST_PATH_BYTES + 8], nobody[VMTEST_PATH_BYTES + 8];
+	char listen[VMTEST_PATH_BYTES + 8], real[VMTEST_PATH_BYTES + 8];
+	struct json_object *q = NULL;
+
+	(void)state;
+	migtest_spawn(&rec_src, REC_MEM, REC_VCPUS, "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&rec_src, 1, 30000), 0);
+	migtest_spawn_incoming(&rec_dst, REC_MEM, REC_VCPUS, true, uri, sizeof(uri));
+
+	/* Before any postcopy: every recovery command is refused. */
+	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
+	migtest_expect_status(&rec_src, "running");
+
+	start_postcopy(uri);
+	wait_active_with_progress(0);
+	/* Active: no recover, no resume, no cancel; a second pause is refused after. */
+	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
+	assert_int_equal(vmtest_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
+
+	/* Cut 1: migrate-pause on the source. */
+	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
+	wait_both_paused();
+	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(vmtest_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
+	/* wrong side, missing or invalid URI */
+	assert_int_equal(call_uri(&rec_src, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_dst, "migrate", uri, true, NULL), -EREMOTEIO);
+	assert_int_equal(vmtest_call(&rec_dst, "migrate-recover", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "carrier-pigeon:1", false, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_src, "migrate", "tcp:nohost", true, NULL), -EREMOTEIO);
+	assert_int_equal(call_uri(&rec_src, "migrate", NULL, true, NULL), -EREMOTEIO);
+	/* a migration that is not resumed is not a new one either */
+	assert_int_equal(migtest_start_migrate(&rec_src, uri), -EREMOTEIO);
+	/* resume to an address nobody listens on: stays paused, says why */
+	unix_uri(nobody, sizeof(nobody));
+	assert_int_equal(call_uri(&rec_src, "migrate", nobody, true, NULL), 0);
+	for (int i = 0; i < 2000; i++) {
+		q = NULL;
+		assert_int_equal(vmtest_call(&rec_src, "query-migrate", NULL, &q), 0);
+		if (strstr(migtest_str_at(q, "error-desc"), "failed"))
+			break;
+		json_object_put(q);
+		q = NULL;
+		migtest_tick_ms(5);
+	}
+	assert_non_null(q);
+	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
+	assert_non_null(strstr(migtest_str_at(q, "error-desc"), nobody + 5));
+	json_object_put(q);
+	/* now properly */
+	unix_uri(listen, sizeof(listen));
+	recover(listen, real, sizeof(real));
+	assert_string_equal(real, listen);
+	assert_int_equal(call_uri(&rec_dst, "migrate-recover", listen, false, NULL), -EREMOTEIO);
+	resume(real);
+
+	/* Cut 2: migrate-pause on the destination. */
+	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
+	wait_both_paused();
+	unix_uri(listen, sizeof(listen));
+	recover(listen, real, sizeof(real));
+	resume(real);
+
+	/* Cut 3: both sides at once. */
+	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
+	vmtest_call(&rec_src, "migrate-pause", NULL, NULL); /* may find it paused already */
+	wait_both_paused();
+	unix_uri(listen, sizeof(listen));
+	recover(listen, real, sizeof(real));
+	resume(real);
+
+	expect_recovered(3);
+}
+
+static void spawn_on(struct vmtest_vm *vm, int host, const char *const args[])
+{
+	const char *prefix[5];
+
+	vmtest_netns_prefix(&rec_hosts, host, prefix);
+	assert_int_equal(vmtest_spawn_prefixed(vm, prefix, args), 0);
+}
+
+/* `ip -n NS link set DEV up|down` for the veth end in @host. */
+static void link_set(int host, const char *updown)
+{
+	const char *argv[] = { rec_hosts.ip_path, "-n", rec_hosts.ns[host], "link", "set",
+			       rec_hosts.veth[host], updown, NULL };
+
+	assert_int_equal(vmtest_cmd(argv, false, 10000), 0);
+}
+
+/*
+ * With postcopy running: @host's veth end goes down with pages in flight,
+ * @first then @second are told (migrate-pause), the link comes up again and
+ * the migration resumes on a new connection to @listen.
+ */
+static void cut_link(int host, struct vmtest_vm *first, struct vmtest_vm *second,
+		     const char *listen)
+{
+	char real[64];
+
+	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	link_set(host, "down");
+	assert_int_equal(vmtest_call(first, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(vmtest_call(second, "migrate-pause", NULL, NULL), 0);
+	wait_both_paused();
+	link_set(host, "up");
+	recover(listen, real, sizeof(real));
+	resume(real);
+}
+
+static void test_recover_netns_link_down(void **state)
+{
+	char listen[48], uri[64], real[64];
+	const char *dst_args[] = { "--mem", REC_MEM, "--vcpus", REC_VCPUS, "--incoming", listen, NULL };
+	const char *src_args[] = { "--mem", REC_MEM, "--vcpus", REC_VCPUS, "--guest", "incrementer",
+				   NULL };
+
+	(void)state;
+	if (!rec_netns_ok)
+		skip();
+	snprintf(listen, sizeof(listen), "tcp:%s:0", rec_hosts.addr[HOST_B]);
+	spawn_on(&rec_dst, HOST_B, dst_args);
+	migtest_incoming_uri(&rec_dst, uri, sizeof(uri));
+	spawn_on(&rec_src, HOST_A, src_args);
+	assert_int_equal(vmtest_wait_passes(&rec_src, 1, 30000), 0);
+	start_postcopy(uri);
+
+	/* Cut 1: migrate-pause on the source, over TCP. */
+	wait_active_with_progress(0);
+	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
+	wait_both_paused();
+	recover(listen, real, sizeof(real));
+	resume(real);
+
+	/* Cut 2: the link goes down with pages in flight. */
+	cut_link(HOST_A, &rec_src, &rec_dst, listen);
+	/* Cut 3: down again at the other end, the destination told first. */
+	cut_link(HOST_B, &rec_dst, &rec_src, listen);
+
+	expect_recovered(3);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_teardown(test_recover_unix, rec_teardown),
+		cmocka_unit_test_teardown(test_recover_netns_link_down, rec_teardown),
+	};
+
+	if (!vmtest_kvm_available())
+		return VMTEST_SKIP;
+	signal(SIGPIPE, SIG_IGN);
+	atexit(rec_atexit);
+	signal(SIGINT, rec_on_signal);
+	signal(SIGTERM, rec_on_signal);
+	if (geteuid() == 0 && vmtest_netns_create(&rec_hosts) == 0)
+		rec_netns_ok = true;
+	else
+		fprintf(stderr, "note: no network namespaces; the link-down test skips\n");
+	if (getenv("VMFERRY_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
