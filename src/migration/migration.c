@@ -118,7 +118,7 @@ struct migration {
 	uint64_t total_bytes;
 	atomic_bool postcopy_requested; /* migrate-start-postcopy */
 	bool pc_prepared;               /* destination RAM punched for postcopy */
-	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests;
+	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end */
 	bool pc_stats_valid;
 
@@ -429,6 +429,7 @@ struct mig_src {
 	_Atomic uint64_t pending_count;
 	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
 	_Atomic uint64_t pushed, requested_sent, requests;
+	_Atomic uint64_t resent;   /* requested pages sent again on the urgent channel */
 	struct stream urgent;      /* written by the return-path thread only */
 	int urgent_fd;
 	uint64_t urgent_bytes;     /* sent on the urgent channel, for the figures */
@@ -465,8 +466,16 @@ static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
 {
 	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		  (off_t)(first * MIG_PAGE_BYTES), (off_t)(n * MIG_PAGE_BYTES));
+	/* Atomic: the return-path thread reads it (mig_rp_serve_request). */
 	for (uint64_t p = first; p < first + n; p++)
-		src->released[p / 64] |= 1ull << (p % 64);
+		__atomic_fetch_or(&src->released[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+}
+
+/* Given back already, so acknowledged: the destination holds it.  Any thread. */
+static bool mig_released(struct mig_src *src, uint64_t p)
+{
+	return src->released &&
+	       (__atomic_load_n(&src->released[p / 64], __ATOMIC_RELAXED) & (1ull << (p % 64)));
 }
 
 /* Remember a run sent on the main channel until the destination acknowledges it. */
@@ -814,10 +823,20 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 		const uint8_t *page = src->block->host + p * MIG_PAGE_BYTES;
 		bool zero;
 
-		/* Already sent (maybe still in flight on the main channel): it
-		 * arrives there; each page crosses the wire once. */
-		if (!mig_pending_take(src, p))
+		/*
+		 * Taken by the push already.  Acknowledged (released): the
+		 * destination holds it and the request crossed its arrival.
+		 * Otherwise it may sit behind megabytes queued on the main
+		 * channel: a copy here overtakes it, and the destination keeps
+		 * whichever lands first (it never places a page twice).  The
+		 * guest is stopped here, so both copies are the same.
+		 */
+		if (mig_pending_take(src, p))
+			atomic_fetch_add(&src->requested_sent, 1);
+		else if (mig_released(src, p))
 			continue;
+		else
+			atomic_fetch_add(&src->resent, 1);
 		zero = mig_page_is_zero(page);
 		stream_put_u8(&src->urgent, MIG_REC_RAM);
 		stream_put_u8(&src->urgent, 0);
@@ -827,7 +846,6 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 		stream_put_u64(&src->urgent, p);
 		if (!zero)
 			stream_put_bytes(&src->urgent, page, MIG_PAGE_BYTES);
-		atomic_fetch_add(&src->requested_sent, 1);
 		if (!zero)
 			atomic_fetch_add(&src->m->normal_pages, 1);
 		else
@@ -1902,6 +1920,7 @@ completed:
 	m->end_ns = clock_monotonic_ns();
 	atomic_store(&m->pages_pushed, atomic_load(&src.pushed));
 	atomic_store(&m->pages_requested, atomic_load(&src.requested_sent));
+	atomic_store(&m->pages_resent, atomic_load(&src.resent));
 	atomic_store(&m->postcopy_requests, atomic_load(&src.requests));
 	free(src.sent_once);
 	free(src.predisc);
@@ -3126,6 +3145,7 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(atomic_load(&m->postcopy_requests)));
 		json_object_object_add(o, "postcopy-pages-pushed", json_object_new_uint64(atomic_load(&m->pages_pushed)));
 		json_object_object_add(o, "postcopy-pages-requested", json_object_new_uint64(atomic_load(&m->pages_requested)));
+		json_object_object_add(o, "postcopy-pages-resent", json_object_new_uint64(atomic_load(&m->pages_resent)));
 	}
 	if (m->incoming && m->pc_stats_valid) {
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(m->pc_stats.requests));

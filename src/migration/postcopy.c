@@ -210,33 +210,45 @@ static int pc_wake(struct postcopy_dst *pd, uint64_t p, uint64_t n)
 	return ioctl(pd->uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }
 
-/* UFFDIO_COPY of one run; pages already present are skipped (and woken). */
+/*
+ * UFFDIO_COPY of one run; pages already present are skipped (and woken).
+ * Another channel may place pages of the run meanwhile (a requested page
+ * answered on the urgent channel while the push carries it too): the kernel
+ * then copies up to that page and reports a partial copy (EAGAIN with the
+ * bytes done) or, at the page itself, EEXIST.
+ */
 static int pc_copy(struct postcopy_dst *pd, uint64_t p, uint64_t n, const uint8_t *src)
 {
-	struct uffdio_copy c = {
-		.dst = (uint64_t)(uintptr_t)(pd->block->host + p * PC_PAGE),
-		.src = (uint64_t)(uintptr_t)src, .len = n * PC_PAGE,
-	};
+	uint64_t done = 0;
+	unsigned retries = 0;
 
-	if (ioctl(pd->uffd, UFFDIO_COPY, &c) == 0)
-		return 0;
-	if (errno != EEXIST) {
-		int err = -errno;
-
-		log_error("postcopy: UFFDIO_COPY at page %llu (+%llu) failed: %s",
-			  (unsigned long long)p, (unsigned long long)n, strerror(errno));
-		return err;
-	}
-	/* Someone placed part of it: place page by page, waking the rest. */
-	for (uint64_t i = 0; i < n; i++) {
-		struct uffdio_copy one = {
-			.dst = c.dst + i * PC_PAGE, .src = c.src + i * PC_PAGE, .len = PC_PAGE,
+	while (done < n) {
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)(pd->block->host + (p + done) * PC_PAGE),
+			.src = (uint64_t)(uintptr_t)(src + done * PC_PAGE),
+			.len = (n - done) * PC_PAGE,
 		};
 
-		if (ioctl(pd->uffd, UFFDIO_COPY, &one) < 0) {
-			if (errno != EEXIST)
-				return -errno;
-			pc_wake(pd, p + i, 1); /* an EEXIST copy does not wake waiters */
+		if (ioctl(pd->uffd, UFFDIO_COPY, &c) == 0)
+			return 0; /* the kernel woke the waiters of what it copied */
+		if (errno == EAGAIN && c.copy > 0) {
+			done += (uint64_t)c.copy / PC_PAGE; /* partial: go on after it */
+			continue;
+		}
+		if (errno == EEXIST) {
+			pc_wake(pd, p + done, 1); /* an EEXIST copy does not wake waiters */
+			done++;
+			continue;
+		}
+		if (errno == EAGAIN && ++retries < 1000)
+			continue; /* the address space was changing: try again */
+		{
+			int err = -errno;
+
+			log_error("postcopy: UFFDIO_COPY at page %llu (+%llu) failed: %s",
+				  (unsigned long long)(p + done), (unsigned long long)(n - done),
+				  strerror(errno));
+			return err;
 		}
 	}
 	return 0;

@@ -68,10 +68,9 @@ static void migrate_once(struct vmtest_vm *src, struct vmtest_vm *dst, const cha
 	migtest_expect_status(src, "postmigrate");
 	/* The old side refuses to run the guest a second time. */
 	assert_int_equal(vmtest_call(src, "cont", NULL, NULL), -EREMOTEIO);
-	q = NULL;
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "status"), "completed");
-	json_object_put(q);
+	/* The destination closes its connections after telling the source it
+	 * runs, so its own status may trail the source's by a moment. */
+	migtest_wait_migration_status(dst, "completed");
 }
 
 static void test_matrix(void **state)
