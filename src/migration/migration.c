@@ -862,7 +862,7 @@ static void *mig_rp_thread(void *arg)
 
 	/* A faulting vCPU waits for this thread: it must not queue behind the
 	 * background push for a CPU. */
-	thread_boost_priority(10);
+	thread_make_latency_critical();
 	for (;;) {
 		int r = mig_rp_read(&src->rp, &msg, err, sizeof(err));
 
@@ -2408,7 +2408,7 @@ static void *mig_urgent_thread(void *arg)
 	char err[256];
 	int fd, r;
 
-	thread_boost_priority(10); /* on the page-fault latency path */
+	thread_make_latency_critical(); /* on the page-fault latency path */
 	fd = channel_accept(m->listen_fd, MIG_IO_TIMEOUT_MS, m->cancel_fd);
 	if (fd < 0 || !c.bounce || stream_init(&s, fd, -1)) {
 		if (fd != -ECANCELED) {

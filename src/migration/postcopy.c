@@ -337,7 +337,7 @@ static void *pc_fault_thread(void *arg)
 		{ .fd = pd->stop_fd, .events = POLLIN },
 	};
 
-	thread_boost_priority(10); /* faulting vCPUs wait for this thread */
+	thread_make_latency_critical(); /* faulting vCPUs wait for this thread */
 	for (;;) {
 		struct uffd_msg msgs[64];
 		ssize_t n;

@@ -1,6 +1,8 @@
 #include "util/log.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,4 +77,18 @@ void thread_boost_priority(int boost)
 	/* PRIO_PROCESS with a thread id applies to that thread alone on Linux. */
 	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -boost) < 0)
 		log_debug("thread priority unchanged: %s", strerror(errno));
+}
+
+void thread_make_latency_critical(void)
+{
+	struct sched_param sp = { .sched_priority = 1 };
+
+	/*
+	 * The lowest real-time priority: it runs as soon as it wakes instead
+	 * of waiting for a time slice behind the bulk threads.  Each such
+	 * thread handles one short message and blocks again; the kernel's
+	 * real-time throttling bounds it should it ever spin.
+	 */
+	if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) != 0)
+		thread_boost_priority(10);
 }

@@ -23,6 +23,12 @@ void log_msg(enum log_level level, const char *fmt, ...)
  * CAP_SYS_NICE it silently stays as it is.
  */
 void thread_boost_priority(int boost);
+/*
+ * Make the calling thread latency-critical (SCHED_FIFO, lowest real-time
+ * priority; needs CAP_SYS_NICE, else a nice boost of 10): for threads on a
+ * page-fault path that a vCPU waits for.
+ */
+void thread_make_latency_critical(void);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t clock_monotonic_ns(void);
