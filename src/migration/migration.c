@@ -30,6 +30,7 @@
 #include <linux/sockios.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -367,6 +368,7 @@ static void mig_request_cancel(struct migration *m)
 }
 
 static void mig_prealloc_join(struct migration *m);
+static int mig_pc_prepare(struct migration *m);
 
 void migration_shutdown(struct migration *m)
 {
@@ -2470,12 +2472,10 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 			 "on the destination too");
 		return -EBADMSG;
 	}
-	/* Pages that have not arrived at the switch are punched out again, so
-	 * preallocating them would be wasted work: it stops here. */
-	mig_prealloc_join(m);
-	r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &d->pd);
-	if (!r && !m->pc_prepared)
-		r = postcopy_dst_prepare(d->pd);
+	/* Normally done when the capability was set; if not, now. */
+	r = mig_pc_prepare(m);
+	if (!r)
+		r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &d->pd);
 	if (r) {
 		snprintf(err, errlen, "postcopy setup: %s", strerror(-r));
 		return r;
@@ -2525,8 +2525,10 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 		snprintf(err, errlen, "run without the vm section");
 		return -EBADMSG;
 	}
-	/* Preallocation would fill pages that must fault: it stops here. */
-	mig_prealloc_join(m);
+	/* Missing mode: preallocation would fill pages that must fault, so it
+	 * stops here; minor mode: it goes on, through the alias. */
+	if (!vm_ram_block(m->vm, 0)->alias)
+		mig_prealloc_join(m);
 	r = postcopy_dst_listen(d->pd);
 	if (r) {
 		snprintf(err, errlen, "cannot put guest RAM under userfaultfd: %s", strerror(-r));
@@ -2964,7 +2966,10 @@ static void *mig_prealloc_thread(void *arg)
 
 		for (uint64_t off = 0; off < rb->bytes && !atomic_load(&m->prealloc_stop); off += chunk) {
 			uint64_t n = rb->bytes - off < chunk ? rb->bytes - off : chunk;
-			int r = ram_block_populate(rb, off, n);
+			/* In postcopy's minor mode the guest's own mapping must show
+			 * only received pages: allocate through the alias. */
+			int r = rb->alias ? ram_block_populate_alias(rb, off, n)
+					  : ram_block_populate(rb, off, n);
 
 			if (r) {
 				log_warn("migration: preallocating guest RAM failed (%s); pages will be "
@@ -2987,6 +2992,44 @@ static void mig_prealloc_join(struct migration *m)
 	atomic_store(&m->prealloc_stop, true);
 	pthread_join(m->prealloc_thread, NULL);
 	m->prealloc_joinable = false;
+}
+
+/*
+ * Destination, postcopy enabled, nothing arrived yet: get guest RAM ready
+ * for userfaultfd.  Minor mode (the default where the kernel has it;
+ * VMFERRY_POSTCOPY_UFFD=missing forces the older way, for comparison): keep
+ * the memory, unmap it from the guest's view and go on preallocating it
+ * through an alias mapping.  Missing mode: give it all back (punch).
+ * Main thread under m->lock (capability set) or the incoming thread (advise).
+ */
+static int mig_pc_prepare(struct migration *m)
+{
+	struct ram_block *rb = vm_ram_block(m->vm, 0);
+	const char *how = getenv("VMFERRY_POSTCOPY_UFFD");
+	bool restart = m->prealloc_joinable;
+	int r;
+
+	if (m->pc_prepared)
+		return 0;
+	mig_prealloc_join(m);
+	if ((!how || strcmp(how, "missing")) && postcopy_minor_supported() &&
+	    ram_block_map_alias(rb) == 0) {
+		r = madvise(rb->host, rb->bytes, MADV_DONTNEED) < 0 ? -errno : 0;
+		if (!r && restart) {
+			atomic_store(&m->prealloc_stop, false);
+			atomic_store(&m->prealloc_bytes, 0);
+			m->prealloc_joinable =
+				pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
+		}
+	} else {
+		r = fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+			      (off_t)rb->bytes) < 0 ? -errno : 0;
+	}
+	if (!r)
+		m->pc_prepared = true;
+	log_debug("postcopy: guest RAM prepared for %s mode%s", rb->alias ? "minor" : "missing",
+		  r ? " (failed)" : "");
+	return r;
 }
 
 void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
@@ -3147,6 +3190,10 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "postcopy-pages-requested", json_object_new_uint64(atomic_load(&m->pages_requested)));
 		json_object_object_add(o, "postcopy-pages-resent", json_object_new_uint64(atomic_load(&m->pages_resent)));
 	}
+	if (m->incoming && m->pc_prepared)
+		json_object_object_add(o, "postcopy-uffd-mode",
+				       json_object_new_string(vm_ram_block(m->vm, 0)->alias ? "minor"
+											: "missing"));
 	if (m->incoming && m->pc_stats_valid) {
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(m->pc_stats.requests));
 		json_object_object_add(o, "postcopy-faults", json_object_new_uint64(m->pc_stats.faults));
@@ -3412,11 +3459,8 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 		 * stream only writes RAM once the status is active), instead of
 		 * inside the switch-over.
 		 */
-		struct ram_block *rb = vm_ram_block(m->vm, 0);
-
-		mig_prealloc_join(m);
-		if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)rb->bytes) == 0)
-			m->pc_prepared = true;
+		if (mig_pc_prepare(m))
+			log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
 	}
 	pthread_mutex_unlock(&m->lock);
 	return 0;

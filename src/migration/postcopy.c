@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -25,7 +26,9 @@ struct postcopy_dst {
 	uint64_t npages;
 	postcopy_request_fn *request;
 	void *opaque;
+	bool minor;                   /* minor mode: block->alias, see postcopy.h */
 	_Atomic uint64_t *received;   /* bit per page */
+	_Atomic uint64_t *claimed;    /* minor mode: a writer owns the page's content */
 	_Atomic uint64_t *requested;  /* bit per page */
 	_Atomic uint64_t *req_ns;     /* per page: when requested, 0 = not waiting */
 	_Atomic uint64_t nreceived;
@@ -73,13 +76,15 @@ int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, v
 	pd->request = request;
 	pd->opaque = opaque;
 	pd->uffd = -1;
+	pd->minor = block->alias != NULL;
 	pd->received = calloc(words, sizeof(uint64_t));
+	pd->claimed = calloc(words, sizeof(uint64_t));
 	pd->requested = calloc(words, sizeof(uint64_t));
 	pd->req_ns = calloc(pd->npages, sizeof(uint64_t));
 	pd->samples_us = calloc(pd->npages, sizeof(uint32_t));
 	pd->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&pd->stats_lock, NULL);
-	if (!pd->received || !pd->requested || !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
+	if (!pd->received || !pd->claimed || !pd->requested || !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
 		postcopy_dst_destroy(pd);
 		return -ENOMEM;
 	}
@@ -109,6 +114,7 @@ void postcopy_dst_destroy(struct postcopy_dst *pd)
 	if (pd->stop_fd >= 0)
 		close(pd->stop_fd);
 	free((void *)pd->received);
+	free((void *)pd->claimed);
 	free((void *)pd->requested);
 	free((void *)pd->req_ns);
 	free(pd->samples_us);
@@ -118,9 +124,24 @@ void postcopy_dst_destroy(struct postcopy_dst *pd)
 
 void postcopy_dst_mark_received(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages)
 {
-	for (uint64_t p = first_page; p < first_page + npages && p < pd->npages; p++)
+	for (uint64_t p = first_page; p < first_page + npages && p < pd->npages; p++) {
+		pc_test_and_set(pd->claimed, p);
 		if (!pc_test_and_set(pd->received, p))
 			atomic_fetch_add(&pd->nreceived, 1);
+	}
+}
+
+/* Minor mode: unmap pages from the guest's mapping, keeping their memory. */
+static int pc_unmap(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages)
+{
+	if (madvise(pd->block->host + first_page * PC_PAGE, npages * PC_PAGE, MADV_DONTNEED) < 0) {
+		int err = -errno;
+
+		log_error("postcopy: unmapping pages %llu+%llu failed: %s",
+			  (unsigned long long)first_page, (unsigned long long)npages, strerror(errno));
+		return err;
+	}
+	return 0;
 }
 
 /* Give pages back to the memfd so that, once registered, they fault. */
@@ -141,15 +162,31 @@ int postcopy_dst_discard(struct postcopy_dst *pd, uint64_t first_page, uint64_t 
 {
 	if (first_page >= pd->npages || npages > pd->npages - first_page)
 		return -EINVAL;
-	for (uint64_t p = first_page; p < first_page + npages; p++)
+	for (uint64_t p = first_page; p < first_page + npages; p++) {
+		pc_test_and_clear(pd->claimed, p);
 		if (pc_test_and_clear(pd->received, p))
 			atomic_fetch_sub(&pd->nreceived, 1);
-	return pc_punch(pd, first_page, npages);
+	}
+	return pd->minor ? pc_unmap(pd, first_page, npages) : pc_punch(pd, first_page, npages);
 }
 
 int postcopy_dst_prepare(struct postcopy_dst *pd)
 {
-	return pc_punch(pd, 0, pd->npages);
+	return pd->minor ? pc_unmap(pd, 0, pd->npages) : pc_punch(pd, 0, pd->npages);
+}
+
+bool postcopy_minor_supported(void)
+{
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = ioctl(fd, UFFDIO_API, &api) == 0 && (api.features & UFFD_FEATURE_MINOR_SHMEM);
+	close(fd);
+	return ok;
 }
 
 uint64_t postcopy_dst_npages(struct postcopy_dst *pd)
@@ -254,6 +291,82 @@ static int pc_copy(struct postcopy_dst *pd, uint64_t p, uint64_t n, const uint8_
 	return 0;
 }
 
+/*
+ * Minor mode: map pages whose content is in place (written through the
+ * alias) into the guest's mapping with UFFDIO_CONTINUE, waking waiters.
+ * Pages mapped already are skipped (and woken).  0, -EFAULT for a page that
+ * is a hole (no content at all), other -errno.
+ */
+static int pc_continue(struct postcopy_dst *pd, uint64_t p, uint64_t n)
+{
+	uint64_t done = 0;
+	unsigned retries = 0;
+
+	while (done < n) {
+		struct uffdio_continue c = {
+			.range = { .start = (uint64_t)(uintptr_t)(pd->block->host + (p + done) * PC_PAGE),
+				   .len = (n - done) * PC_PAGE },
+		};
+
+		if (ioctl(pd->uffd, UFFDIO_CONTINUE, &c) == 0)
+			return 0;
+		if (errno == EAGAIN && c.mapped > 0) {
+			done += (uint64_t)c.mapped / PC_PAGE;
+			continue;
+		}
+		if (errno == EEXIST) {
+			pc_wake(pd, p + done, 1);
+			done++;
+			continue;
+		}
+		if (errno == EAGAIN && ++retries < 1000)
+			continue;
+		if (errno != EFAULT)
+			log_error("postcopy: UFFDIO_CONTINUE at page %llu (+%llu) failed: %s",
+				  (unsigned long long)(p + done), (unsigned long long)(n - done),
+				  strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/*
+ * Minor mode placing: claim each page (one writer per page, ever: a page
+ * the guest may already have written must never be written again), write
+ * the claimed runs through the alias mapping, then map them.
+ */
+static int pc_place_minor(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
+			  const uint8_t *data)
+{
+	uint64_t p = first_page, end = first_page + npages, now, run;
+	int err;
+
+	while (p < end) {
+		if (pc_test_and_set(pd->claimed, p)) {
+			p++;
+			continue;
+		}
+		for (run = 1; p + run < end && !pc_test_and_set(pd->claimed, p + run); run++)
+			;
+		if (data)
+			memcpy(pd->block->alias + p * PC_PAGE, data + (p - first_page) * PC_PAGE,
+			       run * PC_PAGE);
+		else
+			memset(pd->block->alias + p * PC_PAGE, 0, run * PC_PAGE);
+		err = pc_continue(pd, p, run);
+		if (err)
+			return err;
+		now = clock_monotonic_ns();
+		for (uint64_t q = p; q < p + run; q++) {
+			if (!pc_test_and_set(pd->received, q))
+				atomic_fetch_add(&pd->nreceived, 1);
+			pc_account(pd, q, now);
+		}
+		p += run;
+	}
+	return 0;
+}
+
 int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		       const void *data)
 {
@@ -267,6 +380,8 @@ int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t np
 		postcopy_dst_mark_received(pd, first_page, npages);
 		return 0;
 	}
+	if (pd->minor)
+		return pc_place_minor(pd, first_page, npages, data);
 	while (p < end) {
 		uint64_t run;
 
@@ -311,12 +426,16 @@ static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
 	if (pc_test(pd->received, p)) {
 		/*
 		 * Either placed between the fault and now (the copy below finds it
-		 * and just wakes), or a zero page that arrived as a hole: give it
-		 * a zero page.  UFFDIO_COPY never overwrites a present page.
+		 * and just wakes), or (minor mode) received in precopy and not
+		 * mapped, or a zero page that arrived as a hole: give it a zero
+		 * page.  UFFDIO_COPY never overwrites a present page.
 		 */
-		pc_copy(pd, p, 1, pc_zero);
+		if (!pd->minor || pc_continue(pd, p, 1))
+			pc_copy(pd, p, 1, pc_zero);
 		return;
 	}
+	if (pd->minor && pc_test(pd->claimed, p))
+		return; /* being written: its UFFDIO_CONTINUE wakes this waiter */
 	if (pc_test_and_set(pd->requested, p))
 		return; /* already asked: the answer wakes this waiter too */
 	atomic_store(&pd->req_ns[p], clock_monotonic_ns());
@@ -325,7 +444,7 @@ static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
 		log_error("postcopy: requesting page %llu failed", (unsigned long long)p);
 	/* The page may have landed while we asked; it woke everyone then, but
 	 * a waiter that faulted after the copy's wake must not sleep on. */
-	if (pc_test(pd->received, p))
+	if (pc_test(pd->received, p) && (!pd->minor || pc_continue(pd, p, 1)))
 		pc_copy(pd, p, 1, pc_zero);
 }
 
@@ -365,10 +484,14 @@ static void *pc_fault_thread(void *arg)
 
 int postcopy_dst_listen(struct postcopy_dst *pd)
 {
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MISSING_SHMEM };
+	struct uffdio_api api = {
+		.api = UFFD_API,
+		.features = UFFD_FEATURE_MISSING_SHMEM | (pd->minor ? UFFD_FEATURE_MINOR_SHMEM : 0),
+	};
+	/* Minor mode registers both: a page may also be a hole (never allocated). */
 	struct uffdio_register reg = {
 		.range = { .start = (uint64_t)(uintptr_t)pd->block->host, .len = pd->block->bytes },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+		.mode = UFFDIO_REGISTER_MODE_MISSING | (pd->minor ? UFFDIO_REGISTER_MODE_MINOR : 0),
 	};
 	int err;
 
@@ -383,8 +506,10 @@ int postcopy_dst_listen(struct postcopy_dst *pd)
 		log_error("postcopy: registering guest RAM with userfaultfd failed: %s", strerror(errno));
 		return err;
 	}
-	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
-		log_error("postcopy: UFFDIO_COPY is not available on guest RAM");
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY)) ||
+	    (pd->minor && !(reg.ioctls & (1ull << _UFFDIO_CONTINUE)))) {
+		log_error("postcopy: UFFDIO_COPY%s is not available on guest RAM",
+			  pd->minor ? "/CONTINUE" : "");
 		return -ENOTSUP;
 	}
 	atomic_store(&pd->listening, true);

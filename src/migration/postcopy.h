@@ -36,6 +36,22 @@ struct ram_block;
 typedef int postcopy_request_fn(void *opaque, uint32_t block, uint64_t first_page,
 				uint32_t npages);
 
+/*
+ * Minor mode.  When the block has an alias mapping (ram_block_map_alias),
+ * guest RAM stays allocated - preallocated in the background through the
+ * alias, before and during the migration, so no arriving page pays for its
+ * allocation - and userfaultfd watches the guest's mapping in minor mode as
+ * well: a page that is not received has memory but no mapping in the guest's
+ * view.  An arriving page is claimed (one writer per page, ever), copied
+ * into the alias and mapped with UFFDIO_CONTINUE.  Discarding unmaps
+ * instead of punching.  Without an alias: missing mode, UFFDIO_COPY, as
+ * above.  (UFFDIO_MOVE would save the copy, but it works on private
+ * anonymous memory only; guest RAM is a shared memfd.)
+ *
+ * True when the kernel has minor faults on shmem.
+ */
+bool postcopy_minor_supported(void);
+
 /* Track one RAM block (the VM's block 0).  0 or -errno. */
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
 			struct postcopy_dst **out);
@@ -47,7 +63,8 @@ void postcopy_dst_mark_received(struct postcopy_dst *pd, uint64_t first_page, ui
 /*
  * Postcopy was advised: nothing has arrived, so every page is given back to
  * the memfd now (it costs time proportional to what was allocated, which is
- * better spent here than at the switch).  0 or -errno.
+ * better spent here than at the switch) - in minor mode only unmapped from
+ * the guest's view.  0 or -errno.
  */
 int postcopy_dst_prepare(struct postcopy_dst *pd);
 /* The source dirtied these after sending them: punched out, fetched again.

@@ -105,11 +105,40 @@ int ram_block_populate(struct ram_block *block, uint64_t off, uint64_t len)
 	return 0;
 }
 
+int ram_block_map_alias(struct ram_block *block)
+{
+	void *p;
+
+	if (block->alias)
+		return 0;
+	p = mmap(NULL, block->bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, block->fd, 0);
+	if (p == MAP_FAILED) {
+		int err = -errno;
+
+		log_error("ram: second mapping of block %s failed: %s", block->name, strerror(errno));
+		return err;
+	}
+	block->alias = p;
+	return 0;
+}
+
+int ram_block_populate_alias(struct ram_block *block, uint64_t off, uint64_t len)
+{
+	if (!block->alias || off > block->bytes || len > block->bytes - off)
+		return -EINVAL;
+	if (madvise(block->alias + off, len, MADV_POPULATE_WRITE) < 0)
+		return -errno;
+	return 0;
+}
+
 void ram_block_destroy(struct ram_block *block)
 {
 	if (block->host)
 		munmap(block->host, block->bytes);
 	block->host = NULL;
+	if (block->alias)
+		munmap(block->alias, block->bytes);
+	block->alias = NULL;
 	if (block->fd >= 0)
 		close(block->fd);
 	block->fd = -1;

@@ -16,6 +16,9 @@ struct ram_block {
 	uint64_t bytes; /* multiple of 2 MiB */
 	int fd;         /* memfd, owned; -1 when not open */
 	uint8_t *host;  /* host mapping of the whole block, or NULL */
+	uint8_t *alias; /* a second mapping of the same pages, or NULL: postcopy
+			 * writes arriving pages there while the guest's mapping
+			 * (host, under userfaultfd) does not show them yet */
 };
 
 /*
@@ -40,6 +43,14 @@ int ram_block_adopt_fd(const char *name, uint64_t gpa, uint64_t bytes, int fd,
  * the same pages.  0, or -errno (-EINVAL: the kernel lacks it).
  */
 int ram_block_populate(struct ram_block *block, uint64_t off, uint64_t len);
+
+/*
+ * Map the block a second time at block->alias (idempotent).  0 or -errno.
+ * Thread: the one that owns the block's setup (no concurrent users of alias).
+ */
+int ram_block_map_alias(struct ram_block *block);
+/* ram_block_populate() through the alias mapping.  0 or -errno. */
+int ram_block_populate_alias(struct ram_block *block, uint64_t off, uint64_t len);
 
 /* Unmap and close; safe on a zeroed or already destroyed block. */
 void ram_block_destroy(struct ram_block *block);

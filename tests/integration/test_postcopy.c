@@ -30,15 +30,34 @@ static int set_postcopy_cap(struct vmtest_vm *vm, bool on)
 	return migtest_set_capability(vm, "postcopy-ram", on);
 }
 
-/* Source with @guest, destination with postcopy enabled on both sides. */
+/*
+ * Source with @guest, destination with postcopy enabled on both sides, in
+ * userfaultfd mode @uffd_mode ("minor", the default, or "missing"; checked
+ * in the destination's query-migrate).
+ */
+static void setup_pair_mode(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
+			    const char *vcpus, const char *guest, const char *uffd_mode,
+			    char *uri, size_t len)
+{
+	struct json_object *q = NULL;
+
+	migtest_spawn(src, mem, vcpus, guest, NULL);
+	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
+	if (!strcmp(uffd_mode, "missing"))
+		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
+	migtest_spawn_incoming(dst, mem, vcpus, true, uri, len);
+	unsetenv("VMFERRY_POSTCOPY_UFFD");
+	assert_int_equal(set_postcopy_cap(src, true), 0);
+	assert_int_equal(set_postcopy_cap(dst, true), 0);
+	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
+	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), uffd_mode);
+	json_object_put(q);
+}
+
 static void setup_pair(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
 		       const char *vcpus, const char *guest, char *uri, size_t len)
 {
-	migtest_spawn(src, mem, vcpus, guest, NULL);
-	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
-	migtest_spawn_incoming(dst, mem, vcpus, true, uri, len);
-	assert_int_equal(set_postcopy_cap(src, true), 0);
-	assert_int_equal(set_postcopy_cap(dst, true), 0);
+	setup_pair_mode(src, dst, mem, vcpus, guest, "minor", uri, len);
 }
 
 static void expect_completed_postcopy(struct vmtest_vm *src, struct vmtest_vm *dst)
@@ -63,14 +82,16 @@ static void expect_completed_postcopy(struct vmtest_vm *src, struct vmtest_vm *d
 
 static void test_pure_postcopy(void **state)
 {
-	static const char *const vcpus[] = { "1", "2" };
+	static const char *const vcpus[] = { "1", "2", "2" };
+	static const char *const modes[] = { "minor", "minor", "missing" };
 
 	(void)state;
-	for (size_t i = 0; i < 2; i++) {
+	for (size_t i = 0; i < 3; i++) {
 		struct vmtest_vm src, dst;
 		char uri[VMTEST_PATH_BYTES + 8];
 
-		setup_pair(&src, &dst, "64M", vcpus[i], "incrementer", uri, sizeof(uri));
+		setup_pair_mode(&src, &dst, "64M", vcpus[i], "incrementer", modes[i], uri,
+				sizeof(uri));
 		assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 		assert_int_equal(migtest_start_migrate(&src, uri), 0);
 		expect_completed_postcopy(&src, &dst);
@@ -81,17 +102,23 @@ static void test_pure_postcopy(void **state)
 
 static void test_hybrid_after_one_pass(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	static const char *const modes[] = { "minor", "missing" };
 
 	(void)state;
-	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
-	/* Precopy that cannot finish by itself; switch after the first pass. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 1, \"postcopy-after-passes\": 1}"), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
-	expect_completed_postcopy(&src, &dst);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	for (size_t i = 0; i < 2; i++) {
+		struct vmtest_vm src, dst;
+		char uri[VMTEST_PATH_BYTES + 8];
+
+		/* Discards unmap (minor) or punch (missing) pages received in precopy. */
+		setup_pair_mode(&src, &dst, "64M", "2", "incrementer", modes[i], uri, sizeof(uri));
+		/* Precopy that cannot finish by itself; switch after the first pass. */
+		assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 1, "
+						    "\"postcopy-after-passes\": 1}"), 0);
+		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		expect_completed_postcopy(&src, &dst);
+		assert_int_equal(vmtest_vm_quit(&src), 0);
+		assert_int_equal(vmtest_vm_quit(&dst), 0);
+	}
 }
 
 static void test_dirtier_switches_automatically(void **state)
