@@ -2205,6 +2205,8 @@ struct mig_dst {
 	atomic_bool urgent_failed;
 	uint64_t first_run_ns;
 	_Atomic uint64_t run_at_ns;  /* when RUN was handled: RAM is under userfaultfd */
+	uint64_t discard_ns, discard_pages; /* load thread: time spent discarding, for the log */
+	uint64_t sections_ns;        /* load thread: time spent loading device state */
 	atomic_bool closing;         /* mig_dst_finish runs: the urgent thread must go */
 };
 
@@ -2324,7 +2326,13 @@ static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_
 			 VMSTATE_CPU_VERSION);
 		return -EBADMSG;
 	}
-	return vmstate_cpu_load(d->m->vm, instance, data, len, err, errlen);
+	{
+		uint64_t t0 = clock_monotonic_ns();
+		int r = vmstate_cpu_load(d->m->vm, instance, data, len, err, errlen);
+
+		d->sections_ns += clock_monotonic_ns() - t0;
+		return r;
+	}
 }
 
 static int mig_dst_pass_end(void *opaque, uint32_t pass)
@@ -2506,8 +2514,14 @@ static int mig_dst_discard(void *opaque, uint32_t block, uint64_t first_page, ui
 {
 	struct mig_dst_chan *c = opaque;
 
+	uint64_t t0 = clock_monotonic_ns();
+	int r;
+
 	(void)block;
-	return postcopy_dst_discard(c->d->pd, first_page, npages);
+	r = postcopy_dst_discard(c->d->pd, first_page, npages);
+	c->d->discard_ns += clock_monotonic_ns() - t0;
+	c->d->discard_pages += npages;
+	return r;
 }
 
 /* POSTCOPY_RUN: every page not here will fault; the guest runs now. */
@@ -2547,6 +2561,12 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 		d->first_run_ns = clock_monotonic_ns();
 	mig_boot_id(boot_id);
 	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
+	if (same_clock && d->vmsec.stop_ns && start > d->vmsec.stop_ns)
+		log_debug("postcopy: pause: RUN arrived %.3f ms after the source stopped (%.3f ms "
+			  "of it discarding %" PRIu64 " pages, %.3f ms loading device state), the "
+			  "vCPUs run %.3f ms later", (double)(start - d->vmsec.stop_ns) / 1e6,
+			  (double)d->discard_ns / 1e6, d->discard_pages, (double)d->sections_ns / 1e6,
+			  (double)(d->first_run_ns - start) / 1e6);
 	mig_dst_rp_running(d, d->first_run_ns, same_clock, d->first_run_ns - start);
 	pthread_mutex_lock(&d->rp_lock);
 	r = stream_error(&d->rp);
@@ -2958,7 +2978,13 @@ quit:
 static void *mig_prealloc_thread(void *arg)
 {
 	struct migration *m = arg;
-	const uint64_t chunk = 32ull << 20;
+	/*
+	 * Small steps: each holds the address-space lock for reading, and the
+	 * postcopy switch (registering userfaultfd) needs it for writing; a
+	 * 4 MiB step costs it at most a few milliseconds, a larger one would
+	 * land in the guest's pause.
+	 */
+	const uint64_t chunk = 4ull << 20;
 	uint64_t t0 = clock_monotonic_ns();
 
 	for (size_t b = 0; b < vm_ram_block_count(m->vm); b++) {
