@@ -1297,7 +1297,6 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 
 	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
 	src->released = calloc(src->bitmap_words, sizeof(uint64_t));
-	src->urgent_fd = src->rp_fd = -1;
 	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
 	if (!discard || !src->pending || !src->released) {
 		free(discard);
@@ -1335,8 +1334,8 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		err = -EAGAIN;
 		goto out;
 	}
-	/* The urgent channel first, so the destination can be answered at once. */
-	if (mig_src_open_urgent(src)) {
+	/* Open since the advise; else now, so the destination can be answered at once. */
+	if (src->urgent_fd < 0 && mig_src_open_urgent(src)) {
 		char why[MIG_ERROR_BYTES];
 
 		if (!mig_rp_pending_error(src, why, sizeof(why)))
@@ -1636,7 +1635,7 @@ static void *mig_source_thread(void *arg)
 {
 	struct migration *m = arg;
 	struct vm *vm = m->vm;
-	struct mig_src src = { .m = m, .block = vm_ram_block(vm, 0) };
+	struct mig_src src = { .m = m, .block = vm_ram_block(vm, 0), .urgent_fd = -1, .rp_fd = -1 };
 	struct mig_params p;
 	struct mig_rp_msg rp;
 	char errbuf[MIG_ERROR_BYTES];
@@ -1677,6 +1676,11 @@ static void *mig_source_thread(void *arg)
 			goto fail;
 		}
 		stream_put_u8(&src.s, MIG_REC_POSTCOPY_ADVISE);
+		/* The urgent channel now, not inside the pause at the switch. */
+		if (stream_flush(&src.s) || mig_src_open_urgent(&src)) {
+			err = -ECONNREFUSED;
+			goto stream_fail;
+		}
 	}
 	err = vm_dirty_log_start(vm);
 	if (err) {
@@ -1879,6 +1883,12 @@ postcopy_switch:
 	err = mig_dirty_pass(&src, false);
 	if (err)
 		goto stream_fail;
+	if (src.urgent_fd >= 0) {
+		/* Postcopy was possible but not needed: end the urgent channel. */
+		stream_put_u8(&src.urgent, MIG_REC_END);
+		stream_flush(&src.urgent);
+		mig_src_close_side_channels(&src);
+	}
 	err = mig_send_sections(&src, was_running, stop_ns, true);
 	if (err)
 		goto stream_fail;
@@ -1965,6 +1975,7 @@ fail:
 		stream_release(&src.s);
 		close(fd);
 	}
+	mig_src_close_side_channels(&src);
 	free(src.bitmap);
 	free(src.sent_once);
 	free(src.predisc);
@@ -2205,7 +2216,8 @@ struct mig_dst {
 	atomic_bool urgent_failed;
 	uint64_t first_run_ns;
 	_Atomic uint64_t run_at_ns;  /* when RUN was handled: RAM is under userfaultfd */
-	uint64_t discard_ns, discard_pages; /* load thread: time spent discarding, for the log */
+	uint64_t discard_ns, discard_pages; /* load thread: discarding since the last PING
+					     * (the pre-discard's), for the log */
 	uint64_t sections_ns;        /* load thread: time spent loading device state */
 	atomic_bool closing;         /* mig_dst_finish runs: the urgent thread must go */
 };
@@ -2501,6 +2513,7 @@ static int mig_dst_ping(void *opaque, uint32_t id)
 	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
 	int r = -EPIPE;
 
+	d->discard_ns = d->discard_pages = 0; /* what follows is inside the pause */
 	pthread_mutex_lock(&d->rp_lock);
 	if (d->rp_connected) {
 		mig_rp_send_pong(&d->rp, id);
