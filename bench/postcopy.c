@@ -13,7 +13,9 @@
  *                        (postcopy-pure, preempt off: a request only makes the
  *                        background stream jump to the page, behind what is
  *                        already queued), hybrid (postcopy-after-passes 1,
- *                        preempt on), precopy (default all)
+ *                        preempt on), pure-missing and hybrid-missing (the
+ *                        same with the destination in userfaultfd missing
+ *                        mode instead of minor mode), precopy (default all)
  *   --transports LIST    loopback ("loopback-tcp"), veth (two network
  *                        namespaces joined by a veth pair shaped to 1 Gbit/s,
  *                        each direction delayed by 0.5 ms where netem exists:
@@ -88,11 +90,15 @@ static const struct bench_mode {
 	bool preempt;               /* source capability postcopy-preempt */
 	bool start_postcopy;        /* migrate-start-postcopy before migrate */
 	uint64_t after_passes;      /* postcopy-after-passes, 0: not set */
+	bool uffd_missing;          /* destination in userfaultfd missing mode
+				     * (VMFERRY_POSTCOPY_UFFD=missing), not minor */
 } bench_modes[] = {
-	{ "pure", "postcopy-pure", true, true, true, 0 },
-	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0 },
-	{ "hybrid", "hybrid", true, true, false, 1 },
-	{ "precopy", "precopy", false, false, false, 0 },
+	{ "pure", "postcopy-pure", true, true, true, 0, false },
+	{ "pure-missing", "postcopy-pure", true, true, true, 0, true },
+	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false },
+	{ "hybrid", "hybrid", true, true, false, 1, false },
+	{ "hybrid-missing", "hybrid", true, true, false, 1, true },
+	{ "precopy", "precopy", false, false, false, 0, false },
 };
 #define BENCH_NMODES (sizeof(bench_modes) / sizeof(bench_modes[0]))
 
@@ -242,7 +248,11 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
 		return;
 	}
-	if (bench_vmm_start(o->bin, ns, 1, "dst", dst_args, &dst, r) ||
+	if (mode->uffd_missing)
+		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
+	rc = bench_vmm_start(o->bin, ns, 1, "dst", dst_args, &dst, r);
+	unsetenv("VMFERRY_POSTCOPY_UFFD");
+	if (rc ||
 	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
 	    bench_vmm_start(o->bin, ns, 0, "src", src_args, &src, r))
 		goto out;
@@ -333,6 +343,9 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 			       mode->postcopy_ram ? json_object_new_boolean(mode->preempt) : NULL);
 	if (mode->after_passes)
 		json_add_u64(obj, "postcopy_after_passes", mode->after_passes);
+	if (mode->postcopy_ram)
+		json_object_object_add(obj, "uffd_mode",
+				       json_object_new_string(mode->uffd_missing ? "missing" : "minor"));
 	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
 	if (t == BENCH_VETH && n && n->shaper[0]) {
 		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
@@ -469,7 +482,8 @@ static void bench_usage(FILE *f)
 		"                [--probe-bytes SIZE] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy (default: both)\n"
-		"  modes: pure, pure-nopreempt, hybrid, precopy (default: all)\n"
+		"  modes: pure, pure-missing, pure-nopreempt, hybrid, hybrid-missing, precopy\n"
+		"         (default: all)\n"
 		"  transports: loopback, veth (default: both)\n");
 }
 
