@@ -49,7 +49,7 @@ enum vmstate_cpu_field {
 
 struct vmstate_vm {
 	uint64_t guest_clock_ns; /* the guest clock at the stop */
-	uint64_t stop_ns;        /* source CLOCK_MONOTONIC when its last vCPU stopped */
+	uint64_t stop_ns;        /* source CLOCK_MONOTONIC when it began stopping the vCPUs */
 	uint32_t was_running;    /* 0 or 1: the destination runs the guest iff 1 */
 	uint32_t reserved;       /* 0 */
 	uint64_t moves;          /* v2: completed moves to a new VMM process before

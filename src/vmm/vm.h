@@ -139,7 +139,8 @@ int vm_vm_fd(struct vm *vm);
 
 /*
  * Source switch-over: stop every vCPU and enter finish-migrate from running
- * or paused.  *stopped_ns is when the last vCPU stopped (CLOCK_MONOTONIC),
+ * or paused.  *stopped_ns is when the first vCPU was asked to stop, where
+ * the guest's pause begins (CLOCK_MONOTONIC),
  * *was_running whether the guest ran before.  0, or -EINVAL when the state
  * does not allow it.  Emits STOP when it was running.
  */

@@ -120,6 +120,7 @@ static void cpr_update(struct vmtest_vm *old, bool full_check)
 	json_object_put(q);
 	assert_int_equal(cpr_moves(&t.vm), moves + 1);
 	migtest_expect_status(&t.vm, "running");
+	assert_int_equal(vmtest_realtime_threads(&t.vm), 0);
 	assert_int_equal(vmtest_verify_incrementer(&t.vm), 0);
 	/* The guest goes on where it was. */
 	assert_int_equal(vmtest_wait_passes(&t.vm, p0 + 1, 30000), 0);

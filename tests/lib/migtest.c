@@ -149,6 +149,8 @@ void migtest_expect_guest_alive_and_verified(struct vmtest_vm *vm)
 	uint64_t p0 = 0, p1 = 0;
 
 	migtest_expect_status(vm, "running");
+	/* The guest must not run real-time: it would starve the host. */
+	assert_int_equal(vmtest_realtime_threads(vm), 0);
 	assert_int_equal(vmtest_verify_memory(vm), 0);
 	assert_int_equal(vmtest_workload_passes(vm, &p0), 0);
 	assert_int_equal(vmtest_wait_passes(vm, p0 + 2, 30000), 0);

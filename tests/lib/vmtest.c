@@ -737,3 +737,44 @@ void vmtest_netns_prefix(const struct vmtest_netns_pair *p, int side, const char
 	out[3] = p->ns[side];
 	out[4] = NULL;
 }
+
+int vmtest_realtime_threads(struct vmtest_vm *vm)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+	int n = 0;
+
+	if (vm->pid <= 0)
+		return -ESRCH;
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)vm->pid);
+	d = opendir(path);
+	if (!d)
+		return -errno;
+	while ((e = readdir(d))) {
+		char stat_path[sizeof(path) + 280], buf[1024], *p;
+		FILE *f;
+		size_t len;
+		int field = 3;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(stat_path, sizeof(stat_path), "%s/%s/stat", path, e->d_name);
+		f = fopen(stat_path, "r");
+		if (!f)
+			continue; /* the thread ended meanwhile */
+		len = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[len] = 0;
+		/* Fields after the command name, which may hold spaces: 3 is state. */
+		p = strrchr(buf, ')');
+		for (p = p ? strtok(p + 1, " ") : NULL; p; p = strtok(NULL, " "), field++) {
+			if (field == 41) {
+				n += atoi(p) != 0; /* policy: 0 is SCHED_OTHER */
+				break;
+			}
+		}
+	}
+	closedir(d);
+	return n;
+}

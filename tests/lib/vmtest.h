@@ -126,6 +126,14 @@ int vmtest_verify_memory(struct vmtest_vm *vm);
 int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *args,
 		struct json_object **ret);
 
+/*
+ * How many threads of the VMM run with a real-time (or any non-default)
+ * scheduling policy: none may once a migration is over and the guest just
+ * runs (vCPUs and page-fault threads are real-time only for a moment).
+ * The count, or -errno.
+ */
+int vmtest_realtime_threads(struct vmtest_vm *vm);
+
 struct vmtest_result {
 	int status;  /* exit code, 128+signal, or -ETIMEDOUT when killed */
 	char *out;   /* stdout, NUL-terminated (at most 1 MiB kept) */
