@@ -432,6 +432,8 @@ struct mig_src {
 	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
 	_Atomic uint64_t pushed, requested_sent, requests;
 	_Atomic uint64_t resent;   /* requested pages sent again on the urgent channel */
+	uint64_t release_ns, release_pages; /* migration thread: release-ram's cost */
+	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
 	struct stream urgent;      /* written by the return-path thread only */
 	int urgent_fd;
 	uint64_t urgent_bytes;     /* sent on the urgent channel, for the figures */
@@ -466,8 +468,12 @@ struct mig_unacked {
 
 static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
 {
+	uint64_t t0 = clock_monotonic_ns();
+
 	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		  (off_t)(first * MIG_PAGE_BYTES), (off_t)(n * MIG_PAGE_BYTES));
+	src->release_ns += clock_monotonic_ns() - t0;
+	src->release_pages += n;
 	/* Atomic: the return-path thread reads it (mig_rp_serve_request). */
 	for (uint64_t p = first; p < first + n; p++)
 		__atomic_fetch_or(&src->released[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
@@ -506,6 +512,15 @@ static void mig_unacked_add(struct mig_src *src, uint64_t first, uint64_t n)
 /* Give back the runs every PING up to the last PONG covered. */
 static void mig_release_acked(struct mig_src *src)
 {
+	/*
+	 * An acknowledgement means the destination runs the guest (it sends
+	 * RUNNING first): from now on pages only leave this host.
+	 */
+	if (!src->ram_detached && atomic_load(&src->got_running)) {
+		src->ram_detached = true;
+		if (vm_detach_ram(src->m->vm))
+			log_debug("postcopy: guest RAM stays attached to KVM");
+	}
 	uint32_t acked = atomic_load(&src->ping_acked);
 
 	while (src->unacked_head < src->unacked_len &&
@@ -1419,6 +1434,8 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		mig_leave_paused(m);
 	}
 	err = 0;
+	log_debug("postcopy: release-ram gave back %" PRIu64 " pages in %.1f ms on the way",
+		  src->release_pages, (double)src->release_ns / 1e6);
 	/* Every page is on the destination: the rest of RAM goes back too. */
 	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
 		  (off_t)src->block->bytes);
@@ -2999,6 +3016,9 @@ static void *mig_prealloc_thread(void *arg)
 	 */
 	const uint64_t chunk = 4ull << 20;
 	uint64_t t0 = clock_monotonic_ns();
+
+	/* Background work: never in the way of the stream or the vCPUs. */
+	thread_boost_priority(-19);
 
 	for (size_t b = 0; b < vm_ram_block_count(m->vm); b++) {
 		struct ram_block *rb = vm_ram_block(m->vm, b);

@@ -96,6 +96,7 @@ struct vm {
 	/* Migration support. */
 	_Atomic uint64_t first_unpark_ns; /* set by the first vCPU let go */
 	bool dirty_logging;               /* lock */
+	bool ram_detached;     /* guest RAM removed from KVM (vm_detach_ram) */
 	_Atomic uint64_t *vmm_dirty;      /* one bit per page of ram, or NULL */
 	_Atomic unsigned throttle_pct;
 	_Atomic uint64_t throttle_gen;    /* bumped every throttle period */
@@ -1583,12 +1584,31 @@ int vm_dirty_log_start(struct vm *vm)
 	return err;
 }
 
+int vm_detach_ram(struct vm *vm)
+{
+	struct kvm_userspace_memory_region region = { .slot = 0 };
+	int err = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate != VM_RUNSTATE_FINISH_MIGRATE && vm->runstate != VM_RUNSTATE_POSTMIGRATE) {
+		err = -EINVAL;
+	} else if (!vm->ram_detached) {
+		/* A memslot of size 0 deletes it. */
+		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+			err = -errno;
+		else
+			vm->ram_detached = true;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	return err;
+}
+
 int vm_dirty_log_stop(struct vm *vm)
 {
 	int err = 0;
 
 	pthread_mutex_lock(&vm->lock);
-	if (vm->dirty_logging)
+	if (vm->dirty_logging && !vm->ram_detached)
 		err = vm_set_memslot(vm, 0, &vm->ram, 0);
 	vm->dirty_logging = false;
 	pthread_mutex_unlock(&vm->lock);

@@ -145,6 +145,15 @@ int vm_vm_fd(struct vm *vm);
  * does not allow it.  Emits STOP when it was running.
  */
 int vm_migration_stop(struct vm *vm, uint64_t *stopped_ns, bool *was_running);
+/*
+ * The guest now runs elsewhere and will never run here again (postcopy
+ * after the destination said it runs): take guest RAM out of KVM, so that
+ * giving its pages back (release-ram) costs no KVM work - on nested
+ * machines each zap of the guest's mappings is expensive.  The host mapping
+ * stays, for sending pages.  Only in finish-migrate or postmigrate.  0 or
+ * -errno.  Any non-vCPU thread.
+ */
+int vm_detach_ram(struct vm *vm);
 /* The migration failed before the destination ran: back to where we were. */
 void vm_migration_abort(struct vm *vm, bool was_running);
 /* The destination runs the guest: finish-migrate -> postmigrate. */
