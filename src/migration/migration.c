@@ -3017,8 +3017,6 @@ static void *mig_prealloc_thread(void *arg)
 	const uint64_t chunk = 4ull << 20;
 	uint64_t t0 = clock_monotonic_ns();
 
-	/* Background work: never in the way of the stream or the vCPUs. */
-	thread_boost_priority(-19);
 
 	for (size_t b = 0; b < vm_ram_block_count(m->vm); b++) {
 		struct ram_block *rb = vm_ram_block(m->vm, b);
