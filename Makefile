@@ -1,13 +1,21 @@
 # vmferry build.  `make` builds everything; `make check` runs the whole suite
-# (unit + integration, then again under ASan/UBSan); `make demo` runs the
-# main job.  BUILD=dir and SAN=1 select a sanitizer build tree.
+# (unit + integration, then again under ASan/UBSan and under TSan); `make
+# demo` runs the main job.  BUILD=dir selects a build tree; SAN=1 builds with
+# ASan/UBSan into build-san, TSAN=1 with ThreadSanitizer into build-tsan.
 
 CC      ?= cc
 SAN     ?= 0
+TSAN    ?= 0
 WERROR  ?= 0
+ifeq ($(SAN)$(TSAN),11)
+$(error SAN=1 and TSAN=1 cannot be combined: ASan and TSan exclude each other)
+endif
 ifeq ($(SAN),1)
 BUILD   ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(TSAN),1)
+BUILD   ?= build-tsan
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 BUILD   ?= build
 SANFLAGS :=
@@ -141,6 +149,6 @@ bench: all
 	@scripts/bench.sh
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-tsan build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

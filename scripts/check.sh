@@ -1,7 +1,8 @@
 #!/bin/bash
 # The whole test suite: strict build, unit + integration tests, the same
-# suite under ASan/UBSan, and a short run of every fuzz target.  Ends with
-# one line "N passed, N failed[, N skipped]".
+# suite under ASan/UBSan, the thread-heavy part of it under TSan, and a short
+# run of every fuzz target.  Ends with one line "N passed, N failed[, N
+# skipped]".
 set -u
 cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -28,6 +29,33 @@ if make -s -j"$jobs" WERROR=1 SAN=1 all; then
 	count build-san
 else
 	echo "sanitizer build failed"; total_f=$((total_f + 1))
+fi
+
+echo "== tests under TSan"
+# TSan slows the VMM 5-15x: the whole suite takes ~8 min under it on the
+# 2-core nested-KVM hosts.  So it runs every unit test and the integration
+# programs whose VMMs run the most threads at once (control, vCPUs,
+# migration / incoming, return path, urgent, fault, prealloc; CPR's
+# handover; a postcopy pause and resume): test_control, test_cpr,
+# test_postcopy, test_recovery over UNIX sockets, and test_migration minus
+# its long repetitions (ping-pong x20, the no-convergence timeout, the
+# auto-converge ramp), which add minutes but no thread interplay the rest
+# lacks.  test_vm and test_netns run the same threads as these.  ~3 min.
+# A report fails the program: halt_on_error makes the VMM exit 66, which the
+# test sees, and run-tests.sh fails any log that holds a report.
+TSAN_PROGRAMS="unit/* integration/test_control integration/test_postcopy integration/test_cpr
+	integration/test_migration=test_matrix integration/test_migration=test_paused_guest
+	integration/test_migration=test_c* integration/test_migration=test_destination_killed
+	integration/test_migration=test_bad_requests integration/test_recovery=test_recover_unix"
+if make -s -j"$jobs" WERROR=1 TSAN=1 all; then
+	tsan_start=$(date +%s)
+	TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp" \
+		VMFERRY_SANITIZED=1 VMFERRY_TEST_PROGRAMS="$TSAN_PROGRAMS" \
+		scripts/run-tests.sh build-tsan "[tsan] "
+	count build-tsan
+	echo "(TSan tests: $(($(date +%s) - tsan_start)) s)"
+else
+	echo "TSan build failed"; total_f=$((total_f + 1))
 fi
 
 echo "== fuzz targets (short runs)"

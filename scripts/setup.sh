@@ -4,7 +4,7 @@
 # the exact apt-get line to run and fails.
 set -eu
 
-PACKAGES="gcc make libc6-dev clang libclang-rt-14-dev libjson-c-dev libcmocka-dev iproute2 procps"
+PACKAGES="gcc make libc6-dev clang libclang-rt-14-dev libtsan2 libjson-c-dev libcmocka-dev iproute2 procps"
 
 missing=""
 for p in $PACKAGES; do

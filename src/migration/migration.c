@@ -104,7 +104,12 @@ struct migration {
 	char recover_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
 	_Atomic uint64_t postcopy_pauses;
 
-	/* statistics (written by the migration thread) */
+	/*
+	 * Timings: written by the migration (or incoming) thread under lock,
+	 * which query-migrate holds for one consistent snapshot (a new
+	 * migration resets start and end together; downtime and its clock go
+	 * together).  The writing thread reads its own values without it.
+	 */
 	uint64_t start_ns, setup_ns, end_ns;
 	uint64_t downtime_ns;
 	bool downtime_known;
@@ -118,9 +123,10 @@ struct migration {
 	_Atomic unsigned throttle_max;
 	uint64_t total_bytes;
 	atomic_bool postcopy_requested; /* migrate-start-postcopy */
-	bool pc_prepared;               /* destination RAM punched for postcopy */
+	atomic_bool pc_prepared;        /* destination RAM ready for postcopy (set after
+					 * the alias mapping, read by query-migrate) */
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
-	struct postcopy_dst_stats pc_stats; /* destination, kept at the end */
+	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
 
 	/* destination: background preallocation of guest RAM */
@@ -265,6 +271,24 @@ static void mig_replace_error(struct migration *m, const char *fmt, ...)
 	vsnprintf(m->error, sizeof(m->error), fmt, ap);
 	va_end(ap);
 	log_error("migration: %s", m->error);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Record one timing (start, setup, end, expected downtime) for query-migrate. */
+static void mig_set_time(struct migration *m, uint64_t *field, uint64_t value)
+{
+	pthread_mutex_lock(&m->lock);
+	*field = value;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Record the measured downtime and which clocks measured it. */
+static void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock)
+{
+	pthread_mutex_lock(&m->lock);
+	m->downtime_ns = downtime_ns;
+	m->downtime_same_clock = same_clock;
+	m->downtime_known = true;
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -757,7 +781,7 @@ static bool mig_converged(struct migration *m, uint64_t dirty_pages, double bw,
 	double remaining = (double)dirty_pages * MIG_PAGE_BYTES;
 	double expect_ms = bw > 0 ? remaining * 1000.0 / bw : 1e9;
 
-	m->expected_downtime_ms = (uint64_t)expect_ms;
+	mig_set_time(m, &m->expected_downtime_ms, (uint64_t)expect_ms);
 	atomic_store(&m->remaining_bytes, (uint64_t)remaining);
 	return expect_ms <= (double)p->downtime_limit_ms;
 }
@@ -1439,10 +1463,9 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 	/* Every page is on the destination: the rest of RAM goes back too. */
 	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
 		  (off_t)src->block->bytes);
-	m->downtime_same_clock = src->running.same_clock;
-	m->downtime_ns = src->running.same_clock && src->running.first_run_ns >= stop_ns
-				 ? src->running.first_run_ns - stop_ns : 0;
-	m->downtime_known = true;
+	mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
+			    ? src->running.first_run_ns - stop_ns : 0,
+			 src->running.same_clock);
 out:
 	mig_publish_conns(m, -1, -1);
 	mig_src_close_side_channels(src);
@@ -1572,7 +1595,7 @@ static void mig_cpr_source(struct migration *m)
 		goto fail;
 	stream_put_u8(&src.s, MIG_REC_CPR);
 	stream_put_bytes(&src.s, cs.token, sizeof(cs.token));
-	m->setup_ns = clock_monotonic_ns() - m->start_ns;
+	mig_set_time(m, &m->setup_ns, clock_monotonic_ns() - m->start_ns);
 	if (!mig_set_status(m, MIG_STATUS_ACTIVE) || !mig_set_status(m, MIG_STATUS_DEVICE))
 		goto fail; /* cancelled */
 	if (vm_migration_stop(vm, &stop_ns, &was_running)) {
@@ -1608,13 +1631,12 @@ static void mig_cpr_source(struct migration *m)
 		stopped = false; /* two copies must never run over one RAM */
 		goto fail;
 	}
-	m->downtime_same_clock = rp.same_clock;
-	m->downtime_ns = rp.same_clock && rp.first_run_ns >= stop_ns
-				 ? rp.first_run_ns - stop_ns : clock_monotonic_ns() - stop_ns;
-	m->downtime_known = true;
+	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= stop_ns
+			    ? rp.first_run_ns - stop_ns : clock_monotonic_ns() - stop_ns,
+			 rp.same_clock);
 	atomic_store(&m->transferred, src.s.bytes);
 	vm_migration_complete(vm);
-	m->end_ns = clock_monotonic_ns();
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
@@ -1633,7 +1655,7 @@ fail:
 		mig_set_error(m, "cancelled");
 	if (stopped)
 		vm_migration_abort(vm, was_running);
-	m->end_ns = clock_monotonic_ns();
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
@@ -1705,7 +1727,7 @@ static void *mig_source_thread(void *arg)
 		goto fail;
 	}
 	logging = true;
-	m->setup_ns = clock_monotonic_ns() - m->start_ns;
+	mig_set_time(m, &m->setup_ns, clock_monotonic_ns() - m->start_ns);
 	if (!mig_set_status(m, MIG_STATUS_ACTIVE))
 		goto fail; /* cancelled */
 
@@ -1936,17 +1958,16 @@ postcopy_switch:
 	{
 		uint64_t now = clock_monotonic_ns();
 
-		m->downtime_same_clock = rp.same_clock;
-		m->downtime_ns = rp.same_clock && rp.first_run_ns >= stop_ns
-					 ? rp.first_run_ns - stop_ns : now - stop_ns;
-		m->downtime_known = true;
+		mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= stop_ns
+				    ? rp.first_run_ns - stop_ns : now - stop_ns,
+				 rp.same_clock);
 	}
 completed:
 	atomic_store(&m->postcopy_requested, false);
 	vm_migration_complete(vm);
 	vm_set_throttle(vm, 0);
 	vm_dirty_log_stop(vm);
-	m->end_ns = clock_monotonic_ns();
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	atomic_store(&m->pages_pushed, atomic_load(&src.pushed));
 	atomic_store(&m->pages_requested, atomic_load(&src.requested_sent));
 	atomic_store(&m->pages_resent, atomic_load(&src.resent));
@@ -1984,7 +2005,7 @@ fail:
 	if (stopped)
 		vm_migration_abort(vm, was_running);
 	(void)end_sent;
-	m->end_ns = clock_monotonic_ns();
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
@@ -2003,10 +2024,13 @@ fail:
 
 static void mig_reset_stats(struct migration *m)
 {
+	pthread_mutex_lock(&m->lock);
 	m->start_ns = clock_monotonic_ns();
 	m->setup_ns = m->end_ns = m->downtime_ns = 0;
 	m->downtime_known = m->downtime_same_clock = false;
 	m->expected_downtime_ms = 0;
+	m->error[0] = 0;
+	pthread_mutex_unlock(&m->lock);
 	atomic_store(&m->transferred, 0);
 	atomic_store(&m->zero_pages, 0);
 	atomic_store(&m->normal_pages, 0);
@@ -2016,7 +2040,6 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->passes, 0);
 	atomic_store(&m->throughput_bps, 0);
 	atomic_store(&m->throttle_max, 0);
-	m->error[0] = 0;
 	atomic_store(&m->cancel, false);
 	{
 		uint64_t v;
@@ -2612,9 +2635,7 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 		return r;
 	}
 	if (same_clock && d->vmsec.was_running && d->first_run_ns >= d->vmsec.stop_ns) {
-		m->downtime_ns = d->first_run_ns - d->vmsec.stop_ns;
-		m->downtime_known = true;
-		m->downtime_same_clock = true;
+		mig_set_downtime(m, d->first_run_ns - d->vmsec.stop_ns, true);
 	}
 	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
 	log_info("postcopy: the guest runs here; %" PRIu64 " pages still to come",
@@ -2657,8 +2678,13 @@ static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream
 	mig_dst_stop_urgent(m, d);
 	mig_publish_conns(m, -1, -1);
 	if (d->pd) {
-		postcopy_dst_get_stats(d->pd, &m->pc_stats);
+		struct postcopy_dst_stats stats;
+
+		postcopy_dst_get_stats(d->pd, &stats);
+		pthread_mutex_lock(&m->lock);
+		m->pc_stats = stats;
 		m->pc_stats_valid = true;
+		pthread_mutex_unlock(&m->lock);
 		postcopy_dst_destroy(d->pd);
 		d->pd = NULL;
 	}
@@ -2907,7 +2933,7 @@ static void *mig_incoming_thread(void *arg)
 		pthread_mutex_destroy(&d.rp_lock);
 		return NULL;
 	}
-	m->start_ns = clock_monotonic_ns();
+	mig_set_time(m, &m->start_ns, clock_monotonic_ns());
 	err = stream_init(&s, fd, MIG_IO_TIMEOUT_MS);
 	d.rp_fd = dup(fd);
 	if (err || d.rp_fd < 0 || stream_init(&d.rp, d.rp_fd, MIG_IO_TIMEOUT_MS)) {
@@ -2979,12 +3005,10 @@ static void *mig_incoming_thread(void *arg)
 		first_run_ns = clock_monotonic_ns();
 	mig_dst_rp_running(&d, first_run_ns, same_clock, first_run_ns - end_ns);
 	if (same_clock && d.vmsec.was_running && first_run_ns >= d.vmsec.stop_ns) {
-		m->downtime_ns = first_run_ns - d.vmsec.stop_ns;
-		m->downtime_known = true;
-		m->downtime_same_clock = true;
+		mig_set_downtime(m, first_run_ns - d.vmsec.stop_ns, true);
 	}
 done:
-	m->end_ns = clock_monotonic_ns();
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	mig_dst_finish(m, &d, &s, fd, &chan);
 	mig_set_status(m, MIG_STATUS_COMPLETED);
 	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
@@ -3199,38 +3223,55 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 struct json_object *migration_query(struct migration *m)
 {
 	struct json_object *o = json_object_new_object();
-	enum mig_status st;
-	char error[MIG_ERROR_BYTES];
+	struct { /* what the lock protects, copied in one go */
+		enum mig_status status;
+		enum mig_mode mode;
+		char error[MIG_ERROR_BYTES];
+		char uri[sizeof(m->uri)];
+		uint64_t start_ns, setup_ns, end_ns, downtime_ns, expected_downtime_ms;
+		bool downtime_known, downtime_same_clock, pc_stats_valid;
+		struct postcopy_dst_stats pc_stats;
+	} snap;
+	const char *error = snap.error;
 	uint64_t now = clock_monotonic_ns(), total_ns;
 	unsigned throttle = vm_get_throttle(m->vm);
 
 	pthread_mutex_lock(&m->lock);
-	st = m->status;
-	snprintf(error, sizeof(error), "%s", m->error);
+	snap.status = m->status;
+	snap.mode = m->params.mode;
+	memcpy(snap.error, m->error, sizeof(snap.error));
+	memcpy(snap.uri, m->uri, sizeof(snap.uri));
+	snap.start_ns = m->start_ns;
+	snap.setup_ns = m->setup_ns;
+	snap.end_ns = m->end_ns;
+	snap.downtime_ns = m->downtime_ns;
+	snap.downtime_known = m->downtime_known;
+	snap.downtime_same_clock = m->downtime_same_clock;
+	snap.expected_downtime_ms = m->expected_downtime_ms;
+	snap.pc_stats = m->pc_stats;
+	snap.pc_stats_valid = m->pc_stats_valid;
 	pthread_mutex_unlock(&m->lock);
 
-	json_object_object_add(o, "status", json_object_new_string(mig_status_name(st)));
-	if (st == MIG_STATUS_NONE)
+	json_object_object_add(o, "status", json_object_new_string(mig_status_name(snap.status)));
+	if (snap.status == MIG_STATUS_NONE)
 		return o;
 	json_object_object_add(o, "role", json_object_new_string(m->incoming ? "destination" : "source"));
-	pthread_mutex_lock(&m->lock);
-	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(m->params.mode)));
-	pthread_mutex_unlock(&m->lock);
-	json_object_object_add(o, "uri", json_object_new_string(m->uri));
+	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(snap.mode)));
+	json_object_object_add(o, "uri", json_object_new_string(snap.uri));
 	json_object_object_add(o, "cpu-throttle-max", json_object_new_int((int)atomic_load(&m->throttle_max)));
-	total_ns = m->start_ns ? (m->end_ns ? m->end_ns : now) - m->start_ns : 0;
+	total_ns = snap.start_ns ? (snap.end_ns ? snap.end_ns : now) - snap.start_ns : 0;
 	json_object_object_add(o, "total-time", json_object_new_double((double)total_ns / 1e6));
-	json_object_object_add(o, "setup-time", json_object_new_double((double)m->setup_ns / 1e6));
-	if (m->downtime_known) {
-		json_object_object_add(o, "downtime", json_object_new_double((double)m->downtime_ns / 1e6));
+	json_object_object_add(o, "setup-time", json_object_new_double((double)snap.setup_ns / 1e6));
+	if (snap.downtime_known) {
+		json_object_object_add(o, "downtime", json_object_new_double((double)snap.downtime_ns / 1e6));
 		json_object_object_add(o, "downtime-measured",
-				       json_object_new_string(m->downtime_same_clock
+				       json_object_new_string(snap.downtime_same_clock
 							      ? "source-vcpu-stop-to-destination-vcpu-run"
 							      : "source-vcpu-stop-to-running-ack"));
 	}
 	if (!m->incoming)
 		json_object_object_add(o, "expected-downtime",
-				       json_object_new_uint64(m->expected_downtime_ms));
+				       json_object_new_uint64(snap.expected_downtime_ms));
 	json_object_object_add(o, "transferred", json_object_new_uint64(atomic_load(&m->transferred)));
 	json_object_object_add(o, "remaining", json_object_new_uint64(atomic_load(&m->remaining_bytes)));
 	json_object_object_add(o, "total", json_object_new_uint64(m->total_bytes));
@@ -3247,17 +3288,17 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "postcopy-pages-requested", json_object_new_uint64(atomic_load(&m->pages_requested)));
 		json_object_object_add(o, "postcopy-pages-resent", json_object_new_uint64(atomic_load(&m->pages_resent)));
 	}
-	if (m->incoming && m->pc_prepared)
+	if (m->incoming && atomic_load(&m->pc_prepared))
 		json_object_object_add(o, "postcopy-uffd-mode",
 				       json_object_new_string(vm_ram_block(m->vm, 0)->alias ? "minor"
 											: "missing"));
-	if (m->incoming && m->pc_stats_valid) {
-		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(m->pc_stats.requests));
-		json_object_object_add(o, "postcopy-faults", json_object_new_uint64(m->pc_stats.faults));
-		json_object_object_add(o, "fault-latency-p50-us", json_object_new_double((double)m->pc_stats.latency_p50_ns / 1e3));
-		json_object_object_add(o, "fault-latency-p99-us", json_object_new_double((double)m->pc_stats.latency_p99_ns / 1e3));
-		json_object_object_add(o, "fault-latency-max-us", json_object_new_double((double)m->pc_stats.latency_max_ns / 1e3));
-		json_object_object_add(o, "vcpu-blocked-time", json_object_new_double((double)m->pc_stats.blocked_ns / 1e6));
+	if (m->incoming && snap.pc_stats_valid) {
+		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(snap.pc_stats.requests));
+		json_object_object_add(o, "postcopy-faults", json_object_new_uint64(snap.pc_stats.faults));
+		json_object_object_add(o, "fault-latency-p50-us", json_object_new_double((double)snap.pc_stats.latency_p50_ns / 1e3));
+		json_object_object_add(o, "fault-latency-p99-us", json_object_new_double((double)snap.pc_stats.latency_p99_ns / 1e3));
+		json_object_object_add(o, "fault-latency-max-us", json_object_new_double((double)snap.pc_stats.latency_max_ns / 1e3));
+		json_object_object_add(o, "vcpu-blocked-time", json_object_new_double((double)snap.pc_stats.blocked_ns / 1e6));
 	}
 	if (m->incoming || atomic_load(&m->prealloc_bytes)) {
 		json_object_object_add(o, "prealloc-bytes", json_object_new_uint64(atomic_load(&m->prealloc_bytes)));
