@@ -1035,10 +1035,33 @@ static void mig_send_discards(struct mig_src *src, const uint64_t *discard)
  * since it was sent, then PING and wait for the PONG that says the
  * destination has dropped them.  0, or -errno with a reason in @err.
  */
-static int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
+/*
+ * Before the stop: PING (id 1) and wait for its PONG, so that whatever the
+ * destination does with the records before it (@what) stays out of the
+ * pause.  0 or -errno with @err.
+ */
+static int mig_ping_wait(struct mig_src *src, const char *what, char *err, size_t errlen)
 {
 	struct mig_rp_msg msg;
 	char why[256];
+	int r;
+
+	stream_put_u8(&src->s, MIG_REC_PING);
+	stream_put_u32(&src->s, 1);
+	if (stream_flush(&src->s)) {
+		snprintf(err, errlen, "sending %s failed: %s", what, src->s.errmsg);
+		return stream_error(&src->s);
+	}
+	r = mig_rp_read(&src->s, &msg, why, sizeof(why));
+	if (!r && msg.type == MIG_RP_PONG && msg.id == 1)
+		return 0;
+	snprintf(err, errlen, "destination did not confirm %s: %.300s", what,
+		 r ? why : msg.type == MIG_RP_ERROR ? msg.text : "unexpected return-path message");
+	return r ? r : -EPROTO;
+}
+
+static int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
+{
 	int r;
 
 	src->predisc = calloc(src->bitmap_words, sizeof(uint64_t));
@@ -1054,18 +1077,7 @@ static int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
 	for (uint64_t w = 0; w < src->bitmap_words; w++)
 		src->predisc[w] &= src->sent_once[w];
 	mig_send_discards(src, src->predisc);
-	stream_put_u8(&src->s, MIG_REC_PING);
-	stream_put_u32(&src->s, 1);
-	if (stream_flush(&src->s)) {
-		snprintf(err, errlen, "sending discards failed: %s", src->s.errmsg);
-		return stream_error(&src->s);
-	}
-	r = mig_rp_read(&src->s, &msg, why, sizeof(why));
-	if (!r && msg.type == MIG_RP_PONG && msg.id == 1)
-		return 0;
-	snprintf(err, errlen, "destination did not confirm the discards: %.300s",
-		 r ? why : msg.type == MIG_RP_ERROR ? msg.text : "unexpected return-path message");
-	return r ? r : -EPROTO;
+	return mig_ping_wait(src, "the discards", err, errlen);
 }
 
 /* Open the urgent channel to m->curi and start it with its magic.  0 or -errno. */
@@ -1862,10 +1874,14 @@ postcopy_switch:
 			 * dirties from now to the stop is discarded in the pause.
 			 */
 			err = mig_prediscard(&src, errbuf, sizeof(errbuf));
-			if (err) {
-				mig_set_error(m, "%s", errbuf);
-				goto fail;
-			}
+		} else {
+			/* Pure postcopy: the destination's setup for the advise
+			 * (allocations, threads) must not land in the pause. */
+			err = mig_ping_wait(&src, "the postcopy setup", errbuf, sizeof(errbuf));
+		}
+		if (err) {
+			mig_set_error(m, "%s", errbuf);
+			goto fail;
 		}
 		if (!mig_set_status(m, MIG_STATUS_DEVICE))
 			goto fail;
@@ -3035,10 +3051,10 @@ static void *mig_prealloc_thread(void *arg)
 	/*
 	 * Small steps: each holds the address-space lock for reading, and the
 	 * postcopy switch (registering userfaultfd) needs it for writing; a
-	 * 4 MiB step costs it at most a few milliseconds, a larger one would
-	 * land in the guest's pause.
+	 * 2 MiB step costs it a millisecond or two, a larger one would land in
+	 * the guest's pause.
 	 */
-	const uint64_t chunk = 4ull << 20;
+	const uint64_t chunk = 2ull << 20;
 	uint64_t t0 = clock_monotonic_ns();
 
 

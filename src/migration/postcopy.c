@@ -62,11 +62,14 @@ static bool pc_test_and_clear(_Atomic uint64_t *bits, uint64_t p)
 	return atomic_fetch_and(&bits[p / 64], ~(1ull << (p % 64))) & (1ull << (p % 64));
 }
 
+static int pc_open(struct postcopy_dst *pd);
+
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
 			struct postcopy_dst **out)
 {
 	struct postcopy_dst *pd = calloc(1, sizeof(*pd));
 	uint64_t words;
+	int err;
 
 	if (!pd)
 		return -ENOMEM;
@@ -87,6 +90,11 @@ int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, v
 	if (!pd->received || !pd->claimed || !pd->requested || !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
 		postcopy_dst_destroy(pd);
 		return -ENOMEM;
+	}
+	err = pc_open(pd);
+	if (err) {
+		postcopy_dst_destroy(pd);
+		return err;
 	}
 	*out = pd;
 	return 0;
@@ -482,16 +490,17 @@ static void *pc_fault_thread(void *arg)
 	}
 }
 
-int postcopy_dst_listen(struct postcopy_dst *pd)
+/*
+ * The userfaultfd and its fault thread, made when postcopy is advised, so
+ * that the switch itself (inside the guest's pause) only registers RAM:
+ * creating a thread maps its stack, which waits for the address-space lock
+ * that a background preallocation step may hold.
+ */
+static int pc_open(struct postcopy_dst *pd)
 {
 	struct uffdio_api api = {
 		.api = UFFD_API,
 		.features = UFFD_FEATURE_MISSING_SHMEM | (pd->minor ? UFFD_FEATURE_MINOR_SHMEM : 0),
-	};
-	/* Minor mode registers both: a page may also be a hole (never allocated). */
-	struct uffdio_register reg = {
-		.range = { .start = (uint64_t)(uintptr_t)pd->block->host, .len = pd->block->bytes },
-		.mode = UFFDIO_REGISTER_MODE_MISSING | (pd->minor ? UFFDIO_REGISTER_MODE_MINOR : 0),
 	};
 	int err;
 
@@ -501,7 +510,30 @@ int postcopy_dst_listen(struct postcopy_dst *pd)
 		log_error("postcopy: userfaultfd: %s", strerror(errno));
 		return err;
 	}
-	if (ioctl(pd->uffd, UFFDIO_API, &api) < 0 || ioctl(pd->uffd, UFFDIO_REGISTER, &reg) < 0) {
+	if (ioctl(pd->uffd, UFFDIO_API, &api) < 0) {
+		err = -errno;
+		log_error("postcopy: userfaultfd API: %s", strerror(errno));
+		return err;
+	}
+	err = -pthread_create(&pd->thread, NULL, pc_fault_thread, pd);
+	if (err)
+		return err;
+	pd->thread_running = true;
+	return 0;
+}
+
+int postcopy_dst_listen(struct postcopy_dst *pd)
+{
+	/* Minor mode registers both: a page may also be a hole (never allocated). */
+	struct uffdio_register reg = {
+		.range = { .start = (uint64_t)(uintptr_t)pd->block->host, .len = pd->block->bytes },
+		.mode = UFFDIO_REGISTER_MODE_MISSING | (pd->minor ? UFFDIO_REGISTER_MODE_MINOR : 0),
+	};
+	int err;
+
+	if (pd->uffd < 0)
+		return -EBADF;
+	if (ioctl(pd->uffd, UFFDIO_REGISTER, &reg) < 0) {
 		err = -errno;
 		log_error("postcopy: registering guest RAM with userfaultfd failed: %s", strerror(errno));
 		return err;
@@ -513,10 +545,6 @@ int postcopy_dst_listen(struct postcopy_dst *pd)
 		return -ENOTSUP;
 	}
 	atomic_store(&pd->listening, true);
-	err = -pthread_create(&pd->thread, NULL, pc_fault_thread, pd);
-	if (err)
-		return err;
-	pd->thread_running = true;
 	return 0;
 }
 

@@ -52,7 +52,8 @@ typedef int postcopy_request_fn(void *opaque, uint32_t block, uint64_t first_pag
  */
 bool postcopy_minor_supported(void);
 
-/* Track one RAM block (the VM's block 0).  0 or -errno. */
+/* Track one RAM block (the VM's block 0); opens the userfaultfd and starts
+ * the fault thread (nothing faults before postcopy_dst_listen).  0 or -errno. */
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
 			struct postcopy_dst **out);
 /* Stop the fault thread, unregister, free.  NULL is fine. */
@@ -72,9 +73,11 @@ int postcopy_dst_prepare(struct postcopy_dst *pd);
 int postcopy_dst_discard(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages);
 
 /*
- * Switch to postcopy: register the RAM with userfaultfd and start the fault
- * thread.  Pages not received are holes since postcopy_dst_prepare or a
- * discard, so they fault.  Call before any vCPU runs.  0 or -errno (logged).
+ * Switch to postcopy: register the RAM with userfaultfd (the userfaultfd and
+ * its fault thread exist since postcopy_dst_create, so this is quick).
+ * Pages not received are holes (missing mode) or unmapped (minor mode)
+ * since postcopy_dst_prepare or a discard, so they fault.  Call before any
+ * vCPU runs.  0 or -errno (logged).
  */
 int postcopy_dst_listen(struct postcopy_dst *pd);
 
