@@ -2570,6 +2570,15 @@ static int mig_dst_ping(void *opaque, uint32_t id)
 	int r = -EPIPE;
 
 	d->discard_ns = d->discard_pages = 0; /* what follows is inside the pause */
+	if (d->pd && !atomic_load(&d->run_at_ns)) {
+		/*
+		 * The source stops its guest once this is answered: finish
+		 * preallocating now (its current step), or the switch would
+		 * compete with it for the CPU and the address-space lock.  Pages
+		 * not preallocated yet are allocated as they arrive.
+		 */
+		mig_prealloc_join(d->m);
+	}
 	pthread_mutex_lock(&d->rp_lock);
 	if (d->rp_connected) {
 		mig_rp_send_pong(&d->rp, id);
