@@ -39,8 +39,7 @@ typedef int postcopy_request_fn(void *opaque, uint32_t block, uint64_t first_pag
 /*
  * Minor mode.  When the block has an alias mapping (ram_block_map_alias),
  * guest RAM stays allocated - preallocated in the background through the
- * alias, before and during the migration, so no arriving page pays for its
- * allocation - and userfaultfd watches the guest's mapping in minor mode as
+ * alias until the switch, so no arriving page pays for its allocation - and userfaultfd watches the guest's mapping in minor mode as
  * well: a page that is not received has memory but no mapping in the guest's
  * view.  An arriving page is claimed (one writer per page, ever), copied
  * into the alias and mapped with UFFDIO_CONTINUE.  Discarding unmaps
