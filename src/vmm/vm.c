@@ -1132,6 +1132,19 @@ static struct json_object *json_u64(uint64_t v)
 	return json_object_new_uint64(v);
 }
 
+/*
+ * A copy of the boot info page, read from the memfd rather than through the
+ * guest's mapping: during postcopy that page may not have arrived, and
+ * touching it through the mapping would block the caller (the control
+ * thread) until it does - forever while the migration is paused.  A page
+ * not received yet reads as zeros (or stale), never blocks.
+ */
+static void vm_read_boot_info(struct vm *vm, struct vmf_boot_info *out)
+{
+	if (pread(vm->ram.fd, out, sizeof(*out), VMF_BOOT_INFO_GPA) != (ssize_t)sizeof(*out))
+		memset(out, 0, sizeof(*out));
+}
+
 struct json_object *vm_query_status(struct vm *vm)
 {
 	struct json_object *o = json_object_new_object();
@@ -1151,25 +1164,12 @@ struct json_object *vm_query_status(struct vm *vm)
 	json_object_object_add(o, "running", json_object_new_boolean(s == VM_RUNSTATE_RUNNING));
 	{
 		/* After a migration the name is only in guest RAM's boot info. */
-		const volatile struct vmf_boot_info *bi =
-			(const volatile struct vmf_boot_info *)(vm->ram.host + VMF_BOOT_INFO_GPA);
+		struct vmf_boot_info bi;
 		char name[VMF_WORKLOAD_NAME_BYTES];
-		uint8_t present = 0;
-		uintptr_t page = (uintptr_t)bi & ~(uintptr_t)4095;
 
-		/*
-		 * During postcopy that page may not have arrived: reading it would
-		 * block this (control) thread until it does - forever while the
-		 * migration is paused.  A page not in memory is not read.
-		 */
-		if (s != VM_RUNSTATE_INMIGRATE &&
-		    (mincore((void *)page, 4096, &present) < 0 || !(present & 1)))
-			present = 0;
-		else
-			present = 1;
+		vm_read_boot_info(vm, &bi);
 		for (size_t k = 0; k < sizeof(name); k++)
-			name[k] = s == VM_RUNSTATE_INMIGRATE ? vm->guest.name[k]
-				  : present ? bi->workload[k] : 0;
+			name[k] = s == VM_RUNSTATE_INMIGRATE ? vm->guest.name[k] : bi.workload[k];
 		name[sizeof(name) - 1] = 0;
 		json_object_object_add(o, "guest", json_object_new_string(name));
 	}
@@ -1272,12 +1272,12 @@ static const char *vm_phase_name(uint64_t phase)
 
 struct json_object *vm_query_workload(struct vm *vm)
 {
-	const volatile struct vmf_boot_info *bi =
-		(const volatile struct vmf_boot_info *)(vm->ram.host + VMF_BOOT_INFO_GPA);
+	struct vmf_boot_info bi_copy, *bi = &bi_copy;
 	struct json_object *o = json_object_new_object();
 	struct json_object *arr = json_object_new_array();
 	uint64_t total = 0;
 
+	vm_read_boot_info(vm, bi);
 	{
 		char name[VMF_WORKLOAD_NAME_BYTES];
 
