@@ -4,7 +4,7 @@
  *
  *   postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]
  *            [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]
- *            [--probe-bytes SIZE] [--quick]
+ *            [--probe-bytes SIZE] [--dest-ready] [--quick]
  *
  *   --mem SIZES          guest RAM sizes, comma separated (default 256M,1G)
  *   --workloads LIST     incrementer, heavy (dirtier,rate=0)  (default both)
@@ -29,6 +29,9 @@
  *                        VMM's defaults otherwise.
  *   --timeout S          cancel a migration still running after S s (default 300)
  *   --probe-bytes SIZE   bytes of the link bandwidth probe (default 512M)
+ *   --dest-ready         before migrating, wait until the destination has
+ *                        preallocated its RAM (as when it was started well
+ *                        ahead; minor mode keeps that memory)
  *   --quick              smoke: 256M, loopback, 1 run (modes and workloads as given)
  *
  * Per run, as bench/precopy: measure the link with no VM running, start a
@@ -114,6 +117,7 @@ struct bench_opts {
 	uint64_t timeout_s;
 	uint64_t probe_bytes;
 	const char *bin;
+	bool dest_ready;         /* wait for the destination's preallocation first */
 };
 
 /* One run: the source's figures (b) and the postcopy ones of both sides. */
@@ -171,6 +175,29 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 		return -EIO;
 	if (mode->start_postcopy && bench_call(src, "migrate-start-postcopy", NULL, NULL, r))
 		return -EIO;
+	if (o->dest_ready) {
+		/*
+		 * As an operator would: the destination was started well ahead
+		 * and has allocated its RAM (minor mode keeps it; missing mode
+		 * gives it back for userfaultfd, so nothing to wait for there).
+		 */
+		uint64_t deadline = clock_monotonic_ns() + 60000000000ull;
+
+		for (;;) {
+			bool ready;
+
+			rc = bench_call(dst, "query-migrate", NULL, &q, r);
+			if (rc)
+				return rc;
+			ready = strcmp(json_str_at(q, "postcopy-uffd-mode"), "minor") ||
+				json_u64_at(q, "prealloc-bytes") >= json_u64_at(q, "total");
+			json_object_put(q);
+			q = NULL;
+			if (ready || clock_monotonic_ns() > deadline)
+				break;
+			bench_nap_ms(BENCH_POLL_MS);
+		}
+	}
 	rc = bench_call(src, "query-migrate-parameters", NULL, &q, r);
 	if (rc == 0)
 		r->downtime_limit_ms = json_u64_at(q, "downtime-limit");
@@ -355,6 +382,7 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	json_object_object_add(obj, "guest", json_object_new_string(w->spec));
 	json_add_u64(obj, "guest_ram_bytes", mem_bytes);
 	json_add_u64(obj, "vcpus", o->vcpus);
+	json_object_object_add(obj, "dest_ready", json_object_new_boolean(o->dest_ready));
 	json_add_u64(obj, "convergence_timeout_s", o->convergence_timeout_s);
 	return obj;
 }
@@ -479,7 +507,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]\n"
 		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
-		"                [--probe-bytes SIZE] [--quick]\n"
+		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy (default: both)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, hybrid, hybrid-missing, precopy\n"
@@ -500,6 +528,7 @@ int main(int argc, char **argv)
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "probe-bytes", required_argument, NULL, 'p' },
 		{ "quick", no_argument, NULL, 'q' },
+		{ "dest-ready", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -570,6 +599,9 @@ int main(int argc, char **argv)
 			break;
 		case 'q':
 			quick = true;
+			break;
+		case 'R':
+			o.dest_ready = true;
 			break;
 		case 'h':
 			bench_usage(stdout);
