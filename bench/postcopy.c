@@ -7,7 +7,9 @@
  *            [--probe-bytes SIZE] [--dest-ready] [--quick]
  *
  *   --mem SIZES          guest RAM sizes, comma separated (default 256M,1G)
- *   --workloads LIST     incrementer, heavy (dirtier,rate=0)  (default both)
+ *   --workloads LIST     incrementer, heavy (dirtier,rate=0), idle (idle,fill=1:
+ *                        every page has data, the vCPUs do not run)
+ *                        (default all three)
  *   --modes LIST         pure (postcopy-pure, postcopy-preempt on: requested
  *                        pages on the urgent channel), pure-nopreempt
  *                        (postcopy-pure, preempt off: a request only makes the
@@ -83,6 +85,8 @@ static const struct bench_workload {
 } bench_workloads[] = {
 	{ "incrementer", "incrementer" },
 	{ "heavy", "dirtier,rate=0" },
+	/* Every page has data, the vCPUs do not run: the migration alone. */
+	{ "idle", "idle,fill=1" },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -509,7 +513,7 @@ static void bench_usage(FILE *f)
 		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
 		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
-		"  workloads: incrementer, heavy (default: both)\n"
+		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, hybrid, hybrid-missing, precopy\n"
 		"         (default: all)\n"
 		"  transports: loopback, veth (default: both)\n");

@@ -438,6 +438,24 @@ enum mig_status migration_get_status(struct migration *m)
 
 /* ---- source: sending pages ---- */
 
+/*
+ * release-ram off the send path: the migration thread marks acknowledged
+ * pages released and queues them; this thread gives their memory back.  A
+ * hole punch costs about as much CPU as sending the page did, and it no
+ * longer holds up the stream.
+ */
+struct mig_releaser {
+	pthread_t thread;
+	bool started;
+	int fd;                    /* the RAM block's memfd */
+	pthread_mutex_t lock;      /* protects the rest */
+	pthread_cond_t cond;
+	struct mig_range { uint64_t first, n; } *q;
+	size_t len, cap;
+	bool stop;                 /* punch what is queued, then exit */
+	uint64_t ns, pages, cpu_ns; /* its cost, for the log */
+};
+
 struct mig_src {
 	struct migration *m;
 	struct stream s;
@@ -456,7 +474,7 @@ struct mig_src {
 	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
 	_Atomic uint64_t pushed, requested_sent, requests;
 	_Atomic uint64_t resent;   /* requested pages sent again on the urgent channel */
-	uint64_t release_ns, release_pages; /* migration thread: release-ram's cost */
+	struct mig_releaser releaser; /* release-ram's hole punching */
 	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
 	struct stream urgent;      /* written by the return-path thread only */
 	int urgent_fd;
@@ -490,17 +508,145 @@ struct mig_unacked {
 	uint32_t ping;
 };
 
+static void mig_punch(int fd, uint64_t first, uint64_t n)
+{
+	fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(first * MIG_PAGE_BYTES),
+		  (off_t)(n * MIG_PAGE_BYTES));
+}
+
+static void *mig_releaser_thread(void *arg)
+{
+	struct mig_releaser *r = arg;
+	struct mig_range *batch = NULL;
+	size_t batch_cap = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct mig_range *q;
+		size_t n, qcap;
+		uint64_t t0, pages = 0;
+
+		while (!r->len && !r->stop)
+			pthread_cond_wait(&r->cond, &r->lock);
+		if (!r->len)
+			break;
+		/* Take the whole queue; the migration thread fills the other one. */
+		q = r->q, qcap = r->cap, n = r->len;
+		r->q = batch, r->cap = batch_cap, r->len = 0;
+		batch = q, batch_cap = qcap;
+		pthread_mutex_unlock(&r->lock);
+		t0 = clock_monotonic_ns();
+		for (size_t i = 0; i < n; i++) {
+			mig_punch(r->fd, batch[i].first, batch[i].n);
+			pages += batch[i].n;
+		}
+		pthread_mutex_lock(&r->lock);
+		r->ns += clock_monotonic_ns() - t0;
+		r->pages += pages;
+	}
+	r->cpu_ns = clock_thread_cpu_ns();
+	pthread_mutex_unlock(&r->lock);
+	free(batch);
+	return NULL;
+}
+
+/* Start the thread; without it, mig_release punches inline. */
+static void mig_releaser_start(struct mig_src *src)
+{
+	struct mig_releaser *r = &src->releaser;
+
+	r->fd = src->block->fd;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	r->started = pthread_create(&r->thread, NULL, mig_releaser_thread, r) == 0;
+	if (!r->started) {
+		pthread_mutex_destroy(&r->lock);
+		pthread_cond_destroy(&r->cond);
+	}
+}
+
+/* Queue a range (merged with the last one when they touch).  False: no room. */
+static bool mig_releaser_queue(struct mig_releaser *r, uint64_t first, uint64_t n)
+{
+	bool ok = true;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->len && r->q[r->len - 1].first + r->q[r->len - 1].n == first) {
+		r->q[r->len - 1].n += n;
+	} else {
+		if (r->len == r->cap) {
+			size_t cap = r->cap ? r->cap * 2 : 64;
+			struct mig_range *q = realloc(r->q, cap * sizeof(*q));
+
+			if (q)
+				r->q = q, r->cap = cap;
+		}
+		if (r->len < r->cap)
+			r->q[r->len++] = (struct mig_range){ first, n };
+		else
+			ok = false;
+	}
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return ok;
+}
+
+/*
+ * No more releases: with @all, the whole block goes back (every page is on
+ * the destination) instead of what is queued.  The thread finishes in the
+ * background; mig_releaser_join waits for it.
+ */
+static void mig_releaser_finish(struct mig_src *src, bool all)
+{
+	struct mig_releaser *r = &src->releaser;
+
+	if (!r->started) {
+		if (all)
+			mig_punch(src->block->fd, 0, src->npages);
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	if (all && !r->cap && (r->q = malloc(sizeof(*r->q))) != NULL)
+		r->cap = 1;
+	if (all && r->cap) {
+		r->q[0] = (struct mig_range){ 0, src->npages };
+		r->len = 1;
+		all = false; /* queued */
+	}
+	r->stop = true;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (all)
+		mig_punch(src->block->fd, 0, src->npages);
+}
+
+static void mig_releaser_join(struct mig_src *src)
+{
+	struct mig_releaser *r = &src->releaser;
+
+	if (!r->started)
+		return;
+	mig_releaser_finish(src, false);
+	pthread_join(r->thread, NULL);
+	log_debug("postcopy: release-ram gave back %" PRIu64 " pages in %.1f ms in its own "
+		  "thread (%.1f ms of CPU)", r->pages, (double)r->ns / 1e6, (double)r->cpu_ns / 1e6);
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->cond);
+	free(r->q);
+	memset(r, 0, sizeof(*r));
+}
+
+/*
+ * The destination acknowledged these pages: they are given back (by the
+ * releaser thread) and never sent again.
+ */
 static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
 {
-	uint64_t t0 = clock_monotonic_ns();
-
-	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		  (off_t)(first * MIG_PAGE_BYTES), (off_t)(n * MIG_PAGE_BYTES));
-	src->release_ns += clock_monotonic_ns() - t0;
-	src->release_pages += n;
 	/* Atomic: the return-path thread reads it (mig_rp_serve_request). */
 	for (uint64_t p = first; p < first + n; p++)
 		__atomic_fetch_or(&src->released[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+	if (!src->releaser.started || !mig_releaser_queue(&src->releaser, first, n))
+		mig_punch(src->block->fd, first, n);
 }
 
 /* Given back already, so acknowledged: the destination holds it.  Any thread. */
@@ -953,6 +1099,7 @@ static void *mig_rp_thread(void *arg)
 	}
 	/* Whatever happened, the background sender must not wait for us. */
 	stream_cancel(&src->s);
+	log_debug("postcopy: the return-path thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
 	return NULL;
 }
 
@@ -1421,6 +1568,7 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 	}
 	mig_publish_conns(m, *fdp, src->urgent_fd);
 	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
+	mig_releaser_start(src);
 	src->release_ram = true;
 	for (;;) {
 		bool ran, deliberate;
@@ -1470,15 +1618,13 @@ static int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns,
 		mig_leave_paused(m);
 	}
 	err = 0;
-	log_debug("postcopy: release-ram gave back %" PRIu64 " pages in %.1f ms on the way",
-		  src->release_pages, (double)src->release_ns / 1e6);
 	/* Every page is on the destination: the rest of RAM goes back too. */
-	fallocate(src->block->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-		  (off_t)src->block->bytes);
+	mig_releaser_finish(src, true);
 	mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
 			    ? src->running.first_run_ns - stop_ns : 0,
 			 src->running.same_clock);
 out:
+	mig_releaser_finish(src, false); /* no-op after success */
 	mig_publish_conns(m, -1, -1);
 	mig_src_close_side_channels(src);
 	free((void *)src->pending);
@@ -2002,6 +2148,8 @@ completed:
 		log_debug("migration: completed after a late cancel");
 	log_info("migration to %s completed: %.1f ms total, downtime %.3f ms",
 		 m->uri, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
+	log_debug("migration: the migration thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
+	mig_releaser_join(&src); /* completed: the rest of release-ram is housekeeping */
 	return NULL;
 
 stream_fail:
@@ -2034,6 +2182,7 @@ fail:
 	free(src.sent_once);
 	free(src.predisc);
 	atomic_store(&m->postcopy_requested, false);
+	mig_releaser_join(&src);
 	mig_finish_failed(m);
 	return NULL;
 }
@@ -2282,7 +2431,11 @@ struct mig_dst {
 struct mig_dst_chan {
 	struct mig_dst *d;
 	uint8_t *bounce;             /* MIG_RUN_MAX_PAGES pages, for UFFDIO_COPY */
+	struct stream *s;            /* the stream being read, for mig_dst_fill */
 };
+
+/* Postcopy minor mode: pages placed per piece of a RAM record (256 KiB). */
+#define MIG_FILL_PAGES 64u
 
 static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
 {
@@ -2317,6 +2470,48 @@ static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, s
 	return 0;
 }
 
+/* postcopy_fill_fn: the next pages of the record, into guest memory or dropped. */
+static int mig_dst_fill(void *opaque, uint8_t *dst, uint64_t npages)
+{
+	struct mig_dst_chan *c = opaque;
+
+	stream_get_bytes(c->s, dst ? dst : c->bounce, npages * MIG_PAGE_BYTES);
+	return stream_error(c->s);
+}
+
+/*
+ * Postcopy in minor mode, a record of data pages: in pieces of
+ * MIG_FILL_PAGES, read straight into guest memory when the piece is already
+ * in the socket (the pages are claimed for the length of one copy), else
+ * through the bounce buffer (claimed only once the piece is here).  0, or
+ * an error (a stream error is left for the caller to report).
+ */
+static int mig_dst_ram_minor(struct mig_dst_chan *c, uint64_t first_page, uint32_t npages,
+			     struct stream *s)
+{
+	struct postcopy_dst *pd = c->d->pd;
+
+	c->s = s;
+	for (uint32_t done = 0, k; done < npages; done += k) {
+		size_t len;
+		int r;
+
+		k = npages - done < MIG_FILL_PAGES ? npages - done : MIG_FILL_PAGES;
+		len = (size_t)k * MIG_PAGE_BYTES;
+		if (stream_ready_bytes(s) >= len) {
+			r = postcopy_dst_fill(pd, first_page + done, k, mig_dst_fill, c);
+		} else {
+			stream_get_bytes(s, c->bounce, len);
+			if (stream_error(s))
+				return stream_error(s);
+			r = postcopy_dst_place(pd, first_page + done, k, c->bounce);
+		}
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
 		       bool zero, struct stream *s, char *err, size_t errlen)
 {
@@ -2327,7 +2522,14 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 	uint64_t off = first_page * MIG_PAGE_BYTES, len = (uint64_t)npages * MIG_PAGE_BYTES;
 	int r;
 
-	if (d->pd && atomic_load(&d->run_at_ns)) {
+	if (d->pd && atomic_load(&d->run_at_ns) && !zero && postcopy_dst_minor(d->pd)) {
+		r = mig_dst_ram_minor(c, first_page, npages, s);
+		if (r && !stream_error(s)) {
+			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
+				 npages, strerror(-r));
+			return r;
+		}
+	} else if (d->pd && atomic_load(&d->run_at_ns)) {
 		/* Postcopy: guest RAM is under userfaultfd; place atomically. */
 		if (!zero)
 			stream_get_bytes(s, c->bounce, len);
@@ -2526,6 +2728,7 @@ static void *mig_urgent_thread(void *arg)
 	stream_release(&s);
 	close(fd);
 	free(c.bounce);
+	log_debug("postcopy: the urgent thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
 	return NULL;
 }
 
@@ -3039,6 +3242,7 @@ done:
 	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
 		 " zero pages, downtime %.3f ms", st.data_pages, st.zero_pages,
 		 (double)m->downtime_ns / 1e6);
+	log_debug("migration: the load thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
 	return NULL;
 out:
 	mig_dst_finish(m, &d, &s, fd, &chan);

@@ -375,6 +375,61 @@ static int pc_place_minor(struct postcopy_dst *pd, uint64_t first_page, uint32_t
 	return 0;
 }
 
+bool postcopy_dst_minor(const struct postcopy_dst *pd)
+{
+	return pd->minor;
+}
+
+/*
+ * Minor mode, straight from the stream: claim, let @fill write each claimed
+ * run into the alias (and skip the others), then map the claimed runs.  A
+ * run is claimed only right before its bytes are read, and the caller makes
+ * sure those bytes are already here, so a claim is held for the time of a
+ * copy, never for the time of the network.  When @fill fails the claims
+ * taken and not mapped are dropped again: nothing of those pages was
+ * visible to the guest, and whoever brings them later must be able to
+ * claim them.
+ */
+int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
+		      postcopy_fill_fn *fill, void *opaque)
+{
+	uint64_t p = first_page, end = first_page + npages, run, now;
+	int err;
+
+	if (!pd->minor || end > pd->npages || !atomic_load(&pd->listening))
+		return -EINVAL;
+	while (p < end) {
+		bool mine = !pc_test_and_set(pd->claimed, p);
+
+		/* A run ends where ownership changes. */
+		if (mine)
+			for (run = 1; p + run < end && !pc_test_and_set(pd->claimed, p + run); run++)
+				;
+		else
+			for (run = 1; p + run < end && pc_test(pd->claimed, p + run); run++)
+				;
+		err = fill(opaque, mine ? pd->block->alias + p * PC_PAGE : NULL, run);
+		if (!err && mine)
+			err = pc_continue(pd, p, run);
+		if (err) {
+			if (mine)
+				for (uint64_t q = p; q < p + run; q++)
+					pc_test_and_clear(pd->claimed, q);
+			return err;
+		}
+		if (mine) {
+			now = clock_monotonic_ns();
+			for (uint64_t q = p; q < p + run; q++) {
+				if (!pc_test_and_set(pd->received, q))
+					atomic_fetch_add(&pd->nreceived, 1);
+				pc_account(pd, q, now);
+			}
+		}
+		p += run;
+	}
+	return 0;
+}
+
 int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		       const void *data)
 {

@@ -88,6 +88,24 @@ int postcopy_dst_listen(struct postcopy_dst *pd);
 int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		       const void *data);
 
+/* Minor mode (an alias mapping): postcopy_dst_fill works. */
+bool postcopy_dst_minor(const struct postcopy_dst *pd);
+/*
+ * Minor mode, without a bounce copy: writes the next @npages pages of the
+ * record into @dst (the alias mapping), or consumes and drops them when
+ * @dst is NULL (pages another writer placed or is placing).  0 or -errno.
+ */
+typedef int postcopy_fill_fn(void *opaque, uint8_t *dst, uint64_t npages);
+/*
+ * Place @npages data pages at @first_page, read by @fill straight into
+ * guest memory (the alias), in order; each page is written at most once,
+ * as with postcopy_dst_place.  The caller makes sure the bytes are at hand
+ * (already received), since pages are claimed before @fill runs.  0, or
+ * the error of @fill or of mapping.
+ */
+int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
+		      postcopy_fill_fn *fill, void *opaque);
+
 /* Pages in the block. */
 uint64_t postcopy_dst_npages(struct postcopy_dst *pd);
 /*

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,7 +25,7 @@ int stream_init(struct stream *s, int fd, int timeout_ms)
 	s->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->cancel_fd < 0)
 		return -errno;
-	s->buf = malloc(STREAM_BUF_BYTES);
+	s->buf = malloc(STREAM_FILL_BYTES);
 	s->wbuf = malloc(STREAM_BUF_BYTES);
 	if (!s->buf || !s->wbuf) {
 		free(s->buf);
@@ -232,7 +233,7 @@ static int stream_fill(struct stream *s)
 		return stream_fail(s, -EPIPE, "stream truncated");
 	s->pos = s->len = 0;
 	for (;;) {
-		r = recv(s->fd, s->buf, STREAM_BUF_BYTES, 0);
+		r = recv(s->fd, s->buf, STREAM_FILL_BYTES, 0);
 		if (r > 0) {
 			s->len = (size_t)r;
 			s->bytes += (uint64_t)r;
@@ -261,8 +262,8 @@ void stream_get_bytes(struct stream *s, void *p, size_t n)
 			return;
 		}
 		if (s->pos == s->len) {
-			/* Large reads skip the buffer. */
-			if (n >= STREAM_BUF_BYTES && s->fd >= 0) {
+			/* Page-sized reads skip the buffer. */
+			if (n >= STREAM_FILL_BYTES && s->fd >= 0) {
 				ssize_t r = recv(s->fd, out, n, 0);
 
 				if (r > 0) {
@@ -299,6 +300,16 @@ uint8_t stream_get_u8(struct stream *s) { uint8_t v; stream_get_bytes(s, &v, 1);
 uint16_t stream_get_u16(struct stream *s) { uint16_t v; stream_get_bytes(s, &v, 2); return v; }
 uint32_t stream_get_u32(struct stream *s) { uint32_t v; stream_get_bytes(s, &v, 4); return v; }
 uint64_t stream_get_u64(struct stream *s) { uint64_t v; stream_get_bytes(s, &v, 8); return v; }
+
+size_t stream_ready_bytes(struct stream *s)
+{
+	size_t n = s->len - s->pos;
+	int queued = 0;
+
+	if (!s->err && s->fd >= 0 && ioctl(s->fd, FIONREAD, &queued) == 0 && queued > 0)
+		n += (size_t)queued;
+	return n;
+}
 
 int stream_wait_readable(struct stream *s, int timeout_ms)
 {

@@ -18,7 +18,13 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#define STREAM_BUF_BYTES (256u * 1024u)
+#define STREAM_BUF_BYTES (256u * 1024u)  /* write buffer */
+/*
+ * A refill reads at most this much, and a read of at least this much goes
+ * straight from the socket to the caller: record headers are buffered, and
+ * guest pages are copied once, never through the buffer.
+ */
+#define STREAM_FILL_BYTES 4096u
 #define STREAM_ERRMSG_BYTES 256
 
 struct stream {
@@ -67,6 +73,9 @@ uint32_t stream_get_u32(struct stream *s);
 uint64_t stream_get_u64(struct stream *s);
 /* Read exactly @n bytes into @p (zero-filled on error). */
 void stream_get_bytes(struct stream *s, void *p, size_t n);
+
+/* Bytes a read gets without waiting: buffered plus queued in the socket. */
+size_t stream_ready_bytes(struct stream *s);
 
 /*
  * Wait until at least one byte can be read, for at most @timeout_ms

@@ -32,6 +32,8 @@ void thread_make_latency_critical(void);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t clock_monotonic_ns(void);
+/* CPU time the calling thread has used, in nanoseconds. */
+uint64_t clock_thread_cpu_ns(void);
 /* CLOCK_REALTIME in nanoseconds. */
 uint64_t clock_realtime_ns(void);
 

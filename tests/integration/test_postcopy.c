@@ -92,9 +92,12 @@ static void test_pure_postcopy(void **state)
 
 		setup_pair_mode(&src, &dst, "64M", vcpus[i], "incrementer", modes[i], uri,
 				sizeof(uri));
+		assert_true(migtest_guest_ram_allocated(&src) > 0);
 		assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 		assert_int_equal(migtest_start_migrate(&src, uri), 0);
 		expect_completed_postcopy(&src, &dst);
+		/* release-ram: the source gives guest RAM back to the host. */
+		migtest_expect_guest_ram_released(&src, 10000);
 		assert_int_equal(vmtest_vm_quit(&src), 0);
 		assert_int_equal(vmtest_vm_quit(&dst), 0);
 	}

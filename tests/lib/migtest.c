@@ -4,10 +4,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -174,4 +177,44 @@ void migtest_wait_migration_status(struct vmtest_vm *vm, const char *status)
 		migtest_tick_ms(5);
 	}
 	fail_msg("migration status never became %s", status);
+}
+
+int64_t migtest_guest_ram_allocated(struct vmtest_vm *vm)
+{
+	char dir[64], path[352], link[256];
+	struct dirent *e;
+	int64_t bytes = -1;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)vm->pid);
+	d = opendir(dir);
+	if (!d)
+		return -1;
+	while (bytes < 0 && (e = readdir(d)) != NULL) {
+		struct stat st;
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (!strncmp(link, "/memfd:ram0", 11) && stat(path, &st) == 0)
+			bytes = (int64_t)st.st_blocks * 512;
+	}
+	closedir(d);
+	return bytes;
+}
+
+void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms)
+{
+	int64_t bytes = migtest_guest_ram_allocated(vm);
+
+	for (long waited = 0; bytes > 0 && waited < timeout_ms; waited += 5) {
+		migtest_tick_ms(5);
+		bytes = migtest_guest_ram_allocated(vm);
+	}
+	if (bytes != 0)
+		fail_msg("the source still holds %lld bytes of guest RAM (release-ram)",
+			 (long long)bytes);
 }

@@ -43,5 +43,12 @@ void migtest_expect_status(struct vmtest_vm *vm, const char *status);
 void migtest_wait_migration_status(struct vmtest_vm *vm, const char *status);
 /* Running, memory verified, two more passes, verified again. */
 void migtest_expect_guest_alive_and_verified(struct vmtest_vm *vm);
+/*
+ * Bytes of guest RAM (the memfd "ram0") that @vm's process holds, read from
+ * /proc/PID/fd; -1 when it has no such fd.
+ */
+int64_t migtest_guest_ram_allocated(struct vmtest_vm *vm);
+/* Wait (at most @timeout_ms) until @vm's guest RAM holds no memory: fails otherwise. */
+void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms);
 
 #endif
