@@ -448,8 +448,8 @@ static inline void *bench_probe_send_thread(void *arg)
  * @dst_ns (NULLs: ours), timed at the receiver from accept to the last byte.
  * Bytes per second in *bps; 0 or -errno.
  */
-static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
-				       uint64_t bytes, double *bps)
+static inline int bench_link_probe_once(const char *src_ns, const char *dst_ns, const char *addr,
+					uint64_t bytes, double *bps)
 {
 	struct bench_probe_sender s = { .fd = -1, .bytes = bytes };
 	struct sockaddr_in sa = { .sin_family = AF_INET };
@@ -523,6 +523,29 @@ out:
 	close(lfd);
 	free(buf);
 	return err;
+}
+
+#define BENCH_PROBE_TRIES 3
+
+/*
+ * The link's bandwidth: the best of BENCH_PROBE_TRIES streams of @bytes
+ * (bench_link_probe_once).  Other load on a shared machine only ever slows a
+ * probe down, and one slow probe used to move a run's bound by 2x.
+ */
+static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
+				       uint64_t bytes, double *bps)
+{
+	*bps = 0;
+	for (int i = 0; i < BENCH_PROBE_TRIES; i++) {
+		double one;
+		int err = bench_link_probe_once(src_ns, dst_ns, addr, bytes, &one);
+
+		if (err)
+			return err;
+		if (one > *bps)
+			*bps = one;
+	}
+	return 0;
 }
 
 /* ---- the VMMs ---- */

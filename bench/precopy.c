@@ -18,7 +18,8 @@
  *   --convergence-timeout S  give up on precopy after S s (default 30; 0 = never)
  *   --auto-converge      enable the auto-converge capability
  *   --timeout S          cancel a migration still running after S s (default 300)
- *   --probe-bytes SIZE   bytes of the link bandwidth probe (default 512M)
+ *   --probe-bytes SIZE   bytes of each link bandwidth probe (default 512M; the
+ *                        link is the best of 3 probes)
  *   --quick              smoke: 256M, loopback, 1 run (workloads as given)
  *
  * Per run: measure the link (one TCP stream of --probe-bytes between two
