@@ -3106,7 +3106,8 @@ static void mig_prealloc_join(struct migration *m)
  * VMFERRY_POSTCOPY_UFFD=missing forces the older way, for comparison): keep
  * the memory, unmap it from the guest's view and go on preallocating it
  * through an alias mapping.  Missing mode: give it all back (punch).
- * Main thread under m->lock (capability set) or the incoming thread (advise).
+ * Under m->lock from the control thread (capability set) or the main thread
+ * (incoming start), or from the incoming thread (advise).
  */
 static int mig_pc_prepare(struct migration *m)
 {
@@ -3136,6 +3137,22 @@ static int mig_pc_prepare(struct migration *m)
 	log_debug("postcopy: guest RAM prepared for %s mode%s", rb->alias ? "minor" : "missing",
 		  r ? " (failed)" : "");
 	return r;
+}
+
+/*
+ * A destination still waiting for its stream, with postcopy-ram on: give its
+ * preallocated RAM back now, while nothing has arrived, instead of inside
+ * the switch-over.  Never over RAM inherited in a live update (missing mode
+ * would punch the guest's memory out).  Under m->lock: the stream only
+ * writes RAM once the status is active.
+ */
+static void mig_pc_prepare_waiting(struct migration *m)
+{
+	if (!m->incoming || m->cpr_incoming || m->status != MIG_STATUS_SETUP ||
+	    !m->params.postcopy_ram || m->pc_prepared)
+		return;
+	if (mig_pc_prepare(m))
+		log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
 }
 
 void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
@@ -3234,6 +3251,10 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 	if (prealloc)
 		m->prealloc_joinable =
 			pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
+	/* postcopy-ram set before (`run --postcopy`): as if it were set now. */
+	pthread_mutex_lock(&m->lock);
+	mig_pc_prepare_waiting(m);
+	pthread_mutex_unlock(&m->lock);
 	r = -pthread_create(&m->thread, NULL, mig_incoming_thread, m);
 	if (r) {
 		snprintf(err, errlen, "cannot start the incoming thread: %s", strerror(-r));
@@ -3524,14 +3545,34 @@ static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
 	return 0;
 }
 
+int migration_set_capabilities(struct migration *m, const struct mig_caps_update *u,
+			       char *err, size_t errlen)
+{
+	pthread_mutex_lock(&m->lock);
+	/* A destination still waiting for its stream may change them. */
+	if (!mig_status_finished(m->status) && !(m->incoming && m->status == MIG_STATUS_SETUP)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "capabilities cannot change during a migration");
+		return -EBUSY;
+	}
+	if (u->auto_converge >= 0)
+		m->params.auto_converge = u->auto_converge;
+	if (u->postcopy_ram >= 0)
+		m->params.postcopy_ram = u->postcopy_ram;
+	if (u->postcopy_preempt >= 0)
+		m->params.postcopy_preempt = u->postcopy_preempt;
+	mig_pc_prepare_waiting(m);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
 static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 				    struct json_object **ret, char *err, size_t errlen)
 {
-	struct migration *m = opaque;
+	struct mig_caps_update u = { .auto_converge = -1, .postcopy_ram = -1,
+				     .postcopy_preempt = -1 };
 	struct json_object *caps;
 	size_t n;
-	int auto_converge = -1, postcopy = -1, preempt = -1;
-	bool prepare;
 
 	(void)ret;
 	json_object_object_get_ex(args, "capabilities", &caps);
@@ -3549,11 +3590,11 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			return -EINVAL;
 		}
 		if (!strcmp(json_object_get_string(name), "auto-converge")) {
-			auto_converge = json_object_get_boolean(state);
+			u.auto_converge = json_object_get_boolean(state);
 		} else if (!strcmp(json_object_get_string(name), "postcopy-ram")) {
-			postcopy = json_object_get_boolean(state);
+			u.postcopy_ram = json_object_get_boolean(state);
 		} else if (!strcmp(json_object_get_string(name), "postcopy-preempt")) {
-			preempt = json_object_get_boolean(state);
+			u.postcopy_preempt = json_object_get_boolean(state);
 		} else {
 			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge, postcopy-ram, "
 				 "postcopy-preempt)",
@@ -3561,32 +3602,7 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			return -EINVAL;
 		}
 	}
-	pthread_mutex_lock(&m->lock);
-	/* A destination still waiting for its stream may change them. */
-	if (!mig_status_finished(m->status) && !(m->incoming && m->status == MIG_STATUS_SETUP)) {
-		pthread_mutex_unlock(&m->lock);
-		snprintf(err, errlen, "capabilities cannot change during a migration");
-		return -EBUSY;
-	}
-	if (auto_converge >= 0)
-		m->params.auto_converge = auto_converge;
-	if (postcopy >= 0)
-		m->params.postcopy_ram = postcopy;
-	if (preempt >= 0)
-		m->params.postcopy_preempt = preempt;
-	prepare = m->incoming && postcopy > 0 && !m->pc_prepared && m->status == MIG_STATUS_SETUP;
-	if (prepare) {
-		/*
-		 * A destination that may receive postcopy gives its preallocated
-		 * RAM back now, while nothing has arrived (under the lock: the
-		 * stream only writes RAM once the status is active), instead of
-		 * inside the switch-over.
-		 */
-		if (mig_pc_prepare(m))
-			log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
-	}
-	pthread_mutex_unlock(&m->lock);
-	return 0;
+	return migration_set_capabilities(opaque, &u, err, errlen);
 }
 
 static int mig_cmd_query_capabilities(void *opaque, struct json_object *args,
