@@ -125,6 +125,8 @@ struct migration {
 	atomic_bool postcopy_requested; /* migrate-start-postcopy */
 	atomic_bool pc_prepared;        /* destination RAM ready for postcopy (set after
 					 * the alias mapping, read by query-migrate) */
+	/* source postcopy figures, counted live by the migration and return-path
+	 * threads; reset when a migration starts (not when it resumes) */
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
@@ -454,8 +456,6 @@ struct mig_src {
 	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
 	_Atomic uint64_t pending_count;
 	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
-	_Atomic uint64_t pushed, requested_sent, requests;
-	_Atomic uint64_t resent;   /* requested pages sent again on the urgent channel */
 	uint64_t release_ns, release_pages; /* migration thread: release-ram's cost */
 	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
 	struct stream urgent;      /* written by the return-path thread only */
@@ -849,7 +849,7 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 {
 	uint64_t end = msg->first_page + msg->npages;
 
-	atomic_fetch_add(&src->requests, 1);
+	atomic_fetch_add(&src->m->postcopy_requests, 1);
 	if (msg->block != 0 || msg->first_page >= src->npages || end > src->npages) {
 		snprintf(src->rp_error, sizeof(src->rp_error),
 			 "destination asked for pages %" PRIu64 "+%u outside block %u",
@@ -873,11 +873,11 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 		 * guest is stopped here, so both copies are the same.
 		 */
 		if (mig_pending_take(src, p))
-			atomic_fetch_add(&src->requested_sent, 1);
+			atomic_fetch_add(&src->m->pages_requested, 1);
 		else if (mig_released(src, p))
 			continue;
 		else
-			atomic_fetch_add(&src->resent, 1);
+			atomic_fetch_add(&src->m->pages_resent, 1);
 		zero = mig_page_is_zero(page);
 		stream_put_u8(&src->urgent, MIG_REC_RAM);
 		stream_put_u8(&src->urgent, 0);
@@ -969,6 +969,8 @@ static int mig_postcopy_push(struct mig_src *src)
 	while (atomic_load(&src->pending_count) > 0) {
 		uint64_t fault = atomic_load(&src->last_fault), end;
 
+		atomic_store(&src->m->remaining_bytes, atomic_load(&src->pending_count) * MIG_PAGE_BYTES);
+
 		if (fault && fault != seen_fault) {
 			seen_fault = fault;
 			cursor = fault - 1; /* the faulting page (already taken if urgent) */
@@ -983,7 +985,7 @@ static int mig_postcopy_push(struct mig_src *src)
 				continue;
 			}
 			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
-			atomic_fetch_add(&src->pushed, 1);
+			atomic_fetch_add(&src->m->pages_pushed, 1);
 		}
 		mig_flush_run(src);
 		if (src->since_ping >= MIG_ACK_PAGES) {
@@ -996,6 +998,7 @@ static int mig_postcopy_push(struct mig_src *src)
 			return stream_error(&src->s);
 		cursor = end == src->npages ? 0 : end;
 	}
+	atomic_store(&src->m->remaining_bytes, 0);
 	stream_put_u8(&src->s, MIG_REC_END);
 	return stream_flush(&src->s);
 }
@@ -1984,10 +1987,6 @@ completed:
 	vm_set_throttle(vm, 0);
 	vm_dirty_log_stop(vm);
 	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	atomic_store(&m->pages_pushed, atomic_load(&src.pushed));
-	atomic_store(&m->pages_requested, atomic_load(&src.requested_sent));
-	atomic_store(&m->pages_resent, atomic_load(&src.resent));
-	atomic_store(&m->postcopy_requests, atomic_load(&src.requests));
 	free(src.sent_once);
 	free(src.predisc);
 	pthread_mutex_lock(&m->lock);
@@ -2056,6 +2055,10 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->passes, 0);
 	atomic_store(&m->throughput_bps, 0);
 	atomic_store(&m->throttle_max, 0);
+	atomic_store(&m->pages_pushed, 0);
+	atomic_store(&m->pages_requested, 0);
+	atomic_store(&m->pages_resent, 0);
+	atomic_store(&m->postcopy_requests, 0);
 	atomic_store(&m->cancel, false);
 	{
 		uint64_t v;
@@ -3328,7 +3331,10 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "dirty-pages-rate", json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
-	if (!m->incoming && (atomic_load(&m->pages_pushed) || atomic_load(&m->pages_requested))) {
+	/* Source: live while postcopy runs, kept at the end. */
+	if (!m->incoming && (snap.status == MIG_STATUS_POSTCOPY_ACTIVE ||
+			     snap.status == MIG_STATUS_POSTCOPY_PAUSED ||
+			     atomic_load(&m->pages_pushed) || atomic_load(&m->pages_requested))) {
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(atomic_load(&m->postcopy_requests)));
 		json_object_object_add(o, "postcopy-pages-pushed", json_object_new_uint64(atomic_load(&m->pages_pushed)));
 		json_object_object_add(o, "postcopy-pages-requested", json_object_new_uint64(atomic_load(&m->pages_requested)));
