@@ -1052,7 +1052,12 @@ static int mig_ping_wait(struct mig_src *src, const char *what, char *err, size_
 	stream_put_u8(&src->s, MIG_REC_PING);
 	stream_put_u32(&src->s, 1);
 	if (stream_flush(&src->s)) {
-		snprintf(err, errlen, "sending %s failed: %s", what, src->s.errmsg);
+		/* A destination that refuses (postcopy-ram off there) said why, then
+		 * closed: its reason, not our broken pipe. */
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			snprintf(err, errlen, "destination refused the migration: %s", why);
+		else
+			snprintf(err, errlen, "sending %s failed: %s", what, src->s.errmsg);
 		return stream_error(&src->s);
 	}
 	r = mig_rp_read(&src->s, &msg, why, sizeof(why));
