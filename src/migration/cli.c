@@ -172,13 +172,6 @@ static void cli_progress(struct json_object *q, const char *st, bool tty)
 		cli_u64(q, "passes"), cli_u64(q, "cpu-throttle-percentage"), post);
 }
 
-/* What kind of migration the command line asks for. */
-enum cli_postcopy {
-	CLI_POSTCOPY_NONE = 1, /* precopy only */
-	CLI_POSTCOPY_PURE,     /* --postcopy */
-	CLI_POSTCOPY_HYBRID,   /* --postcopy-after-passes N */
-};
-
 int migration_cli_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -197,13 +190,13 @@ int migration_cli_main(int argc, char **argv)
 		{ 0, 0, 0, 0 },
 	};
 	const char *control = NULL, *uri, *cpr_uri = NULL;
-	struct json_object *params = NULL, *caps = NULL, *args, *q = NULL;
+	struct json_object *params = NULL, *caps = NULL, *cap_list, *args, *q = NULL;
 	struct control_client *c = NULL;
-	enum cli_postcopy postcopy = CLI_POSTCOPY_NONE;
-	uint64_t timeout_s = 600, start, after_passes = 0;
+	uint64_t timeout_s = 600, start, after_passes = 0; /* 0: not hybrid */
 	uint64_t downtime_ms = 0, bandwidth = 0, convergence_s = 0;
 	bool downtime_given = false, bandwidth_given = false, convergence_given = false;
-	bool auto_converge = false, preempt = true, quiet = false, tty = isatty(STDERR_FILENO);
+	bool pure_postcopy = false, preempt = true, postcopy;
+	bool auto_converge = false, quiet = false, tty = isatty(STDERR_FILENO);
 	int opt, status = 1;
 
 	optind = 1;
@@ -230,18 +223,11 @@ int migration_cli_main(int argc, char **argv)
 			convergence_given = true;
 			break;
 		case 'a': auto_converge = true; break;
-		case 'P':
-			if (postcopy == CLI_POSTCOPY_HYBRID)
-				goto postcopy_twice;
-			postcopy = CLI_POSTCOPY_PURE;
-			break;
+		case 'P': pure_postcopy = true; break;
 		case 'A':
 			if (size_parse_uint(optarg, 1, 1000000, &after_passes))
 				return cli_usage_error("--postcopy-after-passes: '%s' is not a number of "
 						       "passes in 1..1000000", optarg);
-			if (postcopy == CLI_POSTCOPY_PURE)
-				goto postcopy_twice;
-			postcopy = CLI_POSTCOPY_HYBRID;
 			break;
 		case 'n': preempt = false; break;
 		case 'c': cpr_uri = optarg; break;
@@ -267,14 +253,22 @@ int migration_cli_main(int argc, char **argv)
 	if (optind < argc - 1)
 		return cli_usage_error("one destination URI only; unexpected '%s'", argv[optind + 1]);
 	uri = argv[optind];
-	if (cpr_uri && (postcopy != CLI_POSTCOPY_NONE || !preempt))
+	postcopy = pure_postcopy || after_passes;
+	if (pure_postcopy && after_passes)
+		return cli_usage_error("--postcopy and --postcopy-after-passes exclude each other: "
+				       "pure postcopy switches before the first pass");
+	if (cpr_uri && (postcopy || !preempt))
 		return cli_usage_error("--cpr cannot be combined with postcopy options: a live "
 				       "update moves no RAM");
-	if (postcopy == CLI_POSTCOPY_NONE && !preempt)
+	if (!postcopy && !preempt)
 		return cli_usage_error("--no-postcopy-preempt needs --postcopy or "
 				       "--postcopy-after-passes");
 
-	/* Everything the command line says, so nothing left from an earlier run applies. */
+	/*
+	 * The postcopy settings and the mode always, so none left by an earlier
+	 * run applies (a lingering postcopy-ram would make a precopy run advise
+	 * postcopy, and a live update refuse); the others when given.
+	 */
 	params = json_object_new_object();
 	if (downtime_given)
 		json_object_object_add(params, "downtime-limit", json_object_new_int64((int64_t)downtime_ms));
@@ -288,13 +282,13 @@ int migration_cli_main(int argc, char **argv)
 	json_object_object_add(params, "mode", json_object_new_string(cpr_uri ? "cpr-transfer"
 									       : "normal"));
 	caps = json_object_new_object();
-	args = json_object_new_array();
-	json_object_object_add(caps, "capabilities", args);
-	cli_cap_add(args, "postcopy-ram", postcopy != CLI_POSTCOPY_NONE);
-	if (postcopy != CLI_POSTCOPY_NONE)
-		cli_cap_add(args, "postcopy-preempt", preempt);
+	cap_list = json_object_new_array();
+	json_object_object_add(caps, "capabilities", cap_list);
+	cli_cap_add(cap_list, "postcopy-ram", postcopy);
+	if (postcopy)
+		cli_cap_add(cap_list, "postcopy-preempt", preempt);
 	if (auto_converge)
-		cli_cap_add(args, "auto-converge", true);
+		cli_cap_add(cap_list, "auto-converge", true);
 
 	if (control_client_connect(control, 5000, &c) != 0) {
 		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n", control);
@@ -318,7 +312,7 @@ int migration_cli_main(int argc, char **argv)
 	    cli_call(c, "migrate-set-capabilities", caps, NULL))
 		goto out;
 	/* Before `migrate`: the migration switches before its first pass. */
-	if (postcopy == CLI_POSTCOPY_PURE && cli_call(c, "migrate-start-postcopy", NULL, NULL))
+	if (pure_postcopy && cli_call(c, "migrate-start-postcopy", NULL, NULL))
 		goto out;
 	args = json_object_new_object();
 	if (cpr_uri) {
@@ -400,8 +394,4 @@ out:
 	json_object_put(params);
 	control_client_close(c);
 	return status;
-
-postcopy_twice:
-	return cli_usage_error("--postcopy and --postcopy-after-passes exclude each other: "
-			       "pure postcopy switches before the first pass");
 }
