@@ -59,6 +59,8 @@ static void run_usage(FILE *f)
 		"                          guest RAM from the running VMM over this socket instead\n"
 		"                          of copying it; --mem and --vcpus then default to the\n"
 		"                          source's (docs/cpr.md)\n"
+		"      --postcopy          accept a postcopy or hybrid migration (with --incoming):\n"
+		"                          turns the postcopy-ram capability on before listening\n"
 		"      --prealloc          allocate all guest RAM up front (default with --incoming,\n"
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
@@ -169,6 +171,7 @@ static int main_run(int argc, char **argv)
 		{ "no-shutdown", no_argument, NULL, 'N' },
 		{ "incoming", required_argument, NULL, 'I' },
 		{ "incoming-cpr", required_argument, NULL, 'R' },
+		{ "postcopy", no_argument, NULL, 'Y' },
 		{ "prealloc", no_argument, NULL, 'P' },
 		{ "no-prealloc", no_argument, NULL, 'p' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -182,7 +185,7 @@ static int main_run(int argc, char **argv)
 	};
 	const char *control_path = NULL, *incoming_uri = NULL, *cpr_uri = NULL;
 	struct cpr_state cpr = { 0 };
-	bool mem_given = false, vcpus_given = false;
+	bool mem_given = false, vcpus_given = false, postcopy = false;
 	int cpr_fd = -1;
 	struct control_server *srv = NULL;
 	struct migration *mig = NULL;
@@ -219,6 +222,7 @@ static int main_run(int argc, char **argv)
 		case 'N': cfg.no_shutdown = true; break;
 		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
 		case 'R': cpr_uri = optarg; break;
+		case 'Y': postcopy = true; break;
 		case 'P': prealloc = 1; break;
 		case 'p': prealloc = 0; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
@@ -232,6 +236,12 @@ static int main_run(int argc, char **argv)
 		return 1;
 	}
 
+	if (postcopy && (!incoming_uri || cpr_uri)) {
+		fprintf(stderr, "vmferry run: --postcopy %s\n", incoming_uri
+			? "does not apply to --incoming-cpr: a live update moves no RAM"
+			: "needs --incoming URI: it prepares the destination of a migration");
+		return 1;
+	}
 	if (cpr_uri) {
 		/* Before signals are routed: Ctrl-C while waiting just ends us. */
 		if (!incoming_uri) {
@@ -276,6 +286,17 @@ static int main_run(int argc, char **argv)
 	err = migration_create(vm, &mig);
 	if (err)
 		goto out;
+	if (postcopy) {
+		/* Applied when the incoming side starts listening, before it accepts. */
+		const struct mig_caps_update caps = { .auto_converge = -1, .postcopy_ram = 1,
+						      .postcopy_preempt = -1 };
+
+		err = migration_set_capabilities(mig, &caps, errbuf, sizeof(errbuf));
+		if (err) {
+			fprintf(stderr, "vmferry run: --postcopy: %s\n", errbuf);
+			goto out;
+		}
+	}
 	if (control_path) {
 		err = control_server_create(control_path, vm, &srv);
 		if (err)

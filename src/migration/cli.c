@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,10 @@ static void cli_usage(FILE *f)
 		"Migrate the VM behind control socket PATH to URI (tcp:HOST:PORT or unix:PATH),\n"
 		"where a destination started with `vmferry run --incoming URI` waits.\n"
 		"\n"
+		"Precopy unless a postcopy option is given.  Postcopy runs the guest on the\n"
+		"destination at once and pulls the pages it lacks from here; the destination\n"
+		"must have been started with `vmferry run --incoming URI --postcopy`.\n"
+		"\n"
 		"With --cpr, update the VMM in place instead: hand the guest to a new vmferry\n"
 		"process on this host started with `vmferry run --incoming URI --incoming-cpr\n"
 		"unix:CPR_PATH`; guest RAM is shared, not copied, and the old process exits.\n"
@@ -42,12 +47,36 @@ static void cli_usage(FILE *f)
 		"      --max-bandwidth BYTES/S    cap the transfer rate (K/M/G suffixes; default unlimited)\n"
 		"      --convergence-timeout S    give up (guest keeps running) after S seconds\n"
 		"      --auto-converge            throttle the vCPUs when precopy does not converge\n"
+		"      --postcopy                 pure postcopy: switch before the first pass\n"
+		"      --postcopy-after-passes N  hybrid: precopy, then postcopy when N passes did\n"
+		"                                 not converge (1..1000000)\n"
+		"      --no-postcopy-preempt      with a postcopy option: no urgent channel; requested\n"
+		"                                 pages come behind the background stream\n"
 		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
 		"      --timeout S                stop waiting after S seconds (default 600) and cancel\n"
 		"  -q, --quiet                    no progress line\n"
 		"\n"
-		"Prints the final figures (query-migrate) as JSON on stdout. Ctrl-C cancels.\n"
+		"Without a postcopy option the postcopy-ram capability and postcopy-after-passes\n"
+		"are turned off on the source.  Prints the final figures (query-migrate) as JSON\n"
+		"on stdout.  Ctrl-C cancels (not once postcopy runs: the guest is on the\n"
+		"destination then).\n"
 		"Exit status: 0 completed, 1 failed or cancelled, 2 usage error.\n");
+}
+
+#define CLI_USAGE_LINE "usage: vmferry migrate --control PATH [OPTIONS] URI (--help for more)\n"
+
+/* A usage error: say what is wrong, point at --help.  Returns the exit status. */
+static int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int cli_usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("vmferry migrate: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\n" CLI_USAGE_LINE, stderr);
+	return 2;
 }
 
 static int cli_call(struct control_client *c, const char *cmd, struct json_object *args,
@@ -81,6 +110,13 @@ static const char *cli_str(struct json_object *o, const char *key)
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
 }
 
+/* No migration runs in query-migrate status @st. */
+static bool cli_finished(const char *st)
+{
+	return !strcmp(st, "none") || !strcmp(st, "completed") || !strcmp(st, "failed") ||
+	       !strcmp(st, "cancelled");
+}
+
 /* The final MIGRATION event among those queued, or NULL (caller owns). */
 static struct json_object *cli_last_migration_event(struct control_client *c)
 {
@@ -92,8 +128,7 @@ static struct json_object *cli_last_migration_event(struct control_client *c)
 
 		if (json_object_object_get_ex(ev, "data", &data)) {
 			st = cli_str(data, "status");
-			if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
-			    !strcmp(st, "cancelled")) {
+			if (strcmp(st, "none") && cli_finished(st)) {
 				json_object_put(found);
 				found = json_object_get(data);
 			}
@@ -104,6 +139,39 @@ static struct json_object *cli_last_migration_event(struct control_client *c)
 	return found;
 }
 
+/* {"capability": @name, "state": @on} onto @arr. */
+static void cli_cap_add(struct json_object *arr, const char *name, bool on)
+{
+	struct json_object *cap = json_object_new_object();
+
+	json_object_object_add(cap, "capability", json_object_new_string(name));
+	json_object_object_add(cap, "state", json_object_new_boolean(on));
+	json_object_array_add(arr, cap);
+}
+
+/* One progress line from query-migrate @q with status @st, on stderr. */
+static void cli_progress(struct json_object *q, const char *st, bool tty)
+{
+	const char *pre = tty ? "\r\033[K" : "", *post = tty ? "" : "\n";
+
+	if (!strncmp(st, "postcopy-", strlen("postcopy-"))) {
+		/* The guest runs on the destination: pages move on demand and behind. */
+		fprintf(stderr, "%s%s: pushed %" PRIu64 " pages, requested %" PRIu64 " pages (%"
+			PRIu64 " requests, %" PRIu64 " resent), remaining %.1f MiB, transferred "
+			"%.1f MiB%s", pre, st, cli_u64(q, "postcopy-pages-pushed"),
+			cli_u64(q, "postcopy-pages-requested"), cli_u64(q, "postcopy-requests"),
+			cli_u64(q, "postcopy-pages-resent"),
+			(double)cli_u64(q, "remaining") / 1048576.0,
+			(double)cli_u64(q, "transferred") / 1048576.0, post);
+		return;
+	}
+	fprintf(stderr, "%s%s: transferred %.1f MiB, remaining %.1f MiB, dirty %" PRIu64
+		" pages/s, pass %" PRIu64 ", throttle %" PRIu64 "%%%s", pre, st,
+		(double)cli_u64(q, "transferred") / 1048576.0,
+		(double)cli_u64(q, "remaining") / 1048576.0, cli_u64(q, "dirty-pages-rate"),
+		cli_u64(q, "passes"), cli_u64(q, "cpu-throttle-percentage"), post);
+}
+
 int migration_cli_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -112,6 +180,9 @@ int migration_cli_main(int argc, char **argv)
 		{ "max-bandwidth", required_argument, NULL, 'b' },
 		{ "convergence-timeout", required_argument, NULL, 't' },
 		{ "auto-converge", no_argument, NULL, 'a' },
+		{ "postcopy", no_argument, NULL, 'P' },
+		{ "postcopy-after-passes", required_argument, NULL, 'A' },
+		{ "no-postcopy-preempt", no_argument, NULL, 'n' },
 		{ "cpr", required_argument, NULL, 'c' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -119,75 +190,130 @@ int migration_cli_main(int argc, char **argv)
 		{ 0, 0, 0, 0 },
 	};
 	const char *control = NULL, *uri, *cpr_uri = NULL;
-	struct json_object *params = json_object_new_object(), *args, *q = NULL;
+	struct json_object *params = NULL, *caps = NULL, *cap_list, *args, *q = NULL;
 	struct control_client *c = NULL;
-	uint64_t v, timeout_s = 600, start;
+	uint64_t timeout_s = 600, start, after_passes = 0; /* 0: not hybrid */
+	uint64_t downtime_ms = 0, bandwidth = 0, convergence_s = 0;
+	bool downtime_given = false, bandwidth_given = false, convergence_given = false;
+	bool pure_postcopy = false, preempt = true, postcopy;
 	bool auto_converge = false, quiet = false, tty = isatty(STDERR_FILENO);
 	int opt, status = 1;
 
 	optind = 1;
+	opterr = 1; /* getopt names an unknown option or a missing argument */
 	while ((opt = getopt_long(argc, argv, "C:qh", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'C': control = optarg; break;
 		case 'd':
-			if (size_parse_uint(optarg, 1, 2000000, &v))
-				goto usage;
-			json_object_object_add(params, "downtime-limit", json_object_new_int64((int64_t)v));
+			if (size_parse_uint(optarg, 1, 2000000, &downtime_ms))
+				return cli_usage_error("--downtime-limit: '%s' is not a number of "
+						       "milliseconds in 1..2000000", optarg);
+			downtime_given = true;
 			break;
 		case 'b':
-			if (size_parse(optarg, &v) || v > INT64_MAX)
-				goto usage;
-			json_object_object_add(params, "max-bandwidth", json_object_new_int64((int64_t)v));
+			if (size_parse(optarg, &bandwidth) || bandwidth > INT64_MAX)
+				return cli_usage_error("--max-bandwidth: '%s' is not a rate in bytes/s "
+						       "(e.g. 100M)", optarg);
+			bandwidth_given = true;
 			break;
 		case 't':
-			if (size_parse_uint(optarg, 0, 86400, &v))
-				goto usage;
-			json_object_object_add(params, "convergence-timeout", json_object_new_int64((int64_t)v));
+			if (size_parse_uint(optarg, 0, 86400, &convergence_s))
+				return cli_usage_error("--convergence-timeout: '%s' is not a number of "
+						       "seconds in 0..86400", optarg);
+			convergence_given = true;
 			break;
 		case 'a': auto_converge = true; break;
-		case 'c':
-			cpr_uri = optarg;
-			json_object_object_add(params, "mode", json_object_new_string("cpr-transfer"));
+		case 'P': pure_postcopy = true; break;
+		case 'A':
+			if (size_parse_uint(optarg, 1, 1000000, &after_passes))
+				return cli_usage_error("--postcopy-after-passes: '%s' is not a number of "
+						       "passes in 1..1000000", optarg);
 			break;
+		case 'n': preempt = false; break;
+		case 'c': cpr_uri = optarg; break;
 		case 'T':
 			if (size_parse_uint(optarg, 1, 86400, &timeout_s))
-				goto usage;
+				return cli_usage_error("--timeout: '%s' is not a number of seconds in "
+						       "1..86400", optarg);
 			break;
 		case 'q': quiet = true; break;
 		case 'h':
 			cli_usage(stdout);
-			json_object_put(params);
 			return 0;
 		default:
-			goto usage;
+			/* getopt said which option. */
+			fputs(CLI_USAGE_LINE, stderr);
+			return 2;
 		}
 	}
-	if (!control || optind != argc - 1)
-		goto usage;
+	if (!control)
+		return cli_usage_error("--control PATH is required: the source VM's control socket");
+	if (optind == argc)
+		return cli_usage_error("missing the destination URI (tcp:HOST:PORT or unix:PATH)");
+	if (optind < argc - 1)
+		return cli_usage_error("one destination URI only; unexpected '%s'", argv[optind + 1]);
 	uri = argv[optind];
-	if (!cpr_uri)
-		json_object_object_add(params, "mode", json_object_new_string("normal"));
+	postcopy = pure_postcopy || after_passes;
+	if (pure_postcopy && after_passes)
+		return cli_usage_error("--postcopy and --postcopy-after-passes exclude each other: "
+				       "pure postcopy switches before the first pass");
+	if (cpr_uri && (postcopy || !preempt))
+		return cli_usage_error("--cpr cannot be combined with postcopy options: a live "
+				       "update moves no RAM");
+	if (!postcopy && !preempt)
+		return cli_usage_error("--no-postcopy-preempt needs --postcopy or "
+				       "--postcopy-after-passes");
+
+	/*
+	 * The postcopy settings and the mode always, so none left by an earlier
+	 * run applies (a lingering postcopy-ram would make a precopy run advise
+	 * postcopy, and a live update refuse); the others when given.
+	 */
+	params = json_object_new_object();
+	if (downtime_given)
+		json_object_object_add(params, "downtime-limit", json_object_new_int64((int64_t)downtime_ms));
+	if (bandwidth_given)
+		json_object_object_add(params, "max-bandwidth", json_object_new_int64((int64_t)bandwidth));
+	if (convergence_given)
+		json_object_object_add(params, "convergence-timeout",
+				       json_object_new_int64((int64_t)convergence_s));
+	json_object_object_add(params, "postcopy-after-passes",
+			       json_object_new_int64((int64_t)after_passes));
+	json_object_object_add(params, "mode", json_object_new_string(cpr_uri ? "cpr-transfer"
+									       : "normal"));
+	caps = json_object_new_object();
+	cap_list = json_object_new_array();
+	json_object_object_add(caps, "capabilities", cap_list);
+	cli_cap_add(cap_list, "postcopy-ram", postcopy);
+	if (postcopy)
+		cli_cap_add(cap_list, "postcopy-preempt", preempt);
+	if (auto_converge)
+		cli_cap_add(cap_list, "auto-converge", true);
 
 	if (control_client_connect(control, 5000, &c) != 0) {
 		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n", control);
-		json_object_put(params);
-		return 1;
-	}
-	if (json_object_object_length(params) && cli_call(c, "migrate-set-parameters", params, NULL))
 		goto out;
-	if (auto_converge) {
-		struct json_object *caps = json_object_new_object(), *arr = json_object_new_array();
-		struct json_object *cap = json_object_new_object();
-
-		json_object_object_add(cap, "capability", json_object_new_string("auto-converge"));
-		json_object_object_add(cap, "state", json_object_new_boolean(1));
-		json_object_array_add(arr, cap);
-		json_object_object_add(caps, "capabilities", arr);
-		opt = cli_call(c, "migrate-set-capabilities", caps, NULL);
-		json_object_put(caps);
-		if (opt)
-			goto out;
 	}
+	/*
+	 * Parameters and capabilities change nothing once a migration runs,
+	 * except on a destination still waiting for its stream, whose
+	 * postcopy-ram this must not turn off: refuse both before touching them.
+	 */
+	if (cli_call(c, "query-migrate", NULL, &q))
+		goto out;
+	if (!cli_finished(cli_str(q, "status"))) {
+		fprintf(stderr, "vmferry migrate: %s (%s)\n",
+			strcmp(cli_str(q, "role"), "destination")
+			? "a migration is already in progress"
+			: "this VM is waiting for an incoming migration", cli_str(q, "status"));
+		goto out;
+	}
+	if (cli_call(c, "migrate-set-parameters", params, NULL) ||
+	    cli_call(c, "migrate-set-capabilities", caps, NULL))
+		goto out;
+	/* Before `migrate`: the migration switches before its first pass. */
+	if (pure_postcopy && cli_call(c, "migrate-start-postcopy", NULL, NULL))
+		goto out;
 	args = json_object_new_object();
 	if (cpr_uri) {
 		struct json_object *chans = json_object_new_array(), *ch;
@@ -243,15 +369,10 @@ int migration_cli_main(int argc, char **argv)
 			goto out;
 		}
 		st = cli_str(q, "status");
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
+		if (strcmp(st, "none") && cli_finished(st))
 			break;
 		if (!quiet)
-			fprintf(stderr, "%s%s: transferred %.1f MiB, remaining %.1f MiB, dirty %" PRIu64
-				" pages/s, pass %" PRIu64 ", throttle %" PRIu64 "%%%s",
-				tty ? "\r\033[K" : "", st, (double)cli_u64(q, "transferred") / 1048576.0,
-				(double)cli_u64(q, "remaining") / 1048576.0, cli_u64(q, "dirty-pages-rate"),
-				cli_u64(q, "passes"), cli_u64(q, "cpu-throttle-percentage"),
-				tty ? "" : "\n");
+			cli_progress(q, st, tty);
 		if (cli_interrupted || clock_monotonic_ns() - start > timeout_s * 1000000000ull) {
 			fprintf(stderr, "%svmferry migrate: %s, cancelling\n", tty ? "\n" : "",
 				cli_interrupted ? "interrupted" : "timed out");
@@ -269,11 +390,8 @@ int migration_cli_main(int argc, char **argv)
 		fprintf(stderr, "vmferry migrate: %s: %s\n", cli_str(q, "status"), cli_str(q, "error-desc"));
 out:
 	json_object_put(q);
+	json_object_put(caps);
 	json_object_put(params);
 	control_client_close(c);
 	return status;
-usage:
-	cli_usage(stderr);
-	json_object_put(params);
-	return 2;
 }

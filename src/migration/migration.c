@@ -125,6 +125,8 @@ struct migration {
 	atomic_bool postcopy_requested; /* migrate-start-postcopy */
 	atomic_bool pc_prepared;        /* destination RAM ready for postcopy (set after
 					 * the alias mapping, read by query-migrate) */
+	/* source postcopy figures, counted live by the migration and return-path
+	 * threads; reset when a migration starts (not when it resumes) */
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
@@ -472,8 +474,6 @@ struct mig_src {
 	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
 	_Atomic uint64_t pending_count;
 	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
-	_Atomic uint64_t pushed, requested_sent, requests;
-	_Atomic uint64_t resent;   /* requested pages sent again on the urgent channel */
 	struct mig_releaser releaser; /* release-ram's hole punching */
 	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
 	struct stream urgent;      /* written by the return-path thread only */
@@ -995,7 +995,7 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 {
 	uint64_t end = msg->first_page + msg->npages;
 
-	atomic_fetch_add(&src->requests, 1);
+	atomic_fetch_add(&src->m->postcopy_requests, 1);
 	if (msg->block != 0 || msg->first_page >= src->npages || end > src->npages) {
 		snprintf(src->rp_error, sizeof(src->rp_error),
 			 "destination asked for pages %" PRIu64 "+%u outside block %u",
@@ -1019,11 +1019,11 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 		 * guest is stopped here, so both copies are the same.
 		 */
 		if (mig_pending_take(src, p))
-			atomic_fetch_add(&src->requested_sent, 1);
+			atomic_fetch_add(&src->m->pages_requested, 1);
 		else if (mig_released(src, p))
 			continue;
 		else
-			atomic_fetch_add(&src->resent, 1);
+			atomic_fetch_add(&src->m->pages_resent, 1);
 		zero = mig_page_is_zero(page);
 		stream_put_u8(&src->urgent, MIG_REC_RAM);
 		stream_put_u8(&src->urgent, 0);
@@ -1116,6 +1116,8 @@ static int mig_postcopy_push(struct mig_src *src)
 	while (atomic_load(&src->pending_count) > 0) {
 		uint64_t fault = atomic_load(&src->last_fault), end;
 
+		atomic_store(&src->m->remaining_bytes, atomic_load(&src->pending_count) * MIG_PAGE_BYTES);
+
 		if (fault && fault != seen_fault) {
 			seen_fault = fault;
 			cursor = fault - 1; /* the faulting page (already taken if urgent) */
@@ -1130,7 +1132,7 @@ static int mig_postcopy_push(struct mig_src *src)
 				continue;
 			}
 			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
-			atomic_fetch_add(&src->pushed, 1);
+			atomic_fetch_add(&src->m->pages_pushed, 1);
 		}
 		mig_flush_run(src);
 		if (src->since_ping >= MIG_ACK_PAGES) {
@@ -1143,6 +1145,7 @@ static int mig_postcopy_push(struct mig_src *src)
 			return stream_error(&src->s);
 		cursor = end == src->npages ? 0 : end;
 	}
+	atomic_store(&src->m->remaining_bytes, 0);
 	stream_put_u8(&src->s, MIG_REC_END);
 	return stream_flush(&src->s);
 }
@@ -1196,7 +1199,12 @@ static int mig_ping_wait(struct mig_src *src, const char *what, char *err, size_
 	stream_put_u8(&src->s, MIG_REC_PING);
 	stream_put_u32(&src->s, 1);
 	if (stream_flush(&src->s)) {
-		snprintf(err, errlen, "sending %s failed: %s", what, src->s.errmsg);
+		/* A destination that refuses (postcopy-ram off there) said why, then
+		 * closed: its reason, not our broken pipe. */
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			snprintf(err, errlen, "destination refused the migration: %s", why);
+		else
+			snprintf(err, errlen, "sending %s failed: %s", what, src->s.errmsg);
 		return stream_error(&src->s);
 	}
 	r = mig_rp_read(&src->s, &msg, why, sizeof(why));
@@ -2130,10 +2138,6 @@ completed:
 	vm_set_throttle(vm, 0);
 	vm_dirty_log_stop(vm);
 	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	atomic_store(&m->pages_pushed, atomic_load(&src.pushed));
-	atomic_store(&m->pages_requested, atomic_load(&src.requested_sent));
-	atomic_store(&m->pages_resent, atomic_load(&src.resent));
-	atomic_store(&m->postcopy_requests, atomic_load(&src.requests));
 	free(src.sent_once);
 	free(src.predisc);
 	pthread_mutex_lock(&m->lock);
@@ -2205,6 +2209,10 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->passes, 0);
 	atomic_store(&m->throughput_bps, 0);
 	atomic_store(&m->throttle_max, 0);
+	atomic_store(&m->pages_pushed, 0);
+	atomic_store(&m->pages_requested, 0);
+	atomic_store(&m->pages_resent, 0);
+	atomic_store(&m->postcopy_requests, 0);
 	atomic_store(&m->cancel, false);
 	{
 		uint64_t v;
@@ -3310,7 +3318,8 @@ static void mig_prealloc_join(struct migration *m)
  * VMFERRY_POSTCOPY_UFFD=missing forces the older way, for comparison): keep
  * the memory, unmap it from the guest's view and go on preallocating it
  * through an alias mapping.  Missing mode: give it all back (punch).
- * Main thread under m->lock (capability set) or the incoming thread (advise).
+ * Under m->lock from the control thread (capability set) or the main thread
+ * (incoming start), or from the incoming thread (advise).
  */
 static int mig_pc_prepare(struct migration *m)
 {
@@ -3340,6 +3349,22 @@ static int mig_pc_prepare(struct migration *m)
 	log_debug("postcopy: guest RAM prepared for %s mode%s", rb->alias ? "minor" : "missing",
 		  r ? " (failed)" : "");
 	return r;
+}
+
+/*
+ * A destination still waiting for its stream, with postcopy-ram on: give its
+ * preallocated RAM back now, while nothing has arrived, instead of inside
+ * the switch-over.  Never over RAM inherited in a live update (missing mode
+ * would punch the guest's memory out).  Under m->lock: the stream only
+ * writes RAM once the status is active.
+ */
+static void mig_pc_prepare_waiting(struct migration *m)
+{
+	if (!m->incoming || m->cpr_incoming || m->status != MIG_STATUS_SETUP ||
+	    !m->params.postcopy_ram || m->pc_prepared)
+		return;
+	if (mig_pc_prepare(m))
+		log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
 }
 
 void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
@@ -3438,6 +3463,10 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 	if (prealloc)
 		m->prealloc_joinable =
 			pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
+	/* postcopy-ram set before (`run --postcopy`): as if it were set now. */
+	pthread_mutex_lock(&m->lock);
+	mig_pc_prepare_waiting(m);
+	pthread_mutex_unlock(&m->lock);
 	r = -pthread_create(&m->thread, NULL, mig_incoming_thread, m);
 	if (r) {
 		snprintf(err, errlen, "cannot start the incoming thread: %s", strerror(-r));
@@ -3511,7 +3540,10 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "dirty-pages-rate", json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
-	if (!m->incoming && (atomic_load(&m->pages_pushed) || atomic_load(&m->pages_requested))) {
+	/* Source: live while postcopy runs, kept at the end. */
+	if (!m->incoming && (snap.status == MIG_STATUS_POSTCOPY_ACTIVE ||
+			     snap.status == MIG_STATUS_POSTCOPY_PAUSED ||
+			     atomic_load(&m->pages_pushed) || atomic_load(&m->pages_requested))) {
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(atomic_load(&m->postcopy_requests)));
 		json_object_object_add(o, "postcopy-pages-pushed", json_object_new_uint64(atomic_load(&m->pages_pushed)));
 		json_object_object_add(o, "postcopy-pages-requested", json_object_new_uint64(atomic_load(&m->pages_requested)));
@@ -3728,14 +3760,34 @@ static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
 	return 0;
 }
 
+int migration_set_capabilities(struct migration *m, const struct mig_caps_update *u,
+			       char *err, size_t errlen)
+{
+	pthread_mutex_lock(&m->lock);
+	/* A destination still waiting for its stream may change them. */
+	if (!mig_status_finished(m->status) && !(m->incoming && m->status == MIG_STATUS_SETUP)) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, errlen, "capabilities cannot change during a migration");
+		return -EBUSY;
+	}
+	if (u->auto_converge >= 0)
+		m->params.auto_converge = u->auto_converge;
+	if (u->postcopy_ram >= 0)
+		m->params.postcopy_ram = u->postcopy_ram;
+	if (u->postcopy_preempt >= 0)
+		m->params.postcopy_preempt = u->postcopy_preempt;
+	mig_pc_prepare_waiting(m);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
 static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 				    struct json_object **ret, char *err, size_t errlen)
 {
-	struct migration *m = opaque;
+	struct mig_caps_update u = { .auto_converge = -1, .postcopy_ram = -1,
+				     .postcopy_preempt = -1 };
 	struct json_object *caps;
 	size_t n;
-	int auto_converge = -1, postcopy = -1, preempt = -1;
-	bool prepare;
 
 	(void)ret;
 	json_object_object_get_ex(args, "capabilities", &caps);
@@ -3753,11 +3805,11 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			return -EINVAL;
 		}
 		if (!strcmp(json_object_get_string(name), "auto-converge")) {
-			auto_converge = json_object_get_boolean(state);
+			u.auto_converge = json_object_get_boolean(state);
 		} else if (!strcmp(json_object_get_string(name), "postcopy-ram")) {
-			postcopy = json_object_get_boolean(state);
+			u.postcopy_ram = json_object_get_boolean(state);
 		} else if (!strcmp(json_object_get_string(name), "postcopy-preempt")) {
-			preempt = json_object_get_boolean(state);
+			u.postcopy_preempt = json_object_get_boolean(state);
 		} else {
 			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge, postcopy-ram, "
 				 "postcopy-preempt)",
@@ -3765,32 +3817,7 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			return -EINVAL;
 		}
 	}
-	pthread_mutex_lock(&m->lock);
-	/* A destination still waiting for its stream may change them. */
-	if (!mig_status_finished(m->status) && !(m->incoming && m->status == MIG_STATUS_SETUP)) {
-		pthread_mutex_unlock(&m->lock);
-		snprintf(err, errlen, "capabilities cannot change during a migration");
-		return -EBUSY;
-	}
-	if (auto_converge >= 0)
-		m->params.auto_converge = auto_converge;
-	if (postcopy >= 0)
-		m->params.postcopy_ram = postcopy;
-	if (preempt >= 0)
-		m->params.postcopy_preempt = preempt;
-	prepare = m->incoming && postcopy > 0 && !m->pc_prepared && m->status == MIG_STATUS_SETUP;
-	if (prepare) {
-		/*
-		 * A destination that may receive postcopy gives its preallocated
-		 * RAM back now, while nothing has arrived (under the lock: the
-		 * stream only writes RAM once the status is active), instead of
-		 * inside the switch-over.
-		 */
-		if (mig_pc_prepare(m))
-			log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
-	}
-	pthread_mutex_unlock(&m->lock);
-	return 0;
+	return migration_set_capabilities(opaque, &u, err, errlen);
 }
 
 static int mig_cmd_query_capabilities(void *opaque, struct json_object *args,

@@ -70,6 +70,13 @@ struct mig_params {
 	uint32_t throttle_increment_pct;/* 10 */
 };
 
+/* A capability change: each member -1 (leave as it is), 0 (off) or 1 (on). */
+struct mig_caps_update {
+	int auto_converge;
+	int postcopy_ram;
+	int postcopy_preempt;
+};
+
 /* Create the migration state for @vm (does not start anything). */
 int migration_create(struct vm *vm, struct migration **out);
 /*
@@ -80,6 +87,18 @@ void migration_shutdown(struct migration *m);
 /* Free (after migration_shutdown and after the control server is gone). */
 void migration_destroy(struct migration *m);
 void migration_set_event_handler(struct migration *m, vm_event_fn *fn, void *opaque);
+
+/*
+ * What migrate-set-capabilities does, in process: apply @u, refused
+ * (-EBUSY, nothing changed, reason in @err) during a migration, except on a
+ * destination still waiting for its stream.  Turning postcopy-ram on there
+ * gets guest RAM ready for userfaultfd at once.  Before
+ * migration_incoming_start() it takes effect when that starts listening
+ * (`vmferry run --incoming URI --postcopy`).  0 or -EBUSY.  Main or
+ * control thread.
+ */
+int migration_set_capabilities(struct migration *m, const struct mig_caps_update *u,
+			       char *err, size_t errlen);
 
 /* Register migrate, migrate-cancel, migrate-set-parameters, ... */
 int migration_register_commands(struct migration *m, struct control_server *srv);

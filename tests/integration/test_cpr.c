@@ -28,36 +28,6 @@
 
 #define CPR_MEM "64M"
 
-struct cpr_target {
-	struct vmtest_vm vm;
-	char main_uri[VMTEST_PATH_BYTES + 8];
-	char cpr_uri[VMTEST_PATH_BYTES + 8];
-};
-
-/*
- * Start a new process waiting for a live update (not connected yet: its
- * control socket comes up only once it holds guest RAM).  @fault: a
- * VMFERRY_CPR_FAULT point or NULL; @extra: more options or NULL.
- */
-static void cpr_spawn_new(struct cpr_target *t, const char *fault, const char *const extra[])
-{
-	char mp[VMTEST_PATH_BYTES], cp[VMTEST_PATH_BYTES];
-	const char *args[16] = { "--incoming", t->main_uri, "--incoming-cpr", t->cpr_uri };
-	size_t n = 4;
-
-	assert_int_equal(vmtest_unique_path(mp, sizeof(mp), "main"), 0);
-	assert_int_equal(vmtest_unique_path(cp, sizeof(cp), "cpr"), 0);
-	snprintf(t->main_uri, sizeof(t->main_uri), "unix:%s", mp);
-	snprintf(t->cpr_uri, sizeof(t->cpr_uri), "unix:%s", cp);
-	for (size_t i = 0; extra && extra[i] && n < 15; i++)
-		args[n++] = extra[i];
-	args[n] = NULL;
-	if (fault)
-		setenv("VMFERRY_CPR_FAULT", fault, 1);
-	assert_int_equal(vmtest_spawn_start(&t->vm, NULL, args), 0);
-	unsetenv("VMFERRY_CPR_FAULT");
-}
-
 /* migrate with both channels; 0 or the vmtest_call error. */
 static int cpr_migrate(struct vmtest_vm *old, const char *main_uri, const char *cpr_uri)
 {
@@ -99,14 +69,14 @@ static int64_t cpr_moves(struct vmtest_vm *vm)
  */
 static void cpr_update(struct vmtest_vm *old, bool full_check)
 {
-	struct cpr_target t;
+	struct migtest_cpr_target t;
 	struct json_object *q = NULL;
 	int64_t moves = cpr_moves(old);
 	uint64_t p0 = 0;
 	int rc;
 
 	assert_int_equal(vmtest_workload_passes(old, &p0), 0);
-	cpr_spawn_new(&t, NULL, NULL);
+	migtest_cpr_spawn_new(&t, NULL, NULL);
 	assert_int_equal(migtest_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
 	assert_int_equal(cpr_migrate(old, t.main_uri, t.cpr_uri), 0);
 	rc = vmtest_wait_exit(old, MIG_TIMEOUT_MS);
@@ -151,12 +121,12 @@ static void test_hundred_updates(void **state)
 static void cpr_expect_failed_update(const char *fault)
 {
 	struct vmtest_vm old;
-	struct cpr_target t;
+	struct migtest_cpr_target t;
 	struct json_object *q;
 
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
 	assert_int_equal(vmtest_wait_passes(&old, 1, 30000), 0);
-	cpr_spawn_new(&t, fault, NULL);
+	migtest_cpr_spawn_new(&t, fault, NULL);
 	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
 	assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
 	q = migtest_wait_migration(&old);
@@ -219,7 +189,7 @@ static void expect_call_error(struct vmtest_vm *vm, const char *cmd, const char 
 static void test_bad_requests(void **state)
 {
 	struct vmtest_vm old;
-	struct cpr_target t;
+	struct migtest_cpr_target t;
 	struct vmtest_result res;
 	const char *tcp_cpr[] = { "run", "--incoming", "unix:/nonexistent/x", "--incoming-cpr",
 				  "tcp:127.0.0.1:0", NULL };
@@ -276,7 +246,7 @@ static void test_bad_requests(void **state)
 		const char *extra[] = { "--mem", "128M", NULL };
 		struct json_object *q;
 
-		cpr_spawn_new(&t, NULL, extra);
+		migtest_cpr_spawn_new(&t, NULL, extra);
 		assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
 		q = migtest_wait_migration(&old);
 		assert_string_equal(migtest_str_at(q, "status"), "failed");
@@ -289,7 +259,7 @@ static void test_bad_requests(void **state)
 	{
 		struct json_object *q;
 
-		cpr_spawn_new(&t, NULL, NULL);
+		migtest_cpr_spawn_new(&t, NULL, NULL);
 		assert_int_equal(migtest_set_params(&old, "{\"mode\": \"normal\"}"), 0);
 		assert_int_equal(migtest_start_migrate(&old, t.main_uri), 0);
 		q = migtest_wait_migration(&old);

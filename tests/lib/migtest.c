@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -45,14 +46,25 @@ int64_t migtest_int_at(struct json_object *o, const char *key)
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
 }
 
-/* Spawn a VM; @mem/@vcpus as text; @guest NULL for --incoming @incoming. */
+void migtest_spawn_extra(struct vmtest_vm *vm, const char *mem, const char *vcpus,
+			const char *guest, const char *incoming, const char *const extra[])
+{
+	const char *args[16] = { "--mem", mem, "--vcpus", vcpus,
+				 guest ? "--guest" : "--incoming", guest ? guest : incoming };
+	size_t n = 6;
+
+	for (size_t i = 0; extra && extra[i]; i++) {
+		assert_true(n < sizeof(args) / sizeof(args[0]) - 1);
+		args[n++] = extra[i];
+	}
+	args[n] = NULL;
+	assert_int_equal(vmtest_spawn(vm, args), 0);
+}
+
 void migtest_spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
 		  const char *incoming)
 {
-	const char *args[] = { "--mem", mem, "--vcpus", vcpus,
-			       guest ? "--guest" : "--incoming", guest ? guest : incoming, NULL };
-
-	assert_int_equal(vmtest_spawn(vm, args), 0);
+	migtest_spawn_extra(vm, mem, vcpus, guest, incoming, NULL);
 }
 
 /* The destination's listening URI (port 0 resolved), into @uri. */
@@ -66,8 +78,8 @@ void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
 	assert_true(uri[0]);
 }
 
-void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
-			   bool unix_sock, char *uri, size_t len)
+void migtest_spawn_incoming_extra(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+				 bool unix_sock, const char *const extra[], char *uri, size_t len)
 {
 	char listen_uri[VMTEST_PATH_BYTES + 8];
 
@@ -79,8 +91,34 @@ void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *
 	} else {
 		snprintf(listen_uri, sizeof(listen_uri), "tcp:127.0.0.1:0");
 	}
-	migtest_spawn(dst, mem, vcpus, NULL, listen_uri);
+	migtest_spawn_extra(dst, mem, vcpus, NULL, listen_uri, extra);
 	migtest_incoming_uri(dst, uri, len);
+}
+
+void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+			   bool unix_sock, char *uri, size_t len)
+{
+	migtest_spawn_incoming_extra(dst, mem, vcpus, unix_sock, NULL, uri, len);
+}
+
+void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
+			   const char *const extra[])
+{
+	char mp[VMTEST_PATH_BYTES], cp[VMTEST_PATH_BYTES];
+	const char *args[16] = { "--incoming", t->main_uri, "--incoming-cpr", t->cpr_uri };
+	size_t n = 4;
+
+	assert_int_equal(vmtest_unique_path(mp, sizeof(mp), "main"), 0);
+	assert_int_equal(vmtest_unique_path(cp, sizeof(cp), "cpr"), 0);
+	snprintf(t->main_uri, sizeof(t->main_uri), "unix:%s", mp);
+	snprintf(t->cpr_uri, sizeof(t->cpr_uri), "unix:%s", cp);
+	for (size_t i = 0; extra && extra[i] && n < 15; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	if (fault)
+		setenv("VMFERRY_CPR_FAULT", fault, 1);
+	assert_int_equal(vmtest_spawn_start(&t->vm, NULL, args), 0);
+	unsetenv("VMFERRY_CPR_FAULT");
 }
 
 int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on)

@@ -26,11 +26,32 @@ int64_t migtest_int_at(struct json_object *o, const char *key);
 /* Spawn a VM; @guest NULL for a destination listening on @incoming. */
 void migtest_spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
 		   const char *incoming);
+/* The same with more options @extra (NULL-terminated, may be NULL). */
+void migtest_spawn_extra(struct vmtest_vm *vm, const char *mem, const char *vcpus,
+			 const char *guest, const char *incoming, const char *const extra[]);
 /* The destination's listening URI (port 0 resolved). */
 void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len);
 /* A destination on a unique UNIX socket or tcp:127.0.0.1:0; its URI in @uri. */
 void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
 			    bool unix_sock, char *uri, size_t len);
+/* The same with more options @extra (e.g. {"--postcopy", NULL}; may be NULL). */
+void migtest_spawn_incoming_extra(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+				  bool unix_sock, const char *const extra[], char *uri, size_t len);
+
+/* A new process waiting for a live update, and the URIs it waits on. */
+struct migtest_cpr_target {
+	struct vmtest_vm vm;
+	char main_uri[VMTEST_PATH_BYTES + 8];
+	char cpr_uri[VMTEST_PATH_BYTES + 8];
+};
+
+/*
+ * Start it on unique socket paths (not connected yet: its control socket
+ * comes up only once it holds guest RAM; vmtest_connect() then).  @fault: a
+ * VMFERRY_CPR_FAULT point or NULL; @extra: more options or NULL.
+ */
+void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
+			   const char *const extra[]);
 /* migrate-set-capabilities for one capability; 0 or the vmtest_call error. */
 int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on);
 /* migrate-set-parameters with the JSON text @json; 0 or the vmtest_call error. */

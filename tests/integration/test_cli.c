@@ -1,0 +1,427 @@
+/*
+ * The command-line front-ends under real KVM: `vmferry migrate` run as a
+ * child process (its exit status, the one JSON object on stdout, its
+ * messages on stderr) for precopy, pure postcopy into a destination started
+ * with `vmferry run --incoming URI --postcopy`, hybrid with a dirtier that
+ * does not converge, and a live update; its usage errors (exit 2), a
+ * destination nobody listens on and one without --postcopy (exit 1, the
+ * guest runs on at the source); `vmferry run --postcopy` misused.  Every
+ * migration verifies guest memory where the guest ends up and that it keeps
+ * running.  Skips (77) without KVM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+#include "lib/vmtest.h"
+
+#define CLI_MEM "64M"
+#define CLI_ARGS_MAX 24
+
+static const char *const cli_postcopy_dst[] = { "--postcopy", NULL };
+
+/*
+ * Run `vmferry migrate --control SOCK @opts... @uri` (@opts NULL-terminated,
+ * may be NULL; @uri NULL to leave it out), bounded by MIG_TIMEOUT_MS.
+ */
+static void cli_migrate(const char *sock, const char *const opts[], const char *uri,
+			struct vmtest_result *res)
+{
+	const char *args[CLI_ARGS_MAX] = { "migrate", "--control", sock };
+	size_t n = 3;
+
+	for (size_t i = 0; opts && opts[i]; i++) {
+		assert_true(n < CLI_ARGS_MAX - 2);
+		args[n++] = opts[i];
+	}
+	if (uri)
+		args[n++] = uri;
+	args[n] = NULL;
+	assert_int_equal(vmtest_run(args, NULL, MIG_TIMEOUT_MS, res), 0);
+}
+
+/* stdout of a run that got as far as migrating: one JSON object on one line (caller owns). */
+static struct json_object *cli_final_json(const struct vmtest_result *res)
+{
+	const char *nl = strchr(res->out, '\n');
+	struct json_object *q;
+
+	if (!nl || nl[1])
+		fail_msg("stdout is not one line: '%s'", res->out);
+	q = json_tokener_parse(res->out);
+	if (!q || !json_object_is_type(q, json_type_object))
+		fail_msg("stdout is not a JSON object: '%s'", res->out);
+	return q;
+}
+
+/* The run completed: exit 0, "completed" on stdout; the JSON (caller owns). */
+static struct json_object *cli_expect_completed(const struct vmtest_result *res)
+{
+	struct json_object *q;
+
+	if (res->status != 0)
+		fail_msg("vmferry migrate exited %d; stderr: %s", res->status, res->err);
+	q = cli_final_json(res);
+	assert_string_equal(migtest_str_at(q, "status"), "completed");
+	assert_string_equal(migtest_str_at(q, "role"), "source");
+	return q;
+}
+
+/* The run failed after starting: exit 1, "failed" on stdout, @why on stderr. */
+static void cli_expect_failed(const struct vmtest_result *res, const char *why)
+{
+	struct json_object *q;
+
+	if (res->status != 1)
+		fail_msg("vmferry migrate exited %d instead of 1; stderr: %s", res->status, res->err);
+	q = cli_final_json(res);
+	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	json_object_put(q);
+	if (!strstr(res->err, why))
+		fail_msg("stderr lacks '%s': %s", why, res->err);
+}
+
+/* Exit 2, nothing on stdout, @why on stderr. */
+static void cli_expect_usage_error(const struct vmtest_result *res, const char *why)
+{
+	if (res->status != 2)
+		fail_msg("exit %d instead of 2; stderr: %s", res->status, res->err);
+	assert_string_equal(res->out, "");
+	if (!strstr(res->err, why))
+		fail_msg("stderr lacks '%s': %s", why, res->err);
+}
+
+/* Postcopy happened: the source's figures say pages moved that way. */
+static void cli_expect_postcopy_figures(struct json_object *q)
+{
+	int64_t pushed = migtest_int_at(q, "postcopy-pages-pushed");
+	int64_t requested = migtest_int_at(q, "postcopy-pages-requested");
+
+	assert_true(pushed >= 0 && requested >= 0 && migtest_int_at(q, "postcopy-requests") >= 0);
+	assert_true(pushed + requested > 0);
+}
+
+/* The guest moved: the source is done with it, the destination runs it, verified. */
+static void cli_expect_moved(struct vmtest_vm *src, struct vmtest_vm *dst)
+{
+	migtest_expect_status(src, "postmigrate");
+	migtest_wait_migration_status(dst, "completed");
+	migtest_expect_guest_alive_and_verified(dst);
+	assert_int_equal(vmtest_vm_quit(src), 0);
+	assert_int_equal(vmtest_vm_quit(dst), 0);
+}
+
+static void cli_spawn_source(struct vmtest_vm *src, const char *guest)
+{
+	migtest_spawn(src, CLI_MEM, "2", guest, NULL);
+	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
+}
+
+/*
+ * A plain `vmferry migrate` of @src to a new destination over UNIX: precopy,
+ * completed, the guest verified there; both VMMs quit.
+ */
+static void cli_precopy_to_new_destination(struct vmtest_vm *src)
+{
+	struct vmtest_vm dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct vmtest_result res;
+	struct json_object *q;
+
+	migtest_spawn_incoming(&dst, CLI_MEM, "2", true, uri, sizeof(uri));
+	cli_migrate(src->sock_path, NULL, uri, &res);
+	q = cli_expect_completed(&res);
+	assert_string_equal(migtest_str_at(q, "mode"), "normal");
+	assert_true(migtest_int_at(q, "passes") >= 1);
+	assert_int_equal(migtest_int_at(q, "postcopy-pages-pushed"), -1); /* precopy only */
+	json_object_put(q);
+	vmtest_result_free(&res);
+	cli_expect_moved(src, &dst);
+}
+
+static void test_precopy_unix(void **state)
+{
+	struct vmtest_vm src;
+
+	(void)state;
+	cli_spawn_source(&src, "incrementer");
+	cli_precopy_to_new_destination(&src);
+}
+
+/*
+ * `vmferry migrate --postcopy` of @src to @uri, where @dst waits (started
+ * with --postcopy): pure postcopy, completed, the guest verified there;
+ * both VMMs quit.  Without @preempt, the urgent channel is off and every
+ * page comes through the main stream capped at 32 MiB/s: postcopy lasts
+ * 2 s at the least (62 MiB the incrementer wrote), so the progress line,
+ * shown every 100 ms, must have shown it.
+ */
+static void cli_pure_postcopy(struct vmtest_vm *src, struct vmtest_vm *dst, const char *uri,
+			      bool preempt)
+{
+	const char *const urgent[] = { "--postcopy", NULL };
+	const char *const capped[] = { "--postcopy", "--no-postcopy-preempt", "--max-bandwidth",
+				       "32M", NULL };
+	struct vmtest_result res;
+	struct json_object *q;
+
+	cli_migrate(src->sock_path, preempt ? urgent : capped, uri, &res);
+	q = cli_expect_completed(&res);
+	assert_int_equal(migtest_int_at(q, "passes"), 0); /* switched before the first */
+	cli_expect_postcopy_figures(q);
+	if (!preempt) {
+		/* Nothing went on an urgent channel. */
+		assert_int_equal(migtest_int_at(q, "postcopy-pages-requested"), 0);
+		if (!strstr(res.err, "postcopy-active: pushed "))
+			fail_msg("no postcopy progress line on stderr: %s", res.err);
+	}
+	json_object_put(q);
+	vmtest_result_free(&res);
+	cli_expect_moved(src, dst);
+}
+
+static void test_pure_postcopy(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct json_object *q = NULL;
+
+	(void)state;
+	cli_spawn_source(&src, "incrementer");
+	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
+	/* --postcopy did what migrate-set-capabilities would: on, RAM prepared. */
+	assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
+	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), "minor");
+	json_object_put(q);
+	cli_pure_postcopy(&src, &dst, uri, false);
+}
+
+static void test_hybrid_dirtier(void **state)
+{
+	/* The non-converging setup of test_postcopy's dirtier test, quiet. */
+	const char *const opts[] = { "--downtime-limit", "10", "--max-bandwidth", "30000000",
+				     "--postcopy-after-passes", "1", "--quiet", NULL };
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct vmtest_result res;
+	struct json_object *q;
+
+	(void)state;
+	cli_spawn_source(&src, "dirtier,wss=16M,rate=0");
+	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
+	cli_migrate(src.sock_path, opts, uri, &res);
+	q = cli_expect_completed(&res);
+	assert_true(migtest_int_at(q, "passes") >= 1);
+	cli_expect_postcopy_figures(q);
+	json_object_put(q);
+	assert_string_equal(res.err, ""); /* --quiet */
+	vmtest_result_free(&res);
+	cli_expect_moved(&src, &dst);
+}
+
+static void test_cpr(void **state)
+{
+	struct vmtest_vm old;
+	struct migtest_cpr_target t;
+	struct vmtest_result res;
+	struct json_object *q;
+	const char *opts[] = { "--cpr", NULL, NULL };
+	int rc;
+
+	(void)state;
+	cli_spawn_source(&old, "incrementer");
+	migtest_cpr_spawn_new(&t, NULL, NULL);
+	opts[1] = t.cpr_uri;
+	cli_migrate(old.sock_path, opts, t.main_uri, &res);
+	/* The figures of the old process's last MIGRATION event. */
+	q = cli_expect_completed(&res);
+	assert_string_equal(migtest_str_at(q, "mode"), "cpr-transfer");
+	json_object_put(q);
+	vmtest_result_free(&res);
+	rc = vmtest_wait_exit(&old, MIG_TIMEOUT_MS);
+	if (rc != 0)
+		fail_msg("the old process ended with status %d instead of 0", rc);
+	assert_int_equal(vmtest_connect(&t.vm, 10000), 0);
+	migtest_wait_migration_status(&t.vm, "completed");
+	migtest_expect_guest_alive_and_verified(&t.vm);
+	assert_int_equal(vmtest_vm_quit(&t.vm), 0);
+}
+
+/* Refused before anything is asked of a VMM: no control socket is needed. */
+static void test_usage_errors(void **state)
+{
+	static const char sock[] = "/nonexistent/vmferry-cli.sock";
+	static const struct {
+		const char *opts[8];
+		const char *uri;
+		const char *why;
+	} cases[] = {
+		{ { "--bogus", NULL }, "unix:/nonexistent/m", "unrecognized option '--bogus'" },
+		{ { NULL }, NULL, "missing the destination URI" },
+		{ { "--postcopy", "--cpr", "unix:/nonexistent/c", NULL }, "unix:/nonexistent/m",
+		  "--cpr cannot be combined with postcopy" },
+		{ { "--postcopy-after-passes", "2", "--cpr", "unix:/nonexistent/c", NULL },
+		  "unix:/nonexistent/m", "--cpr cannot be combined with postcopy" },
+		{ { "--postcopy-after-passes", "soon", NULL }, "unix:/nonexistent/m",
+		  "--postcopy-after-passes: 'soon' is not a number" },
+		{ { "--postcopy-after-passes", "0", NULL }, "unix:/nonexistent/m",
+		  "--postcopy-after-passes: '0' is not a number" },
+		{ { "--downtime-limit", "-5", NULL }, "unix:/nonexistent/m",
+		  "--downtime-limit: '-5' is not a number" },
+		{ { "--postcopy", "--postcopy-after-passes", "1", NULL }, "unix:/nonexistent/m",
+		  "exclude each other" },
+		{ { "--no-postcopy-preempt", NULL }, "unix:/nonexistent/m", "needs --postcopy" },
+	};
+	struct vmtest_result res;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cli_migrate(sock, cases[i].opts, cases[i].uri, &res);
+		cli_expect_usage_error(&res, cases[i].why);
+		vmtest_result_free(&res);
+	}
+	/* Two URIs. */
+	{
+		const char *const opts[] = { "unix:/nonexistent/a", NULL };
+
+		cli_migrate(sock, opts, "unix:/nonexistent/b", &res);
+		cli_expect_usage_error(&res, "unexpected 'unix:/nonexistent/b'");
+		vmtest_result_free(&res);
+	}
+	/* No --control. */
+	{
+		const char *const args[] = { "migrate", "--postcopy", "unix:/nonexistent/m", NULL };
+
+		assert_int_equal(vmtest_run(args, NULL, 10000, &res), 0);
+		cli_expect_usage_error(&res, "--control PATH is required");
+		vmtest_result_free(&res);
+	}
+	/* --help documents the new options. */
+	{
+		const char *const args[] = { "migrate", "--help", NULL };
+
+		assert_int_equal(vmtest_run(args, NULL, 10000, &res), 0);
+		assert_int_equal(res.status, 0);
+		assert_non_null(strstr(res.out, "--postcopy-after-passes N"));
+		vmtest_result_free(&res);
+	}
+}
+
+/* Nobody listens: exit 1 with the VMM's reason; the guest runs on, intact. */
+static void test_destination_not_listening(void **state)
+{
+	struct vmtest_vm src;
+	char path[VMTEST_PATH_BYTES], uri[VMTEST_PATH_BYTES + 8];
+	struct vmtest_result res;
+
+	(void)state;
+	cli_spawn_source(&src, "incrementer");
+	assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
+	snprintf(uri, sizeof(uri), "unix:%s", path);
+	cli_migrate(src.sock_path, NULL, uri, &res);
+	cli_expect_failed(&res, "cannot connect");
+	vmtest_result_free(&res);
+	migtest_expect_guest_alive_and_verified(&src);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+}
+
+/*
+ * --postcopy to a destination started without it: exit 1 with the VMM's
+ * reason, the destination exits 1, the guest runs on at the source.  A
+ * plain `vmferry migrate` afterwards is precopy again (postcopy-ram does
+ * not linger) and completes.
+ */
+static void test_postcopy_to_plain_destination(void **state)
+{
+	const char *const opts[] = { "--postcopy", NULL };
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct vmtest_result res;
+
+	(void)state;
+	cli_spawn_source(&src, "incrementer");
+	migtest_spawn_incoming(&dst, CLI_MEM, "2", true, uri, sizeof(uri));
+	cli_migrate(src.sock_path, opts, uri, &res);
+	cli_expect_failed(&res, "enable the postcopy-ram capability on the destination");
+	vmtest_result_free(&res);
+	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	migtest_expect_guest_alive_and_verified(&src);
+	cli_precopy_to_new_destination(&src);
+}
+
+/*
+ * Pointed at a destination still waiting: refused before its capabilities
+ * change (--postcopy stays on), and it still takes a postcopy migration
+ * (with the urgent channel).
+ */
+static void test_refuses_waiting_destination(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	struct vmtest_result res;
+
+	(void)state;
+	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
+	cli_migrate(dst.sock_path, NULL, "unix:/nonexistent/m", &res);
+	if (res.status != 1 || !strstr(res.err, "waiting for an incoming migration"))
+		fail_msg("exit %d, stderr: %s", res.status, res.err);
+	vmtest_result_free(&res);
+	cli_spawn_source(&src, "incrementer");
+	cli_pure_postcopy(&src, &dst, uri, true);
+}
+
+static void test_run_postcopy_usage(void **state)
+{
+	const char *const alone[] = { "run", "--postcopy", NULL };
+	const char *const cpr[] = { "run", "--postcopy", "--incoming", "unix:/nonexistent/m",
+				    "--incoming-cpr", "unix:/nonexistent/c", NULL };
+	const char *const help[] = { "run", "--help", NULL };
+	struct vmtest_result res;
+
+	(void)state;
+	assert_int_equal(vmtest_run(alone, NULL, 10000, &res), 0);
+	assert_int_equal(res.status, 1);
+	assert_non_null(strstr(res.err, "--postcopy needs --incoming URI"));
+	vmtest_result_free(&res);
+	assert_int_equal(vmtest_run(cpr, NULL, 10000, &res), 0);
+	assert_int_equal(res.status, 1);
+	assert_non_null(strstr(res.err, "--postcopy does not apply to --incoming-cpr"));
+	vmtest_result_free(&res);
+	assert_int_equal(vmtest_run(help, NULL, 10000, &res), 0);
+	assert_int_equal(res.status, 0);
+	assert_non_null(strstr(res.out, "--postcopy"));
+	vmtest_result_free(&res);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_precopy_unix),
+		cmocka_unit_test(test_pure_postcopy),
+		cmocka_unit_test(test_hybrid_dirtier),
+		cmocka_unit_test(test_cpr),
+		cmocka_unit_test(test_usage_errors),
+		cmocka_unit_test(test_destination_not_listening),
+		cmocka_unit_test(test_postcopy_to_plain_destination),
+		cmocka_unit_test(test_refuses_waiting_destination),
+		cmocka_unit_test(test_run_postcopy_usage),
+	};
+
+	if (!vmtest_kvm_available())
+		return VMTEST_SKIP;
+	signal(SIGPIPE, SIG_IGN);
+	if (getenv("VMFERRY_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
