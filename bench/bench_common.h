@@ -528,23 +528,31 @@ out:
 #define BENCH_PROBE_TRIES 3
 
 /*
- * The link's bandwidth: the best of BENCH_PROBE_TRIES streams of @bytes
- * (bench_link_probe_once).  Other load on a shared machine only ever slows a
- * probe down, and one slow probe used to move a run's bound by 2x.
+ * The link's bandwidth: the median of BENCH_PROBE_TRIES streams of @bytes
+ * (bench_link_probe_once).  Single probes on these shared 2-core machines
+ * ranged from 1.3 to 3.9 GB/s within minutes (other load slows one down;
+ * sender and receiver sharing a core speeds one up), moving a run's bound 3x.
  */
 static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
 				       uint64_t bytes, double *bps)
 {
+	double v[BENCH_PROBE_TRIES];
+
 	*bps = 0;
 	for (int i = 0; i < BENCH_PROBE_TRIES; i++) {
-		double one;
-		int err = bench_link_probe_once(src_ns, dst_ns, addr, bytes, &one);
+		int err = bench_link_probe_once(src_ns, dst_ns, addr, bytes, &v[i]);
 
 		if (err)
 			return err;
-		if (one > *bps)
-			*bps = one;
+		/* insertion sort as we go */
+		for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+			double t = v[j];
+
+			v[j] = v[j - 1];
+			v[j - 1] = t;
+		}
 	}
+	*bps = v[BENCH_PROBE_TRIES / 2];
 	return 0;
 }
 

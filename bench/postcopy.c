@@ -31,7 +31,7 @@
  *                        VMM's defaults otherwise.
  *   --timeout S          cancel a migration still running after S s (default 300)
  *   --probe-bytes SIZE   bytes of each link bandwidth probe (default 512M; the
- *                        link is the best of 3 probes)
+ *                        link is the median of 3 probes)
  *   --dest-ready         before migrating, wait until the destination has
  *                        preallocated its RAM (as when it was started well
  *                        ahead; minor mode keeps that memory)

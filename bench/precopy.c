@@ -19,7 +19,7 @@
  *   --auto-converge      enable the auto-converge capability
  *   --timeout S          cancel a migration still running after S s (default 300)
  *   --probe-bytes SIZE   bytes of each link bandwidth probe (default 512M; the
- *                        link is the best of 3 probes)
+ *                        link is the median of 3 probes)
  *   --quick              smoke: 256M, loopback, 1 run (workloads as given)
  *
  * Per run: measure the link (one TCP stream of --probe-bytes between two

@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -519,7 +520,10 @@ static void *mig_releaser_thread(void *arg)
 	struct mig_releaser *r = arg;
 	struct mig_range *batch = NULL;
 	size_t batch_cap = 0;
+	struct sched_param idle = { 0 };
 
+	/* Housekeeping: it runs on CPU time the stream and the guest leave. */
+	pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
 		struct mig_range *q;
