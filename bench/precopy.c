@@ -32,7 +32,7 @@
  * migrate, poll
  * query-migrate, then check on the destination that the guest runs, makes
  * progress, and that its memory verifies (verify_guest_file; the idle guest
- * has no verifier: "verified" is false with "verify_error" saying so).
+ * is checked for what its fill wrote).
  *
  * Output, stdout: one JSON object per run ("type": "run"), then one per
  * combination with medians over its completed runs ("type": "median").  A

@@ -528,14 +528,61 @@ static bool verify_dirtier_vcpu(const struct verify_image *img,
 	return false;
 }
 
+/* ---- idle ---- */
+
+/* What word @i (a multiple of 8) of a vCPU range holds after the idle
+ * guest's fill=1, exactly as guest/workloads/idle.c writes it. */
+static uint64_t verify_idle_word(uint64_t i)
+{
+	return (i * 0x9e3779b97f4a7c15ull) | 1;
+}
+
+/*
+ * idle: with fill=1 the first word of every 64-byte line of the range holds
+ * verify_idle_word(its word index) and the other words 0; without fill the
+ * range is all zeros.  Nothing changes once the vCPU runs.
+ */
+static bool verify_idle_vcpu(const struct verify_image *img, const struct vmf_boot_info *bi,
+			     uint32_t vcpu, struct json_object *o, char *msg, size_t msg_len,
+			     int *err)
+{
+	const struct vmf_range *r = &bi->range[vcpu];
+	bool fill = verify_param(bi, "fill", 0) != 0;
+	uint64_t words = r->bytes / 8, bad = 0, first = 0, want_first = 0, got_first = 0;
+
+	verify_put(o, "fill", json_object_new_boolean(fill), err);
+	if (!verify_phase_ok(bi, vcpu, msg, msg_len))
+		return false;
+	for (uint64_t i = 0; i < words; i++) {
+		uint64_t want = fill && i % 8 == 0 ? verify_idle_word(i) : 0;
+		uint64_t got = verify_read_u64(img, r->gpa + i * 8);
+
+		if (got == want)
+			continue;
+		if (!bad++)
+			first = i, want_first = want, got_first = got;
+	}
+	if (!bad)
+		return true;
+	snprintf(msg, msg_len, "vcpu %" PRIu32 ": word %" PRIu64 " (gpa 0x%" PRIx64 ") holds %#"
+		 PRIx64 ", expected %#" PRIx64 " (%" PRIu64 " words wrong)", vcpu, first,
+		 r->gpa + first * 8, got_first, want_first, bad);
+	verify_put(o, "bad_gpa", json_object_new_uint64(r->gpa + first * 8), err);
+	verify_put(o, "expected", json_object_new_uint64(want_first), err);
+	verify_put(o, "value", json_object_new_uint64(got_first), err);
+	verify_put(o, "bad_words", json_object_new_uint64(bad), err);
+	return false;
+}
+
 /* ---- driver ---- */
 
 static const struct verify_workload verify_workloads[] = {
 	{ "incrementer", verify_incrementer_vcpu },
 	{ "dirtier", verify_dirtier_vcpu },
+	{ "idle", verify_idle_vcpu },
 };
 
-#define VERIFY_KNOWN "incrementer, dirtier"
+#define VERIFY_KNOWN "incrementer, dirtier, idle"
 
 static const struct verify_workload *verify_find_workload(const char *name)
 {
@@ -786,6 +833,8 @@ static void verify_usage(FILE *f)
 	      "               last sequence number <= writes that went to page k (the\n"
 	      "               page being written may hold writes+1); pages past the\n"
 	      "               working set hold 0\n"
+	      "  idle         each vCPU range holds what fill=1 wrote (the first word\n"
+	      "               of every 64-byte line, the rest 0), or zeros without fill\n"
 	      "  auto         the workload named in the dump's boot info\n"
 	      "\n"
 	      "exit status: 0 consistent, 1 broken (verdict says where), 2 usage or I/O\n"

@@ -110,7 +110,7 @@ int verify_dirtier_file(const char *path, struct json_object **verdict);
 
 /*
  * Check an image against the property of the workload its boot info names
- * (incrementer or dirtier), with that workload's verdict.  Returns as
+ * (incrementer, dirtier or idle), with that workload's verdict.  Returns as
  * verify_incrementer_image(), and also -ENOTSUP when the workload has no
  * verifier: *verdict is then set too, with "ok": false, empty "vcpus" and
  * "error": "workload \"NAME\" has no verifier (...)".  A boot info too
@@ -124,7 +124,7 @@ int verify_guest_image(const uint8_t *ram, uint64_t image_bytes,
 int verify_guest_file(const char *path, struct json_object **verdict);
 
 /*
- * `vmferry verify [--pretty] {incrementer|dirtier|auto} DUMPFILE`; argv[0]
+ * `vmferry verify [--pretty] {incrementer|dirtier|idle|auto} DUMPFILE`; argv[0]
  * is "verify"; auto dispatches on the dump's boot info.  Prints the verdict
  * JSON on stdout (and a one-line summary on stderr when broken or
  * unverifiable).  Returns the process exit status: 0 consistent, 1 broken,

@@ -966,6 +966,74 @@ static void test_auto_dispatch(void **state)
 	test_image_free(&t);
 }
 
+/* ---- idle ---- */
+
+/* What the idle guest's fill=1 writes, replayed as guest/workloads/idle.c does. */
+static void test_idle_fill(struct test_image *t, unsigned vcpu)
+{
+	uint64_t *p = (uint64_t *)(t->ram + t->bi->range[vcpu].gpa);
+
+	for (uint64_t i = 0; i < t->bi->range[vcpu].bytes / 8; i += 8)
+		p[i] = (i * 0x9e3779b97f4a7c15ull) | 1;
+}
+
+static void test_idle_init(struct test_image *t, bool fill)
+{
+	test_image_init(t, 2);
+	strcpy(t->bi->workload, "idle");
+	if (fill) {
+		strcpy(t->bi->params[0].key, "fill");
+		t->bi->params[0].value = 1;
+		test_idle_fill(t, 0);
+		test_idle_fill(t, 1);
+	}
+}
+
+static void test_idle(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict = NULL;
+
+	(void)state;
+	/* filled, consistent */
+	test_idle_init(&t, true);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), 0);
+	assert_string_equal(test_str(verdict, "workload"), "idle");
+	assert_true(test_bool(test_vcpu(verdict, 1), "fill"));
+	json_object_put(verdict);
+	/* a line lost (a page that never arrived reads as zeros) */
+	memset(test_page(&t, 1, 7), 0, TEST_PAGE);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_non_null(strstr(test_error(verdict), "vcpu 1: word 3584"));
+	assert_int_equal(test_int(test_vcpu(verdict, 1), "bad_words"), 64);
+	assert_true(test_bool(test_vcpu(verdict, 0), "ok"));
+	json_object_put(verdict);
+	test_idle_fill(&t, 1);
+	/* a word between the written ones is not 0 */
+	test_page(&t, 0, 2)[8] = 1;
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "value"), 1);
+	assert_int_equal(test_int(test_vcpu(verdict, 0), "expected"), 0);
+	json_object_put(verdict);
+	test_page(&t, 0, 2)[8] = 0;
+	/* still filling */
+	t.bi->stats[0].phase = VMF_PHASE_SETUP;
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	assert_non_null(strstr(test_error(verdict), "vcpu 0: phase setup"));
+	json_object_put(verdict);
+	test_image_free(&t);
+
+	/* without fill: zeros, and any data is wrong */
+	test_idle_init(&t, false);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), 0);
+	assert_false(test_bool(test_vcpu(verdict, 0), "fill"));
+	json_object_put(verdict);
+	test_idle_fill(&t, 0);
+	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
+	json_object_put(verdict);
+	test_image_free(&t);
+}
+
 static void test_auto_no_verifier(void **state)
 {
 	struct test_image t;
@@ -973,13 +1041,13 @@ static void test_auto_no_verifier(void **state)
 
 	(void)state;
 	test_image_init(&t, 1);
-	strcpy(t.bi->workload, "idle");
+	strcpy(t.bi->workload, "selftest");
 	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -ENOTSUP);
 	assert_non_null(verdict);
 	assert_false(test_bool(verdict, "ok"));
-	assert_string_equal(test_str(verdict, "workload"), "idle");
+	assert_string_equal(test_str(verdict, "workload"), "selftest");
 	assert_string_equal(test_error(verdict),
-			    "workload \"idle\" has no verifier (known: incrementer, dirtier)");
+			    "workload \"selftest\" has no verifier (known: incrementer, dirtier, idle)");
 	assert_int_equal(json_object_array_length(json_object_object_get(verdict, "vcpus")), 0);
 	json_object_put(verdict);
 	/* a boot info too broken to name a workload is broken, not unknown */
@@ -987,7 +1055,7 @@ static void test_auto_no_verifier(void **state)
 	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
 	assert_non_null(strstr(test_error(verdict), "not NUL-terminated"));
 	json_object_put(verdict);
-	strcpy(t.bi->workload, "idle");
+	strcpy(t.bi->workload, "selftest");
 	t.bi->magic = 0;
 	assert_int_equal(verify_guest_image(t.ram, t.bytes, &verdict), -EBADMSG);
 	assert_non_null(strstr(test_error(verdict), "bad magic"));
@@ -1137,7 +1205,7 @@ static void test_main_exit_codes(void **state)
 	good = test_write_file(t.ram, t.bytes);
 	test_page(&t, 0, 3)[0] = 99;
 	bad = test_write_file(t.ram, t.bytes);
-	strcpy(t.bi->workload, "idle");
+	strcpy(t.bi->workload, "selftest"); /* a workload without a verifier */
 	idle = test_write_file(t.ram, t.bytes);
 	test_image_free(&t);
 	test_dirtier_init(&t, 1, 0);
@@ -1197,8 +1265,13 @@ static void test_main_exit_codes(void **state)
 		assert_int_equal(test_run_main(3, argv), 2);
 	}
 	{
-		const char *argv[] = { "verify", "idle", idle };
+		const char *argv[] = { "verify", "selftest", idle };
 		assert_int_equal(test_run_main(3, argv), 2);
+	}
+	{
+		/* a verifier that exists, for another workload: broken */
+		const char *argv[] = { "verify", "idle", idle };
+		assert_int_equal(test_run_main(3, argv), 1);
 	}
 	{
 		const char *argv[] = { "verify", "--bogus", "incrementer", good };
@@ -1258,6 +1331,7 @@ int main(void)
 		cmocka_unit_test(test_auto_no_verifier),
 		cmocka_unit_test(test_file_ok_and_truncated),
 		cmocka_unit_test(test_file_dirtier_and_auto),
+		cmocka_unit_test(test_idle),
 		cmocka_unit_test(test_main_exit_codes),
 	};
 
