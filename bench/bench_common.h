@@ -333,9 +333,17 @@ static inline int bench_netns_create(struct bench_netns *n, unsigned delay_us)
 			fprintf(stderr, "%s: netem is not available; shaping the veth with tbf%s\n",
 				bench_prog, delay_us ? ", without the added delay" : "");
 		snprintf(n->shaper, sizeof(n->shaper), "tbf");
+		/*
+		 * Under the rate limit, the queue a host's NIC has: pfifo_fast (this
+		 * kernel's default qdisc; it has no fq or fq_codel), whose bands let
+		 * low-delay packets pass the bulk stream's.  tbf alone queues in one
+		 * FIFO, which no real host does.
+		 */
 		if (bench_ip(n, false, "netns", "exec", n->ns[i], "tc", "qdisc", "replace", "dev",
-			     n->veth[i], "root", "tbf", "rate", rate, "burst", burst, "latency", "20ms",
-			     NULL) < 0)
+			     n->veth[i], "root", "handle", "1:", "tbf", "rate", rate, "burst", burst,
+			     "latency", "20ms", NULL) < 0 ||
+		    bench_ip(n, false, "netns", "exec", n->ns[i], "tc", "qdisc", "add", "dev",
+			     n->veth[i], "parent", "1:1", "pfifo_fast", NULL) < 0)
 			goto fail;
 	}
 	return 0;

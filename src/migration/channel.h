@@ -43,5 +43,13 @@ int channel_connect(const struct channel_uri *uri, int timeout_ms);
 
 /* Socket options for bulk transfer (TCP_NODELAY, big buffers). */
 void channel_tune(int fd);
+/*
+ * A latency-critical connection (postcopy's urgent channel): its packets
+ * ask for low delay (IP TOS / IPv6 traffic class "low delay", socket
+ * priority "interactive"), so a host queue with bands - pfifo_fast, the
+ * default qdisc here, or prio - sends them ahead of the bulk stream's
+ * queued packets instead of behind them.  No effect on UNIX sockets.
+ */
+void channel_mark_urgent(int fd);
 
 #endif

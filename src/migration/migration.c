@@ -1249,6 +1249,7 @@ static int mig_src_open_urgent(struct mig_src *src)
 		src->urgent_fd = -1;
 		return -ECONNREFUSED;
 	}
+	channel_mark_urgent(src->urgent_fd);
 	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC);
 	return stream_flush(&src->urgent);
 }
