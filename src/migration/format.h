@@ -64,6 +64,12 @@ enum mig_record {
 #define MIG_DISCARD_MAX_RUNS 4096u
 /* First bytes on the urgent channel (postcopy page answers). */
 #define MIG_URGENT_MAGIC 0x544e475255464d56ull /* "VMFURGNT" */
+/*
+ * The same, from a source that also reads page requests (PAGE_REQ messages
+ * of the return path) sent back on this connection: requests then leave the
+ * main connection, whose socket the bulk stream keeps busy at both ends.
+ */
+#define MIG_URGENT_MAGIC_REQ 0x51524752555f4d56ull /* "VM_URGRQ" */
 #define MIG_RAM_FLAG_ZERO 0x1u
 
 enum mig_rp_message {

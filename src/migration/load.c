@@ -176,14 +176,16 @@ static int mig_load_ram_record(struct stream *s, const struct mig_header *h,
 	return 0;
 }
 
-int mig_load_urgent_magic(struct stream *s, char *err, size_t errlen)
+int mig_load_urgent_magic(struct stream *s, bool *requests_here, char *err, size_t errlen)
 {
 	uint64_t magic = stream_get_u64(s);
 
+	*requests_here = false;
 	if (stream_error(s))
 		return mig_load_io_error(s, err, errlen);
-	if (magic != MIG_URGENT_MAGIC)
+	if (magic != MIG_URGENT_MAGIC && magic != MIG_URGENT_MAGIC_REQ)
 		LOAD_FAIL("not a vmferry urgent channel (magic %#llx)", (unsigned long long)magic);
+	*requests_here = magic == MIG_URGENT_MAGIC_REQ;
 	return 0;
 }
 

@@ -107,10 +107,12 @@ void mig_rp_send_complete(struct stream *s);
 void mig_rp_send_pong(struct stream *s, uint32_t id);
 
 /*
- * The urgent channel: after MIG_URGENT_MAGIC, RAM records only, then END.
- * Reads the magic; 0 or -EBADMSG.
+ * The urgent channel: after MIG_URGENT_MAGIC or MIG_URGENT_MAGIC_REQ, RAM
+ * records only, then END.  Reads the magic; 0 or -EBADMSG.  *@requests_here
+ * tells whether the source reads page requests on this connection
+ * (MIG_URGENT_MAGIC_REQ).
  */
-int mig_load_urgent_magic(struct stream *s, char *err, size_t errlen);
+int mig_load_urgent_magic(struct stream *s, bool *requests_here, char *err, size_t errlen);
 /*
  * Read one urgent-channel record against header @h: 1 = a RAM record was
  * handed to @ops->ram, 0 = END, <0 error.

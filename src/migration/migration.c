@@ -1045,6 +1045,36 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 	stream_flush(&src->urgent);
 }
 
+/*
+ * Which input the return-path thread reads next: the urgent channel when a
+ * page request is there (buffered or in the socket), else the return path
+ * when it has bytes, else whichever becomes readable first.  A cancel of
+ * the return path wakes the wait, and its read then fails.
+ */
+static struct stream *mig_rp_next_input(struct mig_src *src)
+{
+	struct pollfd pfd[3] = {
+		{ .fd = src->urgent_fd, .events = POLLIN },
+		{ .fd = src->rp.fd, .events = POLLIN },
+		{ .fd = src->rp.cancel_fd, .events = POLLIN },
+	};
+
+	if (src->urgent_fd < 0 || stream_error(&src->urgent))
+		return &src->rp;
+	for (;;) {
+		if (stream_ready_bytes(&src->urgent))
+			return &src->urgent;
+		if (stream_ready_bytes(&src->rp))
+			return &src->rp;
+		if (poll(pfd, 3, -1) < 0 && errno != EINTR)
+			return &src->rp;
+		if (pfd[0].revents)
+			return &src->urgent; /* a request, or its read tells what broke */
+		if (pfd[1].revents || pfd[2].revents)
+			return &src->rp;
+	}
+}
+
 static void *mig_rp_thread(void *arg)
 {
 	struct mig_src *src = arg;
@@ -1055,8 +1085,30 @@ static void *mig_rp_thread(void *arg)
 	 * background push for a CPU. */
 	thread_make_latency_critical();
 	for (;;) {
-		int r = mig_rp_read(&src->rp, &msg, err, sizeof(err));
+		struct stream *from = mig_rp_next_input(src);
+		int r = mig_rp_read(from, &msg, err, sizeof(err));
 
+		if (from == &src->urgent) {
+			/* Page requests only, sent back on the urgent channel. */
+			if (!r && msg.type != MIG_RP_PAGE_REQ) {
+				mig_rp_msg_release(&msg);
+				snprintf(err, sizeof(err), "message type %u (only page requests "
+					 "come back on it)", msg.type);
+				r = -EBADMSG;
+			}
+			if (r) {
+				snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", err);
+				src->rp_result = r;
+				src->rp_fatal = r == -EBADMSG;
+				break;
+			}
+			mig_rp_serve_request(src, &msg);
+			if (src->rp_result) {
+				src->rp_fatal = true;
+				break;
+			}
+			continue;
+		}
 		if (r) {
 			snprintf(src->rp_error, sizeof(src->rp_error), "return path: %s", err);
 			src->rp_result = r;
@@ -1250,7 +1302,7 @@ static int mig_src_open_urgent(struct mig_src *src)
 		return -ECONNREFUSED;
 	}
 	channel_mark_urgent(src->urgent_fd);
-	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC);
+	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC_REQ);
 	return stream_flush(&src->urgent);
 }
 
@@ -2427,6 +2479,9 @@ struct mig_dst {
 	struct stream rp;            /* return-path writes, under rp_lock */
 	int rp_fd;
 	bool rp_connected;           /* under rp_lock: false while postcopy is paused */
+	struct stream req;           /* page requests back on the urgent channel, under
+				      * rp_lock; usable while req_ready */
+	bool req_ready;
 	bool run_unconfirmed;        /* the guest ran but RUNNING could not be sent */
 	pthread_mutex_t rp_lock;
 	pthread_t urgent_thread;
@@ -2636,11 +2691,44 @@ static int mig_dst_request(void *opaque, uint32_t block, uint64_t first_page, ui
 	 * is sent again when the migration resumes. */
 	pthread_mutex_lock(&d->rp_lock);
 	if (d->rp_connected) {
-		mig_rp_send_page_req(&d->rp, (uint8_t)block, first_page, npages);
-		r = stream_error(&d->rp);
+		/* The urgent connection when the source reads it: the main one's
+		 * socket is held by the bulk stream's send and receive. */
+		struct stream *to = d->req_ready ? &d->req : &d->rp;
+
+		mig_rp_send_page_req(to, (uint8_t)block, first_page, npages);
+		r = stream_error(to);
 	}
 	pthread_mutex_unlock(&d->rp_lock);
 	return r;
+}
+
+/* Urgent thread: page requests may go back on connection @fd now. */
+static void mig_dst_req_open(struct mig_dst *d, int fd)
+{
+	int dupfd = dup(fd);
+
+	pthread_mutex_lock(&d->rp_lock);
+	if (dupfd >= 0 && stream_init(&d->req, dupfd, MIG_IO_TIMEOUT_MS) == 0)
+		d->req_ready = true;
+	else if (dupfd >= 0)
+		close(dupfd);
+	pthread_mutex_unlock(&d->rp_lock);
+	if (!d->req_ready)
+		log_warn("postcopy: page requests stay on the return path (no memory)");
+}
+
+/* Urgent thread, ending: requests go back to the return path. */
+static void mig_dst_req_close(struct mig_dst *d)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->req_ready) {
+		int fd = d->req.fd;
+
+		d->req_ready = false;
+		stream_release(&d->req);
+		close(fd);
+	}
+	pthread_mutex_unlock(&d->rp_lock);
 }
 
 /* Resume: repeat one outstanding request (the caller holds rp_lock). */
@@ -2699,6 +2787,7 @@ static void *mig_urgent_thread(void *arg)
 	struct mig_dst_chan c = { .d = d, .bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES) };
 	struct stream s;
 	char err[256];
+	bool requests_here = false;
 	int fd, r;
 
 	thread_make_latency_critical(); /* on the page-fault latency path */
@@ -2722,7 +2811,9 @@ static void *mig_urgent_thread(void *arg)
 	/* mig_dst_finish may have looked before we published the stream. */
 	if (atomic_load(&d->closing))
 		stream_cancel(&s);
-	r = mig_load_urgent_magic(&s, err, sizeof(err));
+	r = mig_load_urgent_magic(&s, &requests_here, err, sizeof(err));
+	if (!r && requests_here)
+		mig_dst_req_open(d, fd);
 	while (!r) {
 		r = mig_load_urgent_record(&s, &d->header, &ops, &c, err, sizeof(err));
 		if (r == 1)
@@ -2734,6 +2825,7 @@ static void *mig_urgent_thread(void *arg)
 		mig_dst_urgent_broke(d, err);
 		atomic_store(&d->urgent_failed, true);
 	}
+	mig_dst_req_close(d);
 	pthread_mutex_lock(&m->lock);
 	m->urgent_stream = NULL;
 	m->urgent_conn_fd = -1;

@@ -1694,6 +1694,33 @@ static int group_teardown(void **state)
 	return rmdir(test_tmpdir);
 }
 
+/* Both urgent-channel magics load, and say where page requests go. */
+static void test_urgent_magic(void **state)
+{
+	static const struct { uint64_t magic; size_t len; int r; bool req; } cases[] = {
+		{ MIG_URGENT_MAGIC_REQ, 8, 0, true },
+		{ MIG_URGENT_MAGIC, 8, 0, false },
+		{ 0x4e47525546564d56ull, 8, -EBADMSG, false }, /* bytes swapped */
+		{ MIG_URGENT_MAGIC_REQ, 7, -EPIPE, false },    /* truncated */
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint8_t b[8];
+		struct stream s;
+		char err[128] = "";
+		bool req = !cases[i].req;
+
+		for (int k = 0; k < 8; k++)
+			b[k] = (uint8_t)(cases[i].magic >> (8 * k));
+		stream_init_mem(&s, b, cases[i].len);
+		assert_int_equal(mig_load_urgent_magic(&s, &req, err, sizeof(err)), cases[i].r);
+		assert_int_equal(req, cases[i].req);
+		if (cases[i].r == -EBADMSG)
+			assert_non_null(strstr(err, "not a vmferry urgent channel"));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1725,6 +1752,7 @@ int main(void)
 		cmocka_unit_test(test_resumed_records),
 		cmocka_unit_test(test_tool_file),
 		cmocka_unit_test(test_tool_listen),
+		cmocka_unit_test(test_urgent_magic),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
