@@ -1061,11 +1061,11 @@ static struct stream *mig_rp_next_input(struct mig_src *src)
 
 	if (src->urgent_fd < 0 || stream_error(&src->urgent))
 		return &src->rp;
+	if (stream_buffered(&src->urgent))
+		return &src->urgent;
+	if (stream_buffered(&src->rp))
+		return &src->rp;
 	for (;;) {
-		if (stream_ready_bytes(&src->urgent))
-			return &src->urgent;
-		if (stream_ready_bytes(&src->rp))
-			return &src->rp;
 		if (poll(pfd, 3, -1) < 0 && errno != EINTR)
 			return &src->rp;
 		if (pfd[0].revents)
@@ -2566,7 +2566,7 @@ static int mig_dst_ram_minor(struct mig_dst_chan *c, uint64_t first_page, uint32
 
 		k = npages - done < MIG_FILL_PAGES ? npages - done : MIG_FILL_PAGES;
 		len = (size_t)k * MIG_PAGE_BYTES;
-		if (stream_ready_bytes(s) >= len) {
+		if (stream_has_ready(s, len)) {
 			r = postcopy_dst_fill(pd, first_page + done, k, mig_dst_fill, c);
 		} else {
 			stream_get_bytes(s, c->bounce, len);

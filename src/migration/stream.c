@@ -282,7 +282,7 @@ void stream_get_bytes(struct stream *s, void *p, size_t n)
 		}
 		if (s->pos == s->len) {
 			/* Page-sized reads skip the buffer. */
-			if (n >= STREAM_FILL_BYTES && s->fd >= 0) {
+			if (n >= STREAM_DIRECT_BYTES && s->fd >= 0) {
 				ssize_t r = recv(s->fd, out, n, 0);
 
 				if (r > 0) {
@@ -319,6 +319,11 @@ uint8_t stream_get_u8(struct stream *s) { uint8_t v; stream_get_bytes(s, &v, 1);
 uint16_t stream_get_u16(struct stream *s) { uint16_t v; stream_get_bytes(s, &v, 2); return v; }
 uint32_t stream_get_u32(struct stream *s) { uint32_t v; stream_get_bytes(s, &v, 4); return v; }
 uint64_t stream_get_u64(struct stream *s) { uint64_t v; stream_get_bytes(s, &v, 8); return v; }
+
+bool stream_has_ready(struct stream *s, size_t n)
+{
+	return stream_buffered(s) >= n || stream_ready_bytes(s) >= n;
+}
 
 size_t stream_ready_bytes(struct stream *s)
 {

@@ -20,11 +20,14 @@
 
 #define STREAM_BUF_BYTES (256u * 1024u)  /* write buffer */
 /*
- * A refill reads at most this much, and a read of at least this much goes
- * straight from the socket to the caller: record headers are buffered, and
- * guest pages are copied once, never through the buffer.
+ * A refill reads at most STREAM_FILL_BYTES, and a read of at least
+ * STREAM_DIRECT_BYTES goes straight from the socket to the caller: record
+ * headers are buffered, and the pages of a long run are copied once, never
+ * through the buffer.  A one-page record (header and page, the urgent
+ * channel's) fits one refill: one system call.
  */
-#define STREAM_FILL_BYTES 4096u
+#define STREAM_FILL_BYTES 8192u
+#define STREAM_DIRECT_BYTES 4096u
 #define STREAM_ERRMSG_BYTES 256
 
 struct stream {
@@ -76,6 +79,11 @@ void stream_get_bytes(struct stream *s, void *p, size_t n);
 
 /* Bytes a read gets without waiting: buffered plus queued in the socket. */
 size_t stream_ready_bytes(struct stream *s);
+/* Whether @n bytes can be read without waiting (asks the socket only when
+ * the buffer holds fewer). */
+bool stream_has_ready(struct stream *s, size_t n);
+/* Bytes in the read buffer (no system call). */
+static inline size_t stream_buffered(const struct stream *s) { return s->len - s->pos; }
 
 /*
  * Wait until at least one byte can be read, for at most @timeout_ms
