@@ -246,6 +246,18 @@ static void pc_account(struct postcopy_dst *pd, uint64_t p, uint64_t now)
 	pthread_mutex_unlock(&pd->stats_lock);
 }
 
+/* Pages [@p, @p + @n) are in place and mapped: received, waits accounted. */
+static void pc_placed(struct postcopy_dst *pd, uint64_t p, uint64_t n)
+{
+	uint64_t now = clock_monotonic_ns();
+
+	for (uint64_t q = p; q < p + n; q++) {
+		if (!pc_test_and_set(pd->received, q))
+			atomic_fetch_add(&pd->nreceived, 1);
+		pc_account(pd, q, now);
+	}
+}
+
 static int pc_wake(struct postcopy_dst *pd, uint64_t p, uint64_t n)
 {
 	struct uffdio_range r = {
@@ -346,7 +358,7 @@ static int pc_continue(struct postcopy_dst *pd, uint64_t p, uint64_t n)
 static int pc_place_minor(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 			  const uint8_t *data)
 {
-	uint64_t p = first_page, end = first_page + npages, now, run;
+	uint64_t p = first_page, end = first_page + npages, run;
 	int err;
 
 	while (p < end) {
@@ -364,12 +376,7 @@ static int pc_place_minor(struct postcopy_dst *pd, uint64_t first_page, uint32_t
 		err = pc_continue(pd, p, run);
 		if (err)
 			return err;
-		now = clock_monotonic_ns();
-		for (uint64_t q = p; q < p + run; q++) {
-			if (!pc_test_and_set(pd->received, q))
-				atomic_fetch_add(&pd->nreceived, 1);
-			pc_account(pd, q, now);
-		}
+		pc_placed(pd, p, run);
 		p += run;
 	}
 	return 0;
@@ -393,7 +400,7 @@ bool postcopy_dst_minor(const struct postcopy_dst *pd)
 int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		      postcopy_fill_fn *fill, void *opaque)
 {
-	uint64_t p = first_page, end = first_page + npages, run, now;
+	uint64_t p = first_page, end = first_page + npages, run;
 	int err;
 
 	if (!pd->minor || end > pd->npages || !atomic_load(&pd->listening))
@@ -417,14 +424,8 @@ int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npa
 					pc_test_and_clear(pd->claimed, q);
 			return err;
 		}
-		if (mine) {
-			now = clock_monotonic_ns();
-			for (uint64_t q = p; q < p + run; q++) {
-				if (!pc_test_and_set(pd->received, q))
-					atomic_fetch_add(&pd->nreceived, 1);
-				pc_account(pd, q, now);
-			}
-		}
+		if (mine)
+			pc_placed(pd, p, run);
 		p += run;
 	}
 	return 0;
@@ -433,7 +434,7 @@ int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npa
 int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		       const void *data)
 {
-	uint64_t now, p = first_page, end = first_page + npages;
+	uint64_t p = first_page, end = first_page + npages;
 	int err = 0;
 
 	if (end > pd->npages)
@@ -466,12 +467,7 @@ int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t np
 		}
 		if (err)
 			return err;
-		now = clock_monotonic_ns();
-		for (uint64_t q = p; q < p + run; q++) {
-			if (!pc_test_and_set(pd->received, q))
-				atomic_fetch_add(&pd->nreceived, 1);
-			pc_account(pd, q, now);
-		}
+		pc_placed(pd, p, run);
 		p += run;
 	}
 	return 0;
