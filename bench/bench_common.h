@@ -42,6 +42,7 @@
 
 #include "control/client.h"
 #include "util/log.h"
+#include "util/proc.h"
 #include "util/size.h"
 #include "verify/verify.h"
 
@@ -104,58 +105,10 @@ static const char *bench_keep_env;            /* set in the environment: keep be
 
 /* ---- processes (the async-signal-safe part) ---- */
 
-static inline int bench_decode_status(int raw)
-{
-	if (WIFEXITED(raw))
-		return WEXITSTATUS(raw);
-	if (WIFSIGNALED(raw))
-		return 128 + WTERMSIG(raw);
-	return -EINVAL;
-}
-
-/* Reap @pid within @timeout_ms, else SIGKILL it and reap.  Signal-safe. */
-static inline int bench_reap(pid_t pid, int timeout_ms)
-{
-	struct timespec tick = { 0, 1000000L };
-	int raw = 0;
-
-	for (int waited_ms = 0;; waited_ms++) {
-		pid_t r = waitpid(pid, &raw, WNOHANG);
-
-		if (r == pid)
-			return bench_decode_status(raw);
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		if (waited_ms >= timeout_ms)
-			break;
-		nanosleep(&tick, NULL);
-	}
-	kill(pid, SIGKILL);
-	while (waitpid(pid, &raw, 0) < 0 && errno == EINTR)
-		;
-	return -ETIMEDOUT;
-}
-
 /* Run @argv (argv[0] a path), quietly; exit status or -errno.  Signal-safe. */
 static inline int bench_cmd(const char *const argv[], bool quiet)
 {
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		int null_fd = open("/dev/null", O_RDWR);
-
-		if (null_fd >= 0) {
-			dup2(null_fd, 0);
-			dup2(null_fd, 1);
-			if (quiet)
-				dup2(null_fd, 2);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	return bench_reap(pid, BENCH_CMD_TIMEOUT_MS);
+	return proc_run(argv, quiet, BENCH_CMD_TIMEOUT_MS);
 }
 
 /* Delete the namespaces (the veth goes with them).  Signal-safe, idempotent. */
@@ -171,52 +124,21 @@ static inline void bench_netns_destroy(struct bench_netns *n)
 		pid_t pid = n->janitor_pid;
 
 		n->janitor_pid = 0;
-		close(n->janitor_fd);
-		bench_reap(pid, 2 * BENCH_CMD_TIMEOUT_MS + 1000); /* it retries the deletes */
+		/* It retries the deletes. */
+		proc_janitor_finish(n->janitor_fd, pid, 2 * BENCH_CMD_TIMEOUT_MS + 1000);
 	}
 }
 
-/*
- * The janitor: a child in its own session (a terminal's Ctrl-C spares it)
- * that blocks on a pipe whose only write end we hold (close-on-exec: no VMM
- * inherits it) and deletes the namespaces when the read ends, i.e. when we
- * closed it or died in a way no handler sees (SIGKILL, a sanitizer abort).
- */
+/* The janitor (proc_janitor_start) deletes the namespaces if we die unseen. */
 static inline void bench_janitor_start(struct bench_netns *n)
 {
-	int fds[2];
+	const char *const *const cmds[2] = { n->del_argv[0], n->del_argv[1] };
 	pid_t pid;
+	int fd = proc_janitor_start(cmds, 2, BENCH_CMD_TIMEOUT_MS, &pid);
 
-	if (pipe2(fds, O_CLOEXEC) < 0)
+	if (fd < 0)
 		return;
-	pid = fork();
-	if (pid < 0) {
-		close(fds[0]);
-		close(fds[1]);
-		return;
-	}
-	if (pid == 0) {
-		int null_fd = open("/dev/null", O_RDWR);
-		char byte;
-
-		close(fds[1]);
-		setsid();
-		signal(SIGINT, SIG_IGN);
-		signal(SIGTERM, SIG_IGN);
-		signal(SIGHUP, SIG_IGN);
-		if (null_fd >= 0) {
-			dup2(null_fd, 0);
-			dup2(null_fd, 1);
-			dup2(null_fd, 2);
-		}
-		while (read(fds[0], &byte, 1) < 0 && errno == EINTR)
-			;
-		for (int i = 0; i < 2; i++)
-			bench_cmd(n->del_argv[i], true);
-		_exit(0);
-	}
-	close(fds[0]);
-	n->janitor_fd = fds[1];
+	n->janitor_fd = fd;
 	n->janitor_pid = pid;
 }
 
@@ -227,7 +149,7 @@ static inline void bench_cleanup(void)
 
 		if (pid > 0) {
 			kill(pid, SIGKILL);
-			bench_reap(pid, 1000);
+			proc_reap(pid, 1000);
 			bench_children[i] = -1;
 		}
 	}
@@ -646,7 +568,7 @@ static inline int bench_vmm_connect(struct bench_vmm *vm, const char *name, stru
 
 		if (waitpid(vm->pid, &raw, WNOHANG) == vm->pid) {
 			snprintf(r->error, sizeof(r->error), "%s VMM exited during start-up (status %d)",
-				 name, bench_decode_status(raw));
+				 name, proc_decode_status(raw));
 			vm->pid = -1;
 			bench_children[vm->slot] = -1;
 			return -ECHILD;
@@ -683,7 +605,7 @@ static inline int bench_vmm_stop(struct bench_vmm *vm)
 		vm->c = NULL;
 	}
 	if (vm->pid > 0) {
-		rc = bench_reap(vm->pid, 10000);
+		rc = proc_reap(vm->pid, 10000);
 		vm->pid = -1;
 		bench_children[vm->slot] = -1;
 	}

@@ -160,7 +160,7 @@ static void cpr_update(const struct cpr_opts *o, struct bench_vmm *old, int slot
 	/* The old process ends by itself, cleanly. */
 	control_client_close(old->c);
 	old->c = NULL;
-	rc = bench_reap(old->pid, 10000);
+	rc = proc_reap(old->pid, 10000);
 	old->pid = -1;
 	bench_children[old->slot] = -1;
 	if (rc != 0) {

@@ -31,6 +31,7 @@
 
 #include "control/client.h"
 #include "util/log.h"
+#include "util/proc.h"
 #include "util/size.h"
 #include "verify/verify.h"
 #include "vmferry/guest_abi.h"
@@ -192,19 +193,6 @@ static pid_t bench_spawn(const struct bench_opts *o, const char *sock, const cha
 	return pid;
 }
 
-static void bench_reap(pid_t pid)
-{
-	int status;
-
-	for (int i = 0; i < 1000; i++) {
-		if (waitpid(pid, &status, WNOHANG) == pid)
-			return;
-		usleep(10000);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-}
-
 static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
 		     struct bench_run *r)
 {
@@ -223,7 +211,7 @@ static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
 	if (control_client_connect(sock, 10000, &c) != 0) {
 		fprintf(stderr, "vmm_boot: cannot reach the VMM's control socket\n");
 		kill(pid, SIGKILL);
-		bench_reap(pid);
+		proc_reap(pid, 10000);
 		return -1;
 	}
 	/* Wait (bounded) until every vCPU runs its loop. */
@@ -281,7 +269,7 @@ static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
 	}
 	json_object_put(bench_call(c, "quit", NULL));
 	control_client_close(c);
-	bench_reap(pid);
+	proc_reap(pid, 10000);
 	unlink(console);
 	bench_native(o, r);
 	r->ratio = 0;

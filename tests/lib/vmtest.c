@@ -19,6 +19,7 @@
 
 #include "control/client.h"
 #include "util/log.h"
+#include "util/proc.h"
 #include "verify/verify.h"
 
 #define VMTEST_CONNECT_TIMEOUT_MS 10000
@@ -93,15 +94,6 @@ const char *vmtest_binary(void)
 	return bin && *bin ? bin : "build/vmferry";
 }
 
-static int vmtest_decode_status(int status)
-{
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return -EINVAL;
-}
-
 /* Reap @pid within @timeout_ms: decoded status, or -ETIMEDOUT. */
 static int vmtest_reap(pid_t pid, int timeout_ms, int *raw)
 {
@@ -111,7 +103,7 @@ static int vmtest_reap(pid_t pid, int timeout_ms, int *raw)
 		pid_t r = waitpid(pid, raw, WNOHANG);
 
 		if (r == pid)
-			return vmtest_decode_status(*raw);
+			return proc_decode_status(*raw);
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		if (clock_monotonic_ns() >= deadline)
@@ -129,7 +121,7 @@ static int vmtest_kill_reap(pid_t pid)
 	while (waitpid(pid, &raw, 0) < 0)
 		if (errno != EINTR)
 			return -errno;
-	return vmtest_decode_status(raw);
+	return proc_decode_status(raw);
 }
 
 /*
@@ -220,7 +212,7 @@ int vmtest_connect(struct vmtest_vm *out, int timeout_ms)
 
 		if (r == out->pid) {
 			out->pid = -1;
-			out->exit_status = vmtest_decode_status(raw);
+			out->exit_status = proc_decode_status(raw);
 			fprintf(stderr, "vmtest: vmferry exited during start-up with status %d\n",
 				out->exit_status);
 			return -ECHILD;
@@ -514,48 +506,9 @@ void vmtest_result_free(struct vmtest_result *res)
 
 /* ---- simulated hosts: network namespaces joined by a veth pair ---- */
 
-/* Bounded, async-signal-safe sleep-poll for @pid; SIGKILL at the deadline. */
-static int vmtest_cmd_reap(pid_t pid, int timeout_ms)
-{
-	struct timespec tick = { 0, 1000000L };
-	int raw = 0;
-
-	for (int waited_ms = 0;; waited_ms++) {
-		pid_t r = waitpid(pid, &raw, WNOHANG);
-
-		if (r == pid)
-			return vmtest_decode_status(raw);
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		if (waited_ms >= timeout_ms)
-			break;
-		nanosleep(&tick, NULL);
-	}
-	kill(pid, SIGKILL);
-	while (waitpid(pid, &raw, 0) < 0 && errno == EINTR)
-		;
-	return -ETIMEDOUT;
-}
-
 int vmtest_cmd(const char *const argv[], bool quiet, int timeout_ms)
 {
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		int null_fd = open("/dev/null", O_RDWR);
-
-		if (null_fd >= 0) {
-			dup2(null_fd, 0);
-			dup2(null_fd, 1);
-			if (quiet)
-				dup2(null_fd, 2);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	return vmtest_cmd_reap(pid, timeout_ms);
+	return proc_run(argv, quiet, timeout_ms);
 }
 
 #define VMTEST_IP_TIMEOUT_MS 10000
@@ -577,46 +530,16 @@ static int vmtest_ip(const struct vmtest_netns_pair *p, bool quiet, const char *
 	return vmtest_cmd(argv, quiet, VMTEST_IP_TIMEOUT_MS) == 0 ? 0 : -EIO;
 }
 
-/*
- * Fork the janitor: it blocks reading a pipe whose only write end we hold
- * (close-on-exec, so no VMM inherits it), and deletes the namespaces once
- * the read ends, i.e. once we closed it or died.
- */
+/* The janitor (proc_janitor_start) deletes the namespaces if we die unseen. */
 static void vmtest_janitor_start(struct vmtest_netns_pair *p)
 {
-	int fds[2];
+	const char *const *const cmds[2] = { p->del_argv[0], p->del_argv[1] };
 	pid_t pid;
+	int fd = proc_janitor_start(cmds, 2, VMTEST_IP_TIMEOUT_MS, &pid);
 
-	if (pipe2(fds, O_CLOEXEC) < 0)
+	if (fd < 0)
 		return;
-	pid = fork();
-	if (pid < 0) {
-		close(fds[0]);
-		close(fds[1]);
-		return;
-	}
-	if (pid == 0) {
-		int null_fd = open("/dev/null", O_RDWR);
-		char byte;
-
-		close(fds[1]);
-		setsid();
-		signal(SIGINT, SIG_IGN);
-		signal(SIGTERM, SIG_IGN);
-		signal(SIGHUP, SIG_IGN);
-		if (null_fd >= 0) {
-			dup2(null_fd, 0);
-			dup2(null_fd, 1);
-			dup2(null_fd, 2);
-		}
-		while (read(fds[0], &byte, 1) < 0 && errno == EINTR)
-			;
-		for (int i = 0; i < 2; i++)
-			vmtest_cmd(p->del_argv[i], true, VMTEST_IP_TIMEOUT_MS);
-		_exit(0);
-	}
-	close(fds[0]);
-	p->janitor_fd = fds[1];
+	p->janitor_fd = fd;
 	p->janitor_pid = pid;
 }
 
@@ -723,9 +646,8 @@ void vmtest_netns_destroy(struct vmtest_netns_pair *p)
 		pid_t pid = p->janitor_pid;
 
 		p->janitor_pid = 0;
-		close(p->janitor_fd);
 		/* It retries the (now failing) deletes, then exits. */
-		vmtest_cmd_reap(pid, 2 * VMTEST_IP_TIMEOUT_MS + 1000);
+		proc_janitor_finish(p->janitor_fd, pid, 2 * VMTEST_IP_TIMEOUT_MS + 1000);
 	}
 }
 
