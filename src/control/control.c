@@ -236,6 +236,14 @@ static int control_cmd_dump(void *opaque, struct json_object *args,
 		return -EINVAL;
 	}
 	rc = vm_dump_memory(srv->vm, path);
+	if (rc == -EBUSY || rc == -ENODATA) {
+		snprintf(errbuf, errlen, "%s", rc == -EBUSY
+			 ? "guest RAM is still arriving from the postcopy source: dump it once "
+			   "the migration has completed"
+			 : "guest RAM went to the migration's destination (postcopy gave it back "
+			   "here): dump it there");
+		return rc;
+	}
 	if (rc < 0) {
 		snprintf(errbuf, errlen, "cannot dump guest memory to '%s': %s", path,
 			 strerror_r(-rc, sbuf, sizeof(sbuf)));

@@ -2934,6 +2934,7 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot put guest RAM under userfaultfd: %s", strerror(-r));
 		return r;
 	}
+	vm_set_ram_arriving(m->vm, true);
 	log_debug("postcopy: listening after %.3f ms", (double)(clock_monotonic_ns() - start) / 1e6);
 	d->run_at_ns = start;
 	vm_guest_clock_set(m->vm, d->vmsec.guest_clock_ns);
@@ -3343,6 +3344,7 @@ static void *mig_incoming_thread(void *arg)
 done:
 	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	mig_dst_finish(m, &d, &s, fd, &chan);
+	vm_set_ram_arriving(vm, false); /* every page is here (or it never was postcopy) */
 	mig_set_status(m, MIG_STATUS_COMPLETED);
 	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
 		 " zero pages, downtime %.3f ms", st.data_pages, st.zero_pages,

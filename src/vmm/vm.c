@@ -96,6 +96,7 @@ struct vm {
 	_Atomic uint64_t first_unpark_ns; /* set by the first vCPU let go */
 	bool dirty_logging;               /* lock */
 	bool ram_detached;     /* guest RAM removed from KVM (vm_detach_ram) */
+	bool ram_arriving;     /* postcopy destination: pages still to come */
 	_Atomic uint64_t *vmm_dirty;      /* one bit per page of ram, or NULL */
 	_Atomic unsigned throttle_pct;
 	_Atomic uint64_t throttle_gen;    /* bumped every throttle period */
@@ -1341,6 +1342,13 @@ static int vm_dump_range(int fd, const struct ram_block *b, uint64_t off, uint64
 	return 0;
 }
 
+void vm_set_ram_arriving(struct vm *vm, bool arriving)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->ram_arriving = arriving;
+	pthread_mutex_unlock(&vm->lock);
+}
+
 int vm_dump_memory(struct vm *vm, const char *path)
 {
 	struct ram_block *b = &vm->ram;
@@ -1348,6 +1356,12 @@ int vm_dump_memory(struct vm *vm, const char *path)
 	off_t data, hole;
 	int fd, err = 0;
 
+	/* Before the file is created: a refused dump leaves it alone. */
+	pthread_mutex_lock(&vm->lock);
+	err = vm->ram_arriving ? -EBUSY : vm->ram_detached ? -ENODATA : 0;
+	pthread_mutex_unlock(&vm->lock);
+	if (err)
+		return err;
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		err = -errno;

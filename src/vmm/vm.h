@@ -154,6 +154,12 @@ int vm_migration_stop(struct vm *vm, uint64_t *stopped_ns, bool *was_running);
  * -errno.  Any non-vCPU thread.
  */
 int vm_detach_ram(struct vm *vm);
+/*
+ * Postcopy destination: guest RAM is still arriving (@arriving true from the
+ * switch until every page is here).  A page that has not arrived blocks
+ * whoever reads it, so vm_dump_memory refuses meanwhile.
+ */
+void vm_set_ram_arriving(struct vm *vm, bool arriving);
 /* The migration failed before the destination ran: back to where we were. */
 void vm_migration_abort(struct vm *vm, bool was_running);
 /* The destination runs the guest: finish-migrate -> postmigrate. */

@@ -140,6 +140,25 @@ static void start_postcopy(const char *uri)
 	assert_int_equal(migtest_start_migrate(&rec_src, uri), 0);
 }
 
+/*
+ * dump-guest-memory where guest RAM is not whole (still arriving, or given
+ * away): refused at once with a reason, and no file left behind.
+ */
+static void expect_dump_refused(struct vmtest_vm *vm)
+{
+	char path[VMTEST_PATH_BYTES];
+	struct json_object *args;
+	uint64_t t0 = clock_monotonic_ns();
+
+	assert_int_equal(vmtest_unique_path(path, sizeof(path), "dump"), 0);
+	args = json_object_new_object();
+	json_object_object_add(args, "file", json_object_new_string(path));
+	assert_int_equal(vmtest_call(vm, "dump-guest-memory", args, NULL), -EREMOTEIO);
+	json_object_put(args);
+	assert_true(clock_monotonic_ns() - t0 < 2000000000ull);
+	assert_int_equal(access(path, F_OK), -1);
+}
+
 /* Completed on both sides after @pauses pauses; memory verified; guest alive. */
 static void expect_recovered(int64_t pauses)
 {
@@ -154,6 +173,7 @@ static void expect_recovered(int64_t pauses)
 	migtest_expect_status(&rec_src, "postmigrate");
 	migtest_wait_migration_status(&rec_dst, "completed");
 	assert_int_equal(query_int(&rec_dst, "postcopy-pauses"), pauses);
+	expect_dump_refused(&rec_src); /* its RAM went to the destination */
 	migtest_expect_guest_alive_and_verified(&rec_dst);
 	assert_int_equal(vmtest_vm_quit(&rec_src), 0);
 	assert_int_equal(vmtest_vm_quit(&rec_dst), 0);
@@ -233,6 +253,7 @@ static void test_recover_unix(void **state)
 	wait_active_with_progress(query_int(&rec_src, "transferred"));
 	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
+	expect_dump_refused(&rec_dst);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
