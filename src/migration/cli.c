@@ -53,15 +53,20 @@ static void cli_usage(FILE *f)
 		"      --no-postcopy-preempt      with a postcopy option: no urgent channel; requested\n"
 		"                                 pages come behind the background stream\n"
 		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
+		"      --resume                   continue a paused postcopy to URI, where the\n"
+		"                                 destination listens after migrate-recover\n"
 		"      --timeout S                stop waiting after S seconds (default 600) and cancel\n"
 		"  -q, --quiet                    no progress line\n"
 		"\n"
 		"Without a postcopy option the postcopy-ram capability and postcopy-after-passes\n"
 		"are turned off on the source.  Prints the final figures (query-migrate) as JSON\n"
 		"on stdout.  Ctrl-C cancels (not once postcopy runs: the guest is on the\n"
-		"destination then).\n"
-		"Exit status: 0 completed, 1 failed or cancelled, 2 usage error.\n");
+		"destination then; Ctrl-C twice stops watching, the migration goes on).\n"
+		"Exit status: 0 completed, 1 failed or cancelled, 2 usage error, 3 postcopy\n"
+		"paused (a connection broke: recover, then --resume).\n");
 }
+
+#define CLI_EXIT_PAUSED 3
 
 #define CLI_USAGE_LINE "usage: vmferry migrate --control PATH [OPTIONS] URI (--help for more)\n"
 
@@ -172,6 +177,146 @@ static void cli_progress(struct json_object *q, const char *st, bool tty)
 		cli_u64(q, "passes"), cli_u64(q, "cpu-throttle-percentage"), post);
 }
 
+/* Print the final query-migrate @q on stdout; the exit status for it. */
+static int cli_finish(struct json_object *q, bool quiet, bool tty)
+{
+	const char *st = cli_str(q, "status");
+
+	if (!quiet && tty)
+		fprintf(stderr, "\r\033[K");
+	printf("%s\n", json_object_to_json_string_ext(q, JSON_C_TO_STRING_PLAIN));
+	if (!strcmp(st, "completed"))
+		return 0;
+	if (!strcmp(st, "postcopy-paused")) {
+		fprintf(stderr, "vmferry migrate: postcopy paused: %s\n"
+			"  The guest runs on the destination and waits for the pages it lacks.\n"
+			"  Recover: on the destination `vmferry ctl DST migrate-recover '{\"uri\": "
+			"URI}'`,\n  then here `vmferry migrate --control SRC --resume URI`.\n",
+			cli_str(q, "error-desc"));
+		return CLI_EXIT_PAUSED;
+	}
+	fprintf(stderr, "vmferry migrate: %s: %s\n", st, cli_str(q, "error-desc"));
+	return 1;
+}
+
+/*
+ * Follow the migration to its end with query-migrate (progress on stderr),
+ * print its last figures on stdout; the exit status.  @cpr: a live update,
+ * whose VMM exits at the end.  @resume_base: for --resume, the source's
+ * postcopy-resume-failures before the attempt (a larger count means it
+ * failed); UINT64_MAX otherwise, when postcopy-paused ends the watch.
+ */
+static int cli_watch(struct control_client *c, bool cpr, bool quiet, bool tty, uint64_t timeout_s,
+		     uint64_t resume_base)
+{
+	uint64_t start = clock_monotonic_ns();
+	struct json_object *q = NULL;
+	bool warned = false;
+	int status = 1;
+
+	signal(SIGINT, cli_on_sigint);
+	for (;;) {
+		const char *st;
+		struct timespec tick = { 0, 100 * 1000000L };
+		bool postcopy, stop;
+
+		json_object_put(q);
+		q = NULL;
+		if (cpr) {
+			/* The old process exits once the update is done; its last
+			 * MIGRATION event carries the figures. */
+			struct json_object *reply = NULL;
+			int r = control_client_call(c, "query-migrate", NULL, &reply);
+
+			if (r == 0)
+				q = json_object_get(control_reply_return(reply));
+			json_object_put(reply);
+			if (r == -ECONNRESET || r == -EPIPE) {
+				q = cli_last_migration_event(c);
+				if (!q) {
+					fprintf(stderr, "vmferry migrate: the VMM closed its control "
+						"socket without reporting the end of the update\n");
+					return 1;
+				}
+				break;
+			}
+			if (r) {
+				fprintf(stderr, "vmferry migrate: query-migrate: %s\n", strerror(-r));
+				return 1;
+			}
+		} else if (cli_call(c, "query-migrate", NULL, &q)) {
+			return 1;
+		}
+		st = cli_str(q, "status");
+		if (strcmp(st, "none") && cli_finished(st))
+			break;
+		if (!strcmp(st, "postcopy-paused") &&
+		    (resume_base == UINT64_MAX || cli_u64(q, "postcopy-resume-failures") > resume_base))
+			break;
+		if (!quiet)
+			cli_progress(q, st, tty);
+		postcopy = !strncmp(st, "postcopy-", strlen("postcopy-"));
+		stop = cli_interrupted || clock_monotonic_ns() - start > timeout_s * 1000000000ull;
+		if (stop && postcopy) {
+			/* Nothing to cancel: the guest runs on the destination. */
+			if (warned || !cli_interrupted) {
+				fprintf(stderr, "%svmferry migrate: %s; postcopy goes on in the VMM "
+					"(query-migrate follows it)\n", tty ? "\n" : "",
+					cli_interrupted ? "stopped watching" : "timed out");
+				json_object_put(q);
+				return 1;
+			}
+			fprintf(stderr, "%svmferry migrate: postcopy cannot be cancelled: the guest "
+				"runs on the destination (migrate-pause pauses it); Ctrl-C again to stop "
+				"watching\n", tty ? "\n" : "");
+			warned = true;
+			cli_interrupted = 0;
+		} else if (stop) {
+			fprintf(stderr, "%svmferry migrate: %s, cancelling\n", tty ? "\n" : "",
+				cli_interrupted ? "interrupted" : "timed out");
+			cli_interrupted = 0;
+			cli_call(c, "migrate-cancel", NULL, NULL);
+			timeout_s = (clock_monotonic_ns() - start) / 1000000000ull + 30;
+		}
+		nanosleep(&tick, NULL);
+	}
+	status = cli_finish(q, quiet, tty);
+	json_object_put(q);
+	return status;
+}
+
+/*
+ * --resume: continue a paused postcopy to @uri, where the destination
+ * listens after migrate-recover.  The exit status.
+ */
+static int cli_resume(struct control_client *c, const char *uri, bool quiet, bool tty,
+		      uint64_t timeout_s)
+{
+	struct json_object *q = NULL, *args;
+	uint64_t failures;
+
+	if (cli_call(c, "query-migrate", NULL, &q))
+		return 1;
+	if (strcmp(cli_str(q, "status"), "postcopy-paused") || !strcmp(cli_str(q, "role"),
+								   "destination")) {
+		fprintf(stderr, "vmferry migrate: nothing to resume: %s is %s, not a paused "
+			"postcopy source\n", cli_str(q, "role"), cli_str(q, "status"));
+		json_object_put(q);
+		return 1;
+	}
+	failures = cli_u64(q, "postcopy-resume-failures");
+	json_object_put(q);
+	args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	json_object_object_add(args, "resume", json_object_new_boolean(true));
+	if (cli_call(c, "migrate", args, NULL)) {
+		json_object_put(args);
+		return 1;
+	}
+	json_object_put(args);
+	return cli_watch(c, false, quiet, tty, timeout_s, failures);
+}
+
 int migration_cli_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -184,6 +329,7 @@ int migration_cli_main(int argc, char **argv)
 		{ "postcopy-after-passes", required_argument, NULL, 'A' },
 		{ "no-postcopy-preempt", no_argument, NULL, 'n' },
 		{ "cpr", required_argument, NULL, 'c' },
+		{ "resume", no_argument, NULL, 'R' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -192,10 +338,10 @@ int migration_cli_main(int argc, char **argv)
 	const char *control = NULL, *uri, *cpr_uri = NULL;
 	struct json_object *params = NULL, *caps = NULL, *cap_list, *args, *q = NULL;
 	struct control_client *c = NULL;
-	uint64_t timeout_s = 600, start, after_passes = 0; /* 0: not hybrid */
+	uint64_t timeout_s = 600, after_passes = 0; /* 0: not hybrid */
 	uint64_t downtime_ms = 0, bandwidth = 0, convergence_s = 0;
 	bool downtime_given = false, bandwidth_given = false, convergence_given = false;
-	bool pure_postcopy = false, preempt = true, postcopy;
+	bool pure_postcopy = false, preempt = true, postcopy, resume = false;
 	bool auto_converge = false, quiet = false, tty = isatty(STDERR_FILENO);
 	int opt, status = 1;
 
@@ -231,6 +377,7 @@ int migration_cli_main(int argc, char **argv)
 			break;
 		case 'n': preempt = false; break;
 		case 'c': cpr_uri = optarg; break;
+		case 'R': resume = true; break;
 		case 'T':
 			if (size_parse_uint(optarg, 1, 86400, &timeout_s))
 				return cli_usage_error("--timeout: '%s' is not a number of seconds in "
@@ -263,6 +410,20 @@ int migration_cli_main(int argc, char **argv)
 	if (!postcopy && !preempt)
 		return cli_usage_error("--no-postcopy-preempt needs --postcopy or "
 				       "--postcopy-after-passes");
+	if (resume && (postcopy || !preempt || cpr_uri || auto_converge || downtime_given ||
+		       bandwidth_given || convergence_given))
+		return cli_usage_error("--resume takes the paused migration as it is: only "
+				       "--timeout and --quiet go with it");
+	if (resume) {
+		if (control_client_connect(control, 5000, &c) != 0) {
+			fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n",
+				control);
+			return 1;
+		}
+		status = cli_resume(c, uri, quiet, tty, timeout_s);
+		control_client_close(c);
+		return status;
+	}
 
 	/*
 	 * The postcopy settings and the mode always, so none left by an earlier
@@ -335,59 +496,7 @@ int migration_cli_main(int argc, char **argv)
 		goto out;
 	}
 	json_object_put(args);
-	signal(SIGINT, cli_on_sigint);
-	start = clock_monotonic_ns();
-	for (;;) {
-		const char *st;
-		struct timespec tick = { 0, 100 * 1000000L };
-
-		json_object_put(q);
-		q = NULL;
-		if (cpr_uri) {
-			/* The old process exits once the update is done; its last
-			 * MIGRATION event carries the figures. */
-			struct json_object *reply = NULL;
-			int r = control_client_call(c, "query-migrate", NULL, &reply);
-
-			if (r == 0)
-				q = json_object_get(control_reply_return(reply));
-			json_object_put(reply);
-			if (r == -ECONNRESET || r == -EPIPE) {
-				q = cli_last_migration_event(c);
-				if (!q) {
-					fprintf(stderr, "vmferry migrate: the VMM closed its control "
-						"socket without reporting the end of the update\n");
-					goto out;
-				}
-				break;
-			}
-			if (r) {
-				fprintf(stderr, "vmferry migrate: query-migrate: %s\n", strerror(-r));
-				goto out;
-			}
-		} else if (cli_call(c, "query-migrate", NULL, &q)) {
-			goto out;
-		}
-		st = cli_str(q, "status");
-		if (strcmp(st, "none") && cli_finished(st))
-			break;
-		if (!quiet)
-			cli_progress(q, st, tty);
-		if (cli_interrupted || clock_monotonic_ns() - start > timeout_s * 1000000000ull) {
-			fprintf(stderr, "%svmferry migrate: %s, cancelling\n", tty ? "\n" : "",
-				cli_interrupted ? "interrupted" : "timed out");
-			cli_interrupted = 0;
-			cli_call(c, "migrate-cancel", NULL, NULL);
-			timeout_s = (clock_monotonic_ns() - start) / 1000000000ull + 30;
-		}
-		nanosleep(&tick, NULL);
-	}
-	if (!quiet && tty)
-		fprintf(stderr, "\r\033[K");
-	printf("%s\n", json_object_to_json_string_ext(q, JSON_C_TO_STRING_PLAIN));
-	status = strcmp(cli_str(q, "status"), "completed") ? 1 : 0;
-	if (status)
-		fprintf(stderr, "vmferry migrate: %s: %s\n", cli_str(q, "status"), cli_str(q, "error-desc"));
+	status = cli_watch(c, cpr_uri != NULL, quiet, tty, timeout_s, UINT64_MAX);
 out:
 	json_object_put(q);
 	json_object_put(caps);

@@ -104,6 +104,7 @@ struct migration {
 	struct channel_uri recover_curi;
 	char recover_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
 	_Atomic uint64_t postcopy_pauses;
+	_Atomic uint64_t resume_failures; /* source: resume attempts that failed */
 
 	/*
 	 * Timings: written by the migration (or incoming) thread under lock,
@@ -1539,6 +1540,7 @@ static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread)
 			return 0;
 		mig_src_drop_conns(src, fdp);
 		mig_replace_error(m, "postcopy paused: resuming to %s failed: %s", m->uri, why);
+		atomic_fetch_add(&m->resume_failures, 1);
 	}
 }
 
@@ -2270,6 +2272,8 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->pages_requested, 0);
 	atomic_store(&m->pages_resent, 0);
 	atomic_store(&m->postcopy_requests, 0);
+	atomic_store(&m->postcopy_pauses, 0);
+	atomic_store(&m->resume_failures, 0);
 	atomic_store(&m->cancel, false);
 	{
 		uint64_t v;
@@ -3665,9 +3669,13 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "prealloc-time",
 				       json_object_new_double((double)atomic_load(&m->prealloc_ns) / 1e6));
 	}
-	if (atomic_load(&m->postcopy_pauses))
+	if (atomic_load(&m->postcopy_pauses)) {
 		json_object_object_add(o, "postcopy-pauses",
 				       json_object_new_uint64(atomic_load(&m->postcopy_pauses)));
+		if (!m->incoming)
+			json_object_object_add(o, "postcopy-resume-failures",
+					       json_object_new_uint64(atomic_load(&m->resume_failures)));
+	}
 	if (error[0])
 		json_object_object_add(o, "error-desc", json_object_new_string(error));
 	return o;

@@ -282,6 +282,9 @@ static void test_usage_errors(void **state)
 		{ { "--postcopy", "--postcopy-after-passes", "1", NULL }, "unix:/nonexistent/m",
 		  "exclude each other" },
 		{ { "--no-postcopy-preempt", NULL }, "unix:/nonexistent/m", "needs --postcopy" },
+		{ { "--resume", "--postcopy", NULL }, "unix:/nonexistent/m", "--resume takes" },
+		{ { "--resume", "--max-bandwidth", "1M", NULL }, "unix:/nonexistent/m",
+		  "--resume takes" },
 	};
 	struct vmtest_result res;
 
@@ -404,6 +407,66 @@ static void test_run_postcopy_usage(void **state)
 	vmtest_result_free(&res);
 }
 
+/*
+ * A postcopy that pauses (migrate-pause): `vmferry migrate --resume` to a
+ * destination that does not listen exits 3 (paused, with the way out on
+ * stderr); after migrate-recover, --resume completes it, memory verified.
+ * --resume where nothing is paused is refused.
+ */
+static void test_resume_paused_postcopy(void **state)
+{
+	char uri[VMTEST_PATH_BYTES + 8], listen[VMTEST_PATH_BYTES + 8];
+	char nobody[VMTEST_PATH_BYTES + 8], path[VMTEST_PATH_BYTES];
+	const char *const resume_opts[] = { "--resume", NULL };
+	struct json_object *args, *ret = NULL, *q;
+	struct vmtest_vm src, dst;
+	struct vmtest_result res;
+
+	(void)state;
+	cli_spawn_source(&src, "incrementer");
+	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
+	cli_migrate(src.sock_path, resume_opts, uri, &res);
+	if (res.status != 1 || !strstr(res.err, "nothing to resume"))
+		fail_msg("--resume of a running guest: exit %d, stderr %s", res.status, res.err);
+	vmtest_result_free(&res);
+
+	/* Slow enough to pause on the way. */
+	assert_int_equal(migtest_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 8000000}"), 0);
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	migtest_wait_migration_status(&src, "postcopy-active");
+	assert_int_equal(vmtest_call(&src, "migrate-pause", NULL, NULL), 0);
+	migtest_wait_migration_status(&src, "postcopy-paused");
+	migtest_wait_migration_status(&dst, "postcopy-paused");
+
+	assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
+	snprintf(nobody, sizeof(nobody), "unix:%s", path);
+	cli_migrate(src.sock_path, resume_opts, nobody, &res);
+	if (res.status != 3 || !strstr(res.err, "migrate-recover"))
+		fail_msg("--resume to nobody: exit %d, stderr %s", res.status, res.err);
+	q = cli_final_json(&res);
+	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
+	assert_true(migtest_int_at(q, "postcopy-resume-failures") >= 1);
+	json_object_put(q);
+	vmtest_result_free(&res);
+
+	assert_int_equal(vmtest_unique_path(path, sizeof(path), "recover"), 0);
+	snprintf(listen, sizeof(listen), "unix:%s", path);
+	args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(listen));
+	assert_int_equal(vmtest_call(&dst, "migrate-recover", args, &ret), 0);
+	json_object_put(args);
+	json_object_put(ret);
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	cli_migrate(src.sock_path, resume_opts, listen, &res);
+	q = cli_expect_completed(&res);
+	assert_int_equal(migtest_int_at(q, "postcopy-pauses"), 1);
+	json_object_put(q);
+	vmtest_result_free(&res);
+	cli_expect_moved(&src, &dst);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -416,6 +479,7 @@ int main(void)
 		cmocka_unit_test(test_postcopy_to_plain_destination),
 		cmocka_unit_test(test_refuses_waiting_destination),
 		cmocka_unit_test(test_run_postcopy_usage),
+		cmocka_unit_test(test_resume_paused_postcopy),
 	};
 
 	if (!vmtest_kvm_available())
