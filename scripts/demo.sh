@@ -39,6 +39,9 @@ trap cleanup EXIT
 field() { # field NAME JSON -> the value of a top-level number or string
 	sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$2"
 }
+ms() { # ms NAME JSON -> a time field rounded to 0.01 ms
+	LC_ALL=C printf '%.2f' "$(field "$1" "$2")"
+}
 running_vcpus() {
 	"$V" ctl "$1" query-workload | grep -o '"phase":"running"' | wc -l
 }
@@ -65,9 +68,9 @@ echo "== migrating to $uri (downtime limit $limit ms)"
 result=$("$V" migrate --control "$dir/src.sock" --downtime-limit "$limit" "$uri")
 echo "$result"
 echo
-echo "   total time      $(field total-time "$result") ms"
-echo "   guest downtime  $(field downtime "$result") ms ($(field downtime-measured "$result"))"
-echo "   setup time      $(field setup-time "$result") ms"
+echo "   total time      $(ms total-time "$result") ms"
+echo "   guest downtime  $(ms downtime "$result") ms ($(field downtime-measured "$result"))"
+echo "   setup time      $(ms setup-time "$result") ms"
 echo "   bytes on wire   $(field transferred "$result")"
 echo "   pages sent      $(field normal-pages "$result") data + $(field zero-pages "$result") zero, in $(field passes "$result") passes"
 echo "   source now      $(field status "$("$V" ctl "$dir/src.sock" query-status)")"
