@@ -127,9 +127,9 @@ int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *a
 		struct json_object **ret);
 
 /*
- * How many threads of the VMM run with a real-time (or any non-default)
- * scheduling policy: none may once a migration is over and the guest just
- * runs (vCPUs and page-fault threads are real-time only for a moment).
+ * How many threads of the VMM run with a real-time scheduling policy
+ * (FIFO, RR, deadline): none may once a migration is over and the guest
+ * just runs (page-fault threads are real-time only for the migration).
  * The count, or -errno.
  */
 int vmtest_realtime_threads(struct vmtest_vm *vm);
