@@ -48,6 +48,9 @@ run_one() {
 	if [ "$rc" -ne 0 ]; then
 		failures+=("$shown")
 		printf '%sFAIL %s (exit %d, %ss); log follows\n' "$label" "$shown" "$rc" "$secs"
+		# The failed checks first: a sanitizer's report can fill the tail.
+		grep -a -B3 -E '^\[ +(ERROR|LINE) +\]' "$log" | head -n 30 | sed 's/^/    /'
+		echo "    ..."
 		tail -n 40 "$log" | sed 's/^/    /'
 	else
 		printf '%sok   %s (%d cases, %ss)\n' "$label" "$shown" "$p" "$secs"

@@ -570,12 +570,17 @@ static void mig_releaser_start(struct mig_src *src)
 	}
 }
 
-/* Queue a range (merged with the last one when they touch).  False: no room. */
+/*
+ * Queue a range (merged with the last one when they touch).  False: no room,
+ * or the releaser holds the lock - at SCHED_IDLE it may sit on it for long
+ * on a busy host, and the push must never wait for it: the caller punches.
+ */
 static bool mig_releaser_queue(struct mig_releaser *r, uint64_t first, uint64_t n)
 {
 	bool ok = true;
 
-	pthread_mutex_lock(&r->lock);
+	if (pthread_mutex_trylock(&r->lock))
+		return false;
 	if (r->len && r->q[r->len - 1].first + r->q[r->len - 1].n == first) {
 		r->q[r->len - 1].n += n;
 	} else {
@@ -609,6 +614,16 @@ static void mig_releaser_finish(struct mig_src *src, bool all)
 		if (all)
 			mig_punch(src->block->fd, 0, src->npages);
 		return;
+	}
+	/*
+	 * Back to a normal thread first: someone will wait for it (the lock
+	 * below, the join), and at SCHED_IDLE on a busy host that took seconds
+	 * (a quit timed out under load).
+	 */
+	{
+		struct sched_param normal = { 0 };
+
+		pthread_setschedparam(r->thread, SCHED_OTHER, &normal);
 	}
 	pthread_mutex_lock(&r->lock);
 	if (all && !r->cap && (r->q = malloc(sizeof(*r->q))) != NULL)
