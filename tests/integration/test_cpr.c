@@ -283,10 +283,5 @@ int main(void)
 		cmocka_unit_test(test_bad_requests),
 	};
 
-	if (!vmtest_kvm_available())
-		return VMTEST_SKIP;
-	signal(SIGPIPE, SIG_IGN);
-	if (getenv("VMFERRY_TEST_FILTER"))
-		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return MIGTEST_RUN(tests);
 }

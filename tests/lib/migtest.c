@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,4 +256,14 @@ void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms)
 	if (bytes != 0)
 		fail_msg("the source still holds %lld bytes of guest RAM (release-ram)",
 			 (long long)bytes);
+}
+
+int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n)
+{
+	if (!vmtest_kvm_available())
+		return VMTEST_SKIP;
+	signal(SIGPIPE, SIG_IGN);
+	if (getenv("VMFERRY_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
+	return _cmocka_run_group_tests(name, tests, n, NULL, NULL);
 }

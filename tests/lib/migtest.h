@@ -72,4 +72,13 @@ int64_t migtest_guest_ram_allocated(struct vmtest_vm *vm);
 /* Wait (at most @timeout_ms) until @vm's guest RAM holds no memory: fails otherwise. */
 void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms);
 
+/*
+ * The body of a migration test program's main(): skip (VMTEST_SKIP) without
+ * /dev/kvm, ignore SIGPIPE (a VMM that dies mid-reply), apply
+ * VMFERRY_TEST_FILTER, run @tests.  The exit status.  Needs <cmocka.h>.
+ */
+struct CMUnitTest;
+int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n);
+#define MIGTEST_RUN(tests) migtest_run(#tests, tests, sizeof(tests) / sizeof((tests)[0]))
+
 #endif
