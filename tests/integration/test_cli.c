@@ -435,7 +435,20 @@ static void test_resume_paused_postcopy(void **state)
 	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 8000000}"), 0);
 	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	/* Both sides active (the destination told the source it runs the
+	 * guest: a pause before that ends the destination, by design). */
 	migtest_wait_migration_status(&src, "postcopy-active");
+	migtest_wait_migration_status(&dst, "postcopy-active");
+	for (int i = 0; i < 2000; i++) {
+		q = NULL;
+		assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
+		if (migtest_int_at(q, "postcopy-pages-pushed") > 0) {
+			json_object_put(q);
+			break;
+		}
+		json_object_put(q);
+		migtest_tick_ms(5);
+	}
 	assert_int_equal(vmtest_call(&src, "migrate-pause", NULL, NULL), 0);
 	migtest_wait_migration_status(&src, "postcopy-paused");
 	migtest_wait_migration_status(&dst, "postcopy-paused");
