@@ -67,6 +67,20 @@
  *     crossed as data needs at the rate this run measured
  *   ratio_total_to_bound = total_time_ms / bound_ms
  *
+ * What the migration costs the guest, for workloads that count their work
+ * (incrementer, heavy: query-workload's passes + writes summed over the
+ * vCPUs; null for idle, and wherever a sample failed):
+ *   guest_full_rate_per_s = the work per second over the 300 ms that end
+ *     just before `migrate` is sent, where the account below opens
+ *   guest_speed_during_migration = the work from there until the bench sees
+ *     the destination completed (read there at once), per second, as a
+ *     fraction of the full rate (noise can put it a little above 1)
+ *   guest_lost_ms = that window's wall time less the time its work takes at
+ *     the full rate: the guest's loss in full-speed milliseconds.  Unlike
+ *     the fraction, it does not depend on how late the bench closes the
+ *     account (the guest runs at full speed meanwhile): the one to compare
+ * The medians of the latter two are over "guest_measured_runs".
+ *
  * Exit status: 0 (even when runs fail; see the JSON), 1 when the benchmark
  * itself cannot work, 2 usage, 77 without /dev/kvm.  Cleanup as in
  * bench/precopy (bench_common.h); POSTCOPY_KEEP=1 keeps the temporary
@@ -79,15 +93,20 @@
 
 #define BENCH_VETH_DELAY_US    500     /* per direction, netem only */
 #define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */
+#define BENCH_GUEST_RATE_MS    300     /* window of the guest's full-speed rate */
 
 static const struct bench_workload {
 	const char *name;
 	const char *spec;       /* --guest */
+	bool progress;          /* query-workload's passes + writes count its work */
 } bench_workloads[] = {
-	{ "incrementer", "incrementer" },
-	{ "heavy", "dirtier,rate=0" },
-	/* Every page has data, the vCPUs do not run: the migration alone. */
-	{ "idle", "idle,fill=1" },
+	{ "incrementer", "incrementer", true },
+	{ "heavy", "dirtier,rate=0", true },
+	/*
+	 * Every page has data, the vCPUs do not run: the migration alone.  Its
+	 * passes count seconds asleep, not work.
+	 */
+	{ "idle", "idle,fill=1", false },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -133,6 +152,14 @@ struct bench_pc_result {
 	uint64_t requests_served;                /* source: PAGE_REQs it answered */
 	uint64_t page_requests, faults;          /* destination */
 	double fault_p50_us, fault_p99_us, fault_max_us, vcpu_blocked_ms;
+	/*
+	 * The guest's work (query-workload's passes + writes, kept in guest RAM:
+	 * the destination's count goes on from the source's).  0 rate: unknown,
+	 * and so is all of it; 0 guest_t1_ns: no sample at the end.
+	 */
+	double guest_rate_per_s;                 /* at full speed, before `migrate` */
+	uint64_t guest_p0, guest_t0_ns;          /* source, just before `migrate` */
+	uint64_t guest_p1, guest_t1_ns;          /* destination, once it completed */
 };
 
 /* ---- one migration ---- */
@@ -250,6 +277,48 @@ static int bench_dst_done(struct bench_vmm *dst, struct bench_pc_result *r)
 	return -ETIMEDOUT;
 }
 
+/*
+ * The guest's progress on @vm in *progress, and in *at_ns the middle of the
+ * query's round trip (the VMM read the counters no further than half the
+ * round trip from it).  Both untouched on failure.  A failed sample costs the run its guest
+ * figures (null), not the run: 0 or -errno, with a message on stderr.
+ */
+static int bench_guest_sample(struct bench_vmm *vm, const char *side, uint64_t *progress,
+			      uint64_t *at_ns)
+{
+	struct bench_result scratch = { 0 };
+	uint64_t before = clock_monotonic_ns(), p;
+	bool running;
+	int rc = bench_workload(vm, &running, &p, &scratch);
+
+	if (rc) {
+		fprintf(stderr, "%s: %s guest progress: %s\n", bench_prog, side, scratch.error);
+		return rc;
+	}
+	*progress = p;
+	*at_ns = before + (clock_monotonic_ns() - before) / 2;
+	return 0;
+}
+
+/*
+ * The guest's full speed, measured last thing before `migrate` (after
+ * bench_prepare, whose wait for the destination can be long) so that it sees
+ * the machine as the migration will: two samples BENCH_GUEST_RATE_MS apart.
+ * The second one opens the migration's account (guest_p0, guest_t0_ns).
+ */
+static void bench_guest_rate(struct bench_vmm *src, struct bench_pc_result *pr)
+{
+	uint64_t pa, ta;
+
+	if (bench_guest_sample(src, "source", &pa, &ta))
+		return;
+	bench_nap_ms(BENCH_GUEST_RATE_MS);
+	if (bench_guest_sample(src, "source", &pr->guest_p0, &pr->guest_t0_ns))
+		return;
+	if (pr->guest_p0 >= pa && pr->guest_t0_ns > ta)
+		pr->guest_rate_per_s = (double)(pr->guest_p0 - pa) * 1e9 / (double)(pr->guest_t0_ns - ta);
+}
+
 /* One migration; the result in *r (r->b.error set when it did not complete). */
 static void bench_one(const struct bench_opts *o, enum bench_transport t, struct bench_netns *n,
 		      uint64_t mem_bytes, const struct bench_workload *w,
@@ -305,6 +374,8 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		goto out;
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
+	if (w->progress)
+		bench_guest_rate(&src, pr);
 	rc = bench_call(&src, "migrate", args, NULL, r);
 	json_object_put(args);
 	if (rc || bench_wait_migration(o->timeout_s, &src, &q, r))
@@ -327,6 +398,13 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		snprintf(r->status, sizeof(r->status), "dst-failed");
 		goto out;
 	}
+	/*
+	 * At once: the account closes when the bench sees the end, up to two
+	 * polls after it.  The guest runs on the destination meanwhile: at
+	 * full speed that adds nothing to guest_lost_ms.
+	 */
+	if (pr->guest_rate_per_s > 0)
+		bench_guest_sample(&dst, "destination", &pr->guest_p1, &pr->guest_t1_ns);
 	bench_verify_destination(&dst, w->name, r);
 out:
 	if (r->error[0]) {
@@ -358,6 +436,41 @@ static double bench_ratio(const struct bench_result *r)
 static double bench_per_page(const struct bench_result *r, uint64_t mem_bytes)
 {
 	return (double)r->wire_bytes / (double)(mem_bytes / BENCH_PAGE_BYTES);
+}
+
+/*
+ * From just before `migrate` to the destination's completion: the guest's
+ * work in *work and the wall time in *elapsed_s.  False when any of it is
+ * unknown: its figures are then null, never made up.
+ */
+static bool bench_guest_window(const struct bench_pc_result *pr, double *work, double *elapsed_s)
+{
+	if (pr->guest_rate_per_s <= 0 || !pr->guest_t1_ns || pr->guest_t1_ns <= pr->guest_t0_ns ||
+	    pr->guest_p1 < pr->guest_p0)
+		return false;
+	*work = (double)(pr->guest_p1 - pr->guest_p0);
+	*elapsed_s = (double)(pr->guest_t1_ns - pr->guest_t0_ns) / 1e9;
+	return true;
+}
+
+/* The guest's speed over the window, a fraction of its full speed; NAN unknown. */
+static double bench_guest_speed(const struct bench_pc_result *pr)
+{
+	double work, elapsed_s;
+
+	if (!bench_guest_window(pr, &work, &elapsed_s))
+		return NAN;
+	return work / elapsed_s / pr->guest_rate_per_s;
+}
+
+/* The window less the time its work takes at full speed, in ms; NAN unknown. */
+static double bench_guest_lost_ms(const struct bench_pc_result *pr)
+{
+	double work, elapsed_s;
+
+	if (!bench_guest_window(pr, &work, &elapsed_s))
+		return NAN;
+	return (elapsed_s - work / pr->guest_rate_per_s) * 1e3;
 }
 
 static struct json_object *bench_line(const char *type, enum bench_transport t,
@@ -436,6 +549,10 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 		json_add_num(obj, "postcopy_faults", pc ? (double)pr->faults : NAN, 0);
 		json_add_u64(obj, "page_requests_served", pr->requests_served);
 	}
+	json_add_num(obj, "guest_full_rate_per_s",
+		     pr->guest_rate_per_s > 0 ? pr->guest_rate_per_s : NAN, 0);
+	json_add_num(obj, "guest_speed_during_migration", bench_guest_speed(pr), 3);
+	json_add_num(obj, "guest_lost_ms", bench_guest_lost_ms(pr), 1);
 	json_object_object_add(obj, "verified", json_object_new_boolean(r->verified));
 	if (r->completed && !r->verified)
 		json_object_object_add(obj, "verify_error", json_object_new_string(r->verify_error));
@@ -451,24 +568,29 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 {
 	struct json_object *obj = bench_line("median", t, n, mem_bytes, w, mode, o);
 	double v[BENCH_MAX_RUNS];
-	unsigned ok = 0, verified = 0, postcopy = 0, k;
+	unsigned ok = 0, verified = 0, postcopy = 0, guest = 0, k;
 
 	for (unsigned i = 0; i < o->runs; i++) {
 		ok += rs[i].b.completed;
 		verified += rs[i].b.verified;
 		postcopy += rs[i].b.completed && rs[i].switched;
+		guest += rs[i].b.completed && !isnan(bench_guest_speed(&rs[i]));
 	}
 	json_add_u64(obj, "runs", o->runs);
 	json_add_u64(obj, "completed", ok);
 	json_add_u64(obj, "verified_runs", verified);
 	json_add_u64(obj, "postcopy_runs", postcopy);
+	json_add_u64(obj, "guest_measured_runs", guest);
 	for (unsigned i = 0; i < o->runs; i++)
 		if (rs[i].b.error[0]) {
 			json_object_object_add(obj, "first_error",
 					       json_object_new_string(rs[i].b.error));
 			break;
 		}
-	/* Over the completed runs; @pc: over those where the destination ran postcopy. */
+	/*
+	 * Over the completed runs whose figure is known (NAN: null in the run's
+	 * line); @pc: over those where the destination ran postcopy.
+	 */
 #define MEDIAN_FIELD(key, pc, expr, decimals) do { \
 		k = 0; \
 		for (unsigned i = 0; i < o->runs; i++) \
@@ -477,7 +599,8 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 				const struct bench_result *r = &pr->b; \
 				(void)pr; \
 				(void)r; \
-				v[k++] = (expr); \
+				v[k] = (expr); \
+				k += !isnan(v[k]); \
 			} \
 		json_add_num(obj, key, median(v, k), decimals); \
 	} while (0)
@@ -501,6 +624,8 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("fault_latency_max_us", true, pr->fault_max_us, 1);
 	MEDIAN_FIELD("vcpu_blocked_ms", true, pr->vcpu_blocked_ms, 3);
 	MEDIAN_FIELD("page_requests", true, (double)pr->page_requests, 0);
+	MEDIAN_FIELD("guest_speed_during_migration", false, bench_guest_speed(pr), 3);
+	MEDIAN_FIELD("guest_lost_ms", false, bench_guest_lost_ms(pr), 1);
 #undef MEDIAN_FIELD
 	bench_print(obj);
 }
