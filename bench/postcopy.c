@@ -17,7 +17,11 @@
  *                        already queued), hybrid (postcopy-after-passes 1,
  *                        preempt on), pure-missing and hybrid-missing (the
  *                        same with the destination in userfaultfd missing
- *                        mode instead of minor mode), precopy (default all)
+ *                        mode instead of minor mode), pure-vcpu-nice0 (pure
+ *                        with the destination's postcopy-vcpu-nice 0: its
+ *                        vCPUs compete with the migration threads as equals;
+ *                        every other mode keeps the VMM's default, reported
+ *                        as "vcpu_nice"), precopy (default all)
  *   --transports LIST    loopback ("loopback-tcp"), veth (two network
  *                        namespaces joined by a veth pair shaped to 1 Gbit/s,
  *                        each direction delayed by 0.5 ms where netem exists:
@@ -119,14 +123,18 @@ static const struct bench_mode {
 	uint64_t after_passes;      /* postcopy-after-passes, 0: not set */
 	bool uffd_missing;          /* destination in userfaultfd missing mode
 				     * (VMFERRY_POSTCOPY_UFFD=missing), not minor */
+	int vcpu_nice;              /* destination's postcopy-vcpu-nice; -1: its default */
 } bench_modes[] = {
-	{ "pure", "postcopy-pure", true, true, true, 0, false },
-	{ "pure-missing", "postcopy-pure", true, true, true, 0, true },
-	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false },
-	{ "hybrid", "hybrid", true, true, false, 1, false },
-	{ "hybrid-missing", "hybrid", true, true, false, 1, true },
-	{ "precopy", "precopy", false, false, false, 0, false },
+	{ "pure", "postcopy-pure", true, true, true, 0, false, -1 },
+	{ "pure-missing", "postcopy-pure", true, true, true, 0, true, -1 },
+	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false, -1 },
+	{ "pure-vcpu-nice0", "postcopy-pure", true, true, true, 0, false, 0 },
+	{ "hybrid", "hybrid", true, true, false, 1, false, -1 },
+	{ "hybrid-missing", "hybrid", true, true, false, 1, true, -1 },
+	{ "precopy", "precopy", false, false, false, 0, false, -1 },
 };
+/* The destination VMM's postcopy-vcpu-nice when a mode leaves it (-1: not read yet). */
+static int bench_default_vcpu_nice = -1;
 #define BENCH_NMODES (sizeof(bench_modes) / sizeof(bench_modes[0]))
 
 struct bench_opts {
@@ -205,6 +213,19 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 	if (mode->postcopy_ram &&
 	    (bench_set_caps(dst, NULL, r) || bench_set_caps(src, &mode->preempt, r)))
 		return -EIO;
+	if (mode->postcopy_ram && mode->vcpu_nice >= 0) {
+		p = json_object_new_object();
+		json_object_object_add(p, "postcopy-vcpu-nice", json_object_new_int(mode->vcpu_nice));
+		rc = bench_call(dst, "migrate-set-parameters", p, NULL, r);
+		json_object_put(p);
+		if (rc)
+			return rc;
+	} else if (mode->postcopy_ram && bench_default_vcpu_nice < 0 &&
+		   bench_call(dst, "query-migrate-parameters", NULL, &q, r) == 0) {
+		bench_default_vcpu_nice = (int)json_u64_at(q, "postcopy-vcpu-nice");
+		json_object_put(q);
+		q = NULL;
+	}
 	if (mode->start_postcopy && bench_call(src, "migrate-start-postcopy", NULL, NULL, r))
 		return -EIO;
 	if (o->dest_ready) {
@@ -488,9 +509,13 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 			       mode->postcopy_ram ? json_object_new_boolean(mode->preempt) : NULL);
 	if (mode->after_passes)
 		json_add_u64(obj, "postcopy_after_passes", mode->after_passes);
-	if (mode->postcopy_ram)
+	if (mode->postcopy_ram) {
+		int nice = mode->vcpu_nice >= 0 ? mode->vcpu_nice : bench_default_vcpu_nice;
+
 		json_object_object_add(obj, "uffd_mode",
 				       json_object_new_string(mode->uffd_missing ? "missing" : "minor"));
+		json_object_object_add(obj, "vcpu_nice", nice >= 0 ? json_object_new_int(nice) : NULL);
+	}
 	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
 	if (t == BENCH_VETH && n && n->shaper[0]) {
 		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
@@ -640,8 +665,8 @@ static void bench_usage(FILE *f)
 		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
-		"  modes: pure, pure-missing, pure-nopreempt, hybrid, hybrid-missing, precopy\n"
-		"         (default: all)\n"
+		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, hybrid,\n"
+		"         hybrid-missing, precopy (default: all)\n"
 		"  transports: loopback, veth (default: both)\n");
 }
 

@@ -55,6 +55,9 @@ enum mig_mode {
 				* new process over a cpr channel, copy no RAM */
 };
 
+/* postcopy-vcpu-nice unless set: see bench/postcopy's vcpu-nice runs in README. */
+#define MIG_POSTCOPY_VCPU_NICE_DEFAULT 10
+
 struct mig_params {
 	enum mig_mode mode;             /* default normal */
 	uint64_t downtime_limit_ms;     /* default 300 */
@@ -66,6 +69,8 @@ struct mig_params {
 					 * requests on the urgent channel; off:
 					 * the background stream jumps to them */
 	uint64_t postcopy_after_passes; /* switch when not converged after N; 0 = never */
+	uint64_t postcopy_vcpu_nice;    /* destination: vCPUs this much nicer while
+					 * postcopy pages arrive (0..19, 0 = off) */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */
 };

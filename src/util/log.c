@@ -1,6 +1,7 @@
 #include "util/log.h"
 
 #include <errno.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -46,6 +47,26 @@ uint64_t clock_monotonic_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+bool nice_reversible_with(bool cap_sys_nice, uint64_t rlimit_nice, int nice)
+{
+	/* RLIMIT_NICE r allows nice values down to 20 - r (RLIM_INFINITY: any). */
+	return cap_sys_nice || rlimit_nice >= 40 || 20 - (int)rlimit_nice <= nice;
+}
+
+bool thread_nice_reversible(int nice)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3];
+	struct rlimit lim;
+	bool cap;
+
+	cap = syscall(SYS_capget, &hdr, caps) == 0 &&
+	      (caps[CAP_TO_INDEX(CAP_SYS_NICE)].effective & CAP_TO_MASK(CAP_SYS_NICE));
+	if (getrlimit(RLIMIT_NICE, &lim) < 0)
+		lim.rlim_cur = 0;
+	return nice_reversible_with(cap, lim.rlim_cur, nice);
 }
 
 uint64_t clock_thread_cpu_ns(void)

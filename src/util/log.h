@@ -2,6 +2,7 @@
 #ifndef VMFERRY_UTIL_LOG_H
 #define VMFERRY_UTIL_LOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 enum log_level { LOG_ERROR = 1, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -29,6 +30,15 @@ void thread_boost_priority(int boost);
  * page-fault path that a vCPU waits for.
  */
 void thread_make_latency_critical(void);
+/*
+ * Whether this process may set a thread back to nice @nice once it has made
+ * it nicer: always with CAP_SYS_NICE, else only down to 20 - RLIMIT_NICE.
+ * Lowering a priority is allowed to anyone, raising it again is not, so
+ * whoever lowers one for a while asks this first.
+ */
+bool thread_nice_reversible(int nice);
+/* The rule behind it, for a given capability and RLIMIT_NICE. */
+bool nice_reversible_with(bool cap_sys_nice, uint64_t rlimit_nice, int nice);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t clock_monotonic_ns(void);

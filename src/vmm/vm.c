@@ -31,7 +31,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -55,6 +57,8 @@ struct vcpu {
 	uint32_t time_hi_latch; /* vCPU thread only */
 	uint64_t entry_rip;
 	uint64_t throttle_seen;  /* vCPU thread only */
+	_Atomic int tid;         /* the vCPU thread's, once it runs; 0 before */
+	int base_nice;           /* its nice when it started (set before tid) */
 };
 
 struct vm {
@@ -67,6 +71,7 @@ struct vm {
 	int console_fd;        /* owned unless it is stdout */
 	bool console_owned;
 	_Atomic uint64_t moves; /* see vm_moves_get() */
+	_Atomic int vcpu_nice;  /* see vm_set_vcpu_nice() */
 
 	vm_event_fn *event_fn;
 	void *event_opaque;
@@ -483,6 +488,36 @@ static void vcpu_throttle(struct vcpu *vcpu)
 
 /* ---- the vCPU thread: one flat switch on the exit reason ---- */
 
+/* Nice @vcpu's thread by @nice relative to where it started.  0 or -errno. */
+static int vcpu_renice(struct vcpu *vcpu, int tid, int nice)
+{
+	int want = vcpu->base_nice + nice;
+
+	if (want > 19)
+		want = 19;
+	/* PRIO_PROCESS with a thread id applies to that thread alone on Linux. */
+	return setpriority(PRIO_PROCESS, (id_t)tid, want) < 0 ? -errno : 0;
+}
+
+/*
+ * The vCPU thread, first thing: publish its thread id, then apply a nice
+ * that vm_set_vcpu_nice() set before it existed.  Both sides store, then
+ * load (sequentially consistent), so at least one of them renices it.
+ */
+static void vcpu_nice_start(struct vcpu *vcpu)
+{
+	int tid = (int)syscall(SYS_gettid), nice;
+
+	errno = 0;
+	vcpu->base_nice = getpriority(PRIO_PROCESS, (id_t)tid);
+	if (errno)
+		vcpu->base_nice = 0;
+	atomic_store(&vcpu->tid, tid);
+	nice = atomic_load(&vcpu->vm->vcpu_nice);
+	if (nice)
+		vcpu_renice(vcpu, tid, nice);
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vcpu = arg;
@@ -491,6 +526,13 @@ static void *vcpu_thread(void *arg)
 	sigset_t unblock;
 
 	vcpu_tls_run = run;
+	{
+		char name[16]; /* the kernel keeps 15 characters */
+
+		snprintf(name, sizeof(name), "vcpu%u", vcpu->index);
+		pthread_setname_np(pthread_self(), name);
+	}
+	vcpu_nice_start(vcpu);
 	sigemptyset(&unblock);
 	sigaddset(&unblock, VM_KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
@@ -1340,6 +1382,38 @@ static int vm_dump_range(int fd, const struct ram_block *b, uint64_t off, uint64
 		}
 	}
 	return 0;
+}
+
+int vm_set_vcpu_nice(struct vm *vm, int nice)
+{
+	int err = 0;
+
+	if (nice < 0 || nice > 19)
+		return -EINVAL;
+	if (nice == atomic_load(&vm->vcpu_nice))
+		return 0;
+	/* Only if it can be undone: lowering a priority is a one-way door
+	 * without CAP_SYS_NICE.  Every vCPU thread starts at the process's
+	 * nice (threads inherit it), which is the one to get back to. */
+	if (nice) {
+		int base;
+
+		errno = 0;
+		base = getpriority(PRIO_PROCESS, 0);
+		if (errno || !thread_nice_reversible(base))
+			return -EPERM;
+	}
+	atomic_store(&vm->vcpu_nice, nice);
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		int tid = atomic_load(&vm->vcpus[i].tid), r;
+
+		if (!tid)
+			continue; /* vcpu_nice_start() applies it */
+		r = vcpu_renice(&vm->vcpus[i], tid, nice);
+		if (r && !err)
+			err = r;
+	}
+	return err;
 }
 
 void vm_set_ram_arriving(struct vm *vm, bool arriving)

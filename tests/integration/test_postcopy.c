@@ -21,6 +21,7 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
+#include "migration/migration.h"
 #include "lib/vmtest.h"
 #include "control/client.h"
 #include "util/log.h"
@@ -246,6 +247,20 @@ static void test_bad_requests(void **state)
 	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), -EREMOTEIO);
 	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
 	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 20}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": -1}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": \"low\"}"), -EREMOTEIO);
+	{
+		struct json_object *q = NULL;
+
+		assert_int_equal(vmtest_call(&src, "query-migrate-parameters", NULL, &q), 0);
+		assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), MIG_POSTCOPY_VCPU_NICE_DEFAULT);
+		json_object_put(q);
+		assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 0}"), 0);
+		assert_int_equal(vmtest_call(&src, "query-migrate-parameters", NULL, &q), 0);
+		assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), 0);
+		json_object_put(q);
+	}
 	assert_int_equal(set_postcopy_cap(&src, true), 0);
 	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	migtest_expect_guest_alive_and_verified(&src);

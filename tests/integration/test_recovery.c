@@ -32,6 +32,7 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
+#include "migration/migration.h"
 #include "lib/vmtest.h"
 #include "util/log.h"
 
@@ -120,6 +121,21 @@ static void wait_both_paused(void)
 	migtest_wait_migration_status(&rec_dst, "postcopy-paused");
 }
 
+/*
+ * The destination's vCPU threads are @nicer than the VMM's control thread
+ * (postcopy-vcpu-nice: while the push runs, never while paused or after).
+ * The setting comes before the status the caller waited for.
+ */
+static void expect_dst_vcpus_nicer_by(int nicer)
+{
+	int vmin, vmax, cmin, cmax;
+
+	assert_int_equal(vmtest_threads_nice(&rec_dst, "vcpu", &vmin, &vmax), atoi(REC_VCPUS));
+	assert_int_equal(vmtest_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
+	assert_int_equal(vmin, vmax);
+	assert_int_equal(vmin - cmin, nicer);
+}
+
 /* Resume to @uri and time it: both sides postcopy-active again. */
 static void resume(const char *uri)
 {
@@ -172,6 +188,7 @@ static void expect_recovered(int64_t pauses)
 	json_object_put(q);
 	migtest_expect_status(&rec_src, "postmigrate");
 	migtest_wait_migration_status(&rec_dst, "completed");
+	expect_dst_vcpus_nicer_by(0);
 	assert_int_equal(query_int(&rec_dst, "postcopy-pauses"), pauses);
 	expect_dump_refused(&rec_src); /* its RAM went to the destination */
 	migtest_expect_guest_alive_and_verified(&rec_dst);
@@ -205,8 +222,10 @@ static void test_recover_unix(void **state)
 	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
 	migtest_expect_status(&rec_src, "running");
 
+	expect_dst_vcpus_nicer_by(0);
 	start_postcopy(uri);
 	wait_active_with_progress(0);
+	expect_dst_vcpus_nicer_by(MIG_POSTCOPY_VCPU_NICE_DEFAULT);
 	/* Active: no recover, no resume, no cancel; a second pause is refused after. */
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
@@ -215,6 +234,9 @@ static void test_recover_unix(void **state)
 	/* Cut 1: migrate-pause on the source. */
 	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
+	expect_dst_vcpus_nicer_by(0);
+	/* takes effect at the resume */
+	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 7}"), 0);
 	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
 	assert_int_equal(vmtest_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
 	/* wrong side, missing or invalid URI */
@@ -248,6 +270,7 @@ static void test_recover_unix(void **state)
 	assert_string_equal(real, listen);
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", listen, false, NULL), -EREMOTEIO);
 	resume(real);
+	expect_dst_vcpus_nicer_by(7);
 
 	/* Cut 2: migrate-pause on the destination. */
 	wait_active_with_progress(query_int(&rec_src, "transferred"));

@@ -660,7 +660,15 @@ void vmtest_netns_prefix(const struct vmtest_netns_pair *p, int side, const char
 	out[4] = NULL;
 }
 
-int vmtest_realtime_threads(struct vmtest_vm *vm)
+/*
+ * Call @fn(@name, @fields, @opaque) for each thread of @vm's VMM, with its
+ * command name and the stat fields after it (field 3, the state, first; the
+ * name may hold spaces, so it is cut out by its parentheses).  The number of
+ * threads seen, or -errno.
+ */
+static int vmtest_for_each_thread(struct vmtest_vm *vm,
+				  void (*fn)(const char *name, char *fields, void *opaque),
+				  void *opaque)
 {
 	char path[64];
 	struct dirent *e;
@@ -674,10 +682,9 @@ int vmtest_realtime_threads(struct vmtest_vm *vm)
 	if (!d)
 		return -errno;
 	while ((e = readdir(d))) {
-		char stat_path[sizeof(path) + 280], buf[1024], *p;
+		char stat_path[sizeof(path) + 280], buf[1024], *open_paren, *close_paren;
 		FILE *f;
 		size_t len;
-		int field = 3;
 
 		if (e->d_name[0] == '.')
 			continue;
@@ -688,19 +695,75 @@ int vmtest_realtime_threads(struct vmtest_vm *vm)
 		len = fread(buf, 1, sizeof(buf) - 1, f);
 		fclose(f);
 		buf[len] = 0;
-		/* Fields after the command name, which may hold spaces: 3 is state. */
-		p = strrchr(buf, ')');
-		for (p = p ? strtok(p + 1, " ") : NULL; p; p = strtok(NULL, " "), field++) {
-			if (field == 41) {
-				int policy = atoi(p);
-
-				/* Real-time: SCHED_FIFO (1), SCHED_RR (2), SCHED_DEADLINE (6).
-				 * SCHED_IDLE (5: release-ram's thread) starves nobody. */
-				n += policy == 1 || policy == 2 || policy == 6;
-				break;
-			}
-		}
+		open_paren = strchr(buf, '(');
+		close_paren = strrchr(buf, ')');
+		if (!open_paren || !close_paren || close_paren < open_paren)
+			continue;
+		*close_paren = 0;
+		fn(open_paren + 1, close_paren + 1, opaque);
+		n++;
 	}
 	closedir(d);
 	return n;
+}
+
+/* Stat field @want (1-based, as in proc(5)) of @fields (field 3 first); 0 if absent. */
+static long long vmtest_stat_field(char *fields, int want)
+{
+	char *save = NULL;
+	int field = 3;
+
+	for (char *p = strtok_r(fields, " ", &save); p; p = strtok_r(NULL, " ", &save), field++)
+		if (field == want)
+			return atoll(p);
+	return 0;
+}
+
+static void vmtest_count_realtime(const char *name, char *fields, void *opaque)
+{
+	long long policy = vmtest_stat_field(fields, 41);
+
+	(void)name;
+	/* Real-time: SCHED_FIFO (1), SCHED_RR (2), SCHED_DEADLINE (6).
+	 * SCHED_IDLE (5: release-ram's thread) starves nobody. */
+	*(int *)opaque += policy == 1 || policy == 2 || policy == 6;
+}
+
+int vmtest_realtime_threads(struct vmtest_vm *vm)
+{
+	int n = 0, r = vmtest_for_each_thread(vm, vmtest_count_realtime, &n);
+
+	return r < 0 ? r : n;
+}
+
+struct vmtest_nice_scan {
+	const char *prefix;
+	int count, min, max;
+};
+
+static void vmtest_scan_nice(const char *name, char *fields, void *opaque)
+{
+	struct vmtest_nice_scan *s = opaque;
+	int nice;
+
+	if (strncmp(name, s->prefix, strlen(s->prefix)))
+		return;
+	nice = (int)vmtest_stat_field(fields, 19);
+	if (!s->count || nice < s->min)
+		s->min = nice;
+	if (!s->count || nice > s->max)
+		s->max = nice;
+	s->count++;
+}
+
+int vmtest_threads_nice(struct vmtest_vm *vm, const char *prefix, int *min, int *max)
+{
+	struct vmtest_nice_scan s = { .prefix = prefix };
+	int r = vmtest_for_each_thread(vm, vmtest_scan_nice, &s);
+
+	if (r < 0)
+		return r;
+	*min = s.min;
+	*max = s.max;
+	return s.count;
 }

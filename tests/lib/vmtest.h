@@ -133,6 +133,12 @@ int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *a
  * The count, or -errno.
  */
 int vmtest_realtime_threads(struct vmtest_vm *vm);
+/*
+ * The lowest and highest nice value among the VMM's threads whose name
+ * starts with @prefix ("vcpu" for the vCPU threads).  The number of such
+ * threads (0: *min and *max untouched), or -errno.
+ */
+int vmtest_threads_nice(struct vmtest_vm *vm, const char *prefix, int *min, int *max);
 
 struct vmtest_result {
 	int status;  /* exit code, 128+signal, or -ETIMEDOUT when killed */
