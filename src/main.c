@@ -61,6 +61,10 @@ static void run_usage(FILE *f)
 		"                          source's (docs/cpr.md)\n"
 		"      --postcopy          accept a postcopy or hybrid migration (with --incoming):\n"
 		"                          turns the postcopy-ram capability on before listening\n"
+		"      --postcopy-vcpu-nice N\n"
+		"                          with --postcopy: run the vCPUs N nicer (0..19, default\n"
+		"                          %d; 0 = leave them alone) while pages still arrive, so\n"
+		"                          that they do not starve the threads bringing them\n"
 		"      --prealloc          allocate all guest RAM up front (default with --incoming,\n"
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
@@ -68,7 +72,8 @@ static void run_usage(FILE *f)
 		"  -v, --verbose           debug logging\n"
 		"\n"
 		"Exit status: the guest's exit code; %d when the guest crashed; 1 on errors.\n",
-		VMF_MAX_VCPUS, guest_builtin_names(), VM_EXIT_STATUS_CRASH);
+		VMF_MAX_VCPUS, guest_builtin_names(), MIG_POSTCOPY_VCPU_NICE_DEFAULT,
+		VM_EXIT_STATUS_CRASH);
 }
 
 /* Tell the old process why the update cannot go on, and hang up. */
@@ -172,6 +177,7 @@ static int main_run(int argc, char **argv)
 		{ "incoming", required_argument, NULL, 'I' },
 		{ "incoming-cpr", required_argument, NULL, 'R' },
 		{ "postcopy", no_argument, NULL, 'Y' },
+		{ "postcopy-vcpu-nice", required_argument, NULL, 'n' },
 		{ "prealloc", no_argument, NULL, 'P' },
 		{ "no-prealloc", no_argument, NULL, 'p' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -186,6 +192,7 @@ static int main_run(int argc, char **argv)
 	const char *control_path = NULL, *incoming_uri = NULL, *cpr_uri = NULL;
 	struct cpr_state cpr = { 0 };
 	bool mem_given = false, vcpus_given = false, postcopy = false;
+	int vcpu_nice = -1; /* -1: the migration default */
 	int cpr_fd = -1;
 	struct control_server *srv = NULL;
 	struct migration *mig = NULL;
@@ -223,6 +230,14 @@ static int main_run(int argc, char **argv)
 		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
 		case 'R': cpr_uri = optarg; break;
 		case 'Y': postcopy = true; break;
+		case 'n':
+			if (size_parse_uint(optarg, 0, 19, &v)) {
+				fprintf(stderr, "vmferry run: --postcopy-vcpu-nice: '%s' is not a number "
+					"in 0..19\n", optarg);
+				return 1;
+			}
+			vcpu_nice = (int)v;
+			break;
 		case 'P': prealloc = 1; break;
 		case 'p': prealloc = 0; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
@@ -240,6 +255,10 @@ static int main_run(int argc, char **argv)
 		fprintf(stderr, "vmferry run: --postcopy %s\n", incoming_uri
 			? "does not apply to --incoming-cpr: a live update moves no RAM"
 			: "needs --incoming URI: it prepares the destination of a migration");
+		return 1;
+	}
+	if (vcpu_nice >= 0 && !postcopy) {
+		fprintf(stderr, "vmferry run: --postcopy-vcpu-nice needs --postcopy\n");
 		return 1;
 	}
 	if (cpr_uri) {
@@ -296,6 +315,8 @@ static int main_run(int argc, char **argv)
 			fprintf(stderr, "vmferry run: --postcopy: %s\n", errbuf);
 			goto out;
 		}
+		if (vcpu_nice >= 0)
+			migration_set_postcopy_vcpu_nice(mig, (unsigned)vcpu_nice);
 	}
 	if (control_path) {
 		err = control_server_create(control_path, vm, &srv);

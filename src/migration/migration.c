@@ -3922,6 +3922,16 @@ static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
 	return 0;
 }
 
+int migration_set_postcopy_vcpu_nice(struct migration *m, unsigned nice)
+{
+	if (nice > 19)
+		return -EINVAL;
+	pthread_mutex_lock(&m->lock);
+	m->params.postcopy_vcpu_nice = nice;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
 int migration_set_capabilities(struct migration *m, const struct mig_caps_update *u,
 			       char *err, size_t errlen)
 {

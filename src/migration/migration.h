@@ -104,6 +104,8 @@ void migration_set_event_handler(struct migration *m, vm_event_fn *fn, void *opa
  */
 int migration_set_capabilities(struct migration *m, const struct mig_caps_update *u,
 			       char *err, size_t errlen);
+/* postcopy-vcpu-nice (0..19; see struct mig_params), as the parameter.  0 or -EINVAL. */
+int migration_set_postcopy_vcpu_nice(struct migration *m, unsigned nice);
 
 /* Register migrate, migrate-cancel, migrate-set-parameters, ... */
 int migration_register_commands(struct migration *m, struct control_server *srv);

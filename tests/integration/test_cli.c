@@ -197,12 +197,17 @@ static void test_pure_postcopy(void **state)
 	char uri[VMTEST_PATH_BYTES + 8];
 	struct json_object *q = NULL;
 
+	static const char *const dst_opts[] = { "--postcopy", "--postcopy-vcpu-nice", "3", NULL };
+
 	(void)state;
 	cli_spawn_source(&src, "incrementer");
-	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
+	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, dst_opts, uri, sizeof(uri));
 	/* --postcopy did what migrate-set-capabilities would: on, RAM prepared. */
 	assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
 	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), "minor");
+	json_object_put(q);
+	assert_int_equal(vmtest_call(&dst, "query-migrate-parameters", NULL, &q), 0);
+	assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), 3);
 	json_object_put(q);
 	cli_pure_postcopy(&src, &dst, uri, false);
 }
@@ -404,7 +409,23 @@ static void test_run_postcopy_usage(void **state)
 	assert_int_equal(vmtest_run(help, NULL, 10000, &res), 0);
 	assert_int_equal(res.status, 0);
 	assert_non_null(strstr(res.out, "--postcopy"));
+	assert_non_null(strstr(res.out, "--postcopy-vcpu-nice N"));
 	vmtest_result_free(&res);
+	{
+		const char *const no_postcopy[] = { "run", "--incoming", "unix:/nonexistent/m",
+						    "--postcopy-vcpu-nice", "3", NULL };
+		const char *const too_nice[] = { "run", "--incoming", "unix:/nonexistent/m",
+						 "--postcopy", "--postcopy-vcpu-nice", "20", NULL };
+
+		assert_int_equal(vmtest_run(no_postcopy, NULL, 10000, &res), 0);
+		assert_int_equal(res.status, 1);
+		assert_non_null(strstr(res.err, "--postcopy-vcpu-nice needs --postcopy"));
+		vmtest_result_free(&res);
+		assert_int_equal(vmtest_run(too_nice, NULL, 10000, &res), 0);
+		assert_int_equal(res.status, 1);
+		assert_non_null(strstr(res.err, "--postcopy-vcpu-nice: '20' is not a number in 0..19"));
+		vmtest_result_free(&res);
+	}
 }
 
 /*
