@@ -389,43 +389,40 @@ static void test_refuses_waiting_destination(void **state)
 	cli_pure_postcopy(&src, &dst, uri, true);
 }
 
+/* `vmferry @argv...` exits 1 saying @why on stderr. */
+static void cli_expect_run_refused(const char *const *argv, const char *why)
+{
+	struct vmtest_result res;
+
+	assert_int_equal(vmtest_run(argv, NULL, 10000, &res), 0);
+	if (res.status != 1 || !strstr(res.err, why))
+		fail_msg("%s %s: exit %d, stderr %s (wanted \"%s\")", argv[0], argv[1], res.status,
+			 res.err, why);
+	vmtest_result_free(&res);
+}
+
 static void test_run_postcopy_usage(void **state)
 {
 	const char *const alone[] = { "run", "--postcopy", NULL };
 	const char *const cpr[] = { "run", "--postcopy", "--incoming", "unix:/nonexistent/m",
 				    "--incoming-cpr", "unix:/nonexistent/c", NULL };
+	const char *const no_postcopy[] = { "run", "--incoming", "unix:/nonexistent/m",
+					    "--postcopy-vcpu-nice", "3", NULL };
+	const char *const too_nice[] = { "run", "--incoming", "unix:/nonexistent/m", "--postcopy",
+					 "--postcopy-vcpu-nice", "20", NULL };
 	const char *const help[] = { "run", "--help", NULL };
 	struct vmtest_result res;
 
 	(void)state;
-	assert_int_equal(vmtest_run(alone, NULL, 10000, &res), 0);
-	assert_int_equal(res.status, 1);
-	assert_non_null(strstr(res.err, "--postcopy needs --incoming URI"));
-	vmtest_result_free(&res);
-	assert_int_equal(vmtest_run(cpr, NULL, 10000, &res), 0);
-	assert_int_equal(res.status, 1);
-	assert_non_null(strstr(res.err, "--postcopy does not apply to --incoming-cpr"));
-	vmtest_result_free(&res);
+	cli_expect_run_refused(alone, "--postcopy needs --incoming URI");
+	cli_expect_run_refused(cpr, "--postcopy does not apply to --incoming-cpr");
+	cli_expect_run_refused(no_postcopy, "--postcopy-vcpu-nice needs --postcopy");
+	cli_expect_run_refused(too_nice, "--postcopy-vcpu-nice: '20' is not a number in 0..19");
 	assert_int_equal(vmtest_run(help, NULL, 10000, &res), 0);
 	assert_int_equal(res.status, 0);
 	assert_non_null(strstr(res.out, "--postcopy"));
 	assert_non_null(strstr(res.out, "--postcopy-vcpu-nice N"));
 	vmtest_result_free(&res);
-	{
-		const char *const no_postcopy[] = { "run", "--incoming", "unix:/nonexistent/m",
-						    "--postcopy-vcpu-nice", "3", NULL };
-		const char *const too_nice[] = { "run", "--incoming", "unix:/nonexistent/m",
-						 "--postcopy", "--postcopy-vcpu-nice", "20", NULL };
-
-		assert_int_equal(vmtest_run(no_postcopy, NULL, 10000, &res), 0);
-		assert_int_equal(res.status, 1);
-		assert_non_null(strstr(res.err, "--postcopy-vcpu-nice needs --postcopy"));
-		vmtest_result_free(&res);
-		assert_int_equal(vmtest_run(too_nice, NULL, 10000, &res), 0);
-		assert_int_equal(res.status, 1);
-		assert_non_null(strstr(res.err, "--postcopy-vcpu-nice: '20' is not a number in 0..19"));
-		vmtest_result_free(&res);
-	}
 }
 
 /*
