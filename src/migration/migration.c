@@ -54,6 +54,13 @@
 #define MIG_CONNECT_TIMEOUT_MS 10000
 #define MIG_IO_TIMEOUT_MS 30000
 #define MIG_RP_TIMEOUT_MS 30000
+/*
+ * Completion closes the urgent channel: the source ends it with END once it
+ * read COMPLETE on the return path.  Two separate connections do not keep
+ * each other's order, so each side waits this long for the other's part of
+ * the close before it calls what it saw a broken connection.
+ */
+#define MIG_URGENT_CLOSE_MS 2000
 #define MIG_ERROR_BYTES 512
 #define MIG_DOWNTIME_GOOD_MS 2     /* below this, another pass is not worth it */
 #define MIG_EXTRA_PASSES_MAX 5     /* passes after the limit was first met */
@@ -1098,7 +1105,7 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
  * when it has bytes, else whichever becomes readable first.  A cancel of
  * the return path wakes the wait, and its read then fails.
  */
-static struct stream *mig_rp_next_input(struct mig_src *src)
+static struct stream *mig_rp_next_input(struct mig_src *src, uint64_t urgent_down_ns)
 {
 	struct pollfd pfd[3] = {
 		{ .fd = src->urgent_fd, .events = POLLIN },
@@ -1106,6 +1113,20 @@ static struct stream *mig_rp_next_input(struct mig_src *src)
 		{ .fd = src->rp.cancel_fd, .events = POLLIN },
 	};
 
+	if (urgent_down_ns) {
+		/* Only the return path, for what is left of the grace. */
+		uint64_t end = urgent_down_ns + MIG_URGENT_CLOSE_MS * 1000000ull, now;
+
+		while (!stream_buffered(&src->rp) && (now = clock_monotonic_ns()) < end) {
+			int n = poll(pfd + 1, 2, (int)((end - now + 999999) / 1000000));
+
+			if (n > 0)
+				return &src->rp;
+			if (n < 0 && errno != EINTR)
+				return &src->rp;
+		}
+		return stream_buffered(&src->rp) ? &src->rp : NULL;
+	}
 	if (src->urgent_fd < 0 || stream_error(&src->urgent))
 		return &src->rp;
 	if (stream_buffered(&src->urgent))
@@ -1126,15 +1147,24 @@ static void *mig_rp_thread(void *arg)
 {
 	struct mig_src *src = arg;
 	struct mig_rp_msg msg;
-	char err[256];
+	char err[256], urgent_err[256] = "";
+	uint64_t urgent_down_ns = 0;
+	int urgent_r = 0;
 
 	/* A faulting vCPU waits for this thread: it must not queue behind the
 	 * background push for a CPU. */
 	thread_make_latency_critical();
 	for (;;) {
-		struct stream *from = mig_rp_next_input(src);
-		int r = mig_rp_read(from, &msg, err, sizeof(err));
+		struct stream *from = mig_rp_next_input(src, urgent_down_ns);
+		int r;
 
+		if (!from) {
+			/* The urgent channel closed and no COMPLETE followed. */
+			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", urgent_err);
+			src->rp_result = urgent_r;
+			break;
+		}
+		r = mig_rp_read(from, &msg, err, sizeof(err));
 		if (from == &src->urgent) {
 			/* Page requests only, sent back on the urgent channel. */
 			if (!r && msg.type != MIG_RP_PAGE_REQ) {
@@ -1142,6 +1172,17 @@ static void *mig_rp_thread(void *arg)
 				snprintf(err, sizeof(err), "message type %u (only page requests "
 					 "come back on it)", msg.type);
 				r = -EBADMSG;
+			}
+			if (r && r != -EBADMSG && !urgent_down_ns) {
+				/*
+				 * Closed or broken.  A destination that completed closes
+				 * it too, and its COMPLETE on the return path may still
+				 * be on the way: read that alone for a while.
+				 */
+				urgent_down_ns = clock_monotonic_ns();
+				urgent_r = r;
+				snprintf(urgent_err, sizeof(urgent_err), "%s", err);
+				continue;
 			}
 			if (r) {
 				snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", err);
@@ -1189,7 +1230,7 @@ static void *mig_rp_thread(void *arg)
 			src->rp_fatal = true;
 			break;
 		}
-		if (stream_error(&src->urgent)) {
+		if (stream_error(&src->urgent) && !urgent_down_ns) {
 			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s",
 				 src->urgent.errmsg);
 			src->rp_result = stream_error(&src->urgent);
@@ -3029,13 +3070,35 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 }
 
 /* Tear down the destination's connections and postcopy state. */
-/* Stop the urgent thread (with d->closing set by the caller): wake its accept or read, join. */
-static void mig_dst_stop_urgent(struct migration *m, struct mig_dst *d)
+/*
+ * Stop the urgent thread (with d->closing set by the caller): wake its
+ * accept or read, join.  @completed: the source ends the channel itself
+ * (END after it read COMPLETE); wait for that first, so that it never sees
+ * the channel close before COMPLETE arrives.
+ */
+static void mig_dst_stop_urgent(struct migration *m, struct mig_dst *d, bool completed)
 {
 	uint64_t one = 1;
 
 	if (!d->urgent_started)
 		return;
+	if (completed) {
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += MIG_URGENT_CLOSE_MS / 1000;
+		until.tv_nsec += (MIG_URGENT_CLOSE_MS % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		if (pthread_timedjoin_np(d->urgent_thread, NULL, &until) == 0) {
+			d->urgent_started = false;
+			return;
+		}
+		log_warn("postcopy: the source did not end the urgent channel within %d ms",
+			 MIG_URGENT_CLOSE_MS);
+	}
 	pthread_mutex_lock(&m->lock);
 	if (m->urgent_stream)
 		stream_cancel(m->urgent_stream);
@@ -3057,10 +3120,10 @@ static void mig_dst_close_listener(struct migration *m)
 }
 
 static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream *s, int fd,
-			   struct mig_dst_chan *chan)
+			   struct mig_dst_chan *chan, bool completed)
 {
 	atomic_store(&d->closing, true);
-	mig_dst_stop_urgent(m, d);
+	mig_dst_stop_urgent(m, d, completed);
 	mig_publish_conns(m, -1, -1);
 	if (d->pd) {
 		struct postcopy_dst_stats stats;
@@ -3095,7 +3158,7 @@ static void mig_dst_drop_conns(struct migration *m, struct mig_dst *d, struct st
 	uint64_t v;
 
 	atomic_store(&d->closing, true);
-	mig_dst_stop_urgent(m, d);
+	mig_dst_stop_urgent(m, d, false);
 	atomic_store(&d->closing, false);
 	/* The accept-cancel eventfd was only for the urgent thread: drain it
 	 * (migration_shutdown also sets m->closing, which is checked later). */
@@ -3225,6 +3288,20 @@ static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream 
  * migrate-recover, as often as it takes.  0 complete, or -ECANCELED when
  * the VMM goes (m->error says why).
  */
+/*
+ * Test hook: whether VMFERRY_POSTCOPY_FAULT names @point.  Tests use it to
+ * put the destination's steps in an order the network may produce.
+ */
+static bool mig_test_fault(const char *point)
+{
+	const char *want = getenv("VMFERRY_POSTCOPY_FAULT");
+
+	if (!want || strcmp(want, point))
+		return false;
+	log_warn("VMFERRY_POSTCOPY_FAULT=%s", point);
+	return true;
+}
+
 static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
 			    struct mig_dst_chan *chan, int err, char *errbuf, size_t errlen)
 {
@@ -3241,6 +3318,11 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 				nanosleep(&ms, NULL);
 			}
 			if (!postcopy_dst_missing(d->pd)) {
+				if (mig_test_fault("urgent-closed-first")) {
+					/* As if COMPLETE were overtaken by the close. */
+					atomic_store(&d->closing, true);
+					mig_dst_stop_urgent(m, d, false);
+				}
 				pthread_mutex_lock(&d->rp_lock);
 				mig_rp_send_complete(&d->rp);
 				pthread_mutex_unlock(&d->rp_lock);
@@ -3394,7 +3476,7 @@ static void *mig_incoming_thread(void *arg)
 	}
 done:
 	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	mig_dst_finish(m, &d, &s, fd, &chan);
+	mig_dst_finish(m, &d, &s, fd, &chan, true);
 	vm_set_ram_arriving(vm, false); /* every page is here (or it never was postcopy) */
 	mig_dst_vcpu_nice(m, false);
 	mig_set_status(m, MIG_STATUS_COMPLETED);
@@ -3404,7 +3486,7 @@ done:
 	log_debug("migration: the load thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
 	return NULL;
 out:
-	mig_dst_finish(m, &d, &s, fd, &chan);
+	mig_dst_finish(m, &d, &s, fd, &chan, false);
 	mig_dst_vcpu_nice(m, false);
 quit:
 	mig_finish_failed(m);

@@ -125,6 +125,31 @@ static void test_hybrid_after_one_pass(void **state)
 	}
 }
 
+/*
+ * The destination closes the urgent channel before it sends COMPLETE, as a
+ * network may reorder the two connections: the source still completes
+ * (seen once under load: it paused the finished migration instead).
+ */
+static void test_complete_after_urgent_close(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+
+	(void)state;
+	migtest_spawn(&src, "64M", "2", "incrementer", NULL);
+	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	setenv("VMFERRY_POSTCOPY_FAULT", "urgent-closed-first", 1);
+	migtest_spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
+	unsetenv("VMFERRY_POSTCOPY_FAULT");
+	assert_int_equal(set_postcopy_cap(&src, true), 0);
+	assert_int_equal(set_postcopy_cap(&dst, true), 0);
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	expect_completed_postcopy(&src, &dst);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
+}
+
 static void test_dirtier_switches_automatically(void **state)
 {
 	struct vmtest_vm src, dst;
@@ -272,6 +297,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pure_postcopy),
 		cmocka_unit_test(test_hybrid_after_one_pass),
+		cmocka_unit_test(test_complete_after_urgent_close),
 		cmocka_unit_test(test_dirtier_switches_automatically),
 		cmocka_unit_test(test_destination_refuses),
 		cmocka_unit_test(test_destination_dies_before_run),
