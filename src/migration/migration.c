@@ -98,6 +98,15 @@ struct migration {
 	int listen_fd;            /* incoming */
 	int cancel_fd;            /* eventfd: cancel an accept */
 	atomic_bool cancel;
+	/*
+	 * Destination: whether the threads a faulting vCPU waits for (fault,
+	 * urgent) run real-time.  Only while the vCPUs run at full priority:
+	 * made nicer (postcopy-vcpu-nice) they leave those threads the CPU
+	 * anyway, and the normal policy wakes them next to the vCPU or thread
+	 * that woke them, which halved the page-request median on the bench
+	 * (real-time wakes go to another CPU, costly on these nested hosts).
+	 */
+	atomic_bool pagepath_rt;
 
 	/* postcopy recovery (docs/migration.md), under lock */
 	pthread_cond_t cond;      /* a resume or recover request, or closing */
@@ -331,6 +340,7 @@ static void mig_dst_vcpu_nice(struct migration *m, bool on)
 		pthread_mutex_unlock(&m->lock);
 	}
 	r = vm_set_vcpu_nice(m->vm, nice);
+	atomic_store(&m->pagepath_rt, !(nice > 0 && r == 0));
 	if (r == -EPERM)
 		log_info("postcopy: vCPU priority left alone: lowering it could not be undone "
 			 "without CAP_SYS_NICE or RLIMIT_NICE");
@@ -403,6 +413,7 @@ int migration_create(struct vm *vm, struct migration **out)
 	};
 	m->listen_fd = -1;
 	m->conn_fd = m->urgent_conn_fd = m->recover_fd = -1;
+	atomic_init(&m->pagepath_rt, true);
 	m->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (m->cancel_fd < 0) {
 		free(m);
@@ -1153,6 +1164,7 @@ static void *mig_rp_thread(void *arg)
 
 	/* A faulting vCPU waits for this thread: it must not queue behind the
 	 * background push for a CPU. */
+	pthread_setname_np(pthread_self(), "pc-return");
 	thread_make_latency_critical();
 	for (;;) {
 		struct stream *from = mig_rp_next_input(src, urgent_down_ns);
@@ -2878,10 +2890,12 @@ static void *mig_urgent_thread(void *arg)
 	struct mig_dst_chan c = { .d = d, .bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES) };
 	struct stream s;
 	char err[256];
-	bool requests_here = false;
+	bool requests_here = false, rt;
 	int fd, r;
 
-	thread_make_latency_critical(); /* on the page-fault latency path */
+	pthread_setname_np(pthread_self(), "pc-urgent");
+	rt = atomic_load(&m->pagepath_rt);
+	thread_set_latency_critical(rt); /* on the page-fault latency path */
 	fd = channel_accept(m->listen_fd, MIG_IO_TIMEOUT_MS, m->cancel_fd);
 	if (fd < 0 || !c.bounce || stream_init(&s, fd, -1)) {
 		if (fd != -ECANCELED) {
@@ -2911,6 +2925,10 @@ static void *mig_urgent_thread(void *arg)
 			r = 0;
 		else if (r == 0)
 			break; /* END */
+		if (atomic_load(&m->pagepath_rt) != rt) {
+			rt = !rt;
+			thread_set_latency_critical(rt);
+		}
 	}
 	if (r && !atomic_load(&m->cancel) && !atomic_load(&d->closing)) {
 		mig_dst_urgent_broke(d, err);
@@ -2950,7 +2968,8 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 	/* Normally done when the capability was set; if not, now. */
 	r = mig_pc_prepare(m);
 	if (!r)
-		r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &d->pd);
+		r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &m->pagepath_rt,
+					&d->pd);
 	if (r) {
 		snprintf(err, errlen, "postcopy setup: %s", strerror(-r));
 		return r;

@@ -37,6 +37,7 @@ struct postcopy_dst {
 	pthread_t thread;
 	bool thread_running;
 	atomic_bool listening;
+	const atomic_bool *realtime;  /* the fault thread's policy (NULL: real-time), see create */
 
 	pthread_mutex_t stats_lock;   /* protects samples */
 	uint32_t *samples_us;         /* latency samples, npages at most */
@@ -65,7 +66,7 @@ static bool pc_test_and_clear(_Atomic uint64_t *bits, uint64_t p)
 static int pc_open(struct postcopy_dst *pd);
 
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
-			struct postcopy_dst **out)
+			const atomic_bool *realtime, struct postcopy_dst **out)
 {
 	struct postcopy_dst *pd = calloc(1, sizeof(*pd));
 	uint64_t words;
@@ -80,6 +81,7 @@ int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, v
 	pd->opaque = opaque;
 	pd->uffd = -1;
 	pd->minor = block->alias != NULL;
+	pd->realtime = realtime;
 	pd->received = calloc(words, sizeof(uint64_t));
 	pd->claimed = calloc(words, sizeof(uint64_t));
 	pd->requested = calloc(words, sizeof(uint64_t));
@@ -515,6 +517,9 @@ static void *pc_fault_thread(void *arg)
 		{ .fd = pd->stop_fd, .events = POLLIN },
 	};
 
+	bool rt = true;
+
+	pthread_setname_np(pthread_self(), "pc-fault");
 	thread_make_latency_critical(); /* faulting vCPUs wait for this thread */
 	for (;;) {
 		struct uffd_msg msgs[64];
@@ -528,6 +533,10 @@ static void *pc_fault_thread(void *arg)
 		}
 		if (pfd[1].revents)
 			return NULL;
+		if ((!pd->realtime || atomic_load(pd->realtime)) != rt) {
+			rt = !rt;
+			thread_set_latency_critical(rt);
+		}
 		n = read(pd->uffd, msgs, sizeof(msgs));
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)

@@ -26,6 +26,7 @@
 #ifndef VMFERRY_MIGRATION_POSTCOPY_H
 #define VMFERRY_MIGRATION_POSTCOPY_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -51,10 +52,15 @@ typedef int postcopy_request_fn(void *opaque, uint32_t block, uint64_t first_pag
  */
 bool postcopy_minor_supported(void);
 
-/* Track one RAM block (the VM's block 0); opens the userfaultfd and starts
- * the fault thread (nothing faults before postcopy_dst_listen).  0 or -errno. */
+/*
+ * Track one RAM block (the VM's block 0); opens the userfaultfd and starts
+ * the fault thread (nothing faults before postcopy_dst_listen).  The thread
+ * runs real-time (thread_set_latency_critical) while @realtime is true or
+ * NULL, else in the normal policy; it looks when it wakes, at each fault.
+ * 0 or -errno.
+ */
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
-			struct postcopy_dst **out);
+			const atomic_bool *realtime, struct postcopy_dst **out);
 /* Stop the fault thread, unregister, free.  NULL is fine. */
 void postcopy_dst_destroy(struct postcopy_dst *pd);
 

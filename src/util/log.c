@@ -108,9 +108,9 @@ void thread_boost_priority(int boost)
 		log_debug("thread priority unchanged: %s", strerror(errno));
 }
 
-void thread_make_latency_critical(void)
+void thread_set_latency_critical(bool on)
 {
-	struct sched_param sp = { .sched_priority = 1 };
+	struct sched_param sp = { .sched_priority = on ? 1 : 0 };
 
 	/*
 	 * The lowest real-time priority: it runs as soon as it wakes instead
@@ -118,6 +118,11 @@ void thread_make_latency_critical(void)
 	 * thread handles one short message and blocks again; the kernel's
 	 * real-time throttling bounds it should it ever spin.
 	 */
-	if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) != 0)
-		thread_boost_priority(10);
+	if (pthread_setschedparam(pthread_self(), on ? SCHED_FIFO : SCHED_OTHER, &sp) != 0 || !on)
+		thread_boost_priority(on ? 10 : 0);
+}
+
+void thread_make_latency_critical(void)
+{
+	thread_set_latency_critical(true);
 }

@@ -31,6 +31,13 @@ void thread_boost_priority(int boost);
  */
 void thread_make_latency_critical(void);
 /*
+ * The same switched on or off for the calling thread: off puts it back to
+ * the normal policy at nice 0.  The destination's page-path threads follow
+ * the vCPUs: real-time only while the vCPUs run at full priority (see
+ * docs/migration.md).
+ */
+void thread_set_latency_critical(bool on);
+/*
  * Whether this process may set a thread back to nice @nice once it has made
  * it nicer: always with CAP_SYS_NICE, else only down to 20 - RLIMIT_NICE.
  * Lowering a priority is allowed to anyone, raising it again is not, so

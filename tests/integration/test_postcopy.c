@@ -167,7 +167,7 @@ static void test_dirtier_switches_automatically(void **state)
 		fail_msg("%s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
 	assert_true(migtest_int_at(q, "passes") >= 2);
 	json_object_put(q);
-	/* Its page-fault threads (real-time) end with its side of the migration. */
+	/* Its page-fault threads (real-time at times) end with its side of the migration. */
 	migtest_wait_migration_status(&dst, "completed");
 	migtest_expect_guest_alive_and_verified(&dst);
 	assert_int_equal(vmtest_vm_quit(&src), 0);

@@ -136,6 +136,25 @@ static void expect_dst_vcpus_nicer_by(int nicer)
 	assert_int_equal(vmin - cmin, nicer);
 }
 
+/*
+ * The destination's page-path threads (pc-fault, pc-urgent) end up with
+ * @want of them real-time: none while its vCPUs run nicer, both while they
+ * run at full priority.  A thread looks when it next wakes (a fault, a
+ * requested page), which the incrementer brings soon.
+ */
+static void expect_dst_pagepath_realtime(int want)
+{
+	int lo, hi, rt = -1;
+
+	for (int i = 0; i < 2000 && rt != want; i++) {
+		if (i)
+			migtest_tick_ms(5);
+		assert_int_equal(vmtest_threads_nice(&rec_dst, "pc-", &lo, &hi), 2);
+		rt = vmtest_realtime_threads_named(&rec_dst, "pc-");
+	}
+	assert_int_equal(rt, want);
+}
+
 /* Resume to @uri and time it: both sides postcopy-active again. */
 static void resume(const char *uri)
 {
@@ -226,6 +245,8 @@ static void test_recover_unix(void **state)
 	start_postcopy(uri);
 	wait_active_with_progress(0);
 	expect_dst_vcpus_nicer_by(MIG_POSTCOPY_VCPU_NICE_DEFAULT);
+	expect_dst_pagepath_realtime(0);
+	assert_int_equal(vmtest_realtime_threads_named(&rec_src, "pc-return"), 1);
 	/* Active: no recover, no resume, no cancel; a second pause is refused after. */
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
@@ -271,15 +292,20 @@ static void test_recover_unix(void **state)
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", listen, false, NULL), -EREMOTEIO);
 	resume(real);
 	expect_dst_vcpus_nicer_by(7);
+	expect_dst_pagepath_realtime(0);
 
 	/* Cut 2: migrate-pause on the destination. */
 	wait_active_with_progress(query_int(&rec_src, "transferred"));
 	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	expect_dump_refused(&rec_dst);
+	/* vCPUs at full priority from the resume: the page path real-time */
+	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 0}"), 0);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
+	expect_dst_vcpus_nicer_by(0);
+	expect_dst_pagepath_realtime(2);
 
 	/* Cut 3: both sides at once. */
 	wait_active_with_progress(query_int(&rec_src, "transferred"));

@@ -719,21 +719,35 @@ static long long vmtest_stat_field(char *fields, int want)
 	return 0;
 }
 
+struct vmtest_rt_scan {
+	const char *prefix;
+	int n;
+};
+
 static void vmtest_count_realtime(const char *name, char *fields, void *opaque)
 {
-	long long policy = vmtest_stat_field(fields, 41);
+	struct vmtest_rt_scan *s = opaque;
+	long long policy;
 
-	(void)name;
+	if (strncmp(name, s->prefix, strlen(s->prefix)))
+		return;
+	policy = vmtest_stat_field(fields, 41);
 	/* Real-time: SCHED_FIFO (1), SCHED_RR (2), SCHED_DEADLINE (6).
 	 * SCHED_IDLE (5: release-ram's thread) starves nobody. */
-	*(int *)opaque += policy == 1 || policy == 2 || policy == 6;
+	s->n += policy == 1 || policy == 2 || policy == 6;
+}
+
+int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix)
+{
+	struct vmtest_rt_scan s = { .prefix = prefix };
+	int r = vmtest_for_each_thread(vm, vmtest_count_realtime, &s);
+
+	return r < 0 ? r : s.n;
 }
 
 int vmtest_realtime_threads(struct vmtest_vm *vm)
 {
-	int n = 0, r = vmtest_for_each_thread(vm, vmtest_count_realtime, &n);
-
-	return r < 0 ? r : n;
+	return vmtest_realtime_threads_named(vm, "");
 }
 
 struct vmtest_nice_scan {

@@ -133,6 +133,8 @@ int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *a
  * The count, or -errno.
  */
 int vmtest_realtime_threads(struct vmtest_vm *vm);
+/* The same among the threads whose name starts with @prefix. */
+int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix);
 /*
  * The lowest and highest nice value among the VMM's threads whose name
  * starts with @prefix ("vcpu" for the vCPU threads).  The number of such
