@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -84,6 +85,7 @@ struct bench_result {
 	char error[256];
 	char verify_error[256];
 	double link_bps;                 /* bytes/s, 0 unknown */
+	double ram_link_bps;             /* the same, memory to memory; 0 unknown */
 	double total_ms, downtime_ms, setup_ms;
 	uint64_t wire_bytes, normal_pages, zero_pages, passes;
 	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
@@ -335,21 +337,45 @@ struct bench_probe_sender {
 	int fd;
 	struct sockaddr_in to;
 	uint64_t bytes;
+	uint8_t *ram;     /* NULL: one cache-hot 1 MiB buffer */
+	uint64_t ram_bytes;
 	int err;
 };
+
+#define BENCH_PROBE_HOT_BYTES (1u << 20)
+#define BENCH_PROBE_RAM_IO    (256u * 1024u) /* the VMM's send slice and fill */
+#define BENCH_PROBE_RAM_MAX   (4ull << 30)
+
+/*
+ * Where the probe's next @len bytes go to or come from: the hot buffer
+ * again and again, or a walk through the RAM-sized buffer.
+ */
+static inline uint8_t *bench_probe_at(uint8_t *hot, uint8_t *ram, uint64_t ram_bytes,
+				      uint64_t done, size_t *len)
+{
+	uint64_t off;
+
+	if (!ram)
+		return hot;
+	off = done % ram_bytes;
+	if (*len > ram_bytes - off)
+		*len = (size_t)(ram_bytes - off);
+	return ram + off;
+}
 
 static inline void *bench_probe_send_thread(void *arg)
 {
 	struct bench_probe_sender *s = arg;
-	static const size_t chunk = 1u << 20;
-	char *buf = malloc(chunk);
+	size_t chunk = s->ram ? BENCH_PROBE_RAM_IO : BENCH_PROBE_HOT_BYTES;
+	uint8_t *buf = s->ram ? NULL : malloc(chunk);
 	uint64_t sent = 0;
 
-	if (!buf) {
+	if (!s->ram && !buf) {
 		s->err = -ENOMEM;
 		return NULL;
 	}
-	memset(buf, 0x5a, chunk);
+	if (buf)
+		memset(buf, 0x5a, chunk);
 	bench_sock_timeouts(s->fd);
 	if (connect(s->fd, (struct sockaddr *)&s->to, sizeof(s->to)) < 0) {
 		s->err = -errno;
@@ -358,7 +384,8 @@ static inline void *bench_probe_send_thread(void *arg)
 	}
 	while (sent < s->bytes) {
 		size_t len = s->bytes - sent < chunk ? (size_t)(s->bytes - sent) : chunk;
-		ssize_t w = send(s->fd, buf, len, MSG_NOSIGNAL);
+		uint8_t *at = bench_probe_at(buf, s->ram, s->ram_bytes, sent, &len);
+		ssize_t w = send(s->fd, at, len, MSG_NOSIGNAL);
 
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -374,14 +401,43 @@ static inline void *bench_probe_send_thread(void *arg)
 }
 
 /*
+ * RAM-sized buffers for a probe shaped like a migration's data path: guest
+ * RAM is a memfd, written before it is sent, and the destination's is
+ * preallocated.  Both are filled here, before any timing.  NULL on failure.
+ */
+static inline uint8_t *bench_probe_ram(uint64_t bytes, int fill)
+{
+	int fd = memfd_create("vmferry-bench-probe", MFD_CLOEXEC);
+	uint8_t *p = MAP_FAILED;
+
+	if (fd < 0)
+		return NULL;
+	if (ftruncate(fd, (off_t)bytes) == 0)
+		p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return NULL;
+	memset(p, fill, bytes);
+	return p;
+}
+
+/*
  * One TCP stream of @bytes from namespace @src_ns to a listener on @addr in
  * @dst_ns (NULLs: ours), timed at the receiver from accept to the last byte.
+ * @ram_out NULL: sent from and received into one cache-hot 1 MiB buffer
+ * (the link at its best).  Otherwise from @ram_out into @ram_in, both of
+ * @ram_bytes (bench_probe_ram), walked through in 256 KiB sends and
+ * receives: the bytes moved from memory to memory, as a migration moves
+ * them.
  * Bytes per second in *bps; 0 or -errno.
  */
 static inline int bench_link_probe_once(const char *src_ns, const char *dst_ns, const char *addr,
-					uint64_t bytes, double *bps)
+					uint64_t bytes, uint8_t *ram_out, uint8_t *ram_in,
+					uint64_t ram_bytes, double *bps)
 {
-	struct bench_probe_sender s = { .fd = -1, .bytes = bytes };
+	struct bench_probe_sender s = { .fd = -1, .bytes = bytes, .ram = ram_out,
+					.ram_bytes = ram_bytes };
+	size_t io = ram_out ? BENCH_PROBE_RAM_IO : BENCH_PROBE_HOT_BYTES;
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	socklen_t sl = sizeof(sa);
 	struct pollfd pfd;
@@ -408,8 +464,7 @@ static inline int bench_link_probe_once(const char *src_ns, const char *dst_ns, 
 		goto out;
 	}
 	s.to = sa;
-	buf = malloc(1u << 20);
-	if (!buf) {
+	if (!ram_out && !(buf = malloc(io))) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -426,7 +481,9 @@ static inline int bench_link_probe_once(const char *src_ns, const char *dst_ns, 
 	bench_sock_timeouts(cfd);
 	t0 = clock_monotonic_ns();
 	while (got < bytes) {
-		ssize_t r = recv(cfd, buf, 1u << 20, 0);
+		size_t len = bytes - got < io ? (size_t)(bytes - got) : io;
+		ssize_t r = recv(cfd, bench_probe_at((uint8_t *)buf, ram_in, s.ram_bytes, got, &len),
+				 len, 0);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -462,18 +519,28 @@ out:
  * (bench_link_probe_once).  Single probes on these shared 2-core machines
  * ranged from 1.3 to 3.9 GB/s within minutes (other load slows one down;
  * sender and receiver sharing a core speeds one up), moving a run's bound 3x.
+ * @ram_bytes 0: the cache-hot probe; else memory to memory through buffers
+ * of that size (at most BENCH_PROBE_RAM_MAX), made once for the three.
  */
 static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
-				       uint64_t bytes, double *bps)
+				       uint64_t bytes, uint64_t ram_bytes, double *bps)
 {
 	double v[BENCH_PROBE_TRIES];
+	uint8_t *out = NULL, *in = NULL;
+	int err = 0;
 
 	*bps = 0;
-	for (int i = 0; i < BENCH_PROBE_TRIES; i++) {
-		int err = bench_link_probe_once(src_ns, dst_ns, addr, bytes, &v[i]);
-
+	if (ram_bytes) {
+		ram_bytes = ram_bytes < BENCH_PROBE_RAM_MAX ? ram_bytes : BENCH_PROBE_RAM_MAX;
+		out = bench_probe_ram(ram_bytes, 0x5a);
+		in = bench_probe_ram(ram_bytes, 0);
+		if (!out || !in)
+			err = -ENOMEM;
+	}
+	for (int i = 0; i < BENCH_PROBE_TRIES && !err; i++) {
+		err = bench_link_probe_once(src_ns, dst_ns, addr, bytes, out, in, ram_bytes, &v[i]);
 		if (err)
-			return err;
+			break;
 		/* insertion sort as we go */
 		for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
 			double t = v[j];
@@ -482,8 +549,13 @@ static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, c
 			v[j - 1] = t;
 		}
 	}
-	*bps = v[BENCH_PROBE_TRIES / 2];
-	return 0;
+	if (out)
+		munmap(out, ram_bytes);
+	if (in)
+		munmap(in, ram_bytes);
+	if (!err)
+		*bps = v[BENCH_PROBE_TRIES / 2];
+	return err;
 }
 
 /* ---- the VMMs ---- */

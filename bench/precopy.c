@@ -137,7 +137,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 
 	/* The link first, with no VM competing for the CPUs. */
 	rc = bench_link_bandwidth(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr,
-				  o->probe_bytes, &r->link_bps);
+				  o->probe_bytes, 0, &r->link_bps);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
 		return;
