@@ -1263,7 +1263,12 @@ static void *mig_rp_thread(void *arg)
  * Background push after the switch: pages the destination has not got, in an
  * order that follows its faults (CRIU's lazy-pages idea): after a request,
  * start right behind the faulting page with a small chunk and double it while
- * no new request comes.
+ * no new request comes.  A chunk only says when to look for a new fault:
+ * contiguous chunks go out as one RAM record (up to MIG_RUN_MAX_PAGES), a
+ * jump ends the record.  Sending each chunk as its own record (16 pages
+ * after every request, thousands of requests) cost the 1 GiB heavy pure
+ * postcopy ~15% of its total on the bench (median of 6 interleaved: 777 vs
+ * 660 ms) at the same page-request latency.
  */
 static int mig_postcopy_push(struct mig_src *src)
 {
@@ -1290,18 +1295,20 @@ static int mig_postcopy_push(struct mig_src *src)
 			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
 			atomic_fetch_add(&src->m->pages_pushed, 1);
 		}
-		mig_flush_run(src);
 		if (src->since_ping >= MIG_ACK_PAGES) {
 			stream_put_u8(&src->s, MIG_REC_PING);
 			stream_put_u32(&src->s, ++src->ping_id);
 			src->since_ping = 0;
 		}
 		mig_release_acked(src);
-		if (stream_error(&src->s))
+		if (stream_error(&src->s)) {
+			src->run_len = 0; /* pending again once a resume reads the bitmap */
 			return stream_error(&src->s);
+		}
 		cursor = end == src->npages ? 0 : end;
 	}
 	atomic_store(&src->m->remaining_bytes, 0);
+	mig_flush_run(src);
 	stream_put_u8(&src->s, MIG_REC_END);
 	return stream_flush(&src->s);
 }
@@ -1517,6 +1524,7 @@ static int mig_src_apply_received(struct mig_src *src, const struct mig_rp_msg *
 	}
 	atomic_store(&src->pending_count, count);
 	src->unacked_head = src->unacked_len = 0; /* the bitmap settled all of them */
+	src->run_len = 0; /* a run taken and never sent is pending again */
 	src->since_ping = 0;
 	atomic_store(&src->last_fault, 0);
 	log_info("postcopy: the destination holds %" PRIu64 " of %" PRIu64 " pages; %" PRIu64
