@@ -74,6 +74,7 @@
  * page lost in flight when a channel breaks is still here to be re-sent.
  */
 #define MIG_ACK_PAGES 1024u
+#define MIG_REQ_RING 256u /* requests the background push can be behind by */
 
 struct migration {
 	struct vm *vm;
@@ -524,7 +525,14 @@ struct mig_src {
 	uint64_t *predisc;         /* discarded before the stop (hybrid), or NULL */
 	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
 	_Atomic uint64_t pending_count;
-	_Atomic uint64_t last_fault; /* page + 1 of the last request, 0 = none */
+	/*
+	 * Requested pages, in order, for the background push: written by the
+	 * return-path thread, read by the push.  Each faulting thread has at
+	 * most one request out, so the ring never laps in practice; if it did,
+	 * the push would skip to the newest MIG_REQ_RING.
+	 */
+	_Atomic uint64_t req_ring[MIG_REQ_RING];
+	_Atomic uint64_t req_seq;  /* requests written so far */
 	struct mig_releaser releaser; /* release-ram's hole punching */
 	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
 	struct stream urgent;      /* written by the return-path thread only */
@@ -1072,7 +1080,13 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 		src->rp_result = -EBADMSG;
 		return;
 	}
-	atomic_store(&src->last_fault, msg->first_page + 1);
+	{
+		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_relaxed);
+
+		atomic_store_explicit(&src->req_ring[seq % MIG_REQ_RING], msg->first_page,
+				      memory_order_relaxed);
+		atomic_store_explicit(&src->req_seq, seq + 1, memory_order_release);
+	}
 	if (!src->preempt)
 		return; /* the background stream jumps there (behind what it queued) */
 	for (uint64_t p = msg->first_page; p < end; p++) {
@@ -1272,16 +1286,32 @@ static void *mig_rp_thread(void *arg)
  */
 static int mig_postcopy_push(struct mig_src *src)
 {
-	uint64_t cursor = 0, chunk = 16, seen_fault = 0;
+	uint64_t cursor = 0, chunk = 16;
+	uint64_t seen = atomic_load_explicit(&src->req_seq, memory_order_acquire);
 
 	while (atomic_load(&src->pending_count) > 0) {
-		uint64_t fault = atomic_load(&src->last_fault), end;
+		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_acquire), end;
 
 		atomic_store(&src->m->remaining_bytes, atomic_load(&src->pending_count) * MIG_PAGE_BYTES);
 
-		if (fault && fault != seen_fault) {
-			seen_fault = fault;
-			cursor = fault - 1; /* the faulting page (already taken if urgent) */
+		/*
+		 * Every request since the last look: its page first, if the urgent
+		 * channel did not take it (without postcopy-preempt this is how a
+		 * request is answered), then carry on right behind the latest.
+		 */
+		if (seq - seen > MIG_REQ_RING)
+			seen = seq - MIG_REQ_RING;
+		if (seen != seq) {
+			for (; seen != seq; seen++) {
+				uint64_t p = atomic_load_explicit(&src->req_ring[seen % MIG_REQ_RING],
+								  memory_order_relaxed);
+
+				if (p < src->npages && mig_pending_take(src, p)) {
+					mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+					atomic_fetch_add(&src->m->pages_pushed, 1);
+				}
+				cursor = p + 1 < src->npages ? p + 1 : 0;
+			}
 			chunk = 16;
 		} else if (chunk < MIG_RUN_MAX_PAGES) {
 			chunk *= 2;
@@ -1526,7 +1556,6 @@ static int mig_src_apply_received(struct mig_src *src, const struct mig_rp_msg *
 	src->unacked_head = src->unacked_len = 0; /* the bitmap settled all of them */
 	src->run_len = 0; /* a run taken and never sent is pending again */
 	src->since_ping = 0;
-	atomic_store(&src->last_fault, 0);
 	log_info("postcopy: the destination holds %" PRIu64 " of %" PRIu64 " pages; %" PRIu64
 		 " to send", src->npages - count, src->npages, count);
 	return 0;
