@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -47,6 +48,8 @@
 #include "util/size.h"
 #include "verify/verify.h"
 
+#include "wire.h"
+
 #define BENCH_MAX_SIZES        8
 #define BENCH_MAX_RUNS         32
 #define BENCH_PAGE_BYTES       4096ull
@@ -59,10 +62,10 @@
 #define BENCH_PROBE_IO_S       60              /* per read/write of the probe */
 #define BENCH_LOG_TAIL_BYTES   2048
 
-enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_TRANSPORT__COUNT };
+enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };
 
-static const char *const bench_transport_names[] = { "loopback-tcp", "veth-1gbit" };
-static const char *const bench_transport_opts[] = { "loopback", "veth" };
+static const char *const bench_transport_names[] = { "loopback-tcp", "veth-1gbit", "wire-1gbit" };
+static const char *const bench_transport_opts[] = { "loopback", "veth", "wire" };
 
 /* Two simulated hosts: namespaces ns[0] (source) and ns[1] (destination). */
 struct bench_netns {
@@ -72,8 +75,9 @@ struct bench_netns {
 	char ip_path[32];
 	const char *del_argv[2][5];
 	volatile sig_atomic_t created[2];
-	char shaper[8];          /* "netem" or "tbf" */
-	unsigned delay_us;       /* added per direction (netem only) */
+	char shaper[8];          /* "netem", "tbf" or "wire" (bench/wire.h) */
+	unsigned delay_us;       /* added per direction (netem or wire) */
+	struct wire wire;        /* the user-space link, for BENCH_WIRE */
 	pid_t janitor_pid;       /* > 0 while the janitor runs */
 	int janitor_fd;          /* its pipe's write end, while janitor_pid > 0 */
 };
@@ -86,6 +90,7 @@ struct bench_result {
 	char verify_error[256];
 	double link_bps;                 /* bytes/s, 0 unknown */
 	double ram_link_bps;             /* the same, memory to memory; 0 unknown */
+	double link_rtt_us;              /* median round trip, idle link; 0 unknown */
 	double total_ms, downtime_ms, setup_ms;
 	uint64_t wire_bytes, normal_pages, zero_pages, passes;
 	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
@@ -189,18 +194,101 @@ static inline int bench_ip(const struct bench_netns *n, bool quiet, const char *
 	return bench_cmd(argv, quiet) == 0 ? 0 : -EIO;
 }
 
+/* The user-space wire's queue per band: 20 ms at the rate, as tbf's latency below. */
+#define BENCH_WIRE_LIMIT_BYTES (BENCH_VETH_RATE_BPS / 8 / 50)
+
+/* The veth pair, shaped with netem (rate and @delay_us) or tbf (rate only). */
+static inline int bench_netns_veth(struct bench_netns *n, unsigned delay_us, char cidr[2][24])
+{
+	char rate[32], burst[32], delay[32];
+
+	/* Both ends are born in their namespaces: nothing is left behind in ours. */
+	if (bench_ip(n, false, "link", "add", n->veth[0], "netns", n->ns[0], "type", "veth",
+		     "peer", "name", n->veth[1], "netns", n->ns[1], NULL) < 0)
+		return -EIO;
+	snprintf(rate, sizeof(rate), "%llubit", (unsigned long long)BENCH_VETH_RATE_BPS);
+	/* tbf: a burst of 4 ms at the rate. */
+	snprintf(burst, sizeof(burst), "%llub", (unsigned long long)(BENCH_VETH_RATE_BPS / 8 / 250));
+	snprintf(delay, sizeof(delay), "%uus", delay_us);
+	snprintf(n->shaper, sizeof(n->shaper), "netem");
+	for (int i = 0; i < 2; i++) {
+		if (bench_ip(n, false, "-n", n->ns[i], "addr", "add", cidr[i], "dev", n->veth[i], NULL) ||
+		    bench_ip(n, false, "-n", n->ns[i], "link", "set", n->veth[i], "up", NULL))
+			return -EIO;
+		/* A NULL in place of "delay" ends the argument list there. */
+		if (!strcmp(n->shaper, "netem") &&
+		    bench_ip(n, true, "netns", "exec", n->ns[i], "tc", "qdisc", "replace", "dev",
+			     n->veth[i], "root", "netem", "rate", rate, delay_us ? "delay" : NULL,
+			     delay, NULL) == 0) {
+			n->delay_us = delay_us;
+			continue;
+		}
+		n->delay_us = 0;
+		if (!strcmp(n->shaper, "netem") && i == 0)
+			fprintf(stderr, "%s: netem is not available; shaping the veth with tbf%s\n",
+				bench_prog, delay_us ? ", without the added delay" : "");
+		snprintf(n->shaper, sizeof(n->shaper), "tbf");
+		/*
+		 * Under the rate limit, the queue a host's NIC has: pfifo_fast (this
+		 * kernel's default qdisc; it has no fq or fq_codel), whose bands let
+		 * low-delay packets pass the bulk stream's.  tbf alone queues in one
+		 * FIFO, which no real host does.
+		 */
+		if (bench_ip(n, false, "netns", "exec", n->ns[i], "tc", "qdisc", "replace", "dev",
+			     n->veth[i], "root", "handle", "1:", "tbf", "rate", rate, "burst", burst,
+			     "latency", "20ms", NULL) < 0 ||
+		    bench_ip(n, false, "netns", "exec", n->ns[i], "tc", "qdisc", "add", "dev",
+			     n->veth[i], "parent", "1:1", "pfifo_fast", NULL) < 0)
+			return -EIO;
+	}
+	return 0;
+}
+
+/* A TUN device in each namespace, point to point, joined by bench/wire.h. */
+static inline int bench_netns_wire(struct bench_netns *n, unsigned delay_us)
+{
+	char mtu[16], peer[2][24], ns_path[2][64];
+	const char *paths[2] = { ns_path[0], ns_path[1] };
+	const char *names[2] = { n->veth[0], n->veth[1] };
+	int r;
+
+	snprintf(mtu, sizeof(mtu), "%u", WIRE_MTU);
+	for (int i = 0; i < 2; i++) {
+		snprintf(peer[i], sizeof(peer[i]), "%.15s/32", n->addr[1 - i]);
+		snprintf(ns_path[i], sizeof(ns_path[i]), "/var/run/netns/%s", n->ns[i]);
+		if (bench_ip(n, false, "-n", n->ns[i], "tuntap", "add", "dev", n->veth[i], "mode", "tun",
+			     NULL) ||
+		    bench_ip(n, false, "-n", n->ns[i], "addr", "add", n->addr[i], "peer", peer[i], "dev",
+			     n->veth[i], NULL) ||
+		    bench_ip(n, false, "-n", n->ns[i], "link", "set", n->veth[i], "mtu", mtu, "up", NULL))
+			return -EIO;
+	}
+	r = wire_start(&n->wire, paths, names, BENCH_VETH_RATE_BPS, (uint64_t)delay_us * 1000,
+		       BENCH_WIRE_LIMIT_BYTES);
+	if (r) {
+		fprintf(stderr, "%s: the user-space wire: %s\n", bench_prog, strerror(-r));
+		return r;
+	}
+	snprintf(n->shaper, sizeof(n->shaper), "wire");
+	n->delay_us = delay_us;
+	return 0;
+}
+
 /*
- * Namespaces "vmfb-<pid>-a/b", veth 10.199.X.1/24 <-> 10.199.X.2/24, both
- * directions shaped to 1 Gbit/s (netem; tbf where netem is not built in),
- * each direction delayed by @delay_us when netem is there (n->delay_us says
- * what was applied; tbf cannot delay).  0 or -errno with a message on
- * stderr; partial state is removed.
+ * Namespaces "vmfb-<pid>-a/b" with addresses 10.199.X.1 and 10.199.X.2, both
+ * directions shaped to 1 Gbit/s.  BENCH_VETH: a veth pair under netem, each
+ * direction delayed by @delay_us (tbf where netem is not built in, which
+ * cannot delay: n->delay_us says what was applied).  BENCH_WIRE: TUN devices
+ * joined by bench/wire.h's user-space link, rate and delay.  0 or -errno
+ * with a message on stderr; partial state is removed.  bench_netns_finish()
+ * when done with it.
  */
-static inline int bench_netns_create(struct bench_netns *n, unsigned delay_us)
+static inline int bench_netns_create(struct bench_netns *n, enum bench_transport kind,
+				     unsigned delay_us)
 {
 	static const char *const ip_paths[] = { "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip" };
 	unsigned pid = (unsigned)getpid(), subnet = pid % 254 + 1;
-	char cidr[2][24], rate[32], burst[32], delay[32];
+	char cidr[2][24];
 
 	memset(n, 0, sizeof(*n));
 	for (int i = 0; i < 2; i++) {
@@ -229,52 +317,26 @@ static inline int bench_netns_create(struct bench_netns *n, unsigned delay_us)
 			goto fail;
 		}
 		n->created[i] = 1;
+		if (bench_ip(n, false, "-n", n->ns[i], "link", "set", "lo", "up", NULL))
+			goto fail;
 	}
-	/* Both ends are born in their namespaces: nothing is left behind in ours. */
-	if (bench_ip(n, false, "link", "add", n->veth[0], "netns", n->ns[0], "type", "veth",
-		     "peer", "name", n->veth[1], "netns", n->ns[1], NULL) < 0)
+	if ((kind == BENCH_WIRE ? bench_netns_wire(n, delay_us) : bench_netns_veth(n, delay_us, cidr)))
 		goto fail;
-	snprintf(rate, sizeof(rate), "%llubit", (unsigned long long)BENCH_VETH_RATE_BPS);
-	/* tbf: a burst of 4 ms at the rate. */
-	snprintf(burst, sizeof(burst), "%llub", (unsigned long long)(BENCH_VETH_RATE_BPS / 8 / 250));
-	snprintf(delay, sizeof(delay), "%uus", delay_us);
-	snprintf(n->shaper, sizeof(n->shaper), "netem");
-	for (int i = 0; i < 2; i++) {
-		if (bench_ip(n, false, "-n", n->ns[i], "addr", "add", cidr[i], "dev", n->veth[i], NULL) ||
-		    bench_ip(n, false, "-n", n->ns[i], "link", "set", "lo", "up", NULL) ||
-		    bench_ip(n, false, "-n", n->ns[i], "link", "set", n->veth[i], "up", NULL))
-			goto fail;
-		/* A NULL in place of "delay" ends the argument list there. */
-		if (!strcmp(n->shaper, "netem") &&
-		    bench_ip(n, true, "netns", "exec", n->ns[i], "tc", "qdisc", "replace", "dev",
-			     n->veth[i], "root", "netem", "rate", rate, delay_us ? "delay" : NULL,
-			     delay, NULL) == 0) {
-			n->delay_us = delay_us;
-			continue;
-		}
-		n->delay_us = 0;
-		if (!strcmp(n->shaper, "netem") && i == 0)
-			fprintf(stderr, "%s: netem is not available; shaping the veth with tbf%s\n",
-				bench_prog, delay_us ? ", without the added delay" : "");
-		snprintf(n->shaper, sizeof(n->shaper), "tbf");
-		/*
-		 * Under the rate limit, the queue a host's NIC has: pfifo_fast (this
-		 * kernel's default qdisc; it has no fq or fq_codel), whose bands let
-		 * low-delay packets pass the bulk stream's.  tbf alone queues in one
-		 * FIFO, which no real host does.
-		 */
-		if (bench_ip(n, false, "netns", "exec", n->ns[i], "tc", "qdisc", "replace", "dev",
-			     n->veth[i], "root", "handle", "1:", "tbf", "rate", rate, "burst", burst,
-			     "latency", "20ms", NULL) < 0 ||
-		    bench_ip(n, false, "netns", "exec", n->ns[i], "tc", "qdisc", "add", "dev",
-			     n->veth[i], "parent", "1:1", "pfifo_fast", NULL) < 0)
-			goto fail;
-	}
 	return 0;
 fail:
+	wire_stop(&n->wire);
 	bench_netns_destroy(n);
 	bench_live_netns = NULL;
 	return -EIO;
+}
+
+/* Stop the wire (if any) and delete the namespaces.  Not signal-safe. */
+static inline void bench_netns_finish(struct bench_netns *n)
+{
+	wire_stop(&n->wire);
+	bench_netns_destroy(n);
+	if (bench_live_netns == n)
+		bench_live_netns = NULL;
 }
 
 /* ---- link bandwidth probe ---- */
@@ -555,6 +617,112 @@ static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, c
 		munmap(in, ram_bytes);
 	if (!err)
 		*bps = v[BENCH_PROBE_TRIES / 2];
+	return err;
+}
+
+/* ---- round-trip probe ---- */
+
+#define BENCH_RTT_ROUNDS 200
+
+struct bench_rtt_echo {
+	int lfd;
+	int err;
+};
+
+static inline void *bench_rtt_echo_thread(void *arg)
+{
+	struct bench_rtt_echo *e = arg;
+	struct pollfd pfd = { .fd = e->lfd, .events = POLLIN };
+	int fd;
+	char b;
+
+	if (poll(&pfd, 1, BENCH_CONNECT_MS) != 1 || (fd = accept(e->lfd, NULL, NULL)) < 0) {
+		e->err = -ETIMEDOUT;
+		return NULL;
+	}
+	bench_sock_timeouts(fd);
+	while (recv(fd, &b, 1, 0) == 1)
+		if (send(fd, &b, 1, MSG_NOSIGNAL) != 1)
+			break;
+	close(fd);
+	return NULL;
+}
+
+static int bench_cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The link's round trip with nothing else on it: BENCH_RTT_ROUNDS one-byte
+ * TCP ping-pongs from namespace @src_ns to @addr in @dst_ns (NULLs: ours),
+ * median in *us.  0 or -errno.
+ */
+static inline int bench_link_rtt(const char *src_ns, const char *dst_ns, const char *addr, double *us)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+	struct bench_rtt_echo e = { .lfd = -1 };
+	double v[BENCH_RTT_ROUNDS];
+	pthread_t th;
+	bool started = false;
+	int fd = -1, one = 1, err = 0;
+
+	*us = 0;
+	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
+		return -EINVAL;
+	e.lfd = bench_socket_in(dst_ns);
+	if (e.lfd < 0)
+		return e.lfd;
+	if (bind(e.lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(e.lfd, 1) < 0 ||
+	    getsockname(e.lfd, (struct sockaddr *)&sa, &sl) < 0) {
+		err = -errno;
+		goto out;
+	}
+	fd = bench_socket_in(src_ns);
+	if (fd < 0) {
+		err = fd;
+		goto out;
+	}
+	err = -pthread_create(&th, NULL, bench_rtt_echo_thread, &e);
+	if (err)
+		goto out;
+	started = true;
+	bench_sock_timeouts(fd);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		err = -errno;
+		goto out;
+	}
+	for (int i = 0; i < BENCH_RTT_ROUNDS; i++) {
+		struct timespec a, b;
+		char c = 'p';
+
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		if (send(fd, &c, 1, MSG_NOSIGNAL) != 1 || recv(fd, &c, 1, 0) != 1) {
+			err = -EIO;
+			goto out;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		v[i] = (double)(b.tv_sec - a.tv_sec) * 1e6 + (double)(b.tv_nsec - a.tv_nsec) / 1e3;
+	}
+	qsort(v, BENCH_RTT_ROUNDS, sizeof(v[0]), bench_cmp_double);
+	*us = v[BENCH_RTT_ROUNDS / 2];
+out:
+	if (fd >= 0)
+		shutdown(fd, SHUT_RDWR); /* ends the echo thread's loop */
+	if (started) {
+		if (e.err == 0 && err)
+			shutdown(e.lfd, SHUT_RDWR);
+		pthread_join(th, NULL);
+		if (!err)
+			err = e.err;
+	}
+	if (fd >= 0)
+		close(fd);
+	close(e.lfd);
 	return err;
 }
 

@@ -25,7 +25,11 @@
  *   --transports LIST    loopback ("loopback-tcp"), veth (two network
  *                        namespaces joined by a veth pair shaped to 1 Gbit/s,
  *                        each direction delayed by 0.5 ms where netem exists:
- *                        "veth-1gbit"; needs root)  (default loopback,veth)
+ *                        "veth-1gbit"; needs root), wire (the same namespaces
+ *                        joined by TUN devices and bench/wire.h's user-space
+ *                        link: 1 Gbit/s and 0.5 ms each way whatever the
+ *                        kernel has, jumbo frames: "wire-1gbit"; needs root)
+ *                        (default loopback,veth)
  *   --runs N             runs per combination (default 3)
  *   --vcpus N            guest vCPUs (default 2)
  *   --convergence-timeout S  migrate-set-parameters convergence-timeout, every
@@ -71,6 +75,9 @@
  *   bound_ms = normal_pages * 4096 / link bandwidth: the time the RAM that
  *     crossed as data needs at the rate this run measured
  *   ratio_total_to_bound = total_time_ms / bound_ms
+ *   link_rtt_us = the median of 200 one-byte TCP ping-pongs over the idle
+ *     link, measured after the bandwidth probes (the floor under any page
+ *     request's latency)
  *   ram_link_bandwidth_bytes_per_s, ram_bound_ms, ratio_total_to_ram_bound:
  *     the same against a second probe that moves the guest's RAM size
  *     memory to memory (a memfd written before, sent in 256 KiB slices,
@@ -105,7 +112,7 @@
 
 #include "bench_common.h"
 
-#define BENCH_VETH_DELAY_US    500     /* per direction, netem only */
+#define BENCH_VETH_DELAY_US    500     /* per direction, netem or wire */
 #define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */
 #define BENCH_GUEST_RATE_MS    300     /* window of the guest's full-speed rate */
 
@@ -359,8 +366,8 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	char mem[32], vcpus[16], listen_uri[64], uri[96];
 	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = t == BENCH_VETH ? n->addr[1] : "127.0.0.1";
-	struct bench_netns *ns = t == BENCH_VETH ? n : NULL;
+	const char *host_addr = t != BENCH_LOOPBACK ? n->addr[1] : "127.0.0.1";
+	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
 	struct bench_result *r = &pr->b;
 	struct json_object *args, *q = NULL;
 	uint64_t deadline, progress;
@@ -381,6 +388,11 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 					  mem_bytes, mem_bytes, &r->ram_link_bps);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
+		return;
+	}
+	rc = bench_link_rtt(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr, &r->link_rtt_us);
+	if (rc) {
+		snprintf(r->error, sizeof(r->error), "link round-trip probe: %s", strerror(-rc));
 		return;
 	}
 	if (mode->uffd_missing)
@@ -530,7 +542,7 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 		json_object_object_add(obj, "vcpu_nice", nice >= 0 ? json_object_new_int(nice) : NULL);
 	}
 	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
-	if (t == BENCH_VETH && n && n->shaper[0]) {
+	if (t != BENCH_LOOPBACK && n && n->shaper[0]) {
 		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
 		json_add_num(obj, "link_delay_ms", n->delay_us / 1000.0, 3);
 	}
@@ -574,6 +586,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 	}
 	json_add_num(obj, "link_bandwidth_bytes_per_s", r->link_bps, 0);
 	json_add_num(obj, "ram_link_bandwidth_bytes_per_s", r->ram_link_bps, 0);
+	json_add_num(obj, "link_rtt_us", r->link_rtt_us, 1);
 	if (r->status[0]) {
 		json_add_num(obj, "bound_ms", bench_bound_ms(r, r->link_bps), 3);
 		json_add_num(obj, "ratio_total_to_bound", bench_ratio(r, r->link_bps), 3);
@@ -663,6 +676,7 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("ram_link_bandwidth_bytes_per_s", false, r->ram_link_bps, 0);
 	MEDIAN_FIELD("ram_bound_ms", false, bench_bound_ms(r, r->ram_link_bps), 3);
 	MEDIAN_FIELD("ratio_total_to_ram_bound", false, bench_ratio(r, r->ram_link_bps), 3);
+	MEDIAN_FIELD("link_rtt_us", false, r->link_rtt_us, 1);
 	MEDIAN_FIELD("fault_latency_p50_us", true, pr->fault_p50_us, 1);
 	MEDIAN_FIELD("fault_latency_p99_us", true, pr->fault_p99_us, 1);
 	MEDIAN_FIELD("fault_latency_max_us", true, pr->fault_max_us, 1);
@@ -686,7 +700,7 @@ static void bench_usage(FILE *f)
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, hybrid,\n"
 		"         hybrid-missing, precopy (default: all)\n"
-		"  transports: loopback, veth (default: both)\n");
+		"  transports: loopback, veth, wire (default: loopback,veth)\n");
 }
 
 int main(int argc, char **argv)
@@ -714,7 +728,7 @@ int main(int argc, char **argv)
 	};
 	/* Static: the atexit handler reaches it after main() has returned. */
 	static struct bench_netns netns;
-	bool quick = false, netns_tried = false, netns_ok = false;
+	bool quick = false, netns_ok = false;
 	struct bench_pc_result *results;
 	uint64_t v;
 	int opt;
@@ -792,6 +806,7 @@ int main(int argc, char **argv)
 		o.runs = 1;
 		o.transport_on[BENCH_LOOPBACK] = true;
 		o.transport_on[BENCH_VETH] = false;
+		o.transport_on[BENCH_WIRE] = false;
 	}
 	if (access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "postcopy: /dev/kvm not available: %s\n", strerror(errno));
@@ -810,10 +825,9 @@ int main(int argc, char **argv)
 	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
 		if (!o.transport_on[t])
 			continue;
-		if (t == BENCH_VETH && !netns_tried) {
-			netns_tried = true;
-			netns_ok = bench_netns_create(&netns, BENCH_VETH_DELAY_US) == 0;
-		}
+		if (t != BENCH_LOOPBACK)
+			netns_ok = bench_netns_create(&netns, (enum bench_transport)t,
+						      BENCH_VETH_DELAY_US) == 0;
 		for (unsigned m = 0; m < o.nmem; m++) {
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++) {
 				if (!o.workload_on[w])
@@ -824,7 +838,7 @@ int main(int argc, char **argv)
 
 						if (!o.mode_on[d])
 							continue;
-						if (t == BENCH_VETH && !netns_ok) {
+						if (t != BENCH_LOOPBACK && !netns_ok) {
 							memset(r, 0, sizeof(*r));
 							snprintf(r->b.error, sizeof(r->b.error),
 								 "cannot create the network namespaces");
@@ -846,6 +860,8 @@ int main(int argc, char **argv)
 								   &results[d * o.runs]);
 			}
 		}
+		if (t != BENCH_LOOPBACK && netns_ok)
+			bench_netns_finish(&netns);
 	}
 	free(results);
 	return 0;

@@ -11,7 +11,10 @@
  *                        (default idle,moderate,heavy,incrementer)
  *   --transports LIST    loopback (TCP on 127.0.0.1: "loopback-tcp"), veth (two
  *                        network namespaces joined by a veth pair shaped to
- *                        1 Gbit/s: "veth-1gbit"; needs root)  (default loopback)
+ *                        1 Gbit/s: "veth-1gbit"; needs root), wire (the same
+ *                        namespaces joined by TUN devices and bench/wire.h's
+ *                        user-space 1 Gbit/s link, no added delay:
+ *                        "wire-1gbit"; needs root)  (default loopback)
  *   --runs N             runs per combination (default 3)
  *   --vcpus N            guest vCPUs (default 2)
  *   --downtime-limit MS  migrate-set-parameters downtime-limit (default: the VMM's)
@@ -122,8 +125,8 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	char mem[32], vcpus[16], listen_uri[64], uri[96];
 	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = t == BENCH_VETH ? n->addr[1] : "127.0.0.1";
-	struct bench_netns *ns = t == BENCH_VETH ? n : NULL;
+	const char *host_addr = t != BENCH_LOOPBACK ? n->addr[1] : "127.0.0.1";
+	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
 	struct json_object *args, *q = NULL;
 	uint64_t deadline, progress;
 	bool running = false;
@@ -199,7 +202,7 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	json_object_object_add(o, "type", json_object_new_string(type));
 	json_object_object_add(o, "mode", json_object_new_string("precopy"));
 	json_object_object_add(o, "transport", json_object_new_string(bench_transport_names[t]));
-	if (t == BENCH_VETH && n && n->shaper[0])
+	if (t != BENCH_LOOPBACK && n && n->shaper[0])
 		json_object_object_add(o, "shaper", json_object_new_string(n->shaper));
 	json_object_object_add(o, "workload", json_object_new_string(w->name));
 	json_object_object_add(o, "guest", json_object_new_string(w->spec));
@@ -298,7 +301,7 @@ static void bench_usage(FILE *f)
 		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: idle, moderate, heavy, incrementer (default: all)\n"
-		"  transports: loopback, veth (default loopback)\n");
+		"  transports: loopback, veth, wire (default loopback)\n");
 }
 
 int main(int argc, char **argv)
@@ -326,7 +329,7 @@ int main(int argc, char **argv)
 	};
 	/* Static: the atexit handler reaches it after main() has returned. */
 	static struct bench_netns netns;
-	bool quick = false, netns_tried = false, netns_ok = false;
+	bool quick = false, netns_ok = false;
 	struct bench_result *results;
 	uint64_t v;
 	int opt;
@@ -400,6 +403,7 @@ int main(int argc, char **argv)
 		o.runs = 1;
 		o.transport_on[BENCH_LOOPBACK] = true;
 		o.transport_on[BENCH_VETH] = false;
+		o.transport_on[BENCH_WIRE] = false;
 	}
 	if (access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "precopy: /dev/kvm not available: %s\n", strerror(errno));
@@ -419,10 +423,8 @@ int main(int argc, char **argv)
 	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
 		if (!o.transport_on[t])
 			continue;
-		if (t == BENCH_VETH && !netns_tried) {
-			netns_tried = true;
-			netns_ok = bench_netns_create(&netns, 0) == 0;
-		}
+		if (t != BENCH_LOOPBACK)
+			netns_ok = bench_netns_create(&netns, (enum bench_transport)t, 0) == 0;
 		for (unsigned m = 0; m < o.nmem; m++) {
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++) {
 				if (!o.workload_on[w])
@@ -430,7 +432,7 @@ int main(int argc, char **argv)
 				for (unsigned i = 0; i < o.runs; i++) {
 					struct bench_result *r = RESULT(t, m, w, i);
 
-					if (t == BENCH_VETH && !netns_ok) {
+					if (t != BENCH_LOOPBACK && !netns_ok) {
 						memset(r, 0, sizeof(*r));
 						snprintf(r->error, sizeof(r->error),
 							 "cannot create the network namespaces");
@@ -443,14 +445,15 @@ int main(int argc, char **argv)
 				}
 			}
 		}
-	}
-	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++)
-		for (unsigned m = 0; o.transport_on[t] && m < o.nmem; m++)
+		for (unsigned m = 0; m < o.nmem; m++)
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++)
 				if (o.workload_on[w])
 					bench_print_median((enum bench_transport)t, &netns, o.mem_bytes[m],
 							   &bench_workloads[w], o.vcpus,
 							   RESULT(t, m, w, 0), o.runs);
+		if (t != BENCH_LOOPBACK && netns_ok)
+			bench_netns_finish(&netns);
+	}
 #undef RESULT
 	free(results);
 	return 0;
