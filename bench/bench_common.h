@@ -1,8 +1,9 @@
 /*
  * bench/bench_common.h: what the migration benchmarks (bench/precopy,
  * bench/postcopy) share: child processes and their cleanup on exit and on
- * signals, two network namespaces joined by a shaped veth pair (with a
- * janitor that removes them if we die unseen), the link bandwidth probe,
+ * signals, two network namespaces joined by a shaped veth pair or by
+ * bench/wire.h's user-space link (with a janitor that removes them if we
+ * die unseen), the link bandwidth probe,
  * the VMMs and their control calls, the source's final figures, the check
  * of the destination, and JSON output with medians.
  *
