@@ -102,11 +102,22 @@
  *     account (the guest runs at full speed meanwhile): the one to compare
  * The medians of the latter two are over "guest_measured_runs".
  *
+ * CPU time (user + system, from /proc, 10 ms ticks), from just before
+ * `migrate` to the end:
+ *   src_cpu_ms = the source VMM until its query-migrate says completed
+ *   dst_cpu_ms = the destination VMM until the bench sees it completed
+ *     (its guest's vCPUs included)
+ *   dst_vcpu_cpu_ms = of that, its vCPU threads ("vcpu*")
+ * On a machine whose cores the two VMMs share (loopback on the 2-core
+ * bench hosts) these say what each byte costs, which the totals hide when
+ * the machine is noisy.
+ *
  * Exit status: 0 (even when runs fail; see the JSON), 1 when the benchmark
  * itself cannot work, 2 usage, 77 without /dev/kvm.  Cleanup as in
  * bench/precopy (bench_common.h); POSTCOPY_KEEP=1 keeps the temporary
  * directory with the last run's VMM logs (a failed run's tails go to stderr).
  */
+#include <dirent.h>
 #include <getopt.h>
 #include <stdio.h>
 
@@ -185,7 +196,76 @@ struct bench_pc_result {
 	double guest_rate_per_s;                 /* at full speed, before `migrate` */
 	uint64_t guest_p0, guest_t0_ns;          /* source, just before `migrate` */
 	uint64_t guest_p1, guest_t1_ns;          /* destination, once it completed */
+	/*
+	 * CPU time (user + system, ms) from just before `migrate` to the end:
+	 * the source's process until it completed, the destination's until the
+	 * bench saw it complete, and of that its vCPU threads.  <0: unknown.
+	 */
+	double src_cpu_ms, dst_cpu_ms, dst_vcpu_cpu_ms;
 };
+
+/*
+ * CPU time used so far by process @pid (its threads that exited included)
+ * and by those of its threads named "vcpu*", in ms.  0 or -errno.
+ */
+static int bench_proc_cpu(pid_t pid, double *all_ms, double *vcpu_ms)
+{
+	char path[300], buf[512], *p;
+	long hz = sysconf(_SC_CLK_TCK);
+	unsigned long long ut, st;
+	struct dirent *de;
+	DIR *dir;
+	int fd;
+	ssize_t n;
+
+	*all_ms = *vcpu_ms = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+		dir = pass ? opendir(path) : NULL;
+		if (pass && !dir)
+			return -errno;
+		for (;;) {
+			if (pass) {
+				de = readdir(dir);
+				if (!de)
+					break;
+				if (de->d_name[0] == '.')
+					continue;
+				snprintf(path, sizeof(path), "/proc/%d/task/%s/stat", (int)pid,
+					 de->d_name);
+			} else {
+				snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+			}
+			fd = open(path, O_RDONLY | O_CLOEXEC);
+			n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+			if (fd >= 0)
+				close(fd);
+			if (n > 0) {
+				buf[n] = 0;
+				/* "pid (comm) state ppid ...": utime and stime are fields 14, 15. */
+				p = strrchr(buf, ')');
+				if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+						&ut, &st) == 2) {
+					double ms = (double)(ut + st) * 1000.0 / (double)hz;
+
+					if (!pass)
+						*all_ms = ms;
+					else if (!strncmp(strchr(buf, '(') + 1, "vcpu", 4))
+						*vcpu_ms += ms;
+				} else if (!pass) {
+					return -EINVAL;
+				}
+			} else if (!pass) {
+				return -ESRCH;
+			}
+			if (!pass)
+				break;
+		}
+		if (dir)
+			closedir(dir);
+	}
+	return 0;
+}
 
 /* ---- one migration ---- */
 
@@ -371,10 +451,12 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	struct bench_result *r = &pr->b;
 	struct json_object *args, *q = NULL;
 	uint64_t deadline, progress;
+	double src_cpu0 = -1, dst_cpu0 = 0, dst_vcpu0 = 0, cpu_unused;
 	bool running = false;
 	int rc;
 
 	memset(pr, 0, sizeof(*pr));
+	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
 	r->downtime_ms = -1;
 	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
 	snprintf(vcpus, sizeof(vcpus), "%u", o->vcpus);
@@ -422,10 +504,16 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	if (w->progress)
 		bench_guest_rate(&src, pr);
+	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
+	if (bench_proc_cpu(src.pid, &src_cpu0, &cpu_unused) ||
+	    bench_proc_cpu(dst.pid, &dst_cpu0, &dst_vcpu0))
+		src_cpu0 = -1;
 	rc = bench_call(&src, "migrate", args, NULL, r);
 	json_object_put(args);
 	if (rc || bench_wait_migration(o->timeout_s, &src, &q, r))
 		goto out;
+	if (src_cpu0 >= 0 && !bench_proc_cpu(src.pid, &pr->src_cpu_ms, &cpu_unused))
+		pr->src_cpu_ms -= src_cpu0;
 	bench_copy_stats(q, r);
 	/*
 	 * The source shows postcopy figures once it sent pages after the switch
@@ -443,6 +531,10 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		r->completed = false;
 		snprintf(r->status, sizeof(r->status), "dst-failed");
 		goto out;
+	}
+	if (src_cpu0 >= 0 && !bench_proc_cpu(dst.pid, &pr->dst_cpu_ms, &pr->dst_vcpu_cpu_ms)) {
+		pr->dst_cpu_ms -= dst_cpu0;
+		pr->dst_vcpu_cpu_ms -= dst_vcpu0;
 	}
 	/*
 	 * At once: the account closes when the bench sees the end, up to two
@@ -602,6 +694,10 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 		json_add_num(obj, "page_requests", pc ? (double)pr->page_requests : NAN, 0);
 		json_add_num(obj, "postcopy_faults", pc ? (double)pr->faults : NAN, 0);
 		json_add_u64(obj, "page_requests_served", pr->requests_served);
+		json_add_num(obj, "src_cpu_ms", pr->src_cpu_ms >= 0 ? pr->src_cpu_ms : NAN, 0);
+		json_add_num(obj, "dst_cpu_ms", pr->dst_cpu_ms >= 0 ? pr->dst_cpu_ms : NAN, 0);
+		json_add_num(obj, "dst_vcpu_cpu_ms",
+			     pr->dst_vcpu_cpu_ms >= 0 ? pr->dst_vcpu_cpu_ms : NAN, 0);
 	}
 	json_add_num(obj, "guest_full_rate_per_s",
 		     pr->guest_rate_per_s > 0 ? pr->guest_rate_per_s : NAN, 0);
@@ -682,6 +778,10 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("fault_latency_max_us", true, pr->fault_max_us, 1);
 	MEDIAN_FIELD("vcpu_blocked_ms", true, pr->vcpu_blocked_ms, 3);
 	MEDIAN_FIELD("page_requests", true, (double)pr->page_requests, 0);
+	MEDIAN_FIELD("src_cpu_ms", false, pr->src_cpu_ms >= 0 ? pr->src_cpu_ms : NAN, 0);
+	MEDIAN_FIELD("dst_cpu_ms", false, pr->dst_cpu_ms >= 0 ? pr->dst_cpu_ms : NAN, 0);
+	MEDIAN_FIELD("dst_vcpu_cpu_ms", false,
+		     pr->dst_vcpu_cpu_ms >= 0 ? pr->dst_vcpu_cpu_ms : NAN, 0);
 	MEDIAN_FIELD("guest_speed_during_migration", false, bench_guest_speed(pr), 3);
 	MEDIAN_FIELD("guest_lost_ms", false, bench_guest_lost_ms(pr), 1);
 #undef MEDIAN_FIELD

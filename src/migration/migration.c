@@ -2706,7 +2706,7 @@ static int mig_dst_ram_minor(struct mig_dst_chan *c, uint64_t first_page, uint32
 
 		k = npages - done < MIG_FILL_PAGES ? npages - done : MIG_FILL_PAGES;
 		len = (size_t)k * MIG_PAGE_BYTES;
-		if (stream_has_ready(s, len)) {
+		if (stream_wait_ready(s, len)) {
 			r = postcopy_dst_fill(pd, first_page + done, k, mig_dst_fill, c);
 		} else {
 			stream_get_bytes(s, c->bounce, len);

@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,6 +40,14 @@ int stream_init(struct stream *s, int fd, int timeout_ms)
 	flags = fcntl(fd, F_GETFL);
 	if (flags >= 0)
 		fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+	{
+		int proto = 0;
+		socklen_t plen = sizeof(proto);
+
+		/* TCP's poll honours SO_RCVLOWAT; a UNIX socket's does not. */
+		s->lowat = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 &&
+			   proto == IPPROTO_TCP;
+	}
 	return 0;
 }
 
@@ -333,6 +343,25 @@ size_t stream_ready_bytes(struct stream *s)
 	if (!s->err && s->fd >= 0 && ioctl(s->fd, FIONREAD, &queued) == 0 && queued > 0)
 		n += (size_t)queued;
 	return n;
+}
+
+bool stream_wait_ready(struct stream *s, size_t n)
+{
+	size_t buffered = s->len - s->pos;
+	int want, one = 1;
+
+	if (stream_has_ready(s, n))
+		return true;
+	if (s->err || !s->lowat || n - buffered > INT_MAX)
+		return false;
+	want = (int)(n - buffered);
+	if (setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) < 0)
+		return false;
+	stream_wait(s, POLLIN, s->timeout_ms);
+	/* Back to waking at any byte: the next read may be a short record. */
+	if (setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) < 0)
+		stream_fail(s, -errno, "SO_RCVLOWAT: %s", strerror(errno));
+	return stream_has_ready(s, n);
 }
 
 int stream_wait_readable(struct stream *s, int timeout_ms)

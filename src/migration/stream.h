@@ -43,6 +43,7 @@ struct stream {
 	uint64_t bytes;        /* bytes moved through the socket */
 	uint64_t max_bytes_per_s; /* write rate limit; 0 = unlimited */
 	uint64_t rate_start_ns, rate_bytes;
+	bool lowat;            /* the socket's poll honours SO_RCVLOWAT (TCP) */
 };
 
 /* Set up around @fd (made non-blocking).  0 or -errno. */
@@ -82,6 +83,15 @@ size_t stream_ready_bytes(struct stream *s);
 /* Whether @n bytes can be read without waiting (asks the socket only when
  * the buffer holds fewer). */
 bool stream_has_ready(struct stream *s, size_t n);
+/*
+ * Wait until @n bytes can be read without blocking, with one wake-up: over
+ * TCP the socket's low mark (SO_RCVLOWAT) is raised for the wait, so the
+ * reader sleeps while they arrive instead of waking per segment.  True when
+ * they are ready; false when they are not after the wait (a UNIX socket,
+ * whose poll ignores the mark, returns at once; also at end of stream, or
+ * on an error, kept in the stream): the caller reads them as usual.
+ */
+bool stream_wait_ready(struct stream *s, size_t n);
 /* Bytes in the read buffer (no system call). */
 static inline size_t stream_buffered(const struct stream *s) { return s->len - s->pos; }
 

@@ -1,0 +1,154 @@
+/* Unit tests: waiting for a whole piece of a stream (stream_wait_ready). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migration/stream.h"
+
+#define PIECE (256u * 1024u)
+
+/* A connected loopback TCP pair: fd[0] reads, fd[1] writes. */
+static void tcp_pair(int fd[2])
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sa);
+	int l = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(l >= 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(l, 1), 0);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+	fd[1] = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(fd[1], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	fd[0] = accept(l, NULL, NULL);
+	assert_true(fd[0] >= 0);
+	close(l);
+}
+
+static void write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+
+		assert_true(w > 0);
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+struct writer {
+	int fd;
+	uint8_t *data;
+};
+
+/* Writes a piece in two halves, as a stream arrives in segments. */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+
+	write_all(w->fd, w->data, PIECE / 2);
+	write_all(w->fd, w->data + PIECE / 2, PIECE / 2);
+	return NULL;
+}
+
+/* Over TCP the wait lasts until the whole piece is queued, then reads it. */
+static void test_wait_ready_tcp(void **state)
+{
+	uint8_t *data = malloc(PIECE), *got = malloc(PIECE);
+	struct stream s;
+	struct writer w;
+	pthread_t th;
+	int fd[2];
+
+	(void)state;
+	assert_non_null(data);
+	assert_non_null(got);
+	for (size_t i = 0; i < PIECE; i++)
+		data[i] = (uint8_t)(i * 7 + 3);
+	tcp_pair(fd);
+	assert_int_equal(stream_init(&s, fd[0], 10000), 0);
+	assert_true(s.lowat);
+	w = (struct writer){ fd[1], data };
+	assert_int_equal(pthread_create(&th, NULL, writer_main, &w), 0);
+	assert_true(stream_wait_ready(&s, PIECE));
+	assert_true(stream_ready_bytes(&s) >= PIECE);
+	stream_get_bytes(&s, got, PIECE);
+	assert_int_equal(stream_error(&s), 0);
+	assert_memory_equal(got, data, PIECE);
+	pthread_join(th, NULL);
+
+	/* The mark is back at one byte: a short record still wakes the reader. */
+	write_all(fd[1], data, 3);
+	assert_int_equal(stream_wait_readable(&s, 10000), 1);
+	assert_int_equal(stream_get_u8(&s), data[0]);
+
+	/* End of stream before the piece: false, no hang, the caller's read fails. */
+	shutdown(fd[1], SHUT_WR);
+	assert_false(stream_wait_ready(&s, PIECE));
+	stream_get_bytes(&s, got, PIECE);
+	assert_int_not_equal(stream_error(&s), 0);
+	stream_release(&s);
+	close(fd[0]);
+	close(fd[1]);
+	free(data);
+	free(got);
+}
+
+/* A UNIX socket's poll ignores the mark: no waiting, the caller reads as usual. */
+static void test_wait_ready_unix(void **state)
+{
+	uint8_t buf[64] = { 1, 2, 3 };
+	struct stream s;
+	int fd[2];
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fd), 0);
+	assert_int_equal(stream_init(&s, fd[0], 10000), 0);
+	assert_false(s.lowat);
+	write_all(fd[1], buf, 3);
+	assert_false(stream_wait_ready(&s, sizeof(buf)));
+	assert_true(stream_wait_ready(&s, 3));
+	assert_int_equal(stream_error(&s), 0);
+	stream_release(&s);
+	close(fd[0]);
+	close(fd[1]);
+}
+
+/* A cancelled wait ends at once with the stream's error. */
+static void test_wait_ready_cancel(void **state)
+{
+	struct stream s;
+	int fd[2];
+
+	(void)state;
+	tcp_pair(fd);
+	assert_int_equal(stream_init(&s, fd[0], -1), 0);
+	stream_cancel(&s);
+	assert_false(stream_wait_ready(&s, PIECE));
+	assert_int_equal(stream_error(&s), -ECANCELED);
+	stream_release(&s);
+	close(fd[0]);
+	close(fd[1]);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_wait_ready_tcp),
+		cmocka_unit_test(test_wait_ready_unix),
+		cmocka_unit_test(test_wait_ready_cancel),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
