@@ -19,9 +19,10 @@
  *                        same with the destination in userfaultfd missing
  *                        mode instead of minor mode), pure-vcpu-nice0 (pure
  *                        with the destination's postcopy-vcpu-nice 0: its
- *                        vCPUs compete with the migration threads as equals;
- *                        every other mode keeps the VMM's default, reported
- *                        as "vcpu_nice"), precopy (default all)
+ *                        vCPUs compete with the migration threads as equals),
+ *                        pure-vcpu-nice10 (the default before it was 19),
+ *                        precopy (default all).  Every other mode keeps the
+ *                        VMM's default, reported as "vcpu_nice".
  *   --transports LIST    loopback ("loopback-tcp"), veth (two network
  *                        namespaces joined by a veth pair shaped to 1 Gbit/s,
  *                        each direction delayed by 0.5 ms where netem exists:
@@ -157,6 +158,7 @@ static const struct bench_mode {
 	{ "pure-missing", "postcopy-pure", true, true, true, 0, true, -1 },
 	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false, -1 },
 	{ "pure-vcpu-nice0", "postcopy-pure", true, true, true, 0, false, 0 },
+	{ "pure-vcpu-nice10", "postcopy-pure", true, true, true, 0, false, 10 },
 	{ "hybrid", "hybrid", true, true, false, 1, false, -1 },
 	{ "hybrid-missing", "hybrid", true, true, false, 1, true, -1 },
 	{ "precopy", "precopy", false, false, false, 0, false, -1 },
@@ -798,8 +800,8 @@ static void bench_usage(FILE *f)
 		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
-		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, hybrid,\n"
-		"         hybrid-missing, precopy (default: all)\n"
+		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"
+		"         hybrid, hybrid-missing, precopy (default: all)\n"
 		"  transports: loopback, veth, wire (default: loopback,veth)\n");
 }
 

@@ -56,7 +56,7 @@ enum mig_mode {
 };
 
 /* postcopy-vcpu-nice unless set: see bench/postcopy's vcpu-nice runs in README. */
-#define MIG_POSTCOPY_VCPU_NICE_DEFAULT 10
+#define MIG_POSTCOPY_VCPU_NICE_DEFAULT 19
 
 struct mig_params {
 	enum mig_mode mode;             /* default normal */
