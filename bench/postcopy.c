@@ -187,6 +187,7 @@ struct bench_pc_result {
 	struct bench_result b;
 	bool switched;                           /* to postcopy: the fields below are valid */
 	uint64_t pages_pushed, pages_requested;  /* source */
+	uint64_t pages_resent;                   /* source: requested while in flight */
 	uint64_t requests_served;                /* source: PAGE_REQs it answered */
 	uint64_t page_requests, faults;          /* destination */
 	double fault_p50_us, fault_p99_us, fault_max_us, vcpu_blocked_ms;
@@ -525,6 +526,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	pr->switched = json_object_object_get_ex(q, "postcopy-pages-pushed", NULL);
 	pr->pages_pushed = json_u64_at(q, "postcopy-pages-pushed");
 	pr->pages_requested = json_u64_at(q, "postcopy-pages-requested");
+	pr->pages_resent = json_u64_at(q, "postcopy-pages-resent");
 	pr->requests_served = json_u64_at(q, "postcopy-requests");
 	json_object_put(q);
 	if (!r->completed)
@@ -673,6 +675,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 		json_add_u64(obj, "passes", r->passes);
 		json_add_u64(obj, "postcopy_pages_pushed", pr->pages_pushed);
 		json_add_u64(obj, "postcopy_pages_requested", pr->pages_requested);
+		json_add_u64(obj, "postcopy_pages_resent", pr->pages_resent);
 		json_add_u64(obj, "ram_sent_bytes", r->normal_pages * BENCH_PAGE_BYTES);
 		json_add_num(obj, "bytes_per_guest_page", bench_per_page(r, mem_bytes), 1);
 		json_add_num(obj, "wire_bytes_per_guest_byte",
@@ -766,6 +769,7 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("passes", false, (double)r->passes, 1);
 	MEDIAN_FIELD("postcopy_pages_pushed", false, (double)pr->pages_pushed, 0);
 	MEDIAN_FIELD("postcopy_pages_requested", false, (double)pr->pages_requested, 0);
+	MEDIAN_FIELD("postcopy_pages_resent", false, (double)pr->pages_resent, 0);
 	MEDIAN_FIELD("bytes_per_guest_page", false, bench_per_page(r, mem_bytes), 1);
 	MEDIAN_FIELD("wire_bytes_per_guest_byte", false, (double)r->wire_bytes / (double)mem_bytes, 4);
 	MEDIAN_FIELD("link_bandwidth_bytes_per_s", false, r->link_bps, 0);

@@ -13,11 +13,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "migration/channel.h"
 #include "migration/stream.h"
 
 #define PIECE (256u * 1024u)
 
-/* A connected loopback TCP pair: fd[0] reads, fd[1] writes. */
+/*
+ * A connected loopback TCP pair, with the migration channels' socket
+ * options (8 MiB buffers: a small receive buffer under pressure wakes the
+ * reader before the low mark, and the wait rightly gives up): fd[0] reads,
+ * fd[1] writes.
+ */
 static void tcp_pair(int fd[2])
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
@@ -30,9 +36,11 @@ static void tcp_pair(int fd[2])
 	assert_int_equal(listen(l, 1), 0);
 	assert_int_equal(getsockname(l, (struct sockaddr *)&sa, &len), 0);
 	fd[1] = socket(AF_INET, SOCK_STREAM, 0);
+	channel_tune(fd[1]);
 	assert_int_equal(connect(fd[1], (struct sockaddr *)&sa, sizeof(sa)), 0);
 	fd[0] = accept(l, NULL, NULL);
 	assert_true(fd[0] >= 0);
+	channel_tune(fd[0]);
 	close(l);
 }
 
