@@ -20,7 +20,8 @@
  *                        mode instead of minor mode), pure-vcpu-nice0 (pure
  *                        with the destination's postcopy-vcpu-nice 0: its
  *                        vCPUs compete with the migration threads as equals),
- *                        pure-vcpu-nice10 (the default before it was 19),
+ *                        pure-vcpu-nice10 and pure-vcpu-nice19 (the defaults
+ *                        before 20, SCHED_IDLE, from the sixth session),
  *                        precopy (default all).  Every other mode keeps the
  *                        VMM's default, reported as "vcpu_nice".
  *   --transports LIST    loopback ("loopback-tcp"), veth (two network
@@ -159,6 +160,7 @@ static const struct bench_mode {
 	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false, -1 },
 	{ "pure-vcpu-nice0", "postcopy-pure", true, true, true, 0, false, 0 },
 	{ "pure-vcpu-nice10", "postcopy-pure", true, true, true, 0, false, 10 },
+	{ "pure-vcpu-nice19", "postcopy-pure", true, true, true, 0, false, 19 },
 	{ "hybrid", "hybrid", true, true, false, 1, false, -1 },
 	{ "hybrid-missing", "hybrid", true, true, false, 1, true, -1 },
 	{ "precopy", "precopy", false, false, false, 0, false, -1 },
@@ -805,7 +807,7 @@ static void bench_usage(FILE *f)
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"
-		"         hybrid, hybrid-missing, precopy (default: all)\n"
+		"         pure-vcpu-nice19, hybrid, hybrid-missing, precopy (default: all)\n"
 		"  transports: loopback, veth, wire (default: loopback,veth)\n");
 }
 

@@ -62,9 +62,10 @@ static void run_usage(FILE *f)
 		"      --postcopy          accept a postcopy or hybrid migration (with --incoming):\n"
 		"                          turns the postcopy-ram capability on before listening\n"
 		"      --postcopy-vcpu-nice N\n"
-		"                          with --postcopy: run the vCPUs N nicer (0..19, default\n"
-		"                          %d; 0 = leave them alone) while pages still arrive, so\n"
-		"                          that they do not starve the threads bringing them\n"
+		"                          with --postcopy: run the vCPUs N nicer (0..19; 20 = the\n"
+		"                          SCHED_IDLE policy; default %d; 0 = leave them alone)\n"
+		"                          while pages still arrive, so that they do not starve\n"
+		"                          the threads bringing them\n"
 		"      --prealloc          allocate all guest RAM up front (default with --incoming,\n"
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
@@ -231,9 +232,9 @@ static int main_run(int argc, char **argv)
 		case 'R': cpr_uri = optarg; break;
 		case 'Y': postcopy = true; break;
 		case 'n':
-			if (size_parse_uint(optarg, 0, 19, &v)) {
+			if (size_parse_uint(optarg, 0, 20, &v)) {
 				fprintf(stderr, "vmferry run: --postcopy-vcpu-nice: '%s' is not a number "
-					"in 0..19\n", optarg);
+					"in 0..20\n", optarg);
 				return 1;
 			}
 			vcpu_nice = (int)v;

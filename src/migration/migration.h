@@ -55,8 +55,9 @@ enum mig_mode {
 				* new process over a cpr channel, copy no RAM */
 };
 
-/* postcopy-vcpu-nice unless set: see bench/postcopy's vcpu-nice runs in README. */
-#define MIG_POSTCOPY_VCPU_NICE_DEFAULT 19
+/* postcopy-vcpu-nice unless set (SCHED_IDLE): see bench/postcopy's vcpu-nice
+ * runs in README. */
+#define MIG_POSTCOPY_VCPU_NICE_DEFAULT 20
 
 struct mig_params {
 	enum mig_mode mode;             /* default normal */
@@ -70,7 +71,8 @@ struct mig_params {
 					 * the background stream jumps to them */
 	uint64_t postcopy_after_passes; /* switch when not converged after N; 0 = never */
 	uint64_t postcopy_vcpu_nice;    /* destination: vCPUs this much nicer while
-					 * postcopy pages arrive (0..19, 0 = off) */
+					 * postcopy pages arrive (0..19, 0 = off;
+					 * 20 = SCHED_IDLE) */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */
 };
@@ -104,7 +106,7 @@ void migration_set_event_handler(struct migration *m, vm_event_fn *fn, void *opa
  */
 int migration_set_capabilities(struct migration *m, const struct mig_caps_update *u,
 			       char *err, size_t errlen);
-/* postcopy-vcpu-nice (0..19; see struct mig_params), as the parameter.  0 or -EINVAL. */
+/* postcopy-vcpu-nice (0..20; see struct mig_params), as the parameter.  0 or -EINVAL. */
 int migration_set_postcopy_vcpu_nice(struct migration *m, unsigned nice);
 
 /* Register migrate, migrate-cancel, migrate-set-parameters, ... */

@@ -491,8 +491,14 @@ static void vcpu_throttle(struct vcpu *vcpu)
 /* Nice @vcpu's thread by @nice relative to where it started.  0 or -errno. */
 static int vcpu_renice(struct vcpu *vcpu, int tid, int nice)
 {
+	struct sched_param sp = { 0 };
 	int want = vcpu->base_nice + nice;
 
+	if (nice >= VM_VCPU_NICE_IDLE)
+		return sched_setscheduler(tid, SCHED_IDLE, &sp) < 0 ? -errno : 0;
+	/* Back from SCHED_IDLE first (its nice was kept all along). */
+	if (sched_getscheduler(tid) == SCHED_IDLE && sched_setscheduler(tid, SCHED_OTHER, &sp) < 0)
+		return -errno;
 	if (want > 19)
 		want = 19;
 	/* PRIO_PROCESS with a thread id applies to that thread alone on Linux. */
@@ -1388,7 +1394,7 @@ int vm_set_vcpu_nice(struct vm *vm, int nice)
 {
 	int err = 0;
 
-	if (nice < 0 || nice > 19)
+	if (nice < 0 || nice > VM_VCPU_NICE_IDLE)
 		return -EINVAL;
 	if (nice == atomic_load(&vm->vcpu_nice))
 		return 0;

@@ -160,15 +160,19 @@ int vm_detach_ram(struct vm *vm);
  * whoever reads it, so vm_dump_memory refuses meanwhile.
  */
 void vm_set_ram_arriving(struct vm *vm, bool arriving);
+/* vm_set_vcpu_nice: past 19, the SCHED_IDLE policy. */
+#define VM_VCPU_NICE_IDLE 20
 /*
  * Make the vCPU threads nicer by @nice (0..19) relative to where they
- * started; 0 puts them back.  Applies to vCPU threads started later too.
- * A postcopy destination does this while pages arrive, so that a guest
- * spinning on the pages it has does not starve the threads that bring the
- * rest (on hosts whose vCPUs share cores with them).  -EPERM, changing
- * nothing, when the process could not undo it (no CAP_SYS_NICE and a low
- * RLIMIT_NICE); -EINVAL for @nice outside 0..19; else 0 or the first
- * setpriority error.  Any thread.
+ * started, or with VM_VCPU_NICE_IDLE put them in the SCHED_IDLE policy
+ * (they run only on CPU time no other thread wants); 0 puts them back.
+ * Applies to vCPU threads started later too.  A postcopy destination does
+ * this while pages arrive, so that a guest spinning on the pages it has
+ * does not starve the threads that bring the rest (on hosts whose vCPUs
+ * share cores with them).  -EPERM, changing nothing, when the process
+ * could not undo it (no CAP_SYS_NICE and a low RLIMIT_NICE: the same rule
+ * lets a thread leave SCHED_IDLE); -EINVAL for @nice outside 0..20; else 0
+ * or the first sched_setscheduler / setpriority error.  Any thread.
  */
 int vm_set_vcpu_nice(struct vm *vm, int nice);
 /* The migration failed before the destination ran: back to where we were. */

@@ -409,7 +409,7 @@ static void test_run_postcopy_usage(void **state)
 	const char *const no_postcopy[] = { "run", "--incoming", "unix:/nonexistent/m",
 					    "--postcopy-vcpu-nice", "3", NULL };
 	const char *const too_nice[] = { "run", "--incoming", "unix:/nonexistent/m", "--postcopy",
-					 "--postcopy-vcpu-nice", "20", NULL };
+					 "--postcopy-vcpu-nice", "21", NULL };
 	const char *const help[] = { "run", "--help", NULL };
 	struct vmtest_result res;
 
@@ -417,7 +417,7 @@ static void test_run_postcopy_usage(void **state)
 	cli_expect_run_refused(alone, "--postcopy needs --incoming URI");
 	cli_expect_run_refused(cpr, "--postcopy does not apply to --incoming-cpr");
 	cli_expect_run_refused(no_postcopy, "--postcopy-vcpu-nice needs --postcopy");
-	cli_expect_run_refused(too_nice, "--postcopy-vcpu-nice: '20' is not a number in 0..19");
+	cli_expect_run_refused(too_nice, "--postcopy-vcpu-nice: '21' is not a number in 0..20");
 	assert_int_equal(vmtest_run(help, NULL, 10000, &res), 0);
 	assert_int_equal(res.status, 0);
 	assert_non_null(strstr(res.out, "--postcopy"));

@@ -308,7 +308,7 @@ static void test_bad_requests(void **state)
 	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), -EREMOTEIO);
 	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
 	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 20}"), -EREMOTEIO);
+	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 21}"), -EREMOTEIO);
 	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": -1}"), -EREMOTEIO);
 	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": \"low\"}"), -EREMOTEIO);
 	{

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -134,6 +135,20 @@ static void expect_dst_vcpus_nicer_by(int nicer)
 	assert_int_equal(vmtest_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
 	assert_int_equal(vmin, vmax);
 	assert_int_equal(vmin - cmin, nicer);
+	/* SCHED_IDLE is postcopy-vcpu-nice 20 only */
+	assert_int_equal(vmtest_threads_with_policy(&rec_dst, "vcpu", SCHED_IDLE), 0);
+}
+
+/* postcopy-vcpu-nice 20: every vCPU thread in SCHED_IDLE, its nice untouched. */
+static void expect_dst_vcpus_idle(void)
+{
+	int vmin, vmax, cmin, cmax;
+
+	assert_int_equal(vmtest_threads_with_policy(&rec_dst, "vcpu", SCHED_IDLE), atoi(REC_VCPUS));
+	assert_int_equal(vmtest_threads_nice(&rec_dst, "vcpu", &vmin, &vmax), atoi(REC_VCPUS));
+	assert_int_equal(vmtest_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
+	assert_int_equal(vmin, cmin);
+	assert_int_equal(vmax, cmin);
 }
 
 /*
@@ -244,7 +259,7 @@ static void test_recover_unix(void **state)
 	expect_dst_vcpus_nicer_by(0);
 	start_postcopy(uri);
 	wait_active_with_progress(0);
-	expect_dst_vcpus_nicer_by(MIG_POSTCOPY_VCPU_NICE_DEFAULT);
+	expect_dst_vcpus_idle(); /* the default, 20 */
 	expect_dst_pagepath_realtime(0);
 	assert_int_equal(vmtest_realtime_threads_named(&rec_src, "pc-return"), 1);
 	/* Active: no recover, no resume, no cancel; a second pause is refused after. */
@@ -312,9 +327,14 @@ static void test_recover_unix(void **state)
 	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	vmtest_call(&rec_src, "migrate-pause", NULL, NULL); /* may find it paused already */
 	wait_both_paused();
+	expect_dst_vcpus_nicer_by(0);
+	/* back to the default, SCHED_IDLE; the page path stays in the normal policy */
+	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 20}"), 0);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
+	expect_dst_vcpus_idle();
+	expect_dst_pagepath_realtime(0);
 
 	expect_recovered(3);
 }

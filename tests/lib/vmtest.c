@@ -737,6 +737,27 @@ static void vmtest_count_realtime(const char *name, char *fields, void *opaque)
 	s->n += policy == 1 || policy == 2 || policy == 6;
 }
 
+struct vmtest_policy_scan {
+	const char *prefix;
+	int policy, n;
+};
+
+static void vmtest_count_policy(const char *name, char *fields, void *opaque)
+{
+	struct vmtest_policy_scan *s = opaque;
+
+	if (!strncmp(name, s->prefix, strlen(s->prefix)) && vmtest_stat_field(fields, 41) == s->policy)
+		s->n++;
+}
+
+int vmtest_threads_with_policy(struct vmtest_vm *vm, const char *prefix, int policy)
+{
+	struct vmtest_policy_scan s = { .prefix = prefix, .policy = policy };
+	int r = vmtest_for_each_thread(vm, vmtest_count_policy, &s);
+
+	return r < 0 ? r : s.n;
+}
+
 int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix)
 {
 	struct vmtest_rt_scan s = { .prefix = prefix };

@@ -135,6 +135,9 @@ int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *a
 int vmtest_realtime_threads(struct vmtest_vm *vm);
 /* The same among the threads whose name starts with @prefix. */
 int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix);
+/* How many of the threads whose name starts with @prefix run in scheduling
+ * @policy (SCHED_IDLE, ...), or -errno. */
+int vmtest_threads_with_policy(struct vmtest_vm *vm, const char *prefix, int policy);
 /*
  * The lowest and highest nice value among the VMM's threads whose name
  * starts with @prefix ("vcpu" for the vCPU threads).  The number of such
