@@ -131,19 +131,36 @@ static void wait_faults(struct fixture *f, uint64_t n)
 	}
 }
 
-/* Wait until @n requests were sent; their pages are in f->requested. */
-static void wait_requests(struct fixture *f, unsigned n)
+/* Requests sent so far (the fault thread adds to them). */
+static unsigned nrequested(struct fixture *f)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&f->lock);
+	n = f->nrequested;
+	pthread_mutex_unlock(&f->lock);
+	return n;
+}
+
+/* Wait until @n requests were sent; the page of the last one. */
+static uint64_t wait_requests(struct fixture *f, unsigned n)
 {
 	struct timespec until;
+	uint64_t page;
+	unsigned have;
 	int r = 0;
 
+	assert_true(n >= 1 && n <= 16);
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += WAIT_NS / 1000000000ull;
 	pthread_mutex_lock(&f->lock);
 	while (f->nrequested < n && r == 0)
 		r = pthread_cond_timedwait(&f->cond, &f->lock, &until);
+	have = f->nrequested;
+	page = f->requested[n - 1];
 	pthread_mutex_unlock(&f->lock);
-	assert_true(f->nrequested >= n);
+	assert_true(have >= n);
+	return page;
 }
 
 /* Place @page holding @value in its first word; the toucher wakes and reads it. */
@@ -176,12 +193,11 @@ static void test_fault_requests_once(void **state)
 	if (!f)
 		skip();
 	touch(f, &a, 14);
-	wait_requests(f, 1);
-	assert_int_equal(f->requested[0], 14);
+	assert_int_equal(wait_requests(f, 1), 14);
 	/* A second thread on the same page: it waits for the same answer. */
 	touch(f, &b, 14);
 	wait_faults(f, 2);
-	assert_int_equal(f->nrequested, 1);
+	assert_int_equal(nrequested(f), 1);
 	place(f, 14, 0x14);
 	assert_int_equal(pthread_join(a.th, NULL), 0);
 	assert_int_equal(pthread_join(b.th, NULL), 0);
@@ -203,9 +219,9 @@ static void test_outstanding(void **state)
 	if (!f)
 		skip();
 	touch(f, &a, 3);
-	wait_requests(f, 1);
+	assert_int_equal(wait_requests(f, 1), 3);
 	touch(f, &b, 9);
-	wait_requests(f, 2);
+	assert_int_equal(wait_requests(f, 2), 9);
 	place(f, 3, 0x3);
 	assert_int_equal(pthread_join(a.th, NULL), 0);
 	assert_int_equal(postcopy_dst_outstanding(f->pd, count_one, &seen), 1);
