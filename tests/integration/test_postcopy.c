@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -103,6 +104,47 @@ static void test_pure_postcopy(void **state)
 		assert_int_equal(vmtest_vm_quit(&src), 0);
 		assert_int_equal(vmtest_vm_quit(&dst), 0);
 	}
+}
+
+/*
+ * `stop` and `cont` on the destination while postcopy pages still arrive:
+ * the vCPUs (in SCHED_IDLE there, postcopy-vcpu-nice's default) park at
+ * once, the stream goes on, and the guest resumes and verifies after.
+ */
+static void test_stop_cont_during_postcopy(void **state)
+{
+	struct vmtest_vm src, dst;
+	char uri[VMTEST_PATH_BYTES + 8];
+	uint64_t t0, stop_ns;
+
+	(void)state;
+	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
+	/* ~2 s of postcopy, so the stop lands while pages arrive */
+	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 32000000}"), 0);
+	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	migtest_wait_migration_status(&dst, "postcopy-active");
+	assert_int_equal(vmtest_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 2);
+	t0 = clock_monotonic_ns();
+	assert_int_equal(vmtest_call(&dst, "stop", NULL, NULL), 0);
+	stop_ns = clock_monotonic_ns() - t0;
+	fprintf(stderr, "postcopy: stop on the destination took %.1f ms\n", (double)stop_ns / 1e6);
+	assert_true(stop_ns < 5000000000ull); /* parked, not starved */
+	migtest_expect_status(&dst, "paused");
+	{
+		struct json_object *q = NULL;
+
+		/* the pages go on arriving meanwhile */
+		assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
+		assert_string_equal(migtest_str_at(q, "status"), "postcopy-active");
+		json_object_put(q);
+	}
+	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), 0);
+	migtest_expect_status(&dst, "running");
+	expect_completed_postcopy(&src, &dst);
+	assert_int_equal(vmtest_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 0);
+	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(vmtest_vm_quit(&dst), 0);
 }
 
 static void test_hybrid_after_one_pass(void **state)
@@ -332,6 +374,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pure_postcopy),
+		cmocka_unit_test(test_stop_cont_during_postcopy),
 		cmocka_unit_test(test_hybrid_after_one_pass),
 		cmocka_unit_test(test_complete_after_urgent_close),
 		cmocka_unit_test(test_requests_without_urgent_channel),
