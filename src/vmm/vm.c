@@ -488,7 +488,8 @@ static void vcpu_throttle(struct vcpu *vcpu)
 
 /* ---- the vCPU thread: one flat switch on the exit reason ---- */
 
-/* Nice @vcpu's thread by @nice relative to where it started.  0 or -errno. */
+/* Nice @vcpu's thread by @nice relative to where it started, or (@nice
+ * VM_VCPU_NICE_IDLE) put it in SCHED_IDLE.  0 or -errno. */
 static int vcpu_renice(struct vcpu *vcpu, int tid, int nice)
 {
 	struct sched_param sp = { 0 };
