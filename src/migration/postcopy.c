@@ -20,6 +20,13 @@
 
 #define PC_PAGE 4096ull
 #define PC_ZERO_PAGES 64u
+/*
+ * Lazy mapping: a fault on a page that arrived and is not mapped yet maps
+ * it and up to this many more received pages after it, so a vCPU walking
+ * through memory the push delivered ahead of it faults once per window,
+ * not once per page.
+ */
+#define PC_MAP_WINDOW 128u
 
 struct postcopy_dst {
 	struct ram_block *block;
@@ -27,9 +34,12 @@ struct postcopy_dst {
 	postcopy_request_fn *request;
 	void *opaque;
 	bool minor;                   /* minor mode: block->alias, see postcopy.h */
+	bool lazy;                    /* minor mode: map arriving pages only when waited for */
 	_Atomic uint64_t *received;   /* bit per page */
 	_Atomic uint64_t *claimed;    /* minor mode: a writer owns the page's content */
 	_Atomic uint64_t *requested;  /* bit per page */
+	_Atomic uint64_t *waiting;    /* lazy: a thread faulted on the page */
+	_Atomic uint64_t *mapped;     /* lazy: in the guest's mapping */
 	_Atomic uint64_t *req_ns;     /* per page: when requested, 0 = not waiting */
 	_Atomic uint64_t nreceived;
 	int uffd;                     /* -1 until listening */
@@ -65,6 +75,26 @@ static bool pc_test_and_clear(_Atomic uint64_t *bits, uint64_t p)
 
 static int pc_open(struct postcopy_dst *pd);
 
+static void pc_set_range(_Atomic uint64_t *bits, uint64_t p, uint64_t n)
+{
+	for (uint64_t q = p; q < p + n; q++)
+		atomic_fetch_or(&bits[q / 64], 1ull << (q % 64));
+}
+
+/* Whether any bit of [@p, @p + @n) is set. */
+static bool pc_any(_Atomic uint64_t *bits, uint64_t p, uint64_t n)
+{
+	for (uint64_t q = p; q < p + n; q++) {
+		uint64_t w = atomic_load(&bits[q / 64]) >> (q % 64);
+
+		if (w & 1)
+			return true;
+		if (!w) /* none further in this word */
+			q |= 63;
+	}
+	return false;
+}
+
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
 			const atomic_bool *realtime, struct postcopy_dst **out)
 {
@@ -81,15 +111,23 @@ int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, v
 	pd->opaque = opaque;
 	pd->uffd = -1;
 	pd->minor = block->alias != NULL;
+	{
+		const char *map = getenv("VMFERRY_POSTCOPY_MAP");
+
+		pd->lazy = pd->minor && !(map && !strcmp(map, "eager"));
+	}
 	pd->realtime = realtime;
 	pd->received = calloc(words, sizeof(uint64_t));
 	pd->claimed = calloc(words, sizeof(uint64_t));
 	pd->requested = calloc(words, sizeof(uint64_t));
+	pd->waiting = calloc(words, sizeof(uint64_t));
+	pd->mapped = calloc(words, sizeof(uint64_t));
 	pd->req_ns = calloc(pd->npages, sizeof(uint64_t));
 	pd->samples_us = calloc(pd->npages, sizeof(uint32_t));
 	pd->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&pd->stats_lock, NULL);
-	if (!pd->received || !pd->claimed || !pd->requested || !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
+	if (!pd->received || !pd->claimed || !pd->requested || !pd->waiting || !pd->mapped ||
+	    !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
 		postcopy_dst_destroy(pd);
 		return -ENOMEM;
 	}
@@ -126,6 +164,8 @@ void postcopy_dst_destroy(struct postcopy_dst *pd)
 	free((void *)pd->received);
 	free((void *)pd->claimed);
 	free((void *)pd->requested);
+	free((void *)pd->waiting);
+	free((void *)pd->mapped);
 	free((void *)pd->req_ns);
 	free(pd->samples_us);
 	pthread_mutex_destroy(&pd->stats_lock);
@@ -174,6 +214,7 @@ int postcopy_dst_discard(struct postcopy_dst *pd, uint64_t first_page, uint64_t 
 		return -EINVAL;
 	for (uint64_t p = first_page; p < first_page + npages; p++) {
 		pc_test_and_clear(pd->claimed, p);
+		pc_test_and_clear(pd->mapped, p);
 		if (pc_test_and_clear(pd->received, p))
 			atomic_fetch_sub(&pd->nreceived, 1);
 	}
@@ -260,6 +301,43 @@ static void pc_placed(struct postcopy_dst *pd, uint64_t p, uint64_t n)
 	}
 }
 
+static int pc_continue(struct postcopy_dst *pd, uint64_t p, uint64_t n);
+
+/*
+ * Minor mode: pages [@p, @p + @n) were written through the alias.  Eager:
+ * map them, then they count as received.  Lazy: they count as received
+ * first, and are mapped now only when a thread waits for one of them
+ * (faulted, or asked the source); the others are mapped by the first fault
+ * on them (pc_map_window), or after the migration, when the guest's mapping
+ * is a plain one again, by the kernel.  Mapping costs about a third of
+ * receiving a page, and most pushed pages are not touched while postcopy
+ * lasts.  Against the fault thread: it sets "waiting" and then reads
+ * "received"; this sets "received" and then reads "waiting" (both
+ * sequentially consistent), so at least one of the two maps the page.
+ */
+static int pc_arrived(struct postcopy_dst *pd, uint64_t p, uint64_t n)
+{
+	int err;
+
+	if (!pd->lazy) {
+		err = pc_continue(pd, p, n);
+		if (!err)
+			pc_placed(pd, p, n);
+		return err;
+	}
+	for (uint64_t q = p; q < p + n; q++)
+		if (!pc_test_and_set(pd->received, q))
+			atomic_fetch_add(&pd->nreceived, 1);
+	err = pc_any(pd->waiting, p, n) ? pc_continue(pd, p, n) : 0;
+	if (!err) {
+		uint64_t now = clock_monotonic_ns();
+
+		for (uint64_t q = p; q < p + n; q++)
+			pc_account(pd, q, now);
+	}
+	return err;
+}
+
 static int pc_wake(struct postcopy_dst *pd, uint64_t p, uint64_t n)
 {
 	struct uffdio_range r = {
@@ -330,14 +408,18 @@ static int pc_continue(struct postcopy_dst *pd, uint64_t p, uint64_t n)
 				   .len = (n - done) * PC_PAGE },
 		};
 
-		if (ioctl(pd->uffd, UFFDIO_CONTINUE, &c) == 0)
+		if (ioctl(pd->uffd, UFFDIO_CONTINUE, &c) == 0) {
+			pc_set_range(pd->mapped, p + done, n - done);
 			return 0;
+		}
 		if (errno == EAGAIN && c.mapped > 0) {
+			pc_set_range(pd->mapped, p + done, (uint64_t)c.mapped / PC_PAGE);
 			done += (uint64_t)c.mapped / PC_PAGE;
 			continue;
 		}
 		if (errno == EEXIST) {
 			pc_wake(pd, p + done, 1);
+			pc_set_range(pd->mapped, p + done, 1);
 			done++;
 			continue;
 		}
@@ -375,10 +457,9 @@ static int pc_place_minor(struct postcopy_dst *pd, uint64_t first_page, uint32_t
 			       run * PC_PAGE);
 		else
 			memset(pd->block->alias + p * PC_PAGE, 0, run * PC_PAGE);
-		err = pc_continue(pd, p, run);
+		err = pc_arrived(pd, p, run);
 		if (err)
 			return err;
-		pc_placed(pd, p, run);
 		p += run;
 	}
 	return 0;
@@ -418,16 +499,17 @@ int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npa
 			for (run = 1; p + run < end && pc_test(pd->claimed, p + run); run++)
 				;
 		err = fill(opaque, mine ? pd->block->alias + p * PC_PAGE : NULL, run);
-		if (!err && mine)
-			err = pc_continue(pd, p, run);
 		if (err) {
 			if (mine)
 				for (uint64_t q = p; q < p + run; q++)
 					pc_test_and_clear(pd->claimed, q);
 			return err;
 		}
-		if (mine)
-			pc_placed(pd, p, run);
+		if (mine) {
+			err = pc_arrived(pd, p, run);
+			if (err)
+				return err;
+		}
 		p += run;
 	}
 	return 0;
@@ -475,6 +557,22 @@ int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t np
 	return 0;
 }
 
+/*
+ * Pages to map for a fault on the received page @p: lazy mapping maps the
+ * received, unmapped pages that follow it as well, up to PC_MAP_WINDOW in
+ * all, in the same call (the faulting thread would touch the next one
+ * while they were being mapped anyway).
+ */
+static uint64_t pc_map_window(struct postcopy_dst *pd, uint64_t p)
+{
+	uint64_t n = 1;
+
+	while (pd->lazy && p + n < pd->npages && n < PC_MAP_WINDOW &&
+	       pc_test(pd->received, p + n) && !pc_test(pd->mapped, p + n))
+		n++;
+	return n;
+}
+
 static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
 {
 	uint64_t host = (uint64_t)(uintptr_t)pd->block->host;
@@ -484,6 +582,8 @@ static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
 	if (addr < host || addr >= host + pd->block->bytes)
 		return;
 	p = (addr - host) / PC_PAGE;
+	if (pd->lazy)
+		pc_test_and_set(pd->waiting, p); /* before "received": see pc_arrived */
 	if (pc_test(pd->received, p)) {
 		/*
 		 * Either placed between the fault and now (the copy below finds it
@@ -491,7 +591,7 @@ static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
 		 * mapped, or a zero page that arrived as a hole: give it a zero
 		 * page.  UFFDIO_COPY never overwrites a present page.
 		 */
-		if (!pd->minor || pc_continue(pd, p, 1))
+		if (!pd->minor || pc_continue(pd, p, pc_map_window(pd, p)))
 			pc_copy(pd, p, 1, pc_zero);
 		return;
 	}

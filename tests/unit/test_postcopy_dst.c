@@ -2,7 +2,8 @@
  * Unit tests: the postcopy destination's fault handling (postcopy.c), on a
  * real userfaultfd in minor mode over a small memfd block, without a VM or
  * a source: faults become one request per page, placing wakes every
- * waiter, recovery's outstanding list.
+ * waiter, recovery's outstanding list, lazy and eager mapping of pages
+ * that arrive before anyone touched them.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -60,6 +61,7 @@ static uint64_t now_ns(void)
 static int setup(void **state)
 {
 	struct fixture *f;
+	const char *map = getenv("TEST_MAP");
 
 	if (!postcopy_minor_supported()) {
 		fprintf(stderr, "skipped: this kernel has no userfaultfd minor faults on shmem\n");
@@ -72,7 +74,10 @@ static int setup(void **state)
 	pthread_cond_init(&f->cond, NULL);
 	assert_int_equal(ram_block_create("ram", 0, BLOCK_BYTES, &f->rb), 0);
 	assert_int_equal(ram_block_map_alias(&f->rb), 0);
+	if (map)
+		setenv("VMFERRY_POSTCOPY_MAP", map, 1);
 	assert_int_equal(postcopy_dst_create(&f->rb, note_request, f, NULL, &f->pd), 0);
+	unsetenv("VMFERRY_POSTCOPY_MAP");
 	assert_true(postcopy_dst_minor(f->pd));
 	assert_int_equal(postcopy_dst_prepare(f->pd), 0);
 	assert_int_equal(postcopy_dst_listen(f->pd), 0);
@@ -232,8 +237,67 @@ static void test_outstanding(void **state)
 	assert_int_equal(postcopy_dst_outstanding(f->pd, count_one, &seen), 0);
 }
 
-/* A page that arrived before anyone touched it costs no fault and no request. */
+/*
+ * A page that arrived before anyone touched it costs no request, and is
+ * never written twice.  Lazy mapping (the default): it is not mapped yet,
+ * so the first touch is one fault, answered from here.
+ */
 static void test_placed_first(void **state)
+{
+	struct fixture *f = *state;
+	struct postcopy_dst_stats st;
+	struct toucher a;
+
+	if (!f)
+		skip();
+	place(f, 20, 0x20);
+	place(f, 20, 0x99); /* never written twice: the first copy stays */
+	postcopy_dst_get_stats(f->pd, &st);
+	assert_int_equal(st.faults, 0);
+	touch(f, &a, 20);
+	assert_int_equal(pthread_join(a.th, NULL), 0);
+	assert_int_equal(a.value, 0x20);
+	postcopy_dst_get_stats(f->pd, &st);
+	assert_int_equal(st.faults, 1);
+	assert_int_equal(st.requests, 0);
+	assert_int_equal(*(volatile uint64_t *)(f->rb.host + 20 * PAGE), 0x20);
+}
+
+/*
+ * Lazy mapping: a fault on an arrived page maps the arrived pages after it
+ * too, so walking through them costs one fault, not one per page; it stops
+ * at a page that has not arrived (that one still faults and is requested).
+ */
+static void test_map_ahead(void **state)
+{
+	static uint8_t data[16 * PAGE];
+	struct fixture *f = *state;
+	struct postcopy_dst_stats st;
+	struct toucher a, b;
+
+	if (!f)
+		skip();
+	for (unsigned i = 0; i < 16; i++)
+		data[i * PAGE] = (uint8_t)(0x40 + i);
+	assert_int_equal(postcopy_dst_place(f->pd, 40, 16, data), 0);
+	touch(f, &a, 40);
+	assert_int_equal(pthread_join(a.th, NULL), 0);
+	assert_int_equal(a.value, 0x40);
+	for (unsigned i = 1; i < 16; i++)
+		assert_int_equal(*(volatile uint8_t *)(f->rb.host + (40 + i) * PAGE), 0x40 + i);
+	postcopy_dst_get_stats(f->pd, &st);
+	assert_int_equal(st.faults, 1);
+	assert_int_equal(st.requests, 0);
+	/* Page 56 never came: it is asked for. */
+	touch(f, &b, 56);
+	assert_int_equal(wait_requests(f, 1), 56);
+	place(f, 56, 0x56);
+	assert_int_equal(pthread_join(b.th, NULL), 0);
+	assert_int_equal(b.value, 0x56);
+}
+
+/* Eager mapping (VMFERRY_POSTCOPY_MAP=eager): an arrived page costs no fault. */
+static void test_placed_first_eager(void **state)
 {
 	struct fixture *f = *state;
 	struct postcopy_dst_stats st;
@@ -241,11 +305,20 @@ static void test_placed_first(void **state)
 	if (!f)
 		skip();
 	place(f, 20, 0x20);
-	place(f, 20, 0x99); /* never written twice: the first copy stays */
 	assert_int_equal(*(volatile uint64_t *)(f->rb.host + 20 * PAGE), 0x20);
 	postcopy_dst_get_stats(f->pd, &st);
 	assert_int_equal(st.faults, 0);
 	assert_int_equal(st.requests, 0);
+}
+
+static int setup_eager(void **state)
+{
+	int r;
+
+	setenv("TEST_MAP", "eager", 1);
+	r = setup(state);
+	unsetenv("TEST_MAP");
+	return r;
 }
 
 int main(void)
@@ -254,6 +327,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fault_requests_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outstanding, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_placed_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_ahead, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_placed_first_eager, setup_eager, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
