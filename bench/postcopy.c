@@ -22,6 +22,10 @@
  *                        vCPUs compete with the migration threads as equals),
  *                        pure-vcpu-nice10 and pure-vcpu-nice19 (the defaults
  *                        before 20, SCHED_IDLE, from the sixth session),
+ *                        pure-eager-map (the destination maps every page as
+ *                        it arrives, as before the seventh session, instead
+ *                        of when first touched), pure-copy-send (the source
+ *                        copies pages into the socket instead of sendfile),
  *                        precopy (default all).  Every other mode keeps the
  *                        VMM's default, reported as "vcpu_nice".
  *   --transports LIST    loopback ("loopback-tcp"), veth (two network
@@ -154,16 +158,22 @@ static const struct bench_mode {
 	bool uffd_missing;          /* destination in userfaultfd missing mode
 				     * (VMFERRY_POSTCOPY_UFFD=missing), not minor */
 	int vcpu_nice;              /* destination's postcopy-vcpu-nice; -1: its default */
+	bool eager_map;             /* destination maps every arriving page at once
+				     * (VMFERRY_POSTCOPY_MAP=eager), not lazily */
+	bool copy_send;             /* source copies pages into its sockets
+				     * (VMFERRY_SEND_COPY=1), no sendfile */
 } bench_modes[] = {
-	{ "pure", "postcopy-pure", true, true, true, 0, false, -1 },
-	{ "pure-missing", "postcopy-pure", true, true, true, 0, true, -1 },
-	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false, -1 },
-	{ "pure-vcpu-nice0", "postcopy-pure", true, true, true, 0, false, 0 },
-	{ "pure-vcpu-nice10", "postcopy-pure", true, true, true, 0, false, 10 },
-	{ "pure-vcpu-nice19", "postcopy-pure", true, true, true, 0, false, 19 },
-	{ "hybrid", "hybrid", true, true, false, 1, false, -1 },
-	{ "hybrid-missing", "hybrid", true, true, false, 1, true, -1 },
-	{ "precopy", "precopy", false, false, false, 0, false, -1 },
+	{ "pure", "postcopy-pure", true, true, true, 0, false, -1, false, false },
+	{ "pure-eager-map", "postcopy-pure", true, true, true, 0, false, -1, true, false },
+	{ "pure-copy-send", "postcopy-pure", true, true, true, 0, false, -1, false, true },
+	{ "pure-missing", "postcopy-pure", true, true, true, 0, true, -1, false, false },
+	{ "pure-nopreempt", "postcopy-pure", true, false, true, 0, false, -1, false, false },
+	{ "pure-vcpu-nice0", "postcopy-pure", true, true, true, 0, false, 0, false, false },
+	{ "pure-vcpu-nice10", "postcopy-pure", true, true, true, 0, false, 10, false, false },
+	{ "pure-vcpu-nice19", "postcopy-pure", true, true, true, 0, false, 19, false, false },
+	{ "hybrid", "hybrid", true, true, false, 1, false, -1, false, false },
+	{ "hybrid-missing", "hybrid", true, true, false, 1, true, -1, false, false },
+	{ "precopy", "precopy", false, false, false, 0, false, -1, false, false },
 };
 /* The destination VMM's postcopy-vcpu-nice when a mode leaves it (-1: not read yet). */
 static int bench_default_vcpu_nice = -1;
@@ -484,11 +494,19 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	}
 	if (mode->uffd_missing)
 		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
+	if (mode->eager_map)
+		setenv("VMFERRY_POSTCOPY_MAP", "eager", 1);
 	rc = bench_vmm_start(o->bin, ns, 1, "dst", dst_args, &dst, r);
 	unsetenv("VMFERRY_POSTCOPY_UFFD");
-	if (rc ||
-	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
-	    bench_vmm_start(o->bin, ns, 0, "src", src_args, &src, r))
+	unsetenv("VMFERRY_POSTCOPY_MAP");
+	if (!rc)
+		rc = bench_incoming_uri(&dst, uri, sizeof(uri), r);
+	if (!rc && mode->copy_send)
+		setenv("VMFERRY_SEND_COPY", "1", 1);
+	if (!rc)
+		rc = bench_vmm_start(o->bin, ns, 0, "src", src_args, &src, r);
+	unsetenv("VMFERRY_SEND_COPY");
+	if (rc)
 		goto out;
 	/* Pages the guest has not written yet would cross as zero flags only. */
 	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
@@ -637,8 +655,11 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 
 		json_object_object_add(obj, "uffd_mode",
 				       json_object_new_string(mode->uffd_missing ? "missing" : "minor"));
+		json_object_object_add(obj, "map", mode->uffd_missing ? NULL :
+				       json_object_new_string(mode->eager_map ? "eager" : "lazy"));
 		json_object_object_add(obj, "vcpu_nice", nice >= 0 ? json_object_new_int(nice) : NULL);
 	}
+	json_object_object_add(obj, "send", json_object_new_string(mode->copy_send ? "copy" : "sendfile"));
 	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
 	if (t != BENCH_LOOPBACK && n && n->shaper[0]) {
 		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
@@ -807,7 +828,8 @@ static void bench_usage(FILE *f)
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"
-		"         pure-vcpu-nice19, hybrid, hybrid-missing, precopy (default: all)\n"
+		"         pure-vcpu-nice19, pure-eager-map, pure-copy-send, hybrid, hybrid-missing,\n"
+		"         precopy (default: all)\n"
 		"  transports: loopback, veth, wire (default: loopback,veth)\n");
 }
 

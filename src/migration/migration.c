@@ -511,6 +511,8 @@ struct mig_releaser {
 	size_t len, cap;
 	bool stop;                 /* punch what is queued, then exit */
 	uint64_t ns, pages, cpu_ns; /* its cost, for the log */
+	struct vm *vm;             /* detach its RAM from KVM before the first punch */
+	uint64_t detach_ns;
 };
 
 struct mig_src {
@@ -601,6 +603,27 @@ static void *mig_releaser_thread(void *arg)
 		batch = q, batch_cap = qcap;
 		pthread_mutex_unlock(&r->lock);
 		t0 = clock_monotonic_ns();
+		if (r->vm) {
+			/*
+			 * The first punch: take guest RAM out of KVM first, in one go
+			 * (punching pages KVM maps costs an invalidation each).  The
+			 * guest runs on the destination by now (every queued range was
+			 * acknowledged).  Dropping a memslot that maps the whole guest
+			 * takes milliseconds; it used to stall the push right after the
+			 * switch.  At normal priority: it holds the VM's lock.
+			 */
+			struct sched_param normal = { 0 };
+
+			pthread_setschedparam(pthread_self(), SCHED_OTHER, &normal);
+			if (vm_detach_ram(r->vm))
+				log_debug("postcopy: guest RAM stays attached to KVM");
+			r->vm = NULL;
+			r->detach_ns = clock_monotonic_ns() - t0;
+			pthread_mutex_lock(&r->lock);
+			if (!r->stop) /* else the finishing side wants it at normal priority */
+				pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+			pthread_mutex_unlock(&r->lock);
+		}
 		for (size_t i = 0; i < n; i++) {
 			mig_punch(r->fd, batch[i].first, batch[i].n);
 			pages += batch[i].n;
@@ -621,6 +644,7 @@ static void mig_releaser_start(struct mig_src *src)
 	struct mig_releaser *r = &src->releaser;
 
 	r->fd = src->block->fd;
+	r->vm = src->m->vm;
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->cond, NULL);
 	r->started = pthread_create(&r->thread, NULL, mig_releaser_thread, r) == 0;
@@ -694,6 +718,12 @@ static void mig_releaser_finish(struct mig_src *src, bool all)
 		all = false; /* queued */
 	}
 	r->stop = true;
+	{
+		/* Again, now that it cannot go back to idle (after a detach). */
+		struct sched_param normal = { 0 };
+
+		pthread_setschedparam(r->thread, SCHED_OTHER, &normal);
+	}
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	if (all)
@@ -709,7 +739,8 @@ static void mig_releaser_join(struct mig_src *src)
 	mig_releaser_finish(src, false);
 	pthread_join(r->thread, NULL);
 	log_debug("postcopy: release-ram gave back %" PRIu64 " pages in %.1f ms in its own "
-		  "thread (%.1f ms of CPU)", r->pages, (double)r->ns / 1e6, (double)r->cpu_ns / 1e6);
+		  "thread (%.1f ms of CPU; taking RAM out of KVM %.1f ms)", r->pages,
+		  (double)r->ns / 1e6, (double)r->cpu_ns / 1e6, (double)r->detach_ns / 1e6);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);
 	free(r->q);
@@ -766,7 +797,7 @@ static void mig_release_acked(struct mig_src *src)
 	 * An acknowledgement means the destination runs the guest (it sends
 	 * RUNNING first): from now on pages only leave this host.
 	 */
-	if (!src->ram_detached && atomic_load(&src->got_running)) {
+	if (!src->ram_detached && !src->releaser.started && atomic_load(&src->got_running)) {
 		src->ram_detached = true;
 		if (vm_detach_ram(src->m->vm))
 			log_debug("postcopy: guest RAM stays attached to KVM");
@@ -808,8 +839,9 @@ static void mig_flush_run(struct mig_src *src)
 	if (src->run_zero) {
 		atomic_fetch_add(&m->zero_pages, src->run_len);
 	} else {
-		stream_put_direct(&src->s, src->block->host + src->run_first * MIG_PAGE_BYTES,
-				  (size_t)src->run_len * MIG_PAGE_BYTES);
+		stream_put_file(&src->s, src->block->fd, src->run_first * MIG_PAGE_BYTES,
+				src->block->host + src->run_first * MIG_PAGE_BYTES,
+				(size_t)src->run_len * MIG_PAGE_BYTES);
 		atomic_fetch_add(&m->normal_pages, src->run_len);
 	}
 	if (src->release_ram && !stream_error(&src->s)) {

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +48,11 @@ int stream_init(struct stream *s, int fd, int timeout_ms)
 		/* TCP's poll honours SO_RCVLOWAT; a UNIX socket's does not. */
 		s->lowat = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 &&
 			   proto == IPPROTO_TCP;
+	}
+	{
+		const char *copy = getenv("VMFERRY_SEND_COPY");
+
+		s->copy_send = copy && *copy && strcmp(copy, "0");
 	}
 	return 0;
 }
@@ -145,7 +151,19 @@ static void stream_rate_limit(struct stream *s, size_t n)
  */
 #define STREAM_SEND_SLICE (256u * 1024u)
 
-static void stream_write_all(struct stream *s, const struct iovec *iov_in, int iovcnt)
+/* After a failed send: true when it is worth trying again (after waiting
+ * for room, if that was what was missing; a failed wait is kept). */
+static bool stream_send_again(struct stream *s)
+{
+	if (errno == EINTR)
+		return true;
+	if (errno != EAGAIN)
+		return false;
+	return stream_wait(s, POLLOUT, s->timeout_ms) == 0;
+}
+
+/* Send all of @iov_in; @flags are added to sendmsg's (MSG_MORE). */
+static void stream_write_all(struct stream *s, const struct iovec *iov_in, int iovcnt, int flags)
 {
 	struct iovec iov[4];
 	int cnt = iovcnt;
@@ -168,15 +186,11 @@ static void stream_write_all(struct stream *s, const struct iovec *iov_in, int i
 			left -= part[i].iov_len;
 			mh.msg_iovlen++;
 		}
-		w = sendmsg(s->fd, &mh, MSG_NOSIGNAL);
+		w = sendmsg(s->fd, &mh, MSG_NOSIGNAL | flags);
 
 		if (w < 0) {
-			if (errno == EINTR)
+			if (stream_send_again(s) || s->err)
 				continue;
-			if (errno == EAGAIN) {
-				stream_wait(s, POLLOUT, s->timeout_ms);
-				continue;
-			}
 			stream_fail(s, -errno, "send: %s", strerror(errno));
 			return;
 		}
@@ -202,7 +216,7 @@ int stream_flush(struct stream *s)
 	{
 		struct iovec iov = { s->wbuf, s->wlen };
 
-		stream_write_all(s, &iov, 1);
+		stream_write_all(s, &iov, 1, 0);
 	}
 	s->wlen = 0;
 	return s->err;
@@ -242,10 +256,57 @@ void stream_put_direct(struct stream *s, const void *p, size_t n)
 	iov[0] = (struct iovec){ s->wbuf, s->wlen };
 	iov[1] = (struct iovec){ (void *)p, n };
 	if (s->wlen)
-		stream_write_all(s, iov, 2);
+		stream_write_all(s, iov, 2, 0);
 	else
-		stream_write_all(s, iov + 1, 1);
+		stream_write_all(s, iov + 1, 1, 0);
 	s->wlen = 0;
+}
+
+void stream_put_file(struct stream *s, int fd, uint64_t off, const void *p, size_t n)
+{
+	size_t done = 0;
+
+	if (s->err)
+		return;
+	if (s->copy_send || fd < 0 || s->fd < 0) {
+		stream_put_direct(s, p, n);
+		return;
+	}
+	/* The header goes first, marked as more to come: it leaves with the pages. */
+	if (s->wlen) {
+		struct iovec iov = { s->wbuf, s->wlen };
+
+		stream_write_all(s, &iov, 1, MSG_MORE);
+		s->wlen = 0;
+	}
+	stream_rate_limit(s, n);
+	while (!s->err && done < n) {
+		off_t o = (off_t)(off + done);
+		size_t len = n - done < STREAM_SEND_SLICE ? n - done : STREAM_SEND_SLICE;
+		ssize_t w = sendfile(s->fd, fd, &o, len);
+
+		if (w < 0) {
+			if (stream_send_again(s) || s->err)
+				continue;
+			if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == ESPIPE) {
+				/* Not for this file or socket: copy, now and from now on. */
+				log_debug("stream: sendfile refused (%s); sending copies", strerror(errno));
+				s->copy_send = true;
+				s->rate_bytes -= n - done < s->rate_bytes ? n - done : s->rate_bytes;
+				stream_put_direct(s, (const uint8_t *)p + done, n - done);
+				return;
+			}
+			stream_fail(s, -errno, "sendfile: %s", strerror(errno));
+			return;
+		}
+		if (w == 0) {
+			stream_fail(s, -EIO, "sendfile: the file ended at %llu",
+				    (unsigned long long)(off + done));
+			return;
+		}
+		s->bytes += (uint64_t)w;
+		done += (size_t)w;
+	}
 }
 
 void stream_put_u8(struct stream *s, uint8_t v) { stream_put_bytes(s, &v, 1); }

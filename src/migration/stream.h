@@ -44,6 +44,7 @@ struct stream {
 	uint64_t max_bytes_per_s; /* write rate limit; 0 = unlimited */
 	uint64_t rate_start_ns, rate_bytes;
 	bool lowat;            /* the socket's poll honours SO_RCVLOWAT (TCP) */
+	bool copy_send;        /* stream_put_file copies (sendfile refused or off) */
 };
 
 /* Set up around @fd (made non-blocking).  0 or -errno. */
@@ -67,6 +68,17 @@ void stream_put_u64(struct stream *s, uint64_t v);
 void stream_put_bytes(struct stream *s, const void *p, size_t n);
 /* Large payloads (guest pages): flushes the buffer and sends @p directly. */
 void stream_put_direct(struct stream *s, const void *p, size_t n);
+/*
+ * The same from a file (guest RAM's memfd, @n bytes at @off, which @p maps):
+ * the socket takes references to the file's pages instead of a copy of them
+ * (sendfile), so the source's one copy of a page is saved.  The pages are
+ * read when the socket sends them, not now: the caller sends only memory
+ * whose later writes it tracks as dirty (or that nothing writes any more).
+ * Where the file or socket cannot (hugetlbfs, a memory stream), and with
+ * VMFERRY_SEND_COPY=1 in the environment, it copies from @p as
+ * stream_put_direct does.
+ */
+void stream_put_file(struct stream *s, int fd, uint64_t off, const void *p, size_t n);
 /* Send everything buffered.  Returns s->err. */
 int stream_flush(struct stream *s);
 

@@ -1,4 +1,7 @@
-/* Unit tests: waiting for a whole piece of a stream (stream_wait_ready). */
+/*
+ * Unit tests: waiting for a whole piece of a stream (stream_wait_ready);
+ * pages sent straight from a memfd (stream_put_file), and its fallback.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -150,9 +154,104 @@ static void test_wait_ready_cancel(void **state)
 	close(fd[1]);
 }
 
+#define FILE_BYTES (1u << 20)
+#define FILE_OFF (3u * 4096u)
+#define FILE_LEN (600u * 1024u) /* more than one send slice */
+
+/*
+ * A header, @len bytes of a memfd at FILE_OFF through stream_put_file, a
+ * trailer; the reader gets exactly those bytes.  With @refuse the
+ * descriptor given is a pipe, which sendfile refuses: the copy from the
+ * mapping must take over.  Returns the writer's copy_send afterwards.
+ */
+static bool put_file_roundtrip(bool refuse)
+{
+	int mfd = memfd_create("ram", MFD_CLOEXEC), pfd[2] = { -1, -1 }, fd[2];
+	uint8_t *map, *got = malloc(FILE_LEN);
+	struct stream w, r;
+	bool copied;
+
+	assert_true(mfd >= 0);
+	assert_non_null(got);
+	assert_int_equal(ftruncate(mfd, FILE_BYTES), 0);
+	map = mmap(NULL, FILE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	assert_true(map != MAP_FAILED);
+	for (size_t i = 0; i < FILE_BYTES; i++)
+		map[i] = (uint8_t)(i * 13 + (i >> 12));
+	if (refuse)
+		assert_int_equal(pipe(pfd), 0);
+	tcp_pair(fd);
+	assert_int_equal(stream_init(&w, fd[1], 10000), 0);
+	assert_int_equal(stream_init(&r, fd[0], 10000), 0);
+	assert_false(w.copy_send);
+	stream_put_u32(&w, 0xfeedf00d);
+	stream_put_file(&w, refuse ? pfd[0] : mfd, FILE_OFF, map + FILE_OFF, FILE_LEN);
+	stream_put_u8(&w, 0x5a);
+	assert_int_equal(stream_flush(&w), 0);
+	assert_int_equal(w.bytes, 4 + FILE_LEN + 1);
+
+	assert_int_equal(stream_get_u32(&r), 0xfeedf00d);
+	stream_get_bytes(&r, got, FILE_LEN);
+	assert_int_equal(stream_get_u8(&r), 0x5a);
+	assert_int_equal(stream_error(&r), 0);
+	assert_memory_equal(got, map + FILE_OFF, FILE_LEN);
+	copied = w.copy_send;
+	stream_release(&w);
+	stream_release(&r);
+	close(fd[0]);
+	close(fd[1]);
+	if (refuse) {
+		close(pfd[0]);
+		close(pfd[1]);
+	}
+	munmap(map, FILE_BYTES);
+	close(mfd);
+	free(got);
+	return copied;
+}
+
+/* From a memfd over TCP: sendfile, in order with what is buffered around it. */
+static void test_put_file(void **state)
+{
+	(void)state;
+	assert_false(put_file_roundtrip(false));
+}
+
+/* A file sendfile refuses: the same bytes, copied, and copying from then on. */
+static void test_put_file_refused(void **state)
+{
+	(void)state;
+	assert_true(put_file_roundtrip(true));
+}
+
+/* VMFERRY_SEND_COPY=1: copies from the start. */
+static void test_put_file_copy_env(void **state)
+{
+	struct stream s;
+	int fd[2];
+
+	(void)state;
+	tcp_pair(fd);
+	setenv("VMFERRY_SEND_COPY", "1", 1);
+	assert_int_equal(stream_init(&s, fd[1], 10000), 0);
+	unsetenv("VMFERRY_SEND_COPY");
+	assert_true(s.copy_send);
+	stream_release(&s);
+	setenv("VMFERRY_SEND_COPY", "0", 1);
+	assert_int_equal(stream_init(&s, fd[1], 10000), 0);
+	unsetenv("VMFERRY_SEND_COPY");
+	assert_false(s.copy_send);
+	stream_release(&s);
+	close(fd[0]);
+	close(fd[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_put_file),
+		cmocka_unit_test(test_put_file_refused),
+		cmocka_unit_test(test_put_file_copy_env),
 		cmocka_unit_test(test_wait_ready_tcp),
 		cmocka_unit_test(test_wait_ready_unix),
 		cmocka_unit_test(test_wait_ready_cancel),
