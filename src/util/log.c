@@ -122,6 +122,20 @@ void thread_set_latency_critical(bool on)
 		thread_boost_priority(on ? 10 : 0);
 }
 
+int thread_set_short_slice(uint64_t slice_ns)
+{
+	/* struct sched_attr as the kernel takes it (glibc has no wrapper). */
+	struct {
+		uint32_t size, sched_policy;
+		uint64_t sched_flags;
+		int32_t sched_nice;
+		uint32_t sched_priority;
+		uint64_t sched_runtime, sched_deadline, sched_period;
+	} attr = { .size = sizeof(attr), .sched_policy = SCHED_OTHER, .sched_runtime = slice_ns };
+
+	return syscall(SYS_sched_setattr, 0, &attr, 0) < 0 ? -errno : 0;
+}
+
 void thread_make_latency_critical(void)
 {
 	thread_set_latency_critical(true);

@@ -38,6 +38,13 @@ void thread_make_latency_critical(void);
  */
 void thread_set_latency_critical(bool on);
 /*
+ * Put the calling thread in the normal policy at nice 0 with a scheduler
+ * slice of @slice_ns (EEVDF's request size, Linux 6.12+; older kernels take
+ * and ignore it): a thread that wakes with a short slice gets an early
+ * deadline and runs before threads with the default one.  0 or -errno.
+ */
+int thread_set_short_slice(uint64_t slice_ns);
+/*
  * Whether this process may set a thread back to nice @nice once it has made
  * it nicer: always with CAP_SYS_NICE, else only down to 20 - RLIMIT_NICE.
  * Lowering a priority is allowed to anyone, raising it again is not, so

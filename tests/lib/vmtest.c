@@ -766,6 +766,51 @@ int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix)
 	return r < 0 ? r : s.n;
 }
 
+int64_t vmtest_thread_slice_ns(struct vmtest_vm *vm, const char *prefix)
+{
+	char path[64], comm[64], line[256];
+	struct dirent *e;
+	int64_t slice = -ENOENT;
+	DIR *d;
+
+	if (vm->pid <= 0)
+		return -ESRCH;
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)vm->pid);
+	d = opendir(path);
+	if (!d)
+		return -errno;
+	while (slice == -ENOENT && (e = readdir(d))) {
+		char file[sizeof(path) + 280];
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(file, sizeof(file), "%s/%s/comm", path, e->d_name);
+		f = fopen(file, "r");
+		if (!f)
+			continue; /* the thread ended meanwhile */
+		if (!fgets(comm, sizeof(comm), f))
+			comm[0] = 0;
+		fclose(f);
+		if (strncmp(comm, prefix, strlen(prefix)))
+			continue;
+		snprintf(file, sizeof(file), "%s/%s/sched", path, e->d_name);
+		f = fopen(file, "r");
+		if (!f)
+			continue;
+		slice = -ENODATA; /* a kernel without the field */
+		while (fgets(line, sizeof(line), f)) {
+			long long v;
+
+			if (!strncmp(line, "se.slice", 8) && sscanf(strchr(line, ':') + 1, "%lld", &v) == 1)
+				slice = v;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return slice;
+}
+
 int vmtest_realtime_threads(struct vmtest_vm *vm)
 {
 	return vmtest_realtime_threads_named(vm, "");

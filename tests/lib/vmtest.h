@@ -135,6 +135,10 @@ int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *a
 int vmtest_realtime_threads(struct vmtest_vm *vm);
 /* The same among the threads whose name starts with @prefix. */
 int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix);
+/* The scheduler slice (ns, /proc's se.slice) of the first thread whose name
+ * starts with @prefix; -ENOENT without such a thread, -ENODATA when the
+ * kernel does not show it, or -errno. */
+int64_t vmtest_thread_slice_ns(struct vmtest_vm *vm, const char *prefix);
 /* How many of the threads whose name starts with @prefix run in scheduling
  * @policy (SCHED_IDLE, ...), or -errno. */
 int vmtest_threads_with_policy(struct vmtest_vm *vm, const char *prefix, int policy);

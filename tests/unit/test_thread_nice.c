@@ -10,9 +10,13 @@
 #include <cmocka.h>
 
 #include <linux/capability.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,11 +67,64 @@ static void test_process(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* This thread's scheduler slice from /proc (ns), or -1 where not shown. */
+static long long own_slice(void)
+{
+	char path[64], line[256];
+	long long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/sched", (int)syscall(SYS_gettid));
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "se.slice", 8))
+			sscanf(strchr(line, ':') + 1, "%lld", &v);
+	fclose(f);
+	return v;
+}
+
+static void *slice_thread(void *arg)
+{
+	long long *out = arg;
+
+	out[0] = thread_set_short_slice(100000);
+	out[1] = own_slice();
+	return NULL;
+}
+
+/* A short slice is taken, in the normal policy (on a thread of its own). */
+static void test_short_slice(void **state)
+{
+	long long got[2];
+	pthread_t th;
+
+	(void)state;
+	assert_int_equal(pthread_create(&th, NULL, slice_thread, got), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(got[0], 0);
+	{
+		struct utsname u;
+		int major = 0, minor = 0;
+
+		uname(&u);
+		sscanf(u.release, "%d.%d", &major, &minor);
+		if (got[1] < 0 || major < 6 || (major == 6 && minor < 12)) {
+			fprintf(stderr, "skipped the slice check: kernel %s takes no slice "
+				"(Linux 6.12+) or does not show it\n", u.release);
+			return;
+		}
+	}
+	assert_int_equal(got[1], 100000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rule),
 		cmocka_unit_test(test_process),
+		cmocka_unit_test(test_short_slice),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
