@@ -667,7 +667,7 @@ void vmtest_netns_prefix(const struct vmtest_netns_pair *p, int side, const char
  * threads seen, or -errno.
  */
 static int vmtest_for_each_thread(struct vmtest_vm *vm,
-				  void (*fn)(const char *name, char *fields, void *opaque),
+				  void (*fn)(int tid, const char *name, char *fields, void *opaque),
 				  void *opaque)
 {
 	char path[64];
@@ -700,7 +700,7 @@ static int vmtest_for_each_thread(struct vmtest_vm *vm,
 		if (!open_paren || !close_paren || close_paren < open_paren)
 			continue;
 		*close_paren = 0;
-		fn(open_paren + 1, close_paren + 1, opaque);
+		fn(atoi(e->d_name), open_paren + 1, close_paren + 1, opaque);
 		n++;
 	}
 	closedir(d);
@@ -724,8 +724,9 @@ struct vmtest_rt_scan {
 	int n;
 };
 
-static void vmtest_count_realtime(const char *name, char *fields, void *opaque)
+static void vmtest_count_realtime(int tid, const char *name, char *fields, void *opaque)
 {
+	(void)tid;
 	struct vmtest_rt_scan *s = opaque;
 	long long policy;
 
@@ -742,8 +743,9 @@ struct vmtest_policy_scan {
 	int policy, n;
 };
 
-static void vmtest_count_policy(const char *name, char *fields, void *opaque)
+static void vmtest_count_policy(int tid, const char *name, char *fields, void *opaque)
 {
+	(void)tid;
 	struct vmtest_policy_scan *s = opaque;
 
 	if (!strncmp(name, s->prefix, strlen(s->prefix)) && vmtest_stat_field(fields, 41) == s->policy)
@@ -766,49 +768,41 @@ int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix)
 	return r < 0 ? r : s.n;
 }
 
+struct vmtest_slice_scan {
+	int pid;
+	const char *prefix;
+	int64_t slice;
+};
+
+static void vmtest_scan_slice(int tid, const char *name, char *fields, void *opaque)
+{
+	struct vmtest_slice_scan *s = opaque;
+	char path[96], line[256];
+	FILE *f;
+
+	(void)fields;
+	if (s->slice != -ENOENT || strncmp(name, s->prefix, strlen(s->prefix)))
+		return;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/sched", s->pid, tid);
+	f = fopen(path, "r");
+	if (!f)
+		return; /* the thread ended meanwhile */
+	s->slice = -ENODATA; /* a kernel without the field */
+	while (fgets(line, sizeof(line), f)) {
+		long long v;
+
+		if (!strncmp(line, "se.slice", 8) && sscanf(strchr(line, ':') + 1, "%lld", &v) == 1)
+			s->slice = v;
+	}
+	fclose(f);
+}
+
 int64_t vmtest_thread_slice_ns(struct vmtest_vm *vm, const char *prefix)
 {
-	char path[64], comm[64], line[256];
-	struct dirent *e;
-	int64_t slice = -ENOENT;
-	DIR *d;
+	struct vmtest_slice_scan s = { .pid = (int)vm->pid, .prefix = prefix, .slice = -ENOENT };
+	int r = vmtest_for_each_thread(vm, vmtest_scan_slice, &s);
 
-	if (vm->pid <= 0)
-		return -ESRCH;
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)vm->pid);
-	d = opendir(path);
-	if (!d)
-		return -errno;
-	while (slice == -ENOENT && (e = readdir(d))) {
-		char file[sizeof(path) + 280];
-		FILE *f;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(file, sizeof(file), "%s/%s/comm", path, e->d_name);
-		f = fopen(file, "r");
-		if (!f)
-			continue; /* the thread ended meanwhile */
-		if (!fgets(comm, sizeof(comm), f))
-			comm[0] = 0;
-		fclose(f);
-		if (strncmp(comm, prefix, strlen(prefix)))
-			continue;
-		snprintf(file, sizeof(file), "%s/%s/sched", path, e->d_name);
-		f = fopen(file, "r");
-		if (!f)
-			continue;
-		slice = -ENODATA; /* a kernel without the field */
-		while (fgets(line, sizeof(line), f)) {
-			long long v;
-
-			if (!strncmp(line, "se.slice", 8) && sscanf(strchr(line, ':') + 1, "%lld", &v) == 1)
-				slice = v;
-		}
-		fclose(f);
-	}
-	closedir(d);
-	return slice;
+	return r < 0 ? r : s.slice;
 }
 
 int vmtest_realtime_threads(struct vmtest_vm *vm)
@@ -821,8 +815,9 @@ struct vmtest_nice_scan {
 	int count, min, max;
 };
 
-static void vmtest_scan_nice(const char *name, char *fields, void *opaque)
+static void vmtest_scan_nice(int tid, const char *name, char *fields, void *opaque)
 {
+	(void)tid;
 	struct vmtest_nice_scan *s = opaque;
 	int nice;
 
