@@ -608,9 +608,10 @@ static void *mig_releaser_thread(void *arg)
 			 * The first punch: take guest RAM out of KVM first, in one go
 			 * (punching pages KVM maps costs an invalidation each).  The
 			 * guest runs on the destination by now (every queued range was
-			 * acknowledged).  Dropping a memslot that maps the whole guest
-			 * takes milliseconds; it used to stall the push right after the
-			 * switch.  At normal priority: it holds the VM's lock.
+			 * acknowledged).  Dropping a memslot that maps a whole busy
+			 * guest took 18-42 ms here; on the push's thread it stalled the
+			 * stream right after the switch.  At normal priority: it holds
+			 * the VM's lock.
 			 */
 			struct sched_param normal = { 0 };
 
@@ -2960,10 +2961,10 @@ static void mig_dst_urgent_broke(struct mig_dst *d, const char *why)
  * as soon as it lands rather than after the receive thread's or the push's
  * time slice (100 µs: the shortest the kernel takes).  Seventh session,
  * 1 GiB heavy pure on loopback, 3-way rounds of 8 (two batches), medians:
- * the short slice p50 57/58 µs, p99
- * 186/166 µs, runs with a request over 1 ms 2 of 16; real-time 94/82 µs,
- * 465/309 µs, 2 of 16 (a real-time wake-up crosses CPUs); the plain normal
- * policy 60 µs, 155 µs, 3 of 8, and 11 of 16 runs in an earlier A/B.
+ * the short slice p50 57/58 µs, p99 186/166 µs, runs with a request over
+ * 1 ms 2 of 16; real-time 94/82 µs, 465/309 µs, 2 of 16 (a real-time
+ * wake-up crosses CPUs); the plain normal policy 60 µs, 155 µs, 3 of 8,
+ * and 11 of 16 runs in an earlier A/B.
  * Kernels before 6.12 ignore the slice: plain normal policy there.
  */
 #define MIG_URGENT_SLICE_NS 100000ull
