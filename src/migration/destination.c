@@ -1,0 +1,1076 @@
+/* The incoming side: load thread, urgent thread, preallocation, postcopy recovery. */
+#include "migration/internal.h"
+
+/* ---- destination ---- */
+
+struct mig_dst {
+	struct migration *m;
+	struct vmstate_vm vmsec;
+	uint8_t src_boot_id[MIG_BOOT_ID_BYTES];
+	struct mig_header header;
+	bool have_vm;
+	bool cpr_seen;               /* the stream's CPR record matched our token */
+	/* postcopy */
+	struct postcopy_dst *pd;
+	struct stream rp;            /* return-path writes, under rp_lock */
+	int rp_fd;
+	bool rp_connected;           /* under rp_lock: false while postcopy is paused */
+	struct stream req;           /* page requests back on the urgent channel, under
+				      * rp_lock; usable while req_ready */
+	bool req_ready;
+	bool run_unconfirmed;        /* the guest ran but RUNNING could not be sent */
+	pthread_mutex_t rp_lock;
+	pthread_t urgent_thread;
+	bool urgent_started;
+	atomic_bool urgent_failed;
+	uint64_t first_run_ns;
+	_Atomic uint64_t run_at_ns;  /* when RUN was handled: RAM is under userfaultfd */
+	uint64_t discard_ns, discard_pages; /* load thread: discarding since the last PING
+					     * (the pre-discard's), for the log */
+	uint64_t sections_ns;        /* load thread: time spent loading device state */
+	atomic_bool closing;         /* mig_dst_finish runs: the urgent thread must go */
+};
+
+/* Each reader of RAM records: the load thread and the urgent thread. */
+struct mig_dst_chan {
+	struct mig_dst *d;
+	uint8_t *bounce;             /* MIG_RUN_MAX_PAGES pages, for UFFDIO_COPY */
+	struct stream *s;            /* the stream being read, for mig_dst_fill */
+};
+
+/* Postcopy minor mode: pages placed per piece of a RAM record (256 KiB). */
+#define MIG_FILL_PAGES 64u
+
+static int mig_dst_header(void *opaque, const struct mig_header *h, char *err, size_t errlen)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+	struct vm *vm = d->m->vm;
+
+	memcpy(d->src_boot_id, h->boot_id, MIG_BOOT_ID_BYTES);
+	d->header = *h;
+	if (h->nvcpus != vm_nvcpus(vm)) {
+		snprintf(err, errlen, "the source has %u vCPUs, this VM %u: start the destination "
+			 "with --vcpus %u", h->nvcpus, vm_nvcpus(vm), h->nvcpus);
+		return -EBADMSG;
+	}
+	if (h->nblocks != vm_ram_block_count(vm)) {
+		snprintf(err, errlen, "the source has %u RAM blocks, this VM %zu", h->nblocks,
+			 vm_ram_block_count(vm));
+		return -EBADMSG;
+	}
+	for (uint32_t i = 0; i < h->nblocks; i++) {
+		const struct mig_block_desc *b = &h->blocks[i];
+		const struct ram_block *mine = vm_ram_block(vm, i);
+
+		if (strcmp(b->name, mine->name) || b->gpa != mine->gpa || b->bytes != mine->bytes) {
+			snprintf(err, errlen, "the source's RAM block %s is %" PRIu64 " MiB at %#" PRIx64
+				 ", this VM's %s is %" PRIu64 " MiB at %#" PRIx64
+				 ": start the destination with --mem %" PRIu64 "M",
+				 b->name, b->bytes >> 20, b->gpa, mine->name, mine->bytes >> 20,
+				 mine->gpa, b->bytes >> 20);
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
+/* postcopy_fill_fn: the next pages of the record, into guest memory or dropped. */
+static int mig_dst_fill(void *opaque, uint8_t *dst, uint64_t npages)
+{
+	struct mig_dst_chan *c = opaque;
+
+	stream_get_bytes(c->s, dst ? dst : c->bounce, npages * MIG_PAGE_BYTES);
+	return stream_error(c->s);
+}
+
+/*
+ * Postcopy in minor mode, a record of data pages: in pieces of
+ * MIG_FILL_PAGES, read straight into guest memory when the piece is already
+ * in the socket (the pages are claimed for the length of one copy), else
+ * through the bounce buffer (claimed only once the piece is here).  0, or
+ * an error (a stream error is left for the caller to report).
+ */
+static int mig_dst_ram_minor(struct mig_dst_chan *c, uint64_t first_page, uint32_t npages,
+			     struct stream *s)
+{
+	struct postcopy_dst *pd = c->d->pd;
+
+	c->s = s;
+	for (uint32_t done = 0, k; done < npages; done += k) {
+		size_t len;
+		int r;
+
+		k = npages - done < MIG_FILL_PAGES ? npages - done : MIG_FILL_PAGES;
+		len = (size_t)k * MIG_PAGE_BYTES;
+		if (stream_wait_ready(s, len)) {
+			r = postcopy_dst_fill(pd, first_page + done, k, mig_dst_fill, c);
+		} else {
+			stream_get_bytes(s, c->bounce, len);
+			if (stream_error(s))
+				return stream_error(s);
+			r = postcopy_dst_place(pd, first_page + done, k, c->bounce);
+		}
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
+		       bool zero, struct stream *s, char *err, size_t errlen)
+{
+	struct mig_dst_chan *c = opaque;
+	struct mig_dst *d = c->d;
+	/* The header callback checked that the block matches ours. */
+	struct ram_block *rb = vm_ram_block(d->m->vm, block);
+	uint64_t off = first_page * MIG_PAGE_BYTES, len = (uint64_t)npages * MIG_PAGE_BYTES;
+	int r;
+
+	if (d->pd && atomic_load(&d->run_at_ns) && !zero && postcopy_dst_minor(d->pd)) {
+		r = mig_dst_ram_minor(c, first_page, npages, s);
+		if (r && !stream_error(s)) {
+			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
+				 npages, strerror(-r));
+			return r;
+		}
+	} else if (d->pd && atomic_load(&d->run_at_ns)) {
+		/* Postcopy: guest RAM is under userfaultfd; place atomically. */
+		if (!zero)
+			stream_get_bytes(s, c->bounce, len);
+		if (stream_error(s))
+			return 0; /* the caller reports the stream error */
+		r = postcopy_dst_place(d->pd, first_page, npages, zero ? NULL : c->bounce);
+		if (r) {
+			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
+				 npages, strerror(-r));
+			return r;
+		}
+	} else if (zero) {
+		/* Free and zero them: nothing is read, nothing allocated. */
+		if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)off, (off_t)len) < 0) {
+			memset(rb->host + off, 0, len);
+		}
+		if (d->pd)
+			postcopy_dst_mark_received(d->pd, first_page, npages);
+	} else {
+		stream_get_bytes(s, rb->host + off, len);
+		if (d->pd)
+			postcopy_dst_mark_received(d->pd, first_page, npages);
+	}
+	atomic_fetch_add(&d->m->transferred, zero ? 16 : 16 + len);
+	return 0;
+}
+
+static int mig_dst_cpr(void *opaque, const uint8_t *token, char *err, size_t errlen)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+	struct migration *m = d->m;
+
+	if (!m->cpr_incoming) {
+		snprintf(err, errlen, "the source does a cpr-transfer live update: start this process "
+			 "with --incoming-cpr unix:PATH as well");
+		return -EBADMSG;
+	}
+	if (memcmp(token, m->cpr_token, MIG_CPR_TOKEN_BYTES)) {
+		snprintf(err, errlen, "this stream belongs to another live update than the memory "
+			 "received on the cpr channel");
+		return -EBADMSG;
+	}
+	d->cpr_seen = true;
+	return 0;
+}
+
+static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+			   const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+
+	if (d->m->cpr_incoming && !d->cpr_seen) {
+		snprintf(err, errlen, "guest RAM came over the cpr channel, but this is a normal "
+			 "migration stream: set mode cpr-transfer on the source");
+		return -EBADMSG;
+	}
+	if (id == VMSTATE_SECTION_VM) {
+		d->have_vm = true;
+		return vmstate_vm_parse(data, len, version, &d->vmsec, err, errlen);
+	}
+	if (version != VMSTATE_CPU_VERSION) {
+		snprintf(err, errlen, "cpu section version %u, this build reads %u", version,
+			 VMSTATE_CPU_VERSION);
+		return -EBADMSG;
+	}
+	{
+		uint64_t t0 = clock_monotonic_ns();
+		int r = vmstate_cpu_load(d->m->vm, instance, data, len, err, errlen);
+
+		d->sections_ns += clock_monotonic_ns() - t0;
+		return r;
+	}
+}
+
+static int mig_dst_pass_end(void *opaque, uint32_t pass)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+
+	atomic_store(&d->m->passes, pass);
+	return 0;
+}
+
+/* Fault thread: ask the source for a page on the return path. */
+static int mig_dst_request(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
+{
+	struct mig_dst *d = opaque;
+	int r = 0;
+
+	/* While paused the request is only recorded (the requested bitmap): it
+	 * is sent again when the migration resumes. */
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->rp_connected) {
+		/* The urgent connection when the source reads it: the main one's
+		 * socket is held by the bulk stream's send and receive. */
+		struct stream *to = d->req_ready ? &d->req : &d->rp;
+
+		mig_rp_send_page_req(to, (uint8_t)block, first_page, npages);
+		r = stream_error(to);
+	}
+	pthread_mutex_unlock(&d->rp_lock);
+	return r;
+}
+
+/* Urgent thread: page requests may go back on connection @fd now. */
+static void mig_dst_req_open(struct mig_dst *d, int fd)
+{
+	int dupfd = dup(fd);
+
+	pthread_mutex_lock(&d->rp_lock);
+	if (dupfd >= 0 && stream_init(&d->req, dupfd, MIG_IO_TIMEOUT_MS) == 0)
+		d->req_ready = true;
+	else if (dupfd >= 0)
+		close(dupfd);
+	pthread_mutex_unlock(&d->rp_lock);
+	if (!d->req_ready)
+		log_warn("postcopy: page requests stay on the return path (no memory)");
+}
+
+/* Urgent thread, ending: requests go back to the return path. */
+static void mig_dst_req_close(struct mig_dst *d)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->req_ready) {
+		int fd = d->req.fd;
+
+		d->req_ready = false;
+		stream_release(&d->req);
+		close(fd);
+	}
+	pthread_mutex_unlock(&d->rp_lock);
+}
+
+/* Resume: repeat one outstanding request (the caller holds rp_lock). */
+static int mig_dst_rerequest_locked(void *opaque, uint32_t block, uint64_t first_page,
+				    uint32_t npages)
+{
+	struct mig_dst *d = opaque;
+
+	mig_rp_send_page_req(&d->rp, (uint8_t)block, first_page, npages);
+	return stream_error(&d->rp);
+}
+
+static void mig_dst_rp_running(struct mig_dst *d, uint64_t first_run_ns, bool same_clock,
+			       uint64_t load_ns)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	mig_rp_send_running(&d->rp, first_run_ns, same_clock, load_ns);
+	pthread_mutex_unlock(&d->rp_lock);
+}
+
+static void mig_dst_rp_error(struct mig_dst *d, int err, const char *text)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->rp_connected && !stream_error(&d->rp))
+		mig_rp_send_error(&d->rp, err, text);
+	pthread_mutex_unlock(&d->rp_lock);
+}
+
+/*
+ * Urgent thread: its channel broke.  Before RUN that fails the migration;
+ * after it, the main channel is cancelled too, so that the load thread
+ * pauses the migration (postcopy recovery) rather than carrying on half
+ * connected.
+ */
+static void mig_dst_urgent_broke(struct mig_dst *d, const char *why)
+{
+	struct migration *m = d->m;
+
+	if (!atomic_load(&d->run_at_ns)) {
+		mig_set_error(m, "postcopy: %s", why);
+		return;
+	}
+	log_warn("postcopy urgent channel: %s", why);
+	pthread_mutex_lock(&m->lock);
+	if (m->stream)
+		stream_cancel(m->stream);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/*
+ * The urgent thread's scheduling: real-time while the destination's vCPUs
+ * run at full priority (@rt, like the fault thread); while they run nicer,
+ * the normal policy with a short slice, so that a requested page is placed
+ * as soon as it lands rather than after the receive thread's or the push's
+ * time slice (100 µs: the shortest the kernel takes).  Seventh session,
+ * 1 GiB heavy pure on loopback, 3-way rounds of 8 (two batches), medians:
+ * the short slice p50 57/58 µs, p99 186/166 µs, runs with a request over
+ * 1 ms 2 of 16; real-time 94/82 µs, 465/309 µs, 2 of 16 (a real-time
+ * wake-up crosses CPUs); the plain normal policy 60 µs, 155 µs, 3 of 8,
+ * and 11 of 16 runs in an earlier A/B.
+ * Kernels before 6.12 ignore the slice: plain normal policy there.
+ */
+#define MIG_URGENT_SLICE_NS 100000ull
+
+static void mig_urgent_policy(bool rt)
+{
+	thread_set_latency_critical(rt);
+	if (!rt && thread_set_short_slice(MIG_URGENT_SLICE_NS))
+		log_debug("postcopy: the urgent thread keeps the default time slice");
+}
+
+/* Urgent thread: requested pages, straight into guest RAM. */
+static void *mig_urgent_thread(void *arg)
+{
+	struct mig_dst *d = arg;
+	struct migration *m = d->m;
+	static const struct mig_load_ops ops = { .ram = mig_dst_ram };
+	struct mig_dst_chan c = { .d = d, .bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES) };
+	struct stream s;
+	char err[256];
+	bool requests_here = false, rt;
+	int fd, r;
+
+	pthread_setname_np(pthread_self(), "pc-urgent");
+	rt = atomic_load(&m->pagepath_rt);
+	mig_urgent_policy(rt);
+	fd = channel_accept(m->listen_fd, MIG_IO_TIMEOUT_MS, m->cancel_fd);
+	if (fd < 0 || !c.bounce || stream_init(&s, fd, -1)) {
+		if (fd != -ECANCELED) {
+			snprintf(err, sizeof(err), "the source did not open the urgent channel (%s)",
+				 strerror(fd < 0 ? -fd : ENOMEM));
+			mig_dst_urgent_broke(d, err);
+		}
+		atomic_store(&d->urgent_failed, true);
+		if (fd >= 0)
+			close(fd);
+		free(c.bounce);
+		return NULL;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->urgent_stream = &s;
+	m->urgent_conn_fd = fd;
+	pthread_mutex_unlock(&m->lock);
+	/* mig_dst_finish may have looked before we published the stream. */
+	if (atomic_load(&d->closing))
+		stream_cancel(&s);
+	r = mig_load_urgent_magic(&s, &requests_here, err, sizeof(err));
+	if (!r && requests_here)
+		mig_dst_req_open(d, fd);
+	while (!r) {
+		r = mig_load_urgent_record(&s, &d->header, &ops, &c, err, sizeof(err));
+		if (r == 1)
+			r = 0;
+		else if (r == 0)
+			break; /* END */
+		if (atomic_load(&m->pagepath_rt) != rt) {
+			rt = !rt;
+			mig_urgent_policy(rt);
+		}
+	}
+	if (r && !atomic_load(&m->cancel) && !atomic_load(&d->closing)) {
+		mig_dst_urgent_broke(d, err);
+		atomic_store(&d->urgent_failed, true);
+	}
+	mig_dst_req_close(d);
+	pthread_mutex_lock(&m->lock);
+	m->urgent_stream = NULL;
+	m->urgent_conn_fd = -1;
+	pthread_mutex_unlock(&m->lock);
+	stream_release(&s);
+	close(fd);
+	free(c.bounce);
+	log_debug("postcopy: the urgent thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
+	return NULL;
+}
+
+static int mig_dst_advise(void *opaque, char *err, size_t errlen)
+{
+	struct mig_dst_chan *c = opaque;
+	struct mig_dst *d = c->d;
+	struct migration *m = d->m;
+	int r;
+
+	if (m->cpr_incoming) {
+		snprintf(err, errlen, "postcopy into memory inherited over the cpr channel");
+		return -EBADMSG;
+	}
+	pthread_mutex_lock(&m->lock);
+	r = m->params.postcopy_ram;
+	pthread_mutex_unlock(&m->lock);
+	if (!r) {
+		snprintf(err, errlen, "the source wants postcopy: enable the postcopy-ram capability "
+			 "on the destination too");
+		return -EBADMSG;
+	}
+	/* Normally done when the capability was set; if not, now. */
+	r = mig_pc_prepare(m);
+	if (!r)
+		r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &m->pagepath_rt,
+					&d->pd);
+	if (r) {
+		snprintf(err, errlen, "postcopy setup: %s", strerror(-r));
+		return r;
+	}
+	d->urgent_started = pthread_create(&d->urgent_thread, NULL, mig_urgent_thread, d) == 0;
+	if (!d->urgent_started) {
+		snprintf(err, errlen, "cannot start the urgent-channel thread");
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+static int mig_dst_ping(void *opaque, uint32_t id)
+{
+	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+	int r = -EPIPE;
+
+	d->discard_ns = d->discard_pages = 0; /* what follows is inside the pause */
+	if (d->pd && !atomic_load(&d->run_at_ns)) {
+		/*
+		 * The source stops its guest once this is answered: finish
+		 * preallocating now (its current step), or the switch would
+		 * compete with it for the CPU and the address-space lock.  Pages
+		 * not preallocated yet are allocated as they arrive.
+		 */
+		mig_prealloc_join(d->m);
+	}
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->rp_connected) {
+		mig_rp_send_pong(&d->rp, id);
+		r = stream_error(&d->rp);
+	}
+	pthread_mutex_unlock(&d->rp_lock);
+	return r;
+}
+
+static int mig_dst_discard(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages)
+{
+	struct mig_dst_chan *c = opaque;
+
+	uint64_t t0 = clock_monotonic_ns();
+	int r;
+
+	(void)block;
+	r = postcopy_dst_discard(c->d->pd, first_page, npages);
+	c->d->discard_ns += clock_monotonic_ns() - t0;
+	c->d->discard_pages += npages;
+	return r;
+}
+
+/* POSTCOPY_RUN: every page not here will fault; the guest runs now. */
+static int mig_dst_run(void *opaque, char *err, size_t errlen)
+{
+	struct mig_dst_chan *c = opaque;
+	struct mig_dst *d = c->d;
+	struct migration *m = d->m;
+	uint8_t boot_id[MIG_BOOT_ID_BYTES];
+	uint64_t start = clock_monotonic_ns();
+	bool same_clock;
+	int r;
+
+	if (!d->have_vm) {
+		snprintf(err, errlen, "run without the vm section");
+		return -EBADMSG;
+	}
+	/* Missing mode: preallocation would fill pages that must fault, so it
+	 * stops here; minor mode: it goes on, through the alias. */
+	if (!vm_ram_block(m->vm, 0)->alias)
+		mig_prealloc_join(m);
+	r = postcopy_dst_listen(d->pd);
+	if (r) {
+		snprintf(err, errlen, "cannot put guest RAM under userfaultfd: %s", strerror(-r));
+		return r;
+	}
+	vm_set_ram_arriving(m->vm, true);
+	mig_dst_vcpu_nice(m, true);
+	log_debug("postcopy: listening after %.3f ms", (double)(clock_monotonic_ns() - start) / 1e6);
+	d->run_at_ns = start;
+	vm_guest_clock_set(m->vm, d->vmsec.guest_clock_ns);
+	vm_moves_set(m->vm, d->vmsec.moves + 1);
+	r = vm_incoming_finish(m->vm, d->vmsec.was_running, &d->first_run_ns);
+	if (r) {
+		snprintf(err, errlen, "cannot start the guest");
+		return r;
+	}
+	if (!d->first_run_ns)
+		d->first_run_ns = clock_monotonic_ns();
+	mig_boot_id(boot_id);
+	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
+	if (same_clock && d->vmsec.stop_ns && start > d->vmsec.stop_ns)
+		log_debug("postcopy: pause: RUN arrived %.3f ms after the source stopped (%.3f ms "
+			  "of it discarding %" PRIu64 " pages, %.3f ms loading device state), the "
+			  "vCPUs run %.3f ms later", (double)(start - d->vmsec.stop_ns) / 1e6,
+			  (double)d->discard_ns / 1e6, d->discard_pages, (double)d->sections_ns / 1e6,
+			  (double)(d->first_run_ns - start) / 1e6);
+	mig_dst_rp_running(d, d->first_run_ns, same_clock, d->first_run_ns - start);
+	pthread_mutex_lock(&d->rp_lock);
+	r = stream_error(&d->rp);
+	pthread_mutex_unlock(&d->rp_lock);
+	if (r) {
+		/*
+		 * The source may not know the guest runs here, and would then
+		 * resume its own copy: this side must not continue (or pause).
+		 */
+		d->run_unconfirmed = true;
+		snprintf(err, errlen, "cannot tell the source that the guest runs here: %s",
+			 d->rp.errmsg);
+		return r;
+	}
+	if (same_clock && d->vmsec.was_running && d->first_run_ns >= d->vmsec.stop_ns) {
+		mig_set_downtime(m, d->first_run_ns - d->vmsec.stop_ns, true);
+	}
+	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
+	log_info("postcopy: the guest runs here; %" PRIu64 " pages still to come",
+		 postcopy_dst_missing(d->pd));
+	return 0;
+}
+
+/* Tear down the destination's connections and postcopy state. */
+/*
+ * Stop the urgent thread (with d->closing set by the caller): wake its
+ * accept or read, join.  @completed: the source ends the channel itself
+ * (END after it read COMPLETE); wait for that first, so that it never sees
+ * the channel close before COMPLETE arrives.
+ */
+static void mig_dst_stop_urgent(struct migration *m, struct mig_dst *d, bool completed)
+{
+	uint64_t one = 1;
+
+	if (!d->urgent_started)
+		return;
+	if (completed) {
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += MIG_URGENT_CLOSE_MS / 1000;
+		until.tv_nsec += (MIG_URGENT_CLOSE_MS % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		if (pthread_timedjoin_np(d->urgent_thread, NULL, &until) == 0) {
+			d->urgent_started = false;
+			return;
+		}
+		log_warn("postcopy: the source did not end the urgent channel within %d ms",
+			 MIG_URGENT_CLOSE_MS);
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->urgent_stream)
+		stream_cancel(m->urgent_stream);
+	pthread_mutex_unlock(&m->lock);
+	if (write(m->cancel_fd, &one, sizeof(one)) < 0)
+		log_debug("migration: cancel eventfd: %s", strerror(errno));
+	pthread_join(d->urgent_thread, NULL);
+	d->urgent_started = false;
+}
+
+static void mig_dst_close_listener(struct migration *m)
+{
+	if (m->listen_fd >= 0) {
+		close(m->listen_fd);
+		m->listen_fd = -1;
+		if (m->curi.kind == CHANNEL_UNIX)
+			unlink(m->curi.path);
+	}
+}
+
+static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream *s, int fd,
+			   struct mig_dst_chan *chan, bool completed)
+{
+	atomic_store(&d->closing, true);
+	mig_dst_stop_urgent(m, d, completed);
+	mig_publish_conns(m, -1, -1);
+	if (d->pd) {
+		struct postcopy_dst_stats stats;
+
+		postcopy_dst_get_stats(d->pd, &stats);
+		pthread_mutex_lock(&m->lock);
+		m->pc_stats = stats;
+		m->pc_stats_valid = true;
+		pthread_mutex_unlock(&m->lock);
+		postcopy_dst_destroy(d->pd);
+		d->pd = NULL;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (fd >= 0) {
+		stream_release(s);
+		close(fd);
+	}
+	if (d->rp_fd >= 0) {
+		stream_release(&d->rp);
+		close(d->rp_fd);
+	}
+	free(chan->bounce);
+	mig_dst_close_listener(m);
+	pthread_mutex_destroy(&d->rp_lock);
+}
+
+/* Drop the destination's broken connections; the listening socket stays. */
+static void mig_dst_drop_conns(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp)
+{
+	uint64_t v;
+
+	atomic_store(&d->closing, true);
+	mig_dst_stop_urgent(m, d, false);
+	atomic_store(&d->closing, false);
+	/* The accept-cancel eventfd was only for the urgent thread: drain it
+	 * (migration_shutdown also sets m->closing, which is checked later). */
+	while (read(m->cancel_fd, &v, sizeof(v)) > 0)
+		;
+	mig_publish_conns(m, -1, -1);
+	pthread_mutex_lock(&d->rp_lock);
+	d->rp_connected = false;
+	if (d->rp_fd >= 0) {
+		stream_release(&d->rp);
+		close(d->rp_fd);
+		d->rp_fd = -1;
+	}
+	pthread_mutex_unlock(&d->rp_lock);
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (*fdp >= 0) {
+		stream_release(s);
+		close(*fdp);
+		*fdp = -1;
+	}
+}
+
+static bool mig_closing(struct migration *m)
+{
+	bool c;
+
+	pthread_mutex_lock(&m->lock);
+	c = m->closing;
+	pthread_mutex_unlock(&m->lock);
+	return c || atomic_load(&m->cancel);
+}
+
+/* Paused destination: wait for migrate-recover's listening socket.  0 or -ECANCELED. */
+static int mig_dst_wait_recover(struct migration *m)
+{
+	pthread_mutex_lock(&m->lock);
+	while (m->recover_fd < 0 && !m->closing)
+		pthread_cond_wait(&m->cond, &m->lock);
+	if (m->closing) {
+		pthread_mutex_unlock(&m->lock);
+		return -ECANCELED;
+	}
+	m->listen_fd = m->recover_fd;
+	m->recover_fd = -1;
+	m->curi = m->recover_curi;
+	snprintf(m->uri, sizeof(m->uri), "%s", m->recover_uri);
+	pthread_mutex_unlock(&m->lock);
+	log_info("postcopy: waiting on %s for the source to resume", m->uri);
+	return 0;
+}
+
+/*
+ * Paused destination: accept the source's resumed main channel, check it,
+ * answer with the RECEIVED bitmap and the outstanding page requests (under
+ * rp_lock, so a request the fault thread sends meanwhile comes after them),
+ * and start the urgent thread for the source's new urgent channel.  0, or
+ * -errno with @why (-ECANCELED: the VMM is going).
+ */
+static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
+			  char *why, size_t whylen)
+{
+	uint64_t npages = postcopy_dst_npages(d->pd), outstanding = 0;
+	uint8_t *bits = NULL;
+	int fd, r;
+
+	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
+	if (fd < 0) {
+		snprintf(why, whylen, "accepting the source's connection: %s", strerror(-fd));
+		return fd;
+	}
+	if (stream_init(s, fd, MIG_IO_TIMEOUT_MS)) {
+		close(fd);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	*fdp = fd;
+	pthread_mutex_lock(&m->lock);
+	m->stream = s;
+	pthread_mutex_unlock(&m->lock);
+	mig_publish_conns(m, fd, -1);
+	r = mig_load_resume_start(s, &d->header, why, whylen);
+	if (r) {
+		mig_rp_send_error(s, r, why); /* the source says why it cannot resume */
+		return r;
+	}
+	bits = malloc((size_t)((npages + 7) / 8));
+	d->rp_fd = dup(fd);
+	if (!bits || d->rp_fd < 0 || stream_init(&d->rp, d->rp_fd, MIG_IO_TIMEOUT_MS)) {
+		if (d->rp_fd >= 0)
+			close(d->rp_fd);
+		d->rp_fd = -1;
+		free(bits);
+		snprintf(why, whylen, "return path setup failed");
+		return -ENOMEM;
+	}
+	atomic_store(&d->urgent_failed, false);
+	d->urgent_started = pthread_create(&d->urgent_thread, NULL, mig_urgent_thread, d) == 0;
+	pthread_mutex_lock(&d->rp_lock);
+	postcopy_dst_received_bits(d->pd, bits);
+	mig_rp_send_recv_bitmap(&d->rp, 0, npages, bits);
+	if (!stream_error(&d->rp))
+		outstanding = postcopy_dst_outstanding(d->pd, mig_dst_rerequest_locked, d);
+	r = stream_error(&d->rp);
+	d->rp_connected = !r;
+	pthread_mutex_unlock(&d->rp_lock);
+	free(bits);
+	if (!d->urgent_started) {
+		snprintf(why, whylen, "cannot start the urgent-channel thread");
+		return -EAGAIN;
+	}
+	if (r) {
+		snprintf(why, whylen, "sending the received bitmap: %s", d->rp.errmsg);
+		return r;
+	}
+	log_info("postcopy: resumed; %" PRIu64 " pages missing, %" PRIu64 " requests repeated",
+		 postcopy_dst_missing(d->pd), outstanding);
+	return 0;
+}
+
+/*
+ * The destination after POSTCOPY_RUN, with the main channel's outcome
+ * @err (0: END seen): wait for the last requested pages and send COMPLETE;
+ * when a channel breaks, pause (the guest keeps running here; its vCPUs
+ * block only on missing pages) and resume on a new connection after
+ * migrate-recover, as often as it takes.  0 complete, or -ECANCELED when
+ * the VMM goes (m->error says why).
+ */
+/*
+ * Test hook: whether VMFERRY_POSTCOPY_FAULT names @point.  Tests use it to
+ * put the destination's steps in an order the network may produce.
+ */
+static bool mig_test_fault(const char *point)
+{
+	const char *want = getenv("VMFERRY_POSTCOPY_FAULT");
+
+	if (!want || strcmp(want, point))
+		return false;
+	log_warn("VMFERRY_POSTCOPY_FAULT=%s", point);
+	return true;
+}
+
+static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
+			    struct mig_dst_chan *chan, int err, char *errbuf, size_t errlen)
+{
+	static const struct mig_load_ops ops = { .ram = mig_dst_ram, .ping = mig_dst_ping };
+	char reason[MIG_ERROR_BYTES + 64];
+
+	for (;;) {
+		if (!err) {
+			/* END: requested pages may still be on the urgent channel. */
+			for (int i = 0; i < MIG_RP_TIMEOUT_MS && postcopy_dst_missing(d->pd) &&
+					!atomic_load(&d->urgent_failed) && !mig_closing(m); i++) {
+				struct timespec ms = { 0, 1000000 };
+
+				nanosleep(&ms, NULL);
+			}
+			if (!postcopy_dst_missing(d->pd)) {
+				if (mig_test_fault("urgent-closed-first")) {
+					/* As if COMPLETE were overtaken by the close. */
+					atomic_store(&d->closing, true);
+					mig_dst_stop_urgent(m, d, false);
+				}
+				pthread_mutex_lock(&d->rp_lock);
+				mig_rp_send_complete(&d->rp);
+				pthread_mutex_unlock(&d->rp_lock);
+				return 0;
+			}
+			snprintf(errbuf, errlen, "%" PRIu64 " pages never arrived",
+				 postcopy_dst_missing(d->pd));
+			err = -EIO;
+		}
+		if (mig_closing(m))
+			return -ECANCELED;
+		pthread_mutex_lock(&m->lock);
+		snprintf(reason, sizeof(reason), "%s", m->pause_requested ? "migrate-pause" : "");
+		pthread_mutex_unlock(&m->lock);
+		if (!reason[0])
+			snprintf(reason, sizeof(reason), "the connection to the source broke (%.*s); "
+				 "the guest keeps running here and waits for the %" PRIu64 " missing "
+				 "pages: migrate-recover to resume (if the source is gone they are lost)",
+				 (int)MIG_ERROR_BYTES / 2, errbuf, postcopy_dst_missing(d->pd));
+		mig_dst_drop_conns(m, d, s, fdp);
+		mig_dst_close_listener(m);
+		mig_enter_paused(m, reason);
+		if (mig_dst_wait_recover(m))
+			return -ECANCELED;
+		for (;;) {
+			char why[MIG_ERROR_BYTES];
+			int r = mig_dst_resume(m, d, s, fdp, why, sizeof(why));
+
+			if (!r)
+				break;
+			if (r == -ECANCELED || mig_closing(m))
+				return -ECANCELED;
+			mig_dst_drop_conns(m, d, s, fdp);
+			mig_replace_error(m, "postcopy paused: a resume attempt on %s failed: %s", m->uri,
+					  why);
+		}
+		mig_leave_paused(m);
+		do
+			err = mig_load_resumed_record(s, &d->header, &ops, chan, errbuf, errlen);
+		while (err == 1);
+	}
+}
+
+void *mig_incoming_thread(void *arg)
+{
+	struct migration *m = arg;
+	struct vm *vm = m->vm;
+	static const struct mig_load_ops ops = {
+		.header = mig_dst_header,
+		.ram = mig_dst_ram,
+		.section = mig_dst_section,
+		.pass_end = mig_dst_pass_end,
+		.postcopy_advise = mig_dst_advise,
+		.postcopy_discard = mig_dst_discard,
+		.postcopy_run = mig_dst_run,
+		.ping = mig_dst_ping,
+		.cpr = mig_dst_cpr,
+	};
+	struct mig_dst d = { .m = m, .rp_fd = -1 };
+	struct mig_dst_chan chan = { .d = &d };
+	struct mig_load_stats st;
+	struct stream s;
+	char errbuf[MIG_ERROR_BYTES];
+	uint8_t boot_id[MIG_BOOT_ID_BYTES];
+	uint64_t first_run_ns = 0, end_ns;
+	bool same_clock, ran = false;
+	int fd, err;
+
+	pthread_mutex_init(&d.rp_lock, NULL);
+	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
+	if (fd < 0) {
+		if (fd != -ECANCELED)
+			mig_set_error(m, "accepting the migration connection failed: %s", strerror(-fd));
+		mig_finish_failed(m);
+		pthread_mutex_destroy(&d.rp_lock);
+		return NULL;
+	}
+	mig_set_time(m, &m->start_ns, clock_monotonic_ns());
+	err = stream_init(&s, fd, MIG_IO_TIMEOUT_MS);
+	d.rp_fd = dup(fd);
+	if (err || d.rp_fd < 0 || stream_init(&d.rp, d.rp_fd, MIG_IO_TIMEOUT_MS)) {
+		mig_set_error(m, "stream setup failed");
+		if (!err)
+			stream_release(&s);
+		close(fd);
+		if (d.rp_fd >= 0)
+			close(d.rp_fd);
+		d.rp_fd = -1;
+		goto quit;
+	}
+	d.rp_connected = true;
+	chan.bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES);
+	pthread_mutex_lock(&m->lock);
+	m->stream = &s;
+	pthread_mutex_unlock(&m->lock);
+	mig_publish_conns(m, fd, -1);
+	mig_set_status(m, MIG_STATUS_ACTIVE);
+
+	err = chan.bounce ? mig_load(&s, &ops, &chan, &st, errbuf, sizeof(errbuf)) : -ENOMEM;
+	if (!chan.bounce)
+		snprintf(errbuf, sizeof(errbuf), "out of memory");
+	end_ns = clock_monotonic_ns();
+	ran = d.run_at_ns != 0;
+	if (!err && !d.have_vm) {
+		snprintf(errbuf, sizeof(errbuf), "no vm section");
+		err = -EBADMSG;
+	}
+	atomic_store(&m->zero_pages, st.zero_pages);
+	atomic_store(&m->normal_pages, st.data_pages);
+	if (ran && !d.run_unconfirmed) {
+		/* Postcopy: from here a broken channel pauses instead of failing. */
+		err = mig_dst_postcopy(m, &d, &s, &fd, &chan, err, errbuf, sizeof(errbuf));
+		if (!err)
+			goto done;
+		mig_set_error(m, "the VMM is shutting down during postcopy; pages that had not "
+			      "arrived are lost");
+		vm_request_exit(vm, 1);
+		goto out;
+	}
+	if (err) {
+		if (ran)
+			mig_set_error(m, "postcopy failed after the guest started here: %s; the source "
+				      "may not know it runs here, so it cannot continue", errbuf);
+		else
+			mig_set_error(m, "incoming migration failed: %s", errbuf);
+		mig_dst_rp_error(&d, err, m->error);
+		/* Stop the vCPUs before closing userfaultfd lets them see holes. */
+		if (ran)
+			vm_request_exit(vm, 1);
+		goto out;
+	}
+	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
+	vm_moves_set(vm, d.vmsec.moves + 1);
+	/* Not needed any more; it must not compete with the vCPUs. */
+	atomic_store(&m->prealloc_stop, true);
+	if (m->cpr_incoming)
+		cpr_fault_point("before-run");
+	err = vm_incoming_finish(vm, d.vmsec.was_running, &first_run_ns);
+	if (err) {
+		mig_set_error(m, "cannot start the guest after loading");
+		mig_dst_rp_error(&d, err, m->error);
+		goto out;
+	}
+	mig_boot_id(boot_id);
+	same_clock = !memcmp(boot_id, d.src_boot_id, MIG_BOOT_ID_BYTES);
+	if (!first_run_ns)
+		first_run_ns = clock_monotonic_ns();
+	mig_dst_rp_running(&d, first_run_ns, same_clock, first_run_ns - end_ns);
+	if (same_clock && d.vmsec.was_running && first_run_ns >= d.vmsec.stop_ns) {
+		mig_set_downtime(m, first_run_ns - d.vmsec.stop_ns, true);
+	}
+done:
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
+	mig_dst_finish(m, &d, &s, fd, &chan, true);
+	vm_set_ram_arriving(vm, false); /* every page is here (or it never was postcopy) */
+	mig_dst_vcpu_nice(m, false);
+	mig_set_status(m, MIG_STATUS_COMPLETED);
+	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
+		 " zero pages, downtime %.3f ms", st.data_pages, st.zero_pages,
+		 (double)m->downtime_ns / 1e6);
+	log_debug("migration: the load thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
+	return NULL;
+out:
+	mig_dst_finish(m, &d, &s, fd, &chan, false);
+	mig_dst_vcpu_nice(m, false);
+quit:
+	mig_finish_failed(m);
+	/* Half-loaded RAM cannot be reused: the destination VMM ends here. */
+	vm_request_exit(vm, 1);
+	return NULL;
+}
+
+/*
+ * Destination: fault in guest RAM ahead of the stream.  The guest's RAM is
+ * committed to it anyway; paying for the page faults while waiting for the
+ * source (instead of inside every recv) is what -mem-prealloc does in QEMU.
+ */
+void *mig_prealloc_thread(void *arg)
+{
+	struct migration *m = arg;
+	/*
+	 * Small steps: each holds the address-space lock for reading, and the
+	 * postcopy switch (registering userfaultfd) needs it for writing; a
+	 * 2 MiB step costs it a millisecond or two, a larger one would land in
+	 * the guest's pause.
+	 */
+	const uint64_t chunk = 2ull << 20;
+	uint64_t t0 = clock_monotonic_ns();
+
+
+	for (size_t b = 0; b < vm_ram_block_count(m->vm); b++) {
+		struct ram_block *rb = vm_ram_block(m->vm, b);
+
+		for (uint64_t off = 0; off < rb->bytes && !atomic_load(&m->prealloc_stop); off += chunk) {
+			uint64_t n = rb->bytes - off < chunk ? rb->bytes - off : chunk;
+			/* In postcopy's minor mode the guest's own mapping must show
+			 * only received pages: allocate through the alias. */
+			int r = rb->alias ? ram_block_populate_alias(rb, off, n)
+					  : ram_block_populate(rb, off, n);
+
+			if (r) {
+				log_warn("migration: preallocating guest RAM failed (%s); pages will be "
+					 "allocated as they arrive", strerror(-r));
+				return NULL;
+			}
+			atomic_fetch_add(&m->prealloc_bytes, n);
+		}
+	}
+	atomic_store(&m->prealloc_ns, clock_monotonic_ns() - t0);
+	log_debug("migration: %" PRIu64 " MiB of guest RAM preallocated in %.1f ms",
+		  atomic_load(&m->prealloc_bytes) >> 20, (double)(clock_monotonic_ns() - t0) / 1e6);
+	return NULL;
+}
+
+void mig_prealloc_join(struct migration *m)
+{
+	if (!m->prealloc_joinable)
+		return;
+	atomic_store(&m->prealloc_stop, true);
+	pthread_join(m->prealloc_thread, NULL);
+	m->prealloc_joinable = false;
+}
+
+/*
+ * Destination, postcopy enabled, nothing arrived yet: get guest RAM ready
+ * for userfaultfd.  Minor mode (the default where the kernel has it;
+ * VMFERRY_POSTCOPY_UFFD=missing forces the older way, for comparison): keep
+ * the memory, unmap it from the guest's view and go on preallocating it
+ * through an alias mapping.  Missing mode: give it all back (punch).
+ * Under m->lock from the control thread (capability set) or the main thread
+ * (incoming start), or from the incoming thread (advise).
+ */
+int mig_pc_prepare(struct migration *m)
+{
+	struct ram_block *rb = vm_ram_block(m->vm, 0);
+	const char *how = getenv("VMFERRY_POSTCOPY_UFFD");
+	bool restart = m->prealloc_joinable;
+	int r;
+
+	if (m->pc_prepared)
+		return 0;
+	mig_prealloc_join(m);
+	if ((!how || strcmp(how, "missing")) && postcopy_minor_supported() &&
+	    ram_block_map_alias(rb) == 0) {
+		r = madvise(rb->host, rb->bytes, MADV_DONTNEED) < 0 ? -errno : 0;
+		if (!r && restart) {
+			atomic_store(&m->prealloc_stop, false);
+			atomic_store(&m->prealloc_bytes, 0);
+			m->prealloc_joinable =
+				pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
+		}
+	} else {
+		r = fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+			      (off_t)rb->bytes) < 0 ? -errno : 0;
+	}
+	if (!r)
+		m->pc_prepared = true;
+	log_debug("postcopy: guest RAM prepared for %s mode%s", rb->alias ? "minor" : "missing",
+		  r ? " (failed)" : "");
+	return r;
+}
+
+/*
+ * A destination still waiting for its stream, with postcopy-ram on: give its
+ * preallocated RAM back now, while nothing has arrived, instead of inside
+ * the switch-over.  Never over RAM inherited in a live update (missing mode
+ * would punch the guest's memory out).  Under m->lock: the stream only
+ * writes RAM once the status is active.
+ */
+void mig_pc_prepare_waiting(struct migration *m)
+{
+	if (!m->incoming || m->cpr_incoming || m->status != MIG_STATUS_SETUP ||
+	    !m->params.postcopy_ram || m->pc_prepared)
+		return;
+	if (mig_pc_prepare(m))
+		log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
+}

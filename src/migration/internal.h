@@ -1,0 +1,287 @@
+/*
+ * The migration module's internals, shared by its files (not an API):
+ *   migration.c        the struct, status table, lifecycle, the public API
+ *   commands.c         control commands, parameters, query-migrate
+ *   source.c           the source's migration thread: precopy and switch-over
+ *   source_ram.c       the source: RAM pages into the stream, dirty passes
+ *   source_postcopy.c  the source after the switch: push, return path,
+ *                      release-ram, pause and resume
+ *   destination.c      the incoming side: load thread, urgent thread,
+ *                      preallocation, postcopy recovery
+ *   cpr.c              the cpr channel, and the source's live update
+ */
+#ifndef VMFERRY_MIGRATION_INTERNAL_H
+#define VMFERRY_MIGRATION_INTERNAL_H
+
+#include "migration/migration.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netdb.h>
+#include <linux/sockios.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <poll.h>
+
+#include <json-c/json.h>
+
+#include "control/control.h"
+#include "migration/channel.h"
+#include "migration/cpr.h"
+#include "migration/format.h"
+#include "migration/load.h"
+#include "migration/postcopy.h"
+#include "migration/stream.h"
+#include "migration/vmstate.h"
+#include "util/log.h"
+
+#define MIG_WINDOW_PAGES 512u          /* pages cleared + sent together (2 MiB) */
+#define MIG_CONNECT_TIMEOUT_MS 10000
+#define MIG_IO_TIMEOUT_MS 30000
+#define MIG_RP_TIMEOUT_MS 30000
+/*
+ * Completion closes the urgent channel: the source ends it with END once it
+ * read COMPLETE on the return path.  Two separate connections do not keep
+ * each other's order, so each side waits this long for the other's part of
+ * the close before it calls what it saw a broken connection.
+ */
+#define MIG_URGENT_CLOSE_MS 2000
+#define MIG_ERROR_BYTES 512
+#define MIG_DOWNTIME_GOOD_MS 2     /* below this, another pass is not worth it */
+#define MIG_EXTRA_PASSES_MAX 5     /* passes after the limit was first met */
+#define MIG_DRAIN_MAX_MS 5000      /* longest wait for the send queue to drain */
+#define MIG_CPR_ACK_TIMEOUT_MS 30000  /* the new process creates its VM */
+#define MIG_CPR_PEER_EXIT_MS 5000     /* a failed new process has this long to exit */
+#define MIG_CPR_CONNECT_WAIT_MS 2000  /* for a new process that does not listen yet */
+/*
+ * Postcopy: the source asks for an acknowledgement (PING) after this many
+ * pages pushed, and gives a page's memory back only once acknowledged, so a
+ * page lost in flight when a channel breaks is still here to be re-sent.
+ */
+#define MIG_ACK_PAGES 1024u
+#define MIG_REQ_RING 256u /* requests the background push can be behind by */
+
+struct migration {
+	struct vm *vm;
+	vm_event_fn *event_fn;
+	void *event_opaque;
+
+	pthread_mutex_t lock;     /* protects what follows, unless atomic */
+	enum mig_status status;
+	struct mig_params params;
+	char error[MIG_ERROR_BYTES];
+	bool incoming;
+	bool closing;             /* the VMM is going: no new migrations */
+	bool thread_joinable;
+	pthread_t thread;
+	char uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	struct channel_uri curi;
+	char cpr_uri[CHANNEL_PATH_BYTES + 8]; /* source, cpr-transfer: "unix:PATH" */
+	bool cpr_incoming;        /* destination: RAM inherited over the cpr channel */
+	uint8_t cpr_token[MIG_CPR_TOKEN_BYTES];
+	struct stream *stream;    /* live stream, for cancel */
+	struct stream *urgent_stream; /* destination: the urgent channel, for cancel */
+	int listen_fd;            /* incoming */
+	int cancel_fd;            /* eventfd: cancel an accept */
+	atomic_bool cancel;
+	/*
+	 * Destination: whether the threads a faulting vCPU waits for (fault,
+	 * urgent) run real-time.  Only while the vCPUs run at full priority:
+	 * made nicer (postcopy-vcpu-nice) they leave those threads the CPU
+	 * anyway, and the normal policy wakes them next to the vCPU or thread
+	 * that woke them, which halved the page-request median on the bench
+	 * (real-time wakes go to another CPU, costly on these nested hosts).
+	 */
+	atomic_bool pagepath_rt;
+
+	/* postcopy recovery (docs/migration.md), under lock */
+	pthread_cond_t cond;      /* a resume or recover request, or closing */
+	int conn_fd;              /* the main connection, for migrate-pause; -1 none */
+	int urgent_conn_fd;       /* the urgent connection, likewise */
+	bool pause_requested;     /* migrate-pause: the break is deliberate */
+	bool resume_requested;    /* source: migrate {"resume": true} given ... */
+	struct channel_uri resume_curi; /* ... to this address */
+	char resume_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	int recover_fd;           /* destination: migrate-recover's listening socket, -1 none */
+	struct channel_uri recover_curi;
+	char recover_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	_Atomic uint64_t postcopy_pauses;
+	_Atomic uint64_t resume_failures; /* source: resume attempts that failed */
+
+	/*
+	 * Timings: written by the migration (or incoming) thread under lock,
+	 * which query-migrate holds for one consistent snapshot (a new
+	 * migration resets start and end together; downtime and its clock go
+	 * together).  The writing thread reads its own values without it.
+	 */
+	uint64_t start_ns, setup_ns, end_ns;
+	uint64_t downtime_ns;
+	bool downtime_known;
+	bool downtime_same_clock;
+	uint64_t expected_downtime_ms;
+	_Atomic uint64_t transferred;
+	_Atomic uint64_t zero_pages, normal_pages;
+	_Atomic uint64_t remaining_bytes;
+	_Atomic uint64_t dirty_sync_count, dirty_pages_rate, passes;
+	_Atomic uint64_t throughput_bps;
+	_Atomic unsigned throttle_max;
+	uint64_t total_bytes;
+	atomic_bool postcopy_requested; /* migrate-start-postcopy */
+	atomic_bool pc_prepared;        /* destination RAM ready for postcopy (set after
+					 * the alias mapping, read by query-migrate) */
+	/* source postcopy figures, counted live by the migration and return-path
+	 * threads; reset when a migration starts (not when it resumes) */
+	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
+	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
+	bool pc_stats_valid;
+
+	/* destination: background preallocation of guest RAM */
+	pthread_t prealloc_thread;
+	bool prealloc_joinable;
+	atomic_bool prealloc_stop;
+	_Atomic uint64_t prealloc_ns, prealloc_bytes;
+};
+
+/* ---- source: sending pages ---- */
+
+/*
+ * release-ram off the send path: the migration thread marks acknowledged
+ * pages released and queues them; this thread gives their memory back.  A
+ * hole punch costs about as much CPU as sending the page did, and it no
+ * longer holds up the stream.
+ */
+struct mig_releaser {
+	pthread_t thread;
+	bool started;
+	int fd;                    /* the RAM block's memfd */
+	pthread_mutex_t lock;      /* protects the rest */
+	pthread_cond_t cond;
+	struct mig_range { uint64_t first, n; } *q;
+	size_t len, cap;
+	bool stop;                 /* punch what is queued, then exit */
+	uint64_t ns, pages, cpu_ns; /* its cost, for the log */
+	struct vm *vm;             /* detach its RAM from KVM before the first punch */
+	uint64_t detach_ns;
+};
+
+struct mig_src {
+	struct migration *m;
+	struct stream s;
+	struct ram_block *block;
+	uint64_t npages;
+	uint64_t *bitmap;          /* dirty pages of the current pass */
+	uint64_t bitmap_words;
+	/* postcopy */
+	bool postcopy;             /* advised: the switch may come */
+	bool release_ram;          /* postcopy phase: free pages once sent */
+	bool preempt;              /* requested pages go on the urgent channel */
+	uint64_t *sent_once;       /* pages the destination holds a copy of */
+	uint64_t *predisc;         /* discarded before the stop (hybrid), or NULL */
+	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
+	_Atomic uint64_t pending_count;
+	/*
+	 * Requested pages, in order, for the background push: written by the
+	 * return-path thread, read by the push.  Each faulting thread has at
+	 * most one request out, so the ring never laps in practice; if it did,
+	 * the push would skip to the newest MIG_REQ_RING.
+	 */
+	_Atomic uint64_t req_ring[MIG_REQ_RING];
+	_Atomic uint64_t req_seq;  /* requests written so far */
+	struct mig_releaser releaser; /* release-ram's hole punching */
+	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
+	struct stream urgent;      /* written by the return-path thread only */
+	int urgent_fd;
+	uint64_t urgent_bytes;     /* sent on the urgent channel, for the figures */
+	uint64_t earlier_bytes;    /* sent on main connections before a postcopy pause */
+	struct stream rp;          /* return path, read by its thread */
+	int rp_fd;
+	int rp_result;             /* 0 = COMPLETE seen */
+	char rp_error[MIG_ERROR_BYTES];
+	bool rp_fatal;             /* the destination failed or broke the protocol */
+	struct mig_rp_msg running;
+	atomic_bool got_running;
+	/* postcopy: release only what the destination acknowledged */
+	struct mig_header header;  /* sent again when resuming */
+	uint64_t *released;        /* pages given back to the host */
+	struct mig_unacked *unacked; /* runs sent on the main channel, not yet acknowledged */
+	size_t unacked_head, unacked_len, unacked_cap;
+	uint32_t ping_id;          /* last PING sent in postcopy */
+	_Atomic uint32_t ping_acked; /* last PONG received */
+	uint64_t since_ping;       /* pages pushed since that PING */
+	/* current run being built */
+	uint64_t run_first;
+	uint32_t run_len;
+	bool run_zero;
+};
+
+/* Pages sent on the main channel before PING @ping, freed once it is answered. */
+struct mig_unacked {
+	uint64_t first;
+	uint64_t n;
+	uint32_t ping;
+};
+
+/* migration.c */
+const char *mig_mode_name(enum mig_mode mode);
+bool mig_status_finished(enum mig_status s);
+void mig_emit(struct migration *m, const char *event, struct json_object *data);
+bool mig_set_status(struct migration *m, enum mig_status to);
+void mig_set_error(struct migration *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void mig_replace_error(struct migration *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void mig_set_time(struct migration *m, uint64_t *field, uint64_t value);
+void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock);
+void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd);
+void mig_dst_vcpu_nice(struct migration *m, bool on);
+void mig_enter_paused(struct migration *m, const char *reason);
+void mig_leave_paused(struct migration *m);
+void mig_finish_failed(struct migration *m);
+
+/* source.c */
+int mig_rp_pending_error(struct mig_src *src, char *out, size_t len);
+int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns, bool end);
+int mig_src_connect(struct mig_src *src);
+void *mig_source_thread(void *arg);
+
+/* source_ram.c */
+bool mig_page_is_zero(const uint8_t *p);
+void mig_flush_run(struct mig_src *src);
+void mig_add_page(struct mig_src *src, uint64_t page, bool zero);
+int mig_first_pass(struct mig_src *src);
+uint64_t mig_popcount(const uint64_t *bits, uint64_t words);
+int mig_dirty_pass(struct mig_src *src, bool protect);
+
+/* source_postcopy.c */
+void mig_releaser_join(struct mig_src *src);
+void mig_unacked_add(struct mig_src *src, uint64_t first, uint64_t n);
+int mig_ping_wait(struct mig_src *src, const char *what, char *err, size_t errlen);
+int mig_prediscard(struct mig_src *src, char *err, size_t errlen);
+int mig_src_open_urgent(struct mig_src *src);
+void mig_src_close_side_channels(struct mig_src *src);
+int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp);
+
+/* destination.c */
+void mig_prealloc_join(struct migration *m);
+int mig_pc_prepare(struct migration *m);
+void *mig_incoming_thread(void *arg);
+void *mig_prealloc_thread(void *arg);
+void mig_pc_prepare_waiting(struct migration *m);
+
+/* cpr.c */
+void mig_cpr_source(struct migration *m);
+
+#endif

@@ -1,0 +1,1030 @@
+/* The source after the postcopy switch: background push, return path, release-ram, pause and resume. */
+#include "migration/internal.h"
+
+static void mig_punch(int fd, uint64_t first, uint64_t n)
+{
+	fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(first * MIG_PAGE_BYTES),
+		  (off_t)(n * MIG_PAGE_BYTES));
+}
+
+static void *mig_releaser_thread(void *arg)
+{
+	struct mig_releaser *r = arg;
+	struct mig_range *batch = NULL;
+	size_t batch_cap = 0;
+	struct sched_param idle = { 0 };
+
+	/* Housekeeping: it runs on CPU time the stream and the guest leave. */
+	pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct mig_range *q;
+		size_t n, qcap;
+		uint64_t t0, pages = 0;
+
+		while (!r->len && !r->stop)
+			pthread_cond_wait(&r->cond, &r->lock);
+		if (!r->len)
+			break;
+		/* Take the whole queue; the migration thread fills the other one. */
+		q = r->q, qcap = r->cap, n = r->len;
+		r->q = batch, r->cap = batch_cap, r->len = 0;
+		batch = q, batch_cap = qcap;
+		pthread_mutex_unlock(&r->lock);
+		t0 = clock_monotonic_ns();
+		if (r->vm) {
+			/*
+			 * The first punch: take guest RAM out of KVM first, in one go
+			 * (punching pages KVM maps costs an invalidation each).  The
+			 * guest runs on the destination by now (every queued range was
+			 * acknowledged).  Dropping a memslot that maps a whole busy
+			 * guest took 18-42 ms here; on the push's thread it stalled the
+			 * stream right after the switch.  At normal priority: it holds
+			 * the VM's lock.
+			 */
+			struct sched_param normal = { 0 };
+
+			pthread_setschedparam(pthread_self(), SCHED_OTHER, &normal);
+			if (vm_detach_ram(r->vm))
+				log_debug("postcopy: guest RAM stays attached to KVM");
+			r->vm = NULL;
+			r->detach_ns = clock_monotonic_ns() - t0;
+			pthread_mutex_lock(&r->lock);
+			if (!r->stop) /* else the finishing side wants it at normal priority */
+				pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+			pthread_mutex_unlock(&r->lock);
+		}
+		for (size_t i = 0; i < n; i++) {
+			mig_punch(r->fd, batch[i].first, batch[i].n);
+			pages += batch[i].n;
+		}
+		pthread_mutex_lock(&r->lock);
+		r->ns += clock_monotonic_ns() - t0;
+		r->pages += pages;
+	}
+	r->cpu_ns = clock_thread_cpu_ns();
+	pthread_mutex_unlock(&r->lock);
+	free(batch);
+	return NULL;
+}
+
+/* Start the thread; without it, mig_release punches inline. */
+static void mig_releaser_start(struct mig_src *src)
+{
+	struct mig_releaser *r = &src->releaser;
+
+	r->fd = src->block->fd;
+	r->vm = src->m->vm;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	r->started = pthread_create(&r->thread, NULL, mig_releaser_thread, r) == 0;
+	if (!r->started) {
+		pthread_mutex_destroy(&r->lock);
+		pthread_cond_destroy(&r->cond);
+	}
+}
+
+/*
+ * Queue a range (merged with the last one when they touch).  False: no room,
+ * or the releaser holds the lock - at SCHED_IDLE it may sit on it for long
+ * on a busy host, and the push must never wait for it: the caller punches.
+ */
+static bool mig_releaser_queue(struct mig_releaser *r, uint64_t first, uint64_t n)
+{
+	bool ok = true;
+
+	if (pthread_mutex_trylock(&r->lock))
+		return false;
+	if (r->len && r->q[r->len - 1].first + r->q[r->len - 1].n == first) {
+		r->q[r->len - 1].n += n;
+	} else {
+		if (r->len == r->cap) {
+			size_t cap = r->cap ? r->cap * 2 : 64;
+			struct mig_range *q = realloc(r->q, cap * sizeof(*q));
+
+			if (q)
+				r->q = q, r->cap = cap;
+		}
+		if (r->len < r->cap)
+			r->q[r->len++] = (struct mig_range){ first, n };
+		else
+			ok = false;
+	}
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	return ok;
+}
+
+/*
+ * No more releases: with @all, the whole block goes back (every page is on
+ * the destination) instead of what is queued.  The thread finishes in the
+ * background; mig_releaser_join waits for it.
+ */
+static void mig_releaser_finish(struct mig_src *src, bool all)
+{
+	struct mig_releaser *r = &src->releaser;
+
+	if (!r->started) {
+		if (all)
+			mig_punch(src->block->fd, 0, src->npages);
+		return;
+	}
+	/*
+	 * Back to a normal thread first: someone will wait for it (the lock
+	 * below, the join), and at SCHED_IDLE on a busy host that took seconds
+	 * (a quit timed out under load).
+	 */
+	{
+		struct sched_param normal = { 0 };
+
+		pthread_setschedparam(r->thread, SCHED_OTHER, &normal);
+	}
+	pthread_mutex_lock(&r->lock);
+	if (all && !r->cap && (r->q = malloc(sizeof(*r->q))) != NULL)
+		r->cap = 1;
+	if (all && r->cap) {
+		r->q[0] = (struct mig_range){ 0, src->npages };
+		r->len = 1;
+		all = false; /* queued */
+	}
+	r->stop = true;
+	{
+		/* Again, now that it cannot go back to idle (after a detach). */
+		struct sched_param normal = { 0 };
+
+		pthread_setschedparam(r->thread, SCHED_OTHER, &normal);
+	}
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (all)
+		mig_punch(src->block->fd, 0, src->npages);
+}
+
+void mig_releaser_join(struct mig_src *src)
+{
+	struct mig_releaser *r = &src->releaser;
+
+	if (!r->started)
+		return;
+	mig_releaser_finish(src, false);
+	pthread_join(r->thread, NULL);
+	log_debug("postcopy: release-ram gave back %" PRIu64 " pages in %.1f ms in its own "
+		  "thread (%.1f ms of CPU; taking RAM out of KVM %.1f ms)", r->pages,
+		  (double)r->ns / 1e6, (double)r->cpu_ns / 1e6, (double)r->detach_ns / 1e6);
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->cond);
+	free(r->q);
+	memset(r, 0, sizeof(*r));
+}
+
+/*
+ * The destination acknowledged these pages: they are given back (by the
+ * releaser thread) and never sent again.
+ */
+static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
+{
+	/* Atomic: the return-path thread reads it (mig_rp_serve_request). */
+	for (uint64_t p = first; p < first + n; p++)
+		__atomic_fetch_or(&src->released[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+	if (!src->releaser.started || !mig_releaser_queue(&src->releaser, first, n))
+		mig_punch(src->block->fd, first, n);
+}
+
+/* Given back already, so acknowledged: the destination holds it.  Any thread. */
+static bool mig_released(struct mig_src *src, uint64_t p)
+{
+	return src->released &&
+	       (__atomic_load_n(&src->released[p / 64], __ATOMIC_RELAXED) & (1ull << (p % 64)));
+}
+
+/* Remember a run sent on the main channel until the destination acknowledges it. */
+void mig_unacked_add(struct mig_src *src, uint64_t first, uint64_t n)
+{
+	if (src->unacked_len == src->unacked_cap && src->unacked_head) {
+		/* reuse the acknowledged front first */
+		memmove(src->unacked, src->unacked + src->unacked_head,
+			(src->unacked_len - src->unacked_head) * sizeof(*src->unacked));
+		src->unacked_len -= src->unacked_head;
+		src->unacked_head = 0;
+	}
+	if (src->unacked_len == src->unacked_cap) {
+		size_t cap = src->unacked_cap ? src->unacked_cap * 2 : 256;
+		struct mig_unacked *u = realloc(src->unacked, cap * sizeof(*u));
+
+		if (!u)
+			return; /* never released then: costs memory, never data */
+		src->unacked = u;
+		src->unacked_cap = cap;
+	}
+	src->unacked[src->unacked_len++] =
+		(struct mig_unacked){ .first = first, .n = n, .ping = src->ping_id + 1 };
+}
+
+/* Give back the runs every PING up to the last PONG covered. */
+static void mig_release_acked(struct mig_src *src)
+{
+	/*
+	 * An acknowledgement means the destination runs the guest (it sends
+	 * RUNNING first): from now on pages only leave this host.
+	 */
+	if (!src->ram_detached && !src->releaser.started && atomic_load(&src->got_running)) {
+		src->ram_detached = true;
+		if (vm_detach_ram(src->m->vm))
+			log_debug("postcopy: guest RAM stays attached to KVM");
+	}
+	uint32_t acked = atomic_load(&src->ping_acked);
+
+	while (src->unacked_head < src->unacked_len &&
+	       src->unacked[src->unacked_head].ping <= acked) {
+		mig_release(src, src->unacked[src->unacked_head].first,
+			    src->unacked[src->unacked_head].n);
+		src->unacked_head++;
+	}
+	if (src->unacked_head == src->unacked_len)
+		src->unacked_head = src->unacked_len = 0;
+}
+
+/* ---- source: postcopy ---- */
+
+
+static bool mig_pending_take(struct mig_src *src, uint64_t p)
+{
+	uint64_t bit = 1ull << (p % 64);
+
+	if (!(atomic_fetch_and(&src->pending[p / 64], ~bit) & bit))
+		return false;
+	atomic_fetch_sub(&src->pending_count, 1);
+	return true;
+}
+
+/* Return-path thread: answers page requests on the urgent channel at once. */
+static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *msg)
+{
+	uint64_t end = msg->first_page + msg->npages;
+
+	atomic_fetch_add(&src->m->postcopy_requests, 1);
+	if (msg->block != 0 || msg->first_page >= src->npages || end > src->npages) {
+		snprintf(src->rp_error, sizeof(src->rp_error),
+			 "destination asked for pages %" PRIu64 "+%u outside block %u",
+			 msg->first_page, msg->npages, msg->block);
+		src->rp_result = -EBADMSG;
+		return;
+	}
+	{
+		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_relaxed);
+
+		atomic_store_explicit(&src->req_ring[seq % MIG_REQ_RING], msg->first_page,
+				      memory_order_relaxed);
+		atomic_store_explicit(&src->req_seq, seq + 1, memory_order_release);
+	}
+	if (!src->preempt)
+		return; /* the background stream jumps there (behind what it queued) */
+	for (uint64_t p = msg->first_page; p < end; p++) {
+		const uint8_t *page = src->block->host + p * MIG_PAGE_BYTES;
+		bool zero;
+
+		/*
+		 * Taken by the push already.  Acknowledged (released): the
+		 * destination holds it and the request crossed its arrival.
+		 * Otherwise it may sit behind megabytes queued on the main
+		 * channel: a copy here overtakes it, and the destination keeps
+		 * whichever lands first (it never places a page twice).  The
+		 * guest is stopped here, so both copies are the same.
+		 */
+		if (mig_pending_take(src, p))
+			atomic_fetch_add(&src->m->pages_requested, 1);
+		else if (mig_released(src, p))
+			continue;
+		else
+			atomic_fetch_add(&src->m->pages_resent, 1);
+		zero = mig_page_is_zero(page);
+		stream_put_u8(&src->urgent, MIG_REC_RAM);
+		stream_put_u8(&src->urgent, 0);
+		stream_put_u8(&src->urgent, zero ? MIG_RAM_FLAG_ZERO : 0);
+		stream_put_u16(&src->urgent, 0);
+		stream_put_u32(&src->urgent, 1);
+		stream_put_u64(&src->urgent, p);
+		if (!zero)
+			stream_put_bytes(&src->urgent, page, MIG_PAGE_BYTES);
+		if (!zero)
+			atomic_fetch_add(&src->m->normal_pages, 1);
+		else
+			atomic_fetch_add(&src->m->zero_pages, 1);
+	}
+	stream_flush(&src->urgent);
+}
+
+/*
+ * Which input the return-path thread reads next: the urgent channel when a
+ * page request is there (buffered or in the socket), else the return path
+ * when it has bytes, else whichever becomes readable first.  A cancel of
+ * the return path wakes the wait, and its read then fails.
+ */
+static struct stream *mig_rp_next_input(struct mig_src *src, uint64_t urgent_down_ns)
+{
+	struct pollfd pfd[3] = {
+		{ .fd = src->urgent_fd, .events = POLLIN },
+		{ .fd = src->rp.fd, .events = POLLIN },
+		{ .fd = src->rp.cancel_fd, .events = POLLIN },
+	};
+
+	if (urgent_down_ns) {
+		/* Only the return path, for what is left of the grace. */
+		uint64_t end = urgent_down_ns + MIG_URGENT_CLOSE_MS * 1000000ull, now;
+
+		while (!stream_buffered(&src->rp) && (now = clock_monotonic_ns()) < end) {
+			int n = poll(pfd + 1, 2, (int)((end - now + 999999) / 1000000));
+
+			if (n > 0)
+				return &src->rp;
+			if (n < 0 && errno != EINTR)
+				return &src->rp;
+		}
+		return stream_buffered(&src->rp) ? &src->rp : NULL;
+	}
+	if (src->urgent_fd < 0 || stream_error(&src->urgent))
+		return &src->rp;
+	if (stream_buffered(&src->urgent))
+		return &src->urgent;
+	if (stream_buffered(&src->rp))
+		return &src->rp;
+	for (;;) {
+		if (poll(pfd, 3, -1) < 0 && errno != EINTR)
+			return &src->rp;
+		if (pfd[0].revents)
+			return &src->urgent; /* a request, or its read tells what broke */
+		if (pfd[1].revents || pfd[2].revents)
+			return &src->rp;
+	}
+}
+
+static void *mig_rp_thread(void *arg)
+{
+	struct mig_src *src = arg;
+	struct mig_rp_msg msg;
+	char err[256], urgent_err[256] = "";
+	uint64_t urgent_down_ns = 0;
+	int urgent_r = 0;
+
+	/* A faulting vCPU waits for this thread: it must not queue behind the
+	 * background push for a CPU. */
+	pthread_setname_np(pthread_self(), "pc-return");
+	thread_make_latency_critical();
+	for (;;) {
+		struct stream *from = mig_rp_next_input(src, urgent_down_ns);
+		int r;
+
+		if (!from) {
+			/* The urgent channel closed and no COMPLETE followed. */
+			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", urgent_err);
+			src->rp_result = urgent_r;
+			break;
+		}
+		r = mig_rp_read(from, &msg, err, sizeof(err));
+		if (from == &src->urgent) {
+			/* Page requests only, sent back on the urgent channel. */
+			if (!r && msg.type != MIG_RP_PAGE_REQ) {
+				mig_rp_msg_release(&msg);
+				snprintf(err, sizeof(err), "message type %u (only page requests "
+					 "come back on it)", msg.type);
+				r = -EBADMSG;
+			}
+			if (r && r != -EBADMSG && !urgent_down_ns) {
+				/*
+				 * Closed or broken.  A destination that completed closes
+				 * it too, and its COMPLETE on the return path may still
+				 * be on the way: read that alone for a while.
+				 */
+				urgent_down_ns = clock_monotonic_ns();
+				urgent_r = r;
+				snprintf(urgent_err, sizeof(urgent_err), "%s", err);
+				continue;
+			}
+			if (r) {
+				snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", err);
+				src->rp_result = r;
+				src->rp_fatal = r == -EBADMSG;
+				break;
+			}
+			mig_rp_serve_request(src, &msg);
+			if (src->rp_result) {
+				src->rp_fatal = true;
+				break;
+			}
+			continue;
+		}
+		if (r) {
+			snprintf(src->rp_error, sizeof(src->rp_error), "return path: %s", err);
+			src->rp_result = r;
+			src->rp_fatal = r == -EBADMSG; /* malformed, not merely broken */
+			break;
+		}
+		if (msg.type == MIG_RP_PONG) {
+			atomic_store(&src->ping_acked, msg.id);
+		} else if (msg.type == MIG_RP_RUNNING) {
+			src->running = msg;
+			atomic_store(&src->got_running, true);
+		} else if (msg.type == MIG_RP_PAGE_REQ) {
+			mig_rp_serve_request(src, &msg);
+			if (src->rp_result) {
+				src->rp_fatal = true;
+				break;
+			}
+		} else if (msg.type == MIG_RP_COMPLETE) {
+			src->rp_result = 0;
+			break;
+		} else if (msg.type == MIG_RP_ERROR) {
+			snprintf(src->rp_error, sizeof(src->rp_error), "destination failed: %.400s", msg.text);
+			src->rp_result = msg.err ? msg.err : -EIO;
+			src->rp_fatal = true;
+			break;
+		} else {
+			mig_rp_msg_release(&msg);
+			snprintf(src->rp_error, sizeof(src->rp_error),
+				 "return path: unexpected message type %u during postcopy", msg.type);
+			src->rp_result = -EPROTO;
+			src->rp_fatal = true;
+			break;
+		}
+		if (stream_error(&src->urgent) && !urgent_down_ns) {
+			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s",
+				 src->urgent.errmsg);
+			src->rp_result = stream_error(&src->urgent);
+			break;
+		}
+	}
+	if (!src->rp_result) {
+		stream_put_u8(&src->urgent, MIG_REC_END);
+		stream_flush(&src->urgent);
+	}
+	/* Whatever happened, the background sender must not wait for us. */
+	stream_cancel(&src->s);
+	log_debug("postcopy: the return-path thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
+	return NULL;
+}
+
+/*
+ * Background push after the switch: pages the destination has not got, in an
+ * order that follows its faults (CRIU's lazy-pages idea): after a request,
+ * start right behind the faulting page with a small chunk and double it while
+ * no new request comes.  A chunk only says when to look for a new fault:
+ * contiguous chunks go out as one RAM record (up to MIG_RUN_MAX_PAGES), a
+ * jump ends the record.  Sending each chunk as its own record (16 pages
+ * after every request, thousands of requests) cost the 1 GiB heavy pure
+ * postcopy ~15% of its total on the bench (median of 6 interleaved: 777 vs
+ * 660 ms) at the same page-request latency.
+ */
+static int mig_postcopy_push(struct mig_src *src)
+{
+	uint64_t cursor = 0, chunk = 16;
+	uint64_t seen = atomic_load_explicit(&src->req_seq, memory_order_acquire);
+
+	while (atomic_load(&src->pending_count) > 0) {
+		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_acquire), end;
+
+		atomic_store(&src->m->remaining_bytes, atomic_load(&src->pending_count) * MIG_PAGE_BYTES);
+
+		/*
+		 * Every request since the last look: its page first, if the urgent
+		 * channel did not take it (without postcopy-preempt this is how a
+		 * request is answered), then carry on right behind the latest.
+		 */
+		if (seq - seen > MIG_REQ_RING)
+			seen = seq - MIG_REQ_RING;
+		if (seen != seq) {
+			for (; seen != seq; seen++) {
+				uint64_t p = atomic_load_explicit(&src->req_ring[seen % MIG_REQ_RING],
+								  memory_order_relaxed);
+
+				if (p < src->npages && mig_pending_take(src, p)) {
+					mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+					atomic_fetch_add(&src->m->pages_pushed, 1);
+				}
+				cursor = p + 1 < src->npages ? p + 1 : 0;
+			}
+			chunk = 16;
+		} else if (chunk < MIG_RUN_MAX_PAGES) {
+			chunk *= 2;
+		}
+		end = cursor + chunk < src->npages ? cursor + chunk : src->npages;
+		for (uint64_t p = cursor; p < end; p++) {
+			if (!mig_pending_take(src, p)) {
+				mig_flush_run(src);
+				continue;
+			}
+			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+			atomic_fetch_add(&src->m->pages_pushed, 1);
+		}
+		if (src->since_ping >= MIG_ACK_PAGES) {
+			stream_put_u8(&src->s, MIG_REC_PING);
+			stream_put_u32(&src->s, ++src->ping_id);
+			src->since_ping = 0;
+		}
+		mig_release_acked(src);
+		if (stream_error(&src->s)) {
+			src->run_len = 0; /* pending again once a resume reads the bitmap */
+			return stream_error(&src->s);
+		}
+		cursor = end == src->npages ? 0 : end;
+	}
+	atomic_store(&src->m->remaining_bytes, 0);
+	mig_flush_run(src);
+	stream_put_u8(&src->s, MIG_REC_END);
+	return stream_flush(&src->s);
+}
+
+static void mig_send_discards(struct mig_src *src, const uint64_t *discard)
+{
+	uint64_t runs_first[256];
+	uint32_t runs_n[256];
+	uint32_t nruns = 0;
+
+	for (uint64_t p = 0; p <= src->npages; p++) {
+		bool bit = p < src->npages && (discard[p / 64] & (1ull << (p % 64)));
+
+		if (bit && nruns && runs_first[nruns - 1] + runs_n[nruns - 1] == p) {
+			runs_n[nruns - 1]++;
+			continue;
+		}
+		if ((bit && nruns == 256) || (p == src->npages && nruns)) {
+			stream_put_u8(&src->s, MIG_REC_POSTCOPY_DISCARD);
+			stream_put_u8(&src->s, 0);
+			stream_put_u32(&src->s, nruns);
+			for (uint32_t i = 0; i < nruns; i++) {
+				stream_put_u64(&src->s, runs_first[i]);
+				stream_put_u32(&src->s, runs_n[i]);
+			}
+			nruns = 0;
+		}
+		if (bit) {
+			runs_first[nruns] = p;
+			runs_n[nruns++] = 1;
+		}
+	}
+}
+
+/*
+ * Hybrid switch, guest still running: send discards for every page dirtied
+ * since it was sent, then PING and wait for the PONG that says the
+ * destination has dropped them.  0, or -errno with a reason in @err.
+ */
+/*
+ * Before the stop: PING (id 1) and wait for its PONG, so that whatever the
+ * destination does with the records before it (@what) stays out of the
+ * pause.  0 or -errno with @err.
+ */
+int mig_ping_wait(struct mig_src *src, const char *what, char *err, size_t errlen)
+{
+	struct mig_rp_msg msg;
+	char why[256];
+	int r;
+
+	stream_put_u8(&src->s, MIG_REC_PING);
+	stream_put_u32(&src->s, 1);
+	if (stream_flush(&src->s)) {
+		/* A destination that refuses (postcopy-ram off there) said why, then
+		 * closed: its reason, not our broken pipe. */
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			snprintf(err, errlen, "destination refused the migration: %s", why);
+		else
+			snprintf(err, errlen, "sending %s failed: %s", what, src->s.errmsg);
+		return stream_error(&src->s);
+	}
+	r = mig_rp_read(&src->s, &msg, why, sizeof(why));
+	if (!r && msg.type == MIG_RP_PONG && msg.id == 1)
+		return 0;
+	snprintf(err, errlen, "destination did not confirm %s: %.300s", what,
+		 r ? why : msg.type == MIG_RP_ERROR ? msg.text : "unexpected return-path message");
+	return r ? r : -EPROTO;
+}
+
+int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
+{
+	int r;
+
+	src->predisc = calloc(src->bitmap_words, sizeof(uint64_t));
+	if (!src->predisc) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	r = vm_dirty_log_get(src->m->vm, 0, src->predisc);
+	if (r) {
+		snprintf(err, errlen, "reading the dirty log failed: %s", strerror(-r));
+		return r;
+	}
+	for (uint64_t w = 0; w < src->bitmap_words; w++)
+		src->predisc[w] &= src->sent_once[w];
+	mig_send_discards(src, src->predisc);
+	return mig_ping_wait(src, "the discards", err, errlen);
+}
+
+/* Open the urgent channel to m->curi and start it with its magic.  0 or -errno. */
+int mig_src_open_urgent(struct mig_src *src)
+{
+	src->urgent_fd = channel_connect(&src->m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (src->urgent_fd < 0 || stream_init(&src->urgent, src->urgent_fd, MIG_IO_TIMEOUT_MS)) {
+		if (src->urgent_fd >= 0)
+			close(src->urgent_fd);
+		src->urgent_fd = -1;
+		return -ECONNREFUSED;
+	}
+	channel_mark_urgent(src->urgent_fd);
+	stream_put_u64(&src->urgent, MIG_URGENT_MAGIC_REQ);
+	return stream_flush(&src->urgent);
+}
+
+/* The return path reads a dup of the main connection @fd.  0 or -errno. */
+static int mig_src_open_rp(struct mig_src *src, int fd)
+{
+	src->rp_fd = dup(fd);
+	if (src->rp_fd < 0)
+		return -errno;
+	if (stream_init(&src->rp, src->rp_fd, -1)) {
+		close(src->rp_fd);
+		src->rp_fd = -1;
+		return -ENOMEM;
+	}
+	src->rp_result = 0;
+	src->rp_fatal = false;
+	src->rp_error[0] = 0;
+	return 0;
+}
+
+void mig_src_close_side_channels(struct mig_src *src)
+{
+	if (src->rp_fd >= 0) {
+		stream_release(&src->rp);
+		close(src->rp_fd);
+		src->rp_fd = -1;
+	}
+	if (src->urgent_fd >= 0) {
+		src->urgent_bytes += src->urgent.bytes;
+		stream_release(&src->urgent);
+		close(src->urgent_fd);
+		src->urgent_fd = -1;
+	}
+}
+
+/*
+ * Serve the destination on the current connections until it holds every
+ * page: push the rest, then wait (bounded) for COMPLETE.  Joins the
+ * return-path thread.  0 when complete; otherwise the error, with
+ * src->rp_fatal set when the destination failed or broke the protocol.
+ */
+static int mig_postcopy_serve(struct mig_src *src, pthread_t rp_thread)
+{
+	struct timespec until;
+	int err = mig_postcopy_push(src);
+
+	if (err) {
+		stream_cancel(&src->rp);
+		pthread_join(rp_thread, NULL);
+		return src->rp_fatal ? src->rp_result : err;
+	}
+	/* The destination answers COMPLETE once it holds every page. */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += MIG_RP_TIMEOUT_MS / 1000;
+	if (pthread_timedjoin_np(rp_thread, NULL, &until)) {
+		stream_cancel(&src->rp);
+		pthread_join(rp_thread, NULL);
+		if (!src->rp_error[0])
+			snprintf(src->rp_error, sizeof(src->rp_error),
+				 "the destination did not confirm it has every page");
+		if (!src->rp_result)
+			src->rp_result = -ETIMEDOUT;
+	}
+	return src->rp_result;
+}
+
+/*
+ * The destination's RECEIVED bitmap, on a resumed connection: every page it
+ * lacks is pending again (lost in flight, or never sent); what it holds may
+ * go back to the host.  A page the destination lacks that was given back
+ * here would be lost for good: that is refused (it cannot happen unless the
+ * destination is another one).  0 or -EPROTO with @why.
+ */
+static int mig_src_apply_received(struct mig_src *src, const struct mig_rp_msg *msg, char *why,
+				  size_t whylen)
+{
+	uint64_t count = 0, run = 0;
+
+	if (msg->type != MIG_RP_RECV_BITMAP || msg->block != 0 || msg->bitmap_pages != src->npages) {
+		snprintf(why, whylen, "expected the received bitmap of block 0 (%" PRIu64 " pages), "
+			 "got message type %u (block %u, %" PRIu64 " pages)", src->npages, msg->type,
+			 msg->block, msg->bitmap_pages);
+		return -EPROTO;
+	}
+	for (uint64_t p = 0; p < src->npages; p++) {
+		bool have = msg->bitmap[p / 8] & (1u << (p % 8));
+		bool gone = src->released[p / 64] & (1ull << (p % 64));
+
+		if (!have && gone) {
+			snprintf(why, whylen, "the destination lacks page %" PRIu64 ", which it had "
+				 "acknowledged (another destination?)", p);
+			return -EPROTO;
+		}
+	}
+	for (uint64_t w = 0; w < src->bitmap_words; w++)
+		atomic_store(&src->pending[w], 0);
+	for (uint64_t p = 0; p <= src->npages; p++) {
+		bool have = p < src->npages && (msg->bitmap[p / 8] & (1u << (p % 8)));
+		bool fresh = have && !(src->released[p / 64] & (1ull << (p % 64)));
+
+		if (p < src->npages && !have) {
+			atomic_fetch_or(&src->pending[p / 64], 1ull << (p % 64));
+			count++;
+		}
+		/* Held there and not yet released here: release in runs. */
+		if (fresh) {
+			run++;
+		} else if (run) {
+			mig_release(src, p - run, run);
+			run = 0;
+		}
+	}
+	atomic_store(&src->pending_count, count);
+	src->unacked_head = src->unacked_len = 0; /* the bitmap settled all of them */
+	src->run_len = 0; /* a run taken and never sent is pending again */
+	src->since_ping = 0;
+	log_info("postcopy: the destination holds %" PRIu64 " of %" PRIu64 " pages; %" PRIu64
+		 " to send", src->npages - count, src->npages, count);
+	return 0;
+}
+
+/*
+ * Resume a paused postcopy on m->curi: connect, send the header and RESUME,
+ * read the destination's RECEIVED bitmap, open the urgent channel and the
+ * return path.  On success *fdp is the new main connection and the
+ * return-path thread runs.  0 or -errno with @why.
+ */
+static int mig_src_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread, char *why,
+			  size_t whylen)
+{
+	struct migration *m = src->m;
+	struct mig_rp_msg msg = { 0 };
+	char err[256];
+	int fd, r;
+
+	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		return fd;
+	}
+	r = stream_init(&src->s, fd, MIG_IO_TIMEOUT_MS);
+	if (r) {
+		close(fd);
+		snprintf(why, whylen, "stream setup: %s", strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&m->lock);
+	src->s.max_bytes_per_s = m->params.max_bandwidth;
+	m->stream = &src->s;
+	pthread_mutex_unlock(&m->lock);
+	*fdp = fd;
+	mig_publish_conns(m, fd, -1);
+	mig_save_header(&src->s, &src->header);
+	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RESUME);
+	if (stream_flush(&src->s)) {
+		snprintf(why, whylen, "sending resume: %s", src->s.errmsg);
+		return stream_error(&src->s);
+	}
+	r = mig_rp_read(&src->s, &msg, err, sizeof(err));
+	if (r) {
+		snprintf(why, whylen, "no received bitmap from the destination: %s", err);
+		return r;
+	}
+	if (msg.type == MIG_RP_ERROR) {
+		snprintf(why, whylen, "the destination refused to resume: %.400s", msg.text);
+		return -EPROTO;
+	}
+	r = mig_src_apply_received(src, &msg, why, whylen);
+	mig_rp_msg_release(&msg);
+	if (r)
+		return r;
+	r = mig_src_open_urgent(src);
+	if (r) {
+		snprintf(why, whylen, "cannot open the urgent channel to %s", m->uri);
+		return r;
+	}
+	r = mig_src_open_rp(src, fd);
+	if (!r)
+		r = -pthread_create(rp_thread, NULL, mig_rp_thread, src);
+	if (r) {
+		snprintf(why, whylen, "cannot start the return path: %s", strerror(-r));
+		return r;
+	}
+	mig_publish_conns(m, fd, src->urgent_fd);
+	return 0;
+}
+
+/* Drop the broken connections of a paused postcopy (the thread is joined). */
+static void mig_src_drop_conns(struct mig_src *src, int *fdp)
+{
+	struct migration *m = src->m;
+
+	mig_publish_conns(m, -1, -1);
+	mig_src_close_side_channels(src);
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (*fdp >= 0) {
+		src->earlier_bytes += src->s.bytes;
+		stream_release(&src->s);
+		close(*fdp);
+		*fdp = -1;
+	}
+}
+
+/*
+ * Postcopy-paused on the source: wait for `migrate {"resume": true}` and
+ * resume; a failed attempt stays paused (error-desc says why) and waits for
+ * the next.  0 resumed (the return-path thread runs), -ECANCELED when the
+ * VMM goes.
+ */
+static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread)
+{
+	struct migration *m = src->m;
+	char why[MIG_ERROR_BYTES];
+
+	for (;;) {
+		int r;
+
+		pthread_mutex_lock(&m->lock);
+		while (!m->resume_requested && !m->closing)
+			pthread_cond_wait(&m->cond, &m->lock);
+		if (m->closing) {
+			pthread_mutex_unlock(&m->lock);
+			return -ECANCELED;
+		}
+		m->resume_requested = false;
+		m->curi = m->resume_curi;
+		snprintf(m->uri, sizeof(m->uri), "%s", m->resume_uri);
+		pthread_mutex_unlock(&m->lock);
+		log_info("postcopy: resuming to %s", m->uri);
+		r = mig_src_resume(src, fdp, rp_thread, why, sizeof(why));
+		if (!r)
+			return 0;
+		mig_src_drop_conns(src, fdp);
+		mig_replace_error(m, "postcopy paused: resuming to %s failed: %s", m->uri, why);
+		atomic_fetch_add(&m->resume_failures, 1);
+	}
+}
+
+/*
+ * Switch to postcopy: the vCPUs are stopped and the final dirty log is in
+ * src->bitmap.  Sends discards, state and RUN; serves the destination until
+ * it has every page, pausing when a channel breaks and resuming on request
+ * (postcopy recovery).  Returns 0 when complete, -EAGAIN when the destination
+ * failed before running the guest (the caller resumes it here), other -errno
+ * when the guest's state is split between the two sides.  *fdp is the main
+ * connection, replaced on resume.
+ */
+int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp)
+{
+	struct migration *m = src->m;
+	pthread_t rp_thread;
+	uint64_t *discard = calloc(src->bitmap_words, sizeof(uint64_t));
+	int err = 0;
+
+	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
+	src->released = calloc(src->bitmap_words, sizeof(uint64_t));
+	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
+	if (!discard || !src->pending || !src->released) {
+		free(discard);
+		mig_set_error(m, "out of memory");
+		err = -EAGAIN;
+		goto out;
+	}
+	/* pending = never sent, or dirtied since sent; discard = the latter */
+	for (uint64_t w = 0; w < src->bitmap_words; w++) {
+		uint64_t valid = w * 64 + 64 <= src->npages ? ~0ull
+				 : (1ull << (src->npages % 64)) - 1;
+		uint64_t pend = (~src->sent_once[w] | src->bitmap[w]) & valid;
+
+		discard[w] = src->sent_once[w] & src->bitmap[w] & valid;
+		if (src->predisc) {
+			/* Discarded while the guest still ran: pending, not again. */
+			pend |= src->predisc[w] & valid;
+			discard[w] &= ~src->predisc[w];
+		}
+		atomic_store(&src->pending[w], pend);
+		atomic_fetch_add(&src->pending_count, (uint64_t)__builtin_popcountll(pend));
+	}
+	log_debug("postcopy: %" PRIu64 " pages pending, %.3f ms after the stop",
+		  atomic_load(&src->pending_count), (double)(clock_monotonic_ns() - stop_ns) / 1e6);
+	mig_send_discards(src, discard);
+	free(discard);
+	err = mig_send_sections(src, was_running, stop_ns, false);
+	if (err) {
+		char why[MIG_ERROR_BYTES];
+
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			mig_set_error(m, "destination refused the migration: %s", why);
+		else
+			mig_set_error(m, "sending the device state failed: %s", src->s.errmsg);
+		err = -EAGAIN;
+		goto out;
+	}
+	/* Open since the advise; else now, so the destination can be answered at once. */
+	if (src->urgent_fd < 0 && mig_src_open_urgent(src)) {
+		char why[MIG_ERROR_BYTES];
+
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			mig_set_error(m, "destination refused the migration: %s", why);
+		else
+			mig_set_error(m, "cannot open the urgent channel to %s", m->uri);
+		err = -EAGAIN;
+		goto out;
+	}
+	if (mig_src_open_rp(src, *fdp)) {
+		mig_set_error(m, "cannot set up the return path");
+		err = -EAGAIN;
+		goto out;
+	}
+	log_debug("postcopy: urgent channel open, %.3f ms after the stop",
+		  (double)(clock_monotonic_ns() - stop_ns) / 1e6);
+	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RUN);
+	if (stream_flush(&src->s)) {
+		char why[MIG_ERROR_BYTES];
+
+		if (!mig_rp_pending_error(src, why, sizeof(why)))
+			mig_set_error(m, "destination refused the migration: %s", why);
+		else
+			mig_set_error(m, "sending run failed: %s", src->s.errmsg);
+		err = -EAGAIN;
+		goto out;
+	}
+	if (pthread_create(&rp_thread, NULL, mig_rp_thread, src)) {
+		mig_set_error(m, "cannot start the return-path thread");
+		err = -EAGAIN;
+		goto out;
+	}
+	mig_publish_conns(m, *fdp, src->urgent_fd);
+	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
+	mig_releaser_start(src);
+	src->release_ram = true;
+	for (;;) {
+		bool ran, deliberate;
+
+		err = mig_postcopy_serve(src, rp_thread);
+		if (!err)
+			break;
+		ran = atomic_load(&src->got_running);
+		pthread_mutex_lock(&m->lock);
+		deliberate = m->pause_requested;
+		pthread_mutex_unlock(&m->lock);
+		/*
+		 * The destination closed without saying RUNNING: it never ran the
+		 * guest (it sends RUNNING before anything else once it does, and
+		 * exits instead when it cannot), so the guest resumes here.
+		 */
+		if (!ran && !deliberate && !src->rp_fatal &&
+		    (src->rp_result == -EPIPE || src->rp_result == -ECONNRESET)) {
+			mig_set_error(m, "%s", src->rp_error[0] ? src->rp_error : "postcopy failed");
+			err = -EAGAIN;
+			goto out;
+		}
+		if (src->rp_fatal || atomic_load(&m->cancel)) {
+			mig_set_error(m, "%s%s", src->rp_error[0] ? src->rp_error : "postcopy failed",
+				      ran ? "; the guest ran on the destination, so its state is split "
+					    "and it cannot resume here" : "");
+			err = !ran ? -EAGAIN : src->rp_result ? src->rp_result : -EIO;
+			goto out;
+		}
+		/* A channel broke: keep every unacknowledged page and wait. */
+		{
+			char reason[MIG_ERROR_BYTES];
+
+			snprintf(reason, sizeof(reason), "%s",
+				 deliberate ? "migrate-pause"
+				 : src->rp_error[0] ? src->rp_error
+				 : stream_error(&src->s) ? src->s.errmsg : strerror(-err));
+			mig_src_drop_conns(src, fdp);
+			mig_enter_paused(m, reason);
+		}
+		err = mig_src_paused(src, fdp, &rp_thread);
+		if (err) {
+			mig_set_error(m, "the VMM is shutting down during a paused postcopy; the guest "
+				      "stays with the destination");
+			goto out;
+		}
+		mig_leave_paused(m);
+	}
+	err = 0;
+	/* Every page is on the destination: the rest of RAM goes back too. */
+	mig_releaser_finish(src, true);
+	mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
+			    ? src->running.first_run_ns - stop_ns : 0,
+			 src->running.same_clock);
+out:
+	mig_releaser_finish(src, false); /* no-op after success */
+	mig_publish_conns(m, -1, -1);
+	mig_src_close_side_channels(src);
+	free((void *)src->pending);
+	src->pending = NULL;
+	free(src->released);
+	src->released = NULL;
+	free(src->unacked);
+	src->unacked = NULL;
+	return err;
+}

@@ -1,0 +1,159 @@
+/* The source: guest RAM pages into the stream, the first and the dirty passes. */
+#include "migration/internal.h"
+
+bool mig_page_is_zero(const uint8_t *p)
+{
+	const uint64_t *q = (const uint64_t *)p;
+
+	for (size_t i = 0; i < MIG_PAGE_BYTES / 8; i += 4)
+		if (q[i] | q[i + 1] | q[i + 2] | q[i + 3])
+			return false;
+	return true;
+}
+
+void mig_flush_run(struct mig_src *src)
+{
+	struct migration *m = src->m;
+
+	if (!src->run_len)
+		return;
+	stream_put_u8(&src->s, MIG_REC_RAM);
+	stream_put_u8(&src->s, 0);
+	stream_put_u8(&src->s, src->run_zero ? MIG_RAM_FLAG_ZERO : 0);
+	stream_put_u16(&src->s, 0);
+	stream_put_u32(&src->s, src->run_len);
+	stream_put_u64(&src->s, src->run_first);
+	if (src->run_zero) {
+		atomic_fetch_add(&m->zero_pages, src->run_len);
+	} else {
+		stream_put_file(&src->s, src->block->fd, src->run_first * MIG_PAGE_BYTES,
+				src->block->host + src->run_first * MIG_PAGE_BYTES,
+				(size_t)src->run_len * MIG_PAGE_BYTES);
+		atomic_fetch_add(&m->normal_pages, src->run_len);
+	}
+	if (src->release_ram && !stream_error(&src->s)) {
+		/*
+		 * Postcopy: the source's vCPUs never run again, so the memory can
+		 * go back to the host - but only once the destination confirms it
+		 * placed the pages (PONG to the next PING): a page sent into a
+		 * connection that then breaks is lost in flight and must be sent
+		 * again after recovery.  A PONG also implies RUNNING came first, so
+		 * a destination that fails before running leaves the guest intact.
+		 */
+		mig_unacked_add(src, src->run_first, src->run_len);
+		src->since_ping += src->run_len;
+	}
+	atomic_store(&m->transferred, src->earlier_bytes + src->s.bytes + src->s.wlen);
+	src->run_len = 0;
+}
+
+void mig_add_page(struct mig_src *src, uint64_t page, bool zero)
+{
+	if (src->sent_once)
+		src->sent_once[page / 64] |= 1ull << (page % 64);
+	if (src->run_len && (src->run_zero != zero || src->run_first + src->run_len != page ||
+			     (!zero && src->run_len >= MIG_RUN_MAX_PAGES) ||
+			     src->run_len == UINT32_MAX))
+		mig_flush_run(src);
+	if (!src->run_len) {
+		src->run_first = page;
+		src->run_zero = zero;
+	}
+	src->run_len++;
+}
+
+/* Send the pages of [first, first+n) set in @bits (NULL: all). */
+static void mig_send_pages(struct mig_src *src, uint64_t first, uint64_t n, const uint64_t *bits)
+{
+	for (uint64_t p = first; p < first + n; p++) {
+		if (bits && !(bits[(p - first) / 64] & (1ull << ((p - first) % 64)))) {
+			mig_flush_run(src);
+			continue;
+		}
+		mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+	}
+	mig_flush_run(src);
+}
+
+static const uint64_t mig_all_ones[MIG_WINDOW_PAGES / 64] = {
+	~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull,
+};
+
+/* Pass 1: every page.  Holes of the memfd are zero here and there: skipped. */
+int mig_first_pass(struct mig_src *src)
+{
+	struct migration *m = src->m;
+	int fd = src->block->fd;
+
+	for (uint64_t w = 0; w < src->npages; w += MIG_WINDOW_PAGES) {
+		uint64_t n = src->npages - w < MIG_WINDOW_PAGES ? src->npages - w : MIG_WINDOW_PAGES;
+		off_t data;
+		int err;
+
+		if (atomic_load(&m->cancel))
+			return -ECANCELED;
+		err = vm_dirty_log_clear(m->vm, 0, w, (uint32_t)n, mig_all_ones);
+		if (err)
+			return err;
+		data = lseek(fd, (off_t)(w * MIG_PAGE_BYTES), SEEK_DATA);
+		if (data < 0 || (uint64_t)data >= (w + n) * MIG_PAGE_BYTES) {
+			/*
+			 * A hole: zero on both sides (the destination's RAM is new).
+			 * With postcopy the destination must know these pages are
+			 * here, so a zero run (a few bytes) says so.
+			 */
+			if (src->postcopy) {
+				for (uint64_t p = w; p < w + n; p++)
+					mig_add_page(src, p, true);
+				mig_flush_run(src);
+			} else {
+				atomic_fetch_add(&m->zero_pages, n);
+			}
+		} else {
+			mig_send_pages(src, w, n, NULL);
+		}
+		atomic_store(&m->remaining_bytes, (src->npages - w - n) * MIG_PAGE_BYTES);
+		if (stream_error(&src->s))
+			return stream_error(&src->s);
+	}
+	return 0;
+}
+
+uint64_t mig_popcount(const uint64_t *bits, uint64_t words)
+{
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < words; i++)
+		n += (uint64_t)__builtin_popcountll(bits[i]);
+	return n;
+}
+
+/* A later pass: the pages in src->bitmap.  @protect: re-arm logging first. */
+int mig_dirty_pass(struct mig_src *src, bool protect)
+{
+	struct migration *m = src->m;
+	const uint64_t wwords = MIG_WINDOW_PAGES / 64;
+
+	for (uint64_t w = 0; w < src->npages; w += MIG_WINDOW_PAGES) {
+		uint64_t n = src->npages - w < MIG_WINDOW_PAGES ? src->npages - w : MIG_WINDOW_PAGES;
+		const uint64_t *bits = &src->bitmap[w / 64];
+		bool any = false;
+
+		for (uint64_t i = 0; i < wwords && w / 64 + i < src->bitmap_words; i++)
+			any |= bits[i] != 0;
+		if (!any)
+			continue;
+		if (atomic_load(&m->cancel))
+			return -ECANCELED;
+		if (protect) {
+			int err = vm_dirty_log_clear(m->vm, 0, w, (uint32_t)n, bits);
+
+			if (err)
+				return err;
+		}
+		mig_send_pages(src, w, n, bits);
+		if (stream_error(&src->s))
+			return stream_error(&src->s);
+	}
+	return 0;
+}
