@@ -59,6 +59,10 @@ enum mig_record {
 	MIG_REC_CPR = 10,            /* u8 token[16]: CPR transfer - guest RAM is the memfds
 				      * handed over on the cpr channel with this token; no
 				      * RAM record follows (first record) */
+	MIG_REC_SECTION_PART = 11,   /* u32 id, u32 instance, u32 version, u32 len, data: a
+				      * part of a section, sent while the guest runs (a
+				      * state's precopy iteration; docs/architecture.md) */
+	MIG_REC__COUNT,
 };
 #define MIG_CPR_TOKEN_BYTES 16u
 #define MIG_DISCARD_MAX_RUNS 4096u

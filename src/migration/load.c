@@ -261,250 +261,332 @@ int mig_load_resumed_record(struct stream *s, const struct mig_header *h,
 	LOAD_FAIL("resumed stream: record type %u (only RAM, PING and END belong here)", type);
 }
 
+/* ---- the main stream: which record may come when ---- */
+
+/* The section kinds a plain stream carries: the VM's and one per vCPU. */
+static const struct mig_section_kind mig_core_section_kinds[] = {
+	{ .id = VMSTATE_SECTION_VM, .name = "vm", .instances = 1, .required = true },
+	{ .id = VMSTATE_SECTION_CPU, .name = "cpu", .instances = MIG_SECTION_PER_VCPU,
+	  .required = true },
+};
+
+/* One mig_load() in progress. */
+struct mig_loader {
+	struct stream *s;
+	struct mig_header h;
+	const struct mig_load_ops *ops;
+	void *opaque;
+	struct mig_load_stats *st;
+	const struct mig_section_kind *kinds;
+	size_t nkinds;
+	uint8_t *section;          /* the last section's bytes */
+};
+
+/* When a record may come (struct mig_record_rule.when). */
+enum {
+	MIG_WHEN_FIRST = 1u << 0,        /* before any other record */
+	MIG_WHEN_NOT_CPR = 1u << 1,      /* not in a cpr-transfer stream */
+	MIG_WHEN_ADVISED = 1u << 2,      /* after POSTCOPY_ADVISE */
+	MIG_WHEN_BEFORE_RUN = 1u << 3,   /* before POSTCOPY_RUN */
+};
+
+struct mig_record_rule {
+	unsigned when;
+	const char *refusal;       /* the error when @when does not hold */
+	/* Read the rest of the record and act on it: 0, 1 (END), or the error. */
+	int (*load)(struct mig_loader *l, char *err, size_t errlen);
+};
+
+static uint32_t mig_kind_instances(const struct mig_loader *l, const struct mig_section_kind *k)
+{
+	return k->instances == MIG_SECTION_PER_VCPU ? l->h.nvcpus : k->instances;
+}
+
+/* Has every required section arrived? */
+static bool mig_loader_state_complete(const struct mig_loader *l)
+{
+	for (size_t i = 0; i < l->nkinds; i++) {
+		uint32_t n = mig_kind_instances(l, &l->kinds[i]);
+		uint64_t all = n >= 64 ? ~0ull : (1ull << n) - 1;
+
+		if (l->kinds[i].required && l->st->sections_seen[i] != all)
+			return false;
+	}
+	return true;
+}
+
+static int mig_rec_ram(struct mig_loader *l, char *err, size_t errlen)
+{
+	bool zero;
+	uint32_t npages;
+	int r = mig_load_ram_record(l->s, &l->h, l->ops, l->opaque, &zero, &npages, err, errlen);
+
+	if (r)
+		return r;
+	l->st->ram_records++;
+	if (zero)
+		l->st->zero_pages += npages;
+	else
+		l->st->data_pages += npages;
+	return 0;
+}
+
+static int mig_rec_cpr(struct mig_loader *l, char *err, size_t errlen)
+{
+	uint8_t token[MIG_CPR_TOKEN_BYTES];
+	int r;
+
+	stream_get_bytes(l->s, token, sizeof(token));
+	if (stream_error(l->s))
+		return mig_load_io_error(l->s, err, errlen);
+	if (!l->ops->cpr)
+		LOAD_FAIL("the source does a cpr-transfer live update, which this destination "
+			  "does not take");
+	r = l->ops->cpr(l->opaque, token, err, errlen);
+	l->st->cpr = !r;
+	return r;
+}
+
+static int mig_rec_advise(struct mig_loader *l, char *err, size_t errlen)
+{
+	int r;
+
+	if (!l->ops->postcopy_advise)
+		LOAD_FAIL("the source wants postcopy, which this destination does not do");
+	r = l->ops->postcopy_advise(l->opaque, err, errlen);
+	l->st->postcopy_advised = !r;
+	return r;
+}
+
+static int mig_rec_discard(struct mig_loader *l, char *err, size_t errlen)
+{
+	struct stream *s = l->s;
+	uint8_t block = stream_get_u8(s);
+	uint32_t count = stream_get_u32(s);
+	uint64_t block_pages;
+
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (block >= l->h.nblocks || count == 0 || count > MIG_DISCARD_MAX_RUNS)
+		LOAD_FAIL("postcopy discard: unexpected (block %u, %u runs)", block, count);
+	block_pages = l->h.blocks[block].bytes / MIG_PAGE_BYTES;
+	for (uint32_t i = 0; i < count; i++) {
+		uint64_t first = stream_get_u64(s);
+		uint32_t n = stream_get_u32(s);
+		int r;
+
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (n == 0 || first >= block_pages || n > block_pages - first)
+			LOAD_FAIL("postcopy discard: pages %llu+%u outside block %s",
+				  (unsigned long long)first, n, l->h.blocks[block].name);
+		r = l->ops->postcopy_discard(l->opaque, block, first, n);
+		if (r)
+			return r;
+		l->st->discarded_pages += n;
+	}
+	return 0;
+}
+
+static int mig_rec_ping(struct mig_loader *l, char *err, size_t errlen)
+{
+	uint32_t id = stream_get_u32(l->s);
+	int r;
+
+	if (stream_error(l->s))
+		return mig_load_io_error(l->s, err, errlen);
+	if (l->ops->ping && (r = l->ops->ping(l->opaque, id)) != 0) {
+		snprintf(err, errlen, "answering ping %u failed", id);
+		return r;
+	}
+	return 0;
+}
+
+static int mig_rec_resume(struct mig_loader *l, char *err, size_t errlen)
+{
+	(void)l;
+	LOAD_FAIL("postcopy resume in a new migration stream (it only follows the header of a "
+		  "resumed one)");
+}
+
+static int mig_rec_run(struct mig_loader *l, char *err, size_t errlen)
+{
+	int r;
+
+	if (!mig_loader_state_complete(l))
+		LOAD_FAIL("postcopy run before the state of the VM and every vCPU");
+	r = l->ops->postcopy_run(l->opaque, err, errlen);
+	l->st->postcopy_running = !r;
+	return r;
+}
+
+/*
+ * A section (@part: a part of one, sent while the guest runs) after its
+ * type byte: the id must be a known kind, the instance one of its own, a
+ * whole section must come once per instance, and the length is bounded
+ * before anything is allocated.
+ */
+static int mig_rec_section_common(struct mig_loader *l, bool part, char *err, size_t errlen)
+{
+	struct stream *s = l->s;
+	uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
+	uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
+	const struct mig_section_kind *k = NULL;
+	size_t ki;
+	int r;
+
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	for (ki = 0; ki < l->nkinds && !k; ki++)
+		if (l->kinds[ki].id == id)
+			k = &l->kinds[ki];
+	if (!k)
+		LOAD_FAIL("unknown section id %u", id);
+	ki--;
+	if (inst >= mig_kind_instances(l, k) || inst >= 64 ||
+	    (!part && (l->st->sections_seen[ki] & (1ull << inst))))
+		LOAD_FAIL("%s section %u unexpected", k->name, inst);
+	if (part && !l->ops->section_part)
+		LOAD_FAIL("%s section %u: parts are not taken here", k->name, inst);
+	if (len > VMSTATE_SECTION_MAX_BYTES)
+		LOAD_FAIL("section %u of %u bytes exceeds %u", id, len, VMSTATE_SECTION_MAX_BYTES);
+	free(l->section);
+	l->section = malloc(len ? len : 1);
+	if (!l->section)
+		return -ENOMEM;
+	stream_get_bytes(s, l->section, len);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (part) {
+		r = l->ops->section_part(l->opaque, id, inst, ver, l->section, len, err, errlen);
+		l->st->section_parts += !r;
+		return r;
+	}
+	r = l->ops->section(l->opaque, id, inst, ver, l->section, len, err, errlen);
+	if (r)
+		return r;
+	l->st->sections_seen[ki] |= 1ull << inst;
+	l->st->sections++;
+	return 0;
+}
+
+static int mig_rec_section(struct mig_loader *l, char *err, size_t errlen)
+{
+	return mig_rec_section_common(l, false, err, errlen);
+}
+
+static int mig_rec_section_part(struct mig_loader *l, char *err, size_t errlen)
+{
+	return mig_rec_section_common(l, true, err, errlen);
+}
+
+static int mig_rec_pass_end(struct mig_loader *l, char *err, size_t errlen)
+{
+	uint32_t pass = stream_get_u32(l->s);
+
+	if (stream_error(l->s))
+		return mig_load_io_error(l->s, err, errlen);
+	l->st->passes++;
+	return l->ops->pass_end ? l->ops->pass_end(l->opaque, pass) : 0;
+}
+
+static int mig_rec_end(struct mig_loader *l, char *err, size_t errlen)
+{
+	/* After RUN the state was checked already; precopy may also finish
+	 * normally after postcopy was advised. */
+	if (!l->st->postcopy_running && !mig_loader_state_complete(l))
+		LOAD_FAIL("stream ended without the state of the VM and every vCPU");
+	l->st->end_seen = true;
+	return 1;
+}
+
+static const struct mig_record_rule mig_record_rules[MIG_REC__COUNT] = {
+	[MIG_REC_RAM] = { MIG_WHEN_NOT_CPR, "RAM record in a cpr-transfer stream", mig_rec_ram },
+	[MIG_REC_SECTION] = { MIG_WHEN_BEFORE_RUN, "section after postcopy run", mig_rec_section },
+	[MIG_REC_SECTION_PART] = { MIG_WHEN_BEFORE_RUN | MIG_WHEN_NOT_CPR,
+				   "section part after postcopy run or in a cpr-transfer stream",
+				   mig_rec_section_part },
+	[MIG_REC_PASS_END] = { 0, NULL, mig_rec_pass_end },
+	[MIG_REC_END] = { 0, NULL, mig_rec_end },
+	[MIG_REC_POSTCOPY_ADVISE] = { MIG_WHEN_FIRST, "postcopy advise must be the first record",
+				      mig_rec_advise },
+	[MIG_REC_POSTCOPY_DISCARD] = { MIG_WHEN_ADVISED | MIG_WHEN_BEFORE_RUN,
+				       "postcopy discard: unexpected before advise or after run",
+				       mig_rec_discard },
+	[MIG_REC_POSTCOPY_RUN] = { MIG_WHEN_ADVISED | MIG_WHEN_BEFORE_RUN,
+				   "postcopy run before the state of the VM and every vCPU",
+				   mig_rec_run },
+	[MIG_REC_PING] = { 0, NULL, mig_rec_ping },
+	[MIG_REC_POSTCOPY_RESUME] = { 0, NULL, mig_rec_resume },
+	[MIG_REC_CPR] = { MIG_WHEN_FIRST, "cpr record must be the first record", mig_rec_cpr },
+};
+
+static bool mig_rule_holds(const struct mig_load_stats *st, unsigned when)
+{
+	if ((when & MIG_WHEN_FIRST) && (st->ram_records || st->sections || st->section_parts ||
+					st->passes || st->postcopy_advised || st->cpr))
+		return false;
+	if ((when & MIG_WHEN_NOT_CPR) && st->cpr)
+		return false;
+	if ((when & MIG_WHEN_ADVISED) && !st->postcopy_advised)
+		return false;
+	if ((when & MIG_WHEN_BEFORE_RUN) && st->postcopy_running)
+		return false;
+	return true;
+}
+
 int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 	     struct mig_load_stats *st, char *err, size_t errlen)
 {
-	struct mig_header h;
-	uint8_t *section = NULL;
+	struct mig_loader l = { .s = s, .ops = ops, .opaque = opaque, .st = st,
+				.kinds = ops->section_kinds, .nkinds = ops->nsection_kinds };
 	int r;
 
 	memset(st, 0, sizeof(*st));
-	r = mig_load_header(s, &h, err, errlen);
-	if (r)
-		return r;
-	if (ops->header) {
-		r = ops->header(opaque, &h, err, errlen);
-		if (r)
-			return r;
+	if (!l.kinds) {
+		l.kinds = mig_core_section_kinds;
+		l.nkinds = sizeof(mig_core_section_kinds) / sizeof(mig_core_section_kinds[0]);
 	}
-	for (;;) {
+	if (l.nkinds > MIG_MAX_SECTION_KINDS) {
+		snprintf(err, errlen, "%zu section kinds (at most %u)", l.nkinds, MIG_MAX_SECTION_KINDS);
+		return -EINVAL;
+	}
+	r = mig_load_header(s, &l.h, err, errlen);
+	if (!r && ops->header)
+		r = ops->header(opaque, &l.h, err, errlen);
+	while (!r) {
 		uint8_t type = stream_get_u8(s);
+		const struct mig_record_rule *rule = type < MIG_REC__COUNT ? &mig_record_rules[type]
+									   : NULL;
 
 		if (stream_error(s)) {
 			r = mig_load_io_error(s, err, errlen);
-			break;
-		}
-		switch (type) {
-		case MIG_REC_RAM: {
-			bool zero;
-			uint32_t npages;
-
-			if (st->cpr) {
-				/* Guest RAM is shared with the running source. */
-				snprintf(err, errlen, "RAM record in a cpr-transfer stream");
-				r = -EBADMSG;
-				goto out;
-			}
-			r = mig_load_ram_record(s, &h, ops, opaque, &zero, &npages, err, errlen);
-			if (r)
-				goto out;
-			st->ram_records++;
-			if (zero)
-				st->zero_pages += npages;
-			else
-				st->data_pages += npages;
-			break;
-		}
-		case MIG_REC_CPR: {
-			uint8_t token[MIG_CPR_TOKEN_BYTES];
-
-			stream_get_bytes(s, token, sizeof(token));
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			if (st->ram_records || st->sections || st->passes || st->postcopy_advised ||
-			    st->cpr) {
-				snprintf(err, errlen, "cpr record must be the first record");
-				r = -EBADMSG;
-				goto out;
-			}
-			if (!ops->cpr) {
-				snprintf(err, errlen, "the source does a cpr-transfer live update, which "
-					 "this destination does not take");
-				r = -EBADMSG;
-				goto out;
-			}
-			r = ops->cpr(opaque, token, err, errlen);
-			if (r)
-				goto out;
-			st->cpr = true;
-			break;
-		}
-		case MIG_REC_POSTCOPY_ADVISE:
-			if (st->ram_records || st->sections || st->passes || st->postcopy_advised ||
-			    st->cpr) {
-				snprintf(err, errlen, "postcopy advise must be the first record");
-				r = -EBADMSG;
-				goto out;
-			}
-			if (!ops->postcopy_advise) {
-				snprintf(err, errlen, "the source wants postcopy, which this destination does not do");
-				r = -EBADMSG;
-				goto out;
-			}
-			r = ops->postcopy_advise(opaque, err, errlen);
-			if (r)
-				goto out;
-			st->postcopy_advised = true;
-			break;
-		case MIG_REC_POSTCOPY_DISCARD: {
-			uint8_t block = stream_get_u8(s);
-			uint32_t count = stream_get_u32(s);
-			uint64_t block_pages;
-
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			if (!st->postcopy_advised || st->postcopy_running || block >= h.nblocks ||
-			    count == 0 || count > MIG_DISCARD_MAX_RUNS) {
-				snprintf(err, errlen, "postcopy discard: unexpected (block %u, %u runs)",
-					 block, count);
-				r = -EBADMSG;
-				goto out;
-			}
-			block_pages = h.blocks[block].bytes / MIG_PAGE_BYTES;
-			for (uint32_t i = 0; i < count; i++) {
-				uint64_t first = stream_get_u64(s);
-				uint32_t n = stream_get_u32(s);
-
-				if (stream_error(s)) {
-					r = mig_load_io_error(s, err, errlen);
-					goto out;
-				}
-				if (n == 0 || first >= block_pages || n > block_pages - first) {
-					snprintf(err, errlen, "postcopy discard: pages %llu+%u outside block %s",
-						 (unsigned long long)first, n, h.blocks[block].name);
-					r = -EBADMSG;
-					goto out;
-				}
-				r = ops->postcopy_discard(opaque, block, first, n);
-				if (r)
-					goto out;
-				st->discarded_pages += n;
-			}
-			break;
-		}
-		case MIG_REC_PING: {
-			uint32_t id = stream_get_u32(s);
-
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			if (ops->ping && (r = ops->ping(opaque, id)) != 0) {
-				snprintf(err, errlen, "answering ping %u failed", id);
-				goto out;
-			}
-			break;
-		}
-		case MIG_REC_POSTCOPY_RESUME:
-			snprintf(err, errlen, "postcopy resume in a new migration stream (it only "
-				 "follows the header of a resumed one)");
-			r = -EBADMSG;
-			goto out;
-		case MIG_REC_POSTCOPY_RUN:
-			if (!st->postcopy_advised || st->postcopy_running || !st->vm_section_seen ||
-			    st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1)) {
-				snprintf(err, errlen, "postcopy run before the state of the VM and every vCPU");
-				r = -EBADMSG;
-				goto out;
-			}
-			r = ops->postcopy_run(opaque, err, errlen);
-			if (r)
-				goto out;
-			st->postcopy_running = true;
-			break;
-		case MIG_REC_SECTION: {
-			uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
-			uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
-
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			if (st->postcopy_running) {
-				snprintf(err, errlen, "section after postcopy run");
-				r = -EBADMSG;
-				goto out;
-			}
-			if (id == VMSTATE_SECTION_CPU) {
-				if (inst >= h.nvcpus || (st->cpu_sections_seen & (1u << inst))) {
-					snprintf(err, errlen, "cpu section for vCPU %u unexpected", inst);
-					r = -EBADMSG;
-					goto out;
-				}
-				st->cpu_sections_seen |= 1u << inst;
-			} else if (id == VMSTATE_SECTION_VM) {
-				if (inst != 0 || st->vm_section_seen) {
-					snprintf(err, errlen, "vm section %u unexpected", inst);
-					r = -EBADMSG;
-					goto out;
-				}
-				st->vm_section_seen = true;
-			} else {
-				snprintf(err, errlen, "unknown section id %u", id);
-				r = -EBADMSG;
-				goto out;
-			}
-			if (len > VMSTATE_SECTION_MAX_BYTES) {
-				snprintf(err, errlen, "section %u of %u bytes exceeds %u", id, len,
-					 VMSTATE_SECTION_MAX_BYTES);
-				r = -EBADMSG;
-				goto out;
-			}
-			free(section);
-			section = malloc(len ? len : 1);
-			if (!section) {
-				r = -ENOMEM;
-				goto out;
-			}
-			stream_get_bytes(s, section, len);
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			r = ops->section(opaque, id, inst, ver, section, len, err, errlen);
-			if (r)
-				goto out;
-			st->sections++;
-			break;
-		}
-		case MIG_REC_PASS_END: {
-			uint32_t pass = stream_get_u32(s);
-
-			if (stream_error(s)) {
-				r = mig_load_io_error(s, err, errlen);
-				goto out;
-			}
-			st->passes++;
-			if (ops->pass_end && (r = ops->pass_end(opaque, pass)) != 0)
-				goto out;
-			break;
-		}
-		case MIG_REC_END:
-			/* After RUN the sections were checked already; precopy may also
-			 * finish normally after postcopy was advised. */
-			if (!st->postcopy_running &&
-			    (!st->vm_section_seen ||
-			     st->cpu_sections_seen != (h.nvcpus >= 32 ? 0xffffffffu : (1u << h.nvcpus) - 1))) {
-				snprintf(err, errlen, "stream ended without the state of the VM and every vCPU");
-				r = -EBADMSG;
-				goto out;
-			}
-			st->end_seen = true;
-			r = 0;
-			goto out;
-		default:
+		} else if (!rule || !rule->load) {
 			snprintf(err, errlen, "unknown record type %u", type);
 			r = -EBADMSG;
-			goto out;
+		} else if (!mig_rule_holds(st, rule->when)) {
+			snprintf(err, errlen, "%s", rule->refusal);
+			r = -EBADMSG;
+		} else {
+			r = rule->load(&l, err, errlen);
 		}
 	}
-out:
-	free(section);
-	return r;
+	free(l.section);
+	return r == 1 ? 0 : r;
+}
+
+uint64_t mig_load_sections_seen(const struct mig_load_ops *ops, const struct mig_load_stats *st,
+				uint32_t id)
+{
+	const struct mig_section_kind *kinds = ops->section_kinds ? ops->section_kinds
+								 : mig_core_section_kinds;
+	size_t n = ops->section_kinds ? ops->nsection_kinds
+		   : sizeof(mig_core_section_kinds) / sizeof(mig_core_section_kinds[0]);
+
+	for (size_t i = 0; i < n && i < MIG_MAX_SECTION_KINDS; i++)
+		if (kinds[i].id == id)
+			return st->sections_seen[i];
+	return 0;
 }
 
 int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen)

@@ -14,7 +14,28 @@
 #include "migration/format.h"
 #include "migration/stream.h"
 
+/*
+ * A kind of device-state section a stream may carry: its id, a name for
+ * messages, how many instances (0..instances-1; MIG_SECTION_PER_VCPU: one
+ * per vCPU of the stream's header) and whether each must arrive before the
+ * destination runs the guest (POSTCOPY_RUN or END).
+ */
+struct mig_section_kind {
+	uint32_t id;
+	const char *name;
+	uint32_t instances;
+	bool required;
+};
+#define MIG_SECTION_PER_VCPU 0u
+#define MIG_MAX_SECTION_KINDS 32u
+
 struct mig_load_ops {
+	/*
+	 * The section kinds this consumer takes (at most MIG_MAX_SECTION_KINDS);
+	 * NULL: the VM's and the vCPUs' (VMSTATE_SECTION_VM, _CPU), both required.
+	 */
+	const struct mig_section_kind *section_kinds;
+	size_t nsection_kinds;
 	/* The header passed framing checks; refuse a mismatch with the local VM. */
 	int (*header)(void *opaque, const struct mig_header *h, char *err, size_t errlen);
 	/*
@@ -26,6 +47,9 @@ struct mig_load_ops {
 		   bool zero, struct stream *s, char *err, size_t errlen);
 	int (*section)(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
 		       const uint8_t *data, uint32_t len, char *err, size_t errlen);
+	/* A part of a section sent while the guest still runs (NULL: refused). */
+	int (*section_part)(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+			    const uint8_t *data, uint32_t len, char *err, size_t errlen);
 	int (*pass_end)(void *opaque, uint32_t pass); /* may be NULL */
 	/* Postcopy (NULL: refused as "postcopy not enabled here"). */
 	int (*postcopy_advise)(void *opaque, char *err, size_t errlen);
@@ -38,9 +62,9 @@ struct mig_load_ops {
 };
 
 struct mig_load_stats {
-	uint64_t ram_records, zero_pages, data_pages, sections, passes;
-	uint32_t cpu_sections_seen; /* bitmask by instance */
-	bool vm_section_seen;
+	uint64_t ram_records, zero_pages, data_pages, sections, section_parts, passes;
+	/* per section kind (in the order of ops->section_kinds): instances seen */
+	uint64_t sections_seen[MIG_MAX_SECTION_KINDS];
 	bool end_seen;
 	bool postcopy_advised, postcopy_running;
 	bool cpr;
@@ -50,12 +74,17 @@ struct mig_load_stats {
 /*
  * Read the stream up to and including END.  Returns 0, or the first error:
  * -EBADMSG for malformed or mismatching content (message in @err), the
- * stream's error for I/O (message in @err).  Checks at END that the VM
- * section and a cpu section per vCPU arrived.
+ * stream's error for I/O (message in @err).  Which record may come when is
+ * a table in load.c; at POSTCOPY_RUN and END every required section
+ * (ops->section_kinds) must have arrived.
  */
 int mig_load(struct stream *s, const struct mig_load_ops *ops, void *opaque,
 	     struct mig_load_stats *stats, char *err, size_t errlen);
 
+
+/* The instances of section @id that a finished mig_load() saw, as a bitmask. */
+uint64_t mig_load_sections_seen(const struct mig_load_ops *ops, const struct mig_load_stats *st,
+				uint32_t id);
 
 /* Read and check only the header. */
 int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t errlen);

@@ -380,8 +380,8 @@ static void test_valid_minimal(void **state)
 	assert_int_equal(st.data_pages, 1);
 	assert_int_equal(st.sections, 2);
 	assert_int_equal(st.passes, 1);
-	assert_true(st.vm_section_seen);
-	assert_int_equal(st.cpu_sections_seen, 1);
+	assert_int_equal(mig_load_sections_seen(&tload_ops, &st, VMSTATE_SECTION_VM), 1);
+	assert_int_equal(mig_load_sections_seen(&tload_ops, &st, VMSTATE_SECTION_CPU), 1);
 	assert_true(st.end_seen);
 	tbuf_free(&b);
 }
@@ -413,7 +413,7 @@ static void test_valid_limits(void **state)
 		put_cpu_section(&b, i);
 	put_end(&b);
 	assert_int_equal(load_buf(b.p, b.len, &t, &st, err, sizeof(err)), 0);
-	assert_int_equal(st.cpu_sections_seen, 0xffffffffu);
+	assert_int_equal(mig_load_sections_seen(&tload_ops, &st, VMSTATE_SECTION_CPU), 0xffffffffu);
 	assert_int_equal(st.data_pages, MIG_RUN_MAX_PAGES + 1);
 	assert_int_equal(strlen(t.h.blocks[0].name), MIG_BLOCK_NAME_MAX);
 	tbuf_free(&b);
@@ -701,12 +701,12 @@ static void test_bad_sections(void **state)
 	put_header(&b, 1, 1, T_BLOCK_PAGES);
 	put_cpu_section(&b, 0);
 	put_cpu_section(&b, 0);
-	expect_bad(&b, "cpu section for vCPU 0 unexpected");
+	expect_bad(&b, "cpu section 0 unexpected");
 	tbuf_free(&b);
 
 	put_header(&b, 2, 1, T_BLOCK_PAGES);
 	put_cpu_section(&b, 2);
-	expect_bad(&b, "cpu section for vCPU 2 unexpected");
+	expect_bad(&b, "cpu section 2 unexpected");
 	tbuf_free(&b);
 
 	put_header(&b, 1, 1, T_BLOCK_PAGES);
