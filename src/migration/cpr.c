@@ -573,6 +573,138 @@ static int mig_pidfd_exited(int pidfd, int timeout_ms)
 	return r > 0;
 }
 
+/* A live update in progress, on the old process's migration thread. */
+struct mig_cpr_run {
+	struct migration *m;
+	struct mig_src src;
+	struct cpr_state cs;
+	char errbuf[MIG_ERROR_BYTES];
+	int cfd, fd, pidfd, peer;
+	uint64_t stop_ns;
+	bool was_running;
+	bool stopped;                /* stopped here, and may resume here */
+};
+
+/*
+ * The cpr channel: connect, watch the new process itself (not only its
+ * sockets, see above), lend every state's fds, wait for its ACK.  0 or -1
+ * with the error set.
+ */
+static int mig_cpr_handover(struct mig_cpr_run *run)
+{
+	struct migration *m = run->m;
+	int err;
+
+	run->cfd = cpr_connect(m->cpr_uri, MIG_CPR_CONNECT_WAIT_MS, m->cancel_fd, run->errbuf,
+			       sizeof(run->errbuf));
+	if (run->cfd < 0) {
+		mig_set_error(m, "%s", run->errbuf);
+		return -1;
+	}
+	run->peer = cpr_peer_pid(run->cfd);
+	run->pidfd = run->peer > 0 ? (int)syscall(SYS_pidfd_open, run->peer, 0) : -1;
+	if (run->pidfd < 0) {
+		mig_set_error(m, "cannot watch the process behind %s (pid %d): %s", m->cpr_uri,
+			      run->peer, strerror(run->peer > 0 ? errno : -run->peer));
+		return -1;
+	}
+	run->cs.nvcpus = vm_nvcpus(m->vm);
+	if (getrandom(run->cs.token, sizeof(run->cs.token), 0) != (ssize_t)sizeof(run->cs.token)) {
+		mig_set_error(m, "getrandom: %s", strerror(errno));
+		return -1;
+	}
+	err = mig_states_cpr_lend(m, &run->cs, run->errbuf, sizeof(run->errbuf));
+	if (!err)
+		err = cpr_send(run->cfd, &run->cs, run->errbuf, sizeof(run->errbuf));
+	if (!err)
+		err = cpr_recv_ack(run->cfd, MIG_CPR_ACK_TIMEOUT_MS, m->cancel_fd, run->errbuf,
+				   sizeof(run->errbuf));
+	if (err) {
+		mig_set_error(m, "the new process (pid %d) did not take the update: %s", run->peer,
+			      run->errbuf);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The main channel: CPR(token), stop, every state's sections and END, then
+ * the new process's word.  0 or -1 with the error set (run->stopped false
+ * when the guest must stay paused).
+ */
+static int mig_cpr_switch(struct mig_cpr_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_save_info info = { .cpr = true };
+	struct mig_rp_msg rp;
+	int err;
+
+	run->fd = mig_src_connect(&run->src);
+	if (run->fd < 0)
+		return -1;
+	stream_put_u8(&run->src.s, MIG_REC_CPR);
+	stream_put_bytes(&run->src.s, run->cs.token, sizeof(run->cs.token));
+	mig_set_time(m, &m->setup_ns, clock_monotonic_ns() - m->start_ns);
+	if (!mig_set_status(m, MIG_STATUS_ACTIVE) || !mig_set_status(m, MIG_STATUS_DEVICE))
+		return -1; /* cancelled */
+	if (vm_migration_stop(m->vm, &run->stop_ns, &run->was_running)) {
+		mig_set_error(m, "cannot stop the guest for the update (state %s)",
+			      vm_runstate_name(vm_get_runstate(m->vm)));
+		return -1;
+	}
+	run->stopped = true;
+	info.was_running = run->was_running;
+	info.stop_ns = run->stop_ns;
+	err = mig_send_state(&run->src, &info, true, run->errbuf, sizeof(run->errbuf));
+	if (!err) {
+		run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
+		err = mig_rp_read(&run->src.s, &rp, run->errbuf, sizeof(run->errbuf));
+	}
+	if (!err && rp.type == MIG_RP_ERROR) {
+		/* It refused the state: it never ran the guest. */
+		mig_set_error(m, "the new process failed to load the state: %s; the guest "
+			      "continues here", rp.text);
+		return -1;
+	}
+	if (err || rp.type != MIG_RP_RUNNING) {
+		if (mig_pidfd_exited(run->pidfd, MIG_CPR_PEER_EXIT_MS)) {
+			mig_set_error(m, "the new process (pid %d) exited before running the guest (%s); "
+				      "the guest continues here", run->peer,
+				      err ? run->errbuf : "unexpected return-path message");
+			return -1;
+		}
+		mig_set_error(m, "no word from the new process (pid %d) after the switch (%s) and it "
+			      "is still alive, so it may be running the guest: kept paused here; "
+			      "if it is not, stop it and 'cont' here", run->peer,
+			      err ? run->errbuf : "unexpected return-path message");
+		run->stopped = false; /* two copies must never run over one RAM */
+		return -1;
+	}
+	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= run->stop_ns
+			    ? rp.first_run_ns - run->stop_ns : clock_monotonic_ns() - run->stop_ns,
+			 rp.same_clock);
+	atomic_store(&m->transferred, run->src.s.bytes);
+	return 0;
+}
+
+static void mig_cpr_release(struct mig_cpr_run *run)
+{
+	struct migration *m = run->m;
+
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (run->fd >= 0) {
+		stream_release(&run->src.s);
+		close(run->fd);
+	}
+	if (run->cfd >= 0)
+		close(run->cfd);
+	if (run->pidfd >= 0)
+		close(run->pidfd);
+}
+
 /*
  * Hand the guest to a new VMM process on this host.  Guest RAM is never
  * copied: its memfds go over the cpr channel, the main channel carries only
@@ -592,127 +724,29 @@ static int mig_pidfd_exited(int pidfd, int timeout_ms)
  */
 void mig_cpr_source(struct migration *m)
 {
-	struct vm *vm = m->vm;
-	struct ram_block *rb = vm_ram_block(vm, 0);
-	struct mig_src src = { .m = m, .block = rb };
-	struct cpr_state cs;
-	struct mig_rp_msg rp;
-	char errbuf[MIG_ERROR_BYTES];
-	uint64_t stop_ns = 0;
-	bool was_running = false, stopped = false;
-	int cfd = -1, fd = -1, pidfd = -1, peer, err;
+	struct mig_cpr_run run = {
+		.m = m, .cfd = -1, .fd = -1, .pidfd = -1,
+		.src = { .m = m, .block = vm_ram_block(m->vm, 0), .urgent_fd = -1, .rp_fd = -1 },
+	};
 
-	memset(&cs, 0, sizeof(cs));
 	for (unsigned i = 0; i < CPR_MAX_FDS; i++)
-		cs.fds[i].fd = -1;
-	cfd = cpr_connect(m->cpr_uri, MIG_CPR_CONNECT_WAIT_MS, m->cancel_fd, errbuf, sizeof(errbuf));
-	if (cfd < 0) {
-		mig_set_error(m, "%s", errbuf);
-		goto fail;
+		run.cs.fds[i].fd = -1;
+	if (mig_cpr_handover(&run) || mig_cpr_switch(&run)) {
+		if (atomic_load(&m->cancel))
+			mig_set_error(m, "cancelled");
+		if (run.stopped)
+			vm_migration_abort(m->vm, run.was_running);
+		mig_states_cleanup(m, false);
+		mig_cpr_release(&run);
+		mig_finish_failed(m);
+		return;
 	}
-	/* Watch the new process itself, not only its sockets (see above). */
-	peer = cpr_peer_pid(cfd);
-	pidfd = peer > 0 ? (int)syscall(SYS_pidfd_open, peer, 0) : -1;
-	if (pidfd < 0) {
-		mig_set_error(m, "cannot watch the process behind %s (pid %d): %s", m->cpr_uri, peer,
-			      strerror(peer > 0 ? errno : -peer));
-		goto fail;
-	}
-	cs.nvcpus = vm_nvcpus(vm);
-	if (getrandom(cs.token, sizeof(cs.token), 0) != (ssize_t)sizeof(cs.token)) {
-		mig_set_error(m, "getrandom: %s", strerror(errno));
-		goto fail;
-	}
-	cs.nfds = 1;
-	cs.fds[0].kind = CPR_FD_RAM;
-	snprintf(cs.fds[0].name, sizeof(cs.fds[0].name), "%s", rb->name);
-	cs.fds[0].gpa = rb->gpa;
-	cs.fds[0].bytes = rb->bytes;
-	cs.fds[0].fd = rb->fd; /* lent, not given: the block keeps it */
-	err = cpr_send(cfd, &cs, errbuf, sizeof(errbuf));
-	if (!err)
-		err = cpr_recv_ack(cfd, MIG_CPR_ACK_TIMEOUT_MS, m->cancel_fd, errbuf, sizeof(errbuf));
-	if (err) {
-		mig_set_error(m, "the new process (pid %d) did not take the update: %s", peer, errbuf);
-		goto fail;
-	}
-
-	fd = mig_src_connect(&src);
-	if (fd < 0)
-		goto fail;
-	stream_put_u8(&src.s, MIG_REC_CPR);
-	stream_put_bytes(&src.s, cs.token, sizeof(cs.token));
-	mig_set_time(m, &m->setup_ns, clock_monotonic_ns() - m->start_ns);
-	if (!mig_set_status(m, MIG_STATUS_ACTIVE) || !mig_set_status(m, MIG_STATUS_DEVICE))
-		goto fail; /* cancelled */
-	if (vm_migration_stop(vm, &stop_ns, &was_running)) {
-		mig_set_error(m, "cannot stop the guest for the update (state %s)",
-			      vm_runstate_name(vm_get_runstate(vm)));
-		goto fail;
-	}
-	stopped = true;
-	err = mig_send_sections(&src, was_running, stop_ns, true);
-	if (!err) {
-		src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
-		err = mig_rp_read(&src.s, &rp, errbuf, sizeof(errbuf));
-	} else {
-		snprintf(errbuf, sizeof(errbuf), "%s", src.s.errmsg[0] ? src.s.errmsg : strerror(-err));
-	}
-	if (!err && rp.type == MIG_RP_ERROR) {
-		/* It refused the state: it never ran the guest. */
-		mig_set_error(m, "the new process failed to load the state: %s; the guest "
-			      "continues here", rp.text);
-		goto fail;
-	}
-	if (err || rp.type != MIG_RP_RUNNING) {
-		if (mig_pidfd_exited(pidfd, MIG_CPR_PEER_EXIT_MS)) {
-			mig_set_error(m, "the new process (pid %d) exited before running the guest (%s); "
-				      "the guest continues here", peer,
-				      err ? errbuf : "unexpected return-path message");
-			goto fail;
-		}
-		mig_set_error(m, "no word from the new process (pid %d) after the switch (%s) and it "
-			      "is still alive, so it may be running the guest: kept paused here; "
-			      "if it is not, stop it and 'cont' here", peer,
-			      err ? errbuf : "unexpected return-path message");
-		stopped = false; /* two copies must never run over one RAM */
-		goto fail;
-	}
-	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= stop_ns
-			    ? rp.first_run_ns - stop_ns : clock_monotonic_ns() - stop_ns,
-			 rp.same_clock);
-	atomic_store(&m->transferred, src.s.bytes);
-	vm_migration_complete(vm);
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	stream_release(&src.s);
-	close(fd);
-	close(cfd);
-	close(pidfd);
+	vm_migration_complete(m->vm);
+	mig_states_cleanup(m, true);
+	mig_cpr_release(&run);
 	mig_set_status(m, MIG_STATUS_COMPLETED);
 	log_info("live update to pid %d completed: %.1f ms total, guest paused %.3f ms; exiting",
-		 peer, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
+		 run.peer, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
 	/* The guest lives in the new process now; this one's job is done. */
-	vm_request_exit(vm, 0);
-	return;
-fail:
-	if (atomic_load(&m->cancel))
-		mig_set_error(m, "cancelled");
-	if (stopped)
-		vm_migration_abort(vm, was_running);
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	if (fd >= 0) {
-		stream_release(&src.s);
-		close(fd);
-	}
-	if (cfd >= 0)
-		close(cfd);
-	if (pidfd >= 0)
-		close(pidfd);
-	mig_finish_failed(m);
+	vm_request_exit(m->vm, 0);
 }

@@ -5,10 +5,8 @@
 
 struct mig_dst {
 	struct migration *m;
-	struct vmstate_vm vmsec;
 	uint8_t src_boot_id[MIG_BOOT_ID_BYTES];
 	struct mig_header header;
-	bool have_vm;
 	bool cpr_seen;               /* the stream's CPR record matched our token */
 	/* postcopy */
 	struct postcopy_dst *pd;
@@ -181,32 +179,35 @@ static int mig_dst_cpr(void *opaque, const uint8_t *token, char *err, size_t err
 	return 0;
 }
 
-static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
-			   const uint8_t *data, uint32_t len, char *err, size_t errlen)
+static int mig_dst_section_common(void *opaque, uint32_t id, uint32_t instance,
+				  uint32_t version, bool part, const uint8_t *data, uint32_t len,
+				  char *err, size_t errlen)
 {
 	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
+	uint64_t t0 = clock_monotonic_ns();
+	int r;
 
 	if (d->m->cpr_incoming && !d->cpr_seen) {
 		snprintf(err, errlen, "guest RAM came over the cpr channel, but this is a normal "
 			 "migration stream: set mode cpr-transfer on the source");
 		return -EBADMSG;
 	}
-	if (id == VMSTATE_SECTION_VM) {
-		d->have_vm = true;
-		return vmstate_vm_parse(data, len, version, &d->vmsec, err, errlen);
-	}
-	if (version != VMSTATE_CPU_VERSION) {
-		snprintf(err, errlen, "cpu section version %u, this build reads %u", version,
-			 VMSTATE_CPU_VERSION);
-		return -EBADMSG;
-	}
-	{
-		uint64_t t0 = clock_monotonic_ns();
-		int r = vmstate_cpu_load(d->m->vm, instance, data, len, err, errlen);
+	r = mig_states_load(d->m, id, instance, version, part, data, len, err, errlen);
+	d->sections_ns += clock_monotonic_ns() - t0;
+	return r;
+}
 
-		d->sections_ns += clock_monotonic_ns() - t0;
-		return r;
-	}
+/* A section: the state that registered its id loads it. */
+static int mig_dst_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+			   const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	return mig_dst_section_common(opaque, id, instance, version, false, data, len, err, errlen);
+}
+
+static int mig_dst_section_part(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+				const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	return mig_dst_section_common(opaque, id, instance, version, true, data, len, err, errlen);
 }
 
 static int mig_dst_pass_end(void *opaque, uint32_t pass)
@@ -486,10 +487,6 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	bool same_clock;
 	int r;
 
-	if (!d->have_vm) {
-		snprintf(err, errlen, "run without the vm section");
-		return -EBADMSG;
-	}
 	/* Missing mode: preallocation would fill pages that must fault, so it
 	 * stops here; minor mode: it goes on, through the alias. */
 	if (!vm_ram_block(m->vm, 0)->alias)
@@ -503,9 +500,10 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	mig_dst_vcpu_nice(m, true);
 	log_debug("postcopy: listening after %.3f ms", (double)(clock_monotonic_ns() - start) / 1e6);
 	d->run_at_ns = start;
-	vm_guest_clock_set(m->vm, d->vmsec.guest_clock_ns);
-	vm_moves_set(m->vm, d->vmsec.moves + 1);
-	r = vm_incoming_finish(m->vm, d->vmsec.was_running, &d->first_run_ns);
+	r = mig_states_load_complete(m, err, errlen);
+	if (r)
+		return r;
+	r = vm_incoming_finish(m->vm, m->in_vm.was_running, &d->first_run_ns);
 	if (r) {
 		snprintf(err, errlen, "cannot start the guest");
 		return r;
@@ -514,10 +512,10 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 		d->first_run_ns = clock_monotonic_ns();
 	mig_boot_id(boot_id);
 	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
-	if (same_clock && d->vmsec.stop_ns && start > d->vmsec.stop_ns)
+	if (same_clock && m->in_vm.stop_ns && start > m->in_vm.stop_ns)
 		log_debug("postcopy: pause: RUN arrived %.3f ms after the source stopped (%.3f ms "
 			  "of it discarding %" PRIu64 " pages, %.3f ms loading device state), the "
-			  "vCPUs run %.3f ms later", (double)(start - d->vmsec.stop_ns) / 1e6,
+			  "vCPUs run %.3f ms later", (double)(start - m->in_vm.stop_ns) / 1e6,
 			  (double)d->discard_ns / 1e6, d->discard_pages, (double)d->sections_ns / 1e6,
 			  (double)(d->first_run_ns - start) / 1e6);
 	mig_dst_rp_running(d, d->first_run_ns, same_clock, d->first_run_ns - start);
@@ -534,8 +532,8 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 			 d->rp.errmsg);
 		return r;
 	}
-	if (same_clock && d->vmsec.was_running && d->first_run_ns >= d->vmsec.stop_ns) {
-		mig_set_downtime(m, d->first_run_ns - d->vmsec.stop_ns, true);
+	if (same_clock && m->in_vm.was_running && d->first_run_ns >= m->in_vm.stop_ns) {
+		mig_set_downtime(m, d->first_run_ns - m->in_vm.stop_ns, true);
 	}
 	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
 	log_info("postcopy: the guest runs here; %" PRIu64 " pages still to come",
@@ -840,14 +838,56 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 	}
 }
 
-void *mig_incoming_thread(void *arg)
+/*
+ * Accept the source's main connection; the return path writes to a dup of
+ * it.  0, -ECANCELED, -ENOTCONN (no connection came), or -1 with the
+ * error set (the connection came and failed).
+ */
+static int mig_in_accept(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp)
 {
-	struct migration *m = arg;
-	struct vm *vm = m->vm;
-	static const struct mig_load_ops ops = {
+	int fd = channel_accept(m->listen_fd, -1, m->cancel_fd), err;
+
+	if (fd < 0) {
+		if (fd != -ECANCELED)
+			mig_set_error(m, "accepting the migration connection failed: %s", strerror(-fd));
+		return fd == -ECANCELED ? fd : -ENOTCONN;
+	}
+	mig_set_time(m, &m->start_ns, clock_monotonic_ns());
+	err = stream_init(s, fd, MIG_IO_TIMEOUT_MS);
+	d->rp_fd = dup(fd);
+	if (err || d->rp_fd < 0 || stream_init(&d->rp, d->rp_fd, MIG_IO_TIMEOUT_MS)) {
+		mig_set_error(m, "stream setup failed");
+		if (!err)
+			stream_release(s);
+		close(fd);
+		if (d->rp_fd >= 0)
+			close(d->rp_fd);
+		d->rp_fd = -1;
+		return -1;
+	}
+	d->rp_connected = true;
+	*fdp = fd;
+	pthread_mutex_lock(&m->lock);
+	m->stream = s;
+	pthread_mutex_unlock(&m->lock);
+	mig_publish_conns(m, fd, -1);
+	mig_set_status(m, MIG_STATUS_ACTIVE);
+	return 0;
+}
+
+/* Read the main stream up to END, or up to a break after RUN.  0 or the error. */
+static int mig_in_load(struct migration *m, struct mig_dst *d, struct stream *s,
+		       struct mig_dst_chan *chan, struct mig_load_stats *st, char *errbuf,
+		       size_t errlen)
+{
+	struct mig_section_kind kinds[MIG_STATE_MAX];
+	const struct mig_load_ops ops = {
+		.section_kinds = kinds,
+		.nsection_kinds = mig_states_section_kinds(m, kinds),
 		.header = mig_dst_header,
 		.ram = mig_dst_ram,
 		.section = mig_dst_section,
+		.section_part = mig_dst_section_part,
 		.pass_end = mig_dst_pass_end,
 		.postcopy_advise = mig_dst_advise,
 		.postcopy_discard = mig_dst_discard,
@@ -855,66 +895,73 @@ void *mig_incoming_thread(void *arg)
 		.ping = mig_dst_ping,
 		.cpr = mig_dst_cpr,
 	};
-	struct mig_dst d = { .m = m, .rp_fd = -1 };
-	struct mig_dst_chan chan = { .d = &d };
-	struct mig_load_stats st;
-	struct stream s;
+	int err;
+
+	memset(st, 0, sizeof(*st));
+	chan->bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES);
+	if (!chan->bounce) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	err = mig_load(s, &ops, chan, st, errbuf, errlen);
+	atomic_store(&m->zero_pages, st->zero_pages);
+	atomic_store(&m->normal_pages, st->data_pages);
+	(void)d;
+	return err;
+}
+
+/* Precopy's end, every section in: start the guest here, tell the source.  0 or -1. */
+static int mig_in_start_guest(struct migration *m, struct mig_dst *d, uint64_t end_ns)
+{
 	char errbuf[MIG_ERROR_BYTES];
 	uint8_t boot_id[MIG_BOOT_ID_BYTES];
-	uint64_t first_run_ns = 0, end_ns;
-	bool same_clock, ran = false;
-	int fd, err;
+	uint64_t first_run_ns = 0;
+	bool same_clock;
+	int err = mig_states_load_complete(m, errbuf, sizeof(errbuf));
 
-	pthread_mutex_init(&d.rp_lock, NULL);
-	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
-	if (fd < 0) {
-		if (fd != -ECANCELED)
-			mig_set_error(m, "accepting the migration connection failed: %s", strerror(-fd));
-		mig_finish_failed(m);
-		pthread_mutex_destroy(&d.rp_lock);
-		return NULL;
+	if (err) {
+		mig_set_error(m, "incoming migration failed: %s", errbuf);
+		mig_dst_rp_error(d, err, m->error);
+		return -1;
 	}
-	mig_set_time(m, &m->start_ns, clock_monotonic_ns());
-	err = stream_init(&s, fd, MIG_IO_TIMEOUT_MS);
-	d.rp_fd = dup(fd);
-	if (err || d.rp_fd < 0 || stream_init(&d.rp, d.rp_fd, MIG_IO_TIMEOUT_MS)) {
-		mig_set_error(m, "stream setup failed");
-		if (!err)
-			stream_release(&s);
-		close(fd);
-		if (d.rp_fd >= 0)
-			close(d.rp_fd);
-		d.rp_fd = -1;
-		goto quit;
+	/* Not needed any more; it must not compete with the vCPUs. */
+	atomic_store(&m->prealloc_stop, true);
+	if (m->cpr_incoming)
+		cpr_fault_point("before-run");
+	err = vm_incoming_finish(m->vm, m->in_vm.was_running, &first_run_ns);
+	if (err) {
+		mig_set_error(m, "cannot start the guest after loading");
+		mig_dst_rp_error(d, err, m->error);
+		return -1;
 	}
-	d.rp_connected = true;
-	chan.bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES);
-	pthread_mutex_lock(&m->lock);
-	m->stream = &s;
-	pthread_mutex_unlock(&m->lock);
-	mig_publish_conns(m, fd, -1);
-	mig_set_status(m, MIG_STATUS_ACTIVE);
+	mig_boot_id(boot_id);
+	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
+	if (!first_run_ns)
+		first_run_ns = clock_monotonic_ns();
+	mig_dst_rp_running(d, first_run_ns, same_clock, first_run_ns - end_ns);
+	if (same_clock && m->in_vm.was_running && first_run_ns >= m->in_vm.stop_ns)
+		mig_set_downtime(m, first_run_ns - m->in_vm.stop_ns, true);
+	return 0;
+}
 
-	err = chan.bounce ? mig_load(&s, &ops, &chan, &st, errbuf, sizeof(errbuf)) : -ENOMEM;
-	if (!chan.bounce)
-		snprintf(errbuf, sizeof(errbuf), "out of memory");
-	end_ns = clock_monotonic_ns();
-	ran = d.run_at_ns != 0;
-	if (!err && !d.have_vm) {
-		snprintf(errbuf, sizeof(errbuf), "no vm section");
-		err = -EBADMSG;
-	}
-	atomic_store(&m->zero_pages, st.zero_pages);
-	atomic_store(&m->normal_pages, st.data_pages);
-	if (ran && !d.run_unconfirmed) {
+/*
+ * After the load: postcopy goes on until every page is here; precopy
+ * starts the guest.  0 completed, or -1 with the error set.
+ */
+static int mig_in_finish_load(struct migration *m, struct mig_dst *d, struct stream *s,
+			      int *fdp, struct mig_dst_chan *chan, int err, char *errbuf,
+			      size_t errlen)
+{
+	bool ran = d->run_at_ns != 0;
+
+	if (ran && !d->run_unconfirmed) {
 		/* Postcopy: from here a broken channel pauses instead of failing. */
-		err = mig_dst_postcopy(m, &d, &s, &fd, &chan, err, errbuf, sizeof(errbuf));
-		if (!err)
-			goto done;
+		if (!mig_dst_postcopy(m, d, s, fdp, chan, err, errbuf, errlen))
+			return 0;
 		mig_set_error(m, "the VMM is shutting down during postcopy; pages that had not "
 			      "arrived are lost");
-		vm_request_exit(vm, 1);
-		goto out;
+		vm_request_exit(m->vm, 1);
+		return -1;
 	}
 	if (err) {
 		if (ran)
@@ -922,50 +969,54 @@ void *mig_incoming_thread(void *arg)
 				      "may not know it runs here, so it cannot continue", errbuf);
 		else
 			mig_set_error(m, "incoming migration failed: %s", errbuf);
-		mig_dst_rp_error(&d, err, m->error);
+		mig_dst_rp_error(d, err, m->error);
 		/* Stop the vCPUs before closing userfaultfd lets them see holes. */
 		if (ran)
-			vm_request_exit(vm, 1);
-		goto out;
+			vm_request_exit(m->vm, 1);
+		return -1;
 	}
-	vm_guest_clock_set(vm, d.vmsec.guest_clock_ns);
-	vm_moves_set(vm, d.vmsec.moves + 1);
-	/* Not needed any more; it must not compete with the vCPUs. */
-	atomic_store(&m->prealloc_stop, true);
-	if (m->cpr_incoming)
-		cpr_fault_point("before-run");
-	err = vm_incoming_finish(vm, d.vmsec.was_running, &first_run_ns);
+	return mig_in_start_guest(m, d, clock_monotonic_ns());
+}
+
+void *mig_incoming_thread(void *arg)
+{
+	struct migration *m = arg;
+	struct mig_dst d = { .m = m, .rp_fd = -1 };
+	struct mig_dst_chan chan = { .d = &d };
+	struct mig_load_stats st;
+	struct stream s;
+	char errbuf[MIG_ERROR_BYTES];
+	int fd = -1, err;
+
+	pthread_mutex_init(&d.rp_lock, NULL);
+	err = mig_in_accept(m, &d, &s, &fd);
 	if (err) {
-		mig_set_error(m, "cannot start the guest after loading");
-		mig_dst_rp_error(&d, err, m->error);
-		goto out;
+		mig_finish_failed(m);
+		pthread_mutex_destroy(&d.rp_lock);
+		if (err == -1)
+			vm_request_exit(m->vm, 1); /* the VMM waited for this stream only */
+		return NULL;
 	}
-	mig_boot_id(boot_id);
-	same_clock = !memcmp(boot_id, d.src_boot_id, MIG_BOOT_ID_BYTES);
-	if (!first_run_ns)
-		first_run_ns = clock_monotonic_ns();
-	mig_dst_rp_running(&d, first_run_ns, same_clock, first_run_ns - end_ns);
-	if (same_clock && d.vmsec.was_running && first_run_ns >= d.vmsec.stop_ns) {
-		mig_set_downtime(m, first_run_ns - d.vmsec.stop_ns, true);
+	err = mig_in_load(m, &d, &s, &chan, &st, errbuf, sizeof(errbuf));
+	if (mig_in_finish_load(m, &d, &s, &fd, &chan, err, errbuf, sizeof(errbuf))) {
+		mig_dst_finish(m, &d, &s, fd, &chan, false);
+		mig_dst_vcpu_nice(m, false);
+		mig_states_end(m, false, false);
+		mig_finish_failed(m);
+		/* Half-loaded RAM cannot be reused: the destination VMM ends here. */
+		vm_request_exit(m->vm, 1);
+		return NULL;
 	}
-done:
 	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	mig_dst_finish(m, &d, &s, fd, &chan, true);
-	vm_set_ram_arriving(vm, false); /* every page is here (or it never was postcopy) */
+	vm_set_ram_arriving(m->vm, false); /* every page is here (or it never was postcopy) */
 	mig_dst_vcpu_nice(m, false);
+	mig_states_end(m, false, true);
 	mig_set_status(m, MIG_STATUS_COMPLETED);
 	log_info("incoming migration completed: %" PRIu64 " data pages, %" PRIu64
 		 " zero pages, downtime %.3f ms", st.data_pages, st.zero_pages,
 		 (double)m->downtime_ns / 1e6);
 	log_debug("migration: the load thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
-	return NULL;
-out:
-	mig_dst_finish(m, &d, &s, fd, &chan, false);
-	mig_dst_vcpu_nice(m, false);
-quit:
-	mig_finish_failed(m);
-	/* Half-loaded RAM cannot be reused: the destination VMM ends here. */
-	vm_request_exit(vm, 1);
 	return NULL;
 }
 

@@ -44,6 +44,7 @@
 #include "migration/format.h"
 #include "migration/load.h"
 #include "migration/postcopy.h"
+#include "migration/state.h"
 #include "migration/stream.h"
 #include "migration/vmstate.h"
 #include "util/log.h"
@@ -74,8 +75,29 @@
 #define MIG_ACK_PAGES 1024u
 #define MIG_REQ_RING 256u /* requests the background push can be behind by */
 
+/* A registered state (state.h). */
+struct mig_state_reg {
+	const struct mig_state_ops *ops;
+	void *opaque;
+};
+
+/* What save callbacks write to: the engine's side of state.h's struct mig_save. */
+struct mig_save {
+	struct migration *m;
+	struct mig_src *src;             /* the source's RAM and channels */
+	struct stream *s;                /* the main channel */
+	const struct mig_state_reg *cur; /* the state being called */
+};
+
 struct migration {
 	struct vm *vm;
+	/* migratable states, registered before any migration (state.c) */
+	struct mig_state_reg states[MIG_STATE_MAX];
+	unsigned nstates;
+	/* destination: the VM section, as its state loaded it (state_vm.c) */
+	struct vmstate_vm in_vm;
+	bool in_vm_loaded;
+	bool ram_logging;          /* source: KVM logs dirty pages for this migration */
 	vm_event_fn *event_fn;
 	void *event_opaque;
 
@@ -184,6 +206,10 @@ struct mig_src {
 	uint64_t npages;
 	uint64_t *bitmap;          /* dirty pages of the current pass */
 	uint64_t bitmap_words;
+	/* RAM as a migratable state (source_ram.c) */
+	uint64_t ram_passes;       /* passes sent */
+	uint64_t ram_dirty_pages;  /* at the last dirty-log sync */
+	uint64_t ram_sync_ns;      /* when the log was last read (pass 1: its start) */
 	/* postcopy */
 	bool postcopy;             /* advised: the switch may come */
 	bool release_ram;          /* postcopy phase: free pages once sent */
@@ -253,7 +279,8 @@ void mig_finish_failed(struct migration *m);
 
 /* source.c */
 int mig_rp_pending_error(struct mig_src *src, char *out, size_t len);
-int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns, bool end);
+int mig_send_state(struct mig_src *src, const struct mig_save_info *info, bool end, char *err,
+		   size_t errlen);
 int mig_src_connect(struct mig_src *src);
 void *mig_source_thread(void *arg);
 
@@ -280,6 +307,24 @@ int mig_pc_prepare(struct migration *m);
 void *mig_incoming_thread(void *arg);
 void *mig_prealloc_thread(void *arg);
 void mig_pc_prepare_waiting(struct migration *m);
+
+/* state.c: the engine's walks over the registered states */
+int mig_states_setup(struct mig_save *sv, char *err, size_t errlen);
+int mig_states_pending(struct mig_save *sv, bool sync, uint64_t *bytes, char *err, size_t errlen);
+int mig_states_iterate(struct mig_save *sv, char *err, size_t errlen);
+int mig_states_complete(struct mig_save *sv, const struct mig_save_info *info, char *err,
+			size_t errlen);
+void mig_states_cleanup(struct migration *m, bool completed);
+int mig_states_cpr_lend(struct migration *m, struct cpr_state *cs, char *err, size_t errlen);
+size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *kinds);
+int mig_states_load(struct migration *m, uint32_t id, uint32_t instance, uint32_t version,
+		    bool part, const uint8_t *data, uint32_t len, char *err, size_t errlen);
+int mig_states_load_complete(struct migration *m, char *err, size_t errlen);
+void mig_states_end(struct migration *m, bool source, bool completed);
+
+/* state_vm.c, source_ram.c: the engine's own states */
+int mig_register_vm_states(struct migration *m);
+int mig_register_ram_state(struct migration *m);
 
 /* cpr.c */
 void mig_cpr_source(struct migration *m);

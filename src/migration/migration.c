@@ -258,6 +258,7 @@ void mig_finish_failed(struct migration *m)
 int migration_create(struct vm *vm, struct migration **out)
 {
 	struct migration *m = calloc(1, sizeof(*m));
+	int r;
 
 	if (!m)
 		return -ENOMEM;
@@ -281,6 +282,14 @@ int migration_create(struct vm *vm, struct migration **out)
 	}
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
+	/* The engine's own states; devices register theirs after. */
+	r = mig_register_ram_state(m);
+	if (!r)
+		r = mig_register_vm_states(m);
+	if (r) {
+		migration_destroy(m);
+		return r;
+	}
 	*out = m;
 	return 0;
 }

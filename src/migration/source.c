@@ -2,54 +2,23 @@
 #include "migration/internal.h"
 
 /*
- * The VM section's format version.  VMFERRY_EMIT_VM_SECTION_VERSION makes
- * this build write an older one, as an older build would: the
- * compatibility tests migrate from "an older build" that way.
+ * Every state's rest at the stop (RAM's last dirty pages, then the
+ * sections), then END if @end, and flush.  0, or -errno with @err.
  */
-static uint32_t mig_vm_section_version(void)
+int mig_send_state(struct mig_src *src, const struct mig_save_info *info, bool end, char *err,
+		   size_t errlen)
 {
-	const char *e = getenv("VMFERRY_EMIT_VM_SECTION_VERSION");
-	unsigned long v = e ? strtoul(e, NULL, 10) : 0;
+	struct mig_save sv = { .m = src->m, .src = src, .s = &src->s };
+	int r = mig_states_complete(&sv, info, err, errlen);
 
-	return v >= VMSTATE_VM_VERSION_MIN && v <= VMSTATE_VM_VERSION ? (uint32_t)v
-								     : VMSTATE_VM_VERSION;
-}
-
-int mig_send_sections(struct mig_src *src, bool was_running, uint64_t stop_ns, bool end)
-{
-	struct migration *m = src->m;
-	struct vmstate_buf b = { 0 };
-	int err;
-
-	uint32_t vm_version = mig_vm_section_version();
-
-	vmstate_vm_save(m->vm, was_running, stop_ns, vm_moves_get(m->vm), vm_version, &b);
-	if (b.err)
-		return b.err;
-	stream_put_u8(&src->s, MIG_REC_SECTION);
-	stream_put_u32(&src->s, VMSTATE_SECTION_VM);
-	stream_put_u32(&src->s, 0);
-	stream_put_u32(&src->s, vm_version);
-	stream_put_u32(&src->s, (uint32_t)b.len);
-	stream_put_bytes(&src->s, b.data, b.len);
-	for (unsigned i = 0; i < vm_nvcpus(m->vm); i++) {
-		b.len = 0;
-		err = vmstate_cpu_save(m->vm, i, &b);
-		if (err) {
-			vmstate_buf_free(&b);
-			return err;
-		}
-		stream_put_u8(&src->s, MIG_REC_SECTION);
-		stream_put_u32(&src->s, VMSTATE_SECTION_CPU);
-		stream_put_u32(&src->s, i);
-		stream_put_u32(&src->s, VMSTATE_CPU_VERSION);
-		stream_put_u32(&src->s, (uint32_t)b.len);
-		stream_put_bytes(&src->s, b.data, b.len);
-	}
-	vmstate_buf_free(&b);
+	if (r)
+		return r;
 	if (end)
 		stream_put_u8(&src->s, MIG_REC_END);
-	return stream_flush(&src->s);
+	r = stream_flush(&src->s);
+	if (r)
+		snprintf(err, errlen, "%s", src->s.errmsg);
+	return r;
 }
 
 static void mig_emit_pass(struct migration *m, uint64_t pass)
@@ -61,12 +30,13 @@ static void mig_emit_pass(struct migration *m, uint64_t pass)
 }
 
 /*
- * Converged?  Updates the expected downtime.  @bw: bytes per second.
+ * Converged: does what is pending fit the downtime limit at @bw bytes per
+ * second?  Updates the expected downtime.
  */
-static bool mig_converged(struct migration *m, uint64_t dirty_pages, double bw,
+static bool mig_converged(struct migration *m, uint64_t pending_bytes, double bw,
 			  struct mig_params *p)
 {
-	double remaining = (double)dirty_pages * MIG_PAGE_BYTES;
+	double remaining = (double)pending_bytes;
 	double expect_ms = bw > 0 ? remaining * 1000.0 / bw : 1e9;
 
 	mig_set_time(m, &m->expected_downtime_ms, (uint64_t)expect_ms);
@@ -152,357 +122,413 @@ int mig_src_connect(struct mig_src *src)
 	return fd;
 }
 
-void *mig_source_thread(void *arg)
-{
-	struct migration *m = arg;
-	struct vm *vm = m->vm;
-	struct mig_src src = { .m = m, .block = vm_ram_block(vm, 0), .urgent_fd = -1, .rp_fd = -1 };
-	struct mig_params p;
-	struct mig_rp_msg rp;
+/* The source thread's state across its phases. */
+struct mig_run {
+	struct migration *m;
+	struct mig_src src;
+	struct mig_save sv;         /* what the states write to */
+	struct mig_params p;        /* re-read before every pass */
 	char errbuf[MIG_ERROR_BYTES];
-	uint64_t stop_ns = 0, pass_start, pass_bytes, last_sync_ns;
-	double bw = 0;
-	bool was_running = false, stopped = false, end_sent = false, logging = false;
-	unsigned hot_syncs = 0, extra_passes = 0;
-	uint64_t prev_dirty = UINT64_MAX;
-	int fd = -1, err;
+	int fd;                     /* the main connection, -1 none */
+	uint64_t stop_ns;
+	bool was_running;
+	bool stopped;               /* the vCPUs stopped here and may resume here */
+	double bw;                  /* measured bytes per second */
+	uint64_t pass_start_ns, pass_bytes; /* the last pass */
+	uint64_t prev_pending;      /* bytes pending before the last pass; UINT64_MAX none */
+	unsigned hot_syncs, extra_passes;
+};
 
-	pthread_mutex_lock(&m->lock);
-	p = m->params;
-	pthread_mutex_unlock(&m->lock);
-	if (p.mode == MIG_MODE_CPR_TRANSFER) {
-		mig_cpr_source(m);
-		return NULL;
-	}
+enum mig_next { MIG_NEXT_PASS = 1, MIG_NEXT_STOP, MIG_NEXT_POSTCOPY };
 
-	src.npages = src.block->bytes / MIG_PAGE_BYTES;
-	src.bitmap_words = (src.npages + 63) / 64;
-	src.bitmap = calloc(src.bitmap_words + MIG_WINDOW_PAGES / 64, sizeof(uint64_t));
-	if (!src.bitmap) {
-		mig_set_error(m, "out of memory");
-		goto fail;
-	}
-	fd = mig_src_connect(&src);
-	if (fd < 0)
-		goto fail;
-	src.s.max_bytes_per_s = p.max_bandwidth;
+/* A send failed: say why, the destination's reason when it gave one.  -1. */
+static int mig_src_stream_failed(struct mig_run *run, int err)
+{
+	struct migration *m = run->m;
+	char why[MIG_ERROR_BYTES];
+
 	if (atomic_load(&m->cancel))
-		goto fail;
-	if (p.postcopy_ram) {
-		src.postcopy = true;
-		src.preempt = p.postcopy_preempt;
-		src.sent_once = calloc(src.bitmap_words, sizeof(uint64_t));
-		if (!src.sent_once) {
+		mig_set_error(m, "cancelled");
+	else if (!mig_rp_pending_error(&run->src, why, sizeof(why)))
+		mig_set_error(m, "destination refused the migration: %s", why);
+	else if (run->errbuf[0])
+		mig_set_error(m, "sending to %s failed: %s", m->uri, run->errbuf);
+	else
+		mig_set_error(m, "sending to %s failed: %s", m->uri,
+			      run->src.s.errmsg[0] ? run->src.s.errmsg : strerror(-err));
+	return -1;
+}
+
+/*
+ * Connect, send the header (and POSTCOPY_ADVISE with the urgent channel
+ * when postcopy may come), set up every state.  0, or -1 with the error set.
+ */
+static int mig_src_setup(struct mig_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_src *src = &run->src;
+	int err;
+
+	src->npages = src->block->bytes / MIG_PAGE_BYTES;
+	src->bitmap_words = (src->npages + 63) / 64;
+	src->bitmap = calloc(src->bitmap_words + MIG_WINDOW_PAGES / 64, sizeof(uint64_t));
+	if (!src->bitmap) {
+		mig_set_error(m, "out of memory");
+		return -1;
+	}
+	run->fd = mig_src_connect(src);
+	if (run->fd < 0)
+		return -1;
+	src->s.max_bytes_per_s = run->p.max_bandwidth;
+	if (atomic_load(&m->cancel))
+		return -1;
+	if (run->p.postcopy_ram) {
+		src->postcopy = true;
+		src->preempt = run->p.postcopy_preempt;
+		src->sent_once = calloc(src->bitmap_words, sizeof(uint64_t));
+		if (!src->sent_once) {
 			mig_set_error(m, "out of memory");
-			goto fail;
+			return -1;
 		}
-		stream_put_u8(&src.s, MIG_REC_POSTCOPY_ADVISE);
+		stream_put_u8(&src->s, MIG_REC_POSTCOPY_ADVISE);
 		/* The urgent channel now, not inside the pause at the switch. */
-		if (stream_flush(&src.s) || mig_src_open_urgent(&src)) {
-			err = -ECONNREFUSED;
-			goto stream_fail;
-		}
+		if (stream_flush(&src->s) || mig_src_open_urgent(src))
+			return mig_src_stream_failed(run, -ECONNREFUSED);
 	}
-	err = vm_dirty_log_start(vm);
+	run->sv = (struct mig_save){ .m = m, .src = src, .s = &src->s };
+	err = mig_states_setup(&run->sv, run->errbuf, sizeof(run->errbuf));
 	if (err) {
-		mig_set_error(m, "cannot start dirty logging: %s", strerror(-err));
-		goto fail;
+		mig_set_error(m, "%s", run->errbuf);
+		return -1;
 	}
-	logging = true;
 	mig_set_time(m, &m->setup_ns, clock_monotonic_ns() - m->start_ns);
-	if (!mig_set_status(m, MIG_STATUS_ACTIVE))
-		goto fail; /* cancelled */
+	return mig_set_status(m, MIG_STATUS_ACTIVE) ? 0 : -1; /* else cancelled */
+}
 
-	/* Pure postcopy: switch before the first pass. */
-	if (src.postcopy && atomic_load(&m->postcopy_requested)) {
-		memset(src.bitmap, 0xff, src.bitmap_words * sizeof(uint64_t));
-		goto postcopy_switch;
-	}
+/* One precopy pass: a step of every state, PASS_END, then the link drains. */
+static int mig_src_pass(struct mig_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_src *src = &run->src;
+	uint64_t pass = atomic_load(&m->passes) + 1, sent;
+	double t;
+	int err;
 
-	/* Pass 1 */
-	pass_start = clock_monotonic_ns();
-	pass_bytes = src.s.bytes;
-	err = mig_first_pass(&src);
+	run->pass_start_ns = clock_monotonic_ns();
+	run->pass_bytes = src->s.bytes;
+	run->errbuf[0] = 0;
+	err = mig_states_iterate(&run->sv, run->errbuf, sizeof(run->errbuf));
 	if (err)
-		goto stream_fail;
-	atomic_store(&m->passes, 1);
-	stream_put_u8(&src.s, MIG_REC_PASS_END);
-	stream_put_u32(&src.s, 1);
-	if (stream_flush(&src.s))
-		goto stream_fail;
-	mig_emit_pass(m, 1);
-	mig_wait_drained(&src);
-	bw = (double)(src.s.bytes - pass_bytes) * 1e9 / (double)(clock_monotonic_ns() - pass_start + 1);
-	log_debug("migration: pass 1: %" PRIu64 " bytes in %.1f ms (%.0f MB/s)",
-		  src.s.bytes - pass_bytes, (double)(clock_monotonic_ns() - pass_start) / 1e6, bw / 1e6);
-	atomic_store(&m->throughput_bps, (uint64_t)bw);
-	last_sync_ns = pass_start;
+		return mig_src_stream_failed(run, err);
+	atomic_store(&m->passes, pass);
+	stream_put_u8(&src->s, MIG_REC_PASS_END);
+	stream_put_u32(&src->s, (uint32_t)pass);
+	if (stream_flush(&src->s))
+		return mig_src_stream_failed(run, stream_error(&src->s));
+	mig_emit_pass(m, pass);
+	/* The next dirty sync sees what the guest did while this pass was
+	 * really on the wire, not still in socket buffers. */
+	mig_wait_drained(src);
+	sent = src->s.bytes - run->pass_bytes;
+	t = (double)(clock_monotonic_ns() - run->pass_start_ns + 1);
+	/* Small passes say more about overhead than about the link. */
+	if (pass == 1 || sent >= (1u << 20))
+		run->bw = (double)sent * 1e9 / t;
+	log_debug("migration: pass %" PRIu64 ": %" PRIu64 " bytes in %.1f ms (%.0f MB/s)", pass,
+		  sent, t / 1e6, run->bw / 1e6);
+	atomic_store(&m->throughput_bps, (uint64_t)run->bw);
+	return 0;
+}
 
-	/* Passes 2..n until the rest fits the downtime limit */
-	for (;;) {
-		uint64_t dirty, now;
+/* auto-converge: throttle the vCPUs while the guest dirties more than half
+ * of what a pass sends. */
+static void mig_src_auto_converge(struct mig_run *run, uint64_t pending)
+{
+	struct migration *m = run->m;
+	unsigned t;
 
-		memset(src.bitmap, 0, src.bitmap_words * sizeof(uint64_t));
-		err = vm_dirty_log_get(vm, 0, src.bitmap);
-		if (err) {
-			mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
-			goto fail;
-		}
-		now = clock_monotonic_ns();
-		dirty = mig_popcount(src.bitmap, src.bitmap_words);
-		atomic_fetch_add(&m->dirty_sync_count, 1);
-		atomic_store(&m->dirty_pages_rate,
-			     (uint64_t)((double)dirty * 1e9 / (double)(now - last_sync_ns + 1)));
-		last_sync_ns = now;
-		pthread_mutex_lock(&m->lock);
-		p = m->params; /* parameters may change while we run */
-		pthread_mutex_unlock(&m->lock);
-		src.s.max_bytes_per_s = p.max_bandwidth;
-		if (src.postcopy && (atomic_load(&m->postcopy_requested) ||
-				     (p.postcopy_after_passes &&
-				      atomic_load(&m->passes) >= p.postcopy_after_passes &&
-				      !mig_converged(m, dirty, bw, &p))))
-			goto postcopy_switch;
-		/*
-		 * The limit is what the user accepts, not a target: while another
-		 * pass still shrinks the dirty set by a quarter or more, it costs
-		 * less than the pause it saves would and buys a shorter pause.
-		 */
-		if (mig_converged(m, dirty, bw, &p) &&
-		    (m->expected_downtime_ms <= MIG_DOWNTIME_GOOD_MS || dirty * 4 > prev_dirty * 3 ||
-		     extra_passes >= MIG_EXTRA_PASSES_MAX))
-			break;
-		if (mig_converged(m, dirty, bw, &p))
-			extra_passes++;
-		prev_dirty = dirty;
-		if (p.convergence_timeout_s &&
-		    now - m->start_ns > p.convergence_timeout_s * 1000000000ull) {
-			mig_set_error(m, "precopy did not converge within %" PRIu64 " s: %" PRIu64
-				      " MiB still dirty at %" PRIu64 " MiB/s (expected downtime %" PRIu64
-				      " ms > limit %" PRIu64 " ms); %s",
-				      p.convergence_timeout_s, dirty * MIG_PAGE_BYTES >> 20,
-				      (uint64_t)bw >> 20, m->expected_downtime_ms, p.downtime_limit_ms,
-				      p.auto_converge ? "raise downtime-limit or convergence-timeout, or "
-							"switch to postcopy"
-						      : "enable auto-converge or postcopy, or raise downtime-limit");
-			goto fail;
-		}
-		/* auto-converge: the guest dirties more than half of what we send */
-		if (p.auto_converge) {
-			uint64_t last_pass_bytes = src.s.bytes - pass_bytes;
+	if (pending > (run->src.s.bytes - run->pass_bytes) / 2)
+		run->hot_syncs++;
+	if (run->hot_syncs < 2)
+		return;
+	t = vm_get_throttle(m->vm);
+	t = t ? t + run->p.throttle_increment_pct : run->p.throttle_initial_pct;
+	t = t > 99 ? 99 : t;
+	vm_set_throttle(m->vm, t);
+	if (t > atomic_load(&m->throttle_max))
+		atomic_store(&m->throttle_max, t);
+	run->hot_syncs = 0;
+}
 
-			if (dirty * MIG_PAGE_BYTES > last_pass_bytes / 2)
-				hot_syncs++;
-			if (hot_syncs >= 2) {
-				unsigned t = vm_get_throttle(vm);
+/*
+ * After a pass: measure what is pending and choose - another pass, the
+ * stop, or the postcopy switch.  0, or -1 with the error set.
+ */
+static int mig_src_decide(struct mig_run *run, enum mig_next *next)
+{
+	struct migration *m = run->m;
+	struct mig_params *p = &run->p;
+	uint64_t pending;
+	bool conv;
 
-				t = t ? t + p.throttle_increment_pct : p.throttle_initial_pct;
-				t = t > 99 ? 99 : t;
-				vm_set_throttle(vm, t);
-				if (t > atomic_load(&m->throttle_max))
-					atomic_store(&m->throttle_max, t);
-				hot_syncs = 0;
-			}
-		}
-		pass_start = clock_monotonic_ns();
-		pass_bytes = src.s.bytes;
-		err = mig_dirty_pass(&src, true);
-		if (err)
-			goto stream_fail;
-		atomic_fetch_add(&m->passes, 1);
-		stream_put_u8(&src.s, MIG_REC_PASS_END);
-		stream_put_u32(&src.s, (uint32_t)atomic_load(&m->passes));
-		if (stream_flush(&src.s))
-			goto stream_fail;
-		mig_emit_pass(m, atomic_load(&m->passes));
-		/* The next dirty sync sees what the guest did while this pass was
-		 * really on the wire, not still in socket buffers. */
-		mig_wait_drained(&src);
-		{
-			uint64_t sent = src.s.bytes - pass_bytes;
-			double t = (double)(clock_monotonic_ns() - pass_start + 1);
-
-			/* Small passes say more about overhead than about the link. */
-			if (sent >= (1u << 20))
-				bw = (double)sent * 1e9 / t;
-			log_debug("migration: pass %" PRIu64 ": %" PRIu64 " dirty pages, %" PRIu64
-				  " bytes in %.1f ms", atomic_load(&m->passes), dirty, sent, t / 1e6);
-			atomic_store(&m->throughput_bps, (uint64_t)bw);
-		}
+	if (mig_states_pending(&run->sv, true, &pending, run->errbuf, sizeof(run->errbuf))) {
+		mig_set_error(m, "%s", run->errbuf);
+		return -1;
 	}
-
-	if (0) {
-postcopy_switch:
-		mig_wait_drained(&src);
-		if (atomic_load(&m->passes)) {
-			/*
-			 * Hybrid: most pages the destination must drop are known
-			 * already.  Discard them while the guest still runs here and
-			 * wait until the destination has (PING/PONG): dropping
-			 * hundreds of MiB takes it tens of milliseconds, which would
-			 * otherwise land inside the pause.  Only what the guest
-			 * dirties from now to the stop is discarded in the pause.
-			 */
-			err = mig_prediscard(&src, errbuf, sizeof(errbuf));
-		} else {
-			/* Pure postcopy: the destination's setup for the advise
-			 * (allocations, threads) must not land in the pause. */
-			err = mig_ping_wait(&src, "the postcopy setup", errbuf, sizeof(errbuf));
-		}
-		if (err) {
-			mig_set_error(m, "%s", errbuf);
-			goto fail;
-		}
-		if (!mig_set_status(m, MIG_STATUS_DEVICE))
-			goto fail;
-		err = vm_migration_stop(vm, &stop_ns, &was_running);
-		if (err) {
-			mig_set_error(m, "cannot stop the guest for switch-over (state %s)",
-				      vm_runstate_name(vm_get_runstate(vm)));
-			goto fail;
-		}
-		stopped = true;
-		{
-			/* Pure postcopy keeps the all-ones bitmap: every page pending. */
-			uint64_t *final = calloc(src.bitmap_words, sizeof(uint64_t));
-
-			err = final ? vm_dirty_log_get(vm, 0, final) : -ENOMEM;
-			for (uint64_t w = 0; !err && w < src.bitmap_words; w++)
-				src.bitmap[w] = atomic_load(&m->passes) ? final[w] : ~0ull;
-			free(final);
-		}
-		if (err) {
-			mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
-			goto fail;
-		}
-		err = mig_postcopy(&src, was_running, stop_ns, &fd);
-		if (err == -EAGAIN)
-			goto fail; /* the destination never ran: resume here */
-		if (err) {
-			stopped = false; /* the guest ran there: never run it here too */
-			goto fail;
-		}
-		goto completed;
+	pthread_mutex_lock(&m->lock);
+	*p = m->params; /* parameters may change while we run */
+	pthread_mutex_unlock(&m->lock);
+	run->src.s.max_bytes_per_s = p->max_bandwidth;
+	conv = mig_converged(m, pending, run->bw, p);
+	*next = MIG_NEXT_PASS;
+	if (run->src.postcopy && (atomic_load(&m->postcopy_requested) ||
+				  (p->postcopy_after_passes &&
+				   atomic_load(&m->passes) >= p->postcopy_after_passes && !conv))) {
+		*next = MIG_NEXT_POSTCOPY;
+		return 0;
 	}
+	/*
+	 * The limit is what the user accepts, not a target: while another
+	 * pass still shrinks what is pending by a quarter or more, it costs
+	 * less than the pause it saves would and buys a shorter pause.
+	 */
+	if (conv && (m->expected_downtime_ms <= MIG_DOWNTIME_GOOD_MS ||
+		     (run->prev_pending != UINT64_MAX && pending * 4 > run->prev_pending * 3) ||
+		     run->extra_passes >= MIG_EXTRA_PASSES_MAX)) {
+		*next = MIG_NEXT_STOP;
+		return 0;
+	}
+	run->extra_passes += conv;
+	run->prev_pending = pending;
+	if (p->convergence_timeout_s &&
+	    clock_monotonic_ns() - m->start_ns > p->convergence_timeout_s * 1000000000ull) {
+		mig_set_error(m, "precopy did not converge within %" PRIu64 " s: %" PRIu64
+			      " MiB still dirty at %" PRIu64 " MiB/s (expected downtime %" PRIu64
+			      " ms > limit %" PRIu64 " ms); %s",
+			      p->convergence_timeout_s, pending >> 20, (uint64_t)run->bw >> 20,
+			      m->expected_downtime_ms, p->downtime_limit_ms,
+			      p->auto_converge ? "raise downtime-limit or convergence-timeout, or "
+						 "switch to postcopy"
+					       : "enable auto-converge or postcopy, or raise downtime-limit");
+		return -1;
+	}
+	if (p->auto_converge)
+		mig_src_auto_converge(run, pending);
+	return 0;
+}
 
-	/* Switch-over: first let the link drain what earlier passes queued,
-	 * while the guest still runs, so the pause pays only for the rest. */
-	mig_wait_drained(&src);
+static int mig_src_stop_vcpus(struct mig_run *run)
+{
+	struct vm *vm = run->m->vm;
 
-	/* Switch-over */
-	if (!mig_set_status(m, MIG_STATUS_DEVICE))
-		goto fail;
-	err = vm_migration_stop(vm, &stop_ns, &was_running);
-	if (err) {
-		mig_set_error(m, "cannot stop the guest for switch-over (state %s)",
+	if (!mig_set_status(run->m, MIG_STATUS_DEVICE))
+		return -1;
+	if (vm_migration_stop(vm, &run->stop_ns, &run->was_running)) {
+		mig_set_error(run->m, "cannot stop the guest for switch-over (state %s)",
 			      vm_runstate_name(vm_get_runstate(vm)));
-		goto fail;
+		return -1;
 	}
-	stopped = true;
-	memset(src.bitmap, 0, src.bitmap_words * sizeof(uint64_t));
-	err = vm_dirty_log_get(vm, 0, src.bitmap);
-	if (err) {
-		mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
-		goto fail;
-	}
-	err = mig_dirty_pass(&src, false);
-	if (err)
-		goto stream_fail;
-	if (src.urgent_fd >= 0) {
-		/* Postcopy was possible but not needed: end the urgent channel. */
-		stream_put_u8(&src.urgent, MIG_REC_END);
-		stream_flush(&src.urgent);
-		mig_src_close_side_channels(&src);
-	}
-	err = mig_send_sections(&src, was_running, stop_ns, true);
-	if (err)
-		goto stream_fail;
-	end_sent = true;
-	atomic_store(&m->transferred, src.s.bytes + src.urgent_bytes);
-	atomic_store(&m->remaining_bytes, 0);
+	run->stopped = true;
+	return 0;
+}
 
-	/* Wait for the destination to run the guest. */
-	src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
-	err = mig_rp_read(&src.s, &rp, errbuf, sizeof(errbuf));
+/* After END: wait for the destination to run the guest.  0 or -1. */
+static int mig_src_wait_running(struct mig_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_rp_msg rp;
+	int err;
+
+	run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
+	err = mig_rp_read(&run->src.s, &rp, run->errbuf, sizeof(run->errbuf));
+	if (err == -EPIPE || err == -ECONNRESET) {
+		/* The destination closed without running: it is gone. */
+		mig_set_error(m, "destination closed the connection before running the guest");
+		return -1;
+	}
 	if (err) {
-		if (err == -EPIPE || err == -ECONNRESET) {
-			/* The destination closed without running: it is gone. */
-			mig_set_error(m, "destination closed the connection before running the guest");
-			goto fail;
-		}
 		mig_set_error(m, "no word from the destination after switch-over (%s); the guest is "
 			      "kept paused here because the destination may be running it",
-			      errbuf);
-		stopped = false; /* do not resume: two copies must never run */
-		goto fail;
+			      run->errbuf);
+		run->stopped = false; /* do not resume: two copies must never run */
+		return -1;
 	}
 	if (rp.type != MIG_RP_RUNNING) {
 		mig_set_error(m, "destination failed to load the state: %s",
 			      rp.type == MIG_RP_ERROR ? rp.text : "unexpected return-path message");
-		goto fail;
+		return -1;
 	}
-	{
-		uint64_t now = clock_monotonic_ns();
+	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= run->stop_ns
+			    ? rp.first_run_ns - run->stop_ns : clock_monotonic_ns() - run->stop_ns,
+			 rp.same_clock);
+	return 0;
+}
 
-		mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= stop_ns
-				    ? rp.first_run_ns - stop_ns : now - stop_ns,
-				 rp.same_clock);
+/* Precopy's end: stop, every state's rest, END; the destination runs it. */
+static int mig_src_switchover(struct mig_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_src *src = &run->src;
+	struct mig_save_info info;
+	int err;
+
+	/* First let the link drain what earlier passes queued, while the guest
+	 * still runs, so the pause pays only for the rest. */
+	mig_wait_drained(src);
+	if (mig_src_stop_vcpus(run))
+		return -1;
+	if (src->urgent_fd >= 0) {
+		/* Postcopy was possible but not needed: end the urgent channel. */
+		stream_put_u8(&src->urgent, MIG_REC_END);
+		stream_flush(&src->urgent);
+		mig_src_close_side_channels(src);
 	}
-completed:
-	atomic_store(&m->postcopy_requested, false);
-	vm_migration_complete(vm);
-	vm_set_throttle(vm, 0);
-	vm_dirty_log_stop(vm);
+	info = (struct mig_save_info){ .was_running = run->was_running, .stop_ns = run->stop_ns };
+	run->errbuf[0] = 0;
+	err = mig_send_state(src, &info, true, run->errbuf, sizeof(run->errbuf));
+	if (err)
+		return mig_src_stream_failed(run, err);
+	atomic_store(&m->transferred, src->s.bytes + src->urgent_bytes);
+	atomic_store(&m->remaining_bytes, 0);
+	return mig_src_wait_running(run);
+}
+
+/*
+ * The postcopy switch: discard what the destination holds stale while the
+ * guest still runs here, stop, and hand over (source_postcopy.c).  0, or
+ * -1 with the error set.
+ */
+static int mig_src_postcopy_switch(struct mig_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_src *src = &run->src;
+	uint64_t *final;
+	int err;
+
+	mig_wait_drained(src);
+	if (atomic_load(&m->passes)) {
+		/*
+		 * Hybrid: most pages the destination must drop are known
+		 * already.  Discard them while the guest still runs here and
+		 * wait until the destination has (PING/PONG): dropping hundreds
+		 * of MiB takes it tens of milliseconds, which would otherwise
+		 * land inside the pause.  Only what the guest dirties from now
+		 * to the stop is discarded in the pause.
+		 */
+		err = mig_prediscard(src, run->errbuf, sizeof(run->errbuf));
+	} else {
+		/* Pure postcopy: the destination's setup for the advise
+		 * (allocations, threads) must not land in the pause. */
+		err = mig_ping_wait(src, "the postcopy setup", run->errbuf, sizeof(run->errbuf));
+	}
+	if (err) {
+		mig_set_error(m, "%s", run->errbuf);
+		return -1;
+	}
+	if (mig_src_stop_vcpus(run))
+		return -1;
+	/* Pure postcopy: every page pending. */
+	final = calloc(src->bitmap_words, sizeof(uint64_t));
+	err = final ? vm_dirty_log_get(m->vm, 0, final) : -ENOMEM;
+	for (uint64_t w = 0; !err && w < src->bitmap_words; w++)
+		src->bitmap[w] = atomic_load(&m->passes) ? final[w] : ~0ull;
+	free(final);
+	if (err) {
+		mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
+		return -1;
+	}
+	err = mig_postcopy(src, run->was_running, run->stop_ns, &run->fd);
+	if (err && err != -EAGAIN)
+		run->stopped = false; /* the guest ran there: never run it here too */
+	return err ? -1 : 0; /* -EAGAIN: the destination never ran it: resume here */
+}
+
+/* Close the main connection and free what the run allocated. */
+static void mig_src_release(struct mig_run *run)
+{
+	struct migration *m = run->m;
+
 	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	free(src.sent_once);
-	free(src.predisc);
 	pthread_mutex_lock(&m->lock);
 	m->stream = NULL;
 	pthread_mutex_unlock(&m->lock);
-	if (fd >= 0) {
-		stream_release(&src.s);
-		close(fd);
+	if (run->fd >= 0) {
+		stream_release(&run->src.s);
+		close(run->fd);
 	}
-	free(src.bitmap);
+	mig_src_close_side_channels(&run->src);
+	free(run->src.bitmap);
+	free(run->src.sent_once);
+	free(run->src.predisc);
+	atomic_store(&m->postcopy_requested, false);
+}
+
+static void mig_src_completed(struct mig_run *run)
+{
+	struct migration *m = run->m;
+
+	atomic_store(&m->postcopy_requested, false);
+	vm_migration_complete(m->vm);
+	vm_set_throttle(m->vm, 0);
+	mig_states_cleanup(m, true);
+	mig_src_release(run);
 	if (!mig_set_status(m, MIG_STATUS_COMPLETED))
 		log_debug("migration: completed after a late cancel");
 	log_info("migration to %s completed: %.1f ms total, downtime %.3f ms",
 		 m->uri, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
 	log_debug("migration: the migration thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
-	mig_releaser_join(&src); /* completed: the rest of release-ram is housekeeping */
-	return NULL;
+	mig_releaser_join(&run->src); /* completed: the rest of release-ram is housekeeping */
+}
 
-stream_fail:
+/* A failure before the destination ran the guest: it runs on here. */
+static void mig_src_failed(struct mig_run *run)
+{
+	struct migration *m = run->m;
+
 	if (atomic_load(&m->cancel))
 		mig_set_error(m, "cancelled");
-	else if (!mig_rp_pending_error(&src, errbuf, sizeof(errbuf)))
-		mig_set_error(m, "destination refused the migration: %s", errbuf);
-	else
-		mig_set_error(m, "sending to %s failed: %s", m->uri,
-			      src.s.errmsg[0] ? src.s.errmsg : strerror(-err));
-fail:
-	if (atomic_load(&m->cancel))
-		mig_set_error(m, "cancelled");
-	vm_set_throttle(vm, 0);
-	if (logging)
-		vm_dirty_log_stop(vm);
-	if (stopped)
-		vm_migration_abort(vm, was_running);
-	(void)end_sent;
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	if (fd >= 0) {
-		stream_release(&src.s);
-		close(fd);
-	}
-	mig_src_close_side_channels(&src);
-	free(src.bitmap);
-	free(src.sent_once);
-	free(src.predisc);
-	atomic_store(&m->postcopy_requested, false);
-	mig_releaser_join(&src);
+	vm_set_throttle(m->vm, 0);
+	mig_states_cleanup(m, false);
+	if (run->stopped)
+		vm_migration_abort(m->vm, run->was_running);
+	mig_src_release(run);
+	mig_releaser_join(&run->src);
 	mig_finish_failed(m);
+}
+
+void *mig_source_thread(void *arg)
+{
+	struct migration *m = arg;
+	struct mig_run run = {
+		.m = m, .fd = -1, .prev_pending = UINT64_MAX,
+		.src = { .m = m, .block = vm_ram_block(m->vm, 0), .urgent_fd = -1, .rp_fd = -1 },
+	};
+	enum mig_next next = MIG_NEXT_PASS;
+	int r;
+
+	pthread_mutex_lock(&m->lock);
+	run.p = m->params;
+	pthread_mutex_unlock(&m->lock);
+	if (run.p.mode == MIG_MODE_CPR_TRANSFER) {
+		mig_cpr_source(m);
+		return NULL;
+	}
+	r = mig_src_setup(&run);
+	if (!r && run.src.postcopy && atomic_load(&m->postcopy_requested))
+		next = MIG_NEXT_POSTCOPY; /* pure postcopy: switch before the first pass */
+	else if (!r)
+		r = mig_src_pass(&run);
+	while (!r && next == MIG_NEXT_PASS) {
+		r = mig_src_decide(&run, &next);
+		if (!r && next == MIG_NEXT_PASS)
+			r = mig_src_pass(&run);
+	}
+	if (!r)
+		r = next == MIG_NEXT_POSTCOPY ? mig_src_postcopy_switch(&run)
+					      : mig_src_switchover(&run);
+	if (r)
+		mig_src_failed(&run);
+	else
+		mig_src_completed(&run);
 	return NULL;
 }

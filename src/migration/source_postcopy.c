@@ -871,31 +871,21 @@ static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread)
 }
 
 /*
- * Switch to postcopy: the vCPUs are stopped and the final dirty log is in
- * src->bitmap.  Sends discards, state and RUN; serves the destination until
- * it has every page, pausing when a channel breaks and resuming on request
- * (postcopy recovery).  Returns 0 when complete, -EAGAIN when the destination
- * failed before running the guest (the caller resumes it here), other -errno
- * when the guest's state is split between the two sides.  *fdp is the main
- * connection, replaced on resume.
+ * pending = never sent, or dirtied since sent; the returned discard set =
+ * the latter, minus what the hybrid pre-discard dropped already.  NULL when
+ * out of memory.
  */
-int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp)
+static uint64_t *mig_postcopy_pending(struct mig_src *src)
 {
-	struct migration *m = src->m;
-	pthread_t rp_thread;
 	uint64_t *discard = calloc(src->bitmap_words, sizeof(uint64_t));
-	int err = 0;
 
 	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
 	src->released = calloc(src->bitmap_words, sizeof(uint64_t));
 	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
 	if (!discard || !src->pending || !src->released) {
 		free(discard);
-		mig_set_error(m, "out of memory");
-		err = -EAGAIN;
-		goto out;
+		return NULL;
 	}
-	/* pending = never sent, or dirtied since sent; discard = the latter */
 	for (uint64_t w = 0; w < src->bitmap_words; w++) {
 		uint64_t valid = w * 64 + 64 <= src->npages ? ~0ull
 				 : (1ull << (src->npages % 64)) - 1;
@@ -910,65 +900,84 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 		atomic_store(&src->pending[w], pend);
 		atomic_fetch_add(&src->pending_count, (uint64_t)__builtin_popcountll(pend));
 	}
+	return discard;
+}
+
+/* A handover step failed before RUN: the destination's reason if it gave one. */
+static int mig_postcopy_refused(struct mig_src *src, const char *fmt, const char *what)
+{
+	char why[MIG_ERROR_BYTES];
+
+	if (!mig_rp_pending_error(src, why, sizeof(why)))
+		mig_set_error(src->m, "destination refused the migration: %s", why);
+	else
+		mig_set_error(src->m, fmt, what);
+	return -EAGAIN;
+}
+
+/*
+ * The package, vCPUs stopped: discards, every state's sections, the urgent
+ * channel and the return path, RUN; then the return-path thread starts.
+ * 0, or -EAGAIN with the error set (the destination never ran the guest).
+ */
+static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t stop_ns,
+				 int fd, pthread_t *rp_thread)
+{
+	struct migration *m = src->m;
+	struct mig_save_info info = { .postcopy = true, .was_running = was_running,
+				      .stop_ns = stop_ns };
+	char why[MIG_ERROR_BYTES] = "";
+	uint64_t *discard = mig_postcopy_pending(src);
+
+	if (!discard) {
+		mig_set_error(m, "out of memory");
+		return -EAGAIN;
+	}
 	log_debug("postcopy: %" PRIu64 " pages pending, %.3f ms after the stop",
 		  atomic_load(&src->pending_count), (double)(clock_monotonic_ns() - stop_ns) / 1e6);
 	mig_send_discards(src, discard);
 	free(discard);
-	err = mig_send_sections(src, was_running, stop_ns, false);
-	if (err) {
-		char why[MIG_ERROR_BYTES];
-
-		if (!mig_rp_pending_error(src, why, sizeof(why)))
-			mig_set_error(m, "destination refused the migration: %s", why);
-		else
-			mig_set_error(m, "sending the device state failed: %s", src->s.errmsg);
-		err = -EAGAIN;
-		goto out;
-	}
+	if (mig_send_state(src, &info, false, why, sizeof(why)))
+		return mig_postcopy_refused(src, "sending the device state failed: %s", why);
 	/* Open since the advise; else now, so the destination can be answered at once. */
-	if (src->urgent_fd < 0 && mig_src_open_urgent(src)) {
-		char why[MIG_ERROR_BYTES];
-
-		if (!mig_rp_pending_error(src, why, sizeof(why)))
-			mig_set_error(m, "destination refused the migration: %s", why);
-		else
-			mig_set_error(m, "cannot open the urgent channel to %s", m->uri);
-		err = -EAGAIN;
-		goto out;
-	}
-	if (mig_src_open_rp(src, *fdp)) {
+	if (src->urgent_fd < 0 && mig_src_open_urgent(src))
+		return mig_postcopy_refused(src, "cannot open the urgent channel to %s", m->uri);
+	if (mig_src_open_rp(src, fd)) {
 		mig_set_error(m, "cannot set up the return path");
-		err = -EAGAIN;
-		goto out;
+		return -EAGAIN;
 	}
 	log_debug("postcopy: urgent channel open, %.3f ms after the stop",
 		  (double)(clock_monotonic_ns() - stop_ns) / 1e6);
 	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RUN);
-	if (stream_flush(&src->s)) {
-		char why[MIG_ERROR_BYTES];
-
-		if (!mig_rp_pending_error(src, why, sizeof(why)))
-			mig_set_error(m, "destination refused the migration: %s", why);
-		else
-			mig_set_error(m, "sending run failed: %s", src->s.errmsg);
-		err = -EAGAIN;
-		goto out;
-	}
-	if (pthread_create(&rp_thread, NULL, mig_rp_thread, src)) {
+	if (stream_flush(&src->s))
+		return mig_postcopy_refused(src, "sending run failed: %s", src->s.errmsg);
+	if (pthread_create(rp_thread, NULL, mig_rp_thread, src)) {
 		mig_set_error(m, "cannot start the return-path thread");
-		err = -EAGAIN;
-		goto out;
+		return -EAGAIN;
 	}
-	mig_publish_conns(m, *fdp, src->urgent_fd);
+	mig_publish_conns(m, fd, src->urgent_fd);
 	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
 	mig_releaser_start(src);
 	src->release_ram = true;
-	for (;;) {
-		bool ran, deliberate;
+	return 0;
+}
 
-		err = mig_postcopy_serve(src, rp_thread);
+/*
+ * Serve the destination until it holds every page, pausing when a channel
+ * breaks and resuming on request.  0 complete; -EAGAIN the destination
+ * never ran the guest; other -errno with the error set.
+ */
+static int mig_postcopy_run(struct mig_src *src, pthread_t rp_thread, int *fdp)
+{
+	struct migration *m = src->m;
+
+	for (;;) {
+		char reason[MIG_ERROR_BYTES];
+		bool ran, deliberate;
+		int err = mig_postcopy_serve(src, rp_thread);
+
 		if (!err)
-			break;
+			return 0;
 		ran = atomic_load(&src->got_running);
 		pthread_mutex_lock(&m->lock);
 		deliberate = m->pause_requested;
@@ -981,42 +990,54 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 		if (!ran && !deliberate && !src->rp_fatal &&
 		    (src->rp_result == -EPIPE || src->rp_result == -ECONNRESET)) {
 			mig_set_error(m, "%s", src->rp_error[0] ? src->rp_error : "postcopy failed");
-			err = -EAGAIN;
-			goto out;
+			return -EAGAIN;
 		}
 		if (src->rp_fatal || atomic_load(&m->cancel)) {
 			mig_set_error(m, "%s%s", src->rp_error[0] ? src->rp_error : "postcopy failed",
 				      ran ? "; the guest ran on the destination, so its state is split "
 					    "and it cannot resume here" : "");
-			err = !ran ? -EAGAIN : src->rp_result ? src->rp_result : -EIO;
-			goto out;
+			return !ran ? -EAGAIN : src->rp_result ? src->rp_result : -EIO;
 		}
 		/* A channel broke: keep every unacknowledged page and wait. */
-		{
-			char reason[MIG_ERROR_BYTES];
-
-			snprintf(reason, sizeof(reason), "%s",
-				 deliberate ? "migrate-pause"
-				 : src->rp_error[0] ? src->rp_error
-				 : stream_error(&src->s) ? src->s.errmsg : strerror(-err));
-			mig_src_drop_conns(src, fdp);
-			mig_enter_paused(m, reason);
-		}
-		err = mig_src_paused(src, fdp, &rp_thread);
-		if (err) {
+		snprintf(reason, sizeof(reason), "%s",
+			 deliberate ? "migrate-pause"
+			 : src->rp_error[0] ? src->rp_error
+			 : stream_error(&src->s) ? src->s.errmsg : strerror(-err));
+		mig_src_drop_conns(src, fdp);
+		mig_enter_paused(m, reason);
+		if (mig_src_paused(src, fdp, &rp_thread)) {
 			mig_set_error(m, "the VMM is shutting down during a paused postcopy; the guest "
 				      "stays with the destination");
-			goto out;
+			return -ECANCELED;
 		}
 		mig_leave_paused(m);
 	}
-	err = 0;
-	/* Every page is on the destination: the rest of RAM goes back too. */
-	mig_releaser_finish(src, true);
-	mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
-			    ? src->running.first_run_ns - stop_ns : 0,
-			 src->running.same_clock);
-out:
+}
+
+/*
+ * Switch to postcopy: the vCPUs are stopped and the final dirty log is in
+ * src->bitmap.  Sends discards, state and RUN; serves the destination until
+ * it has every page, pausing when a channel breaks and resuming on request
+ * (postcopy recovery).  Returns 0 when complete, -EAGAIN when the destination
+ * failed before running the guest (the caller resumes it here), other -errno
+ * when the guest's state is split between the two sides.  *fdp is the main
+ * connection, replaced on resume.
+ */
+int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp)
+{
+	struct migration *m = src->m;
+	pthread_t rp_thread;
+	int err = mig_postcopy_handover(src, was_running, stop_ns, *fdp, &rp_thread);
+
+	if (!err)
+		err = mig_postcopy_run(src, rp_thread, fdp);
+	if (!err) {
+		/* Every page is on the destination: the rest of RAM goes back too. */
+		mig_releaser_finish(src, true);
+		mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
+				    ? src->running.first_run_ns - stop_ns : 0,
+				 src->running.same_clock);
+	}
 	mig_releaser_finish(src, false); /* no-op after success */
 	mig_publish_conns(m, -1, -1);
 	mig_src_close_side_channels(src);

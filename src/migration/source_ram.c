@@ -157,3 +157,135 @@ int mig_dirty_pass(struct mig_src *src, bool protect)
 	}
 	return 0;
 }
+
+/* ---- RAM as a migratable state (state.h) ---- */
+
+static int mig_ram_save_setup(void *opaque, struct mig_save *sv)
+{
+	struct migration *m = opaque;
+	int err = vm_dirty_log_start(m->vm);
+
+	(void)sv;
+	if (err) {
+		log_error("migration: cannot start dirty logging: %s", strerror(-err));
+		return err;
+	}
+	m->ram_logging = true;
+	return 0;
+}
+
+/* Dirty pages since the last sync: read KVM's log into the pass bitmap. */
+static int mig_ram_sync(struct migration *m, struct mig_src *src)
+{
+	uint64_t now, dirty;
+	int err;
+
+	memset(src->bitmap, 0, src->bitmap_words * sizeof(uint64_t));
+	err = vm_dirty_log_get(m->vm, 0, src->bitmap);
+	if (err) {
+		log_error("migration: reading the dirty log failed: %s", strerror(-err));
+		return err;
+	}
+	now = clock_monotonic_ns();
+	dirty = mig_popcount(src->bitmap, src->bitmap_words);
+	atomic_fetch_add(&m->dirty_sync_count, 1);
+	atomic_store(&m->dirty_pages_rate,
+		     (uint64_t)((double)dirty * 1e9 / (double)(now - src->ram_sync_ns + 1)));
+	src->ram_sync_ns = now;
+	src->ram_dirty_pages = dirty;
+	return 0;
+}
+
+static int mig_ram_save_pending(void *opaque, struct mig_save *sv, bool sync, uint64_t *bytes)
+{
+	struct mig_src *src = sv->src;
+	int err = 0;
+
+	if (!src->ram_passes) {
+		*bytes = src->npages * MIG_PAGE_BYTES; /* nothing sent yet */
+		return 0;
+	}
+	if (sync)
+		err = mig_ram_sync(opaque, src);
+	*bytes = src->ram_dirty_pages * MIG_PAGE_BYTES;
+	return err;
+}
+
+/* Pass 1 sends every page; a later pass what the last sync found dirty. */
+static int mig_ram_save_iterate(void *opaque, struct mig_save *sv)
+{
+	struct mig_src *src = sv->src;
+	int err;
+
+	(void)opaque;
+	if (!src->ram_passes)
+		src->ram_sync_ns = clock_monotonic_ns();
+	err = src->ram_passes ? mig_dirty_pass(src, true) : mig_first_pass(src);
+	src->ram_passes++;
+	return err;
+}
+
+/*
+ * At a precopy stop: the pages dirtied since the last pass.  In postcopy
+ * they follow after the destination runs (source_postcopy.c); in CPR the
+ * memory is shared.
+ */
+static int mig_ram_save_complete(void *opaque, struct mig_save *sv,
+				 const struct mig_save_info *info)
+{
+	int err;
+
+	if (info->cpr || info->postcopy)
+		return 0;
+	err = mig_ram_sync(opaque, sv->src);
+	return err ? err : mig_dirty_pass(sv->src, false);
+}
+
+static void mig_ram_save_cleanup(void *opaque, bool completed)
+{
+	struct migration *m = opaque;
+
+	(void)completed;
+	if (m->ram_logging)
+		vm_dirty_log_stop(m->vm);
+	m->ram_logging = false;
+}
+
+/* CPR: the RAM blocks' memfds go to the new process; nothing is copied. */
+static int mig_ram_cpr_lend_fds(void *opaque, struct cpr_state *cs, char *err, size_t errlen)
+{
+	struct migration *m = opaque;
+
+	for (size_t i = 0; i < vm_ram_block_count(m->vm); i++) {
+		struct ram_block *rb = vm_ram_block(m->vm, i);
+		struct cpr_fd *f;
+
+		if (cs->nfds == CPR_MAX_FDS) {
+			snprintf(err, errlen, "more than %u fds to hand over", CPR_MAX_FDS);
+			return -ENOSPC;
+		}
+		f = &cs->fds[cs->nfds++];
+		f->kind = CPR_FD_RAM;
+		snprintf(f->name, sizeof(f->name), "%s", rb->name);
+		f->gpa = rb->gpa;
+		f->bytes = rb->bytes;
+		f->fd = rb->fd; /* lent, not given: the block keeps it */
+	}
+	return 0;
+}
+
+static const struct mig_state_ops mig_ram_state_ops = {
+	.name = "ram",
+	.instances = 1,
+	.save_setup = mig_ram_save_setup,
+	.save_pending = mig_ram_save_pending,
+	.save_iterate = mig_ram_save_iterate,
+	.save_complete = mig_ram_save_complete,
+	.save_cleanup = mig_ram_save_cleanup,
+	.cpr_lend_fds = mig_ram_cpr_lend_fds,
+};
+
+int mig_register_ram_state(struct migration *m)
+{
+	return migration_register_state(m, &mig_ram_state_ops, m);
+}

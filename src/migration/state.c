@@ -1,0 +1,263 @@
+/* The registry of migratable states and the engine's walks over it (state.h). */
+#include "migration/internal.h"
+
+static uint32_t mig_state_instances(struct migration *m, const struct mig_state_ops *ops)
+{
+	return ops->instances == MIG_STATE_PER_VCPU ? vm_nvcpus(m->vm) : ops->instances;
+}
+
+static bool mig_state_ops_valid(const struct mig_state_ops *ops)
+{
+	bool some_iter = ops->save_setup || ops->save_pending || ops->save_iterate;
+	bool all_iter = ops->save_setup && ops->save_pending && ops->save_iterate;
+
+	if (!ops->name || !ops->save_complete || !ops->save_cleanup || (some_iter && !all_iter))
+		return false;
+	if (ops->instances > 64)
+		return false;
+	if (ops->section_id)
+		return ops->load && ops->version && ops->min_version &&
+		       ops->min_version <= ops->version;
+	return !ops->load && !ops->load_part;
+}
+
+int migration_register_state(struct migration *m, const struct mig_state_ops *ops, void *opaque)
+{
+	if (!mig_state_ops_valid(ops)) {
+		log_error("migration: state '%s' lacks a required callback or has a bad version "
+			  "or instance count", ops->name ? ops->name : "?");
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < m->nstates; i++) {
+		if (ops->section_id && m->states[i].ops->section_id == ops->section_id) {
+			log_error("migration: section id %u of state '%s' is taken by '%s'",
+				  ops->section_id, ops->name, m->states[i].ops->name);
+			return -EEXIST;
+		}
+	}
+	if (m->nstates == MIG_STATE_MAX)
+		return -ENOSPC;
+	m->states[m->nstates++] = (struct mig_state_reg){ .ops = ops, .opaque = opaque };
+	return 0;
+}
+
+/* ---- source: the engine's walks ---- */
+
+static int mig_save_record(struct mig_save *sv, uint8_t type, uint32_t instance,
+			   uint32_t version, const void *data, uint32_t len)
+{
+	const struct mig_state_ops *ops = sv->cur->ops;
+
+	if (!ops->section_id || len > VMSTATE_SECTION_MAX_BYTES ||
+	    instance >= mig_state_instances(sv->m, ops))
+		return -EINVAL;
+	stream_put_u8(sv->s, type);
+	stream_put_u32(sv->s, ops->section_id);
+	stream_put_u32(sv->s, instance);
+	stream_put_u32(sv->s, version);
+	stream_put_u32(sv->s, len);
+	stream_put_bytes(sv->s, data, len);
+	return 0;
+}
+
+int mig_save_section(struct mig_save *sv, uint32_t instance, const void *data, uint32_t len)
+{
+	return mig_save_record(sv, MIG_REC_SECTION, instance, sv->cur->ops->version, data, len);
+}
+
+int mig_save_section_as(struct mig_save *sv, uint32_t instance, uint32_t version,
+			const void *data, uint32_t len)
+{
+	return mig_save_record(sv, MIG_REC_SECTION, instance, version, data, len);
+}
+
+int mig_save_part(struct mig_save *sv, uint32_t instance, const void *data, uint32_t len)
+{
+	return mig_save_record(sv, MIG_REC_SECTION_PART, instance, sv->cur->ops->version, data,
+			       len);
+}
+
+struct stream *mig_save_stream(struct mig_save *sv)
+{
+	return sv->s;
+}
+
+/* The first error of a callback or of the stream; the state's name in @err. */
+static int mig_save_result(struct mig_save *sv, int r, const char *phase, char *err,
+			   size_t errlen)
+{
+	if (!r && stream_error(sv->s))
+		r = stream_error(sv->s);
+	if (r && err && !err[0])
+		snprintf(err, errlen, "%s of state '%s' failed: %s", phase, sv->cur->ops->name,
+			 stream_error(sv->s) ? sv->s->errmsg : strerror(-r));
+	return r;
+}
+
+int mig_states_setup(struct mig_save *sv, char *err, size_t errlen)
+{
+	struct migration *m = sv->m;
+
+	for (unsigned i = 0; i < m->nstates; i++) {
+		sv->cur = &m->states[i];
+		if (sv->cur->ops->save_setup) {
+			int r = sv->cur->ops->save_setup(sv->cur->opaque, sv);
+
+			if (mig_save_result(sv, r, "setup", err, errlen))
+				return r ? r : stream_error(sv->s);
+		}
+	}
+	return 0;
+}
+
+int mig_states_pending(struct mig_save *sv, bool sync, uint64_t *bytes, char *err, size_t errlen)
+{
+	struct migration *m = sv->m;
+
+	*bytes = 0;
+	for (unsigned i = 0; i < m->nstates; i++) {
+		uint64_t b = 0;
+		int r;
+
+		sv->cur = &m->states[i];
+		if (!sv->cur->ops->save_pending)
+			continue;
+		r = sv->cur->ops->save_pending(sv->cur->opaque, sv, sync, &b);
+		if (r) {
+			snprintf(err, errlen, "state '%s': %s", sv->cur->ops->name, strerror(-r));
+			return r;
+		}
+		*bytes += b;
+	}
+	return 0;
+}
+
+int mig_states_iterate(struct mig_save *sv, char *err, size_t errlen)
+{
+	struct migration *m = sv->m;
+
+	for (unsigned i = 0; i < m->nstates; i++) {
+		int r;
+
+		sv->cur = &m->states[i];
+		if (!sv->cur->ops->save_iterate)
+			continue;
+		r = sv->cur->ops->save_iterate(sv->cur->opaque, sv);
+		if (mig_save_result(sv, r, "a precopy step", err, errlen))
+			return r ? r : stream_error(sv->s);
+	}
+	return 0;
+}
+
+int mig_states_complete(struct mig_save *sv, const struct mig_save_info *info, char *err,
+			size_t errlen)
+{
+	struct migration *m = sv->m;
+
+	for (unsigned i = 0; i < m->nstates; i++) {
+		int r;
+
+		sv->cur = &m->states[i];
+		r = sv->cur->ops->save_complete(sv->cur->opaque, sv, info);
+		if (mig_save_result(sv, r, "saving", err, errlen))
+			return r ? r : stream_error(sv->s);
+	}
+	return 0;
+}
+
+void mig_states_cleanup(struct migration *m, bool completed)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		m->states[i].ops->save_cleanup(m->states[i].opaque, completed);
+		if (m->states[i].ops->migration_end)
+			m->states[i].ops->migration_end(m->states[i].opaque, true, completed);
+	}
+}
+
+int mig_states_cpr_lend(struct migration *m, struct cpr_state *cs, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		int r;
+
+		if (!st->ops->cpr_lend_fds)
+			continue;
+		r = st->ops->cpr_lend_fds(st->opaque, cs, err, errlen);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* ---- destination ---- */
+
+size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *kinds)
+{
+	size_t n = 0;
+
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_ops *ops = m->states[i].ops;
+
+		if (!ops->section_id)
+			continue;
+		kinds[n++] = (struct mig_section_kind){
+			.id = ops->section_id, .name = ops->name, .required = ops->required,
+			.instances = mig_state_instances(m, ops),
+		};
+	}
+	return n;
+}
+
+static const struct mig_state_reg *mig_state_by_section(struct migration *m, uint32_t id)
+{
+	for (unsigned i = 0; i < m->nstates; i++)
+		if (m->states[i].ops->section_id == id)
+			return &m->states[i];
+	return NULL;
+}
+
+int mig_states_load(struct migration *m, uint32_t id, uint32_t instance, uint32_t version,
+		    bool part, const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	const struct mig_state_reg *st = mig_state_by_section(m, id);
+
+	if (!st) { /* mig_load checked it against the kinds: cannot happen */
+		snprintf(err, errlen, "unknown section id %u", id);
+		return -EBADMSG;
+	}
+	if (version < st->ops->min_version || version > st->ops->version) {
+		snprintf(err, errlen, "%s section version %u; this build reads %u..%u%s",
+			 st->ops->name, version, st->ops->min_version, st->ops->version,
+			 version > st->ops->version ? " (the source is newer: update this side)" : "");
+		return -EBADMSG;
+	}
+	if (part && !st->ops->load_part) {
+		snprintf(err, errlen, "%s section %u: parts are not taken here", st->ops->name,
+			 instance);
+		return -EBADMSG;
+	}
+	return (part ? st->ops->load_part : st->ops->load)(st->opaque, instance, version, data, len,
+							   err, errlen);
+}
+
+int mig_states_load_complete(struct migration *m, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		int r;
+
+		if (!st->ops->load_complete)
+			continue;
+		r = st->ops->load_complete(st->opaque, err, errlen);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+void mig_states_end(struct migration *m, bool source, bool completed)
+{
+	for (unsigned i = 0; i < m->nstates; i++)
+		if (m->states[i].ops->migration_end)
+			m->states[i].ops->migration_end(m->states[i].opaque, source, completed);
+}

@@ -1,0 +1,117 @@
+/*
+ * Migratable state: one interface for every piece of state that moves with
+ * a guest - RAM, the vCPUs, the VM's own section, each device and disk.
+ * Each registers once with the migration engine (migration_register_state)
+ * and takes part in every phase through the callbacks below; the engine
+ * knows phases and channels, never what a state is.  docs/architecture.md
+ * has the phases, the threads and a diagram.
+ *
+ * On the wire a state owns one section id (docs/stream-format.md): a whole
+ * section per instance at the stop, and optionally section parts while the
+ * guest still runs.  A destination refuses a section id nobody registered.
+ *
+ * Versions: a state writes ops->version and loads min_version..version
+ * (docs/cpr.md's policy: a build loads every older version it knows and
+ * refuses newer ones); the engine checks the range before load() sees it.
+ *
+ * Callbacks: NULL means the state has no such phase, never "do the usual";
+ * save_complete, save_cleanup and (with a section) load are required.
+ */
+#ifndef VMFERRY_MIGRATION_STATE_H
+#define VMFERRY_MIGRATION_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct migration;
+struct mig_save;
+struct cpr_state;
+struct stream;
+
+/* What the source knows about the stop, for save_complete. */
+struct mig_save_info {
+	bool cpr;          /* cpr-transfer: RAM and lent fds stay shared, nothing copied */
+	bool postcopy;     /* the postcopy package: the destination runs right after it */
+	bool was_running;  /* the guest ran when the vCPUs stopped */
+	uint64_t stop_ns;  /* CLOCK_MONOTONIC when the vCPUs began to stop */
+};
+
+#define MIG_STATE_PER_VCPU 0u /* .instances: one section per vCPU */
+#define MIG_STATE_MAX 32u     /* registrations per VM */
+
+struct mig_state_ops {
+	const char *name;       /* in messages and query-migrate */
+	uint32_t section_id;    /* its sections' id on the wire; 0: it sends no section */
+	uint32_t version;       /* written */
+	uint32_t min_version;   /* the oldest it loads */
+	uint32_t instances;     /* sections at the stop: 1..64, or MIG_STATE_PER_VCPU */
+	bool required;          /* the destination may not run the guest without them */
+
+	/*
+	 * Source, on the migration thread, guest running.  save_setup: once,
+	 * after the connection is up.  save_pending: bytes it still has to
+	 * send before the stop into *@bytes (@sync: measure afresh, e.g. read a
+	 * dirty log; false: the last figure), for the switch-over estimate.
+	 * save_iterate: one bounded step (at most a pass over its data) of
+	 * section parts or records.  All three or none.
+	 */
+	int (*save_setup)(void *opaque, struct mig_save *sv);
+	int (*save_pending)(void *opaque, struct mig_save *sv, bool sync, uint64_t *bytes);
+	int (*save_iterate)(void *opaque, struct mig_save *sv);
+	/*
+	 * Source, migration thread, vCPUs stopped: everything that is left, at
+	 * least one section per instance (mig_save_section).  @info says
+	 * whether this is a precopy stop, the postcopy package or a CPR.
+	 */
+	int (*save_complete)(void *opaque, struct mig_save *sv, const struct mig_save_info *info);
+	/*
+	 * Source, migration thread, at the end: @completed, or the migration
+	 * failed or was cancelled and the guest runs on here - undo whatever
+	 * setup started (dirty logging, throttles).  Required.
+	 */
+	void (*save_cleanup)(void *opaque, bool completed);
+	/* Source, CPR: lend fds (cpr_state_add), still owned by the state. */
+	int (*cpr_lend_fds)(void *opaque, struct cpr_state *cs, char *err, size_t errlen);
+
+	/*
+	 * Destination, on the load thread, before any vCPU runs.  load: one
+	 * whole section (version already in range); load_part: one part sent
+	 * by save_iterate.  0 or -errno with @err.
+	 */
+	int (*load)(void *opaque, uint32_t instance, uint32_t version, const uint8_t *data,
+		    uint32_t len, char *err, size_t errlen);
+	int (*load_part)(void *opaque, uint32_t instance, uint32_t version, const uint8_t *data,
+			 uint32_t len, char *err, size_t errlen);
+	/* Destination, load thread: every section is in; the vCPUs start next. */
+	int (*load_complete)(void *opaque, char *err, size_t errlen);
+	/*
+	 * Either side, once the migration is over: @source tells which side,
+	 * @completed whether it moved.  Postcopy: after the last page.
+	 */
+	void (*migration_end)(void *opaque, bool source, bool completed);
+};
+
+/*
+ * Register @ops (copied by pointer: it and @opaque outlive the migration
+ * object) before any migration starts.  0, -EINVAL (a required callback
+ * missing, a bad instance count, a section id 0 with a load), -EEXIST (its
+ * section id is taken), -ENOSPC.  Main thread.
+ */
+int migration_register_state(struct migration *m, const struct mig_state_ops *ops, void *opaque);
+
+/*
+ * Inside save callbacks: write a whole section (save_complete) or a part
+ * (save_iterate) of the calling state for @instance; at most
+ * VMSTATE_SECTION_MAX_BYTES.  Errors stick to the stream (checked by the
+ * engine); 0 or -EINVAL for a bad instance or length.
+ */
+int mig_save_section(struct mig_save *sv, uint32_t instance, const void *data, uint32_t len);
+/* The same in format @version (older formats: compatibility tests). */
+int mig_save_section_as(struct mig_save *sv, uint32_t instance, uint32_t version,
+			const void *data, uint32_t len);
+int mig_save_part(struct mig_save *sv, uint32_t instance, const void *data, uint32_t len);
+/* The stream being written, for a state that writes records of its own (RAM). */
+struct stream *mig_save_stream(struct mig_save *sv);
+
+#endif
