@@ -55,8 +55,12 @@ enum mig_mode {
 				* new process over a cpr channel, copy no RAM */
 };
 
-/* postcopy-vcpu-nice unless set (SCHED_IDLE): see bench/postcopy's vcpu-nice
- * runs in README. */
+/*
+ * postcopy-vcpu-nice unless set: the SCHED_IDLE policy.  The destination's
+ * vCPUs then run only on CPU time the threads bringing pages leave, so a
+ * vCPU walking the pages it has delays them less and requests fewer pages
+ * (1 GiB heavy pure postcopy: 341 requests against 1,502 at nice 19).
+ */
 #define MIG_POSTCOPY_VCPU_NICE_DEFAULT 20
 
 struct mig_params {
