@@ -320,13 +320,11 @@ static void mig_dst_urgent_broke(struct mig_dst *d, const char *why)
  * run at full priority (@rt, like the fault thread); while they run nicer,
  * the normal policy with a short slice, so that a requested page is placed
  * as soon as it lands rather than after the receive thread's or the push's
- * time slice (100 µs: the shortest the kernel takes).  Seventh session,
- * 1 GiB heavy pure on loopback, 3-way rounds of 8 (two batches), medians:
- * the short slice p50 57/58 µs, p99 186/166 µs, runs with a request over
- * 1 ms 2 of 16; real-time 94/82 µs, 465/309 µs, 2 of 16 (a real-time
- * wake-up crosses CPUs); the plain normal policy 60 µs, 155 µs, 3 of 8,
- * and 11 of 16 runs in an earlier A/B.
- * Kernels before 6.12 ignore the slice: plain normal policy there.
+ * time slice (100 µs: the shortest the kernel takes).  With the default
+ * slice one request in a few dozen waited 1-4 ms for this thread;
+ * real-time throughout would cost the median instead (its wake-up crosses
+ * CPUs: p50 82-94 against 57-58 µs).  Kernels before 6.12 ignore the
+ * slice: plain normal policy there.
  */
 #define MIG_URGENT_SLICE_NS 100000ull
 

@@ -123,9 +123,9 @@ struct migration {
 	 * Destination: whether the threads a faulting vCPU waits for (fault,
 	 * urgent) run real-time.  Only while the vCPUs run at full priority:
 	 * made nicer (postcopy-vcpu-nice) they leave those threads the CPU
-	 * anyway, and the normal policy wakes them next to the vCPU or thread
-	 * that woke them, which halved the page-request median on the bench
-	 * (real-time wakes go to another CPU, costly on these nested hosts).
+	 * anyway, and the normal policy wakes a thread on its waker's CPU,
+	 * where a real-time wake-up goes to another CPU, which is slow on
+	 * nested KVM (page-request p50 ~150 -> 60-70 us).
 	 */
 	atomic_bool pagepath_rt;
 

@@ -180,9 +180,7 @@ void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd)
 
 /*
  * Postcopy destination: lower the vCPUs' priority by postcopy-vcpu-nice
- * (20, the default: the SCHED_IDLE policy; against nice 19, 1 GiB heavy
- * pure postcopy on loopback, 14 alternating pairs: medians 574 vs 669 ms,
- * 341 vs 1502 requests, a quarter of the vCPU CPU; README, sixth session)
+ * (default 20, the SCHED_IDLE policy: see MIG_POSTCOPY_VCPU_NICE_DEFAULT)
  * while the background stream brings pages (@on), or put it back.  Where
  * vCPUs share cores with the migration threads, a vCPU that spins on the
  * pages it has takes the CPU the stream needs to bring the rest, and every
