@@ -78,6 +78,20 @@ static int fuzz_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 	return vmstate_cpu_check(data, len, 0, err, errlen);
 }
 
+/* A part of a vCPU's section (a state that sends while the guest runs). */
+static int fuzz_section_part(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+			     const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	struct fuzz_state *f = opaque;
+
+	(void)version; (void)data; (void)err; (void)errlen;
+	assert(len <= VMSTATE_SECTION_MAX_BYTES);
+	assert(!f->running && !f->cpr);
+	assert((id == VMSTATE_SECTION_VM && instance == 0) ||
+	       (id == VMSTATE_SECTION_CPU && instance < f->h.nvcpus));
+	return 0;
+}
+
 /* Postcopy records: the parser promises their order and bounds. */
 static int fuzz_advise(void *opaque, char *err, size_t errlen)
 {
@@ -125,6 +139,7 @@ static const struct mig_load_ops fuzz_ops = {
 	.header = fuzz_header,
 	.ram = fuzz_ram,
 	.section = fuzz_section,
+	.section_part = fuzz_section_part,
 	.pass_end = NULL, /* optional: the parser must cope */
 	.postcopy_advise = fuzz_advise,
 	.postcopy_discard = fuzz_discard,

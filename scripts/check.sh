@@ -46,7 +46,8 @@ echo "== tests under TSan"
 TSAN_PROGRAMS="unit/* integration/test_control integration/test_postcopy integration/test_cpr
 	integration/test_migration=test_matrix integration/test_migration=test_paused_guest
 	integration/test_migration=test_c* integration/test_migration=test_destination_killed
-	integration/test_migration=test_bad_requests integration/test_recovery=test_recover_unix"
+	integration/test_migration=test_bad_requests integration/test_recovery=test_recover_unix
+	integration/test_state=test_precopy integration/test_state=test_recovery"
 if make -s -j"$jobs" WERROR=1 TSAN=1 all; then
 	tsan_start=$(date +%s)
 	TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp" \

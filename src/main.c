@@ -18,6 +18,7 @@
 #include "control/control.h"
 #include "migration/cli.h"
 #include "migration/cpr.h"
+#include "devices/test_state.h"
 #include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
@@ -70,6 +71,9 @@ static void run_usage(FILE *f)
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
+		"      --test-state        add a test-only migratable state (a counter and a blob;\n"
+		"                          commands test-state-bump, query-test-state): the tests'\n"
+		"                          proof that a new state migrates in every mode\n"
 		"  -v, --verbose           debug logging\n"
 		"\n"
 		"Exit status: the guest's exit code; %d when the guest crashed; 1 on errors.\n",
@@ -181,6 +185,7 @@ static int main_run(int argc, char **argv)
 		{ "postcopy-vcpu-nice", required_argument, NULL, 'n' },
 		{ "prealloc", no_argument, NULL, 'P' },
 		{ "no-prealloc", no_argument, NULL, 'p' },
+		{ "test-state", no_argument, NULL, 'T' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
@@ -192,7 +197,8 @@ static int main_run(int argc, char **argv)
 	};
 	const char *control_path = NULL, *incoming_uri = NULL, *cpr_uri = NULL;
 	struct cpr_state cpr = { 0 };
-	bool mem_given = false, vcpus_given = false, postcopy = false;
+	bool mem_given = false, vcpus_given = false, postcopy = false, with_test_state = false;
+	struct test_state *test_state = NULL;
 	int vcpu_nice = -1; /* -1: the migration default */
 	int cpr_fd = -1;
 	struct control_server *srv = NULL;
@@ -231,6 +237,7 @@ static int main_run(int argc, char **argv)
 		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
 		case 'R': cpr_uri = optarg; break;
 		case 'Y': postcopy = true; break;
+		case 'T': with_test_state = true; break;
 		case 'n':
 			if (size_parse_uint(optarg, 0, 20, &v)) {
 				fprintf(stderr, "vmferry run: --postcopy-vcpu-nice: '%s' is not a number "
@@ -304,6 +311,8 @@ static int main_run(int argc, char **argv)
 		err = 0;
 	}
 	err = migration_create(vm, &mig);
+	if (!err && with_test_state)
+		err = test_state_create(mig, &test_state);
 	if (err)
 		goto out;
 	if (postcopy) {
@@ -326,6 +335,8 @@ static int main_run(int argc, char **argv)
 		vm_set_event_handler(vm, control_server_emit_event, srv);
 		migration_set_event_handler(mig, control_server_emit_event, srv);
 		err = migration_register_commands(mig, srv);
+		if (!err && test_state)
+			err = test_state_register_commands(test_state, srv);
 		if (err)
 			goto out;
 	}
@@ -367,6 +378,7 @@ out:
 		vm_join_vcpus(vm);
 	control_server_destroy(srv);
 	migration_destroy(mig);
+	test_state_destroy(test_state);
 	vm_destroy(vm);
 	return err ? 1 : status;
 }

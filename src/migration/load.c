@@ -302,15 +302,18 @@ static uint32_t mig_kind_instances(const struct mig_loader *l, const struct mig_
 	return k->instances == MIG_SECTION_PER_VCPU ? l->h.nvcpus : k->instances;
 }
 
-/* Has every required section arrived? */
-static bool mig_loader_state_complete(const struct mig_loader *l)
+/* Has every required section arrived?  If not, which is missing, in @what. */
+static bool mig_loader_state_complete(const struct mig_loader *l, char *what, size_t len)
 {
 	for (size_t i = 0; i < l->nkinds; i++) {
 		uint32_t n = mig_kind_instances(l, &l->kinds[i]);
-		uint64_t all = n >= 64 ? ~0ull : (1ull << n) - 1;
 
-		if (l->kinds[i].required && l->st->sections_seen[i] != all)
-			return false;
+		for (uint32_t k = 0; k < n && k < 64 && l->kinds[i].required; k++) {
+			if (!(l->st->sections_seen[i] & (1ull << k))) {
+				snprintf(what, len, "%s section %u", l->kinds[i].name, k);
+				return false;
+			}
+		}
 	}
 	return true;
 }
@@ -411,10 +414,11 @@ static int mig_rec_resume(struct mig_loader *l, char *err, size_t errlen)
 
 static int mig_rec_run(struct mig_loader *l, char *err, size_t errlen)
 {
+	char what[64];
 	int r;
 
-	if (!mig_loader_state_complete(l))
-		LOAD_FAIL("postcopy run before the state of the VM and every vCPU");
+	if (!mig_loader_state_complete(l, what, sizeof(what)))
+		LOAD_FAIL("postcopy run before the state of the VM and every device (no %s)", what);
 	r = l->ops->postcopy_run(l->opaque, err, errlen);
 	l->st->postcopy_running = !r;
 	return r;
@@ -494,8 +498,10 @@ static int mig_rec_end(struct mig_loader *l, char *err, size_t errlen)
 {
 	/* After RUN the state was checked already; precopy may also finish
 	 * normally after postcopy was advised. */
-	if (!l->st->postcopy_running && !mig_loader_state_complete(l))
-		LOAD_FAIL("stream ended without the state of the VM and every vCPU");
+	char what[64];
+
+	if (!l->st->postcopy_running && !mig_loader_state_complete(l, what, sizeof(what)))
+		LOAD_FAIL("stream ended without the state of the VM and every device (no %s)", what);
 	l->st->end_seen = true;
 	return 1;
 }
@@ -514,8 +520,7 @@ static const struct mig_record_rule mig_record_rules[MIG_REC__COUNT] = {
 				       "postcopy discard: unexpected before advise or after run",
 				       mig_rec_discard },
 	[MIG_REC_POSTCOPY_RUN] = { MIG_WHEN_ADVISED | MIG_WHEN_BEFORE_RUN,
-				   "postcopy run before the state of the VM and every vCPU",
-				   mig_rec_run },
+				   "postcopy run without advise, or twice", mig_rec_run },
 	[MIG_REC_PING] = { 0, NULL, mig_rec_ping },
 	[MIG_REC_POSTCOPY_RESUME] = { 0, NULL, mig_rec_resume },
 	[MIG_REC_CPR] = { MIG_WHEN_FIRST, "cpr record must be the first record", mig_rec_cpr },

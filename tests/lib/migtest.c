@@ -267,3 +267,25 @@ int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n)
 		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
 	return _cmocka_run_group_tests(name, tests, n, NULL, NULL);
 }
+
+int migtest_cpr_migrate(struct vmtest_vm *old, const char *main_uri, const char *cpr_uri)
+{
+	struct json_object *args = json_object_new_object(), *chans = json_object_new_array();
+	struct json_object *c;
+	int r;
+
+	c = json_object_new_object();
+	json_object_object_add(c, "type", json_object_new_string("main"));
+	json_object_object_add(c, "uri", json_object_new_string(main_uri));
+	json_object_array_add(chans, c);
+	if (cpr_uri) {
+		c = json_object_new_object();
+		json_object_object_add(c, "type", json_object_new_string("cpr"));
+		json_object_object_add(c, "uri", json_object_new_string(cpr_uri));
+		json_object_array_add(chans, c);
+	}
+	json_object_object_add(args, "channels", chans);
+	r = vmtest_call(old, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}

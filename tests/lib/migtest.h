@@ -52,6 +52,8 @@ struct migtest_cpr_target {
  */
 void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 			   const char *const extra[]);
+/* migrate with a main and (if not NULL) a cpr channel; 0 or the vmtest_call error. */
+int migtest_cpr_migrate(struct vmtest_vm *old, const char *main_uri, const char *cpr_uri);
 /* migrate-set-capabilities for one capability; 0 or the vmtest_call error. */
 int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on);
 /* migrate-set-parameters with the JSON text @json; 0 or the vmtest_call error. */

@@ -1022,6 +1022,164 @@ static void test_cpr_stream(void **state)
 	}
 }
 
+/* ---- tests: section kinds given by the consumer, and section parts ---- */
+
+#define T_DEV_ID 100u
+
+struct tdev {
+	unsigned parts, sections;
+};
+
+static int tdev_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+			const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	struct tdev *d = opaque;
+
+	(void)instance; (void)version; (void)data; (void)len; (void)err; (void)errlen;
+	if (id == T_DEV_ID)
+		d->sections++;
+	return 0;
+}
+
+static int tdev_part(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
+		     const uint8_t *data, uint32_t len, char *err, size_t errlen)
+{
+	struct tdev *d = opaque;
+
+	(void)instance; (void)version; (void)data; (void)len; (void)err; (void)errlen;
+	assert_int_equal(id, T_DEV_ID);
+	d->parts++;
+	return 0;
+}
+
+static const struct mig_section_kind tdev_kinds[] = {
+	{ .id = VMSTATE_SECTION_VM, .name = "vm", .instances = 1, .required = true },
+	{ .id = T_DEV_ID, .name = "dev", .instances = 2, .required = true },
+};
+
+static const struct mig_load_ops tdev_ops = {
+	.section_kinds = tdev_kinds,
+	.nsection_kinds = 2,
+	.ram = mig_load_ram_skip,
+	.section = tdev_section,
+	.section_part = tdev_part,
+	.cpr = tload_cpr,
+};
+
+static void put_part(struct tbuf *b, uint32_t id, uint32_t inst)
+{
+	tbuf_u8(b, MIG_REC_SECTION_PART);
+	tbuf_u32(b, id);
+	tbuf_u32(b, inst);
+	tbuf_u32(b, 1);
+	tbuf_u32(b, 3);
+	tbuf_bytes(b, "abc", 3);
+}
+
+/* Load @b with @ops: the result, the message in @err. */
+static int tdev_load(const struct tbuf *b, const struct mig_load_ops *ops, struct tdev *d,
+		     struct mig_load_stats *st, char *err, size_t errlen)
+{
+	struct stream s;
+	int r;
+
+	memset(d, 0, sizeof(*d));
+	err[0] = 0;
+	stream_init_mem(&s, b->p, b->len);
+	r = mig_load(&s, ops, d, st, err, errlen);
+	stream_release(&s);
+	return r;
+}
+
+static void tdev_expect_bad(const struct tbuf *b, const struct mig_load_ops *ops,
+			    const char *needle)
+{
+	struct tdev d;
+	struct mig_load_stats st;
+	char err[512];
+	int r = tdev_load(b, ops, &d, &st, err, sizeof(err));
+
+	if (r != -EBADMSG || !strstr(err, needle))
+		fail_msg("expected -EBADMSG with \"%s\", got %d \"%s\"", needle, r, err);
+}
+
+static void test_section_kinds_and_parts(void **state)
+{
+	struct tbuf b = { 0 };
+	struct tdev d;
+	struct mig_load_stats st;
+	struct mig_load_ops no_parts = tdev_ops;
+	char err[512];
+
+	(void)state;
+	/* Parts of both instances while the guest runs, then whole sections. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_part(&b, T_DEV_ID, 0);
+	put_part(&b, T_DEV_ID, 1);
+	put_part(&b, T_DEV_ID, 0); /* parts may repeat */
+	put_vm_section(&b, 0);
+	put_section(&b, T_DEV_ID, 1, 1, "x", 1);
+	put_section(&b, T_DEV_ID, 0, 1, "y", 1);
+	put_end(&b);
+	assert_int_equal(tdev_load(&b, &tdev_ops, &d, &st, err, sizeof(err)), 0);
+	assert_int_equal(d.parts, 3);
+	assert_int_equal(d.sections, 2);
+	assert_int_equal(st.section_parts, 3);
+	assert_int_equal(mig_load_sections_seen(&tdev_ops, &st, T_DEV_ID), 3);
+	/* A cpu section is not a kind this consumer takes. */
+	assert_int_equal(mig_load_sections_seen(&tdev_ops, &st, VMSTATE_SECTION_CPU), 0);
+	tbuf_free(&b);
+
+	/* A required instance missing: named. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_vm_section(&b, 0);
+	put_section(&b, T_DEV_ID, 0, 1, "y", 1);
+	put_end(&b);
+	tdev_expect_bad(&b, &tdev_ops, "no dev section 1");
+	tbuf_free(&b);
+
+	/* Instances beyond the kind's, whole sections twice, unknown ids. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_part(&b, T_DEV_ID, 2);
+	tdev_expect_bad(&b, &tdev_ops, "dev section 2 unexpected");
+	tbuf_free(&b);
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_section(&b, T_DEV_ID, 1, 1, "x", 1);
+	put_section(&b, T_DEV_ID, 1, 1, "x", 1);
+	tdev_expect_bad(&b, &tdev_ops, "dev section 1 unexpected");
+	tbuf_free(&b);
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_part(&b, VMSTATE_SECTION_CPU, 0);
+	tdev_expect_bad(&b, &tdev_ops, "unknown section id 2");
+	tbuf_free(&b);
+
+	/* A consumer without parts refuses them; a cpr stream carries none. */
+	no_parts.section_part = NULL;
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_part(&b, T_DEV_ID, 0);
+	tdev_expect_bad(&b, &no_parts, "parts are not taken here");
+	tbuf_free(&b);
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_cpr(&b);
+	put_part(&b, T_DEV_ID, 0);
+	tdev_expect_bad(&b, &tdev_ops, "cpr-transfer");
+	tbuf_free(&b);
+
+	/* Cut inside a part: an I/O error, not a crash. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_part(&b, T_DEV_ID, 0);
+	b.len -= 2;
+	assert_int_not_equal(tdev_load(&b, &tdev_ops, &d, &st, err, sizeof(err)), 0);
+	assert_int_equal(d.parts, 0);
+	tbuf_free(&b);
+
+	/* The default kinds (vm, cpu) refuse a device's parts and sections. */
+	put_header(&b, 1, 1, T_BLOCK_PAGES);
+	put_part(&b, T_DEV_ID, 0);
+	expect_bad(&b, "unknown section id 100");
+	tbuf_free(&b);
+}
+
 /* ---- tests: the return path ---- */
 
 static void put_rp_running(struct tbuf *b, uint64_t first_run_ns, uint8_t same, uint64_t load_ns)
@@ -1725,6 +1883,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_valid_minimal),
+		cmocka_unit_test(test_section_kinds_and_parts),
 		cmocka_unit_test(test_valid_limits),
 		cmocka_unit_test(test_valid_any_order),
 		cmocka_unit_test(test_valid_stops_at_end),
