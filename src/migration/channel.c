@@ -16,6 +16,20 @@
 
 #include "util/log.h"
 
+int channel_parse(const char *text, struct channel *out, char *err, size_t errlen)
+{
+	int r = channel_uri_parse(text, &out->cu, err, errlen);
+
+	if (r)
+		return r;
+	if (strlen(text) >= sizeof(out->uri)) {
+		snprintf(err, errlen, "address of %zu bytes is too long", strlen(text));
+		return -EINVAL;
+	}
+	snprintf(out->uri, sizeof(out->uri), "%s", text);
+	return 0;
+}
+
 int channel_uri_parse(const char *text, struct channel_uri *out, char *err, size_t errlen)
 {
 	memset(out, 0, sizeof(*out));

@@ -28,6 +28,16 @@ struct channel_uri {
  */
 int channel_uri_parse(const char *text, struct channel_uri *out, char *err, size_t errlen);
 
+/* A channel's address: as the user wrote it, and parsed (once). */
+#define CHANNEL_URI_BYTES (CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES)
+struct channel {
+	char uri[CHANNEL_URI_BYTES];
+	struct channel_uri cu;
+};
+
+/* channel_uri_parse, keeping @text too.  0 or -EINVAL with @err. */
+int channel_parse(const char *text, struct channel *out, char *err, size_t errlen);
+
 /* Listen on @uri (unix: an existing stale socket file is replaced).  fd or -errno. */
 int channel_listen(const struct channel_uri *uri);
 

@@ -10,7 +10,7 @@ struct json_object *migration_query(struct migration *m)
 		enum mig_status status;
 		enum mig_mode mode;
 		char error[MIG_ERROR_BYTES];
-		char uri[sizeof(m->uri)];
+		char uri[sizeof(m->main_ch.uri)];
 		uint64_t start_ns, setup_ns, end_ns, downtime_ns, expected_downtime_ms;
 		bool downtime_known, downtime_same_clock, pc_stats_valid;
 		struct postcopy_dst_stats pc_stats;
@@ -23,7 +23,7 @@ struct json_object *migration_query(struct migration *m)
 	snap.status = m->status;
 	snap.mode = m->params.mode;
 	memcpy(snap.error, m->error, sizeof(snap.error));
-	memcpy(snap.uri, m->uri, sizeof(snap.uri));
+	memcpy(snap.uri, m->main_ch.uri, sizeof(snap.uri));
 	snap.start_ns = m->start_ns;
 	snap.setup_ns = m->setup_ns;
 	snap.end_ns = m->end_ns;
@@ -421,7 +421,7 @@ static int mig_cmd_recover(void *opaque, struct json_object *args, struct json_o
 		*ret = json_object_new_object();
 		pthread_mutex_lock(&m->lock);
 		json_object_object_add(*ret, "uri", json_object_new_string(m->recover_fd >= 0
-									  ? m->recover_uri : m->uri));
+									  ? m->recover_ch.uri : m->main_ch.uri));
 		pthread_mutex_unlock(&m->lock);
 	}
 	return r;

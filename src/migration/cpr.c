@@ -233,22 +233,26 @@ int cpr_parse_ack(const uint8_t *msg, size_t len, int *status, char *text, size_
 
 /* ---- sockets ---- */
 
-static int cpr_uri_path(const char *uri, struct sockaddr_un *sa, char *err, size_t errlen)
+static int cpr_channel_path(const struct channel_uri *cu, struct sockaddr_un *sa, char *err,
+			    size_t errlen)
 {
-	struct channel_uri cu;
-	int r = channel_uri_parse(uri, &cu, err, errlen);
-
-	if (r)
-		return r;
-	if (cu.kind != CHANNEL_UNIX) {
+	if (cu->kind != CHANNEL_UNIX) {
 		snprintf(err, errlen, "the cpr channel must be a UNIX socket (unix:PATH): it carries "
 			 "file descriptors, which only a UNIX socket can pass");
 		return -EINVAL;
 	}
 	memset(sa, 0, sizeof(*sa));
 	sa->sun_family = AF_UNIX;
-	snprintf(sa->sun_path, sizeof(sa->sun_path), "%s", cu.path);
+	snprintf(sa->sun_path, sizeof(sa->sun_path), "%s", cu->path);
 	return 0;
+}
+
+static int cpr_uri_path(const char *uri, struct sockaddr_un *sa, char *err, size_t errlen)
+{
+	struct channel_uri cu;
+	int r = channel_uri_parse(uri, &cu, err, errlen);
+
+	return r ? r : cpr_channel_path(&cu, sa, err, errlen);
 }
 
 int cpr_listen(const char *uri, char *err, size_t errlen)
@@ -294,10 +298,20 @@ int cpr_accept(int listen_fd, int timeout_ms)
 
 int cpr_connect(const char *uri, int timeout_ms, int cancel_fd, char *err, size_t errlen)
 {
+	struct channel ch;
+	int r = channel_parse(uri, &ch, err, errlen);
+
+	return r ? r : cpr_connect_channel(&ch, timeout_ms, cancel_fd, err, errlen);
+}
+
+int cpr_connect_channel(const struct channel *ch, int timeout_ms, int cancel_fd, char *err,
+			size_t errlen)
+{
 	uint64_t deadline = clock_monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;
+	const char *uri = ch->uri;
 	int backoff_ms = 1;
 	struct sockaddr_un sa;
-	int r = cpr_uri_path(uri, &sa, err, errlen);
+	int r = cpr_channel_path(&ch->cu, &sa, err, errlen);
 
 	if (r)
 		return r;
@@ -595,8 +609,8 @@ static int mig_cpr_handover(struct mig_cpr_run *run)
 	struct migration *m = run->m;
 	int err;
 
-	run->cfd = cpr_connect(m->cpr_uri, MIG_CPR_CONNECT_WAIT_MS, m->cancel_fd, run->errbuf,
-			       sizeof(run->errbuf));
+	run->cfd = cpr_connect_channel(&m->cpr_ch, MIG_CPR_CONNECT_WAIT_MS, m->cancel_fd,
+				       run->errbuf, sizeof(run->errbuf));
 	if (run->cfd < 0) {
 		mig_set_error(m, "%s", run->errbuf);
 		return -1;
@@ -604,7 +618,7 @@ static int mig_cpr_handover(struct mig_cpr_run *run)
 	run->peer = cpr_peer_pid(run->cfd);
 	run->pidfd = run->peer > 0 ? (int)syscall(SYS_pidfd_open, run->peer, 0) : -1;
 	if (run->pidfd < 0) {
-		mig_set_error(m, "cannot watch the process behind %s (pid %d): %s", m->cpr_uri,
+		mig_set_error(m, "cannot watch the process behind %s (pid %d): %s", m->cpr_ch.uri,
 			      run->peer, strerror(run->peer > 0 ? errno : -run->peer));
 		return -1;
 	}

@@ -107,6 +107,10 @@ int cpr_accept(int listen_fd, int timeout_ms);
  * when @cancel_fd (may be -1) becomes readable.  fd or -errno with @err.
  */
 int cpr_connect(const char *uri, int timeout_ms, int cancel_fd, char *err, size_t errlen);
+/* The same with the address parsed already (a migration's cpr channel). */
+struct channel;
+int cpr_connect_channel(const struct channel *ch, int timeout_ms, int cancel_fd, char *err,
+			size_t errlen);
 /* The process id at the other end of a connected cpr socket, or -errno. */
 int cpr_peer_pid(int sock);
 

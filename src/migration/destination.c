@@ -584,8 +584,8 @@ static void mig_dst_close_listener(struct migration *m)
 	if (m->listen_fd >= 0) {
 		close(m->listen_fd);
 		m->listen_fd = -1;
-		if (m->curi.kind == CHANNEL_UNIX)
-			unlink(m->curi.path);
+		if (m->main_ch.cu.kind == CHANNEL_UNIX)
+			unlink(m->main_ch.cu.path);
 	}
 }
 
@@ -675,10 +675,9 @@ static int mig_dst_wait_recover(struct migration *m)
 	}
 	m->listen_fd = m->recover_fd;
 	m->recover_fd = -1;
-	m->curi = m->recover_curi;
-	snprintf(m->uri, sizeof(m->uri), "%s", m->recover_uri);
+	m->main_ch = m->recover_ch;
 	pthread_mutex_unlock(&m->lock);
-	log_info("postcopy: waiting on %s for the source to resume", m->uri);
+	log_info("postcopy: waiting on %s for the source to resume", m->main_ch.uri);
 	return 0;
 }
 
@@ -826,7 +825,7 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 			if (r == -ECANCELED || mig_closing(m))
 				return -ECANCELED;
 			mig_dst_drop_conns(m, d, s, fdp);
-			mig_replace_error(m, "postcopy paused: a resume attempt on %s failed: %s", m->uri,
+			mig_replace_error(m, "postcopy paused: a resume attempt on %s failed: %s", m->main_ch.uri,
 					  why);
 		}
 		mig_leave_paused(m);

@@ -109,9 +109,9 @@ struct migration {
 	bool closing;             /* the VMM is going: no new migrations */
 	bool thread_joinable;
 	pthread_t thread;
-	char uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
-	struct channel_uri curi;
-	char cpr_uri[CHANNEL_PATH_BYTES + 8]; /* source, cpr-transfer: "unix:PATH" */
+	struct channel main_ch;   /* the main channel (source: its destination; destination:
+				   * where it listens, port 0 resolved) */
+	struct channel cpr_ch;    /* source, cpr-transfer: "unix:PATH" */
 	bool cpr_incoming;        /* destination: RAM inherited over the cpr channel */
 	uint8_t cpr_token[MIG_CPR_TOKEN_BYTES];
 	struct stream *stream;    /* live stream, for cancel */
@@ -135,11 +135,9 @@ struct migration {
 	int urgent_conn_fd;       /* the urgent connection, likewise */
 	bool pause_requested;     /* migrate-pause: the break is deliberate */
 	bool resume_requested;    /* source: migrate {"resume": true} given ... */
-	struct channel_uri resume_curi; /* ... to this address */
-	char resume_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	struct channel resume_ch; /* ... to this address */
 	int recover_fd;           /* destination: migrate-recover's listening socket, -1 none */
-	struct channel_uri recover_curi;
-	char recover_uri[CHANNEL_HOST_BYTES + CHANNEL_PATH_BYTES];
+	struct channel recover_ch;
 	_Atomic uint64_t postcopy_pauses;
 	_Atomic uint64_t resume_failures; /* source: resume attempts that failed */
 

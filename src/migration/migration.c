@@ -334,8 +334,8 @@ void migration_destroy(struct migration *m)
 	migration_shutdown(m);
 	if (m->listen_fd >= 0)
 		close(m->listen_fd);
-	if (m->curi.kind == CHANNEL_UNIX && m->incoming)
-		unlink(m->curi.path);
+	if (m->main_ch.cu.kind == CHANNEL_UNIX && m->incoming)
+		unlink(m->main_ch.cu.path);
 	if (m->recover_fd >= 0)
 		close(m->recover_fd);
 	close(m->cancel_fd);
@@ -389,14 +389,14 @@ static void mig_reset_stats(struct migration *m)
 
 int migration_resume(struct migration *m, const char *uri, char *err, size_t errlen)
 {
-	struct channel_uri cu;
+	struct channel ch;
 	int r;
 
 	if (!uri) {
 		snprintf(err, errlen, "resume needs the destination's recovery address in \"uri\"");
 		return -EINVAL;
 	}
-	r = channel_uri_parse(uri, &cu, err, errlen);
+	r = channel_parse(uri, &ch, err, errlen);
 	if (r)
 		return r;
 	pthread_mutex_lock(&m->lock);
@@ -405,11 +405,10 @@ int migration_resume(struct migration *m, const char *uri, char *err, size_t err
 			 "one is %s%s)", m->incoming ? "incoming, " : "", mig_status_name(m->status));
 		r = -EINVAL;
 	} else if (m->resume_requested) {
-		snprintf(err, errlen, "already resuming to %s", m->resume_uri);
+		snprintf(err, errlen, "already resuming to %s", m->resume_ch.uri);
 		r = -EBUSY;
 	} else {
-		m->resume_curi = cu;
-		snprintf(m->resume_uri, sizeof(m->resume_uri), "%s", uri);
+		m->resume_ch = ch;
 		m->resume_requested = true;
 		pthread_cond_broadcast(&m->cond);
 	}
@@ -447,11 +446,11 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 			     char *err, size_t errlen)
 {
 	enum vm_runstate rs = vm_get_runstate(m->vm);
-	struct channel_uri cu, cpr_cu;
+	struct channel main_ch, cpr_ch = { .uri = "" };
 	struct mig_params p;
 	int r;
 
-	r = channel_uri_parse(uri, &cu, err, errlen);
+	r = channel_parse(uri, &main_ch, err, errlen);
 	if (r)
 		return r;
 	pthread_mutex_lock(&m->lock);
@@ -464,10 +463,10 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 				 "{\"type\": \"cpr\", \"uri\": \"unix:PATH\"}]}");
 			return -EINVAL;
 		}
-		r = channel_uri_parse(cpr_uri, &cpr_cu, err, errlen);
+		r = channel_parse(cpr_uri, &cpr_ch, err, errlen);
 		if (r)
 			return r;
-		if (cpr_cu.kind != CHANNEL_UNIX) {
+		if (cpr_ch.cu.kind != CHANNEL_UNIX) {
 			snprintf(err, errlen, "the cpr channel must be a UNIX socket (unix:PATH): it "
 				 "carries file descriptors");
 			return -EINVAL;
@@ -514,9 +513,8 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 	}
 	mig_reset_stats(m);
 	m->incoming = false; /* a guest that arrived here may move on */
-	m->curi = cu;
-	snprintf(m->uri, sizeof(m->uri), "%s", uri);
-	snprintf(m->cpr_uri, sizeof(m->cpr_uri), "%s", cpr_uri ? cpr_uri : "");
+	m->main_ch = main_ch;
+	m->cpr_ch = cpr_ch;
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
 	mig_set_status(m, MIG_STATUS_SETUP);
 	r = -pthread_create(&m->thread, NULL, mig_source_thread, m);
@@ -598,15 +596,14 @@ static void mig_listen_uri(int fd, const struct channel_uri *cu, char *uri, size
 
 int migration_recover(struct migration *m, const char *uri, char *err, size_t errlen)
 {
-	struct channel_uri cu;
-	char real[sizeof(m->recover_uri)];
+	struct channel ch;
 	int r, fd;
 
 	if (!uri) {
 		snprintf(err, errlen, "migrate-recover needs the address to listen on in \"uri\"");
 		return -EINVAL;
 	}
-	r = channel_uri_parse(uri, &cu, err, errlen);
+	r = channel_parse(uri, &ch, err, errlen);
 	if (r)
 		return r;
 	pthread_mutex_lock(&m->lock);
@@ -616,19 +613,18 @@ int migration_recover(struct migration *m, const char *uri, char *err, size_t er
 		r = -EINVAL;
 	} else if (m->recover_fd >= 0 || m->listen_fd >= 0) {
 		snprintf(err, errlen, "already waiting for the source to resume on %s",
-			 m->recover_fd >= 0 ? m->recover_uri : m->uri);
+			 m->recover_fd >= 0 ? m->recover_ch.uri : m->main_ch.uri);
 		r = -EBUSY;
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (r)
 		return r;
-	fd = channel_listen(&cu);
+	fd = channel_listen(&ch.cu);
 	if (fd < 0) {
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-fd));
 		return fd;
 	}
-	snprintf(real, sizeof(real), "%s", uri);
-	mig_listen_uri(fd, &cu, real, sizeof(real));
+	mig_listen_uri(fd, &ch.cu, ch.uri, sizeof(ch.uri));
 	pthread_mutex_lock(&m->lock);
 	if (m->status != MIG_STATUS_POSTCOPY_PAUSED || m->recover_fd >= 0 || m->listen_fd >= 0) {
 		pthread_mutex_unlock(&m->lock); /* lost a race with shutdown or another recover */
@@ -637,35 +633,33 @@ int migration_recover(struct migration *m, const char *uri, char *err, size_t er
 		return -EBUSY;
 	}
 	m->recover_fd = fd;
-	m->recover_curi = cu;
-	snprintf(m->recover_uri, sizeof(m->recover_uri), "%s", real);
+	m->recover_ch = ch;
 	pthread_cond_broadcast(&m->cond);
 	pthread_mutex_unlock(&m->lock);
-	log_info("migration: migrate-recover: listening on %s", real);
+	log_info("migration: migrate-recover: listening on %s", ch.uri);
 	return 0;
 }
 
 int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
 			     char *err, size_t errlen)
 {
-	int r = channel_uri_parse(uri, &m->curi, err, errlen);
+	int r = channel_parse(uri, &m->main_ch, err, errlen);
 
 	if (r)
 		return r;
 	m->incoming = true;
-	snprintf(m->uri, sizeof(m->uri), "%s", uri);
-	m->listen_fd = channel_listen(&m->curi);
+	m->listen_fd = channel_listen(&m->main_ch.cu);
 	if (m->listen_fd < 0) {
 		r = m->listen_fd;
 		m->listen_fd = -1;
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-r));
 		return r;
 	}
-	mig_listen_uri(m->listen_fd, &m->curi, m->uri, sizeof(m->uri));
+	mig_listen_uri(m->listen_fd, &m->main_ch.cu, m->main_ch.uri, sizeof(m->main_ch.uri));
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
 	mig_reset_stats(m);
 	mig_set_status(m, MIG_STATUS_SETUP);
-	log_info("waiting for an incoming migration on %s", m->uri);
+	log_info("waiting for an incoming migration on %s", m->main_ch.uri);
 	if (prealloc)
 		m->prealloc_joinable =
 			pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;

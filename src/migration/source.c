@@ -96,10 +96,10 @@ int mig_src_connect(struct mig_src *src)
 {
 	struct migration *m = src->m;
 	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
-	int fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS), err;
+	int fd = channel_connect(&m->main_ch.cu, MIG_CONNECT_TIMEOUT_MS), err;
 
 	if (fd < 0) {
-		mig_set_error(m, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		mig_set_error(m, "cannot connect to %s: %s", m->main_ch.uri, strerror(-fd));
 		return -1;
 	}
 	err = stream_init(&src->s, fd, MIG_IO_TIMEOUT_MS);
@@ -152,9 +152,9 @@ static int mig_src_stream_failed(struct mig_run *run, int err)
 	else if (!mig_rp_pending_error(&run->src, why, sizeof(why)))
 		mig_set_error(m, "destination refused the migration: %s", why);
 	else if (run->errbuf[0])
-		mig_set_error(m, "sending to %s failed: %s", m->uri, run->errbuf);
+		mig_set_error(m, "sending to %s failed: %s", m->main_ch.uri, run->errbuf);
 	else
-		mig_set_error(m, "sending to %s failed: %s", m->uri,
+		mig_set_error(m, "sending to %s failed: %s", m->main_ch.uri,
 			      run->src.s.errmsg[0] ? run->src.s.errmsg : strerror(-err));
 	return -1;
 }
@@ -475,7 +475,7 @@ static void mig_src_completed(struct mig_run *run)
 	if (!mig_set_status(m, MIG_STATUS_COMPLETED))
 		log_debug("migration: completed after a late cancel");
 	log_info("migration to %s completed: %.1f ms total, downtime %.3f ms",
-		 m->uri, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
+		 m->main_ch.uri, (double)(m->end_ns - m->start_ns) / 1e6, (double)m->downtime_ns / 1e6);
 	log_debug("migration: the migration thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
 	mig_releaser_join(&run->src); /* completed: the rest of release-ram is housekeeping */
 }

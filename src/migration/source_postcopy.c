@@ -617,10 +617,10 @@ int mig_prediscard(struct mig_src *src, char *err, size_t errlen)
 	return mig_ping_wait(src, "the discards", err, errlen);
 }
 
-/* Open the urgent channel to m->curi and start it with its magic.  0 or -errno. */
+/* Open the urgent channel to m->main_ch.cu and start it with its magic.  0 or -errno. */
 int mig_src_open_urgent(struct mig_src *src)
 {
-	src->urgent_fd = channel_connect(&src->m->curi, MIG_CONNECT_TIMEOUT_MS);
+	src->urgent_fd = channel_connect(&src->m->main_ch.cu, MIG_CONNECT_TIMEOUT_MS);
 	if (src->urgent_fd < 0 || stream_init(&src->urgent, src->urgent_fd, MIG_IO_TIMEOUT_MS)) {
 		if (src->urgent_fd >= 0)
 			close(src->urgent_fd);
@@ -751,7 +751,7 @@ static int mig_src_apply_received(struct mig_src *src, const struct mig_rp_msg *
 }
 
 /*
- * Resume a paused postcopy on m->curi: connect, send the header and RESUME,
+ * Resume a paused postcopy on m->main_ch.cu: connect, send the header and RESUME,
  * read the destination's RECEIVED bitmap, open the urgent channel and the
  * return path.  On success *fdp is the new main connection and the
  * return-path thread runs.  0 or -errno with @why.
@@ -764,9 +764,9 @@ static int mig_src_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread, c
 	char err[256];
 	int fd, r;
 
-	fd = channel_connect(&m->curi, MIG_CONNECT_TIMEOUT_MS);
+	fd = channel_connect(&m->main_ch.cu, MIG_CONNECT_TIMEOUT_MS);
 	if (fd < 0) {
-		snprintf(why, whylen, "cannot connect to %s: %s", m->uri, strerror(-fd));
+		snprintf(why, whylen, "cannot connect to %s: %s", m->main_ch.uri, strerror(-fd));
 		return fd;
 	}
 	r = stream_init(&src->s, fd, MIG_IO_TIMEOUT_MS);
@@ -802,7 +802,7 @@ static int mig_src_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread, c
 		return r;
 	r = mig_src_open_urgent(src);
 	if (r) {
-		snprintf(why, whylen, "cannot open the urgent channel to %s", m->uri);
+		snprintf(why, whylen, "cannot open the urgent channel to %s", m->main_ch.uri);
 		return r;
 	}
 	r = mig_src_open_rp(src, fd);
@@ -856,15 +856,14 @@ static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread)
 			return -ECANCELED;
 		}
 		m->resume_requested = false;
-		m->curi = m->resume_curi;
-		snprintf(m->uri, sizeof(m->uri), "%s", m->resume_uri);
+		m->main_ch = m->resume_ch;
 		pthread_mutex_unlock(&m->lock);
-		log_info("postcopy: resuming to %s", m->uri);
+		log_info("postcopy: resuming to %s", m->main_ch.uri);
 		r = mig_src_resume(src, fdp, rp_thread, why, sizeof(why));
 		if (!r)
 			return 0;
 		mig_src_drop_conns(src, fdp);
-		mig_replace_error(m, "postcopy paused: resuming to %s failed: %s", m->uri, why);
+		mig_replace_error(m, "postcopy paused: resuming to %s failed: %s", m->main_ch.uri, why);
 		atomic_fetch_add(&m->resume_failures, 1);
 	}
 }
@@ -940,7 +939,7 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 		return mig_postcopy_refused(src, "sending the device state failed: %s", why);
 	/* Open since the advise; else now, so the destination can be answered at once. */
 	if (src->urgent_fd < 0 && mig_src_open_urgent(src))
-		return mig_postcopy_refused(src, "cannot open the urgent channel to %s", m->uri);
+		return mig_postcopy_refused(src, "cannot open the urgent channel to %s", m->main_ch.uri);
 	if (mig_src_open_rp(src, fd)) {
 		mig_set_error(m, "cannot set up the return path");
 		return -EAGAIN;
