@@ -16,98 +16,7 @@
  * attention), between the check and KVM_RUN (immediate_exit makes KVM_RUN
  * return at once), or inside KVM_RUN (it returns -EINTR).
  */
-#include "vmm/vm.h"
-
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/kvm.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sched.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#include <json-c/json.h>
-
-#include "util/log.h"
-#include "vmm/guest_image.h"
-
-#define VM_KICK_SIGNAL SIGUSR1
-#define VM_SLEEP_MAX_US 1000000u
-#define VM_TSS_GPA 0xfffbd000ull
-#define VM_THROTTLE_PERIOD_US 20000u
-
-struct vcpu {
-	struct vm *vm;
-	unsigned index;
-	int fd;                 /* KVM vCPU fd, owned */
-	struct kvm_run *run;    /* shared with KVM */
-	size_t run_bytes;
-	pthread_t thread;
-	bool thread_started;
-	uint32_t time_hi_latch; /* vCPU thread only */
-	uint64_t entry_rip;
-	uint64_t throttle_seen;  /* vCPU thread only */
-	_Atomic int tid;         /* the vCPU thread's, once it runs; 0 before */
-	int base_nice;           /* its nice when it started (set before tid) */
-};
-
-struct vm {
-	struct vm_config config;
-	int kvm_fd, vm_fd;
-	struct ram_block ram;
-	struct guest_spec guest;
-	unsigned nvcpus;
-	struct vcpu *vcpus;
-	int console_fd;        /* owned unless it is stdout */
-	bool console_owned;
-	_Atomic uint64_t moves; /* see vm_moves_get() */
-	_Atomic int vcpu_nice;  /* see vm_set_vcpu_nice() */
-
-	vm_event_fn *event_fn;
-	void *event_opaque;
-
-	pthread_mutex_t lock;  /* protects everything below */
-	pthread_cond_t cond;   /* broadcast on any change below */
-	enum vm_runstate runstate;
-	unsigned pause_depth;  /* > 0: vCPUs must park */
-	unsigned nparked;      /* vCPU threads parked or gone */
-	bool quit;
-	int exit_status;
-	bool exit_status_forced;
-	char crash_report[2048];
-	atomic_int attention;  /* pause_depth > 0 || quit; read lock-free */
-
-	/* Guest clock: guest_ns = now - clock_base_ns while running. */
-	_Atomic uint64_t clock_base_ns;
-	uint64_t clock_frozen_ns;
-	bool clock_frozen;
-
-	uint64_t start_ns;     /* vm_create() entry */
-	_Atomic uint64_t first_exit_ns;
-	_Atomic uint64_t first_console_ns;
-	atomic_bool warned_port;
-
-	/* Migration support. */
-	_Atomic uint64_t first_unpark_ns; /* set by the first vCPU let go */
-	bool dirty_logging;               /* lock */
-	bool ram_detached;     /* guest RAM removed from KVM (vm_detach_ram) */
-	bool ram_arriving;     /* postcopy destination: pages still to come */
-	_Atomic uint64_t *vmm_dirty;      /* one bit per page of ram, or NULL */
-	_Atomic unsigned throttle_pct;
-	_Atomic uint64_t throttle_gen;    /* bumped every throttle period */
-	pthread_t throttle_thread;
-	bool throttle_running;            /* lock */
-};
+#include "vmm/vm_internal.h"
 
 /* ---- run state table ---- */
 
@@ -169,7 +78,7 @@ static bool vm_runstate_terminal(enum vm_runstate s)
 }
 
 /* Lock held.  Moves the state; an invalid move is a bug in this file. */
-static void vm_set_runstate_locked(struct vm *vm, enum vm_runstate to)
+void vm_set_runstate_locked(struct vm *vm, enum vm_runstate to)
 {
 	if (!vm_runstate_transition_ok(vm->runstate, to)) {
 		log_error("vm: invalid run state transition %s -> %s",
@@ -180,7 +89,7 @@ static void vm_set_runstate_locked(struct vm *vm, enum vm_runstate to)
 	pthread_cond_broadcast(&vm->cond);
 }
 
-static void vm_emit(struct vm *vm, const char *event, struct json_object *data)
+void vm_emit(struct vm *vm, const char *event, struct json_object *data)
 {
 	if (vm->event_fn)
 		vm->event_fn(vm->event_opaque, event, data);
@@ -189,12 +98,12 @@ static void vm_emit(struct vm *vm, const char *event, struct json_object *data)
 
 /* ---- guest clock ---- */
 
-static uint64_t vm_guest_clock_ns(struct vm *vm)
+uint64_t vm_guest_clock_ns(struct vm *vm)
 {
 	return clock_monotonic_ns() - vm->clock_base_ns;
 }
 
-static void vm_clock_freeze_locked(struct vm *vm)
+void vm_clock_freeze_locked(struct vm *vm)
 {
 	if (vm->clock_frozen)
 		return;
@@ -202,7 +111,7 @@ static void vm_clock_freeze_locked(struct vm *vm)
 	vm->clock_frozen = true;
 }
 
-static void vm_clock_thaw_locked(struct vm *vm)
+void vm_clock_thaw_locked(struct vm *vm)
 {
 	if (!vm->clock_frozen)
 		return;
@@ -235,7 +144,7 @@ static void vm_kick_all_locked(struct vm *vm)
 			pthread_kill(vm->vcpus[i].thread, VM_KICK_SIGNAL);
 }
 
-static unsigned vm_nthreads(struct vm *vm)
+unsigned vm_nthreads(struct vm *vm)
 {
 	unsigned n = 0;
 
@@ -253,14 +162,14 @@ static void vm_pause_request_locked(struct vm *vm)
 }
 
 /* Lock held.  Pause and wait until every vCPU thread is parked. */
-static void vm_pause_locked(struct vm *vm)
+void vm_pause_locked(struct vm *vm)
 {
 	vm_pause_request_locked(vm);
 	while (vm->nparked < vm_nthreads(vm))
 		pthread_cond_wait(&vm->cond, &vm->lock);
 }
 
-static void vm_resume_locked(struct vm *vm)
+void vm_resume_locked(struct vm *vm)
 {
 	if (vm->pause_depth == 0) {
 		log_error("vm: resume without pause");
@@ -272,7 +181,7 @@ static void vm_resume_locked(struct vm *vm)
 }
 
 /* vCPU thread.  Returns true when the thread must exit. */
-static bool vcpu_park(struct vcpu *vcpu)
+bool vcpu_park(struct vcpu *vcpu)
 {
 	struct vm *vm = vcpu->vm;
 	bool quit;
@@ -490,7 +399,7 @@ static void vcpu_throttle(struct vcpu *vcpu)
 
 /* Nice @vcpu's thread by @nice relative to where it started, or (@nice
  * VM_VCPU_NICE_IDLE) put it in SCHED_IDLE.  0 or -errno. */
-static int vcpu_renice(struct vcpu *vcpu, int tid, int nice)
+int vcpu_renice(struct vcpu *vcpu, int tid, int nice)
 {
 	struct sched_param sp = { 0 };
 	int want = vcpu->base_nice + nice;
@@ -511,7 +420,7 @@ static int vcpu_renice(struct vcpu *vcpu, int tid, int nice)
  * that vm_set_vcpu_nice() set before it existed.  Both sides store, then
  * load (sequentially consistent), so at least one of them renices it.
  */
-static void vcpu_nice_start(struct vcpu *vcpu)
+void vcpu_nice_start(struct vcpu *vcpu)
 {
 	int tid = (int)syscall(SYS_gettid), nice;
 
@@ -702,7 +611,7 @@ static int vm_open_kvm(struct vm *vm)
 	return 0;
 }
 
-static int vm_set_memslot(struct vm *vm, uint32_t slot, struct ram_block *b, uint32_t flags)
+int vm_set_memslot(struct vm *vm, uint32_t slot, struct ram_block *b, uint32_t flags)
 {
 	struct kvm_userspace_memory_region region = {
 		.slot = slot,
@@ -1173,607 +1082,4 @@ enum vm_runstate vm_get_runstate(struct vm *vm)
 	s = vm->runstate;
 	pthread_mutex_unlock(&vm->lock);
 	return s;
-}
-
-/* ---- queries ---- */
-
-static struct json_object *json_u64(uint64_t v)
-{
-	return json_object_new_uint64(v);
-}
-
-/*
- * A copy of the boot info page, read from the memfd rather than through the
- * guest's mapping: during postcopy that page may not have arrived, and
- * touching it through the mapping would block the caller (the control
- * thread) until it does - forever while the migration is paused.  A page
- * not received yet reads as zeros (or stale), never blocks.
- */
-static void vm_read_boot_info(struct vm *vm, struct vmf_boot_info *out)
-{
-	if (pread(vm->ram.fd, out, sizeof(*out), VMF_BOOT_INFO_GPA) != (ssize_t)sizeof(*out))
-		memset(out, 0, sizeof(*out));
-}
-
-struct json_object *vm_query_status(struct vm *vm)
-{
-	struct json_object *o = json_object_new_object();
-	struct json_object *t = json_object_new_object();
-	uint64_t fe = vm->first_exit_ns, fc = vm->first_console_ns;
-	enum vm_runstate s;
-	char crash[sizeof(vm->crash_report)];
-	uint64_t guest_clock;
-
-	pthread_mutex_lock(&vm->lock);
-	s = vm->runstate;
-	snprintf(crash, sizeof(crash), "%s", vm->crash_report);
-	guest_clock = vm->clock_frozen ? vm->clock_frozen_ns : vm_guest_clock_ns(vm);
-	pthread_mutex_unlock(&vm->lock);
-
-	json_object_object_add(o, "status", json_object_new_string(vm_runstate_name(s)));
-	json_object_object_add(o, "running", json_object_new_boolean(s == VM_RUNSTATE_RUNNING));
-	{
-		/* After a migration the name is only in guest RAM's boot info. */
-		struct vmf_boot_info bi;
-		char name[VMF_WORKLOAD_NAME_BYTES];
-
-		vm_read_boot_info(vm, &bi);
-		for (size_t k = 0; k < sizeof(name); k++)
-			name[k] = s == VM_RUNSTATE_INMIGRATE ? vm->guest.name[k] : bi.workload[k];
-		name[sizeof(name) - 1] = 0;
-		json_object_object_add(o, "guest", json_object_new_string(name));
-	}
-	json_object_object_add(o, "vcpus", json_object_new_int((int)vm->nvcpus));
-	json_object_object_add(o, "ram-bytes", json_u64(vm->config.ram_bytes));
-	json_object_object_add(o, "guest-clock-ns", json_u64(guest_clock));
-	json_object_object_add(o, "moves", json_u64(atomic_load(&vm->moves)));
-	if (crash[0])
-		json_object_object_add(o, "crash", json_object_new_string(crash));
-	/* Absolute CLOCK_MONOTONIC stamps, so a benchmark on this host can
-	 * measure from its own fork(). */
-	json_object_object_add(t, "create-ns", json_u64(vm->start_ns));
-	if (fe)
-		json_object_object_add(t, "first-instruction-ns", json_u64(fe));
-	if (fc)
-		json_object_object_add(t, "first-console-ns", json_u64(fc));
-	json_object_object_add(o, "boot", t);
-	return o;
-}
-
-struct json_object *vm_query_vcpus(struct vm *vm)
-{
-	struct json_object *arr = json_object_new_array();
-	bool paused_here;
-
-	pthread_mutex_lock(&vm->lock);
-	paused_here = vm_nthreads(vm) > 0;
-	if (paused_here)
-		vm_pause_locked(vm);
-	pthread_mutex_unlock(&vm->lock);
-
-	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
-		struct json_object *o = json_object_new_object();
-		struct kvm_regs r;
-		struct kvm_sregs s;
-
-		json_object_object_add(o, "cpu-index", json_object_new_int((int)i));
-		if (ioctl(v->fd, KVM_GET_REGS, &r) == 0 && ioctl(v->fd, KVM_GET_SREGS, &s) == 0) {
-			static const char *const names[] = {
-				"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-				"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-				"rip", "rflags",
-			};
-			uint64_t vals[] = {
-				r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp,
-				r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
-				r.rip, r.rflags,
-			};
-
-			for (size_t k = 0; k < sizeof(vals) / sizeof(vals[0]); k++)
-				json_object_object_add(o, names[k], json_u64(vals[k]));
-			json_object_object_add(o, "cr0", json_u64(s.cr0));
-			json_object_object_add(o, "cr2", json_u64(s.cr2));
-			json_object_object_add(o, "cr3", json_u64(s.cr3));
-			json_object_object_add(o, "cr4", json_u64(s.cr4));
-			json_object_object_add(o, "efer", json_u64(s.efer));
-			json_object_object_add(o, "cpl", json_object_new_int(s.cs.dpl));
-		} else {
-			json_object_object_add(o, "error", json_object_new_string(strerror(errno)));
-		}
-		json_object_array_add(arr, o);
-	}
-
-	if (paused_here) {
-		pthread_mutex_lock(&vm->lock);
-		vm_resume_locked(vm);
-		pthread_mutex_unlock(&vm->lock);
-	}
-	return arr;
-}
-
-struct json_object *vm_query_memory(struct vm *vm)
-{
-	struct json_object *o = json_object_new_object();
-	struct json_object *blocks = json_object_new_array();
-	struct json_object *b = json_object_new_object();
-
-	json_object_object_add(b, "name", json_object_new_string(vm->ram.name));
-	json_object_object_add(b, "gpa", json_u64(vm->ram.gpa));
-	json_object_object_add(b, "size", json_u64(vm->ram.bytes));
-	json_object_object_add(b, "backend", json_object_new_string("memfd"));
-	json_object_object_add(b, "shared", json_object_new_boolean(1));
-	json_object_array_add(blocks, b);
-	json_object_object_add(o, "blocks", blocks);
-	json_object_object_add(o, "total", json_u64(vm->ram.bytes));
-	return o;
-}
-
-static const char *vm_phase_name(uint64_t phase)
-{
-	switch (phase) {
-	case VMF_PHASE_BOOTING: return "booting";
-	case VMF_PHASE_SETUP: return "setup";
-	case VMF_PHASE_RUNNING: return "running";
-	case VMF_PHASE_DONE: return "done";
-	}
-	return "invalid";
-}
-
-struct json_object *vm_query_workload(struct vm *vm)
-{
-	struct vmf_boot_info bi_copy, *bi = &bi_copy;
-	struct json_object *o = json_object_new_object();
-	struct json_object *arr = json_object_new_array();
-	uint64_t total = 0;
-
-	vm_read_boot_info(vm, bi);
-	{
-		char name[VMF_WORKLOAD_NAME_BYTES];
-
-		/* From guest RAM: after a migration the destination learns it there. */
-		for (size_t k = 0; k < sizeof(name); k++)
-			name[k] = bi->workload[k];
-		name[sizeof(name) - 1] = 0;
-		json_object_object_add(o, "workload", json_object_new_string(name));
-	}
-	for (unsigned i = 0; i < vm->nvcpus && i < VMF_MAX_VCPUS; i++) {
-		struct json_object *v = json_object_new_object();
-		uint64_t writes = bi->stats[i].writes;
-
-		json_object_object_add(v, "vcpu", json_object_new_int((int)i));
-		json_object_object_add(v, "phase", json_object_new_string(vm_phase_name(bi->stats[i].phase)));
-		json_object_object_add(v, "passes", json_u64(bi->stats[i].passes));
-		json_object_object_add(v, "writes", json_u64(writes));
-		json_object_object_add(v, "gpa", json_u64(bi->range[i].gpa));
-		json_object_object_add(v, "bytes", json_u64(bi->range[i].bytes));
-		json_object_array_add(arr, v);
-		total += writes;
-	}
-	json_object_object_add(o, "vcpus", arr);
-	json_object_object_add(o, "writes", json_u64(total));
-	json_object_object_add(o, "guest-clock-ns", json_u64(vm->clock_frozen ? vm->clock_frozen_ns
-								  : vm_guest_clock_ns(vm)));
-	return o;
-}
-
-static bool vm_page_is_zero(const uint8_t *p, size_t len)
-{
-	const uint64_t *q = (const uint64_t *)p;
-
-	for (size_t i = 0; i < len / 8; i++)
-		if (q[i])
-			return false;
-	return true;
-}
-
-static int vm_dump_range(int fd, const struct ram_block *b, uint64_t off, uint64_t end)
-{
-	const size_t chunk = 64 * 1024;
-
-	for (; off < end; off += chunk) {
-		size_t n = (size_t)(end - off < chunk ? end - off : chunk);
-		const uint8_t *src = b->host + off;
-		size_t done = 0;
-
-		if (vm_page_is_zero(src, n))
-			continue;
-		while (done < n) {
-			ssize_t w = pwrite(fd, src + done, n - done, (off_t)(b->gpa + off + done));
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				return w < 0 ? -errno : -EIO;
-			done += (size_t)w;
-		}
-	}
-	return 0;
-}
-
-int vm_set_vcpu_nice(struct vm *vm, int nice)
-{
-	int err = 0;
-
-	if (nice < 0 || nice > VM_VCPU_NICE_IDLE)
-		return -EINVAL;
-	if (nice == atomic_load(&vm->vcpu_nice))
-		return 0;
-	/* Only if it can be undone: lowering a priority is a one-way door
-	 * without CAP_SYS_NICE.  Every vCPU thread starts at the process's
-	 * nice (threads inherit it), which is the one to get back to. */
-	if (nice) {
-		int base;
-
-		errno = 0;
-		base = getpriority(PRIO_PROCESS, 0);
-		if (errno || !thread_nice_reversible(base))
-			return -EPERM;
-	}
-	atomic_store(&vm->vcpu_nice, nice);
-	for (unsigned i = 0; i < vm->nvcpus; i++) {
-		int tid = atomic_load(&vm->vcpus[i].tid), r;
-
-		if (!tid)
-			continue; /* vcpu_nice_start() applies it */
-		r = vcpu_renice(&vm->vcpus[i], tid, nice);
-		if (r && !err)
-			err = r;
-	}
-	return err;
-}
-
-void vm_set_ram_arriving(struct vm *vm, bool arriving)
-{
-	pthread_mutex_lock(&vm->lock);
-	vm->ram_arriving = arriving;
-	pthread_mutex_unlock(&vm->lock);
-}
-
-int vm_dump_memory(struct vm *vm, const char *path)
-{
-	struct ram_block *b = &vm->ram;
-	bool paused_here;
-	off_t data, hole;
-	int fd, err = 0;
-
-	/* Before the file is created: a refused dump leaves it alone. */
-	pthread_mutex_lock(&vm->lock);
-	err = vm->ram_arriving ? -EBUSY : vm->ram_detached ? -ENODATA : 0;
-	pthread_mutex_unlock(&vm->lock);
-	if (err)
-		return err;
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		err = -errno;
-		log_error("dump-guest-memory: cannot create %s: %s", path, strerror(errno));
-		return err;
-	}
-	pthread_mutex_lock(&vm->lock);
-	paused_here = vm_nthreads(vm) > 0;
-	if (paused_here)
-		vm_pause_locked(vm);
-	pthread_mutex_unlock(&vm->lock);
-
-	/* Walk only the memfd's data extents: holes were never written. */
-	for (data = 0; (uint64_t)data < b->bytes; data = hole) {
-		data = lseek(b->fd, data, SEEK_DATA);
-		if (data < 0)
-			break; /* ENXIO: no more data */
-		hole = lseek(b->fd, data, SEEK_HOLE);
-		if (hole < 0 || (uint64_t)hole > b->bytes)
-			hole = (off_t)b->bytes;
-		err = vm_dump_range(fd, b, (uint64_t)data, (uint64_t)hole);
-		if (err)
-			break;
-	}
-	if (!err && ftruncate(fd, (off_t)(b->gpa + b->bytes)) < 0)
-		err = -errno;
-
-	if (paused_here) {
-		pthread_mutex_lock(&vm->lock);
-		vm_resume_locked(vm);
-		pthread_mutex_unlock(&vm->lock);
-	}
-	if (close(fd) < 0 && !err)
-		err = -errno;
-	if (err)
-		log_error("dump-guest-memory: writing %s failed: %s", path, strerror(-err));
-	return err;
-}
-
-size_t vm_ram_block_count(struct vm *vm)
-{
-	(void)vm;
-	return 1;
-}
-
-struct ram_block *vm_ram_block(struct vm *vm, size_t index)
-{
-	return index == 0 ? &vm->ram : NULL;
-}
-
-/* ---- migration support ---- */
-
-unsigned vm_nvcpus(struct vm *vm) { return vm->nvcpus; }
-int vm_vcpu_fd(struct vm *vm, unsigned index) { return index < vm->nvcpus ? vm->vcpus[index].fd : -1; }
-int vm_kvm_fd(struct vm *vm) { return vm->kvm_fd; }
-int vm_vm_fd(struct vm *vm) { return vm->vm_fd; }
-
-int vm_migration_stop(struct vm *vm, uint64_t *stopped_ns, bool *was_running)
-{
-	pthread_mutex_lock(&vm->lock);
-	if (vm->runstate != VM_RUNSTATE_RUNNING && vm->runstate != VM_RUNSTATE_PAUSED) {
-		pthread_mutex_unlock(&vm->lock);
-		return -EINVAL;
-	}
-	*was_running = vm->runstate == VM_RUNSTATE_RUNNING;
-	/* The guest's pause starts with the first vCPU asked to stop. */
-	*stopped_ns = clock_monotonic_ns();
-	/*
-	 * The vCPU threads keep their scheduling class: changing the class of
-	 * threads running in the guest slows both the stop and the start (a
-	 * real-time class took the stop from 0.2 to 4 ms on nested KVM).
-	 */
-	if (*was_running)
-		vm_pause_locked(vm);
-	log_debug("migration: stopping the vCPUs took %.3f ms",
-		  (double)(clock_monotonic_ns() - *stopped_ns) / 1e6);
-	if (vm->runstate != VM_RUNSTATE_RUNNING && vm->runstate != VM_RUNSTATE_PAUSED) {
-		/* The guest crashed or exited while we stopped it. */
-		if (*was_running)
-			vm_resume_locked(vm);
-		pthread_mutex_unlock(&vm->lock);
-		return -EINVAL;
-	}
-	vm_set_runstate_locked(vm, VM_RUNSTATE_FINISH_MIGRATE);
-	vm_clock_freeze_locked(vm);
-	pthread_mutex_unlock(&vm->lock);
-	if (*was_running)
-		vm_emit(vm, "STOP", NULL);
-	return 0;
-}
-
-void vm_migration_abort(struct vm *vm, bool was_running)
-{
-	pthread_mutex_lock(&vm->lock);
-	if (vm->runstate != VM_RUNSTATE_FINISH_MIGRATE) {
-		pthread_mutex_unlock(&vm->lock);
-		return;
-	}
-	if (was_running) {
-		vm_set_runstate_locked(vm, VM_RUNSTATE_RUNNING);
-		vm_clock_thaw_locked(vm);
-		vm_resume_locked(vm);
-	} else {
-		vm_set_runstate_locked(vm, VM_RUNSTATE_PAUSED);
-	}
-	pthread_mutex_unlock(&vm->lock);
-	if (was_running)
-		vm_emit(vm, "RESUME", NULL);
-}
-
-void vm_migration_complete(struct vm *vm)
-{
-	pthread_mutex_lock(&vm->lock);
-	if (vm->runstate == VM_RUNSTATE_FINISH_MIGRATE)
-		vm_set_runstate_locked(vm, VM_RUNSTATE_POSTMIGRATE);
-	pthread_mutex_unlock(&vm->lock);
-}
-
-int vm_incoming_finish(struct vm *vm, bool run, uint64_t *first_run_ns)
-{
-	pthread_mutex_lock(&vm->lock);
-	if (vm->runstate != VM_RUNSTATE_INMIGRATE) {
-		pthread_mutex_unlock(&vm->lock);
-		return -EINVAL;
-	}
-	if (!run) {
-		vm_set_runstate_locked(vm, VM_RUNSTATE_PAUSED);
-		pthread_mutex_unlock(&vm->lock);
-		*first_run_ns = 0;
-		return 0;
-	}
-	vm->first_unpark_ns = 0;
-	vm_set_runstate_locked(vm, VM_RUNSTATE_RUNNING);
-	vm_clock_thaw_locked(vm);
-	vm_resume_locked(vm);
-	pthread_mutex_unlock(&vm->lock);
-	/* vCPU threads stamp first_unpark_ns as they leave vcpu_park(). */
-	for (int i = 0; i < 100000 && !vm->first_unpark_ns; i++)
-		sched_yield();
-	*first_run_ns = vm->first_unpark_ns ? vm->first_unpark_ns : clock_monotonic_ns();
-	vm_emit(vm, "RESUME", NULL);
-	return 0;
-}
-
-uint64_t vm_guest_clock_get(struct vm *vm)
-{
-	uint64_t v;
-
-	pthread_mutex_lock(&vm->lock);
-	v = vm->clock_frozen ? vm->clock_frozen_ns : vm_guest_clock_ns(vm);
-	pthread_mutex_unlock(&vm->lock);
-	return v;
-}
-
-uint64_t vm_moves_get(struct vm *vm)
-{
-	return atomic_load(&vm->moves);
-}
-
-void vm_moves_set(struct vm *vm, uint64_t moves)
-{
-	atomic_store(&vm->moves, moves);
-}
-
-void vm_guest_clock_set(struct vm *vm, uint64_t ns)
-{
-	pthread_mutex_lock(&vm->lock);
-	vm->clock_frozen = true;
-	vm->clock_frozen_ns = ns;
-	pthread_mutex_unlock(&vm->lock);
-}
-
-static uint64_t vm_block_pages(const struct ram_block *b)
-{
-	return b->bytes / VMF_PAGE_BYTES;
-}
-
-int vm_dirty_log_start(struct vm *vm)
-{
-	uint64_t words = (vm_block_pages(&vm->ram) + 63) / 64;
-	int err;
-
-	pthread_mutex_lock(&vm->lock);
-	if (vm->dirty_logging) {
-		pthread_mutex_unlock(&vm->lock);
-		return -EBUSY;
-	}
-	if (!vm->vmm_dirty)
-		vm->vmm_dirty = calloc(words, sizeof(uint64_t));
-	if (!vm->vmm_dirty) {
-		pthread_mutex_unlock(&vm->lock);
-		return -ENOMEM;
-	}
-	err = vm_set_memslot(vm, 0, &vm->ram, KVM_MEM_LOG_DIRTY_PAGES);
-	vm->dirty_logging = err == 0;
-	pthread_mutex_unlock(&vm->lock);
-	return err;
-}
-
-int vm_detach_ram(struct vm *vm)
-{
-	struct kvm_userspace_memory_region region = { .slot = 0 };
-	int err = 0;
-
-	pthread_mutex_lock(&vm->lock);
-	if (vm->runstate != VM_RUNSTATE_FINISH_MIGRATE && vm->runstate != VM_RUNSTATE_POSTMIGRATE) {
-		err = -EINVAL;
-	} else if (!vm->ram_detached) {
-		/* A memslot of size 0 deletes it. */
-		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-			err = -errno;
-		else
-			vm->ram_detached = true;
-	}
-	pthread_mutex_unlock(&vm->lock);
-	return err;
-}
-
-int vm_dirty_log_stop(struct vm *vm)
-{
-	int err = 0;
-
-	pthread_mutex_lock(&vm->lock);
-	if (vm->dirty_logging && !vm->ram_detached)
-		err = vm_set_memslot(vm, 0, &vm->ram, 0);
-	vm->dirty_logging = false;
-	pthread_mutex_unlock(&vm->lock);
-	return err;
-}
-
-int vm_dirty_log_get(struct vm *vm, size_t block, uint64_t *bitmap)
-{
-	struct kvm_dirty_log log = { .slot = (uint32_t)block, .dirty_bitmap = bitmap };
-	uint64_t words = (vm_block_pages(&vm->ram) + 63) / 64;
-
-	if (block != 0)
-		return -EINVAL;
-	if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
-		int err = -errno;
-
-		log_error("KVM_GET_DIRTY_LOG failed: %s", strerror(errno));
-		return err;
-	}
-	for (uint64_t i = 0; vm->vmm_dirty && i < words; i++)
-		bitmap[i] |= atomic_exchange(&vm->vmm_dirty[i], 0);
-	return 0;
-}
-
-int vm_dirty_log_clear(struct vm *vm, size_t block, uint64_t first_page,
-		       uint32_t npages, const uint64_t *bits)
-{
-	struct kvm_clear_dirty_log c = {
-		.slot = (uint32_t)block, .first_page = first_page,
-		.num_pages = npages, .dirty_bitmap = (void *)bits,
-	};
-
-	if (block != 0 || first_page % 64)
-		return -EINVAL;
-	if (ioctl(vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &c) < 0) {
-		int err = -errno;
-
-		log_error("KVM_CLEAR_DIRTY_LOG(%llu, %u) failed: %s",
-			  (unsigned long long)first_page, npages, strerror(errno));
-		return err;
-	}
-	return 0;
-}
-
-int vm_ram_write(struct vm *vm, uint64_t gpa, const void *data, size_t len)
-{
-	struct ram_block *b = &vm->ram;
-
-	if (!ram_block_contains(b, gpa, len))
-		return -EFAULT;
-	memcpy(b->host + (gpa - b->gpa), data, len);
-	if (vm->vmm_dirty && len) {
-		uint64_t first = (gpa - b->gpa) / VMF_PAGE_BYTES;
-		uint64_t last = (gpa - b->gpa + len - 1) / VMF_PAGE_BYTES;
-
-		for (uint64_t p = first; p <= last; p++)
-			atomic_fetch_or(&vm->vmm_dirty[p / 64], 1ull << (p % 64));
-	}
-	return 0;
-}
-
-static void *vm_throttle_thread(void *arg)
-{
-	struct vm *vm = arg;
-	struct timespec period = { 0, VM_THROTTLE_PERIOD_US * 1000l };
-
-	while (atomic_load(&vm->throttle_pct)) {
-		nanosleep(&period, NULL);
-		pthread_mutex_lock(&vm->lock);
-		vm->throttle_gen++;
-		for (unsigned i = 0; i < vm->nvcpus; i++)
-			if (vm->vcpus[i].thread_started)
-				pthread_kill(vm->vcpus[i].thread, VM_KICK_SIGNAL);
-		pthread_mutex_unlock(&vm->lock);
-	}
-	return NULL;
-}
-
-void vm_set_throttle(struct vm *vm, unsigned pct)
-{
-	bool join = false;
-
-	if (pct > 99)
-		pct = 99;
-	pthread_mutex_lock(&vm->lock);
-	atomic_store(&vm->throttle_pct, pct);
-	if (pct && !vm->throttle_running) {
-		sigset_t block, old;
-
-		sigemptyset(&block);
-		sigaddset(&block, VM_KICK_SIGNAL);
-		pthread_sigmask(SIG_BLOCK, &block, &old);
-		vm->throttle_running =
-			pthread_create(&vm->throttle_thread, NULL, vm_throttle_thread, vm) == 0;
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
-	} else if (!pct && vm->throttle_running) {
-		vm->throttle_running = false;
-		join = true;
-	}
-	pthread_mutex_unlock(&vm->lock);
-	if (join)
-		pthread_join(vm->throttle_thread, NULL);
-	if (pct)
-		log_info("vCPUs throttled to %u%%", 100 - pct);
-}
-
-unsigned vm_get_throttle(struct vm *vm)
-{
-	return atomic_load(&vm->throttle_pct);
 }
