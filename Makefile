@@ -54,7 +54,11 @@ TLIB_SRC := $(sort $(wildcard tests/lib/*.c))
 TLIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(TLIB_SRC))
 UNIT_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INT_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(INT_SRC))
-BENCH_SRC:= $(sort $(wildcard bench/*.c))
+# bench/*.c are programs, but for the benchmarks' library.
+BENCH_LIB_SRC := bench/wire.c
+BENCH_LIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(BENCH_LIB_SRC))
+BENCH_LIB     := $(BUILD)/libbench.a
+BENCH_SRC:= $(filter-out $(BENCH_LIB_SRC),$(sort $(wildcard bench/*.c)))
 BENCH_BIN:= $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 TOOL_SRC := $(sort $(wildcard tools/*.c))
 TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
@@ -113,13 +117,18 @@ $(BUILD)/tools/%.c.o: tools/%.c
 $(LIB): $(LIB_OBJ) $(GEN_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+$(BENCH_LIB): $(BENCH_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
 $(BIN): $(BUILD)/src/main.c.o $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.c.o $(TLIB_OBJ) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(LIB)
+# The unit test of bench/wire.c's scheduling core.
+$(BUILD)/tests/unit/test_wire: $(BENCH_LIB)
+$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(BENCH_LIB) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/tools/%: $(BUILD)/tools/%.c.o $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
