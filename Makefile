@@ -55,7 +55,7 @@ TLIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(TLIB_SRC))
 UNIT_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INT_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(INT_SRC))
 # bench/*.c are programs, but for the benchmarks' library.
-BENCH_LIB_SRC := bench/wire.c
+BENCH_LIB_SRC := bench/bench.c bench/wire.c
 BENCH_LIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(BENCH_LIB_SRC))
 BENCH_LIB     := $(BUILD)/libbench.a
 BENCH_SRC:= $(filter-out $(BENCH_LIB_SRC),$(sort $(wildcard bench/*.c)))

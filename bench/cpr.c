@@ -25,7 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "bench_common.h"
+#include "bench.h"
 
 struct cpr_opts {
 	const char *bin;

@@ -120,14 +120,14 @@
  *
  * Exit status: 0 (even when runs fail; see the JSON), 1 when the benchmark
  * itself cannot work, 2 usage, 77 without /dev/kvm.  Cleanup as in
- * bench/precopy (bench_common.h); POSTCOPY_KEEP=1 keeps the temporary
+ * bench/precopy (bench.h); POSTCOPY_KEEP=1 keeps the temporary
  * directory with the last run's VMM logs (a failed run's tails go to stderr).
  */
 #include <dirent.h>
 #include <getopt.h>
 #include <stdio.h>
 
-#include "bench_common.h"
+#include "bench.h"
 
 #define BENCH_VETH_DELAY_US    500     /* per direction, netem or wire */
 #define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */

@@ -57,7 +57,7 @@
 #include <getopt.h>
 #include <stdio.h>
 
-#include "bench_common.h"
+#include "bench.h"
 
 static const struct bench_workload {
 	const char *name;

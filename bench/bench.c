@@ -1,25 +1,10 @@
-/*
- * bench/bench_common.h: what the migration benchmarks (bench/precopy,
- * bench/postcopy) share: child processes and their cleanup on exit and on
- * signals, two network namespaces joined by a shaped veth pair or by
- * bench/wire.h's user-space link (with a janitor that removes them if we
- * die unseen), the link bandwidth probe,
- * the VMMs and their control calls, the source's final figures, the check
- * of the destination, and JSON output with medians.
- *
- * A header of static functions rather than a .c file: the Makefile makes a
- * program of every .c file in bench/.  Include it once per program.  Its
- * main() sets bench_prog (the prefix of messages) and bench_keep_env (the
- * variable that, when set, keeps the temporary directory and its VMM logs),
- * then calls bench_setup() before anything else here.  Everything runs on
- * the main thread, except the short-lived threads of the bandwidth probe
- * and of bench_socket_in().
- */
-#ifndef VMFERRY_BENCH_COMMON_H
-#define VMFERRY_BENCH_COMMON_H
+/* What the migration benchmarks share; see bench.h. */
+#include "bench.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -27,8 +12,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,12 +19,8 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <arpa/inet.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <json-c/json.h>
-#include <math.h>
 
 #include "control/client.h"
 #include "util/log.h"
@@ -49,78 +28,61 @@
 #include "util/size.h"
 #include "verify/verify.h"
 
-#include "wire.h"
-
-#define BENCH_MAX_SIZES        8
-#define BENCH_MAX_RUNS         32
-#define BENCH_PAGE_BYTES       4096ull
-#define BENCH_VETH_RATE_BPS    1000000000ull   /* bits/s */
-#define BENCH_CMD_TIMEOUT_MS   10000
-#define BENCH_CONNECT_MS       10000
-#define BENCH_READY_MS         60000           /* source vCPUs all "running" */
-#define BENCH_PROGRESS_MS      5000            /* destination guest moves on */
-#define BENCH_POLL_MS          20
-#define BENCH_PROBE_IO_S       60              /* per read/write of the probe */
-#define BENCH_LOG_TAIL_BYTES   2048
-
-enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };
-
-static const char *const bench_transport_names[] = { "loopback-tcp", "veth-1gbit", "wire-1gbit" };
-static const char *const bench_transport_opts[] = { "loopback", "veth", "wire" };
-
-/* Two simulated hosts: namespaces ns[0] (source) and ns[1] (destination). */
-struct bench_netns {
-	char ns[2][32];
-	char veth[2][16];
-	char addr[2][16];
-	char ip_path[32];
-	const char *del_argv[2][5];
-	volatile sig_atomic_t created[2];
-	char shaper[8];          /* "netem", "tbf" or "wire" (bench/wire.h) */
-	unsigned delay_us;       /* added per direction (netem or wire) */
-	struct wire wire;        /* the user-space link, for BENCH_WIRE */
-	pid_t janitor_pid;       /* > 0 while the janitor runs */
-	int janitor_fd;          /* its pipe's write end, while janitor_pid > 0 */
-};
-
-/* One migration: the source's final query-migrate and the destination check. */
-struct bench_result {
-	bool completed, verified;
-	char status[16];
-	char error[256];
-	char verify_error[256];
-	double link_bps;                 /* bytes/s, 0 unknown */
-	double ram_link_bps;             /* the same, memory to memory; 0 unknown */
-	double link_rtt_us;              /* median round trip, idle link; 0 unknown */
-	double total_ms, downtime_ms, setup_ms;
-	uint64_t wire_bytes, normal_pages, zero_pages, passes;
-	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
-	uint64_t dirty_pages_rate;
-};
+const char *const bench_transport_names[BENCH_TRANSPORT__COUNT] = { "loopback-tcp", "veth-1gbit", "wire-1gbit" };
+const char *const bench_transport_opts[BENCH_TRANSPORT__COUNT] = { "loopback", "veth", "wire" };
 
 /*
  * What the signal handler must undo.  File scope because a handler can reach
  * nothing else; written by the main thread only.
  */
-static volatile pid_t bench_children[2] = { -1, -1 };
+volatile pid_t bench_children[2] = { -1, -1 };
 static struct bench_netns *volatile bench_live_netns;
-static char bench_dir[64];
+char bench_dir[64];
 static const char *bench_rm_argv[4];
 
 /* Set by main() before bench_setup(). */
-static const char *bench_prog = "bench";      /* prefix of our messages */
-static const char *bench_keep_env;            /* set in the environment: keep bench_dir */
+const char *bench_prog = "bench";      /* prefix of our messages */
+const char *bench_keep_env;            /* set in the environment: keep bench_dir */
 
-/* ---- processes (the async-signal-safe part) ---- */
+/* The user-space wire's queue per band: 20 ms at the rate, as tbf's latency below. */
+#define BENCH_WIRE_LIMIT_BYTES (BENCH_VETH_RATE_BPS / 8 / 50)
+
+struct bench_ns_socket {
+	const char *ns;
+	int fd;
+	int err;
+};
+
+struct bench_probe_sender {
+	int fd;
+	struct sockaddr_in to;
+	uint64_t bytes;
+	uint8_t *ram;     /* NULL: one cache-hot 1 MiB buffer */
+	uint64_t ram_bytes;
+	int err;
+};
+
+#define BENCH_PROBE_HOT_BYTES (1u << 20)
+#define BENCH_PROBE_RAM_IO    (256u * 1024u) /* the VMM's send slice and fill */
+#define BENCH_PROBE_RAM_MAX   (4ull << 30)
+
+#define BENCH_PROBE_TRIES 3
+
+#define BENCH_RTT_ROUNDS 200
+
+struct bench_rtt_echo {
+	int lfd;
+	int err;
+};
 
 /* Run @argv (argv[0] a path), quietly; exit status or -errno.  Signal-safe. */
-static inline int bench_cmd(const char *const argv[], bool quiet)
+static int bench_cmd(const char *const argv[], bool quiet)
 {
 	return proc_run(argv, quiet, BENCH_CMD_TIMEOUT_MS);
 }
 
 /* Delete the namespaces (the veth goes with them).  Signal-safe, idempotent. */
-static inline void bench_netns_destroy(struct bench_netns *n)
+static void bench_netns_destroy(struct bench_netns *n)
 {
 	for (int i = 0; i < 2; i++) {
 		if (!n->created[i])
@@ -138,7 +100,7 @@ static inline void bench_netns_destroy(struct bench_netns *n)
 }
 
 /* The janitor (proc_janitor_start) deletes the namespaces if we die unseen. */
-static inline void bench_janitor_start(struct bench_netns *n)
+static void bench_janitor_start(struct bench_netns *n)
 {
 	const char *const *const cmds[2] = { n->del_argv[0], n->del_argv[1] };
 	pid_t pid;
@@ -150,7 +112,7 @@ static inline void bench_janitor_start(struct bench_netns *n)
 	n->janitor_pid = pid;
 }
 
-static inline void bench_cleanup(void)
+static void bench_cleanup(void)
 {
 	for (int i = 0; i < 2; i++) {
 		pid_t pid = bench_children[i];
@@ -169,17 +131,15 @@ static inline void bench_cleanup(void)
 	}
 }
 
-static inline void bench_on_signal(int sig)
+static void bench_on_signal(int sig)
 {
 	bench_cleanup();
 	signal(sig, SIG_DFL);
 	raise(sig);
 }
 
-/* ---- the two simulated hosts ---- */
-
 /* `ip ARGS... NULL`; 0 when it exits 0. */
-static inline int bench_ip(const struct bench_netns *n, bool quiet, const char *first, ...)
+static int bench_ip(const struct bench_netns *n, bool quiet, const char *first, ...)
 {
 	const char *argv[24];
 	size_t k = 0;
@@ -195,11 +155,8 @@ static inline int bench_ip(const struct bench_netns *n, bool quiet, const char *
 	return bench_cmd(argv, quiet) == 0 ? 0 : -EIO;
 }
 
-/* The user-space wire's queue per band: 20 ms at the rate, as tbf's latency below. */
-#define BENCH_WIRE_LIMIT_BYTES (BENCH_VETH_RATE_BPS / 8 / 50)
-
 /* The veth pair, shaped with netem (rate and @delay_us) or tbf (rate only). */
-static inline int bench_netns_veth(struct bench_netns *n, unsigned delay_us, char cidr[2][24])
+static int bench_netns_veth(struct bench_netns *n, unsigned delay_us, char cidr[2][24])
 {
 	char rate[32], burst[32], delay[32];
 
@@ -246,7 +203,7 @@ static inline int bench_netns_veth(struct bench_netns *n, unsigned delay_us, cha
 }
 
 /* A TUN device in each namespace, point to point, joined by bench/wire.h. */
-static inline int bench_netns_wire(struct bench_netns *n, unsigned delay_us)
+static int bench_netns_wire(struct bench_netns *n, unsigned delay_us)
 {
 	char mtu[16], peer[2][24], ns_path[2][64];
 	const char *paths[2] = { ns_path[0], ns_path[1] };
@@ -275,17 +232,8 @@ static inline int bench_netns_wire(struct bench_netns *n, unsigned delay_us)
 	return 0;
 }
 
-/*
- * Namespaces "vmfb-<pid>-a/b" with addresses 10.199.X.1 and 10.199.X.2, both
- * directions shaped to 1 Gbit/s.  BENCH_VETH: a veth pair under netem, each
- * direction delayed by @delay_us (tbf where netem is not built in, which
- * cannot delay: n->delay_us says what was applied).  BENCH_WIRE: TUN devices
- * joined by bench/wire.h's user-space link, rate and delay.  0 or -errno
- * with a message on stderr; partial state is removed.  bench_netns_finish()
- * when done with it.
- */
-static inline int bench_netns_create(struct bench_netns *n, enum bench_transport kind,
-				     unsigned delay_us)
+int bench_netns_create(struct bench_netns *n, enum bench_transport kind,
+		       unsigned delay_us)
 {
 	static const char *const ip_paths[] = { "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip" };
 	unsigned pid = (unsigned)getpid(), subnet = pid % 254 + 1;
@@ -331,8 +279,7 @@ fail:
 	return -EIO;
 }
 
-/* Stop the wire (if any) and delete the namespaces.  Not signal-safe. */
-static inline void bench_netns_finish(struct bench_netns *n)
+void bench_netns_finish(struct bench_netns *n)
 {
 	wire_stop(&n->wire);
 	bench_netns_destroy(n);
@@ -340,16 +287,8 @@ static inline void bench_netns_finish(struct bench_netns *n)
 		bench_live_netns = NULL;
 }
 
-/* ---- link bandwidth probe ---- */
-
-struct bench_ns_socket {
-	const char *ns;
-	int fd;
-	int err;
-};
-
 /* setns() changes the calling thread only: a short-lived thread makes it. */
-static inline void *bench_ns_socket_thread(void *arg)
+static void *bench_ns_socket_thread(void *arg)
 {
 	struct bench_ns_socket *r = arg;
 	char path[96];
@@ -369,8 +308,7 @@ static inline void *bench_ns_socket_thread(void *arg)
 	return NULL;
 }
 
-/* A TCP socket that lives in namespace @ns (NULL: ours).  fd or -errno. */
-static inline int bench_socket_in(const char *ns)
+int bench_socket_in(const char *ns)
 {
 	struct bench_ns_socket r = { .ns = ns, .fd = -1 };
 	pthread_t th;
@@ -388,7 +326,7 @@ static inline int bench_socket_in(const char *ns)
 	return r.err ? r.err : r.fd;
 }
 
-static inline void bench_sock_timeouts(int fd)
+static void bench_sock_timeouts(int fd)
 {
 	struct timeval tv = { BENCH_PROBE_IO_S, 0 };
 
@@ -396,25 +334,12 @@ static inline void bench_sock_timeouts(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
-struct bench_probe_sender {
-	int fd;
-	struct sockaddr_in to;
-	uint64_t bytes;
-	uint8_t *ram;     /* NULL: one cache-hot 1 MiB buffer */
-	uint64_t ram_bytes;
-	int err;
-};
-
-#define BENCH_PROBE_HOT_BYTES (1u << 20)
-#define BENCH_PROBE_RAM_IO    (256u * 1024u) /* the VMM's send slice and fill */
-#define BENCH_PROBE_RAM_MAX   (4ull << 30)
-
 /*
  * Where the probe's next @len bytes go to or come from: the hot buffer
  * again and again, or a walk through the RAM-sized buffer.
  */
-static inline uint8_t *bench_probe_at(uint8_t *hot, uint8_t *ram, uint64_t ram_bytes,
-				      uint64_t done, size_t *len)
+static uint8_t *bench_probe_at(uint8_t *hot, uint8_t *ram, uint64_t ram_bytes,
+			       uint64_t done, size_t *len)
 {
 	uint64_t off;
 
@@ -426,7 +351,7 @@ static inline uint8_t *bench_probe_at(uint8_t *hot, uint8_t *ram, uint64_t ram_b
 	return ram + off;
 }
 
-static inline void *bench_probe_send_thread(void *arg)
+static void *bench_probe_send_thread(void *arg)
 {
 	struct bench_probe_sender *s = arg;
 	size_t chunk = s->ram ? BENCH_PROBE_RAM_IO : BENCH_PROBE_HOT_BYTES;
@@ -468,7 +393,7 @@ static inline void *bench_probe_send_thread(void *arg)
  * RAM is a memfd, written before it is sent, and the destination's is
  * preallocated.  Both are filled here, before any timing.  NULL on failure.
  */
-static inline uint8_t *bench_probe_ram(uint64_t bytes, int fill)
+static uint8_t *bench_probe_ram(uint64_t bytes, int fill)
 {
 	int fd = memfd_create("vmferry-bench-probe", MFD_CLOEXEC);
 	uint8_t *p = MAP_FAILED;
@@ -494,9 +419,9 @@ static inline uint8_t *bench_probe_ram(uint64_t bytes, int fill)
  * them.
  * Bytes per second in *bps; 0 or -errno.
  */
-static inline int bench_link_probe_once(const char *src_ns, const char *dst_ns, const char *addr,
-					uint64_t bytes, uint8_t *ram_out, uint8_t *ram_in,
-					uint64_t ram_bytes, double *bps)
+static int bench_link_probe_once(const char *src_ns, const char *dst_ns, const char *addr,
+				 uint64_t bytes, uint8_t *ram_out, uint8_t *ram_in,
+				 uint64_t ram_bytes, double *bps)
 {
 	struct bench_probe_sender s = { .fd = -1, .bytes = bytes, .ram = ram_out,
 					.ram_bytes = ram_bytes };
@@ -575,18 +500,8 @@ out:
 	return err;
 }
 
-#define BENCH_PROBE_TRIES 3
-
-/*
- * The link's bandwidth: the median of BENCH_PROBE_TRIES streams of @bytes
- * (bench_link_probe_once).  Single probes on these shared 2-core machines
- * ranged from 1.3 to 3.9 GB/s within minutes (other load slows one down;
- * sender and receiver sharing a core speeds one up), moving a run's bound 3x.
- * @ram_bytes 0: the cache-hot probe; else memory to memory through buffers
- * of that size (at most BENCH_PROBE_RAM_MAX), made once for the three.
- */
-static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
-				       uint64_t bytes, uint64_t ram_bytes, double *bps)
+int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
+			 uint64_t bytes, uint64_t ram_bytes, double *bps)
 {
 	double v[BENCH_PROBE_TRIES];
 	uint8_t *out = NULL, *in = NULL;
@@ -621,16 +536,7 @@ static inline int bench_link_bandwidth(const char *src_ns, const char *dst_ns, c
 	return err;
 }
 
-/* ---- round-trip probe ---- */
-
-#define BENCH_RTT_ROUNDS 200
-
-struct bench_rtt_echo {
-	int lfd;
-	int err;
-};
-
-static inline void *bench_rtt_echo_thread(void *arg)
+static void *bench_rtt_echo_thread(void *arg)
 {
 	struct bench_rtt_echo *e = arg;
 	struct pollfd pfd = { .fd = e->lfd, .events = POLLIN };
@@ -656,12 +562,7 @@ static int bench_cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/*
- * The link's round trip with nothing else on it: BENCH_RTT_ROUNDS one-byte
- * TCP ping-pongs from namespace @src_ns to @addr in @dst_ns (NULLs: ours),
- * median in *us.  0 or -errno.
- */
-static inline int bench_link_rtt(const char *src_ns, const char *dst_ns, const char *addr, double *us)
+int bench_link_rtt(const char *src_ns, const char *dst_ns, const char *addr, double *us)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	socklen_t sl = sizeof(sa);
@@ -727,24 +628,9 @@ out:
 	return err;
 }
 
-/* ---- the VMMs ---- */
-
-struct bench_vmm {
-	pid_t pid;                   /* -1 when none */
-	int slot;                    /* index in bench_children */
-	char sock[128];
-	char log[128];
-	struct control_client *c;
-};
-
-/*
- * Start `[ip netns exec NS] vmferry run --control SOCK --console /dev/null
- * ARGS...` with stdout and stderr into its log file (not connected yet: see
- * bench_vmm_connect).  0 or -errno with @r->error set.
- */
-static inline int bench_vmm_spawn(const char *bin, const struct bench_netns *n, int side,
-				   const char *name, const char *const args[], struct bench_vmm *vm,
-				   struct bench_result *r)
+int bench_vmm_spawn(const char *bin, const struct bench_netns *n, int side,
+		     const char *name, const char *const args[], struct bench_vmm *vm,
+		     struct bench_result *r)
 {
 	const char *argv[32];
 	size_t k = 0;
@@ -798,8 +684,7 @@ static inline int bench_vmm_spawn(const char *bin, const struct bench_netns *n, 
 	return 0;
 }
 
-/* Connect to a spawned VMM's control socket, or notice its death.  0 or -errno. */
-static inline int bench_vmm_connect(struct bench_vmm *vm, const char *name, struct bench_result *r)
+int bench_vmm_connect(struct bench_vmm *vm, const char *name, struct bench_result *r)
 {
 	uint64_t deadline = clock_monotonic_ns() + BENCH_CONNECT_MS * 1000000ull;
 	int rc = -ETIMEDOUT;
@@ -824,18 +709,16 @@ static inline int bench_vmm_connect(struct bench_vmm *vm, const char *name, stru
 	return rc;
 }
 
-/* bench_vmm_spawn() and bench_vmm_connect(). */
-static inline int bench_vmm_start(const char *bin, const struct bench_netns *n, int side,
-				   const char *name, const char *const args[], struct bench_vmm *vm,
-				   struct bench_result *r)
+int bench_vmm_start(const char *bin, const struct bench_netns *n, int side,
+		     const char *name, const char *const args[], struct bench_vmm *vm,
+		     struct bench_result *r)
 {
 	int rc = bench_vmm_spawn(bin, n, side, name, args, vm, r);
 
 	return rc ? rc : bench_vmm_connect(vm, name, r);
 }
 
-/* quit (or kill), reap; the exit status, -ETIMEDOUT when it had to be killed. */
-static inline int bench_vmm_stop(struct bench_vmm *vm)
+int bench_vmm_stop(struct bench_vmm *vm)
 {
 	int rc = 0;
 
@@ -854,8 +737,7 @@ static inline int bench_vmm_stop(struct bench_vmm *vm)
 	return rc;
 }
 
-/* The last bytes of a VMM's log, to stderr. */
-static inline void bench_vmm_log_tail(const struct bench_vmm *vm, const char *name)
+void bench_vmm_log_tail(const struct bench_vmm *vm, const char *name)
 {
 	char buf[BENCH_LOG_TAIL_BYTES + 1];
 	FILE *f = fopen(vm->log, "r");
@@ -871,9 +753,8 @@ static inline void bench_vmm_log_tail(const struct bench_vmm *vm, const char *na
 	fprintf(stderr, "%s: --- %s VMM log (tail) ---\n%s", bench_prog, name, buf);
 }
 
-/* @cmd's "return" in *ret (caller owns; may be NULL).  0 or -errno with @r->error. */
-static inline int bench_call(struct bench_vmm *vm, const char *cmd, struct json_object *args,
-			     struct json_object **ret, struct bench_result *r)
+int bench_call(struct bench_vmm *vm, const char *cmd, struct json_object *args,
+	       struct json_object **ret, struct bench_result *r)
 {
 	struct json_object *reply = NULL;
 	int rc = control_client_call(vm->c, cmd, args, &reply);
@@ -890,28 +771,28 @@ static inline int bench_call(struct bench_vmm *vm, const char *cmd, struct json_
 	return rc;
 }
 
-static inline const char *json_str_at(struct json_object *o, const char *key)
+const char *json_str_at(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
 }
 
-static inline double json_num_at(struct json_object *o, const char *key)
+double json_num_at(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : 0;
 }
 
-static inline uint64_t json_u64_at(struct json_object *o, const char *key)
+uint64_t json_u64_at(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
 }
 
-static inline void bench_nap_ms(unsigned ms)
+void bench_nap_ms(unsigned ms)
 {
 	struct timespec t = { ms / 1000, (long)(ms % 1000) * 1000000L };
 
@@ -919,13 +800,8 @@ static inline void bench_nap_ms(unsigned ms)
 		;
 }
 
-/*
- * query-workload: true in *running when every vCPU is in phase "running"
- * and has completed at least one pass over its memory; the sum of passes
- * and writes over the vCPUs in *progress.  0 or -errno.
- */
-static inline int bench_workload(struct bench_vmm *vm, bool *running, uint64_t *progress,
-				 struct bench_result *r)
+int bench_workload(struct bench_vmm *vm, bool *running, uint64_t *progress,
+		   struct bench_result *r)
 {
 	struct json_object *w = NULL, *vcpus;
 	int rc = bench_call(vm, "query-workload", NULL, &w, r);
@@ -949,12 +825,8 @@ static inline int bench_workload(struct bench_vmm *vm, bool *running, uint64_t *
 	return 0;
 }
 
-/*
- * The destination's listening URI with its real port.  Polled (bounded):
- * VMMs before 2318e44 answered on the control socket before binding.
- */
-static inline int bench_incoming_uri(struct bench_vmm *dst, char *uri, size_t len,
-				     struct bench_result *r)
+int bench_incoming_uri(struct bench_vmm *dst, char *uri, size_t len,
+		       struct bench_result *r)
 {
 	uint64_t deadline = clock_monotonic_ns() + BENCH_CONNECT_MS * 1000000ull;
 
@@ -975,9 +847,8 @@ static inline int bench_incoming_uri(struct bench_vmm *dst, char *uri, size_t le
 	return -ETIMEDOUT;
 }
 
-/* Poll until a final status, cancelling after --timeout; the final reply. */
-static inline int bench_wait_migration(uint64_t timeout_s, struct bench_vmm *src,
-				       struct json_object **out, struct bench_result *r)
+int bench_wait_migration(uint64_t timeout_s, struct bench_vmm *src,
+			 struct json_object **out, struct bench_result *r)
 {
 	uint64_t start = clock_monotonic_ns(), limit_ns = timeout_s * 1000000000ull;
 	bool cancelled = false;
@@ -1009,12 +880,8 @@ static inline int bench_wait_migration(uint64_t timeout_s, struct bench_vmm *src
 	}
 }
 
-/*
- * After a completed migration: the destination runs, its workload moves on,
- * and its memory verifies.  Sets r->verified / r->verify_error.
- */
-static inline void bench_verify_destination(struct bench_vmm *dst, const char *workload,
-					    struct bench_result *r)
+void bench_verify_destination(struct bench_vmm *dst, const char *workload,
+			      struct bench_result *r)
 {
 	struct json_object *s = NULL, *args, *verdict = NULL;
 	struct bench_result scratch = { 0 };
@@ -1075,7 +942,7 @@ static inline void bench_verify_destination(struct bench_vmm *dst, const char *w
 	json_object_put(verdict);
 }
 
-static inline void bench_copy_stats(struct json_object *q, struct bench_result *r)
+void bench_copy_stats(struct json_object *q, struct bench_result *r)
 {
 	snprintf(r->status, sizeof(r->status), "%s", json_str_at(q, "status"));
 	r->completed = !strcmp(r->status, "completed");
@@ -1095,9 +962,7 @@ static inline void bench_copy_stats(struct json_object *q, struct bench_result *
 			 json_str_at(q, "error-desc"));
 }
 
-/* ---- output ---- */
-
-static inline void json_add_num(struct json_object *o, const char *key, double v, int decimals)
+void json_add_num(struct json_object *o, const char *key, double v, int decimals)
 {
 	char text[64];
 
@@ -1109,26 +974,26 @@ static inline void json_add_num(struct json_object *o, const char *key, double v
 	json_object_object_add(o, key, json_object_new_double_s(v, text));
 }
 
-static inline void json_add_u64(struct json_object *o, const char *key, uint64_t v)
+void json_add_u64(struct json_object *o, const char *key, uint64_t v)
 {
 	json_object_object_add(o, key, json_object_new_uint64(v));
 }
 
-static inline void bench_print(struct json_object *o)
+void bench_print(struct json_object *o)
 {
 	printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	fflush(stdout);
 	json_object_put(o);
 }
 
-static inline int cmp_double(const void *a, const void *b)
+int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
 
 	return (x > y) - (x < y);
 }
 
-static inline double median(double *v, unsigned n)
+double median(double *v, unsigned n)
 {
 	if (n == 0)
 		return NAN;
@@ -1136,9 +1001,8 @@ static inline double median(double *v, unsigned n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* Comma-separated names -> flags in @on (indexed like @names). */
-static inline int bench_parse_names(const char *text, const char *const *names, size_t nnames,
-				    bool *on)
+int bench_parse_names(const char *text, const char *const *names, size_t nnames,
+		      bool *on)
 {
 	char *copy = strdup(text), *save = NULL;
 	int rc = 0;
@@ -1162,7 +1026,7 @@ static inline int bench_parse_names(const char *text, const char *const *names, 
 	return rc;
 }
 
-static inline int bench_parse_sizes(const char *text, uint64_t *sizes, unsigned *nsizes)
+int bench_parse_sizes(const char *text, uint64_t *sizes, unsigned *nsizes)
 {
 	char *copy = strdup(text), *save = NULL;
 	int rc = 0;
@@ -1183,15 +1047,7 @@ static inline int bench_parse_sizes(const char *text, uint64_t *sizes, unsigned 
 	return rc ? rc : *nsizes ? 0 : -EINVAL;
 }
 
-/* ---- set-up ---- */
-
-/*
- * The temporary directory /tmp/vmferry-<bench_prog>.XXXXXX (VMM sockets,
- * logs, memory dumps), and the cleanup at exit and on SIGINT, SIGTERM and
- * SIGHUP; SIGPIPE ignored.  Main thread, once.  0 or -errno (with a
- * message).
- */
-static inline int bench_setup(void)
+int bench_setup(void)
 {
 	snprintf(bench_dir, sizeof(bench_dir), "/tmp/vmferry-%.20s.XXXXXX", bench_prog);
 	if (!mkdtemp(bench_dir)) {
@@ -1212,5 +1068,3 @@ static inline int bench_setup(void)
 	signal(SIGPIPE, SIG_IGN);
 	return 0;
 }
-
-#endif
