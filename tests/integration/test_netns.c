@@ -1,6 +1,6 @@
 /*
  * Precopy between two simulated hosts: network namespaces a and b joined by
- * a veth pair (vmtest_netns_create).  The destination VMM runs in b and
+ * a veth pair (harness_netns_create).  The destination VMM runs in b and
  * listens on b's address, the source runs the incrementer (64M, 2 vCPUs)
  * in a, so the stream can only cross the veth.  Once over a plain veth,
  * once with the veth shaped to 200 Mbit/s and 1 ms delay (netem; tbf with
@@ -29,7 +29,7 @@
 
 #include <json-c/json.h>
 
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 #include "util/log.h"
 
 #define NETNS_MIG_TIMEOUT_MS 120000
@@ -39,21 +39,21 @@
 enum { HOST_A, HOST_B };
 
 /* File scope because the atexit and signal handlers need them. */
-static struct vmtest_netns_pair netns_hosts;
-static struct vmtest_vm netns_src = { .pid = -1 }, netns_dst = { .pid = -1 };
+static struct harness_netns netns_hosts;
+static struct harness_vm netns_src = { .pid = -1 }, netns_dst = { .pid = -1 };
 static bool netns_shaped;
 
 static void netns_atexit(void)
 {
-	vmtest_vm_kill(&netns_src);
-	vmtest_vm_kill(&netns_dst);
-	vmtest_netns_destroy(&netns_hosts);
+	harness_vm_kill(&netns_src);
+	harness_vm_kill(&netns_dst);
+	harness_netns_destroy(&netns_hosts);
 }
 
 /* Async-signal-safe: the VMMs die with us (PDEATHSIG); the names go here. */
 static void netns_on_signal(int sig)
 {
-	vmtest_netns_destroy(&netns_hosts);
+	harness_netns_destroy(&netns_hosts);
 	signal(sig, SIG_DFL);
 	raise(sig);
 }
@@ -61,17 +61,17 @@ static void netns_on_signal(int sig)
 static int netns_setup(void **state)
 {
 	(void)state;
-	netns_src = (struct vmtest_vm){ .pid = -1 };
-	netns_dst = (struct vmtest_vm){ .pid = -1 };
+	netns_src = (struct harness_vm){ .pid = -1 };
+	netns_dst = (struct harness_vm){ .pid = -1 };
 	return 0;
 }
 
 static int netns_teardown(void **state)
 {
 	(void)state;
-	vmtest_vm_kill(&netns_src);
-	vmtest_vm_kill(&netns_dst);
-	if (netns_shaped && vmtest_netns_unshape(&netns_hosts) == 0)
+	harness_vm_kill(&netns_src);
+	harness_vm_kill(&netns_dst);
+	if (netns_shaped && harness_netns_unshape(&netns_hosts) == 0)
 		netns_shaped = false;
 	return 0;
 }
@@ -90,19 +90,19 @@ static double num_at(struct json_object *o, const char *key)
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : -1;
 }
 
-static void spawn_on(struct vmtest_vm *vm, int host, const char *const args[])
+static void spawn_on(struct harness_vm *vm, int host, const char *const args[])
 {
 	const char *prefix[5];
 
-	vmtest_netns_prefix(&netns_hosts, host, prefix);
-	assert_int_equal(vmtest_spawn_prefixed(vm, prefix, args), 0);
+	harness_netns_prefix(&netns_hosts, host, prefix);
+	assert_int_equal(harness_spawn_prefixed(vm, prefix, args), 0);
 }
 
-static void expect_status(struct vmtest_vm *vm, const char *status)
+static void expect_status(struct harness_vm *vm, const char *status)
 {
 	struct json_object *s = NULL;
 
-	assert_int_equal(vmtest_call(vm, "query-status", NULL, &s), 0);
+	assert_int_equal(harness_call(vm, "query-status", NULL, &s), 0);
 	if (strcmp(str_at(s, "status"), status))
 		fail_msg("VM status %s, expected %s", str_at(s, "status"), status);
 	json_object_put(s);
@@ -113,13 +113,13 @@ static void expect_status(struct vmtest_vm *vm, const char *status)
  * picked, which proves it bound inside b.  The listener is ready before the
  * control socket serves, so the first answer must be the final one.
  */
-static void incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
+static void incoming_uri(struct harness_vm *dst, char *uri, size_t len)
 {
 	struct json_object *q = NULL;
 	char prefix[48];
 
 	snprintf(prefix, sizeof(prefix), "tcp:%s:", netns_hosts.addr[HOST_B]);
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
+	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
 	snprintf(uri, len, "%s", str_at(q, "uri"));
 	json_object_put(q);
 	if (strncmp(uri, prefix, strlen(prefix)) || !strcmp(uri + strlen(prefix), "0"))
@@ -127,7 +127,7 @@ static void incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
 }
 
 /* Poll query-migrate on @src until a final status (bounded); caller owns. */
-static struct json_object *wait_migration(struct vmtest_vm *src)
+static struct json_object *wait_migration(struct harness_vm *src)
 {
 	uint64_t deadline = clock_monotonic_ns() + NETNS_MIG_TIMEOUT_MS * 1000000ull;
 
@@ -136,7 +136,7 @@ static struct json_object *wait_migration(struct vmtest_vm *src)
 		const char *st;
 		struct timespec tick = { 0, 20 * 1000000L };
 
-		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
+		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
 		st = str_at(q, "status");
 		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
 			return q;
@@ -169,16 +169,16 @@ static struct json_object *migrate_a_to_b(const char *params)
 	expect_status(&netns_dst, "inmigrate");
 
 	spawn_on(&netns_src, HOST_A, src_args);
-	assert_int_equal(vmtest_wait_passes(&netns_src, 2, 30000), 0);
+	assert_int_equal(harness_wait_passes(&netns_src, 2, 30000), 0);
 	if (params) {
 		args = json_tokener_parse(params);
 		assert_non_null(args);
-		assert_int_equal(vmtest_call(&netns_src, "migrate-set-parameters", args, NULL), 0);
+		assert_int_equal(harness_call(&netns_src, "migrate-set-parameters", args, NULL), 0);
 		json_object_put(args);
 	}
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
-	assert_int_equal(vmtest_call(&netns_src, "migrate", args, NULL), 0);
+	assert_int_equal(harness_call(&netns_src, "migrate", args, NULL), 0);
 	json_object_put(args);
 
 	q = wait_migration(&netns_src);
@@ -192,15 +192,15 @@ static struct json_object *migrate_a_to_b(const char *params)
 
 	/* On b: running, consistent, making passes, consistent again. */
 	expect_status(&netns_dst, "running");
-	assert_int_equal(vmtest_verify_memory(&netns_dst), 0);
-	assert_int_equal(vmtest_workload_passes(&netns_dst, &p0), 0);
-	assert_int_equal(vmtest_wait_passes(&netns_dst, p0 + 2, 30000), 0);
-	assert_int_equal(vmtest_verify_memory(&netns_dst), 0);
-	assert_int_equal(vmtest_workload_passes(&netns_dst, &p1), 0);
+	assert_int_equal(harness_verify_memory(&netns_dst), 0);
+	assert_int_equal(harness_workload_passes(&netns_dst, &p0), 0);
+	assert_int_equal(harness_wait_passes(&netns_dst, p0 + 2, 30000), 0);
+	assert_int_equal(harness_verify_memory(&netns_dst), 0);
+	assert_int_equal(harness_workload_passes(&netns_dst, &p1), 0);
 	assert_true(p1 >= p0 + 2);
 
-	assert_int_equal(vmtest_vm_quit(&netns_src), 0);
-	assert_int_equal(vmtest_vm_quit(&netns_dst), 0);
+	assert_int_equal(harness_vm_quit(&netns_src), 0);
+	assert_int_equal(harness_vm_quit(&netns_dst), 0);
 	return q;
 }
 
@@ -218,7 +218,7 @@ static void test_veth_shaped(void **state)
 	double bound_ms;
 
 	(void)state;
-	assert_int_equal(vmtest_netns_shape(&netns_hosts, rate_bps, 1000, how, sizeof(how)), 0);
+	assert_int_equal(harness_netns_shape(&netns_hosts, rate_bps, 1000, how, sizeof(how)), 0);
 	netns_shaped = true;
 	/*
 	 * The incrementer rewrites its whole 62 MiB far faster than 25 MB/s, so
@@ -245,19 +245,19 @@ int main(void)
 
 	if (geteuid() != 0) {
 		fprintf(stderr, "SKIP: network namespaces need root\n");
-		return VMTEST_SKIP;
+		return HARNESS_SKIP;
 	}
-	if (!vmtest_kvm_available())
-		return VMTEST_SKIP;
+	if (!harness_kvm_available())
+		return HARNESS_SKIP;
 	signal(SIGPIPE, SIG_IGN);
 	atexit(netns_atexit);
 	signal(SIGINT, netns_on_signal);
 	signal(SIGTERM, netns_on_signal);
-	rc = vmtest_netns_create(&netns_hosts);
+	rc = harness_netns_create(&netns_hosts);
 	if (rc == -EPERM || rc == -ENOENT) {
 		fprintf(stderr, "SKIP: cannot create network namespaces (%s)\n",
 			rc == -ENOENT ? "no ip binary" : "ip netns add failed");
-		return VMTEST_SKIP;
+		return HARNESS_SKIP;
 	}
 	if (rc < 0) {
 		fprintf(stderr, "test_netns: cannot set up the veth pair: %s\n", strerror(-rc));

@@ -1,13 +1,15 @@
 /*
- * Helpers for integration tests that run real VMs: KVM detection, unique
- * temporary paths, spawning `vmferry run` with a control socket, bounded
- * waits, and checking guest memory with the workload verifiers.
+ * The VMM harness the tests and the benchmarks share (build/libharness.a):
+ * KVM detection, unique temporary paths, spawning `vmferry run` with a
+ * control socket, control calls, bounded waits, checking guest memory with
+ * the workload verifiers, the VMM's threads, and two simulated hosts
+ * (network namespaces) with a janitor.
  *
  * Every wait is bounded; every process started is reaped.  Single-threaded
- * use (one test program's main thread).
+ * use (one program's main thread).
  */
-#ifndef VMFERRY_TESTS_VMTEST_H
-#define VMFERRY_TESTS_VMTEST_H
+#ifndef VMFERRY_HARNESS_H
+#define VMFERRY_HARNESS_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,14 +19,14 @@
 struct control_client;
 struct json_object;
 
-#define VMTEST_PATH_BYTES 108 /* fits sockaddr_un.sun_path */
-#define VMTEST_SKIP 77        /* exit status of a skipped test */
+#define HARNESS_PATH_BYTES 108 /* fits sockaddr_un.sun_path */
+#define HARNESS_SKIP 77        /* exit status of a skipped test */
 
-struct vmtest_vm {
+struct harness_vm {
 	pid_t pid;                           /* -1 once reaped */
-	int exit_status;                     /* see vmtest_wait_exit(); valid once reaped */
-	char sock_path[VMTEST_PATH_BYTES];
-	char console_path[VMTEST_PATH_BYTES];
+	int exit_status;                     /* see harness_wait_exit(); valid once reaped */
+	char sock_path[HARNESS_PATH_BYTES];
+	char console_path[HARNESS_PATH_BYTES];
 	struct control_client *client;       /* owned; NULL once closed */
 };
 
@@ -32,17 +34,39 @@ struct vmtest_vm {
  * 1 if /dev/kvm opens read-write; else prints
  * "SKIP: /dev/kvm not available: <reason>" on stderr and returns 0.
  */
-int vmtest_kvm_available(void);
+int harness_kvm_available(void);
 
 /*
  * A fresh path "<dir>/<tag>-<n>" in this process's temporary directory
  * (mkdtemp under /tmp, removed at exit unless VMTEST_KEEP is set).  The file
  * does not exist yet.  0, -ENAMETOOLONG, or -errno from mkdtemp.
  */
-int vmtest_unique_path(char *buf, size_t len, const char *tag);
+int harness_unique_path(char *buf, size_t len, const char *tag);
 
 /* The vmferry binary: $VMFERRY_BIN, else "build/vmferry". */
-const char *vmtest_binary(void);
+const char *harness_binary(void);
+
+/* Sleep @ms milliseconds, through signals. */
+void harness_nap_ms(unsigned ms);
+
+/* ---- child processes ---- */
+
+/*
+ * fork + exec @argv[0] with @argv (looked up in PATH when @search_path, else
+ * a path as is), stdin/stdout/stderr from the given fds (-1: inherit, except
+ * stdin which becomes /dev/null).  The child dies with us (PDEATHSIG), so a
+ * crashed program leaves no VM; `ip netns exec` execs its command in the
+ * same process, so that holds through it too.  The pid, or -1 with errno.
+ */
+pid_t harness_fork_exec(const char *const argv[], bool search_path, int in_fd, int out_fd,
+			int err_fd);
+/* Reap @pid within @timeout_ms: decoded status (proc_decode_status) in the
+ * return value and the raw one in *raw, or -ETIMEDOUT (still running). */
+int harness_reap(pid_t pid, int timeout_ms, int *raw);
+/* SIGKILL and reap (a killed child goes promptly): the decoded status. */
+int harness_kill_reap(pid_t pid);
+
+/* ---- the VMM ---- */
 
 /*
  * Start `vmferry run --control SOCK --console CONSOLE <extra_args...>`
@@ -50,27 +74,27 @@ const char *vmtest_binary(void);
  * socket within 10 s.  0 with *out filled, or -errno (the child, if any, has
  * been killed and reaped; -ECHILD when it exited by itself).
  */
-int vmtest_spawn(struct vmtest_vm *out, const char *const extra_args[]);
+int harness_spawn(struct harness_vm *out, const char *const extra_args[]);
 
 /*
- * vmtest_spawn() with the command line after @prefix (NULL-terminated, may
+ * harness_spawn() with the command line after @prefix (NULL-terminated, may
  * be NULL), e.g. {"ip", "netns", "exec", NS, NULL} to run the VMM in a
  * network namespace.  @prefix[0] is looked up in PATH; the prefix command
  * must exec the VMM in its own process (as `ip netns exec` does), since the
  * pid kept is the one forked.
  */
-int vmtest_spawn_prefixed(struct vmtest_vm *out, const char *const prefix[],
-			  const char *const extra_args[]);
+int harness_spawn_prefixed(struct harness_vm *out, const char *const prefix[],
+			   const char *const extra_args[]);
 
 /*
- * The two halves of vmtest_spawn_prefixed(): start the process (no
+ * The two halves of harness_spawn_prefixed(): start the process (no
  * connection yet: a VMM with --incoming-cpr serves its control socket only
  * after the live update handed it guest RAM), and connect within
  * @timeout_ms (on failure the child is killed and reaped).  0 or -errno.
  */
-int vmtest_spawn_start(struct vmtest_vm *out, const char *const prefix[],
-		       const char *const extra_args[]);
-int vmtest_connect(struct vmtest_vm *out, int timeout_ms);
+int harness_spawn_start(struct harness_vm *out, const char *const prefix[],
+			const char *const extra_args[]);
+int harness_connect(struct harness_vm *out, int timeout_ms);
 
 /*
  * Wait up to @timeout_ms for the child to exit, reap it and close its
@@ -78,37 +102,37 @@ int vmtest_connect(struct vmtest_vm *out, int timeout_ms);
  * exit code, 128+N when killed by signal N, or -ETIMEDOUT (still running).
  * Also returns the saved status when already reaped.
  */
-int vmtest_wait_exit(struct vmtest_vm *vm, int timeout_ms);
+int harness_wait_exit(struct harness_vm *vm, int timeout_ms);
 
 /*
  * Send quit, close the client, wait up to 10 s for the exit (SIGKILL after
- * that).  Returns the exit status as vmtest_wait_exit(), or -ETIMEDOUT when
+ * that).  Returns the exit status as harness_wait_exit(), or -ETIMEDOUT when
  * it had to be killed.  Safe on an already reaped VM.
  */
-int vmtest_vm_quit(struct vmtest_vm *vm);
+int harness_vm_quit(struct harness_vm *vm);
 
 /* SIGKILL, reap, close the client.  Returns the status as above. */
-int vmtest_vm_kill(struct vmtest_vm *vm);
+int harness_vm_kill(struct harness_vm *vm);
 
 /*
  * From query-workload: the smallest "passes" over all vCPUs in *min_passes.
  * 0, -EAGAIN when some vCPU is not in phase "running" yet, other -errno.
  */
-int vmtest_workload_passes(struct vmtest_vm *vm, uint64_t *min_passes);
+int harness_workload_passes(struct harness_vm *vm, uint64_t *min_passes);
 
 /*
  * Poll query-workload (short sleeps between calls) until every vCPU is
  * "running" with passes >= @passes.  0, -ETIMEDOUT after @timeout_ms, or the
  * error of the query.
  */
-int vmtest_wait_passes(struct vmtest_vm *vm, uint64_t passes, int timeout_ms);
+int harness_wait_passes(struct harness_vm *vm, uint64_t passes, int timeout_ms);
 
 /*
  * dump-guest-memory to a unique file, verify_incrementer_file() on it,
  * unlink it.  0 when consistent, -EBADMSG when broken (verdict printed on
  * stderr), other -errno.
  */
-int vmtest_verify_incrementer(struct vmtest_vm *vm);
+int harness_verify_incrementer(struct harness_vm *vm);
 
 /*
  * Same with verify_guest_file(): checks whichever workload the guest runs
@@ -116,15 +140,15 @@ int vmtest_verify_incrementer(struct vmtest_vm *vm);
  * -ENOTSUP when the workload has no verifier (verdict printed on stderr
  * for both), other -errno.
  */
-int vmtest_verify_memory(struct vmtest_vm *vm);
+int harness_verify_memory(struct harness_vm *vm);
 
 /*
  * Call @command (args borrowed, may be NULL) and return its "return" value
  * in *ret (caller owns; may be NULL to discard).  0, -EREMOTEIO (error reply,
  * desc printed on stderr), other -errno.
  */
-int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *args,
-		struct json_object **ret);
+int harness_call(struct harness_vm *vm, const char *command, struct json_object *args,
+		 struct json_object **ret);
 
 /*
  * How many threads of the VMM run with a real-time scheduling policy
@@ -132,24 +156,24 @@ int vmtest_call(struct vmtest_vm *vm, const char *command, struct json_object *a
  * just runs (page-fault threads are real-time only for the migration).
  * The count, or -errno.
  */
-int vmtest_realtime_threads(struct vmtest_vm *vm);
+int harness_realtime_threads(struct harness_vm *vm);
 /* The same among the threads whose name starts with @prefix. */
-int vmtest_realtime_threads_named(struct vmtest_vm *vm, const char *prefix);
+int harness_realtime_threads_named(struct harness_vm *vm, const char *prefix);
 /* The scheduler slice (ns, /proc's se.slice) of the first thread whose name
  * starts with @prefix; -ENOENT without such a thread, -ENODATA when the
  * kernel does not show it, or -errno. */
-int64_t vmtest_thread_slice_ns(struct vmtest_vm *vm, const char *prefix);
+int64_t harness_thread_slice_ns(struct harness_vm *vm, const char *prefix);
 /* How many of the threads whose name starts with @prefix run in scheduling
  * @policy (SCHED_IDLE, ...), or -errno. */
-int vmtest_threads_with_policy(struct vmtest_vm *vm, const char *prefix, int policy);
+int harness_threads_with_policy(struct harness_vm *vm, const char *prefix, int policy);
 /*
  * The lowest and highest nice value among the VMM's threads whose name
  * starts with @prefix ("vcpu" for the vCPU threads).  The number of such
  * threads (0: *min and *max untouched), or -errno.
  */
-int vmtest_threads_nice(struct vmtest_vm *vm, const char *prefix, int *min, int *max);
+int harness_threads_nice(struct harness_vm *vm, const char *prefix, int *min, int *max);
 
-struct vmtest_result {
+struct harness_result {
 	int status;  /* exit code, 128+signal, or -ETIMEDOUT when killed */
 	char *out;   /* stdout, NUL-terminated (at most 1 MiB kept) */
 	char *err;   /* stderr, likewise */
@@ -158,18 +182,18 @@ struct vmtest_result {
 /*
  * Run `vmferry <args...>` (@args NULL-terminated) with @stdin_text (may be
  * NULL: /dev/null) and capture its output, killing it after @timeout_ms.
- * 0 with *res filled (free with vmtest_result_free), or -errno.
+ * 0 with *res filled (free with harness_result_free), or -errno.
  */
-int vmtest_run(const char *const args[], const char *stdin_text, int timeout_ms,
-	       struct vmtest_result *res);
-void vmtest_result_free(struct vmtest_result *res);
+int harness_run(const char *const args[], const char *stdin_text, int timeout_ms,
+		struct harness_result *res);
+void harness_result_free(struct harness_result *res);
 
 /*
  * Two simulated hosts: network namespaces "vmft-<pid>-a" and "-b" joined by
  * a veth pair, 10.199.X.1/24 in a and 10.199.X.2/24 in b (X from the pid),
  * links and loopback up.  Needs root and iproute2.
  */
-struct vmtest_netns_pair {
+struct harness_netns {
 	char ns[2][32];
 	char veth[2][16];        /* veth[i] lives in ns[i] */
 	char addr[2][16];        /* without the prefix length */
@@ -184,14 +208,14 @@ struct vmtest_netns_pair {
  * Create the pair.  0; -EPERM when `ip netns add` fails (not root, no
  * netns support: callers skip); -ENOENT without an ip binary; -EIO when a
  * later step fails (whatever was made is removed again).  The names are
- * filled in before anything is created, so vmtest_netns_destroy() is always
+ * filled in before anything is created, so harness_netns_destroy() is always
  * safe on @p afterwards.
  *
  * A janitor process (its own session, so a terminal's Ctrl-C spares it)
  * waits on a pipe and deletes the namespaces when the pipe closes: also when
  * this process dies in a way no handler sees (SIGKILL, a sanitizer abort).
  */
-int vmtest_netns_create(struct vmtest_netns_pair *p);
+int harness_netns_create(struct harness_netns *p);
 
 /*
  * Shape both directions of the veth to @rate_bps bits/s with @delay_us
@@ -199,10 +223,10 @@ int vmtest_netns_create(struct vmtest_netns_pair *p);
  * with tbf (rate only: no delay).  Writes "netem" or "tbf" into @how.
  * 0 or -EIO.
  */
-int vmtest_netns_shape(const struct vmtest_netns_pair *p, uint64_t rate_bps, unsigned delay_us,
-		       char *how, size_t howlen);
+int harness_netns_shape(const struct harness_netns *p, uint64_t rate_bps, unsigned delay_us,
+			char *how, size_t howlen);
 /* Remove the shaping again.  0 or -EIO. */
-int vmtest_netns_unshape(const struct vmtest_netns_pair *p);
+int harness_netns_unshape(const struct harness_netns *p);
 
 /*
  * Delete both namespaces (the veth goes with them; processes still inside
@@ -211,16 +235,16 @@ int vmtest_netns_unshape(const struct vmtest_netns_pair *p);
  * nanosleep, kill and _exit, each wait bounded, so a SIGINT/SIGTERM handler
  * or an atexit handler may call it.  Safe on a zeroed struct.
  */
-void vmtest_netns_destroy(struct vmtest_netns_pair *p);
+void harness_netns_destroy(struct harness_netns *p);
 
-/* {ip_path, "netns", "exec", ns[@side], NULL} for vmtest_spawn_prefixed(). */
-void vmtest_netns_prefix(const struct vmtest_netns_pair *p, int side, const char *out[5]);
+/* {ip_path, "netns", "exec", ns[@side], NULL} for harness_spawn_prefixed(). */
+void harness_netns_prefix(const struct harness_netns *p, int side, const char *out[5]);
 
 /*
  * Run @argv (argv[0] a path) with stdin and stdout on /dev/null and stderr
  * on /dev/null too when @quiet; killed after @timeout_ms.  Its exit status
  * (128+N for signal N), -ETIMEDOUT, or -errno.  Async-signal-safe.
  */
-int vmtest_cmd(const char *const argv[], bool quiet, int timeout_ms);
+int harness_cmd(const char *const argv[], bool quiet, int timeout_ms);
 
 #endif
