@@ -11,6 +11,7 @@
 #ifndef VMFERRY_HARNESS_H
 #define VMFERRY_HARNESS_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,10 +26,45 @@ struct json_object;
 struct harness_vm {
 	pid_t pid;                           /* -1 once reaped */
 	int exit_status;                     /* see harness_wait_exit(); valid once reaped */
+	char name[16];                       /* harness_vm_opts.name: in messages and file names */
 	char sock_path[HARNESS_PATH_BYTES];
 	char console_path[HARNESS_PATH_BYTES];
+	char log_path[HARNESS_PATH_BYTES];   /* "" unless harness_vm_opts.log */
 	struct control_client *client;       /* owned; NULL once closed */
+	char error[256];                     /* the last failure on this VM, in words */
 };
+
+/* ---- the program ---- */
+
+/*
+ * Name the program: @prog prefixes messages and the temporary directory
+ * (/tmp/vmferry-<prog>.XXXXXX); the directory is kept at exit when the
+ * variable @keep_env is set; a failure on a VM goes to stderr as well as
+ * to vm->error when @print_errors.  Before any other harness call, or not
+ * at all: the tests run with "test", "VMTEST_KEEP" and true.
+ */
+void harness_init(const char *prog, const char *keep_env, bool print_errors);
+const char *harness_prog(void);
+
+/*
+ * This process's temporary directory (VMM sockets, consoles, logs, memory
+ * dumps), made on first use and removed at exit (see harness_init); NULL
+ * when it cannot be made (said on stderr).
+ */
+const char *harness_dir(void);
+
+/*
+ * Kill the VMMs still running, delete the namespaces still there (see
+ * harness_netns_create) and remove the temporary directory.  Idempotent
+ * and async-signal-safe (but for getenv).
+ */
+void harness_cleanup(void);
+/*
+ * Make the temporary directory now, and run harness_cleanup() at exit and
+ * on SIGINT, SIGTERM and SIGHUP; SIGPIPE ignored.  Main thread, once.  0 or
+ * -errno.
+ */
+int harness_cleanup_on_exit(void);
 
 /*
  * 1 if /dev/kvm opens read-write; else prints
@@ -37,9 +73,8 @@ struct harness_vm {
 int harness_kvm_available(void);
 
 /*
- * A fresh path "<dir>/<tag>-<n>" in this process's temporary directory
- * (mkdtemp under /tmp, removed at exit unless VMTEST_KEEP is set).  The file
- * does not exist yet.  0, -ENAMETOOLONG, or -errno from mkdtemp.
+ * A fresh path "<dir>/<tag>-<n>" in harness_dir().  The file does not
+ * exist yet.  0, -ENAMETOOLONG, or -EIO without a directory.
  */
 int harness_unique_path(char *buf, size_t len, const char *tag);
 
@@ -68,6 +103,15 @@ int harness_kill_reap(pid_t pid);
 
 /* ---- the VMM ---- */
 
+/* How harness_spawn_start() starts a VMM; zeroes are the defaults. */
+struct harness_vm_opts {
+	const char *bin;                /* the vmferry binary; NULL: harness_binary() */
+	const char *const *prefix;      /* a command before it (see harness_spawn_prefixed) */
+	const char *name;               /* in messages and file names; NULL: "vm" */
+	bool log;                       /* stdout and stderr into vm->log_path */
+	bool no_console;                /* --console /dev/null */
+};
+
 /*
  * Start `vmferry run --control SOCK --console CONSOLE <extra_args...>`
  * (@extra_args NULL-terminated, may be NULL) and connect to its control
@@ -87,12 +131,13 @@ int harness_spawn_prefixed(struct harness_vm *out, const char *const prefix[],
 			   const char *const extra_args[]);
 
 /*
- * The two halves of harness_spawn_prefixed(): start the process (no
- * connection yet: a VMM with --incoming-cpr serves its control socket only
- * after the live update handed it guest RAM), and connect within
- * @timeout_ms (on failure the child is killed and reaped).  0 or -errno.
+ * The two halves of harness_spawn_prefixed(): start the process as @opts
+ * says (NULL: the defaults; not connected yet: a VMM with --incoming-cpr
+ * serves its control socket only after the live update handed it guest
+ * RAM), and connect within @timeout_ms (on failure the child is killed and
+ * reaped).  0 or -errno, with vm->error set.
  */
-int harness_spawn_start(struct harness_vm *out, const char *const prefix[],
+int harness_spawn_start(struct harness_vm *out, const struct harness_vm_opts *opts,
 			const char *const extra_args[]);
 int harness_connect(struct harness_vm *out, int timeout_ms);
 
@@ -114,6 +159,19 @@ int harness_vm_quit(struct harness_vm *vm);
 /* SIGKILL, reap, close the client.  Returns the status as above. */
 int harness_vm_kill(struct harness_vm *vm);
 
+/* The last 2 KiB of @vm's log (harness_vm_opts.log) on stderr, headed by @label. */
+void harness_vm_log_tail(const struct harness_vm *vm, const char *label);
+
+/* What query-workload says about the guest's vCPUs. */
+struct harness_workload {
+	unsigned nvcpus;
+	bool running;            /* every vCPU in phase "running" (false without vCPUs) */
+	uint64_t min_passes;     /* the fewest passes over its memory of any vCPU */
+	uint64_t progress;       /* passes + writes, summed over the vCPUs: grows while it runs */
+};
+/* query-workload into *w.  0, -EPROTO (a reply without vcpus, phase or passes), other -errno. */
+int harness_workload(struct harness_vm *vm, struct harness_workload *w);
+
 /*
  * From query-workload: the smallest "passes" over all vCPUs in *min_passes.
  * 0, -EAGAIN when some vCPU is not in phase "running" yet, other -errno.
@@ -129,23 +187,55 @@ int harness_wait_passes(struct harness_vm *vm, uint64_t passes, int timeout_ms);
 
 /*
  * dump-guest-memory to a unique file, verify_incrementer_file() on it,
- * unlink it.  0 when consistent, -EBADMSG when broken (verdict printed on
- * stderr), other -errno.
+ * unlink it.  0 when consistent, -EBADMSG when broken (the verdict in
+ * vm->error), other -errno.
  */
 int harness_verify_incrementer(struct harness_vm *vm);
 
 /*
  * Same with verify_guest_file(): checks whichever workload the guest runs
  * (incrementer or dirtier).  0 when consistent, -EBADMSG when broken,
- * -ENOTSUP when the workload has no verifier (verdict printed on stderr
- * for both), other -errno.
+ * -ENOTSUP when the workload has no verifier (the verdict in vm->error for
+ * both), other -errno.
  */
 int harness_verify_memory(struct harness_vm *vm);
+
+/* ---- JSON replies: a member of @o, or a value that says it is absent ---- */
+
+const char *harness_json_str(struct json_object *o, const char *key);   /* "" */
+int64_t harness_json_int(struct json_object *o, const char *key);       /* -1 */
+uint64_t harness_json_u64(struct json_object *o, const char *key);      /* 0 */
+double harness_json_double(struct json_object *o, const char *key, double absent);
+
+/* ---- migration ---- */
+
+/* migrate-set-capabilities for one capability; 0 or the harness_call error. */
+int harness_set_capability(struct harness_vm *vm, const char *name, bool on);
+/* migrate-set-parameters with the JSON text @json; 0 or the harness_call error. */
+int harness_set_params(struct harness_vm *vm, const char *json);
+/* migrate to @uri; 0 or the harness_call error. */
+int harness_migrate(struct harness_vm *src, const char *uri);
+/*
+ * The destination's listening URI with its real port (not ":0"), polled
+ * for up to @timeout_ms (VMMs before 2318e44 answered on the control socket
+ * before binding).  0, -ETIMEDOUT, or the harness_call error.
+ */
+int harness_incoming_uri(struct harness_vm *dst, char *uri, size_t len, int timeout_ms);
+/*
+ * Poll query-migrate every @poll_ms until a final status (completed,
+ * failed, cancelled); that reply in *reply (caller owns).  0, -ETIMEDOUT
+ * after @timeout_ms, or the harness_call error.
+ */
+int harness_wait_migration(struct harness_vm *src, int timeout_ms, int poll_ms,
+			   struct json_object **reply);
+/* The same until the status is @status. */
+int harness_wait_migrate_status(struct harness_vm *vm, const char *status, int timeout_ms,
+				int poll_ms);
 
 /*
  * Call @command (args borrowed, may be NULL) and return its "return" value
  * in *ret (caller owns; may be NULL to discard).  0, -EREMOTEIO (error reply,
- * desc printed on stderr), other -errno.
+ * its desc in vm->error), other -errno.
  */
 int harness_call(struct harness_vm *vm, const char *command, struct json_object *args,
 		 struct json_object **ret);
@@ -188,24 +278,35 @@ int harness_run(const char *const args[], const char *stdin_text, int timeout_ms
 		struct harness_result *res);
 void harness_result_free(struct harness_result *res);
 
+/* ---- two simulated hosts ---- */
+
+/* How the two hosts are joined. */
+enum harness_link {
+	HARNESS_LINK_VETH,       /* a veth pair, 10.199.X.1/24 and 10.199.X.2/24 */
+	HARNESS_LINK_TUN,        /* TUN devices, point to point, MTU HARNESS_TUN_MTU:
+				  * a user-space program moves the packets (bench/wire.h) */
+};
+#define HARNESS_TUN_MTU 9000u    /* jumbo frames, as migration networks use */
+
 /*
- * Two simulated hosts: network namespaces "vmft-<pid>-a" and "-b" joined by
- * a veth pair, 10.199.X.1/24 in a and 10.199.X.2/24 in b (X from the pid),
- * links and loopback up.  Needs root and iproute2.
+ * Network namespaces "vmf<tag>-<pid>-a" and "-b" (the tag says who made
+ * them: 't' tests, 'b' benchmarks), with the addresses 10.199.X.1 in a and
+ * 10.199.X.2 in b (X from the pid) on the link, links and loopback up.
+ * Needs root and iproute2.
  */
 struct harness_netns {
 	char ns[2][32];
-	char veth[2][16];        /* veth[i] lives in ns[i] */
+	char dev[2][16];         /* the link's device; dev[i] lives in ns[i] */
 	char addr[2][16];        /* without the prefix length */
 	char ip_path[32];        /* the ip binary, resolved once */
 	const char *del_argv[2][5]; /* prebuilt `ip netns del`, for signal handlers */
-	int created[2];          /* ns[i] exists (set/cleared by create/destroy) */
+	volatile sig_atomic_t created[2]; /* ns[i] exists (set/cleared by create/destroy) */
 	pid_t janitor_pid;       /* > 0 while the janitor (see create) runs */
 	int janitor_fd;          /* its pipe's write end; valid while janitor_pid > 0 */
 };
 
 /*
- * Create the pair.  0; -EPERM when `ip netns add` fails (not root, no
+ * Create the two hosts joined by @link.  0; -EPERM when `ip netns add` fails (not root, no
  * netns support: callers skip); -ENOENT without an ip binary; -EIO when a
  * later step fails (whatever was made is removed again).  The names are
  * filled in before anything is created, so harness_netns_destroy() is always
@@ -214,17 +315,19 @@ struct harness_netns {
  * A janitor process (its own session, so a terminal's Ctrl-C spares it)
  * waits on a pipe and deletes the namespaces when the pipe closes: also when
  * this process dies in a way no handler sees (SIGKILL, a sanitizer abort).
+ * harness_cleanup() destroys it too, until harness_netns_destroy().
  */
-int harness_netns_create(struct harness_netns *p);
+int harness_netns_create(struct harness_netns *p, char tag, enum harness_link link);
 
 /*
  * Shape both directions of the veth to @rate_bps bits/s with @delay_us
  * one-way delay, with netem; where netem is not built into the kernel,
- * with tbf (rate only: no delay).  Writes "netem" or "tbf" into @how.
- * 0 or -EIO.
+ * with tbf (rate only: no delay), under which @bands puts a pfifo_fast (the
+ * bands of a host's NIC queue).  Writes "netem" or "tbf" into @how.  0 or
+ * -EIO.
  */
 int harness_netns_shape(const struct harness_netns *p, uint64_t rate_bps, unsigned delay_us,
-			char *how, size_t howlen);
+			bool bands, char *how, size_t howlen);
 /* Remove the shaping again.  0 or -EIO. */
 int harness_netns_unshape(const struct harness_netns *p);
 

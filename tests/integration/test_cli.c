@@ -73,8 +73,8 @@ static struct json_object *cli_expect_completed(const struct harness_result *res
 	if (res->status != 0)
 		fail_msg("vmferry migrate exited %d; stderr: %s", res->status, res->err);
 	q = cli_final_json(res);
-	assert_string_equal(migtest_str_at(q, "status"), "completed");
-	assert_string_equal(migtest_str_at(q, "role"), "source");
+	assert_string_equal(harness_json_str(q, "status"), "completed");
+	assert_string_equal(harness_json_str(q, "role"), "source");
 	return q;
 }
 
@@ -86,7 +86,7 @@ static void cli_expect_failed(const struct harness_result *res, const char *why)
 	if (res->status != 1)
 		fail_msg("vmferry migrate exited %d instead of 1; stderr: %s", res->status, res->err);
 	q = cli_final_json(res);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	if (!strstr(res->err, why))
 		fail_msg("stderr lacks '%s': %s", why, res->err);
@@ -105,10 +105,10 @@ static void cli_expect_usage_error(const struct harness_result *res, const char 
 /* Postcopy happened: the source's figures say pages moved that way. */
 static void cli_expect_postcopy_figures(struct json_object *q)
 {
-	int64_t pushed = migtest_int_at(q, "postcopy-pages-pushed");
-	int64_t requested = migtest_int_at(q, "postcopy-pages-requested");
+	int64_t pushed = harness_json_int(q, "postcopy-pages-pushed");
+	int64_t requested = harness_json_int(q, "postcopy-pages-requested");
 
-	assert_true(pushed >= 0 && requested >= 0 && migtest_int_at(q, "postcopy-requests") >= 0);
+	assert_true(pushed >= 0 && requested >= 0 && harness_json_int(q, "postcopy-requests") >= 0);
 	assert_true(pushed + requested > 0);
 }
 
@@ -142,9 +142,9 @@ static void cli_precopy_to_new_destination(struct harness_vm *src)
 	migtest_spawn_incoming(&dst, CLI_MEM, "2", true, uri, sizeof(uri));
 	cli_migrate(src->sock_path, NULL, uri, &res);
 	q = cli_expect_completed(&res);
-	assert_string_equal(migtest_str_at(q, "mode"), "normal");
-	assert_true(migtest_int_at(q, "passes") >= 1);
-	assert_int_equal(migtest_int_at(q, "postcopy-pages-pushed"), -1); /* precopy only */
+	assert_string_equal(harness_json_str(q, "mode"), "normal");
+	assert_true(harness_json_int(q, "passes") >= 1);
+	assert_int_equal(harness_json_int(q, "postcopy-pages-pushed"), -1); /* precopy only */
 	json_object_put(q);
 	harness_result_free(&res);
 	cli_expect_moved(src, &dst);
@@ -178,11 +178,11 @@ static void cli_pure_postcopy(struct harness_vm *src, struct harness_vm *dst, co
 
 	cli_migrate(src->sock_path, preempt ? urgent : capped, uri, &res);
 	q = cli_expect_completed(&res);
-	assert_int_equal(migtest_int_at(q, "passes"), 0); /* switched before the first */
+	assert_int_equal(harness_json_int(q, "passes"), 0); /* switched before the first */
 	cli_expect_postcopy_figures(q);
 	if (!preempt) {
 		/* Nothing went on an urgent channel. */
-		assert_int_equal(migtest_int_at(q, "postcopy-pages-requested"), 0);
+		assert_int_equal(harness_json_int(q, "postcopy-pages-requested"), 0);
 		if (!strstr(res.err, "postcopy-active: pushed "))
 			fail_msg("no postcopy progress line on stderr: %s", res.err);
 	}
@@ -204,10 +204,10 @@ static void test_pure_postcopy(void **state)
 	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, dst_opts, uri, sizeof(uri));
 	/* --postcopy did what migrate-set-capabilities would: on, RAM prepared. */
 	assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), "minor");
+	assert_string_equal(harness_json_str(q, "postcopy-uffd-mode"), "minor");
 	json_object_put(q);
 	assert_int_equal(harness_call(&dst, "query-migrate-parameters", NULL, &q), 0);
-	assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), 3);
+	assert_int_equal(harness_json_int(q, "postcopy-vcpu-nice"), 3);
 	json_object_put(q);
 	cli_pure_postcopy(&src, &dst, uri, false);
 }
@@ -227,7 +227,7 @@ static void test_hybrid_dirtier(void **state)
 	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
 	cli_migrate(src.sock_path, opts, uri, &res);
 	q = cli_expect_completed(&res);
-	assert_true(migtest_int_at(q, "passes") >= 1);
+	assert_true(harness_json_int(q, "passes") >= 1);
 	cli_expect_postcopy_figures(q);
 	json_object_put(q);
 	assert_string_equal(res.err, ""); /* --quiet */
@@ -251,7 +251,7 @@ static void test_cpr(void **state)
 	cli_migrate(old.sock_path, opts, t.main_uri, &res);
 	/* The figures of the old process's last MIGRATION event. */
 	q = cli_expect_completed(&res);
-	assert_string_equal(migtest_str_at(q, "mode"), "cpr-transfer");
+	assert_string_equal(harness_json_str(q, "mode"), "cpr-transfer");
 	json_object_put(q);
 	harness_result_free(&res);
 	rc = harness_wait_exit(&old, MIG_TIMEOUT_MS);
@@ -449,10 +449,10 @@ static void test_resume_paused_postcopy(void **state)
 	harness_result_free(&res);
 
 	/* Slow enough to pause on the way. */
-	assert_int_equal(migtest_set_capability(&src, "postcopy-ram", true), 0);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 8000000}"), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 8000000}"), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	/* Both sides active (the destination told the source it runs the
 	 * guest: a pause before that ends the destination, by design). */
 	migtest_wait_migration_status(&src, "postcopy-active");
@@ -460,12 +460,12 @@ static void test_resume_paused_postcopy(void **state)
 	for (int i = 0; i < 2000; i++) {
 		q = NULL;
 		assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
-		if (migtest_int_at(q, "postcopy-pages-pushed") > 0) {
+		if (harness_json_int(q, "postcopy-pages-pushed") > 0) {
 			json_object_put(q);
 			break;
 		}
 		json_object_put(q);
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
 	assert_int_equal(harness_call(&src, "migrate-pause", NULL, NULL), 0);
 	migtest_wait_migration_status(&src, "postcopy-paused");
@@ -477,8 +477,8 @@ static void test_resume_paused_postcopy(void **state)
 	if (res.status != 3 || !strstr(res.err, "migrate-recover"))
 		fail_msg("--resume to nobody: exit %d, stderr %s", res.status, res.err);
 	q = cli_final_json(&res);
-	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
-	assert_true(migtest_int_at(q, "postcopy-resume-failures") >= 1);
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-paused");
+	assert_true(harness_json_int(q, "postcopy-resume-failures") >= 1);
 	json_object_put(q);
 	harness_result_free(&res);
 
@@ -489,10 +489,10 @@ static void test_resume_paused_postcopy(void **state)
 	assert_int_equal(harness_call(&dst, "migrate-recover", args, &ret), 0);
 	json_object_put(args);
 	json_object_put(ret);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	cli_migrate(src.sock_path, resume_opts, listen, &res);
 	q = cli_expect_completed(&res);
-	assert_int_equal(migtest_int_at(q, "postcopy-pauses"), 1);
+	assert_int_equal(harness_json_int(q, "postcopy-pauses"), 1);
 	json_object_put(q);
 	harness_result_free(&res);
 	cli_expect_moved(&src, &dst);

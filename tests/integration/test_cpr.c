@@ -57,7 +57,7 @@ static int64_t cpr_moves(struct harness_vm *vm)
 	int64_t moves;
 
 	assert_int_equal(harness_call(vm, "query-status", NULL, &q), 0);
-	moves = migtest_int_at(q, "moves");
+	moves = harness_json_int(q, "moves");
 	json_object_put(q);
 	return moves;
 }
@@ -77,7 +77,7 @@ static void cpr_update(struct harness_vm *old, bool full_check)
 
 	assert_int_equal(harness_workload_passes(old, &p0), 0);
 	migtest_cpr_spawn_new(&t, NULL, NULL);
-	assert_int_equal(migtest_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
 	assert_int_equal(cpr_migrate(old, t.main_uri, t.cpr_uri), 0);
 	rc = harness_wait_exit(old, MIG_TIMEOUT_MS);
 	if (rc != 0)
@@ -85,8 +85,8 @@ static void cpr_update(struct harness_vm *old, bool full_check)
 	assert_int_equal(harness_connect(&t.vm, 10000), 0);
 	migtest_wait_migration_status(&t.vm, "completed");
 	assert_int_equal(harness_call(&t.vm, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "mode"), "cpr-transfer");
-	assert_int_equal(migtest_int_at(q, "normal-pages"), 0); /* no RAM copied */
+	assert_string_equal(harness_json_str(q, "mode"), "cpr-transfer");
+	assert_int_equal(harness_json_int(q, "normal-pages"), 0); /* no RAM copied */
 	json_object_put(q);
 	assert_int_equal(cpr_moves(&t.vm), moves + 1);
 	migtest_expect_status(&t.vm, "running");
@@ -127,13 +127,13 @@ static void cpr_expect_failed_update(const char *fault)
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
 	migtest_cpr_spawn_new(&t, fault, NULL);
-	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
 	assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
 	q = migtest_wait_migration(&old);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	fprintf(stderr, "update with the new process dying at %s: %s\n", fault,
-		migtest_str_at(q, "error-desc"));
-	assert_true(migtest_str_at(q, "error-desc")[0]);
+		harness_json_str(q, "error-desc"));
+	assert_true(harness_json_str(q, "error-desc")[0]);
 	json_object_put(q);
 	assert_int_equal(harness_wait_exit(&t.vm, 10000), 128 + SIGKILL);
 	migtest_expect_guest_alive_and_verified(&old);
@@ -201,7 +201,7 @@ static void test_bad_requests(void **state)
 	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
 			 -EREMOTEIO);
 	expect_call_error(&old, "migrate-set-parameters", "{\"mode\": \"copy-everything\"}");
-	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
 	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", NULL), -EREMOTEIO);
 	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/nonexistent/main\"}");
 	/* The cpr channel must be a UNIX socket. */
@@ -224,11 +224,11 @@ static void test_bad_requests(void **state)
 
 		assert_int_equal(harness_unique_path(cp, sizeof(cp), "nobody"), 0);
 		snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s", cp);
-		migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
+		harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
 		assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", cpr_uri), 0);
 		q = migtest_wait_migration(&old);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
-		assert_non_null(strstr(migtest_str_at(q, "error-desc"), "cpr channel"));
+		assert_string_equal(harness_json_str(q, "status"), "failed");
+		assert_non_null(strstr(harness_json_str(q, "error-desc"), "cpr channel"));
 		json_object_put(q);
 		migtest_expect_status(&old, "running");
 	}
@@ -249,8 +249,8 @@ static void test_bad_requests(void **state)
 		migtest_cpr_spawn_new(&t, NULL, extra);
 		assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
 		q = migtest_wait_migration(&old);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
-		assert_non_null(strstr(migtest_str_at(q, "error-desc"), "--mem"));
+		assert_string_equal(harness_json_str(q, "status"), "failed");
+		assert_non_null(strstr(harness_json_str(q, "error-desc"), "--mem"));
 		json_object_put(q);
 		assert_int_equal(harness_wait_exit(&t.vm, 10000), 1);
 		migtest_expect_status(&old, "running");
@@ -260,10 +260,10 @@ static void test_bad_requests(void **state)
 		struct json_object *q;
 
 		migtest_cpr_spawn_new(&t, NULL, NULL);
-		assert_int_equal(migtest_set_params(&old, "{\"mode\": \"normal\"}"), 0);
-		assert_int_equal(migtest_start_migrate(&old, t.main_uri), 0);
+		assert_int_equal(harness_set_params(&old, "{\"mode\": \"normal\"}"), 0);
+		assert_int_equal(harness_migrate(&old, t.main_uri), 0);
 		q = migtest_wait_migration(&old);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_string_equal(harness_json_str(q, "status"), "failed");
 		json_object_put(q);
 		/* It never got its fds; nothing is listening on main. */
 		assert_int_equal(harness_vm_kill(&t.vm), 128 + SIGKILL);

@@ -40,12 +40,12 @@ static void wait_passes_sent(struct harness_vm *src, int64_t passes)
 		bool active;
 
 		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
-		p = migtest_int_at(q, "passes");
-		active = !strcmp(migtest_str_at(q, "status"), "active");
+		p = harness_json_int(q, "passes");
+		active = !strcmp(harness_json_str(q, "status"), "active");
 		json_object_put(q);
 		if (p >= passes || !active)
 			return;
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
 	fail_msg("migration made no progress");
 }
@@ -59,11 +59,11 @@ static void migrate_once(struct harness_vm *src, struct harness_vm *dst, const c
 
 	migtest_spawn_incoming(dst, mem, vcpus, unix_sock, uri, sizeof(uri));
 	migtest_expect_status(dst, "inmigrate");
-	assert_int_equal(migtest_start_migrate(src, uri), 0);
+	assert_int_equal(harness_migrate(src, uri), 0);
 	q = migtest_wait_migration(src);
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_true(migtest_int_at(q, "downtime") >= 0);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_true(harness_json_int(q, "downtime") >= 0);
 	json_object_put(q);
 	migtest_expect_status(src, "postmigrate");
 	/* The old side refuses to run the guest a second time. */
@@ -137,7 +137,7 @@ static void expect_source_survived(struct harness_vm *src, const char *mem, cons
 
 	migtest_expect_guest_alive_and_verified(src);
 	/* ... and it can migrate again. */
-	assert_int_equal(migtest_set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
 	migrate_once(src, &dst, mem, vcpus, false);
 	migtest_expect_guest_alive_and_verified(&dst);
 	assert_int_equal(harness_vm_quit(&dst), 0);
@@ -154,18 +154,18 @@ static void test_no_convergence_times_out(void **state)
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	/* A dirtier at full speed (hundreds of MB/s even under dirty logging)
 	 * over a 30 MB/s link: never fits 10 ms, whatever the load here. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
 				    "\"max-bandwidth\": 30000000}"), 0);
 	migtest_spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "did not converge"));
-	assert_int_equal(migtest_int_at(q, "cpu-throttle-max"), 0);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "did not converge"));
+	assert_int_equal(harness_json_int(q, "cpu-throttle-max"), 0);
 	json_object_put(q);
 	/* The destination gives up cleanly with an error status. */
 	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
 	assert_int_equal(harness_vm_quit(&src), 0);
 }
@@ -180,23 +180,23 @@ static void test_auto_converge(void **state)
 	migtest_spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	/* Same as above, but the throttle brings the dirty rate under the link. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
 				    "\"max-bandwidth\": 30000000}"), 0);
 	caps = json_tokener_parse("{\"capabilities\": [{\"capability\": \"auto-converge\", \"state\": true}]}");
 	assert_int_equal(harness_call(&src, "migrate-set-capabilities", caps, NULL), 0);
 	json_object_put(caps);
 	migtest_spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("auto-converge: %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_true(migtest_int_at(q, "cpu-throttle-max") > 0);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("auto-converge: %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_true(harness_json_int(q, "cpu-throttle-max") > 0);
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(&dst);
 	/* Throttling ends with the migration. */
 	q = NULL;
 	assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
-	assert_int_equal(migtest_int_at(q, "cpu-throttle-percentage"), 0);
+	assert_int_equal(harness_json_int(q, "cpu-throttle-percentage"), 0);
 	json_object_put(q);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
@@ -209,9 +209,9 @@ static void start_slow_migration(struct harness_vm *src, struct harness_vm *dst)
 
 	migtest_spawn(src, "64M", "2", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(src, 1, 30000), 0);
-	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
 	migtest_spawn_incoming(dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(src, uri), 0);
+	assert_int_equal(harness_migrate(src, uri), 0);
 	wait_passes_sent(src, 0);
 	{
 		struct json_object *q = NULL;
@@ -219,16 +219,16 @@ static void start_slow_migration(struct harness_vm *src, struct harness_vm *dst)
 		/* Some bytes are on the way. */
 		for (int i = 0; i < 1000; i++) {
 			assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
-			if (migtest_int_at(q, "transferred") > (1 << 20))
+			if (harness_json_int(q, "transferred") > (1 << 20))
 				break;
 			json_object_put(q);
 			q = NULL;
-			migtest_tick_ms(5);
+			harness_nap_ms(5);
 		}
 		json_object_put(q);
 	}
-	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 0}"), 0);
-	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
 }
 
 static void test_cancel(void **state)
@@ -240,12 +240,12 @@ static void test_cancel(void **state)
 	start_slow_migration(&src, &dst);
 	assert_int_equal(harness_call(&src, "migrate-cancel", NULL, NULL), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "cancelled");
+	assert_string_equal(harness_json_str(q, "status"), "cancelled");
 	json_object_put(q);
 	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	/* Cancelling nothing is an error, not a crash. */
 	assert_int_equal(harness_call(&src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
 	assert_int_equal(harness_vm_quit(&src), 0);
 }
@@ -259,10 +259,10 @@ static void test_destination_killed(void **state)
 	start_slow_migration(&src, &dst);
 	harness_vm_kill(&dst);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_true(strlen(migtest_str_at(q, "error-desc")) > 0);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_true(strlen(harness_json_str(q, "error-desc")) > 0);
 	json_object_put(q);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
 	assert_int_equal(harness_vm_quit(&src), 0);
 }
@@ -331,9 +331,9 @@ static void test_connection_cut(void **state)
 	migtest_spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
 	proxy_start(&p, uri, 8u << 20);
 	snprintf(puri, sizeof(puri), "unix:%s", p.path);
-	assert_int_equal(migtest_start_migrate(&src, puri), 0);
+	assert_int_equal(harness_migrate(&src, puri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	assert_int_equal(waitpid(p.pid, &status, 0), p.pid);
 	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
@@ -350,11 +350,11 @@ static void test_bad_requests(void **state)
 	(void)state;
 	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
-	assert_int_equal(migtest_start_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
-	assert_int_equal(migtest_start_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
 	q = json_tokener_parse("{\"capabilities\": [{\"capability\": \"warp-drive\", \"state\": true}]}");
 	assert_int_equal(harness_call(&src, "migrate-set-capabilities", q, NULL), -EREMOTEIO);
 	json_object_put(q);
@@ -364,30 +364,30 @@ static void test_bad_requests(void **state)
 
 		assert_int_equal(harness_unique_path(path, sizeof(path), "nobody"), 0);
 		snprintf(u, sizeof(u), "unix:%s", path);
-		assert_int_equal(migtest_start_migrate(&src, u), 0);
+		assert_int_equal(harness_migrate(&src, u), 0);
 		q = migtest_wait_migration(&src);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_string_equal(harness_json_str(q, "status"), "failed");
 		json_object_put(q);
 	}
 	/* Destination with the wrong RAM size refuses before loading anything. */
 	migtest_spawn_incoming(&dst, "64M", "1", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	/* Wrong vCPU count too. */
 	migtest_spawn_incoming(&dst, "32M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "vCPU"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "vCPU"));
 	json_object_put(q);
 	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	/* The destination refuses stop/cont/migrate while waiting. */
 	migtest_spawn_incoming(&dst, "32M", "1", false, uri, sizeof(uri));
 	assert_int_equal(harness_call(&dst, "cont", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(migtest_start_migrate(&dst, uri), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&dst, uri), -EREMOTEIO);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 	expect_source_survived(&src, "32M", "1");
 	assert_int_equal(harness_vm_quit(&src), 0);
@@ -453,7 +453,7 @@ static void test_corrupt_streams(void **state)
 		assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 		assert_int_equal(listen(lfd, 1), 0);
 		snprintf(uri, sizeof(uri), "unix:%s", path);
-		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		assert_int_equal(harness_migrate(&src, uri), 0);
 		cfd = accept(lfd, NULL, NULL);
 		assert_true(cfd >= 0);
 		/* Record until END (type 4) can have arrived: the source then waits
@@ -482,7 +482,7 @@ static void test_corrupt_streams(void **state)
 		close(cfd);
 		close(lfd);
 		q = migtest_wait_migration(&src);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_string_equal(harness_json_str(q, "status"), "failed");
 		json_object_put(q);
 		migtest_expect_status(&src, "paused");
 		assert_true(len > 4096);

@@ -10,8 +10,9 @@
  * Memory is verified on b and the guest must keep making passes there.
  *
  * Skips (77) when not root, without KVM, or when `ip netns add` fails.
- * Namespaces and VMs go away on every path: cmocka teardowns, an atexit
- * handler, and SIGINT/SIGTERM (the VMMs die with us through PDEATHSIG).
+ * Namespaces and VMs go away on every path: cmocka teardowns, and
+ * harness_cleanup() at exit and on SIGINT/SIGTERM/SIGHUP (the VMMs also die
+ * with us through PDEATHSIG).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +31,7 @@
 #include <json-c/json.h>
 
 #include "harness/harness.h"
+#include "lib/migtest.h"
 #include "util/log.h"
 
 #define NETNS_MIG_TIMEOUT_MS 120000
@@ -38,25 +40,10 @@
 
 enum { HOST_A, HOST_B };
 
-/* File scope because the atexit and signal handlers need them. */
+/* File scope: the teardowns reach them (harness_cleanup() kills and deletes at exit). */
 static struct harness_netns netns_hosts;
 static struct harness_vm netns_src = { .pid = -1 }, netns_dst = { .pid = -1 };
 static bool netns_shaped;
-
-static void netns_atexit(void)
-{
-	harness_vm_kill(&netns_src);
-	harness_vm_kill(&netns_dst);
-	harness_netns_destroy(&netns_hosts);
-}
-
-/* Async-signal-safe: the VMMs die with us (PDEATHSIG); the names go here. */
-static void netns_on_signal(int sig)
-{
-	harness_netns_destroy(&netns_hosts);
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
 
 static int netns_setup(void **state)
 {
@@ -76,36 +63,12 @@ static int netns_teardown(void **state)
 	return 0;
 }
 
-static const char *str_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
-}
-
-static double num_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : -1;
-}
-
 static void spawn_on(struct harness_vm *vm, int host, const char *const args[])
 {
 	const char *prefix[5];
 
 	harness_netns_prefix(&netns_hosts, host, prefix);
 	assert_int_equal(harness_spawn_prefixed(vm, prefix, args), 0);
-}
-
-static void expect_status(struct harness_vm *vm, const char *status)
-{
-	struct json_object *s = NULL;
-
-	assert_int_equal(harness_call(vm, "query-status", NULL, &s), 0);
-	if (strcmp(str_at(s, "status"), status))
-		fail_msg("VM status %s, expected %s", str_at(s, "status"), status);
-	json_object_put(s);
 }
 
 /*
@@ -120,7 +83,7 @@ static void incoming_uri(struct harness_vm *dst, char *uri, size_t len)
 
 	snprintf(prefix, sizeof(prefix), "tcp:%s:", netns_hosts.addr[HOST_B]);
 	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
-	snprintf(uri, len, "%s", str_at(q, "uri"));
+	snprintf(uri, len, "%s", harness_json_str(q, "uri"));
 	json_object_put(q);
 	if (strncmp(uri, prefix, strlen(prefix)) || !strcmp(uri + strlen(prefix), "0"))
 		fail_msg("the destination does not listen on %s<port> (uri \"%s\")", prefix, uri);
@@ -129,22 +92,10 @@ static void incoming_uri(struct harness_vm *dst, char *uri, size_t len)
 /* Poll query-migrate on @src until a final status (bounded); caller owns. */
 static struct json_object *wait_migration(struct harness_vm *src)
 {
-	uint64_t deadline = clock_monotonic_ns() + NETNS_MIG_TIMEOUT_MS * 1000000ull;
+	struct json_object *q = NULL;
 
-	while (clock_monotonic_ns() < deadline) {
-		struct json_object *q = NULL;
-		const char *st;
-		struct timespec tick = { 0, 20 * 1000000L };
-
-		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
-		st = str_at(q, "status");
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
-			return q;
-		json_object_put(q);
-		nanosleep(&tick, NULL);
-	}
-	fail_msg("migration did not finish within %d ms", NETNS_MIG_TIMEOUT_MS);
-	return NULL;
+	assert_int_equal(harness_wait_migration(src, NETNS_MIG_TIMEOUT_MS, 20, &q), 0);
+	return q;
 }
 
 /*
@@ -166,7 +117,7 @@ static struct json_object *migrate_a_to_b(const char *params)
 	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", netns_hosts.addr[HOST_B]);
 	spawn_on(&netns_dst, HOST_B, dst_args);
 	incoming_uri(&netns_dst, uri, sizeof(uri));
-	expect_status(&netns_dst, "inmigrate");
+	migtest_expect_status(&netns_dst, "inmigrate");
 
 	spawn_on(&netns_src, HOST_A, src_args);
 	assert_int_equal(harness_wait_passes(&netns_src, 2, 30000), 0);
@@ -182,16 +133,17 @@ static struct json_object *migrate_a_to_b(const char *params)
 	json_object_put(args);
 
 	q = wait_migration(&netns_src);
-	if (strcmp(str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", str_at(q, "status"), str_at(q, "error-desc"));
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
 	fprintf(stderr, "netns: %s\n", json_object_to_json_string_ext(q, JSON_C_TO_STRING_PLAIN));
-	assert_true(num_at(q, "downtime") >= 0);
+	assert_true(harness_json_double(q, "downtime", -1) >= 0);
 	/* At least the guest's non-zero memory crossed: 2 x ~31 MiB of pages. */
-	assert_true(num_at(q, "transferred") > 60e6);
-	expect_status(&netns_src, "postmigrate");
+	assert_true(harness_json_double(q, "transferred", -1) > 60e6);
+	migtest_expect_status(&netns_src, "postmigrate");
 
 	/* On b: running, consistent, making passes, consistent again. */
-	expect_status(&netns_dst, "running");
+	migtest_expect_status(&netns_dst, "running");
 	assert_int_equal(harness_verify_memory(&netns_dst), 0);
 	assert_int_equal(harness_workload_passes(&netns_dst, &p0), 0);
 	assert_int_equal(harness_wait_passes(&netns_dst, p0 + 2, 30000), 0);
@@ -218,7 +170,7 @@ static void test_veth_shaped(void **state)
 	double bound_ms;
 
 	(void)state;
-	assert_int_equal(harness_netns_shape(&netns_hosts, rate_bps, 1000, how, sizeof(how)), 0);
+	assert_int_equal(harness_netns_shape(&netns_hosts, rate_bps, 1000, false, how, sizeof(how)), 0);
 	netns_shaped = true;
 	/*
 	 * The incrementer rewrites its whole 62 MiB far faster than 25 MB/s, so
@@ -226,12 +178,12 @@ static void test_veth_shaped(void **state)
 	 * downtime limit admits sending it all at the link rate (~2.7 s).
 	 */
 	q = migrate_a_to_b("{\"downtime-limit\": 6000}");
-	assert_true(num_at(q, "downtime") <= 6000);
+	assert_true(harness_json_double(q, "downtime", -1) <= 6000);
 	/* Shaping held: no faster than the bytes need at the rate. */
-	bound_ms = num_at(q, "transferred") * 8.0 / (double)rate_bps * 1000.0;
+	bound_ms = harness_json_double(q, "transferred", -1) * 8.0 / (double)rate_bps * 1000.0;
 	fprintf(stderr, "netns: shaped with %s: total %.0f ms, link bound %.0f ms\n", how,
-		num_at(q, "total-time"), bound_ms);
-	assert_true(num_at(q, "total-time") >= 0.9 * bound_ms);
+		harness_json_double(q, "total-time", -1), bound_ms);
+	assert_true(harness_json_double(q, "total-time", -1) >= 0.9 * bound_ms);
 	json_object_put(q);
 }
 
@@ -249,11 +201,9 @@ int main(void)
 	}
 	if (!harness_kvm_available())
 		return HARNESS_SKIP;
-	signal(SIGPIPE, SIG_IGN);
-	atexit(netns_atexit);
-	signal(SIGINT, netns_on_signal);
-	signal(SIGTERM, netns_on_signal);
-	rc = harness_netns_create(&netns_hosts);
+	if (harness_cleanup_on_exit())
+		return 1;
+	rc = harness_netns_create(&netns_hosts, 't', HARNESS_LINK_VETH);
 	if (rc == -EPERM || rc == -ENOENT) {
 		fprintf(stderr, "SKIP: cannot create network namespaces (%s)\n",
 			rc == -ENOENT ? "no ip binary" : "ip netns add failed");

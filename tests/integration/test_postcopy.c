@@ -30,7 +30,7 @@
 
 static int set_postcopy_cap(struct harness_vm *vm, bool on)
 {
-	return migtest_set_capability(vm, "postcopy-ram", on);
+	return harness_set_capability(vm, "postcopy-ram", on);
 }
 
 /*
@@ -53,7 +53,7 @@ static void setup_pair_mode(struct harness_vm *src, struct harness_vm *dst, cons
 	assert_int_equal(set_postcopy_cap(src, true), 0);
 	assert_int_equal(set_postcopy_cap(dst, true), 0);
 	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), uffd_mode);
+	assert_string_equal(harness_json_str(q, "postcopy-uffd-mode"), uffd_mode);
 	json_object_put(q);
 }
 
@@ -67,18 +67,18 @@ static void expect_completed_postcopy(struct harness_vm *src, struct harness_vm 
 {
 	struct json_object *q = migtest_wait_migration(src);
 
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("postcopy: %s: %s", migtest_str_at(q, "status"),
-			 migtest_str_at(q, "error-desc"));
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("postcopy: %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
 	/* Each page crossed once: pushed + requested == the pages postcopy moved. */
-	assert_true(migtest_int_at(q, "postcopy-pages-pushed") >= 0);
+	assert_true(harness_json_int(q, "postcopy-pages-pushed") >= 0);
 	json_object_put(q);
 	migtest_expect_status(src, "postmigrate");
 	/* The destination finishes just after it told the source. */
 	migtest_wait_migration_status(dst, "completed");
 	q = NULL;
 	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
-	assert_true(migtest_int_at(q, "postcopy-faults") >= migtest_int_at(q, "postcopy-requests"));
+	assert_true(harness_json_int(q, "postcopy-faults") >= harness_json_int(q, "postcopy-requests"));
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(dst);
 }
@@ -97,7 +97,7 @@ static void test_pure_postcopy(void **state)
 				sizeof(uri));
 		assert_true(migtest_guest_ram_allocated(&src) > 0);
 		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		assert_int_equal(harness_migrate(&src, uri), 0);
 		expect_completed_postcopy(&src, &dst);
 		/* release-ram: the source gives guest RAM back to the host. */
 		migtest_expect_guest_ram_released(&src, 10000);
@@ -120,9 +120,9 @@ static void test_stop_cont_during_postcopy(void **state)
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
 	/* ~2 s of postcopy, so the stop lands while pages arrive */
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 32000000}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 32000000}"), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	migtest_wait_migration_status(&dst, "postcopy-active");
 	assert_int_equal(harness_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 2);
 	t0 = clock_monotonic_ns();
@@ -136,7 +136,7 @@ static void test_stop_cont_during_postcopy(void **state)
 
 		/* the pages go on arriving meanwhile */
 		assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
-		assert_string_equal(migtest_str_at(q, "status"), "postcopy-active");
+		assert_string_equal(harness_json_str(q, "status"), "postcopy-active");
 		json_object_put(q);
 	}
 	assert_int_equal(harness_call(&dst, "cont", NULL, NULL), 0);
@@ -159,9 +159,9 @@ static void test_hybrid_after_one_pass(void **state)
 		/* Discards unmap (minor) or punch (missing) pages received in precopy. */
 		setup_pair_mode(&src, &dst, "64M", "2", "incrementer", modes[i], uri, sizeof(uri));
 		/* Precopy that cannot finish by itself; switch after the first pass. */
-		assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 1, "
+		assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 1, "
 						    "\"postcopy-after-passes\": 1}"), 0);
-		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		assert_int_equal(harness_migrate(&src, uri), 0);
 		expect_completed_postcopy(&src, &dst);
 		assert_int_equal(harness_vm_quit(&src), 0);
 		assert_int_equal(harness_vm_quit(&dst), 0);
@@ -186,16 +186,16 @@ static void test_requests_without_urgent_channel(void **state)
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "dirtier", uri, sizeof(uri));
-	assert_int_equal(migtest_set_capability(&src, "postcopy-preempt", false), 0);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 16000000}"), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-preempt", false), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 16000000}"), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	expect_completed_postcopy(&src, &dst);
 	assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
 	max_us = json_object_get_double(json_object_object_get(q, "fault-latency-max-us"));
 	fprintf(stderr, "no urgent channel: %" PRId64 " requests, max latency %.1f ms\n",
-		migtest_int_at(q, "postcopy-requests"), max_us / 1e3);
-	assert_true(migtest_int_at(q, "postcopy-requests") >= 2);
+		harness_json_int(q, "postcopy-requests"), max_us / 1e3);
+	assert_true(harness_json_int(q, "postcopy-requests") >= 2);
 	if (max_us > 1500e3)
 		fail_msg("a request waited %.0f ms: the push overlooked it", max_us / 1e3);
 	json_object_put(q);
@@ -222,7 +222,7 @@ static void test_complete_after_urgent_close(void **state)
 	assert_int_equal(set_postcopy_cap(&src, true), 0);
 	assert_int_equal(set_postcopy_cap(&dst, true), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	expect_completed_postcopy(&src, &dst);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
@@ -237,13 +237,13 @@ static void test_dirtier_switches_automatically(void **state)
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "dirtier,wss=16M,rate=0", uri, sizeof(uri));
 	/* The same non-converging setup as the precopy timeout test. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"max-bandwidth\": 30000000, "
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 10, \"max-bandwidth\": 30000000, "
 					    "\"postcopy-after-passes\": 2}"), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("%s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_true(migtest_int_at(q, "passes") >= 2);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("%s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_true(harness_json_int(q, "passes") >= 2);
 	json_object_put(q);
 	/* Its page-fault threads (real-time at times) end with its side of the migration. */
 	migtest_wait_migration_status(&dst, "completed");
@@ -263,10 +263,10 @@ static void test_destination_refuses(void **state)
 	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
 	assert_int_equal(set_postcopy_cap(&dst, false), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "postcopy"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "postcopy"));
 	json_object_put(q);
 	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	migtest_expect_guest_alive_and_verified(&src);
@@ -282,21 +282,21 @@ static void test_destination_dies_before_run(void **state)
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	for (int i = 0; i < 2000; i++) {
 		q = NULL;
 		assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
-		if (migtest_int_at(q, "transferred") > (2 << 20)) {
+		if (harness_json_int(q, "transferred") > (2 << 20)) {
 			json_object_put(q);
 			break;
 		}
 		json_object_put(q);
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
 	harness_vm_kill(&dst);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(&src);
 	assert_int_equal(harness_vm_quit(&src), 0);
@@ -317,9 +317,9 @@ static void test_source_killed_during_postcopy(void **state)
 	(void)state;
 	setup_pair(&src, &dst, "256M", "2", "incrementer", uri, sizeof(uri));
 	/* A slow background push keeps postcopy going long enough. */
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	migtest_wait_migration_status(&dst, "postcopy-active");
 	t0 = clock_monotonic_ns();
 	harness_vm_kill(&src);
@@ -328,11 +328,11 @@ static void test_source_killed_during_postcopy(void **state)
 	fprintf(stderr, "source killed: destination paused after %.1f ms\n",
 		(double)(clock_monotonic_ns() - t0) / 1e6);
 	assert_true(json_object_object_get_ex(ev, "data", &reason));
-	assert_non_null(strstr(migtest_str_at(reason, "reason"), "connection to the source broke"));
+	assert_non_null(strstr(harness_json_str(reason, "reason"), "connection to the source broke"));
 	json_object_put(ev);
 	assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "connection to the source broke"));
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-paused");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "connection to the source broke"));
 	json_object_put(q);
 	/* The guest is alive (its vCPUs run; those on missing pages wait). */
 	migtest_expect_status(&dst, "running");
@@ -348,20 +348,20 @@ static void test_bad_requests(void **state)
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	/* Without the capability. */
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 21}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": -1}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": \"low\"}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": 21}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": -1}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": \"low\"}"), -EREMOTEIO);
 	{
 		struct json_object *q = NULL;
 
 		assert_int_equal(harness_call(&src, "query-migrate-parameters", NULL, &q), 0);
-		assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), MIG_POSTCOPY_VCPU_NICE_DEFAULT);
+		assert_int_equal(harness_json_int(q, "postcopy-vcpu-nice"), MIG_POSTCOPY_VCPU_NICE_DEFAULT);
 		json_object_put(q);
-		assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 0}"), 0);
+		assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": 0}"), 0);
 		assert_int_equal(harness_call(&src, "query-migrate-parameters", NULL, &q), 0);
-		assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), 0);
+		assert_int_equal(harness_json_int(q, "postcopy-vcpu-nice"), 0);
 		json_object_put(q);
 	}
 	assert_int_equal(set_postcopy_cap(&src, true), 0);

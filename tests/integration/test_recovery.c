@@ -48,20 +48,6 @@ static struct harness_netns rec_hosts;
 static bool rec_netns_ok;
 static struct harness_vm rec_src = { .pid = -1 }, rec_dst = { .pid = -1 };
 
-static void rec_atexit(void)
-{
-	harness_vm_kill(&rec_src);
-	harness_vm_kill(&rec_dst);
-	harness_netns_destroy(&rec_hosts);
-}
-
-static void rec_on_signal(int sig)
-{
-	harness_netns_destroy(&rec_hosts);
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
 static int rec_teardown(void **state)
 {
 	(void)state;
@@ -92,7 +78,7 @@ static int64_t query_int(struct harness_vm *vm, const char *key)
 	int64_t v;
 
 	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
-	v = migtest_int_at(q, key);
+	v = harness_json_int(q, key);
 	json_object_put(q);
 	return v;
 }
@@ -103,7 +89,7 @@ static void wait_active_with_progress(int64_t since)
 	migtest_wait_migration_status(&rec_src, "postcopy-active");
 	migtest_wait_migration_status(&rec_dst, "postcopy-active");
 	for (int i = 0; i < 2000 && query_int(&rec_src, "transferred") < since + (4 << 20); i++)
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 }
 
 /* migrate-recover on the destination at @listen; the address it really listens on. */
@@ -112,7 +98,7 @@ static void recover(const char *listen, char *uri, size_t len)
 	struct json_object *ret = NULL;
 
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", listen, false, &ret), 0);
-	snprintf(uri, len, "%s", migtest_str_at(ret, "uri"));
+	snprintf(uri, len, "%s", harness_json_str(ret, "uri"));
 	json_object_put(ret);
 	assert_true(uri[0]);
 }
@@ -164,7 +150,7 @@ static void expect_dst_pagepath_realtime(int want)
 
 	for (int i = 0; i < 2000 && rt != want; i++) {
 		if (i)
-			migtest_tick_ms(5);
+			harness_nap_ms(5);
 		assert_int_equal(harness_threads_nice(&rec_dst, "pc-", &lo, &hi), 2);
 		rt = harness_realtime_threads_named(&rec_dst, "pc-");
 	}
@@ -199,11 +185,11 @@ static void resume(const char *uri)
 
 static void start_postcopy(const char *uri)
 {
-	assert_int_equal(migtest_set_capability(&rec_src, "postcopy-ram", true), 0);
-	assert_int_equal(migtest_set_capability(&rec_dst, "postcopy-ram", true), 0);
-	assert_int_equal(migtest_set_params(&rec_src, REC_BANDWIDTH), 0);
+	assert_int_equal(harness_set_capability(&rec_src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_capability(&rec_dst, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_params(&rec_src, REC_BANDWIDTH), 0);
 	assert_int_equal(harness_call(&rec_src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&rec_src, uri), 0);
+	assert_int_equal(harness_migrate(&rec_src, uri), 0);
 }
 
 /*
@@ -230,9 +216,9 @@ static void expect_recovered(int64_t pauses)
 {
 	struct json_object *q = migtest_wait_migration(&rec_src);
 
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_int_equal(migtest_int_at(q, "postcopy-pauses"), pauses);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_int_equal(harness_json_int(q, "postcopy-pauses"), pauses);
 	fprintf(stderr, "recovery: completed in %.0f ms with %lld pauses\n",
 		json_object_get_double(json_object_object_get(q, "total-time")), (long long)pauses);
 	json_object_put(q);
@@ -288,7 +274,7 @@ static void test_recover_unix(void **state)
 	wait_both_paused();
 	expect_dst_vcpus_nicer_by(0);
 	/* takes effect at the resume */
-	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 7}"), 0);
+	assert_int_equal(harness_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 7}"), 0);
 	assert_int_equal(harness_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
 	assert_int_equal(harness_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
 	/* wrong side, missing or invalid URI */
@@ -299,22 +285,22 @@ static void test_recover_unix(void **state)
 	assert_int_equal(call_uri(&rec_src, "migrate", "tcp:nohost", true, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", NULL, true, NULL), -EREMOTEIO);
 	/* a migration that is not resumed is not a new one either */
-	assert_int_equal(migtest_start_migrate(&rec_src, uri), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&rec_src, uri), -EREMOTEIO);
 	/* resume to an address nobody listens on: stays paused, says why */
 	unix_uri(nobody, sizeof(nobody));
 	assert_int_equal(call_uri(&rec_src, "migrate", nobody, true, NULL), 0);
 	for (int i = 0; i < 2000; i++) {
 		q = NULL;
 		assert_int_equal(harness_call(&rec_src, "query-migrate", NULL, &q), 0);
-		if (strstr(migtest_str_at(q, "error-desc"), "failed"))
+		if (strstr(harness_json_str(q, "error-desc"), "failed"))
 			break;
 		json_object_put(q);
 		q = NULL;
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
 	assert_non_null(q);
-	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), nobody + 5));
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-paused");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), nobody + 5));
 	json_object_put(q);
 	/* now properly */
 	unix_uri(listen, sizeof(listen));
@@ -331,7 +317,7 @@ static void test_recover_unix(void **state)
 	wait_both_paused();
 	expect_dump_refused(&rec_dst);
 	/* vCPUs at full priority from the resume: the page path real-time */
-	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 0}"), 0);
+	assert_int_equal(harness_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 0}"), 0);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
@@ -345,7 +331,7 @@ static void test_recover_unix(void **state)
 	wait_both_paused();
 	expect_dst_vcpus_nicer_by(0);
 	/* back to the default, SCHED_IDLE; the page path stays in the normal policy */
-	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 20}"), 0);
+	assert_int_equal(harness_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 20}"), 0);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
@@ -367,7 +353,7 @@ static void spawn_on(struct harness_vm *vm, int host, const char *const args[])
 static void link_set(int host, const char *updown)
 {
 	const char *argv[] = { rec_hosts.ip_path, "-n", rec_hosts.ns[host], "link", "set",
-			       rec_hosts.veth[host], updown, NULL };
+			       rec_hosts.dev[host], updown, NULL };
 
 	assert_int_equal(harness_cmd(argv, false, 10000), 0);
 }
@@ -433,11 +419,9 @@ int main(void)
 
 	if (!harness_kvm_available())
 		return HARNESS_SKIP;
-	signal(SIGPIPE, SIG_IGN);
-	atexit(rec_atexit);
-	signal(SIGINT, rec_on_signal);
-	signal(SIGTERM, rec_on_signal);
-	if (geteuid() == 0 && harness_netns_create(&rec_hosts) == 0)
+	if (harness_cleanup_on_exit())
+		return 1;
+	if (geteuid() == 0 && harness_netns_create(&rec_hosts, 't', HARNESS_LINK_VETH) == 0)
 		rec_netns_ok = true;
 	else
 		fprintf(stderr, "note: no network namespaces; the link-down test skips\n");

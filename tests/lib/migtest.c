@@ -26,27 +26,6 @@ void migtest_set_sun_path(struct sockaddr_un *sa, const char *path)
 	sa->sun_path[n] = 0;
 }
 
-void migtest_tick_ms(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&t, NULL);
-}
-
-const char *migtest_str_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
-}
-
-int64_t migtest_int_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
-}
-
 void migtest_spawn_extra(struct harness_vm *vm, const char *mem, const char *vcpus,
 			 const char *guest, const char *incoming, const char *const extra[])
 {
@@ -68,15 +47,9 @@ void migtest_spawn(struct harness_vm *vm, const char *mem, const char *vcpus, co
 	migtest_spawn_extra(vm, mem, vcpus, guest, incoming, NULL);
 }
 
-/* The destination's listening URI (port 0 resolved), into @uri. */
 void migtest_incoming_uri(struct harness_vm *dst, char *uri, size_t len)
 {
-	struct json_object *q = NULL;
-
-	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
-	snprintf(uri, len, "%s", migtest_str_at(q, "uri"));
-	json_object_put(q);
-	assert_true(uri[0]);
+	assert_int_equal(harness_incoming_uri(dst, uri, len, MIG_TIMEOUT_MS), 0);
 }
 
 void migtest_spawn_incoming_extra(struct harness_vm *dst, const char *mem, const char *vcpus,
@@ -122,57 +95,12 @@ void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 	unsetenv("VMFERRY_CPR_FAULT");
 }
 
-int migtest_set_capability(struct harness_vm *vm, const char *name, bool on)
-{
-	struct json_object *args = json_object_new_object(), *arr = json_object_new_array();
-	struct json_object *cap = json_object_new_object();
-	int r;
-
-	json_object_object_add(cap, "capability", json_object_new_string(name));
-	json_object_object_add(cap, "state", json_object_new_boolean(on));
-	json_object_array_add(arr, cap);
-	json_object_object_add(args, "capabilities", arr);
-	r = harness_call(vm, "migrate-set-capabilities", args, NULL);
-	json_object_put(args);
-	return r;
-}
-
-int migtest_set_params(struct harness_vm *vm, const char *json)
-{
-	struct json_object *args = json_tokener_parse(json);
-	int r = harness_call(vm, "migrate-set-parameters", args, NULL);
-
-	json_object_put(args);
-	return r;
-}
-
-int migtest_start_migrate(struct harness_vm *src, const char *uri)
-{
-	struct json_object *args = json_object_new_object();
-	int r;
-
-	json_object_object_add(args, "uri", json_object_new_string(uri));
-	r = harness_call(src, "migrate", args, NULL);
-	json_object_put(args);
-	return r;
-}
-
-/* Poll query-migrate until a final status; returns the reply (caller owns). */
 struct json_object *migtest_wait_migration(struct harness_vm *src)
 {
-	for (int i = 0; i < MIG_TIMEOUT_MS / 10; i++) {
-		struct json_object *q = NULL;
-		const char *st;
+	struct json_object *q = NULL;
 
-		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
-		st = migtest_str_at(q, "status");
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
-			return q;
-		json_object_put(q);
-		migtest_tick_ms(10);
-	}
-	fail_msg("migration did not finish within %d ms", MIG_TIMEOUT_MS);
-	return NULL;
+	assert_int_equal(harness_wait_migration(src, MIG_TIMEOUT_MS, 10, &q), 0);
+	return q;
 }
 
 void migtest_expect_status(struct harness_vm *vm, const char *status)
@@ -180,8 +108,8 @@ void migtest_expect_status(struct harness_vm *vm, const char *status)
 	struct json_object *s = NULL;
 
 	assert_int_equal(harness_call(vm, "query-status", NULL, &s), 0);
-	if (strcmp(migtest_str_at(s, "status"), status))
-		fail_msg("VM status %s, expected %s", migtest_str_at(s, "status"), status);
+	if (strcmp(harness_json_str(s, "status"), status))
+		fail_msg("VM status %s, expected %s", harness_json_str(s, "status"), status);
 	json_object_put(s);
 }
 
@@ -201,21 +129,9 @@ void migtest_expect_guest_alive_and_verified(struct harness_vm *vm)
 	assert_true(p1 >= p0 + 2);
 }
 
-
 void migtest_wait_migration_status(struct harness_vm *vm, const char *status)
 {
-	for (int i = 0; i < MIG_TIMEOUT_MS / 5; i++) {
-		struct json_object *q = NULL;
-		bool done;
-
-		assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
-		done = !strcmp(migtest_str_at(q, "status"), status);
-		json_object_put(q);
-		if (done)
-			return;
-		migtest_tick_ms(5);
-	}
-	fail_msg("migration status never became %s", status);
+	assert_int_equal(harness_wait_migrate_status(vm, status, MIG_TIMEOUT_MS, 5), 0);
 }
 
 int64_t migtest_guest_ram_allocated(struct harness_vm *vm)
@@ -250,7 +166,7 @@ void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms)
 	int64_t bytes = migtest_guest_ram_allocated(vm);
 
 	for (long waited = 0; bytes > 0 && waited < timeout_ms; waited += 5) {
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 		bytes = migtest_guest_ram_allocated(vm);
 	}
 	if (bytes != 0)

@@ -19,17 +19,13 @@ struct json_object;
 #define MIG_TIMEOUT_MS 60000
 
 void migtest_set_sun_path(struct sockaddr_un *sa, const char *path);
-void migtest_tick_ms(long ms);
-/* A member of @o as text ("" when absent) or integer (-1 when absent). */
-const char *migtest_str_at(struct json_object *o, const char *key);
-int64_t migtest_int_at(struct json_object *o, const char *key);
 /* Spawn a VM; @guest NULL for a destination listening on @incoming. */
 void migtest_spawn(struct harness_vm *vm, const char *mem, const char *vcpus, const char *guest,
 		   const char *incoming);
 /* The same with more options @extra (NULL-terminated, may be NULL). */
 void migtest_spawn_extra(struct harness_vm *vm, const char *mem, const char *vcpus,
 			 const char *guest, const char *incoming, const char *const extra[]);
-/* The destination's listening URI (port 0 resolved). */
+/* The destination's listening URI (port 0 resolved; harness_incoming_uri). */
 void migtest_incoming_uri(struct harness_vm *dst, char *uri, size_t len);
 /* A destination on a unique UNIX socket or tcp:127.0.0.1:0; its URI in @uri. */
 void migtest_spawn_incoming(struct harness_vm *dst, const char *mem, const char *vcpus,
@@ -52,12 +48,7 @@ struct migtest_cpr_target {
  */
 void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 			   const char *const extra[]);
-/* migrate-set-capabilities for one capability; 0 or the harness_call error. */
-int migtest_set_capability(struct harness_vm *vm, const char *name, bool on);
-/* migrate-set-parameters with the JSON text @json; 0 or the harness_call error. */
-int migtest_set_params(struct harness_vm *vm, const char *json);
-int migtest_start_migrate(struct harness_vm *src, const char *uri);
-/* Poll query-migrate until completed/failed/cancelled; the reply (caller owns). */
+/* Poll query-migrate until completed/failed/cancelled (MIG_TIMEOUT_MS); the reply (caller owns). */
 struct json_object *migtest_wait_migration(struct harness_vm *src);
 void migtest_expect_status(struct harness_vm *vm, const char *status);
 /* Poll query-migrate on @vm until its status is @status (bounded). */
