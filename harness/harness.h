@@ -215,6 +215,8 @@ int harness_set_capability(struct harness_vm *vm, const char *name, bool on);
 int harness_set_params(struct harness_vm *vm, const char *json);
 /* migrate to @uri; 0 or the harness_call error. */
 int harness_migrate(struct harness_vm *src, const char *uri);
+/* migrate with the channels main (@main_uri) and cpr (@cpr_uri, NULL: none); the same. */
+int harness_migrate_channels(struct harness_vm *old, const char *main_uri, const char *cpr_uri);
 /*
  * The destination's listening URI with its real port (not ":0"), polled
  * for up to @timeout_ms (VMMs before 2318e44 answered on the control socket

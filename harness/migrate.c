@@ -44,6 +44,28 @@ int harness_migrate(struct harness_vm *src, const char *uri)
 	return r;
 }
 
+int harness_migrate_channels(struct harness_vm *old, const char *main_uri, const char *cpr_uri)
+{
+	struct json_object *args = json_object_new_object(), *chans = json_object_new_array();
+	struct json_object *c;
+	int r;
+
+	c = json_object_new_object();
+	json_object_object_add(c, "type", json_object_new_string("main"));
+	json_object_object_add(c, "uri", json_object_new_string(main_uri));
+	json_object_array_add(chans, c);
+	if (cpr_uri) {
+		c = json_object_new_object();
+		json_object_object_add(c, "type", json_object_new_string("cpr"));
+		json_object_object_add(c, "uri", json_object_new_string(cpr_uri));
+		json_object_array_add(chans, c);
+	}
+	json_object_object_add(args, "channels", chans);
+	r = harness_call(old, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
 int harness_incoming_uri(struct harness_vm *dst, char *uri, size_t len, int timeout_ms)
 {
 	uint64_t deadline = clock_monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;

@@ -28,29 +28,6 @@
 
 #define CPR_MEM "64M"
 
-/* migrate with both channels; 0 or the harness_call error. */
-static int cpr_migrate(struct harness_vm *old, const char *main_uri, const char *cpr_uri)
-{
-	struct json_object *args = json_object_new_object(), *chans = json_object_new_array();
-	struct json_object *c;
-	int r;
-
-	c = json_object_new_object();
-	json_object_object_add(c, "type", json_object_new_string("main"));
-	json_object_object_add(c, "uri", json_object_new_string(main_uri));
-	json_object_array_add(chans, c);
-	if (cpr_uri) {
-		c = json_object_new_object();
-		json_object_object_add(c, "type", json_object_new_string("cpr"));
-		json_object_object_add(c, "uri", json_object_new_string(cpr_uri));
-		json_object_array_add(chans, c);
-	}
-	json_object_object_add(args, "channels", chans);
-	r = harness_call(old, "migrate", args, NULL);
-	json_object_put(args);
-	return r;
-}
-
 static int64_t cpr_moves(struct harness_vm *vm)
 {
 	struct json_object *q = NULL;
@@ -78,7 +55,7 @@ static void cpr_update(struct harness_vm *old, bool full_check)
 	assert_int_equal(harness_workload_passes(old, &p0), 0);
 	migtest_cpr_spawn_new(&t, NULL, NULL);
 	assert_int_equal(harness_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(cpr_migrate(old, t.main_uri, t.cpr_uri), 0);
+	assert_int_equal(harness_migrate_channels(old, t.main_uri, t.cpr_uri), 0);
 	rc = harness_wait_exit(old, MIG_TIMEOUT_MS);
 	if (rc != 0)
 		fail_msg("the old process ended with status %d instead of 0", rc);
@@ -128,7 +105,7 @@ static void cpr_expect_failed_update(const char *fault)
 	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
 	migtest_cpr_spawn_new(&t, fault, NULL);
 	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
+	assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
 	q = migtest_wait_migration(&old);
 	assert_string_equal(harness_json_str(q, "status"), "failed");
 	fprintf(stderr, "update with the new process dying at %s: %s\n", fault,
@@ -198,14 +175,14 @@ static void test_bad_requests(void **state)
 	(void)state;
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
 	/* A cpr channel without mode cpr-transfer, and the reverse. */
-	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
+	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
 			 -EREMOTEIO);
 	expect_call_error(&old, "migrate-set-parameters", "{\"mode\": \"copy-everything\"}");
 	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", NULL), -EREMOTEIO);
+	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", NULL), -EREMOTEIO);
 	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/nonexistent/main\"}");
 	/* The cpr channel must be a UNIX socket. */
-	assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", "tcp:127.0.0.1:1"), -EREMOTEIO);
+	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", "tcp:127.0.0.1:1"), -EREMOTEIO);
 	/* Malformed channel lists. */
 	expect_call_error(&old, "migrate", "{}");
 	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/a\", \"channels\": []}");
@@ -225,7 +202,7 @@ static void test_bad_requests(void **state)
 		assert_int_equal(harness_unique_path(cp, sizeof(cp), "nobody"), 0);
 		snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s", cp);
 		harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
-		assert_int_equal(cpr_migrate(&old, "unix:/nonexistent/main", cpr_uri), 0);
+		assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", cpr_uri), 0);
 		q = migtest_wait_migration(&old);
 		assert_string_equal(harness_json_str(q, "status"), "failed");
 		assert_non_null(strstr(harness_json_str(q, "error-desc"), "cpr channel"));
@@ -247,7 +224,7 @@ static void test_bad_requests(void **state)
 		struct json_object *q;
 
 		migtest_cpr_spawn_new(&t, NULL, extra);
-		assert_int_equal(cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
+		assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
 		q = migtest_wait_migration(&old);
 		assert_string_equal(harness_json_str(q, "status"), "failed");
 		assert_non_null(strstr(harness_json_str(q, "error-desc"), "--mem"));
