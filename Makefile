@@ -59,7 +59,7 @@ TLIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(TLIB_SRC))
 UNIT_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INT_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(INT_SRC))
 # bench/*.c are programs, but for the benchmarks' library.
-BENCH_LIB_SRC := bench/bench.c bench/wire.c
+BENCH_LIB_SRC := bench/bench.c bench/link.c bench/wire.c
 BENCH_LIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(BENCH_LIB_SRC))
 BENCH_LIB     := $(BUILD)/libbench.a
 BENCH_SRC:= $(filter-out $(BENCH_LIB_SRC),$(sort $(wildcard bench/*.c)))
@@ -138,7 +138,7 @@ $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(HAR
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # The unit test of bench/wire.c's scheduling core.
 $(BUILD)/tests/unit/test_wire: $(BENCH_LIB)
-$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(BENCH_LIB) $(LIB)
+$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(BENCH_LIB) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/tools/%: $(BUILD)/tools/%.c.o $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
