@@ -299,23 +299,11 @@ static int bench_proc_cpu(pid_t pid, double *all_ms, double *vcpu_ms)
 /* postcopy-ram on, and postcopy-preempt set to *@preempt unless NULL. */
 static int bench_set_caps(struct harness_vm *vm, const bool *preempt, struct bench_result *r)
 {
-	struct json_object *args = json_object_new_object(), *caps = json_object_new_array();
-	struct json_object *cap = json_object_new_object();
-	int rc;
+	int rc = harness_set_capability(vm, "postcopy-ram", true);
 
-	json_object_object_add(cap, "capability", json_object_new_string("postcopy-ram"));
-	json_object_object_add(cap, "state", json_object_new_boolean(true));
-	json_object_array_add(caps, cap);
-	if (preempt) {
-		cap = json_object_new_object();
-		json_object_object_add(cap, "capability", json_object_new_string("postcopy-preempt"));
-		json_object_object_add(cap, "state", json_object_new_boolean(*preempt));
-		json_object_array_add(caps, cap);
-	}
-	json_object_object_add(args, "capabilities", caps);
-	rc = bench_call(vm, "migrate-set-capabilities", args, NULL, r);
-	json_object_put(args);
-	return rc;
+	if (!rc && preempt)
+		rc = harness_set_capability(vm, "postcopy-preempt", *preempt);
+	return bench_vm_error(vm, rc, r);
 }
 
 /* Capabilities and parameters of @mode on both sides, before `migrate`. */
