@@ -50,11 +50,19 @@ BIN      := $(BUILD)/vmferry
 
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 INT_SRC  := $(sort $(wildcard tests/integration/test_*.c))
+# The VMM harness the tests and the benchmarks share.
+HARNESS_SRC := $(sort $(wildcard harness/*.c))
+HARNESS_OBJ := $(patsubst %,$(BUILD)/%.o,$(HARNESS_SRC))
+HARNESS     := $(BUILD)/libharness.a
 TLIB_SRC := $(sort $(wildcard tests/lib/*.c))
 TLIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(TLIB_SRC))
 UNIT_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INT_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(INT_SRC))
-BENCH_SRC:= $(sort $(wildcard bench/*.c))
+# bench/*.c are programs, but for the benchmarks' library.
+BENCH_LIB_SRC := bench/bench.c bench/link.c bench/wire.c
+BENCH_LIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(BENCH_LIB_SRC))
+BENCH_LIB     := $(BUILD)/libbench.a
+BENCH_SRC:= $(filter-out $(BENCH_LIB_SRC),$(sort $(wildcard bench/*.c)))
 BENCH_BIN:= $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 TOOL_SRC := $(sort $(wildcard tools/*.c))
 TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
@@ -102,10 +110,13 @@ $(BUILD)/src/%.c.o: src/%.c
 	$(CC) $(ALLCFLAGS) -c $< -o $@
 $(BUILD)/tests/%.c.o: tests/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALLCFLAGS) -Itests -c $< -o $@
+	$(CC) $(ALLCFLAGS) -I. -Itests -c $< -o $@
+$(BUILD)/harness/%.c.o: harness/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -I. -c $< -o $@
 $(BUILD)/bench/%.c.o: bench/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALLCFLAGS) -c $< -o $@
+	$(CC) $(ALLCFLAGS) -I. -c $< -o $@
 $(BUILD)/tools/%.c.o: tools/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -c $< -o $@
@@ -113,13 +124,21 @@ $(BUILD)/tools/%.c.o: tools/%.c
 $(LIB): $(LIB_OBJ) $(GEN_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+$(BENCH_LIB): $(BENCH_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+$(HARNESS): $(HARNESS_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
 $(BIN): $(BUILD)/src/main.c.o $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.c.o $(TLIB_OBJ) $(LIB)
+$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.c.o $(TLIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-$(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(LIB)
+$(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(LIB)
+# The unit test of bench/wire.c's scheduling core.
+$(BUILD)/tests/unit/test_wire: $(BENCH_LIB)
+$(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(BENCH_LIB) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/tools/%: $(BUILD)/tools/%.c.o $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)

@@ -25,7 +25,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "bench_common.h"
+#include <json-c/json.h>
+
+#include "control/client.h"
+#include "util/log.h"
+#include "util/size.h"
+
+#include "bench.h"
 
 struct cpr_opts {
 	const char *bin;
@@ -60,10 +66,10 @@ static struct json_object *cpr_line(const char *kind, const struct cpr_opts *o, 
 
 	json_object_object_add(obj, "bench", json_object_new_string("cpr"));
 	json_object_object_add(obj, "line", json_object_new_string(kind));
-	json_add_u64(obj, "guest_ram_bytes", mem);
-	json_add_u64(obj, "vcpus", o->vcpus);
+	bench_json_u64(obj, "guest_ram_bytes", mem);
+	bench_json_u64(obj, "vcpus", o->vcpus);
 	json_object_object_add(obj, "workload", json_object_new_string("dirtier"));
-	json_add_u64(obj, "wss_bytes_per_vcpu", o->wss_bytes);
+	bench_json_u64(obj, "wss_bytes_per_vcpu", o->wss_bytes);
 	return obj;
 }
 
@@ -71,14 +77,14 @@ static struct json_object *cpr_line(const char *kind, const struct cpr_opts *o, 
  * Wait for the MIGRATION event that ends the update on the old process: it
  * carries the old side's figures (the old process exits right after).
  */
-static int cpr_wait_end(struct bench_vmm *old, struct json_object **data, struct bench_result *r)
+static int cpr_wait_end(struct harness_vm *old, struct json_object **data, struct bench_result *r)
 {
 	uint64_t deadline = clock_monotonic_ns() + 120000000000ull;
 
 	while (clock_monotonic_ns() < deadline) {
 		struct json_object *ev = NULL, *d;
 		const char *st;
-		int rc = control_client_wait_event(old->c, "MIGRATION", 1000, &ev);
+		int rc = control_client_wait_event(old->client, "MIGRATION", 1000, &ev);
 
 		if (rc == -ETIMEDOUT)
 			continue;
@@ -88,7 +94,7 @@ static int cpr_wait_end(struct bench_vmm *old, struct json_object **data, struct
 			return rc;
 		}
 		if (json_object_object_get_ex(ev, "data", &d)) {
-			st = json_str_at(d, "status");
+			st = harness_json_str(d, "status");
 			if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled")) {
 				*data = json_object_get(d);
 				json_object_put(ev);
@@ -101,13 +107,13 @@ static int cpr_wait_end(struct bench_vmm *old, struct json_object **data, struct
 	return -ETIMEDOUT;
 }
 
-/* Update *@old into a new VMM in slot @slot, which becomes *@old. */
-static void cpr_update(const struct cpr_opts *o, struct bench_vmm *old, int slot, unsigned n,
+/* Update *@old into a new VMM, which becomes *@old. */
+static void cpr_update(const struct cpr_opts *o, struct harness_vm *old, unsigned n,
 		       struct cpr_run *out)
 {
 	struct bench_result r = { 0 };
-	struct bench_vmm nv = { .slot = slot };
-	struct json_object *args, *chans, *ch, *end = NULL, *q = NULL;
+	struct harness_vm nv = { .pid = -1 };
+	struct json_object *args, *end = NULL, *q = NULL;
 	char name[32], main_uri[160], cpr_uri[160];
 	const char *nargs[8];
 	bool running = false;
@@ -116,58 +122,46 @@ static void cpr_update(const struct cpr_opts *o, struct bench_vmm *old, int slot
 
 	memset(out, 0, sizeof(*out));
 	snprintf(name, sizeof(name), "vmm-%u", n);
-	snprintf(main_uri, sizeof(main_uri), "unix:%s/main-%u.sock", bench_dir, n);
-	snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s/cpr-%u.sock", bench_dir, n);
+	snprintf(main_uri, sizeof(main_uri), "unix:%s/main-%u.sock", harness_dir(), n);
+	snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s/cpr-%u.sock", harness_dir(), n);
 	nargs[0] = "--incoming";
 	nargs[1] = main_uri;
 	nargs[2] = "--incoming-cpr";
 	nargs[3] = cpr_uri;
 	nargs[4] = NULL;
-	if (bench_vmm_spawn(o->bin, NULL, 0, name, nargs, &nv, &r))
+	if (bench_vm_spawn(o->bin, NULL, 0, name, nargs, &nv, &r))
 		goto fail;
 	/* An operator starts the new process first: time the update, not its exec. */
 	for (int i = 0; i < BENCH_CONNECT_MS && access(cpr_uri + strlen("unix:"), F_OK); i++)
-		bench_nap_ms(1);
+		harness_nap_ms(1);
 	args = json_tokener_parse("{\"mode\": \"cpr-transfer\"}");
 	rc = bench_call(old, "migrate-set-parameters", args, NULL, &r);
 	json_object_put(args);
 	if (rc)
 		goto fail;
-	args = json_object_new_object();
-	chans = json_object_new_array();
-	ch = json_object_new_object();
-	json_object_object_add(ch, "type", json_object_new_string("main"));
-	json_object_object_add(ch, "uri", json_object_new_string(main_uri));
-	json_object_array_add(chans, ch);
-	ch = json_object_new_object();
-	json_object_object_add(ch, "type", json_object_new_string("cpr"));
-	json_object_object_add(ch, "uri", json_object_new_string(cpr_uri));
-	json_object_array_add(chans, ch);
-	json_object_object_add(args, "channels", chans);
-	rc = bench_call(old, "migrate", args, NULL, &r);
-	json_object_put(args);
+	rc = bench_vm_error(old, harness_migrate_channels(old, main_uri, cpr_uri), &r);
 	if (rc || cpr_wait_end(old, &end, &r))
 		goto fail;
-	if (strcmp(json_str_at(end, "status"), "completed")) {
-		snprintf(r.error, sizeof(r.error), "update %s: %s", json_str_at(end, "status"),
-			 json_str_at(end, "error-desc"));
+	if (strcmp(harness_json_str(end, "status"), "completed")) {
+		snprintf(r.error, sizeof(r.error), "update %s: %s", harness_json_str(end, "status"),
+			 harness_json_str(end, "error-desc"));
 		goto fail;
 	}
-	out->total_ms = json_num_at(end, "total-time");
-	out->setup_ms = json_num_at(end, "setup-time");
-	out->downtime_ms = json_num_at(end, "downtime");
-	out->wire_bytes = json_u64_at(end, "transferred");
+	out->total_ms = harness_json_double(end, "total-time", 0);
+	out->setup_ms = harness_json_double(end, "setup-time", 0);
+	out->downtime_ms = harness_json_double(end, "downtime", 0);
+	out->wire_bytes = harness_json_u64(end, "transferred");
 	/* The old process ends by itself, cleanly. */
-	control_client_close(old->c);
-	old->c = NULL;
-	rc = proc_reap(old->pid, 10000);
-	old->pid = -1;
-	bench_children[old->slot] = -1;
+	control_client_close(old->client);
+	old->client = NULL;
+	rc = harness_wait_exit(old, 10000);
+	if (rc == -ETIMEDOUT)
+		harness_vm_kill(old);
 	if (rc != 0) {
 		snprintf(r.error, sizeof(r.error), "the old VMM exited with status %d", rc);
 		goto fail;
 	}
-	if (bench_vmm_connect(&nv, name, &r))
+	if (bench_vm_connect(&nv, &r))
 		goto fail;
 	*old = nv;
 	nv.pid = -1;
@@ -177,7 +171,7 @@ static void cpr_update(const struct cpr_opts *o, struct bench_vmm *old, int slot
 		goto fail;
 	}
 	for (int i = 0; i < 500 && p1 <= p0; i++) {
-		bench_nap_ms(10);
+		harness_nap_ms(10);
 		if (bench_workload(old, &running, &p1, &r))
 			goto fail;
 	}
@@ -194,22 +188,22 @@ fail:
 	json_object_put(end);
 	json_object_put(q);
 	if (nv.pid > 0)
-		bench_vmm_stop(&nv);
+		harness_vm_quit(&nv);
 }
 
 /* An ordinary precopy migration of @src's guest over a UNIX socket; stops @src. */
-static void cpr_copy_baseline(const struct cpr_opts *o, uint64_t mem, struct bench_vmm *src)
+static void cpr_copy_baseline(const struct cpr_opts *o, uint64_t mem, struct harness_vm *src)
 {
 	struct bench_result r = { 0 };
-	struct bench_vmm dst = { .slot = 1 - src->slot };
+	struct harness_vm dst = { .pid = -1 };
 	struct json_object *obj, *args, *q = NULL;
 	char uri[160], mem_arg[32], vcpus_arg[16];
 	const char *dargs[] = { "--mem", mem_arg, "--vcpus", vcpus_arg, "--incoming", uri, NULL };
 
-	snprintf(uri, sizeof(uri), "unix:%s/copy.sock", bench_dir);
+	snprintf(uri, sizeof(uri), "unix:%s/copy.sock", harness_dir());
 	snprintf(mem_arg, sizeof(mem_arg), "%lluM", (unsigned long long)(mem >> 20));
 	snprintf(vcpus_arg, sizeof(vcpus_arg), "%u", o->vcpus);
-	if (bench_vmm_start(o->bin, NULL, 0, "copy-dst", dargs, &dst, &r))
+	if (bench_vm_start(o->bin, NULL, 0, "copy-dst", dargs, &dst, &r))
 		goto out;
 	args = json_tokener_parse("{\"mode\": \"normal\"}");
 	bench_call(src, "migrate-set-parameters", args, NULL, &r);
@@ -227,9 +221,9 @@ out:
 	obj = cpr_line("precopy-unix-socket", o, mem);
 	json_object_object_add(obj, "mode", json_object_new_string("precopy"));
 	json_object_object_add(obj, "status", json_object_new_string(r.status[0] ? r.status : "error"));
-	json_add_num(obj, "total_time_ms", r.total_ms, 3);
-	json_add_num(obj, "downtime_ms", r.downtime_ms >= 0 ? r.downtime_ms : NAN, 3);
-	json_add_u64(obj, "bytes_on_wire", r.wire_bytes);
+	bench_json_num(obj, "total_time_ms", r.total_ms, 3);
+	bench_json_num(obj, "downtime_ms", r.downtime_ms >= 0 ? r.downtime_ms : NAN, 3);
+	bench_json_u64(obj, "bytes_on_wire", r.wire_bytes);
 	json_object_object_add(obj, "verified", json_object_new_boolean(r.verified));
 	if (r.error[0])
 		json_object_object_add(obj, "error", json_object_new_string(r.error));
@@ -237,14 +231,14 @@ out:
 		json_object_object_add(obj, "verify_error", json_object_new_string(r.verify_error));
 	bench_print(obj);
 	json_object_put(q);
-	bench_vmm_stop(&dst);
-	bench_vmm_stop(src);
+	harness_vm_quit(&dst);
+	harness_vm_quit(src);
 }
 
 static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 {
 	struct bench_result r = { 0 };
-	struct bench_vmm vm = { .slot = 0 };
+	struct harness_vm vm = { .pid = -1 };
 	struct cpr_run runs[BENCH_MAX_RUNS];
 	double tot[BENCH_MAX_RUNS], down[BENCH_MAX_RUNS], max_down = 0;
 	char mem_arg[32], vcpus_arg[16], guest[64];
@@ -257,29 +251,29 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 	snprintf(mem_arg, sizeof(mem_arg), "%lluM", (unsigned long long)(mem >> 20));
 	snprintf(vcpus_arg, sizeof(vcpus_arg), "%u", o->vcpus);
 	snprintf(guest, sizeof(guest), "dirtier,wss=%llu", (unsigned long long)o->wss_bytes);
-	if (bench_vmm_start(o->bin, NULL, 0, "vmm-first", args, &vm, &r)) {
+	if (bench_vm_start(o->bin, NULL, 0, "vmm-first", args, &vm, &r)) {
 		fprintf(stderr, "cpr: %s\n", r.error);
 		return;
 	}
 	for (int i = 0; i < BENCH_READY_MS / 10 && !running; i++) {
 		if (bench_workload(&vm, &running, &progress, &r))
 			break;
-		bench_nap_ms(10);
+		harness_nap_ms(10);
 	}
 	for (unsigned i = 0; i < o->updates; i++) {
 		struct cpr_run *c = &runs[i];
 
-		cpr_update(o, &vm, (int)((i + 1) % 2), i, c);
+		cpr_update(o, &vm, i, c);
 		obj = cpr_line("update", o, mem);
 		json_object_object_add(obj, "mode", json_object_new_string("cpr-transfer"));
-		json_add_u64(obj, "run", i);
+		bench_json_u64(obj, "run", i);
 		json_object_object_add(obj, "status", json_object_new_string(c->ok ? "completed" : "failed"));
 		if (c->ok) {
-			json_add_num(obj, "total_time_ms", c->total_ms, 3);
-			json_add_num(obj, "downtime_ms", c->downtime_ms, 3);
-			json_add_num(obj, "setup_time_ms", c->setup_ms, 3);
-			json_add_u64(obj, "bytes_on_wire", c->wire_bytes);
-			json_add_u64(obj, "ram_bytes_copied", 0);
+			bench_json_num(obj, "total_time_ms", c->total_ms, 3);
+			bench_json_num(obj, "downtime_ms", c->downtime_ms, 3);
+			bench_json_num(obj, "setup_time_ms", c->setup_ms, 3);
+			bench_json_u64(obj, "bytes_on_wire", c->wire_bytes);
+			bench_json_u64(obj, "ram_bytes_copied", 0);
 			tot[nok] = c->total_ms;
 			down[nok] = c->downtime_ms;
 			if (c->downtime_ms > max_down)
@@ -297,18 +291,18 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 		bench_verify_destination(&vm, "dirtier", &r);
 	obj = cpr_line("median", o, mem);
 	json_object_object_add(obj, "mode", json_object_new_string("cpr-transfer"));
-	json_add_u64(obj, "updates", nok);
-	json_add_num(obj, "total_time_ms", nok ? median(tot, nok) : NAN, 3);
-	json_add_num(obj, "downtime_ms", nok ? median(down, nok) : NAN, 3);
-	json_add_num(obj, "downtime_max_ms", nok ? max_down : NAN, 3);
+	bench_json_u64(obj, "updates", nok);
+	bench_json_num(obj, "total_time_ms", nok ? bench_median(tot, nok) : NAN, 3);
+	bench_json_num(obj, "downtime_ms", nok ? bench_median(down, nok) : NAN, 3);
+	bench_json_num(obj, "downtime_max_ms", nok ? max_down : NAN, 3);
 	json_object_object_add(obj, "verified", json_object_new_boolean(r.verified));
 	if (r.verify_error[0])
 		json_object_object_add(obj, "verify_error", json_object_new_string(r.verify_error));
 	bench_print(obj);
-	if (vm.c && mem <= o->copy_max_bytes)
+	if (vm.client && mem <= o->copy_max_bytes)
 		cpr_copy_baseline(o, mem, &vm);
 	else
-		bench_vmm_stop(&vm);
+		harness_vm_quit(&vm);
 }
 
 int main(int argc, char **argv)
@@ -329,8 +323,7 @@ int main(int argc, char **argv)
 	uint64_t v;
 	int opt;
 
-	bench_prog = "cpr";
-	bench_keep_env = "CPR_KEEP";
+	harness_init("cpr", "CPR_KEEP", false);
 	o.bin = getenv("VMFERRY_BIN") && *getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (opt) {
@@ -369,7 +362,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cpr: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
 	}
-	if (bench_setup())
+	if (harness_cleanup_on_exit())
 		return 1;
 	for (unsigned m = 0; m < o.nmem; m++)
 		cpr_one_size(&o, o.mem_bytes[m]);

@@ -120,14 +120,26 @@
  *
  * Exit status: 0 (even when runs fail; see the JSON), 1 when the benchmark
  * itself cannot work, 2 usage, 77 without /dev/kvm.  Cleanup as in
- * bench/precopy (bench_common.h); POSTCOPY_KEEP=1 keeps the temporary
+ * bench/precopy (bench.h); POSTCOPY_KEEP=1 keeps the temporary
  * directory with the last run's VMM logs (a failed run's tails go to stderr).
  */
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-#include "bench_common.h"
+#include <json-c/json.h>
+
+#include "control/client.h"
+#include "util/log.h"
+#include "util/size.h"
+
+#include "bench.h"
 
 #define BENCH_VETH_DELAY_US    500     /* per direction, netem or wire */
 #define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */
@@ -285,30 +297,18 @@ static int bench_proc_cpu(pid_t pid, double *all_ms, double *vcpu_ms)
 /* ---- one migration ---- */
 
 /* postcopy-ram on, and postcopy-preempt set to *@preempt unless NULL. */
-static int bench_set_caps(struct bench_vmm *vm, const bool *preempt, struct bench_result *r)
+static int bench_set_caps(struct harness_vm *vm, const bool *preempt, struct bench_result *r)
 {
-	struct json_object *args = json_object_new_object(), *caps = json_object_new_array();
-	struct json_object *cap = json_object_new_object();
-	int rc;
+	int rc = harness_set_capability(vm, "postcopy-ram", true);
 
-	json_object_object_add(cap, "capability", json_object_new_string("postcopy-ram"));
-	json_object_object_add(cap, "state", json_object_new_boolean(true));
-	json_object_array_add(caps, cap);
-	if (preempt) {
-		cap = json_object_new_object();
-		json_object_object_add(cap, "capability", json_object_new_string("postcopy-preempt"));
-		json_object_object_add(cap, "state", json_object_new_boolean(*preempt));
-		json_object_array_add(caps, cap);
-	}
-	json_object_object_add(args, "capabilities", caps);
-	rc = bench_call(vm, "migrate-set-capabilities", args, NULL, r);
-	json_object_put(args);
-	return rc;
+	if (!rc && preempt)
+		rc = harness_set_capability(vm, "postcopy-preempt", *preempt);
+	return bench_vm_error(vm, rc, r);
 }
 
 /* Capabilities and parameters of @mode on both sides, before `migrate`. */
 static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mode,
-			 struct bench_vmm *src, struct bench_vmm *dst, struct bench_result *r)
+			 struct harness_vm *src, struct harness_vm *dst, struct bench_result *r)
 {
 	struct json_object *p = json_object_new_object(), *q = NULL;
 	int rc;
@@ -334,7 +334,7 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 			return rc;
 	} else if (mode->postcopy_ram && bench_default_vcpu_nice < 0 &&
 		   bench_call(dst, "query-migrate-parameters", NULL, &q, r) == 0) {
-		bench_default_vcpu_nice = (int)json_u64_at(q, "postcopy-vcpu-nice");
+		bench_default_vcpu_nice = (int)harness_json_u64(q, "postcopy-vcpu-nice");
 		json_object_put(q);
 		q = NULL;
 	}
@@ -354,18 +354,18 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 			rc = bench_call(dst, "query-migrate", NULL, &q, r);
 			if (rc)
 				return rc;
-			ready = strcmp(json_str_at(q, "postcopy-uffd-mode"), "minor") ||
-				json_u64_at(q, "prealloc-bytes") >= json_u64_at(q, "total");
+			ready = strcmp(harness_json_str(q, "postcopy-uffd-mode"), "minor") ||
+				harness_json_u64(q, "prealloc-bytes") >= harness_json_u64(q, "total");
 			json_object_put(q);
 			q = NULL;
 			if (ready || clock_monotonic_ns() > deadline)
 				break;
-			bench_nap_ms(BENCH_POLL_MS);
+			harness_nap_ms(BENCH_POLL_MS);
 		}
 	}
 	rc = bench_call(src, "query-migrate-parameters", NULL, &q, r);
 	if (rc == 0)
-		r->downtime_limit_ms = json_u64_at(q, "downtime-limit");
+		r->downtime_limit_ms = harness_json_u64(q, "downtime-limit");
 	json_object_put(q);
 	return rc;
 }
@@ -375,7 +375,7 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
  * (it does once it holds every page and told the source), and take its
  * postcopy figures.  0 or -errno with r->b.error.
  */
-static int bench_dst_done(struct bench_vmm *dst, struct bench_pc_result *r)
+static int bench_dst_done(struct harness_vm *dst, struct bench_pc_result *r)
 {
 	uint64_t deadline = clock_monotonic_ns() + BENCH_DST_DONE_MS * 1000000ull;
 	char status[32] = "";
@@ -385,25 +385,25 @@ static int bench_dst_done(struct bench_vmm *dst, struct bench_pc_result *r)
 
 		if (bench_call(dst, "query-migrate", NULL, &q, &r->b))
 			return -EIO;
-		snprintf(status, sizeof(status), "%s", json_str_at(q, "status"));
+		snprintf(status, sizeof(status), "%s", harness_json_str(q, "status"));
 		if (!strcmp(status, "completed")) {
-			r->page_requests = json_u64_at(q, "postcopy-requests");
-			r->faults = json_u64_at(q, "postcopy-faults");
-			r->fault_p50_us = json_num_at(q, "fault-latency-p50-us");
-			r->fault_p99_us = json_num_at(q, "fault-latency-p99-us");
-			r->fault_max_us = json_num_at(q, "fault-latency-max-us");
-			r->vcpu_blocked_ms = json_num_at(q, "vcpu-blocked-time");
+			r->page_requests = harness_json_u64(q, "postcopy-requests");
+			r->faults = harness_json_u64(q, "postcopy-faults");
+			r->fault_p50_us = harness_json_double(q, "fault-latency-p50-us", 0);
+			r->fault_p99_us = harness_json_double(q, "fault-latency-p99-us", 0);
+			r->fault_max_us = harness_json_double(q, "fault-latency-max-us", 0);
+			r->vcpu_blocked_ms = harness_json_double(q, "vcpu-blocked-time", 0);
 			json_object_put(q);
 			return 0;
 		}
 		if (!strcmp(status, "failed") || !strcmp(status, "cancelled")) {
 			snprintf(r->b.error, sizeof(r->b.error), "destination %s: %.200s", status,
-				 json_str_at(q, "error-desc"));
+				 harness_json_str(q, "error-desc"));
 			json_object_put(q);
 			return -EIO;
 		}
 		json_object_put(q);
-		bench_nap_ms(BENCH_POLL_MS);
+		harness_nap_ms(BENCH_POLL_MS);
 	}
 	snprintf(r->b.error, sizeof(r->b.error),
 		 "destination still %s %d ms after the source completed", status, BENCH_DST_DONE_MS);
@@ -416,7 +416,7 @@ static int bench_dst_done(struct bench_vmm *dst, struct bench_pc_result *r)
  * round trip from it).  Both untouched on failure.  A failed sample costs the run its guest
  * figures (null), not the run: 0 or -errno, with a message on stderr.
  */
-static int bench_guest_sample(struct bench_vmm *vm, const char *side, uint64_t *progress,
+static int bench_guest_sample(struct harness_vm *vm, const char *side, uint64_t *progress,
 			      uint64_t *at_ns)
 {
 	struct bench_result scratch = { 0 };
@@ -425,7 +425,7 @@ static int bench_guest_sample(struct bench_vmm *vm, const char *side, uint64_t *
 	int rc = bench_workload(vm, &running, &p, &scratch);
 
 	if (rc) {
-		fprintf(stderr, "%s: %s guest progress: %s\n", bench_prog, side, scratch.error);
+		fprintf(stderr, "%s: %s guest progress: %s\n", harness_prog(), side, scratch.error);
 		return rc;
 	}
 	*progress = p;
@@ -439,13 +439,13 @@ static int bench_guest_sample(struct bench_vmm *vm, const char *side, uint64_t *
  * the machine as the migration will: two samples BENCH_GUEST_RATE_MS apart.
  * The second one opens the migration's account (guest_p0, guest_t0_ns).
  */
-static void bench_guest_rate(struct bench_vmm *src, struct bench_pc_result *pr)
+static void bench_guest_rate(struct harness_vm *src, struct bench_pc_result *pr)
 {
 	uint64_t pa, ta;
 
 	if (bench_guest_sample(src, "source", &pa, &ta))
 		return;
-	bench_nap_ms(BENCH_GUEST_RATE_MS);
+	harness_nap_ms(BENCH_GUEST_RATE_MS);
 	if (bench_guest_sample(src, "source", &pr->guest_p0, &pr->guest_t0_ns))
 		return;
 	if (pr->guest_p0 >= pa && pr->guest_t0_ns > ta)
@@ -457,11 +457,11 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		      uint64_t mem_bytes, const struct bench_workload *w,
 		      const struct bench_mode *mode, struct bench_pc_result *pr)
 {
-	struct bench_vmm src = { .pid = -1, .slot = 0 }, dst = { .pid = -1, .slot = 1 };
+	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
 	char mem[32], vcpus[16], listen_uri[64], uri[96];
 	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = t != BENCH_LOOPBACK ? n->addr[1] : "127.0.0.1";
+	const char *host_addr = t != BENCH_LOOPBACK ? n->hosts.addr[1] : "127.0.0.1";
 	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
 	struct bench_result *r = &pr->b;
 	struct json_object *args, *q = NULL;
@@ -478,16 +478,16 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
 
 	/* The link first, with no VM competing for the CPUs. */
-	rc = bench_link_bandwidth(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr,
+	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
 				  o->probe_bytes, 0, &r->link_bps);
 	if (!rc)
-		rc = bench_link_bandwidth(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr,
+		rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
 					  mem_bytes, mem_bytes, &r->ram_link_bps);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
 		return;
 	}
-	rc = bench_link_rtt(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr, &r->link_rtt_us);
+	rc = bench_link_rtt(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr, &r->link_rtt_us);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link round-trip probe: %s", strerror(-rc));
 		return;
@@ -496,7 +496,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
 	if (mode->eager_map)
 		setenv("VMFERRY_POSTCOPY_MAP", "eager", 1);
-	rc = bench_vmm_start(o->bin, ns, 1, "dst", dst_args, &dst, r);
+	rc = bench_vm_start(o->bin, ns, 1, "dst", dst_args, &dst, r);
 	unsetenv("VMFERRY_POSTCOPY_UFFD");
 	unsetenv("VMFERRY_POSTCOPY_MAP");
 	if (!rc)
@@ -504,7 +504,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	if (!rc && mode->copy_send)
 		setenv("VMFERRY_SEND_COPY", "1", 1);
 	if (!rc)
-		rc = bench_vmm_start(o->bin, ns, 0, "src", src_args, &src, r);
+		rc = bench_vm_start(o->bin, ns, 0, "src", src_args, &src, r);
 	unsetenv("VMFERRY_SEND_COPY");
 	if (rc)
 		goto out;
@@ -514,7 +514,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		if (bench_workload(&src, &running, &progress, r))
 			goto out;
 		if (!running)
-			bench_nap_ms(10);
+			harness_nap_ms(10);
 	}
 	if (!running) {
 		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
@@ -544,10 +544,10 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	 * when a hybrid converged without switching).
 	 */
 	pr->switched = json_object_object_get_ex(q, "postcopy-pages-pushed", NULL);
-	pr->pages_pushed = json_u64_at(q, "postcopy-pages-pushed");
-	pr->pages_requested = json_u64_at(q, "postcopy-pages-requested");
-	pr->pages_resent = json_u64_at(q, "postcopy-pages-resent");
-	pr->requests_served = json_u64_at(q, "postcopy-requests");
+	pr->pages_pushed = harness_json_u64(q, "postcopy-pages-pushed");
+	pr->pages_requested = harness_json_u64(q, "postcopy-pages-requested");
+	pr->pages_resent = harness_json_u64(q, "postcopy-pages-resent");
+	pr->requests_served = harness_json_u64(q, "postcopy-requests");
 	json_object_put(q);
 	if (!r->completed)
 		goto out;
@@ -570,14 +570,14 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	bench_verify_destination(&dst, w->name, r);
 out:
 	if (r->error[0]) {
-		bench_vmm_log_tail(&src, "source");
-		bench_vmm_log_tail(&dst, "destination");
+		harness_vm_log_tail(&src, "source");
+		harness_vm_log_tail(&dst, "destination");
 	}
-	bench_vmm_stop(&src);
-	bench_vmm_stop(&dst);
-	if (!getenv(bench_keep_env)) {
-		unlink(src.log);
-		unlink(dst.log);
+	harness_vm_quit(&src);
+	harness_vm_quit(&dst);
+	if (!getenv("POSTCOPY_KEEP")) {
+		unlink(src.log_path);
+		unlink(dst.log_path);
 	}
 }
 
@@ -649,7 +649,7 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	json_object_object_add(obj, "preempt",
 			       mode->postcopy_ram ? json_object_new_boolean(mode->preempt) : NULL);
 	if (mode->after_passes)
-		json_add_u64(obj, "postcopy_after_passes", mode->after_passes);
+		bench_json_u64(obj, "postcopy_after_passes", mode->after_passes);
 	if (mode->postcopy_ram) {
 		int nice = mode->vcpu_nice >= 0 ? mode->vcpu_nice : bench_default_vcpu_nice;
 
@@ -663,14 +663,14 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
 	if (t != BENCH_LOOPBACK && n && n->shaper[0]) {
 		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
-		json_add_num(obj, "link_delay_ms", n->delay_us / 1000.0, 3);
+		bench_json_num(obj, "link_delay_ms", n->delay_us / 1000.0, 3);
 	}
 	json_object_object_add(obj, "workload", json_object_new_string(w->name));
 	json_object_object_add(obj, "guest", json_object_new_string(w->spec));
-	json_add_u64(obj, "guest_ram_bytes", mem_bytes);
-	json_add_u64(obj, "vcpus", o->vcpus);
+	bench_json_u64(obj, "guest_ram_bytes", mem_bytes);
+	bench_json_u64(obj, "vcpus", o->vcpus);
 	json_object_object_add(obj, "dest_ready", json_object_new_boolean(o->dest_ready));
-	json_add_u64(obj, "convergence_timeout_s", o->convergence_timeout_s);
+	bench_json_u64(obj, "convergence_timeout_s", o->convergence_timeout_s);
 	return obj;
 }
 
@@ -683,54 +683,54 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 	const struct bench_result *r = &pr->b;
 	bool pc = pr->switched;
 
-	json_add_u64(obj, "run", run);
+	bench_json_u64(obj, "run", run);
 	json_object_object_add(obj, "status",
 			       json_object_new_string(r->status[0] ? r->status : "error"));
 	if (r->status[0]) {
-		json_add_num(obj, "total_time_ms", r->total_ms, 3);
-		json_add_num(obj, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
-		json_add_num(obj, "setup_time_ms", r->setup_ms, 3);
-		json_add_u64(obj, "downtime_limit_ms", r->downtime_limit_ms);
-		json_add_u64(obj, "bytes_on_wire", r->wire_bytes);
-		json_add_u64(obj, "pages_sent", r->normal_pages + r->zero_pages);
-		json_add_u64(obj, "normal_pages", r->normal_pages);
-		json_add_u64(obj, "zero_pages", r->zero_pages);
-		json_add_u64(obj, "passes", r->passes);
-		json_add_u64(obj, "postcopy_pages_pushed", pr->pages_pushed);
-		json_add_u64(obj, "postcopy_pages_requested", pr->pages_requested);
-		json_add_u64(obj, "postcopy_pages_resent", pr->pages_resent);
-		json_add_u64(obj, "ram_sent_bytes", r->normal_pages * BENCH_PAGE_BYTES);
-		json_add_num(obj, "bytes_per_guest_page", bench_per_page(r, mem_bytes), 1);
-		json_add_num(obj, "wire_bytes_per_guest_byte",
+		bench_json_num(obj, "total_time_ms", r->total_ms, 3);
+		bench_json_num(obj, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
+		bench_json_num(obj, "setup_time_ms", r->setup_ms, 3);
+		bench_json_u64(obj, "downtime_limit_ms", r->downtime_limit_ms);
+		bench_json_u64(obj, "bytes_on_wire", r->wire_bytes);
+		bench_json_u64(obj, "pages_sent", r->normal_pages + r->zero_pages);
+		bench_json_u64(obj, "normal_pages", r->normal_pages);
+		bench_json_u64(obj, "zero_pages", r->zero_pages);
+		bench_json_u64(obj, "passes", r->passes);
+		bench_json_u64(obj, "postcopy_pages_pushed", pr->pages_pushed);
+		bench_json_u64(obj, "postcopy_pages_requested", pr->pages_requested);
+		bench_json_u64(obj, "postcopy_pages_resent", pr->pages_resent);
+		bench_json_u64(obj, "ram_sent_bytes", r->normal_pages * BENCH_PAGE_BYTES);
+		bench_json_num(obj, "bytes_per_guest_page", bench_per_page(r, mem_bytes), 1);
+		bench_json_num(obj, "wire_bytes_per_guest_byte",
 			     (double)r->wire_bytes / (double)mem_bytes, 4);
 	}
-	json_add_num(obj, "link_bandwidth_bytes_per_s", r->link_bps, 0);
-	json_add_num(obj, "ram_link_bandwidth_bytes_per_s", r->ram_link_bps, 0);
-	json_add_num(obj, "link_rtt_us", r->link_rtt_us, 1);
+	bench_json_num(obj, "link_bandwidth_bytes_per_s", r->link_bps, 0);
+	bench_json_num(obj, "ram_link_bandwidth_bytes_per_s", r->ram_link_bps, 0);
+	bench_json_num(obj, "link_rtt_us", r->link_rtt_us, 1);
 	if (r->status[0]) {
-		json_add_num(obj, "bound_ms", bench_bound_ms(r, r->link_bps), 3);
-		json_add_num(obj, "ratio_total_to_bound", bench_ratio(r, r->link_bps), 3);
-		json_add_num(obj, "ram_bound_ms", bench_bound_ms(r, r->ram_link_bps), 3);
-		json_add_num(obj, "ratio_total_to_ram_bound", bench_ratio(r, r->ram_link_bps), 3);
+		bench_json_num(obj, "bound_ms", bench_bound_ms(r, r->link_bps), 3);
+		bench_json_num(obj, "ratio_total_to_bound", bench_ratio(r, r->link_bps), 3);
+		bench_json_num(obj, "ram_bound_ms", bench_bound_ms(r, r->ram_link_bps), 3);
+		bench_json_num(obj, "ratio_total_to_ram_bound", bench_ratio(r, r->ram_link_bps), 3);
 	}
 	if (r->completed) {
 		json_object_object_add(obj, "postcopy_switched", json_object_new_boolean(pc));
-		json_add_num(obj, "fault_latency_p50_us", pc ? pr->fault_p50_us : NAN, 1);
-		json_add_num(obj, "fault_latency_p99_us", pc ? pr->fault_p99_us : NAN, 1);
-		json_add_num(obj, "fault_latency_max_us", pc ? pr->fault_max_us : NAN, 1);
-		json_add_num(obj, "vcpu_blocked_ms", pc ? pr->vcpu_blocked_ms : NAN, 3);
-		json_add_num(obj, "page_requests", pc ? (double)pr->page_requests : NAN, 0);
-		json_add_num(obj, "postcopy_faults", pc ? (double)pr->faults : NAN, 0);
-		json_add_u64(obj, "page_requests_served", pr->requests_served);
-		json_add_num(obj, "src_cpu_ms", pr->src_cpu_ms >= 0 ? pr->src_cpu_ms : NAN, 0);
-		json_add_num(obj, "dst_cpu_ms", pr->dst_cpu_ms >= 0 ? pr->dst_cpu_ms : NAN, 0);
-		json_add_num(obj, "dst_vcpu_cpu_ms",
+		bench_json_num(obj, "fault_latency_p50_us", pc ? pr->fault_p50_us : NAN, 1);
+		bench_json_num(obj, "fault_latency_p99_us", pc ? pr->fault_p99_us : NAN, 1);
+		bench_json_num(obj, "fault_latency_max_us", pc ? pr->fault_max_us : NAN, 1);
+		bench_json_num(obj, "vcpu_blocked_ms", pc ? pr->vcpu_blocked_ms : NAN, 3);
+		bench_json_num(obj, "page_requests", pc ? (double)pr->page_requests : NAN, 0);
+		bench_json_num(obj, "postcopy_faults", pc ? (double)pr->faults : NAN, 0);
+		bench_json_u64(obj, "page_requests_served", pr->requests_served);
+		bench_json_num(obj, "src_cpu_ms", pr->src_cpu_ms >= 0 ? pr->src_cpu_ms : NAN, 0);
+		bench_json_num(obj, "dst_cpu_ms", pr->dst_cpu_ms >= 0 ? pr->dst_cpu_ms : NAN, 0);
+		bench_json_num(obj, "dst_vcpu_cpu_ms",
 			     pr->dst_vcpu_cpu_ms >= 0 ? pr->dst_vcpu_cpu_ms : NAN, 0);
 	}
-	json_add_num(obj, "guest_full_rate_per_s",
+	bench_json_num(obj, "guest_full_rate_per_s",
 		     pr->guest_rate_per_s > 0 ? pr->guest_rate_per_s : NAN, 0);
-	json_add_num(obj, "guest_speed_during_migration", bench_guest_speed(pr), 3);
-	json_add_num(obj, "guest_lost_ms", bench_guest_lost_ms(pr), 1);
+	bench_json_num(obj, "guest_speed_during_migration", bench_guest_speed(pr), 3);
+	bench_json_num(obj, "guest_lost_ms", bench_guest_lost_ms(pr), 1);
 	json_object_object_add(obj, "verified", json_object_new_boolean(r->verified));
 	if (r->completed && !r->verified)
 		json_object_object_add(obj, "verify_error", json_object_new_string(r->verify_error));
@@ -754,11 +754,11 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 		postcopy += rs[i].b.completed && rs[i].switched;
 		guest += rs[i].b.completed && !isnan(bench_guest_speed(&rs[i]));
 	}
-	json_add_u64(obj, "runs", o->runs);
-	json_add_u64(obj, "completed", ok);
-	json_add_u64(obj, "verified_runs", verified);
-	json_add_u64(obj, "postcopy_runs", postcopy);
-	json_add_u64(obj, "guest_measured_runs", guest);
+	bench_json_u64(obj, "runs", o->runs);
+	bench_json_u64(obj, "completed", ok);
+	bench_json_u64(obj, "verified_runs", verified);
+	bench_json_u64(obj, "postcopy_runs", postcopy);
+	bench_json_u64(obj, "guest_measured_runs", guest);
 	for (unsigned i = 0; i < o->runs; i++)
 		if (rs[i].b.error[0]) {
 			json_object_object_add(obj, "first_error",
@@ -780,7 +780,7 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 				v[k] = (expr); \
 				k += !isnan(v[k]); \
 			} \
-		json_add_num(obj, key, median(v, k), decimals); \
+		bench_json_num(obj, key, bench_median(v, k), decimals); \
 	} while (0)
 	MEDIAN_FIELD("total_time_ms", false, r->total_ms, 3);
 	MEDIAN_FIELD("downtime_ms", false, r->downtime_ms, 3);
@@ -863,8 +863,7 @@ int main(int argc, char **argv)
 	uint64_t v;
 	int opt;
 
-	bench_prog = "postcopy";
-	bench_keep_env = "POSTCOPY_KEEP";
+	harness_init("postcopy", "POSTCOPY_KEEP", false);
 	for (size_t i = 0; i < BENCH_NWORKLOADS; i++) {
 		workload_names[i] = bench_workloads[i].name;
 		o.workload_on[i] = true;
@@ -942,7 +941,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "postcopy: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
 	}
-	if (bench_setup())
+	if (harness_cleanup_on_exit())
 		return 1;
 	memset(&netns, 0, sizeof(netns));
 

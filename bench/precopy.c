@@ -54,10 +54,21 @@
  * at exit, on SIGINT/SIGTERM too (PRECOPY_KEEP=1 keeps the directory with
  * the VMM logs).
  */
+#include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-#include "bench_common.h"
+#include <json-c/json.h>
+
+#include "control/client.h"
+#include "util/log.h"
+#include "util/size.h"
+
+#include "bench.h"
 
 static const struct bench_workload {
 	const char *name;
@@ -88,7 +99,7 @@ struct bench_opts {
 };
 
 /* Set parameters and capabilities from the options. */
-static int bench_set_params(const struct bench_opts *o, struct bench_vmm *src,
+static int bench_set_params(const struct bench_opts *o, struct harness_vm *src,
 			    struct bench_result *r)
 {
 	struct json_object *p = json_object_new_object(), *q = NULL;
@@ -112,7 +123,7 @@ static int bench_set_params(const struct bench_opts *o, struct bench_vmm *src,
 	}
 	rc = bench_call(src, "query-migrate-parameters", NULL, &q, r);
 	if (rc == 0)
-		r->downtime_limit_ms = json_u64_at(q, "downtime-limit");
+		r->downtime_limit_ms = harness_json_u64(q, "downtime-limit");
 	json_object_put(q);
 	return rc;
 }
@@ -121,11 +132,11 @@ static int bench_set_params(const struct bench_opts *o, struct bench_vmm *src,
 static void bench_one(const struct bench_opts *o, enum bench_transport t, struct bench_netns *n,
 		      uint64_t mem_bytes, const struct bench_workload *w, struct bench_result *r)
 {
-	struct bench_vmm src = { .pid = -1, .slot = 0 }, dst = { .pid = -1, .slot = 1 };
+	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
 	char mem[32], vcpus[16], listen_uri[64], uri[96];
 	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = t != BENCH_LOOPBACK ? n->addr[1] : "127.0.0.1";
+	const char *host_addr = t != BENCH_LOOPBACK ? n->hosts.addr[1] : "127.0.0.1";
 	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
 	struct json_object *args, *q = NULL;
 	uint64_t deadline, progress;
@@ -139,22 +150,22 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
 
 	/* The link first, with no VM competing for the CPUs. */
-	rc = bench_link_bandwidth(ns ? ns->ns[0] : NULL, ns ? ns->ns[1] : NULL, host_addr,
+	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
 				  o->probe_bytes, 0, &r->link_bps);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
 		return;
 	}
-	if (bench_vmm_start(o->bin, ns, 1, "dst", dst_args, &dst, r) ||
+	if (bench_vm_start(o->bin, ns, 1, "dst", dst_args, &dst, r) ||
 	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
-	    bench_vmm_start(o->bin, ns, 0, "src", src_args, &src, r))
+	    bench_vm_start(o->bin, ns, 0, "src", src_args, &src, r))
 		goto out;
 	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
 	while (!running && clock_monotonic_ns() < deadline) {
 		if (bench_workload(&src, &running, &progress, r))
 			goto out;
 		if (!running)
-			bench_nap_ms(10);
+			harness_nap_ms(10);
 	}
 	if (!running) {
 		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
@@ -175,13 +186,13 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		bench_verify_destination(&dst, w->name, r);
 out:
 	if (r->error[0]) {
-		bench_vmm_log_tail(&src, "source");
-		bench_vmm_log_tail(&dst, "destination");
+		harness_vm_log_tail(&src, "source");
+		harness_vm_log_tail(&dst, "destination");
 	}
-	bench_vmm_stop(&src);
-	bench_vmm_stop(&dst);
-	unlink(src.log);
-	unlink(dst.log);
+	harness_vm_quit(&src);
+	harness_vm_quit(&dst);
+	unlink(src.log_path);
+	unlink(dst.log_path);
 }
 
 /* ---- output ---- */
@@ -206,8 +217,8 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 		json_object_object_add(o, "shaper", json_object_new_string(n->shaper));
 	json_object_object_add(o, "workload", json_object_new_string(w->name));
 	json_object_object_add(o, "guest", json_object_new_string(w->spec));
-	json_add_u64(o, "guest_ram_bytes", mem_bytes);
-	json_add_u64(o, "vcpus", vcpus);
+	bench_json_u64(o, "guest_ram_bytes", mem_bytes);
+	bench_json_u64(o, "vcpus", vcpus);
 	return o;
 }
 
@@ -218,30 +229,30 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 	struct json_object *o = bench_line("run", t, n, mem_bytes, w, vcpus);
 	double bound = bench_bound_ms(r);
 
-	json_add_u64(o, "run", run);
+	bench_json_u64(o, "run", run);
 	json_object_object_add(o, "status", json_object_new_string(r->status[0] ? r->status : "error"));
 	if (r->status[0]) {
-		json_add_num(o, "total_time_ms", r->total_ms, 3);
-		json_add_num(o, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
-		json_add_num(o, "setup_time_ms", r->setup_ms, 3);
-		json_add_u64(o, "downtime_limit_ms", r->downtime_limit_ms);
-		json_add_u64(o, "expected_downtime_ms", r->expected_downtime_ms);
-		json_add_u64(o, "bytes_on_wire", r->wire_bytes);
-		json_add_u64(o, "pages_sent", r->normal_pages + r->zero_pages);
-		json_add_u64(o, "normal_pages", r->normal_pages);
-		json_add_u64(o, "zero_pages", r->zero_pages);
-		json_add_u64(o, "passes", r->passes);
-		json_add_u64(o, "ram_sent_bytes", r->normal_pages * BENCH_PAGE_BYTES);
+		bench_json_num(o, "total_time_ms", r->total_ms, 3);
+		bench_json_num(o, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
+		bench_json_num(o, "setup_time_ms", r->setup_ms, 3);
+		bench_json_u64(o, "downtime_limit_ms", r->downtime_limit_ms);
+		bench_json_u64(o, "expected_downtime_ms", r->expected_downtime_ms);
+		bench_json_u64(o, "bytes_on_wire", r->wire_bytes);
+		bench_json_u64(o, "pages_sent", r->normal_pages + r->zero_pages);
+		bench_json_u64(o, "normal_pages", r->normal_pages);
+		bench_json_u64(o, "zero_pages", r->zero_pages);
+		bench_json_u64(o, "passes", r->passes);
+		bench_json_u64(o, "ram_sent_bytes", r->normal_pages * BENCH_PAGE_BYTES);
 	}
-	json_add_num(o, "link_bandwidth_bytes_per_s", r->link_bps, 0);
+	bench_json_num(o, "link_bandwidth_bytes_per_s", r->link_bps, 0);
 	if (r->status[0]) {
-		json_add_num(o, "bound_ms", bound, 3);
-		json_add_num(o, "ratio_total_to_bound", bound > 0 ? r->total_ms / bound : NAN, 3);
-		json_add_num(o, "wire_bytes_per_s",
+		bench_json_num(o, "bound_ms", bound, 3);
+		bench_json_num(o, "ratio_total_to_bound", bound > 0 ? r->total_ms / bound : NAN, 3);
+		bench_json_num(o, "wire_bytes_per_s",
 			     r->total_ms > 0 ? (double)r->wire_bytes / r->total_ms * 1000.0 : 0, 0);
-		json_add_u64(o, "engine_throughput_bytes_per_s", r->throughput_bps);
-		json_add_u64(o, "dirty_pages_rate", r->dirty_pages_rate);
-		json_add_u64(o, "cpu_throttle_max", r->throttle_max);
+		bench_json_u64(o, "engine_throughput_bytes_per_s", r->throughput_bps);
+		bench_json_u64(o, "dirty_pages_rate", r->dirty_pages_rate);
+		bench_json_u64(o, "cpu_throttle_max", r->throttle_max);
 	}
 	json_object_object_add(o, "verified", json_object_new_boolean(r->verified));
 	if (r->completed && !r->verified)
@@ -263,9 +274,9 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 		ok += rs[i].completed;
 		verified += rs[i].verified;
 	}
-	json_add_u64(o, "runs", nruns);
-	json_add_u64(o, "completed", ok);
-	json_add_u64(o, "verified_runs", verified);
+	bench_json_u64(o, "runs", nruns);
+	bench_json_u64(o, "completed", ok);
+	bench_json_u64(o, "verified_runs", verified);
 #define MEDIAN_FIELD(key, expr, decimals) do { \
 		k = 0; \
 		for (unsigned i = 0; i < nruns; i++) \
@@ -273,7 +284,7 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 				const struct bench_result *r = &rs[i]; \
 				v[k++] = (expr); \
 			} \
-		json_add_num(o, key, median(v, k), decimals); \
+		bench_json_num(o, key, bench_median(v, k), decimals); \
 	} while (0)
 	MEDIAN_FIELD("total_time_ms", r->total_ms, 3);
 	MEDIAN_FIELD("downtime_ms", r->downtime_ms, 3);
@@ -338,8 +349,7 @@ int main(int argc, char **argv)
 		workload_names[i] = bench_workloads[i].name;
 		o.workload_on[i] = true;
 	}
-	bench_prog = "precopy";
-	bench_keep_env = "PRECOPY_KEEP";
+	harness_init("precopy", "PRECOPY_KEEP", false);
 	o.bin = getenv("VMFERRY_BIN") && *getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (opt) {
@@ -409,7 +419,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "precopy: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
 	}
-	if (bench_setup())
+	if (harness_cleanup_on_exit())
 		return 1;
 	memset(&netns, 0, sizeof(netns));
 

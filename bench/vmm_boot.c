@@ -36,6 +36,8 @@
 #include "verify/verify.h"
 #include "vmferry/guest_abi.h"
 
+#include "bench.h"
+
 #define BENCH_MAX_VCPUS 8
 
 struct bench_opts {
@@ -55,7 +57,7 @@ struct bench_run {
 	uint64_t rss_anon_kib, rss_file_kib, rss_shmem_kib;
 };
 
-static struct json_object *bench_call(struct control_client *c, const char *cmd,
+static struct json_object *boot_call(struct control_client *c, const char *cmd,
 				      struct json_object *args)
 {
 	struct json_object *reply = NULL, *ret = NULL;
@@ -73,19 +75,10 @@ static struct json_object *bench_call(struct control_client *c, const char *cmd,
 	return ret;
 }
 
-static uint64_t json_u64_at(struct json_object *o, const char *key)
-{
-	struct json_object *x;
-
-	if (!json_object_object_get_ex(o, key, &x))
-		return 0;
-	return (uint64_t)json_object_get_int64(x);
-}
-
 /* Per-vCPU writes and the guest clock; returns false until all vCPUs run. */
 static bool bench_sample(struct control_client *c, unsigned n, uint64_t *writes, uint64_t *clock_ns)
 {
-	struct json_object *w = bench_call(c, "query-workload", NULL), *arr, *v, *x;
+	struct json_object *w = boot_call(c, "query-workload", NULL), *arr, *v, *x;
 	bool running = true;
 
 	json_object_object_get_ex(w, "vcpus", &arr);
@@ -93,9 +86,9 @@ static bool bench_sample(struct control_client *c, unsigned n, uint64_t *writes,
 		v = json_object_array_get_idx(arr, i);
 		json_object_object_get_ex(v, "phase", &x);
 		running &= !strcmp(json_object_get_string(x), "running");
-		writes[i] = json_u64_at(v, "writes");
+		writes[i] = harness_json_u64(v, "writes");
 	}
-	*clock_ns = json_u64_at(w, "guest-clock-ns");
+	*clock_ns = harness_json_u64(w, "guest-clock-ns");
 	json_object_put(w);
 	return running;
 }
@@ -176,44 +169,27 @@ static void bench_native(const struct bench_opts *o, struct bench_run *r)
 	munmap(mem, per_bytes * o->nvcpus);
 }
 
-static pid_t bench_spawn(const struct bench_opts *o, const char *sock, const char *console)
+static int bench_one(const struct bench_opts *o, struct bench_run *r)
 {
-	char mem[32], vcpus[16];
-	pid_t pid;
-
-	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(o->mem_bytes >> 20));
-	snprintf(vcpus, sizeof(vcpus), "%u", o->nvcpus);
-	pid = fork();
-	if (pid == 0) {
-		execl(o->bin, o->bin, "run", "--mem", mem, "--vcpus", vcpus, "--guest",
-		      "incrementer", "--control", sock, "--console", console, (char *)NULL);
-		perror("vmm_boot: exec vmferry");
-		_exit(127);
-	}
-	return pid;
-}
-
-static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
-		     struct bench_run *r)
-{
-	char sock[256], console[256], dump[256];
-	struct control_client *c = NULL;
+	char mem[32], vcpus[16], dump[HARNESS_PATH_BYTES];
+	const char *args_run[] = { "--mem", mem, "--vcpus", vcpus, "--guest", "incrementer", NULL };
+	struct harness_vm_opts vo = { .bin = o->bin, .name = "boot" };
+	struct harness_vm vm;
+	struct control_client *c;
 	struct json_object *st, *boot, *args;
 	uint64_t w0[BENCH_MAX_VCPUS], w1[BENCH_MAX_VCPUS], c0, c1, t0;
-	pid_t pid;
 
 	memset(r, 0, sizeof(*r));
-	snprintf(sock, sizeof(sock), "%s/ctl-%u", dir, run);
-	snprintf(console, sizeof(console), "%s/console-%u", dir, run);
-	snprintf(dump, sizeof(dump), "%s/dump-%u", dir, run);
+	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(o->mem_bytes >> 20));
+	snprintf(vcpus, sizeof(vcpus), "%u", o->nvcpus);
+	if (harness_unique_path(dump, sizeof(dump), "dump") < 0)
+		return -1;
 	t0 = clock_monotonic_ns();
-	pid = bench_spawn(o, sock, console);
-	if (control_client_connect(sock, 10000, &c) != 0) {
-		fprintf(stderr, "vmm_boot: cannot reach the VMM's control socket\n");
-		kill(pid, SIGKILL);
-		proc_reap(pid, 10000);
+	if (harness_spawn_start(&vm, &vo, args_run) || harness_connect(&vm, 10000)) {
+		fprintf(stderr, "vmm_boot: cannot reach the VMM's control socket: %s\n", vm.error);
 		return -1;
 	}
+	c = vm.client;
 	/* Wait (bounded) until every vCPU runs its loop. */
 	for (int i = 0; !bench_sample(c, o->nvcpus, w0, &c0); i++) {
 		if (i > 20000) {
@@ -222,11 +198,11 @@ static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
 		}
 		usleep(1000);
 	}
-	st = bench_call(c, "query-status", NULL);
+	st = boot_call(c, "query-status", NULL);
 	json_object_object_get_ex(st, "boot", &boot);
-	r->first_insn_ms = (double)(json_u64_at(boot, "first-instruction-ns") - t0) / 1e6;
-	r->first_console_ms = json_u64_at(boot, "first-console-ns")
-				      ? (double)(json_u64_at(boot, "first-console-ns") - t0) / 1e6
+	r->first_insn_ms = (double)(harness_json_u64(boot, "first-instruction-ns") - t0) / 1e6;
+	r->first_console_ms = harness_json_u64(boot, "first-console-ns")
+				      ? (double)(harness_json_u64(boot, "first-console-ns") - t0) / 1e6
 				      : -1;
 	json_object_put(st);
 
@@ -247,30 +223,28 @@ static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
 	bench_sample(c, o->nvcpus, w1, &c1);
 	for (unsigned i = 0; i < o->nvcpus; i++)
 		r->writes_per_s[i] = (double)(w1[i] - w0[i]) * 1e9 / (double)(c1 - c0);
-	bench_rss(pid, r);
+	bench_rss(vm.pid, r);
 
 	if (o->demo) {
 		struct json_object *verdict = NULL;
 		int err;
 
-		json_object_put(bench_call(c, "stop", NULL));
+		json_object_put(boot_call(c, "stop", NULL));
 		args = json_object_new_object();
 		json_object_object_add(args, "file", json_object_new_string(dump));
-		json_object_put(bench_call(c, "dump-guest-memory", args));
+		json_object_put(boot_call(c, "dump-guest-memory", args));
 		json_object_put(args);
 		err = verify_incrementer_file(dump, &verdict);
 		printf("  stopped, dumped, verified: %s\n",
 		       err == 0 ? "incrementer memory consistent" : json_object_to_json_string(verdict));
 		json_object_put(verdict);
 		unlink(dump);
-		json_object_put(bench_call(c, "cont", NULL));
+		json_object_put(boot_call(c, "cont", NULL));
 		if (err)
 			exit(1);
 	}
-	json_object_put(bench_call(c, "quit", NULL));
-	control_client_close(c);
-	proc_reap(pid, 10000);
-	unlink(console);
+	harness_vm_quit(&vm);
+	unlink(vm.console_path);
 	bench_native(o, r);
 	r->ratio = 0;
 	for (unsigned i = 0; i < o->nvcpus; i++)
@@ -278,7 +252,7 @@ static int bench_one(const struct bench_opts *o, const char *dir, unsigned run,
 	return 0;
 }
 
-static void bench_print(const struct bench_opts *o, const struct bench_run *r, const char *type)
+static void boot_print(const struct bench_opts *o, const struct bench_run *r, const char *type)
 {
 	printf("{\"bench\":\"vmm_boot\",\"type\":\"%s\",\"mem_bytes\":%llu,\"vcpus\":%u,"
 	       "\"start_to_first_instruction_ms\":%.2f,\"start_to_first_console_ms\":%.2f,"
@@ -297,19 +271,6 @@ static void bench_print(const struct bench_opts *o, const struct bench_run *r, c
 	fflush(stdout);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, unsigned n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -325,11 +286,11 @@ int main(int argc, char **argv)
 		.mem_bytes = 1ull << 30, .nvcpus = 2, .runs = 3, .seconds = 3,
 	};
 	struct bench_run runs[32], med;
-	char dir[] = "/tmp/vmferry-bench.XXXXXX";
 	uint64_t v;
 	int opt;
 
-	o.bin = getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
+	harness_init("vmm_boot", "VMM_BOOT_KEEP", true);
+	o.bin = harness_binary();
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'm':
@@ -365,24 +326,22 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vmm_boot: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
 	}
-	if (!mkdtemp(dir)) {
-		perror("vmm_boot: mkdtemp");
+	if (harness_cleanup_on_exit())
 		return 1;
-	}
 	if (o.demo)
 		printf("vmferry: booting the default guest (incrementer, %llu MiB, %u vCPUs) at CPL3\n",
 		       (unsigned long long)(o.mem_bytes >> 20), o.nvcpus);
 	for (unsigned i = 0; i < o.runs; i++) {
-		if (bench_one(&o, dir, i, &runs[i]))
+		if (bench_one(&o, &runs[i]))
 			return 1;
-		bench_print(&o, &runs[i], "run");
+		boot_print(&o, &runs[i], "run");
 	}
 	memset(&med, 0, sizeof(med));
 	{
 		double a[32];
 
 #define MEDIAN_OF(field) do { for (unsigned i = 0; i < o.runs; i++) a[i] = runs[i].field; \
-		med.field = median(a, o.runs); } while (0)
+		med.field = bench_median(a, o.runs); } while (0)
 		MEDIAN_OF(first_insn_ms);
 		MEDIAN_OF(first_console_ms);
 		MEDIAN_OF(ratio);
@@ -396,8 +355,7 @@ int main(int argc, char **argv)
 #undef MEDIAN_OF
 	}
 	if (o.runs > 1)
-		bench_print(&o, &med, "median");
-	rmdir(dir);
+		boot_print(&o, &med, "median");
 	return 0;
 usage:
 	fprintf(stderr, "usage: vmm_boot [--mem SIZE] [--vcpus N<=%d] [--runs N] [--seconds S] [--demo]\n",

@@ -24,7 +24,7 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 
 #define CLI_MEM "64M"
 #define CLI_ARGS_MAX 24
@@ -36,7 +36,7 @@ static const char *const cli_postcopy_dst[] = { "--postcopy", NULL };
  * may be NULL; @uri NULL to leave it out), bounded by MIG_TIMEOUT_MS.
  */
 static void cli_migrate(const char *sock, const char *const opts[], const char *uri,
-			struct vmtest_result *res)
+			struct harness_result *res)
 {
 	const char *args[CLI_ARGS_MAX] = { "migrate", "--control", sock };
 	size_t n = 3;
@@ -48,11 +48,11 @@ static void cli_migrate(const char *sock, const char *const opts[], const char *
 	if (uri)
 		args[n++] = uri;
 	args[n] = NULL;
-	assert_int_equal(vmtest_run(args, NULL, MIG_TIMEOUT_MS, res), 0);
+	assert_int_equal(harness_run(args, NULL, MIG_TIMEOUT_MS, res), 0);
 }
 
 /* stdout of a run that got as far as migrating: one JSON object on one line (caller owns). */
-static struct json_object *cli_final_json(const struct vmtest_result *res)
+static struct json_object *cli_final_json(const struct harness_result *res)
 {
 	const char *nl = strchr(res->out, '\n');
 	struct json_object *q;
@@ -66,34 +66,34 @@ static struct json_object *cli_final_json(const struct vmtest_result *res)
 }
 
 /* The run completed: exit 0, "completed" on stdout; the JSON (caller owns). */
-static struct json_object *cli_expect_completed(const struct vmtest_result *res)
+static struct json_object *cli_expect_completed(const struct harness_result *res)
 {
 	struct json_object *q;
 
 	if (res->status != 0)
 		fail_msg("vmferry migrate exited %d; stderr: %s", res->status, res->err);
 	q = cli_final_json(res);
-	assert_string_equal(migtest_str_at(q, "status"), "completed");
-	assert_string_equal(migtest_str_at(q, "role"), "source");
+	assert_string_equal(harness_json_str(q, "status"), "completed");
+	assert_string_equal(harness_json_str(q, "role"), "source");
 	return q;
 }
 
 /* The run failed after starting: exit 1, "failed" on stdout, @why on stderr. */
-static void cli_expect_failed(const struct vmtest_result *res, const char *why)
+static void cli_expect_failed(const struct harness_result *res, const char *why)
 {
 	struct json_object *q;
 
 	if (res->status != 1)
 		fail_msg("vmferry migrate exited %d instead of 1; stderr: %s", res->status, res->err);
 	q = cli_final_json(res);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	if (!strstr(res->err, why))
 		fail_msg("stderr lacks '%s': %s", why, res->err);
 }
 
 /* Exit 2, nothing on stdout, @why on stderr. */
-static void cli_expect_usage_error(const struct vmtest_result *res, const char *why)
+static void cli_expect_usage_error(const struct harness_result *res, const char *why)
 {
 	if (res->status != 2)
 		fail_msg("exit %d instead of 2; stderr: %s", res->status, res->err);
@@ -105,54 +105,54 @@ static void cli_expect_usage_error(const struct vmtest_result *res, const char *
 /* Postcopy happened: the source's figures say pages moved that way. */
 static void cli_expect_postcopy_figures(struct json_object *q)
 {
-	int64_t pushed = migtest_int_at(q, "postcopy-pages-pushed");
-	int64_t requested = migtest_int_at(q, "postcopy-pages-requested");
+	int64_t pushed = harness_json_int(q, "postcopy-pages-pushed");
+	int64_t requested = harness_json_int(q, "postcopy-pages-requested");
 
-	assert_true(pushed >= 0 && requested >= 0 && migtest_int_at(q, "postcopy-requests") >= 0);
+	assert_true(pushed >= 0 && requested >= 0 && harness_json_int(q, "postcopy-requests") >= 0);
 	assert_true(pushed + requested > 0);
 }
 
 /* The guest moved: the source is done with it, the destination runs it, verified. */
-static void cli_expect_moved(struct vmtest_vm *src, struct vmtest_vm *dst)
+static void cli_expect_moved(struct harness_vm *src, struct harness_vm *dst)
 {
 	migtest_expect_status(src, "postmigrate");
 	migtest_wait_migration_status(dst, "completed");
 	migtest_expect_guest_alive_and_verified(dst);
-	assert_int_equal(vmtest_vm_quit(src), 0);
-	assert_int_equal(vmtest_vm_quit(dst), 0);
+	assert_int_equal(harness_vm_quit(src), 0);
+	assert_int_equal(harness_vm_quit(dst), 0);
 }
 
-static void cli_spawn_source(struct vmtest_vm *src, const char *guest)
+static void cli_spawn_source(struct harness_vm *src, const char *guest)
 {
 	migtest_spawn(src, CLI_MEM, "2", guest, NULL);
-	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(src, 1, 30000), 0);
 }
 
 /*
  * A plain `vmferry migrate` of @src to a new destination over UNIX: precopy,
  * completed, the guest verified there; both VMMs quit.
  */
-static void cli_precopy_to_new_destination(struct vmtest_vm *src)
+static void cli_precopy_to_new_destination(struct harness_vm *src)
 {
-	struct vmtest_vm dst;
-	char uri[VMTEST_PATH_BYTES + 8];
-	struct vmtest_result res;
+	struct harness_vm dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct harness_result res;
 	struct json_object *q;
 
 	migtest_spawn_incoming(&dst, CLI_MEM, "2", true, uri, sizeof(uri));
 	cli_migrate(src->sock_path, NULL, uri, &res);
 	q = cli_expect_completed(&res);
-	assert_string_equal(migtest_str_at(q, "mode"), "normal");
-	assert_true(migtest_int_at(q, "passes") >= 1);
-	assert_int_equal(migtest_int_at(q, "postcopy-pages-pushed"), -1); /* precopy only */
+	assert_string_equal(harness_json_str(q, "mode"), "normal");
+	assert_true(harness_json_int(q, "passes") >= 1);
+	assert_int_equal(harness_json_int(q, "postcopy-pages-pushed"), -1); /* precopy only */
 	json_object_put(q);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	cli_expect_moved(src, &dst);
 }
 
 static void test_precopy_unix(void **state)
 {
-	struct vmtest_vm src;
+	struct harness_vm src;
 
 	(void)state;
 	cli_spawn_source(&src, "incrementer");
@@ -167,34 +167,34 @@ static void test_precopy_unix(void **state)
  * 2 s at the least (62 MiB the incrementer wrote), so the progress line,
  * shown every 100 ms, must have shown it.
  */
-static void cli_pure_postcopy(struct vmtest_vm *src, struct vmtest_vm *dst, const char *uri,
+static void cli_pure_postcopy(struct harness_vm *src, struct harness_vm *dst, const char *uri,
 			      bool preempt)
 {
 	const char *const urgent[] = { "--postcopy", NULL };
 	const char *const capped[] = { "--postcopy", "--no-postcopy-preempt", "--max-bandwidth",
 				       "32M", NULL };
-	struct vmtest_result res;
+	struct harness_result res;
 	struct json_object *q;
 
 	cli_migrate(src->sock_path, preempt ? urgent : capped, uri, &res);
 	q = cli_expect_completed(&res);
-	assert_int_equal(migtest_int_at(q, "passes"), 0); /* switched before the first */
+	assert_int_equal(harness_json_int(q, "passes"), 0); /* switched before the first */
 	cli_expect_postcopy_figures(q);
 	if (!preempt) {
 		/* Nothing went on an urgent channel. */
-		assert_int_equal(migtest_int_at(q, "postcopy-pages-requested"), 0);
+		assert_int_equal(harness_json_int(q, "postcopy-pages-requested"), 0);
 		if (!strstr(res.err, "postcopy-active: pushed "))
 			fail_msg("no postcopy progress line on stderr: %s", res.err);
 	}
 	json_object_put(q);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	cli_expect_moved(src, dst);
 }
 
 static void test_pure_postcopy(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q = NULL;
 
 	static const char *const dst_opts[] = { "--postcopy", "--postcopy-vcpu-nice", "3", NULL };
@@ -203,11 +203,11 @@ static void test_pure_postcopy(void **state)
 	cli_spawn_source(&src, "incrementer");
 	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, dst_opts, uri, sizeof(uri));
 	/* --postcopy did what migrate-set-capabilities would: on, RAM prepared. */
-	assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), "minor");
+	assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
+	assert_string_equal(harness_json_str(q, "postcopy-uffd-mode"), "minor");
 	json_object_put(q);
-	assert_int_equal(vmtest_call(&dst, "query-migrate-parameters", NULL, &q), 0);
-	assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), 3);
+	assert_int_equal(harness_call(&dst, "query-migrate-parameters", NULL, &q), 0);
+	assert_int_equal(harness_json_int(q, "postcopy-vcpu-nice"), 3);
 	json_object_put(q);
 	cli_pure_postcopy(&src, &dst, uri, false);
 }
@@ -217,9 +217,9 @@ static void test_hybrid_dirtier(void **state)
 	/* The non-converging setup of test_postcopy's dirtier test, quiet. */
 	const char *const opts[] = { "--downtime-limit", "10", "--max-bandwidth", "30000000",
 				     "--postcopy-after-passes", "1", "--quiet", NULL };
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
-	struct vmtest_result res;
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct harness_result res;
 	struct json_object *q;
 
 	(void)state;
@@ -227,19 +227,19 @@ static void test_hybrid_dirtier(void **state)
 	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
 	cli_migrate(src.sock_path, opts, uri, &res);
 	q = cli_expect_completed(&res);
-	assert_true(migtest_int_at(q, "passes") >= 1);
+	assert_true(harness_json_int(q, "passes") >= 1);
 	cli_expect_postcopy_figures(q);
 	json_object_put(q);
 	assert_string_equal(res.err, ""); /* --quiet */
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	cli_expect_moved(&src, &dst);
 }
 
 static void test_cpr(void **state)
 {
-	struct vmtest_vm old;
+	struct harness_vm old;
 	struct migtest_cpr_target t;
-	struct vmtest_result res;
+	struct harness_result res;
 	struct json_object *q;
 	const char *opts[] = { "--cpr", NULL, NULL };
 	int rc;
@@ -251,16 +251,16 @@ static void test_cpr(void **state)
 	cli_migrate(old.sock_path, opts, t.main_uri, &res);
 	/* The figures of the old process's last MIGRATION event. */
 	q = cli_expect_completed(&res);
-	assert_string_equal(migtest_str_at(q, "mode"), "cpr-transfer");
+	assert_string_equal(harness_json_str(q, "mode"), "cpr-transfer");
 	json_object_put(q);
-	vmtest_result_free(&res);
-	rc = vmtest_wait_exit(&old, MIG_TIMEOUT_MS);
+	harness_result_free(&res);
+	rc = harness_wait_exit(&old, MIG_TIMEOUT_MS);
 	if (rc != 0)
 		fail_msg("the old process ended with status %d instead of 0", rc);
-	assert_int_equal(vmtest_connect(&t.vm, 10000), 0);
+	assert_int_equal(harness_connect(&t.vm, 10000), 0);
 	migtest_wait_migration_status(&t.vm, "completed");
 	migtest_expect_guest_alive_and_verified(&t.vm);
-	assert_int_equal(vmtest_vm_quit(&t.vm), 0);
+	assert_int_equal(harness_vm_quit(&t.vm), 0);
 }
 
 /* Refused before anything is asked of a VMM: no control socket is needed. */
@@ -291,13 +291,13 @@ static void test_usage_errors(void **state)
 		{ { "--resume", "--max-bandwidth", "1M", NULL }, "unix:/nonexistent/m",
 		  "--resume takes" },
 	};
-	struct vmtest_result res;
+	struct harness_result res;
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		cli_migrate(sock, cases[i].opts, cases[i].uri, &res);
 		cli_expect_usage_error(&res, cases[i].why);
-		vmtest_result_free(&res);
+		harness_result_free(&res);
 	}
 	/* Two URIs. */
 	{
@@ -305,43 +305,43 @@ static void test_usage_errors(void **state)
 
 		cli_migrate(sock, opts, "unix:/nonexistent/b", &res);
 		cli_expect_usage_error(&res, "unexpected 'unix:/nonexistent/b'");
-		vmtest_result_free(&res);
+		harness_result_free(&res);
 	}
 	/* No --control. */
 	{
 		const char *const args[] = { "migrate", "--postcopy", "unix:/nonexistent/m", NULL };
 
-		assert_int_equal(vmtest_run(args, NULL, 10000, &res), 0);
+		assert_int_equal(harness_run(args, NULL, 10000, &res), 0);
 		cli_expect_usage_error(&res, "--control PATH is required");
-		vmtest_result_free(&res);
+		harness_result_free(&res);
 	}
 	/* --help documents the new options. */
 	{
 		const char *const args[] = { "migrate", "--help", NULL };
 
-		assert_int_equal(vmtest_run(args, NULL, 10000, &res), 0);
+		assert_int_equal(harness_run(args, NULL, 10000, &res), 0);
 		assert_int_equal(res.status, 0);
 		assert_non_null(strstr(res.out, "--postcopy-after-passes N"));
-		vmtest_result_free(&res);
+		harness_result_free(&res);
 	}
 }
 
 /* Nobody listens: exit 1 with the VMM's reason; the guest runs on, intact. */
 static void test_destination_not_listening(void **state)
 {
-	struct vmtest_vm src;
-	char path[VMTEST_PATH_BYTES], uri[VMTEST_PATH_BYTES + 8];
-	struct vmtest_result res;
+	struct harness_vm src;
+	char path[HARNESS_PATH_BYTES], uri[HARNESS_PATH_BYTES + 8];
+	struct harness_result res;
 
 	(void)state;
 	cli_spawn_source(&src, "incrementer");
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "nobody"), 0);
 	snprintf(uri, sizeof(uri), "unix:%s", path);
 	cli_migrate(src.sock_path, NULL, uri, &res);
 	cli_expect_failed(&res, "cannot connect");
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	migtest_expect_guest_alive_and_verified(&src);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 /*
@@ -353,17 +353,17 @@ static void test_destination_not_listening(void **state)
 static void test_postcopy_to_plain_destination(void **state)
 {
 	const char *const opts[] = { "--postcopy", NULL };
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
-	struct vmtest_result res;
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct harness_result res;
 
 	(void)state;
 	cli_spawn_source(&src, "incrementer");
 	migtest_spawn_incoming(&dst, CLI_MEM, "2", true, uri, sizeof(uri));
 	cli_migrate(src.sock_path, opts, uri, &res);
 	cli_expect_failed(&res, "enable the postcopy-ram capability on the destination");
-	vmtest_result_free(&res);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	harness_result_free(&res);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	migtest_expect_guest_alive_and_verified(&src);
 	cli_precopy_to_new_destination(&src);
 }
@@ -375,16 +375,16 @@ static void test_postcopy_to_plain_destination(void **state)
  */
 static void test_refuses_waiting_destination(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
-	struct vmtest_result res;
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct harness_result res;
 
 	(void)state;
 	migtest_spawn_incoming_extra(&dst, CLI_MEM, "2", true, cli_postcopy_dst, uri, sizeof(uri));
 	cli_migrate(dst.sock_path, NULL, "unix:/nonexistent/m", &res);
 	if (res.status != 1 || !strstr(res.err, "waiting for an incoming migration"))
 		fail_msg("exit %d, stderr: %s", res.status, res.err);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	cli_spawn_source(&src, "incrementer");
 	cli_pure_postcopy(&src, &dst, uri, true);
 }
@@ -392,13 +392,13 @@ static void test_refuses_waiting_destination(void **state)
 /* `vmferry @argv...` exits 1 saying @why on stderr. */
 static void cli_expect_run_refused(const char *const *argv, const char *why)
 {
-	struct vmtest_result res;
+	struct harness_result res;
 
-	assert_int_equal(vmtest_run(argv, NULL, 10000, &res), 0);
+	assert_int_equal(harness_run(argv, NULL, 10000, &res), 0);
 	if (res.status != 1 || !strstr(res.err, why))
 		fail_msg("%s %s: exit %d, stderr %s (wanted \"%s\")", argv[0], argv[1], res.status,
 			 res.err, why);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 }
 
 static void test_run_postcopy_usage(void **state)
@@ -411,18 +411,18 @@ static void test_run_postcopy_usage(void **state)
 	const char *const too_nice[] = { "run", "--incoming", "unix:/nonexistent/m", "--postcopy",
 					 "--postcopy-vcpu-nice", "21", NULL };
 	const char *const help[] = { "run", "--help", NULL };
-	struct vmtest_result res;
+	struct harness_result res;
 
 	(void)state;
 	cli_expect_run_refused(alone, "--postcopy needs --incoming URI");
 	cli_expect_run_refused(cpr, "--postcopy does not apply to --incoming-cpr");
 	cli_expect_run_refused(no_postcopy, "--postcopy-vcpu-nice needs --postcopy");
 	cli_expect_run_refused(too_nice, "--postcopy-vcpu-nice: '21' is not a number in 0..20");
-	assert_int_equal(vmtest_run(help, NULL, 10000, &res), 0);
+	assert_int_equal(harness_run(help, NULL, 10000, &res), 0);
 	assert_int_equal(res.status, 0);
 	assert_non_null(strstr(res.out, "--postcopy"));
 	assert_non_null(strstr(res.out, "--postcopy-vcpu-nice N"));
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 }
 
 /*
@@ -433,12 +433,12 @@ static void test_run_postcopy_usage(void **state)
  */
 static void test_resume_paused_postcopy(void **state)
 {
-	char uri[VMTEST_PATH_BYTES + 8], listen[VMTEST_PATH_BYTES + 8];
-	char nobody[VMTEST_PATH_BYTES + 8], path[VMTEST_PATH_BYTES];
+	char uri[HARNESS_PATH_BYTES + 8], listen[HARNESS_PATH_BYTES + 8];
+	char nobody[HARNESS_PATH_BYTES + 8], path[HARNESS_PATH_BYTES];
 	const char *const resume_opts[] = { "--resume", NULL };
 	struct json_object *args, *ret = NULL, *q;
-	struct vmtest_vm src, dst;
-	struct vmtest_result res;
+	struct harness_vm src, dst;
+	struct harness_result res;
 
 	(void)state;
 	cli_spawn_source(&src, "incrementer");
@@ -446,55 +446,55 @@ static void test_resume_paused_postcopy(void **state)
 	cli_migrate(src.sock_path, resume_opts, uri, &res);
 	if (res.status != 1 || !strstr(res.err, "nothing to resume"))
 		fail_msg("--resume of a running guest: exit %d, stderr %s", res.status, res.err);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 
 	/* Slow enough to pause on the way. */
-	assert_int_equal(migtest_set_capability(&src, "postcopy-ram", true), 0);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 8000000}"), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 8000000}"), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	/* Both sides active (the destination told the source it runs the
 	 * guest: a pause before that ends the destination, by design). */
 	migtest_wait_migration_status(&src, "postcopy-active");
 	migtest_wait_migration_status(&dst, "postcopy-active");
 	for (int i = 0; i < 2000; i++) {
 		q = NULL;
-		assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
-		if (migtest_int_at(q, "postcopy-pages-pushed") > 0) {
+		assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
+		if (harness_json_int(q, "postcopy-pages-pushed") > 0) {
 			json_object_put(q);
 			break;
 		}
 		json_object_put(q);
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
-	assert_int_equal(vmtest_call(&src, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(harness_call(&src, "migrate-pause", NULL, NULL), 0);
 	migtest_wait_migration_status(&src, "postcopy-paused");
 	migtest_wait_migration_status(&dst, "postcopy-paused");
 
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "nobody"), 0);
 	snprintf(nobody, sizeof(nobody), "unix:%s", path);
 	cli_migrate(src.sock_path, resume_opts, nobody, &res);
 	if (res.status != 3 || !strstr(res.err, "migrate-recover"))
 		fail_msg("--resume to nobody: exit %d, stderr %s", res.status, res.err);
 	q = cli_final_json(&res);
-	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
-	assert_true(migtest_int_at(q, "postcopy-resume-failures") >= 1);
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-paused");
+	assert_true(harness_json_int(q, "postcopy-resume-failures") >= 1);
 	json_object_put(q);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "recover"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "recover"), 0);
 	snprintf(listen, sizeof(listen), "unix:%s", path);
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(listen));
-	assert_int_equal(vmtest_call(&dst, "migrate-recover", args, &ret), 0);
+	assert_int_equal(harness_call(&dst, "migrate-recover", args, &ret), 0);
 	json_object_put(args);
 	json_object_put(ret);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	cli_migrate(src.sock_path, resume_opts, listen, &res);
 	q = cli_expect_completed(&res);
-	assert_int_equal(migtest_int_at(q, "postcopy-pauses"), 1);
+	assert_int_equal(harness_json_int(q, "postcopy-pauses"), 1);
 	json_object_put(q);
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	cli_expect_moved(&src, &dst);
 }
 

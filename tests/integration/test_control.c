@@ -27,14 +27,14 @@
 
 #include "control/client.h"
 #include "control/control.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 #include "util/log.h"
 #include "vmferry/guest_abi.h"
 
 #define TEST_TIMEOUT_MS 10000
 #define TEST_NVCPUS 2
 
-static struct vmtest_vm vm = { .pid = -1 };
+static struct harness_vm vm = { .pid = -1 };
 
 static const char *get_str(struct json_object *o, const char *k1, const char *k2)
 {
@@ -60,7 +60,7 @@ static const char *status_of(void)
 	struct json_object *ret = NULL;
 	const char *s;
 
-	if (vmtest_call(&vm, "query-status", NULL, &ret) < 0)
+	if (harness_call(&vm, "query-status", NULL, &ret) < 0)
 		return "(no answer)";
 	s = get_str(ret, "status", NULL);
 	snprintf(buf, sizeof(buf), "%s", s ? s : "(none)");
@@ -74,8 +74,8 @@ static void assert_healthy(void)
 	uint64_t passes = 0;
 
 	assert_string_equal(status_of(), "running");
-	assert_int_equal(vmtest_workload_passes(&vm, &passes), 0);
-	assert_int_equal(vmtest_wait_passes(&vm, passes + 2, TEST_TIMEOUT_MS), 0);
+	assert_int_equal(harness_workload_passes(&vm, &passes), 0);
+	assert_int_equal(harness_wait_passes(&vm, passes + 2, TEST_TIMEOUT_MS), 0);
 }
 
 static struct control_client *connect_new(void)
@@ -126,17 +126,17 @@ static int group_setup(void **state)
 
 	(void)state;
 	snprintf(vcpus, sizeof(vcpus), "%d", TEST_NVCPUS);
-	if (vmtest_spawn(&vm, args) < 0)
+	if (harness_spawn(&vm, args) < 0)
 		return -1;
 	control_client_set_timeout(vm.client, TEST_TIMEOUT_MS);
-	return vmtest_wait_passes(&vm, 1, TEST_TIMEOUT_MS) < 0 ? -1 : 0;
+	return harness_wait_passes(&vm, 1, TEST_TIMEOUT_MS) < 0 ? -1 : 0;
 }
 
 static int group_teardown(void **state)
 {
 	(void)state;
 	if (vm.pid >= 0)
-		vmtest_vm_kill(&vm);
+		harness_vm_kill(&vm);
 	return 0;
 }
 
@@ -145,7 +145,7 @@ static void test_boot(void **state)
 	struct json_object *ret = NULL, *v;
 
 	(void)state;
-	assert_int_equal(vmtest_call(&vm, "query-status", NULL, &ret), 0);
+	assert_int_equal(harness_call(&vm, "query-status", NULL, &ret), 0);
 	assert_string_equal(get_str(ret, "status", NULL), "running");
 	assert_true(json_object_object_get_ex(ret, "running", &v));
 	assert_true(json_object_get_boolean(v));
@@ -268,7 +268,7 @@ static void test_stop_cont_events(void **state)
 
 	(void)state;
 	drain_events(vm.client);
-	assert_int_equal(vmtest_call(&vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(&vm, "stop", NULL, NULL), 0);
 	/* Both the caller and a bystander see STOP. */
 	assert_int_equal(control_client_wait_event(vm.client, "STOP", TEST_TIMEOUT_MS, &ev), 0);
 	assert_true(json_object_object_get_ex(ev, "timestamp", &v));
@@ -279,15 +279,15 @@ static void test_stop_cont_events(void **state)
 	assert_string_equal(status_of(), "paused");
 
 	/* Paused means paused: no pass completes in a while. */
-	assert_int_equal(vmtest_workload_passes(&vm, &p1), 0);
+	assert_int_equal(harness_workload_passes(&vm, &p1), 0);
 	nap_ms(200);
-	assert_int_equal(vmtest_workload_passes(&vm, &p2), 0);
+	assert_int_equal(harness_workload_passes(&vm, &p2), 0);
 	assert_true(p1 == p2);
 
 	/* stop while stopped is fine. */
-	assert_int_equal(vmtest_call(&vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(&vm, "stop", NULL, NULL), 0);
 
-	assert_int_equal(vmtest_call(&vm, "cont", NULL, NULL), 0);
+	assert_int_equal(harness_call(&vm, "cont", NULL, NULL), 0);
 	assert_int_equal(control_client_wait_event(vm.client, "RESUME", TEST_TIMEOUT_MS, NULL), 0);
 	assert_int_equal(control_client_wait_event(watcher, "RESUME", TEST_TIMEOUT_MS, NULL), 0);
 	control_client_close(watcher);
@@ -299,22 +299,22 @@ static void test_stop_cont_1000(void **state)
 	uint64_t before = 0, after = 0;
 
 	(void)state;
-	assert_int_equal(vmtest_workload_passes(&vm, &before), 0);
+	assert_int_equal(harness_workload_passes(&vm, &before), 0);
 	for (int i = 0; i < 1000; i++) {
-		if (vmtest_call(&vm, "stop", NULL, NULL) != 0)
+		if (harness_call(&vm, "stop", NULL, NULL) != 0)
 			fail_msg("stop #%d failed", i);
-		if (vmtest_call(&vm, "cont", NULL, NULL) != 0)
+		if (harness_call(&vm, "cont", NULL, NULL) != 0)
 			fail_msg("cont #%d failed", i);
 	}
 	assert_string_equal(status_of(), "running");
-	assert_int_equal(vmtest_verify_incrementer(&vm), 0);
-	assert_int_equal(vmtest_workload_passes(&vm, &after), 0);
+	assert_int_equal(harness_verify_incrementer(&vm), 0);
+	assert_int_equal(harness_workload_passes(&vm, &after), 0);
 	assert_true(after >= before);
-	assert_int_equal(vmtest_wait_passes(&vm, after + 2, TEST_TIMEOUT_MS), 0);
+	assert_int_equal(harness_wait_passes(&vm, after + 2, TEST_TIMEOUT_MS), 0);
 	/* And consistent while paused, too. */
-	assert_int_equal(vmtest_call(&vm, "stop", NULL, NULL), 0);
-	assert_int_equal(vmtest_verify_incrementer(&vm), 0);
-	assert_int_equal(vmtest_call(&vm, "cont", NULL, NULL), 0);
+	assert_int_equal(harness_call(&vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_verify_incrementer(&vm), 0);
+	assert_int_equal(harness_call(&vm, "cont", NULL, NULL), 0);
 	assert_healthy();
 }
 
@@ -323,7 +323,7 @@ static void test_query_vcpus(void **state)
 	struct json_object *ret = NULL;
 
 	(void)state;
-	assert_int_equal(vmtest_call(&vm, "query-vcpus", NULL, &ret), 0);
+	assert_int_equal(harness_call(&vm, "query-vcpus", NULL, &ret), 0);
 	assert_true(json_object_is_type(ret, json_type_array));
 	assert_int_equal(json_object_array_length(ret), TEST_NVCPUS);
 	for (size_t i = 0; i < json_object_array_length(ret); i++) {
@@ -341,7 +341,7 @@ static void test_query_vcpus(void **state)
 		assert_int_equal(json_object_get_uint64(cr3), VMF_PAGE_TABLE_GPA);
 	}
 	json_object_put(ret);
-	assert_int_equal(vmtest_call(&vm, "query-memory", NULL, &ret), 0);
+	assert_int_equal(harness_call(&vm, "query-memory", NULL, &ret), 0);
 	assert_true(json_object_object_get_ex(ret, "blocks", NULL));
 	json_object_put(ret);
 	assert_healthy();
@@ -357,40 +357,40 @@ static void test_ctl_cli(void **state)
 	const char *absent[] = { "ctl", "--timeout", "0.2", "/nonexistent/vmferry.sock",
 				 "query-status", NULL };
 	const char *script[] = { "ctl", "--wait", vm.sock_path, "-", NULL };
-	struct vmtest_result r;
+	struct harness_result r;
 	char *input;
 	size_t lines = 0;
 
 	(void)state;
-	assert_int_equal(vmtest_run(status_args, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(status_args, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_int_equal(r.status, 0);
 	assert_non_null(strstr(r.out, "\"status\":\"running\""));
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 
-	assert_int_equal(vmtest_run(bad_cmd, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(bad_cmd, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_int_equal(r.status, 1);
 	assert_non_null(strstr(r.err, "has not been found"));
 	assert_string_equal(r.out, "");
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 
-	assert_int_equal(vmtest_run(bad_json, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(bad_json, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_int_equal(r.status, 2);
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 
-	assert_int_equal(vmtest_run(no_args, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(no_args, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_int_equal(r.status, 2);
 	assert_non_null(strstr(r.err, "--help"));
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 
-	assert_int_equal(vmtest_run(help, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(help, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_int_equal(r.status, 0);
 	assert_non_null(strstr(r.out, "usage: vmferry ctl"));
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 
-	assert_int_equal(vmtest_run(absent, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(absent, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_int_equal(r.status, 1);
 	assert_non_null(strstr(r.err, "No such file"));
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 
 	/* Scripted: 200 stop/cont pairs on one connection, one reply per line. */
 	input = malloc(200 * 12 + 64);
@@ -399,7 +399,7 @@ static void test_ctl_cli(void **state)
 	for (int i = 0; i < 200; i++)
 		strcat(input, "stop\ncont\n");
 	strcat(input, "# a comment\n\nquery-status {}\nbogus\n");
-	assert_int_equal(vmtest_run(script, input, 4 * TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_run(script, input, 4 * TEST_TIMEOUT_MS, &r), 0);
 	free(input);
 	assert_int_equal(r.status, 1); /* "bogus" failed */
 	for (const char *p = r.out; (p = strchr(p, '\n')) != NULL; p++)
@@ -407,25 +407,25 @@ static void test_ctl_cli(void **state)
 	assert_int_equal(lines, 402);
 	assert_non_null(strstr(r.out, "\"status\":\"running\""));
 	assert_non_null(strstr(r.out, "CommandNotFound"));
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 	assert_healthy();
 }
 
 static void test_second_vmm_same_path(void **state)
 {
-	char console[VMTEST_PATH_BYTES];
+	char console[HARNESS_PATH_BYTES];
 	const char *args[] = { "run", "--control", vm.sock_path, "--console", console,
 			       "--guest", "incrementer", "--mem", "64M", NULL };
-	struct vmtest_result r;
+	struct harness_result r;
 	struct stat st;
 
 	(void)state;
-	assert_int_equal(vmtest_unique_path(console, sizeof(console), "console2"), 0);
-	assert_int_equal(vmtest_run(args, NULL, TEST_TIMEOUT_MS, &r), 0);
+	assert_int_equal(harness_unique_path(console, sizeof(console), "console2"), 0);
+	assert_int_equal(harness_run(args, NULL, TEST_TIMEOUT_MS, &r), 0);
 	assert_true(r.status != 0 && r.status != -ETIMEDOUT);
 	if (!strstr(r.err, "in use"))
 		fail_msg("second VMM's stderr does not say 'in use': %s", r.err);
-	vmtest_result_free(&r);
+	harness_result_free(&r);
 	/* The first VMM keeps its socket and its guest. */
 	assert_int_equal(stat(vm.sock_path, &st), 0);
 	assert_healthy();
@@ -434,11 +434,11 @@ static void test_second_vmm_same_path(void **state)
 static void test_quit(void **state)
 {
 	struct stat st;
-	char path[VMTEST_PATH_BYTES];
+	char path[HARNESS_PATH_BYTES];
 
 	(void)state;
 	snprintf(path, sizeof(path), "%s", vm.sock_path);
-	assert_int_equal(vmtest_vm_quit(&vm), 0);
+	assert_int_equal(harness_vm_quit(&vm), 0);
 	/* The VMM removed its socket on the way out. */
 	assert_int_not_equal(stat(path, &st), 0);
 }
@@ -459,11 +459,11 @@ int main(void)
 		cmocka_unit_test(test_quit),
 	};
 
-	if (!vmtest_kvm_available())
-		return VMTEST_SKIP;
-	if (access(vmtest_binary(), X_OK) != 0) {
+	if (!harness_kvm_available())
+		return HARNESS_SKIP;
+	if (access(harness_binary(), X_OK) != 0) {
 		fprintf(stderr, "test_control: %s is not an executable (set VMFERRY_BIN)\n",
-			vmtest_binary());
+			harness_binary());
 		return 1;
 	}
 	return cmocka_run_group_tests_name("control", tests, group_setup, group_teardown) ? 1 : 0;

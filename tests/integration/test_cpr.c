@@ -24,17 +24,17 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 
 #define CPR_MEM "64M"
 
-static int64_t cpr_moves(struct vmtest_vm *vm)
+static int64_t cpr_moves(struct harness_vm *vm)
 {
 	struct json_object *q = NULL;
 	int64_t moves;
 
-	assert_int_equal(vmtest_call(vm, "query-status", NULL, &q), 0);
-	moves = migtest_int_at(q, "moves");
+	assert_int_equal(harness_call(vm, "query-status", NULL, &q), 0);
+	moves = harness_json_int(q, "moves");
 	json_object_put(q);
 	return moves;
 }
@@ -44,7 +44,7 @@ static int64_t cpr_moves(struct vmtest_vm *vm)
  * Checks: the old process exits 0, the new one runs the guest with the
  * move counted, guest memory verifies, the guest makes progress.
  */
-static void cpr_update(struct vmtest_vm *old, bool full_check)
+static void cpr_update(struct harness_vm *old, bool full_check)
 {
 	struct migtest_cpr_target t;
 	struct json_object *q = NULL;
@@ -52,25 +52,25 @@ static void cpr_update(struct vmtest_vm *old, bool full_check)
 	uint64_t p0 = 0;
 	int rc;
 
-	assert_int_equal(vmtest_workload_passes(old, &p0), 0);
+	assert_int_equal(harness_workload_passes(old, &p0), 0);
 	migtest_cpr_spawn_new(&t, NULL, NULL);
-	assert_int_equal(migtest_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(migtest_cpr_migrate(old, t.main_uri, t.cpr_uri), 0);
-	rc = vmtest_wait_exit(old, MIG_TIMEOUT_MS);
+	assert_int_equal(harness_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_migrate_channels(old, t.main_uri, t.cpr_uri), 0);
+	rc = harness_wait_exit(old, MIG_TIMEOUT_MS);
 	if (rc != 0)
 		fail_msg("the old process ended with status %d instead of 0", rc);
-	assert_int_equal(vmtest_connect(&t.vm, 10000), 0);
+	assert_int_equal(harness_connect(&t.vm, 10000), 0);
 	migtest_wait_migration_status(&t.vm, "completed");
-	assert_int_equal(vmtest_call(&t.vm, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "mode"), "cpr-transfer");
-	assert_int_equal(migtest_int_at(q, "normal-pages"), 0); /* no RAM copied */
+	assert_int_equal(harness_call(&t.vm, "query-migrate", NULL, &q), 0);
+	assert_string_equal(harness_json_str(q, "mode"), "cpr-transfer");
+	assert_int_equal(harness_json_int(q, "normal-pages"), 0); /* no RAM copied */
 	json_object_put(q);
 	assert_int_equal(cpr_moves(&t.vm), moves + 1);
 	migtest_expect_status(&t.vm, "running");
-	assert_int_equal(vmtest_realtime_threads(&t.vm), 0);
-	assert_int_equal(vmtest_verify_incrementer(&t.vm), 0);
+	assert_int_equal(harness_realtime_threads(&t.vm), 0);
+	assert_int_equal(harness_verify_incrementer(&t.vm), 0);
 	/* The guest goes on where it was. */
-	assert_int_equal(vmtest_wait_passes(&t.vm, p0 + 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&t.vm, p0 + 1, 30000), 0);
 	if (full_check)
 		migtest_expect_guest_alive_and_verified(&t.vm);
 	*old = t.vm;
@@ -80,15 +80,15 @@ static void test_hundred_updates(void **state)
 {
 	/* Under the sanitizers every process is several times slower. */
 	int n = getenv("VMFERRY_SANITIZED") ? 10 : 100;
-	struct vmtest_vm vm;
+	struct harness_vm vm;
 
 	(void)state;
 	migtest_spawn(&vm, CPR_MEM, "2", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&vm, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&vm, 1, 30000), 0);
 	for (int i = 0; i < n; i++)
 		cpr_update(&vm, i == n - 1);
 	assert_int_equal(cpr_moves(&vm), n);
-	assert_int_equal(vmtest_vm_quit(&vm), 0);
+	assert_int_equal(harness_vm_quit(&vm), 0);
 }
 
 /*
@@ -97,25 +97,25 @@ static void test_hundred_updates(void **state)
  */
 static void cpr_expect_failed_update(const char *fault)
 {
-	struct vmtest_vm old;
+	struct harness_vm old;
 	struct migtest_cpr_target t;
 	struct json_object *q;
 
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&old, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
 	migtest_cpr_spawn_new(&t, fault, NULL);
-	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(migtest_cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
+	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
 	q = migtest_wait_migration(&old);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	fprintf(stderr, "update with the new process dying at %s: %s\n", fault,
-		migtest_str_at(q, "error-desc"));
-	assert_true(migtest_str_at(q, "error-desc")[0]);
+		harness_json_str(q, "error-desc"));
+	assert_true(harness_json_str(q, "error-desc")[0]);
 	json_object_put(q);
-	assert_int_equal(vmtest_wait_exit(&t.vm, 10000), 128 + SIGKILL);
+	assert_int_equal(harness_wait_exit(&t.vm, 10000), 128 + SIGKILL);
 	migtest_expect_guest_alive_and_verified(&old);
 	cpr_update(&old, true);
-	assert_int_equal(vmtest_vm_quit(&old), 0);
+	assert_int_equal(harness_vm_quit(&old), 0);
 }
 
 static void test_new_dies_before_fds(void **state)
@@ -139,35 +139,35 @@ static void test_new_dies_before_run(void **state)
 /* A source writing the version-1 VM section, as an older build does. */
 static void test_update_from_older_build(void **state)
 {
-	struct vmtest_vm vm;
+	struct harness_vm vm;
 
 	(void)state;
 	setenv("VMFERRY_EMIT_VM_SECTION_VERSION", "1", 1);
 	migtest_spawn(&vm, CPR_MEM, "1", "incrementer", NULL);
 	unsetenv("VMFERRY_EMIT_VM_SECTION_VERSION");
-	assert_int_equal(vmtest_wait_passes(&vm, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&vm, 1, 30000), 0);
 	cpr_update(&vm, true);
 	/* Version 1 carries no move count: the new process starts over at 1. */
 	assert_int_equal(cpr_moves(&vm), 1);
 	cpr_update(&vm, false);
 	assert_int_equal(cpr_moves(&vm), 2);
-	assert_int_equal(vmtest_vm_quit(&vm), 0);
+	assert_int_equal(harness_vm_quit(&vm), 0);
 }
 
-static void expect_call_error(struct vmtest_vm *vm, const char *cmd, const char *json)
+static void expect_call_error(struct harness_vm *vm, const char *cmd, const char *json)
 {
 	struct json_object *args = json ? json_tokener_parse(json) : NULL;
 
 	assert_true(!json || args);
-	assert_int_equal(vmtest_call(vm, cmd, args, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(vm, cmd, args, NULL), -EREMOTEIO);
 	json_object_put(args);
 }
 
 static void test_bad_requests(void **state)
 {
-	struct vmtest_vm old;
+	struct harness_vm old;
 	struct migtest_cpr_target t;
-	struct vmtest_result res;
+	struct harness_result res;
 	const char *tcp_cpr[] = { "run", "--incoming", "unix:/nonexistent/x", "--incoming-cpr",
 				  "tcp:127.0.0.1:0", NULL };
 	const char *no_main[] = { "run", "--incoming-cpr", "unix:/tmp/x", NULL };
@@ -175,14 +175,14 @@ static void test_bad_requests(void **state)
 	(void)state;
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
 	/* A cpr channel without mode cpr-transfer, and the reverse. */
-	assert_int_equal(migtest_cpr_migrate(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
+	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
 			 -EREMOTEIO);
 	expect_call_error(&old, "migrate-set-parameters", "{\"mode\": \"copy-everything\"}");
-	assert_int_equal(migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(migtest_cpr_migrate(&old, "unix:/nonexistent/main", NULL), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", NULL), -EREMOTEIO);
 	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/nonexistent/main\"}");
 	/* The cpr channel must be a UNIX socket. */
-	assert_int_equal(migtest_cpr_migrate(&old, "unix:/nonexistent/main", "tcp:127.0.0.1:1"), -EREMOTEIO);
+	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", "tcp:127.0.0.1:1"), -EREMOTEIO);
 	/* Malformed channel lists. */
 	expect_call_error(&old, "migrate", "{}");
 	expect_call_error(&old, "migrate", "{\"uri\": \"unix:/a\", \"channels\": []}");
@@ -196,40 +196,40 @@ static void test_bad_requests(void **state)
 			  "\"x\": 1}]}");
 	/* Nobody listens on the cpr channel: a clear failure, the guest runs on. */
 	{
-		char cp[VMTEST_PATH_BYTES], cpr_uri[VMTEST_PATH_BYTES + 8];
+		char cp[HARNESS_PATH_BYTES], cpr_uri[HARNESS_PATH_BYTES + 8];
 		struct json_object *q;
 
-		assert_int_equal(vmtest_unique_path(cp, sizeof(cp), "nobody"), 0);
+		assert_int_equal(harness_unique_path(cp, sizeof(cp), "nobody"), 0);
 		snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s", cp);
-		migtest_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
-		assert_int_equal(migtest_cpr_migrate(&old, "unix:/nonexistent/main", cpr_uri), 0);
+		harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
+		assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", cpr_uri), 0);
 		q = migtest_wait_migration(&old);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
-		assert_non_null(strstr(migtest_str_at(q, "error-desc"), "cpr channel"));
+		assert_string_equal(harness_json_str(q, "status"), "failed");
+		assert_non_null(strstr(harness_json_str(q, "error-desc"), "cpr channel"));
 		json_object_put(q);
 		migtest_expect_status(&old, "running");
 	}
 	/* The new process: a non-UNIX cpr uri, no main channel. */
-	assert_int_equal(vmtest_run(tcp_cpr, NULL, 10000, &res), 0);
+	assert_int_equal(harness_run(tcp_cpr, NULL, 10000, &res), 0);
 	assert_int_equal(res.status, 1);
 	assert_non_null(strstr(res.err, "UNIX socket"));
-	vmtest_result_free(&res);
-	assert_int_equal(vmtest_run(no_main, NULL, 10000, &res), 0);
+	harness_result_free(&res);
+	assert_int_equal(harness_run(no_main, NULL, 10000, &res), 0);
 	assert_int_equal(res.status, 1);
 	assert_non_null(strstr(res.err, "--incoming"));
-	vmtest_result_free(&res);
+	harness_result_free(&res);
 	/* A new process told a different size refuses, and the guest runs on. */
 	{
 		const char *extra[] = { "--mem", "128M", NULL };
 		struct json_object *q;
 
 		migtest_cpr_spawn_new(&t, NULL, extra);
-		assert_int_equal(migtest_cpr_migrate(&old, t.main_uri, t.cpr_uri), 0);
+		assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
 		q = migtest_wait_migration(&old);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
-		assert_non_null(strstr(migtest_str_at(q, "error-desc"), "--mem"));
+		assert_string_equal(harness_json_str(q, "status"), "failed");
+		assert_non_null(strstr(harness_json_str(q, "error-desc"), "--mem"));
 		json_object_put(q);
-		assert_int_equal(vmtest_wait_exit(&t.vm, 10000), 1);
+		assert_int_equal(harness_wait_exit(&t.vm, 10000), 1);
 		migtest_expect_status(&old, "running");
 	}
 	/* A normal migration into a process waiting for a live update. */
@@ -237,16 +237,16 @@ static void test_bad_requests(void **state)
 		struct json_object *q;
 
 		migtest_cpr_spawn_new(&t, NULL, NULL);
-		assert_int_equal(migtest_set_params(&old, "{\"mode\": \"normal\"}"), 0);
-		assert_int_equal(migtest_start_migrate(&old, t.main_uri), 0);
+		assert_int_equal(harness_set_params(&old, "{\"mode\": \"normal\"}"), 0);
+		assert_int_equal(harness_migrate(&old, t.main_uri), 0);
 		q = migtest_wait_migration(&old);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_string_equal(harness_json_str(q, "status"), "failed");
 		json_object_put(q);
 		/* It never got its fds; nothing is listening on main. */
-		assert_int_equal(vmtest_vm_kill(&t.vm), 128 + SIGKILL);
+		assert_int_equal(harness_vm_kill(&t.vm), 128 + SIGKILL);
 	}
 	migtest_expect_guest_alive_and_verified(&old);
-	assert_int_equal(vmtest_vm_quit(&old), 0);
+	assert_int_equal(harness_vm_quit(&old), 0);
 }
 
 int main(void)

@@ -28,46 +28,46 @@
 
 #include "control/client.h"
 #include "lib/migtest.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 
 
 /* Wait until the migration reached at least @passes passes (or finished). */
-static void wait_passes_sent(struct vmtest_vm *src, int64_t passes)
+static void wait_passes_sent(struct harness_vm *src, int64_t passes)
 {
 	for (int i = 0; i < MIG_TIMEOUT_MS / 5; i++) {
 		struct json_object *q = NULL;
 		int64_t p;
 		bool active;
 
-		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-		p = migtest_int_at(q, "passes");
-		active = !strcmp(migtest_str_at(q, "status"), "active");
+		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
+		p = harness_json_int(q, "passes");
+		active = !strcmp(harness_json_str(q, "status"), "active");
 		json_object_put(q);
 		if (p >= passes || !active)
 			return;
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
 	fail_msg("migration made no progress");
 }
 
 /* One full migration src -> new destination; returns the destination. */
-static void migrate_once(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
+static void migrate_once(struct harness_vm *src, struct harness_vm *dst, const char *mem,
 			 const char *vcpus, bool unix_sock)
 {
-	char uri[VMTEST_PATH_BYTES + 32];
+	char uri[HARNESS_PATH_BYTES + 32];
 	struct json_object *q;
 
 	migtest_spawn_incoming(dst, mem, vcpus, unix_sock, uri, sizeof(uri));
 	migtest_expect_status(dst, "inmigrate");
-	assert_int_equal(migtest_start_migrate(src, uri), 0);
+	assert_int_equal(harness_migrate(src, uri), 0);
 	q = migtest_wait_migration(src);
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_true(migtest_int_at(q, "downtime") >= 0);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_true(harness_json_int(q, "downtime") >= 0);
 	json_object_put(q);
 	migtest_expect_status(src, "postmigrate");
 	/* The old side refuses to run the guest a second time. */
-	assert_int_equal(vmtest_call(src, "cont", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(src, "cont", NULL, NULL), -EREMOTEIO);
 	/* The destination closes its connections after telling the source it
 	 * runs, so its own status may trail the source's by a moment. */
 	migtest_wait_migration_status(dst, "completed");
@@ -84,187 +84,187 @@ static void test_matrix(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct vmtest_vm src, dst;
+		struct harness_vm src, dst;
 
 		migtest_spawn(&src, "64M", cases[i].vcpus, "incrementer", NULL);
-		assert_int_equal(vmtest_wait_passes(&src, 2, 30000), 0);
+		assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
 		migrate_once(&src, &dst, "64M", cases[i].vcpus, cases[i].unix_sock);
 		migtest_expect_guest_alive_and_verified(&dst);
-		assert_int_equal(vmtest_vm_quit(&src), 0);
-		assert_int_equal(vmtest_vm_quit(&dst), 0);
+		assert_int_equal(harness_vm_quit(&src), 0);
+		assert_int_equal(harness_vm_quit(&dst), 0);
 	}
 }
 
 static void test_ping_pong_20(void **state)
 {
-	struct vmtest_vm a, b;
+	struct harness_vm a, b;
 
 	(void)state;
 	migtest_spawn(&a, "32M", "2", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&a, 2, 30000), 0);
+	assert_int_equal(harness_wait_passes(&a, 2, 30000), 0);
 	for (int hop = 0; hop < 20; hop++) {
 		migrate_once(&a, &b, "32M", "2", hop % 2);
-		assert_int_equal(vmtest_verify_memory(&b), 0);
-		assert_int_equal(vmtest_vm_quit(&a), 0);
+		assert_int_equal(harness_verify_memory(&b), 0);
+		assert_int_equal(harness_vm_quit(&a), 0);
 		a = b;
 	}
 	migtest_expect_guest_alive_and_verified(&a);
-	assert_int_equal(vmtest_vm_quit(&a), 0);
+	assert_int_equal(harness_vm_quit(&a), 0);
 }
 
 /* A paused source stays paused on the destination. */
 static void test_paused_guest(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 
 	(void)state;
 	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
-	assert_int_equal(vmtest_call(&src, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_call(&src, "stop", NULL, NULL), 0);
 	migrate_once(&src, &dst, "32M", "1", false);
 	migtest_expect_status(&dst, "paused");
-	assert_int_equal(vmtest_verify_memory(&dst), 0);
-	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), 0);
+	assert_int_equal(harness_verify_memory(&dst), 0);
+	assert_int_equal(harness_call(&dst, "cont", NULL, NULL), 0);
 	migtest_expect_guest_alive_and_verified(&dst);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 /* The source after a failed migration: still running, verified, migratable. */
-static void expect_source_survived(struct vmtest_vm *src, const char *mem, const char *vcpus)
+static void expect_source_survived(struct harness_vm *src, const char *mem, const char *vcpus)
 {
-	struct vmtest_vm dst;
+	struct harness_vm dst;
 
 	migtest_expect_guest_alive_and_verified(src);
 	/* ... and it can migrate again. */
-	assert_int_equal(migtest_set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"downtime-limit\": 300, \"convergence-timeout\": 0}"), 0);
 	migrate_once(src, &dst, mem, vcpus, false);
 	migtest_expect_guest_alive_and_verified(&dst);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 static void test_no_convergence_times_out(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 	char uri[64];
 	struct json_object *q;
 
 	(void)state;
 	migtest_spawn(&src, "64M", "2", "dirtier,wss=16M,rate=0", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	/* A dirtier at full speed (hundreds of MB/s even under dirty logging)
 	 * over a 30 MB/s link: never fits 10 ms, whatever the load here. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 3, "
 				    "\"max-bandwidth\": 30000000}"), 0);
 	migtest_spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "did not converge"));
-	assert_int_equal(migtest_int_at(q, "cpu-throttle-max"), 0);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "did not converge"));
+	assert_int_equal(harness_json_int(q, "cpu-throttle-max"), 0);
 	json_object_put(q);
 	/* The destination gives up cleanly with an error status. */
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 static void test_auto_converge(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 	char uri[64];
 	struct json_object *q, *caps;
 
 	(void)state;
 	migtest_spawn(&src, "64M", "2", "dirtier,wss=16M,rate=10000", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	/* Same as above, but the throttle brings the dirty rate under the link. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 10, \"convergence-timeout\": 60, "
 				    "\"max-bandwidth\": 30000000}"), 0);
 	caps = json_tokener_parse("{\"capabilities\": [{\"capability\": \"auto-converge\", \"state\": true}]}");
-	assert_int_equal(vmtest_call(&src, "migrate-set-capabilities", caps, NULL), 0);
+	assert_int_equal(harness_call(&src, "migrate-set-capabilities", caps, NULL), 0);
 	json_object_put(caps);
 	migtest_spawn_incoming(&dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("auto-converge: %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_true(migtest_int_at(q, "cpu-throttle-max") > 0);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("auto-converge: %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_true(harness_json_int(q, "cpu-throttle-max") > 0);
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(&dst);
 	/* Throttling ends with the migration. */
 	q = NULL;
-	assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
-	assert_int_equal(migtest_int_at(q, "cpu-throttle-percentage"), 0);
+	assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
+	assert_int_equal(harness_json_int(q, "cpu-throttle-percentage"), 0);
 	json_object_put(q);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 /* A slow link (max-bandwidth) so that the migration is still running. */
-static void start_slow_migration(struct vmtest_vm *src, struct vmtest_vm *dst)
+static void start_slow_migration(struct harness_vm *src, struct harness_vm *dst)
 {
 	char uri[64];
 
 	migtest_spawn(src, "64M", "2", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
-	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_wait_passes(src, 1, 30000), 0);
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
 	migtest_spawn_incoming(dst, "64M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(src, uri), 0);
+	assert_int_equal(harness_migrate(src, uri), 0);
 	wait_passes_sent(src, 0);
 	{
 		struct json_object *q = NULL;
 
 		/* Some bytes are on the way. */
 		for (int i = 0; i < 1000; i++) {
-			assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-			if (migtest_int_at(q, "transferred") > (1 << 20))
+			assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
+			if (harness_json_int(q, "transferred") > (1 << 20))
 				break;
 			json_object_put(q);
 			q = NULL;
-			migtest_tick_ms(5);
+			harness_nap_ms(5);
 		}
 		json_object_put(q);
 	}
-	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 0}"), 0);
-	assert_int_equal(migtest_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 20000000}"), 0);
 }
 
 static void test_cancel(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 	struct json_object *q;
 
 	(void)state;
 	start_slow_migration(&src, &dst);
-	assert_int_equal(vmtest_call(&src, "migrate-cancel", NULL, NULL), 0);
+	assert_int_equal(harness_call(&src, "migrate-cancel", NULL, NULL), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "cancelled");
+	assert_string_equal(harness_json_str(q, "status"), "cancelled");
 	json_object_put(q);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	/* Cancelling nothing is an error, not a crash. */
-	assert_int_equal(vmtest_call(&src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_call(&src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 static void test_destination_killed(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 	struct json_object *q;
 
 	(void)state;
 	start_slow_migration(&src, &dst);
-	vmtest_vm_kill(&dst);
+	harness_vm_kill(&dst);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_true(strlen(migtest_str_at(q, "error-desc")) > 0);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_true(strlen(harness_json_str(q, "error-desc")) > 0);
 	json_object_put(q);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	expect_source_survived(&src, "64M", "2");
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 /*
@@ -273,18 +273,18 @@ static void test_destination_killed(void **state)
  */
 struct proxy {
 	int listen_fd;
-	char path[VMTEST_PATH_BYTES];
+	char path[HARNESS_PATH_BYTES];
 	pid_t pid;
 };
 
 static void proxy_start(struct proxy *p, const char *target_uri, size_t cut_after_bytes)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	char target[VMTEST_PATH_BYTES];
+	char target[HARNESS_PATH_BYTES];
 
 	assert_true(!strncmp(target_uri, "unix:", 5));
 	snprintf(target, sizeof(target), "%.*s", (int)sizeof(target) - 1, target_uri + 5);
-	assert_int_equal(vmtest_unique_path(p->path, sizeof(p->path), "proxy"), 0);
+	assert_int_equal(harness_unique_path(p->path, sizeof(p->path), "proxy"), 0);
 	migtest_set_sun_path(&sa, p->path);
 	p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(p->listen_fd >= 0);
@@ -319,85 +319,85 @@ static void proxy_start(struct proxy *p, const char *target_uri, size_t cut_afte
 
 static void test_connection_cut(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 	struct proxy p;
-	char uri[VMTEST_PATH_BYTES + 8], puri[VMTEST_PATH_BYTES + 8];
+	char uri[HARNESS_PATH_BYTES + 8], puri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 	int status;
 
 	(void)state;
 	migtest_spawn(&src, "64M", "2", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	migtest_spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
 	proxy_start(&p, uri, 8u << 20);
 	snprintf(puri, sizeof(puri), "unix:%s", p.path);
-	assert_int_equal(migtest_start_migrate(&src, puri), 0);
+	assert_int_equal(harness_migrate(&src, puri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	assert_int_equal(waitpid(p.pid, &status, 0), p.pid);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	expect_source_survived(&src, "64M", "2");
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 static void test_bad_requests(void **state)
 {
-	struct vmtest_vm src, dst;
+	struct harness_vm src, dst;
 	char uri[64];
 	struct json_object *q;
 
 	(void)state;
 	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
-	assert_int_equal(migtest_start_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
-	assert_int_equal(migtest_start_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_migrate(&src, "carrier-pigeon:somewhere"), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&src, "tcp:127.0.0.1:99999"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": -5}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": \"fast\"}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"no-such-parameter\": 1}"), -EREMOTEIO);
 	q = json_tokener_parse("{\"capabilities\": [{\"capability\": \"warp-drive\", \"state\": true}]}");
-	assert_int_equal(vmtest_call(&src, "migrate-set-capabilities", q, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(&src, "migrate-set-capabilities", q, NULL), -EREMOTEIO);
 	json_object_put(q);
 	/* Nobody listening: fails, guest runs on. */
 	{
-		char path[VMTEST_PATH_BYTES + 8], u[VMTEST_PATH_BYTES + 16];
+		char path[HARNESS_PATH_BYTES + 8], u[HARNESS_PATH_BYTES + 16];
 
-		assert_int_equal(vmtest_unique_path(path, sizeof(path), "nobody"), 0);
+		assert_int_equal(harness_unique_path(path, sizeof(path), "nobody"), 0);
 		snprintf(u, sizeof(u), "unix:%s", path);
-		assert_int_equal(migtest_start_migrate(&src, u), 0);
+		assert_int_equal(harness_migrate(&src, u), 0);
 		q = migtest_wait_migration(&src);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_string_equal(harness_json_str(q, "status"), "failed");
 		json_object_put(q);
 	}
 	/* Destination with the wrong RAM size refuses before loading anything. */
 	migtest_spawn_incoming(&dst, "64M", "1", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	/* Wrong vCPU count too. */
 	migtest_spawn_incoming(&dst, "32M", "2", false, uri, sizeof(uri));
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "vCPU"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "vCPU"));
 	json_object_put(q);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	/* The destination refuses stop/cont/migrate while waiting. */
 	migtest_spawn_incoming(&dst, "32M", "1", false, uri, sizeof(uri));
-	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(migtest_start_migrate(&dst, uri), -EREMOTEIO);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_call(&dst, "cont", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&dst, uri), -EREMOTEIO);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 	expect_source_survived(&src, "32M", "1");
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 /* Raw bytes to a destination: it must fail with an error status, not crash. */
 static void feed_destination(const void *bytes, size_t len)
 {
-	struct vmtest_vm dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uint8_t reply[1024];
 	int fd;
@@ -419,12 +419,12 @@ static void feed_destination(const void *bytes, size_t len)
 	if (read(fd, reply, sizeof(reply)) > 0)
 		assert_int_equal(reply[0], 2);
 	close(fd);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 }
 
 static void test_corrupt_streams(void **state)
 {
-	struct vmtest_vm src;
+	struct harness_vm src;
 	uint8_t *stream = NULL;
 	size_t len = 0;
 
@@ -434,9 +434,9 @@ static void test_corrupt_streams(void **state)
 	feed_destination("", 0);
 	/* A real stream, captured through a recording proxy, then damaged. */
 	{
-		struct vmtest_vm dst;
-		char uri[VMTEST_PATH_BYTES + 8];
-		char path[VMTEST_PATH_BYTES];
+		struct harness_vm dst;
+		char uri[HARNESS_PATH_BYTES + 8];
+		char path[HARNESS_PATH_BYTES];
 		struct sockaddr_un sa = { .sun_family = AF_UNIX };
 		struct json_object *q;
 		int lfd, cfd;
@@ -444,16 +444,16 @@ static void test_corrupt_streams(void **state)
 		uint8_t reply[64];
 
 		migtest_spawn(&src, "8M", "1", "incrementer", NULL);
-		assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+		assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 		/* Pause it so the stream is small and deterministic. */
-		assert_int_equal(vmtest_call(&src, "stop", NULL, NULL), 0);
-		assert_int_equal(vmtest_unique_path(path, sizeof(path), "rec"), 0);
+		assert_int_equal(harness_call(&src, "stop", NULL, NULL), 0);
+		assert_int_equal(harness_unique_path(path, sizeof(path), "rec"), 0);
 		migtest_set_sun_path(&sa, path);
 		lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 		assert_int_equal(listen(lfd, 1), 0);
 		snprintf(uri, sizeof(uri), "unix:%s", path);
-		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		assert_int_equal(harness_migrate(&src, uri), 0);
 		cfd = accept(lfd, NULL, NULL);
 		assert_true(cfd >= 0);
 		/* Record until END (type 4) can have arrived: the source then waits
@@ -482,7 +482,7 @@ static void test_corrupt_streams(void **state)
 		close(cfd);
 		close(lfd);
 		q = migtest_wait_migration(&src);
-		assert_string_equal(migtest_str_at(q, "status"), "failed");
+		assert_string_equal(harness_json_str(q, "status"), "failed");
 		json_object_put(q);
 		migtest_expect_status(&src, "paused");
 		assert_true(len > 4096);
@@ -500,8 +500,8 @@ static void test_corrupt_streams(void **state)
 			close(fd);
 		}
 		migtest_expect_status(&dst, "paused"); /* the source was paused */
-		assert_int_equal(vmtest_verify_memory(&dst), 0);
-		assert_int_equal(vmtest_vm_quit(&dst), 0);
+		assert_int_equal(harness_verify_memory(&dst), 0);
+		assert_int_equal(harness_vm_quit(&dst), 0);
 	}
 	/* Truncated at several points, and bytes flipped in the header/records. */
 	{
@@ -524,9 +524,9 @@ static void test_corrupt_streams(void **state)
 		}
 	}
 	free(stream);
-	assert_int_equal(vmtest_call(&src, "cont", NULL, NULL), 0);
+	assert_int_equal(harness_call(&src, "cont", NULL, NULL), 0);
 	migtest_expect_guest_alive_and_verified(&src);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 int main(void)

@@ -1,6 +1,6 @@
 /*
  * Precopy between two simulated hosts: network namespaces a and b joined by
- * a veth pair (vmtest_netns_create).  The destination VMM runs in b and
+ * a veth pair (harness_netns_create).  The destination VMM runs in b and
  * listens on b's address, the source runs the incrementer (64M, 2 vCPUs)
  * in a, so the stream can only cross the veth.  Once over a plain veth,
  * once with the veth shaped to 200 Mbit/s and 1 ms delay (netem; tbf with
@@ -10,8 +10,9 @@
  * Memory is verified on b and the guest must keep making passes there.
  *
  * Skips (77) when not root, without KVM, or when `ip netns add` fails.
- * Namespaces and VMs go away on every path: cmocka teardowns, an atexit
- * handler, and SIGINT/SIGTERM (the VMMs die with us through PDEATHSIG).
+ * Namespaces and VMs go away on every path: cmocka teardowns, and
+ * harness_cleanup() at exit and on SIGINT/SIGTERM/SIGHUP (the VMMs also die
+ * with us through PDEATHSIG).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,7 +30,8 @@
 
 #include <json-c/json.h>
 
-#include "lib/vmtest.h"
+#include "harness/harness.h"
+#include "lib/migtest.h"
 #include "util/log.h"
 
 #define NETNS_MIG_TIMEOUT_MS 120000
@@ -38,74 +40,35 @@
 
 enum { HOST_A, HOST_B };
 
-/* File scope because the atexit and signal handlers need them. */
-static struct vmtest_netns_pair netns_hosts;
-static struct vmtest_vm netns_src = { .pid = -1 }, netns_dst = { .pid = -1 };
+/* File scope: the teardowns reach them (harness_cleanup() kills and deletes at exit). */
+static struct harness_netns netns_hosts;
+static struct harness_vm netns_src = { .pid = -1 }, netns_dst = { .pid = -1 };
 static bool netns_shaped;
-
-static void netns_atexit(void)
-{
-	vmtest_vm_kill(&netns_src);
-	vmtest_vm_kill(&netns_dst);
-	vmtest_netns_destroy(&netns_hosts);
-}
-
-/* Async-signal-safe: the VMMs die with us (PDEATHSIG); the names go here. */
-static void netns_on_signal(int sig)
-{
-	vmtest_netns_destroy(&netns_hosts);
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
 
 static int netns_setup(void **state)
 {
 	(void)state;
-	netns_src = (struct vmtest_vm){ .pid = -1 };
-	netns_dst = (struct vmtest_vm){ .pid = -1 };
+	netns_src = (struct harness_vm){ .pid = -1 };
+	netns_dst = (struct harness_vm){ .pid = -1 };
 	return 0;
 }
 
 static int netns_teardown(void **state)
 {
 	(void)state;
-	vmtest_vm_kill(&netns_src);
-	vmtest_vm_kill(&netns_dst);
-	if (netns_shaped && vmtest_netns_unshape(&netns_hosts) == 0)
+	harness_vm_kill(&netns_src);
+	harness_vm_kill(&netns_dst);
+	if (netns_shaped && harness_netns_unshape(&netns_hosts) == 0)
 		netns_shaped = false;
 	return 0;
 }
 
-static const char *str_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
-}
-
-static double num_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : -1;
-}
-
-static void spawn_on(struct vmtest_vm *vm, int host, const char *const args[])
+static void spawn_on(struct harness_vm *vm, int host, const char *const args[])
 {
 	const char *prefix[5];
 
-	vmtest_netns_prefix(&netns_hosts, host, prefix);
-	assert_int_equal(vmtest_spawn_prefixed(vm, prefix, args), 0);
-}
-
-static void expect_status(struct vmtest_vm *vm, const char *status)
-{
-	struct json_object *s = NULL;
-
-	assert_int_equal(vmtest_call(vm, "query-status", NULL, &s), 0);
-	if (strcmp(str_at(s, "status"), status))
-		fail_msg("VM status %s, expected %s", str_at(s, "status"), status);
-	json_object_put(s);
+	harness_netns_prefix(&netns_hosts, host, prefix);
+	assert_int_equal(harness_spawn_prefixed(vm, prefix, args), 0);
 }
 
 /*
@@ -113,38 +76,26 @@ static void expect_status(struct vmtest_vm *vm, const char *status)
  * picked, which proves it bound inside b.  The listener is ready before the
  * control socket serves, so the first answer must be the final one.
  */
-static void incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
+static void incoming_uri(struct harness_vm *dst, char *uri, size_t len)
 {
 	struct json_object *q = NULL;
 	char prefix[48];
 
 	snprintf(prefix, sizeof(prefix), "tcp:%s:", netns_hosts.addr[HOST_B]);
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	snprintf(uri, len, "%s", str_at(q, "uri"));
+	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
+	snprintf(uri, len, "%s", harness_json_str(q, "uri"));
 	json_object_put(q);
 	if (strncmp(uri, prefix, strlen(prefix)) || !strcmp(uri + strlen(prefix), "0"))
 		fail_msg("the destination does not listen on %s<port> (uri \"%s\")", prefix, uri);
 }
 
 /* Poll query-migrate on @src until a final status (bounded); caller owns. */
-static struct json_object *wait_migration(struct vmtest_vm *src)
+static struct json_object *wait_migration(struct harness_vm *src)
 {
-	uint64_t deadline = clock_monotonic_ns() + NETNS_MIG_TIMEOUT_MS * 1000000ull;
+	struct json_object *q = NULL;
 
-	while (clock_monotonic_ns() < deadline) {
-		struct json_object *q = NULL;
-		const char *st;
-		struct timespec tick = { 0, 20 * 1000000L };
-
-		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-		st = str_at(q, "status");
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
-			return q;
-		json_object_put(q);
-		nanosleep(&tick, NULL);
-	}
-	fail_msg("migration did not finish within %d ms", NETNS_MIG_TIMEOUT_MS);
-	return NULL;
+	assert_int_equal(harness_wait_migration(src, NETNS_MIG_TIMEOUT_MS, 20, &q), 0);
+	return q;
 }
 
 /*
@@ -166,41 +117,42 @@ static struct json_object *migrate_a_to_b(const char *params)
 	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", netns_hosts.addr[HOST_B]);
 	spawn_on(&netns_dst, HOST_B, dst_args);
 	incoming_uri(&netns_dst, uri, sizeof(uri));
-	expect_status(&netns_dst, "inmigrate");
+	migtest_expect_status(&netns_dst, "inmigrate");
 
 	spawn_on(&netns_src, HOST_A, src_args);
-	assert_int_equal(vmtest_wait_passes(&netns_src, 2, 30000), 0);
+	assert_int_equal(harness_wait_passes(&netns_src, 2, 30000), 0);
 	if (params) {
 		args = json_tokener_parse(params);
 		assert_non_null(args);
-		assert_int_equal(vmtest_call(&netns_src, "migrate-set-parameters", args, NULL), 0);
+		assert_int_equal(harness_call(&netns_src, "migrate-set-parameters", args, NULL), 0);
 		json_object_put(args);
 	}
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
-	assert_int_equal(vmtest_call(&netns_src, "migrate", args, NULL), 0);
+	assert_int_equal(harness_call(&netns_src, "migrate", args, NULL), 0);
 	json_object_put(args);
 
 	q = wait_migration(&netns_src);
-	if (strcmp(str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", str_at(q, "status"), str_at(q, "error-desc"));
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
 	fprintf(stderr, "netns: %s\n", json_object_to_json_string_ext(q, JSON_C_TO_STRING_PLAIN));
-	assert_true(num_at(q, "downtime") >= 0);
+	assert_true(harness_json_double(q, "downtime", -1) >= 0);
 	/* At least the guest's non-zero memory crossed: 2 x ~31 MiB of pages. */
-	assert_true(num_at(q, "transferred") > 60e6);
-	expect_status(&netns_src, "postmigrate");
+	assert_true(harness_json_double(q, "transferred", -1) > 60e6);
+	migtest_expect_status(&netns_src, "postmigrate");
 
 	/* On b: running, consistent, making passes, consistent again. */
-	expect_status(&netns_dst, "running");
-	assert_int_equal(vmtest_verify_memory(&netns_dst), 0);
-	assert_int_equal(vmtest_workload_passes(&netns_dst, &p0), 0);
-	assert_int_equal(vmtest_wait_passes(&netns_dst, p0 + 2, 30000), 0);
-	assert_int_equal(vmtest_verify_memory(&netns_dst), 0);
-	assert_int_equal(vmtest_workload_passes(&netns_dst, &p1), 0);
+	migtest_expect_status(&netns_dst, "running");
+	assert_int_equal(harness_verify_memory(&netns_dst), 0);
+	assert_int_equal(harness_workload_passes(&netns_dst, &p0), 0);
+	assert_int_equal(harness_wait_passes(&netns_dst, p0 + 2, 30000), 0);
+	assert_int_equal(harness_verify_memory(&netns_dst), 0);
+	assert_int_equal(harness_workload_passes(&netns_dst, &p1), 0);
 	assert_true(p1 >= p0 + 2);
 
-	assert_int_equal(vmtest_vm_quit(&netns_src), 0);
-	assert_int_equal(vmtest_vm_quit(&netns_dst), 0);
+	assert_int_equal(harness_vm_quit(&netns_src), 0);
+	assert_int_equal(harness_vm_quit(&netns_dst), 0);
 	return q;
 }
 
@@ -218,7 +170,7 @@ static void test_veth_shaped(void **state)
 	double bound_ms;
 
 	(void)state;
-	assert_int_equal(vmtest_netns_shape(&netns_hosts, rate_bps, 1000, how, sizeof(how)), 0);
+	assert_int_equal(harness_netns_shape(&netns_hosts, rate_bps, 1000, false, how, sizeof(how)), 0);
 	netns_shaped = true;
 	/*
 	 * The incrementer rewrites its whole 62 MiB far faster than 25 MB/s, so
@@ -226,12 +178,12 @@ static void test_veth_shaped(void **state)
 	 * downtime limit admits sending it all at the link rate (~2.7 s).
 	 */
 	q = migrate_a_to_b("{\"downtime-limit\": 6000}");
-	assert_true(num_at(q, "downtime") <= 6000);
+	assert_true(harness_json_double(q, "downtime", -1) <= 6000);
 	/* Shaping held: no faster than the bytes need at the rate. */
-	bound_ms = num_at(q, "transferred") * 8.0 / (double)rate_bps * 1000.0;
+	bound_ms = harness_json_double(q, "transferred", -1) * 8.0 / (double)rate_bps * 1000.0;
 	fprintf(stderr, "netns: shaped with %s: total %.0f ms, link bound %.0f ms\n", how,
-		num_at(q, "total-time"), bound_ms);
-	assert_true(num_at(q, "total-time") >= 0.9 * bound_ms);
+		harness_json_double(q, "total-time", -1), bound_ms);
+	assert_true(harness_json_double(q, "total-time", -1) >= 0.9 * bound_ms);
 	json_object_put(q);
 }
 
@@ -245,19 +197,17 @@ int main(void)
 
 	if (geteuid() != 0) {
 		fprintf(stderr, "SKIP: network namespaces need root\n");
-		return VMTEST_SKIP;
+		return HARNESS_SKIP;
 	}
-	if (!vmtest_kvm_available())
-		return VMTEST_SKIP;
-	signal(SIGPIPE, SIG_IGN);
-	atexit(netns_atexit);
-	signal(SIGINT, netns_on_signal);
-	signal(SIGTERM, netns_on_signal);
-	rc = vmtest_netns_create(&netns_hosts);
+	if (!harness_kvm_available())
+		return HARNESS_SKIP;
+	if (harness_cleanup_on_exit())
+		return 1;
+	rc = harness_netns_create(&netns_hosts, 't', HARNESS_LINK_VETH);
 	if (rc == -EPERM || rc == -ENOENT) {
 		fprintf(stderr, "SKIP: cannot create network namespaces (%s)\n",
 			rc == -ENOENT ? "no ip binary" : "ip netns add failed");
-		return VMTEST_SKIP;
+		return HARNESS_SKIP;
 	}
 	if (rc < 0) {
 		fprintf(stderr, "test_netns: cannot set up the veth pair: %s\n", strerror(-rc));

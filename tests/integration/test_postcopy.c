@@ -24,13 +24,13 @@
 
 #include "lib/migtest.h"
 #include "migration/migration.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 #include "control/client.h"
 #include "util/log.h"
 
-static int set_postcopy_cap(struct vmtest_vm *vm, bool on)
+static int set_postcopy_cap(struct harness_vm *vm, bool on)
 {
-	return migtest_set_capability(vm, "postcopy-ram", on);
+	return harness_set_capability(vm, "postcopy-ram", on);
 }
 
 /*
@@ -38,47 +38,47 @@ static int set_postcopy_cap(struct vmtest_vm *vm, bool on)
  * userfaultfd mode @uffd_mode ("minor", the default, or "missing"; checked
  * in the destination's query-migrate).
  */
-static void setup_pair_mode(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
+static void setup_pair_mode(struct harness_vm *src, struct harness_vm *dst, const char *mem,
 			    const char *vcpus, const char *guest, const char *uffd_mode,
 			    char *uri, size_t len)
 {
 	struct json_object *q = NULL;
 
 	migtest_spawn(src, mem, vcpus, guest, NULL);
-	assert_int_equal(vmtest_wait_passes(src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(src, 1, 30000), 0);
 	if (!strcmp(uffd_mode, "missing"))
 		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
 	migtest_spawn_incoming(dst, mem, vcpus, true, uri, len);
 	unsetenv("VMFERRY_POSTCOPY_UFFD");
 	assert_int_equal(set_postcopy_cap(src, true), 0);
 	assert_int_equal(set_postcopy_cap(dst, true), 0);
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "postcopy-uffd-mode"), uffd_mode);
+	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
+	assert_string_equal(harness_json_str(q, "postcopy-uffd-mode"), uffd_mode);
 	json_object_put(q);
 }
 
-static void setup_pair(struct vmtest_vm *src, struct vmtest_vm *dst, const char *mem,
+static void setup_pair(struct harness_vm *src, struct harness_vm *dst, const char *mem,
 		       const char *vcpus, const char *guest, char *uri, size_t len)
 {
 	setup_pair_mode(src, dst, mem, vcpus, guest, "minor", uri, len);
 }
 
-static void expect_completed_postcopy(struct vmtest_vm *src, struct vmtest_vm *dst)
+static void expect_completed_postcopy(struct harness_vm *src, struct harness_vm *dst)
 {
 	struct json_object *q = migtest_wait_migration(src);
 
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("postcopy: %s: %s", migtest_str_at(q, "status"),
-			 migtest_str_at(q, "error-desc"));
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("postcopy: %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
 	/* Each page crossed once: pushed + requested == the pages postcopy moved. */
-	assert_true(migtest_int_at(q, "postcopy-pages-pushed") >= 0);
+	assert_true(harness_json_int(q, "postcopy-pages-pushed") >= 0);
 	json_object_put(q);
 	migtest_expect_status(src, "postmigrate");
 	/* The destination finishes just after it told the source. */
 	migtest_wait_migration_status(dst, "completed");
 	q = NULL;
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	assert_true(migtest_int_at(q, "postcopy-faults") >= migtest_int_at(q, "postcopy-requests"));
+	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
+	assert_true(harness_json_int(q, "postcopy-faults") >= harness_json_int(q, "postcopy-requests"));
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(dst);
 }
@@ -90,19 +90,19 @@ static void test_pure_postcopy(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < 3; i++) {
-		struct vmtest_vm src, dst;
-		char uri[VMTEST_PATH_BYTES + 8];
+		struct harness_vm src, dst;
+		char uri[HARNESS_PATH_BYTES + 8];
 
 		setup_pair_mode(&src, &dst, "64M", vcpus[i], "incrementer", modes[i], uri,
 				sizeof(uri));
 		assert_true(migtest_guest_ram_allocated(&src) > 0);
-		assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+		assert_int_equal(harness_migrate(&src, uri), 0);
 		expect_completed_postcopy(&src, &dst);
 		/* release-ram: the source gives guest RAM back to the host. */
 		migtest_expect_guest_ram_released(&src, 10000);
-		assert_int_equal(vmtest_vm_quit(&src), 0);
-		assert_int_equal(vmtest_vm_quit(&dst), 0);
+		assert_int_equal(harness_vm_quit(&src), 0);
+		assert_int_equal(harness_vm_quit(&dst), 0);
 	}
 }
 
@@ -113,20 +113,20 @@ static void test_pure_postcopy(void **state)
  */
 static void test_stop_cont_during_postcopy(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	uint64_t t0, stop_ns;
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
 	/* ~2 s of postcopy, so the stop lands while pages arrive */
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 32000000}"), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 32000000}"), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	migtest_wait_migration_status(&dst, "postcopy-active");
-	assert_int_equal(vmtest_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 2);
+	assert_int_equal(harness_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 2);
 	t0 = clock_monotonic_ns();
-	assert_int_equal(vmtest_call(&dst, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(&dst, "stop", NULL, NULL), 0);
 	stop_ns = clock_monotonic_ns() - t0;
 	fprintf(stderr, "postcopy: stop on the destination took %.1f ms\n", (double)stop_ns / 1e6);
 	assert_true(stop_ns < 5000000000ull); /* parked, not starved */
@@ -135,16 +135,16 @@ static void test_stop_cont_during_postcopy(void **state)
 		struct json_object *q = NULL;
 
 		/* the pages go on arriving meanwhile */
-		assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
-		assert_string_equal(migtest_str_at(q, "status"), "postcopy-active");
+		assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
+		assert_string_equal(harness_json_str(q, "status"), "postcopy-active");
 		json_object_put(q);
 	}
-	assert_int_equal(vmtest_call(&dst, "cont", NULL, NULL), 0);
+	assert_int_equal(harness_call(&dst, "cont", NULL, NULL), 0);
 	migtest_expect_status(&dst, "running");
 	expect_completed_postcopy(&src, &dst);
-	assert_int_equal(vmtest_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 0);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_threads_with_policy(&dst, "vcpu", SCHED_IDLE), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 static void test_hybrid_after_one_pass(void **state)
@@ -153,18 +153,18 @@ static void test_hybrid_after_one_pass(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < 2; i++) {
-		struct vmtest_vm src, dst;
-		char uri[VMTEST_PATH_BYTES + 8];
+		struct harness_vm src, dst;
+		char uri[HARNESS_PATH_BYTES + 8];
 
 		/* Discards unmap (minor) or punch (missing) pages received in precopy. */
 		setup_pair_mode(&src, &dst, "64M", "2", "incrementer", modes[i], uri, sizeof(uri));
 		/* Precopy that cannot finish by itself; switch after the first pass. */
-		assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 1, "
+		assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 1, "
 						    "\"postcopy-after-passes\": 1}"), 0);
-		assert_int_equal(migtest_start_migrate(&src, uri), 0);
+		assert_int_equal(harness_migrate(&src, uri), 0);
 		expect_completed_postcopy(&src, &dst);
-		assert_int_equal(vmtest_vm_quit(&src), 0);
-		assert_int_equal(vmtest_vm_quit(&dst), 0);
+		assert_int_equal(harness_vm_quit(&src), 0);
+		assert_int_equal(harness_vm_quit(&dst), 0);
 	}
 }
 
@@ -179,28 +179,28 @@ static void test_hybrid_after_one_pass(void **state)
  */
 static void test_requests_without_urgent_channel(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q = NULL;
 	double max_us;
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "dirtier", uri, sizeof(uri));
-	assert_int_equal(migtest_set_capability(&src, "postcopy-preempt", false), 0);
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 16000000}"), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-preempt", false), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 16000000}"), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	expect_completed_postcopy(&src, &dst);
-	assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
+	assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
 	max_us = json_object_get_double(json_object_object_get(q, "fault-latency-max-us"));
 	fprintf(stderr, "no urgent channel: %" PRId64 " requests, max latency %.1f ms\n",
-		migtest_int_at(q, "postcopy-requests"), max_us / 1e3);
-	assert_true(migtest_int_at(q, "postcopy-requests") >= 2);
+		harness_json_int(q, "postcopy-requests"), max_us / 1e3);
+	assert_true(harness_json_int(q, "postcopy-requests") >= 2);
 	if (max_us > 1500e3)
 		fail_msg("a request waited %.0f ms: the push overlooked it", max_us / 1e3);
 	json_object_put(q);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 /*
@@ -210,96 +210,96 @@ static void test_requests_without_urgent_channel(void **state)
  */
 static void test_complete_after_urgent_close(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 
 	(void)state;
 	migtest_spawn(&src, "64M", "2", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	setenv("VMFERRY_POSTCOPY_FAULT", "urgent-closed-first", 1);
 	migtest_spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
 	unsetenv("VMFERRY_POSTCOPY_FAULT");
 	assert_int_equal(set_postcopy_cap(&src, true), 0);
 	assert_int_equal(set_postcopy_cap(&dst, true), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	expect_completed_postcopy(&src, &dst);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 static void test_dirtier_switches_automatically(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "dirtier,wss=16M,rate=0", uri, sizeof(uri));
 	/* The same non-converging setup as the precopy timeout test. */
-	assert_int_equal(migtest_set_params(&src, "{\"downtime-limit\": 10, \"max-bandwidth\": 30000000, "
+	assert_int_equal(harness_set_params(&src, "{\"downtime-limit\": 10, \"max-bandwidth\": 30000000, "
 					    "\"postcopy-after-passes\": 2}"), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("%s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_true(migtest_int_at(q, "passes") >= 2);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("%s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_true(harness_json_int(q, "passes") >= 2);
 	json_object_put(q);
 	/* Its page-fault threads (real-time at times) end with its side of the migration. */
 	migtest_wait_migration_status(&dst, "completed");
 	migtest_expect_guest_alive_and_verified(&dst);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
-	assert_int_equal(vmtest_vm_quit(&dst), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
 /* The destination refuses postcopy: the source resumes and is intact. */
 static void test_destination_refuses(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
 	assert_int_equal(set_postcopy_cap(&dst, false), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "postcopy"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "postcopy"));
 	json_object_put(q);
-	assert_int_equal(vmtest_wait_exit(&dst, 20000), 1);
+	assert_int_equal(harness_wait_exit(&dst, 20000), 1);
 	migtest_expect_guest_alive_and_verified(&src);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 /* The destination dies during precopy with postcopy advised. */
 static void test_destination_dies_before_run(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 
 	(void)state;
 	setup_pair(&src, &dst, "64M", "2", "incrementer", uri, sizeof(uri));
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	for (int i = 0; i < 2000; i++) {
 		q = NULL;
-		assert_int_equal(vmtest_call(&src, "query-migrate", NULL, &q), 0);
-		if (migtest_int_at(q, "transferred") > (2 << 20)) {
+		assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
+		if (harness_json_int(q, "transferred") > (2 << 20)) {
 			json_object_put(q);
 			break;
 		}
 		json_object_put(q);
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
-	vmtest_vm_kill(&dst);
+	harness_vm_kill(&dst);
 	q = migtest_wait_migration(&src);
-	assert_string_equal(migtest_str_at(q, "status"), "failed");
+	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(&src);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 /*
@@ -309,65 +309,65 @@ static void test_destination_dies_before_run(void **state)
  */
 static void test_source_killed_during_postcopy(void **state)
 {
-	struct vmtest_vm src, dst;
-	char uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q = NULL, *ev = NULL, *reason;
 	uint64_t t0;
 
 	(void)state;
 	setup_pair(&src, &dst, "256M", "2", "incrementer", uri, sizeof(uri));
 	/* A slow background push keeps postcopy going long enough. */
-	assert_int_equal(migtest_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&src, uri), 0);
+	assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 20000000}"), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
 	migtest_wait_migration_status(&dst, "postcopy-active");
 	t0 = clock_monotonic_ns();
-	vmtest_vm_kill(&src);
+	harness_vm_kill(&src);
 	/* Bounded: the dead peer is noticed and reported, never a silent hang. */
 	assert_int_equal(control_client_wait_event(dst.client, "MIGRATION_PAUSED", 10000, &ev), 0);
 	fprintf(stderr, "source killed: destination paused after %.1f ms\n",
 		(double)(clock_monotonic_ns() - t0) / 1e6);
 	assert_true(json_object_object_get_ex(ev, "data", &reason));
-	assert_non_null(strstr(migtest_str_at(reason, "reason"), "connection to the source broke"));
+	assert_non_null(strstr(harness_json_str(reason, "reason"), "connection to the source broke"));
 	json_object_put(ev);
-	assert_int_equal(vmtest_call(&dst, "query-migrate", NULL, &q), 0);
-	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), "connection to the source broke"));
+	assert_int_equal(harness_call(&dst, "query-migrate", NULL, &q), 0);
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-paused");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "connection to the source broke"));
 	json_object_put(q);
 	/* The guest is alive (its vCPUs run; those on missing pages wait). */
 	migtest_expect_status(&dst, "running");
-	assert_int_equal(vmtest_vm_kill(&dst), 128 + SIGKILL);
+	assert_int_equal(harness_vm_kill(&dst), 128 + SIGKILL);
 }
 
 static void test_bad_requests(void **state)
 {
-	struct vmtest_vm src;
+	struct harness_vm src;
 
 	(void)state;
 	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	/* Without the capability. */
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 21}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": -1}"), -EREMOTEIO);
-	assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": \"low\"}"), -EREMOTEIO);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-after-passes\": -1}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-after-passes\": \"soon\"}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": 21}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": -1}"), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": \"low\"}"), -EREMOTEIO);
 	{
 		struct json_object *q = NULL;
 
-		assert_int_equal(vmtest_call(&src, "query-migrate-parameters", NULL, &q), 0);
-		assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), MIG_POSTCOPY_VCPU_NICE_DEFAULT);
+		assert_int_equal(harness_call(&src, "query-migrate-parameters", NULL, &q), 0);
+		assert_int_equal(harness_json_int(q, "postcopy-vcpu-nice"), MIG_POSTCOPY_VCPU_NICE_DEFAULT);
 		json_object_put(q);
-		assert_int_equal(migtest_set_params(&src, "{\"postcopy-vcpu-nice\": 0}"), 0);
-		assert_int_equal(vmtest_call(&src, "query-migrate-parameters", NULL, &q), 0);
-		assert_int_equal(migtest_int_at(q, "postcopy-vcpu-nice"), 0);
+		assert_int_equal(harness_set_params(&src, "{\"postcopy-vcpu-nice\": 0}"), 0);
+		assert_int_equal(harness_call(&src, "query-migrate-parameters", NULL, &q), 0);
+		assert_int_equal(harness_json_int(q, "postcopy-vcpu-nice"), 0);
 		json_object_put(q);
 	}
 	assert_int_equal(set_postcopy_cap(&src, true), 0);
-	assert_int_equal(vmtest_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	migtest_expect_guest_alive_and_verified(&src);
-	assert_int_equal(vmtest_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
 int main(void)

@@ -35,7 +35,7 @@
 
 #include "lib/migtest.h"
 #include "migration/migration.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 #include "util/log.h"
 
 #define REC_MEM "256M"
@@ -44,34 +44,20 @@
 
 enum { HOST_A, HOST_B };
 
-static struct vmtest_netns_pair rec_hosts;
+static struct harness_netns rec_hosts;
 static bool rec_netns_ok;
-static struct vmtest_vm rec_src = { .pid = -1 }, rec_dst = { .pid = -1 };
-
-static void rec_atexit(void)
-{
-	vmtest_vm_kill(&rec_src);
-	vmtest_vm_kill(&rec_dst);
-	vmtest_netns_destroy(&rec_hosts);
-}
-
-static void rec_on_signal(int sig)
-{
-	vmtest_netns_destroy(&rec_hosts);
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
+static struct harness_vm rec_src = { .pid = -1 }, rec_dst = { .pid = -1 };
 
 static int rec_teardown(void **state)
 {
 	(void)state;
-	vmtest_vm_kill(&rec_src);
-	vmtest_vm_kill(&rec_dst);
+	harness_vm_kill(&rec_src);
+	harness_vm_kill(&rec_dst);
 	return 0;
 }
 
 /* @cmd with {"uri": @uri} (and "resume": true when @resume); 0 or the call's error. */
-static int call_uri(struct vmtest_vm *vm, const char *cmd, const char *uri, bool resume,
+static int call_uri(struct harness_vm *vm, const char *cmd, const char *uri, bool resume,
 		    struct json_object **ret)
 {
 	struct json_object *args = json_object_new_object();
@@ -81,18 +67,18 @@ static int call_uri(struct vmtest_vm *vm, const char *cmd, const char *uri, bool
 		json_object_object_add(args, "uri", json_object_new_string(uri));
 	if (resume)
 		json_object_object_add(args, "resume", json_object_new_boolean(true));
-	r = vmtest_call(vm, cmd, args, ret);
+	r = harness_call(vm, cmd, args, ret);
 	json_object_put(args);
 	return r;
 }
 
-static int64_t query_int(struct vmtest_vm *vm, const char *key)
+static int64_t query_int(struct harness_vm *vm, const char *key)
 {
 	struct json_object *q = NULL;
 	int64_t v;
 
-	assert_int_equal(vmtest_call(vm, "query-migrate", NULL, &q), 0);
-	v = migtest_int_at(q, key);
+	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
+	v = harness_json_int(q, key);
 	json_object_put(q);
 	return v;
 }
@@ -103,7 +89,7 @@ static void wait_active_with_progress(int64_t since)
 	migtest_wait_migration_status(&rec_src, "postcopy-active");
 	migtest_wait_migration_status(&rec_dst, "postcopy-active");
 	for (int i = 0; i < 2000 && query_int(&rec_src, "transferred") < since + (4 << 20); i++)
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 }
 
 /* migrate-recover on the destination at @listen; the address it really listens on. */
@@ -112,7 +98,7 @@ static void recover(const char *listen, char *uri, size_t len)
 	struct json_object *ret = NULL;
 
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", listen, false, &ret), 0);
-	snprintf(uri, len, "%s", migtest_str_at(ret, "uri"));
+	snprintf(uri, len, "%s", harness_json_str(ret, "uri"));
 	json_object_put(ret);
 	assert_true(uri[0]);
 }
@@ -132,12 +118,12 @@ static void expect_dst_vcpus_nicer_by(int nicer)
 {
 	int vmin, vmax, cmin, cmax;
 
-	assert_int_equal(vmtest_threads_nice(&rec_dst, "vcpu", &vmin, &vmax), atoi(REC_VCPUS));
-	assert_int_equal(vmtest_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
+	assert_int_equal(harness_threads_nice(&rec_dst, "vcpu", &vmin, &vmax), atoi(REC_VCPUS));
+	assert_int_equal(harness_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
 	assert_int_equal(vmin, vmax);
 	assert_int_equal(vmin - cmin, nicer);
 	/* SCHED_IDLE is postcopy-vcpu-nice 20 only */
-	assert_int_equal(vmtest_threads_with_policy(&rec_dst, "vcpu", SCHED_IDLE), 0);
+	assert_int_equal(harness_threads_with_policy(&rec_dst, "vcpu", SCHED_IDLE), 0);
 }
 
 /* postcopy-vcpu-nice 20: every vCPU thread in SCHED_IDLE, its nice untouched. */
@@ -145,9 +131,9 @@ static void expect_dst_vcpus_idle(void)
 {
 	int vmin, vmax, cmin, cmax;
 
-	assert_int_equal(vmtest_threads_with_policy(&rec_dst, "vcpu", SCHED_IDLE), atoi(REC_VCPUS));
-	assert_int_equal(vmtest_threads_nice(&rec_dst, "vcpu", &vmin, &vmax), atoi(REC_VCPUS));
-	assert_int_equal(vmtest_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
+	assert_int_equal(harness_threads_with_policy(&rec_dst, "vcpu", SCHED_IDLE), atoi(REC_VCPUS));
+	assert_int_equal(harness_threads_nice(&rec_dst, "vcpu", &vmin, &vmax), atoi(REC_VCPUS));
+	assert_int_equal(harness_threads_nice(&rec_dst, "control", &cmin, &cmax), 1);
 	assert_int_equal(vmin, cmin);
 	assert_int_equal(vmax, cmin);
 }
@@ -164,14 +150,14 @@ static void expect_dst_pagepath_realtime(int want)
 
 	for (int i = 0; i < 2000 && rt != want; i++) {
 		if (i)
-			migtest_tick_ms(5);
-		assert_int_equal(vmtest_threads_nice(&rec_dst, "pc-", &lo, &hi), 2);
-		rt = vmtest_realtime_threads_named(&rec_dst, "pc-");
+			harness_nap_ms(5);
+		assert_int_equal(harness_threads_nice(&rec_dst, "pc-", &lo, &hi), 2);
+		rt = harness_realtime_threads_named(&rec_dst, "pc-");
 	}
 	assert_int_equal(rt, want);
 	if (!want) {
 		/* The urgent thread asks for a 100 µs slice (Linux 6.12+). */
-		int64_t slice = vmtest_thread_slice_ns(&rec_dst, "pc-urgent");
+		int64_t slice = harness_thread_slice_ns(&rec_dst, "pc-urgent");
 
 		struct utsname u;
 		int major = 0, minor = 0;
@@ -199,27 +185,27 @@ static void resume(const char *uri)
 
 static void start_postcopy(const char *uri)
 {
-	assert_int_equal(migtest_set_capability(&rec_src, "postcopy-ram", true), 0);
-	assert_int_equal(migtest_set_capability(&rec_dst, "postcopy-ram", true), 0);
-	assert_int_equal(migtest_set_params(&rec_src, REC_BANDWIDTH), 0);
-	assert_int_equal(vmtest_call(&rec_src, "migrate-start-postcopy", NULL, NULL), 0);
-	assert_int_equal(migtest_start_migrate(&rec_src, uri), 0);
+	assert_int_equal(harness_set_capability(&rec_src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_capability(&rec_dst, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_params(&rec_src, REC_BANDWIDTH), 0);
+	assert_int_equal(harness_call(&rec_src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&rec_src, uri), 0);
 }
 
 /*
  * dump-guest-memory where guest RAM is not whole (still arriving, or given
  * away): refused at once with a reason, and no file left behind.
  */
-static void expect_dump_refused(struct vmtest_vm *vm)
+static void expect_dump_refused(struct harness_vm *vm)
 {
-	char path[VMTEST_PATH_BYTES];
+	char path[HARNESS_PATH_BYTES];
 	struct json_object *args;
 	uint64_t t0 = clock_monotonic_ns();
 
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "dump"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "dump"), 0);
 	args = json_object_new_object();
 	json_object_object_add(args, "file", json_object_new_string(path));
-	assert_int_equal(vmtest_call(vm, "dump-guest-memory", args, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(vm, "dump-guest-memory", args, NULL), -EREMOTEIO);
 	json_object_put(args);
 	assert_true(clock_monotonic_ns() - t0 < 2000000000ull);
 	assert_int_equal(access(path, F_OK), -1);
@@ -230,9 +216,9 @@ static void expect_recovered(int64_t pauses)
 {
 	struct json_object *q = migtest_wait_migration(&rec_src);
 
-	if (strcmp(migtest_str_at(q, "status"), "completed"))
-		fail_msg("migration %s: %s", migtest_str_at(q, "status"), migtest_str_at(q, "error-desc"));
-	assert_int_equal(migtest_int_at(q, "postcopy-pauses"), pauses);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
+	assert_int_equal(harness_json_int(q, "postcopy-pauses"), pauses);
 	fprintf(stderr, "recovery: completed in %.0f ms with %lld pauses\n",
 		json_object_get_double(json_object_object_get(q, "total-time")), (long long)pauses);
 	json_object_put(q);
@@ -242,32 +228,32 @@ static void expect_recovered(int64_t pauses)
 	assert_int_equal(query_int(&rec_dst, "postcopy-pauses"), pauses);
 	expect_dump_refused(&rec_src); /* its RAM went to the destination */
 	migtest_expect_guest_alive_and_verified(&rec_dst);
-	assert_int_equal(vmtest_vm_quit(&rec_src), 0);
-	assert_int_equal(vmtest_vm_quit(&rec_dst), 0);
+	assert_int_equal(harness_vm_quit(&rec_src), 0);
+	assert_int_equal(harness_vm_quit(&rec_dst), 0);
 }
 
 static void unix_uri(char *uri, size_t len)
 {
-	char path[VMTEST_PATH_BYTES];
+	char path[HARNESS_PATH_BYTES];
 
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "recover"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "recover"), 0);
 	snprintf(uri, len, "unix:%s", path);
 }
 
 static void test_recover_unix(void **state)
 {
-	char uri[VMTEST_PATH_BYTES + 8], nobody[VMTEST_PATH_BYTES + 8];
-	char listen[VMTEST_PATH_BYTES + 8], real[VMTEST_PATH_BYTES + 8];
+	char uri[HARNESS_PATH_BYTES + 8], nobody[HARNESS_PATH_BYTES + 8];
+	char listen[HARNESS_PATH_BYTES + 8], real[HARNESS_PATH_BYTES + 8];
 	struct json_object *q = NULL;
 
 	(void)state;
 	migtest_spawn(&rec_src, REC_MEM, REC_VCPUS, "incrementer", NULL);
-	assert_int_equal(vmtest_wait_passes(&rec_src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&rec_src, 1, 30000), 0);
 	migtest_spawn_incoming(&rec_dst, REC_MEM, REC_VCPUS, true, uri, sizeof(uri));
 
 	/* Before any postcopy: every recovery command is refused. */
-	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
 	migtest_expect_status(&rec_src, "running");
@@ -277,44 +263,44 @@ static void test_recover_unix(void **state)
 	wait_active_with_progress(0);
 	expect_dst_vcpus_idle(); /* the default, 20 */
 	expect_dst_pagepath_realtime(0);
-	assert_int_equal(vmtest_realtime_threads_named(&rec_src, "pc-return"), 1);
+	assert_int_equal(harness_realtime_threads_named(&rec_src, "pc-return"), 1);
 	/* Active: no recover, no resume, no cancel; a second pause is refused after. */
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", uri, true, NULL), -EREMOTEIO);
-	assert_int_equal(vmtest_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
 
 	/* Cut 1: migrate-pause on the source. */
-	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(harness_call(&rec_src, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	expect_dst_vcpus_nicer_by(0);
 	/* takes effect at the resume */
-	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 7}"), 0);
-	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
-	assert_int_equal(vmtest_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 7}"), 0);
+	assert_int_equal(harness_call(&rec_src, "migrate-pause", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(&rec_src, "migrate-cancel", NULL, NULL), -EREMOTEIO);
 	/* wrong side, missing or invalid URI */
 	assert_int_equal(call_uri(&rec_src, "migrate-recover", "unix:/tmp/x", false, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_dst, "migrate", uri, true, NULL), -EREMOTEIO);
-	assert_int_equal(vmtest_call(&rec_dst, "migrate-recover", NULL, NULL), -EREMOTEIO);
+	assert_int_equal(harness_call(&rec_dst, "migrate-recover", NULL, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_dst, "migrate-recover", "carrier-pigeon:1", false, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", "tcp:nohost", true, NULL), -EREMOTEIO);
 	assert_int_equal(call_uri(&rec_src, "migrate", NULL, true, NULL), -EREMOTEIO);
 	/* a migration that is not resumed is not a new one either */
-	assert_int_equal(migtest_start_migrate(&rec_src, uri), -EREMOTEIO);
+	assert_int_equal(harness_migrate(&rec_src, uri), -EREMOTEIO);
 	/* resume to an address nobody listens on: stays paused, says why */
 	unix_uri(nobody, sizeof(nobody));
 	assert_int_equal(call_uri(&rec_src, "migrate", nobody, true, NULL), 0);
 	for (int i = 0; i < 2000; i++) {
 		q = NULL;
-		assert_int_equal(vmtest_call(&rec_src, "query-migrate", NULL, &q), 0);
-		if (strstr(migtest_str_at(q, "error-desc"), "failed"))
+		assert_int_equal(harness_call(&rec_src, "query-migrate", NULL, &q), 0);
+		if (strstr(harness_json_str(q, "error-desc"), "failed"))
 			break;
 		json_object_put(q);
 		q = NULL;
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 	}
 	assert_non_null(q);
-	assert_string_equal(migtest_str_at(q, "status"), "postcopy-paused");
-	assert_non_null(strstr(migtest_str_at(q, "error-desc"), nobody + 5));
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-paused");
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), nobody + 5));
 	json_object_put(q);
 	/* now properly */
 	unix_uri(listen, sizeof(listen));
@@ -327,11 +313,11 @@ static void test_recover_unix(void **state)
 
 	/* Cut 2: migrate-pause on the destination. */
 	wait_active_with_progress(query_int(&rec_src, "transferred"));
-	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	expect_dump_refused(&rec_dst);
 	/* vCPUs at full priority from the resume: the page path real-time */
-	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 0}"), 0);
+	assert_int_equal(harness_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 0}"), 0);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
@@ -340,12 +326,12 @@ static void test_recover_unix(void **state)
 
 	/* Cut 3: both sides at once. */
 	wait_active_with_progress(query_int(&rec_src, "transferred"));
-	assert_int_equal(vmtest_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
-	vmtest_call(&rec_src, "migrate-pause", NULL, NULL); /* may find it paused already */
+	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
+	harness_call(&rec_src, "migrate-pause", NULL, NULL); /* may find it paused already */
 	wait_both_paused();
 	expect_dst_vcpus_nicer_by(0);
 	/* back to the default, SCHED_IDLE; the page path stays in the normal policy */
-	assert_int_equal(migtest_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 20}"), 0);
+	assert_int_equal(harness_set_params(&rec_dst, "{\"postcopy-vcpu-nice\": 20}"), 0);
 	unix_uri(listen, sizeof(listen));
 	recover(listen, real, sizeof(real));
 	resume(real);
@@ -355,21 +341,21 @@ static void test_recover_unix(void **state)
 	expect_recovered(3);
 }
 
-static void spawn_on(struct vmtest_vm *vm, int host, const char *const args[])
+static void spawn_on(struct harness_vm *vm, int host, const char *const args[])
 {
 	const char *prefix[5];
 
-	vmtest_netns_prefix(&rec_hosts, host, prefix);
-	assert_int_equal(vmtest_spawn_prefixed(vm, prefix, args), 0);
+	harness_netns_prefix(&rec_hosts, host, prefix);
+	assert_int_equal(harness_spawn_prefixed(vm, prefix, args), 0);
 }
 
 /* `ip -n NS link set DEV up|down` for the veth end in @host. */
 static void link_set(int host, const char *updown)
 {
 	const char *argv[] = { rec_hosts.ip_path, "-n", rec_hosts.ns[host], "link", "set",
-			       rec_hosts.veth[host], updown, NULL };
+			       rec_hosts.dev[host], updown, NULL };
 
-	assert_int_equal(vmtest_cmd(argv, false, 10000), 0);
+	assert_int_equal(harness_cmd(argv, false, 10000), 0);
 }
 
 /*
@@ -377,15 +363,15 @@ static void link_set(int host, const char *updown)
  * @first then @second are told (migrate-pause), the link comes up again and
  * the migration resumes on a new connection to @listen.
  */
-static void cut_link(int host, struct vmtest_vm *first, struct vmtest_vm *second,
+static void cut_link(int host, struct harness_vm *first, struct harness_vm *second,
 		     const char *listen)
 {
 	char real[64];
 
 	wait_active_with_progress(query_int(&rec_src, "transferred"));
 	link_set(host, "down");
-	assert_int_equal(vmtest_call(first, "migrate-pause", NULL, NULL), 0);
-	assert_int_equal(vmtest_call(second, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(harness_call(first, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(harness_call(second, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	link_set(host, "up");
 	recover(listen, real, sizeof(real));
@@ -406,12 +392,12 @@ static void test_recover_netns_link_down(void **state)
 	spawn_on(&rec_dst, HOST_B, dst_args);
 	migtest_incoming_uri(&rec_dst, uri, sizeof(uri));
 	spawn_on(&rec_src, HOST_A, src_args);
-	assert_int_equal(vmtest_wait_passes(&rec_src, 1, 30000), 0);
+	assert_int_equal(harness_wait_passes(&rec_src, 1, 30000), 0);
 	start_postcopy(uri);
 
 	/* Cut 1: migrate-pause on the source, over TCP. */
 	wait_active_with_progress(0);
-	assert_int_equal(vmtest_call(&rec_src, "migrate-pause", NULL, NULL), 0);
+	assert_int_equal(harness_call(&rec_src, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	recover(listen, real, sizeof(real));
 	resume(real);
@@ -431,13 +417,11 @@ int main(void)
 		cmocka_unit_test_teardown(test_recover_netns_link_down, rec_teardown),
 	};
 
-	if (!vmtest_kvm_available())
-		return VMTEST_SKIP;
-	signal(SIGPIPE, SIG_IGN);
-	atexit(rec_atexit);
-	signal(SIGINT, rec_on_signal);
-	signal(SIGTERM, rec_on_signal);
-	if (geteuid() == 0 && vmtest_netns_create(&rec_hosts) == 0)
+	if (!harness_kvm_available())
+		return HARNESS_SKIP;
+	if (harness_cleanup_on_exit())
+		return 1;
+	if (geteuid() == 0 && harness_netns_create(&rec_hosts, 't', HARNESS_LINK_VETH) == 0)
 		rec_netns_ok = true;
 	else
 		fprintf(stderr, "note: no network namespaces; the link-down test skips\n");

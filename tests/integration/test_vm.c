@@ -18,7 +18,7 @@
 
 #include <json-c/json.h>
 
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 #include "verify/verify.h"
 #include "vmm/vm.h"
 
@@ -310,7 +310,7 @@ int main(void)
 		cmocka_unit_test(test_paused_start),
 	};
 
-	if (!vmtest_kvm_available())
+	if (!harness_kvm_available())
 		return 77;
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

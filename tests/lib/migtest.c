@@ -26,29 +26,8 @@ void migtest_set_sun_path(struct sockaddr_un *sa, const char *path)
 	sa->sun_path[n] = 0;
 }
 
-void migtest_tick_ms(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&t, NULL);
-}
-
-const char *migtest_str_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
-}
-
-int64_t migtest_int_at(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
-}
-
-void migtest_spawn_extra(struct vmtest_vm *vm, const char *mem, const char *vcpus,
-			const char *guest, const char *incoming, const char *const extra[])
+void migtest_spawn_extra(struct harness_vm *vm, const char *mem, const char *vcpus,
+			 const char *guest, const char *incoming, const char *const extra[])
 {
 	const char *args[16] = { "--mem", mem, "--vcpus", vcpus,
 				 guest ? "--guest" : "--incoming", guest ? guest : incoming };
@@ -59,35 +38,29 @@ void migtest_spawn_extra(struct vmtest_vm *vm, const char *mem, const char *vcpu
 		args[n++] = extra[i];
 	}
 	args[n] = NULL;
-	assert_int_equal(vmtest_spawn(vm, args), 0);
+	assert_int_equal(harness_spawn(vm, args), 0);
 }
 
-void migtest_spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
-		  const char *incoming)
+void migtest_spawn(struct harness_vm *vm, const char *mem, const char *vcpus, const char *guest,
+		   const char *incoming)
 {
 	migtest_spawn_extra(vm, mem, vcpus, guest, incoming, NULL);
 }
 
-/* The destination's listening URI (port 0 resolved), into @uri. */
-void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len)
+void migtest_incoming_uri(struct harness_vm *dst, char *uri, size_t len)
 {
-	struct json_object *q = NULL;
-
-	assert_int_equal(vmtest_call(dst, "query-migrate", NULL, &q), 0);
-	snprintf(uri, len, "%s", migtest_str_at(q, "uri"));
-	json_object_put(q);
-	assert_true(uri[0]);
+	assert_int_equal(harness_incoming_uri(dst, uri, len, MIG_TIMEOUT_MS), 0);
 }
 
-void migtest_spawn_incoming_extra(struct vmtest_vm *dst, const char *mem, const char *vcpus,
-				 bool unix_sock, const char *const extra[], char *uri, size_t len)
+void migtest_spawn_incoming_extra(struct harness_vm *dst, const char *mem, const char *vcpus,
+				  bool unix_sock, const char *const extra[], char *uri, size_t len)
 {
-	char listen_uri[VMTEST_PATH_BYTES + 8];
+	char listen_uri[HARNESS_PATH_BYTES + 8];
 
 	if (unix_sock) {
-		char path[VMTEST_PATH_BYTES];
+		char path[HARNESS_PATH_BYTES];
 
-		assert_int_equal(vmtest_unique_path(path, sizeof(path), "mig"), 0);
+		assert_int_equal(harness_unique_path(path, sizeof(path), "mig"), 0);
 		snprintf(listen_uri, sizeof(listen_uri), "unix:%s", path);
 	} else {
 		snprintf(listen_uri, sizeof(listen_uri), "tcp:127.0.0.1:0");
@@ -96,8 +69,8 @@ void migtest_spawn_incoming_extra(struct vmtest_vm *dst, const char *mem, const 
 	migtest_incoming_uri(dst, uri, len);
 }
 
-void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
-			   bool unix_sock, char *uri, size_t len)
+void migtest_spawn_incoming(struct harness_vm *dst, const char *mem, const char *vcpus,
+			    bool unix_sock, char *uri, size_t len)
 {
 	migtest_spawn_incoming_extra(dst, mem, vcpus, unix_sock, NULL, uri, len);
 }
@@ -105,12 +78,12 @@ void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *
 void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 			   const char *const extra[])
 {
-	char mp[VMTEST_PATH_BYTES], cp[VMTEST_PATH_BYTES];
+	char mp[HARNESS_PATH_BYTES], cp[HARNESS_PATH_BYTES];
 	const char *args[16] = { "--incoming", t->main_uri, "--incoming-cpr", t->cpr_uri };
 	size_t n = 4;
 
-	assert_int_equal(vmtest_unique_path(mp, sizeof(mp), "main"), 0);
-	assert_int_equal(vmtest_unique_path(cp, sizeof(cp), "cpr"), 0);
+	assert_int_equal(harness_unique_path(mp, sizeof(mp), "main"), 0);
+	assert_int_equal(harness_unique_path(cp, sizeof(cp), "cpr"), 0);
 	snprintf(t->main_uri, sizeof(t->main_uri), "unix:%s", mp);
 	snprintf(t->cpr_uri, sizeof(t->cpr_uri), "unix:%s", cp);
 	for (size_t i = 0; extra && extra[i] && n < 15; i++)
@@ -118,107 +91,50 @@ void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 	args[n] = NULL;
 	if (fault)
 		setenv("VMFERRY_CPR_FAULT", fault, 1);
-	assert_int_equal(vmtest_spawn_start(&t->vm, NULL, args), 0);
+	assert_int_equal(harness_spawn_start(&t->vm, NULL, args), 0);
 	unsetenv("VMFERRY_CPR_FAULT");
 }
 
-int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on)
+struct json_object *migtest_wait_migration(struct harness_vm *src)
 {
-	struct json_object *args = json_object_new_object(), *arr = json_object_new_array();
-	struct json_object *cap = json_object_new_object();
-	int r;
+	struct json_object *q = NULL;
 
-	json_object_object_add(cap, "capability", json_object_new_string(name));
-	json_object_object_add(cap, "state", json_object_new_boolean(on));
-	json_object_array_add(arr, cap);
-	json_object_object_add(args, "capabilities", arr);
-	r = vmtest_call(vm, "migrate-set-capabilities", args, NULL);
-	json_object_put(args);
-	return r;
+	assert_int_equal(harness_wait_migration(src, MIG_TIMEOUT_MS, 10, &q), 0);
+	return q;
 }
 
-int migtest_set_params(struct vmtest_vm *vm, const char *json)
-{
-	struct json_object *args = json_tokener_parse(json);
-	int r = vmtest_call(vm, "migrate-set-parameters", args, NULL);
-
-	json_object_put(args);
-	return r;
-}
-
-int migtest_start_migrate(struct vmtest_vm *src, const char *uri)
-{
-	struct json_object *args = json_object_new_object();
-	int r;
-
-	json_object_object_add(args, "uri", json_object_new_string(uri));
-	r = vmtest_call(src, "migrate", args, NULL);
-	json_object_put(args);
-	return r;
-}
-
-/* Poll query-migrate until a final status; returns the reply (caller owns). */
-struct json_object *migtest_wait_migration(struct vmtest_vm *src)
-{
-	for (int i = 0; i < MIG_TIMEOUT_MS / 10; i++) {
-		struct json_object *q = NULL;
-		const char *st;
-
-		assert_int_equal(vmtest_call(src, "query-migrate", NULL, &q), 0);
-		st = migtest_str_at(q, "status");
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "cancelled"))
-			return q;
-		json_object_put(q);
-		migtest_tick_ms(10);
-	}
-	fail_msg("migration did not finish within %d ms", MIG_TIMEOUT_MS);
-	return NULL;
-}
-
-void migtest_expect_status(struct vmtest_vm *vm, const char *status)
+void migtest_expect_status(struct harness_vm *vm, const char *status)
 {
 	struct json_object *s = NULL;
 
-	assert_int_equal(vmtest_call(vm, "query-status", NULL, &s), 0);
-	if (strcmp(migtest_str_at(s, "status"), status))
-		fail_msg("VM status %s, expected %s", migtest_str_at(s, "status"), status);
+	assert_int_equal(harness_call(vm, "query-status", NULL, &s), 0);
+	if (strcmp(harness_json_str(s, "status"), status))
+		fail_msg("VM status %s, expected %s", harness_json_str(s, "status"), status);
 	json_object_put(s);
 }
 
 /* The guest runs and its memory is right, twice, with progress between. */
-void migtest_expect_guest_alive_and_verified(struct vmtest_vm *vm)
+void migtest_expect_guest_alive_and_verified(struct harness_vm *vm)
 {
 	uint64_t p0 = 0, p1 = 0;
 
 	migtest_expect_status(vm, "running");
 	/* The guest must not run real-time: it would starve the host. */
-	assert_int_equal(vmtest_realtime_threads(vm), 0);
-	assert_int_equal(vmtest_verify_memory(vm), 0);
-	assert_int_equal(vmtest_workload_passes(vm, &p0), 0);
-	assert_int_equal(vmtest_wait_passes(vm, p0 + 2, 30000), 0);
-	assert_int_equal(vmtest_verify_memory(vm), 0);
-	assert_int_equal(vmtest_workload_passes(vm, &p1), 0);
+	assert_int_equal(harness_realtime_threads(vm), 0);
+	assert_int_equal(harness_verify_memory(vm), 0);
+	assert_int_equal(harness_workload_passes(vm, &p0), 0);
+	assert_int_equal(harness_wait_passes(vm, p0 + 2, 30000), 0);
+	assert_int_equal(harness_verify_memory(vm), 0);
+	assert_int_equal(harness_workload_passes(vm, &p1), 0);
 	assert_true(p1 >= p0 + 2);
 }
 
-
-void migtest_wait_migration_status(struct vmtest_vm *vm, const char *status)
+void migtest_wait_migration_status(struct harness_vm *vm, const char *status)
 {
-	for (int i = 0; i < MIG_TIMEOUT_MS / 5; i++) {
-		struct json_object *q = NULL;
-		bool done;
-
-		assert_int_equal(vmtest_call(vm, "query-migrate", NULL, &q), 0);
-		done = !strcmp(migtest_str_at(q, "status"), status);
-		json_object_put(q);
-		if (done)
-			return;
-		migtest_tick_ms(5);
-	}
-	fail_msg("migration status never became %s", status);
+	assert_int_equal(harness_wait_migrate_status(vm, status, MIG_TIMEOUT_MS, 5), 0);
 }
 
-int64_t migtest_guest_ram_allocated(struct vmtest_vm *vm)
+int64_t migtest_guest_ram_allocated(struct harness_vm *vm)
 {
 	char dir[64], path[352], link[256];
 	struct dirent *e;
@@ -245,12 +161,12 @@ int64_t migtest_guest_ram_allocated(struct vmtest_vm *vm)
 	return bytes;
 }
 
-void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms)
+void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms)
 {
 	int64_t bytes = migtest_guest_ram_allocated(vm);
 
 	for (long waited = 0; bytes > 0 && waited < timeout_ms; waited += 5) {
-		migtest_tick_ms(5);
+		harness_nap_ms(5);
 		bytes = migtest_guest_ram_allocated(vm);
 	}
 	if (bytes != 0)
@@ -260,32 +176,10 @@ void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms)
 
 int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n)
 {
-	if (!vmtest_kvm_available())
-		return VMTEST_SKIP;
+	if (!harness_kvm_available())
+		return HARNESS_SKIP;
 	signal(SIGPIPE, SIG_IGN);
 	if (getenv("VMFERRY_TEST_FILTER"))
 		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
 	return _cmocka_run_group_tests(name, tests, n, NULL, NULL);
-}
-
-int migtest_cpr_migrate(struct vmtest_vm *old, const char *main_uri, const char *cpr_uri)
-{
-	struct json_object *args = json_object_new_object(), *chans = json_object_new_array();
-	struct json_object *c;
-	int r;
-
-	c = json_object_new_object();
-	json_object_object_add(c, "type", json_object_new_string("main"));
-	json_object_object_add(c, "uri", json_object_new_string(main_uri));
-	json_object_array_add(chans, c);
-	if (cpr_uri) {
-		c = json_object_new_object();
-		json_object_object_add(c, "type", json_object_new_string("cpr"));
-		json_object_object_add(c, "uri", json_object_new_string(cpr_uri));
-		json_object_array_add(chans, c);
-	}
-	json_object_object_add(args, "channels", chans);
-	r = vmtest_call(old, "migrate", args, NULL);
-	json_object_put(args);
-	return r;
 }

@@ -12,70 +12,59 @@
 #include <stdint.h>
 #include <sys/un.h>
 
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 
 struct json_object;
 
 #define MIG_TIMEOUT_MS 60000
 
 void migtest_set_sun_path(struct sockaddr_un *sa, const char *path);
-void migtest_tick_ms(long ms);
-/* A member of @o as text ("" when absent) or integer (-1 when absent). */
-const char *migtest_str_at(struct json_object *o, const char *key);
-int64_t migtest_int_at(struct json_object *o, const char *key);
 /* Spawn a VM; @guest NULL for a destination listening on @incoming. */
-void migtest_spawn(struct vmtest_vm *vm, const char *mem, const char *vcpus, const char *guest,
+void migtest_spawn(struct harness_vm *vm, const char *mem, const char *vcpus, const char *guest,
 		   const char *incoming);
 /* The same with more options @extra (NULL-terminated, may be NULL). */
-void migtest_spawn_extra(struct vmtest_vm *vm, const char *mem, const char *vcpus,
+void migtest_spawn_extra(struct harness_vm *vm, const char *mem, const char *vcpus,
 			 const char *guest, const char *incoming, const char *const extra[]);
-/* The destination's listening URI (port 0 resolved). */
-void migtest_incoming_uri(struct vmtest_vm *dst, char *uri, size_t len);
+/* The destination's listening URI (port 0 resolved; harness_incoming_uri). */
+void migtest_incoming_uri(struct harness_vm *dst, char *uri, size_t len);
 /* A destination on a unique UNIX socket or tcp:127.0.0.1:0; its URI in @uri. */
-void migtest_spawn_incoming(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+void migtest_spawn_incoming(struct harness_vm *dst, const char *mem, const char *vcpus,
 			    bool unix_sock, char *uri, size_t len);
 /* The same with more options @extra (e.g. {"--postcopy", NULL}; may be NULL). */
-void migtest_spawn_incoming_extra(struct vmtest_vm *dst, const char *mem, const char *vcpus,
+void migtest_spawn_incoming_extra(struct harness_vm *dst, const char *mem, const char *vcpus,
 				  bool unix_sock, const char *const extra[], char *uri, size_t len);
 
 /* A new process waiting for a live update, and the URIs it waits on. */
 struct migtest_cpr_target {
-	struct vmtest_vm vm;
-	char main_uri[VMTEST_PATH_BYTES + 8];
-	char cpr_uri[VMTEST_PATH_BYTES + 8];
+	struct harness_vm vm;
+	char main_uri[HARNESS_PATH_BYTES + 8];
+	char cpr_uri[HARNESS_PATH_BYTES + 8];
 };
 
 /*
  * Start it on unique socket paths (not connected yet: its control socket
- * comes up only once it holds guest RAM; vmtest_connect() then).  @fault: a
+ * comes up only once it holds guest RAM; harness_connect() then).  @fault: a
  * VMFERRY_CPR_FAULT point or NULL; @extra: more options or NULL.
  */
 void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 			   const char *const extra[]);
-/* migrate with a main and (if not NULL) a cpr channel; 0 or the vmtest_call error. */
-int migtest_cpr_migrate(struct vmtest_vm *old, const char *main_uri, const char *cpr_uri);
-/* migrate-set-capabilities for one capability; 0 or the vmtest_call error. */
-int migtest_set_capability(struct vmtest_vm *vm, const char *name, bool on);
-/* migrate-set-parameters with the JSON text @json; 0 or the vmtest_call error. */
-int migtest_set_params(struct vmtest_vm *vm, const char *json);
-int migtest_start_migrate(struct vmtest_vm *src, const char *uri);
-/* Poll query-migrate until completed/failed/cancelled; the reply (caller owns). */
-struct json_object *migtest_wait_migration(struct vmtest_vm *src);
-void migtest_expect_status(struct vmtest_vm *vm, const char *status);
+/* Poll query-migrate until completed/failed/cancelled (MIG_TIMEOUT_MS); the reply (caller owns). */
+struct json_object *migtest_wait_migration(struct harness_vm *src);
+void migtest_expect_status(struct harness_vm *vm, const char *status);
 /* Poll query-migrate on @vm until its status is @status (bounded). */
-void migtest_wait_migration_status(struct vmtest_vm *vm, const char *status);
+void migtest_wait_migration_status(struct harness_vm *vm, const char *status);
 /* Running, memory verified, two more passes, verified again. */
-void migtest_expect_guest_alive_and_verified(struct vmtest_vm *vm);
+void migtest_expect_guest_alive_and_verified(struct harness_vm *vm);
 /*
  * Bytes of guest RAM (the memfd "ram0") that @vm's process holds, read from
  * /proc/PID/fd; -1 when it has no such fd.
  */
-int64_t migtest_guest_ram_allocated(struct vmtest_vm *vm);
+int64_t migtest_guest_ram_allocated(struct harness_vm *vm);
 /* Wait (at most @timeout_ms) until @vm's guest RAM holds no memory: fails otherwise. */
-void migtest_expect_guest_ram_released(struct vmtest_vm *vm, long timeout_ms);
+void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms);
 
 /*
- * The body of a migration test program's main(): skip (VMTEST_SKIP) without
+ * The body of a migration test program's main(): skip (HARNESS_SKIP) without
  * /dev/kvm, ignore SIGPIPE (a VMM that dies mid-reply), apply
  * VMFERRY_TEST_FILTER, run @tests.  The exit status.  Needs <cmocka.h>.
  */

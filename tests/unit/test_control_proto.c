@@ -29,7 +29,7 @@
 #include "control/client.h"
 #include "control/control.h"
 #include "control/control_proto.h"
-#include "lib/vmtest.h"
+#include "harness/harness.h"
 #include "util/log.h"
 
 /* ---- helpers ---- */
@@ -549,7 +549,7 @@ static void test_command_names(void **state)
 /* ---- the socket server, without a VM ---- */
 
 struct srv_fixture {
-	char path[VMTEST_PATH_BYTES];
+	char path[HARNESS_PATH_BYTES];
 	struct control_server *srv;
 	atomic_int after_flag;
 };
@@ -564,7 +564,7 @@ static int srv_setup(void **state)
 
 	(void)state;
 	memset(&fx, 0, sizeof(fx));
-	if (vmtest_unique_path(fx.path, sizeof(fx.path), "srv") < 0)
+	if (harness_unique_path(fx.path, sizeof(fx.path), "srv") < 0)
 		return -1;
 	if (control_server_create(fx.path, NULL, &fx.srv) < 0)
 		return -1;
@@ -947,7 +947,7 @@ static void test_path_in_use(void **state)
 
 static void test_path_stale_and_not_socket(void **state)
 {
-	char path[VMTEST_PATH_BYTES];
+	char path[HARNESS_PATH_BYTES];
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	struct control_server *srv = NULL;
 	struct control_client *c = NULL;
@@ -955,7 +955,7 @@ static void test_path_stale_and_not_socket(void **state)
 
 	(void)state;
 	/* A stale socket: bound, then its owner went away without unlinking. */
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "stale"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "stale"), 0);
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	strcpy(addr.sun_path, path);
 	assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
@@ -967,7 +967,7 @@ static void test_path_stale_and_not_socket(void **state)
 	control_server_destroy(srv);
 
 	/* A regular file is never replaced. */
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "file"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "file"), 0);
 	fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
 	assert_true(fd >= 0);
 	close(fd);
@@ -984,7 +984,7 @@ static void test_path_stale_and_not_socket(void **state)
 	assert_int_equal(control_server_create(longpath, NULL, &srv), -ENAMETOOLONG);
 
 	/* Nobody there: the client says so (after retrying for its timeout). */
-	assert_int_equal(vmtest_unique_path(path, sizeof(path), "absent"), 0);
+	assert_int_equal(harness_unique_path(path, sizeof(path), "absent"), 0);
 	assert_int_equal(control_client_connect(path, 100, &c), -ENOENT);
 	/* A server never started is destroyed cleanly. */
 	assert_int_equal(control_server_create(path, NULL, &srv), 0);

@@ -1,0 +1,178 @@
+/*
+ * bench/bench.h: what the benchmarks share on top of the VMM harness
+ * (harness/harness.h: the temporary directory, the VMMs, their control
+ * calls, the namespaces and the cleanup at exit and on signals): the
+ * transports, the link probes (bench/link.c), the VMMs' errors into a run's
+ * result, the source's final figures, the check of the destination, JSON
+ * output with medians, and the options every benchmark takes.
+ *
+ * Compiled once with bench/wire.c into build/libbench.a; every other .c
+ * file in bench/ is a program that links it.  A program's main() calls
+ * harness_init(NAME, NAME_KEEP, false) first (errors go into the JSON, not
+ * to stderr) and harness_cleanup_on_exit() before it starts anything.
+ * Everything runs on the main thread, except the short-lived threads of the
+ * link probes and of bench_socket_in().
+ */
+#ifndef VMFERRY_BENCH_BENCH_H
+#define VMFERRY_BENCH_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "harness/harness.h"
+#include "wire.h"
+
+struct json_object;
+
+#define BENCH_MAX_SIZES        8
+#define BENCH_MAX_RUNS         32
+#define BENCH_PAGE_BYTES       4096ull
+#define BENCH_VETH_RATE_BPS    1000000000ull   /* bits/s */
+#define BENCH_CONNECT_MS       10000
+#define BENCH_READY_MS         60000           /* source vCPUs all "running" */
+#define BENCH_POLL_MS          20
+
+enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };
+
+/* Indexed by enum bench_transport: the name in the output, the one in --transports. */
+extern const char *const bench_transport_names[BENCH_TRANSPORT__COUNT];
+extern const char *const bench_transport_opts[BENCH_TRANSPORT__COUNT];
+
+/* One migration: the source's final query-migrate and the destination check. */
+struct bench_result {
+	bool completed, verified;
+	char status[16];
+	char error[256];
+	char verify_error[256];
+	double link_bps;                 /* bytes/s, 0 unknown */
+	double ram_link_bps;             /* the same, memory to memory; 0 unknown */
+	double link_rtt_us;              /* median round trip, idle link; 0 unknown */
+	double total_ms, downtime_ms, setup_ms;
+	uint64_t wire_bytes, normal_pages, zero_pages, passes;
+	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
+	uint64_t dirty_pages_rate;
+};
+
+/* ---- the two simulated hosts ---- */
+
+/* Namespaces hosts.ns[0] (source) and hosts.ns[1] (destination), and their link. */
+struct bench_netns {
+	struct harness_netns hosts;
+	char shaper[8];          /* "netem", "tbf" or "wire" (bench/wire.h) */
+	unsigned delay_us;       /* added per direction (netem or wire) */
+	struct wire wire;        /* the user-space link, for BENCH_WIRE */
+};
+
+/*
+ * Both directions at 1 Gbit/s.  BENCH_VETH: a veth pair under netem, each
+ * direction delayed by @delay_us (tbf over pfifo_fast where netem is not
+ * built in, which cannot delay: n->delay_us says what was applied).
+ * BENCH_WIRE: TUN devices joined by bench/wire.h's user-space link, rate
+ * and delay.  0 or -errno with a message on stderr; partial state is
+ * removed.  bench_netns_finish() when done with it.
+ */
+int bench_netns_create(struct bench_netns *n, enum bench_transport kind, unsigned delay_us);
+/* Stop the wire (if any) and delete the namespaces.  Not signal-safe. */
+void bench_netns_finish(struct bench_netns *n);
+
+/* ---- the link probes (bench/link.c) ---- */
+
+/* A TCP socket that lives in namespace @ns (NULL: ours).  fd or -errno. */
+int bench_socket_in(const char *ns);
+
+/*
+ * The link's bandwidth: the median of 3 TCP streams of @bytes from
+ * namespace @src_ns to a listener on @addr in @dst_ns (NULLs: ours), timed
+ * at the receiver.  Single probes on these shared 2-core machines ranged
+ * from 1.3 to 3.9 GB/s within minutes (other load slows one down; sender
+ * and receiver sharing a core speeds one up), moving a run's bound 3x.
+ * @ram_bytes 0: from and into one cache-hot 1 MiB buffer (the link at its
+ * best); else memory to memory through memfd buffers of that size (at most
+ * 4 GiB), made once for the three and walked through in 256 KiB sends and
+ * receives, as a migration moves guest RAM.  Bytes per second in *bps; 0
+ * or -errno.
+ */
+int bench_link_bandwidth(const char *src_ns, const char *dst_ns, const char *addr,
+			 uint64_t bytes, uint64_t ram_bytes, double *bps);
+
+/*
+ * The link's round trip with nothing else on it: 200 one-byte TCP
+ * ping-pongs from namespace @src_ns to @addr in @dst_ns (NULLs: ours),
+ * median in *us.  0 or -errno.
+ */
+int bench_link_rtt(const char *src_ns, const char *dst_ns, const char *addr, double *us);
+
+/* ---- the VMMs: the harness, with its errors into r->error ---- */
+
+/*
+ * Start `[ip netns exec NS] vmferry run --control SOCK --console /dev/null
+ * ARGS...` (@n NULL: in our namespace; @side: 0 source, 1 destination) with
+ * stdout and stderr into vm->log_path, named @name.  Not connected yet:
+ * bench_vm_connect().  0 or -errno with r->error set.
+ */
+int bench_vm_spawn(const char *bin, const struct bench_netns *n, int side, const char *name,
+		   const char *const args[], struct harness_vm *vm, struct bench_result *r);
+/* Connect within BENCH_CONNECT_MS, or notice its death.  0 or -errno with r->error. */
+int bench_vm_connect(struct harness_vm *vm, struct bench_result *r);
+/* bench_vm_spawn() and bench_vm_connect(). */
+int bench_vm_start(const char *bin, const struct bench_netns *n, int side, const char *name,
+		   const char *const args[], struct harness_vm *vm, struct bench_result *r);
+
+/* @rc of a harness call on @vm; when it failed, vm->error into r->error. */
+int bench_vm_error(const struct harness_vm *vm, int rc, struct bench_result *r);
+
+/* harness_call(); 0 or -errno with r->error set. */
+int bench_call(struct harness_vm *vm, const char *cmd, struct json_object *args,
+	       struct json_object **ret, struct bench_result *r);
+
+/*
+ * query-workload: true in *running when every vCPU is in phase "running"
+ * and has completed at least one pass over its memory; the sum of passes
+ * and writes over the vCPUs in *progress.  0 or -errno with r->error.
+ */
+int bench_workload(struct harness_vm *vm, bool *running, uint64_t *progress,
+		   struct bench_result *r);
+
+/* harness_incoming_uri() within BENCH_CONNECT_MS; 0 or -errno with r->error. */
+int bench_incoming_uri(struct harness_vm *dst, char *uri, size_t len, struct bench_result *r);
+
+/*
+ * Poll until a final status, every BENCH_POLL_MS; after @timeout_s,
+ * migrate-cancel and wait a minute more.  The final reply in *out (caller
+ * owns); 0 or -errno with r->error.
+ */
+int bench_wait_migration(uint64_t timeout_s, struct harness_vm *src, struct json_object **out,
+			 struct bench_result *r);
+
+/*
+ * After a completed migration: the destination runs, its @workload moves
+ * on, and its memory verifies.  Sets r->verified / r->verify_error.
+ */
+void bench_verify_destination(struct harness_vm *dst, const char *workload,
+			      struct bench_result *r);
+
+/* The source's final query-migrate @q into @r (r->error when not completed). */
+void bench_copy_stats(struct json_object *q, struct bench_result *r);
+
+/* ---- output ---- */
+
+/* @v with @decimals as a JSON number under @key (null when NaN or infinite). */
+void bench_json_num(struct json_object *o, const char *key, double v, int decimals);
+void bench_json_u64(struct json_object *o, const char *key, uint64_t v);
+/* @o as one line on stdout, flushed; drops the reference. */
+void bench_print(struct json_object *o);
+
+/* qsort() order of doubles. */
+int bench_cmp_double(const void *a, const void *b);
+/* The median of @v[0..n) (sorts @v); NaN when @n is 0. */
+double bench_median(double *v, unsigned n);
+
+/* ---- options ---- */
+
+/* Comma-separated names -> flags in @on (indexed like @names).  0 or -EINVAL (said). */
+int bench_parse_names(const char *text, const char *const *names, size_t nnames, bool *on);
+/* Comma-separated sizes (whole MiB, at least 16M, at most BENCH_MAX_SIZES). */
+int bench_parse_sizes(const char *text, uint64_t *sizes, unsigned *nsizes);
+
+#endif
