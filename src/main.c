@@ -24,6 +24,7 @@
 #include "verify/verify.h"
 #include "vmm/guest_image.h"
 #include "vmm/vm.h"
+#include "vmm/vm_commands.h"
 
 #define VMFERRY_VERSION "0.1.0"
 
@@ -320,7 +321,10 @@ static int main_run(int argc, char **argv)
 			migration_set_postcopy_vcpu_nice(mig, (unsigned)vcpu_nice);
 	}
 	if (control_path) {
-		err = control_server_create(control_path, vm, &srv);
+		err = control_server_create(control_path, &srv);
+		if (err)
+			goto out;
+		err = vm_register_commands(vm, srv);
 		if (err)
 			goto out;
 		vm_set_event_handler(vm, control_server_emit_event, srv);

@@ -38,7 +38,6 @@
 #include <json-c/json.h>
 
 #include "util/log.h"
-#include "vmm/vm.h"
 
 /* Stop reading from a client while this much of its output is unsent. */
 #define CONTROL_CLIENT_READ_PAUSE_BYTES (256u * 1024u)
@@ -67,7 +66,6 @@ struct control_conn {
 
 struct control_server {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	struct vm *vm;               /* not owned; NULL in protocol-only tests */
 	int listen_fd;               /* owned */
 	int event_fd;                /* owned */
 	dev_t sock_dev;              /* identity of the socket file we bound, */
@@ -97,161 +95,7 @@ const char *control_server_path(const struct control_server *srv)
 	return srv->path;
 }
 
-/* ---- built-in commands ---- */
-
-static const char *control_runstate_phrase(enum vm_runstate state)
-{
-	switch (state) {
-	case VM_RUNSTATE_SHUTDOWN:       return "guest has shut down";
-	case VM_RUNSTATE_GUEST_PANICKED: return "guest has crashed";
-	case VM_RUNSTATE_INTERNAL_ERROR: return "VM hit an internal error";
-	default:                         return "VM is in a state that does not allow it";
-	}
-}
-
-static int control_cmd_json(struct json_object *obj, struct json_object **ret,
-			    char *errbuf, size_t errlen)
-{
-	if (!obj) {
-		snprintf(errbuf, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	*ret = obj;
-	return 0;
-}
-
-static int control_cmd_query_status(void *opaque, struct json_object *args,
-				    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_status(srv->vm), ret, errbuf, errlen);
-}
-
-static int control_cmd_query_vcpus(void *opaque, struct json_object *args,
-				   struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_vcpus(srv->vm), ret, errbuf, errlen);
-}
-
-static int control_cmd_query_memory(void *opaque, struct json_object *args,
-				    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_memory(srv->vm), ret, errbuf, errlen);
-}
-
-static int control_cmd_query_workload(void *opaque, struct json_object *args,
-				      struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_workload(srv->vm), ret, errbuf, errlen);
-}
-
-/*
- * vm_stop/vm_cont say -EINVAL for a terminal state; that is not an argument
- * problem, so it is reported as -EPERM (GenericError) with the reason.
- */
-static int control_cmd_runstate_error(struct control_server *srv, const char *what,
-				      int rc, char *errbuf, size_t errlen)
-{
-	char sbuf[128];
-
-	if (rc == -EINVAL) {
-		enum vm_runstate state = vm_get_runstate(srv->vm);
-
-		snprintf(errbuf, errlen, "cannot %s: %s (state '%s')", what,
-			 control_runstate_phrase(state), vm_runstate_name(state));
-		return -EPERM;
-	}
-	snprintf(errbuf, errlen, "cannot %s: %s", what, strerror_r(-rc, sbuf, sizeof(sbuf)));
-	return rc;
-}
-
-static int control_cmd_stop(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-	int rc;
-
-	(void)args;
-	(void)ret;
-	rc = vm_stop(srv->vm);
-	return rc < 0 ? control_cmd_runstate_error(srv, "stop", rc, errbuf, errlen) : 0;
-}
-
-static int control_cmd_cont(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-	int rc;
-
-	(void)args;
-	(void)ret;
-	rc = vm_cont(srv->vm);
-	return rc < 0 ? control_cmd_runstate_error(srv, "cont", rc, errbuf, errlen) : 0;
-}
-
-static int control_cmd_quit(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	(void)opaque;
-	(void)args;
-	(void)ret;
-	(void)errbuf;
-	(void)errlen;
-	return 0; /* the work happens in after_reply, once the reply is out */
-}
-
-static void control_cmd_quit_after(void *opaque)
-{
-	struct control_server *srv = opaque;
-
-	log_info("quit requested on the control socket");
-	vm_request_quit(srv->vm);
-}
-
-static int control_cmd_dump(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-	struct json_object *file = NULL;
-	const char *path;
-	char sbuf[128];
-	int rc;
-
-	(void)ret;
-	json_object_object_get_ex(args, "file", &file);
-	path = json_object_get_string(file);
-	if (!path || !*path) {
-		snprintf(errbuf, errlen, "argument 'file' must not be empty");
-		return -EINVAL;
-	}
-	rc = vm_dump_memory(srv->vm, path);
-	if (rc == -EBUSY || rc == -ENODATA) {
-		snprintf(errbuf, errlen, "%s", rc == -EBUSY
-			 ? "guest RAM is still arriving from the postcopy source: dump it once "
-			   "the migration has completed"
-			 : "guest RAM went to the migration's destination (postcopy gave it back "
-			   "here): dump it there");
-		return rc;
-	}
-	if (rc < 0) {
-		snprintf(errbuf, errlen, "cannot dump guest memory to '%s': %s", path,
-			 strerror_r(-rc, sbuf, sizeof(sbuf)));
-		/* The argument was fine; whatever failed is not InvalidArgument. */
-		return rc == -EINVAL ? -EIO : rc;
-	}
-	return 0;
-}
+/* ---- the server's own command ---- */
 
 static int control_cmd_query_commands(void *opaque, struct json_object *args,
 				      struct json_object **ret, char *errbuf, size_t errlen)
@@ -288,31 +132,13 @@ nomem:
 	return -ENOMEM;
 }
 
-static const struct control_arg_spec control_dump_args[] = {
-	{ "file", CONTROL_ARG_STRING, true },
-	{ NULL, 0, false },
-};
-
 static int control_register_builtins(struct control_server *srv)
 {
-	const struct control_command vm_cmds[] = {
-		{ "query-status", control_cmd_query_status, srv, NULL, NULL },
-		{ "stop", control_cmd_stop, srv, NULL, NULL },
-		{ "cont", control_cmd_cont, srv, NULL, NULL },
-		{ "quit", control_cmd_quit, srv, NULL, control_cmd_quit_after },
-		{ "query-vcpus", control_cmd_query_vcpus, srv, NULL, NULL },
-		{ "query-memory", control_cmd_query_memory, srv, NULL, NULL },
-		{ "query-workload", control_cmd_query_workload, srv, NULL, NULL },
-		{ "dump-guest-memory", control_cmd_dump, srv, control_dump_args, NULL },
-	};
 	const struct control_command qc = {
 		"query-commands", control_cmd_query_commands, srv, NULL, NULL,
 	};
-	int rc = 0;
 
-	for (size_t i = 0; rc == 0 && srv->vm && i < sizeof(vm_cmds) / sizeof(vm_cmds[0]); i++)
-		rc = control_server_register(srv, &vm_cmds[i]);
-	return rc ? rc : control_server_register(srv, &qc);
+	return control_server_register(srv, &qc);
 }
 
 int control_server_register(struct control_server *srv, const struct control_command *cmd)
@@ -803,7 +629,7 @@ static int control_claim_path(const char *path, const struct sockaddr_un *addr)
 	return 0;
 }
 
-int control_server_create(const char *path, struct vm *vm, struct control_server **out)
+int control_server_create(const char *path, struct control_server **out)
 {
 	struct control_server *srv;
 	struct sockaddr_un addr;
@@ -825,7 +651,6 @@ int control_server_create(const char *path, struct vm *vm, struct control_server
 		return -ENOMEM;
 	srv->listen_fd = -1;
 	srv->event_fd = -1;
-	srv->vm = vm;
 	memcpy(srv->path, addr.sun_path, sizeof(srv->path));
 	atomic_init(&srv->stopping, false);
 	for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++)

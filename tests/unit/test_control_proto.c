@@ -2,7 +2,7 @@
  * Unit tests for the control protocol (control_proto.h): line framing,
  * request parsing, argument validation, dispatch and formatting; and for the
  * socket server and client library run without a VM (control_server_create
- * with vm == NULL and test commands), which needs no KVM.
+ * with test commands), which needs no KVM.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -566,7 +566,7 @@ static int srv_setup(void **state)
 	memset(&fx, 0, sizeof(fx));
 	if (vmtest_unique_path(fx.path, sizeof(fx.path), "srv") < 0)
 		return -1;
-	if (control_server_create(fx.path, NULL, &fx.srv) < 0)
+	if (control_server_create(fx.path, &fx.srv) < 0)
 		return -1;
 	if (control_server_register(fx.srv, &srv_echo) < 0 ||
 	    control_server_register(fx.srv, &after) < 0)
@@ -938,7 +938,7 @@ static void test_path_in_use(void **state)
 	struct stat st;
 
 	(void)state;
-	assert_int_equal(control_server_create(fx.path, NULL, &other), -EADDRINUSE);
+	assert_int_equal(control_server_create(fx.path, &other), -EADDRINUSE);
 	assert_null(other);
 	/* The failed attempt left the live socket alone. */
 	assert_int_equal(stat(fx.path, &st), 0);
@@ -960,7 +960,7 @@ static void test_path_stale_and_not_socket(void **state)
 	strcpy(addr.sun_path, path);
 	assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
 	close(fd);
-	assert_int_equal(control_server_create(path, NULL, &srv), 0);
+	assert_int_equal(control_server_create(path, &srv), 0);
 	assert_int_equal(control_server_start(srv), 0);
 	assert_int_equal(control_client_connect(path, 5000, &c), 0);
 	control_client_close(c);
@@ -971,7 +971,7 @@ static void test_path_stale_and_not_socket(void **state)
 	fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
 	assert_true(fd >= 0);
 	close(fd);
-	assert_int_equal(control_server_create(path, NULL, &srv), -EEXIST);
+	assert_int_equal(control_server_create(path, &srv), -EEXIST);
 	assert_int_equal(access(path, F_OK), 0);
 	unlink(path);
 
@@ -981,13 +981,13 @@ static void test_path_stale_and_not_socket(void **state)
 	memset(longpath, 'p', sizeof(longpath) - 1);
 	longpath[0] = '/';
 	longpath[sizeof(longpath) - 1] = '\0';
-	assert_int_equal(control_server_create(longpath, NULL, &srv), -ENAMETOOLONG);
+	assert_int_equal(control_server_create(longpath, &srv), -ENAMETOOLONG);
 
 	/* Nobody there: the client says so (after retrying for its timeout). */
 	assert_int_equal(vmtest_unique_path(path, sizeof(path), "absent"), 0);
 	assert_int_equal(control_client_connect(path, 100, &c), -ENOENT);
 	/* A server never started is destroyed cleanly. */
-	assert_int_equal(control_server_create(path, NULL, &srv), 0);
+	assert_int_equal(control_server_create(path, &srv), 0);
 	control_server_destroy(srv);
 	assert_int_not_equal(access(path, F_OK), 0);
 	control_server_destroy(NULL);
