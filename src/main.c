@@ -21,12 +21,11 @@
 #include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
+#include "util/version.h"
 #include "verify/verify.h"
 #include "vmm/guest_image.h"
 #include "vmm/vm.h"
 #include "vmm/vm_commands.h"
-
-#define VMFERRY_VERSION "0.1.0"
 
 static void main_usage(FILE *f)
 {

@@ -25,6 +25,7 @@ struct control_client {
 	int fd;                       /* owned */
 	int timeout_ms;               /* bound on each call */
 	int64_t next_id;
+	struct json_object *greeting; /* owned: the server's first line */
 	struct control_linebuf in;
 	/* Ring of events read while waiting for something else. */
 	struct json_object *events[CONTROL_CLIENT_EVENT_QUEUE_MAX];
@@ -75,6 +76,7 @@ void control_client_close(struct control_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	control_linebuf_free(&c->in);
+	json_object_put(c->greeting);
 	for (size_t i = 0; i < c->ev_count; i++)
 		json_object_put(c->events[(c->ev_first + i) % CONTROL_CLIENT_EVENT_QUEUE_MAX]);
 	free(c);
@@ -194,21 +196,48 @@ int control_client_send_raw(struct control_client *c, const void *buf, size_t le
 	return control_client_send_all(c, buf, len, control_client_deadline(c->timeout_ms));
 }
 
+/* A QMP greeting: {"QMP": {"version": {...}, "capabilities": [...]}}. */
 static int control_client_check_greeting(struct json_object *g)
 {
-	struct json_object *inner, *proto;
+	struct json_object *inner, *v;
 
-	if (!json_object_object_get_ex(g, "vmferry", &inner) ||
+	if (!json_object_object_get_ex(g, "QMP", &inner) ||
 	    !json_object_is_type(inner, json_type_object) ||
-	    !json_object_object_get_ex(inner, "protocol", &proto) ||
-	    !json_object_is_type(proto, json_type_int) ||
-	    json_object_get_int64(proto) != CONTROL_PROTOCOL_VERSION)
+	    !json_object_object_get_ex(inner, "version", &v) ||
+	    !json_object_is_type(v, json_type_object) ||
+	    !json_object_object_get_ex(inner, "capabilities", &v) ||
+	    !json_object_is_type(v, json_type_array))
 		return -EPROTO;
 	return 0;
 }
 
-/* One connection attempt; -ENOENT / -ECONNREFUSED when nobody serves @path. */
-static int control_client_connect_once(const char *path, int timeout_ms,
+/*
+ * Leave capabilities negotiation, enabling nothing, before @deadline_ns.
+ * 0, -EPROTO when the server refuses, or a transport error.
+ */
+static int control_client_negotiate(struct control_client *c, uint64_t deadline_ns)
+{
+	int saved = c->timeout_ms, left = control_client_left_ms(deadline_ns);
+	struct json_object *reply = NULL;
+	int rc;
+
+	c->timeout_ms = left > 0 ? left : 1;
+	rc = control_client_call(c, CONTROL_CMD_QMP_CAPABILITIES, NULL, &reply);
+	c->timeout_ms = saved;
+	if (rc == -EREMOTEIO) {
+		log_debug("control: qmp_capabilities refused: %s",
+			  control_reply_error_desc(reply) ? control_reply_error_desc(reply) : "?");
+		rc = -EPROTO;
+	}
+	json_object_put(reply);
+	return rc;
+}
+
+/*
+ * One connection attempt; -ENOENT / -ECONNREFUSED when nobody serves @path.
+ * With @negotiate, the session is in command mode on success.
+ */
+static int control_client_connect_once(const char *path, int timeout_ms, bool negotiate,
 				       struct control_client **out)
 {
 	uint64_t deadline = control_client_deadline(timeout_ms);
@@ -251,7 +280,7 @@ static int control_client_connect_once(const char *path, int timeout_ms,
 			goto err;
 		if (!control_client_is_event(greeting))
 			break;
-		json_object_put(greeting); /* not sent before it today; harmless */
+		json_object_put(greeting); /* QMP sends none before it; harmless */
 		greeting = NULL;
 	}
 	rc = control_client_check_greeting(greeting);
@@ -260,7 +289,9 @@ static int control_client_connect_once(const char *path, int timeout_ms,
 		log_debug("control: %s: %s", path, control_reply_error_desc(greeting));
 		rc = -ECONNREFUSED;
 	}
-	json_object_put(greeting);
+	c->greeting = greeting;
+	if (rc == 0 && negotiate)
+		rc = control_client_negotiate(c, deadline);
 	if (rc < 0)
 		goto err;
 	*out = c;
@@ -270,13 +301,23 @@ err:
 	return rc;
 }
 
+int control_client_connect_raw(const char *path, int timeout_ms, struct control_client **out)
+{
+	return control_client_connect_once(path, timeout_ms, false, out);
+}
+
+struct json_object *control_client_greeting(const struct control_client *c)
+{
+	return c->greeting;
+}
+
 int control_client_connect(const char *path, int timeout_ms, struct control_client **out)
 {
 	uint64_t deadline = control_client_deadline(timeout_ms);
 	int rc;
 
 	for (;;) {
-		rc = control_client_connect_once(path, control_client_left_ms(deadline), out);
+		rc = control_client_connect_once(path, control_client_left_ms(deadline), true, out);
 		if (rc != -ENOENT && rc != -ECONNREFUSED)
 			return rc;
 		if (clock_monotonic_ns() + CONTROL_CLIENT_RETRY_NS >= deadline)
@@ -543,7 +584,8 @@ static int control_ctl_transport_error(const char *path, int rc)
 	else if (rc == -ECONNRESET)
 		fprintf(stderr, "vmferry ctl: %s: the VMM closed the connection\n", path);
 	else if (rc == -EPROTO)
-		fprintf(stderr, "vmferry ctl: %s: not a vmferry control socket (bad reply)\n", path);
+		fprintf(stderr, "vmferry ctl: %s: not a QMP control socket (bad greeting or "
+			"reply)\n", path);
 	else
 		fprintf(stderr, "vmferry ctl: %s: %s\n", path, strerror_r(-rc, sbuf, sizeof(sbuf)));
 	return 1;
@@ -675,7 +717,7 @@ int control_client_main(int argc, char **argv)
 	if (wait)
 		rc = control_client_connect(pos[0], timeout_ms, &c);
 	else
-		rc = control_client_connect_once(pos[0], timeout_ms, &c);
+		rc = control_client_connect_once(pos[0], timeout_ms, true, &c);
 	if (rc < 0) {
 		json_object_put(args);
 		return control_ctl_transport_error(pos[0], rc);

@@ -57,6 +57,7 @@ struct control_conn {
 	int fd;                      /* -1: slot free */
 	unsigned serial;             /* for log messages */
 	struct control_linebuf in;
+	struct control_session session; /* negotiating until qmp_capabilities */
 	char *out;                   /* unsent bytes are out[out_off, out_len) */
 	size_t out_len, out_off, out_cap;
 	bool closing;                /* flush output, discard input, then close */
@@ -95,7 +96,25 @@ const char *control_server_path(const struct control_server *srv)
 	return srv->path;
 }
 
-/* ---- the server's own command ---- */
+/* ---- the server's own commands ---- */
+
+/* Append {"name": @name} to @list.  0 or -ENOMEM. */
+static int control_list_add_name(struct json_object *list, const char *name)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *s = json_object_new_string(name);
+
+	if (!o || !s || json_object_object_add(o, "name", s) < 0) {
+		json_object_put(s);
+		json_object_put(o);
+		return -ENOMEM;
+	}
+	if (json_object_array_add(list, o) < 0) {
+		json_object_put(o);
+		return -ENOMEM;
+	}
+	return 0;
+}
 
 static int control_cmd_query_commands(void *opaque, struct json_object *args,
 				      struct json_object **ret, char *errbuf, size_t errlen)
@@ -103,33 +122,36 @@ static int control_cmd_query_commands(void *opaque, struct json_object *args,
 	struct control_server *srv = opaque;
 	struct json_object *list = json_object_new_array();
 	size_t n;
+	int rc;
 
 	(void)args;
-	if (!list)
-		goto nomem;
 	pthread_mutex_lock(&srv->lock);
 	n = srv->ncommands;
 	pthread_mutex_unlock(&srv->lock);
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *o = json_object_new_object();
-		struct json_object *name = json_object_new_string(srv->commands[i].name);
-
-		if (!o || !name || json_object_object_add(o, "name", name) < 0) {
-			json_object_put(name);
-			json_object_put(o);
-			goto nomem;
-		}
-		if (json_object_array_add(list, o) < 0) {
-			json_object_put(o);
-			goto nomem;
-		}
+	/* qmp_capabilities is the protocol's, handled before the table. */
+	rc = list ? control_list_add_name(list, CONTROL_CMD_QMP_CAPABILITIES) : -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		rc = control_list_add_name(list, srv->commands[i].name);
+	if (rc < 0) {
+		json_object_put(list);
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
 	}
 	*ret = list;
 	return 0;
-nomem:
-	json_object_put(list);
-	snprintf(errbuf, errlen, "out of memory");
-	return -ENOMEM;
+}
+
+static int control_cmd_query_version(void *opaque, struct json_object *args,
+				     struct json_object **ret, char *errbuf, size_t errlen)
+{
+	(void)opaque;
+	(void)args;
+	*ret = control_proto_version_object();
+	if (!*ret) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 static int control_register_builtins(struct control_server *srv)
@@ -137,8 +159,12 @@ static int control_register_builtins(struct control_server *srv)
 	const struct control_command qc = {
 		"query-commands", control_cmd_query_commands, srv, NULL, NULL,
 	};
+	const struct control_command qv = {
+		"query-version", control_cmd_query_version, srv, NULL, NULL,
+	};
+	int rc = control_server_register(srv, &qc);
 
-	return control_server_register(srv, &qc);
+	return rc ? rc : control_server_register(srv, &qv);
 }
 
 int control_server_register(struct control_server *srv, const struct control_command *cmd)
@@ -157,6 +183,9 @@ int control_server_register(struct control_server *srv, const struct control_com
 			return -EINVAL;
 		}
 	pthread_mutex_lock(&srv->lock);
+	/* qmp_capabilities is answered by the protocol before the table. */
+	if (strcmp(cmd->name, CONTROL_CMD_QMP_CAPABILITIES) == 0)
+		rc = -EEXIST;
 	for (size_t i = 0; i < srv->ncommands; i++)
 		if (strcmp(srv->commands[i].name, cmd->name) == 0)
 			rc = -EEXIST;
@@ -281,7 +310,7 @@ static void control_handle_line(struct control_server *srv, struct control_conn 
 	ncmds = srv->ncommands;
 	pthread_mutex_unlock(&srv->lock);
 
-	if (control_proto_dispatch(srv->commands, ncmds, line, len, &res) < 0) {
+	if (control_proto_dispatch(srv->commands, ncmds, &c->session, line, len, &res) < 0) {
 		log_warn("control client %u: out of memory, disconnecting", c->serial);
 		control_conn_close(c);
 		return;
@@ -416,7 +445,8 @@ static void control_broadcast_events(struct control_server *srv)
 		for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
 			struct control_conn *c = &srv->clients[i];
 
-			if (c->fd >= 0 && !c->closing)
+			/* As QMP: no events while a client is still negotiating. */
+			if (c->fd >= 0 && !c->closing && c->session.negotiated)
 				control_conn_queue(c, ev->line, ev->len_bytes);
 		}
 		free(ev);

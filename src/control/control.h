@@ -33,7 +33,8 @@ struct json_object;
 
 /*
  * Bind and listen on the UNIX socket @path (mode 0600) and register the
- * server's own command, query-commands.  The server knows no other
+ * server's own commands, query-commands and query-version (qmp_capabilities
+ * is the protocol's, see control_proto.h).  The server knows no other
  * command: each module registers its own (vm_register_commands,
  * migration_register_commands).
  *

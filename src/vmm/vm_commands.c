@@ -6,6 +6,7 @@
 #include "vmm/vm_commands.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -135,22 +136,80 @@ static void vm_cmd_quit_after(void *opaque)
 	vm_request_quit(vm);
 }
 
+static const char *vm_cmd_arg_str(struct json_object *args, const char *name)
+{
+	struct json_object *v = NULL;
+
+	return json_object_object_get_ex(args, name, &v) ? json_object_get_string(v) : NULL;
+}
+
+static bool vm_cmd_arg_true(struct json_object *args, const char *name)
+{
+	struct json_object *v = NULL;
+
+	return json_object_object_get_ex(args, name, &v) && json_object_get_boolean(v);
+}
+
+/*
+ * The dump's path, from our "file" or from QMP's spelling ("protocol":
+ * "file:PATH", "paging": false).  What QEMU would do differently (paging,
+ * fd: protocol, detach, an ELF or kdump format) is refused, not ignored:
+ * the caller would get something other than it asked for.  0, -EINVAL or
+ * -ENOTSUP with @errbuf filled.
+ */
+static int vm_cmd_dump_path(struct json_object *args, const char **path,
+			    char *errbuf, size_t errlen)
+{
+	const char *file = vm_cmd_arg_str(args, "file");
+	const char *protocol = vm_cmd_arg_str(args, "protocol");
+	const char *format = vm_cmd_arg_str(args, "format");
+
+	*path = NULL;
+	if (file && protocol) {
+		snprintf(errbuf, errlen, "give either 'file' or 'protocol', not both");
+		return -EINVAL;
+	}
+	if (protocol) {
+		if (strncmp(protocol, "fd:", 3) == 0) {
+			snprintf(errbuf, errlen, "protocol 'fd:' is not supported: use 'file:PATH'");
+			return -ENOTSUP;
+		}
+		if (strncmp(protocol, "file:", 5) != 0) {
+			snprintf(errbuf, errlen, "argument 'protocol' must be 'file:PATH'");
+			return -EINVAL;
+		}
+		file = protocol + 5;
+	}
+	if (!file) {
+		snprintf(errbuf, errlen, "missing argument 'file' (or QMP's 'protocol': 'file:PATH')");
+		return -EINVAL;
+	}
+	if (!*file) {
+		snprintf(errbuf, errlen, "argument '%s' must not be empty", protocol ? "protocol" : "file");
+		return -EINVAL;
+	}
+	if (vm_cmd_arg_true(args, "paging") || vm_cmd_arg_true(args, "detach") || format) {
+		snprintf(errbuf, errlen, "%s is not supported: the dump is a flat image of "
+			 "guest-physical memory, written before the reply",
+			 format ? "'format'" : vm_cmd_arg_true(args, "paging") ? "paging" : "detach");
+		return -ENOTSUP;
+	}
+	*path = file;
+	return 0;
+}
+
 static int vm_cmd_dump(void *opaque, struct json_object *args,
 		       struct json_object **ret, char *errbuf, size_t errlen)
 {
 	struct vm *vm = opaque;
-	struct json_object *file = NULL;
 	const char *path;
 	char sbuf[128];
 	int rc;
 
 	(void)ret;
-	json_object_object_get_ex(args, "file", &file);
-	path = json_object_get_string(file);
-	if (!path || !*path) {
-		snprintf(errbuf, errlen, "argument 'file' must not be empty");
-		return -EINVAL;
-	}
+	rc = vm_cmd_dump_path(args, &path, errbuf, errlen);
+	if (rc < 0)
+		return rc;
 	rc = vm_dump_memory(vm, path);
 	if (rc == -EBUSY || rc == -ENODATA) {
 		snprintf(errbuf, errlen, "%s", rc == -EBUSY
@@ -169,8 +228,13 @@ static int vm_cmd_dump(void *opaque, struct json_object *args,
 	return 0;
 }
 
+/* Ours ("file") and QMP's spelling (the rest). */
 static const struct control_arg_spec vm_cmd_dump_args[] = {
-	{ "file", CONTROL_ARG_STRING, true },
+	{ "file", CONTROL_ARG_STRING, false },
+	{ "protocol", CONTROL_ARG_STRING, false },
+	{ "paging", CONTROL_ARG_BOOL, false },
+	{ "detach", CONTROL_ARG_BOOL, false },
+	{ "format", CONTROL_ARG_STRING, false },
 	{ NULL, 0, false },
 };
 
