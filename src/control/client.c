@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -266,6 +267,13 @@ static int control_client_connect_once(const char *path, int timeout_ms, bool ne
 		rc = -errno;
 		if (rc == -EINTR)
 			continue;
+		if (rc == -ECONNREFUSED) {
+			struct stat st;
+
+			/* A file or directory there refuses too: say what it is. */
+			if (stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+				rc = -ENOTSOCK;
+		}
 		if (rc != -EAGAIN)
 			goto err;
 		if (clock_monotonic_ns() >= deadline) {
@@ -301,6 +309,45 @@ err:
 	return rc;
 }
 
+int control_client_connect_now(const char *path, int timeout_ms, struct control_client **out)
+{
+	return control_client_connect_once(path, timeout_ms, true, out);
+}
+
+const char *control_client_strerror(int rc, char *buf, size_t len)
+{
+	char sbuf[128];
+
+	switch (rc) {
+	case -ETIMEDOUT:
+		snprintf(buf, len, "timed out waiting for the VMM");
+		break;
+	case -ECONNRESET:
+		snprintf(buf, len, "the VMM closed the connection");
+		break;
+	case -EPROTO:
+		snprintf(buf, len, "not a QMP control socket (bad greeting or reply)");
+		break;
+	case -ENOENT:
+		snprintf(buf, len, "No such file or directory (is a VMM running with "
+			 "--control at this path?)");
+		break;
+	case -ECONNREFUSED:
+		snprintf(buf, len, "Connection refused (no VMM listens there any more, or all "
+			 "its client slots are taken)");
+		break;
+	case -EACCES:
+		snprintf(buf, len, "Permission denied (the socket is for its owner only)");
+		break;
+	case -ENOTSOCK:
+		snprintf(buf, len, "not a socket (a VMM's --control PATH is one)");
+		break;
+	default:
+		snprintf(buf, len, "%s", strerror_r(-rc, sbuf, sizeof(sbuf)));
+	}
+	return buf;
+}
+
 int control_client_connect_raw(const char *path, int timeout_ms, struct control_client **out)
 {
 	return control_client_connect_once(path, timeout_ms, false, out);
@@ -314,12 +361,19 @@ struct json_object *control_client_greeting(const struct control_client *c)
 int control_client_connect(const char *path, int timeout_ms, struct control_client **out)
 {
 	uint64_t deadline = control_client_deadline(timeout_ms);
-	int rc;
+	int rc, refused = 0;
 
 	for (;;) {
 		rc = control_client_connect_once(path, control_client_left_ms(deadline), true, out);
+		/*
+		 * An attempt cut short by the deadline after refusals is one more
+		 * refusal as far as the caller can tell: report what was seen.
+		 */
+		if (rc == -ETIMEDOUT && refused && clock_monotonic_ns() >= deadline)
+			return refused;
 		if (rc != -ENOENT && rc != -ECONNREFUSED)
 			return rc;
+		refused = rc;
 		if (clock_monotonic_ns() + CONTROL_CLIENT_RETRY_NS >= deadline)
 			return rc;
 		control_client_nap(CONTROL_CLIENT_RETRY_NS);
@@ -577,17 +631,9 @@ static void control_ctl_print(FILE *f, struct json_object *obj)
 
 static int control_ctl_transport_error(const char *path, int rc)
 {
-	char sbuf[128];
+	char why[160];
 
-	if (rc == -ETIMEDOUT)
-		fprintf(stderr, "vmferry ctl: %s: timed out waiting for the VMM\n", path);
-	else if (rc == -ECONNRESET)
-		fprintf(stderr, "vmferry ctl: %s: the VMM closed the connection\n", path);
-	else if (rc == -EPROTO)
-		fprintf(stderr, "vmferry ctl: %s: not a QMP control socket (bad greeting or "
-			"reply)\n", path);
-	else
-		fprintf(stderr, "vmferry ctl: %s: %s\n", path, strerror_r(-rc, sbuf, sizeof(sbuf)));
+	fprintf(stderr, "vmferry ctl: %s: %s\n", path, control_client_strerror(rc, why, sizeof(why)));
 	return 1;
 }
 
@@ -717,7 +763,7 @@ int control_client_main(int argc, char **argv)
 	if (wait)
 		rc = control_client_connect(pos[0], timeout_ms, &c);
 	else
-		rc = control_client_connect_once(pos[0], timeout_ms, true, &c);
+		rc = control_client_connect_now(pos[0], timeout_ms, &c);
 	if (rc < 0) {
 		json_object_put(args);
 		return control_ctl_transport_error(pos[0], rc);

@@ -33,6 +33,19 @@ struct json_object;
 int control_client_connect(const char *path, int timeout_ms, struct control_client **out);
 
 /*
+ * One attempt: no retrying while @path is absent or refuses (a user's
+ * command, which should say so at once).  Otherwise as above.
+ */
+int control_client_connect_now(const char *path, int timeout_ms, struct control_client **out);
+
+/*
+ * Words for an error @rc (-errno) of the calls above, with a hint where
+ * the cause is usually the same (-ENOENT: no VMM there; -EACCES: owner
+ * only).  Returns @buf.
+ */
+const char *control_client_strerror(int rc, char *buf, size_t len);
+
+/*
  * One attempt, stopping after the greeting: the session is still in
  * capabilities negotiation (for tests of it).  Errors as above.
  */

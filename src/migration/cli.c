@@ -101,6 +101,18 @@ static int cli_call(struct control_client *c, const char *cmd, struct json_objec
 	return r;
 }
 
+/* Connect to the source's control socket, or say why not (path and cause). */
+static int cli_connect(const char *path, struct control_client **c)
+{
+	char why[160];
+	int r = control_client_connect_now(path, 5000, c);
+
+	if (r < 0)
+		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s: %s\n", path,
+			control_client_strerror(r, why, sizeof(why)));
+	return r;
+}
+
 static uint64_t cli_u64(struct json_object *o, const char *key)
 {
 	struct json_object *v;
@@ -415,11 +427,8 @@ int migration_cli_main(int argc, char **argv)
 		return cli_usage_error("--resume takes the paused migration as it is: only "
 				       "--timeout and --quiet go with it");
 	if (resume) {
-		if (control_client_connect(control, 5000, &c) != 0) {
-			fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n",
-				control);
+		if (cli_connect(control, &c) < 0)
 			return 1;
-		}
 		status = cli_resume(c, uri, quiet, tty, timeout_s);
 		control_client_close(c);
 		return status;
@@ -451,10 +460,8 @@ int migration_cli_main(int argc, char **argv)
 	if (auto_converge)
 		cli_cap_add(cap_list, "auto-converge", true);
 
-	if (control_client_connect(control, 5000, &c) != 0) {
-		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n", control);
+	if (cli_connect(control, &c) < 0)
 		goto out;
-	}
 	/*
 	 * Parameters and capabilities change nothing once a migration runs,
 	 * except on a destination still waiting for its stream, whose

@@ -315,6 +315,26 @@ static void test_usage_errors(void **state)
 		cli_expect_usage_error(&res, "--control PATH is required");
 		vmtest_result_free(&res);
 	}
+	/* A control socket that cannot be reached: which path, and why, at once. */
+	{
+		const char *const opts[] = { NULL };
+
+		cli_migrate(sock, opts, "unix:/nonexistent/m", &res);
+		assert_int_equal(res.status, 1);
+		if (!strstr(res.err, "vmferry migrate: cannot reach the control socket "
+			    "/nonexistent/vmferry-cli.sock: No such file or directory"))
+			fail_msg("stderr: %s", res.err);
+		vmtest_result_free(&res);
+	}
+	/* run's usage errors: the same prefix and status as migrate's. */
+	{
+		const char *const args[] = { "run", "--bogus", NULL };
+
+		assert_int_equal(vmtest_run(args, NULL, 10000, &res), 0);
+		assert_int_equal(res.status, 2);
+		assert_non_null(strstr(res.err, "vmferry run: unrecognized option '--bogus'"));
+		vmtest_result_free(&res);
+	}
 	/* --help documents the new options. */
 	{
 		const char *const args[] = { "migrate", "--help", NULL };
@@ -389,13 +409,13 @@ static void test_refuses_waiting_destination(void **state)
 	cli_pure_postcopy(&src, &dst, uri, true);
 }
 
-/* `vmferry @argv...` exits 1 saying @why on stderr. */
+/* `vmferry @argv...` exits 2 (usage) saying @why on stderr. */
 static void cli_expect_run_refused(const char *const *argv, const char *why)
 {
 	struct vmtest_result res;
 
 	assert_int_equal(vmtest_run(argv, NULL, 10000, &res), 0);
-	if (res.status != 1 || !strstr(res.err, why))
+	if (res.status != 2 || !strstr(res.err, why))
 		fail_msg("%s %s: exit %d, stderr %s (wanted \"%s\")", argv[0], argv[1], res.status,
 			 res.err, why);
 	vmtest_result_free(&res);

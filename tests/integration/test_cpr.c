@@ -238,8 +238,8 @@ static void test_bad_requests(void **state)
 	assert_non_null(strstr(res.err, "UNIX socket"));
 	vmtest_result_free(&res);
 	assert_int_equal(vmtest_run(no_main, NULL, 10000, &res), 0);
-	assert_int_equal(res.status, 1);
-	assert_non_null(strstr(res.err, "--incoming"));
+	assert_int_equal(res.status, 2); /* a usage error */
+	assert_non_null(strstr(res.err, "vmferry run: --incoming-cpr needs --incoming"));
 	vmtest_result_free(&res);
 	/* A new process told a different size refuses, and the guest runs on. */
 	{
