@@ -1,12 +1,13 @@
 /*
  * Fuzz the control protocol as a client's bytes reach it: the input is a
  * byte stream split into lines by the server's line framing, and each line
- * goes through parse, lookup, argument validation, a handler and reply
+ * goes through parse, capabilities negotiation (one session per input, as
+ * one connection), lookup, argument validation, a handler and reply
  * formatting against a command table covering every argument type.
  *
  * Checks beyond "no crash, no leak": every reply is exactly one line of
  * JSON holding either "return" or "error"; handlers only ever see arguments
- * that passed validation.
+ * that passed validation, and only once the session has negotiated.
  */
 #include <assert.h>
 #include <errno.h>
@@ -33,12 +34,16 @@ static const struct control_arg_spec fuzz_args[] = {
 	{ NULL, 0, false },
 };
 
+/* The session of the input being run: no handler runs before negotiation. */
+static struct control_session fuzz_session;
+
 static int fuzz_cmd_args(void *opaque, struct json_object *args, struct json_object **ret,
 			 char *errbuf, size_t errlen)
 {
 	struct json_object *v;
 
 	(void)opaque;
+	assert(fuzz_session.negotiated);
 	/* Validation promised: "file" is present and a string. */
 	assert(json_object_object_get_ex(args, "file", &v));
 	assert(json_object_is_type(v, json_type_string));
@@ -60,6 +65,7 @@ static int fuzz_cmd_plain(void *opaque, struct json_object *args, struct json_ob
 	(void)ret;
 	(void)errbuf;
 	(void)errlen;
+	assert(fuzz_session.negotiated);
 	assert(json_object_is_type(args, json_type_object));
 	assert(json_object_object_length(args) == 0);
 	return 0;
@@ -108,6 +114,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct control_linebuf lb;
 	size_t off = 0;
 
+	/* Half the inputs start negotiated, so commands are reached without it. */
+	fuzz_session.negotiated = size > 0 && (data[0] & 2);
 	/* A small limit as well as the real one, so the overflow path is hit. */
 	control_linebuf_init(&lb, size > 0 && (data[0] & 1) ? 256 : CONTROL_LINE_MAX_BYTES);
 	while (off < size) {
@@ -126,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			struct control_dispatch res;
 
 			if (control_proto_dispatch(fuzz_cmds, sizeof(fuzz_cmds) / sizeof(fuzz_cmds[0]),
-						   line, len, &res) == 0) {
+						   &fuzz_session, line, len, &res) == 0) {
 				fuzz_check_reply(&res);
 				free(res.reply);
 			}
@@ -140,8 +148,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		struct control_dispatch res;
 
+		fuzz_session.negotiated = true;
 		if (control_proto_dispatch(fuzz_cmds, sizeof(fuzz_cmds) / sizeof(fuzz_cmds[0]),
-					   (const char *)data, size, &res) == 0) {
+					   &fuzz_session, (const char *)data, size, &res) == 0) {
 			fuzz_check_reply(&res);
 			free(res.reply);
 		}

@@ -39,8 +39,17 @@ trap cleanup EXIT
 field() { # field NAME JSON -> the value of a top-level number or string
 	sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$2"
 }
-ms() { # ms NAME JSON -> a time field rounded to 0.01 ms
-	LC_ALL=C printf '%.2f' "$(field "$1" "$2")"
+ms() { # ms NAME JSON -> a time field in ms, one decimal
+	LC_ALL=C printf '%.1f' "$(field "$1" "$2")"
+}
+human() { # human BYTES -> 312.4 MiB / 1.02 GiB
+	LC_ALL=C awk -v b="$1" 'BEGIN {
+		if (b >= 2^30) printf "%.2f GiB", b / 2^30
+		else if (b >= 2^20) printf "%.1f MiB", b / 2^20
+		else printf "%.1f KiB", b / 2^10 }'
+}
+mbps() { # mbps BYTES MS -> MB/s over that time
+	LC_ALL=C awk -v b="$1" -v t="$2" 'BEGIN { printf "%.0f MB/s", (t > 0 ? b / 1e6 / (t / 1e3) : 0) }'
 }
 running_vcpus() {
 	"$V" ctl "$1" query-workload | grep -o '"phase":"running"' | wc -l
@@ -65,13 +74,15 @@ w=$("$V" ctl "$dir/src.sock" query-workload)
 echo "   guest running on the source: $(field writes "$w") page writes so far"
 
 echo "== migrating to $uri (downtime limit $limit ms)"
+echo "   (pass 1 copies all of RAM; each later pass resends only the pages the guest"
+echo "    dirtied meanwhile, so 'to go' starts over from that dirty set at each pass)"
 result=$("$V" migrate --control "$dir/src.sock" --downtime-limit "$limit" "$uri")
-echo "$result"
+echo "$result" >"$dir/query-migrate.json"
 echo
 echo "   total time      $(ms total-time "$result") ms"
 echo "   guest downtime  $(ms downtime "$result") ms ($(field downtime-measured "$result"))"
 echo "   setup time      $(ms setup-time "$result") ms"
-echo "   bytes on wire   $(field transferred "$result")"
+echo "   bytes on wire   $(human "$(field transferred "$result")") of $(human "$(field total "$result")") guest RAM, $(mbps "$(field transferred "$result")" "$(field total-time "$result")") on average"
 echo "   pages sent      $(field normal-pages "$result") data + $(field zero-pages "$result") zero, in $(field passes "$result") passes"
 echo "   source now      $(field status "$("$V" ctl "$dir/src.sock" query-status)")"
 

@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,11 +23,11 @@
 #include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
+#include "util/version.h"
 #include "verify/verify.h"
 #include "vmm/guest_image.h"
 #include "vmm/vm.h"
-
-#define VMFERRY_VERSION "0.1.0"
+#include "vmm/vm_commands.h"
 
 static void main_usage(FILE *f)
 {
@@ -76,9 +77,26 @@ static void run_usage(FILE *f)
 		"                          proof that a new state migrates in every mode\n"
 		"  -v, --verbose           debug logging\n"
 		"\n"
-		"Exit status: the guest's exit code; %d when the guest crashed; 1 on errors.\n",
+		"Exit status: the guest's exit code; %d when the guest crashed; 1 on errors;\n"
+		"2 on usage errors.  Messages start with 'vmferry run: '.\n",
 		VMF_MAX_VCPUS, guest_builtin_names(), MIG_POSTCOPY_VCPU_NICE_DEFAULT,
 		VM_EXIT_STATUS_CRASH);
+}
+
+#define MAIN_EXIT_USAGE 2
+
+/* A usage error of `vmferry run`: say what is wrong, point at --help.  Returns 2. */
+static int run_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run_usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("vmferry run: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\nusage: vmferry run [OPTIONS] (--help for more)\n", stderr);
+	return MAIN_EXIT_USAGE;
 }
 
 /* Tell the old process why the update cannot go on, and hang up. */
@@ -214,18 +232,14 @@ static int main_run(int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "m:c:g:Svh", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'm':
-			if (size_parse(optarg, &cfg.ram_bytes)) {
-				fprintf(stderr, "vmferry run: --mem: '%s' is not a size (e.g. 512M, 1G)\n", optarg);
-				return 1;
-			}
+			if (size_parse(optarg, &cfg.ram_bytes))
+				return run_usage_error("--mem: '%s' is not a size (e.g. 512M, 1G)", optarg);
 			mem_given = true;
 			break;
 		case 'c':
-			if (size_parse_uint(optarg, 1, VMF_MAX_VCPUS, &v)) {
-				fprintf(stderr, "vmferry run: --vcpus: '%s' is not a number in 1..%u\n",
-					optarg, VMF_MAX_VCPUS);
-				return 1;
-			}
+			if (size_parse_uint(optarg, 1, VMF_MAX_VCPUS, &v))
+				return run_usage_error("--vcpus: '%s' is not a number in 1..%u",
+						       optarg, VMF_MAX_VCPUS);
 			cfg.nvcpus = (unsigned)v;
 			vcpus_given = true;
 			break;
@@ -239,47 +253,38 @@ static int main_run(int argc, char **argv)
 		case 'Y': postcopy = true; break;
 		case 'T': with_test_state = true; break;
 		case 'n':
-			if (size_parse_uint(optarg, 0, 20, &v)) {
-				fprintf(stderr, "vmferry run: --postcopy-vcpu-nice: '%s' is not a number "
-					"in 0..20\n", optarg);
-				return 1;
-			}
+			if (size_parse_uint(optarg, 0, 20, &v))
+				return run_usage_error("--postcopy-vcpu-nice: '%s' is not a number "
+						       "in 0..20", optarg);
 			vcpu_nice = (int)v;
 			break;
 		case 'P': prealloc = 1; break;
 		case 'p': prealloc = 0; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': run_usage(stdout); return 0;
-		default: run_usage(stderr); return 1;
+		default:
+			/* getopt said which option. */
+			fputs("usage: vmferry run [OPTIONS] (--help for more)\n", stderr);
+			return MAIN_EXIT_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "vmferry run: unexpected argument '%s'\n", argv[optind]);
-		run_usage(stderr);
-		return 1;
-	}
+	if (optind < argc)
+		return run_usage_error("unexpected argument '%s'", argv[optind]);
 
-	if (postcopy && (!incoming_uri || cpr_uri)) {
-		fprintf(stderr, "vmferry run: --postcopy %s\n", incoming_uri
-			? "does not apply to --incoming-cpr: a live update moves no RAM"
-			: "needs --incoming URI: it prepares the destination of a migration");
-		return 1;
-	}
-	if (vcpu_nice >= 0 && !postcopy) {
-		fprintf(stderr, "vmferry run: --postcopy-vcpu-nice needs --postcopy\n");
-		return 1;
-	}
+	if (postcopy && (!incoming_uri || cpr_uri))
+		return run_usage_error("--postcopy %s", incoming_uri
+				       ? "does not apply to --incoming-cpr: a live update moves no RAM"
+				       : "needs --incoming URI: it prepares the destination of a "
+					 "migration");
+	if (vcpu_nice >= 0 && !postcopy)
+		return run_usage_error("--postcopy-vcpu-nice needs --postcopy");
 	if (cpr_uri) {
 		/* Before signals are routed: Ctrl-C while waiting just ends us. */
-		if (!incoming_uri) {
-			fprintf(stderr, "vmferry run: --incoming-cpr needs --incoming MAIN_URI too\n");
-			return 1;
-		}
-		if (prealloc > 0) {
-			fprintf(stderr, "vmferry run: --prealloc does not apply to --incoming-cpr: "
-				"guest RAM is inherited, not allocated\n");
-			return 1;
-		}
+		if (!incoming_uri)
+			return run_usage_error("--incoming-cpr needs --incoming MAIN_URI too");
+		if (prealloc > 0)
+			return run_usage_error("--prealloc does not apply to --incoming-cpr: "
+					       "guest RAM is inherited, not allocated");
 		prealloc = 0;
 		cpr_fd = main_cpr_receive(cpr_uri, &cpr, &cfg, mem_given, vcpus_given);
 		if (cpr_fd < 0)
@@ -329,7 +334,10 @@ static int main_run(int argc, char **argv)
 			migration_set_postcopy_vcpu_nice(mig, (unsigned)vcpu_nice);
 	}
 	if (control_path) {
-		err = control_server_create(control_path, vm, &srv);
+		err = control_server_create(control_path, &srv);
+		if (err)
+			goto out;
+		err = vm_register_commands(vm, srv);
 		if (err)
 			goto out;
 		vm_set_event_handler(vm, control_server_emit_event, srv);
@@ -385,18 +393,33 @@ out:
 
 int main(int argc, char **argv)
 {
+	static const struct {
+		const char *name;
+		int (*fn)(int argc, char **argv);
+	} cmds[] = {
+		{ "run", main_run },
+		{ "ctl", control_client_main },
+		{ "migrate", migration_cli_main },
+		{ "verify", verify_main },
+	};
+	char prefix[32];
+
 	if (argc < 2) {
 		main_usage(stderr);
-		return 2;
+		return MAIN_EXIT_USAGE;
 	}
-	if (!strcmp(argv[1], "run"))
-		return main_run(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "ctl"))
-		return control_client_main(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "migrate"))
-		return migration_cli_main(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "verify"))
-		return verify_main(argc - 1, argv + 1);
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (strcmp(argv[1], cmds[i].name) != 0)
+			continue;
+		/*
+		 * One prefix for every message: "vmferry SUBCOMMAND: ".  getopt
+		 * takes it from argv[0], the log from log_set_prefix().
+		 */
+		snprintf(prefix, sizeof(prefix), "vmferry %s", cmds[i].name);
+		log_set_prefix(prefix);
+		argv[1] = prefix;
+		return cmds[i].fn(argc - 1, argv + 1);
+	}
 	if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
 		printf("vmferry %s\n", VMFERRY_VERSION);
 		return 0;
@@ -407,5 +430,5 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "vmferry: unknown command '%s'\n", argv[1]);
 	main_usage(stderr);
-	return 2;
+	return MAIN_EXIT_USAGE;
 }

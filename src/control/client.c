@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@ struct control_client {
 	int fd;                       /* owned */
 	int timeout_ms;               /* bound on each call */
 	int64_t next_id;
+	struct json_object *greeting; /* owned: the server's first line */
 	struct control_linebuf in;
 	/* Ring of events read while waiting for something else. */
 	struct json_object *events[CONTROL_CLIENT_EVENT_QUEUE_MAX];
@@ -75,6 +77,7 @@ void control_client_close(struct control_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	control_linebuf_free(&c->in);
+	json_object_put(c->greeting);
 	for (size_t i = 0; i < c->ev_count; i++)
 		json_object_put(c->events[(c->ev_first + i) % CONTROL_CLIENT_EVENT_QUEUE_MAX]);
 	free(c);
@@ -194,21 +197,48 @@ int control_client_send_raw(struct control_client *c, const void *buf, size_t le
 	return control_client_send_all(c, buf, len, control_client_deadline(c->timeout_ms));
 }
 
+/* A QMP greeting: {"QMP": {"version": {...}, "capabilities": [...]}}. */
 static int control_client_check_greeting(struct json_object *g)
 {
-	struct json_object *inner, *proto;
+	struct json_object *inner, *v;
 
-	if (!json_object_object_get_ex(g, "vmferry", &inner) ||
+	if (!json_object_object_get_ex(g, "QMP", &inner) ||
 	    !json_object_is_type(inner, json_type_object) ||
-	    !json_object_object_get_ex(inner, "protocol", &proto) ||
-	    !json_object_is_type(proto, json_type_int) ||
-	    json_object_get_int64(proto) != CONTROL_PROTOCOL_VERSION)
+	    !json_object_object_get_ex(inner, "version", &v) ||
+	    !json_object_is_type(v, json_type_object) ||
+	    !json_object_object_get_ex(inner, "capabilities", &v) ||
+	    !json_object_is_type(v, json_type_array))
 		return -EPROTO;
 	return 0;
 }
 
-/* One connection attempt; -ENOENT / -ECONNREFUSED when nobody serves @path. */
-static int control_client_connect_once(const char *path, int timeout_ms,
+/*
+ * Leave capabilities negotiation, enabling nothing, before @deadline_ns.
+ * 0, -EPROTO when the server refuses, or a transport error.
+ */
+static int control_client_negotiate(struct control_client *c, uint64_t deadline_ns)
+{
+	int saved = c->timeout_ms, left = control_client_left_ms(deadline_ns);
+	struct json_object *reply = NULL;
+	int rc;
+
+	c->timeout_ms = left > 0 ? left : 1;
+	rc = control_client_call(c, CONTROL_CMD_QMP_CAPABILITIES, NULL, &reply);
+	c->timeout_ms = saved;
+	if (rc == -EREMOTEIO) {
+		log_debug("control: qmp_capabilities refused: %s",
+			  control_reply_error_desc(reply) ? control_reply_error_desc(reply) : "?");
+		rc = -EPROTO;
+	}
+	json_object_put(reply);
+	return rc;
+}
+
+/*
+ * One connection attempt; -ENOENT / -ECONNREFUSED when nobody serves @path.
+ * With @negotiate, the session is in command mode on success.
+ */
+static int control_client_connect_once(const char *path, int timeout_ms, bool negotiate,
 				       struct control_client **out)
 {
 	uint64_t deadline = control_client_deadline(timeout_ms);
@@ -237,6 +267,13 @@ static int control_client_connect_once(const char *path, int timeout_ms,
 		rc = -errno;
 		if (rc == -EINTR)
 			continue;
+		if (rc == -ECONNREFUSED) {
+			struct stat st;
+
+			/* A file or directory there refuses too: say what it is. */
+			if (stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+				rc = -ENOTSOCK;
+		}
 		if (rc != -EAGAIN)
 			goto err;
 		if (clock_monotonic_ns() >= deadline) {
@@ -251,7 +288,7 @@ static int control_client_connect_once(const char *path, int timeout_ms,
 			goto err;
 		if (!control_client_is_event(greeting))
 			break;
-		json_object_put(greeting); /* not sent before it today; harmless */
+		json_object_put(greeting); /* QMP sends none before it; harmless */
 		greeting = NULL;
 	}
 	rc = control_client_check_greeting(greeting);
@@ -260,7 +297,9 @@ static int control_client_connect_once(const char *path, int timeout_ms,
 		log_debug("control: %s: %s", path, control_reply_error_desc(greeting));
 		rc = -ECONNREFUSED;
 	}
-	json_object_put(greeting);
+	c->greeting = greeting;
+	if (rc == 0 && negotiate)
+		rc = control_client_negotiate(c, deadline);
 	if (rc < 0)
 		goto err;
 	*out = c;
@@ -270,15 +309,71 @@ err:
 	return rc;
 }
 
+int control_client_connect_now(const char *path, int timeout_ms, struct control_client **out)
+{
+	return control_client_connect_once(path, timeout_ms, true, out);
+}
+
+const char *control_client_strerror(int rc, char *buf, size_t len)
+{
+	char sbuf[128];
+
+	switch (rc) {
+	case -ETIMEDOUT:
+		snprintf(buf, len, "timed out waiting for the VMM");
+		break;
+	case -ECONNRESET:
+		snprintf(buf, len, "the VMM closed the connection");
+		break;
+	case -EPROTO:
+		snprintf(buf, len, "not a QMP control socket (bad greeting or reply)");
+		break;
+	case -ENOENT:
+		snprintf(buf, len, "No such file or directory (is a VMM running with "
+			 "--control at this path?)");
+		break;
+	case -ECONNREFUSED:
+		snprintf(buf, len, "Connection refused (no VMM listens there any more, or all "
+			 "its client slots are taken)");
+		break;
+	case -EACCES:
+		snprintf(buf, len, "Permission denied (the socket is for its owner only)");
+		break;
+	case -ENOTSOCK:
+		snprintf(buf, len, "not a socket (a VMM's --control PATH is one)");
+		break;
+	default:
+		snprintf(buf, len, "%s", strerror_r(-rc, sbuf, sizeof(sbuf)));
+	}
+	return buf;
+}
+
+int control_client_connect_raw(const char *path, int timeout_ms, struct control_client **out)
+{
+	return control_client_connect_once(path, timeout_ms, false, out);
+}
+
+struct json_object *control_client_greeting(const struct control_client *c)
+{
+	return c->greeting;
+}
+
 int control_client_connect(const char *path, int timeout_ms, struct control_client **out)
 {
 	uint64_t deadline = control_client_deadline(timeout_ms);
-	int rc;
+	int rc, refused = 0;
 
 	for (;;) {
-		rc = control_client_connect_once(path, control_client_left_ms(deadline), out);
+		rc = control_client_connect_once(path, control_client_left_ms(deadline), true, out);
+		/*
+		 * An attempt cut short by the deadline after refusals is one more
+		 * refusal as far as the caller can tell: report what was seen.
+		 */
+		if (rc == -ETIMEDOUT && refused && clock_monotonic_ns() >= deadline)
+			return refused;
 		if (rc != -ENOENT && rc != -ECONNREFUSED)
 			return rc;
+		refused = rc;
 		if (clock_monotonic_ns() + CONTROL_CLIENT_RETRY_NS >= deadline)
 			return rc;
 		control_client_nap(CONTROL_CLIENT_RETRY_NS);
@@ -536,16 +631,9 @@ static void control_ctl_print(FILE *f, struct json_object *obj)
 
 static int control_ctl_transport_error(const char *path, int rc)
 {
-	char sbuf[128];
+	char why[160];
 
-	if (rc == -ETIMEDOUT)
-		fprintf(stderr, "vmferry ctl: %s: timed out waiting for the VMM\n", path);
-	else if (rc == -ECONNRESET)
-		fprintf(stderr, "vmferry ctl: %s: the VMM closed the connection\n", path);
-	else if (rc == -EPROTO)
-		fprintf(stderr, "vmferry ctl: %s: not a vmferry control socket (bad reply)\n", path);
-	else
-		fprintf(stderr, "vmferry ctl: %s: %s\n", path, strerror_r(-rc, sbuf, sizeof(sbuf)));
+	fprintf(stderr, "vmferry ctl: %s: %s\n", path, control_client_strerror(rc, why, sizeof(why)));
 	return 1;
 }
 
@@ -675,7 +763,7 @@ int control_client_main(int argc, char **argv)
 	if (wait)
 		rc = control_client_connect(pos[0], timeout_ms, &c);
 	else
-		rc = control_client_connect_once(pos[0], timeout_ms, &c);
+		rc = control_client_connect_now(pos[0], timeout_ms, &c);
 	if (rc < 0) {
 		json_object_put(args);
 		return control_ctl_transport_error(pos[0], rc);

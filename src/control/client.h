@@ -22,13 +22,37 @@ struct json_object;
 #define CONTROL_CLIENT_DEFAULT_TIMEOUT_MS 30000
 
 /*
- * Connect to @path and read the greeting, all within @timeout_ms.  While
- * @path is absent or refuses connections (a VMM still starting, or all
- * client slots taken) it retries every 20 ms until the time is up, then
- * returns that error: -ENOENT or -ECONNREFUSED.  Otherwise 0, -ETIMEDOUT,
- * -EPROTO when the greeting is not ours, other -errno.  Caller owns *out.
+ * Connect to @path, read the QMP greeting and negotiate capabilities
+ * (qmp_capabilities, enabling none), all within @timeout_ms.  While @path
+ * is absent or refuses connections (a VMM still starting, or all client
+ * slots taken) it retries every 20 ms until the time is up, then returns
+ * that error: -ENOENT or -ECONNREFUSED.  Otherwise 0, -ETIMEDOUT, -EPROTO
+ * when the greeting is not QMP's or negotiation is refused, other -errno.
+ * Caller owns *out.
  */
 int control_client_connect(const char *path, int timeout_ms, struct control_client **out);
+
+/*
+ * One attempt: no retrying while @path is absent or refuses (a user's
+ * command, which should say so at once).  Otherwise as above.
+ */
+int control_client_connect_now(const char *path, int timeout_ms, struct control_client **out);
+
+/*
+ * Words for an error @rc (-errno) of the calls above, with a hint where
+ * the cause is usually the same (-ENOENT: no VMM there; -EACCES: owner
+ * only).  Returns @buf.
+ */
+const char *control_client_strerror(int rc, char *buf, size_t len);
+
+/*
+ * One attempt, stopping after the greeting: the session is still in
+ * capabilities negotiation (for tests of it).  Errors as above.
+ */
+int control_client_connect_raw(const char *path, int timeout_ms, struct control_client **out);
+
+/* The greeting the server sent (borrowed from @c). */
+struct json_object *control_client_greeting(const struct control_client *c);
 
 /* Bound on each later call / read (milliseconds, > 0). */
 void control_client_set_timeout(struct control_client *c, int timeout_ms);

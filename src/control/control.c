@@ -38,7 +38,6 @@
 #include <json-c/json.h>
 
 #include "util/log.h"
-#include "vmm/vm.h"
 
 /* Stop reading from a client while this much of its output is unsent. */
 #define CONTROL_CLIENT_READ_PAUSE_BYTES (256u * 1024u)
@@ -58,6 +57,7 @@ struct control_conn {
 	int fd;                      /* -1: slot free */
 	unsigned serial;             /* for log messages */
 	struct control_linebuf in;
+	struct control_session session; /* negotiating until qmp_capabilities */
 	char *out;                   /* unsent bytes are out[out_off, out_len) */
 	size_t out_len, out_off, out_cap;
 	bool closing;                /* flush output, discard input, then close */
@@ -67,7 +67,6 @@ struct control_conn {
 
 struct control_server {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	struct vm *vm;               /* not owned; NULL in protocol-only tests */
 	int listen_fd;               /* owned */
 	int event_fd;                /* owned */
 	dev_t sock_dev;              /* identity of the socket file we bound, */
@@ -97,158 +96,22 @@ const char *control_server_path(const struct control_server *srv)
 	return srv->path;
 }
 
-/* ---- built-in commands ---- */
+/* ---- the server's own commands ---- */
 
-static const char *control_runstate_phrase(enum vm_runstate state)
+/* Append {"name": @name} to @list.  0 or -ENOMEM. */
+static int control_list_add_name(struct json_object *list, const char *name)
 {
-	switch (state) {
-	case VM_RUNSTATE_SHUTDOWN:       return "guest has shut down";
-	case VM_RUNSTATE_GUEST_PANICKED: return "guest has crashed";
-	case VM_RUNSTATE_INTERNAL_ERROR: return "VM hit an internal error";
-	default:                         return "VM is in a state that does not allow it";
-	}
-}
+	struct json_object *o = json_object_new_object();
+	struct json_object *s = json_object_new_string(name);
 
-static int control_cmd_json(struct json_object *obj, struct json_object **ret,
-			    char *errbuf, size_t errlen)
-{
-	if (!obj) {
-		snprintf(errbuf, errlen, "out of memory");
+	if (!o || !s || json_object_object_add(o, "name", s) < 0) {
+		json_object_put(s);
+		json_object_put(o);
 		return -ENOMEM;
 	}
-	*ret = obj;
-	return 0;
-}
-
-static int control_cmd_query_status(void *opaque, struct json_object *args,
-				    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_status(srv->vm), ret, errbuf, errlen);
-}
-
-static int control_cmd_query_vcpus(void *opaque, struct json_object *args,
-				   struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_vcpus(srv->vm), ret, errbuf, errlen);
-}
-
-static int control_cmd_query_memory(void *opaque, struct json_object *args,
-				    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_memory(srv->vm), ret, errbuf, errlen);
-}
-
-static int control_cmd_query_workload(void *opaque, struct json_object *args,
-				      struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-
-	(void)args;
-	return control_cmd_json(vm_query_workload(srv->vm), ret, errbuf, errlen);
-}
-
-/*
- * vm_stop/vm_cont say -EINVAL for a terminal state; that is not an argument
- * problem, so it is reported as -EPERM (GenericError) with the reason.
- */
-static int control_cmd_runstate_error(struct control_server *srv, const char *what,
-				      int rc, char *errbuf, size_t errlen)
-{
-	char sbuf[128];
-
-	if (rc == -EINVAL) {
-		enum vm_runstate state = vm_get_runstate(srv->vm);
-
-		snprintf(errbuf, errlen, "cannot %s: %s (state '%s')", what,
-			 control_runstate_phrase(state), vm_runstate_name(state));
-		return -EPERM;
-	}
-	snprintf(errbuf, errlen, "cannot %s: %s", what, strerror_r(-rc, sbuf, sizeof(sbuf)));
-	return rc;
-}
-
-static int control_cmd_stop(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-	int rc;
-
-	(void)args;
-	(void)ret;
-	rc = vm_stop(srv->vm);
-	return rc < 0 ? control_cmd_runstate_error(srv, "stop", rc, errbuf, errlen) : 0;
-}
-
-static int control_cmd_cont(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-	int rc;
-
-	(void)args;
-	(void)ret;
-	rc = vm_cont(srv->vm);
-	return rc < 0 ? control_cmd_runstate_error(srv, "cont", rc, errbuf, errlen) : 0;
-}
-
-static int control_cmd_quit(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	(void)opaque;
-	(void)args;
-	(void)ret;
-	(void)errbuf;
-	(void)errlen;
-	return 0; /* the work happens in after_reply, once the reply is out */
-}
-
-static void control_cmd_quit_after(void *opaque)
-{
-	struct control_server *srv = opaque;
-
-	log_info("quit requested on the control socket");
-	vm_request_quit(srv->vm);
-}
-
-static int control_cmd_dump(void *opaque, struct json_object *args,
-			    struct json_object **ret, char *errbuf, size_t errlen)
-{
-	struct control_server *srv = opaque;
-	struct json_object *file = NULL;
-	const char *path;
-	char sbuf[128];
-	int rc;
-
-	(void)ret;
-	json_object_object_get_ex(args, "file", &file);
-	path = json_object_get_string(file);
-	if (!path || !*path) {
-		snprintf(errbuf, errlen, "argument 'file' must not be empty");
-		return -EINVAL;
-	}
-	rc = vm_dump_memory(srv->vm, path);
-	if (rc == -EBUSY || rc == -ENODATA) {
-		snprintf(errbuf, errlen, "%s", rc == -EBUSY
-			 ? "guest RAM is still arriving from the postcopy source: dump it once "
-			   "the migration has completed"
-			 : "guest RAM went to the migration's destination (postcopy gave it back "
-			   "here): dump it there");
-		return rc;
-	}
-	if (rc < 0) {
-		snprintf(errbuf, errlen, "cannot dump guest memory to '%s': %s", path,
-			 strerror_r(-rc, sbuf, sizeof(sbuf)));
-		/* The argument was fine; whatever failed is not InvalidArgument. */
-		return rc == -EINVAL ? -EIO : rc;
+	if (json_object_array_add(list, o) < 0) {
+		json_object_put(o);
+		return -ENOMEM;
 	}
 	return 0;
 }
@@ -259,60 +122,49 @@ static int control_cmd_query_commands(void *opaque, struct json_object *args,
 	struct control_server *srv = opaque;
 	struct json_object *list = json_object_new_array();
 	size_t n;
+	int rc;
 
 	(void)args;
-	if (!list)
-		goto nomem;
 	pthread_mutex_lock(&srv->lock);
 	n = srv->ncommands;
 	pthread_mutex_unlock(&srv->lock);
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *o = json_object_new_object();
-		struct json_object *name = json_object_new_string(srv->commands[i].name);
-
-		if (!o || !name || json_object_object_add(o, "name", name) < 0) {
-			json_object_put(name);
-			json_object_put(o);
-			goto nomem;
-		}
-		if (json_object_array_add(list, o) < 0) {
-			json_object_put(o);
-			goto nomem;
-		}
+	/* qmp_capabilities is the protocol's, handled before the table. */
+	rc = list ? control_list_add_name(list, CONTROL_CMD_QMP_CAPABILITIES) : -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		rc = control_list_add_name(list, srv->commands[i].name);
+	if (rc < 0) {
+		json_object_put(list);
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
 	}
 	*ret = list;
 	return 0;
-nomem:
-	json_object_put(list);
-	snprintf(errbuf, errlen, "out of memory");
-	return -ENOMEM;
 }
 
-static const struct control_arg_spec control_dump_args[] = {
-	{ "file", CONTROL_ARG_STRING, true },
-	{ NULL, 0, false },
-};
+static int control_cmd_query_version(void *opaque, struct json_object *args,
+				     struct json_object **ret, char *errbuf, size_t errlen)
+{
+	(void)opaque;
+	(void)args;
+	*ret = control_proto_version_object();
+	if (!*ret) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+}
 
 static int control_register_builtins(struct control_server *srv)
 {
-	const struct control_command vm_cmds[] = {
-		{ "query-status", control_cmd_query_status, srv, NULL, NULL },
-		{ "stop", control_cmd_stop, srv, NULL, NULL },
-		{ "cont", control_cmd_cont, srv, NULL, NULL },
-		{ "quit", control_cmd_quit, srv, NULL, control_cmd_quit_after },
-		{ "query-vcpus", control_cmd_query_vcpus, srv, NULL, NULL },
-		{ "query-memory", control_cmd_query_memory, srv, NULL, NULL },
-		{ "query-workload", control_cmd_query_workload, srv, NULL, NULL },
-		{ "dump-guest-memory", control_cmd_dump, srv, control_dump_args, NULL },
-	};
 	const struct control_command qc = {
 		"query-commands", control_cmd_query_commands, srv, NULL, NULL,
 	};
-	int rc = 0;
+	const struct control_command qv = {
+		"query-version", control_cmd_query_version, srv, NULL, NULL,
+	};
+	int rc = control_server_register(srv, &qc);
 
-	for (size_t i = 0; rc == 0 && srv->vm && i < sizeof(vm_cmds) / sizeof(vm_cmds[0]); i++)
-		rc = control_server_register(srv, &vm_cmds[i]);
-	return rc ? rc : control_server_register(srv, &qc);
+	return rc ? rc : control_server_register(srv, &qv);
 }
 
 int control_server_register(struct control_server *srv, const struct control_command *cmd)
@@ -331,6 +183,9 @@ int control_server_register(struct control_server *srv, const struct control_com
 			return -EINVAL;
 		}
 	pthread_mutex_lock(&srv->lock);
+	/* qmp_capabilities is answered by the protocol before the table. */
+	if (strcmp(cmd->name, CONTROL_CMD_QMP_CAPABILITIES) == 0)
+		rc = -EEXIST;
 	for (size_t i = 0; i < srv->ncommands; i++)
 		if (strcmp(srv->commands[i].name, cmd->name) == 0)
 			rc = -EEXIST;
@@ -455,7 +310,7 @@ static void control_handle_line(struct control_server *srv, struct control_conn 
 	ncmds = srv->ncommands;
 	pthread_mutex_unlock(&srv->lock);
 
-	if (control_proto_dispatch(srv->commands, ncmds, line, len, &res) < 0) {
+	if (control_proto_dispatch(srv->commands, ncmds, &c->session, line, len, &res) < 0) {
 		log_warn("control client %u: out of memory, disconnecting", c->serial);
 		control_conn_close(c);
 		return;
@@ -590,7 +445,8 @@ static void control_broadcast_events(struct control_server *srv)
 		for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++) {
 			struct control_conn *c = &srv->clients[i];
 
-			if (c->fd >= 0 && !c->closing)
+			/* As QMP: no events while a client is still negotiating. */
+			if (c->fd >= 0 && !c->closing && c->session.negotiated)
 				control_conn_queue(c, ev->line, ev->len_bytes);
 		}
 		free(ev);
@@ -803,7 +659,7 @@ static int control_claim_path(const char *path, const struct sockaddr_un *addr)
 	return 0;
 }
 
-int control_server_create(const char *path, struct vm *vm, struct control_server **out)
+int control_server_create(const char *path, struct control_server **out)
 {
 	struct control_server *srv;
 	struct sockaddr_un addr;
@@ -825,7 +681,6 @@ int control_server_create(const char *path, struct vm *vm, struct control_server
 		return -ENOMEM;
 	srv->listen_fd = -1;
 	srv->event_fd = -1;
-	srv->vm = vm;
 	memcpy(srv->path, addr.sun_path, sizeof(srv->path));
 	atomic_init(&srv->stopping, false);
 	for (size_t i = 0; i < CONTROL_MAX_CLIENTS; i++)

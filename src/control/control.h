@@ -22,7 +22,6 @@
 #include "control/control_proto.h"
 
 struct control_server;
-struct vm;
 struct json_object;
 
 #define CONTROL_MAX_CLIENTS 16
@@ -34,9 +33,10 @@ struct json_object;
 
 /*
  * Bind and listen on the UNIX socket @path (mode 0600) and register the
- * built-in commands for @vm (query-status, stop, cont, quit, query-vcpus,
- * query-memory, query-workload, dump-guest-memory, query-commands).
- * @vm may be NULL (tests): the VM commands are then not registered.
+ * server's own commands, query-commands and query-version (qmp_capabilities
+ * is the protocol's, see control_proto.h).  The server knows no other
+ * command: each module registers its own (vm_register_commands,
+ * migration_register_commands).
  *
  * If @path exists and something is listening there: -EADDRINUSE ("control
  * socket PATH is in use by another process" is logged); if it is a stale
@@ -44,7 +44,7 @@ struct json_object;
  * not a socket: -EEXIST.  Other failures -errno; everything is logged.
  * Main thread.
  */
-int control_server_create(const char *path, struct vm *vm, struct control_server **out);
+int control_server_create(const char *path, struct control_server **out);
 
 /* Start the control thread.  0 or -errno.  Main thread, once. */
 int control_server_start(struct control_server *srv);

@@ -9,6 +9,8 @@
 
 #include <json-c/json.h>
 
+#include "util/version.h"
+
 /* ---- line framing ---- */
 
 void control_linebuf_init(struct control_linebuf *lb, size_t max_line_bytes)
@@ -447,31 +449,48 @@ fail:
 	return NULL;
 }
 
+struct json_object *control_proto_version_object(void)
+{
+	struct json_object *root = json_object_new_object();
+	struct json_object *triple = json_object_new_object();
+
+	if (!root || !triple)
+		goto fail;
+	if (control_obj_add_new(triple, "micro", json_object_new_int(0), false) < 0 ||
+	    control_obj_add_new(triple, "minor", json_object_new_int(0), false) < 0 ||
+	    control_obj_add_new(triple, "major", json_object_new_int(0), false) < 0)
+		goto fail;
+	if (control_obj_add(root, "qemu", triple) < 0) {
+		triple = NULL;
+		goto fail;
+	}
+	triple = NULL;
+	if (control_obj_add_new(root, "package",
+				json_object_new_string("vmferry " VMFERRY_VERSION), false) < 0)
+		goto fail;
+	return root;
+fail:
+	json_object_put(triple);
+	json_object_put(root);
+	return NULL;
+}
+
 char *control_proto_format_greeting(size_t *len_bytes)
 {
 	struct json_object *root = json_object_new_object();
 	struct json_object *inner = json_object_new_object();
-	struct json_object *version = json_object_new_object();
 
-	if (!root || !inner || !version)
+	if (!root || !inner)
 		goto fail;
-	if (control_obj_add_new(version, "major", json_object_new_int(CONTROL_VERSION_MAJOR), false) < 0 ||
-	    control_obj_add_new(version, "minor", json_object_new_int(CONTROL_VERSION_MINOR), false) < 0)
+	if (control_obj_add_new(inner, "version", control_proto_version_object(), false) < 0 ||
+	    control_obj_add_new(inner, "capabilities", json_object_new_array(), false) < 0)
 		goto fail;
-	if (control_obj_add(inner, "version", version) < 0) {
-		version = NULL;
-		goto fail;
-	}
-	version = NULL;
-	if (control_obj_add_new(inner, "protocol", json_object_new_int(CONTROL_PROTOCOL_VERSION), false) < 0)
-		goto fail;
-	if (control_obj_add(root, "vmferry", inner) < 0) {
+	if (control_obj_add(root, "QMP", inner) < 0) {
 		inner = NULL;
 		goto fail;
 	}
 	return control_line_from(root, len_bytes);
 fail:
-	json_object_put(version);
 	json_object_put(inner);
 	json_object_put(root);
 	return NULL;
@@ -488,7 +507,47 @@ static const struct control_command *control_find(const struct control_command *
 	return NULL;
 }
 
+static const struct control_arg_spec control_qmp_capabilities_args[] = {
+	{ "enable", CONTROL_ARG_ARRAY, false },
+	{ NULL, 0, false },
+};
+
+/*
+ * qmp_capabilities: ends negotiation.  We offer no capability, so asking to
+ * enable any is an error and leaves the session negotiating.  0 or -EINVAL
+ * with @err filled.
+ */
+static int control_qmp_capabilities(struct control_session *session,
+				    struct json_object *args, struct control_error *err)
+{
+	struct json_object *enable = NULL;
+
+	if (session->negotiated) {
+		control_error_set(err, CONTROL_ERR_COMMAND_NOT_FOUND,
+				  "Capabilities negotiation is already complete, command ignored");
+		return -EINVAL;
+	}
+	if (control_proto_check_args(control_qmp_capabilities_args, args, err) < 0)
+		return -EINVAL;
+	if (args && json_object_object_get_ex(args, "enable", &enable) &&
+	    json_object_array_length(enable) > 0) {
+		struct json_object *cap = json_object_array_get_idx(enable, 0);
+
+		if (!json_object_is_type(cap, json_type_string))
+			control_error_set(err, CONTROL_ERR_INVALID_ARGUMENT,
+					  "argument 'enable' must list capability names (strings)");
+		else
+			control_error_set(err, CONTROL_ERR_GENERIC,
+					  "capability '%.64s' is not offered (the greeting lists none)",
+					  json_object_get_string(cap));
+		return -EINVAL;
+	}
+	session->negotiated = true;
+	return 0;
+}
+
 int control_proto_dispatch(const struct control_command *cmds, size_t ncmds,
+			   struct control_session *session,
 			   const char *line, size_t len_bytes,
 			   struct control_dispatch *res)
 {
@@ -507,6 +566,19 @@ int control_proto_dispatch(const struct control_command *cmds, size_t ncmds,
 	if (rc < 0)
 		goto error_reply;
 
+	if (strcmp(req.execute, CONTROL_CMD_QMP_CAPABILITIES) == 0) {
+		if (control_qmp_capabilities(session, req.args, &err) < 0)
+			goto error_reply;
+		goto return_reply;
+	}
+	if (!session->negotiated) {
+		/* As QEMU says it: clients match on the class and this text. */
+		control_error_set(&err, CONTROL_ERR_COMMAND_NOT_FOUND,
+				  "Expecting capabilities negotiation with '"
+				  CONTROL_CMD_QMP_CAPABILITIES "' before command '%.64s'",
+				  req.execute);
+		goto error_reply;
+	}
 	cmd = control_find(cmds, ncmds, req.execute);
 	if (!cmd) {
 		control_error_set(&err, CONTROL_ERR_COMMAND_NOT_FOUND,
@@ -538,14 +610,16 @@ int control_proto_dispatch(const struct control_command *cmds, size_t ncmds,
 		}
 		goto error_reply;
 	}
+	res->after = cmd->after_reply ? cmd : NULL;
+return_reply:
 	res->reply = control_proto_format_return(ret, req.id, req.has_id,
 						 &res->reply_len_bytes);
 	json_object_put(ret);
 	if (!res->reply) {
+		res->after = NULL;
 		control_error_set(&err, CONTROL_ERR_GENERIC, "out of memory formatting the reply");
 		goto error_reply;
 	}
-	res->after = cmd->after_reply ? cmd : NULL;
 	control_request_release(&req);
 	return 0;
 

@@ -8,13 +8,19 @@
  * (client.h) are thin layers over it.  docs/control.md describes the wire
  * format for humans.
  *
- * Wire format, one JSON object per '\n'-terminated line:
+ * Wire format: QEMU's QMP, one JSON object per '\n'-terminated line:
  *
- *   server -> client  {"vmferry": {"version": {...}, "protocol": 1}}   greeting
+ *   server -> client  {"QMP": {"version": {"qemu": {...}, "package": "vmferry X.Y.Z"},
+ *                              "capabilities": []}}                       greeting
+ *   client -> server  {"execute": "qmp_capabilities"}     negotiation, first
  *   client -> server  {"execute": "NAME", "arguments": {...}, "id": ANY}
  *   server -> client  {"return": ..., "id": ANY}
  *                     {"error": {"class": "...", "desc": "..."}, "id": ANY}
  *                     {"event": "NAME", "timestamp": {...}, "data": {...}}
+ *
+ * A session starts in capabilities negotiation: until qmp_capabilities
+ * succeeds every other command is refused (CommandNotFound) and no event is
+ * sent; afterwards qmp_capabilities itself is refused.
  */
 #ifndef VMFERRY_CONTROL_PROTO_H
 #define VMFERRY_CONTROL_PROTO_H
@@ -25,9 +31,8 @@
 
 struct json_object;
 
-#define CONTROL_PROTOCOL_VERSION 1
-#define CONTROL_VERSION_MAJOR 0
-#define CONTROL_VERSION_MINOR 1
+/* The one command that is valid, and only, during negotiation. */
+#define CONTROL_CMD_QMP_CAPABILITIES "qmp_capabilities"
 
 /* Longest request line the server accepts, '\n' not counted. */
 #define CONTROL_LINE_MAX_BYTES (64u * 1024u)
@@ -177,10 +182,22 @@ char *control_proto_format_error(const char *cls, const char *desc,
 /* {"event": @event, "timestamp": {...}, "data": @data or {}} */
 char *control_proto_format_event(const char *event, struct json_object *data,
 				 uint64_t realtime_ns, size_t *len_bytes);
-/* The greeting sent on connect. */
+/* The greeting sent on connect (no capabilities offered). */
 char *control_proto_format_greeting(size_t *len_bytes);
+/*
+ * QMP's version object, {"qemu": {"major": 0, "minor": 0, "micro": 0},
+ * "package": "vmferry X.Y.Z"}: the triple is QEMU's and we are not QEMU,
+ * so it is zero; vmferry's own version is in "package".  Caller owns the
+ * result; NULL on allocation failure.
+ */
+struct json_object *control_proto_version_object(void);
 
 /* ---- dispatch ---- */
+
+/* One connection's protocol state. */
+struct control_session {
+	bool negotiated; /* qmp_capabilities succeeded: commands are accepted */
+};
 
 struct control_dispatch {
 	char *reply;           /* malloc'd line; NULL when there is nothing to send */
@@ -190,12 +207,14 @@ struct control_dispatch {
 };
 
 /*
- * Handle one request line against a table of @ncmds commands: parse,
+ * Handle one request line of @session against a table of @ncmds commands:
+ * parse, handle qmp_capabilities or refuse anything else while negotiating,
  * look up, validate arguments, call the handler, format the reply.  A blank
  * line produces no reply.  Returns 0 (res->reply set, or NULL for a blank
  * line) or -ENOMEM when not even an error reply could be built.
  */
 int control_proto_dispatch(const struct control_command *cmds, size_t ncmds,
+			   struct control_session *session,
 			   const char *line, size_t len_bytes,
 			   struct control_dispatch *res);
 

@@ -101,6 +101,18 @@ static int cli_call(struct control_client *c, const char *cmd, struct json_objec
 	return r;
 }
 
+/* Connect to the source's control socket, or say why not (path and cause). */
+static int cli_connect(const char *path, struct control_client **c)
+{
+	char why[160];
+	int r = control_client_connect_now(path, 5000, c);
+
+	if (r < 0)
+		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s: %s\n", path,
+			control_client_strerror(r, why, sizeof(why)));
+	return r;
+}
+
 static uint64_t cli_u64(struct json_object *o, const char *key)
 {
 	struct json_object *v;
@@ -158,23 +170,54 @@ static void cli_cap_add(struct json_object *arr, const char *name, bool on)
 static void cli_progress(struct json_object *q, const char *st, bool tty)
 {
 	const char *pre = tty ? "\r\033[K" : "", *post = tty ? "" : "\n";
+	char sent[32], left[32], total[32];
+	uint64_t passes = cli_u64(q, "passes");
 
+	size_format(cli_u64(q, "transferred"), sent, sizeof(sent));
+	size_format(cli_u64(q, "remaining"), left, sizeof(left));
+	size_format(cli_u64(q, "total"), total, sizeof(total));
 	if (!strncmp(st, "postcopy-", strlen("postcopy-"))) {
 		/* The guest runs on the destination: pages move on demand and behind. */
-		fprintf(stderr, "%s%s: pushed %" PRIu64 " pages, requested %" PRIu64 " pages (%"
-			PRIu64 " requests, %" PRIu64 " resent), remaining %.1f MiB, transferred "
-			"%.1f MiB%s", pre, st, cli_u64(q, "postcopy-pages-pushed"),
+		fprintf(stderr, "%s%s: %s sent, %s not yet there; pages pushed %" PRIu64
+			", requested %" PRIu64 " (%" PRIu64 " requests, %" PRIu64 " resent)%s",
+			pre, st, sent, left, cli_u64(q, "postcopy-pages-pushed"),
 			cli_u64(q, "postcopy-pages-requested"), cli_u64(q, "postcopy-requests"),
-			cli_u64(q, "postcopy-pages-resent"),
-			(double)cli_u64(q, "remaining") / 1048576.0,
-			(double)cli_u64(q, "transferred") / 1048576.0, post);
+			cli_u64(q, "postcopy-pages-resent"), post);
 		return;
 	}
-	fprintf(stderr, "%s%s: transferred %.1f MiB, remaining %.1f MiB, dirty %" PRIu64
-		" pages/s, pass %" PRIu64 ", throttle %" PRIu64 "%%%s", pre, st,
-		(double)cli_u64(q, "transferred") / 1048576.0,
-		(double)cli_u64(q, "remaining") / 1048576.0, cli_u64(q, "dirty-pages-rate"),
-		cli_u64(q, "passes"), cli_u64(q, "cpu-throttle-percentage"), post);
+	if (!strcmp(st, "setup")) {
+		fprintf(stderr, "%ssetup: connecting to the destination%s", pre, post);
+		return;
+	}
+	if (passes == 0) {
+		/* Pass 1 counts down through all of RAM... */
+		fprintf(stderr, "%s%s: pass 1 (all of RAM): %s sent, %s of %s to go%s", pre, st,
+			sent, left, total, post);
+		return;
+	}
+	/*
+	 * ...later passes resend what the guest dirtied meanwhile: "to go" is the
+	 * dirty set found at the last sync, so it starts over from there.
+	 */
+	fprintf(stderr, "%s%s: pass %" PRIu64 " (dirtied during pass %" PRIu64 "): %s sent, "
+		"%s dirty to go, %.1f MB/s, guest dirties %" PRIu64 " pages/s, throttle %" PRIu64
+		"%%%s", pre, st, passes + 1, passes, sent, left,
+		(double)cli_u64(q, "throughput") / 1e6, cli_u64(q, "dirty-pages-rate"),
+		cli_u64(q, "cpu-throttle-percentage"), post);
+}
+
+/*
+ * Milliseconds and microseconds come as doubles with all their digits
+ * (2260.4509600000001): print them with 3 decimals, nanosecond noise gone.
+ */
+static void cli_round_doubles(struct json_object *q)
+{
+	json_object_object_foreach(q, key, v) {
+		(void)key;
+		if (json_object_is_type(v, json_type_double))
+			json_object_set_serializer(v, json_object_double_to_json_string,
+						   (void *)"%.3f", NULL);
+	}
 }
 
 /* Print the final query-migrate @q on stdout; the exit status for it. */
@@ -184,6 +227,7 @@ static int cli_finish(struct json_object *q, bool quiet, bool tty)
 
 	if (!quiet && tty)
 		fprintf(stderr, "\r\033[K");
+	cli_round_doubles(q);
 	printf("%s\n", json_object_to_json_string_ext(q, JSON_C_TO_STRING_PLAIN));
 	if (!strcmp(st, "completed"))
 		return 0;
@@ -415,11 +459,8 @@ int migration_cli_main(int argc, char **argv)
 		return cli_usage_error("--resume takes the paused migration as it is: only "
 				       "--timeout and --quiet go with it");
 	if (resume) {
-		if (control_client_connect(control, 5000, &c) != 0) {
-			fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n",
-				control);
+		if (cli_connect(control, &c) < 0)
 			return 1;
-		}
 		status = cli_resume(c, uri, quiet, tty, timeout_s);
 		control_client_close(c);
 		return status;
@@ -451,10 +492,8 @@ int migration_cli_main(int argc, char **argv)
 	if (auto_converge)
 		cli_cap_add(cap_list, "auto-converge", true);
 
-	if (control_client_connect(control, 5000, &c) != 0) {
-		fprintf(stderr, "vmferry migrate: cannot reach the control socket %s\n", control);
+	if (cli_connect(control, &c) < 0)
 		goto out;
-	}
 	/*
 	 * Parameters and capabilities change nothing once a migration runs,
 	 * except on a destination still waiting for its stream, whose

@@ -20,6 +20,19 @@ static const char *const log_level_names[] = {
 	[LOG_INFO] = "info", [LOG_DEBUG] = "debug",
 };
 
+/* As printed; log_level_names are what VMFERRY_LOG takes. */
+static const char *const log_level_words[] = {
+	[LOG_ERROR] = "error", [LOG_WARN] = "warning",
+	[LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+};
+
+static const char *log_prefix = "vmferry";
+
+void log_set_prefix(const char *prefix)
+{
+	log_prefix = prefix;
+}
+
 void log_set_level(enum log_level level)
 {
 	log_level_current = (int)level;
@@ -93,7 +106,9 @@ void log_msg(enum log_level level, const char *fmt, ...)
 
 	if ((int)level > (int)log_get_level())
 		return;
-	n = snprintf(line, sizeof(line), "vmferry[%s]: ", log_level_names[level]);
+	n = snprintf(line, sizeof(line), "%s: %s: ", log_prefix, log_level_words[level]);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		n = 0;
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);

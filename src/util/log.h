@@ -7,6 +7,13 @@
 
 enum log_level { LOG_ERROR = 1, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
+/*
+ * Every message starts with "PREFIX: LEVEL: "; the prefix is "vmferry"
+ * until set (main sets "vmferry SUBCOMMAND", the convention for all its
+ * messages).  @prefix must stay valid; set it before starting threads.
+ */
+void log_set_prefix(const char *prefix);
+
 /* Messages above this level are dropped; default LOG_INFO, VMFERRY_LOG env. */
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);

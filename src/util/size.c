@@ -1,5 +1,7 @@
 #include "util/size.h"
 
+#include <stdio.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -63,4 +65,23 @@ int size_parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t *out)
 		return -ERANGE;
 	*out = v;
 	return 0;
+}
+
+const char *size_format(uint64_t bytes, char *buf, size_t len)
+{
+	static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB" };
+	double v = (double)bytes;
+	size_t u = 0;
+
+	if (bytes < 1024) {
+		snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+		return buf;
+	}
+	v /= 1024.0;
+	while (v >= 1024.0 && u + 1 < sizeof(units) / sizeof(units[0])) {
+		v /= 1024.0;
+		u++;
+	}
+	snprintf(buf, len, u >= 2 ? "%.2f %s" : "%.1f %s", v, units[u]);
+	return buf;
 }

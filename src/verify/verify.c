@@ -130,7 +130,8 @@ static uint64_t verify_param(const struct vmf_boot_info *bi, const char *key,
 }
 
 /*
- * The header that says this is a vmferry boot info at all.  Returns 0, or
+ * The header that says this is a vmferry boot info at all.  Returns 0,
+ * -ENOEXEC when there is no boot info (not a guest memory dump), or
  * -EBADMSG with the reason in @why.
  */
 static int verify_check_header(const struct vmf_boot_info *bi, char *why,
@@ -140,7 +141,7 @@ static int verify_check_header(const struct vmf_boot_info *bi, char *why,
 		snprintf(why, why_len, "boot info at 0x%llx: bad magic 0x%016" PRIx64
 			 " (expected 0x%016llx)", VMF_BOOT_INFO_GPA, bi->magic,
 			 VMF_BOOT_MAGIC);
-		return -EBADMSG;
+		return -ENOEXEC;
 	}
 	if (bi->abi_version != VMF_ABI_VERSION) {
 		snprintf(why, why_len, "boot info: abi_version %" PRIu32 " (expected %u)",
@@ -694,6 +695,11 @@ static int verify_run(const struct verify_image *img,
 		wl = verify_pick_workload(&bi, want, &ret, why, sizeof(why));
 	if (ret == 0)
 		ret = verify_check_layout(&bi, img->bytes, why, sizeof(why));
+	if (ret == -ENOEXEC) {
+		/* Said apart so that `vmferry verify` can tell a stray file from a broken dump. */
+		verify_put(root, "dump", json_object_new_boolean(false), &err);
+		ret = -EBADMSG;
+	}
 	if (ret < 0) {
 		ok = false;
 	} else {
@@ -838,7 +844,8 @@ static void verify_usage(FILE *f)
 	      "  auto         the workload named in the dump's boot info\n"
 	      "\n"
 	      "exit status: 0 consistent, 1 broken (verdict says where), 2 usage or I/O\n"
-	      "error, or no verifier for the dump's workload\n",
+	      "error, or no verifier for the dump's workload, 3 the file is not a guest\n"
+	      "memory dump (no vmferry boot info in it; the verdict has \"dump\": false)\n",
 	      f);
 }
 
@@ -906,6 +913,13 @@ int verify_main(int argc, char **argv)
 	printf("%s\n", json_object_to_json_string_ext(verdict,
 						      flags | JSON_C_TO_STRING_NOSLASHESCAPE));
 	fflush(stdout);
+	if (ret < 0 && json_object_object_get_ex(verdict, "dump", NULL)) {
+		fprintf(stderr, "vmferry verify: %s is not a guest memory dump: it holds no vmferry "
+			"boot info (%s)\n", positional[1],
+			json_object_get_string(json_object_object_get(verdict, "error")));
+		json_object_put(verdict);
+		return VERIFY_EXIT_NOT_A_DUMP;
+	}
 	if (ret < 0)
 		fprintf(stderr, "vmferry verify: %s%s\n", ret == -EBADMSG ? "BROKEN: " : "",
 			json_object_get_string(json_object_object_get(verdict, "error")));

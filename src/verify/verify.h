@@ -62,6 +62,8 @@ struct json_object;
  *               "bad_page": i, "bad_gpa": N, "value": v,
  *               "other_pages": count of pages holding neither P nor P+1}],
  *    "error": "first problem found, in words"   -- only when not ok
+ *    "dump": false   -- only when there is no boot info at all (bad magic):
+ *                       not a guest memory dump
  *   }
  *
  * "edge" is the k of the property when ok, else null.  "bad_page" is the
@@ -97,6 +99,8 @@ int verify_incrementer_file(const char *path, struct json_object **verdict);
  *               "bad_page": k, "bad_gpa": N, "expected": s, "value": v,
  *               "bad_pages": count of offending pages}],
  *    "error": "first problem found, in words"   -- only when not ok
+ *    "dump": false   -- only when there is no boot info at all (bad magic):
+ *                       not a guest memory dump
  *   }
  *
  * "bad_page" is the first offending page of the range; "expected" is what
@@ -129,12 +133,13 @@ int verify_guest_file(const char *path, struct json_object **verdict);
  * JSON on stdout (and a one-line summary on stderr when broken or
  * unverifiable).  Returns the process exit status: 0 consistent, 1 broken,
  * 2 usage or I/O error, or no verifier for the dump's workload (message on
- * stderr); --help prints usage, returns 0.
+ * stderr), 3 not a guest memory dump; --help prints usage, returns 0.
  */
 int verify_main(int argc, char **argv);
 
 #define VERIFY_EXIT_OK     0
 #define VERIFY_EXIT_BROKEN 1
 #define VERIFY_EXIT_ERROR  2
+#define VERIFY_EXIT_NOT_A_DUMP 3 /* no vmferry boot info: some other file */
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * The control socket against a real VM: boots the incrementer guest, then
  * throws every kind of bad input at the socket and checks after each that
- * the VM still answers "running" and the guest keeps making passes; drives
+ * the VM still answers "running" and the guest keeps making passes; checks
+ * the QMP greeting, negotiation and error shape; drives
  * stop/cont (events, 1000 round trips, memory still consistent), the
  * queries, the `vmferry ctl` CLI, a second VMM on the same path, and quit.
  *
@@ -29,6 +30,7 @@
 #include "control/control.h"
 #include "harness/harness.h"
 #include "util/log.h"
+#include "verify/verify.h"
 #include "vmferry/guest_abi.h"
 
 #define TEST_TIMEOUT_MS 10000
@@ -181,6 +183,22 @@ static void test_bad_lines(void **state)
 		{ "{\"execute\": \"dump-guest-memory\", \"arguments\": "
 		  "{\"file\": \"/nonexistent-dir/vmferry/dump\"}}\n",
 		  CONTROL_ERR_GENERIC, "cannot dump" },
+		/* QMP's spelling, where it asks for what we do not do. */
+		{ "{\"execute\": \"dump-guest-memory\", \"arguments\": "
+		  "{\"paging\": true, \"protocol\": \"file:/tmp/x\"}}\n",
+		  CONTROL_ERR_GENERIC, "paging is not supported" },
+		{ "{\"execute\": \"dump-guest-memory\", \"arguments\": "
+		  "{\"paging\": false, \"protocol\": \"fd:dumpfd\"}}\n",
+		  CONTROL_ERR_GENERIC, "'fd:'" },
+		{ "{\"execute\": \"dump-guest-memory\", \"arguments\": "
+		  "{\"paging\": false, \"protocol\": \"/tmp/x\"}}\n",
+		  CONTROL_ERR_INVALID_ARGUMENT, "'protocol'" },
+		{ "{\"execute\": \"dump-guest-memory\", \"arguments\": "
+		  "{\"file\": \"/tmp/x\", \"protocol\": \"file:/tmp/x\"}}\n",
+		  CONTROL_ERR_INVALID_ARGUMENT, "not both" },
+		{ "{\"execute\": \"dump-guest-memory\", \"arguments\": "
+		  "{\"protocol\": \"file:/tmp/x\", \"format\": \"elf\"}}\n",
+		  CONTROL_ERR_GENERIC, "'format' is not supported" },
 	};
 	struct control_client *c = connect_new();
 
@@ -200,6 +218,117 @@ static void test_bad_lines(void **state)
 		assert_healthy();
 	}
 	control_client_close(c);
+}
+
+/* The first line is QMP's greeting, carrying vmferry's version. */
+static void test_qmp_greeting(void **state)
+{
+	struct control_client *c = NULL;
+	struct json_object *g, *qmp, *version, *v;
+	const char *package;
+
+	(void)state;
+	assert_int_equal(control_client_connect_raw(vm.sock_path, TEST_TIMEOUT_MS, &c), 0);
+	g = control_client_greeting(c);
+	assert_int_equal(json_object_object_length(g), 1);
+	assert_true(json_object_object_get_ex(g, "QMP", &qmp));
+	assert_true(json_object_object_get_ex(qmp, "capabilities", &v));
+	assert_true(json_object_is_type(v, json_type_array));
+	assert_int_equal(json_object_array_length(v), 0);
+	assert_true(json_object_object_get_ex(qmp, "version", &version));
+	assert_true(json_object_object_get_ex(version, "qemu", &v));
+	assert_true(json_object_object_get_ex(v, "major", NULL));
+	assert_true(json_object_object_get_ex(v, "minor", NULL));
+	assert_true(json_object_object_get_ex(v, "micro", NULL));
+	package = get_str(version, "package", NULL);
+	assert_non_null(package);
+	assert_true(strncmp(package, "vmferry ", 8) == 0);
+	control_client_close(c);
+}
+
+/* Nothing runs before qmp_capabilities; it works once; then commands do. */
+static void test_qmp_negotiation(void **state)
+{
+	static const char *const early[] = {
+		"{\"execute\": \"stop\", \"id\": 1}\n",
+		"{\"execute\": \"quit\"}\n",
+		"{\"execute\": \"query-status\"}\n",
+		"{\"execute\": \"no-such-command\"}\n",
+	};
+	struct control_client *c = NULL;
+	struct json_object *reply = NULL;
+
+	(void)state;
+	assert_int_equal(control_client_connect_raw(vm.sock_path, TEST_TIMEOUT_MS, &c), 0);
+	control_client_set_timeout(c, TEST_TIMEOUT_MS);
+	for (size_t i = 0; i < sizeof(early) / sizeof(early[0]); i++) {
+		assert_int_equal(control_client_send_raw(c, early[i], strlen(early[i])), 0);
+		assert_int_equal(control_client_read_reply(c, TEST_TIMEOUT_MS, &reply), -EREMOTEIO);
+		assert_string_equal(control_reply_error_class(reply), CONTROL_ERR_COMMAND_NOT_FOUND);
+		assert_non_null(strstr(control_reply_error_desc(reply),
+				       "Expecting capabilities negotiation with 'qmp_capabilities'"));
+		json_object_put(reply);
+	}
+	/* Neither the stop nor the quit reached the VM. */
+	assert_healthy();
+
+	assert_int_equal(control_client_call(c, "qmp_capabilities", NULL, &reply), 0);
+	json_object_put(reply);
+	assert_int_equal(control_client_call(c, "qmp_capabilities", NULL, &reply), -EREMOTEIO);
+	assert_string_equal(control_reply_error_class(reply), CONTROL_ERR_COMMAND_NOT_FOUND);
+	assert_non_null(strstr(control_reply_error_desc(reply), "already complete"));
+	json_object_put(reply);
+	assert_int_equal(control_client_call(c, "query-status", NULL, &reply), 0);
+	assert_string_equal(get_str(control_reply_return(reply), "status", NULL), "running");
+	json_object_put(reply);
+	control_client_close(c);
+}
+
+/* Errors look like QMP's: {"error": {"class", "desc"}, "id"}, nothing else. */
+static void test_qmp_error_shape(void **state)
+{
+	const char *line = "{\"execute\": \"cont-the-world\", \"id\": {\"tag\": [1, \"a\"]}}\n";
+	struct control_client *c = connect_new();
+	struct json_object *reply = NULL, *e, *id, *want = json_tokener_parse("{\"tag\": [1, \"a\"]}");
+
+	(void)state;
+	assert_int_equal(control_client_send_raw(c, line, strlen(line)), 0);
+	assert_int_equal(control_client_read_reply(c, TEST_TIMEOUT_MS, &reply), -EREMOTEIO);
+	assert_int_equal(json_object_object_length(reply), 2);
+	assert_true(json_object_object_get_ex(reply, "error", &e));
+	assert_int_equal(json_object_object_length(e), 2);
+	assert_string_equal(get_str(e, "class", NULL), CONTROL_ERR_COMMAND_NOT_FOUND);
+	assert_non_null(strstr(get_str(e, "desc", NULL), "cont-the-world"));
+	assert_true(json_object_object_get_ex(reply, "id", &id));
+	assert_true(json_object_equal(id, want));
+	json_object_put(reply);
+	json_object_put(want);
+	control_client_close(c);
+}
+
+/* dump-guest-memory in QMP's spelling writes the same flat image. */
+static void test_dump_qmp_spelling(void **state)
+{
+	char path[HARNESS_PATH_BYTES], protocol[HARNESS_PATH_BYTES + 8];
+	struct json_object *args = json_object_new_object(), *verdict = NULL;
+	struct stat st;
+
+	(void)state;
+	assert_int_equal(harness_unique_path(path, sizeof(path), "qmpdump"), 0);
+	snprintf(protocol, sizeof(protocol), "file:%s", path);
+	json_object_object_add(args, "paging", json_object_new_boolean(false));
+	json_object_object_add(args, "protocol", json_object_new_string(protocol));
+	json_object_object_add(args, "detach", json_object_new_boolean(false));
+	assert_int_equal(harness_call(&vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(&vm, "dump-guest-memory", args, NULL), 0);
+	assert_int_equal(harness_call(&vm, "cont", NULL, NULL), 0);
+	json_object_put(args);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_size, 64 << 20);
+	assert_int_equal(verify_incrementer_file(path, &verdict), 0);
+	json_object_put(verdict);
+	unlink(path);
+	assert_healthy();
 }
 
 static void test_oversized_line(void **state)
@@ -448,6 +577,10 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_boot),
 		cmocka_unit_test(test_bad_lines),
+		cmocka_unit_test(test_qmp_greeting),
+		cmocka_unit_test(test_qmp_negotiation),
+		cmocka_unit_test(test_qmp_error_shape),
+		cmocka_unit_test(test_dump_qmp_spelling),
 		cmocka_unit_test(test_oversized_line),
 		cmocka_unit_test(test_disconnect_mid_line),
 		cmocka_unit_test(test_too_many_clients),

@@ -215,8 +215,8 @@ static void test_bad_requests(void **state)
 	assert_non_null(strstr(res.err, "UNIX socket"));
 	harness_result_free(&res);
 	assert_int_equal(harness_run(no_main, NULL, 10000, &res), 0);
-	assert_int_equal(res.status, 1);
-	assert_non_null(strstr(res.err, "--incoming"));
+	assert_int_equal(res.status, 2); /* a usage error */
+	assert_non_null(strstr(res.err, "vmferry run: --incoming-cpr needs --incoming"));
 	harness_result_free(&res);
 	/* A new process told a different size refuses, and the guest runs on. */
 	{

@@ -2,7 +2,7 @@
  * Unit tests for the control protocol (control_proto.h): line framing,
  * request parsing, argument validation, dispatch and formatting; and for the
  * socket server and client library run without a VM (control_server_create
- * with vm == NULL and test commands), which needs no KVM.
+ * with test commands), which needs no KVM.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,6 +31,7 @@
 #include "control/control_proto.h"
 #include "harness/harness.h"
 #include "util/log.h"
+#include "util/version.h"
 
 /* ---- helpers ---- */
 
@@ -137,13 +138,18 @@ static const struct control_command test_cmds[] = {
 };
 #define NTEST_CMDS (sizeof(test_cmds) / sizeof(test_cmds[0]))
 
-/* Dispatch @line; returns the parsed reply (caller puts) or NULL for none. */
-static struct json_object *dispatch(const char *line, const struct control_command **after)
+/* Most tests run in command mode, as after qmp_capabilities. */
+static struct control_session negotiated = { .negotiated = true };
+
+/* Dispatch @line in @session; the parsed reply (caller puts) or NULL for none. */
+static struct json_object *dispatch_in(struct control_session *session, const char *line,
+				       const struct control_command **after)
 {
 	struct control_dispatch res;
 	struct json_object *o = NULL;
 
-	assert_int_equal(control_proto_dispatch(test_cmds, NTEST_CMDS, line, strlen(line), &res), 0);
+	assert_int_equal(control_proto_dispatch(test_cmds, NTEST_CMDS, session, line,
+						strlen(line), &res), 0);
 	if (after)
 		*after = res.after;
 	if (res.reply) {
@@ -154,10 +160,16 @@ static struct json_object *dispatch(const char *line, const struct control_comma
 	return o;
 }
 
-/* Dispatch and expect an error of @cls whose desc contains @needle. */
-static void expect_error(const char *line, const char *cls, const char *needle)
+static struct json_object *dispatch(const char *line, const struct control_command **after)
 {
-	struct json_object *o = dispatch(line, NULL);
+	return dispatch_in(&negotiated, line, after);
+}
+
+/* Dispatch in @session and expect an error of @cls whose desc contains @needle. */
+static void expect_error_in(struct control_session *session, const char *line,
+			    const char *cls, const char *needle)
+{
+	struct json_object *o = dispatch_in(session, line, NULL);
 	const char *desc;
 
 	assert_non_null(o);
@@ -168,6 +180,11 @@ static void expect_error(const char *line, const char *cls, const char *needle)
 	if (!strstr(desc, needle))
 		fail_msg("desc '%s' lacks '%s' (line: %s)", desc, needle, line);
 	json_object_put(o);
+}
+
+static void expect_error(const char *line, const char *cls, const char *needle)
+{
+	expect_error_in(&negotiated, line, cls, needle);
 }
 
 /* ---- line framing ---- */
@@ -276,8 +293,8 @@ static void test_nul_byte(void **state)
 	struct json_object *o;
 
 	(void)state;
-	assert_int_equal(control_proto_dispatch(test_cmds, NTEST_CMDS, line, sizeof(line) - 1,
-						&res), 0);
+	assert_int_equal(control_proto_dispatch(test_cmds, NTEST_CMDS, &negotiated, line,
+						sizeof(line) - 1, &res), 0);
 	o = parse_line(res.reply, res.reply_len_bytes);
 	assert_string_equal(get_str(o, "error", "class"), CONTROL_ERR_GENERIC);
 	assert_non_null(strstr(get_str(o, "error", "desc"), "NUL"));
@@ -495,7 +512,9 @@ static void test_format(void **state)
 
 	(void)state;
 	s = control_proto_format_greeting(&n);
-	assert_string_equal(s, "{\"vmferry\":{\"version\":{\"major\":0,\"minor\":1},\"protocol\":1}}\n");
+	assert_string_equal(s, "{\"QMP\":{\"version\":{\"qemu\":{\"micro\":0,\"minor\":0,\"major\":0},"
+			    "\"package\":\"vmferry " VMFERRY_VERSION "\"},\"capabilities\":[]}}\n");
+	assert_int_equal(n, strlen(s));
 	free(s);
 
 	s = control_proto_format_event("STOP", data, 1700000000123456789ull, &n);
@@ -529,6 +548,78 @@ static void test_format(void **state)
 	s = control_proto_format_return(NULL, NULL, true, &n);
 	assert_string_equal(s, "{\"return\":{},\"id\":null}\n");
 	free(s);
+}
+
+/* A session starts in capabilities negotiation, as QMP's does. */
+static void test_negotiation(void **state)
+{
+	struct control_session s = { 0 };
+	struct json_object *o, *id;
+
+	(void)state;
+	/* Every command, known or not, is refused until qmp_capabilities. */
+	expect_error_in(&s, "{\"execute\":\"nothing\"}", CONTROL_ERR_COMMAND_NOT_FOUND,
+			"Expecting capabilities negotiation with 'qmp_capabilities'");
+	expect_error_in(&s, "{\"execute\":\"no-such\"}", CONTROL_ERR_COMMAND_NOT_FOUND,
+			"Expecting capabilities negotiation");
+	/* Bad lines are still reported as such. */
+	expect_error_in(&s, "{\"execute\":", CONTROL_ERR_GENERIC, "malformed JSON");
+	/* qmp_capabilities' own argument checks leave the session negotiating. */
+	expect_error_in(&s, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"x\":1}}",
+			CONTROL_ERR_INVALID_ARGUMENT, "unknown argument 'x'");
+	expect_error_in(&s, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":\"oob\"}}",
+			CONTROL_ERR_INVALID_ARGUMENT, "'enable'");
+	expect_error_in(&s, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":[5]}}",
+			CONTROL_ERR_INVALID_ARGUMENT, "'enable'");
+	/* We offer no capability: enabling one is refused. */
+	expect_error_in(&s, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":[\"oob\"]}}",
+			CONTROL_ERR_GENERIC, "capability 'oob' is not offered");
+	assert_false(s.negotiated);
+
+	o = dispatch_in(&s, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":[]},"
+			"\"id\":\"neg\"}", NULL);
+	assert_string_equal(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
+			    "{\"return\":{},\"id\":\"neg\"}");
+	json_object_put(o);
+	assert_true(s.negotiated);
+
+	/* Now commands run, and negotiating again is refused (QMP's class and text). */
+	o = dispatch_in(&s, "{\"execute\":\"nothing\",\"id\":2}", NULL);
+	assert_true(json_object_object_get_ex(o, "return", NULL));
+	assert_true(json_object_object_get_ex(o, "id", &id));
+	assert_int_equal(json_object_get_int(id), 2);
+	json_object_put(o);
+	o = dispatch_in(&s, "{\"execute\":\"qmp_capabilities\",\"id\":3}", NULL);
+	assert_string_equal(get_str(o, "error", "class"), CONTROL_ERR_COMMAND_NOT_FOUND);
+	assert_string_equal(get_str(o, "error", "desc"),
+			    "Capabilities negotiation is already complete, command ignored");
+	assert_true(json_object_object_get_ex(o, "id", &id));
+	assert_int_equal(json_object_get_int(id), 3);
+	json_object_put(o);
+	assert_true(s.negotiated);
+}
+
+/* Every error reply has QMP's shape: {"error": {"class", "desc"}} (+ "id"). */
+static void test_error_shape(void **state)
+{
+	static const char *const lines[] = {
+		"{\"execute\":", "[]", "{\"execute\":\"no-such\",\"id\":1}",
+		"{\"execute\":\"fail\"}", "{\"execute\":\"echo\"}",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+		struct json_object *o = dispatch(lines[i], NULL), *e;
+
+		assert_true(json_object_object_get_ex(o, "error", &e));
+		assert_true(json_object_is_type(e, json_type_object));
+		assert_int_equal(json_object_object_length(e), 2);
+		assert_non_null(get_str(o, "error", "class"));
+		assert_non_null(get_str(o, "error", "desc"));
+		assert_int_equal(json_object_object_length(o),
+				 json_object_object_get_ex(o, "id", NULL) ? 2 : 1);
+		json_object_put(o);
+	}
 }
 
 static void test_command_names(void **state)
@@ -566,7 +657,7 @@ static int srv_setup(void **state)
 	memset(&fx, 0, sizeof(fx));
 	if (harness_unique_path(fx.path, sizeof(fx.path), "srv") < 0)
 		return -1;
-	if (control_server_create(fx.path, NULL, &fx.srv) < 0)
+	if (control_server_create(fx.path, &fx.srv) < 0)
 		return -1;
 	if (control_server_register(fx.srv, &srv_echo) < 0 ||
 	    control_server_register(fx.srv, &after) < 0)
@@ -637,7 +728,7 @@ static void test_srv_basic(void **state)
 {
 	struct control_client *c;
 	struct json_object *reply = NULL, *ret;
-	bool seen_echo = false, seen_qc = false;
+	bool seen_echo = false, seen_qc = false, seen_caps = false, seen_qv = false;
 
 	(void)state;
 	c = srv_connect();
@@ -649,12 +740,69 @@ static void test_srv_basic(void **state)
 
 		seen_echo |= strcmp(name, "echo") == 0;
 		seen_qc |= strcmp(name, "query-commands") == 0;
+		seen_caps |= strcmp(name, "qmp_capabilities") == 0;
+		seen_qv |= strcmp(name, "query-version") == 0;
 	}
-	assert_true(seen_echo && seen_qc);
+	assert_true(seen_echo && seen_qc && seen_caps && seen_qv);
 	json_object_put(reply);
 	/* No VM: the VM commands are not there. */
 	assert_int_equal(control_client_call(c, "stop", NULL, &reply), -EREMOTEIO);
 	assert_string_equal(control_reply_error_class(reply), CONTROL_ERR_COMMAND_NOT_FOUND);
+	json_object_put(reply);
+	control_client_close(c);
+}
+
+/* The wire side of negotiation: greeting, refusals, no events before it. */
+static void test_srv_negotiation(void **state)
+{
+	struct control_client *c = NULL;
+	struct json_object *g, *v, *reply = NULL;
+	const char *pre = "{\"execute\":\"echo\",\"arguments\":{\"s\":\"x\"},\"id\":1}\n";
+
+	(void)state;
+	assert_int_equal(control_client_connect_raw(fx.path, 5000, &c), 0);
+	control_client_set_timeout(c, 5000);
+	g = control_client_greeting(c);
+	assert_true(json_object_object_get_ex(g, "QMP", &g));
+	assert_true(json_object_object_get_ex(g, "capabilities", &v));
+	assert_true(json_object_is_type(v, json_type_array));
+	assert_int_equal(json_object_array_length(v), 0);
+	assert_true(json_object_object_get_ex(g, "version", &v));
+	assert_true(json_object_object_get_ex(v, "qemu", NULL));
+	assert_string_equal(get_str(v, "package", NULL), "vmferry " VMFERRY_VERSION);
+
+	/* Emitted before this client negotiated: never sent to it. */
+	control_server_emit_event(fx.srv, "EARLY", NULL);
+	assert_int_equal(control_client_send_raw(c, pre, strlen(pre)), 0);
+	assert_int_equal(control_client_read_reply(c, 5000, &reply), -EREMOTEIO);
+	assert_string_equal(control_reply_error_class(reply), CONTROL_ERR_COMMAND_NOT_FOUND);
+	assert_non_null(strstr(control_reply_error_desc(reply), "qmp_capabilities"));
+	json_object_put(reply);
+
+	assert_int_equal(control_client_call(c, "qmp_capabilities", NULL, NULL), 0);
+	assert_int_equal(control_client_call(c, "qmp_capabilities", NULL, &reply), -EREMOTEIO);
+	assert_string_equal(control_reply_error_class(reply), CONTROL_ERR_COMMAND_NOT_FOUND);
+	json_object_put(reply);
+	control_server_emit_event(fx.srv, "LATE", NULL);
+	assert_int_equal(control_client_wait_event(c, "LATE", 5000, NULL), 0);
+	/* LATE came after EARLY would have: EARLY was not sent. */
+	assert_int_equal(control_client_wait_event(c, "EARLY", 0, NULL), -ETIMEDOUT);
+	control_client_close(c);
+}
+
+static void test_srv_query_version(void **state)
+{
+	struct control_client *c = srv_connect();
+	struct json_object *reply = NULL, *ret, *v;
+
+	(void)state;
+	assert_int_equal(control_client_call(c, "query-version", NULL, &reply), 0);
+	ret = control_reply_return(reply);
+	assert_string_equal(get_str(ret, "package", NULL), "vmferry " VMFERRY_VERSION);
+	assert_true(json_object_object_get_ex(ret, "qemu", &v));
+	assert_true(json_object_object_get_ex(v, "major", NULL));
+	assert_true(json_object_object_get_ex(v, "minor", NULL));
+	assert_true(json_object_object_get_ex(v, "micro", NULL));
 	json_object_put(reply);
 	control_client_close(c);
 }
@@ -665,6 +813,8 @@ static void test_srv_register(void **state)
 
 	(void)state;
 	assert_int_equal(control_server_register(fx.srv, &srv_echo), -EEXIST);
+	bad.name = "qmp_capabilities"; /* the protocol's own */
+	assert_int_equal(control_server_register(fx.srv, &bad), -EEXIST);
 	bad.name = "Bad Name";
 	assert_int_equal(control_server_register(fx.srv, &bad), -EINVAL);
 	bad.name = "no-fn";
@@ -938,7 +1088,7 @@ static void test_path_in_use(void **state)
 	struct stat st;
 
 	(void)state;
-	assert_int_equal(control_server_create(fx.path, NULL, &other), -EADDRINUSE);
+	assert_int_equal(control_server_create(fx.path, &other), -EADDRINUSE);
 	assert_null(other);
 	/* The failed attempt left the live socket alone. */
 	assert_int_equal(stat(fx.path, &st), 0);
@@ -960,7 +1110,7 @@ static void test_path_stale_and_not_socket(void **state)
 	strcpy(addr.sun_path, path);
 	assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
 	close(fd);
-	assert_int_equal(control_server_create(path, NULL, &srv), 0);
+	assert_int_equal(control_server_create(path, &srv), 0);
 	assert_int_equal(control_server_start(srv), 0);
 	assert_int_equal(control_client_connect(path, 5000, &c), 0);
 	control_client_close(c);
@@ -971,7 +1121,7 @@ static void test_path_stale_and_not_socket(void **state)
 	fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
 	assert_true(fd >= 0);
 	close(fd);
-	assert_int_equal(control_server_create(path, NULL, &srv), -EEXIST);
+	assert_int_equal(control_server_create(path, &srv), -EEXIST);
 	assert_int_equal(access(path, F_OK), 0);
 	unlink(path);
 
@@ -981,13 +1131,13 @@ static void test_path_stale_and_not_socket(void **state)
 	memset(longpath, 'p', sizeof(longpath) - 1);
 	longpath[0] = '/';
 	longpath[sizeof(longpath) - 1] = '\0';
-	assert_int_equal(control_server_create(longpath, NULL, &srv), -ENAMETOOLONG);
+	assert_int_equal(control_server_create(longpath, &srv), -ENAMETOOLONG);
 
 	/* Nobody there: the client says so (after retrying for its timeout). */
 	assert_int_equal(harness_unique_path(path, sizeof(path), "absent"), 0);
 	assert_int_equal(control_client_connect(path, 100, &c), -ENOENT);
 	/* A server never started is destroyed cleanly. */
-	assert_int_equal(control_server_create(path, NULL, &srv), 0);
+	assert_int_equal(control_server_create(path, &srv), 0);
 	control_server_destroy(srv);
 	assert_int_not_equal(access(path, F_OK), 0);
 	control_server_destroy(NULL);
@@ -1012,10 +1162,14 @@ int main(void)
 		cmocka_unit_test(test_handler_errors),
 		cmocka_unit_test(test_blank_and_after),
 		cmocka_unit_test(test_format),
+		cmocka_unit_test(test_negotiation),
+		cmocka_unit_test(test_error_shape),
 		cmocka_unit_test(test_command_names),
 	};
 	const struct CMUnitTest server_tests[] = {
 		cmocka_unit_test(test_srv_basic),
+		cmocka_unit_test(test_srv_negotiation),
+		cmocka_unit_test(test_srv_query_version),
 		cmocka_unit_test(test_srv_register),
 		cmocka_unit_test(test_srv_bad_lines),
 		cmocka_unit_test(test_srv_oversized_line),

@@ -380,6 +380,16 @@ static void test_bad_magic(void **state)
 	t.bi->magic ^= 1;
 	test_expect_bad(&t, "bad magic", -1, -1);
 	test_image_free(&t);
+	/* No boot info at all: the verdict says it is not a dump. */
+	{
+		static const uint8_t junk[4096] = "not a dump";
+		struct json_object *verdict = NULL, *v;
+
+		assert_int_equal(verify_guest_image(junk, sizeof(junk), &verdict), -EBADMSG);
+		assert_true(json_object_object_get_ex(verdict, "dump", &v));
+		assert_false(json_object_get_boolean(v));
+		json_object_put(verdict);
+	}
 }
 
 static void test_bad_abi_and_workload(void **state)
@@ -1251,6 +1261,16 @@ static void test_main_exit_codes(void **state)
 	{
 		const char *argv[] = { "verify", "auto", bad };
 		assert_int_equal(test_run_main(3, argv), 1);
+	}
+	{
+		/* Any other file: said so, with its own status. */
+		static const char text[] = "root:x:0:0:root:/root:/bin/sh\n";
+		char *other = test_write_file((const uint8_t *)text, sizeof(text) - 1);
+		const char *argv[] = { "verify", "auto", other };
+
+		assert_int_equal(test_run_main(3, argv), VERIFY_EXIT_NOT_A_DUMP);
+		unlink(other);
+		free(other);
 	}
 	{
 		const char *argv[] = { "verify", "dirtier", dirtier };

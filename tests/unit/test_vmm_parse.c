@@ -1,4 +1,4 @@
-/* Unit tests: run-state table, size parsing, --guest spec parsing, ELF checks. */
+/* Unit tests: run-state table, size parsing and formatting, --guest spec parsing, ELF checks. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -48,6 +48,20 @@ static void test_runstate_every_pair(void **state)
 	assert_string_equal(vm_runstate_name(VM_RUNSTATE_RUNNING), "running");
 	assert_string_equal(vm_runstate_name(0), "invalid");
 	assert_string_equal(vm_runstate_name(VM_RUNSTATE__COUNT), "invalid");
+}
+
+static void test_size_format(void **state)
+{
+	char buf[32];
+
+	(void)state;
+	assert_string_equal(size_format(0, buf, sizeof(buf)), "0 B");
+	assert_string_equal(size_format(1023, buf, sizeof(buf)), "1023 B");
+	assert_string_equal(size_format(4096, buf, sizeof(buf)), "4.0 KiB");
+	assert_string_equal(size_format(327594803, buf, sizeof(buf)), "312.4 MiB");
+	assert_string_equal(size_format(1098437632ull, buf, sizeof(buf)), "1.02 GiB");
+	assert_string_equal(size_format(3ull << 40, buf, sizeof(buf)), "3.00 TiB");
+	assert_string_equal(size_format(UINT64_MAX, buf, sizeof(buf)), "16384.00 PiB");
 }
 
 static void test_size_parse(void **state)
@@ -193,6 +207,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_runstate_every_pair),
 		cmocka_unit_test(test_size_parse),
+		cmocka_unit_test(test_size_format),
 		cmocka_unit_test(test_guest_spec),
 		cmocka_unit_test(test_guest_elf_validation),
 	};
