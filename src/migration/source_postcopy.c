@@ -359,59 +359,110 @@ static struct stream *mig_rp_next_input(struct mig_src *src, uint64_t urgent_dow
 	}
 }
 
+/* The urgent channel's side of the return-path thread. */
+struct mig_rp_urgent {
+	uint64_t down_ns;          /* when it closed; 0 while open */
+	int r;                     /* how it closed */
+	char err[256];
+};
+
+/*
+ * A read on the urgent channel (@r, @msg, @err): serve a page request, or
+ * note that the channel closed.  True when the thread must stop.
+ */
+static bool mig_rp_from_urgent(struct mig_src *src, struct mig_rp_msg *msg, int r,
+			       const char *err, struct mig_rp_urgent *u)
+{
+	char why[256];
+
+	/* Page requests only, sent back on the urgent channel. */
+	if (!r && msg->type != MIG_RP_PAGE_REQ) {
+		mig_rp_msg_release(msg);
+		snprintf(why, sizeof(why), "message type %u (only page requests come back on it)",
+			 msg->type);
+		err = why;
+		r = -EBADMSG;
+	}
+	if (r && r != -EBADMSG && !u->down_ns) {
+		/*
+		 * Closed or broken.  A destination that completed closes it
+		 * too, and its COMPLETE on the return path may still be on the
+		 * way: read that alone for a while.
+		 */
+		u->down_ns = clock_monotonic_ns();
+		u->r = r;
+		snprintf(u->err, sizeof(u->err), "%s", err);
+		return false;
+	}
+	if (r) {
+		snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", err);
+		src->rp_result = r;
+		src->rp_fatal = r == -EBADMSG;
+		return true;
+	}
+	mig_rp_serve_request(src, msg);
+	src->rp_fatal = src->rp_result != 0;
+	return src->rp_result != 0;
+}
+
+/* A message on the return path.  True when the thread must stop. */
+static bool mig_rp_from_return_path(struct mig_src *src, struct mig_rp_msg *msg)
+{
+	switch (msg->type) {
+	case MIG_RP_PONG:
+		atomic_store(&src->ping_acked, msg->id);
+		return false;
+	case MIG_RP_RUNNING:
+		src->running = *msg;
+		atomic_store(&src->got_running, true);
+		return false;
+	case MIG_RP_PAGE_REQ:
+		mig_rp_serve_request(src, msg);
+		src->rp_fatal = src->rp_result != 0;
+		return src->rp_result != 0;
+	case MIG_RP_COMPLETE:
+		src->rp_result = 0;
+		return true;
+	case MIG_RP_ERROR:
+		snprintf(src->rp_error, sizeof(src->rp_error), "destination failed: %.400s", msg->text);
+		src->rp_result = msg->err ? msg->err : -EIO;
+		src->rp_fatal = true;
+		return true;
+	default:
+		mig_rp_msg_release(msg);
+		snprintf(src->rp_error, sizeof(src->rp_error),
+			 "return path: unexpected message type %u during postcopy", msg->type);
+		src->rp_result = -EPROTO;
+		src->rp_fatal = true;
+		return true;
+	}
+}
+
 static void *mig_rp_thread(void *arg)
 {
 	struct mig_src *src = arg;
+	struct mig_rp_urgent u = { .down_ns = 0 };
 	struct mig_rp_msg msg;
-	char err[256], urgent_err[256] = "";
-	uint64_t urgent_down_ns = 0;
-	int urgent_r = 0;
+	char err[256];
 
 	/* A faulting vCPU waits for this thread: it must not queue behind the
 	 * background push for a CPU. */
 	pthread_setname_np(pthread_self(), "pc-return");
 	thread_make_latency_critical();
 	for (;;) {
-		struct stream *from = mig_rp_next_input(src, urgent_down_ns);
+		struct stream *from = mig_rp_next_input(src, u.down_ns);
 		int r;
 
 		if (!from) {
 			/* The urgent channel closed and no COMPLETE followed. */
-			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", urgent_err);
-			src->rp_result = urgent_r;
+			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", u.err);
+			src->rp_result = u.r;
 			break;
 		}
 		r = mig_rp_read(from, &msg, err, sizeof(err));
 		if (from == &src->urgent) {
-			/* Page requests only, sent back on the urgent channel. */
-			if (!r && msg.type != MIG_RP_PAGE_REQ) {
-				mig_rp_msg_release(&msg);
-				snprintf(err, sizeof(err), "message type %u (only page requests "
-					 "come back on it)", msg.type);
-				r = -EBADMSG;
-			}
-			if (r && r != -EBADMSG && !urgent_down_ns) {
-				/*
-				 * Closed or broken.  A destination that completed closes
-				 * it too, and its COMPLETE on the return path may still
-				 * be on the way: read that alone for a while.
-				 */
-				urgent_down_ns = clock_monotonic_ns();
-				urgent_r = r;
-				snprintf(urgent_err, sizeof(urgent_err), "%s", err);
-				continue;
-			}
-			if (r) {
-				snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s", err);
-				src->rp_result = r;
-				src->rp_fatal = r == -EBADMSG;
+			if (mig_rp_from_urgent(src, &msg, r, err, &u))
 				break;
-			}
-			mig_rp_serve_request(src, &msg);
-			if (src->rp_result) {
-				src->rp_fatal = true;
-				break;
-			}
 			continue;
 		}
 		if (r) {
@@ -420,34 +471,9 @@ static void *mig_rp_thread(void *arg)
 			src->rp_fatal = r == -EBADMSG; /* malformed, not merely broken */
 			break;
 		}
-		if (msg.type == MIG_RP_PONG) {
-			atomic_store(&src->ping_acked, msg.id);
-		} else if (msg.type == MIG_RP_RUNNING) {
-			src->running = msg;
-			atomic_store(&src->got_running, true);
-		} else if (msg.type == MIG_RP_PAGE_REQ) {
-			mig_rp_serve_request(src, &msg);
-			if (src->rp_result) {
-				src->rp_fatal = true;
-				break;
-			}
-		} else if (msg.type == MIG_RP_COMPLETE) {
-			src->rp_result = 0;
+		if (mig_rp_from_return_path(src, &msg))
 			break;
-		} else if (msg.type == MIG_RP_ERROR) {
-			snprintf(src->rp_error, sizeof(src->rp_error), "destination failed: %.400s", msg.text);
-			src->rp_result = msg.err ? msg.err : -EIO;
-			src->rp_fatal = true;
-			break;
-		} else {
-			mig_rp_msg_release(&msg);
-			snprintf(src->rp_error, sizeof(src->rp_error),
-				 "return path: unexpected message type %u during postcopy", msg.type);
-			src->rp_result = -EPROTO;
-			src->rp_fatal = true;
-			break;
-		}
-		if (stream_error(&src->urgent) && !urgent_down_ns) {
+		if (stream_error(&src->urgent) && !u.down_ns) {
 			snprintf(src->rp_error, sizeof(src->rp_error), "urgent channel: %s",
 				 src->urgent.errmsg);
 			src->rp_result = stream_error(&src->urgent);
