@@ -361,7 +361,61 @@ static int cli_resume(struct control_client *c, const char *uri, bool quiet, boo
 	return cli_watch(c, false, quiet, tty, timeout_s, failures);
 }
 
-int migration_cli_main(int argc, char **argv)
+/* What `vmferry migrate` was asked to do. */
+struct cli_opts {
+	const char *control, *uri, *cpr_uri;
+	uint64_t timeout_s, after_passes; /* after_passes 0: not hybrid */
+	uint64_t downtime_ms, bandwidth, convergence_s;
+	bool downtime_given, bandwidth_given, convergence_given;
+	bool pure_postcopy, preempt, postcopy, resume, auto_converge, quiet;
+};
+
+/* One option: 0, or the exit status to end with (usage error, or --help). */
+static int cli_parse_option(int opt, struct cli_opts *o)
+{
+	switch (opt) {
+	case 'C': o->control = optarg; return 0;
+	case 'd':
+		o->downtime_given = true;
+		return size_parse_uint(optarg, 1, 2000000, &o->downtime_ms)
+		       ? cli_usage_error("--downtime-limit: '%s' is not a number of milliseconds "
+					 "in 1..2000000", optarg) : 0;
+	case 'b':
+		o->bandwidth_given = true;
+		return size_parse(optarg, &o->bandwidth) || o->bandwidth > INT64_MAX
+		       ? cli_usage_error("--max-bandwidth: '%s' is not a rate in bytes/s (e.g. "
+					 "100M)", optarg) : 0;
+	case 't':
+		o->convergence_given = true;
+		return size_parse_uint(optarg, 0, 86400, &o->convergence_s)
+		       ? cli_usage_error("--convergence-timeout: '%s' is not a number of seconds "
+					 "in 0..86400", optarg) : 0;
+	case 'a': o->auto_converge = true; return 0;
+	case 'P': o->pure_postcopy = true; return 0;
+	case 'A':
+		return size_parse_uint(optarg, 1, 1000000, &o->after_passes)
+		       ? cli_usage_error("--postcopy-after-passes: '%s' is not a number of passes "
+					 "in 1..1000000", optarg) : 0;
+	case 'n': o->preempt = false; return 0;
+	case 'c': o->cpr_uri = optarg; return 0;
+	case 'R': o->resume = true; return 0;
+	case 'T':
+		return size_parse_uint(optarg, 1, 86400, &o->timeout_s)
+		       ? cli_usage_error("--timeout: '%s' is not a number of seconds in 1..86400",
+					 optarg) : 0;
+	case 'q': o->quiet = true; return 0;
+	case 'h':
+		cli_usage(stdout);
+		return -1; /* exit 0 */
+	default:
+		/* getopt said which option. */
+		fputs(CLI_USAGE_LINE, stderr);
+		return 2;
+	}
+}
+
+/* The command line: 0, -1 (--help was printed), or the exit status to end with. */
+static int cli_parse(int argc, char **argv, struct cli_opts *o)
 {
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'C' },
@@ -379,126 +433,106 @@ int migration_cli_main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
-	const char *control = NULL, *uri, *cpr_uri = NULL;
-	struct json_object *params = NULL, *caps = NULL, *cap_list, *args, *q = NULL;
-	struct control_client *c = NULL;
-	uint64_t timeout_s = 600, after_passes = 0; /* 0: not hybrid */
-	uint64_t downtime_ms = 0, bandwidth = 0, convergence_s = 0;
-	bool downtime_given = false, bandwidth_given = false, convergence_given = false;
-	bool pure_postcopy = false, preempt = true, postcopy, resume = false;
-	bool auto_converge = false, quiet = false, tty = isatty(STDERR_FILENO);
-	int opt, status = 1;
+	int opt, r;
 
+	*o = (struct cli_opts){ .timeout_s = 600, .preempt = true };
 	optind = 1;
 	opterr = 1; /* getopt names an unknown option or a missing argument */
-	while ((opt = getopt_long(argc, argv, "C:qh", opts, NULL)) != -1) {
-		switch (opt) {
-		case 'C': control = optarg; break;
-		case 'd':
-			if (size_parse_uint(optarg, 1, 2000000, &downtime_ms))
-				return cli_usage_error("--downtime-limit: '%s' is not a number of "
-						       "milliseconds in 1..2000000", optarg);
-			downtime_given = true;
-			break;
-		case 'b':
-			if (size_parse(optarg, &bandwidth) || bandwidth > INT64_MAX)
-				return cli_usage_error("--max-bandwidth: '%s' is not a rate in bytes/s "
-						       "(e.g. 100M)", optarg);
-			bandwidth_given = true;
-			break;
-		case 't':
-			if (size_parse_uint(optarg, 0, 86400, &convergence_s))
-				return cli_usage_error("--convergence-timeout: '%s' is not a number of "
-						       "seconds in 0..86400", optarg);
-			convergence_given = true;
-			break;
-		case 'a': auto_converge = true; break;
-		case 'P': pure_postcopy = true; break;
-		case 'A':
-			if (size_parse_uint(optarg, 1, 1000000, &after_passes))
-				return cli_usage_error("--postcopy-after-passes: '%s' is not a number of "
-						       "passes in 1..1000000", optarg);
-			break;
-		case 'n': preempt = false; break;
-		case 'c': cpr_uri = optarg; break;
-		case 'R': resume = true; break;
-		case 'T':
-			if (size_parse_uint(optarg, 1, 86400, &timeout_s))
-				return cli_usage_error("--timeout: '%s' is not a number of seconds in "
-						       "1..86400", optarg);
-			break;
-		case 'q': quiet = true; break;
-		case 'h':
-			cli_usage(stdout);
-			return 0;
-		default:
-			/* getopt said which option. */
-			fputs(CLI_USAGE_LINE, stderr);
-			return 2;
-		}
-	}
-	if (!control)
+	while ((opt = getopt_long(argc, argv, "C:qh", opts, NULL)) != -1)
+		if ((r = cli_parse_option(opt, o)) != 0)
+			return r; /* -1: --help, exit 0 */
+	if (!o->control)
 		return cli_usage_error("--control PATH is required: the source VM's control socket");
 	if (optind == argc)
 		return cli_usage_error("missing the destination URI (tcp:HOST:PORT or unix:PATH)");
 	if (optind < argc - 1)
 		return cli_usage_error("one destination URI only; unexpected '%s'", argv[optind + 1]);
-	uri = argv[optind];
-	postcopy = pure_postcopy || after_passes;
-	if (pure_postcopy && after_passes)
+	o->uri = argv[optind];
+	o->postcopy = o->pure_postcopy || o->after_passes;
+	if (o->pure_postcopy && o->after_passes)
 		return cli_usage_error("--postcopy and --postcopy-after-passes exclude each other: "
 				       "pure postcopy switches before the first pass");
-	if (cpr_uri && (postcopy || !preempt))
+	if (o->cpr_uri && (o->postcopy || !o->preempt))
 		return cli_usage_error("--cpr cannot be combined with postcopy options: a live "
 				       "update moves no RAM");
-	if (!postcopy && !preempt)
+	if (!o->postcopy && !o->preempt)
 		return cli_usage_error("--no-postcopy-preempt needs --postcopy or "
 				       "--postcopy-after-passes");
-	if (resume && (postcopy || !preempt || cpr_uri || auto_converge || downtime_given ||
-		       bandwidth_given || convergence_given))
+	if (o->resume && (o->postcopy || !o->preempt || o->cpr_uri || o->auto_converge ||
+			  o->downtime_given || o->bandwidth_given || o->convergence_given))
 		return cli_usage_error("--resume takes the paused migration as it is: only "
 				       "--timeout and --quiet go with it");
-	if (resume) {
-		if (cli_connect(control, &c) < 0)
-			return 1;
-		status = cli_resume(c, uri, quiet, tty, timeout_s);
-		control_client_close(c);
-		return status;
-	}
+	return 0;
+}
 
-	/*
-	 * The postcopy settings and the mode always, so none left by an earlier
-	 * run applies (a lingering postcopy-ram would make a precopy run advise
-	 * postcopy, and a live update refuse); the others when given.
-	 */
-	params = json_object_new_object();
-	if (downtime_given)
-		json_object_object_add(params, "downtime-limit", json_object_new_int64((int64_t)downtime_ms));
-	if (bandwidth_given)
-		json_object_object_add(params, "max-bandwidth", json_object_new_int64((int64_t)bandwidth));
-	if (convergence_given)
-		json_object_object_add(params, "convergence-timeout",
-				       json_object_new_int64((int64_t)convergence_s));
-	json_object_object_add(params, "postcopy-after-passes",
-			       json_object_new_int64((int64_t)after_passes));
-	json_object_object_add(params, "mode", json_object_new_string(cpr_uri ? "cpr-transfer"
-									       : "normal"));
-	caps = json_object_new_object();
-	cap_list = json_object_new_array();
-	json_object_object_add(caps, "capabilities", cap_list);
-	cli_cap_add(cap_list, "postcopy-ram", postcopy);
-	if (postcopy)
-		cli_cap_add(cap_list, "postcopy-preempt", preempt);
-	if (auto_converge)
+/*
+ * The parameters and capabilities this migration runs with.  The postcopy
+ * settings and the mode always, so none left by an earlier run applies (a
+ * lingering postcopy-ram would make a precopy run advise postcopy, and a
+ * live update refuse); the others when given.
+ */
+static void cli_settings(const struct cli_opts *o, struct json_object **params,
+			 struct json_object **caps)
+{
+	struct json_object *cap_list = json_object_new_array();
+
+	*params = json_object_new_object();
+	if (o->downtime_given)
+		json_object_object_add(*params, "downtime-limit",
+				       json_object_new_int64((int64_t)o->downtime_ms));
+	if (o->bandwidth_given)
+		json_object_object_add(*params, "max-bandwidth",
+				       json_object_new_int64((int64_t)o->bandwidth));
+	if (o->convergence_given)
+		json_object_object_add(*params, "convergence-timeout",
+				       json_object_new_int64((int64_t)o->convergence_s));
+	json_object_object_add(*params, "postcopy-after-passes",
+			       json_object_new_int64((int64_t)o->after_passes));
+	json_object_object_add(*params, "mode", json_object_new_string(o->cpr_uri ? "cpr-transfer"
+										  : "normal"));
+	*caps = json_object_new_object();
+	json_object_object_add(*caps, "capabilities", cap_list);
+	cli_cap_add(cap_list, "postcopy-ram", o->postcopy);
+	if (o->postcopy)
+		cli_cap_add(cap_list, "postcopy-preempt", o->preempt);
+	if (o->auto_converge)
 		cli_cap_add(cap_list, "auto-converge", true);
+}
 
-	if (cli_connect(control, &c) < 0)
-		goto out;
-	/*
-	 * Parameters and capabilities change nothing once a migration runs,
-	 * except on a destination still waiting for its stream, whose
-	 * postcopy-ram this must not turn off: refuse both before touching them.
-	 */
+/* The migrate command's arguments: the main channel, and the cpr one. */
+static struct json_object *cli_migrate_args(const struct cli_opts *o)
+{
+	struct json_object *args = json_object_new_object(), *chans, *ch;
+
+	if (!o->cpr_uri) {
+		json_object_object_add(args, "uri", json_object_new_string(o->uri));
+		return args;
+	}
+	chans = json_object_new_array();
+	ch = json_object_new_object();
+	json_object_object_add(ch, "type", json_object_new_string("main"));
+	json_object_object_add(ch, "uri", json_object_new_string(o->uri));
+	json_object_array_add(chans, ch);
+	ch = json_object_new_object();
+	json_object_object_add(ch, "type", json_object_new_string("cpr"));
+	json_object_object_add(ch, "uri", json_object_new_string(o->cpr_uri));
+	json_object_array_add(chans, ch);
+	json_object_object_add(args, "channels", chans);
+	return args;
+}
+
+/*
+ * Set up and start the migration on @c.  0, or 1 (said why).  Parameters
+ * and capabilities change nothing once a migration runs, except on a
+ * destination still waiting for its stream, whose postcopy-ram this must
+ * not turn off: both are refused before anything is touched.
+ */
+static int cli_start(struct control_client *c, const struct cli_opts *o)
+{
+	struct json_object *params, *caps, *q = NULL, *args = NULL;
+	int r = 1;
+
+	cli_settings(o, &params, &caps);
 	if (cli_call(c, "query-migrate", NULL, &q))
 		goto out;
 	if (!cli_finished(cli_str(q, "status"))) {
@@ -512,34 +546,34 @@ int migration_cli_main(int argc, char **argv)
 	    cli_call(c, "migrate-set-capabilities", caps, NULL))
 		goto out;
 	/* Before `migrate`: the migration switches before its first pass. */
-	if (pure_postcopy && cli_call(c, "migrate-start-postcopy", NULL, NULL))
+	if (o->pure_postcopy && cli_call(c, "migrate-start-postcopy", NULL, NULL))
 		goto out;
-	args = json_object_new_object();
-	if (cpr_uri) {
-		struct json_object *chans = json_object_new_array(), *ch;
-
-		ch = json_object_new_object();
-		json_object_object_add(ch, "type", json_object_new_string("main"));
-		json_object_object_add(ch, "uri", json_object_new_string(uri));
-		json_object_array_add(chans, ch);
-		ch = json_object_new_object();
-		json_object_object_add(ch, "type", json_object_new_string("cpr"));
-		json_object_object_add(ch, "uri", json_object_new_string(cpr_uri));
-		json_object_array_add(chans, ch);
-		json_object_object_add(args, "channels", chans);
-	} else {
-		json_object_object_add(args, "uri", json_object_new_string(uri));
-	}
-	if (cli_call(c, "migrate", args, NULL)) {
-		json_object_put(args);
-		goto out;
-	}
-	json_object_put(args);
-	status = cli_watch(c, cpr_uri != NULL, quiet, tty, timeout_s, UINT64_MAX);
+	args = cli_migrate_args(o);
+	r = cli_call(c, "migrate", args, NULL) ? 1 : 0;
 out:
+	json_object_put(args);
 	json_object_put(q);
 	json_object_put(caps);
 	json_object_put(params);
+	return r;
+}
+
+int migration_cli_main(int argc, char **argv)
+{
+	struct control_client *c = NULL;
+	struct cli_opts o;
+	bool tty = isatty(STDERR_FILENO);
+	int status = cli_parse(argc, argv, &o);
+
+	if (status)
+		return status < 0 ? 0 : status;
+	if (cli_connect(o.control, &c) < 0)
+		return 1;
+	if (o.resume)
+		status = cli_resume(c, o.uri, o.quiet, tty, o.timeout_s);
+	else
+		status = cli_start(c, &o) ? 1
+			 : cli_watch(c, o.cpr_uri != NULL, o.quiet, tty, o.timeout_s, UINT64_MAX);
 	control_client_close(c);
 	return status;
 }
