@@ -1,6 +1,18 @@
 /* Control commands of the migration module, its parameters, and query-migrate. */
 #include "migration/internal.h"
 
+/*
+ * A time in ms or µs for query-migrate: a JSON number with 3 decimals
+ * (nanosecond resolution), not the 17 digits of a plain double.
+ */
+static struct json_object *mig_json_fixed3(double v)
+{
+	struct json_object *o = json_object_new_double(v);
+
+	json_object_set_serializer(o, json_object_double_to_json_string, (void *)"%.3f", NULL);
+	return o;
+}
+
 /* ---- query ---- */
 
 struct json_object *migration_query(struct migration *m)
@@ -43,10 +55,10 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "uri", json_object_new_string(snap.uri));
 	json_object_object_add(o, "cpu-throttle-max", json_object_new_int((int)atomic_load(&m->throttle_max)));
 	total_ns = snap.start_ns ? (snap.end_ns ? snap.end_ns : now) - snap.start_ns : 0;
-	json_object_object_add(o, "total-time", json_object_new_double((double)total_ns / 1e6));
-	json_object_object_add(o, "setup-time", json_object_new_double((double)snap.setup_ns / 1e6));
+	json_object_object_add(o, "total-time", mig_json_fixed3((double)total_ns / 1e6));
+	json_object_object_add(o, "setup-time", mig_json_fixed3((double)snap.setup_ns / 1e6));
 	if (snap.downtime_known) {
-		json_object_object_add(o, "downtime", json_object_new_double((double)snap.downtime_ns / 1e6));
+		json_object_object_add(o, "downtime", mig_json_fixed3((double)snap.downtime_ns / 1e6));
 		json_object_object_add(o, "downtime-measured",
 				       json_object_new_string(snap.downtime_same_clock
 							      ? "source-vcpu-stop-to-destination-vcpu-run"
@@ -81,15 +93,15 @@ struct json_object *migration_query(struct migration *m)
 	if (m->incoming && snap.pc_stats_valid) {
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(snap.pc_stats.requests));
 		json_object_object_add(o, "postcopy-faults", json_object_new_uint64(snap.pc_stats.faults));
-		json_object_object_add(o, "fault-latency-p50-us", json_object_new_double((double)snap.pc_stats.latency_p50_ns / 1e3));
-		json_object_object_add(o, "fault-latency-p99-us", json_object_new_double((double)snap.pc_stats.latency_p99_ns / 1e3));
-		json_object_object_add(o, "fault-latency-max-us", json_object_new_double((double)snap.pc_stats.latency_max_ns / 1e3));
-		json_object_object_add(o, "vcpu-blocked-time", json_object_new_double((double)snap.pc_stats.blocked_ns / 1e6));
+		json_object_object_add(o, "fault-latency-p50-us", mig_json_fixed3((double)snap.pc_stats.latency_p50_ns / 1e3));
+		json_object_object_add(o, "fault-latency-p99-us", mig_json_fixed3((double)snap.pc_stats.latency_p99_ns / 1e3));
+		json_object_object_add(o, "fault-latency-max-us", mig_json_fixed3((double)snap.pc_stats.latency_max_ns / 1e3));
+		json_object_object_add(o, "vcpu-blocked-time", mig_json_fixed3((double)snap.pc_stats.blocked_ns / 1e6));
 	}
 	if (m->incoming || atomic_load(&m->prealloc_bytes)) {
 		json_object_object_add(o, "prealloc-bytes", json_object_new_uint64(atomic_load(&m->prealloc_bytes)));
 		json_object_object_add(o, "prealloc-time",
-				       json_object_new_double((double)atomic_load(&m->prealloc_ns) / 1e6));
+				       mig_json_fixed3((double)atomic_load(&m->prealloc_ns) / 1e6));
 	}
 	if (atomic_load(&m->postcopy_pauses)) {
 		json_object_object_add(o, "postcopy-pauses",

@@ -104,6 +104,17 @@ static void ts_expect_moved(const struct ts_view *src, struct harness_vm *dst, b
 		(long long)d.counter, d.checksum, (long long)d.parts_loaded);
 }
 
+/* No number in @text has more than 3 decimals (query-migrate's times). */
+static void ts_expect_3_decimals(const char *text)
+{
+	for (const char *p = strchr(text, '.'); p; p = strchr(p + 1, '.')) {
+		size_t digits = strspn(p + 1, "0123456789");
+
+		if (p > text && p[-1] >= '0' && p[-1] <= '9' && digits > 3)
+			fail_msg("a number with %zu decimals in %s", digits, text);
+	}
+}
+
 static void ts_expect_completed(struct harness_vm *src)
 {
 	struct json_object *q = migtest_wait_migration(src);
@@ -111,6 +122,7 @@ static void ts_expect_completed(struct harness_vm *src)
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("migration %s: %s", harness_json_str(q, "status"),
 			 harness_json_str(q, "error-desc"));
+	ts_expect_3_decimals(json_object_to_json_string(q));
 	json_object_put(q);
 }
 
