@@ -15,6 +15,28 @@ static struct json_object *mig_json_fixed3(double v)
 
 /* ---- query ---- */
 
+/* QMP's "ram" object (QEMU's names; "duplicate" is its word for zero pages). */
+static void mig_query_ram(struct migration *m, struct json_object *o)
+{
+	struct json_object *ram = json_object_new_object();
+	uint64_t normal = atomic_load(&m->normal_pages);
+
+	json_object_object_add(ram, "transferred", json_object_new_uint64(atomic_load(&m->transferred)));
+	json_object_object_add(ram, "remaining", json_object_new_uint64(atomic_load(&m->remaining_bytes)));
+	json_object_object_add(ram, "total", json_object_new_uint64(m->total_bytes));
+	json_object_object_add(ram, "duplicate", json_object_new_uint64(atomic_load(&m->zero_pages)));
+	json_object_object_add(ram, "normal", json_object_new_uint64(normal));
+	json_object_object_add(ram, "normal-bytes", json_object_new_uint64(normal * MIG_PAGE_BYTES));
+	json_object_object_add(ram, "mbps", mig_json_fixed3((double)atomic_load(&m->throughput_bps) *
+							   8 / 1e6));
+	json_object_object_add(ram, "dirty-pages-rate",
+			       json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
+	json_object_object_add(ram, "dirty-sync-count",
+			       json_object_new_uint64(atomic_load(&m->dirty_sync_count)));
+	json_object_object_add(ram, "page-size", json_object_new_uint64(MIG_PAGE_BYTES));
+	json_object_object_add(o, "ram", ram);
+}
+
 struct json_object *migration_query(struct migration *m)
 {
 	struct json_object *o = json_object_new_object();
@@ -77,6 +99,7 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "dirty-pages-rate", json_object_new_uint64(atomic_load(&m->dirty_pages_rate)));
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
+	mig_query_ram(m, o);
 	/* Source: live while postcopy runs, kept at the end. */
 	if (!m->incoming && (snap.status == MIG_STATUS_POSTCOPY_ACTIVE ||
 			     snap.status == MIG_STATUS_POSTCOPY_PAUSED ||
@@ -117,54 +140,125 @@ struct json_object *migration_query(struct migration *m)
 
 /* ---- control commands ---- */
 
+/* A member of @o that is a string, or NULL. */
+static const char *mig_json_string(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+	       ? json_object_get_string(v) : NULL;
+}
+
 /*
- * migrate {"uri": URI} or {"channels": [{"type": "main", "uri": URI},
- * {"type": "cpr", "uri": "unix:PATH"}]}: the main channel's and the cpr
- * channel's (NULL) URIs.  Borrowed from @args.
+ * QMP's channel address, {"transport": "socket", "type": "inet", "host": H,
+ * "port": P} or {..., "type": "unix", "path": P}, as our URI in @uri.
+ * 0 or -EINVAL with @err.
  */
-static int mig_parse_channels(struct json_object *args, const char **main_uri,
-			      const char **cpr_uri, char *err, size_t errlen)
+static int mig_qmp_addr_uri(struct json_object *addr, char *uri, size_t len, char *err,
+			    size_t errlen)
+{
+	const char *transport = mig_json_string(addr, "transport");
+	const char *type = mig_json_string(addr, "type");
+	struct json_object *port;
+
+	if (!json_object_is_type(addr, json_type_object) || !transport || !type) {
+		snprintf(err, errlen, "addr must be {\"transport\": \"socket\", \"type\": "
+			 "\"inet\"|\"unix\", ...}");
+		return -EINVAL;
+	}
+	if (strcmp(transport, "socket")) {
+		snprintf(err, errlen, "transport '%s' is not supported (socket only)", transport);
+		return -EINVAL;
+	}
+	if (!strcmp(type, "unix") && mig_json_string(addr, "path")) {
+		snprintf(uri, len, "unix:%s", mig_json_string(addr, "path"));
+		return 0;
+	}
+	if (!strcmp(type, "inet") && mig_json_string(addr, "host") &&
+	    json_object_object_get_ex(addr, "port", &port) &&
+	    (json_object_is_type(port, json_type_string) || json_object_is_type(port, json_type_int))) {
+		const char *host = mig_json_string(addr, "host");
+
+		snprintf(uri, len, strchr(host, ':') ? "tcp:[%s]:%s" : "tcp:%s:%s", host,
+			 json_object_get_string(port));
+		return 0;
+	}
+	snprintf(err, errlen, "addr: type '%s' needs %s (inet: host and port; unix: path)", type,
+		 strcmp(type, "inet") && strcmp(type, "unix") ? "to be inet or unix" : "its members");
+	return -EINVAL;
+}
+
+/*
+ * One element of "channels", ours ({"type": T, "uri": URI}) or QMP's
+ * ({"channel-type": T, "addr": {...}}): its type in *@type, its URI in @uri.
+ */
+static int mig_parse_channel(struct json_object *c, size_t i, const char **type, char *uri,
+			     size_t len, char *err, size_t errlen)
+{
+	struct json_object *addr;
+	const char *u;
+
+	if (!json_object_is_type(c, json_type_object) || json_object_object_length(c) != 2)
+		goto bad;
+	*type = mig_json_string(c, "type");
+	u = mig_json_string(c, "uri");
+	if (*type && u) {
+		snprintf(uri, len, "%s", u);
+		return 0;
+	}
+	*type = mig_json_string(c, "channel-type");
+	if (*type && json_object_object_get_ex(c, "addr", &addr))
+		return mig_qmp_addr_uri(addr, uri, len, err, errlen);
+bad:
+	snprintf(err, errlen, "channels[%zu] must be {\"type\": \"main\"|\"cpr\", \"uri\": "
+		 "URI} or QMP's {\"channel-type\": ..., \"addr\": {...}}", i);
+	return -EINVAL;
+}
+
+/*
+ * migrate {"uri": URI} or {"channels": [main, cpr]}: the main channel's URI
+ * in @main_uri and the cpr channel's in @cpr_uri ("" when none).
+ */
+static int mig_parse_channels(struct json_object *args, char main_uri[CHANNEL_URI_BYTES],
+			      char cpr_uri[CHANNEL_URI_BYTES], char *err, size_t errlen)
 {
 	struct json_object *uri = NULL, *chans = NULL;
 	bool has_uri = json_object_object_get_ex(args, "uri", &uri);
 	bool has_chans = json_object_object_get_ex(args, "channels", &chans);
 	size_t n;
 
-	*main_uri = *cpr_uri = NULL;
+	main_uri[0] = cpr_uri[0] = 0;
 	if (has_uri == has_chans) {
 		snprintf(err, errlen, "give either \"uri\" or \"channels\"");
 		return -EINVAL;
 	}
 	if (has_uri) {
-		*main_uri = json_object_get_string(uri);
+		snprintf(main_uri, CHANNEL_URI_BYTES, "%s", json_object_get_string(uri));
 		return 0;
 	}
 	n = json_object_array_length(chans);
 	for (size_t i = 0; i < n; i++) {
-		struct json_object *c = json_object_array_get_idx(chans, i), *type, *u;
+		char u[CHANNEL_URI_BYTES];
 		const char *t;
+		char *slot;
+		int r = mig_parse_channel(json_object_array_get_idx(chans, i), i, &t, u, sizeof(u),
+					  err, errlen);
 
-		if (!json_object_is_type(c, json_type_object) ||
-		    !json_object_object_get_ex(c, "type", &type) ||
-		    !json_object_is_type(type, json_type_string) ||
-		    !json_object_object_get_ex(c, "uri", &u) ||
-		    !json_object_is_type(u, json_type_string) || json_object_object_length(c) != 2) {
-			snprintf(err, errlen, "channels[%zu] must be {\"type\": \"main\"|\"cpr\", "
-				 "\"uri\": URI}", i);
-			return -EINVAL;
-		}
-		t = json_object_get_string(type);
+		if (r)
+			return r;
 		if (strcmp(t, "main") && strcmp(t, "cpr")) {
 			snprintf(err, errlen, "channels[%zu]: unknown type '%s' (main or cpr)", i, t);
 			return -EINVAL;
 		}
-		if (*(!strcmp(t, "main") ? main_uri : cpr_uri)) {
-			snprintf(err, errlen, "channels: more than one '%s' channel", t);
+		slot = !strcmp(t, "main") ? main_uri : cpr_uri;
+		if (slot[0] || !u[0]) {
+			snprintf(err, errlen, slot[0] ? "channels: more than one '%s' channel"
+				 : "channels: an empty '%s' address", t);
 			return -EINVAL;
 		}
-		*(!strcmp(t, "main") ? main_uri : cpr_uri) = json_object_get_string(u);
+		snprintf(slot, CHANNEL_URI_BYTES, "%s", u);
 	}
-	if (!*main_uri) {
+	if (!main_uri[0]) {
 		snprintf(err, errlen, "channels: no 'main' channel");
 		return -EINVAL;
 	}
@@ -175,23 +269,23 @@ static int mig_cmd_migrate(void *opaque, struct json_object *args, struct json_o
 			   char *err, size_t errlen)
 {
 	struct migration *m = opaque;
-	const char *uri, *cpr_uri;
+	char uri[CHANNEL_URI_BYTES], cpr_uri[CHANNEL_URI_BYTES];
 	struct json_object *resume;
 	int r;
 
-	(void)ret;
-	r = mig_parse_channels(args, &uri, &cpr_uri, err, errlen);
+	(void)ret; /* "detach" (QMP's, for old clients) is accepted and means nothing */
+	r = mig_parse_channels(args, uri, cpr_uri, err, errlen);
 	if (r)
 		return r;
 	if (json_object_object_get_ex(args, "resume", &resume) && json_object_get_boolean(resume)) {
-		if (cpr_uri) {
+		if (cpr_uri[0]) {
 			snprintf(err, errlen, "resume continues a postcopy migration: it takes no cpr "
 				 "channel");
 			return -EINVAL;
 		}
 		return migration_resume(m, uri, err, errlen);
 	}
-	return migration_start_channels(m, uri, cpr_uri, err, errlen);
+	return migration_start_channels(m, uri, cpr_uri[0] ? cpr_uri : NULL, err, errlen);
 }
 
 static int mig_cmd_cancel(void *opaque, struct json_object *args, struct json_object **ret,
@@ -445,6 +539,7 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		{ "uri", CONTROL_ARG_STRING, false },
 		{ "channels", CONTROL_ARG_ARRAY, false },
 		{ "resume", CONTROL_ARG_BOOL, false },
+		{ "detach", CONTROL_ARG_BOOL, false },
 		{ NULL, 0, false },
 	};
 	static const struct control_arg_spec recover_args[] = {

@@ -95,6 +95,87 @@ static void test_matrix(void **state)
 	}
 }
 
+/* A channel in QMP's shape: {"channel-type": main, "addr": {...}}. */
+static struct json_object *qmp_channel(const char *transport, const char *type,
+				       const char *host, const char *port, const char *path)
+{
+	struct json_object *c = json_object_new_object(), *addr = json_object_new_object();
+
+	json_object_object_add(addr, "transport", json_object_new_string(transport));
+	json_object_object_add(addr, "type", json_object_new_string(type));
+	if (host)
+		json_object_object_add(addr, "host", json_object_new_string(host));
+	if (port)
+		json_object_object_add(addr, "port", json_object_new_string(port));
+	if (path)
+		json_object_object_add(addr, "path", json_object_new_string(path));
+	json_object_object_add(c, "channel-type", json_object_new_string("main"));
+	json_object_object_add(c, "addr", addr);
+	return c;
+}
+
+/* migrate {"channels": [@chan], "detach": true}; 0 or the call's error. */
+static int qmp_migrate(struct harness_vm *src, struct json_object *chan)
+{
+	struct json_object *args = json_object_new_object(), *chans = json_object_new_array();
+	int r;
+
+	json_object_array_add(chans, chan);
+	json_object_object_add(args, "channels", chans);
+	json_object_object_add(args, "detach", json_object_new_boolean(true));
+	r = harness_call(src, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
+/*
+ * QMP's spellings: channels as {"channel-type", "addr"} over TCP and a UNIX
+ * socket, "detach" accepted, the "ram" object in query-migrate; transports
+ * we do not have are refused by name.
+ */
+static void test_qmp_spellings(void **state)
+{
+	(void)state;
+	for (int unix_sock = 0; unix_sock < 2; unix_sock++) {
+		struct harness_vm src, dst;
+		struct json_object *q, *ram;
+		char uri[HARNESS_PATH_BYTES + 8], host[64] = "", port[16] = "";
+
+		migtest_spawn(&src, "64M", "1", "incrementer", NULL);
+		assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
+		migtest_spawn_incoming(&dst, "64M", "1", unix_sock, uri, sizeof(uri));
+		assert_int_equal(qmp_migrate(&src, qmp_channel("exec", "unix", NULL, NULL, "/x")),
+				 -EREMOTEIO);
+		assert_non_null(strstr(src.error, "transport 'exec' is not supported"));
+		assert_int_equal(qmp_migrate(&src, qmp_channel("socket", "vsock", NULL, NULL, NULL)),
+				 -EREMOTEIO);
+		if (unix_sock) {
+			assert_int_equal(qmp_migrate(&src, qmp_channel("socket", "unix", NULL, NULL,
+								       uri + 5)), 0);
+		} else {
+			assert_int_equal(sscanf(uri, "tcp:%63[^:]:%15s", host, port), 2);
+			assert_int_equal(qmp_migrate(&src, qmp_channel("socket", "inet", host, port,
+								       NULL)), 0);
+		}
+		q = migtest_wait_migration(&src);
+		if (strcmp(harness_json_str(q, "status"), "completed"))
+			fail_msg("migration %s: %s", harness_json_str(q, "status"),
+				 harness_json_str(q, "error-desc"));
+		assert_true(json_object_object_get_ex(q, "ram", &ram));
+		assert_int_equal(harness_json_int(ram, "total"), 64 << 20);
+		assert_int_equal(harness_json_int(ram, "normal"), harness_json_int(q, "normal-pages"));
+		assert_int_equal(harness_json_int(ram, "duplicate"), harness_json_int(q, "zero-pages"));
+		assert_int_equal(harness_json_int(ram, "normal-bytes"),
+				 harness_json_int(q, "normal-pages") * 4096);
+		assert_int_equal(harness_json_int(ram, "page-size"), 4096);
+		json_object_put(q);
+		migtest_wait_migration_status(&dst, "completed");
+		migtest_expect_guest_alive_and_verified(&dst);
+		assert_int_equal(harness_vm_quit(&src), 0);
+		assert_int_equal(harness_vm_quit(&dst), 0);
+	}
+}
+
 static void test_ping_pong_20(void **state)
 {
 	struct harness_vm a, b;
@@ -533,6 +614,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_matrix),
+		cmocka_unit_test(test_qmp_spellings),
 		cmocka_unit_test(test_paused_guest),
 		cmocka_unit_test(test_ping_pong_20),
 		cmocka_unit_test(test_no_convergence_times_out),
