@@ -326,8 +326,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 				  struct json_object **ret, char *err, size_t errlen)
 {
 	struct migration *m = opaque;
-	uint64_t dl = 0, bw = 0, ct = 0, pa = 0, vn = 0;
-	bool g_dl, g_bw, g_ct, g_pa, g_vn;
+	uint64_t dl = 0, bw = 0, ct = 0, pa = 0, vn = 0, rt = 0;
+	bool g_dl, g_bw, g_ct, g_pa, g_vn, g_rt;
 	struct json_object *mode_arg;
 	enum mig_mode mode = 0;
 	int r;
@@ -343,6 +343,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 		r = mig_arg_u64(args, "postcopy-after-passes", 0, 1000000, &pa, &g_pa, err, errlen);
 	if (!r)
 		r = mig_arg_u64(args, "postcopy-vcpu-nice", 0, VM_VCPU_NICE_IDLE, &vn, &g_vn, err, errlen);
+	if (!r)
+		r = mig_arg_u64(args, "postcopy-recover-timeout", 0, 86400, &rt, &g_rt, err, errlen);
 	if (r)
 		return r;
 	if (json_object_object_get_ex(args, "mode", &mode_arg)) {
@@ -375,6 +377,8 @@ static int mig_cmd_set_parameters(void *opaque, struct json_object *args,
 		m->params.postcopy_after_passes = pa;
 	if (g_vn) /* takes effect at the next switch or resume */
 		m->params.postcopy_vcpu_nice = vn;
+	if (g_rt) /* read at each postcopy pause */
+		m->params.postcopy_recover_timeout_s = rt;
 	pthread_mutex_unlock(&m->lock);
 	return 0;
 }
@@ -396,6 +400,8 @@ static int mig_cmd_query_parameters(void *opaque, struct json_object *args,
 			       json_object_new_uint64(m->params.postcopy_after_passes));
 	json_object_object_add(o, "postcopy-vcpu-nice",
 			       json_object_new_uint64(m->params.postcopy_vcpu_nice));
+	json_object_object_add(o, "postcopy-recover-timeout",
+			       json_object_new_uint64(m->params.postcopy_recover_timeout_s));
 	pthread_mutex_unlock(&m->lock);
 	*ret = o;
 	return 0;
@@ -552,6 +558,7 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		{ "convergence-timeout", CONTROL_ARG_INT, false },
 		{ "postcopy-after-passes", CONTROL_ARG_INT, false },
 		{ "postcopy-vcpu-nice", CONTROL_ARG_INT, false },
+		{ "postcopy-recover-timeout", CONTROL_ARG_INT, false },
 		{ "mode", CONTROL_ARG_STRING, false },
 		{ NULL, 0, false },
 	};

@@ -689,13 +689,15 @@ static int mig_dst_wait_recover(struct migration *m)
  * -errno with @why (-ECANCELED: the VMM is going).
  */
 static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
-			  char *why, size_t whylen)
+			  uint64_t deadline_ns, char *why, size_t whylen)
 {
 	uint64_t npages = postcopy_dst_npages(d->pd), outstanding = 0;
 	uint8_t *bits = NULL;
 	int fd, r;
 
-	fd = channel_accept(m->listen_fd, -1, m->cancel_fd);
+	fd = channel_accept(m->listen_fd, !deadline_ns ? -1
+				 : clock_monotonic_ns() >= deadline_ns ? 0
+				 : (int)((deadline_ns - clock_monotonic_ns()) / 1000000 + 1), m->cancel_fd);
 	if (fd < 0) {
 		snprintf(why, whylen, "accepting the source's connection: %s", strerror(-fd));
 		return fd;
@@ -758,6 +760,69 @@ static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream 
  * the VMM goes (m->error says why).
  */
 /*
+ * Automatic recovery: listen again where the migration first came in, as
+ * migrate-recover would (unless an operator's migrate-recover came first).
+ */
+static void mig_dst_auto_listen(struct migration *m)
+{
+	int fd = channel_listen(&m->incoming_ch.cu);
+
+	if (fd < 0) {
+		log_warn("postcopy: automatic recovery cannot listen on %s (%s); migrate-recover "
+			 "to resume", m->incoming_ch.uri, strerror(-fd));
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->recover_fd < 0 && m->listen_fd < 0) {
+		m->recover_fd = fd;
+		m->recover_ch = m->incoming_ch;
+		fd = -1;
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
+ * Paused destination: until the source resumes.  Unless the pause was
+ * @deliberate, it first listens again on its own (postcopy-recover-timeout);
+ * when no source came back by then it closes that listener and waits for
+ * migrate-recover.  0 resumed, -ECANCELED the VMM is going.
+ */
+static int mig_dst_paused(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
+			  bool deliberate)
+{
+	uint64_t deadline_ns = mig_auto_recover_deadline(m, deliberate);
+
+	if (deadline_ns)
+		mig_dst_auto_listen(m);
+	for (;;) {
+		if (mig_dst_wait_recover(m))
+			return -ECANCELED;
+		for (;;) {
+			char why[MIG_ERROR_BYTES];
+			int r = mig_dst_resume(m, d, s, fdp, deadline_ns, why, sizeof(why));
+
+			if (!r)
+				return 0;
+			if (r == -ECANCELED || mig_closing(m))
+				return -ECANCELED;
+			mig_dst_drop_conns(m, d, s, fdp);
+			if (r == -ETIMEDOUT && deadline_ns)
+				break;
+			mig_replace_error(m, "postcopy paused: a resume attempt on %s failed: %s",
+					  m->main_ch.uri, why);
+		}
+		mig_dst_close_listener(m);
+		deadline_ns = 0;
+		mig_replace_error(m, "postcopy paused: the source did not come back within the "
+				  "automatic recovery's postcopy-recover-timeout; migrate-recover to "
+				  "resume by hand");
+	}
+}
+
+/*
  * Test hook: whether VMFERRY_POSTCOPY_FAULT names @point.  Tests use it to
  * put the destination's steps in an order the network may produce.
  */
@@ -776,6 +841,7 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 {
 	static const struct mig_load_ops ops = { .ram = mig_dst_ram, .ping = mig_dst_ping };
 	char reason[MIG_ERROR_BYTES + 64];
+	bool deliberate;
 
 	for (;;) {
 		if (!err) {
@@ -804,7 +870,8 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 		if (mig_closing(m))
 			return -ECANCELED;
 		pthread_mutex_lock(&m->lock);
-		snprintf(reason, sizeof(reason), "%s", m->pause_requested ? "migrate-pause" : "");
+		deliberate = m->pause_requested;
+		snprintf(reason, sizeof(reason), "%s", deliberate ? "migrate-pause" : "");
 		pthread_mutex_unlock(&m->lock);
 		if (!reason[0])
 			snprintf(reason, sizeof(reason), "the connection to the source broke (%.*s); "
@@ -814,20 +881,8 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 		mig_dst_drop_conns(m, d, s, fdp);
 		mig_dst_close_listener(m);
 		mig_enter_paused(m, reason);
-		if (mig_dst_wait_recover(m))
+		if (mig_dst_paused(m, d, s, fdp, deliberate))
 			return -ECANCELED;
-		for (;;) {
-			char why[MIG_ERROR_BYTES];
-			int r = mig_dst_resume(m, d, s, fdp, why, sizeof(why));
-
-			if (!r)
-				break;
-			if (r == -ECANCELED || mig_closing(m))
-				return -ECANCELED;
-			mig_dst_drop_conns(m, d, s, fdp);
-			mig_replace_error(m, "postcopy paused: a resume attempt on %s failed: %s", m->main_ch.uri,
-					  why);
-		}
 		mig_leave_paused(m);
 		do
 			err = mig_load_resumed_record(s, &d->header, &ops, chan, errbuf, errlen);

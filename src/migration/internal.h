@@ -112,6 +112,8 @@ struct migration {
 	struct channel main_ch;   /* the main channel (source: its destination; destination:
 				   * where it listens, port 0 resolved) */
 	struct channel cpr_ch;    /* source, cpr-transfer: "unix:PATH" */
+	struct channel incoming_ch; /* destination: where it first listened (port 0
+				     * resolved); automatic recovery listens there again */
 	bool cpr_incoming;        /* destination: RAM inherited over the cpr channel */
 	uint8_t cpr_token[MIG_CPR_TOKEN_BYTES];
 	struct stream *stream;    /* live stream, for cancel */
@@ -274,6 +276,8 @@ void mig_dst_vcpu_nice(struct migration *m, bool on);
 void mig_enter_paused(struct migration *m, const char *reason);
 void mig_leave_paused(struct migration *m);
 void mig_finish_failed(struct migration *m);
+uint64_t mig_auto_recover_deadline(struct migration *m, bool deliberate);
+bool mig_wait_cond_ms(struct migration *m, unsigned ms);
 
 /* source.c */
 int mig_rp_pending_error(struct mig_src *src, char *out, size_t len);

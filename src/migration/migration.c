@@ -240,6 +240,45 @@ void mig_leave_paused(struct migration *m)
 	log_info("migration: postcopy resumed");
 }
 
+/*
+ * A postcopy pause that was not asked for (@deliberate: migrate-pause):
+ * until when both sides recover on their own (postcopy-recover-timeout),
+ * as CLOCK_MONOTONIC ns; 0 when by hand.
+ */
+uint64_t mig_auto_recover_deadline(struct migration *m, bool deliberate)
+{
+	uint64_t s;
+
+	pthread_mutex_lock(&m->lock);
+	s = m->params.postcopy_recover_timeout_s;
+	pthread_mutex_unlock(&m->lock);
+	return deliberate || !s ? 0 : clock_monotonic_ns() + s * 1000000000ull;
+}
+
+/*
+ * Wait on m->cond for at most @ms (a recovery request or the VMM closing
+ * wake it).  True when the VMM is closing.
+ */
+bool mig_wait_cond_ms(struct migration *m, unsigned ms)
+{
+	struct timespec until;
+	bool closing;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (!m->closing && !m->resume_requested)
+		pthread_cond_timedwait(&m->cond, &m->lock, &until);
+	closing = m->closing;
+	pthread_mutex_unlock(&m->lock);
+	return closing;
+}
+
 /* Finish a failed or cancelled run. */
 void mig_finish_failed(struct migration *m)
 {
@@ -579,19 +618,28 @@ void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
 }
 
 /* The address a listening socket really has (port 0 resolved) into @uri, for tcp. */
-static void mig_listen_uri(int fd, const struct channel_uri *cu, char *uri, size_t len)
+/*
+ * The address a listening socket really has, text and parsed (port 0
+ * resolved: query-migrate shows it, and automatic recovery listens there
+ * again), into @ch, for tcp.
+ */
+static void mig_listen_uri(int fd, struct channel *ch)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
-	char host[NI_MAXHOST], port[NI_MAXSERV];
+	char host[NI_MAXHOST], port[NI_MAXSERV], text[CHANNEL_URI_BYTES], err[128];
+	struct channel real;
 
-	if (cu->kind != CHANNEL_TCP)
+	if (ch->cu.kind != CHANNEL_TCP)
 		return;
-	/* Port 0 picks a free port; query-migrate shows the real one. */
 	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
 	    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
-			NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-		snprintf(uri, len, ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s", host, port);
+			NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+		snprintf(text, sizeof(text), ss.ss_family == AF_INET6 ? "tcp:[%s]:%s" : "tcp:%s:%s",
+			 host, port);
+		if (channel_parse(text, &real, err, sizeof(err)) == 0)
+			*ch = real;
+	}
 }
 
 int migration_recover(struct migration *m, const char *uri, char *err, size_t errlen)
@@ -624,7 +672,7 @@ int migration_recover(struct migration *m, const char *uri, char *err, size_t er
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-fd));
 		return fd;
 	}
-	mig_listen_uri(fd, &ch.cu, ch.uri, sizeof(ch.uri));
+	mig_listen_uri(fd, &ch);
 	pthread_mutex_lock(&m->lock);
 	if (m->status != MIG_STATUS_POSTCOPY_PAUSED || m->recover_fd >= 0 || m->listen_fd >= 0) {
 		pthread_mutex_unlock(&m->lock); /* lost a race with shutdown or another recover */
@@ -655,7 +703,8 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(-r));
 		return r;
 	}
-	mig_listen_uri(m->listen_fd, &m->main_ch.cu, m->main_ch.uri, sizeof(m->main_ch.uri));
+	mig_listen_uri(m->listen_fd, &m->main_ch);
+	m->incoming_ch = m->main_ch;
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
 	mig_reset_stats(m);
 	mig_set_status(m, MIG_STATUS_SETUP);

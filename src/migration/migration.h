@@ -77,6 +77,9 @@ struct mig_params {
 	uint64_t postcopy_vcpu_nice;    /* destination: vCPUs this much nicer while
 					 * postcopy pages arrive (0..19, 0 = off;
 					 * 20 = SCHED_IDLE) */
+	uint64_t postcopy_recover_timeout_s; /* a broken postcopy connection: both sides
+					 * retry on their own for this long (0 = wait
+					 * for migrate-recover and resume by hand) */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */
 };

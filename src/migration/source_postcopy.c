@@ -861,16 +861,71 @@ static void mig_src_drop_conns(struct mig_src *src, int *fdp)
 }
 
 /*
- * Postcopy-paused on the source: wait for `migrate {"resume": true}` and
- * resume; a failed attempt stays paused (error-desc says why) and waits for
- * the next.  0 resumed (the return-path thread runs), -ECANCELED when the
- * VMM goes.
+ * Automatic recovery (postcopy-recover-timeout): resume to the same
+ * destination, retrying with a growing backoff until @deadline_ns.  0
+ * resumed; -ETIMEDOUT gave up (error-desc says so); -EAGAIN a manual
+ * resume was asked for; -ECANCELED the VMM is going.
  */
-static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread)
+static int mig_src_auto_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread,
+			       uint64_t deadline_ns)
 {
 	struct migration *m = src->m;
+	unsigned backoff_ms = 20;
+
+	for (unsigned attempt = 1;; attempt++) {
+		char why[MIG_ERROR_BYTES];
+		uint64_t now;
+		bool manual;
+		int r;
+
+		pthread_mutex_lock(&m->lock);
+		manual = m->resume_requested;
+		pthread_mutex_unlock(&m->lock);
+		if (manual)
+			return -EAGAIN;
+		r = mig_src_resume(src, fdp, rp_thread, why, sizeof(why));
+		if (!r) {
+			log_info("postcopy: recovered on its own after %u attempt%s", attempt,
+				 attempt > 1 ? "s" : "");
+			return 0;
+		}
+		mig_src_drop_conns(src, fdp);
+		atomic_fetch_add(&m->resume_failures, 1);
+		now = clock_monotonic_ns();
+		if (now >= deadline_ns) {
+			mig_replace_error(m, "postcopy paused: automatic recovery to %s gave up after "
+					  "%u attempts (last: %s); resume by hand with migrate "
+					  "{\"uri\": URI, \"resume\": true}", m->main_ch.uri, attempt, why);
+			return -ETIMEDOUT;
+		}
+		mig_replace_error(m, "postcopy paused: automatic recovery to %s, attempt %u failed: "
+				  "%s; retrying", m->main_ch.uri, attempt, why);
+		if (mig_wait_cond_ms(m, (unsigned)((deadline_ns - now) / 1000000 + 1 < backoff_ms
+						   ? (deadline_ns - now) / 1000000 + 1 : backoff_ms)))
+			return -ECANCELED;
+		backoff_ms = backoff_ms * 2 > 1000 ? 1000 : backoff_ms * 2;
+	}
+}
+
+/*
+ * Postcopy-paused on the source: unless the pause was @deliberate, recover
+ * on its own first (postcopy-recover-timeout); then wait for `migrate
+ * {"resume": true}` and resume; a failed attempt stays paused (error-desc
+ * says why) and waits for the next.  0 resumed (the return-path thread
+ * runs), -ECANCELED when the VMM goes.
+ */
+static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread, bool deliberate)
+{
+	struct migration *m = src->m;
+	uint64_t deadline_ns = mig_auto_recover_deadline(m, deliberate);
 	char why[MIG_ERROR_BYTES];
 
+	if (deadline_ns) {
+		int r = mig_src_auto_resume(src, fdp, rp_thread, deadline_ns);
+
+		if (r == 0 || r == -ECANCELED)
+			return r;
+	}
 	for (;;) {
 		int r;
 
@@ -1029,7 +1084,7 @@ static int mig_postcopy_run(struct mig_src *src, pthread_t rp_thread, int *fdp)
 			 : stream_error(&src->s) ? src->s.errmsg : strerror(-err));
 		mig_src_drop_conns(src, fdp);
 		mig_enter_paused(m, reason);
-		if (mig_src_paused(src, fdp, &rp_thread)) {
+		if (mig_src_paused(src, fdp, &rp_thread, deliberate)) {
 			mig_set_error(m, "the VMM is shutting down during a paused postcopy; the guest "
 				      "stays with the destination");
 			return -ECANCELED;
