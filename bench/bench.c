@@ -215,9 +215,27 @@ void bench_copy_stats(struct json_object *q, struct bench_result *r)
 	r->throughput_bps = harness_json_u64(q, "throughput");
 	r->throttle_max = harness_json_u64(q, "cpu-throttle-max");
 	r->dirty_pages_rate = harness_json_u64(q, "dirty-pages-rate");
+	bench_breakdown_text(q, r->breakdown, sizeof(r->breakdown));
 	if (!r->completed)
 		snprintf(r->error, sizeof(r->error), "migration %s: %s", r->status,
 			 harness_json_str(q, "error-desc"));
+}
+
+void bench_breakdown_text(struct json_object *q, char *out, size_t len)
+{
+	struct json_object *bd;
+
+	out[0] = 0;
+	if (json_object_object_get_ex(q, "downtime-breakdown", &bd))
+		snprintf(out, len, "%s", json_object_to_json_string_ext(bd, JSON_C_TO_STRING_PLAIN));
+}
+
+void bench_json_breakdown(struct json_object *o, const char *text)
+{
+	struct json_object *bd = text[0] ? json_tokener_parse(text) : NULL;
+
+	if (bd)
+		json_object_object_add(o, "downtime_breakdown", bd);
 }
 
 /* ---- output and options ---- */

@@ -52,6 +52,7 @@ struct bench_result {
 	uint64_t wire_bytes, normal_pages, zero_pages, passes;
 	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
 	uint64_t dirty_pages_rate;
+	char breakdown[768];             /* the source's downtime-breakdown (JSON), or "" */
 };
 
 /* ---- the two simulated hosts ---- */
@@ -162,6 +163,10 @@ void bench_json_num(struct json_object *o, const char *key, double v, int decima
 void bench_json_u64(struct json_object *o, const char *key, uint64_t v);
 /* @o as one line on stdout, flushed; drops the reference. */
 void bench_print(struct json_object *o);
+/* Copy @q's "downtime-breakdown" as JSON text into @out ("" when absent). */
+void bench_breakdown_text(struct json_object *q, char *out, size_t len);
+/* Add the breakdown @text (from bench_breakdown_text) to @o as "downtime_breakdown". */
+void bench_json_breakdown(struct json_object *o, const char *text);
 
 /* qsort() order of doubles. */
 int bench_cmp_double(const void *a, const void *b);

@@ -45,6 +45,7 @@ struct cpr_run {
 	double total_ms, downtime_ms, setup_ms;
 	uint64_t wire_bytes;
 	char error[256];
+	char breakdown[768];         /* the old process's downtime-breakdown (JSON) */
 };
 
 static void cpr_usage(FILE *f)
@@ -150,6 +151,7 @@ static void cpr_update(const struct cpr_opts *o, struct harness_vm *old, unsigne
 	out->total_ms = harness_json_double(end, "total-time", 0);
 	out->setup_ms = harness_json_double(end, "setup-time", 0);
 	out->downtime_ms = harness_json_double(end, "downtime", 0);
+	bench_breakdown_text(end, out->breakdown, sizeof(out->breakdown));
 	out->wire_bytes = harness_json_u64(end, "transferred");
 	/* The old process ends by itself, cleanly. */
 	control_client_close(old->client);
@@ -271,6 +273,7 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 		if (c->ok) {
 			bench_json_num(obj, "total_time_ms", c->total_ms, 3);
 			bench_json_num(obj, "downtime_ms", c->downtime_ms, 3);
+			bench_json_breakdown(obj, c->breakdown);
 			bench_json_num(obj, "setup_time_ms", c->setup_ms, 3);
 			bench_json_u64(obj, "bytes_on_wire", c->wire_bytes);
 			bench_json_u64(obj, "ram_bytes_copied", 0);

@@ -689,6 +689,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 	if (r->status[0]) {
 		bench_json_num(obj, "total_time_ms", r->total_ms, 3);
 		bench_json_num(obj, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
+		bench_json_breakdown(obj, r->breakdown);
 		bench_json_num(obj, "setup_time_ms", r->setup_ms, 3);
 		bench_json_u64(obj, "downtime_limit_ms", r->downtime_limit_ms);
 		bench_json_u64(obj, "bytes_on_wire", r->wire_bytes);

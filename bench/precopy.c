@@ -234,6 +234,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 	if (r->status[0]) {
 		bench_json_num(o, "total_time_ms", r->total_ms, 3);
 		bench_json_num(o, "downtime_ms", r->downtime_ms >= 0 ? r->downtime_ms : NAN, 3);
+		bench_json_breakdown(o, r->breakdown);
 		bench_json_num(o, "setup_time_ms", r->setup_ms, 3);
 		bench_json_u64(o, "downtime_limit_ms", r->downtime_limit_ms);
 		bench_json_u64(o, "expected_downtime_ms", r->expected_downtime_ms);

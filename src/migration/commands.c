@@ -37,6 +37,43 @@ static void mig_query_ram(struct migration *m, struct json_object *o)
 	json_object_object_add(o, "ram", ram);
 }
 
+/*
+ * downtime-breakdown: where the pause went, in ms.  Source: stopping the
+ * vCPUs, each state's save ("state-ram": the last pass), the discard list
+ * (postcopy), sending END or RUN, and the rest until the destination's
+ * first vCPU run.  Destination: from the source's stop to END or RUN
+ * (one clock only; it includes the load), loading the sections, the
+ * discards, userfaultfd registration (postcopy), starting the vCPUs.
+ */
+static struct json_object *mig_query_breakdown(struct migration *m, const struct mig_breakdown *bd)
+{
+	struct json_object *o = json_object_new_object();
+
+	if (m->incoming) {
+		if (bd->receive_ns)
+			json_object_object_add(o, "receive", mig_json_fixed3((double)bd->receive_ns / 1e6));
+		json_object_object_add(o, "load", mig_json_fixed3((double)bd->load_ns / 1e6));
+		if (bd->discard_ns)
+			json_object_object_add(o, "discard", mig_json_fixed3((double)bd->discard_ns / 1e6));
+		if (bd->uffd_ns)
+			json_object_object_add(o, "userfaultfd", mig_json_fixed3((double)bd->uffd_ns / 1e6));
+		json_object_object_add(o, "vcpu-start", mig_json_fixed3((double)bd->start_ns / 1e6));
+		return o;
+	}
+	json_object_object_add(o, "vcpu-stop", mig_json_fixed3((double)bd->vcpu_stop_ns / 1e6));
+	for (unsigned i = 0; i < m->nstates; i++) {
+		char key[64];
+
+		snprintf(key, sizeof(key), "state-%s", m->states[i].ops->name);
+		json_object_object_add(o, key, mig_json_fixed3((double)bd->state_ns[i] / 1e6));
+	}
+	if (bd->discard_ns)
+		json_object_object_add(o, "discard", mig_json_fixed3((double)bd->discard_ns / 1e6));
+	json_object_object_add(o, "send", mig_json_fixed3((double)bd->send_ns / 1e6));
+	json_object_object_add(o, "destination", mig_json_fixed3((double)bd->wait_ns / 1e6));
+	return o;
+}
+
 struct json_object *migration_query(struct migration *m)
 {
 	struct json_object *o = json_object_new_object();
@@ -48,6 +85,7 @@ struct json_object *migration_query(struct migration *m)
 		uint64_t start_ns, setup_ns, end_ns, downtime_ns, expected_downtime_ms;
 		bool downtime_known, downtime_same_clock, pc_stats_valid;
 		struct postcopy_dst_stats pc_stats;
+		struct mig_breakdown bd;
 	} snap;
 	const char *error = snap.error;
 	uint64_t now = clock_monotonic_ns(), total_ns;
@@ -67,6 +105,7 @@ struct json_object *migration_query(struct migration *m)
 	snap.expected_downtime_ms = m->expected_downtime_ms;
 	snap.pc_stats = m->pc_stats;
 	snap.pc_stats_valid = m->pc_stats_valid;
+	snap.bd = m->bd;
 	pthread_mutex_unlock(&m->lock);
 
 	json_object_object_add(o, "status", json_object_new_string(mig_status_name(snap.status)));
@@ -86,6 +125,8 @@ struct json_object *migration_query(struct migration *m)
 							      ? "source-vcpu-stop-to-destination-vcpu-run"
 							      : "source-vcpu-stop-to-running-ack"));
 	}
+	if (snap.bd.valid)
+		json_object_object_add(o, "downtime-breakdown", mig_query_breakdown(m, &snap.bd));
 	if (!m->incoming)
 		json_object_object_add(o, "expected-downtime",
 				       json_object_new_uint64(snap.expected_downtime_ms));

@@ -667,6 +667,7 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 		return -1;
 	}
 	run->stopped = true;
+	run->src.bd.vcpu_stop_ns = clock_monotonic_ns() - run->stop_ns;
 	info.was_running = run->was_running;
 	info.stop_ns = run->stop_ns;
 	err = mig_send_state(&run->src, &info, true, run->errbuf, sizeof(run->errbuf));
@@ -697,6 +698,12 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= run->stop_ns
 			    ? rp.first_run_ns - run->stop_ns : clock_monotonic_ns() - run->stop_ns,
 			 rp.same_clock);
+	run->src.bd.wait_ns = (rp.same_clock ? rp.first_run_ns : clock_monotonic_ns()) -
+			      (run->stop_ns + run->src.bd.vcpu_stop_ns);
+	for (unsigned i = 0; i < MIG_STATE_MAX; i++)
+		run->src.bd.wait_ns -= run->src.bd.state_ns[i];
+	run->src.bd.wait_ns -= run->src.bd.send_ns;
+	mig_set_breakdown(m, &run->src.bd);
 	atomic_store(&m->transferred, run->src.s.bytes);
 	return 0;
 }

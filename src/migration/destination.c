@@ -26,6 +26,7 @@ struct mig_dst {
 	uint64_t discard_ns, discard_pages; /* load thread: discarding since the last PING
 					     * (the pre-discard's), for the log */
 	uint64_t sections_ns;        /* load thread: time spent loading device state */
+	struct mig_breakdown bd;     /* load thread: this side of the pause */
 	atomic_bool closing;         /* mig_dst_finish runs: the urgent thread must go */
 };
 
@@ -490,6 +491,7 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	if (!vm_ram_block(m->vm, 0)->alias)
 		mig_prealloc_join(m);
 	r = postcopy_dst_listen(d->pd);
+	d->bd.uffd_ns = clock_monotonic_ns() - start;
 	if (r) {
 		snprintf(err, errlen, "cannot put guest RAM under userfaultfd: %s", strerror(-r));
 		return r;
@@ -501,7 +503,9 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	r = mig_states_load_complete(m, err, errlen);
 	if (r)
 		return r;
+	d->bd.start_ns = clock_monotonic_ns();
 	r = vm_incoming_finish(m->vm, m->in_vm.was_running, &d->first_run_ns);
+	d->bd.start_ns = clock_monotonic_ns() - d->bd.start_ns;
 	if (r) {
 		snprintf(err, errlen, "cannot start the guest");
 		return r;
@@ -530,9 +534,13 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 			 d->rp.errmsg);
 		return r;
 	}
-	if (same_clock && m->in_vm.was_running && d->first_run_ns >= m->in_vm.stop_ns) {
+	if (same_clock && m->in_vm.was_running && d->first_run_ns >= m->in_vm.stop_ns)
 		mig_set_downtime(m, d->first_run_ns - m->in_vm.stop_ns, true);
-	}
+	if (same_clock && m->in_vm.stop_ns && start > m->in_vm.stop_ns)
+		d->bd.receive_ns = start - m->in_vm.stop_ns;
+	d->bd.discard_ns = d->discard_ns;
+	d->bd.load_ns = d->sections_ns;
+	mig_set_breakdown(m, &d->bd);
 	mig_set_status(m, MIG_STATUS_POSTCOPY_ACTIVE);
 	log_info("postcopy: the guest runs here; %" PRIu64 " pages still to come",
 		 postcopy_dst_missing(d->pd));
@@ -980,7 +988,9 @@ static int mig_in_start_guest(struct migration *m, struct mig_dst *d, uint64_t e
 	atomic_store(&m->prealloc_stop, true);
 	if (m->cpr_incoming)
 		cpr_fault_point("before-run");
+	d->bd.start_ns = clock_monotonic_ns();
 	err = vm_incoming_finish(m->vm, m->in_vm.was_running, &first_run_ns);
+	d->bd.start_ns = clock_monotonic_ns() - d->bd.start_ns;
 	if (err) {
 		mig_set_error(m, "cannot start the guest after loading");
 		mig_dst_rp_error(d, err, m->error);
@@ -993,6 +1003,10 @@ static int mig_in_start_guest(struct migration *m, struct mig_dst *d, uint64_t e
 	mig_dst_rp_running(d, first_run_ns, same_clock, first_run_ns - end_ns);
 	if (same_clock && m->in_vm.was_running && first_run_ns >= m->in_vm.stop_ns)
 		mig_set_downtime(m, first_run_ns - m->in_vm.stop_ns, true);
+	if (same_clock && m->in_vm.stop_ns && end_ns > m->in_vm.stop_ns)
+		d->bd.receive_ns = end_ns - m->in_vm.stop_ns;
+	d->bd.load_ns = d->sections_ns;
+	mig_set_breakdown(m, &d->bd);
 	return 0;
 }
 

@@ -75,6 +75,28 @@
 #define MIG_ACK_PAGES 1024u
 #define MIG_REQ_RING 256u /* requests the background push can be behind by */
 
+/*
+ * Where a migration's pause went, in ns (query-migrate's
+ * downtime-breakdown).  Filled by the thread that owns the migration and
+ * published with mig_set_breakdown.
+ */
+struct mig_breakdown {
+	bool valid;
+	/* source */
+	uint64_t vcpu_stop_ns;               /* asking the vCPUs to stop until all parked */
+	uint64_t state_ns[MIG_STATE_MAX];    /* each state's save at the stop (RAM: last pass) */
+	uint64_t discard_ns;                 /* postcopy: the discard list (either side) */
+	uint64_t send_ns;                    /* flushing END (precopy, CPR) or opening the
+					      * channels and RUN (postcopy) */
+	uint64_t wait_ns;                    /* from then to the destination's first vCPU run
+					      * (one clock) or to RUNNING */
+	/* destination (one clock with the source: receive) */
+	uint64_t receive_ns;                 /* the source's stop to the stream's END or RUN */
+	uint64_t load_ns;                    /* loading the sections */
+	uint64_t uffd_ns;                    /* postcopy: putting RAM under userfaultfd */
+	uint64_t start_ns;                   /* starting the vCPUs */
+};
+
 /* A registered state (state.h). */
 struct mig_state_reg {
 	const struct mig_state_ops *ops;
@@ -87,6 +109,7 @@ struct mig_save {
 	struct mig_src *src;             /* the source's RAM and channels */
 	struct stream *s;                /* the main channel */
 	const struct mig_state_reg *cur; /* the state being called */
+	struct mig_breakdown *bd;        /* save_complete: each state's time, or NULL */
 };
 
 struct migration {
@@ -169,6 +192,7 @@ struct migration {
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
+	struct mig_breakdown bd;           /* the last migration's pause, under lock */
 
 	/* destination: background preallocation of guest RAM */
 	pthread_t prealloc_thread;
@@ -201,6 +225,8 @@ struct mig_releaser {
 
 struct mig_src {
 	struct migration *m;
+	struct mig_breakdown bd;   /* this migration's pause, published at the end */
+	uint64_t run_sent_ns;      /* postcopy: when RUN was flushed */
 	struct stream s;
 	struct ram_block *block;
 	uint64_t npages;
@@ -271,6 +297,7 @@ void mig_replace_error(struct migration *m, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void mig_set_time(struct migration *m, uint64_t *field, uint64_t value);
 void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock);
+void mig_set_breakdown(struct migration *m, const struct mig_breakdown *bd);
 void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd);
 void mig_dst_vcpu_nice(struct migration *m, bool on);
 void mig_enter_paused(struct migration *m, const char *reason);

@@ -169,6 +169,15 @@ void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock
 	pthread_mutex_unlock(&m->lock);
 }
 
+/* Publish where the pause went. */
+void mig_set_breakdown(struct migration *m, const struct mig_breakdown *bd)
+{
+	pthread_mutex_lock(&m->lock);
+	m->bd = *bd;
+	m->bd.valid = true;
+	pthread_mutex_unlock(&m->lock);
+}
+
 /* Publish the connections migrate-pause may shut down (-1: none). */
 void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd)
 {
@@ -400,6 +409,7 @@ static void mig_reset_stats(struct migration *m)
 	m->setup_ns = m->end_ns = m->downtime_ns = 0;
 	m->downtime_known = m->downtime_same_clock = false;
 	m->expected_downtime_ms = 0;
+	memset(&m->bd, 0, sizeof(m->bd));
 	m->error[0] = 0;
 	pthread_mutex_unlock(&m->lock);
 	atomic_store(&m->transferred, 0);

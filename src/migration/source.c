@@ -8,14 +8,16 @@
 int mig_send_state(struct mig_src *src, const struct mig_save_info *info, bool end, char *err,
 		   size_t errlen)
 {
-	struct mig_save sv = { .m = src->m, .src = src, .s = &src->s };
+	struct mig_save sv = { .m = src->m, .src = src, .s = &src->s, .bd = &src->bd };
 	int r = mig_states_complete(&sv, info, err, errlen);
+	uint64_t t0 = clock_monotonic_ns();
 
 	if (r)
 		return r;
 	if (end)
 		stream_put_u8(&src->s, MIG_REC_END);
 	r = stream_flush(&src->s);
+	src->bd.send_ns = clock_monotonic_ns() - t0;
 	if (r)
 		snprintf(err, errlen, "%s", src->s.errmsg);
 	return r;
@@ -329,6 +331,7 @@ static int mig_src_stop_vcpus(struct mig_run *run)
 		return -1;
 	}
 	run->stopped = true;
+	run->src.bd.vcpu_stop_ns = clock_monotonic_ns() - run->stop_ns;
 	return 0;
 }
 
@@ -337,6 +340,7 @@ static int mig_src_wait_running(struct mig_run *run)
 {
 	struct migration *m = run->m;
 	struct mig_rp_msg rp;
+	uint64_t sent_ns = clock_monotonic_ns();
 	int err;
 
 	run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
@@ -361,6 +365,9 @@ static int mig_src_wait_running(struct mig_run *run)
 	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= run->stop_ns
 			    ? rp.first_run_ns - run->stop_ns : clock_monotonic_ns() - run->stop_ns,
 			 rp.same_clock);
+	run->src.bd.wait_ns = rp.same_clock && rp.first_run_ns >= sent_ns
+			      ? rp.first_run_ns - sent_ns : clock_monotonic_ns() - sent_ns;
+	mig_set_breakdown(m, &run->src.bd);
 	return 0;
 }
 

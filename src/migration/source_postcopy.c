@@ -1006,6 +1006,7 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 	struct mig_save_info info = { .postcopy = true, .was_running = was_running,
 				      .stop_ns = stop_ns };
 	char why[MIG_ERROR_BYTES] = "";
+	uint64_t t0 = clock_monotonic_ns(), t1;
 	uint64_t *discard = mig_postcopy_pending(src);
 
 	if (!discard) {
@@ -1016,8 +1017,10 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 		  atomic_load(&src->pending_count), (double)(clock_monotonic_ns() - stop_ns) / 1e6);
 	mig_send_discards(src, discard);
 	free(discard);
+	src->bd.discard_ns = clock_monotonic_ns() - t0;
 	if (mig_send_state(src, &info, false, why, sizeof(why)))
 		return mig_postcopy_refused(src, "sending the device state failed: %s", why);
+	t1 = clock_monotonic_ns();
 	/* Open since the advise; else now, so the destination can be answered at once. */
 	if (src->urgent_fd < 0 && mig_src_open_urgent(src))
 		return mig_postcopy_refused(src, "cannot open the urgent channel to %s", m->main_ch.uri);
@@ -1030,6 +1033,8 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RUN);
 	if (stream_flush(&src->s))
 		return mig_postcopy_refused(src, "sending run failed: %s", src->s.errmsg);
+	src->run_sent_ns = clock_monotonic_ns();
+	src->bd.send_ns += src->run_sent_ns - t1;
 	if (pthread_create(rp_thread, NULL, mig_rp_thread, src)) {
 		mig_set_error(m, "cannot start the return-path thread");
 		return -EAGAIN;
@@ -1116,6 +1121,9 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 		mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
 				    ? src->running.first_run_ns - stop_ns : 0,
 				 src->running.same_clock);
+		if (src->running.same_clock && src->running.first_run_ns >= src->run_sent_ns)
+			src->bd.wait_ns = src->running.first_run_ns - src->run_sent_ns;
+		mig_set_breakdown(m, &src->bd);
 	}
 	mig_releaser_finish(src, false); /* no-op after success */
 	mig_publish_conns(m, -1, -1);

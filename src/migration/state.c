@@ -157,8 +157,12 @@ int mig_states_complete(struct mig_save *sv, const struct mig_save_info *info, c
 	for (unsigned i = 0; i < m->nstates; i++) {
 		int r;
 
+		uint64_t t0 = clock_monotonic_ns();
+
 		sv->cur = &m->states[i];
 		r = sv->cur->ops->save_complete(sv->cur->opaque, sv, info);
+		if (sv->bd)
+			sv->bd->state_ns[i] = clock_monotonic_ns() - t0;
 		if (mig_save_result(sv, r, "saving", err, errlen))
 			return r ? r : stream_error(sv->s);
 	}
