@@ -221,6 +221,57 @@ void bench_copy_stats(struct json_object *q, struct bench_result *r)
 			 harness_json_str(q, "error-desc"));
 }
 
+void bench_common_defaults(struct bench_common_opts *c)
+{
+	const char *bin = getenv("VMFERRY_BIN");
+
+	*c = (struct bench_common_opts){
+		.mem_bytes = { 256ull << 20, 1ull << 30 }, .nmem = 2, .runs = 3, .vcpus = 2,
+		.convergence_timeout_s = 30, .timeout_s = 300, .probe_bytes = 512ull << 20,
+		.transport_on = { [BENCH_LOOPBACK] = true },
+		.bin = bin && *bin ? bin : "build/vmferry",
+	};
+	for (size_t i = 0; i < BENCH_MAX_WORKLOADS; i++)
+		c->workload_on[i] = true;
+}
+
+int bench_common_option(int opt, const char *arg, struct bench_common_opts *c,
+			const char *const *workloads, size_t nworkloads)
+{
+	uint64_t v;
+
+	switch (opt) {
+	case 'm':
+		return bench_parse_sizes(arg, c->mem_bytes, &c->nmem) ? -1 : 1;
+	case 'w':
+		return bench_parse_names(arg, workloads, nworkloads, c->workload_on) ? -1 : 1;
+	case 't':
+		return bench_parse_names(arg, bench_transport_opts, BENCH_TRANSPORT__COUNT,
+					 c->transport_on) ? -1 : 1;
+	case 'r':
+		if (size_parse_uint(arg, 1, BENCH_MAX_RUNS, &v))
+			return -1;
+		c->runs = (unsigned)v;
+		return 1;
+	case 'c':
+		if (size_parse_uint(arg, 1, 64, &v))
+			return -1;
+		c->vcpus = (unsigned)v;
+		return 1;
+	case 'C':
+		return size_parse_uint(arg, 0, 86400, &c->convergence_timeout_s) ? -1 : 1;
+	case 'T':
+		return size_parse_uint(arg, 1, 86400, &c->timeout_s) ? -1 : 1;
+	case 'p':
+		return size_parse(arg, &c->probe_bytes) || c->probe_bytes < (1u << 20) ? -1 : 1;
+	case 'q':
+		c->quick = true;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 void bench_breakdown_text(struct json_object *q, char *out, size_t len)
 {
 	struct json_object *bd;

@@ -163,6 +163,41 @@ void bench_json_num(struct json_object *o, const char *key, double v, int decima
 void bench_json_u64(struct json_object *o, const char *key, uint64_t v);
 /* @o as one line on stdout, flushed; drops the reference. */
 void bench_print(struct json_object *o);
+#define BENCH_MAX_WORKLOADS 8
+/* The options precopy and postcopy share (--mem, --workloads, ...). */
+struct bench_common_opts {
+	uint64_t mem_bytes[BENCH_MAX_SIZES];
+	unsigned nmem;
+	bool workload_on[BENCH_MAX_WORKLOADS];
+	bool transport_on[BENCH_TRANSPORT__COUNT];
+	unsigned runs;
+	unsigned vcpus;
+	uint64_t convergence_timeout_s;
+	uint64_t timeout_s;
+	uint64_t probe_bytes;
+	const char *bin;           /* VMFERRY_BIN, or build/vmferry */
+	bool quick;
+};
+/* getopt_long entries for them (getopt values m w t r c C T p q). */
+#define BENCH_COMMON_LONGOPTS \
+	{ "mem", required_argument, NULL, 'm' }, \
+	{ "workloads", required_argument, NULL, 'w' }, \
+	{ "transports", required_argument, NULL, 't' }, \
+	{ "runs", required_argument, NULL, 'r' }, \
+	{ "vcpus", required_argument, NULL, 'c' }, \
+	{ "convergence-timeout", required_argument, NULL, 'C' }, \
+	{ "timeout", required_argument, NULL, 'T' }, \
+	{ "probe-bytes", required_argument, NULL, 'p' }, \
+	{ "quick", no_argument, NULL, 'q' }
+/* Defaults: 256 MiB and 1 GiB, 3 runs, 2 vCPUs, every workload, loopback. */
+void bench_common_defaults(struct bench_common_opts *c);
+/*
+ * One getopt result: 1 taken, 0 not a common option, -1 a bad value.
+ * @workloads: the program's workload names (at most BENCH_MAX_WORKLOADS).
+ */
+int bench_common_option(int opt, const char *arg, struct bench_common_opts *c,
+			const char *const *workloads, size_t nworkloads);
+
 /* Copy @q's "downtime-breakdown" as JSON text into @out ("" when absent). */
 void bench_breakdown_text(struct json_object *q, char *out, size_t len);
 /* Add the breakdown @text (from bench_breakdown_text) to @o as "downtime_breakdown". */

@@ -192,17 +192,8 @@ static int bench_default_vcpu_nice = -1;
 #define BENCH_NMODES (sizeof(bench_modes) / sizeof(bench_modes[0]))
 
 struct bench_opts {
-	uint64_t mem_bytes[BENCH_MAX_SIZES];
-	unsigned nmem;
-	bool workload_on[BENCH_NWORKLOADS];
+	struct bench_common_opts c;
 	bool mode_on[BENCH_NMODES];
-	bool transport_on[BENCH_TRANSPORT__COUNT];
-	unsigned runs;
-	unsigned vcpus;
-	uint64_t convergence_timeout_s;
-	uint64_t timeout_s;
-	uint64_t probe_bytes;
-	const char *bin;
 	bool dest_ready;         /* wait for the destination's preallocation first */
 };
 
@@ -314,7 +305,7 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 	int rc;
 
 	json_object_object_add(p, "convergence-timeout",
-			       json_object_new_int64((int64_t)o->convergence_timeout_s));
+			       json_object_new_int64((int64_t)o->c.convergence_timeout_s));
 	if (mode->after_passes)
 		json_object_object_add(p, "postcopy-after-passes",
 				       json_object_new_int64((int64_t)mode->after_passes));
@@ -474,12 +465,12 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
 	r->downtime_ms = -1;
 	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
-	snprintf(vcpus, sizeof(vcpus), "%u", o->vcpus);
+	snprintf(vcpus, sizeof(vcpus), "%u", o->c.vcpus);
 	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
 
 	/* The link first, with no VM competing for the CPUs. */
 	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
-				  o->probe_bytes, 0, &r->link_bps);
+				  o->c.probe_bytes, 0, &r->link_bps);
 	if (!rc)
 		rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
 					  mem_bytes, mem_bytes, &r->ram_link_bps);
@@ -496,7 +487,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
 	if (mode->eager_map)
 		setenv("VMFERRY_POSTCOPY_MAP", "eager", 1);
-	rc = bench_vm_start(o->bin, ns, 1, "dst", dst_args, &dst, r);
+	rc = bench_vm_start(o->c.bin, ns, 1, "dst", dst_args, &dst, r);
 	unsetenv("VMFERRY_POSTCOPY_UFFD");
 	unsetenv("VMFERRY_POSTCOPY_MAP");
 	if (!rc)
@@ -504,7 +495,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	if (!rc && mode->copy_send)
 		setenv("VMFERRY_SEND_COPY", "1", 1);
 	if (!rc)
-		rc = bench_vm_start(o->bin, ns, 0, "src", src_args, &src, r);
+		rc = bench_vm_start(o->c.bin, ns, 0, "src", src_args, &src, r);
 	unsetenv("VMFERRY_SEND_COPY");
 	if (rc)
 		goto out;
@@ -533,7 +524,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		src_cpu0 = -1;
 	rc = bench_call(&src, "migrate", args, NULL, r);
 	json_object_put(args);
-	if (rc || bench_wait_migration(o->timeout_s, &src, &q, r))
+	if (rc || bench_wait_migration(o->c.timeout_s, &src, &q, r))
 		goto out;
 	if (src_cpu0 >= 0 && !bench_proc_cpu(src.pid, &pr->src_cpu_ms, &cpu_unused))
 		pr->src_cpu_ms -= src_cpu0;
@@ -668,9 +659,9 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	json_object_object_add(obj, "workload", json_object_new_string(w->name));
 	json_object_object_add(obj, "guest", json_object_new_string(w->spec));
 	bench_json_u64(obj, "guest_ram_bytes", mem_bytes);
-	bench_json_u64(obj, "vcpus", o->vcpus);
+	bench_json_u64(obj, "vcpus", o->c.vcpus);
 	json_object_object_add(obj, "dest_ready", json_object_new_boolean(o->dest_ready));
-	bench_json_u64(obj, "convergence_timeout_s", o->convergence_timeout_s);
+	bench_json_u64(obj, "convergence_timeout_s", o->c.convergence_timeout_s);
 	return obj;
 }
 
@@ -749,18 +740,18 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	double v[BENCH_MAX_RUNS];
 	unsigned ok = 0, verified = 0, postcopy = 0, guest = 0, k;
 
-	for (unsigned i = 0; i < o->runs; i++) {
+	for (unsigned i = 0; i < o->c.runs; i++) {
 		ok += rs[i].b.completed;
 		verified += rs[i].b.verified;
 		postcopy += rs[i].b.completed && rs[i].switched;
 		guest += rs[i].b.completed && !isnan(bench_guest_speed(&rs[i]));
 	}
-	bench_json_u64(obj, "runs", o->runs);
+	bench_json_u64(obj, "runs", o->c.runs);
 	bench_json_u64(obj, "completed", ok);
 	bench_json_u64(obj, "verified_runs", verified);
 	bench_json_u64(obj, "postcopy_runs", postcopy);
 	bench_json_u64(obj, "guest_measured_runs", guest);
-	for (unsigned i = 0; i < o->runs; i++)
+	for (unsigned i = 0; i < o->c.runs; i++)
 		if (rs[i].b.error[0]) {
 			json_object_object_add(obj, "first_error",
 					       json_object_new_string(rs[i].b.error));
@@ -772,7 +763,7 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	 */
 #define MEDIAN_FIELD(key, pc, expr, decimals) do { \
 		k = 0; \
-		for (unsigned i = 0; i < o->runs; i++) \
+		for (unsigned i = 0; i < o->c.runs; i++) \
 			if (rs[i].b.completed && (!(pc) || rs[i].switched)) { \
 				const struct bench_pc_result *pr = &rs[i]; \
 				const struct bench_result *r = &pr->b; \
@@ -837,86 +828,40 @@ static void bench_usage(FILE *f)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "mem", required_argument, NULL, 'm' },
-		{ "workloads", required_argument, NULL, 'w' },
+		BENCH_COMMON_LONGOPTS,
 		{ "modes", required_argument, NULL, 'M' },
-		{ "transports", required_argument, NULL, 't' },
-		{ "runs", required_argument, NULL, 'r' },
-		{ "vcpus", required_argument, NULL, 'c' },
-		{ "convergence-timeout", required_argument, NULL, 'C' },
-		{ "timeout", required_argument, NULL, 'T' },
-		{ "probe-bytes", required_argument, NULL, 'p' },
-		{ "quick", no_argument, NULL, 'q' },
 		{ "dest-ready", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	const char *workload_names[BENCH_NWORKLOADS], *mode_names[BENCH_NMODES];
-	struct bench_opts o = {
-		.mem_bytes = { 256ull << 20, 1ull << 30 }, .nmem = 2, .runs = 3, .vcpus = 2,
-		.convergence_timeout_s = 30, .timeout_s = 300, .probe_bytes = 512ull << 20,
-		.transport_on = { [BENCH_LOOPBACK] = true, [BENCH_VETH] = true },
-	};
+	struct bench_opts o = { .dest_ready = false };
 	/* Static: the atexit handler reaches it after main() has returned. */
 	static struct bench_netns netns;
-	bool quick = false, netns_ok = false;
+	bool netns_ok = false;
 	struct bench_pc_result *results;
-	uint64_t v;
-	int opt;
+	int opt, taken;
 
+	_Static_assert(BENCH_NWORKLOADS <= BENCH_MAX_WORKLOADS, "workload list too long");
 	harness_init("postcopy", "POSTCOPY_KEEP", false);
-	for (size_t i = 0; i < BENCH_NWORKLOADS; i++) {
+	bench_common_defaults(&o.c);
+	o.c.transport_on[BENCH_VETH] = true;
+	for (size_t i = 0; i < BENCH_NWORKLOADS; i++)
 		workload_names[i] = bench_workloads[i].name;
-		o.workload_on[i] = true;
-	}
 	for (size_t i = 0; i < BENCH_NMODES; i++) {
 		mode_names[i] = bench_modes[i].opt;
 		o.mode_on[i] = true;
 	}
-	o.bin = getenv("VMFERRY_BIN") && *getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		taken = bench_common_option(opt, optarg, &o.c, workload_names, BENCH_NWORKLOADS);
+		if (taken < 0)
+			goto usage;
+		if (taken > 0)
+			continue;
 		switch (opt) {
-		case 'm':
-			if (bench_parse_sizes(optarg, o.mem_bytes, &o.nmem))
-				goto usage;
-			break;
-		case 'w':
-			if (bench_parse_names(optarg, workload_names, BENCH_NWORKLOADS, o.workload_on))
-				goto usage;
-			break;
 		case 'M':
 			if (bench_parse_names(optarg, mode_names, BENCH_NMODES, o.mode_on))
 				goto usage;
-			break;
-		case 't':
-			if (bench_parse_names(optarg, bench_transport_opts, BENCH_TRANSPORT__COUNT,
-					      o.transport_on))
-				goto usage;
-			break;
-		case 'r':
-			if (size_parse_uint(optarg, 1, BENCH_MAX_RUNS, &v))
-				goto usage;
-			o.runs = (unsigned)v;
-			break;
-		case 'c':
-			if (size_parse_uint(optarg, 1, 64, &v))
-				goto usage;
-			o.vcpus = (unsigned)v;
-			break;
-		case 'C':
-			if (size_parse_uint(optarg, 0, 86400, &o.convergence_timeout_s))
-				goto usage;
-			break;
-		case 'T':
-			if (size_parse_uint(optarg, 1, 86400, &o.timeout_s))
-				goto usage;
-			break;
-		case 'p':
-			if (size_parse(optarg, &o.probe_bytes) || o.probe_bytes < (1u << 20))
-				goto usage;
-			break;
-		case 'q':
-			quick = true;
 			break;
 		case 'R':
 			o.dest_ready = true;
@@ -930,13 +875,13 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
-	if (quick) {
-		o.mem_bytes[0] = 256ull << 20;
-		o.nmem = 1;
-		o.runs = 1;
-		o.transport_on[BENCH_LOOPBACK] = true;
-		o.transport_on[BENCH_VETH] = false;
-		o.transport_on[BENCH_WIRE] = false;
+	if (o.c.quick) {
+		o.c.mem_bytes[0] = 256ull << 20;
+		o.c.nmem = 1;
+		o.c.runs = 1;
+		o.c.transport_on[BENCH_LOOPBACK] = true;
+		o.c.transport_on[BENCH_VETH] = false;
+		o.c.transport_on[BENCH_WIRE] = false;
 	}
 	if (access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "postcopy: /dev/kvm not available: %s\n", strerror(errno));
@@ -947,24 +892,24 @@ int main(int argc, char **argv)
 	memset(&netns, 0, sizeof(netns));
 
 	/* One (transport, size, workload) at a time: its modes x runs. */
-	results = calloc((size_t)BENCH_NMODES * o.runs, sizeof(*results));
+	results = calloc((size_t)BENCH_NMODES * o.c.runs, sizeof(*results));
 	if (!results) {
 		perror("postcopy");
 		return 1;
 	}
 	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
-		if (!o.transport_on[t])
+		if (!o.c.transport_on[t])
 			continue;
 		if (t != BENCH_LOOPBACK)
 			netns_ok = bench_netns_create(&netns, (enum bench_transport)t,
 						      BENCH_VETH_DELAY_US) == 0;
-		for (unsigned m = 0; m < o.nmem; m++) {
+		for (unsigned m = 0; m < o.c.nmem; m++) {
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++) {
-				if (!o.workload_on[w])
+				if (!o.c.workload_on[w])
 					continue;
-				for (unsigned i = 0; i < o.runs; i++) {
+				for (unsigned i = 0; i < o.c.runs; i++) {
 					for (size_t d = 0; d < BENCH_NMODES; d++) {
-						struct bench_pc_result *r = &results[d * o.runs + i];
+						struct bench_pc_result *r = &results[d * o.c.runs + i];
 
 						if (!o.mode_on[d])
 							continue;
@@ -974,20 +919,20 @@ int main(int argc, char **argv)
 								 "cannot create the network namespaces");
 						} else {
 							bench_one(&o, (enum bench_transport)t, &netns,
-								  o.mem_bytes[m], &bench_workloads[w],
+								  o.c.mem_bytes[m], &bench_workloads[w],
 								  &bench_modes[d], r);
 						}
 						bench_print_run((enum bench_transport)t, &netns,
-								o.mem_bytes[m], &bench_workloads[w],
+								o.c.mem_bytes[m], &bench_workloads[w],
 								&bench_modes[d], &o, i, r);
 					}
 				}
 				for (size_t d = 0; d < BENCH_NMODES; d++)
 					if (o.mode_on[d])
 						bench_print_median((enum bench_transport)t, &netns,
-								   o.mem_bytes[m], &bench_workloads[w],
+								   o.c.mem_bytes[m], &bench_workloads[w],
 								   &bench_modes[d], &o,
-								   &results[d * o.runs]);
+								   &results[d * o.c.runs]);
 			}
 		}
 		if (t != BENCH_LOOPBACK && netns_ok)

@@ -84,18 +84,9 @@ static const struct bench_workload {
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
 struct bench_opts {
-	uint64_t mem_bytes[BENCH_MAX_SIZES];
-	unsigned nmem;
-	bool workload_on[BENCH_NWORKLOADS];
-	bool transport_on[BENCH_TRANSPORT__COUNT];
-	unsigned runs;
-	unsigned vcpus;
+	struct bench_common_opts c;
 	uint64_t downtime_limit_ms;      /* 0: leave the VMM's default */
-	uint64_t convergence_timeout_s;
 	bool auto_converge;
-	uint64_t timeout_s;
-	uint64_t probe_bytes;
-	const char *bin;
 };
 
 /* Set parameters and capabilities from the options. */
@@ -108,7 +99,7 @@ static int bench_set_params(const struct bench_opts *o, struct harness_vm *src,
 	if (o->downtime_limit_ms)
 		json_object_object_add(p, "downtime-limit", json_object_new_int64((int64_t)o->downtime_limit_ms));
 	json_object_object_add(p, "convergence-timeout",
-			       json_object_new_int64((int64_t)o->convergence_timeout_s));
+			       json_object_new_int64((int64_t)o->c.convergence_timeout_s));
 	rc = bench_call(src, "migrate-set-parameters", p, NULL, r);
 	json_object_put(p);
 	if (rc)
@@ -146,19 +137,19 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	memset(r, 0, sizeof(*r));
 	r->downtime_ms = -1;
 	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
-	snprintf(vcpus, sizeof(vcpus), "%u", o->vcpus);
+	snprintf(vcpus, sizeof(vcpus), "%u", o->c.vcpus);
 	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
 
 	/* The link first, with no VM competing for the CPUs. */
 	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
-				  o->probe_bytes, 0, &r->link_bps);
+				  o->c.probe_bytes, 0, &r->link_bps);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
 		return;
 	}
-	if (bench_vm_start(o->bin, ns, 1, "dst", dst_args, &dst, r) ||
+	if (bench_vm_start(o->c.bin, ns, 1, "dst", dst_args, &dst, r) ||
 	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
-	    bench_vm_start(o->bin, ns, 0, "src", src_args, &src, r))
+	    bench_vm_start(o->c.bin, ns, 0, "src", src_args, &src, r))
 		goto out;
 	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
 	while (!running && clock_monotonic_ns() < deadline) {
@@ -178,7 +169,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	rc = bench_call(&src, "migrate", args, NULL, r);
 	json_object_put(args);
-	if (rc || bench_wait_migration(o->timeout_s, &src, &q, r))
+	if (rc || bench_wait_migration(o->c.timeout_s, &src, &q, r))
 		goto out;
 	bench_copy_stats(q, r);
 	json_object_put(q);
@@ -319,85 +310,38 @@ static void bench_usage(FILE *f)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "mem", required_argument, NULL, 'm' },
-		{ "workloads", required_argument, NULL, 'w' },
-		{ "transports", required_argument, NULL, 't' },
-		{ "runs", required_argument, NULL, 'r' },
-		{ "vcpus", required_argument, NULL, 'c' },
+		BENCH_COMMON_LONGOPTS,
 		{ "downtime-limit", required_argument, NULL, 'd' },
-		{ "convergence-timeout", required_argument, NULL, 'C' },
 		{ "auto-converge", no_argument, NULL, 'a' },
-		{ "timeout", required_argument, NULL, 'T' },
-		{ "probe-bytes", required_argument, NULL, 'p' },
-		{ "quick", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	const char *workload_names[BENCH_NWORKLOADS];
-	struct bench_opts o = {
-		.mem_bytes = { 256ull << 20, 1ull << 30 }, .nmem = 2, .runs = 3, .vcpus = 2,
-		.convergence_timeout_s = 30, .timeout_s = 300, .probe_bytes = 512ull << 20,
-		.transport_on = { [BENCH_LOOPBACK] = true },
-	};
+	struct bench_opts o = { .downtime_limit_ms = 0 };
 	/* Static: the atexit handler reaches it after main() has returned. */
 	static struct bench_netns netns;
-	bool quick = false, netns_ok = false;
+	bool netns_ok = false;
 	struct bench_result *results;
-	uint64_t v;
-	int opt;
+	int opt, taken;
 
-	for (size_t i = 0; i < BENCH_NWORKLOADS; i++) {
+	_Static_assert(BENCH_NWORKLOADS <= BENCH_MAX_WORKLOADS, "workload list too long");
+	for (size_t i = 0; i < BENCH_NWORKLOADS; i++)
 		workload_names[i] = bench_workloads[i].name;
-		o.workload_on[i] = true;
-	}
 	harness_init("precopy", "PRECOPY_KEEP", false);
-	o.bin = getenv("VMFERRY_BIN") && *getenv("VMFERRY_BIN") ? getenv("VMFERRY_BIN") : "build/vmferry";
+	bench_common_defaults(&o.c);
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		taken = bench_common_option(opt, optarg, &o.c, workload_names, BENCH_NWORKLOADS);
+		if (taken < 0)
+			goto usage;
+		if (taken > 0)
+			continue;
 		switch (opt) {
-		case 'm':
-			if (bench_parse_sizes(optarg, o.mem_bytes, &o.nmem))
-				goto usage;
-			break;
-		case 'w':
-			if (bench_parse_names(optarg, workload_names, BENCH_NWORKLOADS, o.workload_on))
-				goto usage;
-			break;
-		case 't':
-			if (bench_parse_names(optarg, bench_transport_opts, BENCH_TRANSPORT__COUNT,
-					      o.transport_on))
-				goto usage;
-			break;
-		case 'r':
-			if (size_parse_uint(optarg, 1, BENCH_MAX_RUNS, &v))
-				goto usage;
-			o.runs = (unsigned)v;
-			break;
-		case 'c':
-			if (size_parse_uint(optarg, 1, 64, &v))
-				goto usage;
-			o.vcpus = (unsigned)v;
-			break;
 		case 'd':
 			if (size_parse_uint(optarg, 1, 2000000, &o.downtime_limit_ms))
 				goto usage;
 			break;
-		case 'C':
-			if (size_parse_uint(optarg, 0, 86400, &o.convergence_timeout_s))
-				goto usage;
-			break;
 		case 'a':
 			o.auto_converge = true;
-			break;
-		case 'T':
-			if (size_parse_uint(optarg, 1, 86400, &o.timeout_s))
-				goto usage;
-			break;
-		case 'p':
-			if (size_parse(optarg, &o.probe_bytes) || o.probe_bytes < (1u << 20))
-				goto usage;
-			break;
-		case 'q':
-			quick = true;
 			break;
 		case 'h':
 			bench_usage(stdout);
@@ -408,13 +352,13 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
-	if (quick) {
-		o.mem_bytes[0] = 256ull << 20;
-		o.nmem = 1;
-		o.runs = 1;
-		o.transport_on[BENCH_LOOPBACK] = true;
-		o.transport_on[BENCH_VETH] = false;
-		o.transport_on[BENCH_WIRE] = false;
+	if (o.c.quick) {
+		o.c.mem_bytes[0] = 256ull << 20;
+		o.c.nmem = 1;
+		o.c.runs = 1;
+		o.c.transport_on[BENCH_LOOPBACK] = true;
+		o.c.transport_on[BENCH_VETH] = false;
+		o.c.transport_on[BENCH_WIRE] = false;
 	}
 	if (access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "precopy: /dev/kvm not available: %s\n", strerror(errno));
@@ -424,23 +368,23 @@ int main(int argc, char **argv)
 		return 1;
 	memset(&netns, 0, sizeof(netns));
 
-	results = calloc((size_t)BENCH_TRANSPORT__COUNT * o.nmem * BENCH_NWORKLOADS * o.runs,
+	results = calloc((size_t)BENCH_TRANSPORT__COUNT * o.c.nmem * BENCH_NWORKLOADS * o.c.runs,
 			 sizeof(*results));
 	if (!results) {
 		perror("precopy");
 		return 1;
 	}
-#define RESULT(t, m, w, i) (&results[(((size_t)(t) * o.nmem + (m)) * BENCH_NWORKLOADS + (w)) * o.runs + (i)])
+#define RESULT(t, m, w, i) (&results[(((size_t)(t) * o.c.nmem + (m)) * BENCH_NWORKLOADS + (w)) * o.c.runs + (i)])
 	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
-		if (!o.transport_on[t])
+		if (!o.c.transport_on[t])
 			continue;
 		if (t != BENCH_LOOPBACK)
 			netns_ok = bench_netns_create(&netns, (enum bench_transport)t, 0) == 0;
-		for (unsigned m = 0; m < o.nmem; m++) {
+		for (unsigned m = 0; m < o.c.nmem; m++) {
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++) {
-				if (!o.workload_on[w])
+				if (!o.c.workload_on[w])
 					continue;
-				for (unsigned i = 0; i < o.runs; i++) {
+				for (unsigned i = 0; i < o.c.runs; i++) {
 					struct bench_result *r = RESULT(t, m, w, i);
 
 					if (t != BENCH_LOOPBACK && !netns_ok) {
@@ -449,19 +393,19 @@ int main(int argc, char **argv)
 							 "cannot create the network namespaces");
 					} else {
 						bench_one(&o, (enum bench_transport)t, &netns,
-							  o.mem_bytes[m], &bench_workloads[w], r);
+							  o.c.mem_bytes[m], &bench_workloads[w], r);
 					}
-					bench_print_run((enum bench_transport)t, &netns, o.mem_bytes[m],
-							&bench_workloads[w], o.vcpus, i, r);
+					bench_print_run((enum bench_transport)t, &netns, o.c.mem_bytes[m],
+							&bench_workloads[w], o.c.vcpus, i, r);
 				}
 			}
 		}
-		for (unsigned m = 0; m < o.nmem; m++)
+		for (unsigned m = 0; m < o.c.nmem; m++)
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++)
-				if (o.workload_on[w])
-					bench_print_median((enum bench_transport)t, &netns, o.mem_bytes[m],
-							   &bench_workloads[w], o.vcpus,
-							   RESULT(t, m, w, 0), o.runs);
+				if (o.c.workload_on[w])
+					bench_print_median((enum bench_transport)t, &netns, o.c.mem_bytes[m],
+							   &bench_workloads[w], o.c.vcpus,
+							   RESULT(t, m, w, 0), o.c.runs);
 		if (t != BENCH_LOOPBACK && netns_ok)
 			bench_netns_finish(&netns);
 	}
