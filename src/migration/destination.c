@@ -505,13 +505,14 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 		return r;
 	d->bd.start_ns = clock_monotonic_ns();
 	r = vm_incoming_finish(m->vm, m->in_vm.was_running, &d->first_run_ns);
-	d->bd.start_ns = clock_monotonic_ns() - d->bd.start_ns;
 	if (r) {
 		snprintf(err, errlen, "cannot start the guest");
 		return r;
 	}
 	if (!d->first_run_ns)
 		d->first_run_ns = clock_monotonic_ns();
+	/* until the first vCPU ran: the pause ends there, not when all did */
+	d->bd.start_ns = d->first_run_ns > d->bd.start_ns ? d->first_run_ns - d->bd.start_ns : 0;
 	mig_boot_id(boot_id);
 	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
 	if (same_clock && m->in_vm.stop_ns && start > m->in_vm.stop_ns)
@@ -990,12 +991,13 @@ static int mig_in_start_guest(struct migration *m, struct mig_dst *d, uint64_t e
 		cpr_fault_point("before-run");
 	d->bd.start_ns = clock_monotonic_ns();
 	err = vm_incoming_finish(m->vm, m->in_vm.was_running, &first_run_ns);
-	d->bd.start_ns = clock_monotonic_ns() - d->bd.start_ns;
 	if (err) {
 		mig_set_error(m, "cannot start the guest after loading");
 		mig_dst_rp_error(d, err, m->error);
 		return -1;
 	}
+	/* until the first vCPU ran: the pause ends there, not when all did */
+	d->bd.start_ns = first_run_ns > d->bd.start_ns ? first_run_ns - d->bd.start_ns : 0;
 	mig_boot_id(boot_id);
 	same_clock = !memcmp(boot_id, d->src_boot_id, MIG_BOOT_ID_BYTES);
 	if (!first_run_ns)
