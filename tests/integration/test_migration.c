@@ -29,6 +29,7 @@
 #include "control/client.h"
 #include "lib/migtest.h"
 #include "harness/harness.h"
+#include "util/log.h"
 
 
 /* Wait until the migration reached at least @passes passes (or finished). */
@@ -202,18 +203,30 @@ static void test_qmp_spellings(void **state)
 	}
 }
 
+/*
+ * Ping-pong: one guest migrated back and forth, alternating TCP and UNIX
+ * sockets, its memory verified after every hop.  20 hops in the suite;
+ * VMFERRY_PINGPONG_HOPS=1000 is the long run (docs/reliability.md).
+ */
 static void test_ping_pong_20(void **state)
 {
+	const char *env = getenv("VMFERRY_PINGPONG_HOPS");
+	int hops = env ? atoi(env) : 20;
 	struct harness_vm a, b;
+	uint64_t t0 = clock_monotonic_ns();
 
 	(void)state;
+	assert_true(hops >= 1);
 	migtest_spawn(&a, "32M", "2", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&a, 2, 30000), 0);
-	for (int hop = 0; hop < 20; hop++) {
+	for (int hop = 0; hop < hops; hop++) {
 		migrate_once(&a, &b, "32M", "2", hop % 2);
 		assert_int_equal(harness_verify_memory(&b), 0);
 		assert_int_equal(harness_vm_quit(&a), 0);
 		a = b;
+		if (hops > 20 && (hop + 1) % 100 == 0)
+			fprintf(stderr, "ping-pong: %d hops verified, %.1f s\n", hop + 1,
+				(double)(clock_monotonic_ns() - t0) / 1e9);
 	}
 	migtest_expect_guest_alive_and_verified(&a);
 	assert_int_equal(harness_vm_quit(&a), 0);
