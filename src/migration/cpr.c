@@ -695,14 +695,13 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 		run->stopped = false; /* two copies must never run over one RAM */
 		return -1;
 	}
-	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= run->stop_ns
-			    ? rp.first_run_ns - run->stop_ns : clock_monotonic_ns() - run->stop_ns,
-			 rp.same_clock);
-	run->src.bd.wait_ns = (rp.same_clock ? rp.first_run_ns : clock_monotonic_ns()) -
-			      (run->stop_ns + run->src.bd.vcpu_stop_ns);
-	for (unsigned i = 0; i < MIG_STATE_MAX; i++)
-		run->src.bd.wait_ns -= run->src.bd.state_ns[i];
-	run->src.bd.wait_ns -= run->src.bd.send_ns;
+	{
+		uint64_t end_ns = rp.same_clock && rp.first_run_ns >= run->stop_ns
+				  ? rp.first_run_ns : clock_monotonic_ns();
+
+		mig_set_downtime(m, end_ns - run->stop_ns, rp.same_clock);
+		mig_breakdown_fit(&run->src.bd, run->stop_ns, end_ns);
+	}
 	mig_set_breakdown(m, &run->src.bd);
 	atomic_store(&m->transferred, run->src.s.bytes);
 	return 0;

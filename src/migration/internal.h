@@ -226,7 +226,6 @@ struct mig_releaser {
 struct mig_src {
 	struct migration *m;
 	struct mig_breakdown bd;   /* this migration's pause, published at the end */
-	uint64_t run_sent_ns;      /* postcopy: when RUN was flushed */
 	struct stream s;
 	struct ram_block *block;
 	uint64_t npages;
@@ -298,6 +297,7 @@ void mig_replace_error(struct migration *m, const char *fmt, ...)
 void mig_set_time(struct migration *m, uint64_t *field, uint64_t value);
 void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock);
 void mig_set_breakdown(struct migration *m, const struct mig_breakdown *bd);
+void mig_breakdown_fit(struct mig_breakdown *bd, uint64_t stop_ns, uint64_t end_ns);
 void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd);
 void mig_dst_vcpu_nice(struct migration *m, bool on);
 void mig_enter_paused(struct migration *m, const char *reason);

@@ -169,6 +169,34 @@ void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock
 	pthread_mutex_unlock(&m->lock);
 }
 
+/*
+ * Fit a source's breakdown to its pause, from @stop_ns to @end_ns (the
+ * destination's first vCPU run, or RUNNING's arrival): the phases ran one
+ * after the other (vCPU stop, discards, each state, send), each is cut
+ * where the pause ended (a thread descheduled after handing END to the
+ * kernel must not count time the guest already ran), and the destination's
+ * part is what is left.  The parts then add up to the pause.
+ */
+void mig_breakdown_fit(struct mig_breakdown *bd, uint64_t stop_ns, uint64_t end_ns)
+{
+	uint64_t *parts[3 + MIG_STATE_MAX], t = stop_ns;
+	unsigned n = 0;
+
+	parts[n++] = &bd->vcpu_stop_ns;
+	parts[n++] = &bd->discard_ns;
+	for (unsigned i = 0; i < MIG_STATE_MAX; i++)
+		parts[n++] = &bd->state_ns[i];
+	parts[n++] = &bd->send_ns;
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t left = end_ns > t ? end_ns - t : 0;
+
+		if (*parts[i] > left)
+			*parts[i] = left;
+		t += *parts[i];
+	}
+	bd->wait_ns = end_ns > t ? end_ns - t : 0;
+}
+
 /* Publish where the pause went. */
 void mig_set_breakdown(struct migration *m, const struct mig_breakdown *bd)
 {

@@ -340,7 +340,7 @@ static int mig_src_wait_running(struct mig_run *run)
 {
 	struct migration *m = run->m;
 	struct mig_rp_msg rp;
-	uint64_t sent_ns = clock_monotonic_ns();
+	uint64_t end_ns;
 	int err;
 
 	run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
@@ -362,11 +362,10 @@ static int mig_src_wait_running(struct mig_run *run)
 			      rp.type == MIG_RP_ERROR ? rp.text : "unexpected return-path message");
 		return -1;
 	}
-	mig_set_downtime(m, rp.same_clock && rp.first_run_ns >= run->stop_ns
-			    ? rp.first_run_ns - run->stop_ns : clock_monotonic_ns() - run->stop_ns,
-			 rp.same_clock);
-	run->src.bd.wait_ns = rp.same_clock && rp.first_run_ns >= sent_ns
-			      ? rp.first_run_ns - sent_ns : clock_monotonic_ns() - sent_ns;
+	end_ns = rp.same_clock && rp.first_run_ns >= run->stop_ns ? rp.first_run_ns
+									: clock_monotonic_ns();
+	mig_set_downtime(m, end_ns - run->stop_ns, rp.same_clock);
+	mig_breakdown_fit(&run->src.bd, run->stop_ns, end_ns);
 	mig_set_breakdown(m, &run->src.bd);
 	return 0;
 }

@@ -1033,8 +1033,7 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 	stream_put_u8(&src->s, MIG_REC_POSTCOPY_RUN);
 	if (stream_flush(&src->s))
 		return mig_postcopy_refused(src, "sending run failed: %s", src->s.errmsg);
-	src->run_sent_ns = clock_monotonic_ns();
-	src->bd.send_ns += src->run_sent_ns - t1;
+	src->bd.send_ns += clock_monotonic_ns() - t1;
 	if (pthread_create(rp_thread, NULL, mig_rp_thread, src)) {
 		mig_set_error(m, "cannot start the return-path thread");
 		return -EAGAIN;
@@ -1121,8 +1120,8 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 		mig_set_downtime(m, src->running.same_clock && src->running.first_run_ns >= stop_ns
 				    ? src->running.first_run_ns - stop_ns : 0,
 				 src->running.same_clock);
-		if (src->running.same_clock && src->running.first_run_ns >= src->run_sent_ns)
-			src->bd.wait_ns = src->running.first_run_ns - src->run_sent_ns;
+		if (src->running.same_clock && src->running.first_run_ns >= stop_ns)
+			mig_breakdown_fit(&src->bd, stop_ns, src->running.first_run_ns);
 		mig_set_breakdown(m, &src->bd);
 	}
 	mig_releaser_finish(src, false); /* no-op after success */
