@@ -780,7 +780,7 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 	for (;;) {
 		if (!err) {
 			/* END: requested pages may still be on the urgent channel. */
-			for (int i = 0; i < MIG_RP_TIMEOUT_MS && postcopy_dst_missing(d->pd) &&
+			for (int i = 0, n = MIG_RP_TIMEOUT_MS; i < n && postcopy_dst_missing(d->pd) &&
 					!atomic_load(&d->urgent_failed) && !mig_closing(m); i++) {
 				struct timespec ms = { 0, 1000000 };
 

@@ -51,8 +51,14 @@
 
 #define MIG_WINDOW_PAGES 512u          /* pages cleared + sent together (2 MiB) */
 #define MIG_CONNECT_TIMEOUT_MS 10000
-#define MIG_IO_TIMEOUT_MS 30000
-#define MIG_RP_TIMEOUT_MS 30000
+/*
+ * How long a peer may stay silent (a read or write on a migration channel,
+ * the source's wait for RUNNING after END) before the link counts as
+ * broken: 30 s, or VMFERRY_IO_TIMEOUT_MS (100..3600000; tests shorten it).
+ */
+#define MIG_IO_TIMEOUT_DEFAULT_MS 30000
+#define MIG_IO_TIMEOUT_MS mig_io_timeout_ms()
+#define MIG_RP_TIMEOUT_MS mig_io_timeout_ms()
 /*
  * Completion closes the urgent channel: the source ends it with END once it
  * read COMPLETE on the return path.  Two separate connections do not keep
@@ -259,6 +265,8 @@ struct mig_unacked {
 };
 
 /* migration.c */
+int mig_io_timeout_ms(void);
+int mig_env_ms(const char *name, int dflt);
 const char *mig_mode_name(enum mig_mode mode);
 bool mig_status_finished(enum mig_status s);
 void mig_emit(struct migration *m, const char *event, struct json_object *data);
