@@ -74,6 +74,14 @@
 #define MIG_CPR_PEER_EXIT_MS 5000     /* a failed new process has this long to exit */
 #define MIG_CPR_CONNECT_WAIT_MS 2000  /* for a new process that does not listen yet */
 /*
+ * The new process of a live update, once it holds the guest's fds and
+ * answered ACK, gives up when the old one has not connected the main
+ * channel within this long (VMFERRY_CPR_MAIN_WAIT_MS overrides it, for
+ * tests): the old process connects right after the ACK, and gives up itself
+ * after MIG_CONNECT_TIMEOUT_MS.
+ */
+#define MIG_CPR_MAIN_WAIT_DEFAULT_MS 15000
+/*
  * Postcopy: the source asks for an acknowledgement (PING) after this many
  * pages pushed, and gives a page's memory back only once acknowledged, so a
  * page lost in flight when a channel breaks is still here to be re-sent.

@@ -16,9 +16,13 @@
  *   postcopy.  The source pauses and says the guest is lost if that
  *   process died, and how to tell; `cont {"force": true}` is refused (the
  *   destination ran the guest); `vmferry migrate --resume` says the same.
+ * - test_cpr_main_never_connects: an old process hands over the fds and
+ *   never connects the main channel: the new process gives up within its
+ *   bound, exits 1 with the reason, holding nothing.
  *
- * Silence is made short with VMFERRY_IO_TIMEOUT_MS.  Every wait is bounded;
- * every process is reaped.  Skips (77) without KVM.
+ * Silence is made short with VMFERRY_IO_TIMEOUT_MS (and the new process's
+ * bound with VMFERRY_CPR_MAIN_WAIT_MS).  Every wait is bounded; every
+ * process is reaped.  Skips (77) without KVM.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -287,12 +291,50 @@ static void test_postcopy_destination_killed(void **state)
 	assert_int_equal(harness_vm_kill(&st_src), 128 + SIGKILL);
 }
 
+static void test_cpr_main_never_connects(void **state)
+{
+	const struct harness_vm_opts opts = { .name = "new", .log = true };
+	char cp[HARNESS_PATH_BYTES], mp[HARNESS_PATH_BYTES], log[8192] = "";
+	char cpr_uri[HARNESS_PATH_BYTES + 8], main_uri[HARNESS_PATH_BYTES + 8];
+	const char *args[] = { "--incoming", main_uri, "--incoming-cpr", cpr_uri, NULL };
+	uint64_t t0;
+	size_t n;
+	FILE *f;
+	int rc;
+
+	(void)state;
+	assert_int_equal(harness_unique_path(cp, sizeof(cp), "cpr"), 0);
+	assert_int_equal(harness_unique_path(mp, sizeof(mp), "main"), 0);
+	snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s", cp);
+	snprintf(main_uri, sizeof(main_uri), "unix:%s", mp);
+	setenv("VMFERRY_CPR_MAIN_WAIT_MS", "1000", 1);
+	assert_int_equal(harness_spawn_start(&st_dst, &opts, args), 0);
+	unsetenv("VMFERRY_CPR_MAIN_WAIT_MS");
+	peer_start(&st_peer, "cpr-old", cpr_uri, ST_MEM);
+	assert_int_equal(strncmp(st_peer.uri, "0 ", 2), 0); /* ACK 0: it holds the fds */
+	t0 = clock_monotonic_ns();
+	rc = harness_wait_exit(&st_dst, 30000);
+	fprintf(stderr, "new process gave up after %.0f ms with status %d\n",
+		(double)(clock_monotonic_ns() - t0) / 1e6, rc);
+	assert_int_equal(rc, 1);
+	f = fopen(st_dst.log_path, "r");
+	assert_non_null(f);
+	n = fread(log, 1, sizeof(log) - 1, f);
+	log[n] = 0;
+	fclose(f);
+	assert_non_null(strstr(log, "did not connect the main channel"));
+	assert_non_null(strstr(log, "within 1000 ms"));
+	assert_int_equal(harness_kill_reap(st_peer.pid), 128 + SIGKILL);
+	st_peer.pid = -1;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_precopy_silent_tcp, st_teardown),
 		cmocka_unit_test_teardown(test_cpr_silent_new_process, st_teardown),
 		cmocka_unit_test_teardown(test_postcopy_destination_killed, st_teardown),
+		cmocka_unit_test_teardown(test_cpr_main_never_connects, st_teardown),
 	};
 
 	if (harness_cleanup_on_exit())
