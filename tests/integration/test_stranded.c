@@ -8,6 +8,9 @@
  *   (finish-migrate) and says how to resume it; cont, stop, migrate-cancel
  *   and migrate refuse with that command; `cont {"force": true}` resumes
  *   it; the guest verifies (incrementer), runs on and migrates again.
+ * - test_precopy_peer_dies_after_stop: the same peer is killed while the
+ *   source waits for RUNNING: a closed connection is no answer, so the
+ *   source resumes the guest by itself.
  * - test_cpr_silent_new_process: a live update's new process takes the
  *   fds, answers ACK and goes silent.  The force is refused while it lives
  *   (it maps the same RAM); once it is killed the force resumes the guest,
@@ -199,6 +202,41 @@ static void test_precopy_silent_tcp(void **state)
 	assert_int_equal(harness_vm_quit(&st_src), 0);
 }
 
+/*
+ * The peer dies while the source waits for RUNNING after the stop: a
+ * closed connection is no answer, the destination never ran the guest,
+ * so the source resumes it at once (no force needed).
+ */
+static void test_precopy_peer_dies_after_stop(void **state)
+{
+	struct json_object *q = NULL;
+	bool stopped = false;
+
+	(void)state;
+	/* The default silence bound (30 s): the window to kill it in. */
+	migtest_spawn(&st_src, ST_MEM, "1", "incrementer", NULL);
+	assert_int_equal(harness_wait_passes(&st_src, 1, 30000), 0);
+	peer_start(&st_peer, "main", "tcp:127.0.0.1:0", NULL);
+	assert_int_equal(harness_migrate(&st_src, st_peer.uri), 0);
+	for (int i = 0; i < 20000 && !stopped; i++) {
+		assert_int_equal(harness_call(&st_src, "query-status", NULL, &q), 0);
+		stopped = !strcmp(harness_json_str(q, "status"), "finish-migrate");
+		json_object_put(q);
+		if (!stopped)
+			harness_nap_ms(1);
+	}
+	assert_true(stopped);
+	assert_int_equal(harness_kill_reap(st_peer.pid), 128 + SIGKILL);
+	st_peer.pid = -1;
+	q = migtest_wait_migration(&st_src);
+	fprintf(stderr, "peer died after the stop: %s\n", harness_json_str(q, "error-desc"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	assert_null(strstr(harness_json_str(q, "error-desc"), "kept paused"));
+	json_object_put(q);
+	migtest_expect_guest_alive_and_verified(&st_src);
+	assert_int_equal(harness_vm_quit(&st_src), 0);
+}
+
 static void test_cpr_silent_new_process(void **state)
 {
 	struct migtest_cpr_target t;
@@ -332,6 +370,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_precopy_silent_tcp, st_teardown),
+		cmocka_unit_test_teardown(test_precopy_peer_dies_after_stop, st_teardown),
 		cmocka_unit_test_teardown(test_cpr_silent_new_process, st_teardown),
 		cmocka_unit_test_teardown(test_postcopy_destination_killed, st_teardown),
 		cmocka_unit_test_teardown(test_cpr_main_never_connects, st_teardown),
