@@ -51,7 +51,7 @@
 #include "util/log.h"
 
 #define ST_MEM "64M"
-#define ST_SILENCE_MS "1500"   /* VMFERRY_IO_TIMEOUT_MS for the source */
+#define ST_SILENCE_MS "3000"   /* VMFERRY_IO_TIMEOUT_MS for the source (margin for sanitizers) */
 #define ST_FORCE "cont {\"force\": true}"
 
 /* The silent peer, started by peer_start(). */
