@@ -675,7 +675,10 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 		run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
 		err = mig_rp_read(&run->src.s, &rp, run->errbuf, sizeof(run->errbuf));
 	}
-	if (!err && rp.type == MIG_RP_ERROR) {
+	/* A refusal may close the channel while the state is still being
+	 * sent: the send fails, and the refusal waits on the return path. */
+	if ((!err && rp.type == MIG_RP_ERROR) ||
+	    (err && !mig_rp_pending_error(&run->src, rp.text, sizeof(rp.text)))) {
 		/* It refused the state: it never ran the guest. */
 		mig_set_error(m, "the new process failed to load the state: %s; the guest "
 			      "continues here", rp.text);
