@@ -233,10 +233,12 @@ static int cli_finish(struct json_object *q, bool quiet, bool tty)
 		return 0;
 	if (!strcmp(st, "postcopy-paused")) {
 		fprintf(stderr, "vmferry migrate: postcopy paused: %s\n"
-			"  The guest runs on the destination and waits for the pages it lacks.\n"
+			"  If the destination's VMM is alive (`vmferry ctl DST query-status`), the "
+			"guest runs there and waits for the pages it lacks.\n"
 			"  Recover: on the destination `vmferry ctl DST migrate-recover '{\"uri\": "
-			"URI}'`,\n  then here `vmferry migrate --control SRC --resume URI`.\n",
-			cli_str(q, "error-desc"));
+			"URI}'`,\n  then here `vmferry migrate --control SRC --resume URI`.\n"
+			"  If the destination's process died, the guest is lost: part of its memory "
+			"existed only there.\n", cli_str(q, "error-desc"));
 		return CLI_EXIT_PAUSED;
 	}
 	fprintf(stderr, "vmferry migrate: %s: %s\n", st, cli_str(q, "error-desc"));

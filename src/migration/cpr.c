@@ -597,6 +597,7 @@ struct mig_cpr_run {
 	uint64_t stop_ns;
 	bool was_running;
 	bool stopped;                /* stopped here, and may resume here */
+	bool kept;                   /* stopped, and the new process may run it */
 };
 
 /*
@@ -675,7 +676,10 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 		run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
 		err = mig_rp_read(&run->src.s, &rp, run->errbuf, sizeof(run->errbuf));
 	}
-	if (!err && rp.type == MIG_RP_ERROR) {
+	/* A refusal may close the channel while the state is still being
+	 * sent: the send fails, and the refusal waits on the return path. */
+	if ((!err && rp.type == MIG_RP_ERROR) ||
+	    (err && !mig_rp_pending_error(&run->src, rp.text, sizeof(rp.text)))) {
 		/* It refused the state: it never ran the guest. */
 		mig_set_error(m, "the new process failed to load the state: %s; the guest "
 			      "continues here", rp.text);
@@ -689,10 +693,12 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 			return -1;
 		}
 		mig_set_error(m, "no word from the new process (pid %d) after the switch (%s) and it "
-			      "is still alive, so it may be running the guest: kept paused here; "
-			      "if it is not, stop it and 'cont' here", run->peer,
-			      err ? run->errbuf : "unexpected return-path message");
+			      "is still alive, so it may be running the guest: kept paused here. If "
+			      "it does not run the guest, end it (kill -9 %d), then resume the guest "
+			      "here with cont {\"force\": true}", run->peer,
+			      err ? run->errbuf : "unexpected return-path message", run->peer);
 		run->stopped = false; /* two copies must never run over one RAM */
+		run->kept = true;
 		return -1;
 	}
 	{
@@ -756,6 +762,8 @@ void mig_cpr_source(struct migration *m)
 			mig_set_error(m, "cancelled");
 		if (run.stopped)
 			vm_migration_abort(m->vm, run.was_running);
+		else if (run.kept) /* cont {"force": true} once that process is gone */
+			vm_migration_keep(m->vm, VM_KEPT_PEER_MAY_RUN, run.was_running, run.peer);
 		mig_states_cleanup(m, false);
 		mig_cpr_release(&run);
 		mig_finish_failed(m);

@@ -855,7 +855,7 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 	for (;;) {
 		if (!err) {
 			/* END: requested pages may still be on the urgent channel. */
-			for (int i = 0; i < MIG_RP_TIMEOUT_MS && postcopy_dst_missing(d->pd) &&
+			for (int i = 0, n = MIG_RP_TIMEOUT_MS; i < n && postcopy_dst_missing(d->pd) &&
 					!atomic_load(&d->urgent_failed) && !mig_closing(m); i++) {
 				struct timespec ms = { 0, 1000000 };
 
@@ -906,8 +906,18 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
  */
 static int mig_in_accept(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp)
 {
-	int fd = channel_accept(m->listen_fd, -1, m->cancel_fd), err;
+	/* A live update's new process holds the guest's memory: it must not
+	 * wait forever for an old process that went away or silent. */
+	int wait_ms = m->cpr_incoming ? mig_env_ms("VMFERRY_CPR_MAIN_WAIT_MS",
+						   MIG_CPR_MAIN_WAIT_DEFAULT_MS) : -1;
+	int fd = channel_accept(m->listen_fd, wait_ms, m->cancel_fd), err;
 
+	if (fd == -ETIMEDOUT && m->cpr_incoming) {
+		mig_set_error(m, "live update: the old process handed over the guest's memory but "
+			      "did not connect the main channel (%s) within %d ms: giving up, "
+			      "releasing every fd it handed over", m->main_ch.uri, wait_ms);
+		return -1;
+	}
 	if (fd < 0) {
 		if (fd != -ECANCELED)
 			mig_set_error(m, "accepting the migration connection failed: %s", strerror(-fd));

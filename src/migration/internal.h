@@ -51,8 +51,14 @@
 
 #define MIG_WINDOW_PAGES 512u          /* pages cleared + sent together (2 MiB) */
 #define MIG_CONNECT_TIMEOUT_MS 10000
-#define MIG_IO_TIMEOUT_MS 30000
-#define MIG_RP_TIMEOUT_MS 30000
+/*
+ * How long a peer may stay silent (a read or write on a migration channel,
+ * the source's wait for RUNNING after END) before the link counts as
+ * broken: 30 s, or VMFERRY_IO_TIMEOUT_MS (100..3600000; tests shorten it).
+ */
+#define MIG_IO_TIMEOUT_DEFAULT_MS 30000
+#define MIG_IO_TIMEOUT_MS mig_io_timeout_ms()
+#define MIG_RP_TIMEOUT_MS mig_io_timeout_ms()
 /*
  * Completion closes the urgent channel: the source ends it with END once it
  * read COMPLETE on the return path.  Two separate connections do not keep
@@ -67,6 +73,14 @@
 #define MIG_CPR_ACK_TIMEOUT_MS 30000  /* the new process creates its VM */
 #define MIG_CPR_PEER_EXIT_MS 5000     /* a failed new process has this long to exit */
 #define MIG_CPR_CONNECT_WAIT_MS 2000  /* for a new process that does not listen yet */
+/*
+ * The new process of a live update, once it holds the guest's fds and
+ * answered ACK, gives up when the old one has not connected the main
+ * channel within this long (VMFERRY_CPR_MAIN_WAIT_MS overrides it, for
+ * tests): the old process connects right after the ACK, and gives up itself
+ * after MIG_CONNECT_TIMEOUT_MS.
+ */
+#define MIG_CPR_MAIN_WAIT_DEFAULT_MS 15000
 /*
  * Postcopy: the source asks for an acknowledgement (PING) after this many
  * pages pushed, and gives a page's memory back only once acknowledged, so a
@@ -286,6 +300,8 @@ struct mig_unacked {
 };
 
 /* migration.c */
+int mig_io_timeout_ms(void);
+int mig_env_ms(const char *name, int dflt);
 const char *mig_mode_name(enum mig_mode mode);
 bool mig_status_finished(enum mig_status s);
 void mig_emit(struct migration *m, const char *event, struct json_object *data);

@@ -78,6 +78,27 @@ bool mig_status_transition_ok(enum mig_status from, enum mig_status to)
 	return mig_status_allowed[from][to];
 }
 
+/*
+ * A duration in ms from the environment variable @name (100..3600000, for
+ * tests that cannot wait for the real bound), else @dflt.
+ */
+int mig_env_ms(const char *name, int dflt)
+{
+	const char *v = getenv(name);
+	char *end;
+	long ms;
+
+	if (!v || !*v)
+		return dflt;
+	ms = strtol(v, &end, 10);
+	return *end || ms < 100 || ms > 3600000 ? dflt : (int)ms;
+}
+
+int mig_io_timeout_ms(void)
+{
+	return mig_env_ms("VMFERRY_IO_TIMEOUT_MS", MIG_IO_TIMEOUT_DEFAULT_MS);
+}
+
 const char *mig_mode_name(enum mig_mode mode)
 {
 	return mode == MIG_MODE_CPR_TRANSFER ? "cpr-transfer" : "normal";
@@ -568,7 +589,12 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 		return -EBUSY;
 	}
 	if (rs != VM_RUNSTATE_RUNNING && rs != VM_RUNSTATE_PAUSED) {
-		snprintf(err, errlen, "cannot migrate a guest in state %s", vm_runstate_name(rs));
+		char why[400] = "";
+
+		if (rs == VM_RUNSTATE_FINISH_MIGRATE || rs == VM_RUNSTATE_POSTMIGRATE)
+			vm_migration_hold_reason(m->vm, why, sizeof(why));
+		snprintf(err, errlen, "cannot migrate a guest in state %s%s%s", vm_runstate_name(rs),
+			 why[0] ? ": " : "", why);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&m->lock);
@@ -631,8 +657,13 @@ int migration_cancel(struct migration *m, char *err, size_t errlen)
 {
 	pthread_mutex_lock(&m->lock);
 	if (m->incoming || mig_status_finished(m->status)) {
+		char why[400] = "";
+
 		pthread_mutex_unlock(&m->lock);
-		snprintf(err, errlen, "no outgoing migration is in progress");
+		if (!m->incoming && vm_get_runstate(m->vm) == VM_RUNSTATE_FINISH_MIGRATE)
+			vm_migration_hold_reason(m->vm, why, sizeof(why));
+		snprintf(err, errlen, "no outgoing migration is in progress%s%s", why[0] ? "; " : "",
+			 why);
 		return -EINVAL;
 	}
 	if (m->status == MIG_STATUS_POSTCOPY_ACTIVE || m->status == MIG_STATUS_POSTCOPY_PAUSED) {

@@ -135,6 +135,7 @@ struct mig_run {
 	uint64_t stop_ns;
 	bool was_running;
 	bool stopped;               /* the vCPUs stopped here and may resume here */
+	enum vm_kept kept;          /* stopped and not resumable: why (vm_migration_keep) */
 	double bw;                  /* measured bytes per second */
 	uint64_t pass_start_ns, pass_bytes; /* the last pass */
 	uint64_t prev_pending;      /* bytes pending before the last pass; UINT64_MAX none */
@@ -351,10 +352,13 @@ static int mig_src_wait_running(struct mig_run *run)
 		return -1;
 	}
 	if (err) {
-		mig_set_error(m, "no word from the destination after switch-over (%s); the guest is "
-			      "kept paused here because the destination may be running it",
+		mig_set_error(m, "no word from the destination after switch-over (%s): the guest is "
+			      "kept paused here because the destination may be running it. If it "
+			      "does not (its VMM is gone, or its query-status does not say "
+			      "running), resume the guest here with cont {\"force\": true}",
 			      run->errbuf);
 		run->stopped = false; /* do not resume: two copies must never run */
+		run->kept = VM_KEPT_PEER_MAY_RUN;
 		return -1;
 	}
 	if (rp.type != MIG_RP_RUNNING) {
@@ -444,8 +448,10 @@ static int mig_src_postcopy_switch(struct mig_run *run)
 		return -1;
 	}
 	err = mig_postcopy(src, run->was_running, run->stop_ns, &run->fd);
-	if (err && err != -EAGAIN)
+	if (err && err != -EAGAIN) {
 		run->stopped = false; /* the guest ran there: never run it here too */
+		run->kept = VM_KEPT_PEER_RAN;
+	}
 	return err ? -1 : 0; /* -EAGAIN: the destination never ran it: resume here */
 }
 
@@ -497,6 +503,8 @@ static void mig_src_failed(struct mig_run *run)
 	mig_states_cleanup(m, false);
 	if (run->stopped)
 		vm_migration_abort(m->vm, run->was_running);
+	else if (run->kept)
+		vm_migration_keep(m->vm, run->kept, run->was_running, 0);
 	mig_src_release(run);
 	mig_releaser_join(&run->src);
 	mig_finish_failed(m);

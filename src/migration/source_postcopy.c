@@ -704,11 +704,24 @@ static int mig_postcopy_serve(struct mig_src *src, pthread_t rp_thread)
 	if (err) {
 		stream_cancel(&src->rp);
 		pthread_join(rp_thread, NULL);
+		if (src->rp_result == -ECANCELED && !src->rp_fatal && stream_error(&src->s) &&
+		    stream_error(&src->s) != -ECANCELED) {
+			/* The push broke first and we cancelled the return path:
+			 * the push's reason is what happened, not "cancelled". */
+			snprintf(src->rp_error, sizeof(src->rp_error), "main channel: %s",
+				 src->s.errmsg);
+			src->rp_result = stream_error(&src->s);
+		}
 		return src->rp_fatal ? src->rp_result : err;
 	}
 	/* The destination answers COMPLETE once it holds every page. */
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += MIG_RP_TIMEOUT_MS / 1000;
+	until.tv_nsec += (MIG_RP_TIMEOUT_MS % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
 	if (pthread_timedjoin_np(rp_thread, NULL, &until)) {
 		stream_cancel(&src->rp);
 		pthread_join(rp_thread, NULL);
@@ -1050,12 +1063,26 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
  * breaks and resuming on request.  0 complete; -EAGAIN the destination
  * never ran the guest; other -errno with the error set.
  */
-static int mig_postcopy_run(struct mig_src *src, pthread_t rp_thread, int *fdp)
+/*
+ * The source's pause reason: what broke (@cause), and what it means for a
+ * guest that ran (@ran) or may run on the destination - which the source
+ * cannot tell apart from a dead destination.
+ */
+static void mig_src_pause_reason(char *reason, size_t len, const char *cause, bool ran)
+{
+	snprintf(reason, len, "%.160s; %s: if its VMM is alive the guest waits there for the "
+		 "pages it lacks (migrate-recover there, then migrate {\"resume\": true} here); "
+		 "if its process died the guest is lost (query-status there tells)", cause,
+		 ran ? "the guest ran on the destination"
+		     : "the destination may be running the guest (RUN was sent)");
+}
+
+static int mig_postcopy_run(struct mig_src *src, pthread_t rp_thread, int *fdp, bool was_running)
 {
 	struct migration *m = src->m;
 
 	for (;;) {
-		char reason[MIG_ERROR_BYTES];
+		char reason[MIG_ERROR_BYTES + 128];
 		bool ran, deliberate;
 		int err = mig_postcopy_serve(src, rp_thread);
 
@@ -1082,17 +1109,23 @@ static int mig_postcopy_run(struct mig_src *src, pthread_t rp_thread, int *fdp)
 			return !ran ? -EAGAIN : src->rp_result ? src->rp_result : -EIO;
 		}
 		/* A channel broke: keep every unacknowledged page and wait. */
-		snprintf(reason, sizeof(reason), "%s",
-			 deliberate ? "migrate-pause"
-			 : src->rp_error[0] ? src->rp_error
-			 : stream_error(&src->s) ? src->s.errmsg : strerror(-err));
+		if (deliberate)
+			snprintf(reason, sizeof(reason), "migrate-pause");
+		else
+			mig_src_pause_reason(reason, sizeof(reason),
+					     src->rp_error[0] ? src->rp_error
+					     : stream_error(&src->s) ? src->s.errmsg : strerror(-err),
+					     ran);
 		mig_src_drop_conns(src, fdp);
+		/* cont here must say why not (the destination ran it, or may). */
+		vm_migration_keep(m->vm, ran ? VM_KEPT_PEER_RAN : VM_KEPT_NONE, was_running, 0);
 		mig_enter_paused(m, reason);
 		if (mig_src_paused(src, fdp, &rp_thread, deliberate)) {
 			mig_set_error(m, "the VMM is shutting down during a paused postcopy; the guest "
 				      "stays with the destination");
 			return -ECANCELED;
 		}
+		vm_migration_keep(m->vm, VM_KEPT_NONE, was_running, 0);
 		mig_leave_paused(m);
 	}
 }
@@ -1113,7 +1146,7 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 	int err = mig_postcopy_handover(src, was_running, stop_ns, *fdp, &rp_thread);
 
 	if (!err)
-		err = mig_postcopy_run(src, rp_thread, fdp);
+		err = mig_postcopy_run(src, rp_thread, fdp, was_running);
 	if (!err) {
 		/* Every page is on the destination: the rest of RAM goes back too. */
 		mig_releaser_finish(src, true);

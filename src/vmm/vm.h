@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "vmferry/guest_abi.h"
 #include "vmm/ram.h"
@@ -177,6 +178,42 @@ void vm_set_ram_arriving(struct vm *vm, bool arriving);
 int vm_set_vcpu_nice(struct vm *vm, int nice);
 /* The migration failed before the destination ran: back to where we were. */
 void vm_migration_abort(struct vm *vm, bool was_running);
+
+/*
+ * Why a guest that a migration stopped stays stopped here after the
+ * migration ended without the destination's word (vm_migration_keep).
+ * `cont {"force": true}` reads it: it resumes the guest here only when the
+ * destination may have run it but did not provably do so.
+ */
+enum vm_kept {
+	VM_KEPT_NONE = 0,     /* not kept: a migration may be switching over */
+	VM_KEPT_PEER_MAY_RUN, /* the destination went silent after the stop: it may run
+			       * the guest; the operator decides (cont {"force": true}) */
+	VM_KEPT_PEER_RAN,     /* the destination said RUNNING: the guest must never
+			       * run here again (its state is split or moved) */
+};
+/*
+ * A migration that stopped the guest ends (or pauses) without resuming it:
+ * record why (in finish-migrate only; VM_KEPT_NONE clears it, as a postcopy
+ * resume does).  @was_running: what force-resuming restores (running or
+ * paused).  @peer: the process that may run the guest over this very
+ * memory (a live update's new process), which force-resuming requires to be
+ * gone; 0 for none.  Any non-vCPU thread.
+ */
+void vm_migration_keep(struct vm *vm, enum vm_kept why, bool was_running, pid_t peer);
+/*
+ * `cont {"force": true}`: resume a guest kept paused with
+ * VM_KEPT_PEER_MAY_RUN (finish-migrate -> running, or paused if it was).
+ * Elsewhere it is vm_cont().  Refused with the reason in @err: -EPERM when
+ * the destination ran the guest, -EBUSY while a migration switches over or
+ * while the @peer of vm_migration_keep() is alive.  0 or -errno.
+ */
+int vm_cont_force(struct vm *vm, char *err, size_t errlen);
+/*
+ * Why stop/cont do not apply in a migration run state, for their error
+ * messages: the text, with the command that helps, into @buf.
+ */
+void vm_migration_hold_reason(struct vm *vm, char *buf, size_t len);
 /* The destination runs the guest: finish-migrate -> postmigrate. */
 void vm_migration_complete(struct vm *vm);
 

@@ -93,6 +93,17 @@ static int vm_cmd_runstate_error(struct vm *vm, const char *what,
 	return rc;
 }
 
+/* stop/cont in a migration run state: why not, and what helps.  -EBUSY. */
+static int vm_cmd_held(struct vm *vm, const char *what, char *errbuf, size_t errlen)
+{
+	char why[400];
+
+	vm_migration_hold_reason(vm, why, sizeof(why));
+	snprintf(errbuf, errlen, "cannot %s (state '%s'): %s", what,
+		 vm_runstate_name(vm_get_runstate(vm)), why);
+	return -EBUSY;
+}
+
 static int vm_cmd_stop(void *opaque, struct json_object *args,
 		       struct json_object **ret, char *errbuf, size_t errlen)
 {
@@ -102,18 +113,36 @@ static int vm_cmd_stop(void *opaque, struct json_object *args,
 	(void)args;
 	(void)ret;
 	rc = vm_stop(vm);
+	if (rc == -EBUSY)
+		return vm_cmd_held(vm, "stop", errbuf, errlen);
 	return rc < 0 ? vm_cmd_runstate_error(vm, "stop", rc, errbuf, errlen) : 0;
 }
 
+static bool vm_cmd_arg_true(struct json_object *args, const char *name);
+
+/*
+ * cont; {"force": true} also resumes a guest a migration kept paused
+ * because its destination went silent (vm_cont_force says when not).
+ */
 static int vm_cmd_cont(void *opaque, struct json_object *args,
 		       struct json_object **ret, char *errbuf, size_t errlen)
 {
 	struct vm *vm = opaque;
+	char why[400];
 	int rc;
 
-	(void)args;
 	(void)ret;
+	if (vm_cmd_arg_true(args, "force")) {
+		rc = vm_cont_force(vm, why, sizeof(why));
+		if (rc == -EINVAL)
+			return vm_cmd_runstate_error(vm, "cont", rc, errbuf, errlen);
+		if (rc)
+			snprintf(errbuf, errlen, "cannot cont {\"force\": true}: %s", why);
+		return rc == -EBUSY ? -EBUSY : rc ? -EPERM : 0;
+	}
 	rc = vm_cont(vm);
+	if (rc == -EBUSY)
+		return vm_cmd_held(vm, "cont", errbuf, errlen);
 	return rc < 0 ? vm_cmd_runstate_error(vm, "cont", rc, errbuf, errlen) : 0;
 }
 
@@ -238,12 +267,17 @@ static const struct control_arg_spec vm_cmd_dump_args[] = {
 	{ NULL, 0, false },
 };
 
+static const struct control_arg_spec vm_cmd_cont_args[] = {
+	{ "force", CONTROL_ARG_BOOL, false },
+	{ NULL, 0, false },
+};
+
 int vm_register_commands(struct vm *vm, struct control_server *srv)
 {
 	const struct control_command cmds[] = {
 		{ "query-status", vm_cmd_query_status, vm, NULL, NULL },
 		{ "stop", vm_cmd_stop, vm, NULL, NULL },
-		{ "cont", vm_cmd_cont, vm, NULL, NULL },
+		{ "cont", vm_cmd_cont, vm, vm_cmd_cont_args, NULL },
 		{ "quit", vm_cmd_quit, vm, NULL, vm_cmd_quit_after },
 		{ "query-vcpus", vm_cmd_query_vcpus, vm, NULL, NULL },
 		{ "query-memory", vm_cmd_query_memory, vm, NULL, NULL },

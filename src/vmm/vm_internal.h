@@ -93,6 +93,9 @@ struct vm {
 	bool dirty_logging;               /* lock */
 	bool ram_detached;     /* guest RAM removed from KVM (vm_detach_ram) */
 	bool ram_arriving;     /* postcopy destination: pages still to come */
+	enum vm_kept kept;     /* finish-migrate: why the guest stays stopped (lock) */
+	bool kept_was_running; /* lock */
+	pid_t kept_peer;       /* lock: see vm_migration_keep(); 0 none */
 	_Atomic uint64_t *vmm_dirty;      /* one bit per page of ram, or NULL */
 	_Atomic unsigned throttle_pct;
 	_Atomic uint64_t throttle_gen;    /* bumped every throttle period */

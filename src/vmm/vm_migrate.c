@@ -46,6 +46,8 @@ int vm_migration_stop(struct vm *vm, uint64_t *stopped_ns, bool *was_running)
 		return -EINVAL;
 	}
 	vm_set_runstate_locked(vm, VM_RUNSTATE_FINISH_MIGRATE);
+	vm->kept = VM_KEPT_NONE;
+	vm->kept_peer = 0;
 	vm_clock_freeze_locked(vm);
 	pthread_mutex_unlock(&vm->lock);
 	if (*was_running)
@@ -70,6 +72,93 @@ void vm_migration_abort(struct vm *vm, bool was_running)
 	pthread_mutex_unlock(&vm->lock);
 	if (was_running)
 		vm_emit(vm, "RESUME", NULL);
+}
+
+void vm_migration_keep(struct vm *vm, enum vm_kept why, bool was_running, pid_t peer)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate == VM_RUNSTATE_FINISH_MIGRATE) {
+		vm->kept = why;
+		vm->kept_was_running = was_running;
+		vm->kept_peer = why == VM_KEPT_NONE ? 0 : peer;
+	}
+	pthread_mutex_unlock(&vm->lock);
+}
+
+/* Whether process @pid still exists (a zombie counts: it may not be reaped yet). */
+static bool vm_pid_alive(pid_t pid)
+{
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+int vm_cont_force(struct vm *vm, char *err, size_t errlen)
+{
+	bool was_running;
+	int r = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->runstate != VM_RUNSTATE_FINISH_MIGRATE) {
+		pthread_mutex_unlock(&vm->lock);
+		r = vm_cont(vm);
+		if (r == -EBUSY)
+			vm_migration_hold_reason(vm, err, errlen);
+		return r;
+	}
+	if (vm->kept == VM_KEPT_PEER_MAY_RUN && vm_pid_alive(vm->kept_peer)) {
+		/* Both processes map the same RAM: one must be gone for good. */
+		snprintf(err, errlen, "the new process (pid %d) is still alive and shares the "
+			 "guest's memory: end it (kill -9 %d), then cont {\"force\": true} here",
+			 (int)vm->kept_peer, (int)vm->kept_peer);
+		r = -EBUSY;
+	} else if (vm->kept != VM_KEPT_PEER_MAY_RUN) {
+		pthread_mutex_unlock(&vm->lock);
+		vm_migration_hold_reason(vm, err, errlen);
+		return vm->kept == VM_KEPT_PEER_RAN ? -EPERM : -EBUSY;
+	}
+	if (r) {
+		pthread_mutex_unlock(&vm->lock);
+		return r;
+	}
+	log_warn("cont {\"force\": true}: resuming the guest the migration kept paused here; "
+		 "the operator says the destination does not run it");
+	vm->kept = VM_KEPT_NONE;
+	vm->kept_peer = 0;
+	was_running = vm->kept_was_running;
+	pthread_mutex_unlock(&vm->lock);
+	vm_migration_abort(vm, was_running);
+	return 0;
+}
+
+void vm_migration_hold_reason(struct vm *vm, char *buf, size_t len)
+{
+	enum vm_runstate rs;
+	enum vm_kept kept;
+	pid_t peer;
+
+	pthread_mutex_lock(&vm->lock);
+	rs = vm->runstate;
+	kept = vm->kept;
+	peer = vm->kept_peer;
+	pthread_mutex_unlock(&vm->lock);
+	if (rs == VM_RUNSTATE_INMIGRATE)
+		snprintf(buf, len, "the guest is still arriving from a migration (query-migrate)");
+	else if (rs == VM_RUNSTATE_POSTMIGRATE)
+		snprintf(buf, len, "the guest migrated: it runs on the destination, which said so, "
+			 "and must never run here again");
+	else if (kept == VM_KEPT_PEER_RAN)
+		snprintf(buf, len, "the guest ran on the destination (it said RUNNING): its state "
+			 "is there, so it can never run here again (query-migrate)");
+	else if (kept == VM_KEPT_PEER_MAY_RUN && peer > 0)
+		snprintf(buf, len, "kept paused: the new process (pid %d) went silent after the "
+			 "stop and may run the guest; if it does not, end it (kill -9 %d), then "
+			 "cont {\"force\": true} here", (int)peer, (int)peer);
+	else if (kept == VM_KEPT_PEER_MAY_RUN)
+		snprintf(buf, len, "kept paused: the destination went silent after the stop and "
+			 "may run the guest (query-migrate); if it does not, resume it here with "
+			 "cont {\"force\": true}");
+	else
+		snprintf(buf, len, "a migration is switching over right now (query-migrate): wait "
+			 "for its end");
 }
 
 void vm_migration_complete(struct vm *vm)

@@ -8,9 +8,11 @@
  *   state tried on the way (wrong state, missing or invalid URI, resume to
  *   nobody, cancel), each recovered on a fresh socket;
  * - test_recover_netns_link_down: two network namespaces joined by a veth;
- *   cut by migrate-pause, then by the veth going down with data in flight
- *   (both sides are told with migrate-pause, since TCP alone would notice
- *   only after its timeout), recovered after the link is up again.
+ *   cut by migrate-pause, by the link going silent with nobody told (both
+ *   sides notice within the I/O timeout, shortened to 3 s, and give the
+ *   same reason), then twice by the veth going down with data in flight
+ *   (both sides told with migrate-pause), each recovered after the link is
+ *   up again.
  *
  * Each migration must complete with every page there (the incrementer's
  * check on the destination) and the guest must keep running.  Skips (77)
@@ -48,6 +50,7 @@
 #define REC_MEM "256M"
 #define REC_VCPUS "2"
 #define REC_BANDWIDTH "{\"max-bandwidth\": 40000000}"
+#define REC_SILENCE_MS "3000"  /* VMFERRY_IO_TIMEOUT_MS in the netns test */
 
 enum { HOST_A, HOST_B };
 
@@ -560,6 +563,37 @@ static void cut_link(int host, struct harness_vm *first, struct harness_vm *seco
 	resume(real);
 }
 
+/*
+ * With postcopy running, @host's veth end goes down and nobody is told:
+ * both sides notice the silence within the I/O timeout and give the same
+ * reason (not "cancelled" on one side); the link comes up again and the
+ * migration resumes on a new connection to @listen.
+ */
+static void silent_link(int host, const char *listen)
+{
+	const char *want = "peer silent for " REC_SILENCE_MS " ms";
+	struct harness_vm *side[] = { &rec_src, &rec_dst };
+	char real[64];
+
+	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	link_set(host, "down");
+	wait_both_paused();
+	for (int i = 0; i < 2; i++) {
+		struct json_object *q = NULL;
+
+		assert_int_equal(harness_call(side[i], "query-migrate", NULL, &q), 0);
+		fprintf(stderr, "silent link, %s: %s\n", harness_json_str(q, "role"),
+			harness_json_str(q, "error-desc"));
+		if (!strstr(harness_json_str(q, "error-desc"), want))
+			fail_msg("%s: '%s' lacks '%s'", harness_json_str(q, "role"),
+				 harness_json_str(q, "error-desc"), want);
+		json_object_put(q);
+	}
+	link_set(host, "up");
+	recover(listen, real, sizeof(real));
+	resume(real);
+}
+
 static void test_recover_netns_link_down(void **state)
 {
 	char listen[48], uri[64], real[64];
@@ -571,9 +605,12 @@ static void test_recover_netns_link_down(void **state)
 	if (!rec_netns_ok)
 		skip();
 	snprintf(listen, sizeof(listen), "tcp:%s:0", rec_hosts.addr[HOST_B]);
+	/* A silent link is noticed after this long (cut 2). */
+	setenv("VMFERRY_IO_TIMEOUT_MS", REC_SILENCE_MS, 1);
 	spawn_on(&rec_dst, HOST_B, dst_args);
 	migtest_incoming_uri(&rec_dst, uri, sizeof(uri));
 	spawn_on(&rec_src, HOST_A, src_args);
+	unsetenv("VMFERRY_IO_TIMEOUT_MS");
 	assert_int_equal(harness_wait_passes(&rec_src, 1, 30000), 0);
 	start_postcopy(uri);
 
@@ -584,12 +621,14 @@ static void test_recover_netns_link_down(void **state)
 	recover(listen, real, sizeof(real));
 	resume(real);
 
-	/* Cut 2: the link goes down with pages in flight. */
+	/* Cut 2: the link goes silent, nobody is told. */
+	silent_link(HOST_A, listen);
+	/* Cut 3: the link goes down with pages in flight. */
 	cut_link(HOST_A, &rec_src, &rec_dst, listen);
-	/* Cut 3: down again at the other end, the destination told first. */
+	/* Cut 4: down again at the other end, the destination told first. */
 	cut_link(HOST_B, &rec_dst, &rec_src, listen);
 
-	expect_recovered(3);
+	expect_recovered(4);
 }
 
 int main(void)

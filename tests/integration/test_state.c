@@ -272,6 +272,39 @@ static void test_destination_without_it(void **state)
 	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
+/*
+ * The same in a live update: the new process refuses the state after the
+ * stop (RP_ERROR); it never ran the guest, so the old process resumes it at
+ * once, with its memory and its state intact.
+ */
+static void test_cpr_new_without_it(void **state)
+{
+	struct harness_vm old;
+	struct migtest_cpr_target t;
+	struct json_object *q;
+	struct ts_view before, after;
+
+	(void)state;
+	migtest_spawn_extra(&old, TS_MEM, TS_VCPUS, "incrementer", NULL, ts_opt);
+	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
+	assert_int_equal(ts_bump(&old, 2), 0);
+	ts_query(&old, &before);
+	migtest_cpr_spawn_new(&t, NULL, NULL);
+	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
+	q = migtest_wait_migration(&old);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	fprintf(stderr, "cpr, new process without the state: %s\n", harness_json_str(q, "error-desc"));
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "unknown section id 100"));
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "the guest continues here"));
+	json_object_put(q);
+	assert_int_equal(harness_wait_exit(&t.vm, 30000), 1);
+	ts_query(&old, &after);
+	assert_string_equal(after.checksum, before.checksum);
+	migtest_expect_guest_alive_and_verified(&old);
+	assert_int_equal(harness_vm_quit(&old), 0);
+}
+
 /* A source without it: the destination misses a required section and says which. */
 static void test_source_without_it(void **state)
 {
@@ -303,6 +336,7 @@ int main(void)
 		cmocka_unit_test(test_recovery),
 		cmocka_unit_test(test_cpr),
 		cmocka_unit_test(test_destination_without_it),
+		cmocka_unit_test(test_cpr_new_without_it),
 		cmocka_unit_test(test_source_without_it),
 	};
 
