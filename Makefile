@@ -28,7 +28,7 @@ WARN    += -Werror
 endif
 CFLAGS  ?= -O2 -g
 ALLCFLAGS := -std=gnu11 $(CFLAGS) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
-LDLIBS  := -ljson-c -lpthread -lm
+LDLIBS  := -ljson-c -luring -lpthread -lm
 
 # ---- guest (freestanding) ----
 GUEST_CFLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-builtin -nostdlib -nostdinc \
