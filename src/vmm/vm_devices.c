@@ -71,7 +71,8 @@ void vm_devices_resume_locked(struct vm *vm)
 int vm_ram_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len)
 {
 	struct ram_block *b = &vm->ram;
-	_Atomic uint64_t *dirty = vm->vmm_dirty;
+	/* Set once by vm_dirty_log_start (release); devices write from their own threads. */
+	_Atomic uint64_t *dirty = __atomic_load_n(&vm->vmm_dirty, __ATOMIC_ACQUIRE);
 
 	if (!ram_block_contains(b, gpa, len))
 		return -EFAULT;
