@@ -200,23 +200,26 @@ static void test_cpr(void **state)
 	struct harness_vm old;
 	struct migtest_cpr_target t;
 	struct dk d;
-	int rc;
 
 	(void)state;
 	dk_make(&d);
 	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
 	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
-	migtest_cpr_spawn_new(&t, NULL, d.opts);
-	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
-	rc = harness_wait_exit(&old, MIG_TIMEOUT_MS);
-	if (rc != 0)
-		fail_msg("the old process ended with status %d instead of 0", rc);
-	assert_int_equal(harness_connect(&t.vm, 10000), 0);
-	migtest_wait_migration_status(&t.vm, "completed");
+	migtest_cpr_update(&old, &t, d.opts);
 	dk_expect_alive(&t.vm, &d);
 	assert_int_equal(harness_vm_quit(&t.vm), 0);
 	unlink(d.path);
+}
+
+/* A disk and a source writing to it, @dst listening (@dst_disk: with the disk). */
+static void dk_start_pair(struct dk *d, struct harness_vm *src, struct harness_vm *dst,
+			  bool dst_disk, char *uri, size_t len)
+{
+	dk_make(d);
+	migtest_spawn_extra(src, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d->opts);
+	migtest_spawn_incoming_extra(dst, DK_MEM, DK_VCPUS, true, dst_disk ? d->opts : NULL, uri,
+				     len);
+	assert_int_equal(harness_wait_passes(src, 2, 30000), 0);
 }
 
 /* A destination without the disk refuses the stream; the source writes on. */
@@ -228,10 +231,7 @@ static void test_destination_without_disk(void **state)
 	struct dk d;
 
 	(void)state;
-	dk_make(&d);
-	migtest_spawn_extra(&src, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
-	migtest_spawn_incoming(&dst, DK_MEM, DK_VCPUS, true, uri, sizeof(uri));
-	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	dk_start_pair(&d, &src, &dst, false, uri, sizeof(uri));
 	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
 	assert_string_equal(harness_json_str(q, "status"), "failed");
@@ -253,10 +253,7 @@ static void test_destination_killed(void **state)
 	struct dk d;
 
 	(void)state;
-	dk_make(&d);
-	migtest_spawn_extra(&src, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
-	migtest_spawn_incoming_extra(&dst, DK_MEM, DK_VCPUS, true, d.opts, uri, sizeof(uri));
-	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	dk_start_pair(&d, &src, &dst, true, uri, sizeof(uri));
 	assert_int_equal(harness_set_params(&src, DK_BANDWIDTH_SLOW), 0);
 	assert_int_equal(harness_migrate(&src, uri), 0);
 	migtest_wait_migration_status(&src, "active");
