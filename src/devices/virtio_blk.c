@@ -363,11 +363,17 @@ static void vblk_mmio(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
 static void vblk_pause(void *opaque)
 {
 	struct virtio_blk *b = opaque;
+	uint64_t t0 = clock_monotonic_ns(), took;
 
 	pthread_mutex_lock(&b->lock);
 	b->paused = true;
 	vblk_wake(b);
 	vblk_wait_idle(b);
+	took = clock_monotonic_ns() - t0;
+	b->st.pauses++;
+	b->st.pause_last_ns = took;
+	if (took > b->st.pause_max_ns)
+		b->st.pause_max_ns = took;
 	pthread_mutex_unlock(&b->lock);
 }
 

@@ -34,6 +34,8 @@ struct vblk_stats {
 	uint64_t rd_ops, wr_ops, flush_ops, discard_ops, write_zeroes_ops, get_id_ops;
 	uint64_t failed_ops;   /* completed with IOERR or UNSUPP */
 	uint64_t invalid_ops;  /* malformed chains (the device needed a reset) */
+	uint64_t pauses;       /* VM pauses the disk quiesced for */
+	uint64_t pause_last_ns, pause_max_ns; /* how long quiescing took: its share of a pause */
 };
 
 struct virtio_blk {

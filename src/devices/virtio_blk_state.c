@@ -125,6 +125,9 @@ static struct json_object *vblk_query_one(struct virtio_blk *b)
 	json_object_object_add(st, "failed_operations", json_object_new_uint64(b->st.failed_ops));
 	json_object_object_add(st, "invalid_operations",
 			       json_object_new_uint64(b->st.invalid_ops));
+	json_object_object_add(st, "pauses", json_object_new_uint64(b->st.pauses));
+	json_object_object_add(st, "pause_last_ns", json_object_new_uint64(b->st.pause_last_ns));
+	json_object_object_add(st, "pause_max_ns", json_object_new_uint64(b->st.pause_max_ns));
 	pthread_mutex_unlock(&b->lock);
 	json_object_object_add(o, "stats", st);
 	return o;
