@@ -136,13 +136,16 @@ bool vq_arm_kick(struct virtqueue *vq)
 {
 	if (!vq->size)
 		return false;
-	if (vq->event_idx) {
-		vq_store16(vq->used + 4 + 8u * vq->size, vq->last_avail);
-		/* The store must be visible before we look again (the guest's
-		 * side: publish idx, then read avail_event). */
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	}
-	return vq_load16(vq->avail + 2) != vq->last_avail;
+	/*
+	 * avail_event must be visible before we look at the avail index again
+	 * (the guest: publish its index, then read avail_event): sequentially
+	 * consistent store and load, a full barrier between them on x86.
+	 */
+	if (vq->event_idx)
+		__atomic_store_n((uint16_t *)(vq->used + 4 + 8u * vq->size), vq->last_avail,
+				 __ATOMIC_SEQ_CST);
+	return __atomic_load_n((const uint16_t *)(vq->avail + 2), __ATOMIC_SEQ_CST) !=
+	       vq->last_avail;
 }
 
 uint64_t vq_used_bytes(const struct virtqueue *vq)
