@@ -28,7 +28,7 @@ WARN    += -Werror
 endif
 CFLAGS  ?= -O2 -g
 ALLCFLAGS := -std=gnu11 $(CFLAGS) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
-LDLIBS  := -ljson-c -lpthread -lm
+LDLIBS  := -ljson-c -luring -lpthread -lm
 
 # ---- guest (freestanding) ----
 GUEST_CFLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-builtin -nostdlib -nostdinc \
@@ -36,7 +36,8 @@ GUEST_CFLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-builtin -nostdlib -nostdin
   -fno-pic -fno-pie -mno-red-zone -mcmodel=small -fno-stack-protector \
   -fno-asynchronous-unwind-tables -mno-sse -mno-mmx -mno-avx -mgeneral-regs-only \
   -Iinclude -Iguest/sdk $(WARN) -Wno-missing-prototypes -MMD -MP
-GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,-T,guest/sdk/guest.ld -Wl,--build-id=none
+GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,-T,guest/sdk/guest.ld -Wl,--build-id=none \
+  -Wl,--no-warn-rwx-segments # one segment: guests map everything RWX anyway (no NX)
 GUEST_SDK_SRC := $(wildcard guest/sdk/*.c) $(wildcard guest/sdk/*.S)
 GUEST_SDK_OBJ := $(patsubst %,$(BUILD)/%.o,$(GUEST_SDK_SRC))
 GUEST_NAMES   := $(sort $(basename $(notdir $(wildcard guest/workloads/*.c))))

@@ -36,7 +36,8 @@ echo "== tests under TSan"
 # 2-core nested-KVM hosts.  So it runs every unit test and the integration
 # programs whose VMMs run the most threads at once (control, vCPUs,
 # migration / incoming, return path, urgent, fault, prealloc; CPR's
-# handover; a postcopy pause and resume): test_control, test_cpr,
+# handover; a postcopy pause and resume; a disk's I/O thread writing guest
+# RAM while it migrates): test_control, test_cpr, test_disk's precopy and postcopy,
 # test_postcopy, test_recovery over UNIX sockets, and test_migration minus
 # its long repetitions (ping-pong x20, the no-convergence timeout, the
 # auto-converge ramp), which add minutes but no thread interplay the rest
@@ -47,7 +48,8 @@ TSAN_PROGRAMS="unit/* integration/test_control integration/test_postcopy integra
 	integration/test_migration=test_matrix integration/test_migration=test_paused_guest
 	integration/test_migration=test_c* integration/test_migration=test_destination_killed
 	integration/test_migration=test_bad_requests integration/test_recovery=test_recover_unix
-	integration/test_state=test_precopy integration/test_state=test_recovery"
+	integration/test_state=test_precopy integration/test_state=test_recovery
+	integration/test_disk=test_precopy integration/test_disk=test_postcopy"
 if make -s -j"$jobs" WERROR=1 TSAN=1 all; then
 	tsan_start=$(date +%s)
 	TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp" \

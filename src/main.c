@@ -20,6 +20,7 @@
 #include "migration/cli.h"
 #include "migration/cpr.h"
 #include "devices/test_state.h"
+#include "devices/virtio_blk.h"
 #include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
@@ -72,6 +73,10 @@ static void run_usage(FILE *f)
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
+		"      --disk file=PATH[,readonly=on]\n"
+		"                          a virtio-blk disk backed by PATH (repeatable, up to %u;\n"
+		"                          a migration's destination gives the same disks in the\n"
+		"                          same order; docs/devices.md)\n"
 		"      --test-state        add a test-only migratable state (a counter and a blob;\n"
 		"                          commands test-state-bump, query-test-state): the tests'\n"
 		"                          proof that a new state migrates in every mode\n"
@@ -80,7 +85,7 @@ static void run_usage(FILE *f)
 		"Exit status: the guest's exit code; %d when the guest crashed; 1 on errors;\n"
 		"2 on usage errors.  Messages start with 'vmferry run: '.\n",
 		VMF_MAX_VCPUS, guest_builtin_names(), MIG_POSTCOPY_VCPU_NICE_DEFAULT,
-		VM_EXIT_STATUS_CRASH);
+		VMF_MAX_DEVICES, VM_EXIT_STATUS_CRASH);
 }
 
 #define MAIN_EXIT_USAGE 2
@@ -170,6 +175,31 @@ static int main_cpr_receive(const char *uri, struct cpr_state *st, struct vm_con
 	return fd;
 }
 
+/* Open every --disk and add it to @vm.  0, or -errno after saying why. */
+static int main_create_disks(struct vm *vm, const struct virtio_blk_opts *opts, unsigned n,
+			     struct virtio_blk_disks *disks)
+{
+	char err[512];
+
+	for (unsigned i = 0; i < n; i++) {
+		int r = virtio_blk_create(vm, &opts[i], i, &disks->disk[i], err, sizeof(err));
+
+		if (r) {
+			fprintf(stderr, "vmferry run: --disk: %s\n", err);
+			return r;
+		}
+		disks->n++;
+	}
+	return 0;
+}
+
+static void main_destroy_disks(struct virtio_blk_disks *disks)
+{
+	for (unsigned i = 0; i < disks->n; i++)
+		virtio_blk_destroy(disks->disk[i]);
+	disks->n = 0;
+}
+
 /* SIGINT/SIGTERM arrive here (blocked in every other thread). */
 static void *main_signal_thread(void *arg)
 {
@@ -204,6 +234,7 @@ static int main_run(int argc, char **argv)
 		{ "prealloc", no_argument, NULL, 'P' },
 		{ "no-prealloc", no_argument, NULL, 'p' },
 		{ "test-state", no_argument, NULL, 'T' },
+		{ "disk", required_argument, NULL, 'D' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
@@ -217,6 +248,9 @@ static int main_run(int argc, char **argv)
 	struct cpr_state cpr = { 0 };
 	bool mem_given = false, vcpus_given = false, postcopy = false, with_test_state = false;
 	struct test_state *test_state = NULL;
+	static struct virtio_blk_opts disk_opts[VMF_MAX_DEVICES];
+	struct virtio_blk_disks disks = { .n = 0 };
+	unsigned ndisks = 0;
 	int vcpu_nice = -1; /* -1: the migration default */
 	int cpr_fd = -1;
 	struct control_server *srv = NULL;
@@ -252,6 +286,13 @@ static int main_run(int argc, char **argv)
 		case 'R': cpr_uri = optarg; break;
 		case 'Y': postcopy = true; break;
 		case 'T': with_test_state = true; break;
+		case 'D':
+			if (ndisks == VMF_MAX_DEVICES)
+				return run_usage_error("--disk: at most %u disks", VMF_MAX_DEVICES);
+			if (virtio_blk_parse_opts(optarg, &disk_opts[ndisks], errbuf, sizeof(errbuf)))
+				return run_usage_error("--disk %s: %s", optarg, errbuf);
+			ndisks++;
+			break;
 		case 'n':
 			if (size_parse_uint(optarg, 0, 20, &v))
 				return run_usage_error("--postcopy-vcpu-nice: '%s' is not a number "
@@ -315,9 +356,16 @@ static int main_run(int argc, char **argv)
 			log_warn("--prealloc: %s; pages will be allocated on first use", strerror(-err));
 		err = 0;
 	}
+	err = main_create_disks(vm, disk_opts, ndisks, &disks);
+	if (err) {
+		main_cpr_fail(&cpr_fd, err, "the new process could not open its disks (see its log)");
+		goto out;
+	}
 	err = migration_create(vm, &mig);
 	if (!err && with_test_state)
 		err = test_state_create(mig, &test_state);
+	if (!err)
+		err = virtio_blk_register_state(&disks, mig);
 	if (err)
 		goto out;
 	if (postcopy) {
@@ -345,6 +393,8 @@ static int main_run(int argc, char **argv)
 		err = migration_register_commands(mig, srv);
 		if (!err && test_state)
 			err = test_state_register_commands(test_state, srv);
+		if (!err)
+			err = virtio_blk_register_commands(&disks, srv);
 		if (err)
 			goto out;
 	}
@@ -387,6 +437,7 @@ out:
 	control_server_destroy(srv);
 	migration_destroy(mig);
 	test_state_destroy(test_state);
+	main_destroy_disks(&disks);
 	vm_destroy(vm);
 	return err ? 1 : status;
 }

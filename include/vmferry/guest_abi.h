@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#define VMF_ABI_VERSION 1u
+#define VMF_ABI_VERSION 2u
 
 /* ---- I/O ports (guest executes in/out at CPL3; RFLAGS.IOPL=3) ---- */
 #define VMF_PORT_CONSOLE  0x3f8u /* out 8: one console byte                   */
@@ -37,6 +37,18 @@
 #define VMF_WORK_GPA          0x200000ull  /* workload memory starts here     */
 #define VMF_MAX_VCPUS         32u
 #define VMF_MIN_RAM_BYTES     (4ull << 20)
+
+/*
+ * Devices: MMIO windows outside RAM, one VMF_DEVICE_WINDOW_BYTES window per
+ * device from VMF_DEVICE_GPA on, listed in the boot info (devices[]).  The
+ * VMM maps the first 2 MiB there (user-accessible, page directory at
+ * VMF_DEVICE_PD_GPA) with no memory behind it: every access is a register
+ * access handled by the VMM (docs/devices.md).
+ */
+#define VMF_DEVICE_GPA          0x1000000000ull /* 64 GiB, just above the largest RAM */
+#define VMF_DEVICE_WINDOW_BYTES 0x1000ull
+#define VMF_MAX_DEVICES         8u
+#define VMF_DEVICE_PD_GPA       (VMF_PAGE_TABLE_GPA + 0x2000ull + VMF_MAX_RAM_GIB * 0x1000ull)
 
 #define VMF_BOOT_MAGIC        0x31544f4f42464d56ull /* "VMFBOOT1" little-endian */
 #define VMF_MAX_PARAMS        8u
@@ -67,6 +79,14 @@ struct vmf_vcpu_stats {
 	uint64_t reserved[5];
 };
 
+/* One device in the boot info. */
+struct vmf_device {
+	uint32_t type;       /* virtio device id (2: block); 0: unused slot */
+	uint32_t reserved;   /* 0 */
+	uint64_t mmio_gpa;   /* its virtio-mmio register window */
+	uint64_t mmio_bytes; /* VMF_DEVICE_WINDOW_BYTES */
+};
+
 /*
  * At VMF_BOOT_INFO_GPA.  The VMM fills everything but stats[] before the
  * first instruction; afterwards the page belongs to the guest.
@@ -80,9 +100,14 @@ struct vmf_boot_info {
 	struct vmf_param params[VMF_MAX_PARAMS];
 	struct vmf_range range[VMF_MAX_VCPUS]; /* vCPU i's own memory */
 	_Alignas(64) struct vmf_vcpu_stats stats[VMF_MAX_VCPUS]; /* cache-line aligned */
+	uint32_t ndevices;    /* entries used in devices[], in order */
+	uint32_t reserved;
+	struct vmf_device devices[VMF_MAX_DEVICES];
 };
 
 _Static_assert(sizeof(struct vmf_boot_info) <= 4096, "boot info fits one page");
+_Static_assert(VMF_DEVICE_PD_GPA + 0x1000 <= VMF_STACKS_GPA, "device PD below the stacks");
+_Static_assert(VMF_DEVICE_GPA >= (VMF_MAX_RAM_GIB << 30), "device windows above RAM");
 
 /*
  * vCPU entry state: RIP = ELF entry, RSP = top of the vCPU's stack,

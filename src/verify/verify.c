@@ -828,6 +828,7 @@ int verify_guest_file(const char *path, struct json_object **verdict)
 static void verify_usage(FILE *f)
 {
 	fputs("usage: vmferry verify [--pretty] WORKLOAD DUMPFILE\n"
+	      "       vmferry verify [--pretty] disk IMAGE [DUMPFILE]\n"
 	      "\n"
 	      "Check a guest RAM dump (as written by dump-guest-memory: file offset ==\n"
 	      "guest-physical address) against its workload's invariant and print a\n"
@@ -842,6 +843,9 @@ static void verify_usage(FILE *f)
 	      "  idle         each vCPU range holds what fill=1 wrote (the first word\n"
 	      "               of every 64-byte line, the rest 0), or zeros without fill\n"
 	      "  auto         the workload named in the dump's boot info\n"
+	      "  disk         the diskwriter's records on a disk IMAGE: each intact, no\n"
+	      "               hole below the newest; with a dump taken at the same stop\n"
+	      "               also every acknowledged record there (docs/guest-abi.md)\n"
 	      "\n"
 	      "exit status: 0 consistent, 1 broken (verdict says where), 2 usage or I/O\n"
 	      "error, or no verifier for the dump's workload, 3 the file is not a guest\n"
@@ -851,7 +855,7 @@ static void verify_usage(FILE *f)
 
 int verify_main(int argc, char **argv)
 {
-	const char *positional[2];
+	const char *positional[3];
 	const struct verify_workload *want = NULL;
 	int npositional = 0, flags = JSON_C_TO_STRING_PLAIN;
 	struct json_object *verdict = NULL;
@@ -876,13 +880,22 @@ int verify_main(int argc, char **argv)
 			}
 			continue;
 		}
-		if (npositional == 2) {
+		/* WORKLOAD DUMP, or disk IMAGE [DUMP] */
+		if (npositional == 2 && strcmp(positional[0], "disk")) {
+			fprintf(stderr, "vmferry verify: unexpected argument %s\n", a);
+			verify_usage(stderr);
+			return VERIFY_EXIT_ERROR;
+		}
+		if (npositional == 3) {
 			fprintf(stderr, "vmferry verify: unexpected argument %s\n", a);
 			verify_usage(stderr);
 			return VERIFY_EXIT_ERROR;
 		}
 		positional[npositional++] = a;
 	}
+	if (npositional >= 1 && strcmp(positional[0], "disk") == 0)
+		return verify_disk_main(npositional - 1, (char **)positional + 1,
+					flags | JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (npositional != 2) {
 		fprintf(stderr, "vmferry verify: need a workload and a dump file\n");
 		verify_usage(stderr);

@@ -137,6 +137,25 @@ int verify_guest_file(const char *path, struct json_object **verdict);
  */
 int verify_main(int argc, char **argv);
 
+struct vmf_boot_info;
+
+/*
+ * The diskwriter's disk (verify_disk.c): in each writer's region every slot
+ * holds a valid record of that writer in its slot, or zeros, and with m the
+ * newest record there, slot k holds the newest s <= m that goes there (no
+ * hole, no stale record below m).  With @bi (the boot info of a RAM dump
+ * taken at the same stop) also m == stats[w].writes (the last acknowledged
+ * record) or that plus one (the one in flight).  Without @bi the layout
+ * comes from the first record.  0 or -EBADMSG; *verdict always set (caller
+ * owns): {"ok", "workload": "diskwriter", "disk_bytes", "writers",
+ * "vcpus": [{"vcpu", "slots", "newest", "acked" (with a dump), "ok",
+ * "error", "bad_slot"}], "error"}.
+ */
+int verify_disk_image(const uint8_t *disk, uint64_t disk_bytes, const struct vmf_boot_info *bi,
+		      struct json_object **verdict);
+/* `vmferry verify disk IMAGE [DUMP]`: @argv = {IMAGE[, DUMP]}.  An exit status. */
+int verify_disk_main(int argc, char **argv, int json_flags);
+
 #define VERIFY_EXIT_OK     0
 #define VERIFY_EXIT_BROKEN 1
 #define VERIFY_EXIT_ERROR  2

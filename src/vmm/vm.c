@@ -162,11 +162,21 @@ static void vm_pause_request_locked(struct vm *vm)
 }
 
 /* Lock held.  Pause and wait until every vCPU thread is parked. */
+/*
+ * Lock held.  Pause and wait until every vCPU thread is parked; the first
+ * pause also quiesces the devices (their in-flight requests complete into
+ * guest RAM now, before whoever paused reads it: a dump, the migration's
+ * last dirty sync).
+ */
 void vm_pause_locked(struct vm *vm)
 {
+	bool first = vm->pause_depth == 0;
+
 	vm_pause_request_locked(vm);
 	while (vm->nparked < vm_nthreads(vm))
 		pthread_cond_wait(&vm->cond, &vm->lock);
+	if (first)
+		vm_devices_pause_locked(vm);
 }
 
 void vm_resume_locked(struct vm *vm)
@@ -176,6 +186,8 @@ void vm_resume_locked(struct vm *vm)
 		abort();
 	}
 	vm->pause_depth--;
+	if (vm->pause_depth == 0)
+		vm_devices_resume_locked(vm); /* before the vCPUs: a kick finds them ready */
 	vm_update_attention_locked(vm);
 	pthread_cond_broadcast(&vm->cond);
 }
@@ -485,7 +497,9 @@ static void *vcpu_thread(void *arg)
 			break;
 		case KVM_EXIT_INTR: /* kicked: the loop head looks at attention */
 			break;
-		case KVM_EXIT_MMIO: /* no MMIO devices yet: a stray access */
+		case KVM_EXIT_MMIO: /* a device register, or a stray access */
+			if (vcpu_handle_mmio(vcpu))
+				break;
 			vcpu_crash(vcpu, VM_RUNSTATE_GUEST_PANICKED,
 				   "guest %s unmapped guest-physical address %#llx",
 				   run->mmio.is_write ? "wrote" : "read",
@@ -650,6 +664,14 @@ static void vm_build_page_tables(struct vm *vm)
 		pdpt[g] = pd_gpa | 0x7;
 		for (uint64_t i = 0; i < 512 && g * 512 + i < n2m; i++)
 			pd[i] = ((g * 512 + i) << 21) | 0x87;
+	}
+	/* The device windows: one 2 MiB page with no memslot behind it. */
+	{
+		uint64_t *pd = (uint64_t *)(ram + VMF_DEVICE_PD_GPA);
+
+		memset(pd, 0, 0x1000);
+		pdpt[VMF_DEVICE_GPA >> 30] = VMF_DEVICE_PD_GPA | 0x7;
+		pd[0] = VMF_DEVICE_GPA | 0x87;
 	}
 }
 

@@ -250,6 +250,40 @@ int vm_dirty_log_clear(struct vm *vm, size_t block, uint64_t first_page,
 /* A write by the VMM itself into guest RAM, logged for migration. */
 int vm_ram_write(struct vm *vm, uint64_t gpa, const void *data, size_t len);
 
+/* ---- devices (vm_devices.c) ---- */
+
+/*
+ * What a device gives the VM.  Every callback is required.
+ *  mmio:   vCPU thread, a guest access of @len (1, 2, 4 or 8) bytes at
+ *          @offset in its window; a read fills @data.  Never blocks for long.
+ *  pause:  the first pause of the VM (stop, migration stop, dump), called
+ *          with the VM lock held once every vCPU is parked: complete what is
+ *          in flight into guest RAM and take no new request until resume.
+ *          Must not call back into the VM but for vm_ram_mark_dirty.
+ *  resume: the last resume (the vCPUs run next); also the first start.
+ *          A device is paused when it is added.
+ */
+struct vm_device_ops {
+	void (*mmio)(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write);
+	void (*pause)(void *opaque);
+	void (*resume)(void *opaque);
+};
+
+/*
+ * Add a device of virtio type @type: its MMIO window is the next free one
+ * from VMF_DEVICE_GPA (in *@mmio_gpa), listed in the boot info unless the
+ * guest arrives by migration (then the source's boot info lists it, in the
+ * same order).  Before vm_start; main thread.  0, -ENOSPC (VMF_MAX_DEVICES),
+ * -EBUSY (started).
+ */
+int vm_add_device(struct vm *vm, uint32_t type, const struct vm_device_ops *ops, void *opaque,
+		  uint64_t *mmio_gpa);
+/*
+ * A device wrote guest RAM [@gpa, +@len) behind KVM's back (DMA): logged
+ * for migration like vm_ram_write.  -EFAULT outside RAM.  Any thread.
+ */
+int vm_ram_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len);
+
 /* Throttle every vCPU to run only (100 - @pct)% of the time; 0 = off. */
 void vm_set_throttle(struct vm *vm, unsigned pct);
 unsigned vm_get_throttle(struct vm *vm);

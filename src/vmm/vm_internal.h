@@ -52,6 +52,14 @@ struct vcpu {
 	int base_nice;           /* its nice when it started (set before tid) */
 };
 
+/* A device's MMIO window and hooks (vm_devices.c); fixed before vm_start. */
+struct vm_device {
+	uint32_t type;
+	uint64_t gpa, bytes;
+	const struct vm_device_ops *ops;
+	void *opaque;
+};
+
 struct vm {
 	struct vm_config config;
 	int kvm_fd, vm_fd;
@@ -63,6 +71,9 @@ struct vm {
 	bool console_owned;
 	_Atomic uint64_t moves; /* see vm_moves_get() */
 	_Atomic int vcpu_nice;  /* see vm_set_vcpu_nice() */
+
+	struct vm_device devices[VMF_MAX_DEVICES]; /* set before vm_start, then read-only */
+	unsigned ndevices;
 
 	vm_event_fn *event_fn;
 	void *event_opaque;
@@ -114,6 +125,11 @@ void vm_resume_locked(struct vm *vm);
 bool vcpu_park(struct vcpu *vcpu);
 int vcpu_renice(struct vcpu *vcpu, int tid, int nice);
 void vcpu_nice_start(struct vcpu *vcpu);
+/* vCPU thread: a KVM_EXIT_MMIO in a device window.  False: no device there. */
+bool vcpu_handle_mmio(struct vcpu *vcpu);
+/* Lock held: the devices quiesce (first pause) or go on (last resume). */
+void vm_devices_pause_locked(struct vm *vm);
+void vm_devices_resume_locked(struct vm *vm);
 int vm_set_memslot(struct vm *vm, uint32_t slot, struct ram_block *b, uint32_t flags);
 
 #endif

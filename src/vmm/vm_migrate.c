@@ -239,7 +239,7 @@ int vm_dirty_log_start(struct vm *vm)
 		return -EBUSY;
 	}
 	if (!vm->vmm_dirty)
-		vm->vmm_dirty = calloc(words, sizeof(uint64_t));
+		__atomic_store_n(&vm->vmm_dirty, calloc(words, sizeof(uint64_t)), __ATOMIC_RELEASE);
 	if (!vm->vmm_dirty) {
 		pthread_mutex_unlock(&vm->lock);
 		return -ENOMEM;

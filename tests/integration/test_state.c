@@ -220,21 +220,13 @@ static void test_cpr(void **state)
 	struct harness_vm old;
 	struct migtest_cpr_target t;
 	struct ts_view s;
-	int rc;
 
 	(void)state;
 	migtest_spawn_extra(&old, TS_MEM, TS_VCPUS, "incrementer", NULL, ts_opt);
 	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
 	assert_int_equal(ts_bump(&old, 7), 0);
 	ts_query(&old, &s);
-	migtest_cpr_spawn_new(&t, NULL, ts_opt);
-	assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
-	assert_int_equal(harness_migrate_channels(&old, t.main_uri, t.cpr_uri), 0);
-	rc = harness_wait_exit(&old, MIG_TIMEOUT_MS);
-	if (rc != 0)
-		fail_msg("the old process ended with status %d instead of 0", rc);
-	assert_int_equal(harness_connect(&t.vm, 10000), 0);
-	migtest_wait_migration_status(&t.vm, "completed");
+	migtest_cpr_update(&old, &t, ts_opt);
 	ts_expect_moved(&s, &t.vm, false);
 	migtest_expect_guest_alive_and_verified(&t.vm);
 	assert_int_equal(harness_vm_quit(&t.vm), 0);

@@ -95,6 +95,21 @@ void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 	unsetenv("VMFERRY_CPR_FAULT");
 }
 
+void migtest_cpr_update(struct harness_vm *old, struct migtest_cpr_target *t,
+			const char *const extra[])
+{
+	int rc;
+
+	migtest_cpr_spawn_new(t, NULL, extra);
+	assert_int_equal(harness_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_migrate_channels(old, t->main_uri, t->cpr_uri), 0);
+	rc = harness_wait_exit(old, MIG_TIMEOUT_MS);
+	if (rc != 0)
+		fail_msg("the old process ended with status %d instead of 0", rc);
+	assert_int_equal(harness_connect(&t->vm, 10000), 0);
+	migtest_wait_migration_status(&t->vm, "completed");
+}
+
 struct json_object *migtest_wait_migration(struct harness_vm *src)
 {
 	struct json_object *q = NULL;

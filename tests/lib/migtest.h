@@ -48,6 +48,13 @@ struct migtest_cpr_target {
  */
 void migtest_cpr_spawn_new(struct migtest_cpr_target *t, const char *fault,
 			   const char *const extra[]);
+/*
+ * A whole live update of @old: spawn the new process with @extra, cpr-transfer
+ * to it, wait for @old to exit 0 and for the new one (connected, in t->vm)
+ * to report the migration completed.
+ */
+void migtest_cpr_update(struct harness_vm *old, struct migtest_cpr_target *t,
+			const char *const extra[]);
 /* Poll query-migrate until completed/failed/cancelled (MIG_TIMEOUT_MS); the reply (caller owns). */
 struct json_object *migtest_wait_migration(struct harness_vm *src);
 void migtest_expect_status(struct harness_vm *vm, const char *status);

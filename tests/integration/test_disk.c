@@ -1,0 +1,308 @@
+/*
+ * virtio-blk with a shared disk: the diskwriter (2 vCPUs, one queue each)
+ * writing records to one disk file that source and destination both open.
+ * For precopy, pure postcopy, hybrid and CPR: after the move the
+ * destination's RAM dump and the disk verify together (`vmferry verify disk
+ * IMAGE DUMP`: every acknowledged record present and intact, no hole) and
+ * the guest's acknowledged sequence numbers keep advancing there.  A failed
+ * migration - a destination without the disk refusing the stream, a
+ * destination killed mid-way - leaves the source writing with every
+ * acknowledged record intact.  Also --disk's errors.  Skips (77) without KVM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+#include "harness/harness.h"
+
+#define DK_MEM "64M"
+#define DK_VCPUS "2"
+#define DK_GUEST "diskwriter,rate=400"
+#define DK_DISK_BYTES (32ll << 20)
+/*
+ * Hybrid: the diskwriter dirties so little RAM that precopy would converge
+ * at once; a tiny downtime limit over a slow link keeps it from stopping,
+ * so the switch comes after the first pass.
+ */
+#define DK_BANDWIDTH "{\"max-bandwidth\": 1000000, \"downtime-limit\": 1}"
+#define DK_BANDWIDTH_SLOW "{\"max-bandwidth\": 5000000}"
+
+struct dk {
+	char path[HARNESS_PATH_BYTES];
+	char arg[HARNESS_PATH_BYTES + 8];     /* file=PATH */
+	const char *opts[4];                  /* --disk file=PATH [--postcopy] */
+	const char *opts_postcopy[4];
+};
+
+static void dk_make(struct dk *d)
+{
+	int fd;
+
+	assert_int_equal(harness_unique_path(d->path, sizeof(d->path), "disk"), 0);
+	fd = open(d->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, DK_DISK_BYTES), 0);
+	close(fd);
+	snprintf(d->arg, sizeof(d->arg), "file=%s", d->path);
+	d->opts[0] = d->opts_postcopy[0] = "--disk";
+	d->opts[1] = d->opts_postcopy[1] = d->arg;
+	d->opts[2] = NULL;
+	d->opts_postcopy[2] = "--postcopy";
+	d->opts_postcopy[3] = NULL;
+}
+
+/* Records the guest's writers acknowledged, summed (query-workload "writes"). */
+static int64_t dk_acked(struct harness_vm *vm)
+{
+	struct json_object *q = NULL;
+	int64_t n;
+
+	assert_int_equal(harness_call(vm, "query-workload", NULL, &q), 0);
+	n = harness_json_int(q, "writes");
+	json_object_put(q);
+	return n;
+}
+
+/* Wait (bounded) until the guest acknowledged @more records beyond now. */
+static void dk_expect_writing(struct harness_vm *vm, int64_t more)
+{
+	int64_t start = dk_acked(vm), now = start;
+
+	for (int i = 0; i < 3000 && now < start + more; i++) {
+		harness_nap_ms(10);
+		now = dk_acked(vm);
+	}
+	if (now < start + more)
+		fail_msg("the guest acknowledged %lld records in 30 s, expected %lld",
+			 (long long)(now - start), (long long)more);
+}
+
+/* Stop, dump RAM, `vmferry verify disk IMAGE DUMP`, cont. */
+static void dk_expect_verified(struct harness_vm *vm, const struct dk *d)
+{
+	char dump[HARNESS_PATH_BYTES];
+	const char *args[] = { "verify", "disk", d->path, dump, NULL };
+	struct harness_result res;
+	struct json_object *a = json_object_new_object();
+
+	assert_int_equal(harness_unique_path(dump, sizeof(dump), "dump"), 0);
+	json_object_object_add(a, "file", json_object_new_string(dump));
+	assert_int_equal(harness_call(vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(vm, "dump-guest-memory", a, NULL), 0);
+	json_object_put(a);
+	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
+	if (res.status != 0)
+		fail_msg("verify disk: status %d: %s %s", res.status, res.out, res.err);
+	fprintf(stderr, "verify disk: %s", res.out);
+	harness_result_free(&res);
+	unlink(dump);
+	assert_int_equal(harness_call(vm, "cont", NULL, NULL), 0);
+}
+
+/* The guest runs, its disk and RAM agree, it keeps writing, and they agree again. */
+static void dk_expect_alive(struct harness_vm *vm, const struct dk *d)
+{
+	migtest_expect_status(vm, "running");
+	dk_expect_verified(vm, d);
+	dk_expect_writing(vm, 50);
+	dk_expect_verified(vm, d);
+}
+
+/* Completed, in postcopy when @postcopy (after at least one pass when @hybrid). */
+static void dk_expect_completed(struct harness_vm *src, bool postcopy, bool hybrid)
+{
+	struct json_object *q = migtest_wait_migration(src);
+	int64_t pc = harness_json_int(q, "postcopy-pages-pushed") +
+		     harness_json_int(q, "postcopy-pages-requested");
+
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
+	fprintf(stderr, "migration: downtime %.3f ms, %lld passes, %lld postcopy pages\n",
+		harness_json_double(q, "downtime", -1), (long long)harness_json_int(q, "passes"),
+		(long long)pc);
+	if (postcopy)
+		assert_true(pc > 0);
+	if (hybrid)
+		assert_true(harness_json_int(q, "passes") >= 1);
+	json_object_put(q);
+}
+
+/* Poll query-migrate until the source finished pass 1. */
+static void dk_wait_pass(struct harness_vm *src)
+{
+	struct json_object *q = NULL;
+
+	for (int i = 0; i < 20000; i++) {
+		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
+		if (harness_json_int(q, "passes") >= 1)
+			break;
+		json_object_put(q);
+		q = NULL;
+		harness_nap_ms(1);
+	}
+	assert_non_null(q);
+	json_object_put(q);
+}
+
+enum dk_mode { DK_PRECOPY = 1, DK_HYBRID, DK_POSTCOPY };
+
+static void dk_migrate(enum dk_mode mode)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	bool postcopy = mode != DK_PRECOPY;
+	struct dk d;
+
+	dk_make(&d);
+	migtest_spawn_extra(&src, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	migtest_spawn_incoming_extra(&dst, DK_MEM, DK_VCPUS, true,
+				     postcopy ? d.opts_postcopy : d.opts, uri, sizeof(uri));
+	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	if (mode == DK_HYBRID)
+		assert_int_equal(harness_set_params(&src, DK_BANDWIDTH), 0);
+	if (postcopy)
+		assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	if (mode == DK_POSTCOPY)
+		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
+	if (mode == DK_HYBRID) {
+		dk_wait_pass(&src);
+		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	}
+	dk_expect_completed(&src, postcopy, mode == DK_HYBRID);
+	migtest_wait_migration_status(&dst, "completed");
+	dk_expect_alive(&dst, &d);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
+	unlink(d.path);
+}
+
+static void test_precopy(void **state) { (void)state; dk_migrate(DK_PRECOPY); }
+static void test_hybrid(void **state) { (void)state; dk_migrate(DK_HYBRID); }
+static void test_postcopy(void **state) { (void)state; dk_migrate(DK_POSTCOPY); }
+
+/* A live update: the new process opens the same disk and goes on writing. */
+static void test_cpr(void **state)
+{
+	struct harness_vm old;
+	struct migtest_cpr_target t;
+	struct dk d;
+
+	(void)state;
+	dk_make(&d);
+	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
+	migtest_cpr_update(&old, &t, d.opts);
+	dk_expect_alive(&t.vm, &d);
+	assert_int_equal(harness_vm_quit(&t.vm), 0);
+	unlink(d.path);
+}
+
+/* A disk and a source writing to it, @dst listening (@dst_disk: with the disk). */
+static void dk_start_pair(struct dk *d, struct harness_vm *src, struct harness_vm *dst,
+			  bool dst_disk, char *uri, size_t len)
+{
+	dk_make(d);
+	migtest_spawn_extra(src, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d->opts);
+	migtest_spawn_incoming_extra(dst, DK_MEM, DK_VCPUS, true, dst_disk ? d->opts : NULL, uri,
+				     len);
+	assert_int_equal(harness_wait_passes(src, 2, 30000), 0);
+}
+
+/* A destination without the disk refuses the stream; the source writes on. */
+static void test_destination_without_disk(void **state)
+{
+	struct harness_vm src, dst;
+	struct json_object *q;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct dk d;
+
+	(void)state;
+	dk_start_pair(&d, &src, &dst, false, uri, sizeof(uri));
+	assert_int_equal(harness_migrate(&src, uri), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	fprintf(stderr, "without the disk: %s\n", harness_json_str(q, "error-desc"));
+	assert_non_null(strstr(harness_json_str(q, "error-desc"), "unknown section id 10"));
+	json_object_put(q);
+	assert_true(harness_wait_exit(&dst, 30000) != 0);
+	dk_expect_alive(&src, &d);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	unlink(d.path);
+}
+
+/* The destination dies during postcopy's precopy phase: the source writes on. */
+static void test_destination_killed(void **state)
+{
+	struct harness_vm src, dst;
+	struct json_object *q;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct dk d;
+
+	(void)state;
+	dk_start_pair(&d, &src, &dst, true, uri, sizeof(uri));
+	assert_int_equal(harness_set_params(&src, DK_BANDWIDTH_SLOW), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
+	migtest_wait_migration_status(&src, "active");
+	harness_vm_kill(&dst);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	json_object_put(q);
+	dk_expect_alive(&src, &d);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	unlink(d.path);
+}
+
+/* --disk's errors: said clearly, before any guest runs. */
+static void test_disk_errors(void **state)
+{
+	static const struct { const char *spec, *want; int status; } cases[] = {
+		{ "file=/nonexistent/disk.img", "cannot open /nonexistent/disk.img", 1 },
+		{ "path=/tmp/x", "unknown key 'path'", 2 },
+		{ "file=", "file= needs a path", 2 },
+		{ "readonly=on", "file=PATH is required", 2 },
+		{ "file=/tmp/x,readonly=maybe", "readonly=maybe: on or off", 2 },
+		{ "file=/tmp/x,file=/tmp/y", "repeated key 'file'", 2 },
+		{ "file=/dev/null", "neither a regular file nor a block device", 1 },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *args[] = { "run", "--mem", "16M", "--disk", cases[i].spec, NULL };
+		struct harness_result res;
+
+		assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
+		if (res.status != cases[i].status || !strstr(res.err, cases[i].want))
+			fail_msg("--disk %s: status %d, stderr %s", cases[i].spec, res.status,
+				 res.err);
+		harness_result_free(&res);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_disk_errors),
+		cmocka_unit_test(test_precopy),
+		cmocka_unit_test(test_postcopy),
+		cmocka_unit_test(test_hybrid),
+		cmocka_unit_test(test_cpr),
+		cmocka_unit_test(test_destination_without_disk),
+		cmocka_unit_test(test_destination_killed),
+	};
+
+	return MIGTEST_RUN(tests);
+}
