@@ -103,16 +103,6 @@ static void cli_expect_usage_error(const struct harness_result *res, const char 
 		fail_msg("stderr lacks '%s': %s", why, res->err);
 }
 
-/* Postcopy happened: the source's figures say pages moved that way. */
-static void cli_expect_postcopy_figures(struct json_object *q)
-{
-	int64_t pushed = harness_json_int(q, "postcopy-pages-pushed");
-	int64_t requested = harness_json_int(q, "postcopy-pages-requested");
-
-	assert_true(pushed >= 0 && requested >= 0 && harness_json_int(q, "postcopy-requests") >= 0);
-	assert_true(pushed + requested > 0);
-}
-
 /* The guest moved: the source is done with it, the destination runs it, verified. */
 static void cli_expect_moved(struct harness_vm *src, struct harness_vm *dst)
 {
@@ -180,7 +170,7 @@ static void cli_pure_postcopy(struct harness_vm *src, struct harness_vm *dst, co
 	cli_migrate(src->sock_path, preempt ? urgent : capped, uri, &res);
 	q = cli_expect_completed(&res);
 	assert_int_equal(harness_json_int(q, "passes"), 0); /* switched before the first */
-	cli_expect_postcopy_figures(q);
+	migtest_expect_postcopy_accounting(q, true);
 	/* Times are printed to the microsecond, not with every binary digit. */
 	for (const char *p = strchr(res.out, '.'); p; p = strchr(p + 1, '.'))
 		if (strspn(p + 1, "0123456789") > 3)
@@ -233,7 +223,7 @@ static void test_hybrid_dirtier(void **state)
 	cli_migrate(src.sock_path, opts, uri, &res);
 	q = cli_expect_completed(&res);
 	assert_true(harness_json_int(q, "passes") >= 1);
-	cli_expect_postcopy_figures(q);
+	migtest_expect_postcopy_accounting(q, false);
 	json_object_put(q);
 	assert_string_equal(res.err, ""); /* --quiet */
 	harness_result_free(&res);

@@ -63,41 +63,6 @@ static void setup_pair(struct harness_vm *src, struct harness_vm *dst, const cha
 	setup_pair_mode(src, dst, mem, vcpus, guest, "minor", uri, len);
 }
 
-/*
- * The source's page accounting of a completed postcopy without a pause.
- * Every page pending at the switch is taken exactly once, by the push
- * (pushed) or by a request on the urgent channel (requested); a request for
- * a page already taken but not yet acknowledged sends it again (resent),
- * and every page sent counts once in normal-pages or zero-pages.  Pure
- * postcopy: every page of guest RAM was pending and nothing crossed before
- * the switch, so pushed + requested == the guest's pages and normal + zero
- * == pushed + requested + resent.  Hybrid: pass 1 sent every page before
- * the switch, so normal + zero >= the guest's pages + pushed + requested +
- * resent, and at least one page was left for postcopy.
- */
-static void expect_postcopy_accounting(struct json_object *q, bool pure)
-{
-	int64_t pushed = harness_json_int(q, "postcopy-pages-pushed");
-	int64_t requested = harness_json_int(q, "postcopy-pages-requested");
-	int64_t resent = harness_json_int(q, "postcopy-pages-resent");
-	int64_t sent = harness_json_int(q, "normal-pages") + harness_json_int(q, "zero-pages");
-	int64_t guest_pages = harness_json_int(q, "total") / 4096;
-
-	/* harness_json_int gives -1 for a missing member */
-	assert_true(pushed >= 0 && requested >= 0 && resent >= 0 && guest_pages > 0);
-	if (pure && (pushed + requested != guest_pages || sent != pushed + requested + resent))
-		fail_msg("pure postcopy: pushed %lld + requested %lld != %lld guest pages, or "
-			 "normal+zero %lld != pushed + requested + resent %lld", (long long)pushed,
-			 (long long)requested, (long long)guest_pages, (long long)sent,
-			 (long long)(pushed + requested + resent));
-	if (!pure && (pushed + requested < 1 || pushed + requested > guest_pages ||
-		      sent < guest_pages + pushed + requested + resent))
-		fail_msg("hybrid postcopy: pushed %lld + requested %lld not in 1..%lld, or "
-			 "normal+zero %lld < pass 1's %lld pages + pushed + requested + resent",
-			 (long long)pushed, (long long)requested, (long long)guest_pages,
-			 (long long)sent, (long long)guest_pages);
-}
-
 static void expect_completed_postcopy(struct harness_vm *src, struct harness_vm *dst, bool pure)
 {
 	struct json_object *q = migtest_wait_migration(src);
@@ -105,7 +70,7 @@ static void expect_completed_postcopy(struct harness_vm *src, struct harness_vm 
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("postcopy: %s: %s", harness_json_str(q, "status"),
 			 harness_json_str(q, "error-desc"));
-	expect_postcopy_accounting(q, pure);
+	migtest_expect_postcopy_accounting(q, pure);
 	json_object_put(q);
 	migtest_expect_status(src, "postmigrate");
 	/* The destination finishes just after it told the source. */
@@ -278,7 +243,7 @@ static void test_dirtier_switches_automatically(void **state)
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("%s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
 	assert_true(harness_json_int(q, "passes") >= 2);
-	expect_postcopy_accounting(q, false);
+	migtest_expect_postcopy_accounting(q, false);
 	json_object_put(q);
 	/* Its page-fault threads (real-time at times) end with its side of the migration. */
 	migtest_wait_migration_status(&dst, "completed");
