@@ -174,6 +174,8 @@ static void test_bad_requests(void **state)
 
 	(void)state;
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
+	/* Past its setup, so the verification at the end can judge it. */
+	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
 	/* A cpr channel without mode cpr-transfer, and the reverse. */
 	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
 			 -EREMOTEIO);
