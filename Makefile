@@ -150,7 +150,8 @@ FUZZ_LIB_SRC := $(filter-out src/main.c,$(LIB_SRC))
 fuzz: $(FUZZ_BIN)
 build-fuzz/%: fuzz/%.c $(FUZZ_LIB_SRC) build/gen/guest_blobs.S build/gen/guest_blobs_table.c
 	@mkdir -p build-fuzz
-	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude -Isrc \
+	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -D_GNU_SOURCE -Iinclude -Isrc \
 	  -o $@ $< $(FUZZ_LIB_SRC) build/gen/guest_blobs.S build/gen/guest_blobs_table.c $(LDLIBS)
 
 # The long campaign, not part of CI: FUZZ_RUNS (10 M) or FUZZ_TIME seconds per

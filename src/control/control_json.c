@@ -146,7 +146,7 @@ struct control_json_frame {
 struct control_json_scan {
 	const unsigned char *s;
 	size_t n, pos;
-	char *keybuf;     /* n + 1 bytes: decoded names never outgrow their text */
+	char *keybuf;     /* n + 1 bytes: decoded names and their NULs never outgrow their text */
 	size_t keybuf_len;
 	struct control_json_key *keys; /* names of the objects open now */
 	size_t nkeys, keys_cap;
@@ -301,6 +301,8 @@ static int control_json_scan_string(struct control_json_scan *sc, bool is_key)
 	sc->keys[sc->nkeys++] = (struct control_json_key){
 		.name = sc->keybuf + sc->keybuf_len, .len = o - sc->keybuf_len, .offset = start,
 	};
+	/* NUL-terminated for messages: name + NUL never outgrow the quoted text */
+	sc->keybuf[o++] = '\0';
 	sc->keybuf_len = o;
 	return 0;
 }
@@ -363,16 +365,19 @@ static int control_json_key_cmp(const void *a, const void *b)
 static int control_json_close_object(struct control_json_scan *sc,
 				     const struct control_json_frame *f)
 {
-	struct control_json_key *k = sc->keys + f->key_first;
 	size_t n = sc->nkeys - f->key_first;
+	struct control_json_key *k;
 
+	if (n < 2) /* nothing to compare; keys is NULL until the first name */
+		goto done;
+	k = sc->keys + f->key_first;
 	qsort(k, n, sizeof(*k), control_json_key_cmp);
 	for (size_t i = 1; i < n; i++)
 		if (k[i].len == k[i - 1].len && memcmp(k[i].name, k[i - 1].name, k[i].len) == 0)
 			return control_json_fail(sc, "duplicate member name '%.*s' at offset %zu",
-						 control_json_utf8_cut(k[i].name, k[i].len < 64 ?
-								       k[i].len : 64),
-						 k[i].name, k[i].offset);
+						 control_json_utf8_cut(k[i].name, 64), k[i].name,
+						 k[i].offset);
+done:
 	sc->nkeys = f->key_first;
 	sc->keybuf_len = f->keybuf_mark;
 	return 0;
