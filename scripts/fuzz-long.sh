@@ -8,7 +8,7 @@
 # in build-fuzz/long/NAME.new; afterwards libFuzzer's -merge=1 keeps the
 # hand-written seeds (any file whose name is not a 40-hex SHA-1) plus the
 # fewest generated inputs that reach every feature reached, and those replace
-# the generated files in fuzz/corpus/NAME.  FUZZ_CORPUS_MAX (default 300)
+# the generated files in fuzz/corpus/NAME.  FUZZ_CORPUS_MAX (default 1000)
 # caps the generated files per target: past it the smallest are kept, so the
 # repository does not fill up.  Findings (crash-*, leak-*, timeout-*, oom-*)
 # stay in build-fuzz/long/ for a regression test or a corpus entry.
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 runs=${FUZZ_RUNS:-10000000}
 time_cap=${FUZZ_TIME:-0}
-corpus_max=${FUZZ_CORPUS_MAX:-300}
+corpus_max=${FUZZ_CORPUS_MAX:-1000}
 out=build-fuzz/long
 mkdir -p "$out"
 
@@ -53,7 +53,7 @@ merge_corpus() {
 			is_generated "$merged/$f" || continue
 			if [ "$corpus_max" -gt 0 ]; then corpus_max=$((corpus_max - 1)); else rm -f "$merged/$f"; fi
 		done
-		echo "note: $name: $n generated inputs cut to ${FUZZ_CORPUS_MAX:-300} (smallest kept)" >&2
+		echo "note: $name: $n generated inputs cut to ${FUZZ_CORPUS_MAX:-1000} (smallest kept)" >&2
 	fi
 	for f in "$corpus"/*; do
 		[ -f "$f" ] && is_generated "$f" && rm -f "$f"
