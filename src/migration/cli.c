@@ -65,10 +65,11 @@ static void cli_usage(FILE *f)
 		"max-bandwidth, convergence-timeout, auto-converge, postcopy-ram and\n"
 		"postcopy-after-passes on the source to the value given or the default, so a\n"
 		"plain `vmferry migrate` uses the defaults whatever an earlier run or a raw\n"
-		"migrate-set-parameters set (postcopy-vcpu-nice is left as it is).  Prints\n"
-		"the final figures (query-migrate) as JSON\n"
-		"on stdout.  Ctrl-C cancels (not once postcopy runs: the guest is on the\n"
-		"destination then; Ctrl-C twice stops watching, the migration goes on).\n"
+		"migrate-set-parameters set (postcopy-vcpu-nice is left as it is).\n"
+		"\n"
+		"Prints the final figures (query-migrate) as JSON on stdout.  Ctrl-C cancels\n"
+		"(not once postcopy runs: the guest is on the destination then; Ctrl-C twice\n"
+		"stops watching, the migration goes on).\n"
 		"Exit status: 0 completed, 1 failed or cancelled, 2 usage error, 3 postcopy\n"
 		"paused (a connection broke: recover, then --resume).\n");
 }
