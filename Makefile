@@ -68,7 +68,7 @@ BENCH_BIN:= $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 TOOL_SRC := $(sort $(wildcard tools/*.c))
 TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
 
-.PHONY: all check demo bench fuzz clean setup tests
+.PHONY: all check demo bench fuzz fuzz-long clean setup tests
 all: $(BIN) $(GUEST_ELFS) tests $(BENCH_BIN) $(TOOL_BIN)
 tests: $(UNIT_BIN) $(INT_BIN)
 
@@ -151,8 +151,14 @@ FUZZ_LIB_SRC := $(filter-out src/main.c,$(LIB_SRC))
 fuzz: $(FUZZ_BIN)
 build-fuzz/%: fuzz/%.c $(FUZZ_LIB_SRC) build/gen/guest_blobs.S build/gen/guest_blobs_table.c
 	@mkdir -p build-fuzz
-	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude -Isrc \
+	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -D_GNU_SOURCE -Iinclude -Isrc \
 	  -o $@ $< $(FUZZ_LIB_SRC) build/gen/guest_blobs.S build/gen/guest_blobs_table.c $(LDLIBS)
+
+# The long campaign, not part of CI: FUZZ_RUNS (10 M) or FUZZ_TIME seconds per
+# target, FUZZ_TARGETS to pick; keeps the merged corpus in fuzz/corpus/NAME.
+fuzz-long:
+	@scripts/fuzz-long.sh
 
 setup:
 	@scripts/setup.sh

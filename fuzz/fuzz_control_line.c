@@ -6,8 +6,13 @@
  * formatting against a command table covering every argument type.
  *
  * Checks beyond "no crash, no leak": every reply is exactly one line of
- * JSON holding either "return" or "error"; handlers only ever see arguments
- * that passed validation, and only once the session has negotiated.
+ * strict UTF-8 that parses as JSON (by json-c, and again by
+ * control_json_check: no duplicate names, integers in range) holding either
+ * "return" or "error"; handlers only ever see arguments that passed
+ * validation, and only once the session has negotiated.  The handlers echo
+ * the client's bytes back (the arguments, the command name in errors) and
+ * one reports raw bytes of the input as its error, as a handler passing on
+ * a peer's text would.
  */
 #include <assert.h>
 #include <errno.h>
@@ -19,6 +24,7 @@
 
 #include <json-c/json.h>
 
+#include "control/control_json.h"
 #include "control/control_proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -71,14 +77,21 @@ static int fuzz_cmd_plain(void *opaque, struct json_object *args, struct json_ob
 	return 0;
 }
 
+/* The input of the current run, for fuzz_cmd_fail's raw-bytes message. */
+static const uint8_t *fuzz_data;
+static size_t fuzz_size;
+
 static int fuzz_cmd_fail(void *opaque, struct json_object *args, struct json_object **ret,
 			 char *errbuf, size_t errlen)
 {
+	size_t n = fuzz_size < errlen ? fuzz_size : errlen - 1;
+
 	(void)opaque;
 	(void)args;
-	(void)errbuf;
-	(void)errlen;
 	*ret = json_object_new_object(); /* must be freed on the error path */
+	/* Any bytes at all, not UTF-8 nor NUL-free: the reply must stay valid. */
+	memcpy(errbuf, fuzz_data, n);
+	errbuf[n] = '\0';
 	return -EIO;
 }
 
@@ -97,11 +110,15 @@ static const struct control_command fuzz_cmds[] = {
 static void fuzz_check_reply(const struct control_dispatch *res)
 {
 	struct json_object *o;
+	char why[CONTROL_ERROR_DESC_BYTES];
 
 	if (!res->reply)
 		return;
 	assert(res->reply_len_bytes > 0 && res->reply[res->reply_len_bytes - 1] == '\n');
 	assert(memchr(res->reply, '\n', res->reply_len_bytes - 1) == NULL);
+	assert(control_json_utf8_valid(res->reply, res->reply_len_bytes));
+	assert(control_json_check(res->reply, res->reply_len_bytes, CONTROL_JSON_MAX_DEPTH + 2,
+				  why, sizeof(why)) == 0);
 	o = json_tokener_parse(res->reply);
 	assert(json_object_is_type(o, json_type_object));
 	assert(json_object_object_get_ex(o, "return", NULL) !=
@@ -114,6 +131,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct control_linebuf lb;
 	size_t off = 0;
 
+	fuzz_data = data;
+	fuzz_size = size;
 	/* Half the inputs start negotiated, so commands are reached without it. */
 	fuzz_session.negotiated = size > 0 && (data[0] & 2);
 	/* A small limit as well as the real one, so the overflow path is hit. */

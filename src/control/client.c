@@ -17,6 +17,7 @@
 
 #include <json-c/json.h>
 
+#include "control/control_json.h"
 #include "control/control_proto.h"
 #include "util/log.h"
 
@@ -590,6 +591,7 @@ static int control_ctl_usage_error(const char *fmt, const char *arg)
 /* Parse @text as a JSON object (NULL with *msg set on failure). */
 static struct json_object *control_ctl_parse_args(const char *text, const char **msg)
 {
+	static char why[CONTROL_ERROR_DESC_BYTES]; /* for *msg: vmferry ctl is one thread */
 	struct json_tokener *tok = json_tokener_new_ex(CONTROL_JSON_MAX_DEPTH);
 	struct json_object *obj = NULL;
 	size_t len = strlen(text);
@@ -612,6 +614,12 @@ static struct json_object *control_ctl_parse_args(const char *text, const char *
 		obj = NULL;
 	} else if (!json_object_is_type(obj, json_type_object)) {
 		*msg = "JSON-ARGS must be a JSON object";
+		json_object_put(obj);
+		obj = NULL;
+	} else if (control_json_check(text, json_tokener_get_parse_end(tok),
+				      CONTROL_JSON_MAX_DEPTH, why, sizeof(why)) < 0) {
+		/* json-c would have sent the last of duplicates: refuse as the server does */
+		*msg = why;
 		json_object_put(obj);
 		obj = NULL;
 	}

@@ -9,7 +9,11 @@
 
 #include <json-c/json.h>
 
+#include "control/control_json.h"
 #include "util/version.h"
+
+/* Most bytes of a client's name (command, member) echoed in an error. */
+#define CONTROL_ECHO_BYTES 64
 
 /* ---- line framing ---- */
 
@@ -213,6 +217,13 @@ static int control_parse_json(const char *line, size_t len, struct json_object *
 				  "malformed JSON: trailing characters at offset %zu", end);
 		return -EBADMSG;
 	}
+	/* What json-c lets through: duplicate names, big integers, loose UTF-8. */
+	if (control_json_check(line, end < len ? end : len, CONTROL_JSON_MAX_DEPTH,
+			       err->desc, sizeof(err->desc)) < 0) {
+		json_object_put(obj);
+		err->cls = CONTROL_ERR_GENERIC;
+		return -EBADMSG;
+	}
 	*out = obj;
 	return 0;
 }
@@ -248,7 +259,8 @@ int control_proto_parse_request(const char *line, size_t len_bytes,
 			args = val;
 		} else if (strcmp(key, "id") != 0) {
 			control_error_set(err, CONTROL_ERR_GENERIC,
-					  "unexpected member '%.64s' in request", key);
+					  "unexpected member '%.*s' in request",
+					  control_json_utf8_cut(key, CONTROL_ECHO_BYTES), key);
 			return -EBADMSG;
 		}
 	}
@@ -309,7 +321,8 @@ int control_proto_check_args(const struct control_arg_spec *spec,
 				}
 			if (!s) {
 				control_error_set(err, CONTROL_ERR_INVALID_ARGUMENT,
-						  "unknown argument '%.64s'", key);
+						  "unknown argument '%.*s'",
+						  control_json_utf8_cut(key, CONTROL_ECHO_BYTES), key);
 				return -EINVAL;
 			}
 			if (!control_arg_type_ok(s->type, val)) {
@@ -334,17 +347,26 @@ int control_proto_check_args(const struct control_arg_spec *spec,
 
 /* ---- formatting ---- */
 
-/* Serialise @obj as one line plus '\n'; consumes the reference to @obj. */
+/*
+ * Serialise @obj as one line plus '\n'; consumes the reference to @obj.
+ * json-c escapes control characters but copies bytes >= 0x80 as they are,
+ * so a handler's text that is not UTF-8 (a peer's error string, a file name)
+ * would make the line invalid: such bytes become U+FFFD.
+ */
 static char *control_line_from(struct json_object *obj, size_t *len_bytes)
 {
 	const char *s;
 	size_t n = 0;
-	char *line = NULL;
+	char *line = NULL, *clean = NULL;
 
 	if (!obj)
 		return NULL;
 	s = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN |
 					      JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+	if (s && !control_json_utf8_valid(s, n)) {
+		clean = control_json_utf8_sanitize(s, n, &n);
+		s = clean;
+	}
 	if (s) {
 		line = malloc(n + 2);
 		if (line) {
@@ -355,6 +377,7 @@ static char *control_line_from(struct json_object *obj, size_t *len_bytes)
 				*len_bytes = n + 1;
 		}
 	}
+	free(clean);
 	json_object_put(obj);
 	return line;
 }
@@ -538,7 +561,9 @@ static int control_qmp_capabilities(struct control_session *session,
 					  "argument 'enable' must list capability names (strings)");
 		else
 			control_error_set(err, CONTROL_ERR_GENERIC,
-					  "capability '%.64s' is not offered (the greeting lists none)",
+					  "capability '%.*s' is not offered (the greeting lists none)",
+					  control_json_utf8_cut(json_object_get_string(cap),
+								CONTROL_ECHO_BYTES),
 					  json_object_get_string(cap));
 		return -EINVAL;
 	}
@@ -575,14 +600,15 @@ int control_proto_dispatch(const struct control_command *cmds, size_t ncmds,
 		/* As QEMU says it: clients match on the class and this text. */
 		control_error_set(&err, CONTROL_ERR_COMMAND_NOT_FOUND,
 				  "Expecting capabilities negotiation with '"
-				  CONTROL_CMD_QMP_CAPABILITIES "' before command '%.64s'",
-				  req.execute);
+				  CONTROL_CMD_QMP_CAPABILITIES "' before command '%.*s'",
+				  control_json_utf8_cut(req.execute, CONTROL_ECHO_BYTES), req.execute);
 		goto error_reply;
 	}
 	cmd = control_find(cmds, ncmds, req.execute);
 	if (!cmd) {
 		control_error_set(&err, CONTROL_ERR_COMMAND_NOT_FOUND,
-				  "The command %.64s has not been found", req.execute);
+				  "The command %.*s has not been found",
+				  control_json_utf8_cut(req.execute, CONTROL_ECHO_BYTES), req.execute);
 		goto error_reply;
 	}
 	if (control_proto_check_args(cmd->args, req.args, &err) < 0)

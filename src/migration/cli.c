@@ -44,9 +44,12 @@ static void cli_usage(FILE *f)
 		"\n"
 		"  -C, --control PATH             the source VM's control socket (required)\n"
 		"      --downtime-limit MS        longest acceptable guest pause (default 300)\n"
-		"      --max-bandwidth BYTES/S    cap the transfer rate (K/M/G suffixes; default unlimited)\n"
+		"      --max-bandwidth BYTES/S    cap the transfer rate (K/M/G suffixes; default 0,\n"
+		"                                 unlimited)\n"
 		"      --convergence-timeout S    give up (guest keeps running) after S seconds\n"
+		"                                 (default 0: never)\n"
 		"      --auto-converge            throttle the vCPUs when precopy does not converge\n"
+		"                                 (default off)\n"
 		"      --postcopy                 pure postcopy: switch before the first pass\n"
 		"      --postcopy-after-passes N  hybrid: precopy, then postcopy when N passes did\n"
 		"                                 not converge (1..1000000)\n"
@@ -58,15 +61,22 @@ static void cli_usage(FILE *f)
 		"      --timeout S                stop waiting after S seconds (default 600) and cancel\n"
 		"  -q, --quiet                    no progress line\n"
 		"\n"
-		"Without a postcopy option the postcopy-ram capability and postcopy-after-passes\n"
-		"are turned off on the source.  Prints the final figures (query-migrate) as JSON\n"
-		"on stdout.  Ctrl-C cancels (not once postcopy runs: the guest is on the\n"
-		"destination then; Ctrl-C twice stops watching, the migration goes on).\n"
+		"Options apply to this migration only: each run sets downtime-limit,\n"
+		"max-bandwidth, convergence-timeout, auto-converge, postcopy-ram and\n"
+		"postcopy-after-passes on the source to the value given or the default, so a\n"
+		"plain `vmferry migrate` uses the defaults whatever an earlier run or a raw\n"
+		"migrate-set-parameters set (postcopy-vcpu-nice is left as it is).\n"
+		"\n"
+		"Prints the final figures (query-migrate) as JSON on stdout.  Ctrl-C cancels\n"
+		"(not once postcopy runs: the guest is on the destination then; Ctrl-C twice\n"
+		"stops watching, the migration goes on).\n"
 		"Exit status: 0 completed, 1 failed or cancelled, 2 usage error, 3 postcopy\n"
 		"paused (a connection broke: recover, then --resume).\n");
 }
 
 #define CLI_EXIT_PAUSED 3
+/* The VMM's default (migration_create); test_cli checks they agree. */
+#define CLI_DOWNTIME_LIMIT_MS_DEFAULT 300
 
 #define CLI_USAGE_LINE "usage: vmferry migrate --control PATH [OPTIONS] URI (--help for more)\n"
 
@@ -367,7 +377,7 @@ static int cli_resume(struct control_client *c, const char *uri, bool quiet, boo
 struct cli_opts {
 	const char *control, *uri, *cpr_uri;
 	uint64_t timeout_s, after_passes; /* after_passes 0: not hybrid */
-	uint64_t downtime_ms, bandwidth, convergence_s;
+	uint64_t downtime_ms, bandwidth, convergence_s; /* the value given, or the default */
 	bool downtime_given, bandwidth_given, convergence_given;
 	bool pure_postcopy, preempt, postcopy, resume, auto_converge, quiet;
 };
@@ -437,7 +447,9 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 	};
 	int opt, r;
 
-	*o = (struct cli_opts){ .timeout_s = 600, .preempt = true };
+	*o = (struct cli_opts){ .timeout_s = 600, .preempt = true,
+				.downtime_ms = CLI_DOWNTIME_LIMIT_MS_DEFAULT,
+				.bandwidth = 0, .convergence_s = 0 };
 	optind = 1;
 	opterr = 1; /* getopt names an unknown option or a missing argument */
 	while ((opt = getopt_long(argc, argv, "C:qh", opts, NULL)) != -1)
@@ -468,10 +480,12 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 }
 
 /*
- * The parameters and capabilities this migration runs with.  The postcopy
- * settings and the mode always, so none left by an earlier run applies (a
+ * The parameters and capabilities this migration runs with: every one the
+ * command line controls, given or default, so nothing an earlier run left
+ * applies (a 50 MB/s cap from the last run throttled the next one; a
  * lingering postcopy-ram would make a precopy run advise postcopy, and a
- * live update refuse); the others when given.
+ * live update refuse).  postcopy-preempt only with postcopy, as it means
+ * nothing without.
  */
 static void cli_settings(const struct cli_opts *o, struct json_object **params,
 			 struct json_object **caps)
@@ -479,15 +493,12 @@ static void cli_settings(const struct cli_opts *o, struct json_object **params,
 	struct json_object *cap_list = json_object_new_array();
 
 	*params = json_object_new_object();
-	if (o->downtime_given)
-		json_object_object_add(*params, "downtime-limit",
-				       json_object_new_int64((int64_t)o->downtime_ms));
-	if (o->bandwidth_given)
-		json_object_object_add(*params, "max-bandwidth",
-				       json_object_new_int64((int64_t)o->bandwidth));
-	if (o->convergence_given)
-		json_object_object_add(*params, "convergence-timeout",
-				       json_object_new_int64((int64_t)o->convergence_s));
+	json_object_object_add(*params, "downtime-limit",
+			       json_object_new_int64((int64_t)o->downtime_ms));
+	json_object_object_add(*params, "max-bandwidth",
+			       json_object_new_int64((int64_t)o->bandwidth));
+	json_object_object_add(*params, "convergence-timeout",
+			       json_object_new_int64((int64_t)o->convergence_s));
 	json_object_object_add(*params, "postcopy-after-passes",
 			       json_object_new_int64((int64_t)o->after_passes));
 	json_object_object_add(*params, "mode", json_object_new_string(o->cpr_uri ? "cpr-transfer"
@@ -497,8 +508,7 @@ static void cli_settings(const struct cli_opts *o, struct json_object **params,
 	cli_cap_add(cap_list, "postcopy-ram", o->postcopy);
 	if (o->postcopy)
 		cli_cap_add(cap_list, "postcopy-preempt", o->preempt);
-	if (o->auto_converge)
-		cli_cap_add(cap_list, "auto-converge", true);
+	cli_cap_add(cap_list, "auto-converge", o->auto_converge);
 }
 
 /* The migrate command's arguments: the main channel, and the cpr one. */

@@ -5,7 +5,8 @@
  * with `vmferry run --incoming URI --postcopy`, hybrid with a dirtier that
  * does not converge, and a live update; its usage errors (exit 2), a
  * destination nobody listens on and one without --postcopy (exit 1, the
- * guest runs on at the source); `vmferry run --postcopy` misused.  Every
+ * guest runs on at the source); options that apply to one run only;
+ * `vmferry run --postcopy` misused.  Every
  * migration verifies guest memory where the guest ends up and that it keeps
  * running.  Skips (77) without KVM.
  */
@@ -102,16 +103,6 @@ static void cli_expect_usage_error(const struct harness_result *res, const char 
 		fail_msg("stderr lacks '%s': %s", why, res->err);
 }
 
-/* Postcopy happened: the source's figures say pages moved that way. */
-static void cli_expect_postcopy_figures(struct json_object *q)
-{
-	int64_t pushed = harness_json_int(q, "postcopy-pages-pushed");
-	int64_t requested = harness_json_int(q, "postcopy-pages-requested");
-
-	assert_true(pushed >= 0 && requested >= 0 && harness_json_int(q, "postcopy-requests") >= 0);
-	assert_true(pushed + requested > 0);
-}
-
 /* The guest moved: the source is done with it, the destination runs it, verified. */
 static void cli_expect_moved(struct harness_vm *src, struct harness_vm *dst)
 {
@@ -179,7 +170,7 @@ static void cli_pure_postcopy(struct harness_vm *src, struct harness_vm *dst, co
 	cli_migrate(src->sock_path, preempt ? urgent : capped, uri, &res);
 	q = cli_expect_completed(&res);
 	assert_int_equal(harness_json_int(q, "passes"), 0); /* switched before the first */
-	cli_expect_postcopy_figures(q);
+	migtest_expect_postcopy_accounting(q, true);
 	/* Times are printed to the microsecond, not with every binary digit. */
 	for (const char *p = strchr(res.out, '.'); p; p = strchr(p + 1, '.'))
 		if (strspn(p + 1, "0123456789") > 3)
@@ -232,7 +223,7 @@ static void test_hybrid_dirtier(void **state)
 	cli_migrate(src.sock_path, opts, uri, &res);
 	q = cli_expect_completed(&res);
 	assert_true(harness_json_int(q, "passes") >= 1);
-	cli_expect_postcopy_figures(q);
+	migtest_expect_postcopy_accounting(q, false);
 	json_object_put(q);
 	assert_string_equal(res.err, ""); /* --quiet */
 	harness_result_free(&res);
@@ -366,6 +357,90 @@ static void test_destination_not_listening(void **state)
 	harness_result_free(&res);
 	migtest_expect_guest_alive_and_verified(&src);
 	assert_int_equal(harness_vm_quit(&src), 0);
+}
+
+/*
+ * The settings `vmferry migrate` controls, as the source reports them:
+ * query-migrate-parameters (caller owns) and auto-converge's state.
+ */
+static struct json_object *cli_settings_now(struct harness_vm *vm, bool *auto_converge)
+{
+	struct json_object *params = NULL, *caps = NULL;
+
+	assert_int_equal(harness_call(vm, "query-migrate-parameters", NULL, &params), 0);
+	assert_int_equal(harness_call(vm, "query-migrate-capabilities", NULL, &caps), 0);
+	*auto_converge = false;
+	for (size_t i = 0, found = 0; i < json_object_array_length(caps); i++) {
+		struct json_object *c = json_object_array_get_idx(caps, i), *st;
+
+		if (strcmp(harness_json_str(c, "capability"), "auto-converge"))
+			continue;
+		assert_true(json_object_object_get_ex(c, "state", &st));
+		*auto_converge = json_object_get_boolean(st);
+		assert_int_equal(++found, 1);
+	}
+	json_object_put(caps);
+	return params;
+}
+
+/* @key is the same in @a and @b, which the test names in @what. */
+static void cli_expect_same_param(struct json_object *a, struct json_object *b, const char *key,
+				  const char *what)
+{
+	if (harness_json_int(a, key) != harness_json_int(b, key))
+		fail_msg("%s: %s is %lld, not %lld", what, key, (long long)harness_json_int(a, key),
+			 (long long)harness_json_int(b, key));
+}
+
+/*
+ * Options apply to one run only: after a run with every tuning option (to a
+ * destination nobody listens on, so it fails at once but has set them), a
+ * plain run sets each back to the default of a fresh VMM, and completes.
+ * Before, the second run kept the first's 50 MB/s cap and auto-converge.
+ */
+static void test_options_do_not_persist(void **state)
+{
+	const char *const opts[] = { "--max-bandwidth", "50M", "--downtime-limit", "7",
+				     "--convergence-timeout", "100", "--auto-converge", NULL };
+	struct json_object *fresh, *first, *second;
+	struct harness_vm src, dst;
+	char path[HARNESS_PATH_BYTES], uri[HARNESS_PATH_BYTES + 8];
+	struct harness_result res;
+	bool ac;
+
+	(void)state;
+	cli_spawn_source(&src, "incrementer");
+	fresh = cli_settings_now(&src, &ac);
+	assert_false(ac);
+	assert_int_equal(harness_json_int(fresh, "max-bandwidth"), 0);
+	assert_int_equal(harness_json_int(fresh, "downtime-limit"), 300); /* as --help says */
+	assert_int_equal(harness_json_int(fresh, "convergence-timeout"), 0);
+
+	assert_int_equal(harness_unique_path(path, sizeof(path), "nobody"), 0);
+	snprintf(uri, sizeof(uri), "unix:%s", path);
+	cli_migrate(src.sock_path, opts, uri, &res);
+	cli_expect_failed(&res, "cannot connect");
+	harness_result_free(&res);
+	first = cli_settings_now(&src, &ac);
+	assert_true(ac);
+	assert_int_equal(harness_json_int(first, "max-bandwidth"), 50 * 1024 * 1024);
+	assert_int_equal(harness_json_int(first, "downtime-limit"), 7);
+	assert_int_equal(harness_json_int(first, "convergence-timeout"), 100);
+	json_object_put(first);
+
+	migtest_spawn_incoming(&dst, CLI_MEM, "2", true, uri, sizeof(uri));
+	cli_migrate(src.sock_path, NULL, uri, &res);
+	json_object_put(cli_expect_completed(&res));
+	harness_result_free(&res);
+	second = cli_settings_now(&src, &ac);
+	assert_false(ac);
+	cli_expect_same_param(second, fresh, "max-bandwidth", "after a plain run");
+	cli_expect_same_param(second, fresh, "downtime-limit", "after a plain run");
+	cli_expect_same_param(second, fresh, "convergence-timeout", "after a plain run");
+	cli_expect_same_param(second, fresh, "postcopy-after-passes", "after a plain run");
+	json_object_put(second);
+	json_object_put(fresh);
+	cli_expect_moved(&src, &dst);
 }
 
 /*
@@ -531,6 +606,7 @@ int main(void)
 		cmocka_unit_test(test_cpr),
 		cmocka_unit_test(test_usage_errors),
 		cmocka_unit_test(test_destination_not_listening),
+		cmocka_unit_test(test_options_do_not_persist),
 		cmocka_unit_test(test_postcopy_to_plain_destination),
 		cmocka_unit_test(test_refuses_waiting_destination),
 		cmocka_unit_test(test_run_postcopy_usage),

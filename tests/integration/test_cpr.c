@@ -174,6 +174,8 @@ static void test_bad_requests(void **state)
 
 	(void)state;
 	migtest_spawn(&old, CPR_MEM, "1", "incrementer", NULL);
+	/* Past its setup, so the verification at the end can judge it. */
+	assert_int_equal(harness_wait_passes(&old, 1, 30000), 0);
 	/* A cpr channel without mode cpr-transfer, and the reverse. */
 	assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", "unix:/nonexistent/cpr"),
 			 -EREMOTEIO);
@@ -201,7 +203,7 @@ static void test_bad_requests(void **state)
 
 		assert_int_equal(harness_unique_path(cp, sizeof(cp), "nobody"), 0);
 		snprintf(cpr_uri, sizeof(cpr_uri), "unix:%s", cp);
-		harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}");
+		assert_int_equal(harness_set_params(&old, "{\"mode\": \"cpr-transfer\"}"), 0);
 		assert_int_equal(harness_migrate_channels(&old, "unix:/nonexistent/main", cpr_uri), 0);
 		q = migtest_wait_migration(&old);
 		assert_string_equal(harness_json_str(q, "status"), "failed");

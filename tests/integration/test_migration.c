@@ -90,7 +90,7 @@ static void migrate_once(struct harness_vm *src, struct harness_vm *dst, const c
 	q = migtest_wait_migration(src);
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("migration %s: %s", harness_json_str(q, "status"), harness_json_str(q, "error-desc"));
-	expect_breakdown(q);
+	expect_breakdown(q); /* the downtime > 0 too */
 	json_object_put(q);
 	migtest_expect_status(src, "postmigrate");
 	/* The old side refuses to run the guest a second time. */

@@ -74,13 +74,15 @@ static uint64_t min_passes(struct vm *vm)
 	struct json_object *w = vm_query_workload(vm), *arr, *v, *x;
 	uint64_t min = UINT64_MAX;
 
-	json_object_object_get_ex(w, "vcpus", &arr);
+	/* Without vCPUs min would stay UINT64_MAX and every wait end at once. */
+	assert_true(json_object_object_get_ex(w, "vcpus", &arr));
+	assert_true(json_object_array_length(arr) > 0);
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
 		v = json_object_array_get_idx(arr, i);
-		json_object_object_get_ex(v, "phase", &x);
+		assert_true(json_object_object_get_ex(v, "phase", &x));
 		if (strcmp(json_object_get_string(x), "running"))
 			min = 0;
-		json_object_object_get_ex(v, "passes", &x);
+		assert_true(json_object_object_get_ex(v, "passes", &x));
 		if ((uint64_t)json_object_get_int64(x) < min)
 			min = (uint64_t)json_object_get_int64(x);
 	}
@@ -151,7 +153,7 @@ static void test_stop_cont_1000(void **state)
 	assert_int_equal(vm_stop(vm), 0);
 	assert_int_equal(vm_stop(vm), 0);
 	st = vm_query_status(vm);
-	json_object_object_get_ex(st, "status", &x);
+	assert_true(json_object_object_get_ex(st, "status", &x));
 	assert_string_equal(json_object_get_string(x), "paused");
 	json_object_put(st);
 	assert_int_equal(vm_cont(vm), 0);

@@ -198,3 +198,38 @@ int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n)
 		cmocka_set_test_filter(getenv("VMFERRY_TEST_FILTER"));
 	return _cmocka_run_group_tests(name, tests, n, NULL, NULL);
 }
+
+/*
+ * The source's page accounting of a completed postcopy without a pause.
+ * Every page pending at the switch is taken exactly once, by the push
+ * (pushed) or by a request on the urgent channel (requested); a request for
+ * a page already taken but not yet acknowledged sends it again (resent),
+ * and every page sent counts once in normal-pages or zero-pages.  Pure
+ * postcopy: every page of guest RAM was pending and nothing crossed before
+ * the switch, so pushed + requested == the guest's pages and normal + zero
+ * == pushed + requested + resent.  Hybrid: pass 1 sent every page before
+ * the switch, so normal + zero >= the guest's pages + pushed + requested +
+ * resent, and at least one page was left for postcopy.
+ */
+void migtest_expect_postcopy_accounting(struct json_object *q, bool pure)
+{
+	int64_t pushed = harness_json_int(q, "postcopy-pages-pushed");
+	int64_t requested = harness_json_int(q, "postcopy-pages-requested");
+	int64_t resent = harness_json_int(q, "postcopy-pages-resent");
+	int64_t sent = harness_json_int(q, "normal-pages") + harness_json_int(q, "zero-pages");
+	int64_t guest_pages = harness_json_int(q, "total") / 4096;
+
+	/* harness_json_int gives -1 for a missing member */
+	assert_true(pushed >= 0 && requested >= 0 && resent >= 0 && guest_pages > 0);
+	if (pure && (pushed + requested != guest_pages || sent != pushed + requested + resent))
+		fail_msg("pure postcopy: pushed %lld + requested %lld != %lld guest pages, or "
+			 "normal+zero %lld != pushed + requested + resent %lld", (long long)pushed,
+			 (long long)requested, (long long)guest_pages, (long long)sent,
+			 (long long)(pushed + requested + resent));
+	if (!pure && (pushed + requested < 1 || pushed + requested > guest_pages ||
+		      sent < guest_pages + pushed + requested + resent))
+		fail_msg("hybrid postcopy: pushed %lld + requested %lld not in 1..%lld, or "
+			 "normal+zero %lld < pass 1's %lld pages + pushed + requested + resent",
+			 (long long)pushed, (long long)requested, (long long)guest_pages,
+			 (long long)sent, (long long)guest_pages);
+}

@@ -75,6 +75,13 @@ void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms);
  * /dev/kvm, ignore SIGPIPE (a VMM that dies mid-reply), apply
  * VMFERRY_TEST_FILTER, run @tests.  The exit status.  Needs <cmocka.h>.
  */
+/*
+ * The source's postcopy page counters in @q (a query-migrate of a completed
+ * postcopy without a pause) add up: @pure switched before the first pass,
+ * else after pass 1 (see migtest.c).
+ */
+void migtest_expect_postcopy_accounting(struct json_object *q, bool pure);
+
 struct CMUnitTest;
 int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n);
 #define MIGTEST_RUN(tests) migtest_run(#tests, tests, sizeof(tests) / sizeof((tests)[0]))

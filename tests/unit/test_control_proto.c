@@ -28,6 +28,7 @@
 
 #include "control/client.h"
 #include "control/control.h"
+#include "control/control_json.h"
 #include "control/control_proto.h"
 #include "harness/harness.h"
 #include "util/log.h"
@@ -89,6 +90,11 @@ static int cmd_fail(void *opaque, struct json_object *args, struct json_object *
 	}
 	if (json_object_object_get_ex(args, "quiet", &v) && json_object_get_boolean(v))
 		return -ENOSPC; /* no message: the dispatcher makes one */
+	if (json_object_object_get_ex(args, "latin1", &v) && json_object_get_boolean(v)) {
+		/* Not UTF-8, as a peer's error string or a file name may be. */
+		snprintf(errbuf, errlen, "caf\xe9 \xc0\xaf \xed\xa0\x80 broke");
+		return -EIO;
+	}
 	snprintf(errbuf, errlen, "it broke");
 	return -EIO;
 }
@@ -127,6 +133,7 @@ static const struct control_arg_spec echo_args[] = {
 static const struct control_arg_spec fail_args[] = {
 	{ "einval", CONTROL_ARG_BOOL, false },
 	{ "quiet", CONTROL_ARG_BOOL, false },
+	{ "latin1", CONTROL_ARG_BOOL, false },
 	{ NULL, 0, false },
 };
 
@@ -154,6 +161,7 @@ static struct json_object *dispatch_in(struct control_session *session, const ch
 		*after = res.after;
 	if (res.reply) {
 		assert_int_equal(strlen(res.reply), res.reply_len_bytes);
+		assert_true(control_json_utf8_valid(res.reply, res.reply_len_bytes));
 		o = parse_line(res.reply, res.reply_len_bytes);
 	}
 	free(res.reply);
@@ -326,6 +334,211 @@ static void test_not_an_object(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		expect_error(bad[i], CONTROL_ERR_GENERIC, "must be a JSON object");
+}
+
+/* ---- what json-c lets through: duplicates, big integers, loose UTF-8 ---- */
+
+static void test_duplicate_members(void **state)
+{
+	static const char *const dup[] = {
+		/* last would win: this ran "after", i.e. quit, before */
+		"{\"execute\":\"nothing\",\"execute\":\"after\"}",
+		"{\"execute\":\"after\",\"id\":1,\"id\":2}",
+		"{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"s\":\"b\"}}",
+		"{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"o\":{\"k\":1,\"j\":2,\"k\":3}}}",
+		"{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"x\":[1,[{\"k\":1,\"k\":1}]]}}",
+		/* the same name spelled two ways */
+		"{\"execute\":\"nothing\",\"\\u0065xecute\":\"after\"}",
+		"{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"o\":{\"\\u00e9\":1,\"\xc3\xa9\":2}}}",
+	};
+	struct json_object *o, *ret, *v;
+
+	(void)state;
+	echo_calls = after_calls = 0;
+	for (size_t i = 0; i < sizeof(dup) / sizeof(dup[0]); i++)
+		expect_error(dup[i], CONTROL_ERR_GENERIC, "duplicate member name");
+	expect_error(dup[0], CONTROL_ERR_GENERIC, "duplicate member name 'execute' at offset 21");
+	assert_int_equal(echo_calls, 0);
+	assert_int_equal(after_calls, 0);
+
+	/* The same names in different objects, and names differing only in case. */
+	o = dispatch("{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"o\":{\"s\":1,\"S\":2,"
+		     "\"o\":{\"s\":3}},\"x\":[{\"k\":1},{\"k\":2},{\"\":0,\"k\":{\"k\":5}}]}}", NULL);
+	assert_int_equal(echo_calls, 1);
+	assert_true(json_object_object_get_ex(o, "return", &ret));
+	assert_true(json_object_object_get_ex(ret, "o", &v));
+	assert_int_equal(json_object_object_length(v), 3);
+	json_object_put(o);
+	echo_calls = 0;
+}
+
+static void test_integer_range(void **state)
+{
+	static const char *const out[] = {
+		"9223372036854775808", "-9223372036854775809", "18446744073709551615",
+		"18446744073709551616", "100000000000000000000", "-99999999999999999999999",
+	};
+	char line[160];
+	struct json_object *o, *ret, *v;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(out) / sizeof(out[0]); i++) {
+		snprintf(line, sizeof(line),
+			 "{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"i\":%s}}", out[i]);
+		expect_error(line, CONTROL_ERR_GENERIC, "integer out of range at offset 43");
+		/* anywhere, not only in arguments that are integers */
+		snprintf(line, sizeof(line), "{\"execute\":\"echo\",\"id\":[%s]}", out[i]);
+		expect_error(line, CONTROL_ERR_GENERIC, "integer out of range");
+	}
+	expect_error("{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"n\":1e400}}",
+		     CONTROL_ERR_GENERIC, "number out of range");
+	expect_error("{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"n\":-1.5E+999}}",
+		     CONTROL_ERR_GENERIC, "number out of range");
+
+	/* The edges themselves are fine, and kept exactly. */
+	o = dispatch("{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"i\":9223372036854775807,"
+		     "\"x\":-9223372036854775808,\"n\":1e-400}}", NULL);
+	assert_true(json_object_object_get_ex(o, "return", &ret));
+	assert_true(json_object_object_get_ex(ret, "i", &v));
+	assert_true(json_object_get_int64(v) == INT64_MAX);
+	assert_true(json_object_object_get_ex(ret, "x", &v));
+	assert_true(json_object_get_int64(v) == INT64_MIN);
+	json_object_put(o);
+	/* -5 is an integer in range: the handler, not the parser, refuses it. */
+	o = dispatch("{\"execute\":\"echo\",\"arguments\":{\"s\":\"a\",\"i\":-5}}", NULL);
+	assert_true(json_object_object_get_ex(o, "return", NULL));
+	json_object_put(o);
+	echo_calls = 0;
+}
+
+static void test_utf8_strict(void **state)
+{
+	static const struct {
+		const char *bytes, *why;
+	} bad[] = {
+		{ "\xc0\xaf", "overlong" },
+		{ "\xc1\xbf", "overlong" },
+		{ "\xe0\x80\xaf", "overlong" },
+		{ "\xf0\x80\x80\xaf", "overlong" },
+		{ "\xed\xa0\x80", "surrogate" },
+		{ "\xed\xbf\xbf", "surrogate" },
+		{ "\xf4\x90\x80\x80", "beyond U+10FFFF" },
+		{ "\xf5\x80\x80\x80", "beyond U+10FFFF" },
+		{ "\xf7\xbf\xbf\xbf", "beyond U+10FFFF" },
+		{ "\\ud800", "high surrogate" },
+		{ "\\ud800x", "high surrogate" },
+		{ "\\uDBFF\\u0041", "high surrogate" },
+		{ "\\ud800\\ud800", "high surrogate" },
+		{ "\\udc00", "low surrogate" },
+		{ "\\uDFFFb", "low surrogate" },
+		{ "\\u0000", "NUL" },
+		{ "\\u0000quit", "NUL" },
+	};
+	static const char *const good[] = {
+		"\xc2\x80", "\xc3\xa9", "\xdf\xbf", "\xe0\xa0\x80", "\xe2\x82\xac", "\xed\x9f\xbf",
+		"\xee\x80\x80", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf0\x9f\x98\x80",
+		"\xf4\x8f\xbf\xbf", "\\u00e9", "\\ud83d\\ude00", "\\uDBFF\\uDFFF", "\\u0001",
+	};
+	char line[200];
+	struct json_object *o, *ret, *v;
+
+	(void)state;
+	echo_calls = 0;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		/* in a value, in a member name, in the command name */
+		snprintf(line, sizeof(line),
+			 "{\"execute\":\"echo\",\"arguments\":{\"s\":\"%s\"}}", bad[i].bytes);
+		expect_error(line, CONTROL_ERR_GENERIC, bad[i].why);
+		expect_error(line, CONTROL_ERR_GENERIC, "at offset 36");
+		snprintf(line, sizeof(line),
+			 "{\"execute\":\"echo\",\"arguments\":{\"s\":\"\",\"%s\":1}}", bad[i].bytes);
+		expect_error(line, CONTROL_ERR_GENERIC, bad[i].why);
+		snprintf(line, sizeof(line), "{\"execute\":\"%s\"}", bad[i].bytes);
+		expect_error(line, CONTROL_ERR_GENERIC, bad[i].why);
+	}
+	assert_int_equal(echo_calls, 0);
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		snprintf(line, sizeof(line),
+			 "{\"execute\":\"echo\",\"arguments\":{\"s\":\"%s\"}}", good[i]);
+		o = dispatch(line, NULL);
+		assert_true(json_object_object_get_ex(o, "return", &ret));
+		assert_true(json_object_object_get_ex(ret, "s", &v));
+		assert_true(control_json_utf8_valid(json_object_get_string(v),
+						    (size_t)json_object_get_string_len(v)));
+		json_object_put(o);
+	}
+	assert_int_equal(echo_calls, sizeof(good) / sizeof(good[0]));
+	echo_calls = 0; /* later tests count from zero */
+}
+
+/* Replies that echo a name or carry a handler's text are valid UTF-8. */
+static void test_reply_utf8(void **state)
+{
+	char line[400], name[200];
+	struct json_object *o;
+	const char *desc;
+	size_t n = 0;
+
+	(void)state;
+	/* A command name of two-byte characters, cut at 64 bytes: 'x' + 40 x "é". */
+	name[n++] = 'x';
+	for (int i = 0; i < 40; i++)
+		name[n++] = '\xc3', name[n++] = '\xa9';
+	name[n] = '\0';
+	snprintf(line, sizeof(line), "{\"execute\":\"%s\"}", name);
+	o = dispatch(line, NULL); /* dispatch_in checks the whole reply is UTF-8 */
+	desc = get_str(o, "error", "desc");
+	assert_non_null(desc);
+	assert_non_null(strstr(desc, "x\xc3\xa9\xc3\xa9"));
+	assert_null(strstr(desc, "\xef\xbf\xbd")); /* cut between characters */
+	json_object_put(o);
+	/* The same before negotiation and as an unknown member name. */
+	{
+		struct control_session fresh = { .negotiated = false };
+
+		json_object_put(dispatch_in(&fresh, line, NULL));
+	}
+	snprintf(line, sizeof(line), "{\"execute\":\"echo\",\"%s\":1}", name);
+	expect_error(line, CONTROL_ERR_GENERIC, "unexpected member 'x\xc3\xa9");
+
+	/* A handler's message that is not UTF-8: invalid bytes become U+FFFD. */
+	o = dispatch("{\"execute\":\"fail\",\"arguments\":{\"latin1\":true}}", NULL);
+	desc = get_str(o, "error", "desc");
+	assert_string_equal(desc, "caf\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd "
+			    "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd broke");
+	json_object_put(o);
+}
+
+static void test_utf8_helpers(void **state)
+{
+	const unsigned char *u;
+	size_t n;
+	char *s;
+
+	(void)state;
+	u = (const unsigned char *)"\xe2\x82\xac";
+	assert_int_equal(control_json_utf8_seq_len(u, 3), 3);
+	assert_int_equal(control_json_utf8_seq_len(u, 2), 0); /* truncated */
+	assert_int_equal(control_json_utf8_seq_len((const unsigned char *)"\x80", 1), 0);
+	assert_int_equal(control_json_utf8_seq_len((const unsigned char *)"\xff", 1), 0);
+	assert_int_equal(control_json_utf8_seq_len((const unsigned char *)"\xf4\x8f\xbf\xbf", 4), 4);
+	assert_true(control_json_utf8_valid("", 0));
+	assert_true(control_json_utf8_valid("a\xc3\xa9", 3));
+	assert_false(control_json_utf8_valid("a\xc3", 2));
+	assert_false(control_json_utf8_valid("\xed\xa0\x80", 3));
+
+	assert_int_equal(control_json_utf8_cut("abc", 64), 3);
+	assert_int_equal(control_json_utf8_cut("abc", 2), 2);
+	assert_int_equal(control_json_utf8_cut("a\xe2\x82\xac", 2), 1); /* not into the euro */
+	assert_int_equal(control_json_utf8_cut("a\xe2\x82\xac", 3), 1);
+	assert_int_equal(control_json_utf8_cut("a\xe2\x82\xac", 4), 4);
+	assert_int_equal(control_json_utf8_cut("a\xe2\x82\xac" "b", 4), 4);
+
+	s = control_json_utf8_sanitize("a\xff" "b\xc3", 4, &n);
+	assert_non_null(s);
+	assert_string_equal(s, "a\xef\xbf\xbd" "b\xef\xbf\xbd");
+	assert_int_equal(n, strlen(s));
+	free(s);
 }
 
 static void test_bad_execute(void **state)
@@ -1153,6 +1366,11 @@ int main(void)
 		cmocka_unit_test(test_nul_byte),
 		cmocka_unit_test(test_too_deep),
 		cmocka_unit_test(test_not_an_object),
+		cmocka_unit_test(test_duplicate_members),
+		cmocka_unit_test(test_integer_range),
+		cmocka_unit_test(test_utf8_strict),
+		cmocka_unit_test(test_reply_utf8),
+		cmocka_unit_test(test_utf8_helpers),
 		cmocka_unit_test(test_bad_execute),
 		cmocka_unit_test(test_unknown_command),
 		cmocka_unit_test(test_bad_arguments),
