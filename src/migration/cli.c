@@ -15,6 +15,7 @@
 #include <json-c/json.h>
 
 #include "control/client.h"
+#include "migration/migration.h"
 #include "util/log.h"
 #include "util/size.h"
 
@@ -76,7 +77,7 @@ static void cli_usage(FILE *f)
 
 #define CLI_EXIT_PAUSED 3
 /* The VMM's default (migration_create); test_cli checks they agree. */
-#define CLI_DOWNTIME_LIMIT_MS_DEFAULT 300
+#define CLI_DOWNTIME_LIMIT_MS_DEFAULT MIG_DOWNTIME_LIMIT_DEFAULT_MS
 
 #define CLI_USAGE_LINE "usage: vmferry migrate --control PATH [OPTIONS] URI (--help for more)\n"
 

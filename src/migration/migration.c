@@ -360,7 +360,7 @@ int migration_create(struct vm *vm, struct migration **out)
 	m->vm = vm;
 	m->status = MIG_STATUS_NONE;
 	m->params = (struct mig_params){
-		.downtime_limit_ms = 300,
+		.downtime_limit_ms = MIG_DOWNTIME_LIMIT_DEFAULT_MS,
 		.throttle_initial_pct = 20,
 		.throttle_increment_pct = 10,
 		.postcopy_preempt = true,

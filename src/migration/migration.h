@@ -63,6 +63,9 @@ enum mig_mode {
  */
 #define MIG_POSTCOPY_VCPU_NICE_DEFAULT 20
 
+/* downtime-limit unless set (ms); `vmferry migrate` sets it back each run. */
+#define MIG_DOWNTIME_LIMIT_DEFAULT_MS 300
+
 struct mig_params {
 	enum mig_mode mode;             /* default normal */
 	uint64_t downtime_limit_ms;     /* default 300 */
