@@ -74,6 +74,17 @@ static struct json_object *mig_query_breakdown(struct migration *m, const struct
 	return o;
 }
 
+/* The destination's postcopy figures, kept at the end. */
+static void mig_query_pc_dst(struct json_object *o, const struct postcopy_dst_stats *st)
+{
+	json_object_object_add(o, "postcopy-requests", json_object_new_uint64(st->requests));
+	json_object_object_add(o, "postcopy-faults", json_object_new_uint64(st->faults));
+	json_object_object_add(o, "fault-latency-p50-us", mig_json_fixed3((double)st->latency_p50_ns / 1e3));
+	json_object_object_add(o, "fault-latency-p99-us", mig_json_fixed3((double)st->latency_p99_ns / 1e3));
+	json_object_object_add(o, "fault-latency-max-us", mig_json_fixed3((double)st->latency_max_ns / 1e3));
+	json_object_object_add(o, "vcpu-blocked-time", mig_json_fixed3((double)st->blocked_ns / 1e6));
+}
+
 struct json_object *migration_query(struct migration *m)
 {
 	struct json_object *o = json_object_new_object();
@@ -154,14 +165,8 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "postcopy-uffd-mode",
 				       json_object_new_string(vm_ram_block(m->vm, 0)->alias ? "minor"
 											: "missing"));
-	if (m->incoming && snap.pc_stats_valid) {
-		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(snap.pc_stats.requests));
-		json_object_object_add(o, "postcopy-faults", json_object_new_uint64(snap.pc_stats.faults));
-		json_object_object_add(o, "fault-latency-p50-us", mig_json_fixed3((double)snap.pc_stats.latency_p50_ns / 1e3));
-		json_object_object_add(o, "fault-latency-p99-us", mig_json_fixed3((double)snap.pc_stats.latency_p99_ns / 1e3));
-		json_object_object_add(o, "fault-latency-max-us", mig_json_fixed3((double)snap.pc_stats.latency_max_ns / 1e3));
-		json_object_object_add(o, "vcpu-blocked-time", mig_json_fixed3((double)snap.pc_stats.blocked_ns / 1e6));
-	}
+	if (m->incoming && snap.pc_stats_valid)
+		mig_query_pc_dst(o, &snap.pc_stats);
 	if (m->incoming || atomic_load(&m->prealloc_bytes)) {
 		json_object_object_add(o, "prealloc-bytes", json_object_new_uint64(atomic_load(&m->prealloc_bytes)));
 		json_object_object_add(o, "prealloc-time",
