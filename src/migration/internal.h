@@ -312,7 +312,7 @@ void mig_replace_error(struct migration *m, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void mig_set_time(struct migration *m, uint64_t *field, uint64_t value);
 /*
- * Source, at a run's end: note the end time, unpublish the stream (no
+ * Either side, at a run's end: note the end time, unpublish the stream (no
  * command reaches it any more) and release and close the main channel
  * (@fd < 0: never opened).
  */
