@@ -1,7 +1,8 @@
 /*
  * virtio-blk with a shared disk: the diskwriter (2 vCPUs, one queue each)
  * writing records to one disk file that source and destination both open.
- * For precopy, pure postcopy, hybrid and CPR (the disk's open file lent
+ * For precopy, pure postcopy, hybrid, pure postcopy with the link cut and
+ * recovered, and CPR (the disk's open file lent
  * over the cpr channel: it works with the path renamed away, and a new
  * process given another disk refuses): after the move the
  * destination's RAM dump and the disk verify together (`vmferry verify disk
@@ -27,6 +28,7 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
+#include "lib/relay.h"
 #include "harness/harness.h"
 
 #define DK_MEM "64M"
@@ -300,6 +302,86 @@ static void test_cpr_disk_mismatch(void **state)
 	unlink(other.path);
 }
 
+/*
+ * Postcopy recovery with a disk: the diskwriter fills its RAM first
+ * (fill=1: mostly zero pages would let postcopy end before any cut), the
+ * migration goes pure postcopy through a relay throttled to DK_CUT_BANDWIDTH,
+ * and the relay cuts every connection at once mid-postcopy.  Both sides
+ * pause and come back by themselves (postcopy-recover-timeout); the guest's
+ * disk requests meanwhile wait on pages like its other accesses.  The
+ * migration completes after the cut, and RAM and disk verify on the
+ * destination, where the guest keeps writing.
+ */
+#define DK_CUT_MEM "128M"
+#define DK_CUT_GUEST "diskwriter,rate=400,fill=1"
+#define DK_CUT_BANDWIDTH "{\"max-bandwidth\": 20000000, \"postcopy-recover-timeout\": 60}"
+
+static int64_t dk_query_int(struct harness_vm *vm, const char *key)
+{
+	struct json_object *q = NULL;
+	int64_t v;
+
+	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
+	v = harness_json_int(q, key);
+	json_object_put(q);
+	return v;
+}
+
+static void test_postcopy_recovery(void **state)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8], via[64];
+	struct relay relay;
+	struct json_object *q;
+	int dst_port = 0;
+	struct dk d;
+
+	(void)state;
+	dk_make(&d);
+	migtest_spawn_extra(&src, DK_CUT_MEM, DK_VCPUS, DK_CUT_GUEST, NULL, d.opts);
+	migtest_spawn_incoming_extra(&dst, DK_CUT_MEM, DK_VCPUS, false, d.opts_postcopy, uri,
+				     sizeof(uri));
+	dk_expect_writing(&src, 20); /* filled, and writing */
+	assert_int_equal(sscanf(strrchr(uri, ':') + 1, "%d", &dst_port), 1);
+	relay_start(&relay, dst_port);
+	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", relay.port);
+	assert_int_equal(harness_set_params(&src, DK_CUT_BANDWIDTH), 0);
+	assert_int_equal(harness_set_params(&dst, "{\"postcopy-recover-timeout\": 60}"), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, via), 0);
+	migtest_wait_migration_status(&src, "postcopy-active");
+	migtest_wait_migration_status(&dst, "postcopy-active");
+	/* Some pages pushed, most still to come (128 MiB at 20 MB/s: about 6 s). */
+	for (int i = 0; i < 2000 && dk_query_int(&src, "transferred") < (8 << 20); i++)
+		harness_nap_ms(5);
+	q = NULL;
+	assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-active"); /* not over yet */
+	json_object_put(q);
+	relay_cut(&relay);
+	for (int i = 0; i < 6000 && (dk_query_int(&src, "postcopy-pauses") < 1 ||
+				     dk_query_int(&dst, "postcopy-pauses") < 1); i++)
+		harness_nap_ms(5);
+	assert_true(dk_query_int(&src, "postcopy-pauses") >= 1);
+	assert_true(dk_query_int(&dst, "postcopy-pauses") >= 1);
+	q = migtest_wait_migration(&src);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
+	fprintf(stderr, "recovery with a disk: %lld pauses, %lld pages requested, %lld pushed\n",
+		(long long)harness_json_int(q, "postcopy-pauses"),
+		(long long)harness_json_int(q, "postcopy-pages-requested"),
+		(long long)harness_json_int(q, "postcopy-pages-pushed"));
+	json_object_put(q);
+	migtest_wait_migration_status(&dst, "completed");
+	relay_stop(&relay);
+	dk_expect_alive(&dst, &d);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
+	unlink(d.path);
+}
+
 /* A disk and a source writing to it, @dst listening (@dst_disk: with the disk). */
 static void dk_start_pair(struct dk *d, struct harness_vm *src, struct harness_vm *dst,
 			  bool dst_disk, char *uri, size_t len)
@@ -388,6 +470,7 @@ int main(void)
 		cmocka_unit_test(test_precopy),
 		cmocka_unit_test(test_postcopy),
 		cmocka_unit_test(test_hybrid),
+		cmocka_unit_test(test_postcopy_recovery),
 		cmocka_unit_test(test_cpr),
 		cmocka_unit_test(test_cpr_disk_renamed),
 		cmocka_unit_test(test_cpr_disk_mismatch),
