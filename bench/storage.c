@@ -19,14 +19,16 @@
  *   --workloads LIST    migration: moderate (diskwriter,rate=200,fill=1: 2 x
  *                       100 KiB/s), saturating (diskwriter,rate=0,fill=1); fill=1
  *                       writes the guest's RAM first, so RAM moves as a real
- *                       guest's would (default both)
+ *                       guest's would; idle (idle,fill=1: no disk traffic)
+ *                       (default moderate,saturating)
  *   --modes LIST        migration: precopy, postcopy (pure: migrate-start-postcopy
  *                       first) (default both)
  *   --disks LIST        migration: shared (both sides open the same files),
  *                       storage (the destination starts with new empty files
  *                       and --disk ...,incoming=on, the source migrates with
  *                       "storage": true; reported "unsupported" by a VMM
- *                       that refuses either) (default both)
+ *                       that refuses either), none (no disk at all: only with
+ *                       the idle workload) (default shared,storage)
  *   --disk-size SIZE    migration: the data disk, half full (default 4G)
  *   --transports LIST   loopback, veth, wire (bench/precopy) (default loopback)
  *   --runs N            runs per combination (default 5)
@@ -128,13 +130,15 @@ static const struct sb_workload {
 	/* fill=1: RAM that holds data, as a real guest's does, so RAM moves too. */
 	{ "moderate", "diskwriter,rate=200,fill=1" },
 	{ "saturating", "diskwriter,rate=0,fill=1" },
+	/* No disk traffic: with --disks none, the pause without any disk. */
+	{ "idle", "idle,fill=1" },
 };
 #define SB_NWORKLOADS (sizeof(sb_workloads) / sizeof(sb_workloads[0]))
 
 enum sb_mode { SB_PRECOPY, SB_POSTCOPY, SB_MODE__COUNT };
 static const char *const sb_mode_names[SB_MODE__COUNT] = { "precopy", "postcopy" };
-enum sb_disks { SB_SHARED, SB_STORAGE, SB_DISKS__COUNT };
-static const char *const sb_disks_names[SB_DISKS__COUNT] = { "shared", "storage" };
+enum sb_disks { SB_SHARED, SB_STORAGE, SB_NODISK, SB_DISKS__COUNT };
+static const char *const sb_disks_names[SB_DISKS__COUNT] = { "shared", "storage", "none" };
 enum sb_part { SB_PART_DEVICE, SB_PART_MIGRATION, SB_PART__COUNT };
 static const char *const sb_part_names[SB_PART__COUNT] = { "device", "migration" };
 
@@ -516,7 +520,7 @@ static int sb_start_destination(struct sb_run *s, char *uri, size_t urilen)
 	     d[HARNESS_PATH_BYTES + 32], why[256];
 	const char *args[16] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri,
 				 "--disk", w, "--disk", d };
-	size_t n = 10;
+	size_t n = s->disks == SB_NODISK ? 6 : 10;
 
 	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(s->mem_bytes >> 20));
 	snprintf(vcpus, sizeof(vcpus), "%u", s->o->c.vcpus);
@@ -546,7 +550,7 @@ static int sb_start_source(struct sb_run *s)
 {
 	char mem[32], vcpus[16], w[HARNESS_PATH_BYTES + 8], d[HARNESS_PATH_BYTES + 8];
 	const char *args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", s->w->spec,
-			       "--disk", w, "--disk", d, NULL };
+			       s->disks == SB_NODISK ? NULL : "--disk", w, "--disk", d, NULL };
 	uint64_t deadline, progress;
 	bool running = false;
 
@@ -656,6 +660,11 @@ static void sb_verify_disks(struct sb_run *s)
 	r->b.verified = !r->b.verify_error[0];
 }
 
+static bool sb_diskwriter(const struct sb_workload *w)
+{
+	return !strncmp(w->spec, "diskwriter", 10);
+}
+
 /* The move itself, from migrate to the guest's rates and checks after it. */
 static void sb_migrate(struct sb_run *s, const char *uri)
 {
@@ -681,7 +690,9 @@ static void sb_migrate(struct sb_run *s, const char *uri)
 	r->during_wps = (double)(n1 - n0) / ((double)(t1 - t0) / 1e9);
 	if (sb_write_rate(&s->dst, &r->after_wps, &r->b))
 		return;
-	if (r->after_wps > 0)
+	if (!sb_diskwriter(s->w))
+		bench_verify_destination(&s->dst, s->w->name, &r->b);
+	else if (r->after_wps > 0)
 		sb_verify_disks(s);
 	else
 		snprintf(r->b.verify_error, sizeof(r->b.verify_error),
@@ -840,6 +851,12 @@ static void sb_mig_print_median(const struct sb_run *s, const struct sb_mig_resu
 	bench_print(l);
 }
 
+/* Whether this combination runs: chosen, and a diskwriter only with disks. */
+static bool sb_combination(const struct sb_opts *o, const struct sb_workload *w, int d, int md)
+{
+	return o->disks_on[d] && o->mode_on[md] && (d != SB_NODISK || !sb_diskwriter(w));
+}
+
 /*
  * Part (b) over one transport: for each size, workload, run index, disks
  * kind and mode in turn (so that every combination sees the same load),
@@ -860,7 +877,7 @@ static void sb_migration_transport(const struct sb_opts *o, enum bench_transport
 			for (unsigned i = 0; i < o->c.runs; i++)
 				for (int d = 0; d < SB_DISKS__COUNT; d++)
 					for (int md = 0; md < SB_MODE__COUNT; md++) {
-						if (!o->disks_on[d] || !o->mode_on[md])
+						if (!sb_combination(o, &sb_workloads[w], d, md))
 							continue;
 						s.disks = (enum sb_disks)d;
 						s.mode = (enum sb_mode)md;
@@ -870,7 +887,7 @@ static void sb_migration_transport(const struct sb_opts *o, enum bench_transport
 					}
 			for (int d = 0; d < SB_DISKS__COUNT; d++)
 				for (int md = 0; md < SB_MODE__COUNT; md++) {
-					if (!o->disks_on[d] || !o->mode_on[md])
+					if (!sb_combination(o, &sb_workloads[w], d, md))
 						continue;
 					s.disks = (enum sb_disks)d;
 					s.mode = (enum sb_mode)md;
@@ -921,8 +938,10 @@ static void sb_usage(FILE *f)
 		"  parts: device, migration (default both)\n"
 		"  cases: randread-4k-qd1, randwrite-4k-qd1, randread-4k-deep, randwrite-4k-deep,\n"
 		"         seqread-1m, seqwrite-1m (default all)\n"
-		"  workloads: moderate, saturating; modes: precopy, postcopy; disks: shared,\n"
-		"  storage (default all); transports: loopback, veth, wire (default loopback)\n");
+		"  workloads: moderate, saturating, idle (default moderate,saturating)\n"
+		"  modes: precopy, postcopy (default both)\n"
+		"  disks: shared, storage, none (default shared,storage)\n"
+		"  transports: loopback, veth, wire (default loopback)\n");
 }
 
 static void sb_defaults(struct sb_opts *o)
@@ -938,7 +957,9 @@ static void sb_defaults(struct sb_opts *o)
 	for (size_t i = 0; i < SB_MODE__COUNT; i++)
 		o->mode_on[i] = true;
 	for (size_t i = 0; i < SB_DISKS__COUNT; i++)
-		o->disks_on[i] = true;
+		o->disks_on[i] = i != SB_NODISK;
+	for (size_t i = 0; i < SB_NWORKLOADS; i++)
+		o->c.workload_on[i] = sb_diskwriter(&sb_workloads[i]);
 	o->duration_ms = 3000;
 	o->device_disk_bytes = 256ull << 20;
 	o->disk_bytes = 4ull << 30;
