@@ -851,10 +851,21 @@ static void sb_mig_print_median(const struct sb_run *s, const struct sb_mig_resu
 	bench_print(l);
 }
 
-/* Whether this combination runs: chosen, and a diskwriter only with disks. */
-static bool sb_combination(const struct sb_opts *o, const struct sb_workload *w, int d, int md)
+/*
+ * Combination @c (disks c / SB_MODE__COUNT, mode c % SB_MODE__COUNT) into
+ * @s with its result at @r, when it runs: chosen, and a diskwriter only
+ * with disks.  False when it does not.
+ */
+static bool sb_pick(struct sb_run *s, int c, struct sb_mig_result *r)
 {
-	return o->disks_on[d] && o->mode_on[md] && (d != SB_NODISK || !sb_diskwriter(w));
+	int d = c / SB_MODE__COUNT, md = c % SB_MODE__COUNT;
+
+	if (!s->o->disks_on[d] || !s->o->mode_on[md] || (d == SB_NODISK && sb_diskwriter(s->w)))
+		return false;
+	s->disks = (enum sb_disks)d;
+	s->mode = (enum sb_mode)md;
+	s->r = r;
+	return true;
 }
 
 /*
@@ -875,25 +886,14 @@ static void sb_migration_transport(const struct sb_opts *o, enum bench_transport
 				continue;
 			s.w = &sb_workloads[w];
 			for (unsigned i = 0; i < o->c.runs; i++)
-				for (int d = 0; d < SB_DISKS__COUNT; d++)
-					for (int md = 0; md < SB_MODE__COUNT; md++) {
-						if (!sb_combination(o, &sb_workloads[w], d, md))
-							continue;
-						s.disks = (enum sb_disks)d;
-						s.mode = (enum sb_mode)md;
-						s.r = &rs[d][md][i];
+				for (int c = 0; c < SB_DISKS__COUNT * SB_MODE__COUNT; c++)
+					if (sb_pick(&s, c, &rs[c / SB_MODE__COUNT][c % SB_MODE__COUNT][i])) {
 						sb_migration_run(&s);
 						sb_mig_print_run(&s, i);
 					}
-			for (int d = 0; d < SB_DISKS__COUNT; d++)
-				for (int md = 0; md < SB_MODE__COUNT; md++) {
-					if (!sb_combination(o, &sb_workloads[w], d, md))
-						continue;
-					s.disks = (enum sb_disks)d;
-					s.mode = (enum sb_mode)md;
-					s.r = rs[d][md];
-					sb_mig_print_median(&s, rs[d][md], o->c.runs);
-				}
+			for (int c = 0; c < SB_DISKS__COUNT * SB_MODE__COUNT; c++)
+				if (sb_pick(&s, c, rs[c / SB_MODE__COUNT][c % SB_MODE__COUNT]))
+					sb_mig_print_median(&s, s.r, o->c.runs);
 		}
 	}
 }

@@ -316,17 +316,6 @@ static void test_cpr_disk_mismatch(void **state)
 #define DK_CUT_GUEST "diskwriter,rate=400,fill=1"
 #define DK_CUT_BANDWIDTH "{\"max-bandwidth\": 20000000, \"postcopy-recover-timeout\": 60}"
 
-static int64_t dk_query_int(struct harness_vm *vm, const char *key)
-{
-	struct json_object *q = NULL;
-	int64_t v;
-
-	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
-	v = harness_json_int(q, key);
-	json_object_put(q);
-	return v;
-}
-
 static void test_postcopy_recovery(void **state)
 {
 	struct harness_vm src, dst;
@@ -353,18 +342,18 @@ static void test_postcopy_recovery(void **state)
 	migtest_wait_migration_status(&src, "postcopy-active");
 	migtest_wait_migration_status(&dst, "postcopy-active");
 	/* Some pages pushed, most still to come (128 MiB at 20 MB/s: about 6 s). */
-	for (int i = 0; i < 2000 && dk_query_int(&src, "transferred") < (8 << 20); i++)
+	for (int i = 0; i < 2000 && migtest_query_int(&src, "transferred") < (8 << 20); i++)
 		harness_nap_ms(5);
 	q = NULL;
 	assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
 	assert_string_equal(harness_json_str(q, "status"), "postcopy-active"); /* not over yet */
 	json_object_put(q);
 	relay_cut(&relay);
-	for (int i = 0; i < 6000 && (dk_query_int(&src, "postcopy-pauses") < 1 ||
-				     dk_query_int(&dst, "postcopy-pauses") < 1); i++)
+	for (int i = 0; i < 6000 && (migtest_query_int(&src, "postcopy-pauses") < 1 ||
+				     migtest_query_int(&dst, "postcopy-pauses") < 1); i++)
 		harness_nap_ms(5);
-	assert_true(dk_query_int(&src, "postcopy-pauses") >= 1);
-	assert_true(dk_query_int(&dst, "postcopy-pauses") >= 1);
+	assert_true(migtest_query_int(&src, "postcopy-pauses") >= 1);
+	assert_true(migtest_query_int(&dst, "postcopy-pauses") >= 1);
 	q = migtest_wait_migration(&src);
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("migration %s: %s", harness_json_str(q, "status"),
