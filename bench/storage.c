@@ -69,6 +69,8 @@
  *   block_request_p50_us / p99_us: from query-migrate's "disk" object
  *     ("request-latency-p50-us", "request-latency-p99-us"), null without it;
  *     the whole object is copied as "disk_migration"
+ *   disk_quiesce_us: the longest a source disk took to drain at the stop
+ *     (query-block "pause_last_ns"): the device's own share of the pause
  *   writes_per_s_before / during / after: records acknowledged per second
  *
  * Output, stdout: one JSON object per run ("type": "run"), then one per
@@ -459,6 +461,7 @@ struct sb_mig_result {
 	uint64_t disk_data_bytes;
 	double before_wps, during_wps, after_wps;
 	double p50_us, p99_us;       /* NaN: not reported */
+	double quiesce_us;           /* the source's disks' drain in the stop (query-block), NaN */
 	char disk_obj[512];          /* query-migrate's "disk", JSON text, or "" */
 };
 
@@ -625,6 +628,24 @@ static void sb_copy_disk_stats(struct json_object *q, struct sb_mig_result *r)
 	r->p99_us = harness_json_double(d, "request-latency-p99-us", NAN);
 }
 
+/* The longest time a source disk took to quiesce at the last pause (query-block), or NaN. */
+static double sb_quiesce_us(struct harness_vm *src)
+{
+	struct json_object *q = NULL;
+	double us = NAN;
+
+	if (harness_call(src, "query-block", NULL, &q) == 0)
+		for (size_t i = 0; i < json_object_array_length(q); i++) {
+			struct json_object *st = json_object_object_get(
+				json_object_array_get_idx(q, i), "stats");
+			double v = (double)harness_json_u64(st, "pause_last_ns") / 1e3;
+
+			us = isnan(us) || v > us ? v : us;
+		}
+	json_object_put(q);
+	return us;
+}
+
 /*
  * On the destination after the move: stop, dump RAM, verify the writer's
  * disk against it, resume; the data disk equal to the source's (storage).
@@ -682,6 +703,7 @@ static void sb_migrate(struct sb_run *s, const char *uri)
 	bench_breakdown_text(q, r->b.breakdown, sizeof(r->b.breakdown));
 	sb_copy_disk_stats(q, r);
 	json_object_put(q);
+	r->quiesce_us = s->disks == SB_NODISK ? NAN : sb_quiesce_us(&s->src);
 	if (!r->b.completed ||
 	    harness_wait_migrate_status(&s->dst, "completed", 60000, BENCH_POLL_MS) ||
 	    sb_writes(&s->dst, &n1, &r->b))
@@ -709,7 +731,7 @@ static void sb_migration_run(struct sb_run *s)
 
 	memset(r, 0, sizeof(*r));
 	r->b.downtime_ms = -1;
-	r->p50_us = r->p99_us = NAN;
+	r->p50_us = r->p99_us = r->quiesce_us = NAN;
 	s->src = s->dst = (struct harness_vm){ .pid = -1 };
 	rc = bench_link_bandwidth(s->t != BENCH_LOOPBACK ? s->n->hosts.ns[0] : NULL,
 				  s->t != BENCH_LOOPBACK ? s->n->hosts.ns[1] : NULL, addr,
@@ -795,6 +817,7 @@ static void sb_mig_print_run(const struct sb_run *s, unsigned run)
 		bench_json_num(l, "ratio_total_to_bound", r->b.total_ms / bound, 3);
 		bench_json_num(l, "block_request_p50_us", r->p50_us, 3);
 		bench_json_num(l, "block_request_p99_us", r->p99_us, 3);
+		bench_json_num(l, "disk_quiesce_us", r->quiesce_us, 1);
 		d = r->disk_obj[0] ? json_tokener_parse(r->disk_obj) : NULL;
 		if (d)
 			json_object_object_add(l, "disk_migration", d);
@@ -843,6 +866,7 @@ static void sb_mig_print_median(const struct sb_run *s, const struct sb_mig_resu
 	SB_MEDIAN("ratio_total_to_bound", r->b.total_ms / sb_bound_ms(r), 3);
 	SB_MEDIAN("block_request_p50_us", r->p50_us, 3);
 	SB_MEDIAN("block_request_p99_us", r->p99_us, 3);
+	SB_MEDIAN("disk_quiesce_us", r->quiesce_us, 1);
 	SB_MEDIAN("writes_per_s_before", r->before_wps, 1);
 	SB_MEDIAN("writes_per_s_during", r->during_wps, 1);
 	SB_MEDIAN("writes_per_s_after", r->after_wps, 1);
