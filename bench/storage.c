@@ -67,8 +67,9 @@
  *   bound_ms = (ram_sent_bytes + disk_data_bytes) / link bandwidth
  *   ratio_total_to_bound = total_time_ms / bound_ms
  *   block_request_p50_us / p99_us: from query-migrate's "disk" object
- *     ("request-latency-p50-us", "request-latency-p99-us"), null without it;
- *     the whole object is copied as "disk_migration"
+ *     ("request-latency-p50-us", "request-latency-p99-us"), the
+ *     destination's unless it says 0, null without one; both sides' objects
+ *     are copied ("disk_migration", "disk_migration_destination")
  *   disk_quiesce_us: the longest a source disk took to drain at the stop
  *     (query-block "pause_last_ns"): the device's own share of the pause
  *   writes_per_s_before / during / after: records acknowledged per second
@@ -462,7 +463,8 @@ struct sb_mig_result {
 	double before_wps, during_wps, after_wps;
 	double p50_us, p99_us;       /* NaN: not reported */
 	double quiesce_us;           /* the source's disks' drain in the stop (query-block), NaN */
-	char disk_obj[512];          /* query-migrate's "disk", JSON text, or "" */
+	char disk_obj[512];          /* the source's query-migrate "disk", JSON text, or "" */
+	char disk_obj_dst[512];      /* the destination's */
 };
 
 struct sb_run {
@@ -615,17 +617,23 @@ static int sb_start_migration(struct sb_run *s, const char *uri)
 	return rc;
 }
 
-/* query-migrate's "disk" object, if the VMM reports one. */
-static void sb_copy_disk_stats(struct json_object *q, struct sb_mig_result *r)
+/*
+ * query-migrate's "disk" object, if the VMM reports one, into @text; the
+ * block-request latencies from it unless known already (the destination's
+ * are read first: its guest waits for the blocks).
+ */
+static void sb_copy_disk_stats(struct json_object *q, struct sb_mig_result *r, char *text,
+			       size_t len)
 {
 	struct json_object *d;
 
 	if (!json_object_object_get_ex(q, "disk", &d) || !json_object_is_type(d, json_type_object))
 		return;
-	snprintf(r->disk_obj, sizeof(r->disk_obj), "%s",
-		 json_object_to_json_string_ext(d, JSON_C_TO_STRING_PLAIN));
-	r->p50_us = harness_json_double(d, "request-latency-p50-us", NAN);
-	r->p99_us = harness_json_double(d, "request-latency-p99-us", NAN);
+	snprintf(text, len, "%s", json_object_to_json_string_ext(d, JSON_C_TO_STRING_PLAIN));
+	if (isnan(r->p50_us) || r->p50_us == 0) {
+		r->p50_us = harness_json_double(d, "request-latency-p50-us", NAN);
+		r->p99_us = harness_json_double(d, "request-latency-p99-us", NAN);
+	}
 }
 
 /* The longest time a source disk took to quiesce at the last pause (query-block), or NaN. */
@@ -686,6 +694,21 @@ static bool sb_diskwriter(const struct sb_workload *w)
 	return !strncmp(w->spec, "diskwriter", 10);
 }
 
+/* Both sides' final "disk" objects (the source's, complete by now, read again). */
+static void sb_disk_stats(struct sb_run *s)
+{
+	struct sb_mig_result *r = s->r;
+	struct json_object *q = NULL;
+
+	if (harness_call(&s->dst, "query-migrate", NULL, &q) == 0)
+		sb_copy_disk_stats(q, r, r->disk_obj_dst, sizeof(r->disk_obj_dst));
+	json_object_put(q);
+	q = NULL;
+	if (harness_call(&s->src, "query-migrate", NULL, &q) == 0)
+		sb_copy_disk_stats(q, r, r->disk_obj, sizeof(r->disk_obj));
+	json_object_put(q);
+}
+
 /* The move itself, from migrate to the guest's rates and checks after it. */
 static void sb_migrate(struct sb_run *s, const char *uri)
 {
@@ -701,13 +724,13 @@ static void sb_migrate(struct sb_run *s, const char *uri)
 		return;
 	bench_copy_stats(q, &r->b);
 	bench_breakdown_text(q, r->b.breakdown, sizeof(r->b.breakdown));
-	sb_copy_disk_stats(q, r);
 	json_object_put(q);
 	r->quiesce_us = s->disks == SB_NODISK ? NAN : sb_quiesce_us(&s->src);
 	if (!r->b.completed ||
 	    harness_wait_migrate_status(&s->dst, "completed", 60000, BENCH_POLL_MS) ||
 	    sb_writes(&s->dst, &n1, &r->b))
 		return;
+	sb_disk_stats(s);
 	t1 = clock_monotonic_ns();
 	r->during_wps = (double)(n1 - n0) / ((double)(t1 - t0) / 1e9);
 	if (sb_write_rate(&s->dst, &r->after_wps, &r->b))
@@ -821,6 +844,9 @@ static void sb_mig_print_run(const struct sb_run *s, unsigned run)
 		d = r->disk_obj[0] ? json_tokener_parse(r->disk_obj) : NULL;
 		if (d)
 			json_object_object_add(l, "disk_migration", d);
+		d = r->disk_obj_dst[0] ? json_tokener_parse(r->disk_obj_dst) : NULL;
+		if (d)
+			json_object_object_add(l, "disk_migration_destination", d);
 		bench_json_num(l, "writes_per_s_before", r->before_wps, 1);
 		bench_json_num(l, "writes_per_s_during", r->during_wps, 1);
 		bench_json_num(l, "writes_per_s_after", r->after_wps, 1);
