@@ -475,23 +475,30 @@ static int vblk_probe(struct virtio_blk *b, char *err, size_t errlen)
 	return 0;
 }
 
+/* The file as --disk says, opened: an fd, or -errno with @err. */
+static int vblk_open_path(const struct virtio_blk *b, char *err, size_t errlen)
+{
+	const char *path = b->opts.path;
+	int fd = open(path, (b->opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC), r;
+
+	if (fd >= 0)
+		return fd;
+	r = -errno;
+	if (!b->opts.readonly && (errno == EACCES || errno == EROFS) && access(path, R_OK) == 0)
+		snprintf(err, errlen, "%s is read-only (%s): add readonly=on", path, strerror(errno));
+	else
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+	return r;
+}
+
 /* Open the file as --disk says; its size into b->bytes.  0 or -errno with @err. */
 static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
 {
-	const char *path = b->opts.path;
-	int r;
+	int fd = vblk_open_path(b, err, errlen);
 
-	b->fd = open(path, (b->opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-	if (b->fd < 0) {
-		r = -errno;
-		if (!b->opts.readonly && (errno == EACCES || errno == EROFS) &&
-		    access(path, R_OK) == 0)
-			snprintf(err, errlen, "%s is read-only (%s): add readonly=on", path,
-				 strerror(errno));
-		else
-			snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-		return r;
-	}
+	if (fd < 0)
+		return fd;
+	b->fd = fd;
 	return vblk_probe(b, err, errlen);
 }
 
@@ -578,6 +585,13 @@ int vblk_adopt_fd(struct virtio_blk *b, int fd, char *err, size_t errlen)
 	if (!r)
 		vblk_log_disk(b);
 	return r;
+}
+
+int vblk_reopen(struct virtio_blk *b, char *err, size_t errlen)
+{
+	int fd = vblk_open_path(b, err, errlen);
+
+	return fd < 0 ? fd : vblk_adopt_fd(b, fd, err, errlen);
 }
 
 int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigned index,

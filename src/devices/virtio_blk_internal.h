@@ -82,5 +82,7 @@ void vblk_wake(struct virtio_blk *b);
  * features that follow from them.  0, or -errno with @err.
  */
 int vblk_adopt_fd(struct virtio_blk *b, int fd, char *err, size_t errlen);
+/* The same with the --disk path opened here (an old process that lent no disk).  0 or -errno. */
+int vblk_reopen(struct virtio_blk *b, char *err, size_t errlen);
 
 #endif

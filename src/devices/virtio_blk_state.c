@@ -362,10 +362,18 @@ static int vblk_load(void *opaque, uint32_t instance, uint32_t version, const ui
 
 /* ---- CPR: the disks' files are lent, not reopened ---- */
 
-/* Source: each disk's open file, still owned by the disk. */
+/*
+ * Source: each disk's open file, still owned by the disk.  Test hook:
+ * VMFERRY_CPR_LEND_NO_DISKS=1 lends none, as a build from before disks
+ * were lent (cpr channel version 1) did.
+ */
 static int vblk_cpr_lend_fds(void *opaque, struct cpr_state *cs, char *err, size_t errlen)
 {
 	struct virtio_blk_disks *disks = opaque;
+	const char *old_build = getenv("VMFERRY_CPR_LEND_NO_DISKS");
+
+	if (old_build && !strcmp(old_build, "1"))
+		return 0;
 
 	for (unsigned i = 0; i < disks->n; i++) {
 		const struct virtio_blk *b = disks->disk[i];
@@ -433,6 +441,15 @@ static int vblk_cpr_take_fds(void *opaque, struct cpr_state *cs, char *err, size
 		struct cpr_fd *f = cpr_state_find(cs, CPR_FD_DISK, b->name);
 		int fd, r;
 
+		if (cs->version < 2) {
+			/* An older build lends RAM only: the disk is opened by path, as it did. */
+			log_info("%s: the old process lends no disks (cpr channel version %u): "
+				 "opening %s", b->name, cs->version, b->opts.path);
+			r = vblk_reopen(b, err, errlen);
+			if (r)
+				return r;
+			continue;
+		}
 		if (!f) {
 			snprintf(err, errlen, "%s: the old process lent no such disk (--disk is given "
 				 "%u times here; give the old process's disks, in its order)", b->name,

@@ -249,6 +249,29 @@ static void test_cpr_disk_renamed(void **state)
 }
 
 /*
+ * From an older build, which lent RAM only (cpr channel version 1: the
+ * test hook VMFERRY_CPR_LEND_NO_DISKS=1 makes the old process behave so):
+ * the new process opens its --disk path, as before disks were lent.
+ */
+static void test_cpr_from_older_build(void **state)
+{
+	struct harness_vm old;
+	struct migtest_cpr_target t;
+	struct dk d;
+
+	(void)state;
+	dk_make(&d);
+	setenv("VMFERRY_CPR_LEND_NO_DISKS", "1", 1);
+	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	unsetenv("VMFERRY_CPR_LEND_NO_DISKS");
+	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
+	migtest_cpr_update(&old, &t, d.opts);
+	dk_expect_alive(&t.vm, &d);
+	assert_int_equal(harness_vm_quit(&t.vm), 0);
+	unlink(d.path);
+}
+
+/*
  * A new process whose --disk does not match the lent disk refuses the
  * update before it builds anything on it, with @want in the old process's
  * error; the guest writes on in the old process, verified.
@@ -463,6 +486,7 @@ int main(void)
 		cmocka_unit_test(test_cpr),
 		cmocka_unit_test(test_cpr_disk_renamed),
 		cmocka_unit_test(test_cpr_disk_mismatch),
+		cmocka_unit_test(test_cpr_from_older_build),
 		cmocka_unit_test(test_destination_without_disk),
 		cmocka_unit_test(test_destination_killed),
 	};
