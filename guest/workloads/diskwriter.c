@@ -16,6 +16,9 @@
  *   rate=N     records per second per writer (0 = as fast as possible; default 200)
  *   check=N    re-read one older record every N records (default 4; 0 = never)
  *   records=N  stop after N records (0 = forever)
+ *   fill=1     first fill the rest of the vCPU's range with data (above its
+ *              queue and buffers), so a migration has RAM to move as for a
+ *              real guest, and postcopy lasts long enough to be cut
  */
 #include "virtio.h"
 #include "vmf.h"
@@ -27,6 +30,7 @@
 #define DW_PANIC_READ  0xd15c0200u /* + status */
 #define DW_PANIC_CHECK 0xd15c0300u /* a record read back is wrong */
 #define DW_NS_PER_S 1000000000ull
+#define DW_FILL_FROM (VMF_VQ_MEM_BYTES + 4096u) /* the queue page, then the two buffers' page */
 
 static struct vmf_blk dw_dev;
 static volatile int dw_ready; /* 1: set up; < 0: failed (the code) */
@@ -124,6 +128,9 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 	int ready;
 
 	d.st->phase = VMF_PHASE_SETUP;
+	if (vmf_param(bi, "fill", 0) && bi->range[vcpu].bytes > DW_FILL_FROM)
+		vmf_fill((volatile void *)(bi->range[vcpu].gpa + DW_FILL_FROM),
+			 bi->range[vcpu].bytes - DW_FILL_FROM);
 	if (vcpu == 0)
 		dw_setup_device(bi);
 	while ((ready = __atomic_load_n(&dw_ready, __ATOMIC_ACQUIRE)) == 0)

@@ -439,24 +439,13 @@ static const struct virtio_mmio_ops vblk_mmio_ops = {
 
 /* ---- creating ---- */
 
-/* Open the file as --disk says; its size into b->bytes.  0 or -errno with @err. */
-static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
+/* Size and hole punching of b->fd into @b.  0 or -errno with @err. */
+static int vblk_probe(struct virtio_blk *b, char *err, size_t errlen)
 {
 	const char *path = b->opts.path;
 	struct stat st;
 	int r;
 
-	b->fd = open(path, (b->opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-	if (b->fd < 0) {
-		r = -errno;
-		if (!b->opts.readonly && (errno == EACCES || errno == EROFS) &&
-		    access(path, R_OK) == 0)
-			snprintf(err, errlen, "%s is read-only (%s): add readonly=on", path,
-				 strerror(errno));
-		else
-			snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-		return r;
-	}
 	if (fstat(b->fd, &st) < 0) {
 		r = -errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -484,6 +473,33 @@ static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
 		       fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				 (off_t)b->bytes, 4096) == 0;
 	return 0;
+}
+
+/* The file as --disk says, opened: an fd, or -errno with @err. */
+static int vblk_open_path(const struct virtio_blk *b, char *err, size_t errlen)
+{
+	const char *path = b->opts.path;
+	int fd = open(path, (b->opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC), r;
+
+	if (fd >= 0)
+		return fd;
+	r = -errno;
+	if (!b->opts.readonly && (errno == EACCES || errno == EROFS) && access(path, R_OK) == 0)
+		snprintf(err, errlen, "%s is read-only (%s): add readonly=on", path, strerror(errno));
+	else
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+	return r;
+}
+
+/* Open the file as --disk says; its size into b->bytes.  0 or -errno with @err. */
+static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
+{
+	int fd = vblk_open_path(b, err, errlen);
+
+	if (fd < 0)
+		return fd;
+	b->fd = fd;
+	return vblk_probe(b, err, errlen);
 }
 
 static void vblk_fill_config(struct virtio_blk *b, uint64_t *features)
@@ -544,6 +560,40 @@ static int vblk_start_io(struct virtio_blk *b, char *err, size_t errlen)
 	return 0;
 }
 
+static void vblk_log_disk(const struct virtio_blk *b)
+{
+	log_info("%s: %s, %llu MiB%s%s", b->name, b->opts.path,
+		 (unsigned long long)(b->bytes >> 20), b->opts.readonly ? ", read-only" : "",
+		 b->can_punch ? ", discard" : "");
+}
+
+int vblk_adopt_fd(struct virtio_blk *b, int fd, char *err, size_t errlen)
+{
+	uint64_t features;
+	int r;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->fd >= 0)
+		close(b->fd);
+	b->fd = fd;
+	r = vblk_probe(b, err, errlen);
+	if (!r) {
+		vblk_fill_config(b, &features);
+		virtio_mmio_set_device_features(&b->mmio, features);
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (!r)
+		vblk_log_disk(b);
+	return r;
+}
+
+int vblk_reopen(struct virtio_blk *b, char *err, size_t errlen)
+{
+	int fd = vblk_open_path(b, err, errlen);
+
+	return fd < 0 ? fd : vblk_adopt_fd(b, fd, err, errlen);
+}
+
 int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigned index,
 		      struct virtio_blk **out, char *err, size_t errlen)
 {
@@ -570,7 +620,7 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	pthread_cond_init(&b->cond, NULL);
 	for (unsigned q = 0; q < VIRTIO_MMIO_MAX_QUEUES; q++)
 		b->mmio.kick_fd[q] = -1;
-	r = vblk_open(b, err, errlen);
+	r = opts->cpr_inherit ? 0 : vblk_open(b, err, errlen);
 	if (r)
 		goto fail;
 	vblk_fill_config(b, &features);
@@ -589,9 +639,8 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	r = vblk_start_io(b, err, errlen);
 	if (r)
 		goto fail;
-	log_info("%s: %s, %llu MiB%s%s", b->name, opts->path,
-		 (unsigned long long)(b->bytes >> 20), opts->readonly ? ", read-only" : "",
-		 b->can_punch ? ", discard" : "");
+	if (!opts->cpr_inherit)
+		vblk_log_disk(b);
 	*out = b;
 	return 0;
 fail:

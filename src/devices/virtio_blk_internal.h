@@ -76,5 +76,13 @@ struct virtio_blk {
 int vblk_setup_queues(struct virtio_blk *b, const uint16_t *last_avail, const uint16_t *used_idx);
 /* Wake the I/O thread. */
 void vblk_wake(struct virtio_blk *b);
+/*
+ * CPR, before the VM runs: make @fd (now owned by @b, even on error) the
+ * disk's file - its size, whether it can punch holes, the config space and
+ * features that follow from them.  0, or -errno with @err.
+ */
+int vblk_adopt_fd(struct virtio_blk *b, int fd, char *err, size_t errlen);
+/* The same with the --disk path opened here (an old process that lent no disk).  0 or -errno. */
+int vblk_reopen(struct virtio_blk *b, char *err, size_t errlen);
 
 #endif

@@ -16,13 +16,16 @@
 #include "devices/virtio_blk_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
 #include "control/control.h"
+#include "migration/cpr.h"
 #include "migration/migration.h"
 #include "migration/state.h"
 #include "util/log.h"
@@ -357,6 +360,120 @@ static int vblk_load(void *opaque, uint32_t instance, uint32_t version, const ui
 	return r;
 }
 
+/* ---- CPR: the disks' files are lent, not reopened ---- */
+
+/*
+ * Source: each disk's open file, still owned by the disk.  Test hook:
+ * VMFERRY_CPR_LEND_NO_DISKS=1 lends none, as a build from before disks
+ * were lent (cpr channel version 1) did.
+ */
+static int vblk_cpr_lend_fds(void *opaque, struct cpr_state *cs, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+	const char *old_build = getenv("VMFERRY_CPR_LEND_NO_DISKS");
+
+	if (old_build && !strcmp(old_build, "1"))
+		return 0;
+
+	for (unsigned i = 0; i < disks->n; i++) {
+		const struct virtio_blk *b = disks->disk[i];
+		int r = cpr_state_add(cs, CPR_FD_DISK, b->name,
+				      b->opts.readonly ? CPR_FD_F_READONLY : 0, 0, b->bytes, b->fd,
+				      err, errlen);
+
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * Is the lent file @f the one --disk names here?  Readonly must match, and
+ * the path, if it still exists, must be the very file (same device and
+ * inode); a path that no longer exists (unlinked or renamed since the old
+ * process opened it) is fine: the lent fd is the disk.  0 or -EINVAL.
+ */
+static int vblk_cpr_check(const struct virtio_blk *b, const struct cpr_fd *f, char *err,
+			  size_t errlen)
+{
+	bool lent_ro = f->flags & CPR_FD_F_READONLY;
+	struct stat fs, ps;
+	int mode = fcntl(f->fd, F_GETFL);
+
+	if (lent_ro != b->opts.readonly || mode < 0 ||
+	    ((mode & O_ACCMODE) == O_RDONLY) != lent_ro) {
+		snprintf(err, errlen, "%s: the old process has it open %s, --disk here says "
+			 "readonly=%s", b->name, lent_ro ? "read-only" : "read-write",
+			 b->opts.readonly ? "on" : "off");
+		return -EINVAL;
+	}
+	if (fstat(f->fd, &fs) < 0) {
+		snprintf(err, errlen, "%s: fstat of the lent file: %s", b->name, strerror(errno));
+		return -EINVAL;
+	}
+	if (stat(b->opts.path, &ps) < 0) {
+		if (errno != ENOENT) {
+			snprintf(err, errlen, "%s: cannot compare --disk file=%s with the lent file: "
+				 "%s", b->name, b->opts.path, strerror(errno));
+			return -EINVAL;
+		}
+		log_info("%s: %s no longer exists (unlinked or renamed since the old process "
+			 "opened it); going on with the file it had open (inode %llu)", b->name,
+			 b->opts.path, (unsigned long long)fs.st_ino);
+		return 0;
+	}
+	if (ps.st_dev != fs.st_dev || ps.st_ino != fs.st_ino) {
+		snprintf(err, errlen, "%s: --disk file=%s (inode %llu) is not the file the old "
+			 "process has open (inode %llu): give the same disk", b->name, b->opts.path,
+			 (unsigned long long)ps.st_ino, (unsigned long long)fs.st_ino);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Destination: take each disk's file from the cpr channel instead of opening it. */
+static int vblk_cpr_take_fds(void *opaque, struct cpr_state *cs, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	for (unsigned i = 0; i < disks->n; i++) {
+		struct virtio_blk *b = disks->disk[i];
+		struct cpr_fd *f = cpr_state_find(cs, CPR_FD_DISK, b->name);
+		int fd, r;
+
+		if (cs->version < 2) {
+			/* An older build lends RAM only: the disk is opened by path, as it did. */
+			log_info("%s: the old process lends no disks (cpr channel version %u): "
+				 "opening %s", b->name, cs->version, b->opts.path);
+			r = vblk_reopen(b, err, errlen);
+			if (r)
+				return r;
+			continue;
+		}
+		if (!f) {
+			snprintf(err, errlen, "%s: the old process lent no such disk (--disk is given "
+				 "%u times here; give the old process's disks, in its order)", b->name,
+				 disks->n);
+			return -EINVAL;
+		}
+		r = vblk_cpr_check(b, f, err, errlen);
+		if (r)
+			return r;
+		fd = f->fd;
+		f->fd = -1; /* the disk's now */
+		r = vblk_adopt_fd(b, fd, err, errlen);
+		if (!r && b->bytes != f->bytes) {
+			snprintf(err, errlen, "%s: the lent file has %llu bytes, the old process's disk "
+				 "%llu", b->name, (unsigned long long)b->bytes,
+				 (unsigned long long)f->bytes);
+			r = -EINVAL;
+		}
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 static const struct mig_state_ops vblk_state_ops = {
 	.name = "virtio-blk",
 	.section_id = VIRTIO_BLK_SECTION_ID,
@@ -366,6 +483,8 @@ static const struct mig_state_ops vblk_state_ops = {
 	.save_complete = vblk_save_complete,
 	.save_cleanup = vblk_save_cleanup,
 	.load = vblk_load,
+	.cpr_lend_fds = vblk_cpr_lend_fds,
+	.cpr_take_fds = vblk_cpr_take_fds,
 };
 
 int virtio_blk_register_state(struct virtio_blk_disks *disks, struct migration *m)

@@ -367,6 +367,8 @@ int mig_states_complete(struct mig_save *sv, const struct mig_save_info *info, c
 			size_t errlen);
 void mig_states_cleanup(struct migration *m, bool completed);
 int mig_states_cpr_lend(struct migration *m, struct cpr_state *cs, char *err, size_t errlen);
+/* Destination: every state's cpr_take_fds, then refuse any fd left untaken.  0 or -errno. */
+int mig_states_cpr_take(struct migration *m, struct cpr_state *cs, char *err, size_t errlen);
 size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *kinds);
 int mig_states_load(struct migration *m, uint32_t id, uint32_t instance, uint32_t version,
 		    bool part, const uint8_t *data, uint32_t len, char *err, size_t errlen);

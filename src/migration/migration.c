@@ -680,11 +680,17 @@ int migration_cancel(struct migration *m, char *err, size_t errlen)
 	return 0;
 }
 
-void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
+int migration_incoming_take_cpr(struct migration *m, struct cpr_state *cs, char *err,
+				size_t errlen)
 {
+	int r = mig_states_cpr_take(m, cs, err, errlen);
+
+	if (r)
+		return r;
 	m->cpr_incoming = true;
-	memcpy(m->cpr_token, token, MIG_CPR_TOKEN_BYTES);
+	memcpy(m->cpr_token, cs->token, MIG_CPR_TOKEN_BYTES);
 	m->params.mode = MIG_MODE_CPR_TRANSFER;
+	return 0;
 }
 
 /* The address a listening socket really has (port 0 resolved) into @uri, for tcp. */

@@ -165,10 +165,16 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 
 /*
  * CPR transfer, destination: guest RAM was inherited over the cpr channel
- * with @token; the main stream must be a cpr-transfer stream with the same
- * token.  Call before migration_incoming_start() (main thread).
+ * (@cs, its RAM fds already taken); every registered state takes the fds
+ * it lent on the source (cpr_take_fds), and any fd left over is refused.
+ * The main stream must then be a cpr-transfer stream with @cs's token.
+ * Call after every state registered, before migration_incoming_start()
+ * (main thread).  0, or -errno with @err (answer the old process with it;
+ * fds still in @cs stay the caller's to close).
  */
-void migration_incoming_set_cpr(struct migration *m, const uint8_t *token);
+struct cpr_state;
+int migration_incoming_take_cpr(struct migration *m, struct cpr_state *cs, char *err,
+				size_t errlen);
 
 enum mig_status migration_get_status(struct migration *m);
 /* query-migrate's reply; the caller owns it. */

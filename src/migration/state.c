@@ -195,6 +195,30 @@ int mig_states_cpr_lend(struct migration *m, struct cpr_state *cs, char *err, si
 
 /* ---- destination ---- */
 
+int mig_states_cpr_take(struct migration *m, struct cpr_state *cs, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		int r;
+
+		if (!st->ops->cpr_take_fds)
+			continue;
+		r = st->ops->cpr_take_fds(st->opaque, cs, err, errlen);
+		if (r)
+			return r;
+	}
+	/* Whatever nobody took would be lost silently: a device missing here. */
+	for (unsigned i = 0; i < cs->nfds; i++) {
+		if (cs->fds[i].fd < 0)
+			continue;
+		snprintf(err, errlen, "the old process lent the %s fd %s, which nothing in this "
+			 "process takes (is a --disk missing here?)", cpr_fd_kind_name(cs->fds[i].kind),
+			 cs->fds[i].name);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *kinds)
 {
 	size_t n = 0;

@@ -73,6 +73,15 @@ struct mig_state_ops {
 	void (*save_cleanup)(void *opaque, bool completed);
 	/* Source, CPR: lend fds (cpr_state_add), still owned by the state. */
 	int (*cpr_lend_fds)(void *opaque, struct cpr_state *cs, char *err, size_t errlen);
+	/*
+	 * Destination, CPR, main thread, before the new process answers the
+	 * old one and before any vCPU runs: take the fds this state's
+	 * cpr_lend_fds lent on the source (an entry taken is the state's: set
+	 * its fd to -1) and check them against the local configuration.  0, or
+	 * -errno with @err: the new process refuses the update and the old one
+	 * keeps the guest.  A lent fd that no state takes is refused too.
+	 */
+	int (*cpr_take_fds)(void *opaque, struct cpr_state *cs, char *err, size_t errlen);
 
 	/*
 	 * Destination, on the load thread, before any vCPU runs.  load: one

@@ -148,6 +148,8 @@ int verify_disk_image(const uint8_t *disk, uint64_t disk_bytes, const struct vmf
 			why = "the first record names an impossible number of writers";
 	}
 	region = writers ? disk_bytes / writers / 4096 * 4096 : 0;
+	if (!why && writers && !region)
+		why = "the disk is too small for its writers (less than 4 KiB each)";
 	json_object_object_add(v, "workload", json_object_new_string("diskwriter"));
 	json_object_object_add(v, "disk_bytes", json_object_new_uint64(disk_bytes));
 	json_object_object_add(v, "writers", json_object_new_int((int)writers));

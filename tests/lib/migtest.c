@@ -110,6 +110,17 @@ void migtest_cpr_update(struct harness_vm *old, struct migtest_cpr_target *t,
 	migtest_wait_migration_status(&t->vm, "completed");
 }
 
+int64_t migtest_query_int(struct harness_vm *vm, const char *key)
+{
+	struct json_object *q = NULL;
+	int64_t v;
+
+	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
+	v = harness_json_int(q, key);
+	json_object_put(q);
+	return v;
+}
+
 struct json_object *migtest_wait_migration(struct harness_vm *src)
 {
 	struct json_object *q = NULL;

@@ -58,6 +58,8 @@ void migtest_cpr_update(struct harness_vm *old, struct migtest_cpr_target *t,
 /* Poll query-migrate until completed/failed/cancelled (MIG_TIMEOUT_MS); the reply (caller owns). */
 struct json_object *migtest_wait_migration(struct harness_vm *src);
 void migtest_expect_status(struct harness_vm *vm, const char *status);
+/* query-migrate's integer @key on @vm (-1 when absent); fails the test if the call does. */
+int64_t migtest_query_int(struct harness_vm *vm, const char *key);
 /* Poll query-migrate on @vm until its status is @status (bounded). */
 void migtest_wait_migration_status(struct harness_vm *vm, const char *status);
 /* Running, memory verified, two more passes, verified again. */
