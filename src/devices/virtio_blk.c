@@ -75,6 +75,11 @@ static void vblk_finish(struct virtio_blk *b, struct vblk_req *r, int res)
 	} else if (r->type == VIRTIO_BLK_T_OUT && status == VIRTIO_BLK_S_OK) {
 		b->st.wr_bytes += (uint64_t)res;
 	}
+	/* Storage migration: send what changed again (even a failed write may
+	 * have written part of it). */
+	if (r->type == VIRTIO_BLK_T_OUT || r->type == VIRTIO_BLK_T_DISCARD ||
+	    r->type == VIRTIO_BLK_T_WRITE_ZEROES)
+		blkmig_mark(&b->mig, r->off, r->len);
 	vblk_complete(b, r->queue, r->head, r->status_gpa, status, len);
 	r->busy = false;
 	b->in_flight--;
@@ -154,9 +159,10 @@ static uint8_t vblk_prep_punch(struct virtio_blk *b, struct io_uring_sqe *sqe, s
 	if (seg.num_sectors > VBLK_MAX_SECTORS ||
 	    !vblk_in_range(b, seg.sector, (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES))
 		return VIRTIO_BLK_S_IOERR;
-	io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				seg.sector * VIRTIO_BLK_SECTOR_BYTES,
-				(uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES);
+	r->off = seg.sector * VIRTIO_BLK_SECTOR_BYTES;
+	r->len = (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES;
+	io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->off,
+				r->len);
 	r->expect = 0;
 	if (r->type == VIRTIO_BLK_T_DISCARD)
 		b->st.discard_ops++;
@@ -217,6 +223,8 @@ static uint8_t vblk_prep(struct virtio_blk *b, const struct vq_chain *c, struct 
 			io_uring_prep_writev(sqe, b->fd, r->iov, r->niov,
 					     h.sector * VIRTIO_BLK_SECTOR_BYTES);
 		r->expect = n;
+		r->off = h.sector * VIRTIO_BLK_SECTOR_BYTES;
+		r->len = (uint64_t)n;
 		if (in)
 			b->st.rd_ops++;
 		else
@@ -451,8 +459,10 @@ static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
 		r = -errno;
 		if (!b->opts.readonly && (errno == EACCES || errno == EROFS) &&
 		    access(path, R_OK) == 0)
-			snprintf(err, errlen, "%s is read-only (%s): add readonly=on", path,
-				 strerror(errno));
+			snprintf(err, errlen, b->opts.incoming
+				 ? "%s is read-only (%s): an incoming=on disk receives the "
+				   "source's data and must be writable"
+				 : "%s is read-only (%s): add readonly=on", path, strerror(errno));
 		else
 			snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
 		return r;
@@ -573,6 +583,7 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	r = vblk_open(b, err, errlen);
 	if (r)
 		goto fail;
+	blkmig_init(&b->mig, b->bytes, opts->incoming);
 	vblk_fill_config(b, &features);
 	r = vm_add_device(vm, VIRTIO_ID_BLOCK, &vblk_vm_ops, b, &b->mmio_gpa);
 	if (r) {
@@ -589,9 +600,9 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	r = vblk_start_io(b, err, errlen);
 	if (r)
 		goto fail;
-	log_info("%s: %s, %llu MiB%s%s", b->name, opts->path,
+	log_info("%s: %s, %llu MiB%s%s%s", b->name, opts->path,
 		 (unsigned long long)(b->bytes >> 20), opts->readonly ? ", read-only" : "",
-		 b->can_punch ? ", discard" : "");
+		 b->can_punch ? ", discard" : "", opts->incoming ? ", incoming" : "");
 	*out = b;
 	return 0;
 fail:
@@ -620,6 +631,7 @@ void virtio_blk_destroy(struct virtio_blk *b)
 	if (b->fd >= 0)
 		close(b->fd);
 	free(b->reqs);
+	blkmig_destroy(&b->mig);
 	pthread_cond_destroy(&b->cond);
 	pthread_mutex_destroy(&b->lock);
 	free(b);

@@ -33,11 +33,13 @@ struct virtio_blk;
 struct virtio_blk_opts {
 	char path[4096];
 	bool readonly;
+	bool incoming;  /* a storage migration's destination: receives the source's data */
 };
 
 /*
- * Parse "file=PATH[,readonly=on|off]" into @out.  0, or -EINVAL with a
- * message in @err (unknown or repeated key, no file, a bad value).
+ * Parse "file=PATH[,readonly=on|off][,incoming=on|off]" into @out.  0, or
+ * -EINVAL with a message in @err (unknown or repeated key, no file, a bad
+ * value, readonly=on with incoming=on).
  */
 int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *err,
 			  size_t errlen);

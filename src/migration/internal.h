@@ -242,6 +242,7 @@ struct mig_src {
 	struct mig_breakdown bd;   /* this migration's pause, published at the end */
 	struct stream s;
 	struct ram_block *block;
+	bool storage;              /* migrate "storage": the disks' data moves too */
 	uint64_t npages;
 	uint64_t *bitmap;          /* dirty pages of the current pass */
 	uint64_t bitmap_words;
@@ -366,6 +367,7 @@ int mig_states_load(struct migration *m, uint32_t id, uint32_t instance, uint32_
 		    bool part, const uint8_t *data, uint32_t len, char *err, size_t errlen);
 int mig_states_load_complete(struct migration *m, char *err, size_t errlen);
 void mig_states_end(struct migration *m, bool source, bool completed);
+void mig_states_query(struct migration *m, struct json_object *reply);
 
 /* state_vm.c, source_ram.c: the engine's own states */
 int mig_register_vm_states(struct migration *m);

@@ -77,6 +77,11 @@ int mig_save_part(struct mig_save *sv, uint32_t instance, const void *data, uint
 			       len);
 }
 
+bool mig_save_storage(const struct mig_save *sv)
+{
+	return sv->src && sv->src->storage;
+}
+
 struct stream *mig_save_stream(struct mig_save *sv)
 {
 	return sv->s;
@@ -257,6 +262,13 @@ int mig_states_load_complete(struct migration *m, char *err, size_t errlen)
 			return r;
 	}
 	return 0;
+}
+
+void mig_states_query(struct migration *m, struct json_object *reply)
+{
+	for (unsigned i = 0; i < m->nstates; i++)
+		if (m->states[i].ops->query)
+			m->states[i].ops->query(m->states[i].opaque, reply);
 }
 
 void mig_states_end(struct migration *m, bool source, bool completed)

@@ -28,6 +28,7 @@ struct migration;
 struct mig_save;
 struct cpr_state;
 struct stream;
+struct json_object;
 
 /* What the source knows about the stop, for save_complete. */
 struct mig_save_info {
@@ -90,6 +91,12 @@ struct mig_state_ops {
 	 * @completed whether it moved.  Postcopy: after the last page.
 	 */
 	void (*migration_end)(void *opaque, bool source, bool completed);
+	/*
+	 * Either side, control thread, at any time (query-migrate): add this
+	 * state's figures to the reply object @reply.  Atomics only, it runs
+	 * beside every phase.  Optional.
+	 */
+	void (*query)(void *opaque, struct json_object *reply);
 };
 
 /*
@@ -111,6 +118,12 @@ int mig_save_section(struct mig_save *sv, uint32_t instance, const void *data, u
 int mig_save_section_as(struct mig_save *sv, uint32_t instance, uint32_t version,
 			const void *data, uint32_t len);
 int mig_save_part(struct mig_save *sv, uint32_t instance, const void *data, uint32_t len);
+/*
+ * Whether this migration moves the disks' data too (`migrate` with
+ * "storage": true, docs/devices.md "Storage migration"); false: a shared
+ * disk.  Inside save callbacks.
+ */
+bool mig_save_storage(const struct mig_save *sv);
 /* The stream being written, for a state that writes records of its own (RAM). */
 struct stream *mig_save_stream(struct mig_save *sv);
 

@@ -1,0 +1,531 @@
+/*
+ * Storage migration of a disk only the source has (`migrate --storage` to a
+ * destination started with `--disk file=NEW,incoming=on`): the diskwriter
+ * (2 vCPUs) writing records to the first 16 MiB of a 64 MiB sparse disk
+ * whose rest holds known data and holes.  After the move, on the
+ * destination: `vmferry verify disk NEW DUMP` (every acknowledged record
+ * intact, RAM agreeing), the data beyond the records byte-identical to the
+ * source's, its holes still holes (no data bytes sent for them), and the
+ * guest writing on.  A failed storage migration - wrong size, a destination
+ * without incoming=on or a source without --storage, ENOSPC on the
+ * destination (a tiny tmpfs), a cancel, a destination killed - leaves the
+ * source writing with every acknowledged record intact.  Also the option
+ * errors.  Skips (77) without KVM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "lib/migtest.h"
+#include "harness/harness.h"
+
+#define ST_MEM "64M"
+#define ST_VCPUS "2"
+#define ST_SPAN (16ll << 20)   /* the diskwriter's records: span=16 (MiB) */
+#define ST_GUEST "diskwriter,rate=400,span=16"
+#define ST_GUEST_BUSY "diskwriter,rate=0,span=16"
+#define ST_DISK_BYTES (64ll << 20)
+#define ST_SLOW "{\"max-bandwidth\": 2000000}"
+#define ST_BUSY_LINK "{\"max-bandwidth\": 20000000}"
+
+/* The source's data beyond the records; the rest of the disk is holes. */
+static const struct { long long off, len; } st_data[] = {
+	{ 20ll << 20, 8ll << 20 },
+	{ (40ll << 20) + 4096, 100 << 10 },
+	{ 63ll << 20, 1ll << 20 },
+};
+#define ST_DATA_BYTES ((8ll << 20) + (100 << 10) + (1ll << 20))
+/* Garbage on the destination's file where the source has a hole. */
+#define ST_GARBAGE_OFF (32ll << 20)
+#define ST_GARBAGE_LEN (1ll << 20)
+
+struct st {
+	char src[HARNESS_PATH_BYTES], dst[HARNESS_PATH_BYTES + 16];
+	char src_arg[HARNESS_PATH_BYTES + 8], dst_arg[HARNESS_PATH_BYTES + 40];
+	const char *src_opts[3], *dst_opts[3];
+	char mnt[HARNESS_PATH_BYTES];          /* a tmpfs for NEW, or "" */
+};
+
+static struct st st_cur; /* for the teardown: unmount what a failed test left */
+
+/* Byte @off of the source's known data. */
+static uint8_t st_byte(long long off)
+{
+	uint64_t x = (uint64_t)off * 0x9e3779b97f4a7c15ull;
+
+	return (uint8_t)(x >> 56 ^ x >> 29);
+}
+
+static void st_write_file(const char *path, long long bytes, bool prefill, bool garbage)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	static uint8_t buf[1 << 20];
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, bytes), 0);
+	for (size_t i = 0; prefill && i < sizeof(st_data) / sizeof(st_data[0]); i++) {
+		for (long long at = 0; at < st_data[i].len; at += (long long)sizeof(buf)) {
+			long long n = st_data[i].len - at < (long long)sizeof(buf)
+				      ? st_data[i].len - at : (long long)sizeof(buf);
+
+			for (long long k = 0; k < n; k++)
+				buf[k] = st_byte(st_data[i].off + at + k);
+			assert_int_equal(pwrite(fd, buf, (size_t)n, st_data[i].off + at), n);
+		}
+	}
+	if (garbage) {
+		memset(buf, 0xee, sizeof(buf));
+		assert_int_equal(pwrite(fd, buf, ST_GARBAGE_LEN, ST_GARBAGE_OFF), ST_GARBAGE_LEN);
+	}
+	close(fd);
+}
+
+/* Mount a tmpfs of @bytes at a unique directory (for NEW). */
+static void st_mount(struct st *s, const char *size)
+{
+	char opts[64];
+
+	assert_int_equal(harness_unique_path(s->mnt, sizeof(s->mnt), "mnt"), 0);
+	assert_int_equal(mkdir(s->mnt, 0700), 0);
+	snprintf(opts, sizeof(opts), "size=%s", size);
+	if (mount("tmpfs", s->mnt, "tmpfs", 0, opts) < 0) {
+		rmdir(s->mnt);
+		s->mnt[0] = 0;
+		skip(); /* not allowed here (no CAP_SYS_ADMIN) */
+	}
+}
+
+static void st_unmount(struct st *s)
+{
+	if (!s->mnt[0])
+		return;
+	if (umount2(s->mnt, MNT_DETACH) < 0)
+		fprintf(stderr, "umount %s: %s\n", s->mnt, strerror(errno));
+	rmdir(s->mnt);
+	s->mnt[0] = 0;
+}
+
+static int st_teardown(void **state)
+{
+	(void)state;
+	st_unmount(&st_cur);
+	return 0;
+}
+
+/*
+ * The source disk (data + holes) and the destination's NEW of @dst_bytes
+ * (garbage where the source has a hole; on the tmpfs when mounted), with
+ * incoming=on when @incoming.
+ */
+static void st_make(struct st *s, long long dst_bytes, bool incoming)
+{
+	assert_int_equal(harness_unique_path(s->src, sizeof(s->src), "disk"), 0);
+	if (s->mnt[0])
+		snprintf(s->dst, sizeof(s->dst), "%s/new", s->mnt);
+	else
+		assert_int_equal(harness_unique_path(s->dst, sizeof(s->dst), "new"), 0);
+	st_write_file(s->src, ST_DISK_BYTES, true, false);
+	st_write_file(s->dst, dst_bytes, false,
+		      !s->mnt[0] && dst_bytes >= ST_GARBAGE_OFF + ST_GARBAGE_LEN);
+	snprintf(s->src_arg, sizeof(s->src_arg), "file=%s", s->src);
+	snprintf(s->dst_arg, sizeof(s->dst_arg), "file=%s%s", s->dst, incoming ? ",incoming=on" : "");
+	s->src_opts[0] = s->dst_opts[0] = "--disk";
+	s->src_opts[1] = s->src_arg;
+	s->dst_opts[1] = s->dst_arg;
+	s->src_opts[2] = s->dst_opts[2] = NULL;
+}
+
+static void st_remove(struct st *s)
+{
+	unlink(s->src);
+	unlink(s->dst);
+	st_unmount(s);
+}
+
+/* Records the guest's writers acknowledged, summed. */
+static int64_t st_acked(struct harness_vm *vm)
+{
+	struct json_object *q = NULL;
+	int64_t n;
+
+	assert_int_equal(harness_call(vm, "query-workload", NULL, &q), 0);
+	n = harness_json_int(q, "writes");
+	json_object_put(q);
+	return n;
+}
+
+static void st_expect_writing(struct harness_vm *vm, int64_t more)
+{
+	int64_t start = st_acked(vm), now = start;
+
+	for (int i = 0; i < 3000 && now < start + more; i++) {
+		harness_nap_ms(10);
+		now = st_acked(vm);
+	}
+	if (now < start + more)
+		fail_msg("the guest acknowledged %lld records in 30 s, expected %lld",
+			 (long long)(now - start), (long long)more);
+}
+
+/* Stop, dump RAM, `vmferry verify disk @path DUMP`, cont. */
+static void st_expect_verified(struct harness_vm *vm, const char *path)
+{
+	char dump[HARNESS_PATH_BYTES];
+	const char *args[] = { "verify", "disk", path, dump, NULL };
+	struct harness_result res;
+	struct json_object *a = json_object_new_object();
+
+	assert_int_equal(harness_unique_path(dump, sizeof(dump), "dump"), 0);
+	json_object_object_add(a, "file", json_object_new_string(dump));
+	assert_int_equal(harness_call(vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(vm, "dump-guest-memory", a, NULL), 0);
+	json_object_put(a);
+	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
+	if (res.status != 0)
+		fail_msg("verify disk %s: status %d: %s %s", path, res.status, res.out, res.err);
+	harness_result_free(&res);
+	unlink(dump);
+	assert_int_equal(harness_call(vm, "cont", NULL, NULL), 0);
+}
+
+/* Running, disk and RAM agree, writing on, and they agree again. */
+static void st_expect_alive(struct harness_vm *vm, const char *path)
+{
+	migtest_expect_status(vm, "running");
+	st_expect_verified(vm, path);
+	st_expect_writing(vm, 50);
+	st_expect_verified(vm, path);
+}
+
+/* migrate to @uri with "storage": @storage.  0 or the harness_call error. */
+static int st_migrate(struct harness_vm *src, const char *uri, bool storage)
+{
+	struct json_object *args = json_object_new_object();
+	int r;
+
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	json_object_object_add(args, "storage", json_object_new_boolean(storage));
+	r = harness_call(src, "migrate", args, NULL);
+	json_object_put(args);
+	return r;
+}
+
+/* [@from, @to) of both files is byte-identical. */
+static void st_expect_same(const char *a, const char *b, long long from, long long to)
+{
+	static uint8_t x[1 << 20], y[1 << 20];
+	int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC);
+
+	assert_true(fa >= 0 && fb >= 0);
+	for (long long off = from; off < to; off += sizeof(x)) {
+		assert_int_equal(pread(fa, x, sizeof(x), off), sizeof(x));
+		assert_int_equal(pread(fb, y, sizeof(y), off), sizeof(y));
+		if (memcmp(x, y, sizeof(x)))
+			fail_msg("%s and %s differ in the MiB at %lld", a, b, off);
+	}
+	close(fa);
+	close(fb);
+}
+
+/* NEW's holes: none of the source's holes (and the garbage) became data. */
+static void st_expect_holes(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	off_t d;
+
+	assert_true(fd >= 0);
+	d = lseek(fd, 28ll << 20, SEEK_DATA);
+	assert_true(fstat(fd, &st) == 0);
+	close(fd);
+	if (d < (40ll << 20))
+		fail_msg("%s has data at %lld, in the source's hole 28..40 MiB", path, (long long)d);
+	if ((long long)st.st_blocks * 512 > ST_SPAN + ST_DATA_BYTES + (4ll << 20))
+		fail_msg("%s holds %lld bytes: holes were filled", path, (long long)st.st_blocks * 512);
+}
+
+/* The source's "disk" figures: data sent, holes free. */
+static void st_expect_disk_figures(struct json_object *q, bool busy)
+{
+	struct json_object *d;
+	int64_t sent;
+
+	if (!json_object_object_get_ex(q, "disk", &d))
+		fail_msg("query-migrate has no disk object");
+	sent = harness_json_int(d, "transferred");
+	fprintf(stderr, "disk: %lld bytes, %lld blocks, %lld zero blocks, %lld dirtied\n",
+		(long long)sent, (long long)harness_json_int(d, "blocks-sent"),
+		(long long)harness_json_int(d, "zero-blocks"),
+		(long long)harness_json_int(d, "blocks-dirtied"));
+	assert_true(sent >= ST_DATA_BYTES);
+	assert_true(sent < ST_DISK_BYTES / 2); /* the holes cost no data bytes */
+	assert_true(harness_json_int(d, "zero-blocks") > 0);
+	assert_int_equal(harness_json_int(d, "remaining"), 0);
+	if (busy)
+		assert_true(harness_json_int(d, "blocks-dirtied") > 0);
+}
+
+static void st_expect_incoming_block(struct harness_vm *dst)
+{
+	struct json_object *q = NULL, *b0;
+
+	assert_int_equal(harness_call(dst, "query-block", NULL, &q), 0);
+	b0 = json_object_array_get_idx(q, 0);
+	assert_non_null(b0);
+	assert_true(json_object_get_boolean(json_object_object_get(b0, "incoming")));
+	assert_false(json_object_get_boolean(json_object_object_get(b0, "migrating")));
+	json_object_put(q);
+}
+
+/* A storage migration by precopy of a guest writing at @guest's rate. */
+static void st_precopy(const char *guest, bool busy)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct json_object *q;
+	struct st *s = &st_cur;
+
+	memset(s, 0, sizeof(*s));
+	st_make(s, ST_DISK_BYTES, true);
+	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, guest, NULL, s->src_opts);
+	migtest_spawn_incoming_extra(&dst, ST_MEM, ST_VCPUS, true, s->dst_opts, uri, sizeof(uri));
+	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	/* Busy: a slower link, so that the guest rewrites blocks already sent. */
+	if (busy)
+		assert_int_equal(harness_set_params(&src, ST_BUSY_LINK), 0);
+	assert_int_equal(st_migrate(&src, uri, true), 0);
+	q = migtest_wait_migration(&src);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
+	fprintf(stderr, "storage precopy: downtime %.3f ms, %lld passes\n",
+		harness_json_double(q, "downtime", -1), (long long)harness_json_int(q, "passes"));
+	st_expect_disk_figures(q, busy);
+	json_object_put(q);
+	migtest_wait_migration_status(&dst, "completed");
+	st_expect_incoming_block(&dst);
+	/* The source is paused for good: its disk is what moved. */
+	st_expect_same(s->src, s->dst, ST_SPAN, ST_DISK_BYTES);
+	st_expect_holes(s->dst);
+	st_expect_alive(&dst, s->dst);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
+	st_remove(s);
+}
+
+static void test_precopy(void **state) { (void)state; st_precopy(ST_GUEST, false); }
+static void test_precopy_busy(void **state) { (void)state; st_precopy(ST_GUEST_BUSY, true); }
+
+/*
+ * A pair whose migration fails: the source's error names @want, the
+ * destination exits, and the source writes on with every record intact.
+ * @dst_bytes, @incoming, @storage: as st_make and st_migrate.
+ */
+static void st_fail(struct st *s, long long dst_bytes, bool incoming, bool storage,
+		    const char *want)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct json_object *q;
+
+	st_make(s, dst_bytes, incoming);
+	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, ST_GUEST, NULL, s->src_opts);
+	migtest_spawn_incoming_extra(&dst, ST_MEM, ST_VCPUS, true, s->dst_opts, uri, sizeof(uri));
+	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	assert_int_equal(st_migrate(&src, uri, storage), 0);
+	q = migtest_wait_migration(&src);
+	fprintf(stderr, "failed as expected: %s\n", harness_json_str(q, "error-desc"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	if (!strstr(harness_json_str(q, "error-desc"), want))
+		fail_msg("error '%s' does not say '%s'", harness_json_str(q, "error-desc"), want);
+	json_object_put(q);
+	assert_true(harness_wait_exit(&dst, 30000) != 0);
+	st_expect_alive(&src, s->src);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	st_remove(s);
+}
+
+static void test_wrong_size(void **state)
+{
+	(void)state;
+	memset(&st_cur, 0, sizeof(st_cur));
+	st_fail(&st_cur, ST_DISK_BYTES / 2, true, true, "an incoming disk must have the source's size");
+}
+
+static void test_not_incoming(void **state)
+{
+	(void)state;
+	memset(&st_cur, 0, sizeof(st_cur));
+	st_fail(&st_cur, ST_DISK_BYTES, false, true, "is not incoming=on");
+}
+
+static void test_no_storage(void **state)
+{
+	(void)state;
+	memset(&st_cur, 0, sizeof(st_cur));
+	st_fail(&st_cur, ST_DISK_BYTES, true, false, "incoming=on but the stream carries no blocks");
+}
+
+/* NEW on a 2 MiB tmpfs: the destination runs out of space mid-way. */
+static void test_enospc(void **state)
+{
+	(void)state;
+	memset(&st_cur, 0, sizeof(st_cur));
+	st_mount(&st_cur, "2m");
+	st_fail(&st_cur, ST_DISK_BYTES, true, true, "No space left on device");
+}
+
+/* Wait (bounded) until the source sent some of the disk's data. */
+static void st_wait_disk_sending(struct harness_vm *src)
+{
+	for (int i = 0; i < 3000; i++) {
+		struct json_object *q = NULL, *d;
+		int64_t sent = 0;
+
+		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
+		if (json_object_object_get_ex(q, "disk", &d))
+			sent = harness_json_int(d, "transferred");
+		json_object_put(q);
+		if (sent > 0)
+			return;
+		harness_nap_ms(10);
+	}
+	fail_msg("the source sent none of the disk's data in 30 s");
+}
+
+/* Cancelled (@kill: the destination killed instead) while the disk's data moves. */
+static void st_interrupt(bool kill)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct json_object *q;
+	struct st *s = &st_cur;
+
+	memset(s, 0, sizeof(*s));
+	st_make(s, ST_DISK_BYTES, true);
+	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, ST_GUEST, NULL, s->src_opts);
+	migtest_spawn_incoming_extra(&dst, ST_MEM, ST_VCPUS, true, s->dst_opts, uri, sizeof(uri));
+	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	assert_int_equal(harness_set_params(&src, ST_SLOW), 0);
+	assert_int_equal(st_migrate(&src, uri, true), 0);
+	st_wait_disk_sending(&src);
+	if (kill)
+		harness_vm_kill(&dst);
+	else
+		assert_int_equal(harness_call(&src, "migrate-cancel", NULL, NULL), 0);
+	q = migtest_wait_migration(&src);
+	assert_string_equal(harness_json_str(q, "status"), kill ? "failed" : "cancelled");
+	json_object_put(q);
+	if (!kill)
+		assert_true(harness_wait_exit(&dst, 30000) != 0);
+	st_expect_alive(&src, s->src);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	st_remove(s);
+}
+
+static void test_cancel(void **state) { (void)state; st_interrupt(false); }
+static void test_destination_killed(void **state) { (void)state; st_interrupt(true); }
+
+/* Postcopy with storage: refused before anything starts; the guest runs on. */
+static void test_postcopy_refused(void **state)
+{
+	struct harness_vm src;
+	struct st *s = &st_cur;
+
+	(void)state;
+	memset(s, 0, sizeof(*s));
+	st_make(s, ST_DISK_BYTES, true);
+	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, ST_GUEST, NULL, s->src_opts);
+	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(st_migrate(&src, "unix:/nonexistent/vmferry-storage", true), -EREMOTEIO);
+	if (!strstr(src.error, "storage migration in postcopy is not supported yet"))
+		fail_msg("refusal: %s", src.error);
+	migtest_expect_status(&src, "running");
+	assert_int_equal(harness_vm_quit(&src), 0);
+	st_remove(s);
+}
+
+/* incoming=on's errors at start-up, and --storage's on the command line. */
+static void test_option_errors(void **state)
+{
+	static const struct { const char *argv[10]; const char *want; int status; } cases[] = {
+		{ { "run", "--mem", "16M", "--disk", "file=/tmp/x,incoming=on", NULL },
+		  "it needs --incoming URI", 2 },
+		{ { "run", "--mem", "16M", "--incoming", "unix:/tmp/vmferry-st-none", "--disk",
+		    "file=/tmp/x,incoming=on,readonly=on", NULL }, "cannot be readonly=on", 2 },
+		{ { "run", "--mem", "16M", "--incoming", "unix:/tmp/vmferry-st-none", "--disk",
+		    "file=/tmp/x,incoming=maybe", NULL }, "incoming=maybe: on or off", 2 },
+		{ { "run", "--mem", "16M", "--incoming", "unix:/tmp/vmferry-st-none", "--disk",
+		    "file=/nonexistent/new.img,incoming=on", NULL },
+		  "cannot open /nonexistent/new.img", 1 },
+		{ { "migrate", "--control", "/tmp/x", "--storage", "--postcopy", "unix:/tmp/y", NULL },
+		  "storage migration in postcopy is not supported yet", 2 },
+		{ { "migrate", "--control", "/tmp/x", "--storage", "--cpr", "unix:/tmp/z",
+		    "unix:/tmp/y", NULL }, "--storage cannot be combined with --cpr", 2 },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct harness_result res;
+
+		assert_int_equal(harness_run(cases[i].argv, NULL, 30000, &res), 0);
+		if (res.status != cases[i].status || !strstr(res.err, cases[i].want))
+			fail_msg("case %zu: status %d, stderr %s", i, res.status, res.err);
+		harness_result_free(&res);
+	}
+}
+
+/* A read-only NEW (a read-only tmpfs: root ignores file modes) is refused at start. */
+static void test_read_only_new(void **state)
+{
+	struct st *s = &st_cur;
+	char path[HARNESS_PATH_BYTES + 16], arg[HARNESS_PATH_BYTES + 40];
+	const char *args[] = { "run", "--mem", "16M", "--incoming", "unix:/tmp/vmferry-st-none",
+			       "--disk", arg, NULL };
+	struct harness_result res;
+
+	(void)state;
+	memset(s, 0, sizeof(*s));
+	st_mount(s, "1m");
+	snprintf(path, sizeof(path), "%s/new", s->mnt);
+	st_write_file(path, ST_DISK_BYTES, false, false);
+	assert_int_equal(mount(NULL, s->mnt, NULL, MS_REMOUNT | MS_RDONLY, NULL), 0);
+	snprintf(arg, sizeof(arg), "file=%s,incoming=on", path);
+	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
+	if (res.status != 1 || !strstr(res.err, "must be writable"))
+		fail_msg("read-only NEW: status %d, stderr %s", res.status, res.err);
+	harness_result_free(&res);
+	st_unmount(s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_option_errors),
+		cmocka_unit_test_teardown(test_read_only_new, st_teardown),
+		cmocka_unit_test_teardown(test_precopy, st_teardown),
+		cmocka_unit_test_teardown(test_precopy_busy, st_teardown),
+		cmocka_unit_test_teardown(test_wrong_size, st_teardown),
+		cmocka_unit_test_teardown(test_not_incoming, st_teardown),
+		cmocka_unit_test_teardown(test_no_storage, st_teardown),
+		cmocka_unit_test_teardown(test_enospc, st_teardown),
+		cmocka_unit_test_teardown(test_cancel, st_teardown),
+		cmocka_unit_test_teardown(test_destination_killed, st_teardown),
+		cmocka_unit_test_teardown(test_postcopy_refused, st_teardown),
+	};
+
+	return MIGTEST_RUN(tests);
+}
