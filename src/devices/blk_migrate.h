@@ -14,7 +14,14 @@
  *   DATA  (2): a = 0, b = first block, c = blocks; then the blocks' bytes
  *              (the last block of the disk may be short)
  *   ZERO  (3): a = 0, b = first block, c = blocks: all zero (a hole)
+ *   POSTCOPY (4): a = 0, b = 0, c = 0: in the postcopy package - the blocks
+ *              not sent yet come while the guest runs on the destination
  *
+ * Postcopy: the destination's guest reads a block that has not arrived ->
+ * its request waits in the disk (in flight) and the disk asks the source
+ * for it (mig_request, on the urgent channel); a write covering whole
+ * missing blocks needs no fetch, and the block then counts as received so
+ * a later copy from the source never overwrites it.
  * Threads: the source's walk (save_iterate, save_complete) runs on the
  * migration thread and the dirty marks on the disk's I/O thread, through an
  * atomic bitmap; the destination's writes on the load thread, before any
@@ -51,7 +58,11 @@ enum blkmig_kind {
 	BLKMIG_SETUP = 1,
 	BLKMIG_DATA = 2,
 	BLKMIG_ZERO = 3,
+	BLKMIG_POSTCOPY = 4,
 };
+#define BLKMIG_REQ_QUEUE 64u     /* destination: requests waiting to be sent */
+#define BLKMIG_REQ_MAX_BYTES (8u << 20) /* one request asks for at most this */
+#define BLKMIG_LAT_SAMPLES 4096u /* destination: request latencies kept */
 
 /* A disk's geometry, as SETUP gives it. */
 struct blkmig_geom {
@@ -91,9 +102,21 @@ struct blkmig {
 	uint64_t words;
 	uint64_t cursor;                /* migration thread: where the walk goes on */
 	uint8_t *buf;                   /* migration thread: a part being built */
-	/* destination, load thread */
-	uint64_t *received;             /* blocks written here */
+	uint8_t *req_buf;               /* return-path thread: a requested part */
+	/* destination (load thread until the guest runs, then under the disk's lock) */
+	struct migration *m;            /* for mig_request */
+	unsigned index;                 /* the disk's instance */
+	uint64_t *received;             /* blocks written here (or by the guest) */
+	_Atomic uint64_t nreceived;
 	bool got_setup;
+	bool postcopy_in;               /* POSTCOPY seen: the rest comes after RUN */
+	atomic_bool pc_active;          /* the guest runs and blocks still arrive */
+	uint64_t *requested;            /* asked for already */
+	struct { uint64_t first, n; } rq[BLKMIG_REQ_QUEUE]; /* to ask for */
+	unsigned nrq;
+	uint32_t *lat_us;               /* BLKMIG_LAT_SAMPLES waits, a ring */
+	uint64_t nlat;
+	_Atomic uint64_t requests;      /* source: requests served; destination: sent */
 	/* figures (atomic: read by query-block and query-migrate) */
 	atomic_bool migrating;          /* source: sending; destination: receiving */
 	_Atomic uint64_t bytes, blocks, zero_blocks; /* sent or received: data bytes,
@@ -123,8 +146,38 @@ void blkmig_mark(struct blkmig *bm, uint64_t off, uint64_t len);
 int blkmig_save_setup(struct virtio_blk *b, struct mig_save *sv, uint32_t instance);
 uint64_t blkmig_save_pending(struct virtio_blk *b);
 int blkmig_save_iterate(struct virtio_blk *b, struct mig_save *sv, uint32_t instance);
-int blkmig_save_final(struct virtio_blk *b, struct mig_save *sv, uint32_t instance);
+int blkmig_save_final(struct virtio_blk *b, struct mig_save *sv, uint32_t instance,
+		      bool postcopy);
 void blkmig_save_cleanup(struct virtio_blk *b);
+/*
+ * Source, postcopy.  push (migration thread): a bounded step of the blocks
+ * not sent yet, what is left into *@left_bytes.  request (return-path
+ * thread): blocks [@offset, +@len) now, on @sv.  resume: what the
+ * destination holds (@nbits bits; 0: it receives nothing).  0 or -errno.
+ */
+int blkmig_save_push(struct virtio_blk *b, struct mig_save *sv, uint32_t instance,
+		     uint64_t *left_bytes);
+int blkmig_save_request(struct virtio_blk *b, struct mig_save *sv, uint32_t instance,
+			uint64_t offset, uint32_t len);
+int blkmig_save_resume(struct virtio_blk *b, const uint8_t *bits, uint64_t nbits, char *err,
+		       size_t errlen);
+
+/*
+ * Destination, postcopy.  load_pending: bytes still to arrive.  received:
+ * the received bitmap as bytes (malloc'd; NULL, 0 when not receiving).
+ */
+uint64_t blkmig_load_pending(struct virtio_blk *b);
+int blkmig_load_received(struct virtio_blk *b, uint8_t **bits, uint64_t *nbits);
+/*
+ * Disk's I/O thread, disk lock held: may a request of @type on [@off,
+ * +@len) go now?  0: yes (a write's whole missing blocks now count as
+ * received); 1: it waits - the blocks it lacks are queued to be asked for.
+ */
+int blkmig_io_wait(struct virtio_blk *b, uint8_t type, uint64_t off, uint64_t len);
+/* Disk lock held: a request that waited @waited_ns goes now (latency figures). */
+void blkmig_io_waited(struct virtio_blk *b, uint64_t waited_ns);
+/* Disk's I/O thread, lock NOT held: ask the source for what is queued. */
+void blkmig_send_requests(struct virtio_blk *b);
 
 /*
  * Destination, load thread: one part for disk @b; every part is in (no
@@ -138,10 +191,11 @@ int blkmig_load_complete(struct virtio_blk *b, unsigned index, char *err, size_t
 /* query-migrate's "disk" object: the disks' figures summed. */
 struct blkmig_sums {
 	unsigned disks, migrating, incoming;
-	uint64_t bytes, blocks, zero_blocks, dirty_bytes, dirtied;
+	uint64_t bytes, blocks, zero_blocks, dirty_bytes, dirtied, requests;
+	uint32_t lat_p50_us, lat_p99_us; /* the largest of the disks' */
 };
 /* query-block's fields for @bm into @o; @bm's figures added to @s. */
 void blkmig_query_block(struct blkmig *bm, struct json_object *o);
-void blkmig_query_add(struct blkmig *bm, struct blkmig_sums *s);
+void blkmig_query_add(struct virtio_blk *b, struct blkmig_sums *s);
 
 #endif

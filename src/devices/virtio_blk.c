@@ -274,6 +274,51 @@ static void vblk_start(struct virtio_blk *b, uint16_t q, const struct vq_chain *
 	sqe->user_data = (uint64_t)(r - b->reqs);
 	r->busy = true;
 	b->in_flight++;
+	if ((r->type == VIRTIO_BLK_T_IN || r->type == VIRTIO_BLK_T_OUT ||
+	     r->type == VIRTIO_BLK_T_DISCARD || r->type == VIRTIO_BLK_T_WRITE_ZEROES) &&
+	    blkmig_io_wait(b, r->type, r->off, r->len)) {
+		/* Storage postcopy: blocks it needs are on their way; it stays in
+		 * flight (taken, not lost) until vblk_retry_deferred submits it. */
+		io_uring_prep_nop(sqe);
+		sqe->user_data = VBLK_QUEUE_DEPTH;
+		r->deferred = true;
+		r->defer_ns = clock_monotonic_ns();
+	}
+}
+
+/*
+ * Lock held: submit the deferred requests whose blocks all arrived; when
+ * the disk goes (@b->stop) the blocks never will: they fail.
+ */
+static void vblk_retry_deferred(struct virtio_blk *b)
+{
+	for (unsigned i = 0; i < VBLK_QUEUE_DEPTH; i++) {
+		struct vblk_req *r = &b->reqs[i];
+		struct io_uring_sqe *sqe;
+
+		if (r->busy && r->deferred && b->stop) {
+			r->deferred = false;
+			vblk_complete(b, r->queue, r->head, r->status_gpa, VIRTIO_BLK_S_IOERR, 1);
+			r->busy = false;
+			b->in_flight--;
+			continue;
+		}
+		if (!r->busy || !r->deferred || blkmig_io_wait(b, r->type, r->off, r->len))
+			continue;
+		sqe = io_uring_get_sqe(&b->ring);
+		if (!sqe)
+			return; /* the ring is full: the next round */
+		if (r->type == VIRTIO_BLK_T_IN)
+			io_uring_prep_readv(sqe, b->fd, r->iov, r->niov, r->off);
+		else if (r->type == VIRTIO_BLK_T_OUT)
+			io_uring_prep_writev(sqe, b->fd, r->iov, r->niov, r->off);
+		else
+			io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+						r->off, r->len);
+		sqe->user_data = i;
+		r->deferred = false;
+		blkmig_io_waited(b, clock_monotonic_ns() - r->defer_ns);
+	}
 }
 
 /* Lock held: take what queue @q has, as slots allow. */
@@ -307,8 +352,15 @@ static void vblk_process_queue(struct virtio_blk *b, uint16_t q)
 
 static void vblk_process(struct virtio_blk *b)
 {
-	if (b->stop || b->paused || !b->started || !virtio_mmio_running(&b->mmio))
+	/* Taken requests first, paused or not: a pause waits for them. */
+	if (atomic_load(&b->mig.pc_active) || b->in_flight)
+		vblk_retry_deferred(b);
+	if (b->in_flight == 0)
+		pthread_cond_broadcast(&b->cond);
+	if (b->stop || b->paused || !b->started || !virtio_mmio_running(&b->mmio)) {
+		io_uring_submit(&b->ring);
 		return;
+	}
 	for (uint16_t q = 0; q < b->nqueues; q++)
 		vblk_process_queue(b, q);
 	io_uring_submit(&b->ring);
@@ -338,6 +390,8 @@ static void *vblk_thread(void *arg)
 	pthread_mutex_lock(&b->lock);
 	while (!b->stop || b->in_flight) {
 		pthread_mutex_unlock(&b->lock);
+		if (atomic_load(&b->mig.pc_active))
+			blkmig_send_requests(b); /* outside the lock: it writes to the source */
 		if (poll(fds, nfds, -1) < 0 && errno != EINTR)
 			log_warn("%s: poll: %s", b->name, strerror(errno));
 		for (unsigned i = 0; i < nfds; i++)

@@ -27,7 +27,9 @@ struct vblk_req {
 	uint16_t queue, head;
 	uint64_t status_gpa;
 	int64_t expect;        /* the io_uring result that means success */
-	uint64_t off, len;     /* what a write, discard or write-zeroes changes */
+	uint64_t off, len;     /* what a read, write, discard or write-zeroes covers */
+	bool deferred;         /* storage postcopy: waits for blocks to arrive */
+	uint64_t defer_ns;     /* since when */
 	uint32_t niov;
 	struct iovec iov[VQ_MAX_CHAIN];
 };

@@ -278,6 +278,59 @@ static int vblk_save_iterate(void *opaque, struct mig_save *sv)
 	return r;
 }
 
+static int vblk_save_push(void *opaque, struct mig_save *sv, uint64_t *left_bytes)
+{
+	struct virtio_blk_disks *disks = opaque;
+	int r = 0;
+
+	*left_bytes = 0;
+	for (unsigned i = 0; i < disks->n && !r; i++) {
+		uint64_t left = 0;
+
+		r = blkmig_save_push(disks->disk[i], sv, i, &left);
+		*left_bytes += left;
+	}
+	return r;
+}
+
+static int vblk_save_request(void *opaque, struct mig_save *sv, uint32_t instance,
+			     uint64_t offset, uint32_t len)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	if (instance >= disks->n) {
+		log_error("virtio-blk: the destination asked for disk %u's data; %u disks",
+			  instance, disks->n);
+		return -EBADMSG;
+	}
+	return blkmig_save_request(disks->disk[instance], sv, instance, offset, len);
+}
+
+static int vblk_save_resume(void *opaque, uint32_t instance, const uint8_t *bits, uint64_t nbits,
+			    char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	return blkmig_save_resume(disks->disk[instance], bits, nbits, err, errlen);
+}
+
+static uint64_t vblk_load_pending(void *opaque)
+{
+	struct virtio_blk_disks *disks = opaque;
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < disks->n; i++)
+		n += blkmig_load_pending(disks->disk[i]);
+	return n;
+}
+
+static int vblk_load_received(void *opaque, uint32_t instance, uint8_t **bits, uint64_t *nbits)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	return blkmig_load_received(disks->disk[instance], bits, nbits);
+}
+
 static int vblk_load_part(void *opaque, uint32_t instance, uint32_t version, const uint8_t *data,
 			  uint32_t len, char *err, size_t errlen)
 {
@@ -310,7 +363,7 @@ static void vblk_query_migrate(void *opaque, struct json_object *reply)
 	struct json_object *o;
 
 	for (unsigned i = 0; i < disks->n; i++)
-		blkmig_query_add(&disks->disk[i]->mig, &s);
+		blkmig_query_add(disks->disk[i], &s);
 	if (!s.incoming && !s.migrating && !s.bytes && !s.zero_blocks)
 		return;
 	o = json_object_new_object();
@@ -321,9 +374,9 @@ static void vblk_query_migrate(void *opaque, struct json_object *reply)
 	json_object_object_add(o, "blocks-sent", json_object_new_uint64(s.blocks));
 	json_object_object_add(o, "zero-blocks", json_object_new_uint64(s.zero_blocks));
 	json_object_object_add(o, "blocks-dirtied", json_object_new_uint64(s.dirtied));
-	json_object_object_add(o, "blocks-requested", json_object_new_uint64(0));
-	json_object_object_add(o, "request-latency-p50-us", json_object_new_uint64(0));
-	json_object_object_add(o, "request-latency-p99-us", json_object_new_uint64(0));
+	json_object_object_add(o, "blocks-requested", json_object_new_uint64(s.requests));
+	json_object_object_add(o, "request-latency-p50-us", json_object_new_uint64(s.lat_p50_us));
+	json_object_object_add(o, "request-latency-p99-us", json_object_new_uint64(s.lat_p99_us));
 	json_object_object_add(reply, "disk", o);
 }
 
@@ -347,8 +400,9 @@ static int vblk_save_complete(void *opaque, struct mig_save *sv, const struct mi
 		}
 		len = vblk_save(b, buf);
 		pthread_mutex_unlock(&b->lock);
-		/* Storage migration: the last dirty blocks, before the section. */
-		r = blkmig_save_final(b, sv, i);
+		/* Storage migration: the last dirty blocks (postcopy: the marker
+		 * that they come later), before the section. */
+		r = blkmig_save_final(b, sv, i, info->postcopy);
 		if (!r)
 			r = mig_save_section(sv, i, buf, len);
 	}
@@ -482,6 +536,11 @@ static const struct mig_state_ops vblk_state_ops = {
 	.load = vblk_load,
 	.load_part = vblk_load_part,
 	.load_complete = vblk_load_complete,
+	.save_push = vblk_save_push,
+	.save_request = vblk_save_request,
+	.save_resume = vblk_save_resume,
+	.load_pending = vblk_load_pending,
+	.load_received = vblk_load_received,
 	.query = vblk_query_migrate,
 };
 
@@ -492,6 +551,10 @@ int virtio_blk_register_state(struct virtio_blk_disks *disks, struct migration *
 
 	if (disks->n == 0)
 		return 0;
+	for (unsigned i = 0; i < disks->n; i++) {
+		disks->disk[i]->mig.m = m; /* storage postcopy asks through it */
+		disks->disk[i]->mig.index = i;
+	}
 	ops[0] = vblk_state_ops;
 	ops[0].instances = disks->n;
 	return migration_register_state(m, &ops[0], disks);

@@ -58,7 +58,6 @@ static void cli_usage(FILE *f)
 		"                                 pages come behind the background stream\n"
 		"      --storage                  storage migration: send every disk's data too, to a\n"
 		"                                 destination started with --disk file=NEW,incoming=on\n"
-		"                                 (precopy only for now)\n"
 		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
 		"      --resume                   continue a paused postcopy to URI, where the\n"
 		"                                 destination listens after migrate-recover\n"
@@ -481,9 +480,9 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 	if (o->storage && o->cpr_uri)
 		return cli_usage_error("--storage cannot be combined with --cpr: a live update "
 				       "keeps the disk where it is");
-	if (o->storage && o->postcopy)
-		return cli_usage_error("storage migration in postcopy is not supported yet: "
-				       "--storage is precopy only");
+	if (o->storage && o->postcopy && !o->preempt)
+		return cli_usage_error("--storage with postcopy needs the urgent channel: drop "
+				       "--no-postcopy-preempt");
 	if (o->resume && (o->postcopy || !o->preempt || o->cpr_uri || o->auto_converge ||
 			  o->storage || o->downtime_given || o->bandwidth_given ||
 			  o->convergence_given))

@@ -84,7 +84,14 @@ enum mig_rp_message {
 	MIG_RP_PONG = 5,     /* u32 id: every record before PING(id) is done */
 	MIG_RP_RECV_BITMAP = 6, /* u8 block, u64 npages, u32 len, len bytes: pages held
 				 * (postcopy recovery, first on a resumed return path) */
+	MIG_RP_STATE_REQ = 7,   /* u32 section id, u32 instance, u64 offset, u32 len: a
+				 * state's data the destination lacks (postcopy) */
+	MIG_RP_STATE_BITMAP = 8,/* u32 section id, u32 instance, u64 nbits, u32 len, len
+				 * bytes: what a state holds (postcopy recovery, after
+				 * RECV_BITMAP) */
 };
+/* Bytes one STATE_REQ may ask for. */
+#define MIG_STATE_REQ_MAX_BYTES (16u << 20)
 /* Largest block a RECEIVED bitmap may describe: 2^27 pages (512 GiB), 16 MiB of bits. */
 #define MIG_RECV_BITMAP_MAX_PAGES (1ull << 27)
 

@@ -554,9 +554,9 @@ static int mig_storage_check(const struct mig_params *p, char *err, size_t errle
 			 "update (cpr-transfer) keeps the disk where it is: drop storage");
 		return -EINVAL;
 	}
-	if (p->postcopy_ram) {
-		snprintf(err, errlen, "storage migration in postcopy is not supported yet: "
-			 "disable the postcopy-ram capability (precopy only)");
+	if (p->postcopy_ram && !p->postcopy_preempt) {
+		snprintf(err, errlen, "storage migration in postcopy needs the postcopy-preempt "
+			 "capability: a disk's requested blocks come on the urgent channel");
 		return -EINVAL;
 	}
 	return 0;

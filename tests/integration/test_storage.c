@@ -40,6 +40,9 @@
 #define ST_DISK_BYTES (64ll << 20)
 #define ST_SLOW "{\"max-bandwidth\": 2000000}"
 #define ST_BUSY_LINK "{\"max-bandwidth\": 20000000}"
+/* Pure postcopy: a push this slow leaves the guest blocks to ask for. */
+#define ST_CRAWL "{\"max-bandwidth\": 100000}"
+#define ST_HYBRID_LINK "{\"max-bandwidth\": 20000000, \"downtime-limit\": 1}"
 
 /* The source's data beyond the records; the rest of the disk is holes. */
 static const struct { long long off, len; } st_data[] = {
@@ -55,7 +58,7 @@ static const struct { long long off, len; } st_data[] = {
 struct st {
 	char src[HARNESS_PATH_BYTES], dst[HARNESS_PATH_BYTES + 16];
 	char src_arg[HARNESS_PATH_BYTES + 8], dst_arg[HARNESS_PATH_BYTES + 40];
-	const char *src_opts[3], *dst_opts[3];
+	const char *src_opts[3], *dst_opts[4];  /* dst: [--postcopy] */
 	char mnt[HARNESS_PATH_BYTES];          /* a tmpfs for NEW, or "" */
 };
 
@@ -145,7 +148,7 @@ static void st_make(struct st *s, long long dst_bytes, bool incoming)
 	s->src_opts[0] = s->dst_opts[0] = "--disk";
 	s->src_opts[1] = s->src_arg;
 	s->dst_opts[1] = s->dst_arg;
-	s->src_opts[2] = s->dst_opts[2] = NULL;
+	s->src_opts[2] = s->dst_opts[2] = s->dst_opts[3] = NULL;
 }
 
 static void st_remove(struct st *s)
@@ -290,33 +293,151 @@ static void st_expect_incoming_block(struct harness_vm *dst)
 	json_object_put(q);
 }
 
-/* A storage migration by precopy of a guest writing at @guest's rate. */
-static void st_precopy(const char *guest, bool busy)
+enum st_mode { ST_PRECOPY = 1, ST_HYBRID, ST_POSTCOPY, ST_RECOVER };
+
+/* Wait (bounded) until the source finished pass @n. */
+static void st_wait_pass(struct harness_vm *src, int64_t n)
+{
+	for (int i = 0; i < 20000; i++) {
+		struct json_object *q = NULL;
+		int64_t passes;
+
+		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
+		passes = harness_json_int(q, "passes");
+		json_object_put(q);
+		if (passes >= n)
+			return;
+		harness_nap_ms(1);
+	}
+	fail_msg("pass %lld did not end in 20 s", (long long)n);
+}
+
+/* @cmd {"uri": @uri[, "resume": true]}; 0 or the call's error.  The reply's "uri" into @out. */
+static int st_call_uri(struct harness_vm *vm, const char *cmd, const char *uri, bool resume,
+		       char *out, size_t outlen)
+{
+	struct json_object *args = json_object_new_object(), *ret = NULL;
+	int r;
+
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	if (resume)
+		json_object_object_add(args, "resume", json_object_new_boolean(true));
+	r = harness_call(vm, cmd, args, out ? &ret : NULL);
+	if (!r && out)
+		snprintf(out, outlen, "%s", harness_json_str(ret, "uri"));
+	json_object_put(ret);
+	json_object_put(args);
+	return r;
+}
+
+/* Postcopy with a cut: pause it while blocks still move, recover, resume. */
+static void st_cut_and_recover(struct harness_vm *src, struct harness_vm *dst)
+{
+	char listen[HARNESS_PATH_BYTES + 8], real[HARNESS_PATH_BYTES + 8];
+
+	migtest_wait_migration_status(src, "postcopy-active");
+	migtest_wait_migration_status(dst, "postcopy-active");
+	assert_int_equal(harness_call(src, "migrate-pause", NULL, NULL), 0);
+	migtest_wait_migration_status(src, "postcopy-paused");
+	migtest_wait_migration_status(dst, "postcopy-paused");
+	assert_int_equal(harness_unique_path(listen + 5, sizeof(listen) - 5, "rec"), 0);
+	memcpy(listen, "unix:", 5);
+	assert_int_equal(st_call_uri(dst, "migrate-recover", listen, false, real, sizeof(real)), 0);
+	/* A slow link no more: the rest goes at full speed. */
+	assert_int_equal(harness_set_params(src, "{\"max-bandwidth\": 0}"), 0);
+	assert_int_equal(st_call_uri(src, "migrate", real, true, NULL, 0), 0);
+}
+
+/* The destination's "disk" figures: what arrived, and requests in postcopy. */
+static void st_expect_dst_figures(struct harness_vm *dst, bool requests)
+{
+	struct json_object *q = NULL, *d;
+
+	assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
+	if (!json_object_object_get_ex(q, "disk", &d))
+		fail_msg("the destination's query-migrate has no disk object");
+	fprintf(stderr, "destination disk: %lld bytes, %lld requests, p50 %lld us, p99 %lld us\n",
+		(long long)harness_json_int(d, "transferred"),
+		(long long)harness_json_int(d, "blocks-requested"),
+		(long long)harness_json_int(d, "request-latency-p50-us"),
+		(long long)harness_json_int(d, "request-latency-p99-us"));
+	assert_true(harness_json_int(d, "transferred") >= ST_DATA_BYTES);
+	assert_int_equal(harness_json_int(d, "migrating"), 0);
+	if (requests)
+		assert_true(harness_json_int(d, "blocks-requested") > 0);
+	json_object_put(q);
+}
+
+/* Wait (bounded) until the destination's guest asked for a block. */
+static void st_wait_requested(struct harness_vm *dst)
+{
+	for (int i = 0; i < 3000; i++) {
+		struct json_object *q = NULL, *d;
+		int64_t n = 0;
+
+		assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
+		if (json_object_object_get_ex(q, "disk", &d))
+			n = harness_json_int(d, "blocks-requested");
+		json_object_put(q);
+		if (n > 0)
+			return;
+		harness_nap_ms(10);
+	}
+	fail_msg("the destination asked for no block in 30 s");
+}
+
+/* A storage migration in @mode of a guest writing at @guest's rate. */
+static void st_migrate_mode(enum st_mode mode, const char *guest, bool busy)
 {
 	struct harness_vm src, dst;
 	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 	struct st *s = &st_cur;
+	bool postcopy = mode != ST_PRECOPY;
 
 	memset(s, 0, sizeof(*s));
 	st_make(s, ST_DISK_BYTES, true);
+	if (postcopy)
+		s->dst_opts[2] = "--postcopy";
 	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, guest, NULL, s->src_opts);
 	migtest_spawn_incoming_extra(&dst, ST_MEM, ST_VCPUS, true, s->dst_opts, uri, sizeof(uri));
 	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
 	/* Busy: a slower link, so that the guest rewrites blocks already sent. */
 	if (busy)
 		assert_int_equal(harness_set_params(&src, ST_BUSY_LINK), 0);
+	if (mode == ST_HYBRID) /* never converges: the switch comes after pass 1 */
+		assert_int_equal(harness_set_params(&src, ST_HYBRID_LINK), 0);
+	if (mode == ST_RECOVER)
+		assert_int_equal(harness_set_params(&src, ST_SLOW), 0);
+	if (mode == ST_POSTCOPY)
+		assert_int_equal(harness_set_params(&src, ST_CRAWL), 0);
+	if (postcopy)
+		assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	if (mode == ST_POSTCOPY || mode == ST_RECOVER)
+		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	assert_int_equal(st_migrate(&src, uri, true), 0);
+	if (mode == ST_HYBRID) {
+		st_wait_pass(&src, 1);
+		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	}
+	if (mode == ST_RECOVER)
+		st_cut_and_recover(&src, &dst);
+	if (mode == ST_POSTCOPY) {
+		/* The push crawls until the guest asked for a block it lacked. */
+		st_wait_requested(&dst);
+		assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
+	}
 	q = migtest_wait_migration(&src);
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("migration %s: %s", harness_json_str(q, "status"),
 			 harness_json_str(q, "error-desc"));
-	fprintf(stderr, "storage precopy: downtime %.3f ms, %lld passes\n",
+	fprintf(stderr, "storage migration: downtime %.3f ms, %lld passes\n",
 		harness_json_double(q, "downtime", -1), (long long)harness_json_int(q, "passes"));
 	st_expect_disk_figures(q, busy);
 	json_object_put(q);
 	migtest_wait_migration_status(&dst, "completed");
 	st_expect_incoming_block(&dst);
+	st_expect_dst_figures(&dst, mode == ST_POSTCOPY);
 	/* The source is paused for good: its disk is what moved. */
 	st_expect_same(s->src, s->dst, ST_SPAN, ST_DISK_BYTES);
 	st_expect_holes(s->dst);
@@ -324,6 +445,24 @@ static void st_precopy(const char *guest, bool busy)
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 	st_remove(s);
+}
+
+static void st_precopy(const char *guest, bool busy)
+{
+	st_migrate_mode(ST_PRECOPY, guest, busy);
+}
+
+static void test_hybrid(void **state) { (void)state; st_migrate_mode(ST_HYBRID, ST_GUEST, false); }
+static void test_postcopy(void **state) { (void)state; st_migrate_mode(ST_POSTCOPY, ST_GUEST, false); }
+static void test_postcopy_busy(void **state)
+{
+	(void)state;
+	st_migrate_mode(ST_POSTCOPY, ST_GUEST_BUSY, false);
+}
+static void test_postcopy_recover(void **state)
+{
+	(void)state;
+	st_migrate_mode(ST_RECOVER, ST_GUEST, false);
 }
 
 static void test_precopy(void **state) { (void)state; st_precopy(ST_GUEST, false); }
@@ -439,8 +578,8 @@ static void st_interrupt(bool kill)
 static void test_cancel(void **state) { (void)state; st_interrupt(false); }
 static void test_destination_killed(void **state) { (void)state; st_interrupt(true); }
 
-/* Postcopy with storage: refused before anything starts; the guest runs on. */
-static void test_postcopy_refused(void **state)
+/* Postcopy with storage but without the urgent channel: refused; the guest runs on. */
+static void test_postcopy_without_preempt_refused(void **state)
 {
 	struct harness_vm src;
 	struct st *s = &st_cur;
@@ -450,8 +589,9 @@ static void test_postcopy_refused(void **state)
 	st_make(s, ST_DISK_BYTES, true);
 	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, ST_GUEST, NULL, s->src_opts);
 	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-preempt", false), 0);
 	assert_int_equal(st_migrate(&src, "unix:/nonexistent/vmferry-storage", true), -EREMOTEIO);
-	if (!strstr(src.error, "storage migration in postcopy is not supported yet"))
+	if (!strstr(src.error, "storage migration in postcopy needs the postcopy-preempt"))
 		fail_msg("refusal: %s", src.error);
 	migtest_expect_status(&src, "running");
 	assert_int_equal(harness_vm_quit(&src), 0);
@@ -471,8 +611,9 @@ static void test_option_errors(void **state)
 		{ { "run", "--mem", "16M", "--incoming", "unix:/tmp/vmferry-st-none", "--disk",
 		    "file=/nonexistent/new.img,incoming=on", NULL },
 		  "cannot open /nonexistent/new.img", 1 },
-		{ { "migrate", "--control", "/tmp/x", "--storage", "--postcopy", "unix:/tmp/y", NULL },
-		  "storage migration in postcopy is not supported yet", 2 },
+		{ { "migrate", "--control", "/tmp/x", "--storage", "--postcopy",
+		    "--no-postcopy-preempt", "unix:/tmp/y", NULL },
+		  "--storage with postcopy needs the urgent channel", 2 },
 		{ { "migrate", "--control", "/tmp/x", "--storage", "--cpr", "unix:/tmp/z",
 		    "unix:/tmp/y", NULL }, "--storage cannot be combined with --cpr", 2 },
 	};
@@ -524,7 +665,11 @@ int main(void)
 		cmocka_unit_test_teardown(test_enospc, st_teardown),
 		cmocka_unit_test_teardown(test_cancel, st_teardown),
 		cmocka_unit_test_teardown(test_destination_killed, st_teardown),
-		cmocka_unit_test_teardown(test_postcopy_refused, st_teardown),
+		cmocka_unit_test_teardown(test_postcopy_without_preempt_refused, st_teardown),
+		cmocka_unit_test_teardown(test_postcopy, st_teardown),
+		cmocka_unit_test_teardown(test_postcopy_busy, st_teardown),
+		cmocka_unit_test_teardown(test_hybrid, st_teardown),
+		cmocka_unit_test_teardown(test_postcopy_recover, st_teardown),
 	};
 
 	return MIGTEST_RUN(tests);
