@@ -657,7 +657,8 @@ static int blkmig_load_blocks(struct virtio_blk *b, const struct blkmig_part *pt
 	if (atomic_load(&bm->pc_active)) {
 		r = blkmig_apply_missing(b, pt, err, errlen);
 		blkmig_pc_finish(b);
-		vblk_wake(b); /* requests waiting for these blocks */
+		if (b->ctl_efd >= 0)
+			vblk_wake(b); /* requests waiting for these blocks */
 	} else {
 		/* Before the guest runs: in stream order, the last copy wins. */
 		r = pt->kind == BLKMIG_DATA

@@ -55,6 +55,15 @@ static void test_valid_parts(void **state)
 	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 11);
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), 0);
 	assert_int_equal(pt.nblocks, 11);
+	blkmig_put_head(p, BLKMIG_POSTCOPY, 0, 0, 0);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), 0);
+	assert_int_equal(pt.kind, BLKMIG_POSTCOPY);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, NULL, &pt), -EBADMSG);     /* before SETUP */
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + 1, &t_geom, &pt), -EBADMSG);
+	blkmig_put_head(p, BLKMIG_POSTCOPY, 0, 0, 1);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* fields 0 */
+	blkmig_put_head(p, 5, 0, 0, 0);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* kind 5 */
 }
 
 static void test_bad_setup(void **state)
@@ -92,8 +101,8 @@ static void test_bad_heads(void **state)
 	for (uint32_t len = 0; len < BLKMIG_HEAD_BYTES; len++)
 		assert_int_equal(t_parse(p, len, &t_geom, &pt), -EBADMSG); /* short */
 	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);  /* kind 0 */
-	blkmig_put_head(p, 4, 0, 0, 1);
-	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);  /* kind 4 */
+	blkmig_put_head(p, 5, 0, 0, 1);
+	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);  /* kind 5 */
 	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 1);
 	p[2] = 1;                                                       /* reserved */
 	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);
@@ -186,6 +195,7 @@ static void test_load(void **state)
 	char err[300];
 
 	(void)state;
+	pthread_mutex_init(&b->lock, NULL);
 	memset(back, 0xee, sizeof(back));
 	assert_int_equal(pwrite(b->fd, back, T_BS, 5 * T_BS), T_BS); /* garbage to be zeroed */
 	assert_int_equal(blkmig_load_complete(b, 0, err, sizeof(err)), -ENODATA);
@@ -208,6 +218,7 @@ static void test_load(void **state)
 	for (uint32_t i = 0; i < T_BS; i++)
 		assert_int_equal(back[i], 0);
 	assert_int_equal(blkmig_load_complete(b, 0, err, sizeof(err)), 0);
+	pthread_mutex_destroy(&b->lock);
 	t_disk_free(b);
 }
 
@@ -219,9 +230,83 @@ static void test_load_refusals(void **state)
 	(void)state;
 	blkmig_put_head(p, BLKMIG_SETUP, T_BS, T_DISK, 11);
 	assert_int_equal(t_load(b, p, sizeof(p), "is not incoming=on"), -EBADMSG);
+	pthread_mutex_init(&c->lock, NULL);
 	assert_int_equal(t_load(c, p, sizeof(p), "must have the source's size"), -EBADMSG);
+	pthread_mutex_destroy(&c->lock);
 	t_disk_free(b);
 	t_disk_free(c);
+}
+
+/*
+ * Postcopy on the destination: a read of a missing block waits and asks
+ * for it; a write covering a whole missing block goes at once and the
+ * source's later copy of that block never overwrites the guest's data;
+ * what is pending and the received bitmap follow.
+ */
+static void test_postcopy_destination(void **state)
+{
+	struct virtio_blk *b = t_disk(T_DISK, true);
+	static uint8_t p[BLKMIG_HEAD_BYTES + T_BS], back[T_BS], guest[T_BS];
+	uint8_t *bits = NULL;
+	uint64_t nbits = 0;
+	char err[300];
+
+	(void)state;
+	pthread_mutex_init(&b->lock, NULL);
+	b->ctl_efd = -1; /* vblk_wake: no thread to wake here */
+	blkmig_put_head(p, BLKMIG_SETUP, T_BS, T_DISK, 11);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
+	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 2);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
+	blkmig_put_head(p, BLKMIG_POSTCOPY, 0, 0, 0);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, "a second postcopy part"), -EBADMSG);
+	assert_int_equal(blkmig_load_pending(b), 0);            /* not running yet */
+	assert_int_equal(blkmig_load_complete(b, 0, err, sizeof(err)), 0); /* 9 missing: fine */
+	assert_int_equal(blkmig_load_pending(b), 9 * T_BS);
+
+	/* Reads: block 1 is here, block 4 is not (asked for once). */
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_IN, T_BS, 512), 0);
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_IN, 4 * T_BS + 512, 512), 1);
+	assert_int_equal(b->mig.nrq, 1);
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_IN, 4 * T_BS, 512), 1);
+	assert_int_equal(b->mig.nrq, 1);
+	/* A partial write of a missing block waits too; a whole one does not. */
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_OUT, 3 * T_BS, 512), 1);
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_OUT, 5 * T_BS, T_BS), 0);
+	memset(guest, 0x47, sizeof(guest));                     /* the guest's write lands */
+	assert_int_equal(pwrite(b->fd, guest, T_BS, 5 * T_BS), T_BS);
+	assert_int_equal(blkmig_load_pending(b), 8 * T_BS);
+
+	/* The source's copies of blocks 4..5 arrive: 4 written, 5 kept as the guest's. */
+	memset(p + BLKMIG_HEAD_BYTES, 0x11, T_BS);
+	blkmig_put_head(p, BLKMIG_DATA, 0, 4, 1);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES + T_BS, NULL), 0);
+	blkmig_put_head(p, BLKMIG_DATA, 0, 5, 1);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES + T_BS, NULL), 0);
+	assert_int_equal(pread(b->fd, back, T_BS, 5 * T_BS), T_BS);
+	assert_memory_equal(back, guest, T_BS);
+	assert_int_equal(pread(b->fd, back, T_BS, 4 * T_BS), T_BS);
+	assert_int_equal(back[0], 0x11);
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_IN, 4 * T_BS, 512), 0);
+
+	/* What a resume would tell the source: blocks 0, 1, 4, 5. */
+	assert_int_equal(blkmig_load_received(b, &bits, &nbits), 0);
+	assert_int_equal(nbits, 11);
+	assert_int_equal(bits[0], 0x33);
+	assert_int_equal(bits[1], 0);
+	free(bits);
+
+	/* The rest: done, nothing pending, nothing waits. */
+	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 11);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
+	assert_int_equal(blkmig_load_pending(b), 0);
+	assert_false(atomic_load(&b->mig.pc_active));
+	assert_int_equal(pread(b->fd, back, T_BS, 5 * T_BS), T_BS);
+	assert_memory_equal(back, guest, T_BS);                /* still the guest's */
+	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_IN, 3 * T_BS, 512), 0);
+	pthread_mutex_destroy(&b->lock);
+	t_disk_free(b);
 }
 
 int main(void)
@@ -234,6 +319,7 @@ int main(void)
 		cmocka_unit_test(test_oversized_data),
 		cmocka_unit_test(test_load),
 		cmocka_unit_test(test_load_refusals),
+		cmocka_unit_test(test_postcopy_destination),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
