@@ -377,6 +377,10 @@ int mig_states_push(struct mig_save *sv, uint64_t *left_bytes, char *err, size_t
 int mig_states_request(struct mig_save *sv, const struct mig_rp_msg *msg, char *err,
 		       size_t errlen);
 unsigned mig_states_bitmaps(struct migration *m);
+/* Return-path thread: a STATE_REQ, answered by its state on the urgent channel. */
+void mig_states_serve_request(struct mig_src *src, const struct mig_rp_msg *msg);
+/* Source, resuming: read and apply every state's STATE_BITMAP.  0 or -errno, @why. */
+int mig_states_read_bitmaps(struct mig_src *src, char *why, size_t whylen);
 int mig_states_apply_bitmap(struct migration *m, unsigned k, const struct mig_rp_msg *msg,
 			    char *err, size_t errlen);
 int mig_states_send_bitmaps(struct migration *m, struct stream *s);

@@ -315,33 +315,11 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 	stream_flush(&src->urgent);
 }
 
-/*
- * Return-path thread: a state's data the destination asked for (STATE_REQ),
- * sent by the state on the urgent channel at once.  A request the state
- * refuses (no such section, instance or range) fails the migration.
- */
-static void mig_rp_serve_state_request(struct mig_src *src, const struct mig_rp_msg *msg)
-{
-	struct mig_save sv = { .m = src->m, .src = src, .s = &src->urgent };
-	char err[256] = "";
-	int r;
-
-	atomic_fetch_add(&src->m->postcopy_requests, 1);
-	r = mig_states_request(&sv, msg, err, sizeof(err));
-	if (r && !stream_error(&src->urgent)) {
-		snprintf(src->rp_error, sizeof(src->rp_error), "%s",
-			 err[0] ? err : strerror(-r));
-		src->rp_result = r;
-		return;
-	}
-	stream_flush(&src->urgent);
-}
-
 /* A request on either channel: a page or a state's data. */
 static void mig_rp_serve(struct mig_src *src, const struct mig_rp_msg *msg)
 {
 	if (msg->type == MIG_RP_STATE_REQ)
-		mig_rp_serve_state_request(src, msg);
+		mig_states_serve_request(src, msg);
 	else
 		mig_rp_serve_request(src, msg);
 }
@@ -879,32 +857,6 @@ static int mig_src_apply_received(struct mig_src *src, const struct mig_rp_msg *
 }
 
 /*
- * After the RAM bitmap of a resumed connection: one STATE_BITMAP per
- * instance of every state with postcopy data (state.h's save_resume), in
- * registration order.  0 or -errno with @why.
- */
-static int mig_src_apply_state_bitmaps(struct mig_src *src, char *why, size_t whylen)
-{
-	unsigned n = mig_states_bitmaps(src->m);
-
-	for (unsigned k = 0; k < n; k++) {
-		struct mig_rp_msg msg = { 0 };
-		char err[256];
-		int r = mig_rp_read(&src->s, &msg, err, sizeof(err));
-
-		if (r) {
-			snprintf(why, whylen, "no state bitmap from the destination: %s", err);
-			return r;
-		}
-		r = mig_states_apply_bitmap(src->m, k, &msg, why, whylen);
-		mig_rp_msg_release(&msg);
-		if (r)
-			return r;
-	}
-	return 0;
-}
-
-/*
  * Resume a paused postcopy on m->main_ch.cu: connect, send the header and RESUME,
  * read the destination's RECEIVED bitmap, open the urgent channel and the
  * return path.  On success *fdp is the new main connection and the
@@ -953,7 +905,7 @@ static int mig_src_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread, c
 	r = mig_src_apply_received(src, &msg, why, whylen);
 	mig_rp_msg_release(&msg);
 	if (!r)
-		r = mig_src_apply_state_bitmaps(src, why, whylen);
+		r = mig_states_read_bitmaps(src, why, whylen);
 	if (r)
 		return r;
 	r = mig_src_open_urgent(src);

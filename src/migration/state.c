@@ -302,6 +302,54 @@ int mig_states_request(struct mig_save *sv, const struct mig_rp_msg *msg, char *
 	return st->ops->save_request(st->opaque, sv, msg->instance, msg->offset, msg->length);
 }
 
+/*
+ * Return-path thread: a state's data the destination asked for (STATE_REQ),
+ * sent by the state on the urgent channel at once.  A request the state
+ * refuses (no such section, instance or range) fails the migration.
+ */
+void mig_states_serve_request(struct mig_src *src, const struct mig_rp_msg *msg)
+{
+	struct mig_save sv = { .m = src->m, .src = src, .s = &src->urgent };
+	char err[256] = "";
+	int r;
+
+	atomic_fetch_add(&src->m->postcopy_requests, 1);
+	r = mig_states_request(&sv, msg, err, sizeof(err));
+	if (r && !stream_error(&src->urgent)) {
+		snprintf(src->rp_error, sizeof(src->rp_error), "%s",
+			 err[0] ? err : strerror(-r));
+		src->rp_result = r;
+		return;
+	}
+	stream_flush(&src->urgent);
+}
+
+/*
+ * After the RAM bitmap of a resumed connection: one STATE_BITMAP per
+ * instance of every state with postcopy data (state.h's save_resume), in
+ * registration order.  0 or -errno with @why.
+ */
+int mig_states_read_bitmaps(struct mig_src *src, char *why, size_t whylen)
+{
+	unsigned n = mig_states_bitmaps(src->m);
+
+	for (unsigned k = 0; k < n; k++) {
+		struct mig_rp_msg msg = { 0 };
+		char err[256];
+		int r = mig_rp_read(&src->s, &msg, err, sizeof(err));
+
+		if (r) {
+			snprintf(why, whylen, "no state bitmap from the destination: %s", err);
+			return r;
+		}
+		r = mig_states_apply_bitmap(src->m, k, &msg, why, whylen);
+		mig_rp_msg_release(&msg);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 unsigned mig_states_bitmaps(struct migration *m)
 {
 	unsigned n = 0;
