@@ -629,6 +629,31 @@ uint64_t mig_load_sections_seen(const struct mig_load_ops *ops, const struct mig
 	return 0;
 }
 
+/*
+ * A bitmap's @len bytes (its length already checked against
+ * m->bitmap_pages) into m->bitmap; bits past the last one are refused
+ * ("return path: @past N").  0 or -errno with @err.
+ */
+static int mig_rp_read_bits(struct stream *s, struct mig_rp_msg *m, uint32_t len,
+			    const char *past, char *err, size_t errlen)
+{
+	m->bitmap = malloc(len ? len : 1);
+	if (!m->bitmap) {
+		snprintf(err, errlen, "return path: no memory for a %u-byte bitmap", len);
+		return -ENOMEM;
+	}
+	stream_get_bytes(s, m->bitmap, len);
+	if (stream_error(s)) {
+		mig_rp_msg_release(m);
+		return mig_load_io_error(s, err, errlen);
+	}
+	if (m->bitmap_pages % 8 && (m->bitmap[len - 1] >> (m->bitmap_pages % 8))) {
+		mig_rp_msg_release(m);
+		LOAD_FAIL("return path: %s %llu", past, (unsigned long long)m->bitmap_pages);
+	}
+	return 0;
+}
+
 /* STATE_BITMAP after its type: lengths checked before the bits are allocated. */
 static int mig_rp_read_state_bitmap(struct stream *s, struct mig_rp_msg *m, char *err,
 				    size_t errlen)
@@ -644,22 +669,7 @@ static int mig_rp_read_state_bitmap(struct stream *s, struct mig_rp_msg *m, char
 	if (m->bitmap_pages > MIG_RECV_BITMAP_MAX_PAGES || len != (m->bitmap_pages + 7) / 8)
 		LOAD_FAIL("return path: state bitmap of %llu bits in %u bytes (0..%llu bits)",
 			  (unsigned long long)m->bitmap_pages, len, MIG_RECV_BITMAP_MAX_PAGES);
-	m->bitmap = malloc(len ? len : 1);
-	if (!m->bitmap) {
-		snprintf(err, errlen, "return path: no memory for a %u-byte bitmap", len);
-		return -ENOMEM;
-	}
-	stream_get_bytes(s, m->bitmap, len);
-	if (stream_error(s)) {
-		mig_rp_msg_release(m);
-		return mig_load_io_error(s, err, errlen);
-	}
-	if (m->bitmap_pages % 8 && (m->bitmap[len - 1] >> (m->bitmap_pages % 8))) {
-		mig_rp_msg_release(m);
-		LOAD_FAIL("return path: state bitmap has bits past bit %llu",
-			  (unsigned long long)m->bitmap_pages);
-	}
-	return 0;
+	return mig_rp_read_bits(s, m, len, "state bitmap has bits past bit", err, errlen);
 }
 
 int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen)
@@ -709,22 +719,9 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 		if (len != (m->bitmap_pages + 7) / 8)
 			LOAD_FAIL("return path: received bitmap of %llu pages in %u bytes",
 				  (unsigned long long)m->bitmap_pages, len);
-		m->bitmap = malloc(len);
-		if (!m->bitmap) {
-			snprintf(err, errlen, "return path: no memory for a %u-byte bitmap", len);
-			return -ENOMEM;
-		}
-		stream_get_bytes(s, m->bitmap, len);
-		if (stream_error(s)) {
-			mig_rp_msg_release(m);
-			return mig_load_io_error(s, err, errlen);
-		}
-		if (m->bitmap_pages % 8 && (m->bitmap[len - 1] >> (m->bitmap_pages % 8))) {
-			mig_rp_msg_release(m);
-			LOAD_FAIL("return path: received bitmap has bits past page %llu",
-				  (unsigned long long)m->bitmap_pages);
-		}
-		return 0; /* the block and its size are checked by the source against its RAM */
+		/* the block and its size are checked by the source against its RAM */
+		return mig_rp_read_bits(s, m, len, "received bitmap has bits past page", err,
+					errlen);
 	}
 	case MIG_RP_STATE_REQ:
 		m->section_id = stream_get_u32(s);

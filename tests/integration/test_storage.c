@@ -158,61 +158,6 @@ static void st_remove(struct st *s)
 	st_unmount(s);
 }
 
-/* Records the guest's writers acknowledged, summed. */
-static int64_t st_acked(struct harness_vm *vm)
-{
-	struct json_object *q = NULL;
-	int64_t n;
-
-	assert_int_equal(harness_call(vm, "query-workload", NULL, &q), 0);
-	n = harness_json_int(q, "writes");
-	json_object_put(q);
-	return n;
-}
-
-static void st_expect_writing(struct harness_vm *vm, int64_t more)
-{
-	int64_t start = st_acked(vm), now = start;
-
-	for (int i = 0; i < 3000 && now < start + more; i++) {
-		harness_nap_ms(10);
-		now = st_acked(vm);
-	}
-	if (now < start + more)
-		fail_msg("the guest acknowledged %lld records in 30 s, expected %lld",
-			 (long long)(now - start), (long long)more);
-}
-
-/* Stop, dump RAM, `vmferry verify disk @path DUMP`, cont. */
-static void st_expect_verified(struct harness_vm *vm, const char *path)
-{
-	char dump[HARNESS_PATH_BYTES];
-	const char *args[] = { "verify", "disk", path, dump, NULL };
-	struct harness_result res;
-	struct json_object *a = json_object_new_object();
-
-	assert_int_equal(harness_unique_path(dump, sizeof(dump), "dump"), 0);
-	json_object_object_add(a, "file", json_object_new_string(dump));
-	assert_int_equal(harness_call(vm, "stop", NULL, NULL), 0);
-	assert_int_equal(harness_call(vm, "dump-guest-memory", a, NULL), 0);
-	json_object_put(a);
-	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
-	if (res.status != 0)
-		fail_msg("verify disk %s: status %d: %s %s", path, res.status, res.out, res.err);
-	harness_result_free(&res);
-	unlink(dump);
-	assert_int_equal(harness_call(vm, "cont", NULL, NULL), 0);
-}
-
-/* Running, disk and RAM agree, writing on, and they agree again. */
-static void st_expect_alive(struct harness_vm *vm, const char *path)
-{
-	migtest_expect_status(vm, "running");
-	st_expect_verified(vm, path);
-	st_expect_writing(vm, 50);
-	st_expect_verified(vm, path);
-}
-
 /* migrate to @uri with "storage": @storage.  0 or the harness_call error. */
 static int st_migrate(struct harness_vm *src, const char *uri, bool storage)
 {
@@ -368,22 +313,28 @@ static void st_expect_dst_figures(struct harness_vm *dst, bool requests)
 	json_object_put(q);
 }
 
-/* Wait (bounded) until the destination's guest asked for a block. */
-static void st_wait_requested(struct harness_vm *dst)
+/* query-migrate's disk.@key on @vm; 0 without a disk object. */
+static int64_t st_disk_field(struct harness_vm *vm, const char *key)
+{
+	struct json_object *q = NULL, *d;
+	int64_t n = 0;
+
+	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
+	if (json_object_object_get_ex(q, "disk", &d))
+		n = harness_json_int(d, key);
+	json_object_put(q);
+	return n;
+}
+
+/* Wait (bounded, 30 s) until disk.@key is above 0 on @vm. */
+static void st_wait_disk_field(struct harness_vm *vm, const char *key)
 {
 	for (int i = 0; i < 3000; i++) {
-		struct json_object *q = NULL, *d;
-		int64_t n = 0;
-
-		assert_int_equal(harness_call(dst, "query-migrate", NULL, &q), 0);
-		if (json_object_object_get_ex(q, "disk", &d))
-			n = harness_json_int(d, "blocks-requested");
-		json_object_put(q);
-		if (n > 0)
+		if (st_disk_field(vm, key) > 0)
 			return;
 		harness_nap_ms(10);
 	}
-	fail_msg("the destination asked for no block in 30 s");
+	fail_msg("query-migrate's disk.%s stayed 0 for 30 s", key);
 }
 
 /* A storage migration in @mode of a guest writing at @guest's rate. */
@@ -424,7 +375,7 @@ static void st_migrate_mode(enum st_mode mode, const char *guest, bool busy)
 		st_cut_and_recover(&src, &dst);
 	if (mode == ST_POSTCOPY) {
 		/* The push crawls until the guest asked for a block it lacked. */
-		st_wait_requested(&dst);
+		st_wait_disk_field(&dst, "blocks-requested");
 		assert_int_equal(harness_set_params(&src, "{\"max-bandwidth\": 0}"), 0);
 	}
 	q = migtest_wait_migration(&src);
@@ -441,7 +392,7 @@ static void st_migrate_mode(enum st_mode mode, const char *guest, bool busy)
 	/* The source is paused for good: its disk is what moved. */
 	st_expect_same(s->src, s->dst, ST_SPAN, ST_DISK_BYTES);
 	st_expect_holes(s->dst);
-	st_expect_alive(&dst, s->dst);
+	migtest_disk_expect_alive(&dst, s->dst);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 	st_remove(s);
@@ -492,7 +443,7 @@ static void st_fail(struct st *s, long long dst_bytes, bool incoming, bool stora
 		fail_msg("error '%s' does not say '%s'", harness_json_str(q, "error-desc"), want);
 	json_object_put(q);
 	assert_true(harness_wait_exit(&dst, 30000) != 0);
-	st_expect_alive(&src, s->src);
+	migtest_disk_expect_alive(&src, s->src);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	st_remove(s);
 }
@@ -527,24 +478,6 @@ static void test_enospc(void **state)
 	st_fail(&st_cur, ST_DISK_BYTES, true, true, "No space left on device");
 }
 
-/* Wait (bounded) until the source sent some of the disk's data. */
-static void st_wait_disk_sending(struct harness_vm *src)
-{
-	for (int i = 0; i < 3000; i++) {
-		struct json_object *q = NULL, *d;
-		int64_t sent = 0;
-
-		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
-		if (json_object_object_get_ex(q, "disk", &d))
-			sent = harness_json_int(d, "transferred");
-		json_object_put(q);
-		if (sent > 0)
-			return;
-		harness_nap_ms(10);
-	}
-	fail_msg("the source sent none of the disk's data in 30 s");
-}
-
 /* Cancelled (@kill: the destination killed instead) while the disk's data moves. */
 static void st_interrupt(bool kill)
 {
@@ -560,7 +493,7 @@ static void st_interrupt(bool kill)
 	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
 	assert_int_equal(harness_set_params(&src, ST_SLOW), 0);
 	assert_int_equal(st_migrate(&src, uri, true), 0);
-	st_wait_disk_sending(&src);
+	st_wait_disk_field(&src, "transferred"); /* the disk's data moves */
 	if (kill)
 		harness_vm_kill(&dst);
 	else
@@ -570,7 +503,7 @@ static void st_interrupt(bool kill)
 	json_object_put(q);
 	if (!kill)
 		assert_true(harness_wait_exit(&dst, 30000) != 0);
-	st_expect_alive(&src, s->src);
+	migtest_disk_expect_alive(&src, s->src);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	st_remove(s);
 }
