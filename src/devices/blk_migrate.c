@@ -908,11 +908,15 @@ static void blkmig_latency(struct blkmig *bm, uint32_t *p50, uint32_t *p99)
 void blkmig_query_add(struct virtio_blk *b, struct blkmig_sums *s)
 {
 	struct blkmig *bm = &b->mig;
-	uint32_t p50, p99;
+	uint32_t p50 = 0, p99 = 0;
 
-	pthread_mutex_lock(&b->lock);
-	blkmig_latency(bm, &p50, &p99);
-	pthread_mutex_unlock(&b->lock);
+	/* The disk's lock only where there are waits to rank (a postcopy
+	 * destination that asked for blocks): query-migrate is polled. */
+	if (bm->incoming && atomic_load(&bm->requests)) {
+		pthread_mutex_lock(&b->lock);
+		blkmig_latency(bm, &p50, &p99);
+		pthread_mutex_unlock(&b->lock);
+	}
 	s->lat_p50_us = p50 > s->lat_p50_us ? p50 : s->lat_p50_us;
 	s->lat_p99_us = p99 > s->lat_p99_us ? p99 : s->lat_p99_us;
 	s->requests += atomic_load(&bm->requests);
