@@ -102,7 +102,7 @@ int blkmig_part_parse(const uint8_t *p, uint32_t len, const struct blkmig_geom *
 	a = blkmig_get(p + 4, 4);
 	b = blkmig_get(p + 8, 8);
 	c = blkmig_get(p + 16, 8);
-	if (kind < BLKMIG_SETUP || kind > BLKMIG_POSTCOPY || blkmig_get(p + 1, 3)) {
+	if (kind < BLKMIG_SETUP || kind > BLKMIG_STALE || blkmig_get(p + 1, 3)) {
 		snprintf(err, errlen, "block part kind %" PRIu64 " (or reserved bytes set)", kind);
 		return -EBADMSG;
 	}
@@ -132,10 +132,10 @@ int blkmig_part_parse(const uint8_t *p, uint32_t len, const struct blkmig_geom *
 	}
 	out->first = b;
 	out->nblocks = c;
-	if (kind == BLKMIG_ZERO) {
+	if (kind == BLKMIG_ZERO || kind == BLKMIG_STALE) {
 		if (len != BLKMIG_HEAD_BYTES) {
-			snprintf(err, errlen, "a zero part of %u bytes, expected %u", len,
-				 BLKMIG_HEAD_BYTES);
+			snprintf(err, errlen, "a %s part of %u bytes, expected %u",
+				 kind == BLKMIG_ZERO ? "zero" : "stale", len, BLKMIG_HEAD_BYTES);
 			return -EBADMSG;
 		}
 		return 0;
@@ -400,6 +400,31 @@ int blkmig_save_iterate(struct virtio_blk *b, struct mig_save *sv, uint32_t inst
 	return r;
 }
 
+/*
+ * The postcopy package: every run of dirty blocks as a STALE part (the
+ * destination may hold an older copy; in pure postcopy it holds none and
+ * this is one part for the disk).  Bits stay set: the push sends them.
+ */
+static int blkmig_send_stale(struct virtio_blk *b, struct mig_save *sv, uint32_t instance)
+{
+	struct blkmig *bm = &b->mig;
+	uint8_t head[BLKMIG_HEAD_BYTES];
+	uint64_t i = blkmig_next_dirty(bm, 0);
+	int r = 0;
+
+	while (!r && i < bm->geom.nblocks) {
+		uint64_t n = 1;
+
+		while (i + n < bm->geom.nblocks &&
+		       (atomic_load(&bm->dirty[(i + n) / 64]) & (1ull << ((i + n) % 64))))
+			n++;
+		blkmig_put_head(head, BLKMIG_STALE, 0, i, n);
+		r = mig_save_part(sv, instance, head, sizeof(head));
+		i = blkmig_next_dirty(bm, i + n);
+	}
+	return r;
+}
+
 int blkmig_save_final(struct virtio_blk *b, struct mig_save *sv, uint32_t instance,
 		      bool postcopy)
 {
@@ -409,10 +434,12 @@ int blkmig_save_final(struct virtio_blk *b, struct mig_save *sv, uint32_t instan
 	if (!b->mig.dirty)
 		return 0;
 	if (postcopy) {
-		/* The rest goes while the guest runs there: save_push, save_request. */
+		/* What the destination holds of the dirty blocks is stale; they and
+		 * the rest go while the guest runs there (save_push, save_request). */
+		r = blkmig_send_stale(b, sv, instance);
 		blkmig_put_head(head, BLKMIG_POSTCOPY, 0, 0, 0);
 		blkmig_save_pending(b);
-		return mig_save_part(sv, instance, head, sizeof(head));
+		return r ? r : mig_save_part(sv, instance, head, sizeof(head));
 	}
 	r = blkmig_walk(b, sv, instance, 0);
 	atomic_store(&b->mig.dirty_bytes, 0);
@@ -679,6 +706,25 @@ static int blkmig_load_blocks(struct virtio_blk *b, const struct blkmig_part *pt
 	return 0;
 }
 
+/* STALE, before the guest runs here: those blocks are not received after all. */
+static int blkmig_load_stale(struct virtio_blk *b, const struct blkmig_part *pt, char *err,
+			     size_t errlen)
+{
+	struct blkmig *bm = &b->mig;
+
+	if (atomic_load(&bm->pc_active) || bm->postcopy_in) {
+		snprintf(err, errlen, "%s: a stale part after the postcopy part", b->name);
+		return -EBADMSG;
+	}
+	for (uint64_t i = pt->first; i < pt->first + pt->nblocks; i++) {
+		if (!blkmig_has(bm, i))
+			continue;
+		bm->received[i / 64] &= ~(1ull << (i % 64));
+		atomic_fetch_sub(&bm->nreceived, 1);
+	}
+	return 0;
+}
+
 int blkmig_load_part(struct virtio_blk *b, const uint8_t *data, uint32_t len, char *err,
 		     size_t errlen)
 {
@@ -706,6 +752,8 @@ int blkmig_load_part(struct virtio_blk *b, const uint8_t *data, uint32_t len, ch
 			r = -EBADMSG;
 		}
 		bm->postcopy_in = true;
+	} else if (pt.kind == BLKMIG_STALE) {
+		r = blkmig_load_stale(b, &pt, err, errlen);
 	} else {
 		r = blkmig_load_blocks(b, &pt, err, errlen);
 	}

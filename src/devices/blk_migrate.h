@@ -16,6 +16,10 @@
  *   ZERO  (3): a = 0, b = first block, c = blocks: all zero (a hole)
  *   POSTCOPY (4): a = 0, b = 0, c = 0: in the postcopy package - the blocks
  *              not sent yet come while the guest runs on the destination
+ *   STALE (5): a = 0, b = first block, c = blocks: in the postcopy package,
+ *              before POSTCOPY - copies sent earlier are out of date (the
+ *              guest wrote them since): they count as not received (RAM's
+ *              DISCARD, for a disk)
  *
  * Postcopy: the destination's guest reads a block that has not arrived ->
  * its request waits in the disk (in flight) and the disk asks the source
@@ -59,6 +63,7 @@ enum blkmig_kind {
 	BLKMIG_DATA = 2,
 	BLKMIG_ZERO = 3,
 	BLKMIG_POSTCOPY = 4,
+	BLKMIG_STALE = 5,
 };
 #define BLKMIG_REQ_QUEUE 64u     /* destination: requests waiting to be sent */
 #define BLKMIG_REQ_MAX_BYTES (8u << 20) /* one request asks for at most this */

@@ -62,8 +62,15 @@ static void test_valid_parts(void **state)
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + 1, &t_geom, &pt), -EBADMSG);
 	blkmig_put_head(p, BLKMIG_POSTCOPY, 0, 0, 1);
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* fields 0 */
-	blkmig_put_head(p, 5, 0, 0, 0);
-	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* kind 5 */
+	blkmig_put_head(p, BLKMIG_STALE, 0, 2, 3);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), 0);
+	assert_int_equal(pt.first, 2);
+	assert_int_equal(pt.nblocks, 3);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + 1, &t_geom, &pt), -EBADMSG);
+	blkmig_put_head(p, BLKMIG_STALE, 0, 10, 2);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* past the end */
+	blkmig_put_head(p, 6, 0, 0, 0);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* kind 6 */
 }
 
 static void test_bad_setup(void **state)
@@ -101,8 +108,8 @@ static void test_bad_heads(void **state)
 	for (uint32_t len = 0; len < BLKMIG_HEAD_BYTES; len++)
 		assert_int_equal(t_parse(p, len, &t_geom, &pt), -EBADMSG); /* short */
 	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);  /* kind 0 */
-	blkmig_put_head(p, 5, 0, 0, 1);
-	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);  /* kind 5 */
+	blkmig_put_head(p, 6, 0, 0, 1);
+	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);  /* kind 6 */
 	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 1);
 	p[2] = 1;                                                       /* reserved */
 	assert_int_equal(t_parse(p, sizeof(p), &t_geom, &pt), -EBADMSG);
@@ -256,11 +263,17 @@ static void test_postcopy_destination(void **state)
 	b->ctl_efd = -1; /* vblk_wake: no thread to wake here */
 	blkmig_put_head(p, BLKMIG_SETUP, T_BS, T_DISK, 11);
 	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
-	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 2);
+	blkmig_put_head(p, BLKMIG_ZERO, 0, 0, 3);
 	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
+	/* Hybrid: block 2 arrived in precopy, then the guest wrote it: stale. */
+	blkmig_put_head(p, BLKMIG_STALE, 0, 2, 1);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
+	assert_int_equal(b->mig.nreceived, 2);
 	blkmig_put_head(p, BLKMIG_POSTCOPY, 0, 0, 0);
 	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, NULL), 0);
 	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, "a second postcopy part"), -EBADMSG);
+	blkmig_put_head(p, BLKMIG_STALE, 0, 0, 1);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES, "a stale part after"), -EBADMSG);
 	assert_int_equal(blkmig_load_pending(b), 0);            /* not running yet */
 	assert_int_equal(blkmig_load_complete(b, 0, err, sizeof(err)), 0); /* 9 missing: fine */
 	assert_int_equal(blkmig_load_pending(b), 9 * T_BS);
