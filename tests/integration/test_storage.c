@@ -1,6 +1,7 @@
 /*
  * Storage migration of a disk only the source has (`migrate --storage` to a
- * destination started with `--disk file=NEW,incoming=on`): the diskwriter
+ * destination started with `--disk file=NEW,incoming=on`), by precopy, pure
+ * postcopy, hybrid and postcopy with a cut and recovery: the diskwriter
  * (2 vCPUs) writing records to the first 16 MiB of a 64 MiB sparse disk
  * whose rest holds known data and holes.  After the move, on the
  * destination: `vmferry verify disk NEW DUMP` (every acknowledged record
@@ -399,6 +400,12 @@ static void test_postcopy_busy(void **state)
 	(void)state;
 	st_migrate_mode(ST_POSTCOPY, ST_GUEST_BUSY, false);
 }
+static void test_hybrid_busy(void **state)
+{
+	(void)state;
+	st_migrate_mode(ST_HYBRID, ST_GUEST_BUSY, false);
+}
+
 static void test_postcopy_recover(void **state)
 {
 	(void)state;
@@ -413,17 +420,23 @@ static void test_precopy_busy(void **state) { (void)state; st_precopy(ST_GUEST_B
  * destination exits, and the source writes on with every record intact.
  * @dst_bytes, @incoming, @storage: as st_make and st_migrate.
  */
-static void st_fail(struct st *s, long long dst_bytes, bool incoming, bool storage,
-		    const char *want)
+static void st_fail_mode(struct st *s, long long dst_bytes, bool incoming, bool storage,
+			 bool postcopy, const char *want)
 {
 	struct harness_vm src, dst;
 	char uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 
 	st_make(s, dst_bytes, incoming);
+	if (postcopy)
+		s->dst_opts[2] = "--postcopy";
 	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, ST_GUEST, NULL, s->src_opts);
 	migtest_spawn_incoming_extra(&dst, ST_MEM, ST_VCPUS, true, s->dst_opts, uri, sizeof(uri));
 	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	if (postcopy) { /* pure: the destination refuses before anything runs there */
+		assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	}
 	assert_int_equal(st_migrate(&src, uri, storage), 0);
 	q = migtest_wait_migration(&src);
 	fprintf(stderr, "failed as expected: %s\n", harness_json_str(q, "error-desc"));
@@ -435,6 +448,21 @@ static void st_fail(struct st *s, long long dst_bytes, bool incoming, bool stora
 	migtest_disk_expect_alive(&src, s->src);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	st_remove(s);
+}
+
+static void st_fail(struct st *s, long long dst_bytes, bool incoming, bool storage,
+		    const char *want)
+{
+	st_fail_mode(s, dst_bytes, incoming, storage, false, want);
+}
+
+/* Pure postcopy to a destination whose disk is too small: refused before RUN. */
+static void test_postcopy_wrong_size(void **state)
+{
+	(void)state;
+	memset(&st_cur, 0, sizeof(st_cur));
+	st_fail_mode(&st_cur, ST_DISK_BYTES / 2, true, true, true,
+		     "an incoming disk must have the source's size");
 }
 
 static void test_wrong_size(void **state)
@@ -591,6 +619,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_postcopy, st_teardown),
 		cmocka_unit_test_teardown(test_postcopy_busy, st_teardown),
 		cmocka_unit_test_teardown(test_hybrid, st_teardown),
+		cmocka_unit_test_teardown(test_hybrid_busy, st_teardown),
+		cmocka_unit_test_teardown(test_postcopy_wrong_size, st_teardown),
 		cmocka_unit_test_teardown(test_postcopy_recover, st_teardown),
 	};
 
