@@ -73,10 +73,12 @@ static void run_usage(FILE *f)
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
-		"      --disk file=PATH[,readonly=on]\n"
+		"      --disk file=PATH[,readonly=on][,incoming=on]\n"
 		"                          a virtio-blk disk backed by PATH (repeatable, up to %u;\n"
 		"                          a migration's destination gives the same disks in the\n"
-		"                          same order; docs/devices.md)\n"
+		"                          same order; docs/devices.md); incoming=on: PATH (of the\n"
+		"                          source disk's size) receives the disk's data from a\n"
+		"                          `vmferry migrate --storage`\n"
 		"      --test-state        add a test-only migratable state (a counter and a blob;\n"
 		"                          commands test-state-bump, query-test-state): the tests'\n"
 		"                          proof that a new state migrates in every mode\n"
@@ -321,6 +323,11 @@ static int main_run(int argc, char **argv)
 	if (optind < argc)
 		return run_usage_error("unexpected argument '%s'", argv[optind]);
 
+	for (unsigned i = 0; i < ndisks; i++)
+		if (disk_opts[i].incoming && (!incoming_uri || cpr_uri))
+			return run_usage_error("--disk %s,incoming=on: an incoming disk receives a "
+					       "storage migration: it needs --incoming URI (and no "
+					       "--incoming-cpr)", disk_opts[i].path);
 	if (postcopy && (!incoming_uri || cpr_uri))
 		return run_usage_error("--postcopy %s", incoming_uri
 				       ? "does not apply to --incoming-cpr: a live update moves no RAM"

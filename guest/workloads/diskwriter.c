@@ -19,6 +19,8 @@
  *   fill=1     first fill the rest of the vCPU's range with data (above its
  *              queue and buffers), so a migration has RAM to move as for a
  *              real guest, and postcopy lasts long enough to be cut
+ *   span=N     use only the first N MiB of the disk (0 = all of it; the rest is
+ *              left as it is, e.g. for data a storage migration must carry)
  */
 #include "virtio.h"
 #include "vmf.h"
@@ -123,7 +125,7 @@ static void dw_setup_device(struct vmf_boot_info *bi)
 int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 {
 	uint64_t rate = vmf_param(bi, "rate", 200), every = vmf_param(bi, "check", 4);
-	uint64_t limit = vmf_param(bi, "records", 0), base_ns, region;
+	uint64_t limit = vmf_param(bi, "records", 0), base_ns, region, span;
 	struct dw d = { .vcpu = vcpu, .st = &bi->stats[vcpu], .rng = 0x2545f4914f6cdd1dull + vcpu };
 	int ready;
 
@@ -143,7 +145,10 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 		for (;;)
 			vmf_sleep_us(1000000);
 	}
-	region = dw_dev.capacity * VIRTIO_BLK_SECTOR_BYTES / d.writers / 4096 * 4096;
+	span = dw_dev.capacity * VIRTIO_BLK_SECTOR_BYTES;
+	if (vmf_param(bi, "span", 0) && vmf_param(bi, "span", 0) < span >> 20)
+		span = vmf_param(bi, "span", 0) << 20;
+	region = span / d.writers / 4096 * 4096;
 	d.slots = region / DW_REC_BYTES;
 	d.first_sector = vcpu * (region / VIRTIO_BLK_SECTOR_BYTES);
 	d.wbuf = (uint8_t *)bi->range[vcpu].gpa + VMF_VQ_MEM_BYTES;

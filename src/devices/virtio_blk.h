@@ -33,6 +33,7 @@ struct virtio_blk;
 struct virtio_blk_opts {
 	char path[4096];
 	bool readonly;
+	bool incoming;  /* a storage migration's destination: receives the source's data */
 	/*
 	 * Not an option: set on a live update's new process, whose disk file
 	 * comes open over the cpr channel (the state's cpr_take_fds), so
@@ -42,8 +43,9 @@ struct virtio_blk_opts {
 };
 
 /*
- * Parse "file=PATH[,readonly=on|off]" into @out.  0, or -EINVAL with a
- * message in @err (unknown or repeated key, no file, a bad value).
+ * Parse "file=PATH[,readonly=on|off][,incoming=on|off]" into @out.  0, or
+ * -EINVAL with a message in @err (unknown or repeated key, no file, a bad
+ * value, readonly=on with incoming=on).
  */
 int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *err,
 			  size_t errlen);

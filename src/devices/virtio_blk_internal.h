@@ -2,6 +2,7 @@
  * virtio-blk's internals, shared by its files (not an API):
  *   virtio_blk.c        the device: opening the disk, requests, the I/O thread
  *   virtio_blk_state.c  its migratable state, query-block, --disk parsing
+ *   blk_migrate.c       storage migration: the disk's data in the stream
  */
 #ifndef VMFERRY_DEVICES_VIRTIO_BLK_INTERNAL_H
 #define VMFERRY_DEVICES_VIRTIO_BLK_INTERNAL_H
@@ -10,6 +11,7 @@
 #include <pthread.h>
 #include <sys/uio.h>
 
+#include "devices/blk_migrate.h"
 #include "devices/virtio_blk.h"
 #include "devices/virtio_mmio.h"
 #include "devices/virtqueue.h"
@@ -25,6 +27,9 @@ struct vblk_req {
 	uint16_t queue, head;
 	uint64_t status_gpa;
 	int64_t expect;        /* the io_uring result that means success */
+	uint64_t off, len;     /* what a read, write, discard or write-zeroes covers */
+	bool deferred;         /* storage postcopy: waits for blocks to arrive */
+	uint64_t defer_ns;     /* since when */
 	uint32_t niov;
 	struct iovec iov[VQ_MAX_CHAIN];
 };
@@ -63,6 +68,8 @@ struct virtio_blk {
 	struct vblk_req *reqs;         /* VBLK_QUEUE_DEPTH slots */
 	struct vq_chain chain;         /* I/O thread's scratch */
 	struct vblk_stats st;
+	struct blkmig mig;             /* storage migration (blk_migrate.h); its bitmap
+				        * pointer under the lock */
 
 	struct io_uring ring;
 	bool ring_ready;

@@ -83,6 +83,8 @@ struct mig_params {
 	uint64_t postcopy_recover_timeout_s; /* a broken postcopy connection: both sides
 					 * retry on their own for this long (0 = wait
 					 * for migrate-recover and resume by hand) */
+	bool storage;                   /* per run (migrate "storage"): the disks' data
+					 * moves too; not a parameter of its own */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */
 };
@@ -132,6 +134,13 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
  */
 int migration_start_channels(struct migration *m, const char *uri, const char *cpr_uri,
 			     char *err, size_t errlen);
+/*
+ * The same, and with @storage the disks' data moves too (storage migration,
+ * docs/devices.md): refused with postcopy-ram (not supported yet) and with
+ * mode cpr-transfer.
+ */
+int migration_start_storage(struct migration *m, const char *uri, const char *cpr_uri,
+			    bool storage, char *err, size_t errlen);
 /*
  * Switch the outgoing migration to postcopy at the next opportunity; before
  * `migrate` it makes the next migration pure postcopy.  Needs the

@@ -67,63 +67,6 @@ static void dk_make(struct dk *d)
 	d->opts_postcopy[3] = NULL;
 }
 
-/* Records the guest's writers acknowledged, summed (query-workload "writes"). */
-static int64_t dk_acked(struct harness_vm *vm)
-{
-	struct json_object *q = NULL;
-	int64_t n;
-
-	assert_int_equal(harness_call(vm, "query-workload", NULL, &q), 0);
-	n = harness_json_int(q, "writes");
-	json_object_put(q);
-	return n;
-}
-
-/* Wait (bounded) until the guest acknowledged @more records beyond now. */
-static void dk_expect_writing(struct harness_vm *vm, int64_t more)
-{
-	int64_t start = dk_acked(vm), now = start;
-
-	for (int i = 0; i < 3000 && now < start + more; i++) {
-		harness_nap_ms(10);
-		now = dk_acked(vm);
-	}
-	if (now < start + more)
-		fail_msg("the guest acknowledged %lld records in 30 s, expected %lld",
-			 (long long)(now - start), (long long)more);
-}
-
-/* Stop, dump RAM, `vmferry verify disk IMAGE DUMP`, cont. */
-static void dk_expect_verified(struct harness_vm *vm, const struct dk *d)
-{
-	char dump[HARNESS_PATH_BYTES];
-	const char *args[] = { "verify", "disk", d->path, dump, NULL };
-	struct harness_result res;
-	struct json_object *a = json_object_new_object();
-
-	assert_int_equal(harness_unique_path(dump, sizeof(dump), "dump"), 0);
-	json_object_object_add(a, "file", json_object_new_string(dump));
-	assert_int_equal(harness_call(vm, "stop", NULL, NULL), 0);
-	assert_int_equal(harness_call(vm, "dump-guest-memory", a, NULL), 0);
-	json_object_put(a);
-	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
-	if (res.status != 0)
-		fail_msg("verify disk: status %d: %s %s", res.status, res.out, res.err);
-	fprintf(stderr, "verify disk: %s", res.out);
-	harness_result_free(&res);
-	unlink(dump);
-	assert_int_equal(harness_call(vm, "cont", NULL, NULL), 0);
-}
-
-/* The guest runs, its disk and RAM agree, it keeps writing, and they agree again. */
-static void dk_expect_alive(struct harness_vm *vm, const struct dk *d)
-{
-	migtest_expect_status(vm, "running");
-	dk_expect_verified(vm, d);
-	dk_expect_writing(vm, 50);
-	dk_expect_verified(vm, d);
-}
-
 /* Completed, in postcopy when @postcopy (after at least one pass when @hybrid). */
 static void dk_expect_completed(struct harness_vm *src, bool postcopy, bool hybrid)
 {
@@ -188,7 +131,7 @@ static void dk_migrate(enum dk_mode mode)
 	}
 	dk_expect_completed(&src, postcopy, mode == DK_HYBRID);
 	migtest_wait_migration_status(&dst, "completed");
-	dk_expect_alive(&dst, &d);
+	migtest_disk_expect_alive(&dst, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 	unlink(d.path);
@@ -210,7 +153,7 @@ static void test_cpr(void **state)
 	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
 	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
 	migtest_cpr_update(&old, &t, d.opts);
-	dk_expect_alive(&t.vm, &d);
+	migtest_disk_expect_alive(&t.vm, d.path);
 	assert_int_equal(harness_vm_quit(&t.vm), 0);
 	unlink(d.path);
 }
@@ -422,7 +365,7 @@ static void test_destination_without_disk(void **state)
 	assert_non_null(strstr(harness_json_str(q, "error-desc"), "unknown section id 10"));
 	json_object_put(q);
 	assert_true(harness_wait_exit(&dst, 30000) != 0);
-	dk_expect_alive(&src, &d);
+	migtest_disk_expect_alive(&src, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	unlink(d.path);
 }
@@ -444,7 +387,7 @@ static void test_destination_killed(void **state)
 	q = migtest_wait_migration(&src);
 	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
-	dk_expect_alive(&src, &d);
+	migtest_disk_expect_alive(&src, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	unlink(d.path);
 }

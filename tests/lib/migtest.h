@@ -84,6 +84,15 @@ void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms);
  */
 void migtest_expect_postcopy_accounting(struct json_object *q, bool pure);
 
+/* The diskwriter guest: records its writers acknowledged, summed (query-workload "writes"). */
+int64_t migtest_disk_acked(struct harness_vm *vm);
+/* Wait (bounded, 30 s) until the diskwriter acknowledged @more records beyond now. */
+void migtest_disk_expect_writing(struct harness_vm *vm, int64_t more);
+/* Stop, dump RAM, `vmferry verify disk @path DUMP` (must pass), cont. */
+void migtest_disk_expect_verified(struct harness_vm *vm, const char *path);
+/* Running; disk @path and RAM agree; 50 more records; they agree again. */
+void migtest_disk_expect_alive(struct harness_vm *vm, const char *path);
+
 struct CMUnitTest;
 int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n);
 #define MIGTEST_RUN(tests) migtest_run(#tests, tests, sizeof(tests) / sizeof((tests)[0]))
