@@ -178,7 +178,7 @@ static void test_cpr_disk_renamed(void **state)
 	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
 	assert_int_equal(harness_unique_path(moved, sizeof(moved), "moved"), 0);
 	assert_int_equal(rename(d.path, moved), 0);
-	dk_expect_writing(&old, 20);
+	migtest_disk_expect_writing(&old, 20);
 	migtest_cpr_update(&old, &t, d.opts);
 	assert_int_equal(access(d.path, F_OK), -1); /* nobody recreated it */
 	assert_int_equal(harness_call(&t.vm, "query-block", NULL, &q), 0);
@@ -186,7 +186,7 @@ static void test_cpr_disk_renamed(void **state)
 	assert_int_equal(harness_json_int(json_object_array_get_idx(q, 0), "size"), DK_DISK_BYTES);
 	json_object_put(q);
 	memcpy(d.path, moved, sizeof(d.path));
-	dk_expect_alive(&t.vm, &d);
+	migtest_disk_expect_alive(&t.vm, d.path);
 	assert_int_equal(harness_vm_quit(&t.vm), 0);
 	unlink(d.path);
 }
@@ -209,7 +209,7 @@ static void test_cpr_from_older_build(void **state)
 	unsetenv("VMFERRY_CPR_LEND_NO_DISKS");
 	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
 	migtest_cpr_update(&old, &t, d.opts);
-	dk_expect_alive(&t.vm, &d);
+	migtest_disk_expect_alive(&t.vm, d.path);
 	assert_int_equal(harness_vm_quit(&t.vm), 0);
 	unlink(d.path);
 }
@@ -235,7 +235,7 @@ static void dk_cpr_refused(const char *const new_opts[], const char *want, const
 		fail_msg("expected \"%s\" in: %s", want, harness_json_str(q, "error-desc"));
 	json_object_put(q);
 	assert_int_equal(harness_wait_exit(&t.vm, 10000), 1);
-	dk_expect_alive(old, d);
+	migtest_disk_expect_alive(old, d->path);
 }
 
 static void test_cpr_disk_mismatch(void **state)
@@ -296,7 +296,7 @@ static void test_postcopy_recovery(void **state)
 	migtest_spawn_extra(&src, DK_CUT_MEM, DK_VCPUS, DK_CUT_GUEST, NULL, d.opts);
 	migtest_spawn_incoming_extra(&dst, DK_CUT_MEM, DK_VCPUS, false, d.opts_postcopy, uri,
 				     sizeof(uri));
-	dk_expect_writing(&src, 20); /* filled, and writing */
+	migtest_disk_expect_writing(&src, 20); /* filled, and writing */
 	assert_int_equal(sscanf(strrchr(uri, ':') + 1, "%d", &dst_port), 1);
 	relay_start(&relay, dst_port);
 	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", relay.port);
@@ -331,7 +331,7 @@ static void test_postcopy_recovery(void **state)
 	json_object_put(q);
 	migtest_wait_migration_status(&dst, "completed");
 	relay_stop(&relay);
-	dk_expect_alive(&dst, &d);
+	migtest_disk_expect_alive(&dst, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 	unlink(d.path);
