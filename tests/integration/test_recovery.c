@@ -30,13 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -252,133 +245,6 @@ static void expect_recovered(int64_t pauses)
 }
 
 /*
- * A TCP relay on 127.0.0.1 (a test peer: the stand-in for a network path
- * that breaks): every connection to its port is forwarded to @dst_port, and
- * relay_cut() closes every forwarded connection at once while the relay
- * keeps listening, as when a link between two hosts fails and comes back.
- */
-#define RELAY_MAX_FDS 32
-
-struct relay {
-	int listen_fd, ctl_fd;   /* ctl: an eventfd; 1 = cut, RELAY_STOP = stop */
-	int dst_port;
-	int port;
-	pthread_t thread;
-	int fds[RELAY_MAX_FDS];  /* pairs: [2i] accepted, [2i+1] upstream */
-	int nfds;
-	_Atomic int accepted, cuts;
-};
-#define RELAY_STOP 1000u
-
-static void relay_close_pair(struct relay *r, int i)
-{
-	int k = i & ~1;
-
-	shutdown(r->fds[k], SHUT_RDWR);
-	shutdown(r->fds[k + 1], SHUT_RDWR);
-	close(r->fds[k]);
-	close(r->fds[k + 1]);
-	r->fds[k] = r->fds[r->nfds - 2];
-	r->fds[k + 1] = r->fds[r->nfds - 1];
-	r->nfds -= 2;
-}
-
-static void relay_accept(struct relay *r)
-{
-	struct sockaddr_in up = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->dst_port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int c = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC), u;
-
-	if (c < 0)
-		return;
-	u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (u < 0 || r->nfds + 2 > RELAY_MAX_FDS ||
-	    connect(u, (struct sockaddr *)&up, sizeof(up)) < 0) {
-		/* Nobody listens upstream (yet): the caller sees a refused resume. */
-		fprintf(stderr, "relay: upstream port %d: %s\n", r->dst_port, strerror(errno));
-		close(c);
-		if (u >= 0)
-			close(u);
-		return;
-	}
-	r->fds[r->nfds++] = c;
-	r->fds[r->nfds++] = u;
-	atomic_fetch_add(&r->accepted, 1);
-}
-
-static void *relay_thread(void *arg)
-{
-	struct relay *r = arg;
-	char buf[65536];
-
-	for (;;) {
-		struct pollfd p[2 + RELAY_MAX_FDS];
-		int n = r->nfds;
-
-		p[0] = (struct pollfd){ .fd = r->listen_fd, .events = POLLIN };
-		p[1] = (struct pollfd){ .fd = r->ctl_fd, .events = POLLIN };
-		for (int i = 0; i < n; i++)
-			p[2 + i] = (struct pollfd){ .fd = r->fds[i], .events = POLLIN };
-		if (poll(p, (nfds_t)(2 + n), -1) < 0)
-			continue;
-		if (p[1].revents) {
-			uint64_t v = 0;
-
-			if (read(r->ctl_fd, &v, sizeof(v)) == sizeof(v) && v >= RELAY_STOP)
-				break;
-			while (r->nfds)
-				relay_close_pair(r, 0);
-			atomic_fetch_add(&r->cuts, 1);
-			continue;
-		}
-		if (p[0].revents)
-			relay_accept(r);
-		for (int i = n - 1; i >= 0; i--) {
-			ssize_t got;
-
-			if (!p[2 + i].revents || i >= r->nfds)
-				continue;
-			got = read(r->fds[i], buf, sizeof(buf));
-			if (got <= 0 || write(r->fds[i ^ 1], buf, (size_t)got) != got)
-				relay_close_pair(r, i);
-		}
-	}
-	while (r->nfds)
-		relay_close_pair(r, 0);
-	return NULL;
-}
-
-static void relay_start(struct relay *r, int dst_port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-
-	memset(r, 0, sizeof(*r));
-	r->dst_port = dst_port;
-	r->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	r->ctl_fd = eventfd(0, EFD_CLOEXEC);
-	assert_true(r->listen_fd >= 0 && r->ctl_fd >= 0);
-	assert_int_equal(bind(r->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(listen(r->listen_fd, 16), 0);
-	assert_int_equal(getsockname(r->listen_fd, (struct sockaddr *)&a, &len), 0);
-	r->port = ntohs(a.sin_port);
-	assert_int_equal(pthread_create(&r->thread, NULL, relay_thread, r), 0);
-}
-
-static void relay_signal(struct relay *r, uint64_t v)
-{
-	assert_int_equal(write(r->ctl_fd, &v, sizeof(v)), (ssize_t)sizeof(v));
-}
-
-static void relay_stop(struct relay *r)
-{
-	relay_signal(r, RELAY_STOP);
-	pthread_join(r->thread, NULL);
-	close(r->listen_fd);
-	close(r->ctl_fd);
-}
-
-/*
  * Automatic recovery (postcopy-recover-timeout): the path between the two
  * breaks twice with pages in flight (every connection through the relay
  * closed at once); both sides pause, and resume by themselves through the
@@ -388,7 +254,7 @@ static void relay_stop(struct relay *r)
 static void test_recover_automatically(void **state)
 {
 	char uri[HARNESS_PATH_BYTES + 8], via[64];
-	struct relay relay;
+	struct harness_relay *relay = NULL;
 	int dst_port = 0;
 
 	(void)state;
@@ -396,8 +262,8 @@ static void test_recover_automatically(void **state)
 	assert_int_equal(harness_wait_passes(&rec_src, 1, 30000), 0);
 	migtest_spawn_incoming(&rec_dst, REC_MEM, REC_VCPUS, false, uri, sizeof(uri));
 	assert_int_equal(sscanf(strrchr(uri, ':') + 1, "%d", &dst_port), 1);
-	relay_start(&relay, dst_port);
-	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", relay.port);
+	assert_int_equal(harness_relay_start(dst_port, &relay), 0);
+	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", harness_relay_port(relay));
 	for (int i = 0; i < 2; i++) {
 		struct harness_vm *vm = i ? &rec_dst : &rec_src;
 		struct json_object *q = NULL;
@@ -412,18 +278,18 @@ static void test_recover_automatically(void **state)
 		int64_t since = query_int(&rec_src, "transferred");
 
 		wait_active_with_progress(since);
-		relay_signal(&relay, 1);
+		harness_relay_cut(relay);
 		/* Both notice the break and pause, then come back on their own. */
 		for (int i = 0; i < 6000 && (query_int(&rec_src, "postcopy-pauses") < cut ||
 					     query_int(&rec_dst, "postcopy-pauses") < cut); i++)
 			harness_nap_ms(5);
 		assert_true(query_int(&rec_src, "postcopy-pauses") >= cut);
 		assert_true(query_int(&rec_dst, "postcopy-pauses") >= cut);
-		fprintf(stderr, "recovery: cut %d through the relay, %d connections so far\n", cut,
-			atomic_load(&relay.accepted));
+		fprintf(stderr, "recovery: cut %d through the relay, %u connections so far\n", cut,
+			harness_relay_accepted(relay));
 	}
 	expect_recovered(query_int(&rec_src, "postcopy-pauses"));
-	relay_stop(&relay);
+	harness_relay_stop(relay);
 }
 
 static void unix_uri(char *uri, size_t len)
