@@ -141,7 +141,8 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.c.o $(TLIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-$(BUILD)/tests/integration/test_chaos: $(CHAOS_LIB_OBJ)
+$(BUILD)/tests/integration/test_chaos: $(BUILD)/tests/integration/test_chaos.c.o $(CHAOS_LIB_OBJ) $(TLIB_OBJ) $(HARNESS) $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(CHAOS_BIN): $(BUILD)/tests/chaos/main.c.o $(CHAOS_LIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
 # The unit test of bench/wire.c's scheduling core.
