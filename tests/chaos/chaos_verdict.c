@@ -292,16 +292,23 @@ static int chaos_both_paused(struct chaos_ctx *c, struct chaos_side *s, struct c
 				       c->cfg->recover_timeout_s * 1000u)
 		return chaos_fail(c, "automatic recovery did not resume within %u s: %s",
 				  c->cfg->recover_timeout_s, s->err);
+	uint64_t deadline;
+
 	if (chaos_recover_by_hand(c))
 		return -1;
-	c->fault_end_ns = clock_monotonic_ns();
-	c->recover_auto = false;
-	if (!chaos_wait_settled(c, s, d))
-		return -1;
-	if (!chaos_dst_runs(d))
-		return chaos_fail(c, "after migrate-recover and resume: source %s '%s', "
-				  "destination %s '%s'", s->mig, s->err, d->mig, d->err);
-	return 0;
+	/* The resume runs on: wait for its end (it may pause again: a failure). */
+	deadline = clock_monotonic_ns() + CHAOS_SETTLE_MS * 1000000ull;
+	do {
+		harness_nap_ms(CHAOS_POLL_MS);
+		chaos_look(c, CHAOS_SRC, s);
+		chaos_look(c, CHAOS_DST, d);
+		if (chaos_dst_runs(d) && (!s->alive || !chaos_is(s->mig, "postcopy-active")))
+			return 0;
+	} while (clock_monotonic_ns() < deadline && s->alive && d->alive &&
+		 !chaos_is(s->mig, "failed"));
+	return chaos_fail(c, "after migrate-recover and resume: source %s '%s', "
+			  "destination %s '%s'", s->alive ? s->mig : "dead", s->err,
+			  d->alive ? d->mig : "dead", d->err);
 }
 
 int chaos_settle_and_classify(struct chaos_ctx *c)
