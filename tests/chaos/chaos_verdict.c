@@ -258,6 +258,10 @@ static int chaos_dst_without_it(struct chaos_ctx *c, const struct chaos_side *s,
 			if (!strstr(d->err, "source"))
 				return chaos_fail(c, "destination paused without naming the source:"
 						  " %s", d->err);
+		} else if (d->alive && (chaos_is(d->mig, "active") || chaos_is(d->mig, "device"))) {
+			/* It had the stream: a dead source is an EOF or a silence. */
+			return chaos_fail(c, "the destination still loads from a dead source (%s)",
+					  d->mig);
 		} else if (d->alive && chaos_is(d->run, "running"))
 			return chaos_fail(c, "the destination runs a guest it did not complete");
 		c->res->outcome = CHAOS_LOST_SRC_DIED;
