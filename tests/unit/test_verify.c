@@ -980,6 +980,7 @@ static void test_dirtier_check_ok(void **state)
 	(void)state;
 	test_check_init(&t, 0);
 	json_object_put(test_dirtier_expect_ok(&t));
+	test_image_free(&t);
 	test_check_init(&t, 1000);
 	json_object_put(test_dirtier_expect_ok(&t));
 	/* the page being written when the guest stopped: body part new, word 0 old */
@@ -1021,16 +1022,19 @@ static void test_dirtier_check_bad_body(void **state)
 	test_page(&t, 1, 5)[8 * 300 + 3] ^= 0x10;
 	test_check_expect_body(&t, 1, 5, 300);
 	/* a page whose body is one write behind (stale body, new word 0) */
+	test_image_free(&t);
 	test_check_init(&t, 1000);
 	test_check_page(&t, 0, 20, 917);
 	test_put_u64(test_page(&t, 0, 20), 981); /* page 20's last write: 981 */
 	test_check_expect_body(&t, 0, 20, 1);
 	/* a body part new on a page other than the one being written */
+	test_image_free(&t);
 	test_check_init(&t, 1000);
 	test_put_u64(test_page(&t, 0, 3) + 8 * 7,
 		     vmf_pattern_word(vmf_pattern_key(0, 3, 1001), 7));
 	test_check_expect_body(&t, 0, 3, 7);
 	/* a never-written page (writes < n) holding anything in its body */
+	test_image_free(&t);
 	test_check_init(&t, 10);
 	test_page(&t, 1, 40)[4000] = 1;
 	test_check_expect_body(&t, 1, 40, 500);
