@@ -53,9 +53,12 @@ static void chaos_look(struct chaos_ctx *c, int side, struct chaos_side *s)
 		return;
 	}
 	s->alive = true;
-	/* A CPR new process serves its socket once it holds guest RAM. */
-	if (!vm->client && harness_connect(vm, 100))
+	/* A CPR new process serves its socket once it holds guest RAM (not
+	 * harness_connect(): that kills a child it cannot reach). */
+	if (!vm->client && control_client_connect(vm->sock_path, 100, &vm->client)) {
+		vm->client = NULL;
 		return;
+	}
 	control_client_set_timeout(vm->client, CHAOS_CALL_TIMEOUT_MS);
 	if (harness_call(vm, "query-migrate", NULL, &q))
 		return;
