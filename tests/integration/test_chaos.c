@@ -19,7 +19,6 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -47,33 +46,6 @@ static int chaos_teardown(void **state)
 	return 0;
 }
 
-/* An fd of @vm's guest RAM memfd, opened read-write through /proc. */
-static int open_guest_ram(struct harness_vm *vm)
-{
-	char dir[64], path[352], link[256];
-	struct dirent *e;
-	int fd = -1;
-	DIR *d;
-
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)vm->pid);
-	d = opendir(dir);
-	assert_non_null(d);
-	while (fd < 0 && (e = readdir(d)) != NULL) {
-		ssize_t n;
-
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		n = readlink(path, link, sizeof(link) - 1);
-		if (n <= 0)
-			continue;
-		link[n] = 0;
-		if (!strncmp(link, "/memfd:ram0", 11))
-			fd = open(path, O_RDWR | O_CLOEXEC);
-	}
-	closedir(d);
-	assert_true(fd >= 0);
-	return fd;
-}
-
 /*
  * The guest checks every page before it overwrites it: one flipped bit in
  * the middle of a page (behind its back, through the memfd) panics it with
@@ -96,7 +68,8 @@ static void test_guest_catches_corruption(void **state)
 	json_object_put(w);
 	/* page 37 of vCPU 1's working set, word 300 */
 	gpa += 37 * 4096 + 300 * 8;
-	fd = open_guest_ram(&t_src);
+	fd = migtest_guest_ram_open(&t_src, O_RDWR);
+	assert_true(fd >= 0);
 	assert_int_equal(pread(fd, &word, sizeof(word), (off_t)gpa), (ssize_t)sizeof(word));
 	word ^= 1ull << 17;
 	assert_int_equal(pwrite(fd, &word, sizeof(word), (off_t)gpa), (ssize_t)sizeof(word));
