@@ -80,7 +80,14 @@ static void test_guest_catches_corruption(void **state)
 	assert_non_null(f);
 	console[fread(console, 1, sizeof(console) - 1, f)] = 0;
 	fclose(f);
-	if (!strstr(console, "dirtier: vcpu 1 page 37 word 300"))
+	/* vCPU 0's pass dots may land inside vCPU 1's message: drop them */
+	for (char *r = console, *w = console;; r++) {
+		if (*r != '.')
+			*w++ = *r;
+		if (!*r)
+			break;
+	}
+	if (!strstr(console, "dirtier: vcpu 1 page 37 word 300 holds"))
 		fail_msg("console lacks the bad page: %s", console);
 }
 
