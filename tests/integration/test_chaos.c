@@ -81,9 +81,9 @@ static void test_guest_catches_corruption(void **state)
 	console[fread(console, 1, sizeof(console) - 1, f)] = 0;
 	fclose(f);
 	/* vCPU 0's pass dots may land inside vCPU 1's message: drop them */
-	for (char *r = console, *w = console;; r++) {
+	for (char *r = console, *to = console;; r++) {
 		if (*r != '.')
-			*w++ = *r;
+			*to++ = *r;
 		if (!*r)
 			break;
 	}
