@@ -56,6 +56,8 @@ static void cli_usage(FILE *f)
 		"                                 not converge (1..1000000)\n"
 		"      --no-postcopy-preempt      with a postcopy option: no urgent channel; requested\n"
 		"                                 pages come behind the background stream\n"
+		"      --storage                  storage migration: send every disk's data too, to a\n"
+		"                                 destination started with --disk file=NEW,incoming=on\n"
 		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
 		"      --resume                   continue a paused postcopy to URI, where the\n"
 		"                                 destination listens after migrate-recover\n"
@@ -380,7 +382,7 @@ struct cli_opts {
 	uint64_t timeout_s, after_passes; /* after_passes 0: not hybrid */
 	uint64_t downtime_ms, bandwidth, convergence_s; /* the value given, or the default */
 	bool downtime_given, bandwidth_given, convergence_given;
-	bool pure_postcopy, preempt, postcopy, resume, auto_converge, quiet;
+	bool pure_postcopy, preempt, postcopy, resume, auto_converge, quiet, storage;
 };
 
 /* One option: 0, or the exit status to end with (usage error, or --help). */
@@ -412,6 +414,7 @@ static int cli_parse_option(int opt, struct cli_opts *o)
 	case 'n': o->preempt = false; return 0;
 	case 'c': o->cpr_uri = optarg; return 0;
 	case 'R': o->resume = true; return 0;
+	case 'S': o->storage = true; return 0;
 	case 'T':
 		return size_parse_uint(optarg, 1, 86400, &o->timeout_s)
 		       ? cli_usage_error("--timeout: '%s' is not a number of seconds in 1..86400",
@@ -441,6 +444,7 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 		{ "no-postcopy-preempt", no_argument, NULL, 'n' },
 		{ "cpr", required_argument, NULL, 'c' },
 		{ "resume", no_argument, NULL, 'R' },
+		{ "storage", no_argument, NULL, 'S' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -473,8 +477,15 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 	if (!o->postcopy && !o->preempt)
 		return cli_usage_error("--no-postcopy-preempt needs --postcopy or "
 				       "--postcopy-after-passes");
+	if (o->storage && o->cpr_uri)
+		return cli_usage_error("--storage cannot be combined with --cpr: a live update "
+				       "keeps the disk where it is");
+	if (o->storage && o->postcopy && !o->preempt)
+		return cli_usage_error("--storage with postcopy needs the urgent channel: drop "
+				       "--no-postcopy-preempt");
 	if (o->resume && (o->postcopy || !o->preempt || o->cpr_uri || o->auto_converge ||
-			  o->downtime_given || o->bandwidth_given || o->convergence_given))
+			  o->storage || o->downtime_given || o->bandwidth_given ||
+			  o->convergence_given))
 		return cli_usage_error("--resume takes the paused migration as it is: only "
 				       "--timeout and --quiet go with it");
 	return 0;
@@ -517,6 +528,8 @@ static struct json_object *cli_migrate_args(const struct cli_opts *o)
 {
 	struct json_object *args = json_object_new_object(), *chans, *ch;
 
+	if (o->storage)
+		json_object_object_add(args, "storage", json_object_new_boolean(true));
 	if (!o->cpr_uri) {
 		json_object_object_add(args, "uri", json_object_new_string(o->uri));
 		return args;

@@ -173,6 +173,7 @@ static int mig_src_setup(struct mig_run *run)
 	int err;
 
 	src->npages = src->block->bytes / MIG_PAGE_BYTES;
+	src->storage = run->p.storage;
 	src->bitmap_words = (src->npages + 63) / 64;
 	src->bitmap = calloc(src->bitmap_words + MIG_WINDOW_PAGES / 64, sizeof(uint64_t));
 	if (!src->bitmap) {
@@ -460,14 +461,7 @@ static void mig_src_release(struct mig_run *run)
 {
 	struct migration *m = run->m;
 
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	if (run->fd >= 0) {
-		stream_release(&run->src.s);
-		close(run->fd);
-	}
+	mig_end_main_channel(m, &run->src.s, run->fd);
 	mig_src_close_side_channels(&run->src);
 	free(run->src.bitmap);
 	free(run->src.sent_once);

@@ -1,4 +1,20 @@
-/* The source: guest RAM pages into the stream, the first and the dirty passes. */
+/*
+ * The source: guest RAM pages into the stream, the first and the dirty passes.
+ *
+ * Dirty tracking uses KVM's manual-protect dirty log: KVM_GET_DIRTY_LOG
+ * only reads the log; a page is write-protected again (its next write
+ * logged) by KVM_CLEAR_DIRTY_LOG, which we issue for a window of pages just
+ * before sending them.  So a write that lands after the clear is in the
+ * next pass, and one that lands before it is sent now:
+ *
+ *   migration thread        vCPU
+ *   ----------------        ----
+ *   GET log (page p dirty)
+ *                           writes p   (not logged: p still writable)
+ *   CLEAR window with p     -> p write-protected
+ *   send p                  (sends the newer content)
+ *                           writes p   -> logged, sent next pass
+ */
 #include "migration/internal.h"
 
 bool mig_page_is_zero(const uint8_t *p)
@@ -258,18 +274,12 @@ static int mig_ram_cpr_lend_fds(void *opaque, struct cpr_state *cs, char *err, s
 
 	for (size_t i = 0; i < vm_ram_block_count(m->vm); i++) {
 		struct ram_block *rb = vm_ram_block(m->vm, i);
-		struct cpr_fd *f;
+		/* lent, not given: the block keeps its fd */
+		int r = cpr_state_add(cs, CPR_FD_RAM, rb->name, 0, rb->gpa, rb->bytes, rb->fd, err,
+				      errlen);
 
-		if (cs->nfds == CPR_MAX_FDS) {
-			snprintf(err, errlen, "more than %u fds to hand over", CPR_MAX_FDS);
-			return -ENOSPC;
-		}
-		f = &cs->fds[cs->nfds++];
-		f->kind = CPR_FD_RAM;
-		snprintf(f->name, sizeof(f->name), "%s", rb->name);
-		f->gpa = rb->gpa;
-		f->bytes = rb->bytes;
-		f->fd = rb->fd; /* lent, not given: the block keeps it */
+		if (r)
+			return r;
 	}
 	return 0;
 }

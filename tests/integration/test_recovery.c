@@ -75,23 +75,12 @@ static int call_uri(struct harness_vm *vm, const char *cmd, const char *uri, boo
 	return r;
 }
 
-static int64_t query_int(struct harness_vm *vm, const char *key)
-{
-	struct json_object *q = NULL;
-	int64_t v;
-
-	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
-	v = harness_json_int(q, key);
-	json_object_put(q);
-	return v;
-}
-
 /* Both sides postcopy-active, and the push made progress since @since bytes. */
 static void wait_active_with_progress(int64_t since)
 {
 	migtest_wait_migration_status(&rec_src, "postcopy-active");
 	migtest_wait_migration_status(&rec_dst, "postcopy-active");
-	for (int i = 0; i < 2000 && query_int(&rec_src, "transferred") < since + (4 << 20); i++)
+	for (int i = 0; i < 2000 && migtest_query_int(&rec_src, "transferred") < since + (4 << 20); i++)
 		harness_nap_ms(5);
 }
 
@@ -237,7 +226,7 @@ static void expect_recovered(int64_t pauses)
 	migtest_expect_status(&rec_src, "postmigrate");
 	migtest_wait_migration_status(&rec_dst, "completed");
 	expect_dst_vcpus_nicer_by(0);
-	assert_int_equal(query_int(&rec_dst, "postcopy-pauses"), pauses);
+	assert_int_equal(migtest_query_int(&rec_dst, "postcopy-pauses"), pauses);
 	expect_dump_refused(&rec_src); /* its RAM went to the destination */
 	migtest_expect_guest_alive_and_verified(&rec_dst);
 	assert_int_equal(harness_vm_quit(&rec_src), 0);
@@ -275,20 +264,20 @@ static void test_recover_automatically(void **state)
 	}
 	start_postcopy(via);
 	for (int cut = 1; cut <= 2; cut++) {
-		int64_t since = query_int(&rec_src, "transferred");
+		int64_t since = migtest_query_int(&rec_src, "transferred");
 
 		wait_active_with_progress(since);
 		harness_relay_cut(relay);
 		/* Both notice the break and pause, then come back on their own. */
-		for (int i = 0; i < 6000 && (query_int(&rec_src, "postcopy-pauses") < cut ||
-					     query_int(&rec_dst, "postcopy-pauses") < cut); i++)
+		for (int i = 0; i < 6000 && (migtest_query_int(&rec_src, "postcopy-pauses") < cut ||
+					     migtest_query_int(&rec_dst, "postcopy-pauses") < cut); i++)
 			harness_nap_ms(5);
-		assert_true(query_int(&rec_src, "postcopy-pauses") >= cut);
-		assert_true(query_int(&rec_dst, "postcopy-pauses") >= cut);
+		assert_true(migtest_query_int(&rec_src, "postcopy-pauses") >= cut);
+		assert_true(migtest_query_int(&rec_dst, "postcopy-pauses") >= cut);
 		fprintf(stderr, "recovery: cut %d through the relay, %u connections so far\n", cut,
 			harness_relay_accepted(relay));
 	}
-	expect_recovered(query_int(&rec_src, "postcopy-pauses"));
+	expect_recovered(migtest_query_int(&rec_src, "postcopy-pauses"));
 	harness_relay_stop(relay);
 }
 
@@ -372,7 +361,7 @@ static void test_recover_unix(void **state)
 	expect_dst_pagepath_realtime(0);
 
 	/* Cut 2: migrate-pause on the destination. */
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	expect_dump_refused(&rec_dst);
@@ -385,7 +374,7 @@ static void test_recover_unix(void **state)
 	expect_dst_pagepath_realtime(2);
 
 	/* Cut 3: both sides at once. */
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	/* The source may have noticed the cut and paused already: then refused as such. */
 	if (harness_call(&rec_src, "migrate-pause", NULL, NULL) != 0 &&
@@ -431,7 +420,7 @@ static void cut_link(int host, struct harness_vm *first, struct harness_vm *seco
 {
 	char real[64];
 
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	link_set(host, "down");
 	assert_int_equal(harness_call(first, "migrate-pause", NULL, NULL), 0);
 	assert_int_equal(harness_call(second, "migrate-pause", NULL, NULL), 0);
@@ -453,7 +442,7 @@ static void silent_link(int host, const char *listen)
 	struct harness_vm *side[] = { &rec_src, &rec_dst };
 	char real[64];
 
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	link_set(host, "down");
 	wait_both_paused();
 	for (int i = 0; i < 2; i++) {
