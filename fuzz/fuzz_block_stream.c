@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(!r || err[0]);
 		if (!r) { /* every block arrived */
 			for (uint64_t i = 0; i < fuzz_disk.mig.geom.nblocks; i++)
-				assert(fuzz_disk.mig.received[i / 64] & (1ull << (i % 64)));
+				assert(atomic_load(&fuzz_disk.mig.received[i / 64]) & (1ull << (i % 64)));
 		}
 	}
 	return 0;

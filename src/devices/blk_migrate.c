@@ -156,6 +156,7 @@ int blkmig_part_parse(const uint8_t *p, uint32_t len, const struct blkmig_geom *
 void blkmig_init(struct blkmig *bm, uint64_t disk_bytes, bool incoming)
 {
 	memset(bm, 0, sizeof(*bm));
+	pthread_mutex_init(&bm->lock, NULL);
 	bm->incoming = incoming;
 	bm->geom.block_bytes = BLKMIG_BLOCK_BYTES;
 	bm->geom.disk_bytes = disk_bytes;
@@ -165,15 +166,17 @@ void blkmig_init(struct blkmig *bm, uint64_t disk_bytes, bool incoming)
 void blkmig_destroy(struct blkmig *bm)
 {
 	free((void *)bm->dirty);
-	free(bm->received);
+	free((void *)bm->received);
 	free(bm->requested);
 	free(bm->lat_us);
 	free(bm->buf);
 	free(bm->req_buf);
 	bm->dirty = NULL;
-	bm->received = bm->requested = NULL;
+	bm->received = NULL;
+	bm->requested = NULL;
 	bm->lat_us = NULL;
 	bm->buf = bm->req_buf = NULL;
+	pthread_mutex_destroy(&bm->lock);
 }
 
 /* ---- source ---- */
@@ -590,15 +593,16 @@ static int blkmig_write(struct virtio_blk *b, const uint8_t *data, uint64_t n, u
 
 static bool blkmig_has(const struct blkmig *bm, uint64_t i)
 {
-	return bm->received[i / 64] & (1ull << (i % 64));
+	return atomic_load(&bm->received[i / 64]) & (1ull << (i % 64));
 }
 
 /* Block @i is here now; true the first time. */
 static bool blkmig_set_received(struct blkmig *bm, uint64_t i)
 {
-	if (blkmig_has(bm, i))
+	uint64_t bit = 1ull << (i % 64);
+
+	if (atomic_fetch_or(&bm->received[i / 64], bit) & bit)
 		return false;
-	bm->received[i / 64] |= 1ull << (i % 64);
 	atomic_fetch_add(&bm->nreceived, 1);
 	return true;
 }
@@ -617,9 +621,9 @@ static int blkmig_load_setup(struct virtio_blk *b, const struct blkmig_part *pt,
 			 pt->geom.disk_bytes, b->opts.path);
 		return -EBADMSG;
 	}
-	free(bm->received);
+	free((void *)bm->received);
 	free(bm->requested);
-	bm->received = calloc(words, sizeof(uint64_t));
+	bm->received = calloc(words, sizeof(*bm->received));
 	bm->requested = calloc(words, sizeof(uint64_t));
 	if (!bm->received || !bm->requested)
 		return -ENOMEM;
@@ -632,8 +636,9 @@ static int blkmig_load_setup(struct virtio_blk *b, const struct blkmig_part *pt,
 
 /*
  * The guest runs here (postcopy): write only the blocks not here yet - the
- * guest may have written one since, and the source's copy is older.  Disk
- * lock held, so the guest's requests see each block before or after.
+ * guest may have written one since, and the source's copy is older.  Under
+ * bm->lock, so the guest's requests (checked under it too) see each block
+ * before or after.
  */
 static int blkmig_apply_missing(struct virtio_blk *b, const struct blkmig_part *pt, char *err,
 				size_t errlen)
@@ -674,14 +679,14 @@ static void blkmig_pc_finish(struct virtio_blk *b)
 	log_info("%s: every block of %s is here", b->name, b->opts.path);
 }
 
-/* DATA or ZERO.  Disk lock held once the guest runs here. */
+/* DATA or ZERO, under bm->lock. */
 static int blkmig_load_blocks(struct virtio_blk *b, const struct blkmig_part *pt, char *err,
 			      size_t errlen)
 {
 	struct blkmig *bm = &b->mig;
 	int r;
 
-	if (atomic_load(&bm->pc_active)) {
+	if (atomic_load(&bm->guest_runs)) {
 		r = blkmig_apply_missing(b, pt, err, errlen);
 		blkmig_pc_finish(b);
 		if (b->ctl_efd >= 0)
@@ -712,15 +717,15 @@ static int blkmig_load_stale(struct virtio_blk *b, const struct blkmig_part *pt,
 {
 	struct blkmig *bm = &b->mig;
 
-	if (atomic_load(&bm->pc_active) || bm->postcopy_in) {
+	if (atomic_load(&bm->guest_runs) || bm->postcopy_in) {
 		snprintf(err, errlen, "%s: a stale part after the postcopy part", b->name);
 		return -EBADMSG;
 	}
 	for (uint64_t i = pt->first; i < pt->first + pt->nblocks; i++) {
-		if (!blkmig_has(bm, i))
-			continue;
-		bm->received[i / 64] &= ~(1ull << (i % 64));
-		atomic_fetch_sub(&bm->nreceived, 1);
+		uint64_t bit = 1ull << (i % 64);
+
+		if (atomic_fetch_and(&bm->received[i / 64], ~bit) & bit)
+			atomic_fetch_sub(&bm->nreceived, 1);
 	}
 	return 0;
 }
@@ -739,8 +744,9 @@ int blkmig_load_part(struct virtio_blk *b, const uint8_t *data, uint32_t len, ch
 			 b->name, b->opts.path);
 		return -EBADMSG;
 	}
-	/* After the guest started here parts come on two channels: one at a time. */
-	pthread_mutex_lock(&b->lock);
+	/* After the guest started here parts come on two channels: one at a time,
+	 * and against the disk thread's checks (blkmig_io_wait). */
+	pthread_mutex_lock(&bm->lock);
 	r = blkmig_part_parse(data, len, bm->got_setup ? &bm->geom : NULL, &pt, why, sizeof(why));
 	if (r) {
 		snprintf(err, errlen, "%s: %s", b->name, why);
@@ -757,7 +763,7 @@ int blkmig_load_part(struct virtio_blk *b, const uint8_t *data, uint32_t len, ch
 	} else {
 		r = blkmig_load_blocks(b, &pt, err, errlen);
 	}
-	pthread_mutex_unlock(&b->lock);
+	pthread_mutex_unlock(&bm->lock);
 	return r;
 }
 
@@ -774,13 +780,15 @@ int blkmig_load_complete(struct virtio_blk *b, unsigned index, char *err, size_t
 		return -ENODATA;
 	}
 	missing = bm->geom.nblocks - atomic_load(&bm->nreceived);
+	if (bm->postcopy_in)
+		atomic_store(&bm->guest_runs, true); /* a late copy never overwrites */
 	if (missing && bm->postcopy_in) {
 		/* Postcopy: the guest runs now, the rest arrives (or is asked for). */
-		pthread_mutex_lock(&b->lock);
+		pthread_mutex_lock(&bm->lock);
 		if (!bm->lat_us)
 			bm->lat_us = calloc(BLKMIG_LAT_SAMPLES, sizeof(*bm->lat_us));
 		atomic_store(&bm->pc_active, true);
-		pthread_mutex_unlock(&b->lock);
+		pthread_mutex_unlock(&bm->lock);
 		log_info("%s: the guest runs; %" PRIu64 " of %" PRIu64 " blocks still to come",
 			 b->name, missing, bm->geom.nblocks);
 		return 0;
@@ -822,12 +830,14 @@ int blkmig_load_received(struct virtio_blk *b, uint8_t **bits, uint64_t *nbits)
 	out = calloc((bm->geom.nblocks + 7) / 8, 1);
 	if (!out)
 		return -ENOMEM;
-	pthread_mutex_lock(&b->lock);
+	/*
+	 * Without a lock (see struct blkmig): a block landing meanwhile is
+	 * sent again and skipped here.  Requests waiting are asked for again.
+	 */
 	for (uint64_t i = 0; i < bm->geom.nblocks; i++)
 		if (blkmig_has(bm, i))
 			out[i / 8] |= (uint8_t)(1u << (i % 8));
-	memset(bm->requested, 0, (bm->geom.nblocks + 63) / 64 * sizeof(uint64_t)); /* ask again */
-	pthread_mutex_unlock(&b->lock);
+	atomic_store(&bm->rerequest, true);
 	*bits = out;
 	*nbits = bm->geom.nblocks;
 	return 0;
@@ -857,6 +867,9 @@ int blkmig_io_wait(struct virtio_blk *b, uint8_t type, uint64_t off, uint64_t le
 
 	if (!atomic_load(&bm->pc_active) || len == 0)
 		return 0;
+	pthread_mutex_lock(&bm->lock);
+	if (atomic_exchange(&bm->rerequest, false))
+		memset(bm->requested, 0, (bm->geom.nblocks + 63) / 64 * sizeof(uint64_t));
 	first = off / bs;
 	last = (end - 1) / bs;
 	for (uint64_t i = first; i <= last; i++) {
@@ -875,13 +888,14 @@ int blkmig_io_wait(struct virtio_blk *b, uint8_t type, uint64_t off, uint64_t le
 			blkmig_queue_request(bm, i, n);
 		}
 	}
-	if (wait)
-		return 1;
-	/* It goes now: the blocks it writes whole are the guest's from here on. */
-	for (uint64_t i = first; write && i <= last; i++)
-		blkmig_set_received(bm, i);
-	blkmig_pc_finish(b);
-	return 0;
+	if (!wait) {
+		/* It goes now: the blocks it writes whole are the guest's from here on. */
+		for (uint64_t i = first; write && i <= last; i++)
+			blkmig_set_received(bm, i);
+		blkmig_pc_finish(b);
+	}
+	pthread_mutex_unlock(&bm->lock);
+	return wait;
 }
 
 void blkmig_io_waited(struct virtio_blk *b, uint64_t waited_ns)
@@ -889,9 +903,11 @@ void blkmig_io_waited(struct virtio_blk *b, uint64_t waited_ns)
 	struct blkmig *bm = &b->mig;
 	uint64_t us = waited_ns / 1000;
 
+	pthread_mutex_lock(&bm->lock);
 	if (bm->lat_us)
 		bm->lat_us[bm->nlat % BLKMIG_LAT_SAMPLES] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 	bm->nlat++;
+	pthread_mutex_unlock(&bm->lock);
 }
 
 void blkmig_send_requests(struct virtio_blk *b)
@@ -900,11 +916,11 @@ void blkmig_send_requests(struct virtio_blk *b)
 	struct { uint64_t first, n; } q[BLKMIG_REQ_QUEUE];
 	unsigned n;
 
-	pthread_mutex_lock(&b->lock);
+	pthread_mutex_lock(&bm->lock);
 	n = bm->nrq;
 	memcpy(q, bm->rq, n * sizeof(q[0]));
 	bm->nrq = 0;
-	pthread_mutex_unlock(&b->lock);
+	pthread_mutex_unlock(&bm->lock);
 	for (unsigned i = 0; i < n; i++) {
 		uint64_t off = q[i].first * bm->geom.block_bytes;
 		uint64_t len = blkmig_range_bytes(&bm->geom, q[i].first, q[i].n);
@@ -937,7 +953,7 @@ static int blkmig_cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* The p50 and p99 of the request waits kept (disk lock held). */
+/* The p50 and p99 of the request waits kept (bm->lock held). */
 static void blkmig_latency(struct blkmig *bm, uint32_t *p50, uint32_t *p99)
 {
 	uint64_t n = bm->nlat < BLKMIG_LAT_SAMPLES ? bm->nlat : BLKMIG_LAT_SAMPLES;
@@ -958,12 +974,12 @@ void blkmig_query_add(struct virtio_blk *b, struct blkmig_sums *s)
 	struct blkmig *bm = &b->mig;
 	uint32_t p50 = 0, p99 = 0;
 
-	/* The disk's lock only where there are waits to rank (a postcopy
+	/* The lock only where there are waits to rank (a postcopy
 	 * destination that asked for blocks): query-migrate is polled. */
 	if (bm->incoming && atomic_load(&bm->requests)) {
-		pthread_mutex_lock(&b->lock);
+		pthread_mutex_lock(&bm->lock);
 		blkmig_latency(bm, &p50, &p99);
-		pthread_mutex_unlock(&b->lock);
+		pthread_mutex_unlock(&bm->lock);
 	}
 	s->lat_p50_us = p50 > s->lat_p50_us ? p50 : s->lat_p50_us;
 	s->lat_p99_us = p99 > s->lat_p99_us ? p99 : s->lat_p99_us;

@@ -34,6 +34,7 @@
 #ifndef VMFERRY_DEVICES_BLK_MIGRATE_H
 #define VMFERRY_DEVICES_BLK_MIGRATE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -108,15 +109,31 @@ struct blkmig {
 	uint64_t cursor;                /* migration thread: where the walk goes on */
 	uint8_t *buf;                   /* migration thread: a part being built */
 	uint8_t *req_buf;               /* return-path thread: a requested part */
-	/* destination (load thread until the guest runs, then under the disk's lock) */
+	/*
+	 * Destination: load thread until the guest runs, then under @lock -
+	 * not the disk's lock, which the disk thread holds while it writes
+	 * guest RAM, where it may wait for a postcopy page that comes behind
+	 * a block part on the same channel.  Order: disk lock, then @lock;
+	 * nothing touches guest RAM with @lock held.
+	 */
+	pthread_mutex_t lock;
 	struct migration *m;            /* for mig_request */
 	unsigned index;                 /* the disk's instance */
-	uint64_t *received;             /* blocks written here (or by the guest) */
+	/*
+	 * Blocks written here (or by the guest).  Set and cleared under @lock,
+	 * read without it by the resume handshake (a snapshot is enough: a
+	 * block landing meanwhile is sent again and skipped).
+	 */
+	_Atomic uint64_t *received;
 	_Atomic uint64_t nreceived;
 	bool got_setup;
 	bool postcopy_in;               /* POSTCOPY seen: the rest comes after RUN */
 	atomic_bool pc_active;          /* the guest runs and blocks still arrive */
-	uint64_t *requested;            /* asked for already */
+	atomic_bool guest_runs;         /* postcopy: the guest ran here; from now on a
+					 * block held is never written again (copies
+					 * still in flight after the last one arrive) */
+	uint64_t *requested;            /* asked for already (@lock) */
+	atomic_bool rerequest;          /* a resume: forget what was asked for */
 	struct { uint64_t first, n; } rq[BLKMIG_REQ_QUEUE]; /* to ask for */
 	unsigned nrq;
 	uint32_t *lat_us;               /* BLKMIG_LAT_SAMPLES waits, a ring */
@@ -174,12 +191,12 @@ int blkmig_save_resume(struct virtio_blk *b, const uint8_t *bits, uint64_t nbits
 uint64_t blkmig_load_pending(struct virtio_blk *b);
 int blkmig_load_received(struct virtio_blk *b, uint8_t **bits, uint64_t *nbits);
 /*
- * Disk's I/O thread, disk lock held: may a request of @type on [@off,
+ * Disk's I/O thread, disk lock held (takes the blkmig lock): may a request of @type on [@off,
  * +@len) go now?  0: yes (a write's whole missing blocks now count as
  * received); 1: it waits - the blocks it lacks are queued to be asked for.
  */
 int blkmig_io_wait(struct virtio_blk *b, uint8_t type, uint64_t off, uint64_t len);
-/* Disk lock held: a request that waited @waited_ns goes now (latency figures). */
+/* Disk thread: a request that waited @waited_ns goes now (latency figures). */
 void blkmig_io_waited(struct virtio_blk *b, uint64_t waited_ns);
 /* Disk's I/O thread, lock NOT held: ask the source for what is queued. */
 void blkmig_send_requests(struct virtio_blk *b);

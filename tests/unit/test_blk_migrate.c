@@ -317,6 +317,11 @@ static void test_postcopy_destination(void **state)
 	assert_false(atomic_load(&b->mig.pc_active));
 	assert_int_equal(pread(b->fd, back, T_BS, 5 * T_BS), T_BS);
 	assert_memory_equal(back, guest, T_BS);                /* still the guest's */
+	/* A copy still in flight after the last block: the guest's data stays. */
+	blkmig_put_head(p, BLKMIG_DATA, 0, 5, 1);
+	assert_int_equal(t_load(b, p, BLKMIG_HEAD_BYTES + T_BS, NULL), 0);
+	assert_int_equal(pread(b->fd, back, T_BS, 5 * T_BS), T_BS);
+	assert_memory_equal(back, guest, T_BS);
 	assert_int_equal(blkmig_io_wait(b, VIRTIO_BLK_T_IN, 3 * T_BS, 512), 0);
 	pthread_mutex_destroy(&b->lock);
 	t_disk_free(b);
