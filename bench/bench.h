@@ -39,6 +39,21 @@ enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__
 extern const char *const bench_transport_names[BENCH_TRANSPORT__COUNT];
 extern const char *const bench_transport_opts[BENCH_TRANSPORT__COUNT];
 
+#define BENCH_GUEST_RATE_MS    300     /* window of the guest's full-speed rate */
+
+/*
+ * The guest's work (query-workload's passes + writes summed over the vCPUs,
+ * kept in guest RAM: the destination's count goes on from the source's), for
+ * workloads that count it.  rate_per_s 0: unknown, and so is all of it;
+ * t1_ns 0: no sample at the end.  Figures derived from it are NaN (null in
+ * the JSON) when unknown, never made up.
+ */
+struct bench_guest {
+	double rate_per_s;          /* at full speed, before `migrate` */
+	uint64_t p0, t0_ns;         /* source, just before `migrate` */
+	uint64_t p1, t1_ns;         /* destination, once it completed */
+};
+
 /* One migration: the source's final query-migrate and the destination check. */
 struct bench_result {
 	bool completed, verified;
@@ -53,6 +68,7 @@ struct bench_result {
 	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
 	uint64_t dirty_pages_rate;
 	char breakdown[768];             /* the source's downtime-breakdown (JSON), or "" */
+	struct bench_guest guest;        /* the guest's work, where the workload counts it */
 };
 
 /* ---- the two simulated hosts ---- */
@@ -155,6 +171,40 @@ void bench_verify_destination(struct harness_vm *dst, const char *workload,
 
 /* The source's final query-migrate @q into @r (r->error when not completed). */
 void bench_copy_stats(struct json_object *q, struct bench_result *r);
+
+/* ---- what a migration costs the guest ---- */
+
+/*
+ * The guest's progress on @vm in *progress, and in *at_ns the middle of the
+ * query's round trip.  Both untouched on failure.  A failed sample costs a
+ * run its guest figures, not the run: 0 or -errno, with a message on stderr
+ * naming @side.
+ */
+int bench_guest_sample(struct harness_vm *vm, const char *side, uint64_t *progress,
+		       uint64_t *at_ns);
+/*
+ * The guest's full speed, measured last thing before `migrate` so that it
+ * sees the machine as the migration will: two samples BENCH_GUEST_RATE_MS
+ * apart on @src.  The second one opens the migration's account (p0, t0_ns).
+ * Resets *g first.
+ */
+void bench_guest_rate(struct harness_vm *src, struct bench_guest *g);
+/* Close the account on @dst (the guest runs there now); no-op when unknown. */
+void bench_guest_close(struct harness_vm *dst, struct bench_guest *g);
+/*
+ * The guest's speed over the account, a fraction of its full speed (noise
+ * can put it a little above 1); NaN unknown.
+ */
+double bench_guest_speed(const struct bench_guest *g);
+/*
+ * guest_lost_ms: the account's wall time less the time its work takes at
+ * the full rate - the guest's loss in full-speed milliseconds.  It does not
+ * depend on how late the bench closes the account (the guest runs at full
+ * speed meanwhile).  NaN unknown.
+ */
+double bench_guest_lost_ms(const struct bench_guest *g);
+/* guest_full_rate_per_s, guest_speed_during_migration, guest_lost_ms into @o. */
+void bench_json_guest(struct json_object *o, const struct bench_guest *g);
 
 /* ---- output ---- */
 

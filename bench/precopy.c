@@ -44,6 +44,14 @@
  * when a run fails).  Exit status: 0 (even when runs fail; see the JSON),
  * 1 when the benchmark itself cannot work, 2 usage, 77 without /dev/kvm.
  *
+ * What the migration costs the guest, for the workloads that count their
+ * work (moderate, heavy, incrementer; null for idle and wherever a sample
+ * failed), as bench/postcopy measures it (bench.h, struct bench_guest):
+ * guest_full_rate_per_s over the 300 ms before `migrate`,
+ * guest_speed_during_migration (a fraction of it) and guest_lost_ms (the
+ * full-speed milliseconds of work the guest lost from `migrate` until the
+ * bench saw the migration completed); medians over "guest_measured_runs".
+ *
  * bound_ms = ram_sent_bytes / link bandwidth: the time the RAM payload needs
  * at the rate this run measured; ratio_total_to_bound = total_time_ms /
  * bound_ms.  Absolute times on shared machines are noisy; ratios measured in
@@ -73,13 +81,17 @@
 static const struct bench_workload {
 	const char *name;
 	const char *spec;       /* --guest */
+	bool progress;          /* query-workload's passes + writes count its work */
 } bench_workloads[] = {
-	/* Memory that holds data but is never written again: the bandwidth case. */
-	{ "idle", "idle,fill=1" },
+	/*
+	 * Memory that holds data but is never written again: the bandwidth
+	 * case.  Its passes count seconds asleep, not work.
+	 */
+	{ "idle", "idle,fill=1", false },
 	/* 2 x 5000 pages/s = 41 MB/s: a third of a 1 Gbit link. */
-	{ "moderate", "dirtier,wss=64M,rate=5000" },
-	{ "heavy", "dirtier,rate=0" },
-	{ "incrementer", "incrementer" },
+	{ "moderate", "dirtier,wss=64M,rate=5000", true },
+	{ "heavy", "dirtier,rate=0", true },
+	{ "incrementer", "incrementer", true },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -165,6 +177,8 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	}
 	if (bench_set_params(o, &src, r))
 		goto out;
+	if (w->progress)
+		bench_guest_rate(&src, &r->guest);
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	rc = bench_call(&src, "migrate", args, NULL, r);
@@ -173,8 +187,15 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		goto out;
 	bench_copy_stats(q, r);
 	json_object_put(q);
-	if (r->completed)
+	if (r->completed) {
+		/*
+		 * At once: the destination ran the guest before the source said
+		 * completed; at full speed since, which adds nothing to
+		 * guest_lost_ms.
+		 */
+		bench_guest_close(&dst, &r->guest);
 		bench_verify_destination(&dst, w->name, r);
+	}
 out:
 	if (r->error[0]) {
 		harness_vm_log_tail(&src, "source");
@@ -245,6 +266,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 		bench_json_u64(o, "engine_throughput_bytes_per_s", r->throughput_bps);
 		bench_json_u64(o, "dirty_pages_rate", r->dirty_pages_rate);
 		bench_json_u64(o, "cpu_throttle_max", r->throttle_max);
+		bench_json_guest(o, &r->guest);
 	}
 	json_object_object_add(o, "verified", json_object_new_boolean(r->verified));
 	if (r->completed && !r->verified)
@@ -260,21 +282,24 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 {
 	struct json_object *o = bench_line("median", t, n, mem_bytes, w, vcpus);
 	double v[BENCH_MAX_RUNS];
-	unsigned ok = 0, verified = 0, k;
+	unsigned ok = 0, verified = 0, guest = 0, k;
 
 	for (unsigned i = 0; i < nruns; i++) {
 		ok += rs[i].completed;
 		verified += rs[i].verified;
+		guest += rs[i].completed && !isnan(bench_guest_lost_ms(&rs[i].guest));
 	}
 	bench_json_u64(o, "runs", nruns);
 	bench_json_u64(o, "completed", ok);
 	bench_json_u64(o, "verified_runs", verified);
+	bench_json_u64(o, "guest_measured_runs", guest);
 #define MEDIAN_FIELD(key, expr, decimals) do { \
 		k = 0; \
 		for (unsigned i = 0; i < nruns; i++) \
 			if (rs[i].completed) { \
 				const struct bench_result *r = &rs[i]; \
-				v[k++] = (expr); \
+				v[k] = (expr); \
+				k += !isnan(v[k]); \
 			} \
 		bench_json_num(o, key, bench_median(v, k), decimals); \
 	} while (0)
@@ -290,6 +315,8 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("bound_ms", bench_bound_ms(r), 3);
 	MEDIAN_FIELD("ratio_total_to_bound", r->total_ms / bench_bound_ms(r), 3);
 	MEDIAN_FIELD("wire_bytes_per_s", (double)r->wire_bytes / r->total_ms * 1000.0, 0);
+	MEDIAN_FIELD("guest_speed_during_migration", bench_guest_speed(&r->guest), 3);
+	MEDIAN_FIELD("guest_lost_ms", bench_guest_lost_ms(&r->guest), 1);
 #undef MEDIAN_FIELD
 	bench_print(o);
 }
