@@ -342,6 +342,11 @@ int bench_common_option(int opt, const char *arg, struct bench_common_opts *c,
 	case 'q':
 		c->quick = true;
 		return 1;
+	case 'g':
+		if (!*arg)
+			return -1;
+		c->guest_spec = arg;
+		return 1;
 	default:
 		return 0;
 	}

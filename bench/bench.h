@@ -226,9 +226,10 @@ struct bench_common_opts {
 	uint64_t timeout_s;
 	uint64_t probe_bytes;
 	const char *bin;           /* VMFERRY_BIN, or build/vmferry */
+	const char *guest_spec;    /* --guest: one workload of this spec, or NULL */
 	bool quick;
 };
-/* getopt_long entries for them (getopt values m w t r c C T p q). */
+/* getopt_long entries for them (getopt values m w t r c C T p q g). */
 #define BENCH_COMMON_LONGOPTS \
 	{ "mem", required_argument, NULL, 'm' }, \
 	{ "workloads", required_argument, NULL, 'w' }, \
@@ -238,7 +239,13 @@ struct bench_common_opts {
 	{ "convergence-timeout", required_argument, NULL, 'C' }, \
 	{ "timeout", required_argument, NULL, 'T' }, \
 	{ "probe-bytes", required_argument, NULL, 'p' }, \
-	{ "quick", no_argument, NULL, 'q' }
+	{ "quick", no_argument, NULL, 'q' }, \
+	{ "guest", required_argument, NULL, 'g' }
+/*
+ * The name of the workload --guest SPEC runs (instead of the program's
+ * table), counting its work as the dirtier and the incrementer do.
+ */
+#define BENCH_GUEST_WORKLOAD "guest"
 /* Defaults: 256 MiB and 1 GiB, 3 runs, 2 vCPUs, every workload, loopback. */
 void bench_common_defaults(struct bench_common_opts *c);
 /*

@@ -50,6 +50,9 @@
  *   --dest-ready         before migrating, wait until the destination has
  *                        preallocated its RAM (as when it was started well
  *                        ahead; minor mode keeps that memory)
+ *   --guest SPEC         run this --guest spec alone instead of the workloads,
+ *                        named "guest", its work counted as the dirtier's
+ *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
  *   --quick              smoke: 256M, loopback, 1 run (modes and workloads as given)
  *
  * Per run, as bench/precopy: measure the link with no VM running, start a
@@ -144,7 +147,7 @@
 #define BENCH_VETH_DELAY_US    500     /* per direction, netem or wire */
 #define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */
 
-static const struct bench_workload {
+static struct bench_workload {
 	const char *name;
 	const char *spec;       /* --guest */
 	bool progress;          /* query-workload's passes + writes count its work */
@@ -156,6 +159,8 @@ static const struct bench_workload {
 	 * passes count seconds asleep, not work.
 	 */
 	{ "idle", "idle,fill=1", false },
+	/* --guest SPEC: the only one then (its spec filled in by main()). */
+	{ BENCH_GUEST_WORKLOAD, NULL, true },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -726,7 +731,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]\n"
 		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
-		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
+		"                [--probe-bytes SIZE] [--dest-ready] [--guest SPEC] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"
@@ -785,6 +790,11 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
+	/* The last workload is --guest's: on alone with it, never without. */
+	for (size_t i = 0; o.c.guest_spec && i < BENCH_NWORKLOADS; i++)
+		o.c.workload_on[i] = false;
+	o.c.workload_on[BENCH_NWORKLOADS - 1] = o.c.guest_spec != NULL;
+	bench_workloads[BENCH_NWORKLOADS - 1].spec = o.c.guest_spec;
 	if (o.c.quick) {
 		o.c.mem_bytes[0] = 256ull << 20;
 		o.c.nmem = 1;

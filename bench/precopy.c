@@ -23,6 +23,9 @@
  *   --timeout S          cancel a migration still running after S s (default 300)
  *   --probe-bytes SIZE   bytes of each link bandwidth probe (default 512M; the
  *                        link is the median of 3 probes)
+ *   --guest SPEC         run this --guest spec alone instead of the workloads,
+ *                        named "guest", its work counted as the dirtier's
+ *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
  *   --quick              smoke: 256M, loopback, 1 run (workloads as given)
  *
  * Per run: measure the link (one TCP stream of --probe-bytes between two
@@ -78,7 +81,7 @@
 
 #include "bench.h"
 
-static const struct bench_workload {
+static struct bench_workload {
 	const char *name;
 	const char *spec;       /* --guest */
 	bool progress;          /* query-workload's passes + writes count its work */
@@ -92,6 +95,8 @@ static const struct bench_workload {
 	{ "moderate", "dirtier,wss=64M,rate=5000", true },
 	{ "heavy", "dirtier,rate=0", true },
 	{ "incrementer", "incrementer", true },
+	/* --guest SPEC: the only one then (its spec filled in by main()). */
+	{ BENCH_GUEST_WORKLOAD, NULL, true },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -328,7 +333,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: precopy [--mem SIZES] [--workloads LIST] [--transports LIST] [--runs N]\n"
 		"               [--vcpus N] [--downtime-limit MS] [--convergence-timeout S]\n"
-		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--quick]\n"
+		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--guest SPEC] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: idle, moderate, heavy, incrementer (default: all)\n"
 		"  transports: loopback, veth, wire (default loopback)\n");
@@ -379,6 +384,11 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
+	/* The last workload is --guest's: on alone with it, never without. */
+	for (size_t i = 0; o.c.guest_spec && i < BENCH_NWORKLOADS; i++)
+		o.c.workload_on[i] = false;
+	o.c.workload_on[BENCH_NWORKLOADS - 1] = o.c.guest_spec != NULL;
+	bench_workloads[BENCH_NWORKLOADS - 1].spec = o.c.guest_spec;
 	if (o.c.quick) {
 		o.c.mem_bytes[0] = 256ull << 20;
 		o.c.nmem = 1;
