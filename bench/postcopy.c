@@ -47,9 +47,10 @@
  *   --probe-bytes SIZE   bytes of each cache-hot link bandwidth probe (default
  *                        512M; the link is the median of 3 probes); the
  *                        memory-to-memory probe moves the guest's RAM size
- *   --dest-ready         before migrating, wait until the destination has
- *                        preallocated its RAM (as when it was started well
- *                        ahead; minor mode keeps that memory)
+ *   --dest-ready         start the destination with --prealloc and, before
+ *                        migrating, wait until it has preallocated its RAM
+ *                        (as when it was started well ahead; minor mode
+ *                        keeps that memory)
  *   --guest SPEC         run this --guest spec alone instead of the workloads,
  *                        named "guest", its work counted as the dirtier's
  *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
@@ -404,7 +405,9 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 {
 	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
 	char mem[32], vcpus[16], listen_uri[64], uri[96];
-	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
+	/* --dest-ready: all of it up front, not just ahead of the stream. */
+	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri,
+				   o->dest_ready ? "--prealloc" : NULL, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
 	const char *host_addr = t != BENCH_LOOPBACK ? n->hosts.addr[1] : "127.0.0.1";
 	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;

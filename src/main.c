@@ -69,9 +69,12 @@ static void run_usage(FILE *f)
 		"                          SCHED_IDLE policy; default %d; 0 = leave them alone)\n"
 		"                          while pages still arrive, so that they do not starve\n"
 		"                          the threads bringing them\n"
-		"      --prealloc          allocate all guest RAM up front (default with --incoming,\n"
-		"                          where it happens in the background while waiting)\n"
+		"      --prealloc          allocate all guest RAM up front (with --incoming: in the\n"
+		"                          background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
+		"                          (with --incoming the default is in between: in the\n"
+		"                          background, just ahead of the pages arriving, so RAM\n"
+		"                          the source never wrote is never allocated here)\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
 		"      --disk file=PATH[,readonly=on]\n"
 		"                          a virtio-blk disk backed by PATH (repeatable, up to %u;\n"
@@ -339,8 +342,7 @@ static int main_run(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	if (prealloc < 0)
-		prealloc = cfg.incoming;
+	/* -1 stays: with --incoming, follow the stream (migration.h). */
 	err = vm_create(&cfg, &vm);
 	if (err) {
 		main_cpr_fail(&cpr_fd, err, "the new process could not create its VM over the "
@@ -349,7 +351,7 @@ static int main_run(int argc, char **argv)
 	}
 	if (cpr_fd >= 0)
 		cpr_fault_point("after-map");
-	if (prealloc && !cfg.incoming) {
+	if (prealloc > 0 && !cfg.incoming) {
 		/* Booting: before the first instruction, so the guest never waits. */
 		err = ram_block_populate(vm_ram_block(vm, 0), 0, vm_ram_block(vm, 0)->bytes);
 		if (err)
@@ -406,7 +408,10 @@ static int main_run(int argc, char **argv)
 	if (incoming_uri) {
 		if (cpr_fd >= 0)
 			migration_incoming_set_cpr(mig, cpr.token);
-		err = migration_incoming_start(mig, incoming_uri, prealloc != 0, errbuf, sizeof(errbuf));
+		err = migration_incoming_start(mig, incoming_uri,
+					       prealloc < 0 ? MIG_PREALLOC_FOLLOW
+					       : prealloc ? MIG_PREALLOC_ALL : MIG_PREALLOC_NONE,
+					       errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
 			main_cpr_fail(&cpr_fd, err, errbuf);

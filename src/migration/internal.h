@@ -211,8 +211,19 @@ struct migration {
 	/* destination: background preallocation of guest RAM */
 	pthread_t prealloc_thread;
 	bool prealloc_joinable;
+	bool prealloc_follow;           /* only ahead of the stream's data (set before the
+					 * thread starts) */
 	atomic_bool prealloc_stop;
 	_Atomic uint64_t prealloc_ns, prealloc_bytes;
+	/*
+	 * Follow mode: the end of the furthest page data written so far (the
+	 * load threads raise it), and the front the preallocation thread waits
+	 * for (it sets it, under prealloc_lock, before it sleeps on
+	 * prealloc_cond; whoever raises the front past it signals).
+	 */
+	_Atomic uint64_t prealloc_front, prealloc_want;
+	pthread_mutex_t prealloc_lock;
+	pthread_cond_t prealloc_cond;
 };
 
 /* ---- source: sending pages ---- */
@@ -351,6 +362,11 @@ void mig_prealloc_join(struct migration *m);
 int mig_pc_prepare(struct migration *m);
 void *mig_incoming_thread(void *arg);
 void *mig_prealloc_thread(void *arg);
+/*
+ * Destination load threads: page data reached byte @end of guest RAM; in
+ * follow mode the preallocation moves on ahead of it.
+ */
+void mig_prealloc_front(struct migration *m, uint64_t end);
 void mig_pc_prepare_waiting(struct migration *m);
 
 /* state.c: the engine's walks over the registered states */
