@@ -344,6 +344,10 @@ void *mig_source_thread(void *arg);
 bool mig_page_is_zero(const uint8_t *p);
 void mig_flush_run(struct mig_src *src);
 void mig_add_page(struct mig_src *src, uint64_t page, bool zero);
+/* Zero runs for pages [@first, @first + @n), as few records as fit (memfd holes). */
+void mig_add_zero_span(struct mig_src *src, uint64_t first, uint64_t n);
+/* Set bits [@first, @first + @n) of @bits, a word at a time where it can. */
+void mig_bits_set(uint64_t *bits, uint64_t first, uint64_t n);
 int mig_first_pass(struct mig_src *src);
 uint64_t mig_popcount(const uint64_t *bits, uint64_t words);
 int mig_dirty_pass(struct mig_src *src, bool protect);

@@ -184,9 +184,19 @@ void mig_releaser_join(struct mig_src *src)
  */
 static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
 {
+	uint64_t p = first, end = first + n;
+
 	/* Atomic: the return-path thread reads it (mig_rp_serve_request). */
-	for (uint64_t p = first; p < first + n; p++)
+	for (; p < end; p++) {
+		if (p % 64 == 0 && end - p >= 64) {
+			/* Whole words: a hole's zero run is millions of pages. */
+			for (; end - p >= 64; p += 64)
+				__atomic_store_n(&src->released[p / 64], ~0ull, __ATOMIC_RELAXED);
+			if (p == end)
+				break;
+		}
 		__atomic_fetch_or(&src->released[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+	}
 	if (!src->releaser.started || !mig_releaser_queue(&src->releaser, first, n))
 		mig_punch(src->block->fd, first, n);
 }
@@ -256,6 +266,61 @@ static bool mig_pending_take(struct mig_src *src, uint64_t p)
 		return false;
 	atomic_fetch_sub(&src->pending_count, 1);
 	return true;
+}
+
+/*
+ * Push, pages [@first, @end) a hole of the memfd: every pending one of them
+ * as zero runs, a word of the pending bitmap at a time, none of them read
+ * (reading a hole of a memfd allocates it).  The guest is stopped here, so
+ * a hole stays one.
+ */
+static void mig_push_hole(struct mig_src *src, uint64_t first, uint64_t end)
+{
+	uint64_t span_first = 0, span_n = 0, taken = 0;
+
+	for (uint64_t p = first; p < end;) {
+		uint64_t bits, nbits = 64;
+
+		if (p % 64 || end - p < 64) {
+			bits = mig_pending_take(src, p) ? 1 : 0;
+			nbits = 1;
+		} else {
+			bits = atomic_exchange(&src->pending[p / 64], 0);
+			taken += (uint64_t)__builtin_popcountll(bits);
+		}
+		for (uint64_t i = 0; i < nbits; i++) {
+			bool set = bits == ~0ull || (bits >> i) & 1;
+
+			if (set && span_n && span_first + span_n == p + i) {
+				span_n += bits == ~0ull ? nbits - i : 1;
+			} else if (set) {
+				if (span_n)
+					mig_add_zero_span(src, span_first, span_n);
+				span_first = p + i;
+				span_n = bits == ~0ull ? nbits - i : 1;
+			}
+			if (bits == ~0ull)
+				break;
+		}
+		p += nbits;
+	}
+	if (span_n)
+		mig_add_zero_span(src, span_first, span_n);
+	atomic_fetch_sub(&src->pending_count, taken);
+	atomic_fetch_add(&src->m->pages_pushed, taken);
+}
+
+/*
+ * Push: where the data of the memfd starts again at or after page @p (the
+ * end when none), or @p itself when @p holds data.
+ */
+static uint64_t mig_push_data_from(struct mig_src *src, uint64_t p)
+{
+	off_t data = lseek(src->block->fd, (off_t)(p * MIG_PAGE_BYTES), SEEK_DATA);
+
+	if (data < 0)
+		return errno == ENXIO ? src->npages : p;
+	return (uint64_t)data / MIG_PAGE_BYTES;
 }
 
 /* Return-path thread: answers page requests on the urgent channel at once. */
@@ -506,6 +571,7 @@ static int mig_postcopy_push(struct mig_src *src)
 
 	while (atomic_load(&src->pending_count) > 0) {
 		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_acquire), end;
+		bool hole;
 
 		atomic_store(&src->m->remaining_bytes, atomic_load(&src->pending_count) * MIG_PAGE_BYTES);
 
@@ -532,7 +598,14 @@ static int mig_postcopy_push(struct mig_src *src)
 			chunk *= 2;
 		}
 		end = cursor + chunk < src->npages ? cursor + chunk : src->npages;
-		for (uint64_t p = cursor; p < end; p++) {
+		hole = mig_push_data_from(src, cursor) >= end;
+		if (hole) {
+			/* A hole: all of it, up to where data starts again. */
+			end = mig_push_data_from(src, cursor);
+			mig_push_hole(src, cursor, end);
+			chunk = 16;
+		}
+		for (uint64_t p = cursor; p < end && !hole; p++) {
 			if (!mig_pending_take(src, p)) {
 				mig_flush_run(src);
 				continue;

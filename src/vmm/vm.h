@@ -236,8 +236,9 @@ void vm_moves_set(struct vm *vm, uint64_t moves);
 /*
  * Dirty logging over every RAM block (KVM manual-protect mode: pages start
  * dirty, and a page is write-protected again only by vm_dirty_log_clear).
- * vm_dirty_log_get ORs KVM's log and the VMM's own writes (vm_ram_write)
- * into @bitmap (one bit per 4 KiB page of the block).  0 or -errno.
+ * vm_dirty_log_get writes KVM's log into all of @bitmap (one bit per 4 KiB
+ * page of the block: no need to clear it first) and ORs the VMM's own
+ * writes (vm_ram_write, vm_ram_mark_dirty) into it.  0 or -errno.
  */
 int vm_dirty_log_start(struct vm *vm);
 int vm_dirty_log_stop(struct vm *vm);

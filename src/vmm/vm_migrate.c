@@ -294,8 +294,15 @@ int vm_dirty_log_get(struct vm *vm, size_t block, uint64_t *bitmap)
 		log_error("KVM_GET_DIRTY_LOG failed: %s", strerror(errno));
 		return err;
 	}
-	for (uint64_t i = 0; vm->vmm_dirty && i < words; i++)
-		bitmap[i] |= atomic_exchange(&vm->vmm_dirty[i], 0);
+	/*
+	 * Only when the VMM wrote guest RAM since the last read: a writer sets
+	 * its bits, then the flag; a bit set after the exchange below is seen
+	 * by this scan or keeps the flag set for the next read.
+	 */
+	if (vm->vmm_dirty && atomic_exchange(&vm->vmm_dirty_some, false))
+		for (uint64_t i = 0; i < words; i++)
+			if (atomic_load_explicit(&vm->vmm_dirty[i], memory_order_relaxed))
+				bitmap[i] |= atomic_exchange(&vm->vmm_dirty[i], 0);
 	return 0;
 }
 
@@ -332,6 +339,7 @@ int vm_ram_write(struct vm *vm, uint64_t gpa, const void *data, size_t len)
 
 		for (uint64_t p = first; p <= last; p++)
 			atomic_fetch_or(&vm->vmm_dirty[p / 64], 1ull << (p % 64));
+		atomic_store(&vm->vmm_dirty_some, true);
 	}
 	return 0;
 }
