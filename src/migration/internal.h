@@ -268,6 +268,8 @@ struct mig_src {
 	uint64_t *predisc;         /* discarded before the stop (hybrid), or NULL */
 	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
 	_Atomic uint64_t pending_count;
+	uint64_t *pc_discard;      /* postcopy: the discard set, made before the stop */
+	bool pending_ready;        /* pure postcopy: pending filled before the stop */
 	/*
 	 * Requested pages, in order, for the background push: written by the
 	 * return-path thread, read by the push.  Each faulting thread has at
@@ -344,6 +346,12 @@ void *mig_source_thread(void *arg);
 bool mig_page_is_zero(const uint8_t *p);
 void mig_flush_run(struct mig_src *src);
 void mig_add_page(struct mig_src *src, uint64_t page, bool zero);
+/*
+ * Before the postcopy stop (migration thread): allocate and fault in the
+ * bitmaps the switch fills inside the pause; with no pass sent (pure
+ * postcopy) every page is pending, so fill them now.  0 or -ENOMEM.
+ */
+int mig_postcopy_prepare(struct mig_src *src);
 /* Zero runs for pages [@first, @first + @n), as few records as fit (memfd holes). */
 void mig_add_zero_span(struct mig_src *src, uint64_t first, uint64_t n);
 /* Set bits [@first, @first + @n) of @bits, a word at a time where it can. */

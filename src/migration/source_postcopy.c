@@ -284,6 +284,7 @@ static void mig_push_hole(struct mig_src *src, uint64_t first, uint64_t end)
 		if (p % 64 || end - p < 64) {
 			bits = mig_pending_take(src, p) ? 1 : 0;
 			nbits = 1;
+			atomic_fetch_add(&src->m->pages_pushed, bits);
 		} else {
 			bits = atomic_exchange(&src->pending[p / 64], 0);
 			taken += (uint64_t)__builtin_popcountll(bits);
@@ -306,6 +307,7 @@ static void mig_push_hole(struct mig_src *src, uint64_t first, uint64_t end)
 	}
 	if (span_n)
 		mig_add_zero_span(src, span_first, span_n);
+	/* Whole words only: mig_pending_take() counted the others. */
 	atomic_fetch_sub(&src->pending_count, taken);
 	atomic_fetch_add(&src->m->pages_pushed, taken);
 }
@@ -1066,21 +1068,45 @@ static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread, b
 }
 
 /*
- * pending = never sent, or dirtied since sent; the returned discard set =
- * the latter, minus what the hybrid pre-discard dropped already.  NULL when
- * out of memory.
+ * The bitmaps of the switch, allocated and faulted in before the stop (a
+ * fresh page of them costs a fault inside the pause otherwise: ~64 per
+ * GiB of guest RAM).  Pure postcopy: pending = every page, filled here.
  */
-static uint64_t *mig_postcopy_pending(struct mig_src *src)
+int mig_postcopy_prepare(struct mig_src *src)
 {
-	uint64_t *discard = calloc(src->bitmap_words, sizeof(uint64_t));
+	size_t bytes = src->bitmap_words * sizeof(uint64_t);
 
-	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
-	src->released = calloc(src->bitmap_words, sizeof(uint64_t));
-	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
-	if (!discard || !src->pending || !src->released) {
-		free(discard);
-		return NULL;
+	src->pending = malloc(bytes);
+	src->released = malloc(bytes);
+	src->pc_discard = malloc(bytes);
+	if (!src->pending || !src->released || !src->pc_discard)
+		return -ENOMEM;
+	memset((void *)src->pending, 0, bytes);
+	memset(src->released, 0, bytes);
+	memset(src->pc_discard, 0, bytes);
+	src->pending_ready = !atomic_load(&src->m->passes) && !src->predisc;
+	if (src->pending_ready) {
+		mig_bits_set((uint64_t *)src->pending, 0, src->npages);
+		atomic_store(&src->pending_count, src->npages);
 	}
+	return 0;
+}
+
+/*
+ * Pages pending and to discard, vCPUs stopped, from src->bitmap (dirty
+ * since the last pass; all ones in pure postcopy) and src->sent_once:
+ * pending = never sent, or dirtied since sent; the returned discard set =
+ * the latter, minus what the hybrid pre-discard dropped already; NULL when
+ * there is none (pure postcopy: filled before the stop).  Plain stores: no
+ * other thread sees these bitmaps before the handover starts them.
+ */
+static const uint64_t *mig_postcopy_pending(struct mig_src *src)
+{
+	uint64_t *discard = src->pc_discard, count = 0;
+
+	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
+	if (src->pending_ready)
+		return NULL;
 	for (uint64_t w = 0; w < src->bitmap_words; w++) {
 		uint64_t valid = w * 64 + 64 <= src->npages ? ~0ull
 				 : (1ull << (src->npages % 64)) - 1;
@@ -1092,9 +1118,10 @@ static uint64_t *mig_postcopy_pending(struct mig_src *src)
 			pend |= src->predisc[w] & valid;
 			discard[w] &= ~src->predisc[w];
 		}
-		atomic_store(&src->pending[w], pend);
-		atomic_fetch_add(&src->pending_count, (uint64_t)__builtin_popcountll(pend));
+		atomic_store_explicit(&src->pending[w], pend, memory_order_relaxed);
+		count += (uint64_t)__builtin_popcountll(pend);
 	}
+	atomic_store(&src->pending_count, count);
 	return discard;
 }
 
@@ -1123,16 +1150,17 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 				      .stop_ns = stop_ns };
 	char why[MIG_ERROR_BYTES] = "";
 	uint64_t t0 = clock_monotonic_ns(), t1;
-	uint64_t *discard = mig_postcopy_pending(src);
+	const uint64_t *discard;
 
-	if (!discard) {
+	if (!src->pending && mig_postcopy_prepare(src)) {
 		mig_set_error(m, "out of memory");
 		return -EAGAIN;
 	}
+	discard = mig_postcopy_pending(src);
 	log_debug("postcopy: %" PRIu64 " pages pending, %.3f ms after the stop",
 		  atomic_load(&src->pending_count), (double)(clock_monotonic_ns() - stop_ns) / 1e6);
-	mig_send_discards(src, discard);
-	free(discard);
+	if (discard)
+		mig_send_discards(src, discard);
 	src->bd.discard_ns = clock_monotonic_ns() - t0;
 	if (mig_send_state(src, &info, false, why, sizeof(why)))
 		return mig_postcopy_refused(src, "sending the device state failed: %s", why);
@@ -1267,6 +1295,9 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 	src->pending = NULL;
 	free(src->released);
 	src->released = NULL;
+	free(src->pc_discard);
+	src->pc_discard = NULL;
+	src->pending_ready = false;
 	free(src->unacked);
 	src->unacked = NULL;
 	return err;
