@@ -393,3 +393,36 @@ unsigned vm_get_throttle(struct vm *vm)
 {
 	return atomic_load(&vm->throttle_pct);
 }
+
+int vm_prefault_ram(struct vm *vm, uint64_t budget_ns, uint64_t *done_bytes)
+{
+	/* Small steps: the budget is checked between them. */
+	const uint64_t step = 2ull << 20;
+	uint64_t deadline = clock_monotonic_ns() + budget_ns, off = 0;
+	const char *how = getenv("VMFERRY_CPR_PREFAULT");
+	int fd = vm->ram.fd;
+
+	*done_bytes = 0;
+	if (how && !strcmp(how, "off"))
+		return -ENOTSUP; /* for A/B measurements */
+	while (off < vm->ram.bytes && clock_monotonic_ns() < deadline) {
+		off_t data = lseek(fd, (off_t)off, SEEK_DATA), hole;
+
+		if (data < 0)
+			return errno == ENXIO ? 0 : -errno;
+		hole = lseek(fd, data, SEEK_HOLE);
+		if (hole < 0)
+			return -errno;
+		/* Whole pages: a data extent of a memfd is page aligned. */
+		for (off = (uint64_t)data; off < (uint64_t)hole && clock_monotonic_ns() < deadline;
+		     off += step) {
+			uint64_t n = (uint64_t)hole - off < step ? (uint64_t)hole - off : step;
+			int err = ram_block_populate(&vm->ram, off, n);
+
+			if (err)
+				return err;
+			*done_bytes += n;
+		}
+	}
+	return 0;
+}
