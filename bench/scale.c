@@ -18,6 +18,9 @@
  *   --plot PNG           write the plot there (gnuplot; default none)
  *   --data FILE          the plot's data, one line per size (default: next
  *                        to the PNG, .dat)
+ *   --replot JSONL       run nothing: the medians and the plot from the run
+ *                        lines of earlier outputs (repeatable: sizes measured
+ *                        at different times go into one plot)
  *
  * The guest has 2 vCPUs running the dirtier with fill=1: each writes its
  * working set once as fast as it can (so that every page of it holds data
@@ -62,6 +65,9 @@ struct scale_opts {
 	uint64_t sparse_from, touched, rate;
 	bool mode_on[SCALE_NMODES];
 	const char *plot, *data;
+	const char *replot[BENCH_MAX_SIZES];   /* --replot files, instead of running */
+	unsigned nreplot;
+	uint64_t replot_touched[BENCH_MAX_SIZES];  /* --replot: each size's, from its lines */
 	char bench_dir[PATH_MAX];
 };
 
@@ -75,6 +81,9 @@ struct scale_cell {
 
 static uint64_t scale_touched(const struct scale_opts *o, uint64_t size)
 {
+	for (unsigned s = 0; o->nreplot && s < o->nsizes; s++)
+		if (o->sizes[s] == size && o->replot_touched[s])
+			return o->replot_touched[s];
 	return size >= o->sparse_from && o->touched < size ? o->touched : size;
 }
 
@@ -102,17 +111,16 @@ static void scale_command(const struct scale_opts *o, enum scale_mode mode, uint
 	}
 }
 
-/* A child's line: re-emitted with our fields when it is a run; its figures into @c. */
-static void scale_take_line(const struct scale_opts *o, enum scale_mode mode, uint64_t size,
-			    unsigned run, const char *line, struct scale_cell *c)
+/*
+ * An annotated run line (or bench/cpr's verdict, "cpr-verified") into @c:
+ * its figures when it completed and verified, else its error.
+ */
+static void scale_account(struct json_object *obj, enum scale_mode mode, unsigned run,
+			  struct scale_cell *c)
 {
-	struct json_object *obj = json_tokener_parse(line), *v;
-	const char *kind;
+	struct json_object *v;
 
-	if (!obj)
-		return;
-	kind = harness_json_str(obj, mode == SCALE_CPR ? "line" : "type");
-	if (mode == SCALE_CPR && !strcmp(kind, "median")) {
+	if (!strcmp(harness_json_str(obj, "type"), "cpr-verified")) {
 		/* bench/cpr verifies the guest once, after its updates. */
 		if (!json_object_object_get_ex(obj, "verified", &v) || !json_object_get_boolean(v)) {
 			c->n -= c->n && c->last_run_counted == run + 1;
@@ -120,17 +128,8 @@ static void scale_take_line(const struct scale_opts *o, enum scale_mode mode, ui
 				snprintf(c->first_error, sizeof(c->first_error), "cpr: not verified: %s",
 					 harness_json_str(obj, "verify_error"));
 		}
-		json_object_put(obj);
 		return;
 	}
-	if (strcmp(kind, mode == SCALE_CPR ? "update" : "run")) {
-		json_object_put(obj);
-		return;
-	}
-	json_object_object_add(obj, "scale_mode", json_object_new_string(scale_mode_names[mode]));
-	bench_json_u64(obj, "scale_run", run);
-	bench_json_u64(obj, "touched_bytes", scale_touched(o, size));
-	json_object_object_add(obj, "sparse", json_object_new_boolean(scale_touched(o, size) < size));
 	if (!strcmp(harness_json_str(obj, "status"), "completed") &&
 	    (mode == SCALE_CPR ||
 	     (json_object_object_get_ex(obj, "verified", &v) && json_object_get_boolean(v))) &&
@@ -147,7 +146,41 @@ static void scale_take_line(const struct scale_opts *o, enum scale_mode mode, ui
 			 *e ? e : *harness_json_str(obj, "verify_error") ?
 			 harness_json_str(obj, "verify_error") : "not verified");
 	}
-	bench_print(obj);
+}
+
+/* A child's line: re-emitted with our fields when it is a run, and accounted. */
+static void scale_take_line(const struct scale_opts *o, enum scale_mode mode, uint64_t size,
+			    unsigned run, const char *line, struct scale_cell *c)
+{
+	struct json_object *obj = json_tokener_parse(line), *out, *v;
+	const char *kind;
+
+	if (!obj)
+		return;
+	kind = harness_json_str(obj, mode == SCALE_CPR ? "line" : "type");
+	if (mode == SCALE_CPR && !strcmp(kind, "median")) {
+		out = json_object_new_object();
+		json_object_object_add(out, "bench", json_object_new_string("scale"));
+		json_object_object_add(out, "type", json_object_new_string("cpr-verified"));
+		json_object_object_add(out, "scale_mode", json_object_new_string("cpr"));
+		bench_json_u64(out, "scale_run", run);
+		bench_json_u64(out, "guest_ram_bytes", size);
+		json_object_object_add(out, "verified", json_object_new_boolean(
+			json_object_object_get_ex(obj, "verified", &v) && json_object_get_boolean(v)));
+		json_object_object_add(out, "verify_error",
+				       json_object_new_string(harness_json_str(obj, "verify_error")));
+		scale_account(out, mode, run, c);
+		bench_print(out);
+	} else if (!strcmp(kind, mode == SCALE_CPR ? "update" : "run")) {
+		json_object_object_add(obj, "scale_mode", json_object_new_string(scale_mode_names[mode]));
+		bench_json_u64(obj, "scale_run", run);
+		bench_json_u64(obj, "touched_bytes", scale_touched(o, size));
+		json_object_object_add(obj, "sparse", json_object_new_boolean(scale_touched(o, size) < size));
+		scale_account(obj, mode, run, c);
+		bench_print(obj);
+		return;
+	}
+	json_object_put(obj);
 }
 
 /* One run: the child's lines, re-emitted. */
@@ -251,8 +284,10 @@ static int scale_plot(const struct scale_opts *o, struct scale_cell *cells)
 		"set xlabel 'guest RAM (GiB; from %g GiB sparse, %g GiB touched)'\n"
 		"set multiplot layout 1,2 title 'vmferry on one host, loopback TCP, medians of %u'\n"
 		"set ylabel 'guest pause (ms)'\n"
+		"set arrow 1 from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc 'gray'\n"
 		"plot '%s' u 1:3 w lp t 'precopy', '' u 1:4 w lp t 'postcopy', '' u 1:5 w lp t 'cpr'\n"
 		"set ylabel 'total time (ms)'\n"
+		"unset arrow 1\n"
 		"plot '%s' u 1:6 w lp t 'precopy', '' u 1:7 w lp t 'postcopy', '' u 1:8 w lp t 'cpr'\n"
 		"unset multiplot\n",
 		o->plot, (double)o->sparse_from / (1 << 30), (double)o->touched / (1 << 30), o->runs,
@@ -265,11 +300,76 @@ static int scale_plot(const struct scale_opts *o, struct scale_cell *cells)
 	return 0;
 }
 
+/*
+ * --replot: pass 0 takes the sizes and modes that the files' annotated lines
+ * have (replacing --sizes), pass 1 their figures into @cells (NULL in pass
+ * 0).  0 or -1 with a message.
+ */
+static int scale_replot_pass(struct scale_opts *o, struct scale_cell *cells)
+{
+	char line[16384];
+
+	for (unsigned i = 0; i < o->nreplot; i++) {
+		FILE *f = fopen(o->replot[i], "r");
+
+		if (!f) {
+			fprintf(stderr, "scale: %s: %s\n", o->replot[i], strerror(errno));
+			return -1;
+		}
+		while (fgets(line, sizeof(line), f)) {
+			struct json_object *obj = json_tokener_parse(line), *v;
+			uint64_t size;
+			unsigned s = 0;
+			int m = 0;
+
+			if (!obj || !json_object_object_get_ex(obj, "scale_mode", &v) ||
+			    !strcmp(harness_json_str(obj, "type"), "median")) {
+				json_object_put(obj);
+				continue;
+			}
+			while (m < SCALE_NMODES && strcmp(json_object_get_string(v), scale_mode_names[m]))
+				m++;
+			size = harness_json_u64(obj, "guest_ram_bytes");
+			while (s < o->nsizes && o->sizes[s] != size)
+				s++;
+			if (m < SCALE_NMODES && !cells && s == o->nsizes && s < BENCH_MAX_SIZES)
+				o->sizes[o->nsizes++] = size;
+			if (m < SCALE_NMODES && !cells && s < o->nsizes &&
+			    harness_json_u64(obj, "touched_bytes"))
+				o->replot_touched[s] = harness_json_u64(obj, "touched_bytes");
+			if (m < SCALE_NMODES && !cells &&
+			    harness_json_u64(obj, "scale_run") + 1 > o->runs)
+				o->runs = (unsigned)harness_json_u64(obj, "scale_run") + 1;
+			if (m < SCALE_NMODES)
+				o->mode_on[m] = true;
+			if (m < SCALE_NMODES && cells && s < o->nsizes)
+				scale_account(obj, (enum scale_mode)m,
+					      (unsigned)harness_json_u64(obj, "scale_run"),
+					      &cells[s * SCALE_NMODES + m]);
+			json_object_put(obj);
+		}
+		fclose(f);
+	}
+	if (!cells) {
+		for (unsigned a = 0; a < o->nsizes; a++)
+			for (unsigned b = a + 1; b < o->nsizes; b++)
+				if (o->sizes[b] < o->sizes[a]) {
+					uint64_t t = o->sizes[a], u = o->replot_touched[a];
+
+					o->sizes[a] = o->sizes[b];
+					o->sizes[b] = t;
+					o->replot_touched[a] = o->replot_touched[b];
+					o->replot_touched[b] = u;
+				}
+	}
+	return 0;
+}
+
 static void scale_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: scale [--sizes SIZES] [--sparse-from SIZE] [--touched SIZE] [--modes LIST]\n"
-		"             [--runs N] [--rate N] [--plot PNG] [--data FILE]\n"
+		"             [--runs N] [--rate N] [--plot PNG] [--data FILE] [--replot JSONL]...\n"
 		"  SIZES: comma separated (default 256M,1G,4G,8G,16G,64G)\n"
 		"  modes: precopy, postcopy, cpr (default: all)\n");
 }
@@ -286,6 +386,7 @@ static int scale_options(int argc, char **argv, struct scale_opts *o)
 		{ "rate", required_argument, NULL, 'R' },
 		{ "plot", required_argument, NULL, 'p' },
 		{ "data", required_argument, NULL, 'd' },
+		{ "replot", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -325,6 +426,11 @@ static int scale_options(int argc, char **argv, struct scale_opts *o)
 		case 'd':
 			o->data = optarg;
 			break;
+		case 'P':
+			if (o->nreplot == BENCH_MAX_SIZES)
+				goto usage;
+			o->replot[o->nreplot++] = optarg;
+			break;
 		case 'h':
 			scale_usage(stdout);
 			return 1;
@@ -354,18 +460,29 @@ int main(int argc, char **argv)
 	rc = scale_options(argc, argv, &o);
 	if (rc)
 		return rc == 1 ? 0 : 2;
-	if (access("/dev/kvm", R_OK | W_OK) != 0) {
+	if (!o.nreplot && access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "scale: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
 	}
 	snprintf(self, sizeof(self), "%s", argv[0]);
 	snprintf(o.bench_dir, sizeof(o.bench_dir), "%s", dirname(self));
+	if (o.nreplot) {
+		o.nsizes = 0;
+		o.runs = 0;
+		memset(o.mode_on, 0, sizeof(o.mode_on));
+		if (scale_replot_pass(&o, NULL))
+			return 1;
+	}
 	cells = calloc((size_t)o.nsizes * SCALE_NMODES, sizeof(*cells));
 	if (!cells) {
 		perror("scale");
 		return 1;
 	}
-	for (unsigned r = 0; r < o.runs; r++)
+	if (o.nreplot && scale_replot_pass(&o, cells)) {
+		free(cells);
+		return 1;
+	}
+	for (unsigned r = 0; r < o.runs && !o.nreplot; r++)
 		for (unsigned s = 0; s < o.nsizes; s++)
 			for (int m = 0; m < SCALE_NMODES; m++)
 				if (o.mode_on[m])
