@@ -31,6 +31,11 @@ struct json_object;
 #define BENCH_VETH_RATE_BPS    1000000000ull   /* bits/s */
 #define BENCH_CONNECT_MS       10000
 #define BENCH_READY_MS         60000           /* source vCPUs all "running" */
+/*
+ * ... for a guest of @mem_bytes: BENCH_READY_MS and 15 s per GiB (a first
+ * pass over a large working set on a loaded nested host).
+ */
+#define BENCH_READY_MS_FOR(mem_bytes) (BENCH_READY_MS + 15000 * (int)((mem_bytes) >> 30))
 #define BENCH_POLL_MS          20
 
 enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };

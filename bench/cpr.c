@@ -305,7 +305,7 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 		fprintf(stderr, "cpr: %s\n", r.error);
 		return;
 	}
-	for (int i = 0; i < BENCH_READY_MS / 10 && !running; i++) {
+	for (int i = 0; i < BENCH_READY_MS_FOR(mem) / 10 && !running; i++) {
 		if (bench_workload(&vm, &running, &progress, &r))
 			break;
 		harness_nap_ms(10);

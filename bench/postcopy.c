@@ -457,7 +457,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	if (rc)
 		goto out;
 	/* Pages the guest has not written yet would cross as zero flags only. */
-	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
+	deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
 	while (!running && clock_monotonic_ns() < deadline) {
 		if (bench_workload(&src, &running, &progress, r))
 			goto out;
@@ -466,7 +466,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	}
 	if (!running) {
 		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
-			 BENCH_READY_MS);
+			 BENCH_READY_MS_FOR(mem_bytes));
 		goto out;
 	}
 	if (bench_prepare(o, mode, &src, &dst, r))

@@ -168,7 +168,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
 	    bench_vm_start(o->c.bin, ns, 0, "src", src_args, &src, r))
 		goto out;
-	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
+	deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
 	while (!running && clock_monotonic_ns() < deadline) {
 		if (bench_workload(&src, &running, &progress, r))
 			goto out;
@@ -177,7 +177,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	}
 	if (!running) {
 		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
-			 BENCH_READY_MS);
+			 BENCH_READY_MS_FOR(mem_bytes));
 		goto out;
 	}
 	if (bench_set_params(o, &src, r))

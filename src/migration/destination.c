@@ -1170,7 +1170,9 @@ void *mig_prealloc_thread(void *arg)
 				break;
 			if (off + n <= front) {
 				/* The stream is past it: written, or a hole to keep. */
-				off = (front / chunk) * chunk - chunk;
+				uint64_t next = front / chunk * chunk;
+
+				off = (next > off ? next : off + chunk) - chunk;
 				continue;
 			}
 		}
