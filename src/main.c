@@ -369,6 +369,10 @@ static int main_run(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	/* -1 stays: with --incoming, follow the stream (migration.h). */
+	if (prealloc > 0 && sysconf(_SC_PHYS_PAGES) > 0 &&
+	    cfg.ram_bytes > (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE))
+		return run_usage_error("--prealloc: %llu MiB of guest RAM does not fit in this "
+				       "host's memory", (unsigned long long)(cfg.ram_bytes >> 20));
 	err = vm_create(&cfg, &vm);
 	if (err) {
 		main_cpr_fail(&cpr_fd, err, "the new process could not create its VM over the "
