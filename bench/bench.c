@@ -221,6 +221,81 @@ void bench_copy_stats(struct json_object *q, struct bench_result *r)
 			 harness_json_str(q, "error-desc"));
 }
 
+/* ---- what a migration costs the guest ---- */
+
+int bench_guest_sample(struct harness_vm *vm, const char *side, uint64_t *progress,
+		       uint64_t *at_ns)
+{
+	struct bench_result scratch = { 0 };
+	uint64_t before = clock_monotonic_ns(), p;
+	bool running;
+	int rc = bench_workload(vm, &running, &p, &scratch);
+
+	if (rc) {
+		fprintf(stderr, "%s: %s guest progress: %s\n", harness_prog(), side, scratch.error);
+		return rc;
+	}
+	*progress = p;
+	/* The VMM read the counters no further than half the round trip from it. */
+	*at_ns = before + (clock_monotonic_ns() - before) / 2;
+	return 0;
+}
+
+void bench_guest_rate(struct harness_vm *src, struct bench_guest *g)
+{
+	uint64_t pa, ta;
+
+	memset(g, 0, sizeof(*g));
+	if (bench_guest_sample(src, "source", &pa, &ta))
+		return;
+	harness_nap_ms(BENCH_GUEST_RATE_MS);
+	if (bench_guest_sample(src, "source", &g->p0, &g->t0_ns))
+		return;
+	if (g->p0 >= pa && g->t0_ns > ta)
+		g->rate_per_s = (double)(g->p0 - pa) * 1e9 / (double)(g->t0_ns - ta);
+}
+
+void bench_guest_close(struct harness_vm *dst, struct bench_guest *g)
+{
+	if (g->rate_per_s > 0)
+		bench_guest_sample(dst, "destination", &g->p1, &g->t1_ns);
+}
+
+/* The account's work in *work and wall time in *elapsed_s; false when unknown. */
+static bool bench_guest_window(const struct bench_guest *g, double *work, double *elapsed_s)
+{
+	if (g->rate_per_s <= 0 || !g->t1_ns || g->t1_ns <= g->t0_ns || g->p1 < g->p0)
+		return false;
+	*work = (double)(g->p1 - g->p0);
+	*elapsed_s = (double)(g->t1_ns - g->t0_ns) / 1e9;
+	return true;
+}
+
+double bench_guest_speed(const struct bench_guest *g)
+{
+	double work, elapsed_s;
+
+	if (!bench_guest_window(g, &work, &elapsed_s))
+		return NAN;
+	return work / elapsed_s / g->rate_per_s;
+}
+
+double bench_guest_lost_ms(const struct bench_guest *g)
+{
+	double work, elapsed_s;
+
+	if (!bench_guest_window(g, &work, &elapsed_s))
+		return NAN;
+	return (elapsed_s - work / g->rate_per_s) * 1e3;
+}
+
+void bench_json_guest(struct json_object *o, const struct bench_guest *g)
+{
+	bench_json_num(o, "guest_full_rate_per_s", g->rate_per_s > 0 ? g->rate_per_s : NAN, 0);
+	bench_json_num(o, "guest_speed_during_migration", bench_guest_speed(g), 3);
+	bench_json_num(o, "guest_lost_ms", bench_guest_lost_ms(g), 1);
+}
+
 void bench_common_defaults(struct bench_common_opts *c)
 {
 	const char *bin = getenv("VMFERRY_BIN");
@@ -266,6 +341,11 @@ int bench_common_option(int opt, const char *arg, struct bench_common_opts *c,
 		return size_parse(arg, &c->probe_bytes) || c->probe_bytes < (1u << 20) ? -1 : 1;
 	case 'q':
 		c->quick = true;
+		return 1;
+	case 'g':
+		if (!*arg)
+			return -1;
+		c->guest_spec = arg;
 		return 1;
 	default:
 		return 0;

@@ -31,6 +31,11 @@ struct json_object;
 #define BENCH_VETH_RATE_BPS    1000000000ull   /* bits/s */
 #define BENCH_CONNECT_MS       10000
 #define BENCH_READY_MS         60000           /* source vCPUs all "running" */
+/*
+ * ... for a guest of @mem_bytes: BENCH_READY_MS and 15 s per GiB (a first
+ * pass over a large working set on a loaded nested host).
+ */
+#define BENCH_READY_MS_FOR(mem_bytes) (BENCH_READY_MS + 15000 * (int)((mem_bytes) >> 30))
 #define BENCH_POLL_MS          20
 
 enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };
@@ -38,6 +43,21 @@ enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__
 /* Indexed by enum bench_transport: the name in the output, the one in --transports. */
 extern const char *const bench_transport_names[BENCH_TRANSPORT__COUNT];
 extern const char *const bench_transport_opts[BENCH_TRANSPORT__COUNT];
+
+#define BENCH_GUEST_RATE_MS    300     /* window of the guest's full-speed rate */
+
+/*
+ * The guest's work (query-workload's passes + writes summed over the vCPUs,
+ * kept in guest RAM: the destination's count goes on from the source's), for
+ * workloads that count it.  rate_per_s 0: unknown, and so is all of it;
+ * t1_ns 0: no sample at the end.  Figures derived from it are NaN (null in
+ * the JSON) when unknown, never made up.
+ */
+struct bench_guest {
+	double rate_per_s;          /* at full speed, before `migrate` */
+	uint64_t p0, t0_ns;         /* source, just before `migrate` */
+	uint64_t p1, t1_ns;         /* destination, once it completed */
+};
 
 /* One migration: the source's final query-migrate and the destination check. */
 struct bench_result {
@@ -53,6 +73,7 @@ struct bench_result {
 	uint64_t expected_downtime_ms, downtime_limit_ms, throughput_bps, throttle_max;
 	uint64_t dirty_pages_rate;
 	char breakdown[768];             /* the source's downtime-breakdown (JSON), or "" */
+	struct bench_guest guest;        /* the guest's work, where the workload counts it */
 };
 
 /* ---- the two simulated hosts ---- */
@@ -156,6 +177,40 @@ void bench_verify_destination(struct harness_vm *dst, const char *workload,
 /* The source's final query-migrate @q into @r (r->error when not completed). */
 void bench_copy_stats(struct json_object *q, struct bench_result *r);
 
+/* ---- what a migration costs the guest ---- */
+
+/*
+ * The guest's progress on @vm in *progress, and in *at_ns the middle of the
+ * query's round trip.  Both untouched on failure.  A failed sample costs a
+ * run its guest figures, not the run: 0 or -errno, with a message on stderr
+ * naming @side.
+ */
+int bench_guest_sample(struct harness_vm *vm, const char *side, uint64_t *progress,
+		       uint64_t *at_ns);
+/*
+ * The guest's full speed, measured last thing before `migrate` so that it
+ * sees the machine as the migration will: two samples BENCH_GUEST_RATE_MS
+ * apart on @src.  The second one opens the migration's account (p0, t0_ns).
+ * Resets *g first.
+ */
+void bench_guest_rate(struct harness_vm *src, struct bench_guest *g);
+/* Close the account on @dst (the guest runs there now); no-op when unknown. */
+void bench_guest_close(struct harness_vm *dst, struct bench_guest *g);
+/*
+ * The guest's speed over the account, a fraction of its full speed (noise
+ * can put it a little above 1); NaN unknown.
+ */
+double bench_guest_speed(const struct bench_guest *g);
+/*
+ * guest_lost_ms: the account's wall time less the time its work takes at
+ * the full rate - the guest's loss in full-speed milliseconds.  It does not
+ * depend on how late the bench closes the account (the guest runs at full
+ * speed meanwhile).  NaN unknown.
+ */
+double bench_guest_lost_ms(const struct bench_guest *g);
+/* guest_full_rate_per_s, guest_speed_during_migration, guest_lost_ms into @o. */
+void bench_json_guest(struct json_object *o, const struct bench_guest *g);
+
 /* ---- output ---- */
 
 /* @v with @decimals as a JSON number under @key (null when NaN or infinite). */
@@ -176,9 +231,10 @@ struct bench_common_opts {
 	uint64_t timeout_s;
 	uint64_t probe_bytes;
 	const char *bin;           /* VMFERRY_BIN, or build/vmferry */
+	const char *guest_spec;    /* --guest: one workload of this spec, or NULL */
 	bool quick;
 };
-/* getopt_long entries for them (getopt values m w t r c C T p q). */
+/* getopt_long entries for them (getopt values m w t r c C T p q g). */
 #define BENCH_COMMON_LONGOPTS \
 	{ "mem", required_argument, NULL, 'm' }, \
 	{ "workloads", required_argument, NULL, 'w' }, \
@@ -188,7 +244,13 @@ struct bench_common_opts {
 	{ "convergence-timeout", required_argument, NULL, 'C' }, \
 	{ "timeout", required_argument, NULL, 'T' }, \
 	{ "probe-bytes", required_argument, NULL, 'p' }, \
-	{ "quick", no_argument, NULL, 'q' }
+	{ "quick", no_argument, NULL, 'q' }, \
+	{ "guest", required_argument, NULL, 'g' }
+/*
+ * The name of the workload --guest SPEC runs (instead of the program's
+ * table), counting its work as the dirtier and the incrementer do.
+ */
+#define BENCH_GUEST_WORKLOAD "guest"
 /* Defaults: 256 MiB and 1 GiB, 3 runs, 2 vCPUs, every workload, loopback. */
 void bench_common_defaults(struct bench_common_opts *c);
 /*

@@ -15,6 +15,15 @@
  * through every update.  After the last update the guest must make
  * progress and its memory must verify.
  *
+ * Each update also says what it cost the guest, as bench/precopy does
+ * (bench.h, struct bench_guest): the dirtier's full rate over the 300 ms
+ * before the first update (after one the guest is slow a while), and
+ * guest_lost_ms, the full-speed milliseconds of work it lost from the
+ * migrate command until it runs at 80 % of that rate again on the new
+ * process (over 100 ms; at most 20 s): the new process maps guest memory
+ * afresh, and each page the guest touches again costs a second-level fault.
+ * guest_recovered_ms says when that was, from the migrate command.
+ *
  *   build/bench/cpr [--mem 1G,16G] [--updates 5] [--vcpus 2] [--wss 64M]
  */
 #include <errno.h>
@@ -33,6 +42,8 @@
 
 #include "bench.h"
 
+#define CPR_RECOVER_MS 20000   /* the guest back at full speed after an update */
+
 struct cpr_opts {
 	const char *bin;
 	uint64_t mem_bytes[BENCH_MAX_SIZES];
@@ -46,6 +57,7 @@ struct cpr_run {
 	uint64_t wire_bytes;
 	char error[256];
 	char breakdown[768];         /* the old process's downtime-breakdown (JSON) */
+	struct bench_guest guest;    /* the dirtier's work across the update */
 };
 
 static void cpr_usage(FILE *f)
@@ -108,9 +120,39 @@ static int cpr_wait_end(struct harness_vm *old, struct json_object **data, struc
 	return -ETIMEDOUT;
 }
 
-/* Update *@old into a new VMM, which becomes *@old. */
+/*
+ * Close @g's account on the new process once the guest is back at (80 % of)
+ * its full speed over a 100 ms window, or after CPR_RECOVER_MS: the new
+ * process maps the guest's memory afresh, and the guest's first touch of
+ * each page after the update costs it a second-level fault - a slowdown
+ * after the pause that is work lost all the same.
+ */
+static void cpr_guest_close(struct harness_vm *vm, struct bench_guest *g)
+{
+	uint64_t deadline = clock_monotonic_ns() + CPR_RECOVER_MS * 1000000ull;
+	uint64_t pa, ta;
+
+	if (g->rate_per_s <= 0 || bench_guest_sample(vm, "new", &pa, &ta))
+		return;
+	while (clock_monotonic_ns() < deadline) {
+		harness_nap_ms(100);
+		if (bench_guest_sample(vm, "new", &g->p1, &g->t1_ns) || g->p1 < pa) {
+			g->t1_ns = 0;
+			return;
+		}
+		if ((double)(g->p1 - pa) * 1e9 / (double)(g->t1_ns - ta) >= 0.8 * g->rate_per_s)
+			return;
+		pa = g->p1;
+		ta = g->t1_ns;
+	}
+}
+
+/*
+ * Update *@old into a new VMM, which becomes *@old.  @full_rate_per_s: the
+ * guest's work per second at full speed (0: unknown).
+ */
 static void cpr_update(const struct cpr_opts *o, struct harness_vm *old, unsigned n,
-		       struct cpr_run *out)
+		       double full_rate_per_s, struct cpr_run *out)
 {
 	struct bench_result r = { 0 };
 	struct harness_vm nv = { .pid = -1 };
@@ -140,6 +182,10 @@ static void cpr_update(const struct cpr_opts *o, struct harness_vm *old, unsigne
 	json_object_put(args);
 	if (rc)
 		goto fail;
+	out->guest.rate_per_s = full_rate_per_s;
+	if (full_rate_per_s > 0 &&
+	    bench_guest_sample(old, "old", &out->guest.p0, &out->guest.t0_ns))
+		out->guest.rate_per_s = 0;
 	rc = bench_vm_error(old, harness_migrate_channels(old, main_uri, cpr_uri), &r);
 	if (rc || cpr_wait_end(old, &end, &r))
 		goto fail;
@@ -167,6 +213,7 @@ static void cpr_update(const struct cpr_opts *o, struct harness_vm *old, unsigne
 		goto fail;
 	*old = nv;
 	nv.pid = -1;
+	cpr_guest_close(old, &out->guest);
 	/* The guest runs on in the new process. */
 	if (bench_workload(old, &running, &p0, &r) || !running) {
 		snprintf(r.error, sizeof(r.error), "the guest does not run after the update");
@@ -242,11 +289,12 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 	struct bench_result r = { 0 };
 	struct harness_vm vm = { .pid = -1 };
 	struct cpr_run runs[BENCH_MAX_RUNS];
-	double tot[BENCH_MAX_RUNS], down[BENCH_MAX_RUNS], max_down = 0;
+	struct bench_guest full;
+	double tot[BENCH_MAX_RUNS], down[BENCH_MAX_RUNS], lost[BENCH_MAX_RUNS], max_down = 0;
 	char mem_arg[32], vcpus_arg[16], guest[64];
 	const char *args[] = { "--mem", mem_arg, "--vcpus", vcpus_arg, "--guest", guest, NULL };
 	struct json_object *obj;
-	unsigned nok = 0;
+	unsigned nok = 0, nlost = 0;
 	bool running = false;
 	uint64_t progress;
 
@@ -257,15 +305,17 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 		fprintf(stderr, "cpr: %s\n", r.error);
 		return;
 	}
-	for (int i = 0; i < BENCH_READY_MS / 10 && !running; i++) {
+	for (int i = 0; i < BENCH_READY_MS_FOR(mem) / 10 && !running; i++) {
 		if (bench_workload(&vm, &running, &progress, &r))
 			break;
 		harness_nap_ms(10);
 	}
+	/* Once, before the first update: afterwards the guest is slow a while. */
+	bench_guest_rate(&vm, &full);
 	for (unsigned i = 0; i < o->updates; i++) {
 		struct cpr_run *c = &runs[i];
 
-		cpr_update(o, &vm, i, c);
+		cpr_update(o, &vm, i, full.rate_per_s, c);
 		obj = cpr_line("update", o, mem);
 		json_object_object_add(obj, "mode", json_object_new_string("cpr-transfer"));
 		bench_json_u64(obj, "run", i);
@@ -277,6 +327,11 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 			bench_json_num(obj, "setup_time_ms", c->setup_ms, 3);
 			bench_json_u64(obj, "bytes_on_wire", c->wire_bytes);
 			bench_json_u64(obj, "ram_bytes_copied", 0);
+			bench_json_guest(obj, &c->guest);
+			bench_json_num(obj, "guest_recovered_ms", c->guest.t1_ns > c->guest.t0_ns ?
+				       (double)(c->guest.t1_ns - c->guest.t0_ns) / 1e6 : NAN, 1);
+			lost[nlost] = bench_guest_lost_ms(&c->guest);
+			nlost += !isnan(lost[nlost]);
 			tot[nok] = c->total_ms;
 			down[nok] = c->downtime_ms;
 			if (c->downtime_ms > max_down)
@@ -298,6 +353,8 @@ static void cpr_one_size(const struct cpr_opts *o, uint64_t mem)
 	bench_json_num(obj, "total_time_ms", nok ? bench_median(tot, nok) : NAN, 3);
 	bench_json_num(obj, "downtime_ms", nok ? bench_median(down, nok) : NAN, 3);
 	bench_json_num(obj, "downtime_max_ms", nok ? max_down : NAN, 3);
+	bench_json_u64(obj, "guest_measured_runs", nlost);
+	bench_json_num(obj, "guest_lost_ms", bench_median(lost, nlost), 1);
 	json_object_object_add(obj, "verified", json_object_new_boolean(r.verified));
 	if (r.verify_error[0])
 		json_object_object_add(obj, "verify_error", json_object_new_string(r.verify_error));

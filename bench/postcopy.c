@@ -47,9 +47,13 @@
  *   --probe-bytes SIZE   bytes of each cache-hot link bandwidth probe (default
  *                        512M; the link is the median of 3 probes); the
  *                        memory-to-memory probe moves the guest's RAM size
- *   --dest-ready         before migrating, wait until the destination has
- *                        preallocated its RAM (as when it was started well
- *                        ahead; minor mode keeps that memory)
+ *   --dest-ready         start the destination with --prealloc and, before
+ *                        migrating, wait until it has preallocated its RAM
+ *                        (as when it was started well ahead; minor mode
+ *                        keeps that memory)
+ *   --guest SPEC         run this --guest spec alone instead of the workloads,
+ *                        named "guest", its work counted as the dirtier's
+ *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
  *   --quick              smoke: 256M, loopback, 1 run (modes and workloads as given)
  *
  * Per run, as bench/precopy: measure the link with no VM running, start a
@@ -143,9 +147,8 @@
 
 #define BENCH_VETH_DELAY_US    500     /* per direction, netem or wire */
 #define BENCH_DST_DONE_MS      30000   /* destination "completed" after the source */
-#define BENCH_GUEST_RATE_MS    300     /* window of the guest's full-speed rate */
 
-static const struct bench_workload {
+static struct bench_workload {
 	const char *name;
 	const char *spec;       /* --guest */
 	bool progress;          /* query-workload's passes + writes count its work */
@@ -157,6 +160,8 @@ static const struct bench_workload {
 	 * passes count seconds asleep, not work.
 	 */
 	{ "idle", "idle,fill=1", false },
+	/* --guest SPEC: the only one then (its spec filled in by main()). */
+	{ BENCH_GUEST_WORKLOAD, NULL, true },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -206,14 +211,6 @@ struct bench_pc_result {
 	uint64_t requests_served;                /* source: PAGE_REQs it answered */
 	uint64_t page_requests, faults;          /* destination */
 	double fault_p50_us, fault_p99_us, fault_max_us, vcpu_blocked_ms;
-	/*
-	 * The guest's work (query-workload's passes + writes, kept in guest RAM:
-	 * the destination's count goes on from the source's).  0 rate: unknown,
-	 * and so is all of it; 0 guest_t1_ns: no sample at the end.
-	 */
-	double guest_rate_per_s;                 /* at full speed, before `migrate` */
-	uint64_t guest_p0, guest_t0_ns;          /* source, just before `migrate` */
-	uint64_t guest_p1, guest_t1_ns;          /* destination, once it completed */
 	/*
 	 * CPU time (user + system, ms) from just before `migrate` to the end:
 	 * the source's process until it completed, the destination's until the
@@ -401,48 +398,6 @@ static int bench_dst_done(struct harness_vm *dst, struct bench_pc_result *r)
 	return -ETIMEDOUT;
 }
 
-/*
- * The guest's progress on @vm in *progress, and in *at_ns the middle of the
- * query's round trip (the VMM read the counters no further than half the
- * round trip from it).  Both untouched on failure.  A failed sample costs the run its guest
- * figures (null), not the run: 0 or -errno, with a message on stderr.
- */
-static int bench_guest_sample(struct harness_vm *vm, const char *side, uint64_t *progress,
-			      uint64_t *at_ns)
-{
-	struct bench_result scratch = { 0 };
-	uint64_t before = clock_monotonic_ns(), p;
-	bool running;
-	int rc = bench_workload(vm, &running, &p, &scratch);
-
-	if (rc) {
-		fprintf(stderr, "%s: %s guest progress: %s\n", harness_prog(), side, scratch.error);
-		return rc;
-	}
-	*progress = p;
-	*at_ns = before + (clock_monotonic_ns() - before) / 2;
-	return 0;
-}
-
-/*
- * The guest's full speed, measured last thing before `migrate` (after
- * bench_prepare, whose wait for the destination can be long) so that it sees
- * the machine as the migration will: two samples BENCH_GUEST_RATE_MS apart.
- * The second one opens the migration's account (guest_p0, guest_t0_ns).
- */
-static void bench_guest_rate(struct harness_vm *src, struct bench_pc_result *pr)
-{
-	uint64_t pa, ta;
-
-	if (bench_guest_sample(src, "source", &pa, &ta))
-		return;
-	harness_nap_ms(BENCH_GUEST_RATE_MS);
-	if (bench_guest_sample(src, "source", &pr->guest_p0, &pr->guest_t0_ns))
-		return;
-	if (pr->guest_p0 >= pa && pr->guest_t0_ns > ta)
-		pr->guest_rate_per_s = (double)(pr->guest_p0 - pa) * 1e9 / (double)(pr->guest_t0_ns - ta);
-}
-
 /* One migration; the result in *r (r->b.error set when it did not complete). */
 static void bench_one(const struct bench_opts *o, enum bench_transport t, struct bench_netns *n,
 		      uint64_t mem_bytes, const struct bench_workload *w,
@@ -450,7 +405,9 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 {
 	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
 	char mem[32], vcpus[16], listen_uri[64], uri[96];
-	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
+	/* --dest-ready: all of it up front, not just ahead of the stream. */
+	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri,
+				   o->dest_ready ? "--prealloc" : NULL, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
 	const char *host_addr = t != BENCH_LOOPBACK ? n->hosts.addr[1] : "127.0.0.1";
 	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
@@ -500,7 +457,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	if (rc)
 		goto out;
 	/* Pages the guest has not written yet would cross as zero flags only. */
-	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
+	deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
 	while (!running && clock_monotonic_ns() < deadline) {
 		if (bench_workload(&src, &running, &progress, r))
 			goto out;
@@ -509,7 +466,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	}
 	if (!running) {
 		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
-			 BENCH_READY_MS);
+			 BENCH_READY_MS_FOR(mem_bytes));
 		goto out;
 	}
 	if (bench_prepare(o, mode, &src, &dst, r))
@@ -517,7 +474,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	if (w->progress)
-		bench_guest_rate(&src, pr);
+		bench_guest_rate(&src, &pr->b.guest);
 	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
 	if (bench_proc_cpu(src.pid, &src_cpu0, &cpu_unused) ||
 	    bench_proc_cpu(dst.pid, &dst_cpu0, &dst_vcpu0))
@@ -556,8 +513,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	 * polls after it.  The guest runs on the destination meanwhile: at
 	 * full speed that adds nothing to guest_lost_ms.
 	 */
-	if (pr->guest_rate_per_s > 0)
-		bench_guest_sample(&dst, "destination", &pr->guest_p1, &pr->guest_t1_ns);
+	bench_guest_close(&dst, &pr->b.guest);
 	bench_verify_destination(&dst, w->name, r);
 out:
 	if (r->error[0]) {
@@ -589,41 +545,6 @@ static double bench_ratio(const struct bench_result *r, double bps)
 static double bench_per_page(const struct bench_result *r, uint64_t mem_bytes)
 {
 	return (double)r->wire_bytes / (double)(mem_bytes / BENCH_PAGE_BYTES);
-}
-
-/*
- * From just before `migrate` to the destination's completion: the guest's
- * work in *work and the wall time in *elapsed_s.  False when any of it is
- * unknown: its figures are then null, never made up.
- */
-static bool bench_guest_window(const struct bench_pc_result *pr, double *work, double *elapsed_s)
-{
-	if (pr->guest_rate_per_s <= 0 || !pr->guest_t1_ns || pr->guest_t1_ns <= pr->guest_t0_ns ||
-	    pr->guest_p1 < pr->guest_p0)
-		return false;
-	*work = (double)(pr->guest_p1 - pr->guest_p0);
-	*elapsed_s = (double)(pr->guest_t1_ns - pr->guest_t0_ns) / 1e9;
-	return true;
-}
-
-/* The guest's speed over the window, a fraction of its full speed; NAN unknown. */
-static double bench_guest_speed(const struct bench_pc_result *pr)
-{
-	double work, elapsed_s;
-
-	if (!bench_guest_window(pr, &work, &elapsed_s))
-		return NAN;
-	return work / elapsed_s / pr->guest_rate_per_s;
-}
-
-/* The window less the time its work takes at full speed, in ms; NAN unknown. */
-static double bench_guest_lost_ms(const struct bench_pc_result *pr)
-{
-	double work, elapsed_s;
-
-	if (!bench_guest_window(pr, &work, &elapsed_s))
-		return NAN;
-	return (elapsed_s - work / pr->guest_rate_per_s) * 1e3;
 }
 
 static struct json_object *bench_line(const char *type, enum bench_transport t,
@@ -719,10 +640,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 		bench_json_num(obj, "dst_vcpu_cpu_ms",
 			     pr->dst_vcpu_cpu_ms >= 0 ? pr->dst_vcpu_cpu_ms : NAN, 0);
 	}
-	bench_json_num(obj, "guest_full_rate_per_s",
-		     pr->guest_rate_per_s > 0 ? pr->guest_rate_per_s : NAN, 0);
-	bench_json_num(obj, "guest_speed_during_migration", bench_guest_speed(pr), 3);
-	bench_json_num(obj, "guest_lost_ms", bench_guest_lost_ms(pr), 1);
+	bench_json_guest(obj, &pr->b.guest);
 	json_object_object_add(obj, "verified", json_object_new_boolean(r->verified));
 	if (r->completed && !r->verified)
 		json_object_object_add(obj, "verify_error", json_object_new_string(r->verify_error));
@@ -744,7 +662,7 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 		ok += rs[i].b.completed;
 		verified += rs[i].b.verified;
 		postcopy += rs[i].b.completed && rs[i].switched;
-		guest += rs[i].b.completed && !isnan(bench_guest_speed(&rs[i]));
+		guest += rs[i].b.completed && !isnan(bench_guest_speed(&rs[i].b.guest));
 	}
 	bench_json_u64(obj, "runs", o->c.runs);
 	bench_json_u64(obj, "completed", ok);
@@ -803,8 +721,8 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("dst_cpu_ms", false, pr->dst_cpu_ms >= 0 ? pr->dst_cpu_ms : NAN, 0);
 	MEDIAN_FIELD("dst_vcpu_cpu_ms", false,
 		     pr->dst_vcpu_cpu_ms >= 0 ? pr->dst_vcpu_cpu_ms : NAN, 0);
-	MEDIAN_FIELD("guest_speed_during_migration", false, bench_guest_speed(pr), 3);
-	MEDIAN_FIELD("guest_lost_ms", false, bench_guest_lost_ms(pr), 1);
+	MEDIAN_FIELD("guest_speed_during_migration", false, bench_guest_speed(&pr->b.guest), 3);
+	MEDIAN_FIELD("guest_lost_ms", false, bench_guest_lost_ms(&pr->b.guest), 1);
 #undef MEDIAN_FIELD
 	bench_print(obj);
 }
@@ -816,7 +734,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]\n"
 		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
-		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
+		"                [--probe-bytes SIZE] [--dest-ready] [--guest SPEC] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"
@@ -875,6 +793,11 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
+	/* The last workload is --guest's: on alone with it, never without. */
+	for (size_t i = 0; o.c.guest_spec && i < BENCH_NWORKLOADS; i++)
+		o.c.workload_on[i] = false;
+	o.c.workload_on[BENCH_NWORKLOADS - 1] = o.c.guest_spec != NULL;
+	bench_workloads[BENCH_NWORKLOADS - 1].spec = o.c.guest_spec;
 	if (o.c.quick) {
 		o.c.mem_bytes[0] = 256ull << 20;
 		o.c.nmem = 1;

@@ -23,6 +23,9 @@
  *   --timeout S          cancel a migration still running after S s (default 300)
  *   --probe-bytes SIZE   bytes of each link bandwidth probe (default 512M; the
  *                        link is the median of 3 probes)
+ *   --guest SPEC         run this --guest spec alone instead of the workloads,
+ *                        named "guest", its work counted as the dirtier's
+ *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
  *   --quick              smoke: 256M, loopback, 1 run (workloads as given)
  *
  * Per run: measure the link (one TCP stream of --probe-bytes between two
@@ -43,6 +46,14 @@
  * logs go to files in a temporary directory (their tail is copied to stderr
  * when a run fails).  Exit status: 0 (even when runs fail; see the JSON),
  * 1 when the benchmark itself cannot work, 2 usage, 77 without /dev/kvm.
+ *
+ * What the migration costs the guest, for the workloads that count their
+ * work (moderate, heavy, incrementer; null for idle and wherever a sample
+ * failed), as bench/postcopy measures it (bench.h, struct bench_guest):
+ * guest_full_rate_per_s over the 300 ms before `migrate`,
+ * guest_speed_during_migration (a fraction of it) and guest_lost_ms (the
+ * full-speed milliseconds of work the guest lost from `migrate` until the
+ * bench saw the migration completed); medians over "guest_measured_runs".
  *
  * bound_ms = ram_sent_bytes / link bandwidth: the time the RAM payload needs
  * at the rate this run measured; ratio_total_to_bound = total_time_ms /
@@ -70,16 +81,22 @@
 
 #include "bench.h"
 
-static const struct bench_workload {
+static struct bench_workload {
 	const char *name;
 	const char *spec;       /* --guest */
+	bool progress;          /* query-workload's passes + writes count its work */
 } bench_workloads[] = {
-	/* Memory that holds data but is never written again: the bandwidth case. */
-	{ "idle", "idle,fill=1" },
+	/*
+	 * Memory that holds data but is never written again: the bandwidth
+	 * case.  Its passes count seconds asleep, not work.
+	 */
+	{ "idle", "idle,fill=1", false },
 	/* 2 x 5000 pages/s = 41 MB/s: a third of a 1 Gbit link. */
-	{ "moderate", "dirtier,wss=64M,rate=5000" },
-	{ "heavy", "dirtier,rate=0" },
-	{ "incrementer", "incrementer" },
+	{ "moderate", "dirtier,wss=64M,rate=5000", true },
+	{ "heavy", "dirtier,rate=0", true },
+	{ "incrementer", "incrementer", true },
+	/* --guest SPEC: the only one then (its spec filled in by main()). */
+	{ BENCH_GUEST_WORKLOAD, NULL, true },
 };
 #define BENCH_NWORKLOADS (sizeof(bench_workloads) / sizeof(bench_workloads[0]))
 
@@ -151,7 +168,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
 	    bench_vm_start(o->c.bin, ns, 0, "src", src_args, &src, r))
 		goto out;
-	deadline = clock_monotonic_ns() + BENCH_READY_MS * 1000000ull;
+	deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
 	while (!running && clock_monotonic_ns() < deadline) {
 		if (bench_workload(&src, &running, &progress, r))
 			goto out;
@@ -160,11 +177,13 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	}
 	if (!running) {
 		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
-			 BENCH_READY_MS);
+			 BENCH_READY_MS_FOR(mem_bytes));
 		goto out;
 	}
 	if (bench_set_params(o, &src, r))
 		goto out;
+	if (w->progress)
+		bench_guest_rate(&src, &r->guest);
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	rc = bench_call(&src, "migrate", args, NULL, r);
@@ -173,8 +192,15 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		goto out;
 	bench_copy_stats(q, r);
 	json_object_put(q);
-	if (r->completed)
+	if (r->completed) {
+		/*
+		 * At once: the destination ran the guest before the source said
+		 * completed; at full speed since, which adds nothing to
+		 * guest_lost_ms.
+		 */
+		bench_guest_close(&dst, &r->guest);
 		bench_verify_destination(&dst, w->name, r);
+	}
 out:
 	if (r->error[0]) {
 		harness_vm_log_tail(&src, "source");
@@ -245,6 +271,7 @@ static void bench_print_run(enum bench_transport t, const struct bench_netns *n,
 		bench_json_u64(o, "engine_throughput_bytes_per_s", r->throughput_bps);
 		bench_json_u64(o, "dirty_pages_rate", r->dirty_pages_rate);
 		bench_json_u64(o, "cpu_throttle_max", r->throttle_max);
+		bench_json_guest(o, &r->guest);
 	}
 	json_object_object_add(o, "verified", json_object_new_boolean(r->verified));
 	if (r->completed && !r->verified)
@@ -260,21 +287,24 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 {
 	struct json_object *o = bench_line("median", t, n, mem_bytes, w, vcpus);
 	double v[BENCH_MAX_RUNS];
-	unsigned ok = 0, verified = 0, k;
+	unsigned ok = 0, verified = 0, guest = 0, k;
 
 	for (unsigned i = 0; i < nruns; i++) {
 		ok += rs[i].completed;
 		verified += rs[i].verified;
+		guest += rs[i].completed && !isnan(bench_guest_lost_ms(&rs[i].guest));
 	}
 	bench_json_u64(o, "runs", nruns);
 	bench_json_u64(o, "completed", ok);
 	bench_json_u64(o, "verified_runs", verified);
+	bench_json_u64(o, "guest_measured_runs", guest);
 #define MEDIAN_FIELD(key, expr, decimals) do { \
 		k = 0; \
 		for (unsigned i = 0; i < nruns; i++) \
 			if (rs[i].completed) { \
 				const struct bench_result *r = &rs[i]; \
-				v[k++] = (expr); \
+				v[k] = (expr); \
+				k += !isnan(v[k]); \
 			} \
 		bench_json_num(o, key, bench_median(v, k), decimals); \
 	} while (0)
@@ -290,6 +320,8 @@ static void bench_print_median(enum bench_transport t, const struct bench_netns 
 	MEDIAN_FIELD("bound_ms", bench_bound_ms(r), 3);
 	MEDIAN_FIELD("ratio_total_to_bound", r->total_ms / bench_bound_ms(r), 3);
 	MEDIAN_FIELD("wire_bytes_per_s", (double)r->wire_bytes / r->total_ms * 1000.0, 0);
+	MEDIAN_FIELD("guest_speed_during_migration", bench_guest_speed(&r->guest), 3);
+	MEDIAN_FIELD("guest_lost_ms", bench_guest_lost_ms(&r->guest), 1);
 #undef MEDIAN_FIELD
 	bench_print(o);
 }
@@ -301,7 +333,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: precopy [--mem SIZES] [--workloads LIST] [--transports LIST] [--runs N]\n"
 		"               [--vcpus N] [--downtime-limit MS] [--convergence-timeout S]\n"
-		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--quick]\n"
+		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--guest SPEC] [--quick]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: idle, moderate, heavy, incrementer (default: all)\n"
 		"  transports: loopback, veth, wire (default loopback)\n");
@@ -352,6 +384,11 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
+	/* The last workload is --guest's: on alone with it, never without. */
+	for (size_t i = 0; o.c.guest_spec && i < BENCH_NWORKLOADS; i++)
+		o.c.workload_on[i] = false;
+	o.c.workload_on[BENCH_NWORKLOADS - 1] = o.c.guest_spec != NULL;
+	bench_workloads[BENCH_NWORKLOADS - 1].spec = o.c.guest_spec;
 	if (o.c.quick) {
 		o.c.mem_bytes[0] = 256ull << 20;
 		o.c.nmem = 1;

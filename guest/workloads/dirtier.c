@@ -17,6 +17,9 @@
  *                stale, torn or corrupted anywhere, e.g. in a migration) is
  *                reported on the console and panics the guest through the
  *                panic port (code DIRTIER_PANIC_*), where it is found
+ *   fill=1       the first pass as fast as possible, then at `rate`: every
+ *                page of the working set holds data soon, however low the
+ *                rate (a large guest with little dirtying)
  *
  * Rate control: pages are written in bursts; the clock is read once per
  * burst (each read is two VM exits) and the vCPU sleeps in the VMM when it
@@ -158,6 +161,7 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 	uint64_t range_pages = bi->range[vcpu].bytes / VMF_PAGE_BYTES;
 	uint64_t wss_bytes = vmf_param(bi, "wss", 0);
 	uint64_t rate = vmf_param(bi, "rate", 0);
+	uint64_t fill = vmf_param(bi, "fill", 0);
 	struct dirtier d = {
 		.st = st,
 		.base = (uint8_t *)bi->range[vcpu].gpa,
@@ -165,7 +169,7 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 		.check = vmf_param(bi, "check", 0) != 0,
 		.vcpu = vcpu,
 	};
-	uint64_t burst, sched_base_ns, sched_done, last_ns, dot_ns = 0;
+	uint64_t burst, cur_rate, sched_base_ns, sched_done, last_ns, dot_ns = 0;
 	uint64_t dotted_passes = 0;
 
 	st->phase = VMF_PHASE_SETUP;
@@ -183,10 +187,11 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 			vmf_sleep_us(1000000);
 	}
 
-	if (rate)
+	if (rate && !fill)
 		burst = (rate + DIRTIER_BURSTS_PER_S - 1) / DIRTIER_BURSTS_PER_S;
 	else
 		burst = 1024;
+	cur_rate = fill ? 0 : rate;
 	sched_base_ns = last_ns = vmf_time_ns();
 	sched_done = 0;
 
@@ -203,8 +208,16 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 		}
 		if (d.finished)
 			return 0;
+		if (cur_rate != rate && d.passes) {
+			/* fill=1: the first pass is done; the rated schedule starts now. */
+			cur_rate = rate;
+			burst = (rate + DIRTIER_BURSTS_PER_S - 1) / DIRTIER_BURSTS_PER_S;
+			sched_base_ns = now;
+			sched_done = 0;
+			continue;
+		}
 
-		if (rate) {
+		if (cur_rate) {
 			uint64_t due_ns;
 
 			sched_done += n;

@@ -215,8 +215,19 @@ struct migration {
 	/* destination: background preallocation of guest RAM */
 	pthread_t prealloc_thread;
 	bool prealloc_joinable;
+	bool prealloc_follow;           /* only ahead of the stream's data (set before the
+					 * thread starts) */
 	atomic_bool prealloc_stop;
 	_Atomic uint64_t prealloc_ns, prealloc_bytes;
+	/*
+	 * Follow mode: the end of the furthest page data written so far (the
+	 * load threads raise it), and the front the preallocation thread waits
+	 * for (it sets it, under prealloc_lock, before it sleeps on
+	 * prealloc_cond; whoever raises the front past it signals).
+	 */
+	_Atomic uint64_t prealloc_front, prealloc_want;
+	pthread_mutex_t prealloc_lock;
+	pthread_cond_t prealloc_cond;
 };
 
 /* ---- source: sending pages ---- */
@@ -262,6 +273,8 @@ struct mig_src {
 	uint64_t *predisc;         /* discarded before the stop (hybrid), or NULL */
 	_Atomic uint64_t *pending; /* postcopy: pages still to send, either channel */
 	_Atomic uint64_t pending_count;
+	uint64_t *pc_discard;      /* postcopy: the discard set, made before the stop */
+	bool pending_ready;        /* pure postcopy: pending filled before the stop */
 	/*
 	 * Requested pages, in order, for the background push: written by the
 	 * return-path thread, read by the push.  Each faulting thread has at
@@ -344,6 +357,16 @@ void *mig_source_thread(void *arg);
 bool mig_page_is_zero(const uint8_t *p);
 void mig_flush_run(struct mig_src *src);
 void mig_add_page(struct mig_src *src, uint64_t page, bool zero);
+/*
+ * Before the postcopy stop (migration thread): allocate and fault in the
+ * bitmaps the switch fills inside the pause; with no pass sent (pure
+ * postcopy) every page is pending, so fill them now.  0 or -ENOMEM.
+ */
+int mig_postcopy_prepare(struct mig_src *src);
+/* Zero runs for pages [@first, @first + @n), as few records as fit (memfd holes). */
+void mig_add_zero_span(struct mig_src *src, uint64_t first, uint64_t n);
+/* Set bits [@first, @first + @n) of @bits, a word at a time where it can. */
+void mig_bits_set(uint64_t *bits, uint64_t first, uint64_t n);
 int mig_first_pass(struct mig_src *src);
 uint64_t mig_popcount(const uint64_t *bits, uint64_t words);
 int mig_dirty_pass(struct mig_src *src, bool protect);
@@ -362,6 +385,11 @@ void mig_prealloc_join(struct migration *m);
 int mig_pc_prepare(struct migration *m);
 void *mig_incoming_thread(void *arg);
 void *mig_prealloc_thread(void *arg);
+/*
+ * Destination load threads: page data reached byte @end of guest RAM; in
+ * follow mode the preallocation moves on ahead of it.
+ */
+void mig_prealloc_front(struct migration *m, uint64_t end);
 void mig_pc_prepare_waiting(struct migration *m);
 
 /* state.c: the engine's walks over the registered states */

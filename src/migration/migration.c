@@ -378,6 +378,8 @@ int migration_create(struct vm *vm, struct migration **out)
 	}
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
+	pthread_mutex_init(&m->prealloc_lock, NULL);
+	pthread_cond_init(&m->prealloc_cond, NULL);
 	/* The engine's own states; devices register theirs after. */
 	r = mig_register_ram_state(m);
 	if (!r)
@@ -439,6 +441,8 @@ void migration_destroy(struct migration *m)
 	close(m->cancel_fd);
 	pthread_cond_destroy(&m->cond);
 	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->prealloc_cond);
+	pthread_mutex_destroy(&m->prealloc_lock);
 	free(m);
 }
 
@@ -791,7 +795,7 @@ int migration_recover(struct migration *m, const char *uri, char *err, size_t er
 	return 0;
 }
 
-int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
+int migration_incoming_start(struct migration *m, const char *uri, enum mig_prealloc prealloc,
 			     char *err, size_t errlen)
 {
 	int r = channel_parse(uri, &m->main_ch, err, errlen);
@@ -812,7 +816,8 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 	mig_reset_stats(m);
 	mig_set_status(m, MIG_STATUS_SETUP);
 	log_info("waiting for an incoming migration on %s", m->main_ch.uri);
-	if (prealloc)
+	m->prealloc_follow = prealloc == MIG_PREALLOC_FOLLOW;
+	if (prealloc != MIG_PREALLOC_NONE)
 		m->prealloc_joinable =
 			pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
 	/* postcopy-ram set before (`run --postcopy`): as if it were set now. */

@@ -163,13 +163,26 @@ int migration_resume(struct migration *m, const char *uri, char *err, size_t err
 /* Cancel an outgoing migration (asynchronous).  0 or -EINVAL if none;
  * -EBUSY in postcopy (the guest runs on the destination). */
 int migration_cancel(struct migration *m, char *err, size_t errlen);
+/* How a destination faults in guest RAM before the stream writes it. */
+enum mig_prealloc {
+	MIG_PREALLOC_NONE,      /* not at all: each page as it is first written */
+	/*
+	 * In the background, ahead of the stream's page data only (which comes
+	 * in address order in a first pass): memory the source never wrote
+	 * (memfd holes, sent as nothing or as zero runs) is never allocated,
+	 * so a sparse guest costs what it touched, not the RAM it was given.
+	 */
+	MIG_PREALLOC_FOLLOW,
+	MIG_PREALLOC_ALL,       /* every page, in the background, from the start */
+};
+
 /*
  * Listen on @uri and load the first stream that arrives (destination).
- * @prealloc: fault in guest RAM in the background while waiting, so the
- * stream does not pay a page fault per page (query-migrate shows how long
- * it took).  0, or -errno with a reason in @err.
+ * @prealloc: fault in guest RAM in a background thread, so the stream does
+ * not pay a page fault per page (query-migrate shows how long it took).
+ * 0, or -errno with a reason in @err.
  */
-int migration_incoming_start(struct migration *m, const char *uri, bool prealloc,
+int migration_incoming_start(struct migration *m, const char *uri, enum mig_prealloc prealloc,
 			     char *err, size_t errlen);
 
 /*

@@ -75,6 +75,27 @@ static bool pc_test_and_clear(_Atomic uint64_t *bits, uint64_t p)
 
 static int pc_open(struct postcopy_dst *pd);
 
+/* The bits of word @w that fall in [@p, @end). */
+static uint64_t pc_word_mask(uint64_t w, uint64_t p, uint64_t end)
+{
+	uint64_t lo = p > w * 64 ? p - w * 64 : 0, hi = end < w * 64 + 64 ? end - w * 64 : 64;
+
+	return (hi == 64 ? ~0ull : (1ull << hi) - 1) & ~((1ull << lo) - 1);
+}
+
+/* Set bits [@p, @p + @n), a word at a time; how many were clear before. */
+static uint64_t pc_set_range_count(_Atomic uint64_t *bits, uint64_t p, uint64_t n)
+{
+	uint64_t fresh = 0;
+
+	for (uint64_t w = p / 64; n && w <= (p + n - 1) / 64; w++) {
+		uint64_t mask = pc_word_mask(w, p, p + n);
+
+		fresh += (uint64_t)__builtin_popcountll(mask & ~atomic_fetch_or(&bits[w], mask));
+	}
+	return fresh;
+}
+
 static void pc_set_range(_Atomic uint64_t *bits, uint64_t p, uint64_t n)
 {
 	for (uint64_t q = p; q < p + n; q++)
@@ -174,11 +195,13 @@ void postcopy_dst_destroy(struct postcopy_dst *pd)
 
 void postcopy_dst_mark_received(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages)
 {
-	for (uint64_t p = first_page; p < first_page + npages && p < pd->npages; p++) {
-		pc_test_and_set(pd->claimed, p);
-		if (!pc_test_and_set(pd->received, p))
-			atomic_fetch_add(&pd->nreceived, 1);
-	}
+	if (first_page >= pd->npages)
+		return;
+	if (npages > pd->npages - first_page)
+		npages = pd->npages - first_page;
+	/* A word at a time: a hole of the source is one zero run of millions of pages. */
+	pc_set_range_count(pd->claimed, first_page, npages);
+	atomic_fetch_add(&pd->nreceived, pc_set_range_count(pd->received, first_page, npages));
 }
 
 /* Minor mode: unmap pages from the guest's mapping, keeping their memory. */
@@ -515,6 +538,95 @@ int postcopy_dst_fill(struct postcopy_dst *pd, uint64_t first_page, uint32_t npa
 	return 0;
 }
 
+/*
+ * Lazy minor mode, a zero run [@p, @p + @n) claimed by us: punched out of
+ * the memfd instead of written (a hole of the source is millions of pages:
+ * nothing allocated here either), counted received a word at a time; a
+ * thread already waiting for one of them gets a zero page placed now, the
+ * others when they first fault (pc_handle_fault: received, not in the
+ * memfd).
+ */
+static int pc_arrived_zero(struct postcopy_dst *pd, uint64_t p, uint64_t n)
+{
+	uint64_t now;
+	int err = pc_punch(pd, p, n);
+
+	if (err)
+		return err;
+	atomic_fetch_add(&pd->nreceived, pc_set_range_count(pd->received, p, n));
+	for (uint64_t q = p; q < p + n; q++) {
+		uint64_t waiting = atomic_load(&pd->waiting[q / 64]);
+
+		if (!waiting) {
+			q |= 63; /* none in this word */
+			continue;
+		}
+		if (!((waiting >> (q % 64)) & 1))
+			continue;
+		err = pc_copy(pd, q, 1, pc_zero);
+		if (err)
+			return err;
+		pc_set_range(pd->mapped, q, 1);
+	}
+	now = clock_monotonic_ns();
+	for (uint64_t q = p; q < p + n; q++) {
+		uint64_t requested = atomic_load(&pd->requested[q / 64]);
+
+		if (!requested) {
+			q |= 63;
+			continue;
+		}
+		if ((requested >> (q % 64)) & 1)
+			pc_account(pd, q, now);
+	}
+	return 0;
+}
+
+/* Lazy minor mode: the zero run [@first, @end), claimed a word at a time. */
+static int pc_place_minor_zero(struct postcopy_dst *pd, uint64_t first, uint64_t end)
+{
+	uint64_t span = 0, span_n = 0;
+	int err;
+
+#define PC_SPAN_FLUSH() do { \
+		if (span_n && (err = pc_arrived_zero(pd, span, span_n))) \
+			return err; \
+		span_n = 0; \
+	} while (0)
+	for (uint64_t w = first / 64; w <= (end - 1) / 64; w++) {
+		uint64_t mask = pc_word_mask(w, first, end);
+		uint64_t mine = mask & ~atomic_fetch_or(&pd->claimed[w], mask);
+
+		if (mine == ~0ull) {
+			/* The whole word is ours: the common case over a hole. */
+			if (span_n && span + span_n != w * 64)
+				PC_SPAN_FLUSH();
+			if (!span_n)
+				span = w * 64;
+			span_n += 64;
+			continue;
+		}
+		for (uint64_t b = 0; b < 64; b++) {
+			uint64_t q = w * 64 + b;
+
+			if (!((mask >> b) & 1))
+				continue;
+			if (!((mine >> b) & 1)) {
+				PC_SPAN_FLUSH(); /* someone else's: not ours to write */
+				continue;
+			}
+			if (span_n && span + span_n != q)
+				PC_SPAN_FLUSH();
+			if (!span_n)
+				span = q;
+			span_n++;
+		}
+	}
+	PC_SPAN_FLUSH();
+#undef PC_SPAN_FLUSH
+	return 0;
+}
+
 int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t npages,
 		       const void *data)
 {
@@ -528,6 +640,8 @@ int postcopy_dst_place(struct postcopy_dst *pd, uint64_t first_page, uint32_t np
 		postcopy_dst_mark_received(pd, first_page, npages);
 		return 0;
 	}
+	if (pd->minor && pd->lazy && !data && npages)
+		return pc_place_minor_zero(pd, first_page, end);
 	if (pd->minor)
 		return pc_place_minor(pd, first_page, npages, data);
 	while (p < end) {

@@ -413,7 +413,6 @@ static int mig_src_postcopy_switch(struct mig_run *run)
 {
 	struct migration *m = run->m;
 	struct mig_src *src = &run->src;
-	uint64_t *final;
 	int err;
 
 	mig_wait_drained(src);
@@ -436,14 +435,21 @@ static int mig_src_postcopy_switch(struct mig_run *run)
 		mig_set_error(m, "%s", run->errbuf);
 		return -1;
 	}
+	/*
+	 * Everything that grows with RAM and does not need the guest stopped,
+	 * now: the switch's bitmaps, and in pure postcopy (no pass sent: every
+	 * page pending, the dirty log says nothing new) all of them.
+	 */
+	if (!atomic_load(&m->passes))
+		memset(src->bitmap, 0xff, src->bitmap_words * sizeof(uint64_t));
+	if (mig_postcopy_prepare(src)) {
+		mig_set_error(m, "out of memory");
+		return -1;
+	}
 	if (mig_src_stop_vcpus(run))
 		return -1;
-	/* Pure postcopy: every page pending. */
-	final = calloc(src->bitmap_words, sizeof(uint64_t));
-	err = final ? vm_dirty_log_get(m->vm, 0, final) : -ENOMEM;
-	for (uint64_t w = 0; !err && w < src->bitmap_words; w++)
-		src->bitmap[w] = atomic_load(&m->passes) ? final[w] : ~0ull;
-	free(final);
+	/* Hybrid: the pages dirtied since the last pass (all of the bitmap is written). */
+	err = atomic_load(&m->passes) ? vm_dirty_log_get(m->vm, 0, src->bitmap) : 0;
 	if (err) {
 		mig_set_error(m, "reading the dirty log failed: %s", strerror(-err));
 		return -1;
@@ -466,6 +472,10 @@ static void mig_src_release(struct mig_run *run)
 	free(run->src.bitmap);
 	free(run->src.sent_once);
 	free(run->src.predisc);
+	/* A postcopy switch that failed before mig_postcopy() freed them. */
+	free((void *)run->src.pending);
+	free(run->src.released);
+	free(run->src.pc_discard);
 	atomic_store(&m->postcopy_requested, false);
 }
 

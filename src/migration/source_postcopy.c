@@ -184,9 +184,19 @@ void mig_releaser_join(struct mig_src *src)
  */
 static void mig_release(struct mig_src *src, uint64_t first, uint64_t n)
 {
+	uint64_t p = first, end = first + n;
+
 	/* Atomic: the return-path thread reads it (mig_rp_serve_request). */
-	for (uint64_t p = first; p < first + n; p++)
+	for (; p < end; p++) {
+		if (p % 64 == 0 && end - p >= 64) {
+			/* Whole words: a hole's zero run is millions of pages. */
+			for (; end - p >= 64; p += 64)
+				__atomic_store_n(&src->released[p / 64], ~0ull, __ATOMIC_RELAXED);
+			if (p == end)
+				break;
+		}
 		__atomic_fetch_or(&src->released[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+	}
 	if (!src->releaser.started || !mig_releaser_queue(&src->releaser, first, n))
 		mig_punch(src->block->fd, first, n);
 }
@@ -256,6 +266,63 @@ static bool mig_pending_take(struct mig_src *src, uint64_t p)
 		return false;
 	atomic_fetch_sub(&src->pending_count, 1);
 	return true;
+}
+
+/*
+ * Push, pages [@first, @end) a hole of the memfd: every pending one of them
+ * as zero runs, a word of the pending bitmap at a time, none of them read
+ * (reading a hole of a memfd allocates it).  The guest is stopped here, so
+ * a hole stays one.
+ */
+static void mig_push_hole(struct mig_src *src, uint64_t first, uint64_t end)
+{
+	uint64_t span_first = 0, span_n = 0, taken = 0;
+
+	for (uint64_t p = first; p < end;) {
+		uint64_t bits, nbits = 64;
+
+		if (p % 64 || end - p < 64) {
+			bits = mig_pending_take(src, p) ? 1 : 0;
+			nbits = 1;
+			atomic_fetch_add(&src->m->pages_pushed, bits);
+		} else {
+			bits = atomic_exchange(&src->pending[p / 64], 0);
+			taken += (uint64_t)__builtin_popcountll(bits);
+		}
+		for (uint64_t i = 0; i < nbits; i++) {
+			bool set = bits == ~0ull || (bits >> i) & 1;
+
+			if (set && span_n && span_first + span_n == p + i) {
+				span_n += bits == ~0ull ? nbits - i : 1;
+			} else if (set) {
+				if (span_n)
+					mig_add_zero_span(src, span_first, span_n);
+				span_first = p + i;
+				span_n = bits == ~0ull ? nbits - i : 1;
+			}
+			if (bits == ~0ull)
+				break;
+		}
+		p += nbits;
+	}
+	if (span_n)
+		mig_add_zero_span(src, span_first, span_n);
+	/* Whole words only: mig_pending_take() counted the others. */
+	atomic_fetch_sub(&src->pending_count, taken);
+	atomic_fetch_add(&src->m->pages_pushed, taken);
+}
+
+/*
+ * Push: where the data of the memfd starts again at or after page @p (the
+ * end when none), or @p itself when @p holds data.
+ */
+static uint64_t mig_push_data_from(struct mig_src *src, uint64_t p)
+{
+	off_t data = lseek(src->block->fd, (off_t)(p * MIG_PAGE_BYTES), SEEK_DATA);
+
+	if (data < 0)
+		return errno == ENXIO ? src->npages : p;
+	return (uint64_t)data / MIG_PAGE_BYTES;
 }
 
 /* Return-path thread: answers page requests on the urgent channel at once. */
@@ -542,13 +609,20 @@ static void mig_postcopy_push_ram(struct mig_src *src, uint64_t *cursorp, uint64
 		chunk *= 2;
 	}
 	end = cursor + chunk < src->npages ? cursor + chunk : src->npages;
-	for (uint64_t p = cursor; p < end; p++) {
-		if (!mig_pending_take(src, p)) {
-			mig_flush_run(src);
-			continue;
+	if (mig_push_data_from(src, cursor) >= end) {
+		/* A hole: all of it, up to where data starts again. */
+		end = mig_push_data_from(src, cursor);
+		mig_push_hole(src, cursor, end);
+		chunk = 16;
+	} else {
+		for (uint64_t p = cursor; p < end; p++) {
+			if (!mig_pending_take(src, p)) {
+				mig_flush_run(src);
+				continue;
+			}
+			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+			atomic_fetch_add(&src->m->pages_pushed, 1);
 		}
-		mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
-		atomic_fetch_add(&src->m->pages_pushed, 1);
 	}
 	cursor = end == src->npages ? 0 : end;
 	*cursorp = cursor;
@@ -1043,21 +1117,45 @@ static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread, b
 }
 
 /*
- * pending = never sent, or dirtied since sent; the returned discard set =
- * the latter, minus what the hybrid pre-discard dropped already.  NULL when
- * out of memory.
+ * The bitmaps of the switch, allocated and faulted in before the stop (a
+ * fresh page of them costs a fault inside the pause otherwise: ~64 per
+ * GiB of guest RAM).  Pure postcopy: pending = every page, filled here.
  */
-static uint64_t *mig_postcopy_pending(struct mig_src *src)
+int mig_postcopy_prepare(struct mig_src *src)
 {
-	uint64_t *discard = calloc(src->bitmap_words, sizeof(uint64_t));
+	size_t bytes = src->bitmap_words * sizeof(uint64_t);
 
-	src->pending = calloc(src->bitmap_words, sizeof(uint64_t));
-	src->released = calloc(src->bitmap_words, sizeof(uint64_t));
-	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
-	if (!discard || !src->pending || !src->released) {
-		free(discard);
-		return NULL;
+	src->pending = malloc(bytes);
+	src->released = malloc(bytes);
+	src->pc_discard = malloc(bytes);
+	if (!src->pending || !src->released || !src->pc_discard)
+		return -ENOMEM;
+	memset((void *)src->pending, 0, bytes);
+	memset(src->released, 0, bytes);
+	memset(src->pc_discard, 0, bytes);
+	src->pending_ready = !atomic_load(&src->m->passes) && !src->predisc;
+	if (src->pending_ready) {
+		mig_bits_set((uint64_t *)src->pending, 0, src->npages);
+		atomic_store(&src->pending_count, src->npages);
 	}
+	return 0;
+}
+
+/*
+ * Pages pending and to discard, vCPUs stopped, from src->bitmap (dirty
+ * since the last pass; all ones in pure postcopy) and src->sent_once:
+ * pending = never sent, or dirtied since sent; the returned discard set =
+ * the latter, minus what the hybrid pre-discard dropped already; NULL when
+ * there is none (pure postcopy: filled before the stop).  Plain stores: no
+ * other thread sees these bitmaps before the handover starts them.
+ */
+static const uint64_t *mig_postcopy_pending(struct mig_src *src)
+{
+	uint64_t *discard = src->pc_discard, count = 0;
+
+	src->ping_id = 1; /* 1 was the hybrid pre-discard's */
+	if (src->pending_ready)
+		return NULL;
 	for (uint64_t w = 0; w < src->bitmap_words; w++) {
 		uint64_t valid = w * 64 + 64 <= src->npages ? ~0ull
 				 : (1ull << (src->npages % 64)) - 1;
@@ -1069,9 +1167,10 @@ static uint64_t *mig_postcopy_pending(struct mig_src *src)
 			pend |= src->predisc[w] & valid;
 			discard[w] &= ~src->predisc[w];
 		}
-		atomic_store(&src->pending[w], pend);
-		atomic_fetch_add(&src->pending_count, (uint64_t)__builtin_popcountll(pend));
+		atomic_store_explicit(&src->pending[w], pend, memory_order_relaxed);
+		count += (uint64_t)__builtin_popcountll(pend);
 	}
+	atomic_store(&src->pending_count, count);
 	return discard;
 }
 
@@ -1100,16 +1199,17 @@ static int mig_postcopy_handover(struct mig_src *src, bool was_running, uint64_t
 				      .stop_ns = stop_ns };
 	char why[MIG_ERROR_BYTES] = "";
 	uint64_t t0 = clock_monotonic_ns(), t1;
-	uint64_t *discard = mig_postcopy_pending(src);
+	const uint64_t *discard;
 
-	if (!discard) {
+	if (!src->pending && mig_postcopy_prepare(src)) {
 		mig_set_error(m, "out of memory");
 		return -EAGAIN;
 	}
+	discard = mig_postcopy_pending(src);
 	log_debug("postcopy: %" PRIu64 " pages pending, %.3f ms after the stop",
 		  atomic_load(&src->pending_count), (double)(clock_monotonic_ns() - stop_ns) / 1e6);
-	mig_send_discards(src, discard);
-	free(discard);
+	if (discard)
+		mig_send_discards(src, discard);
 	src->bd.discard_ns = clock_monotonic_ns() - t0;
 	if (mig_send_state(src, &info, false, why, sizeof(why)))
 		return mig_postcopy_refused(src, "sending the device state failed: %s", why);
@@ -1244,6 +1344,9 @@ int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *f
 	src->pending = NULL;
 	free(src->released);
 	src->released = NULL;
+	free(src->pc_discard);
+	src->pc_discard = NULL;
+	src->pending_ready = false;
 	free(src->unacked);
 	src->unacked = NULL;
 	return err;

@@ -63,6 +63,23 @@ void mig_flush_run(struct mig_src *src)
 	src->run_len = 0;
 }
 
+void mig_add_zero_span(struct mig_src *src, uint64_t first, uint64_t n)
+{
+	mig_flush_run(src);
+	while (n) {
+		uint32_t k = n < UINT32_MAX ? (uint32_t)n : UINT32_MAX;
+
+		if (src->sent_once)
+			mig_bits_set(src->sent_once, first, k);
+		src->run_first = first;
+		src->run_zero = true;
+		src->run_len = k;
+		mig_flush_run(src);
+		first += k;
+		n -= k;
+	}
+}
+
 void mig_add_page(struct mig_src *src, uint64_t page, bool zero)
 {
 	if (src->sent_once)
@@ -91,48 +108,85 @@ static void mig_send_pages(struct mig_src *src, uint64_t first, uint64_t n, cons
 	mig_flush_run(src);
 }
 
-static const uint64_t mig_all_ones[MIG_WINDOW_PAGES / 64] = {
-	~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull, ~0ull,
-};
+/* Clears of the dirty log over holes: 256 MiB of pages a call. */
+#define MIG_HOLE_CLEAR_PAGES (1u << 16)
+static uint64_t mig_all_ones[MIG_HOLE_CLEAR_PAGES / 64];
 
-/* Pass 1: every page.  Holes of the memfd are zero here and there: skipped. */
+/* Pass 1 over [@w, @end), a hole of the memfd: zero on both sides. */
+static int mig_first_pass_hole(struct mig_src *src, uint64_t w, uint64_t end)
+{
+	struct migration *m = src->m;
+
+	/* Never written, so never dirty: no page of it is read, here or later. */
+	for (uint64_t p = w; p < end; p += MIG_HOLE_CLEAR_PAGES) {
+		uint64_t n = end - p < MIG_HOLE_CLEAR_PAGES ? end - p : MIG_HOLE_CLEAR_PAGES;
+		int err = vm_dirty_log_clear(m->vm, 0, p, (uint32_t)n, mig_all_ones);
+
+		if (err)
+			return err;
+	}
+	/*
+	 * The destination's RAM is new: zero.  With postcopy it must know these
+	 * pages are here, so zero runs (a few bytes each) say so.
+	 */
+	if (src->postcopy)
+		mig_add_zero_span(src, w, end - w);
+	else
+		atomic_fetch_add(&m->zero_pages, end - w);
+	return 0;
+}
+
+/*
+ * Pass 1: every page, in windows.  Holes of the memfd (SEEK_DATA) are
+ * skipped whole, however large: a sparse guest costs what it touched.
+ */
 int mig_first_pass(struct mig_src *src)
 {
 	struct migration *m = src->m;
 	int fd = src->block->fd;
 
-	for (uint64_t w = 0; w < src->npages; w += MIG_WINDOW_PAGES) {
+	if (!mig_all_ones[0])
+		memset(mig_all_ones, 0xff, sizeof(mig_all_ones));
+	for (uint64_t w = 0; w < src->npages;) {
 		uint64_t n = src->npages - w < MIG_WINDOW_PAGES ? src->npages - w : MIG_WINDOW_PAGES;
 		off_t data;
 		int err;
 
 		if (atomic_load(&m->cancel))
 			return -ECANCELED;
-		err = vm_dirty_log_clear(m->vm, 0, w, (uint32_t)n, mig_all_ones);
-		if (err)
-			return err;
 		data = lseek(fd, (off_t)(w * MIG_PAGE_BYTES), SEEK_DATA);
 		if (data < 0 || (uint64_t)data >= (w + n) * MIG_PAGE_BYTES) {
-			/*
-			 * A hole: zero on both sides (the destination's RAM is new).
-			 * With postcopy the destination must know these pages are
-			 * here, so a zero run (a few bytes) says so.
-			 */
-			if (src->postcopy) {
-				for (uint64_t p = w; p < w + n; p++)
-					mig_add_page(src, p, true);
-				mig_flush_run(src);
-			} else {
-				atomic_fetch_add(&m->zero_pages, n);
-			}
+			/* Up to the window where data starts again (or the end). */
+			uint64_t end = data < 0 ? src->npages
+				       : (uint64_t)data / MIG_PAGE_BYTES / MIG_WINDOW_PAGES * MIG_WINDOW_PAGES;
+
+			n = (end < src->npages ? end : src->npages) - w;
+			err = mig_first_pass_hole(src, w, w + n);
 		} else {
-			mig_send_pages(src, w, n, NULL);
+			err = vm_dirty_log_clear(m->vm, 0, w, (uint32_t)n, mig_all_ones);
+			if (!err)
+				mig_send_pages(src, w, n, NULL);
 		}
-		atomic_store(&m->remaining_bytes, (src->npages - w - n) * MIG_PAGE_BYTES);
+		if (err)
+			return err;
+		w += n;
+		atomic_store(&m->remaining_bytes, (src->npages - w) * MIG_PAGE_BYTES);
 		if (stream_error(&src->s))
 			return stream_error(&src->s);
 	}
 	return 0;
+}
+
+void mig_bits_set(uint64_t *bits, uint64_t first, uint64_t n)
+{
+	uint64_t p = first, end = first + n;
+
+	for (; p < end && p % 64; p++)
+		bits[p / 64] |= 1ull << (p % 64);
+	for (; p + 64 <= end; p += 64)
+		bits[p / 64] = ~0ull;
+	for (; p < end; p++)
+		bits[p / 64] |= 1ull << (p % 64);
 }
 
 uint64_t mig_popcount(const uint64_t *bits, uint64_t words)
@@ -190,21 +244,28 @@ static int mig_ram_save_setup(void *opaque, struct mig_save *sv)
 	return 0;
 }
 
-/* Dirty pages since the last sync: read KVM's log into the pass bitmap. */
-static int mig_ram_sync(struct migration *m, struct mig_src *src)
+/*
+ * Dirty pages since the last sync: read KVM's log into the pass bitmap.
+ * @count: and count them for the rate and what is pending (not at the
+ * stop, where nothing reads the count: a scan of the bitmap less in the
+ * pause).
+ */
+static int mig_ram_sync(struct migration *m, struct mig_src *src, bool count)
 {
 	uint64_t now, dirty;
 	int err;
 
-	memset(src->bitmap, 0, src->bitmap_words * sizeof(uint64_t));
+	/* All of the bitmap is written: no clearing first (vm.h). */
 	err = vm_dirty_log_get(m->vm, 0, src->bitmap);
 	if (err) {
 		log_error("migration: reading the dirty log failed: %s", strerror(-err));
 		return err;
 	}
+	atomic_fetch_add(&m->dirty_sync_count, 1);
+	if (!count)
+		return 0;
 	now = clock_monotonic_ns();
 	dirty = mig_popcount(src->bitmap, src->bitmap_words);
-	atomic_fetch_add(&m->dirty_sync_count, 1);
 	atomic_store(&m->dirty_pages_rate,
 		     (uint64_t)((double)dirty * 1e9 / (double)(now - src->ram_sync_ns + 1)));
 	src->ram_sync_ns = now;
@@ -222,7 +283,7 @@ static int mig_ram_save_pending(void *opaque, struct mig_save *sv, bool sync, ui
 		return 0;
 	}
 	if (sync)
-		err = mig_ram_sync(opaque, src);
+		err = mig_ram_sync(opaque, src, true);
 	*bytes = src->ram_dirty_pages * MIG_PAGE_BYTES;
 	return err;
 }
@@ -253,7 +314,7 @@ static int mig_ram_save_complete(void *opaque, struct mig_save *sv,
 
 	if (info->cpr || info->postcopy)
 		return 0;
-	err = mig_ram_sync(opaque, sv->src);
+	err = mig_ram_sync(opaque, sv->src, false);
 	return err ? err : mig_dirty_pass(sv->src, false);
 }
 

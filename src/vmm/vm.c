@@ -568,12 +568,15 @@ static int vm_check_config(const struct vm_config *c)
 		log_error("--mem: at most %llu GiB of guest RAM is supported", VMF_MAX_RAM_GIB);
 		return -E2BIG;
 	}
-	if (pages > 0 && psz > 0 && c->ram_bytes > host_bytes) {
-		log_error("--mem: %llu MiB of guest RAM does not fit in this host's %llu MiB",
-			  (unsigned long long)(c->ram_bytes >> 20),
-			  (unsigned long long)(host_bytes >> 20));
-		return -ENOMEM;
-	}
+	/*
+	 * More than the host has is fine while the guest touches less: guest
+	 * RAM is allocated as it is first written, and a migration moves and
+	 * allocates only what was (a sparse guest).  --prealloc refuses it.
+	 */
+	if (pages > 0 && psz > 0 && c->ram_bytes > host_bytes)
+		log_warn("--mem: %llu MiB of guest RAM is more than this host's %llu MiB; it runs as "
+			 "long as the guest touches less", (unsigned long long)(c->ram_bytes >> 20),
+			 (unsigned long long)(host_bytes >> 20));
 	if (c->nvcpus < 1 || c->nvcpus > VMF_MAX_VCPUS) {
 		log_error("--vcpus: between 1 and %u vCPUs", VMF_MAX_VCPUS);
 		return -EINVAL;

@@ -223,6 +223,19 @@ void vm_migration_complete(struct vm *vm);
  */
 int vm_incoming_finish(struct vm *vm, bool run, uint64_t *first_run_ns);
 
+/*
+ * A new process that took guest RAM over (CPR), before the guest runs
+ * here: map the pages that hold data (SEEK_DATA over the memfd; they are in
+ * the memfd already, so nothing is allocated or written) into this
+ * process's page tables now, so that KVM's fault on each page the guest
+ * touches again after the switch finds it mapped.  (KVM_PRE_FAULT_MEMORY
+ * would map the second level as well; these nested hosts run KVM without
+ * TDP, where it is not offered.)  Stops after @budget_ns; the bytes done in
+ * *done_bytes.  0, -ENOTSUP when VMFERRY_CPR_PREFAULT=off, or -errno.
+ * Main thread, before the guest runs.
+ */
+int vm_prefault_ram(struct vm *vm, uint64_t budget_ns, uint64_t *done_bytes);
+
 /* The guest clock (ns); set only while the vCPUs are stopped. */
 uint64_t vm_guest_clock_get(struct vm *vm);
 void vm_guest_clock_set(struct vm *vm, uint64_t ns);
@@ -236,8 +249,9 @@ void vm_moves_set(struct vm *vm, uint64_t moves);
 /*
  * Dirty logging over every RAM block (KVM manual-protect mode: pages start
  * dirty, and a page is write-protected again only by vm_dirty_log_clear).
- * vm_dirty_log_get ORs KVM's log and the VMM's own writes (vm_ram_write)
- * into @bitmap (one bit per 4 KiB page of the block).  0 or -errno.
+ * vm_dirty_log_get writes KVM's log into all of @bitmap (one bit per 4 KiB
+ * page of the block: no need to clear it first) and ORs the VMM's own
+ * writes (vm_ram_write, vm_ram_mark_dirty) into it.  0 or -errno.
  */
 int vm_dirty_log_start(struct vm *vm);
 int vm_dirty_log_stop(struct vm *vm);

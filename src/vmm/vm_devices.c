@@ -82,6 +82,7 @@ int vm_ram_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len)
 
 		for (uint64_t p = first; p <= last; p++)
 			atomic_fetch_or(&dirty[p / 64], 1ull << (p % 64));
+		atomic_store(&vm->vmm_dirty_some, true);
 	}
 	return 0;
 }

@@ -108,6 +108,12 @@ struct vm {
 	bool kept_was_running; /* lock */
 	pid_t kept_peer;       /* lock: see vm_migration_keep(); 0 none */
 	_Atomic uint64_t *vmm_dirty;      /* one bit per page of ram, or NULL */
+	/*
+	 * Set after a bit of vmm_dirty is: the dirty-log read scans vmm_dirty
+	 * only when it is (exchanged to false first), so a read over a large
+	 * guest that the VMM itself did not write costs nothing here.
+	 */
+	atomic_bool vmm_dirty_some;
 	_Atomic unsigned throttle_pct;
 	_Atomic uint64_t throttle_gen;    /* bumped every throttle period */
 	pthread_t throttle_thread;

@@ -294,8 +294,15 @@ int vm_dirty_log_get(struct vm *vm, size_t block, uint64_t *bitmap)
 		log_error("KVM_GET_DIRTY_LOG failed: %s", strerror(errno));
 		return err;
 	}
-	for (uint64_t i = 0; vm->vmm_dirty && i < words; i++)
-		bitmap[i] |= atomic_exchange(&vm->vmm_dirty[i], 0);
+	/*
+	 * Only when the VMM wrote guest RAM since the last read: a writer sets
+	 * its bits, then the flag; a bit set after the exchange below is seen
+	 * by this scan or keeps the flag set for the next read.
+	 */
+	if (vm->vmm_dirty && atomic_exchange(&vm->vmm_dirty_some, false))
+		for (uint64_t i = 0; i < words; i++)
+			if (atomic_load_explicit(&vm->vmm_dirty[i], memory_order_relaxed))
+				bitmap[i] |= atomic_exchange(&vm->vmm_dirty[i], 0);
 	return 0;
 }
 
@@ -332,6 +339,7 @@ int vm_ram_write(struct vm *vm, uint64_t gpa, const void *data, size_t len)
 
 		for (uint64_t p = first; p <= last; p++)
 			atomic_fetch_or(&vm->vmm_dirty[p / 64], 1ull << (p % 64));
+		atomic_store(&vm->vmm_dirty_some, true);
 	}
 	return 0;
 }
@@ -384,4 +392,37 @@ void vm_set_throttle(struct vm *vm, unsigned pct)
 unsigned vm_get_throttle(struct vm *vm)
 {
 	return atomic_load(&vm->throttle_pct);
+}
+
+int vm_prefault_ram(struct vm *vm, uint64_t budget_ns, uint64_t *done_bytes)
+{
+	/* Small steps: the budget is checked between them. */
+	const uint64_t step = 2ull << 20;
+	uint64_t deadline = clock_monotonic_ns() + budget_ns, off = 0;
+	const char *how = getenv("VMFERRY_CPR_PREFAULT");
+	int fd = vm->ram.fd;
+
+	*done_bytes = 0;
+	if (how && !strcmp(how, "off"))
+		return -ENOTSUP; /* for A/B measurements */
+	while (off < vm->ram.bytes && clock_monotonic_ns() < deadline) {
+		off_t data = lseek(fd, (off_t)off, SEEK_DATA), hole;
+
+		if (data < 0)
+			return errno == ENXIO ? 0 : -errno;
+		hole = lseek(fd, data, SEEK_HOLE);
+		if (hole < 0)
+			return -errno;
+		/* Whole pages: a data extent of a memfd is page aligned. */
+		for (off = (uint64_t)data; off < (uint64_t)hole && clock_monotonic_ns() < deadline;
+		     off += step) {
+			uint64_t n = (uint64_t)hole - off < step ? (uint64_t)hole - off : step;
+			int err = ram_block_populate(&vm->ram, off, n);
+
+			if (err)
+				return err;
+			*done_bytes += n;
+		}
+	}
+	return 0;
 }

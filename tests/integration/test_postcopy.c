@@ -106,6 +106,31 @@ static void test_pure_postcopy(void **state)
 }
 
 /*
+ * A sparse guest, pure postcopy (lazy minor mode): 4 GiB of which the
+ * dirtier touched 2 x 16 MiB.  The holes cross as zero runs, never read on
+ * the source (reading a memfd hole allocates it) and never allocated on the
+ * destination; the guest's memory verifies.
+ */
+static void test_pure_postcopy_sparse(void **state)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	int64_t src_bytes;
+
+	(void)state;
+	setup_pair(&src, &dst, "4G", "2", "dirtier,wss=16M,rate=2000,fill=1", uri, sizeof(uri));
+	src_bytes = migtest_guest_ram_allocated(&src);
+	assert_true(src_bytes > 0 && src_bytes < (128ll << 20));
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, uri), 0);
+	expect_completed_postcopy(&src, &dst, true);
+	/* What the guest touched, the look-ahead of the preallocation, little more. */
+	assert_true(migtest_guest_ram_allocated(&dst) < (256ll << 20));
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
+}
+
+/*
  * `stop` and `cont` on the destination while postcopy pages still arrive:
  * the vCPUs (in SCHED_IDLE there, postcopy-vcpu-nice's default) park at
  * once, the stream goes on, and the guest resumes and verifies after.
@@ -374,6 +399,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pure_postcopy),
+		cmocka_unit_test(test_pure_postcopy_sparse),
 		cmocka_unit_test(test_stop_cont_during_postcopy),
 		cmocka_unit_test(test_hybrid_after_one_pass),
 		cmocka_unit_test(test_complete_after_urgent_close),

@@ -3,7 +3,7 @@
  * real userfaultfd in minor mode over a small memfd block, without a VM or
  * a source: faults become one request per page, placing wakes every
  * waiter, recovery's outstanding list, lazy and eager mapping of pages
- * that arrive before anyone touched them.
+ * that arrive before anyone touched them, zero runs (the source's holes).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "migration/postcopy.h"
@@ -296,6 +297,47 @@ static void test_map_ahead(void **state)
 	assert_int_equal(b.value, 0x56);
 }
 
+/*
+ * A zero run (how a hole of the source arrives): across partial words, over
+ * a page with stale bytes in the memfd (punched: reads zero, holds no
+ * memory), a thread already waiting inside it (woken with a zero page) and
+ * a page that arrived with data before (kept: never written twice).
+ */
+static void test_zero_run(void **state)
+{
+	struct fixture *f = *state;
+	struct toucher a, b;
+	struct stat st0, st1;
+	uint64_t missing;
+
+	if (!f)
+		skip();
+	memset(f->rb.alias + 10 * PAGE, 0xee, PAGE); /* stale: never received */
+	place(f, 50, 0x50);
+	touch(f, &a, 100);
+	assert_int_equal(wait_requests(f, 1), 100);
+	missing = postcopy_dst_missing(f->pd);
+	assert_int_equal(fstat(f->rb.fd, &st0), 0);
+	assert_int_equal(postcopy_dst_place(f->pd, 3, 200, NULL), 0);
+	assert_int_equal(postcopy_dst_missing(f->pd), missing - 199); /* page 50 was here */
+	/* Nothing allocated for the run but the waiter's page; the stale one given back. */
+	assert_int_equal(fstat(f->rb.fd, &st1), 0);
+	assert_true(st1.st_blocks <= st0.st_blocks); /* +1 page: the waiter's, -1: page 10 */
+	assert_int_equal(pthread_join(a.th, NULL), 0);
+	assert_int_equal(a.value, 0);
+	touch(f, &b, 10);
+	assert_int_equal(pthread_join(b.th, NULL), 0);
+	assert_int_equal(b.value, 0);
+	assert_int_equal(*(volatile uint64_t *)(f->rb.host + 50 * PAGE), 0x50);
+	assert_int_equal(*(volatile uint64_t *)(f->rb.host + 202 * PAGE), 0);
+	/* Pages outside the run were not touched: page 203 still faults and is asked for. */
+	touch(f, &b, 203);
+	assert_int_equal(wait_requests(f, 2), 203);
+	place(f, 203, 0x203);
+	assert_int_equal(pthread_join(b.th, NULL), 0);
+	assert_int_equal(b.value, 0x203);
+}
+
 /* Eager mapping (VMFERRY_POSTCOPY_MAP=eager): an arrived page costs no fault. */
 static void test_placed_first_eager(void **state)
 {
@@ -328,6 +370,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_outstanding, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_placed_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_ahead, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_zero_run, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_placed_first_eager, setup_eager, teardown),
 	};
 
