@@ -7,7 +7,9 @@
  *   source_postcopy.c  the source after the switch: push, return path,
  *                      release-ram, pause and resume
  *   destination.c      the incoming side: load thread, urgent thread,
- *                      preallocation, postcopy recovery
+ *                      postcopy recovery
+ *   destination_ram.c  the incoming side's RAM: preallocation, pages that
+ *                      failed their CRC
  *   cpr.c              the cpr channel, and the source's live update
  */
 #ifndef VMFERRY_MIGRATION_INTERNAL_H
@@ -88,6 +90,8 @@
  */
 #define MIG_ACK_PAGES 1024u
 #define MIG_REQ_RING 256u /* requests the background push can be behind by */
+/* In a req_ring entry: a PAGE_RESEND (send it even if the push took it). */
+#define MIG_REQ_RESEND (1ull << 63)
 
 /*
  * Where a migration's pause went, in ns (query-migrate's
@@ -204,6 +208,10 @@ struct migration {
 	/* source postcopy figures, counted live by the migration and return-path
 	 * threads; reset when a migration starts (not when it resumes) */
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
+	/* CRC failures (stream version 2), reset when a migration starts:
+	 * destination - copies of pages or records that failed the check, and
+	 * pages asked for again in postcopy; source - pages sent again for that */
+	_Atomic uint64_t crc_mismatches, crc_resends;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
 	struct mig_breakdown bd;           /* the last migration's pause, under lock */
@@ -263,7 +271,7 @@ struct mig_src {
 	 * most one request out, so the ring never laps in practice; if it did,
 	 * the push would skip to the newest MIG_REQ_RING.
 	 */
-	_Atomic uint64_t req_ring[MIG_REQ_RING];
+	_Atomic uint64_t req_ring[MIG_REQ_RING]; /* page | MIG_REQ_RESEND */
 	_Atomic uint64_t req_seq;  /* requests written so far */
 	struct mig_releaser releaser; /* release-ram's hole punching */
 	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
@@ -347,11 +355,57 @@ void mig_src_close_side_channels(struct mig_src *src);
 int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp);
 
 /* destination.c */
+void *mig_incoming_thread(void *arg);
+
+/* destination_ram.c: preallocation */
 void mig_prealloc_join(struct migration *m);
 int mig_pc_prepare(struct migration *m);
-void *mig_incoming_thread(void *arg);
 void *mig_prealloc_thread(void *arg);
 void mig_pc_prepare_waiting(struct migration *m);
+
+/*
+ * destination_ram.c: pages whose copy failed its CRC (stream version 2).
+ * Precopy (load thread only): such a page is suspect until a good copy
+ * arrives - the source sent it while the guest wrote it, so it is dirty
+ * and comes again - and one still suspect at the stop fails the migration.
+ * Postcopy (load and urgent threads): it is not placed but asked for again
+ * (PAGE_RESEND); a second bad copy fails loudly.
+ */
+struct mig_crc_suspect {
+	uint64_t page;
+	uint32_t block, pass;
+};
+#define MIG_CRC_SUSPECT_MAX 65536u
+struct mig_crc_dst {
+	struct mig_crc_suspect *suspect; /* precopy: load thread */
+	size_t nsuspect, cap;
+	_Atomic uint64_t *retry;         /* postcopy, block 0: ever failed (bitmap) */
+	_Atomic uint64_t *waiting;       /* postcopy: asked for again, not here yet */
+	_Atomic uint64_t nwaiting;
+};
+/* Postcopy's bitmaps for a block of @npages.  0 or -ENOMEM. */
+int mig_crc_dst_init(struct mig_crc_dst *c, uint64_t npages);
+void mig_crc_dst_release(struct mig_crc_dst *c);
+/*
+ * Precopy: @npages pages at @first of @block arrived in @pages; check each
+ * against @page_crcs (NULL: none to check, a zero run or version 1) and
+ * update the suspects.  0, or an error when too many are suspect.
+ */
+int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
+			  uint64_t first, uint32_t npages, const uint32_t *page_crcs,
+			  const uint8_t *pages, char *err, size_t errlen);
+/* At the stop (@when: "the end", "postcopy's start"): 0, or -EBADMSG with
+ * the error if any page is still suspect. */
+int mig_crc_precopy_verdict(const struct mig_crc_dst *c, const struct mig_header *h,
+			    const char *when, char *err, size_t errlen);
+/*
+ * Postcopy: page @page's copy failed its CRC: 0 (first time: ask for it
+ * again) or -EBADMSG with the error (it failed before).  Any thread.
+ */
+int mig_crc_retry_mark(struct mig_crc_dst *c, uint64_t page, char *err, size_t errlen);
+/* Good copies of [first, first + n) arrived: true when that was the last
+ * page asked for again.  Any thread. */
+bool mig_crc_retry_done(struct mig_crc_dst *c, uint64_t first, uint64_t n);
 
 /* state.c: the engine's walks over the registered states */
 int mig_states_setup(struct mig_save *sv, char *err, size_t errlen);

@@ -91,13 +91,27 @@ static void mig_wait_drained(struct mig_src *src)
 }
 
 /*
+ * The stream version this source writes.  VMFERRY_EMIT_STREAM_VERSION=1
+ * makes it write version 1 (no CRCs), as a build from before version 2
+ * does: the compatibility tests and the CRC's cost measurement use it.
+ */
+static uint32_t mig_emit_stream_version(void)
+{
+	const char *e = getenv("VMFERRY_EMIT_STREAM_VERSION");
+	unsigned long v = e ? strtoul(e, NULL, 10) : 0;
+
+	return v >= MIG_VERSION_MIN && v <= MIG_VERSION ? (uint32_t)v : MIG_VERSION;
+}
+
+/*
  * Connect the main channel, set up its stream (published for cancel) and
  * queue the header.  The fd, or -1 with the migration's error set.
  */
 int mig_src_connect(struct mig_src *src)
 {
 	struct migration *m = src->m;
-	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
+	struct mig_header h = { .version = mig_emit_stream_version(),
+				.page_bytes = MIG_PAGE_BYTES };
 	int fd = channel_connect(&m->main_ch.cu, MIG_CONNECT_TIMEOUT_MS), err;
 
 	if (fd < 0) {

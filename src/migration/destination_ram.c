@@ -1,0 +1,246 @@
+/*
+ * The destination's guest RAM: preallocation ahead of the stream, and what
+ * the stream's CRCs (format.h, version 2) make of arriving pages - in
+ * precopy a page whose copy failed its check is suspect until it is sent
+ * again; in postcopy it is not placed and is asked for again.
+ */
+#include "migration/internal.h"
+
+/*
+ * Destination: fault in guest RAM ahead of the stream.  The guest's RAM is
+ * committed to it anyway; paying for the page faults while waiting for the
+ * source (instead of inside every recv) is what -mem-prealloc does in QEMU.
+ */
+void *mig_prealloc_thread(void *arg)
+{
+	struct migration *m = arg;
+	/*
+	 * Small steps: each holds the address-space lock for reading, and the
+	 * postcopy switch (registering userfaultfd) needs it for writing; a
+	 * 2 MiB step costs it a millisecond or two, a larger one would land in
+	 * the guest's pause.
+	 */
+	const uint64_t chunk = 2ull << 20;
+	uint64_t t0 = clock_monotonic_ns();
+
+
+	for (size_t b = 0; b < vm_ram_block_count(m->vm); b++) {
+		struct ram_block *rb = vm_ram_block(m->vm, b);
+
+		for (uint64_t off = 0; off < rb->bytes && !atomic_load(&m->prealloc_stop); off += chunk) {
+			uint64_t n = rb->bytes - off < chunk ? rb->bytes - off : chunk;
+			/* In postcopy's minor mode the guest's own mapping must show
+			 * only received pages: allocate through the alias. */
+			int r = rb->alias ? ram_block_populate_alias(rb, off, n)
+					  : ram_block_populate(rb, off, n);
+
+			if (r) {
+				log_warn("migration: preallocating guest RAM failed (%s); pages will be "
+					 "allocated as they arrive", strerror(-r));
+				return NULL;
+			}
+			atomic_fetch_add(&m->prealloc_bytes, n);
+		}
+	}
+	atomic_store(&m->prealloc_ns, clock_monotonic_ns() - t0);
+	log_debug("migration: %" PRIu64 " MiB of guest RAM preallocated in %.1f ms",
+		  atomic_load(&m->prealloc_bytes) >> 20, (double)(clock_monotonic_ns() - t0) / 1e6);
+	return NULL;
+}
+
+void mig_prealloc_join(struct migration *m)
+{
+	if (!m->prealloc_joinable)
+		return;
+	atomic_store(&m->prealloc_stop, true);
+	pthread_join(m->prealloc_thread, NULL);
+	m->prealloc_joinable = false;
+}
+
+/*
+ * Destination, postcopy enabled, nothing arrived yet: get guest RAM ready
+ * for userfaultfd.  Minor mode (the default where the kernel has it;
+ * VMFERRY_POSTCOPY_UFFD=missing forces the older way, for comparison): keep
+ * the memory, unmap it from the guest's view and go on preallocating it
+ * through an alias mapping.  Missing mode: give it all back (punch).
+ * Under m->lock from the control thread (capability set) or the main thread
+ * (incoming start), or from the incoming thread (advise).
+ */
+int mig_pc_prepare(struct migration *m)
+{
+	struct ram_block *rb = vm_ram_block(m->vm, 0);
+	const char *how = getenv("VMFERRY_POSTCOPY_UFFD");
+	bool restart = m->prealloc_joinable;
+	int r;
+
+	if (m->pc_prepared)
+		return 0;
+	mig_prealloc_join(m);
+	if ((!how || strcmp(how, "missing")) && postcopy_minor_supported() &&
+	    ram_block_map_alias(rb) == 0) {
+		r = madvise(rb->host, rb->bytes, MADV_DONTNEED) < 0 ? -errno : 0;
+		if (!r && restart) {
+			atomic_store(&m->prealloc_stop, false);
+			atomic_store(&m->prealloc_bytes, 0);
+			m->prealloc_joinable =
+				pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
+		}
+	} else {
+		r = fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+			      (off_t)rb->bytes) < 0 ? -errno : 0;
+	}
+	if (!r)
+		m->pc_prepared = true;
+	log_debug("postcopy: guest RAM prepared for %s mode%s", rb->alias ? "minor" : "missing",
+		  r ? " (failed)" : "");
+	return r;
+}
+
+/*
+ * A destination still waiting for its stream, with postcopy-ram on: give its
+ * preallocated RAM back now, while nothing has arrived, instead of inside
+ * the switch-over.  Never over RAM inherited in a live update (missing mode
+ * would punch the guest's memory out).  Under m->lock: the stream only
+ * writes RAM once the status is active.
+ */
+void mig_pc_prepare_waiting(struct migration *m)
+{
+	if (!m->incoming || m->cpr_incoming || m->status != MIG_STATUS_SETUP ||
+	    !m->params.postcopy_ram || m->pc_prepared)
+		return;
+	if (mig_pc_prepare(m))
+		log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
+}
+
+/* ---- CRC failures (stream version 2) ---- */
+
+void mig_crc_dst_release(struct mig_crc_dst *c)
+{
+	free(c->suspect);
+	free((void *)c->retry);
+	free((void *)c->waiting);
+	memset(c, 0, sizeof(*c));
+}
+
+/* Drop the pages of [first, first + n) of @block from the suspects: a good
+ * copy of them arrived. */
+static void mig_crc_suspect_clear(struct mig_crc_dst *c, uint32_t block, uint64_t first,
+				  uint64_t n)
+{
+	for (size_t i = 0; i < c->nsuspect;) {
+		const struct mig_crc_suspect *x = &c->suspect[i];
+
+		if (x->block == block && x->page >= first && x->page - first < n)
+			c->suspect[i] = c->suspect[--c->nsuspect];
+		else
+			i++;
+	}
+}
+
+static int mig_crc_suspect_add(struct mig_crc_dst *c, uint32_t block, uint64_t page,
+			       uint32_t pass, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < c->nsuspect; i++)
+		if (c->suspect[i].block == block && c->suspect[i].page == page)
+			return 0;
+	if (c->nsuspect == MIG_CRC_SUSPECT_MAX) {
+		snprintf(err, errlen, "more than %u pages failed their CRC check: the link "
+			 "corrupts data", MIG_CRC_SUSPECT_MAX);
+		return -EBADMSG;
+	}
+	if (c->nsuspect == c->cap) {
+		size_t cap = c->cap ? 2 * c->cap : 64;
+		struct mig_crc_suspect *x = realloc(c->suspect, cap * sizeof(*x));
+
+		if (!x) {
+			snprintf(err, errlen, "out of memory for pages that failed their CRC check");
+			return -ENOMEM;
+		}
+		c->suspect = x;
+		c->cap = cap;
+	}
+	c->suspect[c->nsuspect++] = (struct mig_crc_suspect){ .block = block, .page = page,
+							      .pass = pass };
+	return 0;
+}
+
+int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
+			  uint64_t first, uint32_t npages, const uint32_t *page_crcs,
+			  const uint8_t *pages, char *err, size_t errlen)
+{
+	if (c->nsuspect)
+		mig_crc_suspect_clear(c, block, first, npages);
+	for (uint32_t i = 0; page_crcs && i < npages; i++) {
+		int r;
+
+		if (mig_page_crc_ok(page_crcs, i, pages + (size_t)i * MIG_PAGE_BYTES))
+			continue;
+		atomic_fetch_add(&m->crc_mismatches, 1);
+		log_debug("migration: page %" PRIu64 " of block %u failed its CRC check in pass "
+			  "%" PRIu64 "; suspect until it is sent again", first + i, block,
+			  atomic_load(&m->passes) + 1);
+		r = mig_crc_suspect_add(c, block, first + i, (uint32_t)atomic_load(&m->passes) + 1,
+					err, errlen);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+int mig_crc_precopy_verdict(const struct mig_crc_dst *c, const struct mig_header *h,
+			    const char *when, char *err, size_t errlen)
+{
+	const struct mig_crc_suspect *x = c->suspect;
+
+	if (!c->nsuspect)
+		return 0;
+	snprintf(err, errlen, "%zu page(s) failed their CRC check and were not sent again before "
+		 "%s (the first: page %" PRIu64 " of block %s, in pass %u): the stream was "
+		 "corrupted in transit; the guest stays on the source", c->nsuspect, when, x->page,
+		 x->block < h->nblocks ? h->blocks[x->block].name : "?", x->pass);
+	return -EBADMSG;
+}
+
+int mig_crc_retry_mark(struct mig_crc_dst *c, uint64_t page, char *err, size_t errlen)
+{
+	uint64_t bit = 1ull << (page % 64);
+
+	if (atomic_fetch_or(&c->retry[page / 64], bit) & bit) {
+		snprintf(err, errlen, "page %" PRIu64 " failed its CRC check twice (sent again, "
+			 "damaged again): the link corrupts data", page);
+		return -EBADMSG;
+	}
+	atomic_fetch_or(&c->waiting[page / 64], bit);
+	atomic_fetch_add(&c->nwaiting, 1);
+	return 0;
+}
+
+bool mig_crc_retry_done(struct mig_crc_dst *c, uint64_t first, uint64_t n)
+{
+	bool last = false;
+
+	if (!atomic_load(&c->nwaiting))
+		return false;
+	for (uint64_t p = first; p < first + n; p++) {
+		uint64_t bit = 1ull << (p % 64);
+
+		if (atomic_fetch_and(&c->waiting[p / 64], ~bit) & bit)
+			last |= atomic_fetch_sub(&c->nwaiting, 1) == 1;
+	}
+	return last;
+}
+
+int mig_crc_dst_init(struct mig_crc_dst *c, uint64_t npages)
+{
+	size_t words = (size_t)((npages + 63) / 64);
+
+	c->retry = calloc(words ? words : 1, sizeof(*c->retry));
+	c->waiting = calloc(words ? words : 1, sizeof(*c->waiting));
+	if (!c->retry || !c->waiting) {
+		free((void *)c->retry);
+		free((void *)c->waiting);
+		c->retry = c->waiting = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
