@@ -152,6 +152,7 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
 	mig_query_ram(m, o);
+	json_object_object_add(o, "crc-suspect-pages", json_object_new_uint64(atomic_load(&m->crc_suspects)));
 	json_object_object_add(o, "crc-mismatches", json_object_new_uint64(atomic_load(&m->crc_mismatches)));
 	json_object_object_add(o, "crc-resends", json_object_new_uint64(atomic_load(&m->crc_resends)));
 	/* Source: live while postcopy runs, kept at the end. */

@@ -216,8 +216,8 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 			return 0;
 		/* Precopy: the guest does not run here yet, so a bad copy may sit
 		 * in its memory as long as it is replaced before the stop. */
-		r = mig_crc_precopy_pages(d->m, &d->crc, block, first_page, npages, page_crcs,
-					  rb->host + off, err, errlen);
+		r = mig_crc_precopy_pages(d->m, &d->crc, block, rb->bytes / MIG_PAGE_BYTES,
+					  first_page, npages, page_crcs, rb->host + off, err, errlen);
 		if (r)
 			return r;
 		if (d->pd)
@@ -564,7 +564,8 @@ static int mig_dst_discard(void *opaque, uint32_t block, uint64_t first_page, ui
 	uint64_t t0 = clock_monotonic_ns();
 	int r;
 
-	(void)block;
+	/* fetched again in postcopy: a copy that failed its CRC does not matter */
+	mig_crc_precopy_forget(&c->d->crc, block, first_page, npages);
 	r = postcopy_dst_discard(c->d->pd, first_page, npages);
 	c->d->discard_ns += clock_monotonic_ns() - t0;
 	c->d->discard_pages += npages;
@@ -582,7 +583,7 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	bool same_clock;
 	int r;
 
-	r = mig_crc_precopy_verdict(&d->crc, &d->header, "postcopy's start", err, errlen);
+	r = mig_crc_precopy_verdict(m, &d->crc, &d->header, "postcopy's start", err, errlen);
 	if (r)
 		return r;
 	/* Missing mode: preallocation would fill pages that must fault, so it
@@ -1155,7 +1156,7 @@ static int mig_in_finish_load(struct migration *m, struct mig_dst *d, struct str
 			vm_request_exit(m->vm, 1);
 		return -1;
 	}
-	err = mig_crc_precopy_verdict(&d->crc, &d->header, "the end", errbuf, errlen);
+	err = mig_crc_precopy_verdict(m, &d->crc, &d->header, "the end", errbuf, errlen);
 	if (err) {
 		mig_set_error(m, "incoming migration failed: %s", errbuf);
 		mig_dst_rp_error(d, err, m->error);

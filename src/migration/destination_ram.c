@@ -116,88 +116,73 @@ void mig_pc_prepare_waiting(struct migration *m)
 
 void mig_crc_dst_release(struct mig_crc_dst *c)
 {
-	free(c->suspect);
+	for (unsigned b = 0; b < MIG_MAX_BLOCKS; b++)
+		free(c->suspect[b]);
 	free((void *)c->retry);
 	free((void *)c->waiting);
 	memset(c, 0, sizeof(*c));
 }
 
-/* Drop the pages of [first, first + n) of @block from the suspects: a good
- * copy of them arrived. */
-static void mig_crc_suspect_clear(struct mig_crc_dst *c, uint32_t block, uint64_t first,
-				  uint64_t n)
+void mig_crc_precopy_forget(struct mig_crc_dst *c, uint32_t block, uint64_t first, uint64_t n)
 {
-	for (size_t i = 0; i < c->nsuspect;) {
-		const struct mig_crc_suspect *x = &c->suspect[i];
+	uint64_t *bits = block < MIG_MAX_BLOCKS ? c->suspect[block] : NULL;
 
-		if (x->block == block && x->page >= first && x->page - first < n)
-			c->suspect[i] = c->suspect[--c->nsuspect];
-		else
-			i++;
-	}
-}
-
-static int mig_crc_suspect_add(struct mig_crc_dst *c, uint32_t block, uint64_t page,
-			       uint32_t pass, char *err, size_t errlen)
-{
-	for (size_t i = 0; i < c->nsuspect; i++)
-		if (c->suspect[i].block == block && c->suspect[i].page == page)
-			return 0;
-	if (c->nsuspect == MIG_CRC_SUSPECT_MAX) {
-		snprintf(err, errlen, "more than %u pages failed their CRC check: the link "
-			 "corrupts data", MIG_CRC_SUSPECT_MAX);
-		return -EBADMSG;
-	}
-	if (c->nsuspect == c->cap) {
-		size_t cap = c->cap ? 2 * c->cap : 64;
-		struct mig_crc_suspect *x = realloc(c->suspect, cap * sizeof(*x));
-
-		if (!x) {
-			snprintf(err, errlen, "out of memory for pages that failed their CRC check");
-			return -ENOMEM;
+	for (uint64_t p = first; c->nsuspect && bits && p < first + n; p++) {
+		if (bits[p / 64] & (1ull << (p % 64))) {
+			bits[p / 64] &= ~(1ull << (p % 64));
+			c->nsuspect--;
 		}
-		c->suspect = x;
-		c->cap = cap;
 	}
-	c->suspect[c->nsuspect++] = (struct mig_crc_suspect){ .block = block, .page = page,
-							      .pass = pass };
-	return 0;
 }
 
 int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
-			  uint64_t first, uint32_t npages, const uint32_t *page_crcs,
-			  const uint8_t *pages, char *err, size_t errlen)
+			  uint64_t block_pages, uint64_t first, uint32_t npages,
+			  const uint32_t *page_crcs, const uint8_t *pages, char *err, size_t errlen)
 {
-	if (c->nsuspect)
-		mig_crc_suspect_clear(c, block, first, npages);
+	mig_crc_precopy_forget(c, block, first, npages);
 	for (uint32_t i = 0; page_crcs && i < npages; i++) {
-		int r;
+		uint64_t p = first + i;
 
 		if (mig_page_crc_ok(page_crcs, i, pages + (size_t)i * MIG_PAGE_BYTES))
 			continue;
-		atomic_fetch_add(&m->crc_mismatches, 1);
-		log_debug("migration: page %" PRIu64 " of block %u failed its CRC check in pass "
-			  "%" PRIu64 "; suspect until it is sent again", first + i, block,
-			  atomic_load(&m->passes) + 1);
-		r = mig_crc_suspect_add(c, block, first + i, (uint32_t)atomic_load(&m->passes) + 1,
-					err, errlen);
-		if (r)
-			return r;
+		if (!c->suspect[block]) {
+			c->suspect[block] = calloc((block_pages + 63) / 64, sizeof(uint64_t));
+			if (!c->suspect[block]) {
+				snprintf(err, errlen, "out of memory for pages that failed their CRC "
+					 "check");
+				return -ENOMEM;
+			}
+		}
+		c->suspect[block][p / 64] |= 1ull << (p % 64);
+		c->nsuspect++;
+		c->last_pass = (uint32_t)atomic_load(&m->passes) + 1;
+		atomic_fetch_add(&m->crc_suspects, 1);
 	}
 	return 0;
 }
 
-int mig_crc_precopy_verdict(const struct mig_crc_dst *c, const struct mig_header *h,
-			    const char *when, char *err, size_t errlen)
+int mig_crc_precopy_verdict(struct migration *m, const struct mig_crc_dst *c,
+			    const struct mig_header *h, const char *when, char *err, size_t errlen)
 {
-	const struct mig_crc_suspect *x = c->suspect;
-
 	if (!c->nsuspect)
 		return 0;
-	snprintf(err, errlen, "%zu page(s) failed their CRC check and were not sent again before "
-		 "%s (the first: page %" PRIu64 " of block %s, in pass %u): the stream was "
-		 "corrupted in transit; the guest stays on the source", c->nsuspect, when, x->page,
-		 x->block < h->nblocks ? h->blocks[x->block].name : "?", x->pass);
+	atomic_fetch_add(&m->crc_mismatches, c->nsuspect);
+	for (uint32_t b = 0; b < h->nblocks && b < MIG_MAX_BLOCKS; b++) {
+		uint64_t words = (h->blocks[b].bytes / MIG_PAGE_BYTES + 63) / 64;
+
+		for (uint64_t w = 0; c->suspect[b] && w < words; w++) {
+			if (!c->suspect[b][w])
+				continue;
+			snprintf(err, errlen, "%" PRIu64 " page(s) failed their CRC check and were "
+				 "not sent again before %s (the first: page %" PRIu64 " of block %s; "
+				 "the last failure in pass %u): the stream was corrupted in transit; "
+				 "the guest stays on the source", c->nsuspect, when,
+				 w * 64 + (uint64_t)__builtin_ctzll(c->suspect[b][w]),
+				 h->blocks[b].name, c->last_pass);
+			return -EBADMSG;
+		}
+	}
+	snprintf(err, errlen, "%" PRIu64 " page(s) failed their CRC check", c->nsuspect);
 	return -EBADMSG;
 }
 

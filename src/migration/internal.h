@@ -208,10 +208,15 @@ struct migration {
 	/* source postcopy figures, counted live by the migration and return-path
 	 * threads; reset when a migration starts (not when it resumes) */
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
-	/* CRC failures (stream version 2), reset when a migration starts:
-	 * destination - copies of pages or records that failed the check, and
-	 * pages asked for again in postcopy; source - pages sent again for that */
-	_Atomic uint64_t crc_mismatches, crc_resends;
+	/*
+	 * CRC failures (stream version 2), reset when a migration starts.
+	 * Destination: crc_suspects - precopy copies that failed the check
+	 * (pages the guest wrote while they were sent do; they come again),
+	 * crc_mismatches - damage that mattered (a record or postcopy page that
+	 * failed, a page still suspect at the stop), crc_resends - postcopy
+	 * pages asked for again.  Source: crc_resends - pages sent again.
+	 */
+	_Atomic uint64_t crc_suspects, crc_mismatches, crc_resends;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
 	struct mig_breakdown bd;           /* the last migration's pause, under lock */
@@ -371,14 +376,10 @@ void mig_pc_prepare_waiting(struct migration *m);
  * Postcopy (load and urgent threads): it is not placed but asked for again
  * (PAGE_RESEND); a second bad copy fails loudly.
  */
-struct mig_crc_suspect {
-	uint64_t page;
-	uint32_t block, pass;
-};
-#define MIG_CRC_SUSPECT_MAX 65536u
 struct mig_crc_dst {
-	struct mig_crc_suspect *suspect; /* precopy: load thread */
-	size_t nsuspect, cap;
+	uint64_t *suspect[MIG_MAX_BLOCKS]; /* precopy, load thread: a bitmap per block */
+	uint64_t nsuspect;
+	uint32_t last_pass;              /* the pass of the last failure, for the error */
 	_Atomic uint64_t *retry;         /* postcopy, block 0: ever failed (bitmap) */
 	_Atomic uint64_t *waiting;       /* postcopy: asked for again, not here yet */
 	_Atomic uint64_t nwaiting;
@@ -387,17 +388,21 @@ struct mig_crc_dst {
 int mig_crc_dst_init(struct mig_crc_dst *c, uint64_t npages);
 void mig_crc_dst_release(struct mig_crc_dst *c);
 /*
- * Precopy: @npages pages at @first of @block arrived in @pages; check each
- * against @page_crcs (NULL: none to check, a zero run or version 1) and
- * update the suspects.  0, or an error when too many are suspect.
+ * Precopy: @npages pages at @first of @block (of @block_pages) arrived in
+ * @pages; check each against @page_crcs (NULL: none to check, a zero run or
+ * version 1) and update the suspects.  0 or -ENOMEM.
  */
 int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
-			  uint64_t first, uint32_t npages, const uint32_t *page_crcs,
-			  const uint8_t *pages, char *err, size_t errlen);
-/* At the stop (@when: "the end", "postcopy's start"): 0, or -EBADMSG with
- * the error if any page is still suspect. */
-int mig_crc_precopy_verdict(const struct mig_crc_dst *c, const struct mig_header *h,
-			    const char *when, char *err, size_t errlen);
+			  uint64_t block_pages, uint64_t first, uint32_t npages,
+			  const uint32_t *page_crcs, const uint8_t *pages, char *err, size_t errlen);
+/* Precopy: the pages will not be used (discarded for postcopy to fetch). */
+void mig_crc_precopy_forget(struct mig_crc_dst *c, uint32_t block, uint64_t first, uint64_t n);
+/*
+ * At the stop (@when: "the end", "postcopy's start"): 0, or -EBADMSG with
+ * the error if any page is still suspect (counted in m->crc_mismatches).
+ */
+int mig_crc_precopy_verdict(struct migration *m, const struct mig_crc_dst *c,
+			    const struct mig_header *h, const char *when, char *err, size_t errlen);
 /*
  * Postcopy: page @page's copy failed its CRC: 0 (first time: ask for it
  * again) or -EBADMSG with the error (it failed before).  Any thread.

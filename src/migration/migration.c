@@ -473,6 +473,7 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->pages_pushed, 0);
 	atomic_store(&m->pages_requested, 0);
 	atomic_store(&m->pages_resent, 0);
+	atomic_store(&m->crc_suspects, 0);
 	atomic_store(&m->crc_mismatches, 0);
 	atomic_store(&m->crc_resends, 0);
 	atomic_store(&m->postcopy_requests, 0);
