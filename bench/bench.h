@@ -33,7 +33,19 @@ struct json_object;
 #define BENCH_READY_MS         60000           /* source vCPUs all "running" */
 #define BENCH_POLL_MS          20
 
-enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };
+enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_UNIX, BENCH_TRANSPORT__COUNT };
+
+/* Whether @t runs between two network namespaces (else on this host's own). */
+static inline bool bench_transport_netns(int t)
+{
+	return t == BENCH_VETH || t == BENCH_WIRE;
+}
+/*
+ * The destination's --incoming for @t: tcp:@host_addr:0, or for BENCH_UNIX a
+ * fresh socket path in the harness's directory (its link probe is TCP
+ * loopback's: the kernel copies the bytes in both).
+ */
+void bench_listen_uri(enum bench_transport t, const char *host_addr, char *buf, size_t len);
 
 /* Indexed by enum bench_transport: the name in the output, the one in --transports. */
 extern const char *const bench_transport_names[BENCH_TRANSPORT__COUNT];
