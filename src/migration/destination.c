@@ -838,6 +838,11 @@ static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream 
 		return -ENOMEM;
 	}
 	atomic_store(&d->urgent_failed, false);
+	/* Nothing places pages while paused.  The bitmap below asks for every
+	 * page not held, those asked for again after a bad copy too, and what
+	 * PONG was held for belongs to the broken connection. */
+	mig_crc_retry_reset(&d->crc, npages);
+	d->pong_held = false;
 	d->urgent_started = pthread_create(&d->urgent_thread, NULL, mig_urgent_thread, d) == 0;
 	pthread_mutex_lock(&d->rp_lock);
 	postcopy_dst_received_bits(d->pd, bits);

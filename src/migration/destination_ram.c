@@ -229,3 +229,12 @@ int mig_crc_dst_init(struct mig_crc_dst *c, uint64_t npages)
 	}
 	return 0;
 }
+
+void mig_crc_retry_reset(struct mig_crc_dst *c, uint64_t npages)
+{
+	for (uint64_t w = 0; c->retry && w < (npages + 63) / 64; w++) {
+		atomic_store(&c->retry[w], 0);
+		atomic_store(&c->waiting[w], 0);
+	}
+	atomic_store(&c->nwaiting, 0);
+}

@@ -411,6 +411,8 @@ int mig_crc_retry_mark(struct mig_crc_dst *c, uint64_t page, char *err, size_t e
 /* Good copies of [first, first + n) arrived: true when that was the last
  * page asked for again.  Any thread. */
 bool mig_crc_retry_done(struct mig_crc_dst *c, uint64_t first, uint64_t n);
+/* Postcopy resumed (nothing places pages): every page gets a fresh chance. */
+void mig_crc_retry_reset(struct mig_crc_dst *c, uint64_t npages);
 
 /* state.c: the engine's walks over the registered states */
 int mig_states_setup(struct mig_save *sv, char *err, size_t errlen);

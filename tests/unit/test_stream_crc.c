@@ -367,6 +367,35 @@ static void test_urgent_and_resumed(void **state)
 	free(b);
 }
 
+/* The version-2 bytes of docs/stream-format.md's worked example. */
+static void test_doc_example(void **state)
+{
+	static const uint8_t zero_run[] = { 0x01, 0x00, 0x01, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00,
+					    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+					    0xa4, 0x5a, 0xae, 0xfb };
+	static const uint8_t data_head[] = { 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+					     0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+					     0x85, 0x89, 0x1f, 0x69, 0xcf, 0xf2, 0x4d, 0x0b };
+	static const uint8_t vm_head[] = { 0x02, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+					   0x01, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00,
+					   0x55, 0xed, 0x08, 0xc1, 0x69, 0xa2, 0xae, 0xf2 };
+	uint8_t out[MIG_RAM_HEAD_MAX], page[MIG_PAGE_BYTES] = "vmferry", body[24] = { 0 };
+	uint64_t clock_ns = 2107521462, stop_ns = 1423792346660;
+	uint32_t crc = crc32c(0, page, sizeof(page)), was_running = 1;
+
+	(void)state;
+	assert_int_equal(mig_encode_ram_head(out, 2, 0, true, 16, 0, NULL), sizeof(zero_run));
+	assert_memory_equal(out, zero_run, sizeof(zero_run));
+	assert_int_equal(mig_encode_ram_head(out, 2, 0, false, 1, 16, &crc), sizeof(data_head));
+	assert_memory_equal(out, data_head, sizeof(data_head));
+	memcpy(body, &clock_ns, 8);
+	memcpy(body + 8, &stop_ns, 8);
+	memcpy(body + 16, &was_running, 4);
+	assert_int_equal(mig_encode_section_head(out, 2, MIG_REC_SECTION, 1, 0, 1, sizeof(body),
+						 crc32c(0, body, sizeof(body))), sizeof(vm_head));
+	assert_memory_equal(out, vm_head, sizeof(vm_head));
+}
+
 static void test_rp_page_resend(void **state)
 {
 	uint8_t msg[] = { 7, 0, 1, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0 };
@@ -444,6 +473,7 @@ int main(void)
 		cmocka_unit_test(test_crc_unchecked),
 		cmocka_unit_test(test_writer_encoding),
 		cmocka_unit_test(test_urgent_and_resumed),
+		cmocka_unit_test(test_doc_example),
 		cmocka_unit_test(test_rp_page_resend),
 		cmocka_unit_test(test_destination_bookkeeping),
 	};
