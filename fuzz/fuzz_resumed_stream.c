@@ -17,6 +17,28 @@
 #include "migration/load.h"
 #include "migration/stream.h"
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define FUZZ_BLOCK_PAGES 64u
+
+static int fuzz_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
+		    bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		    size_t errlen)
+{
+	(void)opaque;
+	assert(block == 0 && npages >= 1 && first_page < FUZZ_BLOCK_PAGES &&
+	       npages <= FUZZ_BLOCK_PAGES - first_page);
+	assert(!zero || !page_crcs);
+	return mig_load_ram_skip(NULL, block, first_page, npages, zero, page_crcs, s, err, errlen);
+}
+
+static int fuzz_ping(void *opaque, uint32_t id)
+{
+	(void)opaque;
+	(void)id;
+	return 0;
+}
+
 /* One pass over the input against a paused migration of stream @version. */
 static void fuzz_one(const uint8_t *data, size_t size, uint32_t version,
 		     const struct mig_load_ops *ops)

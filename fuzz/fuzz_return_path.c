@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(s.pos > before); /* progress: no endless loop on any input */
 		if (m.type == MIG_RP_RUNNING) {
 			assert(m.same_clock == 0 || m.same_clock == 1);
-		} else if (m.type == MIG_RP_PAGE_REQ) {
+		} else if (m.type == MIG_RP_PAGE_REQ || m.type == MIG_RP_PAGE_RESEND) {
 			assert(m.npages >= 1 && m.npages <= MIG_RUN_MAX_PAGES);
 		} else if (m.type == MIG_RP_RECV_BITMAP) {
 			assert(m.bitmap && m.bitmap_pages >= 1 &&
