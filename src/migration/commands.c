@@ -482,6 +482,8 @@ int migration_set_capabilities(struct migration *m, const struct mig_caps_update
 		m->params.postcopy_ram = u->postcopy_ram;
 	if (u->postcopy_preempt >= 0)
 		m->params.postcopy_preempt = u->postcopy_preempt;
+	if (u->stream_crc >= 0)
+		m->params.stream_crc = u->stream_crc;
 	mig_pc_prepare_waiting(m);
 	pthread_mutex_unlock(&m->lock);
 	return 0;
@@ -491,7 +493,7 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 				    struct json_object **ret, char *err, size_t errlen)
 {
 	struct mig_caps_update u = { .auto_converge = -1, .postcopy_ram = -1,
-				     .postcopy_preempt = -1 };
+				     .postcopy_preempt = -1, .stream_crc = -1 };
 	struct json_object *caps;
 	size_t n;
 
@@ -516,9 +518,11 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			u.postcopy_ram = json_object_get_boolean(state);
 		} else if (!strcmp(json_object_get_string(name), "postcopy-preempt")) {
 			u.postcopy_preempt = json_object_get_boolean(state);
+		} else if (!strcmp(json_object_get_string(name), "stream-crc")) {
+			u.stream_crc = json_object_get_boolean(state);
 		} else {
 			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge, postcopy-ram, "
-				 "postcopy-preempt)",
+				 "postcopy-preempt, stream-crc)",
 				 json_object_get_string(name));
 			return -EINVAL;
 		}
@@ -548,6 +552,12 @@ static int mig_cmd_query_capabilities(void *opaque, struct json_object *args,
 	json_object_object_add(c, "capability", json_object_new_string("postcopy-preempt"));
 	pthread_mutex_lock(&m->lock);
 	json_object_object_add(c, "state", json_object_new_boolean(m->params.postcopy_preempt));
+	pthread_mutex_unlock(&m->lock);
+	json_object_array_add(arr, c);
+	c = json_object_new_object();
+	json_object_object_add(c, "capability", json_object_new_string("stream-crc"));
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(c, "state", json_object_new_boolean(m->params.stream_crc));
 	pthread_mutex_unlock(&m->lock);
 	json_object_array_add(arr, c);
 	*ret = arr;

@@ -121,12 +121,13 @@ static int mig_dst_ram_minor(struct mig_dst_chan *c, uint64_t first_page, uint32
 }
 
 /*
- * Postcopy, a record whose pages came with CRCs, in c->bounce: place the
- * good pages; ask for each bad one again (PAGE_RESEND, on the return path)
- * - a second bad copy of a page fails.  0 or the error (in @err).
+ * Postcopy, a record in c->bounce of which some pages failed their CRC
+ * (bad[i]): place the good pages; ask for each bad one again (PAGE_RESEND,
+ * on the return path) - a second bad copy of a page fails.  0 or the error
+ * (in @err).
  */
 static int mig_dst_place_checked(struct mig_dst_chan *c, uint64_t first_page, uint32_t npages,
-				 const uint32_t *page_crcs, char *err, size_t errlen)
+				 const uint8_t *bad, char *err, size_t errlen)
 {
 	struct mig_dst *d = c->d;
 	uint32_t done = 0;
@@ -135,8 +136,7 @@ static int mig_dst_place_checked(struct mig_dst_chan *c, uint64_t first_page, ui
 		uint32_t k = 0;
 		int r;
 
-		while (done + k < npages &&
-		       mig_page_crc_ok(page_crcs, done + k, c->bounce + (size_t)(done + k) * MIG_PAGE_BYTES))
+		while (done + k < npages && !bad[done + k])
 			k++;
 		if (k) {
 			r = postcopy_dst_place(d->pd, first_page + done, k,
@@ -190,23 +190,29 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 		}
 	} else if (d->pd && atomic_load(&d->run_at_ns)) {
 		/* Postcopy: guest RAM is under userfaultfd; place atomically. */
+		uint8_t bad[MIG_RUN_MAX_PAGES];
+		uint32_t nbad = 0;
+
 		if (!zero)
-			stream_get_bytes(s, c->bounce, len);
+			nbad = mig_get_pages_checked(s, c->bounce, npages, page_crcs, bad);
 		if (stream_error(s))
 			return 0; /* the caller reports the stream error */
-		if (page_crcs)
-			return mig_dst_place_checked(c, first_page, npages, page_crcs, err, errlen);
+		if (nbad)
+			return mig_dst_place_checked(c, first_page, npages, bad, err, errlen);
 		r = postcopy_dst_place(d->pd, first_page, npages, zero ? NULL : c->bounce);
 		if (r) {
 			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
 				 npages, strerror(-r));
 			return r;
 		}
-		if (zero && mig_crc_retry_done(&d->crc, first_page, npages))
+		if (mig_crc_retry_done(&d->crc, first_page, npages))
 			mig_dst_release_pong(d);
 	} else {
+		uint8_t bad[MIG_RUN_MAX_PAGES];
+		uint32_t nbad = 0;
+
 		if (!zero) {
-			stream_get_bytes(s, rb->host + off, len);
+			nbad = mig_get_pages_checked(s, rb->host + off, npages, page_crcs, bad);
 		} else if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				     (off_t)off, (off_t)len) < 0) {
 			/* Free and zero them: nothing is read, nothing allocated. */
@@ -217,7 +223,7 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 		/* Precopy: the guest does not run here yet, so a bad copy may sit
 		 * in its memory as long as it is replaced before the stop. */
 		r = mig_crc_precopy_pages(d->m, &d->crc, block, rb->bytes / MIG_PAGE_BYTES,
-					  first_page, npages, page_crcs, rb->host + off, err, errlen);
+					  first_page, npages, nbad ? bad : NULL, err, errlen);
 		if (r)
 			return r;
 		if (d->pd)

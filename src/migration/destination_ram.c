@@ -136,14 +136,14 @@ void mig_crc_precopy_forget(struct mig_crc_dst *c, uint32_t block, uint64_t firs
 }
 
 int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
-			  uint64_t block_pages, uint64_t first, uint32_t npages,
-			  const uint32_t *page_crcs, const uint8_t *pages, char *err, size_t errlen)
+			  uint64_t block_pages, uint64_t first, uint32_t npages, const uint8_t *bad,
+			  char *err, size_t errlen)
 {
 	mig_crc_precopy_forget(c, block, first, npages);
-	for (uint32_t i = 0; page_crcs && i < npages; i++) {
+	for (uint32_t i = 0; bad && i < npages; i++) {
 		uint64_t p = first + i;
 
-		if (mig_page_crc_ok(page_crcs, i, pages + (size_t)i * MIG_PAGE_BYTES))
+		if (!bad[i])
 			continue;
 		if (!c->suspect[block]) {
 			c->suspect[block] = calloc((block_pages + 63) / 64, sizeof(uint64_t));

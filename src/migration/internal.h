@@ -388,13 +388,13 @@ struct mig_crc_dst {
 int mig_crc_dst_init(struct mig_crc_dst *c, uint64_t npages);
 void mig_crc_dst_release(struct mig_crc_dst *c);
 /*
- * Precopy: @npages pages at @first of @block (of @block_pages) arrived in
- * @pages; check each against @page_crcs (NULL: none to check, a zero run or
- * version 1) and update the suspects.  0 or -ENOMEM.
+ * Precopy: @npages pages at @first of @block (of @block_pages) arrived;
+ * bad[i] says page i failed its CRC (@bad NULL: none did) - it becomes
+ * suspect, the others stop being.  0 or -ENOMEM.
  */
 int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
-			  uint64_t block_pages, uint64_t first, uint32_t npages,
-			  const uint32_t *page_crcs, const uint8_t *pages, char *err, size_t errlen);
+			  uint64_t block_pages, uint64_t first, uint32_t npages, const uint8_t *bad,
+			  char *err, size_t errlen);
 /* Precopy: the pages will not be used (discarded for postcopy to fetch). */
 void mig_crc_precopy_forget(struct mig_crc_dst *c, uint32_t block, uint64_t first, uint64_t n);
 /*

@@ -146,6 +146,22 @@ bool mig_page_crc_ok(const uint32_t *page_crcs, uint32_t i, const void *page)
 	return !page_crcs || crc32c(0, page, MIG_PAGE_BYTES) == page_crcs[i];
 }
 
+uint32_t mig_get_pages_checked(struct stream *s, uint8_t *dst, uint32_t npages,
+			       const uint32_t *page_crcs, uint8_t *bad)
+{
+	uint32_t nbad = 0;
+
+	for (uint32_t done = 0, k; done < npages && !stream_error(s); done += k) {
+		k = npages - done < MIG_CHECK_PIECE_PAGES ? npages - done : MIG_CHECK_PIECE_PAGES;
+		stream_get_bytes(s, dst + (size_t)done * MIG_PAGE_BYTES, (size_t)k * MIG_PAGE_BYTES);
+		for (uint32_t i = done; page_crcs && i < done + k && !stream_error(s); i++) {
+			bad[i] = !mig_page_crc_ok(page_crcs, i, dst + (size_t)i * MIG_PAGE_BYTES);
+			nbad += bad[i];
+		}
+	}
+	return stream_error(s) ? 0 : nbad;
+}
+
 static int mig_load_io_error(struct stream *s, char *err, size_t errlen)
 {
 	snprintf(err, errlen, "migration stream: %s", s->errmsg[0] ? s->errmsg : strerror(-s->err));

@@ -108,6 +108,16 @@ int mig_load_ram_skip(void *opaque, uint32_t block, uint64_t first_page, uint32_
 
 /* Whether page @i of a RAM record matches its CRC (true without CRCs). */
 bool mig_page_crc_ok(const uint32_t *page_crcs, uint32_t i, const void *page);
+/*
+ * Read a data record's @npages pages into @dst and check each against
+ * @page_crcs (NULL: none), a piece at a time, while the piece is still in
+ * the cache the read left it in (a whole 4 MiB run is not): bad[i] = 1 for
+ * a page that fails (@bad has npages entries; untouched without CRCs).
+ * Returns how many failed (0 after a stream error, which @s keeps).
+ */
+#define MIG_CHECK_PIECE_PAGES 32u
+uint32_t mig_get_pages_checked(struct stream *s, uint8_t *dst, uint32_t npages,
+			       const uint32_t *page_crcs, uint8_t *bad);
 
 /* Write a header for the source. */
 void mig_save_header(struct stream *s, const struct mig_header *h);

@@ -91,16 +91,19 @@ static void mig_wait_drained(struct mig_src *src)
 }
 
 /*
- * The stream version this source writes.  VMFERRY_EMIT_STREAM_VERSION=1
- * makes it write version 1 (no CRCs), as a build from before version 2
- * does: the compatibility tests and the CRC's cost measurement use it.
+ * The stream version this source writes: 2, with CRCs over every RAM and
+ * section record, with the stream-crc capability; else 1, as a build from
+ * before version 2 wrote (its cost: docs/benchmarks.md, 2026-12-07, ninth
+ * session).  Capabilities do not change during a migration.
  */
-static uint32_t mig_emit_stream_version(void)
+static uint32_t mig_src_stream_version(struct migration *m)
 {
-	const char *e = getenv("VMFERRY_EMIT_STREAM_VERSION");
-	unsigned long v = e ? strtoul(e, NULL, 10) : 0;
+	bool crc;
 
-	return v >= MIG_VERSION_MIN && v <= MIG_VERSION ? (uint32_t)v : MIG_VERSION;
+	pthread_mutex_lock(&m->lock);
+	crc = m->params.stream_crc;
+	pthread_mutex_unlock(&m->lock);
+	return crc ? MIG_VERSION : MIG_VERSION_MIN;
 }
 
 /*
@@ -110,7 +113,7 @@ static uint32_t mig_emit_stream_version(void)
 int mig_src_connect(struct mig_src *src)
 {
 	struct migration *m = src->m;
-	struct mig_header h = { .version = mig_emit_stream_version(),
+	struct mig_header h = { .version = mig_src_stream_version(m),
 				.page_bytes = MIG_PAGE_BYTES };
 	int fd = channel_connect(&m->main_ch.cu, MIG_CONNECT_TIMEOUT_MS), err;
 

@@ -10,7 +10,9 @@
  *     destination verifies;
  *   - postcopy, a page pushed after the switch: the destination does not
  *     place it, asks for it again, and completes and verifies;
- *   - a version-1 stream (no CRCs) from a compatibility writer still loads.
+ *   - without the stream-crc capability (the default) the source writes
+ *     version 1 (no CRCs), as older builds did, and it loads.
+ * The flips run with stream-crc on the source.
  * Skips (77) without KVM.
  */
 #include <stdarg.h>
@@ -432,6 +434,7 @@ static void run_precopy(enum flip_at at, bool expect_completed)
 	migtest_spawn(&src, "16M", "1", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	migtest_spawn_incoming(&dst, "16M", "1", true, dst_uri, sizeof(dst_uri));
+	assert_int_equal(harness_set_capability(&src, "stream-crc", true), 0);
 	relay_start(&r, at, dst_uri, uri, sizeof(uri));
 	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
@@ -488,6 +491,7 @@ static void test_postcopy_flip_rerequested(void **state)
 	migtest_spawn_incoming(&dst, "32M", "1", true, dst_uri, sizeof(dst_uri));
 	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
 	assert_int_equal(harness_set_capability(&dst, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_capability(&src, "stream-crc", true), 0);
 	relay_start(&r, FLIP_AFTER_RUN, dst_uri, uri, sizeof(uri));
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	assert_int_equal(harness_migrate(&src, uri), 0);
@@ -509,18 +513,24 @@ static void test_postcopy_flip_rerequested(void **state)
 	assert_int_equal(harness_vm_quit(&dst), 0);
 }
 
-/* A source writing stream version 1 (as an older build): no CRCs, still loaded. */
+/*
+ * Without the stream-crc capability (the default) a source writes stream
+ * version 1, as a build from before version 2 did: no CRCs, still loaded.
+ * And the capability is the source's alone: a destination reads both.
+ */
 static void test_version1_stream_loads(void **state)
 {
 	struct harness_vm src, dst;
 	char uri[HARNESS_PATH_BYTES + 8];
-	struct json_object *q;
+	struct json_object *q = NULL, *caps = NULL;
 
 	(void)state;
-	setenv("VMFERRY_EMIT_STREAM_VERSION", "1", 1);
 	migtest_spawn(&src, "16M", "1", "incrementer", NULL);
-	unsetenv("VMFERRY_EMIT_STREAM_VERSION");
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
+	assert_int_equal(harness_call(&src, "query-migrate-capabilities", NULL, &caps), 0);
+	assert_non_null(strstr(json_object_to_json_string(caps),
+			       "\"capability\": \"stream-crc\", \"state\": false"));
+	json_object_put(caps);
 	migtest_spawn_incoming(&dst, "16M", "1", true, uri, sizeof(uri));
 	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);

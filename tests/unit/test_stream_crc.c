@@ -24,7 +24,7 @@
 #include "util/crc32c.h"
 
 struct tbuf {
-	uint8_t p[64 * 1024];
+	uint8_t p[256 * 1024];
 	size_t len;
 };
 
@@ -416,38 +416,69 @@ static void test_rp_page_resend(void **state)
 	stream_release(&s);
 }
 
+/* Pages read a piece at a time, each checked: which one failed. */
+static void test_get_pages_checked(void **state)
+{
+	struct tbuf *b = calloc(1, sizeof(*b));
+	uint8_t *dst = malloc(40 * MIG_PAGE_BYTES), bad[40];
+	uint32_t crcs[40];
+	struct stream s;
+
+	(void)state;
+	for (uint32_t i = 0; i < 40; i++) {
+		uint8_t page[MIG_PAGE_BYTES];
+
+		page_fill(page, i);
+		crcs[i] = crc32c(0, page, sizeof(page));
+		if (i == 3 || i == 35)
+			page[7] ^= 0x80; /* damaged on the way */
+		put(b, page, sizeof(page));
+	}
+	stream_init_mem(&s, b->p, b->len);
+	assert_int_equal(mig_get_pages_checked(&s, dst, 40, crcs, bad), 2);
+	for (uint32_t i = 0; i < 40; i++)
+		assert_int_equal(bad[i], i == 3 || i == 35);
+	stream_release(&s);
+	/* without CRCs nothing is checked */
+	stream_init_mem(&s, b->p, b->len);
+	assert_int_equal(mig_get_pages_checked(&s, dst, 40, NULL, bad), 0);
+	assert_memory_equal(dst, b->p, 40 * MIG_PAGE_BYTES);
+	stream_release(&s);
+	/* truncated: 0, the error kept in the stream */
+	stream_init_mem(&s, b->p, b->len - 1);
+	assert_int_equal(mig_get_pages_checked(&s, dst, 40, crcs, bad), 0);
+	assert_int_not_equal(stream_error(&s), 0);
+	stream_release(&s);
+	free(dst);
+	free(b);
+}
+
 /* The destination's bookkeeping: precopy suspects and postcopy retries. */
 static void test_destination_bookkeeping(void **state)
 {
 	static struct migration m;
 	struct mig_crc_dst c;
 	struct mig_header h = { .nblocks = 1 };
-	uint8_t pages[2 * MIG_PAGE_BYTES];
-	uint32_t crcs[2];
+	static const uint8_t bad01[2] = { 0, 1 }, bad10[2] = { 1, 0 };
 	char err[256];
 
 	(void)state;
 	memset(&c, 0, sizeof(c));
 	snprintf(h.blocks[0].name, sizeof(h.blocks[0].name), "ram0");
 	h.blocks[0].bytes = T_PAGES * MIG_PAGE_BYTES;
-	page_fill(pages, 10);
-	page_fill(pages + MIG_PAGE_BYTES, 11);
-	crcs[0] = crc32c(0, pages, MIG_PAGE_BYTES);
-	crcs[1] = crc32c(0, pages + MIG_PAGE_BYTES, MIG_PAGE_BYTES) ^ 1; /* page 11: bad */
-	assert_int_equal(mig_crc_precopy_pages(&m, &c, 0, T_PAGES, 10, 2, crcs, pages, err,
+	/* page 11 arrives damaged */
+	assert_int_equal(mig_crc_precopy_pages(&m, &c, 0, T_PAGES, 10, 2, bad01, err,
 					       sizeof(err)), 0);
 	assert_int_equal(c.nsuspect, 1);
 	assert_int_equal(mig_crc_precopy_verdict(&m, &c, &h, "the end", err, sizeof(err)),
 			 -EBADMSG);
 	assert_non_null(strstr(err, "page 11 of block ram0"));
 	/* sent again, good: no longer suspect */
-	crcs[1] ^= 1;
-	assert_int_equal(mig_crc_precopy_pages(&m, &c, 0, T_PAGES, 10, 2, crcs, pages, err,
+	assert_int_equal(mig_crc_precopy_pages(&m, &c, 0, T_PAGES, 10, 2, NULL, err,
 					       sizeof(err)), 0);
 	assert_int_equal(mig_crc_precopy_verdict(&m, &c, &h, "the end", err, sizeof(err)), 0);
 	/* suspect, then discarded for postcopy to fetch: forgotten */
-	crcs[0] ^= 1;
-	assert_int_equal(mig_crc_precopy_pages(&m, &c, 0, T_PAGES, 10, 2, crcs, pages, err,
+	assert_int_equal(mig_crc_precopy_pages(&m, &c, 0, T_PAGES, 10, 2, bad10, err,
 					       sizeof(err)), 0);
 	mig_crc_precopy_forget(&c, 0, 8, 4);
 	assert_int_equal(mig_crc_precopy_verdict(&m, &c, &h, "the end", err, sizeof(err)), 0);
@@ -475,6 +506,7 @@ int main(void)
 		cmocka_unit_test(test_urgent_and_resumed),
 		cmocka_unit_test(test_doc_example),
 		cmocka_unit_test(test_rp_page_resend),
+		cmocka_unit_test(test_get_pages_checked),
 		cmocka_unit_test(test_destination_bookkeeping),
 	};
 
