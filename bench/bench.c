@@ -278,6 +278,9 @@ int bench_common_option(int opt, const char *arg, struct bench_common_opts *c,
 	case 'q':
 		c->quick = true;
 		return 1;
+	case 'S':
+		c->stream_crc = true;
+		return 1;
 	default:
 		return 0;
 	}

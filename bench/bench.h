@@ -189,8 +189,9 @@ struct bench_common_opts {
 	uint64_t probe_bytes;
 	const char *bin;           /* VMFERRY_BIN, or build/vmferry */
 	bool quick;
+	bool stream_crc;           /* the stream-crc capability on the source */
 };
-/* getopt_long entries for them (getopt values m w t r c C T p q). */
+/* getopt_long entries for them (getopt values m w t r c C T p q S). */
 #define BENCH_COMMON_LONGOPTS \
 	{ "mem", required_argument, NULL, 'm' }, \
 	{ "workloads", required_argument, NULL, 'w' }, \
@@ -200,7 +201,8 @@ struct bench_common_opts {
 	{ "convergence-timeout", required_argument, NULL, 'C' }, \
 	{ "timeout", required_argument, NULL, 'T' }, \
 	{ "probe-bytes", required_argument, NULL, 'p' }, \
-	{ "quick", no_argument, NULL, 'q' }
+	{ "quick", no_argument, NULL, 'q' }, \
+	{ "stream-crc", no_argument, NULL, 'S' }
 /* Defaults: 256 MiB and 1 GiB, 3 runs, 2 vCPUs, every workload, loopback. */
 void bench_common_defaults(struct bench_common_opts *c);
 /*

@@ -52,6 +52,7 @@
  *                        preallocated its RAM (as when it was started well
  *                        ahead; minor mode keeps that memory)
  *   --quick              smoke: 256M, loopback, 1 run (modes and workloads as given)
+ *   --stream-crc         the source with the stream-crc capability (CRCs)
  *
  * Per run, as bench/precopy: measure the link with no VM running, start a
  * destination `vmferry run --incoming`, start a source with the workload and
@@ -316,6 +317,8 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 		return rc;
 	if (mode->postcopy_ram &&
 	    (bench_set_caps(dst, NULL, r) || bench_set_caps(src, &mode->preempt, r)))
+		return -EIO;
+	if (o->c.stream_crc && bench_vm_error(src, harness_set_capability(src, "stream-crc", true), r))
 		return -EIO;
 	if (mode->postcopy_ram && mode->vcpu_nice >= 0) {
 		p = json_object_new_object();
@@ -817,7 +820,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]\n"
 		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
-		"                [--probe-bytes SIZE] [--dest-ready] [--quick]\n"
+		"                [--probe-bytes SIZE] [--dest-ready] [--quick] [--stream-crc]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"

@@ -26,6 +26,7 @@
  *   --probe-bytes SIZE   bytes of each link bandwidth probe (default 512M; the
  *                        link is the median of 3 probes)
  *   --quick              smoke: 256M, loopback, 1 run (workloads as given)
+ *   --stream-crc         the source with the stream-crc capability (CRCs)
  *
  * Per run: measure the link (one TCP stream of --probe-bytes between two
  * threads of this process, over the same path the migration takes, with no
@@ -106,6 +107,8 @@ static int bench_set_params(const struct bench_opts *o, struct harness_vm *src,
 	json_object_put(p);
 	if (rc)
 		return rc;
+	if (o->c.stream_crc && bench_vm_error(src, harness_set_capability(src, "stream-crc", true), r))
+		return -EIO;
 	if (o->auto_converge) {
 		p = json_tokener_parse("{\"capabilities\": [{\"capability\": \"auto-converge\", "
 				       "\"state\": true}]}");
@@ -303,7 +306,7 @@ static void bench_usage(FILE *f)
 	fprintf(f,
 		"usage: precopy [--mem SIZES] [--workloads LIST] [--transports LIST] [--runs N]\n"
 		"               [--vcpus N] [--downtime-limit MS] [--convergence-timeout S]\n"
-		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--quick]\n"
+		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--quick] [--stream-crc]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: idle, moderate, heavy, incrementer (default: all)\n"
 		"  transports: loopback, veth, wire, unix (default loopback)\n");

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The CRC's cost: bench/precopy and bench/postcopy with stream version 2
-# (CRCs, the default) and version 1 (VMFERRY_EMIT_STREAM_VERSION=1: no CRCs),
+# (--stream-crc: the capability, CRCs) and version 1 (the default: none),
 # interleaved - each round runs both, in alternating order - so that the
 # machine's drift hits both alike.  One JSON line per run on stdout, each
 # with "crc": "on" or "off" added.
@@ -16,8 +16,8 @@ bin=${BUILD:-build}
 one() { # crc bench args...
 	local crc=$1
 	shift
-	if [ "$crc" = off ]; then
-		VMFERRY_EMIT_STREAM_VERSION=1 "$@"
+	if [ "$crc" = on ]; then
+		"$@" --stream-crc
 	else
 		"$@"
 	fi | grep '"type":"run"' | sed "s/^{/{\"crc\":\"$crc\",/"
