@@ -715,16 +715,7 @@ static int mig_cpr_switch(struct mig_cpr_run *run)
 
 static void mig_cpr_release(struct mig_cpr_run *run)
 {
-	struct migration *m = run->m;
-
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	if (run->fd >= 0) {
-		stream_release(&run->src.s);
-		close(run->fd);
-	}
+	mig_end_main_channel(run->m, &run->src.s, run->fd);
 	if (run->cfd >= 0)
 		close(run->cfd);
 	if (run->pidfd >= 0)

@@ -721,13 +721,7 @@ static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream
 		postcopy_dst_destroy(d->pd);
 		d->pd = NULL;
 	}
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	if (fd >= 0) {
-		stream_release(s);
-		close(fd);
-	}
+	mig_end_main_channel(m, s, fd);
 	if (d->rp_fd >= 0) {
 		stream_release(&d->rp);
 		close(d->rp_fd);
@@ -1205,7 +1199,6 @@ void *mig_incoming_thread(void *arg)
 		vm_request_exit(m->vm, 1);
 		return NULL;
 	}
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
 	mig_dst_finish(m, &d, &s, fd, &chan, true);
 	vm_set_ram_arriving(m->vm, false); /* every page is here (or it never was postcopy) */
 	mig_dst_vcpu_nice(m, false);

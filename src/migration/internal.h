@@ -324,6 +324,12 @@ void mig_set_error(struct migration *m, const char *fmt, ...)
 void mig_replace_error(struct migration *m, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void mig_set_time(struct migration *m, uint64_t *field, uint64_t value);
+/*
+ * Either side, at a run's end: note the end time, unpublish the stream (no
+ * command reaches it any more) and release and close the main channel
+ * (@fd < 0: never opened).
+ */
+void mig_end_main_channel(struct migration *m, struct stream *s, int fd);
 void mig_set_downtime(struct migration *m, uint64_t downtime_ns, bool same_clock);
 void mig_set_breakdown(struct migration *m, const struct mig_breakdown *bd);
 void mig_breakdown_fit(struct mig_breakdown *bd, uint64_t stop_ns, uint64_t end_ns);

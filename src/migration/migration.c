@@ -1,19 +1,8 @@
 /*
- * Precopy source engine and incoming side.  See migration.h.
- *
- * Dirty tracking uses KVM's manual-protect dirty log: KVM_GET_DIRTY_LOG
- * only reads the log; a page is write-protected again (its next write
- * logged) by KVM_CLEAR_DIRTY_LOG, which we issue for a window of pages just
- * before sending them.  So a write that lands after the clear is in the
- * next pass, and one that lands before it is sent now:
- *
- *   migration thread        vCPU
- *   ----------------        ----
- *   GET log (page p dirty)
- *                           writes p   (not logged: p still writable)
- *   CLEAR window with p     -> p write-protected
- *   send p                  (sends the newer content)
- *                           writes p   -> logged, sent next pass
+ * The migration object: its status table, the helpers the source and
+ * destination phases share, and the public API (start, cancel, pause,
+ * resume, recover, incoming).  The phases themselves are in source*.c,
+ * destination.c and cpr.c (docs/architecture.md).
  */
 #include "migration/internal.h"
 
@@ -178,6 +167,18 @@ void mig_set_time(struct migration *m, uint64_t *field, uint64_t value)
 	pthread_mutex_lock(&m->lock);
 	*field = value;
 	pthread_mutex_unlock(&m->lock);
+}
+
+void mig_end_main_channel(struct migration *m, struct stream *s, int fd)
+{
+	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
+	pthread_mutex_lock(&m->lock);
+	m->stream = NULL;
+	pthread_mutex_unlock(&m->lock);
+	if (fd >= 0) {
+		stream_release(s);
+		close(fd);
+	}
 }
 
 /* Record the measured downtime and which clocks measured it. */

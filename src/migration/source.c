@@ -477,14 +477,7 @@ static void mig_src_release(struct mig_run *run)
 {
 	struct migration *m = run->m;
 
-	mig_set_time(m, &m->end_ns, clock_monotonic_ns());
-	pthread_mutex_lock(&m->lock);
-	m->stream = NULL;
-	pthread_mutex_unlock(&m->lock);
-	if (run->fd >= 0) {
-		stream_release(&run->src.s);
-		close(run->fd);
-	}
+	mig_end_main_channel(m, &run->src.s, run->fd);
 	mig_src_close_side_channels(&run->src);
 	free(run->src.bitmap);
 	free(run->src.sent_once);

@@ -1,4 +1,20 @@
-/* The source: guest RAM pages into the stream, the first and the dirty passes. */
+/*
+ * The source: guest RAM pages into the stream, the first and the dirty passes.
+ *
+ * Dirty tracking uses KVM's manual-protect dirty log: KVM_GET_DIRTY_LOG
+ * only reads the log; a page is write-protected again (its next write
+ * logged) by KVM_CLEAR_DIRTY_LOG, which we issue for a window of pages just
+ * before sending them.  So a write that lands after the clear is in the
+ * next pass, and one that lands before it is sent now:
+ *
+ *   migration thread        vCPU
+ *   ----------------        ----
+ *   GET log (page p dirty)
+ *                           writes p   (not logged: p still writable)
+ *   CLEAR window with p     -> p write-protected
+ *   send p                  (sends the newer content)
+ *                           writes p   -> logged, sent next pass
+ */
 #include "migration/internal.h"
 
 bool mig_page_is_zero(const uint8_t *p)
