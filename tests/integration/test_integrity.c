@@ -423,22 +423,51 @@ static struct json_object *query(struct harness_vm *vm)
 	return q;
 }
 
-/* Precopy through the relay; @at picks the page. */
+/*
+ * The source's copy of the guest moved to @dst without the relay finding
+ * its page (see run_precopy): it must have gone well; @dst is the source now.
+ */
+static void moved_without_flip(struct harness_vm *src, struct harness_vm *dst,
+			       struct json_object *q)
+{
+	assert_string_equal(harness_json_str(q, "status"), "completed");
+	migtest_wait_migration_status(dst, "completed");
+	migtest_expect_guest_alive_and_verified(dst);
+	assert_int_equal(harness_vm_quit(src), 0);
+	*src = *dst;
+}
+
+/*
+ * Precopy through the relay; @at picks the page.  When the stream has no
+ * such page (a final pass without data: the vCPU did not run between the
+ * last read of the dirty log and the stop, as under ThreadSanitizer on a
+ * loaded machine), the guest moved unharmed, and it goes on from there
+ * through a new relay, at most 3 times.
+ */
 static void run_precopy(enum flip_at at, bool expect_completed)
 {
 	struct harness_vm src, dst;
-	struct relay r;
+	struct relay *r = calloc(1, sizeof(*r));
 	char dst_uri[HARNESS_PATH_BYTES + 8], uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 
+	assert_non_null(r);
 	migtest_spawn(&src, "16M", "1", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
-	migtest_spawn_incoming(&dst, "16M", "1", true, dst_uri, sizeof(dst_uri));
-	assert_int_equal(harness_set_capability(&src, "stream-crc", true), 0);
-	relay_start(&r, at, dst_uri, uri, sizeof(uri));
-	assert_int_equal(harness_migrate(&src, uri), 0);
-	q = migtest_wait_migration(&src);
-	assert_int_equal(atomic_load(&r.flips), 1);
+	for (int attempt = 0;; attempt++) {
+		migtest_spawn_incoming(&dst, "16M", "1", true, dst_uri, sizeof(dst_uri));
+		assert_int_equal(harness_set_capability(&src, "stream-crc", true), 0);
+		relay_start(r, at, dst_uri, uri, sizeof(uri));
+		assert_int_equal(harness_migrate(&src, uri), 0);
+		q = migtest_wait_migration(&src);
+		relay_stop(r);
+		if (atomic_load(&r->flips) || attempt == 2)
+			break;
+		moved_without_flip(&src, &dst, q);
+		json_object_put(q);
+	}
+	assert_int_equal(atomic_load(&r->flips), 1);
+	free(r);
 	if (expect_completed) {
 		if (strcmp(harness_json_str(q, "status"), "completed"))
 			fail_msg("%s: %s", harness_json_str(q, "status"),
@@ -462,7 +491,6 @@ static void run_precopy(enum flip_at at, bool expect_completed)
 		migtest_expect_status(&src, "running");
 		migtest_expect_guest_alive_and_verified(&src);
 	}
-	relay_stop(&r);
 	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
@@ -496,19 +524,20 @@ static void test_postcopy_flip_rerequested(void **state)
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	assert_int_equal(harness_migrate(&src, uri), 0);
 	q = migtest_wait_migration(&src);
+	if (!strcmp(harness_json_str(q, "status"), "completed"))
+		migtest_wait_migration_status(&dst, "completed");
+	relay_stop(&r);
 	if (strcmp(harness_json_str(q, "status"), "completed"))
 		fail_msg("postcopy: %s: %s", harness_json_str(q, "status"),
 			 harness_json_str(q, "error-desc"));
 	assert_int_equal(atomic_load(&r.flips), 1);
 	assert_true(harness_json_int(q, "crc-resends") >= 1); /* the source sent it again */
 	json_object_put(q);
-	migtest_wait_migration_status(&dst, "completed");
 	q = query(&dst);
 	assert_int_equal(harness_json_int(q, "crc-mismatches"), 1);
 	assert_int_equal(harness_json_int(q, "crc-resends"), 1);
 	json_object_put(q);
 	migtest_expect_guest_alive_and_verified(&dst);
-	relay_stop(&r);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 }
