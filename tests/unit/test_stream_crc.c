@@ -20,6 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+
+#include "harness/harness.h"
 #include "migration/internal.h"
 #include "util/crc32c.h"
 
@@ -453,6 +458,79 @@ static void test_get_pages_checked(void **state)
 	free(b);
 }
 
+/* tools/stream_dump on @path: its exit status. */
+static int dump_status(const char *tool, const char *path)
+{
+	const char *argv[] = { tool, path, NULL };
+	int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC), raw, rc;
+	pid_t pid = harness_fork_exec(argv, false, -1, null_fd, null_fd);
+
+	close(null_fd);
+	assert_true(pid > 0);
+	rc = harness_reap(pid, 20000, &raw);
+	return rc;
+}
+
+/* @data with byte @off flipped, in a temporary file: dump_status of it. */
+static int dump_flipped(const char *tool, const uint8_t *data, size_t len, size_t off)
+{
+	char path[] = "/tmp/vmferry-crcdump.XXXXXX";
+	uint8_t *copy = malloc(len);
+	int fd = mkstemp(path), rc;
+
+	assert_true(fd >= 0 && copy);
+	memcpy(copy, data, len);
+	if (off < len)
+		copy[off] ^= 0x01;
+	assert_int_equal(write(fd, copy, len), (ssize_t)len);
+	close(fd);
+	rc = dump_status(tool, path);
+	unlink(path);
+	free(copy);
+	return rc;
+}
+
+/*
+ * tools/stream_dump on a real version-2 capture (the fuzz corpus's, from a
+ * paused 32 MiB guest): it takes it whole, and refuses it with a byte of a
+ * page or of the cpu section flipped.  Skipped without the tool.
+ */
+static void test_dump_tool_v2_capture(void **state)
+{
+	char bin[PATH_MAX], root[PATH_MAX], tool[PATH_MAX + 32], capture[PATH_MAX + 64];
+	uint8_t *data;
+	long len;
+	FILE *f;
+
+	(void)state;
+	snprintf(bin, sizeof(bin), "%s", harness_binary());
+	snprintf(root, sizeof(root), "%s", dirname(bin)); /* build */
+	snprintf(tool, sizeof(tool), "%s/tools/stream_dump", root);
+	snprintf(capture, sizeof(capture), "%s/fuzz/corpus/migration_stream/real_capture_32m_v2",
+		 dirname(root));
+	f = fopen(capture, "re");
+	if (access(tool, X_OK) || !f) {
+		if (f)
+			fclose(f);
+		skip();
+	}
+	fseek(f, 0, SEEK_END);
+	len = ftell(f);
+	rewind(f);
+	data = malloc((size_t)len);
+	assert_non_null(data);
+	assert_int_equal(fread(data, 1, (size_t)len, f), (size_t)len);
+	fclose(f);
+	assert_int_equal(dump_flipped(tool, data, (size_t)len, SIZE_MAX), 0);
+	/* its first data record, 1 page, is at byte 82 (stream_dump --pages):
+	 * 25 bytes of head, then the page */
+	assert_int_equal(data[82], MIG_REC_RAM);
+	assert_int_equal(dump_flipped(tool, data, (size_t)len, 82 + 25 + 100), 1);
+	assert_int_equal(dump_flipped(tool, data, (size_t)len, 82 + 9), 1); /* first_page */
+	assert_int_equal(dump_flipped(tool, data, (size_t)len, (size_t)len - 10), 1); /* cpu */
+	free(data);
+}
+
 /* The destination's bookkeeping: precopy suspects and postcopy retries. */
 static void test_destination_bookkeeping(void **state)
 {
@@ -507,6 +585,7 @@ int main(void)
 		cmocka_unit_test(test_doc_example),
 		cmocka_unit_test(test_rp_page_resend),
 		cmocka_unit_test(test_get_pages_checked),
+		cmocka_unit_test(test_dump_tool_v2_capture),
 		cmocka_unit_test(test_destination_bookkeeping),
 	};
 
