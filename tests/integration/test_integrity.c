@@ -9,7 +9,8 @@
  *     holds both passes back to pick it): the migration completes and the
  *     destination verifies;
  *   - postcopy, a page pushed after the switch: the destination does not
- *     place it, asks for it again, and completes and verifies;
+ *     place it, asks for it again, and completes and verifies (with the
+ *     urgent channel, and without: then the background stream resends it);
  *   - without the stream-crc capability (the default) the source writes
  *     version 1 (no CRCs), as older builds did, and it loads.
  * The flips run with stream-crc on the source.
@@ -506,19 +507,24 @@ static void test_precopy_resent_page_flip_completes(void **state)
 	run_precopy(FLIP_PASS1_RESENT, true);
 }
 
-static void test_postcopy_flip_rerequested(void **state)
+/*
+ * Pure postcopy through the relay, which damages the first page pushed.
+ * @preempt: the source answers the PAGE_RESEND on the urgent channel; else
+ * its background stream sends the page again.
+ */
+static void run_postcopy(bool preempt)
 {
 	struct harness_vm src, dst;
 	struct relay r;
 	char dst_uri[HARNESS_PATH_BYTES + 8], uri[HARNESS_PATH_BYTES + 8];
 	struct json_object *q;
 
-	(void)state;
 	migtest_spawn(&src, "32M", "1", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
 	migtest_spawn_incoming(&dst, "32M", "1", true, dst_uri, sizeof(dst_uri));
 	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
 	assert_int_equal(harness_set_capability(&dst, "postcopy-ram", true), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-preempt", preempt), 0);
 	assert_int_equal(harness_set_capability(&src, "stream-crc", true), 0);
 	relay_start(&r, FLIP_AFTER_RUN, dst_uri, uri, sizeof(uri));
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
@@ -540,6 +546,18 @@ static void test_postcopy_flip_rerequested(void **state)
 	migtest_expect_guest_alive_and_verified(&dst);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
+}
+
+static void test_postcopy_flip_rerequested(void **state)
+{
+	(void)state;
+	run_postcopy(true);
+}
+
+static void test_postcopy_flip_rerequested_no_preempt(void **state)
+{
+	(void)state;
+	run_postcopy(false);
 }
 
 /*
@@ -581,6 +599,7 @@ int main(void)
 		cmocka_unit_test(test_precopy_final_pass_flip_fails),
 		cmocka_unit_test(test_precopy_resent_page_flip_completes),
 		cmocka_unit_test(test_postcopy_flip_rerequested),
+		cmocka_unit_test(test_postcopy_flip_rerequested_no_preempt),
 		cmocka_unit_test(test_version1_stream_loads),
 	};
 
