@@ -4,7 +4,8 @@
  *   u8 nfds (low 3 bits: fds attached, 0..4), u8 ctrunc, u16 len, len bytes
  * and fed in order; attached fds are real (duplicates of /dev/null), so an
  * fd the parser keeps or drops wrongly shows up as a leak or a double close.
- * The whole input is also parsed as an ACK.
+ * The whole input is also parsed as an ACK.  Seeds in fuzz/corpus/cpr cover
+ * version 1 (RAM only) and version 2 (RAM and disk fds).
  */
 #include <assert.h>
 #include <errno.h>
@@ -57,8 +58,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		} else if (r == 1) {
 			assert(rx.state == 2 && st.nfds >= 1 && st.nfds <= CPR_MAX_FDS);
 			for (unsigned i = 0; i < st.nfds; i++)
-				assert(st.fds[i].fd >= 0 && st.fds[i].kind == CPR_FD_RAM &&
-				       st.fds[i].name[0] && st.fds[i].bytes);
+				assert(st.fds[i].fd >= 0 && st.fds[i].name[0] && st.fds[i].bytes &&
+				       (st.fds[i].kind == CPR_FD_RAM ? !st.fds[i].flags
+					: st.fds[i].kind == CPR_FD_DISK && st.version >= 2 &&
+					  !st.fds[i].gpa && !(st.fds[i].bytes % 512) &&
+					  !(st.fds[i].flags & ~CPR_FD_F_READONLY)));
 		}
 		pos += len;
 	}

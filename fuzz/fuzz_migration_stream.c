@@ -92,7 +92,7 @@ static int fuzz_section_part(void *opaque, uint32_t id, uint32_t instance, uint3
 
 	(void)version; (void)data; (void)err; (void)errlen;
 	assert(len <= VMSTATE_SECTION_MAX_BYTES);
-	assert(!f->running && !f->cpr);
+	assert(!f->cpr); /* parts may follow postcopy run (a disk's blocks), never CPR */
 	assert((id == VMSTATE_SECTION_VM && instance == 0) ||
 	       (id == VMSTATE_SECTION_CPU && instance < f->h.nvcpus));
 	return 0;

@@ -49,7 +49,8 @@ TSAN_PROGRAMS="unit/* integration/test_control integration/test_postcopy integra
 	integration/test_migration=test_c* integration/test_migration=test_destination_killed
 	integration/test_migration=test_bad_requests integration/test_recovery=test_recover_unix
 	integration/test_state=test_precopy integration/test_state=test_recovery
-	integration/test_disk=test_precopy integration/test_disk=test_postcopy"
+	integration/test_disk=test_precopy integration/test_disk=test_postcopy
+	integration/test_storage=test_postcopy*"
 if make -s -j"$jobs" WERROR=1 TSAN=1 all; then
 	tsan_start=$(date +%s)
 	TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp" \

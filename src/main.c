@@ -73,10 +73,12 @@ static void run_usage(FILE *f)
 		"                          where it happens in the background while waiting)\n"
 		"      --no-prealloc       allocate guest RAM only as pages are first written\n"
 		"      --no-shutdown       keep running after the guest exits or crashes\n"
-		"      --disk file=PATH[,readonly=on]\n"
+		"      --disk file=PATH[,readonly=on][,incoming=on]\n"
 		"                          a virtio-blk disk backed by PATH (repeatable, up to %u;\n"
 		"                          a migration's destination gives the same disks in the\n"
-		"                          same order; docs/devices.md)\n"
+		"                          same order; docs/devices.md); incoming=on: PATH (of the\n"
+		"                          source disk's size) receives the disk's data from a\n"
+		"                          `vmferry migrate --storage`\n"
 		"      --test-state        add a test-only migratable state (a counter and a blob;\n"
 		"                          commands test-state-bump, query-test-state): the tests'\n"
 		"                          proof that a new state migrates in every mode\n"
@@ -114,6 +116,15 @@ static void main_cpr_fail(int *cpr_fd, int err, const char *why)
 	*cpr_fd = -1;
 }
 
+static unsigned main_cpr_count(const struct cpr_state *st, uint32_t kind)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < st->nfds; i++)
+		n += st->fds[i].kind == kind;
+	return n;
+}
+
 /*
  * --incoming-cpr: wait for the old process, take the guest RAM memfd it
  * hands over, and size the VM after it.  Returns the connected cpr socket
@@ -147,9 +158,9 @@ static int main_cpr_receive(const char *uri, struct cpr_state *st, struct vm_con
 		return -1;
 	}
 	ram = cpr_state_find(st, CPR_FD_RAM, "ram0");
-	if (!ram || st->nfds != 1 || ram->gpa != 0)
-		snprintf(err, sizeof(err), "expected exactly one RAM block, ram0 at 0; got %u fds",
-			 st->nfds);
+	if (!ram || main_cpr_count(st, CPR_FD_RAM) != 1 || ram->gpa != 0)
+		snprintf(err, sizeof(err), "expected exactly one RAM block, ram0 at 0; got %u "
+			 "RAM fds", main_cpr_count(st, CPR_FD_RAM));
 	else if (mem_given && cfg->ram_bytes != ram->bytes)
 		snprintf(err, sizeof(err), "the guest has %llu MiB of RAM, --mem says %llu MiB",
 			 (unsigned long long)(ram->bytes >> 20),
@@ -170,8 +181,8 @@ static int main_cpr_receive(const char *uri, struct cpr_state *st, struct vm_con
 	cfg->ram_inherited = true;
 	cfg->ram_fd = ram->fd; /* vm_create owns it from here */
 	ram->fd = -1;
-	log_info("live update: inherited %llu MiB of guest RAM and %u vCPUs",
-		 (unsigned long long)(cfg->ram_bytes >> 20), cfg->nvcpus);
+	log_info("live update: inherited %llu MiB of guest RAM, %u vCPUs and %u other fds",
+		 (unsigned long long)(cfg->ram_bytes >> 20), cfg->nvcpus, st->nfds - 1);
 	return fd;
 }
 
@@ -312,6 +323,11 @@ static int main_run(int argc, char **argv)
 	if (optind < argc)
 		return run_usage_error("unexpected argument '%s'", argv[optind]);
 
+	for (unsigned i = 0; i < ndisks; i++)
+		if (disk_opts[i].incoming && (!incoming_uri || cpr_uri))
+			return run_usage_error("--disk %s,incoming=on: an incoming disk receives a "
+					       "storage migration: it needs --incoming URI (and no "
+					       "--incoming-cpr)", disk_opts[i].path);
 	if (postcopy && (!incoming_uri || cpr_uri))
 		return run_usage_error("--postcopy %s", incoming_uri
 				       ? "does not apply to --incoming-cpr: a live update moves no RAM"
@@ -356,6 +372,8 @@ static int main_run(int argc, char **argv)
 			log_warn("--prealloc: %s; pages will be allocated on first use", strerror(-err));
 		err = 0;
 	}
+	for (unsigned i = 0; i < ndisks; i++)
+		disk_opts[i].cpr_inherit = cpr_fd >= 0; /* its fd comes with the update */
 	err = main_create_disks(vm, disk_opts, ndisks, &disks);
 	if (err) {
 		main_cpr_fail(&cpr_fd, err, "the new process could not open its disks (see its log)");
@@ -368,6 +386,15 @@ static int main_run(int argc, char **argv)
 		err = virtio_blk_register_state(&disks, mig);
 	if (err)
 		goto out;
+	if (cpr_fd >= 0) {
+		/* Each state takes what it lent on the old side: the disks' files. */
+		err = migration_incoming_take_cpr(mig, &cpr, errbuf, sizeof(errbuf));
+		if (err) {
+			fprintf(stderr, "vmferry run: --incoming-cpr: %s\n", errbuf);
+			main_cpr_fail(&cpr_fd, err, errbuf);
+			goto out;
+		}
+	}
 	if (postcopy) {
 		/* Applied when the incoming side starts listening, before it accepts. */
 		const struct mig_caps_update caps = { .auto_converge = -1, .postcopy_ram = 1,
@@ -404,8 +431,6 @@ static int main_run(int argc, char **argv)
 	if (err)
 		goto out;
 	if (incoming_uri) {
-		if (cpr_fd >= 0)
-			migration_incoming_set_cpr(mig, cpr.token);
 		err = migration_incoming_start(mig, incoming_uri, prealloc != 0, errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
@@ -430,6 +455,8 @@ static int main_run(int argc, char **argv)
 out:
 	if (err)
 		main_cpr_fail(&cpr_fd, err, "the new process failed to start (see its log)");
+	if (cpr_uri)
+		cpr_state_close(&cpr); /* lent fds nobody took (a failure before taking) */
 	/* Nothing may emit events into the server once it is destroyed. */
 	migration_shutdown(mig);
 	if (vm)

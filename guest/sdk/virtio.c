@@ -4,7 +4,8 @@
 
 #define VMF_VQ_AVAIL_OFF 0x400u /* in the queue's page: desc at 0 */
 #define VMF_VQ_USED_OFF  0x800u
-#define VMF_VQ_REQ_OFF   0xc00u /* the request header, then the status byte */
+#define VMF_VQ_REQ_OFF   0xc00u /* per slot: the request header, then the status byte */
+#define VMF_VQ_REQ_BYTES 32u
 #define VMF_SPINS_BEFORE_SLEEP 2000u
 
 static uint32_t vmf_reg_read(const struct vmf_blk *d, uint32_t off)
@@ -55,8 +56,7 @@ static int vmf_vq_setup(struct vmf_blk *d, uint16_t q, uint8_t *mem)
 	vq->desc = (struct virtq_desc *)mem;
 	vq->avail = (volatile uint16_t *)(mem + VMF_VQ_AVAIL_OFF);
 	vq->used = mem + VMF_VQ_USED_OFF;
-	vq->hdr = (struct virtio_blk_req_hdr *)(mem + VMF_VQ_REQ_OFF);
-	vq->status = mem + VMF_VQ_REQ_OFF + sizeof(struct virtio_blk_req_hdr);
+	vq->req = mem + VMF_VQ_REQ_OFF;
 	vq->notify = (volatile uint32_t *)(d->regs + VIRTIO_MMIO_QUEUE_NOTIFY);
 	vmf_reg_write(d, VIRTIO_MMIO_QUEUE_NUM, VMF_VQ_SIZE);
 	vmf_reg_write(d, VIRTIO_MMIO_QUEUE_DESC_LOW, (uint32_t)gpa);
@@ -113,12 +113,12 @@ int vmf_blk_init(struct vmf_blk *d, const struct vmf_boot_info *bi, unsigned wan
 	return (vmf_reg_read(d, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_DEVICE_NEEDS_RESET) ? -4 : 0;
 }
 
-/* Publish the chain at descriptor 0 and kick if the device wants it. */
-static void vmf_vq_submit(struct vmf_vq *vq)
+/* Publish the chain at descriptor @head and kick if the device wants it. */
+static void vmf_vq_submit(struct vmf_vq *vq, uint16_t head)
 {
 	uint16_t old = vq->avail_idx;
 
-	vq->avail[2 + old % VMF_VQ_SIZE] = 0;
+	vq->avail[2 + old % VMF_VQ_SIZE] = head;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	vq->avail[1] = ++vq->avail_idx;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* idx visible before avail_event is read */
@@ -128,10 +128,11 @@ static void vmf_vq_submit(struct vmf_vq *vq)
 		*vq->notify = vq->index;
 }
 
-/* Poll the used ring until the request comes back. */
-static void vmf_vq_wait(struct vmf_vq *vq)
+/* Poll the used ring until a request comes back: the head of its chain. */
+static uint16_t vmf_vq_wait(struct vmf_vq *vq)
 {
 	uint32_t spins = 0;
+	uint16_t head;
 
 	while (*(volatile uint16_t *)(vq->used + 2) == vq->used_seen) {
 		if (++spins < VMF_SPINS_BEFORE_SLEEP)
@@ -140,30 +141,53 @@ static void vmf_vq_wait(struct vmf_vq *vq)
 			vmf_sleep_us(20);
 	}
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	head = (uint16_t)*(volatile uint32_t *)(vq->used + 4 + 8 * (vq->used_seen % VMF_VQ_SIZE));
 	vq->used_seen++;
+	return head;
+}
+
+void vmf_blk_submit(struct vmf_blk *d, unsigned q, unsigned slot, uint32_t type,
+		    uint64_t sector, void *buf, uint32_t len)
+{
+	struct vmf_vq *vq = &d->vq[q];
+	struct virtio_blk_req_hdr *hdr = (struct virtio_blk_req_hdr *)(vq->req + slot * VMF_VQ_REQ_BYTES);
+	volatile uint8_t *status = vq->req + slot * VMF_VQ_REQ_BYTES + sizeof(*hdr);
+	int in = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
+	uint16_t head = (uint16_t)(slot * 3), n = head;
+
+	hdr->type = type;
+	hdr->reserved = 0;
+	hdr->sector = sector;
+	*status = 0xff;
+	vq->desc[n] = (struct virtq_desc){ (uint64_t)hdr, sizeof(*hdr), VIRTQ_DESC_F_NEXT,
+					   (uint16_t)(n + 1) };
+	n++;
+	if (len) {
+		vq->desc[n] = (struct virtq_desc){ (uint64_t)buf, len,
+						   (uint16_t)(VIRTQ_DESC_F_NEXT |
+							      (in ? VIRTQ_DESC_F_WRITE : 0)),
+						   (uint16_t)(n + 1) };
+		n++;
+	}
+	vq->desc[n] = (struct virtq_desc){ (uint64_t)status, 1, VIRTQ_DESC_F_WRITE, 0 };
+	vmf_vq_submit(vq, head);
+}
+
+unsigned vmf_blk_complete(struct vmf_blk *d, unsigned q, uint8_t *status)
+{
+	struct vmf_vq *vq = &d->vq[q];
+	unsigned slot = vmf_vq_wait(vq) / 3u;
+
+	*status = vq->req[slot * VMF_VQ_REQ_BYTES + sizeof(struct virtio_blk_req_hdr)];
+	return slot;
 }
 
 uint8_t vmf_blk_request(struct vmf_blk *d, unsigned q, uint32_t type, uint64_t sector,
 			void *buf, uint32_t len)
 {
-	struct vmf_vq *vq = &d->vq[q];
-	int in = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
-	uint16_t n = 0;
+	uint8_t status;
 
-	vq->hdr->type = type;
-	vq->hdr->reserved = 0;
-	vq->hdr->sector = sector;
-	*vq->status = 0xff;
-	vq->desc[n++] = (struct virtq_desc){ (uint64_t)vq->hdr, sizeof(*vq->hdr),
-					     VIRTQ_DESC_F_NEXT, 1 };
-	if (len)
-		vq->desc[n++] = (struct virtq_desc){ (uint64_t)buf, len,
-						     (uint16_t)(VIRTQ_DESC_F_NEXT |
-								(in ? VIRTQ_DESC_F_WRITE : 0)),
-						     2 };
-	vq->desc[n - 1].next = n;
-	vq->desc[n] = (struct virtq_desc){ (uint64_t)vq->status, 1, VIRTQ_DESC_F_WRITE, 0 };
-	vmf_vq_submit(vq);
-	vmf_vq_wait(vq);
-	return *vq->status;
+	vmf_blk_submit(d, q, 0, type, sector, buf, len);
+	vmf_blk_complete(d, q, &status);
+	return status;
 }

@@ -70,6 +70,14 @@ static int vmf_streq(const char *a, const char *b)
 	return *a == *b;
 }
 
+void vmf_fill(volatile void *p, uint64_t bytes)
+{
+	volatile uint64_t *w = p;
+
+	for (uint64_t i = 0; i < bytes / 8; i += 8)
+		w[i] = (i * 0x9e3779b97f4a7c15ull) | 1;
+}
+
 uint64_t vmf_param(const struct vmf_boot_info *bi, const char *key, uint64_t dflt)
 {
 	for (unsigned i = 0; i < VMF_MAX_PARAMS; i++)

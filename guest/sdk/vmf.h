@@ -44,6 +44,12 @@ __attribute__((noreturn)) void vmf_exit(uint32_t code);
 __attribute__((noreturn)) void vmf_panic(uint32_t code);
 /* Look up a parameter given by --guest NAME,key=value; @dflt if absent. */
 uint64_t vmf_param(const struct vmf_boot_info *bi, const char *key, uint64_t dflt);
+/*
+ * Write a non-zero pattern into one word of every cache line of [@p, @p +
+ * @bytes): memory that holds data, as a real guest's does, so a migration
+ * has RAM to move (workloads' fill=1).
+ */
+void vmf_fill(volatile void *p, uint64_t bytes);
 
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);

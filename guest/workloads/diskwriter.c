@@ -16,6 +16,11 @@
  *   rate=N     records per second per writer (0 = as fast as possible; default 200)
  *   check=N    re-read one older record every N records (default 4; 0 = never)
  *   records=N  stop after N records (0 = forever)
+ *   fill=1     first fill the rest of the vCPU's range with data (above its
+ *              queue and buffers), so a migration has RAM to move as for a
+ *              real guest, and postcopy lasts long enough to be cut
+ *   span=N     use only the first N MiB of the disk (0 = all of it; the rest is
+ *              left as it is, e.g. for data a storage migration must carry)
  */
 #include "virtio.h"
 #include "vmf.h"
@@ -27,6 +32,7 @@
 #define DW_PANIC_READ  0xd15c0200u /* + status */
 #define DW_PANIC_CHECK 0xd15c0300u /* a record read back is wrong */
 #define DW_NS_PER_S 1000000000ull
+#define DW_FILL_FROM (VMF_VQ_MEM_BYTES + 4096u) /* the queue page, then the two buffers' page */
 
 static struct vmf_blk dw_dev;
 static volatile int dw_ready; /* 1: set up; < 0: failed (the code) */
@@ -119,11 +125,14 @@ static void dw_setup_device(struct vmf_boot_info *bi)
 int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 {
 	uint64_t rate = vmf_param(bi, "rate", 200), every = vmf_param(bi, "check", 4);
-	uint64_t limit = vmf_param(bi, "records", 0), base_ns, region;
+	uint64_t limit = vmf_param(bi, "records", 0), base_ns, region, span;
 	struct dw d = { .vcpu = vcpu, .st = &bi->stats[vcpu], .rng = 0x2545f4914f6cdd1dull + vcpu };
 	int ready;
 
 	d.st->phase = VMF_PHASE_SETUP;
+	if (vmf_param(bi, "fill", 0) && bi->range[vcpu].bytes > DW_FILL_FROM)
+		vmf_fill((volatile void *)(bi->range[vcpu].gpa + DW_FILL_FROM),
+			 bi->range[vcpu].bytes - DW_FILL_FROM);
 	if (vcpu == 0)
 		dw_setup_device(bi);
 	while ((ready = __atomic_load_n(&dw_ready, __ATOMIC_ACQUIRE)) == 0)
@@ -136,7 +145,10 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 		for (;;)
 			vmf_sleep_us(1000000);
 	}
-	region = dw_dev.capacity * VIRTIO_BLK_SECTOR_BYTES / d.writers / 4096 * 4096;
+	span = dw_dev.capacity * VIRTIO_BLK_SECTOR_BYTES;
+	if (vmf_param(bi, "span", 0) && vmf_param(bi, "span", 0) < span >> 20)
+		span = vmf_param(bi, "span", 0) << 20;
+	region = span / d.writers / 4096 * 4096;
 	d.slots = region / DW_REC_BYTES;
 	d.first_sector = vcpu * (region / VIRTIO_BLK_SECTOR_BYTES);
 	d.wbuf = (uint8_t *)bi->range[vcpu].gpa + VMF_VQ_MEM_BYTES;

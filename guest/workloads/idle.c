@@ -12,13 +12,8 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 	volatile struct vmf_vcpu_stats *st = &bi->stats[vcpu];
 
 	st->phase = VMF_PHASE_SETUP;
-	if (vmf_param(bi, "fill", 0)) {
-		volatile uint64_t *p = (volatile uint64_t *)bi->range[vcpu].gpa;
-		uint64_t words = bi->range[vcpu].bytes / 8;
-
-		for (uint64_t i = 0; i < words; i += 8)
-			p[i] = (i * 0x9e3779b97f4a7c15ull) | 1;
-	}
+	if (vmf_param(bi, "fill", 0))
+		vmf_fill((volatile void *)bi->range[vcpu].gpa, bi->range[vcpu].bytes);
 	st->phase = VMF_PHASE_RUNNING;
 	if (vcpu == 0)
 		vmf_puts("idle: up\n");

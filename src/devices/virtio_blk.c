@@ -75,6 +75,11 @@ static void vblk_finish(struct virtio_blk *b, struct vblk_req *r, int res)
 	} else if (r->type == VIRTIO_BLK_T_OUT && status == VIRTIO_BLK_S_OK) {
 		b->st.wr_bytes += (uint64_t)res;
 	}
+	/* Storage migration: send what changed again (even a failed write may
+	 * have written part of it). */
+	if (r->type == VIRTIO_BLK_T_OUT || r->type == VIRTIO_BLK_T_DISCARD ||
+	    r->type == VIRTIO_BLK_T_WRITE_ZEROES)
+		blkmig_mark(&b->mig, r->off, r->len);
 	vblk_complete(b, r->queue, r->head, r->status_gpa, status, len);
 	r->busy = false;
 	b->in_flight--;
@@ -154,9 +159,10 @@ static uint8_t vblk_prep_punch(struct virtio_blk *b, struct io_uring_sqe *sqe, s
 	if (seg.num_sectors > VBLK_MAX_SECTORS ||
 	    !vblk_in_range(b, seg.sector, (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES))
 		return VIRTIO_BLK_S_IOERR;
-	io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				seg.sector * VIRTIO_BLK_SECTOR_BYTES,
-				(uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES);
+	r->off = seg.sector * VIRTIO_BLK_SECTOR_BYTES;
+	r->len = (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES;
+	io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->off,
+				r->len);
 	r->expect = 0;
 	if (r->type == VIRTIO_BLK_T_DISCARD)
 		b->st.discard_ops++;
@@ -217,6 +223,8 @@ static uint8_t vblk_prep(struct virtio_blk *b, const struct vq_chain *c, struct 
 			io_uring_prep_writev(sqe, b->fd, r->iov, r->niov,
 					     h.sector * VIRTIO_BLK_SECTOR_BYTES);
 		r->expect = n;
+		r->off = h.sector * VIRTIO_BLK_SECTOR_BYTES;
+		r->len = (uint64_t)n;
 		if (in)
 			b->st.rd_ops++;
 		else
@@ -266,6 +274,51 @@ static void vblk_start(struct virtio_blk *b, uint16_t q, const struct vq_chain *
 	sqe->user_data = (uint64_t)(r - b->reqs);
 	r->busy = true;
 	b->in_flight++;
+	if ((r->type == VIRTIO_BLK_T_IN || r->type == VIRTIO_BLK_T_OUT ||
+	     r->type == VIRTIO_BLK_T_DISCARD || r->type == VIRTIO_BLK_T_WRITE_ZEROES) &&
+	    blkmig_io_wait(b, r->type, r->off, r->len)) {
+		/* Storage postcopy: blocks it needs are on their way; it stays in
+		 * flight (taken, not lost) until vblk_retry_deferred submits it. */
+		io_uring_prep_nop(sqe);
+		sqe->user_data = VBLK_QUEUE_DEPTH;
+		r->deferred = true;
+		r->defer_ns = clock_monotonic_ns();
+	}
+}
+
+/*
+ * Lock held: submit the deferred requests whose blocks all arrived; when
+ * the disk goes (@b->stop) the blocks never will: they fail.
+ */
+static void vblk_retry_deferred(struct virtio_blk *b)
+{
+	for (unsigned i = 0; i < VBLK_QUEUE_DEPTH; i++) {
+		struct vblk_req *r = &b->reqs[i];
+		struct io_uring_sqe *sqe;
+
+		if (r->busy && r->deferred && b->stop) {
+			r->deferred = false;
+			vblk_complete(b, r->queue, r->head, r->status_gpa, VIRTIO_BLK_S_IOERR, 1);
+			r->busy = false;
+			b->in_flight--;
+			continue;
+		}
+		if (!r->busy || !r->deferred || blkmig_io_wait(b, r->type, r->off, r->len))
+			continue;
+		sqe = io_uring_get_sqe(&b->ring);
+		if (!sqe)
+			return; /* the ring is full: the next round */
+		if (r->type == VIRTIO_BLK_T_IN)
+			io_uring_prep_readv(sqe, b->fd, r->iov, r->niov, r->off);
+		else if (r->type == VIRTIO_BLK_T_OUT)
+			io_uring_prep_writev(sqe, b->fd, r->iov, r->niov, r->off);
+		else
+			io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+						r->off, r->len);
+		sqe->user_data = i;
+		r->deferred = false;
+		blkmig_io_waited(b, clock_monotonic_ns() - r->defer_ns);
+	}
 }
 
 /* Lock held: take what queue @q has, as slots allow. */
@@ -299,8 +352,15 @@ static void vblk_process_queue(struct virtio_blk *b, uint16_t q)
 
 static void vblk_process(struct virtio_blk *b)
 {
-	if (b->stop || b->paused || !b->started || !virtio_mmio_running(&b->mmio))
+	/* Taken requests first, paused or not: a pause waits for them. */
+	if (atomic_load(&b->mig.pc_active) || b->in_flight)
+		vblk_retry_deferred(b);
+	if (b->in_flight == 0)
+		pthread_cond_broadcast(&b->cond);
+	if (b->stop || b->paused || !b->started || !virtio_mmio_running(&b->mmio)) {
+		io_uring_submit(&b->ring);
 		return;
+	}
 	for (uint16_t q = 0; q < b->nqueues; q++)
 		vblk_process_queue(b, q);
 	io_uring_submit(&b->ring);
@@ -330,6 +390,8 @@ static void *vblk_thread(void *arg)
 	pthread_mutex_lock(&b->lock);
 	while (!b->stop || b->in_flight) {
 		pthread_mutex_unlock(&b->lock);
+		if (atomic_load(&b->mig.pc_active))
+			blkmig_send_requests(b); /* outside the lock: it writes to the source */
 		if (poll(fds, nfds, -1) < 0 && errno != EINTR)
 			log_warn("%s: poll: %s", b->name, strerror(errno));
 		for (unsigned i = 0; i < nfds; i++)
@@ -439,24 +501,13 @@ static const struct virtio_mmio_ops vblk_mmio_ops = {
 
 /* ---- creating ---- */
 
-/* Open the file as --disk says; its size into b->bytes.  0 or -errno with @err. */
-static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
+/* Size and hole punching of b->fd into @b.  0 or -errno with @err. */
+static int vblk_probe(struct virtio_blk *b, char *err, size_t errlen)
 {
 	const char *path = b->opts.path;
 	struct stat st;
 	int r;
 
-	b->fd = open(path, (b->opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-	if (b->fd < 0) {
-		r = -errno;
-		if (!b->opts.readonly && (errno == EACCES || errno == EROFS) &&
-		    access(path, R_OK) == 0)
-			snprintf(err, errlen, "%s is read-only (%s): add readonly=on", path,
-				 strerror(errno));
-		else
-			snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-		return r;
-	}
 	if (fstat(b->fd, &st) < 0) {
 		r = -errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -484,6 +535,36 @@ static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
 		       fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				 (off_t)b->bytes, 4096) == 0;
 	return 0;
+}
+
+/* The file as --disk says, opened: an fd, or -errno with @err. */
+static int vblk_open_path(const struct virtio_blk *b, char *err, size_t errlen)
+{
+	const char *path = b->opts.path;
+	int fd = open(path, (b->opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC), r;
+
+	if (fd >= 0)
+		return fd;
+	r = -errno;
+	if (!b->opts.readonly && (errno == EACCES || errno == EROFS) && access(path, R_OK) == 0)
+		snprintf(err, errlen, b->opts.incoming
+			 ? "%s is read-only (%s): an incoming=on disk receives the "
+			   "source's data and must be writable"
+			 : "%s is read-only (%s): add readonly=on", path, strerror(errno));
+	else
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+	return r;
+}
+
+/* Open the file as --disk says; its size into b->bytes.  0 or -errno with @err. */
+static int vblk_open(struct virtio_blk *b, char *err, size_t errlen)
+{
+	int fd = vblk_open_path(b, err, errlen);
+
+	if (fd < 0)
+		return fd;
+	b->fd = fd;
+	return vblk_probe(b, err, errlen);
 }
 
 static void vblk_fill_config(struct virtio_blk *b, uint64_t *features)
@@ -544,6 +625,43 @@ static int vblk_start_io(struct virtio_blk *b, char *err, size_t errlen)
 	return 0;
 }
 
+static void vblk_log_disk(const struct virtio_blk *b)
+{
+	log_info("%s: %s, %llu MiB%s%s%s", b->name, b->opts.path,
+		 (unsigned long long)(b->bytes >> 20), b->opts.readonly ? ", read-only" : "",
+		 b->can_punch ? ", discard" : "", b->opts.incoming ? ", incoming" : "");
+}
+
+int vblk_adopt_fd(struct virtio_blk *b, int fd, char *err, size_t errlen)
+{
+	uint64_t features;
+	int r;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->fd >= 0)
+		close(b->fd);
+	b->fd = fd;
+	r = vblk_probe(b, err, errlen);
+	if (!r) {
+		vblk_fill_config(b, &features);
+		virtio_mmio_set_device_features(&b->mmio, features);
+		/* A later storage migration needs the size, unknown at creation. */
+		blkmig_destroy(&b->mig);
+		blkmig_init(&b->mig, b->bytes, b->opts.incoming);
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (!r)
+		vblk_log_disk(b);
+	return r;
+}
+
+int vblk_reopen(struct virtio_blk *b, char *err, size_t errlen)
+{
+	int fd = vblk_open_path(b, err, errlen);
+
+	return fd < 0 ? fd : vblk_adopt_fd(b, fd, err, errlen);
+}
+
 int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigned index,
 		      struct virtio_blk **out, char *err, size_t errlen)
 {
@@ -570,9 +688,10 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	pthread_cond_init(&b->cond, NULL);
 	for (unsigned q = 0; q < VIRTIO_MMIO_MAX_QUEUES; q++)
 		b->mmio.kick_fd[q] = -1;
-	r = vblk_open(b, err, errlen);
+	r = opts->cpr_inherit ? 0 : vblk_open(b, err, errlen);
 	if (r)
 		goto fail;
+	blkmig_init(&b->mig, b->bytes, opts->incoming);
 	vblk_fill_config(b, &features);
 	r = vm_add_device(vm, VIRTIO_ID_BLOCK, &vblk_vm_ops, b, &b->mmio_gpa);
 	if (r) {
@@ -589,9 +708,8 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	r = vblk_start_io(b, err, errlen);
 	if (r)
 		goto fail;
-	log_info("%s: %s, %llu MiB%s%s", b->name, opts->path,
-		 (unsigned long long)(b->bytes >> 20), opts->readonly ? ", read-only" : "",
-		 b->can_punch ? ", discard" : "");
+	if (!opts->cpr_inherit)
+		vblk_log_disk(b);
 	*out = b;
 	return 0;
 fail:
@@ -620,6 +738,7 @@ void virtio_blk_destroy(struct virtio_blk *b)
 	if (b->fd >= 0)
 		close(b->fd);
 	free(b->reqs);
+	blkmig_destroy(&b->mig);
 	pthread_cond_destroy(&b->cond);
 	pthread_mutex_destroy(&b->lock);
 	free(b);

@@ -33,11 +33,19 @@ struct virtio_blk;
 struct virtio_blk_opts {
 	char path[4096];
 	bool readonly;
+	bool incoming;  /* a storage migration's destination: receives the source's data */
+	/*
+	 * Not an option: set on a live update's new process, whose disk file
+	 * comes open over the cpr channel (the state's cpr_take_fds), so
+	 * virtio_blk_create opens nothing.
+	 */
+	bool cpr_inherit;
 };
 
 /*
- * Parse "file=PATH[,readonly=on|off]" into @out.  0, or -EINVAL with a
- * message in @err (unknown or repeated key, no file, a bad value).
+ * Parse "file=PATH[,readonly=on|off][,incoming=on|off]" into @out.  0, or
+ * -EINVAL with a message in @err (unknown or repeated key, no file, a bad
+ * value, readonly=on with incoming=on).
  */
 int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *err,
 			  size_t errlen);
@@ -47,7 +55,9 @@ int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *e
  * kicks), start its I/O thread (paused until the VM first runs).  0, or
  * -errno with a message in @err (a missing file, a read-only file without
  * readonly=on, a size that is not a multiple of 512, no io_uring ...).
- * Main thread, before vm_start.
+ * With opts->cpr_inherit nothing is opened: the disk has no file until
+ * the migration's CPR take hands it the old process's (the VM must not run
+ * before).  Main thread, before vm_start.
  */
 int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigned index,
 		      struct virtio_blk **out, char *err, size_t errlen);

@@ -2,6 +2,7 @@
  * virtio-blk's internals, shared by its files (not an API):
  *   virtio_blk.c        the device: opening the disk, requests, the I/O thread
  *   virtio_blk_state.c  its migratable state, query-block, --disk parsing
+ *   blk_migrate.c       storage migration: the disk's data in the stream
  */
 #ifndef VMFERRY_DEVICES_VIRTIO_BLK_INTERNAL_H
 #define VMFERRY_DEVICES_VIRTIO_BLK_INTERNAL_H
@@ -10,6 +11,7 @@
 #include <pthread.h>
 #include <sys/uio.h>
 
+#include "devices/blk_migrate.h"
 #include "devices/virtio_blk.h"
 #include "devices/virtio_mmio.h"
 #include "devices/virtqueue.h"
@@ -25,6 +27,9 @@ struct vblk_req {
 	uint16_t queue, head;
 	uint64_t status_gpa;
 	int64_t expect;        /* the io_uring result that means success */
+	uint64_t off, len;     /* what a read, write, discard or write-zeroes covers */
+	bool deferred;         /* storage postcopy: waits for blocks to arrive */
+	uint64_t defer_ns;     /* since when */
 	uint32_t niov;
 	struct iovec iov[VQ_MAX_CHAIN];
 };
@@ -63,6 +68,8 @@ struct virtio_blk {
 	struct vblk_req *reqs;         /* VBLK_QUEUE_DEPTH slots */
 	struct vq_chain chain;         /* I/O thread's scratch */
 	struct vblk_stats st;
+	struct blkmig mig;             /* storage migration (blk_migrate.h); its bitmap
+				        * pointer under the lock */
 
 	struct io_uring ring;
 	bool ring_ready;
@@ -76,5 +83,13 @@ struct virtio_blk {
 int vblk_setup_queues(struct virtio_blk *b, const uint16_t *last_avail, const uint16_t *used_idx);
 /* Wake the I/O thread. */
 void vblk_wake(struct virtio_blk *b);
+/*
+ * CPR, before the VM runs: make @fd (now owned by @b, even on error) the
+ * disk's file - its size, whether it can punch holes, the config space and
+ * features that follow from them.  0, or -errno with @err.
+ */
+int vblk_adopt_fd(struct virtio_blk *b, int fd, char *err, size_t errlen);
+/* The same with the --disk path opened here (an old process that lent no disk).  0 or -errno. */
+int vblk_reopen(struct virtio_blk *b, char *err, size_t errlen);
 
 #endif

@@ -16,13 +16,16 @@
 #include "devices/virtio_blk_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
 #include "control/control.h"
+#include "migration/cpr.h"
 #include "migration/migration.h"
 #include "migration/state.h"
 #include "util/log.h"
@@ -48,11 +51,43 @@ static int vblk_parse_bool(const char *s, size_t n, bool *v)
 	return -EINVAL;
 }
 
+/* One key=value of --disk into @out; @seen: the keys given so far (bits). */
+static int vblk_parse_key(const char *k, size_t klen, const char *v, size_t vlen,
+			  struct virtio_blk_opts *out, unsigned *seen, char *err, size_t errlen)
+{
+	static const char *const keys[] = { "file", "readonly", "incoming" };
+	unsigned i;
+
+	for (i = 0; i < 3; i++)
+		if (strlen(keys[i]) == klen && !strncmp(k, keys[i], klen))
+			break;
+	if (i == 3 || (*seen & (1u << i))) {
+		snprintf(err, errlen, "%s key '%.*s' (known: file, readonly, incoming)",
+			 i == 3 ? "unknown" : "repeated", (int)klen, k);
+		return -EINVAL;
+	}
+	*seen |= 1u << i;
+	if (i == 0) {
+		if (vlen == 0 || vlen >= sizeof(out->path)) {
+			snprintf(err, errlen, "file= needs a path (shorter than %zu)",
+				 sizeof(out->path));
+			return -EINVAL;
+		}
+		memcpy(out->path, v, vlen);
+		return 0;
+	}
+	if (vblk_parse_bool(v, vlen, i == 1 ? &out->readonly : &out->incoming)) {
+		snprintf(err, errlen, "%s=%.*s: on or off", keys[i], (int)vlen, v);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *err,
 			  size_t errlen)
 {
-	bool have_file = false, have_ro = false;
 	const char *p = spec;
+	unsigned seen = 0;
 
 	memset(out, 0, sizeof(*out));
 	while (*p) {
@@ -66,31 +101,17 @@ int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *e
 				 (int)len, p);
 			return -EINVAL;
 		}
-		if (klen == 4 && !strncmp(p, "file", 4) && !have_file) {
-			if (vlen == 0 || vlen >= sizeof(out->path)) {
-				snprintf(err, errlen, "file= needs a path (shorter than %zu)",
-					 sizeof(out->path));
-				return -EINVAL;
-			}
-			memcpy(out->path, eq + 1, vlen);
-			have_file = true;
-		} else if (klen == 8 && !strncmp(p, "readonly", 8) && !have_ro) {
-			if (vblk_parse_bool(eq + 1, vlen, &out->readonly)) {
-				snprintf(err, errlen, "readonly=%.*s: on or off", (int)vlen, eq + 1);
-				return -EINVAL;
-			}
-			have_ro = true;
-		} else {
-			snprintf(err, errlen, "%s key '%.*s' (known: file, readonly)",
-				 (klen == 4 && !strncmp(p, "file", 4)) ||
-				 (klen == 8 && !strncmp(p, "readonly", 8)) ? "repeated" : "unknown",
-				 (int)klen, p);
+		if (vblk_parse_key(p, klen, eq + 1, vlen, out, &seen, err, errlen))
 			return -EINVAL;
-		}
 		p += len + (comma ? 1 : 0);
 	}
-	if (!have_file) {
+	if (!(seen & 1u)) {
 		snprintf(err, errlen, "file=PATH is required");
+		return -EINVAL;
+	}
+	if (out->readonly && out->incoming) {
+		snprintf(err, errlen, "incoming=on receives the source's data: it cannot be "
+			 "readonly=on");
 		return -EINVAL;
 	}
 	return 0;
@@ -112,6 +133,7 @@ static struct json_object *vblk_query_one(struct virtio_blk *b)
 	json_object_object_add(o, "queues", json_object_new_int(b->nqueues));
 	json_object_object_add(o, "status", json_object_new_int((int)b->mmio.status));
 	json_object_object_add(o, "in-flight", json_object_new_int((int)b->in_flight));
+	blkmig_query_block(&b->mig, o);
 	json_object_object_add(st, "rd_bytes", json_object_new_uint64(b->st.rd_bytes));
 	json_object_object_add(st, "wr_bytes", json_object_new_uint64(b->st.wr_bytes));
 	json_object_object_add(st, "rd_operations", json_object_new_uint64(b->st.rd_ops));
@@ -224,6 +246,143 @@ static uint32_t vblk_save(struct virtio_blk *b, uint8_t *buf)
 	return (uint32_t)(c.p - buf);
 }
 
+/* ---- storage migration: the disks' data as parts (blk_migrate.c) ---- */
+
+static int vblk_save_setup(void *opaque, struct mig_save *sv)
+{
+	struct virtio_blk_disks *disks = opaque;
+	int r = 0;
+
+	if (!mig_save_storage(sv))
+		return 0; /* a shared disk: only the section moves */
+	for (unsigned i = 0; i < disks->n && !r; i++)
+		r = blkmig_save_setup(disks->disk[i], sv, i);
+	return r;
+}
+
+static int vblk_save_pending(void *opaque, struct mig_save *sv, bool sync, uint64_t *bytes)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	(void)sv; (void)sync; /* the bitmap is always current */
+	*bytes = 0;
+	for (unsigned i = 0; i < disks->n; i++)
+		*bytes += blkmig_save_pending(disks->disk[i]);
+	return 0;
+}
+
+static int vblk_save_iterate(void *opaque, struct mig_save *sv)
+{
+	struct virtio_blk_disks *disks = opaque;
+	int r = 0;
+
+	for (unsigned i = 0; i < disks->n && !r; i++)
+		r = blkmig_save_iterate(disks->disk[i], sv, i);
+	return r;
+}
+
+static int vblk_save_push(void *opaque, struct mig_save *sv, uint64_t *left_bytes)
+{
+	struct virtio_blk_disks *disks = opaque;
+	int r = 0;
+
+	*left_bytes = 0;
+	for (unsigned i = 0; i < disks->n && !r; i++) {
+		uint64_t left = 0;
+
+		r = blkmig_save_push(disks->disk[i], sv, i, &left);
+		*left_bytes += left;
+	}
+	return r;
+}
+
+static int vblk_save_request(void *opaque, struct mig_save *sv, uint32_t instance,
+			     uint64_t offset, uint32_t len)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	if (instance >= disks->n) {
+		log_error("virtio-blk: the destination asked for disk %u's data; %u disks",
+			  instance, disks->n);
+		return -EBADMSG;
+	}
+	return blkmig_save_request(disks->disk[instance], sv, instance, offset, len);
+}
+
+static int vblk_save_resume(void *opaque, uint32_t instance, const uint8_t *bits, uint64_t nbits,
+			    char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	return blkmig_save_resume(disks->disk[instance], bits, nbits, err, errlen);
+}
+
+static uint64_t vblk_load_pending(void *opaque)
+{
+	struct virtio_blk_disks *disks = opaque;
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < disks->n; i++)
+		n += blkmig_load_pending(disks->disk[i]);
+	return n;
+}
+
+static int vblk_load_received(void *opaque, uint32_t instance, uint8_t **bits, uint64_t *nbits)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	return blkmig_load_received(disks->disk[instance], bits, nbits);
+}
+
+static int vblk_load_part(void *opaque, uint32_t instance, uint32_t version, const uint8_t *data,
+			  uint32_t len, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	(void)version;
+	if (instance >= disks->n) {
+		snprintf(err, errlen, "virtio-blk: blocks for disk %u; this VM has %u disks",
+			 instance, disks->n);
+		return -EBADMSG;
+	}
+	return blkmig_load_part(disks->disk[instance], data, len, err, errlen);
+}
+
+static int vblk_load_complete(void *opaque, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+	int r = 0;
+
+	for (unsigned i = 0; i < disks->n && !r; i++)
+		r = blkmig_load_complete(disks->disk[i], i, err, errlen);
+	return r;
+}
+
+/* query-migrate's "disk": the disks' data, summed (when any moves or moved). */
+static void vblk_query_migrate(void *opaque, struct json_object *reply)
+{
+	struct virtio_blk_disks *disks = opaque;
+	struct blkmig_sums s = { 0 };
+	struct json_object *o;
+
+	for (unsigned i = 0; i < disks->n; i++)
+		blkmig_query_add(disks->disk[i], &s);
+	if (!s.incoming && !s.migrating && !s.bytes && !s.zero_blocks)
+		return;
+	o = json_object_new_object();
+	json_object_object_add(o, "disks", json_object_new_int((int)s.disks));
+	json_object_object_add(o, "migrating", json_object_new_int((int)s.migrating));
+	json_object_object_add(o, "transferred", json_object_new_uint64(s.bytes));
+	json_object_object_add(o, "remaining", json_object_new_uint64(s.dirty_bytes));
+	json_object_object_add(o, "blocks-sent", json_object_new_uint64(s.blocks));
+	json_object_object_add(o, "zero-blocks", json_object_new_uint64(s.zero_blocks));
+	json_object_object_add(o, "blocks-dirtied", json_object_new_uint64(s.dirtied));
+	json_object_object_add(o, "blocks-requested", json_object_new_uint64(s.requests));
+	json_object_object_add(o, "request-latency-p50-us", json_object_new_uint64(s.lat_p50_us));
+	json_object_object_add(o, "request-latency-p99-us", json_object_new_uint64(s.lat_p99_us));
+	json_object_object_add(reply, "disk", o);
+}
+
 static int vblk_save_complete(void *opaque, struct mig_save *sv, const struct mig_save_info *info)
 {
 	struct virtio_blk_disks *disks = opaque;
@@ -244,15 +403,24 @@ static int vblk_save_complete(void *opaque, struct mig_save *sv, const struct mi
 		}
 		len = vblk_save(b, buf);
 		pthread_mutex_unlock(&b->lock);
-		r = mig_save_section(sv, i, buf, len);
+		/* Storage migration: the last dirty blocks (postcopy: the marker
+		 * that they come later), before the section. */
+		r = blkmig_save_final(b, sv, i, info->postcopy);
+		if (!r)
+			r = mig_save_section(sv, i, buf, len);
 	}
 	return r;
 }
 
 static void vblk_save_cleanup(void *opaque, bool completed)
 {
-	/* Nothing to undo: a failed migration resumes the VM, and the disk with it. */
-	(void)opaque; (void)completed;
+	struct virtio_blk_disks *disks = opaque;
+
+	/* A failed migration resumes the VM, and the disk with it; only the
+	 * storage migration's bitmap goes. */
+	(void)completed;
+	for (unsigned i = 0; i < disks->n; i++)
+		blkmig_save_cleanup(disks->disk[i]);
 }
 
 /* A queue's registers from the section, checked.  0 or -EBADMSG. */
@@ -357,15 +525,142 @@ static int vblk_load(void *opaque, uint32_t instance, uint32_t version, const ui
 	return r;
 }
 
+/* ---- CPR: the disks' files are lent, not reopened ---- */
+
+/*
+ * Source: each disk's open file, still owned by the disk.  Test hook:
+ * VMFERRY_CPR_LEND_NO_DISKS=1 lends none, as a build from before disks
+ * were lent (cpr channel version 1) did.
+ */
+static int vblk_cpr_lend_fds(void *opaque, struct cpr_state *cs, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+	const char *old_build = getenv("VMFERRY_CPR_LEND_NO_DISKS");
+
+	if (old_build && !strcmp(old_build, "1"))
+		return 0;
+
+	for (unsigned i = 0; i < disks->n; i++) {
+		const struct virtio_blk *b = disks->disk[i];
+		int r = cpr_state_add(cs, CPR_FD_DISK, b->name,
+				      b->opts.readonly ? CPR_FD_F_READONLY : 0, 0, b->bytes, b->fd,
+				      err, errlen);
+
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * Is the lent file @f the one --disk names here?  Readonly must match, and
+ * the path, if it still exists, must be the very file (same device and
+ * inode); a path that no longer exists (unlinked or renamed since the old
+ * process opened it) is fine: the lent fd is the disk.  0 or -EINVAL.
+ */
+static int vblk_cpr_check(const struct virtio_blk *b, const struct cpr_fd *f, char *err,
+			  size_t errlen)
+{
+	bool lent_ro = f->flags & CPR_FD_F_READONLY;
+	struct stat fs, ps;
+	int mode = fcntl(f->fd, F_GETFL);
+
+	if (lent_ro != b->opts.readonly || mode < 0 ||
+	    ((mode & O_ACCMODE) == O_RDONLY) != lent_ro) {
+		snprintf(err, errlen, "%s: the old process has it open %s, --disk here says "
+			 "readonly=%s", b->name, lent_ro ? "read-only" : "read-write",
+			 b->opts.readonly ? "on" : "off");
+		return -EINVAL;
+	}
+	if (fstat(f->fd, &fs) < 0) {
+		snprintf(err, errlen, "%s: fstat of the lent file: %s", b->name, strerror(errno));
+		return -EINVAL;
+	}
+	if (stat(b->opts.path, &ps) < 0) {
+		if (errno != ENOENT) {
+			snprintf(err, errlen, "%s: cannot compare --disk file=%s with the lent file: "
+				 "%s", b->name, b->opts.path, strerror(errno));
+			return -EINVAL;
+		}
+		log_info("%s: %s no longer exists (unlinked or renamed since the old process "
+			 "opened it); going on with the file it had open (inode %llu)", b->name,
+			 b->opts.path, (unsigned long long)fs.st_ino);
+		return 0;
+	}
+	if (ps.st_dev != fs.st_dev || ps.st_ino != fs.st_ino) {
+		snprintf(err, errlen, "%s: --disk file=%s (inode %llu) is not the file the old "
+			 "process has open (inode %llu): give the same disk", b->name, b->opts.path,
+			 (unsigned long long)ps.st_ino, (unsigned long long)fs.st_ino);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Destination: take each disk's file from the cpr channel instead of opening it. */
+static int vblk_cpr_take_fds(void *opaque, struct cpr_state *cs, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	for (unsigned i = 0; i < disks->n; i++) {
+		struct virtio_blk *b = disks->disk[i];
+		struct cpr_fd *f = cpr_state_find(cs, CPR_FD_DISK, b->name);
+		int fd, r;
+
+		if (cs->version < 2) {
+			/* An older build lends RAM only: the disk is opened by path, as it did. */
+			log_info("%s: the old process lends no disks (cpr channel version %u): "
+				 "opening %s", b->name, cs->version, b->opts.path);
+			r = vblk_reopen(b, err, errlen);
+			if (r)
+				return r;
+			continue;
+		}
+		if (!f) {
+			snprintf(err, errlen, "%s: the old process lent no such disk (--disk is given "
+				 "%u times here; give the old process's disks, in its order)", b->name,
+				 disks->n);
+			return -EINVAL;
+		}
+		r = vblk_cpr_check(b, f, err, errlen);
+		if (r)
+			return r;
+		fd = f->fd;
+		f->fd = -1; /* the disk's now */
+		r = vblk_adopt_fd(b, fd, err, errlen);
+		if (!r && b->bytes != f->bytes) {
+			snprintf(err, errlen, "%s: the lent file has %llu bytes, the old process's disk "
+				 "%llu", b->name, (unsigned long long)b->bytes,
+				 (unsigned long long)f->bytes);
+			r = -EINVAL;
+		}
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 static const struct mig_state_ops vblk_state_ops = {
 	.name = "virtio-blk",
 	.section_id = VIRTIO_BLK_SECTION_ID,
 	.version = VBLK_STATE_VERSION,
 	.min_version = VBLK_STATE_VERSION,
 	.required = true,
+	.save_setup = vblk_save_setup,
+	.save_pending = vblk_save_pending,
+	.save_iterate = vblk_save_iterate,
 	.save_complete = vblk_save_complete,
 	.save_cleanup = vblk_save_cleanup,
 	.load = vblk_load,
+	.load_part = vblk_load_part,
+	.load_complete = vblk_load_complete,
+	.save_push = vblk_save_push,
+	.save_request = vblk_save_request,
+	.save_resume = vblk_save_resume,
+	.load_pending = vblk_load_pending,
+	.load_received = vblk_load_received,
+	.query = vblk_query_migrate,
+	.cpr_lend_fds = vblk_cpr_lend_fds,
+	.cpr_take_fds = vblk_cpr_take_fds,
 };
 
 int virtio_blk_register_state(struct virtio_blk_disks *disks, struct migration *m)
@@ -375,6 +670,10 @@ int virtio_blk_register_state(struct virtio_blk_disks *disks, struct migration *
 
 	if (disks->n == 0)
 		return 0;
+	for (unsigned i = 0; i < disks->n; i++) {
+		disks->disk[i]->mig.m = m; /* storage postcopy asks through it */
+		disks->disk[i]->mig.index = i;
+	}
 	ops[0] = vblk_state_ops;
 	ops[0].instances = disks->n;
 	return migration_register_state(m, &ops[0], disks);

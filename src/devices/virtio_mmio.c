@@ -25,6 +25,12 @@ static int virtio_mmio_ioeventfd(struct virtio_mmio *t, int vm_fd, uint16_t q, b
 	return ioctl(vm_fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
 }
 
+void virtio_mmio_set_device_features(struct virtio_mmio *t, uint64_t device_features)
+{
+	t->device_features = device_features | 1ull << VIRTIO_F_VERSION_1 |
+			     1ull << VIRTIO_F_EVENT_IDX;
+}
+
 int virtio_mmio_init(struct virtio_mmio *t, int vm_fd, uint64_t gpa, uint32_t device_id,
 		     uint64_t device_features, uint16_t nqueues, const void *config,
 		     uint32_t config_bytes, const struct virtio_mmio_ops *ops, void *opaque,
@@ -40,8 +46,7 @@ int virtio_mmio_init(struct virtio_mmio *t, int vm_fd, uint64_t gpa, uint32_t de
 	t->ops = ops;
 	t->opaque = opaque;
 	t->device_id = device_id;
-	t->device_features = device_features | 1ull << VIRTIO_F_VERSION_1 |
-			     1ull << VIRTIO_F_EVENT_IDX;
+	virtio_mmio_set_device_features(t, device_features);
 	t->nqueues = nqueues;
 	t->config = config;
 	t->config_bytes = config_bytes;

@@ -61,6 +61,11 @@ struct virtio_mmio {
 };
 
 /*
+ * The features the device offers (the transport's own added), e.g. once a
+ * live update's disk arrived; lock held, before the driver reads them.
+ */
+void virtio_mmio_set_device_features(struct virtio_mmio *t, uint64_t device_features);
+/*
  * Set up @t for the window at @gpa of VM fd @vm_fd: @nqueues kick eventfds
  * bound with KVM_IOEVENTFD.  @config (@config_bytes, at most 0xf00) must
  * outlive @t.  0 or -errno (logged).  Main thread, before the VM runs.

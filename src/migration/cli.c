@@ -59,6 +59,8 @@ static void cli_usage(FILE *f)
 		"      --stream-crc               CRC-32C over every page and device state, checked\n"
 		"                                 by the destination (default off: it costs\n"
 		"                                 throughput; docs/stream-format.md)\n"
+		"      --storage                  storage migration: send every disk's data too, to a\n"
+		"                                 destination started with --disk file=NEW,incoming=on\n"
 		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
 		"      --resume                   continue a paused postcopy to URI, where the\n"
 		"                                 destination listens after migrate-recover\n"
@@ -383,7 +385,7 @@ struct cli_opts {
 	uint64_t timeout_s, after_passes; /* after_passes 0: not hybrid */
 	uint64_t downtime_ms, bandwidth, convergence_s; /* the value given, or the default */
 	bool downtime_given, bandwidth_given, convergence_given;
-	bool pure_postcopy, preempt, postcopy, resume, auto_converge, stream_crc, quiet;
+	bool pure_postcopy, preempt, postcopy, resume, auto_converge, stream_crc, quiet, storage;
 };
 
 /* One option: 0, or the exit status to end with (usage error, or --help). */
@@ -407,7 +409,7 @@ static int cli_parse_option(int opt, struct cli_opts *o)
 		       ? cli_usage_error("--convergence-timeout: '%s' is not a number of seconds "
 					 "in 0..86400", optarg) : 0;
 	case 'a': o->auto_converge = true; return 0;
-	case 'S': o->stream_crc = true; return 0;
+	case 'k': o->stream_crc = true; return 0;
 	case 'P': o->pure_postcopy = true; return 0;
 	case 'A':
 		return size_parse_uint(optarg, 1, 1000000, &o->after_passes)
@@ -416,6 +418,7 @@ static int cli_parse_option(int opt, struct cli_opts *o)
 	case 'n': o->preempt = false; return 0;
 	case 'c': o->cpr_uri = optarg; return 0;
 	case 'R': o->resume = true; return 0;
+	case 'S': o->storage = true; return 0;
 	case 'T':
 		return size_parse_uint(optarg, 1, 86400, &o->timeout_s)
 		       ? cli_usage_error("--timeout: '%s' is not a number of seconds in 1..86400",
@@ -443,9 +446,10 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 		{ "postcopy", no_argument, NULL, 'P' },
 		{ "postcopy-after-passes", required_argument, NULL, 'A' },
 		{ "no-postcopy-preempt", no_argument, NULL, 'n' },
-		{ "stream-crc", no_argument, NULL, 'S' },
+		{ "stream-crc", no_argument, NULL, 'k' },
 		{ "cpr", required_argument, NULL, 'c' },
 		{ "resume", no_argument, NULL, 'R' },
+		{ "storage", no_argument, NULL, 'S' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -478,9 +482,15 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 	if (!o->postcopy && !o->preempt)
 		return cli_usage_error("--no-postcopy-preempt needs --postcopy or "
 				       "--postcopy-after-passes");
+	if (o->storage && o->cpr_uri)
+		return cli_usage_error("--storage cannot be combined with --cpr: a live update "
+				       "keeps the disk where it is");
+	if (o->storage && o->postcopy && !o->preempt)
+		return cli_usage_error("--storage with postcopy needs the urgent channel: drop "
+				       "--no-postcopy-preempt");
 	if (o->resume && (o->postcopy || !o->preempt || o->cpr_uri || o->auto_converge ||
-			  o->stream_crc ||
-			  o->downtime_given || o->bandwidth_given || o->convergence_given))
+			  o->stream_crc || o->storage || o->downtime_given || o->bandwidth_given ||
+			  o->convergence_given))
 		return cli_usage_error("--resume takes the paused migration as it is: only "
 				       "--timeout and --quiet go with it");
 	return 0;
@@ -524,6 +534,8 @@ static struct json_object *cli_migrate_args(const struct cli_opts *o)
 {
 	struct json_object *args = json_object_new_object(), *chans, *ch;
 
+	if (o->storage)
+		json_object_object_add(args, "storage", json_object_new_boolean(true));
 	if (!o->cpr_uri) {
 		json_object_object_add(args, "uri", json_object_new_string(o->uri));
 		return args;

@@ -182,6 +182,7 @@ struct json_object *migration_query(struct migration *m)
 			json_object_object_add(o, "postcopy-resume-failures",
 					       json_object_new_uint64(atomic_load(&m->resume_failures)));
 	}
+	mig_states_query(m, o);
 	if (error[0])
 		json_object_object_add(o, "error-desc", json_object_new_string(error));
 	return o;
@@ -319,22 +320,30 @@ static int mig_cmd_migrate(void *opaque, struct json_object *args, struct json_o
 {
 	struct migration *m = opaque;
 	char uri[CHANNEL_URI_BYTES], cpr_uri[CHANNEL_URI_BYTES];
-	struct json_object *resume;
+	struct json_object *resume, *storage_arg;
+	bool storage = false;
 	int r;
 
 	(void)ret; /* "detach" (QMP's, for old clients) is accepted and means nothing */
 	r = mig_parse_channels(args, uri, cpr_uri, err, errlen);
 	if (r)
 		return r;
+	if (json_object_object_get_ex(args, "storage", &storage_arg)) /* a bool: checked */
+		storage = json_object_get_boolean(storage_arg);
 	if (json_object_object_get_ex(args, "resume", &resume) && json_object_get_boolean(resume)) {
 		if (cpr_uri[0]) {
 			snprintf(err, errlen, "resume continues a postcopy migration: it takes no cpr "
 				 "channel");
 			return -EINVAL;
 		}
+		if (storage) {
+			snprintf(err, errlen, "resume continues the paused migration as it was: it "
+				 "takes no storage argument");
+			return -EINVAL;
+		}
 		return migration_resume(m, uri, err, errlen);
 	}
-	return migration_start_channels(m, uri, cpr_uri[0] ? cpr_uri : NULL, err, errlen);
+	return migration_start_storage(m, uri, cpr_uri[0] ? cpr_uri : NULL, storage, err, errlen);
 }
 
 static int mig_cmd_cancel(void *opaque, struct json_object *args, struct json_object **ret,
@@ -604,6 +613,7 @@ int migration_register_commands(struct migration *m, struct control_server *srv)
 		{ "uri", CONTROL_ARG_STRING, false },
 		{ "channels", CONTROL_ARG_ARRAY, false },
 		{ "resume", CONTROL_ARG_BOOL, false },
+		{ "storage", CONTROL_ARG_BOOL, false },
 		{ "detach", CONTROL_ARG_BOOL, false },
 		{ NULL, 0, false },
 	};

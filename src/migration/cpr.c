@@ -66,6 +66,38 @@ struct cpr_fd *cpr_state_find(struct cpr_state *st, uint32_t kind, const char *n
 	return NULL;
 }
 
+int cpr_state_add(struct cpr_state *st, uint32_t kind, const char *name, uint32_t flags,
+		  uint64_t gpa, uint64_t bytes, int fd, char *err, size_t errlen)
+{
+	struct cpr_fd *f;
+
+	if (st->nfds >= CPR_MAX_FDS) {
+		snprintf(err, errlen, "more than %u fds to hand over", CPR_MAX_FDS);
+		return -ENOSPC;
+	}
+	f = &st->fds[st->nfds++];
+	f->kind = kind;
+	f->flags = flags;
+	snprintf(f->name, sizeof(f->name), "%s", name);
+	f->gpa = gpa;
+	f->bytes = bytes;
+	f->fd = fd;
+	return 0;
+}
+
+const char *cpr_fd_kind_name(uint32_t kind)
+{
+	return kind == CPR_FD_RAM ? "ram" : kind == CPR_FD_DISK ? "disk" : "unknown";
+}
+
+uint32_t cpr_state_version(const struct cpr_state *st)
+{
+	for (unsigned i = 0; i < st->nfds; i++)
+		if (st->fds[i].kind != CPR_FD_RAM)
+			return 2;
+	return 1;
+}
+
 /* ---- receiving: the state machine ---- */
 
 void cpr_rx_init(struct cpr_rx *rx, struct cpr_state *st)
@@ -77,6 +109,7 @@ void cpr_rx_init(struct cpr_rx *rx, struct cpr_state *st)
 	rx->state = 0;
 }
 
+#define CPR_DISK_SECTOR_BYTES 512u /* a disk's size is a multiple of it */
 #define CPR_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -EBADMSG; } while (0)
 
 static int cpr_rx_hello(struct cpr_rx *rx, const uint8_t *msg, size_t len, char *err,
@@ -94,12 +127,14 @@ static int cpr_rx_hello(struct cpr_rx *rx, const uint8_t *msg, size_t len, char 
 	nvcpus = cpr_get32(msg + 20);
 	if (magic != CPR_MAGIC)
 		CPR_FAIL("not a vmferry cpr channel (magic %#llx)", (unsigned long long)magic);
-	if (version != CPR_VERSION)
-		CPR_FAIL("cpr channel version %u, this build reads version %u", version, CPR_VERSION);
+	if (version < CPR_VERSION_MIN || version > CPR_VERSION)
+		CPR_FAIL("cpr channel version %u, this build reads versions %u..%u", version,
+			 CPR_VERSION_MIN, CPR_VERSION);
 	if (nfds == 0 || nfds > CPR_MAX_FDS)
 		CPR_FAIL("cpr HELLO announces %u fds (1..%u allowed)", nfds, CPR_MAX_FDS);
 	if (nvcpus == 0 || nvcpus > MIG_MAX_VCPUS)
 		CPR_FAIL("cpr HELLO announces %u vCPUs (1..%u allowed)", nvcpus, MIG_MAX_VCPUS);
+	st->version = version;
 	st->nfds = nfds;
 	st->nvcpus = nvcpus;
 	memcpy(st->token, msg + 24, CPR_TOKEN_BYTES);
@@ -133,17 +168,21 @@ static int cpr_rx_fd(struct cpr_rx *rx, const uint8_t *msg, size_t len, const in
 		CPR_FAIL("cpr FD message with index %u, expected %u", index, have);
 	if (have >= st->nfds)
 		CPR_FAIL("cpr FD message beyond the %u announced", st->nfds);
-	if (kind != CPR_FD_RAM)
-		CPR_FAIL("cpr fd %u: unknown kind %u", index, kind);
-	if (flags)
-		CPR_FAIL("cpr fd %u: unknown flags %#x", index, flags);
+	if (kind != CPR_FD_RAM && (kind != CPR_FD_DISK || st->version < 2))
+		CPR_FAIL("cpr fd %u: unknown kind %u (channel version %u)", index, kind,
+			 st->version);
+	if (flags & ~(kind == CPR_FD_DISK ? CPR_FD_F_READONLY : 0u))
+		CPR_FAIL("cpr fd %u: unknown flags %#x for a %s fd", index, flags,
+			 cpr_fd_kind_name(kind));
 	namelen = strnlen((const char *)msg + 32, CPR_NAME_BYTES);
 	if (namelen == 0 || namelen == CPR_NAME_BYTES)
 		CPR_FAIL("cpr fd %u: name is empty or not terminated", index);
 	for (size_t i = namelen; i < CPR_NAME_BYTES; i++)
 		if (msg[32 + i])
 			CPR_FAIL("cpr fd %u: bytes after the name's end", index);
-	if (bytes == 0 || bytes % MIG_PAGE_BYTES || gpa % MIG_PAGE_BYTES || gpa + bytes < gpa)
+	if (kind == CPR_FD_RAM ? (bytes == 0 || bytes % MIG_PAGE_BYTES || gpa % MIG_PAGE_BYTES ||
+				  gpa + bytes < gpa)
+			       : (bytes == 0 || bytes % CPR_DISK_SECTOR_BYTES || gpa))
 		CPR_FAIL("cpr fd %u (%.*s): bad geometry (gpa %#llx, %llu bytes)", index,
 			 (int)namelen, (const char *)msg + 32, (unsigned long long)gpa,
 			 (unsigned long long)bytes);
@@ -155,6 +194,7 @@ static int cpr_rx_fd(struct cpr_rx *rx, const uint8_t *msg, size_t len, const in
 		CPR_FAIL("cpr fd %u: invalid descriptor", index);
 	f = &st->fds[have];
 	f->kind = kind;
+	f->flags = flags;
 	memcpy(f->name, msg + 32, namelen);
 	f->name[namelen] = 0;
 	f->gpa = gpa;
@@ -391,7 +431,7 @@ int cpr_send(int sock, const struct cpr_state *st, char *err, size_t errlen)
 	memset(m, 0, sizeof(m));
 	cpr_put64(m, CPR_MAGIC);
 	cpr_put32(m + 8, CPR_MSG_HELLO);
-	cpr_put32(m + 12, CPR_VERSION);
+	cpr_put32(m + 12, cpr_state_version(st));
 	cpr_put32(m + 16, st->nfds);
 	cpr_put32(m + 20, st->nvcpus);
 	memcpy(m + 24, st->token, CPR_TOKEN_BYTES);
@@ -403,6 +443,7 @@ int cpr_send(int sock, const struct cpr_state *st, char *err, size_t errlen)
 		cpr_put32(m, CPR_MSG_FD);
 		cpr_put32(m + 4, i);
 		cpr_put32(m + 8, f->kind);
+		cpr_put32(m + 12, f->flags);
 		cpr_put64(m + 16, f->gpa);
 		cpr_put64(m + 24, f->bytes);
 		snprintf((char *)m + 32, CPR_NAME_BYTES, "%s", f->name);

@@ -1,16 +1,17 @@
 /*
  * The cpr channel of an in-place live update (CPR transfer): the old VMM
  * hands the new one, over a UNIX socket with SCM_RIGHTS, every file
- * descriptor the new one must inherit rather than recreate - today the
- * guest RAM memfds - before the new process creates its VM.  Guest RAM is
- * never copied: both processes map the same pages.
+ * descriptor the new one must inherit rather than recreate - the guest RAM
+ * memfds and each disk's open file - before the new process creates its
+ * VM.  Guest RAM is never copied: both processes map the same pages; no
+ * disk is reopened: both use the same open file.
  *
  * The socket is SOCK_SEQPACKET, so every message arrives whole, with the
  * descriptors that travel with it (docs/cpr.md has the bytes):
  *
  *   old process (source)                     new process (--incoming-cpr)
  *     |-- HELLO  magic, version, nfds, nvcpus, token ------->|
- *     |-- FD     index, kind, gpa, bytes, name  + 1 fd ------>|  x nfds
+ *     |-- FD     index, kind, flags, gpa, bytes, name + 1 fd ->|  x nfds
  *     |-- DONE   nfds ------------------------------------->|  create the VM over
  *     |                                                      |  the memfds, listen
  *     |<---------------------------- ACK status, text -------|  on the main channel
@@ -31,7 +32,14 @@
 #include <stdint.h>
 
 #define CPR_MAGIC 0x0031525043464d56ull /* "VMFCPR1\0" */
-#define CPR_VERSION 1u
+/*
+ * Channel versions: 1 lends RAM memfds only; 2 adds disk fds.  The old
+ * process writes the lowest version that describes what it lends (so a
+ * RAM-only hand-over still reaches a version-1 build); this build reads
+ * CPR_VERSION_MIN..CPR_VERSION.
+ */
+#define CPR_VERSION 2u
+#define CPR_VERSION_MIN 1u
 #define CPR_MAX_FDS 16u
 #define CPR_TOKEN_BYTES 16u
 #define CPR_NAME_BYTES 32u
@@ -52,18 +60,23 @@ enum cpr_msg_type {
 #define CPR_ACK_HEADER_BYTES 16u
 
 enum cpr_fd_kind {
-	CPR_FD_RAM = 1, /* a guest RAM block's memfd; name = the block's name */
+	CPR_FD_RAM = 1,  /* a guest RAM block's memfd; name = the block's name */
+	CPR_FD_DISK = 2, /* a disk's open file (version 2); name "disk<N>", gpa 0,
+			  * bytes = its size, flags CPR_FD_F_READONLY */
 };
+#define CPR_FD_F_READONLY 1u /* DISK: opened read-only */
 
 struct cpr_fd {
 	uint32_t kind;               /* enum cpr_fd_kind */
+	uint32_t flags;              /* CPR_FD_F_*, as the kind allows */
 	char name[CPR_NAME_BYTES];   /* NUL-terminated */
-	uint64_t gpa, bytes;         /* RAM: where the block sits and its size */
+	uint64_t gpa, bytes;         /* RAM: where the block sits and its size; DISK: 0, size */
 	int fd;                      /* owned by the cpr_state; -1 when not held */
 };
 
 /* What crosses the cpr channel. */
 struct cpr_state {
+	uint32_t version;            /* received: the channel version the old process wrote */
 	uint32_t nvcpus;
 	uint8_t token[CPR_TOKEN_BYTES];
 	unsigned nfds;
@@ -74,6 +87,16 @@ struct cpr_state {
 void cpr_state_close(struct cpr_state *st);
 /* The entry of @kind named @name, or NULL. */
 struct cpr_fd *cpr_state_find(struct cpr_state *st, uint32_t kind, const char *name);
+/*
+ * Source: append an entry lending @fd (still owned by the caller) of @kind
+ * named @name.  0, or -ENOSPC with @err filled (CPR_MAX_FDS reached).
+ */
+int cpr_state_add(struct cpr_state *st, uint32_t kind, const char *name, uint32_t flags,
+		  uint64_t gpa, uint64_t bytes, int fd, char *err, size_t errlen);
+/* "ram", "disk", or "unknown": a kind in messages. */
+const char *cpr_fd_kind_name(uint32_t kind);
+/* The channel version that describes @st: 1 when it lends RAM only, else 2. */
+uint32_t cpr_state_version(const struct cpr_state *st);
 
 /*
  * Receiving side, as a pure state machine so that tests and the fuzz target

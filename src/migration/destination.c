@@ -266,7 +266,10 @@ static int mig_dst_section_common(void *opaque, uint32_t id, uint32_t instance,
 		return -EBADMSG;
 	}
 	r = mig_states_load(d->m, id, instance, version, part, data, len, err, errlen);
-	d->sections_ns += clock_monotonic_ns() - t0;
+	/* The pause's device-state time; after RUN parts come on two threads
+	 * (main and urgent: a disk's blocks) and are no part of it. */
+	if (!atomic_load(&d->run_at_ns))
+		d->sections_ns += clock_monotonic_ns() - t0;
 	return r;
 }
 
@@ -309,6 +312,31 @@ static int mig_dst_request(void *opaque, uint32_t block, uint64_t first_page, ui
 		r = stream_error(to);
 	}
 	pthread_mutex_unlock(&d->rp_lock);
+	return r;
+}
+
+int mig_request(struct migration *m, uint32_t section_id, uint32_t instance, uint64_t offset,
+		uint32_t len)
+{
+	int r = -ENOTCONN;
+
+	if (len == 0 || len > MIG_STATE_REQ_MAX_BYTES)
+		return -EINVAL;
+	pthread_mutex_lock(&m->lock);
+	if (m->dst) {
+		struct mig_dst *d = m->dst;
+
+		pthread_mutex_lock(&d->rp_lock);
+		if (d->rp_connected) {
+			/* As mig_dst_request: the urgent connection when the source reads it. */
+			struct stream *to = d->req_ready ? &d->req : &d->rp;
+
+			mig_rp_send_state_req(to, section_id, instance, offset, len);
+			r = stream_error(to);
+		}
+		pthread_mutex_unlock(&d->rp_lock);
+	}
+	pthread_mutex_unlock(&m->lock);
 	return r;
 }
 
@@ -413,7 +441,8 @@ static void *mig_urgent_thread(void *arg)
 {
 	struct mig_dst *d = arg;
 	struct migration *m = d->m;
-	static const struct mig_load_ops ops = { .ram = mig_dst_ram };
+	static const struct mig_load_ops ops = { .ram = mig_dst_ram,
+						 .section_part = mig_dst_section_part };
 	struct mig_dst_chan c = { .d = d, .bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES) };
 	struct stream s;
 	char err[256];
@@ -609,6 +638,9 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	r = mig_states_load_complete(m, err, errlen);
 	if (r)
 		return r;
+	pthread_mutex_lock(&m->lock);
+	m->dst = d; /* states may ask for their data now (mig_request) */
+	pthread_mutex_unlock(&m->lock);
 	d->bd.start_ns = clock_monotonic_ns();
 	r = vm_incoming_finish(m->vm, m->in_vm.was_running, &d->first_run_ns);
 	if (r) {
@@ -707,6 +739,9 @@ static void mig_dst_close_listener(struct migration *m)
 static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream *s, int fd,
 			   struct mig_dst_chan *chan, bool completed)
 {
+	pthread_mutex_lock(&m->lock);
+	m->dst = NULL; /* mig_request: no more requests through d */
+	pthread_mutex_unlock(&m->lock);
 	atomic_store(&d->closing, true);
 	mig_dst_stop_urgent(m, d, completed);
 	mig_publish_conns(m, -1, -1);
@@ -847,6 +882,8 @@ static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream 
 	pthread_mutex_lock(&d->rp_lock);
 	postcopy_dst_received_bits(d->pd, bits);
 	mig_rp_send_recv_bitmap(&d->rp, 0, npages, bits);
+	if (!stream_error(&d->rp)) /* then each state's (state.h's load_received) */
+		mig_states_send_bitmaps(m, &d->rp);
 	if (!stream_error(&d->rp))
 		outstanding = postcopy_dst_outstanding(d->pd, mig_dst_rerequest_locked, d);
 	r = stream_error(&d->rp);
@@ -954,20 +991,23 @@ static bool mig_test_fault(const char *point)
 static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
 			    struct mig_dst_chan *chan, int err, char *errbuf, size_t errlen)
 {
-	static const struct mig_load_ops ops = { .ram = mig_dst_ram, .ping = mig_dst_ping };
+	static const struct mig_load_ops ops = { .ram = mig_dst_ram, .ping = mig_dst_ping,
+						 .section_part = mig_dst_section_part };
 	char reason[MIG_ERROR_BYTES + 64];
 	bool deliberate;
 
 	for (;;) {
 		if (!err) {
-			/* END: requested pages may still be on the urgent channel. */
-			for (int i = 0, n = MIG_RP_TIMEOUT_MS; i < n && postcopy_dst_missing(d->pd) &&
+			/* END: requested pages (and states' data) may still be on the
+			 * urgent channel. */
+			for (int i = 0, n = MIG_RP_TIMEOUT_MS; i < n && (postcopy_dst_missing(d->pd) ||
+					mig_states_load_pending(m)) &&
 					!atomic_load(&d->urgent_failed) && !mig_closing(m); i++) {
 				struct timespec ms = { 0, 1000000 };
 
 				nanosleep(&ms, NULL);
 			}
-			if (!postcopy_dst_missing(d->pd)) {
+			if (!postcopy_dst_missing(d->pd) && !mig_states_load_pending(m)) {
 				if (mig_test_fault("urgent-closed-first")) {
 					/* As if COMPLETE were overtaken by the close. */
 					atomic_store(&d->closing, true);
@@ -978,8 +1018,9 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 				pthread_mutex_unlock(&d->rp_lock);
 				return 0;
 			}
-			snprintf(errbuf, errlen, "%" PRIu64 " pages never arrived",
-				 postcopy_dst_missing(d->pd));
+			snprintf(errbuf, errlen, "%" PRIu64 " pages and %" PRIu64 " bytes of device "
+				 "data never arrived", postcopy_dst_missing(d->pd),
+				 mig_states_load_pending(m));
 			err = -EIO;
 		}
 		if (mig_closing(m))

@@ -21,7 +21,10 @@
  * the destination runs, asks for missing pages with RP_PAGE_REQ, which the
  * source answers on a second connection (the urgent channel, opened with
  * MIG_URGENT_MAGIC, carrying RAM records and END); the rest of RAM follows on
- * the main channel, then END; the destination answers RP_COMPLETE.
+ * the main channel, then END; the destination answers RP_COMPLETE.  A state
+ * with postcopy data (a disk's blocks, storage migration) sends it as
+ * SECTION_PARTs after RUN too; the destination asks for what it lacks with
+ * RP_STATE_REQ, answered with parts on the urgent channel.
  *
  * With CPR transfer (an in-place live update, docs/cpr.md) the RAM
  * blocks' memfds went over the cpr channel first; the main stream is the
@@ -29,8 +32,10 @@
  *
  * Postcopy recovery: when a channel breaks after RUN both sides pause; the
  * source reconnects and sends the header again then POSTCOPY_RESUME; the
- * destination answers RP_RECV_BITMAP (every page it holds) and repeats its
- * outstanding RP_PAGE_REQs; the source re-sends whatever the bitmap lacks.
+ * destination answers RP_RECV_BITMAP (every page it holds), an
+ * RP_STATE_BITMAP per instance of each state with postcopy data, and
+ * repeats its outstanding RP_PAGE_REQs; the source re-sends whatever the
+ * bitmaps lack.
  */
 #ifndef VMFERRY_MIGRATION_FORMAT_H
 #define VMFERRY_MIGRATION_FORMAT_H
@@ -38,7 +43,7 @@
 #include <stdint.h>
 
 #define MIG_MAGIC 0x004d525453464d56ull /* "VMFSTRM\0" */
-#define MIG_VERSION 2u     /* written by default */
+#define MIG_VERSION 2u     /* the newest: written with the stream-crc capability */
 #define MIG_VERSION_MIN 1u /* oldest version read: 1 has no CRCs */
 /* Whether records of stream @version carry CRCs. */
 #define MIG_VERSION_HAS_CRC(version) ((version) >= 2u)
@@ -93,9 +98,16 @@ enum mig_rp_message {
 	MIG_RP_PONG = 5,     /* u32 id: every record before PING(id) is done */
 	MIG_RP_RECV_BITMAP = 6, /* u8 block, u64 npages, u32 len, len bytes: pages held
 				 * (postcopy recovery, first on a resumed return path) */
-	MIG_RP_PAGE_RESEND = 7, /* as PAGE_REQ: the copy that arrived failed its CRC, send
+	MIG_RP_STATE_REQ = 7,   /* u32 section id, u32 instance, u64 offset, u32 len: a
+				 * state's data the destination lacks (postcopy) */
+	MIG_RP_STATE_BITMAP = 8,/* u32 section id, u32 instance, u64 nbits, u32 len, len
+				 * bytes: what a state holds (postcopy recovery, after
+				 * RECV_BITMAP) */
+	MIG_RP_PAGE_RESEND = 9, /* as PAGE_REQ: the copy that arrived failed its CRC, send
 				 * the pages again (postcopy, stream version 2) */
 };
+/* Bytes one STATE_REQ may ask for. */
+#define MIG_STATE_REQ_MAX_BYTES (16u << 20)
 /* Largest block a RECEIVED bitmap may describe: 2^27 pages (512 GiB), 16 MiB of bits. */
 #define MIG_RECV_BITMAP_MAX_PAGES (1ull << 27)
 

@@ -115,6 +115,8 @@ struct mig_breakdown {
 	uint64_t start_ns;                   /* starting the vCPUs */
 };
 
+struct mig_dst;
+
 /* A registered state (state.h). */
 struct mig_state_reg {
 	const struct mig_state_ops *ops;
@@ -147,6 +149,8 @@ struct migration {
 	struct mig_params params;
 	char error[MIG_ERROR_BYTES];
 	bool incoming;
+	struct mig_dst *dst;      /* destination in postcopy: its connections, for
+				   * mig_request (destination.c) */
 	bool closing;             /* the VMM is going: no new migrations */
 	bool thread_joinable;
 	pthread_t thread;
@@ -255,6 +259,7 @@ struct mig_src {
 	struct mig_breakdown bd;   /* this migration's pause, published at the end */
 	struct stream s;
 	struct ram_block *block;
+	bool storage;              /* migrate "storage": the disks' data moves too */
 	uint64_t npages;
 	uint64_t *bitmap;          /* dirty pages of the current pass */
 	uint64_t bitmap_words;
@@ -428,11 +433,27 @@ int mig_states_complete(struct mig_save *sv, const struct mig_save_info *info, c
 			size_t errlen);
 void mig_states_cleanup(struct migration *m, bool completed);
 int mig_states_cpr_lend(struct migration *m, struct cpr_state *cs, char *err, size_t errlen);
+/* Destination: every state's cpr_take_fds, then refuse any fd left untaken.  0 or -errno. */
+int mig_states_cpr_take(struct migration *m, struct cpr_state *cs, char *err, size_t errlen);
 size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *kinds);
 int mig_states_load(struct migration *m, uint32_t id, uint32_t instance, uint32_t version,
 		    bool part, const uint8_t *data, uint32_t len, char *err, size_t errlen);
 int mig_states_load_complete(struct migration *m, char *err, size_t errlen);
 void mig_states_end(struct migration *m, bool source, bool completed);
+void mig_states_query(struct migration *m, struct json_object *reply);
+/* postcopy of states' data (state.h's save_push ... load_received) */
+int mig_states_push(struct mig_save *sv, uint64_t *left_bytes, char *err, size_t errlen);
+int mig_states_request(struct mig_save *sv, const struct mig_rp_msg *msg, char *err,
+		       size_t errlen);
+unsigned mig_states_bitmaps(struct migration *m);
+/* Return-path thread: a STATE_REQ, answered by its state on the urgent channel. */
+void mig_states_serve_request(struct mig_src *src, const struct mig_rp_msg *msg);
+/* Source, resuming: read and apply every state's STATE_BITMAP.  0 or -errno, @why. */
+int mig_states_read_bitmaps(struct mig_src *src, char *why, size_t whylen);
+int mig_states_apply_bitmap(struct migration *m, unsigned k, const struct mig_rp_msg *msg,
+			    char *err, size_t errlen);
+int mig_states_send_bitmaps(struct migration *m, struct stream *s);
+uint64_t mig_states_load_pending(struct migration *m);
 
 /* state_vm.c, source_ram.c: the engine's own states */
 int mig_register_vm_states(struct migration *m);

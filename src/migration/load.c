@@ -333,6 +333,76 @@ int mig_load_urgent_magic(struct stream *s, bool *requests_here, char *err, size
 	return 0;
 }
 
+/* A section record's head after its type byte (@type): the fields in @sh. */
+struct mig_section_head {
+	uint32_t id, inst, ver, len, body_crc;
+	bool check_body;           /* version 2 and checked: compare body_crc */
+};
+
+/* Read it; version 2: the CRCs too, the head's checked.  0 or the error. */
+static int mig_load_section_head(struct stream *s, uint32_t version, bool unchecked,
+				 uint8_t type, struct mig_section_head *sh, char *err,
+				 size_t errlen)
+{
+	sh->id = stream_get_u32(s);
+	sh->inst = stream_get_u32(s);
+	sh->ver = stream_get_u32(s);
+	sh->len = stream_get_u32(s);
+	sh->body_crc = 0;
+	sh->check_body = MIG_VERSION_HAS_CRC(version) && !unchecked;
+	if (MIG_VERSION_HAS_CRC(version)) {
+		uint8_t head[21];
+		uint32_t head_crc;
+
+		sh->body_crc = stream_get_u32(s);
+		head_crc = stream_get_u32(s);
+		mig_section_head_encode(head, type, sh->id, sh->inst, sh->ver, sh->len,
+					sh->body_crc);
+		if (!stream_error(s) && !unchecked && crc32c(0, head, sizeof(head)) != head_crc)
+			CRC_FAIL("section record head fails its CRC check: the stream was corrupted "
+				 "in transit");
+	}
+	return stream_error(s) ? mig_load_io_error(s, err, errlen) : 0;
+}
+
+/*
+ * A SECTION_PART after its type byte, outside mig_load (after POSTCOPY_RUN:
+ * the urgent channel, a resumed stream): the length is bounded before the
+ * body is allocated; the id, instance and version are the state's to check
+ * (mig_states_load refuses an unknown id).  1 or <0.
+ */
+static int mig_load_late_part(struct stream *s, const struct mig_header *h,
+			      const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen)
+{
+	struct mig_section_head sh;
+	uint8_t *body;
+	int r = mig_load_section_head(s, h->version, ops->crc_unchecked, MIG_REC_SECTION_PART, &sh,
+				      err, errlen);
+
+	if (r)
+		return r;
+	if (!ops->section_part)
+		LOAD_FAIL("section %u part: parts are not taken here", sh.id);
+	if (sh.len > VMSTATE_SECTION_MAX_BYTES)
+		LOAD_FAIL("section %u of %u bytes exceeds %u", sh.id, sh.len,
+			  VMSTATE_SECTION_MAX_BYTES);
+	body = malloc(sh.len ? sh.len : 1);
+	if (!body)
+		return -ENOMEM;
+	stream_get_bytes(s, body, sh.len);
+	if (stream_error(s))
+		r = mig_load_io_error(s, err, errlen);
+	else if (sh.check_body && crc32c(0, body, sh.len) != sh.body_crc) {
+		snprintf(err, errlen, "section %u instance %u (a part) fails its CRC check: the "
+			 "stream was corrupted in transit", sh.id, sh.inst);
+		r = -EILSEQ;
+	} else {
+		r = ops->section_part(opaque, sh.id, sh.inst, sh.ver, body, sh.len, err, errlen);
+	}
+	free(body);
+	return r ? r : 1;
+}
+
 int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
 			   const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen)
 {
@@ -345,8 +415,11 @@ int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
 		return mig_load_io_error(s, err, errlen);
 	if (type == MIG_REC_END)
 		return 0;
+	if (type == MIG_REC_SECTION_PART)
+		return mig_load_late_part(s, h, ops, opaque, err, errlen);
 	if (type != MIG_REC_RAM)
-		LOAD_FAIL("urgent channel: record type %u (only RAM and END belong here)", type);
+		LOAD_FAIL("urgent channel: record type %u (only RAM, SECTION_PART and END belong "
+			  "here)", type);
 	r = mig_load_ram_record(s, h, ops, opaque, &zero, &npages, err, errlen);
 	return r ? r : 1;
 }
@@ -401,8 +474,11 @@ int mig_load_resumed_record(struct stream *s, const struct mig_header *h,
 			return r;
 		}
 		return 1;
+	case MIG_REC_SECTION_PART:
+		return mig_load_late_part(s, h, ops, opaque, err, errlen);
 	}
-	LOAD_FAIL("resumed stream: record type %u (only RAM, PING and END belong here)", type);
+	LOAD_FAIL("resumed stream: record type %u (only RAM, SECTION_PART, PING and END belong "
+		  "here)", type);
 }
 
 /* ---- the main stream: which record may come when ---- */
@@ -577,28 +653,19 @@ static int mig_rec_run(struct mig_loader *l, char *err, size_t errlen)
 static int mig_rec_section_common(struct mig_loader *l, bool part, char *err, size_t errlen)
 {
 	struct stream *s = l->s;
-	uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
-	uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
-	uint32_t body_crc = 0;
+	struct mig_section_head sh;
 	const struct mig_section_kind *k = NULL;
-	bool with_crc = MIG_VERSION_HAS_CRC(l->h.version) && !l->ops->crc_unchecked;
+	uint32_t id, inst, ver, len;
 	size_t ki;
-	int r;
+	int r = mig_load_section_head(s, l->h.version, l->ops->crc_unchecked,
+				      part ? MIG_REC_SECTION_PART : MIG_REC_SECTION, &sh, err, errlen);
 
-	if (MIG_VERSION_HAS_CRC(l->h.version)) {
-		uint8_t head[21];
-		uint32_t head_crc;
-
-		body_crc = stream_get_u32(s);
-		head_crc = stream_get_u32(s);
-		mig_section_head_encode(head, part ? MIG_REC_SECTION_PART : MIG_REC_SECTION, id, inst,
-					ver, len, body_crc);
-		if (!stream_error(s) && with_crc && crc32c(0, head, sizeof(head)) != head_crc)
-			CRC_FAIL("section record head fails its CRC check: the stream was corrupted "
-				  "in transit");
-	}
-	if (stream_error(s))
-		return mig_load_io_error(s, err, errlen);
+	if (r)
+		return r;
+	id = sh.id;
+	inst = sh.inst;
+	ver = sh.ver;
+	len = sh.len;
 	for (ki = 0; ki < l->nkinds && !k; ki++)
 		if (l->kinds[ki].id == id)
 			k = &l->kinds[ki];
@@ -619,7 +686,7 @@ static int mig_rec_section_common(struct mig_loader *l, bool part, char *err, si
 	stream_get_bytes(s, l->section, len);
 	if (stream_error(s))
 		return mig_load_io_error(s, err, errlen);
-	if (with_crc && crc32c(0, l->section, len) != body_crc)
+	if (sh.check_body && crc32c(0, l->section, len) != sh.body_crc)
 		CRC_FAIL("%s section %u%s fails its CRC check: the stream was corrupted in transit",
 			  k->name, inst, part ? " (a part)" : "");
 	if (part) {
@@ -670,8 +737,7 @@ static int mig_rec_end(struct mig_loader *l, char *err, size_t errlen)
 static const struct mig_record_rule mig_record_rules[MIG_REC__COUNT] = {
 	[MIG_REC_RAM] = { MIG_WHEN_NOT_CPR, "RAM record in a cpr-transfer stream", mig_rec_ram },
 	[MIG_REC_SECTION] = { MIG_WHEN_BEFORE_RUN, "section after postcopy run", mig_rec_section },
-	[MIG_REC_SECTION_PART] = { MIG_WHEN_BEFORE_RUN | MIG_WHEN_NOT_CPR,
-				   "section part after postcopy run or in a cpr-transfer stream",
+	[MIG_REC_SECTION_PART] = { MIG_WHEN_NOT_CPR, "section part in a cpr-transfer stream",
 				   mig_rec_section_part },
 	[MIG_REC_PASS_END] = { 0, NULL, mig_rec_pass_end },
 	[MIG_REC_END] = { 0, NULL, mig_rec_end },
@@ -755,6 +821,49 @@ uint64_t mig_load_sections_seen(const struct mig_load_ops *ops, const struct mig
 	return 0;
 }
 
+/*
+ * A bitmap's @len bytes (its length already checked against
+ * m->bitmap_pages) into m->bitmap; bits past the last one are refused
+ * ("return path: @past N").  0 or -errno with @err.
+ */
+static int mig_rp_read_bits(struct stream *s, struct mig_rp_msg *m, uint32_t len,
+			    const char *past, char *err, size_t errlen)
+{
+	m->bitmap = malloc(len ? len : 1);
+	if (!m->bitmap) {
+		snprintf(err, errlen, "return path: no memory for a %u-byte bitmap", len);
+		return -ENOMEM;
+	}
+	stream_get_bytes(s, m->bitmap, len);
+	if (stream_error(s)) {
+		mig_rp_msg_release(m);
+		return mig_load_io_error(s, err, errlen);
+	}
+	if (m->bitmap_pages % 8 && (m->bitmap[len - 1] >> (m->bitmap_pages % 8))) {
+		mig_rp_msg_release(m);
+		LOAD_FAIL("return path: %s %llu", past, (unsigned long long)m->bitmap_pages);
+	}
+	return 0;
+}
+
+/* STATE_BITMAP after its type: lengths checked before the bits are allocated. */
+static int mig_rp_read_state_bitmap(struct stream *s, struct mig_rp_msg *m, char *err,
+				    size_t errlen)
+{
+	uint32_t len;
+
+	m->section_id = stream_get_u32(s);
+	m->instance = stream_get_u32(s);
+	m->bitmap_pages = stream_get_u64(s);
+	len = stream_get_u32(s);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (m->bitmap_pages > MIG_RECV_BITMAP_MAX_PAGES || len != (m->bitmap_pages + 7) / 8)
+		LOAD_FAIL("return path: state bitmap of %llu bits in %u bytes (0..%llu bits)",
+			  (unsigned long long)m->bitmap_pages, len, MIG_RECV_BITMAP_MAX_PAGES);
+	return mig_rp_read_bits(s, m, len, "state bitmap has bits past bit", err, errlen);
+}
+
 int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen)
 {
 	memset(m, 0, sizeof(*m));
@@ -803,23 +912,24 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 		if (len != (m->bitmap_pages + 7) / 8)
 			LOAD_FAIL("return path: received bitmap of %llu pages in %u bytes",
 				  (unsigned long long)m->bitmap_pages, len);
-		m->bitmap = malloc(len);
-		if (!m->bitmap) {
-			snprintf(err, errlen, "return path: no memory for a %u-byte bitmap", len);
-			return -ENOMEM;
-		}
-		stream_get_bytes(s, m->bitmap, len);
-		if (stream_error(s)) {
-			mig_rp_msg_release(m);
-			return mig_load_io_error(s, err, errlen);
-		}
-		if (m->bitmap_pages % 8 && (m->bitmap[len - 1] >> (m->bitmap_pages % 8))) {
-			mig_rp_msg_release(m);
-			LOAD_FAIL("return path: received bitmap has bits past page %llu",
-				  (unsigned long long)m->bitmap_pages);
-		}
-		return 0; /* the block and its size are checked by the source against its RAM */
+		/* the block and its size are checked by the source against its RAM */
+		return mig_rp_read_bits(s, m, len, "received bitmap has bits past page", err,
+					errlen);
 	}
+	case MIG_RP_STATE_REQ:
+		m->section_id = stream_get_u32(s);
+		m->instance = stream_get_u32(s);
+		m->offset = stream_get_u64(s);
+		m->length = stream_get_u32(s);
+		if (stream_error(s))
+			return mig_load_io_error(s, err, errlen);
+		if (m->length == 0 || m->length > MIG_STATE_REQ_MAX_BYTES ||
+		    m->offset > UINT64_MAX - m->length)
+			LOAD_FAIL("return path: state request for %u bytes at %llu", m->length,
+				  (unsigned long long)m->offset);
+		return 0; /* the state checks the section, instance and range */
+	case MIG_RP_STATE_BITMAP:
+		return mig_rp_read_state_bitmap(s, m, err, errlen);
 	case MIG_RP_PONG:
 		m->id = stream_get_u32(s);
 		if (stream_error(s))
@@ -907,6 +1017,29 @@ void mig_rp_send_recv_bitmap(struct stream *s, uint8_t block, uint64_t npages, c
 	stream_put_u64(s, npages);
 	stream_put_u32(s, (uint32_t)((npages + 7) / 8));
 	stream_put_bytes(s, bits, (size_t)((npages + 7) / 8));
+	stream_flush(s);
+}
+
+void mig_rp_send_state_req(struct stream *s, uint32_t id, uint32_t instance, uint64_t offset,
+			   uint32_t len)
+{
+	stream_put_u8(s, MIG_RP_STATE_REQ);
+	stream_put_u32(s, id);
+	stream_put_u32(s, instance);
+	stream_put_u64(s, offset);
+	stream_put_u32(s, len);
+	stream_flush(s);
+}
+
+void mig_rp_send_state_bitmap(struct stream *s, uint32_t id, uint32_t instance, uint64_t nbits,
+			      const uint8_t *bits)
+{
+	stream_put_u8(s, MIG_RP_STATE_BITMAP);
+	stream_put_u32(s, id);
+	stream_put_u32(s, instance);
+	stream_put_u64(s, nbits);
+	stream_put_u32(s, (uint32_t)((nbits + 7) / 8));
+	stream_put_bytes(s, bits, (size_t)((nbits + 7) / 8));
 	stream_flush(s);
 }
 

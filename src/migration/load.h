@@ -163,9 +163,15 @@ struct mig_rp_msg {
 	bool same_clock;         /* RUNNING: destination shares our boot id */
 	int32_t err;             /* ERROR: -errno */
 	char text[MIG_ERRMSG_MAX + 1]; /* ERROR */
-	uint64_t bitmap_pages;   /* RECV_BITMAP: pages described (block is in @block) */
-	uint8_t *bitmap;         /* RECV_BITMAP: (bitmap_pages + 7) / 8 bytes, bit i of
-				  * byte j = page 8j + i; owned: mig_rp_msg_release */
+	uint64_t bitmap_pages;   /* RECV_BITMAP: pages described (block is in @block);
+				  * STATE_BITMAP: bits */
+	uint8_t *bitmap;         /* RECV_BITMAP, STATE_BITMAP: (bitmap_pages + 7) / 8
+				  * bytes, bit i of byte j = page (unit) 8j + i; owned:
+				  * mig_rp_msg_release */
+	uint32_t section_id;     /* STATE_REQ, STATE_BITMAP */
+	uint32_t instance;       /* STATE_REQ, STATE_BITMAP */
+	uint64_t offset;         /* STATE_REQ */
+	uint32_t length;         /* STATE_REQ */
 };
 
 /*
@@ -185,18 +191,25 @@ void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, 
 void mig_rp_send_page_resend(struct stream *s, uint8_t block, uint64_t first_page,
 			     uint32_t npages);
 void mig_rp_send_complete(struct stream *s);
+/* STATE_REQ: [@offset, +@len) of section @id's instance @instance. */
+void mig_rp_send_state_req(struct stream *s, uint32_t id, uint32_t instance, uint64_t offset,
+			   uint32_t len);
+/* STATE_BITMAP: @nbits bits from @bits (LSB first) for section @id's @instance. */
+void mig_rp_send_state_bitmap(struct stream *s, uint32_t id, uint32_t instance, uint64_t nbits,
+			      const uint8_t *bits);
 void mig_rp_send_pong(struct stream *s, uint32_t id);
 
 /*
  * The urgent channel: after MIG_URGENT_MAGIC or MIG_URGENT_MAGIC_REQ, RAM
- * records only, then END.  Reads the magic; 0 or -EBADMSG.  *@requests_here
+ * records and section parts (a state's requested data) only, then END.  Reads the magic; 0 or -EBADMSG.  *@requests_here
  * tells whether the source reads page requests on this connection
  * (MIG_URGENT_MAGIC_REQ).
  */
 int mig_load_urgent_magic(struct stream *s, bool *requests_here, char *err, size_t errlen);
 /*
  * Read one urgent-channel record against header @h: 1 = a RAM record was
- * handed to @ops->ram, 0 = END, <0 error.
+ * handed to @ops->ram (a section part to @ops->section_part), 0 = END, <0
+ * error.
  */
 int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
 			   const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen);

@@ -547,6 +547,28 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 int migration_start_channels(struct migration *m, const char *uri, const char *cpr_uri,
 			     char *err, size_t errlen)
 {
+	return migration_start_storage(m, uri, cpr_uri, false, err, errlen);
+}
+
+/* --storage's refusals: what it cannot be combined with (yet).  0 or -EINVAL. */
+static int mig_storage_check(const struct mig_params *p, char *err, size_t errlen)
+{
+	if (p->mode == MIG_MODE_CPR_TRANSFER) {
+		snprintf(err, errlen, "storage migration moves a disk to another host; a live "
+			 "update (cpr-transfer) keeps the disk where it is: drop storage");
+		return -EINVAL;
+	}
+	if (p->postcopy_ram && !p->postcopy_preempt) {
+		snprintf(err, errlen, "storage migration in postcopy needs the postcopy-preempt "
+			 "capability: a disk's requested blocks come on the urgent channel");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int migration_start_storage(struct migration *m, const char *uri, const char *cpr_uri,
+			    bool storage, char *err, size_t errlen)
+{
 	enum vm_runstate rs = vm_get_runstate(m->vm);
 	struct channel main_ch, cpr_ch = { .uri = "" };
 	struct mig_params p;
@@ -558,6 +580,8 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 	pthread_mutex_lock(&m->lock);
 	p = m->params;
 	pthread_mutex_unlock(&m->lock);
+	if (storage && (r = mig_storage_check(&p, err, errlen)) != 0)
+		return r;
 	if (p.mode == MIG_MODE_CPR_TRANSFER) {
 		if (!cpr_uri) {
 			snprintf(err, errlen, "mode cpr-transfer needs a cpr channel: migrate "
@@ -620,6 +644,9 @@ int migration_start_channels(struct migration *m, const char *uri, const char *c
 	}
 	mig_reset_stats(m);
 	m->incoming = false; /* a guest that arrived here may move on */
+	pthread_mutex_lock(&m->lock);
+	m->params.storage = storage; /* per run, like the channels */
+	pthread_mutex_unlock(&m->lock);
 	m->main_ch = main_ch;
 	m->cpr_ch = cpr_ch;
 	m->total_bytes = vm_ram_block(m->vm, 0)->bytes;
@@ -683,11 +710,17 @@ int migration_cancel(struct migration *m, char *err, size_t errlen)
 	return 0;
 }
 
-void migration_incoming_set_cpr(struct migration *m, const uint8_t *token)
+int migration_incoming_take_cpr(struct migration *m, struct cpr_state *cs, char *err,
+				size_t errlen)
 {
+	int r = mig_states_cpr_take(m, cs, err, errlen);
+
+	if (r)
+		return r;
 	m->cpr_incoming = true;
-	memcpy(m->cpr_token, token, MIG_CPR_TOKEN_BYTES);
+	memcpy(m->cpr_token, cs->token, MIG_CPR_TOKEN_BYTES);
 	m->params.mode = MIG_MODE_CPR_TRANSFER;
+	return 0;
 }
 
 /* The address a listening socket really has (port 0 resolved) into @uri, for tcp. */

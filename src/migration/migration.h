@@ -86,6 +86,8 @@ struct mig_params {
 	uint64_t postcopy_recover_timeout_s; /* a broken postcopy connection: both sides
 					 * retry on their own for this long (0 = wait
 					 * for migrate-recover and resume by hand) */
+	bool storage;                   /* per run (migrate "storage"): the disks' data
+					 * moves too; not a parameter of its own */
 	uint32_t throttle_initial_pct;  /* 20 */
 	uint32_t throttle_increment_pct;/* 10 */
 };
@@ -137,6 +139,13 @@ int migration_start(struct migration *m, const char *uri, char *err, size_t errl
 int migration_start_channels(struct migration *m, const char *uri, const char *cpr_uri,
 			     char *err, size_t errlen);
 /*
+ * The same, and with @storage the disks' data moves too (storage migration,
+ * docs/devices.md): refused with postcopy-ram (not supported yet) and with
+ * mode cpr-transfer.
+ */
+int migration_start_storage(struct migration *m, const char *uri, const char *cpr_uri,
+			    bool storage, char *err, size_t errlen);
+/*
  * Switch the outgoing migration to postcopy at the next opportunity; before
  * `migrate` it makes the next migration pure postcopy.  Needs the
  * postcopy-ram capability.  0 or -errno with @err.
@@ -169,10 +178,16 @@ int migration_incoming_start(struct migration *m, const char *uri, bool prealloc
 
 /*
  * CPR transfer, destination: guest RAM was inherited over the cpr channel
- * with @token; the main stream must be a cpr-transfer stream with the same
- * token.  Call before migration_incoming_start() (main thread).
+ * (@cs, its RAM fds already taken); every registered state takes the fds
+ * it lent on the source (cpr_take_fds), and any fd left over is refused.
+ * The main stream must then be a cpr-transfer stream with @cs's token.
+ * Call after every state registered, before migration_incoming_start()
+ * (main thread).  0, or -errno with @err (answer the old process with it;
+ * fds still in @cs stay the caller's to close).
  */
-void migration_incoming_set_cpr(struct migration *m, const uint8_t *token);
+struct cpr_state;
+int migration_incoming_take_cpr(struct migration *m, struct cpr_state *cs, char *err,
+				size_t errlen);
 
 enum mig_status migration_get_status(struct migration *m);
 /* query-migrate's reply; the caller owns it. */

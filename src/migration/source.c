@@ -190,6 +190,7 @@ static int mig_src_setup(struct mig_run *run)
 	int err;
 
 	src->npages = src->block->bytes / MIG_PAGE_BYTES;
+	src->storage = run->p.storage;
 	src->bitmap_words = (src->npages + 63) / 64;
 	src->bitmap = calloc(src->bitmap_words + MIG_WINDOW_PAGES / 64, sizeof(uint64_t));
 	if (!src->bitmap) {

@@ -319,6 +319,15 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 	stream_flush(&src->urgent);
 }
 
+/* A request on either channel: a page or a state's data. */
+static void mig_rp_serve(struct mig_src *src, const struct mig_rp_msg *msg)
+{
+	if (msg->type == MIG_RP_STATE_REQ)
+		mig_states_serve_request(src, msg);
+	else
+		mig_rp_serve_request(src, msg);
+}
+
 /*
  * Which input the return-path thread reads next: the urgent channel when a
  * page request is there (buffered or in the socket), else the return path
@@ -379,10 +388,10 @@ static bool mig_rp_from_urgent(struct mig_src *src, struct mig_rp_msg *msg, int 
 {
 	char why[256];
 
-	/* Page requests only, sent back on the urgent channel. */
-	if (!r && msg->type != MIG_RP_PAGE_REQ) {
+	/* Requests only, sent back on the urgent channel. */
+	if (!r && msg->type != MIG_RP_PAGE_REQ && msg->type != MIG_RP_STATE_REQ) {
 		mig_rp_msg_release(msg);
-		snprintf(why, sizeof(why), "message type %u (only page requests come back on it)",
+		snprintf(why, sizeof(why), "message type %u (only requests come back on it)",
 			 msg->type);
 		err = why;
 		r = -EBADMSG;
@@ -404,7 +413,7 @@ static bool mig_rp_from_urgent(struct mig_src *src, struct mig_rp_msg *msg, int 
 		src->rp_fatal = r == -EBADMSG;
 		return true;
 	}
-	mig_rp_serve_request(src, msg);
+	mig_rp_serve(src, msg);
 	src->rp_fatal = src->rp_result != 0;
 	return src->rp_result != 0;
 }
@@ -422,7 +431,8 @@ static bool mig_rp_from_return_path(struct mig_src *src, struct mig_rp_msg *msg)
 		return false;
 	case MIG_RP_PAGE_REQ:
 	case MIG_RP_PAGE_RESEND:
-		mig_rp_serve_request(src, msg);
+	case MIG_RP_STATE_REQ:
+		mig_rp_serve(src, msg);
 		src->rp_fatal = src->rp_result != 0;
 		return src->rp_result != 0;
 	case MIG_RP_COMPLETE:
@@ -504,49 +514,77 @@ static void *mig_rp_thread(void *arg)
  * jump ends the record, so a migration with thousands of requests does not
  * send thousands of small records.
  */
+/*
+ * One step of the RAM push from *@cursor (growing *@chunk while no request
+ * comes; requests since *@seen first).
+ */
+static void mig_postcopy_push_ram(struct mig_src *src, uint64_t *cursorp, uint64_t *chunkp,
+				  uint64_t *seenp)
+{
+	uint64_t cursor = *cursorp, chunk = *chunkp, seen = *seenp;
+	uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_acquire), end;
+
+	/*
+	 * Every request since the last look: its page first, if the urgent
+	 * channel did not take it (without postcopy-preempt this is how a
+	 * request is answered), then carry on right behind the latest.
+	 */
+	if (seq - seen > MIG_REQ_RING)
+		seen = seq - MIG_REQ_RING;
+	if (seen != seq) {
+		for (; seen != seq; seen++) {
+			uint64_t p = atomic_load_explicit(&src->req_ring[seen % MIG_REQ_RING],
+							  memory_order_relaxed);
+			bool resend = p & MIG_REQ_RESEND;
+
+			p &= ~MIG_REQ_RESEND;
+			if (p < src->npages && (mig_pending_take(src, p) ||
+						(resend && !mig_released(src, p)))) {
+				mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+				atomic_fetch_add(&src->m->pages_pushed, 1);
+			}
+			cursor = p + 1 < src->npages ? p + 1 : 0;
+		}
+		chunk = 16;
+	} else if (chunk < MIG_RUN_MAX_PAGES) {
+		chunk *= 2;
+	}
+	end = cursor + chunk < src->npages ? cursor + chunk : src->npages;
+	for (uint64_t p = cursor; p < end; p++) {
+		if (!mig_pending_take(src, p)) {
+			mig_flush_run(src);
+			continue;
+		}
+		mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
+		atomic_fetch_add(&src->m->pages_pushed, 1);
+	}
+	cursor = end == src->npages ? 0 : end;
+	*cursorp = cursor;
+	*chunkp = chunk;
+	*seenp = seen;
+}
+
+/* The background push: RAM's pages and the states' data, then END. */
 static int mig_postcopy_push(struct mig_src *src)
 {
-	uint64_t cursor = 0, chunk = 16;
+	struct mig_save sv = { .m = src->m, .src = src, .s = &src->s };
+	uint64_t cursor = 0, chunk = 16, state_left = 1; /* unknown until asked */
 	uint64_t seen = atomic_load_explicit(&src->req_seq, memory_order_acquire);
+	char err[256];
 
-	while (atomic_load(&src->pending_count) > 0) {
-		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_acquire), end;
-
-		atomic_store(&src->m->remaining_bytes, atomic_load(&src->pending_count) * MIG_PAGE_BYTES);
-
-		/*
-		 * Every request since the last look: its page first, if the urgent
-		 * channel did not take it (without postcopy-preempt this is how a
-		 * request is answered), then carry on right behind the latest.
-		 */
-		if (seq - seen > MIG_REQ_RING)
-			seen = seq - MIG_REQ_RING;
-		if (seen != seq) {
-			for (; seen != seq; seen++) {
-				uint64_t p = atomic_load_explicit(&src->req_ring[seen % MIG_REQ_RING],
-								  memory_order_relaxed);
-				bool resend = p & MIG_REQ_RESEND;
-
-				p &= ~MIG_REQ_RESEND;
-				if (p < src->npages && (mig_pending_take(src, p) ||
-							(resend && !mig_released(src, p)))) {
-					mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
-					atomic_fetch_add(&src->m->pages_pushed, 1);
-				}
-				cursor = p + 1 < src->npages ? p + 1 : 0;
-			}
-			chunk = 16;
-		} else if (chunk < MIG_RUN_MAX_PAGES) {
-			chunk *= 2;
-		}
-		end = cursor + chunk < src->npages ? cursor + chunk : src->npages;
-		for (uint64_t p = cursor; p < end; p++) {
-			if (!mig_pending_take(src, p)) {
-				mig_flush_run(src);
-				continue;
-			}
-			mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
-			atomic_fetch_add(&src->m->pages_pushed, 1);
+	while (atomic_load(&src->pending_count) > 0 || state_left) {
+		atomic_store(&src->m->remaining_bytes,
+			     atomic_load(&src->pending_count) * MIG_PAGE_BYTES + state_left);
+		/* max-bandwidth may change while the push runs, as between passes */
+		pthread_mutex_lock(&src->m->lock);
+		src->s.max_bytes_per_s = src->m->params.max_bandwidth;
+		pthread_mutex_unlock(&src->m->lock);
+		if (atomic_load(&src->pending_count) > 0)
+			mig_postcopy_push_ram(src, &cursor, &chunk, &seen);
+		err[0] = 0;
+		if (mig_states_push(&sv, &state_left, err, sizeof(err)) && !stream_error(&src->s)) {
+			log_error("postcopy: %s", err);
+			return -EIO;
 		}
 		if (src->since_ping >= MIG_ACK_PAGES) {
 			stream_put_u8(&src->s, MIG_REC_PING);
@@ -558,7 +596,6 @@ static int mig_postcopy_push(struct mig_src *src)
 			src->run_len = 0; /* pending again once a resume reads the bitmap */
 			return stream_error(&src->s);
 		}
-		cursor = end == src->npages ? 0 : end;
 	}
 	atomic_store(&src->m->remaining_bytes, 0);
 	mig_flush_run(src);
@@ -875,6 +912,8 @@ static int mig_src_resume(struct mig_src *src, int *fdp, pthread_t *rp_thread, c
 	}
 	r = mig_src_apply_received(src, &msg, why, whylen);
 	mig_rp_msg_release(&msg);
+	if (!r)
+		r = mig_states_read_bitmaps(src, why, whylen);
 	if (r)
 		return r;
 	r = mig_src_open_urgent(src);

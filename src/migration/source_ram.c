@@ -277,18 +277,12 @@ static int mig_ram_cpr_lend_fds(void *opaque, struct cpr_state *cs, char *err, s
 
 	for (size_t i = 0; i < vm_ram_block_count(m->vm); i++) {
 		struct ram_block *rb = vm_ram_block(m->vm, i);
-		struct cpr_fd *f;
+		/* lent, not given: the block keeps its fd */
+		int r = cpr_state_add(cs, CPR_FD_RAM, rb->name, 0, rb->gpa, rb->bytes, rb->fd, err,
+				      errlen);
 
-		if (cs->nfds == CPR_MAX_FDS) {
-			snprintf(err, errlen, "more than %u fds to hand over", CPR_MAX_FDS);
-			return -ENOSPC;
-		}
-		f = &cs->fds[cs->nfds++];
-		f->kind = CPR_FD_RAM;
-		snprintf(f->name, sizeof(f->name), "%s", rb->name);
-		f->gpa = rb->gpa;
-		f->bytes = rb->bytes;
-		f->fd = rb->fd; /* lent, not given: the block keeps it */
+		if (r)
+			return r;
 	}
 	return 0;
 }

@@ -13,7 +13,7 @@ static bool mig_state_ops_valid(const struct mig_state_ops *ops)
 
 	if (!ops->name || !ops->save_complete || !ops->save_cleanup || (some_iter && !all_iter))
 		return false;
-	if (ops->instances > 64)
+	if (ops->instances > 64 || !ops->save_resume != !ops->load_received)
 		return false;
 	if (ops->section_id)
 		return ops->load && ops->version && ops->min_version &&
@@ -40,6 +40,8 @@ int migration_register_state(struct migration *m, const struct mig_state_ops *op
 	m->states[m->nstates++] = (struct mig_state_reg){ .ops = ops, .opaque = opaque };
 	return 0;
 }
+
+static const struct mig_state_reg *mig_state_by_section(struct migration *m, uint32_t id);
 
 /* ---- source: the engine's walks ---- */
 
@@ -71,6 +73,11 @@ int mig_save_part(struct mig_save *sv, uint32_t instance, const void *data, uint
 {
 	return mig_save_record(sv, MIG_REC_SECTION_PART, instance, sv->cur->ops->version, data,
 			       len);
+}
+
+bool mig_save_storage(const struct mig_save *sv)
+{
+	return sv->src && sv->src->storage;
 }
 
 struct stream *mig_save_stream(struct mig_save *sv)
@@ -191,6 +198,30 @@ int mig_states_cpr_lend(struct migration *m, struct cpr_state *cs, char *err, si
 
 /* ---- destination ---- */
 
+int mig_states_cpr_take(struct migration *m, struct cpr_state *cs, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		int r;
+
+		if (!st->ops->cpr_take_fds)
+			continue;
+		r = st->ops->cpr_take_fds(st->opaque, cs, err, errlen);
+		if (r)
+			return r;
+	}
+	/* Whatever nobody took would be lost silently: a device missing here. */
+	for (unsigned i = 0; i < cs->nfds; i++) {
+		if (cs->fds[i].fd < 0)
+			continue;
+		snprintf(err, errlen, "the old process lent the %s fd %s, which nothing in this "
+			 "process takes (is a --disk missing here?)", cpr_fd_kind_name(cs->fds[i].kind),
+			 cs->fds[i].name);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *kinds)
 {
 	size_t n = 0;
@@ -253,6 +284,165 @@ int mig_states_load_complete(struct migration *m, char *err, size_t errlen)
 			return r;
 	}
 	return 0;
+}
+
+/* ---- postcopy ---- */
+
+int mig_states_push(struct mig_save *sv, uint64_t *left_bytes, char *err, size_t errlen)
+{
+	struct migration *m = sv->m;
+
+	*left_bytes = 0;
+	for (unsigned i = 0; i < m->nstates; i++) {
+		uint64_t left = 0;
+		int r;
+
+		sv->cur = &m->states[i];
+		if (!sv->cur->ops->save_push)
+			continue;
+		r = sv->cur->ops->save_push(sv->cur->opaque, sv, &left);
+		if (mig_save_result(sv, r, "a postcopy step", err, errlen))
+			return r ? r : stream_error(sv->s);
+		*left_bytes += left;
+	}
+	return 0;
+}
+
+int mig_states_request(struct mig_save *sv, const struct mig_rp_msg *msg, char *err,
+		       size_t errlen)
+{
+	const struct mig_state_reg *st = mig_state_by_section(sv->m, msg->section_id);
+
+	if (!st || !st->ops->save_request) {
+		snprintf(err, errlen, "the destination asked for data of section %u, which has "
+			 "none to ask for", msg->section_id);
+		return -EBADMSG;
+	}
+	sv->cur = st;
+	return st->ops->save_request(st->opaque, sv, msg->instance, msg->offset, msg->length);
+}
+
+/*
+ * Return-path thread: a state's data the destination asked for (STATE_REQ),
+ * sent by the state on the urgent channel at once.  A request the state
+ * refuses (no such section, instance or range) fails the migration.
+ */
+void mig_states_serve_request(struct mig_src *src, const struct mig_rp_msg *msg)
+{
+	struct mig_save sv = { .m = src->m, .src = src, .s = &src->urgent };
+	char err[256] = "";
+	int r;
+
+	atomic_fetch_add(&src->m->postcopy_requests, 1);
+	r = mig_states_request(&sv, msg, err, sizeof(err));
+	if (r && !stream_error(&src->urgent)) {
+		snprintf(src->rp_error, sizeof(src->rp_error), "%s",
+			 err[0] ? err : strerror(-r));
+		src->rp_result = r;
+		return;
+	}
+	stream_flush(&src->urgent);
+}
+
+/*
+ * After the RAM bitmap of a resumed connection: one STATE_BITMAP per
+ * instance of every state with postcopy data (state.h's save_resume), in
+ * registration order.  0 or -errno with @why.
+ */
+int mig_states_read_bitmaps(struct mig_src *src, char *why, size_t whylen)
+{
+	unsigned n = mig_states_bitmaps(src->m);
+
+	for (unsigned k = 0; k < n; k++) {
+		struct mig_rp_msg msg = { 0 };
+		char err[256];
+		int r = mig_rp_read(&src->s, &msg, err, sizeof(err));
+
+		if (r) {
+			snprintf(why, whylen, "no state bitmap from the destination: %s", err);
+			return r;
+		}
+		r = mig_states_apply_bitmap(src->m, k, &msg, why, whylen);
+		mig_rp_msg_release(&msg);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+unsigned mig_states_bitmaps(struct migration *m)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < m->nstates; i++)
+		if (m->states[i].ops->save_resume)
+			n += mig_state_instances(m, m->states[i].ops);
+	return n;
+}
+
+int mig_states_apply_bitmap(struct migration *m, unsigned k, const struct mig_rp_msg *msg,
+			    char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		uint32_t n;
+
+		if (!st->ops->save_resume)
+			continue;
+		n = mig_state_instances(m, st->ops);
+		if (k >= n) {
+			k -= n;
+			continue;
+		}
+		if (msg->type != MIG_RP_STATE_BITMAP || msg->section_id != st->ops->section_id ||
+		    msg->instance != k) {
+			snprintf(err, errlen, "expected the bitmap of %s %u, got message type %u "
+				 "(section %u, instance %u)", st->ops->name, k, msg->type,
+				 msg->section_id, msg->instance);
+			return -EPROTO;
+		}
+		return st->ops->save_resume(st->opaque, k, msg->bitmap, msg->bitmap_pages, err,
+					    errlen);
+	}
+	return -EINVAL;
+}
+
+int mig_states_send_bitmaps(struct migration *m, struct stream *s)
+{
+	for (unsigned i = 0; i < m->nstates && !stream_error(s); i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		uint32_t n = st->ops->load_received ? mig_state_instances(m, st->ops) : 0;
+
+		for (uint32_t k = 0; k < n && !stream_error(s); k++) {
+			uint8_t *bits = NULL;
+			uint64_t nbits = 0;
+			int r = st->ops->load_received(st->opaque, k, &bits, &nbits);
+
+			if (r)
+				return r;
+			mig_rp_send_state_bitmap(s, st->ops->section_id, k, nbits,
+						 bits ? bits : (const uint8_t *)"");
+			free(bits);
+		}
+	}
+	return stream_error(s);
+}
+
+uint64_t mig_states_load_pending(struct migration *m)
+{
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < m->nstates; i++)
+		if (m->states[i].ops->load_pending)
+			n += m->states[i].ops->load_pending(m->states[i].opaque);
+	return n;
+}
+
+void mig_states_query(struct migration *m, struct json_object *reply)
+{
+	for (unsigned i = 0; i < m->nstates; i++)
+		if (m->states[i].ops->query)
+			m->states[i].ops->query(m->states[i].opaque, reply);
 }
 
 void mig_states_end(struct migration *m, bool source, bool completed)

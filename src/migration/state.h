@@ -28,6 +28,7 @@ struct migration;
 struct mig_save;
 struct cpr_state;
 struct stream;
+struct json_object;
 
 /* What the source knows about the stop, for save_complete. */
 struct mig_save_info {
@@ -73,6 +74,15 @@ struct mig_state_ops {
 	void (*save_cleanup)(void *opaque, bool completed);
 	/* Source, CPR: lend fds (cpr_state_add), still owned by the state. */
 	int (*cpr_lend_fds)(void *opaque, struct cpr_state *cs, char *err, size_t errlen);
+	/*
+	 * Destination, CPR, main thread, before the new process answers the
+	 * old one and before any vCPU runs: take the fds this state's
+	 * cpr_lend_fds lent on the source (an entry taken is the state's: set
+	 * its fd to -1) and check them against the local configuration.  0, or
+	 * -errno with @err: the new process refuses the update and the old one
+	 * keeps the guest.  A lent fd that no state takes is refused too.
+	 */
+	int (*cpr_take_fds)(void *opaque, struct cpr_state *cs, char *err, size_t errlen);
 
 	/*
 	 * Destination, on the load thread, before any vCPU runs.  load: one
@@ -90,6 +100,38 @@ struct mig_state_ops {
 	 * @completed whether it moved.  Postcopy: after the last page.
 	 */
 	void (*migration_end)(void *opaque, bool source, bool completed);
+	/*
+	 * Postcopy of a state's data (all optional: a state without them has
+	 * nothing left once the postcopy package is sent).  Source, migration
+	 * thread, after the switch: save_push sends one bounded step of what
+	 * the destination still lacks and says in *@left_bytes what remains
+	 * (0: done; the engine ends the stream only then).  Source, return-path
+	 * thread, concurrently: save_request answers the destination's request
+	 * for [@offset, +@len) of @instance at once, with mig_save_part on @sv
+	 * (the urgent channel).  Source, resuming a paused postcopy:
+	 * save_resume gets what the destination holds of @instance (@nbits
+	 * bits, LSB first; 0 bits: it receives nothing of it) and makes the
+	 * rest pending again.
+	 */
+	int (*save_push)(void *opaque, struct mig_save *sv, uint64_t *left_bytes);
+	int (*save_request)(void *opaque, struct mig_save *sv, uint32_t instance, uint64_t offset,
+			    uint32_t len);
+	int (*save_resume)(void *opaque, uint32_t instance, const uint8_t *bits, uint64_t nbits,
+			   char *err, size_t errlen);
+	/*
+	 * Destination, postcopy: load_pending: bytes still to arrive (COMPLETE
+	 * waits for 0; any thread).  load_received: what @instance holds, for a
+	 * resume: *@bits (malloc'd, the caller frees; NULL with 0 bits when it
+	 * receives nothing), *@nbits.  Both or neither with save_resume.
+	 */
+	uint64_t (*load_pending)(void *opaque);
+	int (*load_received)(void *opaque, uint32_t instance, uint8_t **bits, uint64_t *nbits);
+	/*
+	 * Either side, control thread, at any time (query-migrate): add this
+	 * state's figures to the reply object @reply.  Atomics only, it runs
+	 * beside every phase.  Optional.
+	 */
+	void (*query)(void *opaque, struct json_object *reply);
 };
 
 /*
@@ -111,6 +153,22 @@ int mig_save_section(struct mig_save *sv, uint32_t instance, const void *data, u
 int mig_save_section_as(struct mig_save *sv, uint32_t instance, uint32_t version,
 			const void *data, uint32_t len);
 int mig_save_part(struct mig_save *sv, uint32_t instance, const void *data, uint32_t len);
+/*
+ * Destination, any thread, while postcopy runs: ask the source for
+ * [@offset, +@len) of section @section_id's @instance (STATE_REQ; the
+ * source's save_request answers with parts).  0, -ENOTCONN (no postcopy
+ * connection now: the data still comes with the background push), -EINVAL
+ * (@len 0 or above MIG_STATE_REQ_MAX_BYTES), or the write's error.
+ */
+int mig_request(struct migration *m, uint32_t section_id, uint32_t instance, uint64_t offset,
+		uint32_t len);
+
+/*
+ * Whether this migration moves the disks' data too (`migrate` with
+ * "storage": true, docs/devices.md "Storage migration"); false: a shared
+ * disk.  Inside save callbacks.
+ */
+bool mig_save_storage(const struct mig_save *sv);
 /* The stream being written, for a state that writes records of its own (RAM). */
 struct stream *mig_save_stream(struct mig_save *sv);
 

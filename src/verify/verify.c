@@ -118,8 +118,7 @@ static void verify_workload_name(const struct vmf_boot_info *bi,
 	out[i] = 0;
 }
 
-/* A parameter as the guest's vmf_param() reads it: first slot with @key. */
-static uint64_t verify_param(const struct vmf_boot_info *bi, const char *key,
+uint64_t verify_param(const struct vmf_boot_info *bi, const char *key,
 			     uint64_t dflt)
 {
 	for (unsigned i = 0; i < VMF_MAX_PARAMS; i++)

@@ -139,6 +139,9 @@ int verify_main(int argc, char **argv);
 
 struct vmf_boot_info;
 
+/* A workload parameter as the guest's vmf_param() reads it (the first slot with @key). */
+uint64_t verify_param(const struct vmf_boot_info *bi, const char *key, uint64_t dflt);
+
 /*
  * The diskwriter's disk (verify_disk.c): in each writer's region every slot
  * holds a valid record of that writer in its slot, or zeros, and with m the

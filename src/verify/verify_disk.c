@@ -127,6 +127,27 @@ static bool vd_writer(const uint8_t *disk, uint64_t region, unsigned w, unsigned
 	return !err;
 }
 
+/*
+ * Each writer's region: the part of the disk the diskwriter uses (its
+ * "span" param in MiB, from the dump; without one, what the first record
+ * says: its slots), in equal shares of whole 4 KiB.
+ */
+static uint64_t vd_region(const uint8_t *disk, uint64_t disk_bytes,
+			  const struct vmf_boot_info *bi, unsigned writers)
+{
+	uint64_t span = disk_bytes;
+
+	if (bi) {
+		uint64_t mib = verify_param(bi, "span", 0);
+
+		if (mib && mib < disk_bytes >> 20)
+			span = mib << 20;
+	} else if (vd_u64(disk, 3) && vd_u64(disk, 3) <= disk_bytes / writers / VD_REC_BYTES) {
+		return vd_u64(disk, 3) * VD_REC_BYTES; /* the first record's slots */
+	}
+	return span / writers / 4096 * 4096;
+}
+
 int verify_disk_image(const uint8_t *disk, uint64_t disk_bytes, const struct vmf_boot_info *bi,
 		      struct json_object **verdict)
 {
@@ -147,7 +168,9 @@ int verify_disk_image(const uint8_t *disk, uint64_t disk_bytes, const struct vmf
 		if (writers == 0 || writers > VD_MAX_WRITERS)
 			why = "the first record names an impossible number of writers";
 	}
-	region = writers ? disk_bytes / writers / 4096 * 4096 : 0;
+	region = writers ? vd_region(disk, disk_bytes, bi, writers) : 0;
+	if (!why && writers && !region)
+		why = "the disk is too small for its writers (less than 4 KiB each)";
 	json_object_object_add(v, "workload", json_object_new_string("diskwriter"));
 	json_object_object_add(v, "disk_bytes", json_object_new_uint64(disk_bytes));
 	json_object_object_add(v, "writers", json_object_new_int((int)writers));

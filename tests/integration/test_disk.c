@@ -1,7 +1,10 @@
 /*
  * virtio-blk with a shared disk: the diskwriter (2 vCPUs, one queue each)
  * writing records to one disk file that source and destination both open.
- * For precopy, pure postcopy, hybrid and CPR: after the move the
+ * For precopy, pure postcopy, hybrid, pure postcopy with the link cut and
+ * recovered, and CPR (the disk's open file lent
+ * over the cpr channel: it works with the path renamed away, and a new
+ * process given another disk refuses): after the move the
  * destination's RAM dump and the disk verify together (`vmferry verify disk
  * IMAGE DUMP`: every acknowledged record present and intact, no hole) and
  * the guest's acknowledged sequence numbers keep advancing there.  A failed
@@ -25,6 +28,7 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
+#include "lib/relay.h"
 #include "harness/harness.h"
 
 #define DK_MEM "64M"
@@ -36,7 +40,13 @@
  * at once; a tiny downtime limit over a slow link keeps it from stopping,
  * so the switch comes after the first pass.
  */
-#define DK_BANDWIDTH "{\"max-bandwidth\": 1000000, \"downtime-limit\": 1}"
+/*
+ * Hybrid: postcopy after the first pass, decided by the source itself (a
+ * test that asked for it once the pass ended could come too late on a
+ * loaded host: the migration had already begun its stop).
+ */
+#define DK_BANDWIDTH "{\"max-bandwidth\": 1000000, \"downtime-limit\": 1, " \
+		     "\"postcopy-after-passes\": 1}"
 #define DK_BANDWIDTH_SLOW "{\"max-bandwidth\": 5000000}"
 
 struct dk {
@@ -63,63 +73,6 @@ static void dk_make(struct dk *d)
 	d->opts_postcopy[3] = NULL;
 }
 
-/* Records the guest's writers acknowledged, summed (query-workload "writes"). */
-static int64_t dk_acked(struct harness_vm *vm)
-{
-	struct json_object *q = NULL;
-	int64_t n;
-
-	assert_int_equal(harness_call(vm, "query-workload", NULL, &q), 0);
-	n = harness_json_int(q, "writes");
-	json_object_put(q);
-	return n;
-}
-
-/* Wait (bounded) until the guest acknowledged @more records beyond now. */
-static void dk_expect_writing(struct harness_vm *vm, int64_t more)
-{
-	int64_t start = dk_acked(vm), now = start;
-
-	for (int i = 0; i < 3000 && now < start + more; i++) {
-		harness_nap_ms(10);
-		now = dk_acked(vm);
-	}
-	if (now < start + more)
-		fail_msg("the guest acknowledged %lld records in 30 s, expected %lld",
-			 (long long)(now - start), (long long)more);
-}
-
-/* Stop, dump RAM, `vmferry verify disk IMAGE DUMP`, cont. */
-static void dk_expect_verified(struct harness_vm *vm, const struct dk *d)
-{
-	char dump[HARNESS_PATH_BYTES];
-	const char *args[] = { "verify", "disk", d->path, dump, NULL };
-	struct harness_result res;
-	struct json_object *a = json_object_new_object();
-
-	assert_int_equal(harness_unique_path(dump, sizeof(dump), "dump"), 0);
-	json_object_object_add(a, "file", json_object_new_string(dump));
-	assert_int_equal(harness_call(vm, "stop", NULL, NULL), 0);
-	assert_int_equal(harness_call(vm, "dump-guest-memory", a, NULL), 0);
-	json_object_put(a);
-	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
-	if (res.status != 0)
-		fail_msg("verify disk: status %d: %s %s", res.status, res.out, res.err);
-	fprintf(stderr, "verify disk: %s", res.out);
-	harness_result_free(&res);
-	unlink(dump);
-	assert_int_equal(harness_call(vm, "cont", NULL, NULL), 0);
-}
-
-/* The guest runs, its disk and RAM agree, it keeps writing, and they agree again. */
-static void dk_expect_alive(struct harness_vm *vm, const struct dk *d)
-{
-	migtest_expect_status(vm, "running");
-	dk_expect_verified(vm, d);
-	dk_expect_writing(vm, 50);
-	dk_expect_verified(vm, d);
-}
-
 /* Completed, in postcopy when @postcopy (after at least one pass when @hybrid). */
 static void dk_expect_completed(struct harness_vm *src, bool postcopy, bool hybrid)
 {
@@ -137,23 +90,6 @@ static void dk_expect_completed(struct harness_vm *src, bool postcopy, bool hybr
 		assert_true(pc > 0);
 	if (hybrid)
 		assert_true(harness_json_int(q, "passes") >= 1);
-	json_object_put(q);
-}
-
-/* Poll query-migrate until the source finished pass 1. */
-static void dk_wait_pass(struct harness_vm *src)
-{
-	struct json_object *q = NULL;
-
-	for (int i = 0; i < 20000; i++) {
-		assert_int_equal(harness_call(src, "query-migrate", NULL, &q), 0);
-		if (harness_json_int(q, "passes") >= 1)
-			break;
-		json_object_put(q);
-		q = NULL;
-		harness_nap_ms(1);
-	}
-	assert_non_null(q);
 	json_object_put(q);
 }
 
@@ -178,13 +114,9 @@ static void dk_migrate(enum dk_mode mode)
 	if (mode == DK_POSTCOPY)
 		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
 	assert_int_equal(harness_migrate(&src, uri), 0);
-	if (mode == DK_HYBRID) {
-		dk_wait_pass(&src);
-		assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
-	}
 	dk_expect_completed(&src, postcopy, mode == DK_HYBRID);
 	migtest_wait_migration_status(&dst, "completed");
-	dk_expect_alive(&dst, &d);
+	migtest_disk_expect_alive(&dst, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);
 	unlink(d.path);
@@ -206,8 +138,187 @@ static void test_cpr(void **state)
 	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
 	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
 	migtest_cpr_update(&old, &t, d.opts);
-	dk_expect_alive(&t.vm, &d);
+	migtest_disk_expect_alive(&t.vm, d.path);
 	assert_int_equal(harness_vm_quit(&t.vm), 0);
+	unlink(d.path);
+}
+
+/*
+ * Nothing reopened: the disk file is renamed away while the old process
+ * writes to it, so --disk file=PATH names nothing on the new process and
+ * only the lent fd can carry the disk over.  The moved file verifies with
+ * the new process's RAM, and the guest keeps writing into it.
+ */
+static void test_cpr_disk_renamed(void **state)
+{
+	struct harness_vm old;
+	struct migtest_cpr_target t;
+	struct json_object *q = NULL;
+	char moved[HARNESS_PATH_BYTES];
+	struct dk d;
+
+	(void)state;
+	dk_make(&d);
+	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
+	assert_int_equal(harness_unique_path(moved, sizeof(moved), "moved"), 0);
+	assert_int_equal(rename(d.path, moved), 0);
+	migtest_disk_expect_writing(&old, 20);
+	migtest_cpr_update(&old, &t, d.opts);
+	assert_int_equal(access(d.path, F_OK), -1); /* nobody recreated it */
+	assert_int_equal(harness_call(&t.vm, "query-block", NULL, &q), 0);
+	assert_int_equal(json_object_array_length(q), 1);
+	assert_int_equal(harness_json_int(json_object_array_get_idx(q, 0), "size"), DK_DISK_BYTES);
+	json_object_put(q);
+	memcpy(d.path, moved, sizeof(d.path));
+	migtest_disk_expect_alive(&t.vm, d.path);
+	assert_int_equal(harness_vm_quit(&t.vm), 0);
+	unlink(d.path);
+}
+
+/*
+ * From an older build, which lent RAM only (cpr channel version 1: the
+ * test hook VMFERRY_CPR_LEND_NO_DISKS=1 makes the old process behave so):
+ * the new process opens its --disk path, as before disks were lent.
+ */
+static void test_cpr_from_older_build(void **state)
+{
+	struct harness_vm old;
+	struct migtest_cpr_target t;
+	struct dk d;
+
+	(void)state;
+	dk_make(&d);
+	setenv("VMFERRY_CPR_LEND_NO_DISKS", "1", 1);
+	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	unsetenv("VMFERRY_CPR_LEND_NO_DISKS");
+	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
+	migtest_cpr_update(&old, &t, d.opts);
+	migtest_disk_expect_alive(&t.vm, d.path);
+	assert_int_equal(harness_vm_quit(&t.vm), 0);
+	unlink(d.path);
+}
+
+/*
+ * A new process whose --disk does not match the lent disk refuses the
+ * update before it builds anything on it, with @want in the old process's
+ * error; the guest writes on in the old process, verified.
+ */
+static void dk_cpr_refused(const char *const new_opts[], const char *want, const struct dk *d,
+			   struct harness_vm *old)
+{
+	struct migtest_cpr_target t;
+	struct json_object *q;
+
+	migtest_cpr_spawn_new(&t, NULL, new_opts);
+	assert_int_equal(harness_set_params(old, "{\"mode\": \"cpr-transfer\"}"), 0);
+	assert_int_equal(harness_migrate_channels(old, t.main_uri, t.cpr_uri), 0);
+	q = migtest_wait_migration(old);
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	fprintf(stderr, "refused update: %s\n", harness_json_str(q, "error-desc"));
+	if (!strstr(harness_json_str(q, "error-desc"), want))
+		fail_msg("expected \"%s\" in: %s", want, harness_json_str(q, "error-desc"));
+	json_object_put(q);
+	assert_int_equal(harness_wait_exit(&t.vm, 10000), 1);
+	migtest_disk_expect_alive(old, d->path);
+}
+
+static void test_cpr_disk_mismatch(void **state)
+{
+	struct harness_vm old;
+	struct dk d, other;
+	char ro[HARNESS_PATH_BYTES + 24];
+	const char *other_opts[] = { "--disk", other.arg, NULL };
+	const char *ro_opts[] = { "--disk", ro, NULL };
+
+	(void)state;
+	dk_make(&d);
+	dk_make(&other); /* the same size, another file */
+	snprintf(ro, sizeof(ro), "%s,readonly=on", d.arg);
+	migtest_spawn_extra(&old, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	assert_int_equal(harness_wait_passes(&old, 2, 30000), 0);
+	dk_cpr_refused(other_opts, "is not the file the old process has open", &d, &old);
+	dk_cpr_refused(ro_opts, "the old process has it open read-write, --disk here says "
+		       "readonly=on", &d, &old);
+	dk_cpr_refused(NULL, "lent the disk fd disk0, which nothing in this process takes", &d,
+		       &old);
+	/* Two disks here, one there. */
+	{
+		const char *two[] = { "--disk", d.arg, "--disk", other.arg, NULL };
+
+		dk_cpr_refused(two, "disk1: the old process lent no such disk", &d, &old);
+	}
+	assert_int_equal(harness_vm_quit(&old), 0);
+	unlink(d.path);
+	unlink(other.path);
+}
+
+/*
+ * Postcopy recovery with a disk: the diskwriter fills its RAM first
+ * (fill=1: mostly zero pages would let postcopy end before any cut), the
+ * migration goes pure postcopy through a relay throttled to DK_CUT_BANDWIDTH,
+ * and the relay cuts every connection at once mid-postcopy.  Both sides
+ * pause and come back by themselves (postcopy-recover-timeout); the guest's
+ * disk requests meanwhile wait on pages like its other accesses.  The
+ * migration completes after the cut, and RAM and disk verify on the
+ * destination, where the guest keeps writing.
+ */
+#define DK_CUT_MEM "128M"
+#define DK_CUT_GUEST "diskwriter,rate=400,fill=1"
+#define DK_CUT_BANDWIDTH "{\"max-bandwidth\": 20000000, \"postcopy-recover-timeout\": 60}"
+
+static void test_postcopy_recovery(void **state)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8], via[64];
+	struct relay relay;
+	struct json_object *q;
+	int dst_port = 0;
+	struct dk d;
+
+	(void)state;
+	dk_make(&d);
+	migtest_spawn_extra(&src, DK_CUT_MEM, DK_VCPUS, DK_CUT_GUEST, NULL, d.opts);
+	migtest_spawn_incoming_extra(&dst, DK_CUT_MEM, DK_VCPUS, false, d.opts_postcopy, uri,
+				     sizeof(uri));
+	migtest_disk_expect_writing(&src, 20); /* filled, and writing */
+	assert_int_equal(sscanf(strrchr(uri, ':') + 1, "%d", &dst_port), 1);
+	relay_start(&relay, dst_port);
+	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", relay.port);
+	assert_int_equal(harness_set_params(&src, DK_CUT_BANDWIDTH), 0);
+	assert_int_equal(harness_set_params(&dst, "{\"postcopy-recover-timeout\": 60}"), 0);
+	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
+	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);
+	assert_int_equal(harness_migrate(&src, via), 0);
+	migtest_wait_migration_status(&src, "postcopy-active");
+	migtest_wait_migration_status(&dst, "postcopy-active");
+	/* Some pages pushed, most still to come (128 MiB at 20 MB/s: about 6 s). */
+	for (int i = 0; i < 2000 && migtest_query_int(&src, "transferred") < (8 << 20); i++)
+		harness_nap_ms(5);
+	q = NULL;
+	assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
+	assert_string_equal(harness_json_str(q, "status"), "postcopy-active"); /* not over yet */
+	json_object_put(q);
+	relay_cut(&relay);
+	for (int i = 0; i < 6000 && (migtest_query_int(&src, "postcopy-pauses") < 1 ||
+				     migtest_query_int(&dst, "postcopy-pauses") < 1); i++)
+		harness_nap_ms(5);
+	assert_true(migtest_query_int(&src, "postcopy-pauses") >= 1);
+	assert_true(migtest_query_int(&dst, "postcopy-pauses") >= 1);
+	q = migtest_wait_migration(&src);
+	if (strcmp(harness_json_str(q, "status"), "completed"))
+		fail_msg("migration %s: %s", harness_json_str(q, "status"),
+			 harness_json_str(q, "error-desc"));
+	fprintf(stderr, "recovery with a disk: %lld pauses, %lld pages requested, %lld pushed\n",
+		(long long)harness_json_int(q, "postcopy-pauses"),
+		(long long)harness_json_int(q, "postcopy-pages-requested"),
+		(long long)harness_json_int(q, "postcopy-pages-pushed"));
+	json_object_put(q);
+	migtest_wait_migration_status(&dst, "completed");
+	relay_stop(&relay);
+	migtest_disk_expect_alive(&dst, d.path);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
 	unlink(d.path);
 }
 
@@ -239,7 +350,7 @@ static void test_destination_without_disk(void **state)
 	assert_non_null(strstr(harness_json_str(q, "error-desc"), "unknown section id 10"));
 	json_object_put(q);
 	assert_true(harness_wait_exit(&dst, 30000) != 0);
-	dk_expect_alive(&src, &d);
+	migtest_disk_expect_alive(&src, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	unlink(d.path);
 }
@@ -261,7 +372,7 @@ static void test_destination_killed(void **state)
 	q = migtest_wait_migration(&src);
 	assert_string_equal(harness_json_str(q, "status"), "failed");
 	json_object_put(q);
-	dk_expect_alive(&src, &d);
+	migtest_disk_expect_alive(&src, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	unlink(d.path);
 }
@@ -299,7 +410,11 @@ int main(void)
 		cmocka_unit_test(test_precopy),
 		cmocka_unit_test(test_postcopy),
 		cmocka_unit_test(test_hybrid),
+		cmocka_unit_test(test_postcopy_recovery),
 		cmocka_unit_test(test_cpr),
+		cmocka_unit_test(test_cpr_disk_renamed),
+		cmocka_unit_test(test_cpr_disk_mismatch),
+		cmocka_unit_test(test_cpr_from_older_build),
 		cmocka_unit_test(test_destination_without_disk),
 		cmocka_unit_test(test_destination_killed),
 	};

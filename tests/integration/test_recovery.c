@@ -43,6 +43,7 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
+#include "lib/relay.h"
 #include "migration/migration.h"
 #include "harness/harness.h"
 #include "util/log.h"
@@ -82,23 +83,12 @@ static int call_uri(struct harness_vm *vm, const char *cmd, const char *uri, boo
 	return r;
 }
 
-static int64_t query_int(struct harness_vm *vm, const char *key)
-{
-	struct json_object *q = NULL;
-	int64_t v;
-
-	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
-	v = harness_json_int(q, key);
-	json_object_put(q);
-	return v;
-}
-
 /* Both sides postcopy-active, and the push made progress since @since bytes. */
 static void wait_active_with_progress(int64_t since)
 {
 	migtest_wait_migration_status(&rec_src, "postcopy-active");
 	migtest_wait_migration_status(&rec_dst, "postcopy-active");
-	for (int i = 0; i < 2000 && query_int(&rec_src, "transferred") < since + (4 << 20); i++)
+	for (int i = 0; i < 2000 && migtest_query_int(&rec_src, "transferred") < since + (4 << 20); i++)
 		harness_nap_ms(5);
 }
 
@@ -244,138 +234,11 @@ static void expect_recovered(int64_t pauses)
 	migtest_expect_status(&rec_src, "postmigrate");
 	migtest_wait_migration_status(&rec_dst, "completed");
 	expect_dst_vcpus_nicer_by(0);
-	assert_int_equal(query_int(&rec_dst, "postcopy-pauses"), pauses);
+	assert_int_equal(migtest_query_int(&rec_dst, "postcopy-pauses"), pauses);
 	expect_dump_refused(&rec_src); /* its RAM went to the destination */
 	migtest_expect_guest_alive_and_verified(&rec_dst);
 	assert_int_equal(harness_vm_quit(&rec_src), 0);
 	assert_int_equal(harness_vm_quit(&rec_dst), 0);
-}
-
-/*
- * A TCP relay on 127.0.0.1 (a test peer: the stand-in for a network path
- * that breaks): every connection to its port is forwarded to @dst_port, and
- * relay_cut() closes every forwarded connection at once while the relay
- * keeps listening, as when a link between two hosts fails and comes back.
- */
-#define RELAY_MAX_FDS 32
-
-struct relay {
-	int listen_fd, ctl_fd;   /* ctl: an eventfd; 1 = cut, RELAY_STOP = stop */
-	int dst_port;
-	int port;
-	pthread_t thread;
-	int fds[RELAY_MAX_FDS];  /* pairs: [2i] accepted, [2i+1] upstream */
-	int nfds;
-	_Atomic int accepted, cuts;
-};
-#define RELAY_STOP 1000u
-
-static void relay_close_pair(struct relay *r, int i)
-{
-	int k = i & ~1;
-
-	shutdown(r->fds[k], SHUT_RDWR);
-	shutdown(r->fds[k + 1], SHUT_RDWR);
-	close(r->fds[k]);
-	close(r->fds[k + 1]);
-	r->fds[k] = r->fds[r->nfds - 2];
-	r->fds[k + 1] = r->fds[r->nfds - 1];
-	r->nfds -= 2;
-}
-
-static void relay_accept(struct relay *r)
-{
-	struct sockaddr_in up = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->dst_port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int c = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC), u;
-
-	if (c < 0)
-		return;
-	u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (u < 0 || r->nfds + 2 > RELAY_MAX_FDS ||
-	    connect(u, (struct sockaddr *)&up, sizeof(up)) < 0) {
-		/* Nobody listens upstream (yet): the caller sees a refused resume. */
-		fprintf(stderr, "relay: upstream port %d: %s\n", r->dst_port, strerror(errno));
-		close(c);
-		if (u >= 0)
-			close(u);
-		return;
-	}
-	r->fds[r->nfds++] = c;
-	r->fds[r->nfds++] = u;
-	atomic_fetch_add(&r->accepted, 1);
-}
-
-static void *relay_thread(void *arg)
-{
-	struct relay *r = arg;
-	char buf[65536];
-
-	for (;;) {
-		struct pollfd p[2 + RELAY_MAX_FDS];
-		int n = r->nfds;
-
-		p[0] = (struct pollfd){ .fd = r->listen_fd, .events = POLLIN };
-		p[1] = (struct pollfd){ .fd = r->ctl_fd, .events = POLLIN };
-		for (int i = 0; i < n; i++)
-			p[2 + i] = (struct pollfd){ .fd = r->fds[i], .events = POLLIN };
-		if (poll(p, (nfds_t)(2 + n), -1) < 0)
-			continue;
-		if (p[1].revents) {
-			uint64_t v = 0;
-
-			if (read(r->ctl_fd, &v, sizeof(v)) == sizeof(v) && v >= RELAY_STOP)
-				break;
-			while (r->nfds)
-				relay_close_pair(r, 0);
-			atomic_fetch_add(&r->cuts, 1);
-			continue;
-		}
-		if (p[0].revents)
-			relay_accept(r);
-		for (int i = n - 1; i >= 0; i--) {
-			ssize_t got;
-
-			if (!p[2 + i].revents || i >= r->nfds)
-				continue;
-			got = read(r->fds[i], buf, sizeof(buf));
-			if (got <= 0 || write(r->fds[i ^ 1], buf, (size_t)got) != got)
-				relay_close_pair(r, i);
-		}
-	}
-	while (r->nfds)
-		relay_close_pair(r, 0);
-	return NULL;
-}
-
-static void relay_start(struct relay *r, int dst_port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-
-	memset(r, 0, sizeof(*r));
-	r->dst_port = dst_port;
-	r->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	r->ctl_fd = eventfd(0, EFD_CLOEXEC);
-	assert_true(r->listen_fd >= 0 && r->ctl_fd >= 0);
-	assert_int_equal(bind(r->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(listen(r->listen_fd, 16), 0);
-	assert_int_equal(getsockname(r->listen_fd, (struct sockaddr *)&a, &len), 0);
-	r->port = ntohs(a.sin_port);
-	assert_int_equal(pthread_create(&r->thread, NULL, relay_thread, r), 0);
-}
-
-static void relay_signal(struct relay *r, uint64_t v)
-{
-	assert_int_equal(write(r->ctl_fd, &v, sizeof(v)), (ssize_t)sizeof(v));
-}
-
-static void relay_stop(struct relay *r)
-{
-	relay_signal(r, RELAY_STOP);
-	pthread_join(r->thread, NULL);
-	close(r->listen_fd);
-	close(r->ctl_fd);
 }
 
 /*
@@ -409,20 +272,20 @@ static void test_recover_automatically(void **state)
 	}
 	start_postcopy(via);
 	for (int cut = 1; cut <= 2; cut++) {
-		int64_t since = query_int(&rec_src, "transferred");
+		int64_t since = migtest_query_int(&rec_src, "transferred");
 
 		wait_active_with_progress(since);
-		relay_signal(&relay, 1);
+		relay_cut(&relay);
 		/* Both notice the break and pause, then come back on their own. */
-		for (int i = 0; i < 6000 && (query_int(&rec_src, "postcopy-pauses") < cut ||
-					     query_int(&rec_dst, "postcopy-pauses") < cut); i++)
+		for (int i = 0; i < 6000 && (migtest_query_int(&rec_src, "postcopy-pauses") < cut ||
+					     migtest_query_int(&rec_dst, "postcopy-pauses") < cut); i++)
 			harness_nap_ms(5);
-		assert_true(query_int(&rec_src, "postcopy-pauses") >= cut);
-		assert_true(query_int(&rec_dst, "postcopy-pauses") >= cut);
+		assert_true(migtest_query_int(&rec_src, "postcopy-pauses") >= cut);
+		assert_true(migtest_query_int(&rec_dst, "postcopy-pauses") >= cut);
 		fprintf(stderr, "recovery: cut %d through the relay, %d connections so far\n", cut,
 			atomic_load(&relay.accepted));
 	}
-	expect_recovered(query_int(&rec_src, "postcopy-pauses"));
+	expect_recovered(migtest_query_int(&rec_src, "postcopy-pauses"));
 	relay_stop(&relay);
 }
 
@@ -506,7 +369,7 @@ static void test_recover_unix(void **state)
 	expect_dst_pagepath_realtime(0);
 
 	/* Cut 2: migrate-pause on the destination. */
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	wait_both_paused();
 	expect_dump_refused(&rec_dst);
@@ -519,7 +382,7 @@ static void test_recover_unix(void **state)
 	expect_dst_pagepath_realtime(2);
 
 	/* Cut 3: both sides at once. */
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	assert_int_equal(harness_call(&rec_dst, "migrate-pause", NULL, NULL), 0);
 	/* The source may have noticed the cut and paused already: then refused as such. */
 	if (harness_call(&rec_src, "migrate-pause", NULL, NULL) != 0 &&
@@ -565,7 +428,7 @@ static void cut_link(int host, struct harness_vm *first, struct harness_vm *seco
 {
 	char real[64];
 
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	link_set(host, "down");
 	assert_int_equal(harness_call(first, "migrate-pause", NULL, NULL), 0);
 	assert_int_equal(harness_call(second, "migrate-pause", NULL, NULL), 0);
@@ -587,7 +450,7 @@ static void silent_link(int host, const char *listen)
 	struct harness_vm *side[] = { &rec_src, &rec_dst };
 	char real[64];
 
-	wait_active_with_progress(query_int(&rec_src, "transferred"));
+	wait_active_with_progress(migtest_query_int(&rec_src, "transferred"));
 	link_set(host, "down");
 	wait_both_paused();
 	for (int i = 0; i < 2; i++) {

@@ -110,6 +110,17 @@ void migtest_cpr_update(struct harness_vm *old, struct migtest_cpr_target *t,
 	migtest_wait_migration_status(&t->vm, "completed");
 }
 
+int64_t migtest_query_int(struct harness_vm *vm, const char *key)
+{
+	struct json_object *q = NULL;
+	int64_t v;
+
+	assert_int_equal(harness_call(vm, "query-migrate", NULL, &q), 0);
+	v = harness_json_int(q, key);
+	json_object_put(q);
+	return v;
+}
+
 struct json_object *migtest_wait_migration(struct harness_vm *src)
 {
 	struct json_object *q = NULL;
@@ -232,4 +243,59 @@ void migtest_expect_postcopy_accounting(struct json_object *q, bool pure)
 			 "normal+zero %lld < pass 1's %lld pages + pushed + requested + resent",
 			 (long long)pushed, (long long)requested, (long long)guest_pages,
 			 (long long)sent, (long long)guest_pages);
+}
+
+/* ---- the diskwriter guest ---- */
+
+int64_t migtest_disk_acked(struct harness_vm *vm)
+{
+	struct json_object *q = NULL;
+	int64_t n;
+
+	assert_int_equal(harness_call(vm, "query-workload", NULL, &q), 0);
+	n = harness_json_int(q, "writes");
+	json_object_put(q);
+	return n;
+}
+
+void migtest_disk_expect_writing(struct harness_vm *vm, int64_t more)
+{
+	int64_t start = migtest_disk_acked(vm), now = start;
+
+	for (int i = 0; i < 3000 && now < start + more; i++) {
+		harness_nap_ms(10);
+		now = migtest_disk_acked(vm);
+	}
+	if (now < start + more)
+		fail_msg("the guest acknowledged %lld records in 30 s, expected %lld",
+			 (long long)(now - start), (long long)more);
+}
+
+void migtest_disk_expect_verified(struct harness_vm *vm, const char *path)
+{
+	char dump[HARNESS_PATH_BYTES];
+	const char *args[] = { "verify", "disk", path, dump, NULL };
+	struct harness_result res;
+	struct json_object *a = json_object_new_object();
+
+	assert_int_equal(harness_unique_path(dump, sizeof(dump), "dump"), 0);
+	json_object_object_add(a, "file", json_object_new_string(dump));
+	assert_int_equal(harness_call(vm, "stop", NULL, NULL), 0);
+	assert_int_equal(harness_call(vm, "dump-guest-memory", a, NULL), 0);
+	json_object_put(a);
+	assert_int_equal(harness_run(args, NULL, 30000, &res), 0);
+	if (res.status != 0)
+		fail_msg("verify disk %s: status %d: %s %s", path, res.status, res.out, res.err);
+	fprintf(stderr, "verify disk: %s", res.out);
+	harness_result_free(&res);
+	unlink(dump);
+	assert_int_equal(harness_call(vm, "cont", NULL, NULL), 0);
+}
+
+void migtest_disk_expect_alive(struct harness_vm *vm, const char *path)
+{
+	migtest_expect_status(vm, "running");
+	migtest_disk_expect_verified(vm, path);
+	migtest_disk_expect_writing(vm, 50);
+	migtest_disk_expect_verified(vm, path);
 }

@@ -58,6 +58,8 @@ void migtest_cpr_update(struct harness_vm *old, struct migtest_cpr_target *t,
 /* Poll query-migrate until completed/failed/cancelled (MIG_TIMEOUT_MS); the reply (caller owns). */
 struct json_object *migtest_wait_migration(struct harness_vm *src);
 void migtest_expect_status(struct harness_vm *vm, const char *status);
+/* query-migrate's integer @key on @vm (-1 when absent); fails the test if the call does. */
+int64_t migtest_query_int(struct harness_vm *vm, const char *key);
 /* Poll query-migrate on @vm until its status is @status (bounded). */
 void migtest_wait_migration_status(struct harness_vm *vm, const char *status);
 /* Running, memory verified, two more passes, verified again. */
@@ -81,6 +83,15 @@ void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms);
  * else after pass 1 (see migtest.c).
  */
 void migtest_expect_postcopy_accounting(struct json_object *q, bool pure);
+
+/* The diskwriter guest: records its writers acknowledged, summed (query-workload "writes"). */
+int64_t migtest_disk_acked(struct harness_vm *vm);
+/* Wait (bounded, 30 s) until the diskwriter acknowledged @more records beyond now. */
+void migtest_disk_expect_writing(struct harness_vm *vm, int64_t more);
+/* Stop, dump RAM, `vmferry verify disk @path DUMP` (must pass), cont. */
+void migtest_disk_expect_verified(struct harness_vm *vm, const char *path);
+/* Running; disk @path and RAM agree; 50 more records; they agree again. */
+void migtest_disk_expect_alive(struct harness_vm *vm, const char *path);
 
 struct CMUnitTest;
 int migtest_run(const char *name, const struct CMUnitTest *tests, size_t n);

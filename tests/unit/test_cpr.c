@@ -141,8 +141,10 @@ static void test_rx_bad_hello(void **state)
 	put64(m, 0x1122334455667788ull);
 	expect_rx_bad(&rx, m, CPR_HELLO_BYTES, 0, false, "magic");
 	make_hello(m, 1, 1);
-	put32(m + 12, 2);
-	expect_rx_bad(&rx, m, CPR_HELLO_BYTES, 0, false, "version 2");
+	put32(m + 12, 3);
+	expect_rx_bad(&rx, m, CPR_HELLO_BYTES, 0, false, "version 3, this build reads versions 1..2");
+	put32(m + 12, 0);
+	expect_rx_bad(&rx, m, CPR_HELLO_BYTES, 0, false, "version 0");
 	expect_rx_bad(&rx, m, make_hello(m, 0, 1), 0, false, "announces 0 fds");
 	expect_rx_bad(&rx, m, make_hello(m, CPR_MAX_FDS + 1, 1), 0, false, "announces 17 fds");
 	expect_rx_bad(&rx, m, make_hello(m, 1, 0), 0, false, "0 vCPUs");
@@ -202,6 +204,95 @@ static void test_rx_bad_fds(void **state)
 	expect_rx_bad(&rx, m, CPR_DONE_BYTES, 0, false, "DONE says");
 	expect_rx_bad(&rx, m, make_done(m, 2) + 1, 0, false, "DONE of 17 bytes");
 	st.fds[0].fd = -1; /* fake */
+}
+
+/* A version-2 FD message lending a disk of @bytes, @flags. */
+static size_t make_disk_fd(uint8_t *m, uint32_t index, const char *name, uint64_t bytes,
+			   uint32_t flags)
+{
+	make_fd(m, index, name, bytes);
+	put32(m + 8, CPR_FD_DISK);
+	put32(m + 12, flags);
+	return CPR_FD_BYTES;
+}
+
+/* Disk fds (channel version 2): accepted with their flags, checked, refused in version 1. */
+static void test_rx_disk_fds(void **state)
+{
+	struct cpr_state st;
+	struct cpr_rx rx;
+	uint8_t m[CPR_MSG_MAX];
+	char err[256];
+	int fds[3] = { 400, 401, 402 };
+	struct cpr_fd *f;
+
+	(void)state;
+	rx_after_hello(&rx, &st, 3);
+	assert_int_equal(st.version, 2);
+	/* Geometry and flags by kind. */
+	expect_rx_bad(&rx, m, make_disk_fd(m, 0, "disk0", 1000, 0), 1, false, "bad geometry");
+	expect_rx_bad(&rx, m, make_disk_fd(m, 0, "disk0", 0, 0), 1, false, "bad geometry");
+	make_disk_fd(m, 0, "disk0", 4096, 0);
+	put64(m + 16, 4096);
+	expect_rx_bad(&rx, m, CPR_FD_BYTES, 1, false, "bad geometry");
+	expect_rx_bad(&rx, m, make_disk_fd(m, 0, "disk0", 4096, 2), 1, false,
+		      "unknown flags 0x2 for a disk fd");
+	make_fd(m, 0, "ram0", 4096);
+	put32(m + 12, CPR_FD_F_READONLY);
+	expect_rx_bad(&rx, m, CPR_FD_BYTES, 1, false, "unknown flags 0x1 for a ram fd");
+	/* RAM, a read-only disk of 512 bytes (sectors, not pages), a disk by the same name as RAM. */
+	assert_int_equal(cpr_rx_message(&rx, m, make_fd(m, 0, "ram0", 4096), &fds[0], 1, false,
+					err, sizeof(err)), 0);
+	assert_int_equal(cpr_rx_message(&rx, m, make_disk_fd(m, 1, "disk0", 512, CPR_FD_F_READONLY),
+					&fds[1], 1, false, err, sizeof(err)), 0);
+	expect_rx_bad(&rx, m, make_disk_fd(m, 2, "disk0", 512, 0), 1, false, "given twice");
+	assert_int_equal(cpr_rx_message(&rx, m, make_disk_fd(m, 2, "ram0", 1 << 20, 0), &fds[2], 1,
+					false, err, sizeof(err)), 0);
+	assert_int_equal(cpr_rx_message(&rx, m, make_done(m, 3), NULL, 0, false, err, sizeof(err)), 1);
+	f = cpr_state_find(&st, CPR_FD_DISK, "disk0");
+	assert_non_null(f);
+	assert_int_equal(f->fd, 401);
+	assert_int_equal(f->flags, CPR_FD_F_READONLY);
+	assert_int_equal(f->bytes, 512);
+	assert_int_equal(cpr_state_find(&st, CPR_FD_DISK, "ram0")->fd, 402);
+	assert_int_equal(cpr_state_find(&st, CPR_FD_RAM, "ram0")->fd, 400);
+	assert_int_equal(cpr_state_version(&st), 2);
+	for (unsigned i = 0; i < 3; i++)
+		st.fds[i].fd = -1; /* fake */
+
+	/* A version-1 channel (an older old process) knows no disk kind. */
+	cpr_rx_init(&rx, &st);
+	make_hello(m, 2, 1);
+	put32(m + 12, 1);
+	assert_int_equal(cpr_rx_message(&rx, m, CPR_HELLO_BYTES, NULL, 0, false, err, sizeof(err)), 0);
+	assert_int_equal(st.version, 1);
+	expect_rx_bad(&rx, m, make_disk_fd(m, 0, "disk0", 512, 0), 1, false,
+		      "unknown kind 2 (channel version 1)");
+}
+
+/* cpr_state_add fills in order, refuses the 17th; the version follows the kinds. */
+static void test_state_add(void **state)
+{
+	struct cpr_state st;
+	char err[128] = "";
+
+	(void)state;
+	memset(&st, 0, sizeof(st));
+	assert_int_equal(cpr_state_add(&st, CPR_FD_RAM, "ram0", 0, 0, 4096, 7, err, sizeof(err)), 0);
+	assert_int_equal(cpr_state_version(&st), 1);
+	assert_int_equal(cpr_state_add(&st, CPR_FD_DISK, "disk0", CPR_FD_F_READONLY, 0, 512, 8, err,
+				       sizeof(err)), 0);
+	assert_int_equal(cpr_state_version(&st), 2);
+	assert_int_equal(st.fds[1].fd, 8);
+	assert_int_equal(st.fds[1].flags, CPR_FD_F_READONLY);
+	assert_string_equal(st.fds[1].name, "disk0");
+	while (st.nfds < CPR_MAX_FDS)
+		assert_int_equal(cpr_state_add(&st, CPR_FD_DISK, "d", 0, 0, 512, 9, err, sizeof(err)), 0);
+	assert_int_equal(cpr_state_add(&st, CPR_FD_DISK, "d", 0, 0, 512, 9, err, sizeof(err)),
+			 -ENOSPC);
+	assert_non_null(strstr(err, "more than 16 fds"));
+	assert_string_equal(cpr_fd_kind_name(CPR_FD_DISK), "disk");
+	assert_string_equal(cpr_fd_kind_name(99), "unknown");
 }
 
 static void test_ack_parse(void **state)
@@ -288,6 +379,8 @@ static void test_socket_roundtrip(void **state)
 	assert_int_equal(cpr_recv(sv[1], 5000, &in, err, sizeof(err)), 0);
 	assert_int_equal(in.nvcpus, 3);
 	assert_int_equal(in.nfds, 1);
+	/* RAM only goes as version 1, which an older new process reads too. */
+	assert_int_equal(in.version, 1);
 	/* The very same file, and writes through one show through the other. */
 	assert_int_equal(fstat(mfd, &a), 0);
 	assert_int_equal(fstat(in.fds[0].fd, &b), 0);
@@ -304,6 +397,19 @@ static void test_socket_roundtrip(void **state)
 	assert_string_equal(text, "no room");
 	assert_int_equal(cpr_send_ack(sv[1], 0, NULL), 0);
 	assert_int_equal(cpr_recv_ack(sv[0], 5000, -1, text, sizeof(text)), 0);
+	cpr_state_close(&in);
+	/* With a disk: version 2, the disk's flags and size, the same open file. */
+	assert_int_equal(cpr_state_add(&out, CPR_FD_DISK, "disk0", CPR_FD_F_READONLY, 0, 2 << 20, mfd,
+				       err, sizeof(err)), 0);
+	assert_int_equal(cpr_send(sv[0], &out, err, sizeof(err)), 0);
+	assert_int_equal(cpr_recv(sv[1], 5000, &in, err, sizeof(err)), 0);
+	assert_int_equal(in.version, 2);
+	assert_int_equal(in.nfds, 2);
+	assert_int_equal(in.fds[1].kind, CPR_FD_DISK);
+	assert_int_equal(in.fds[1].flags, CPR_FD_F_READONLY);
+	assert_int_equal(in.fds[1].bytes, 2 << 20);
+	assert_int_equal(fstat(in.fds[1].fd, &b), 0);
+	assert_int_equal(a.st_ino, b.st_ino);
 	cpr_state_close(&in);
 	close(mfd);
 	close(sv[0]);
@@ -401,6 +507,8 @@ int main(void)
 		cmocka_unit_test(test_rx_valid),
 		cmocka_unit_test(test_rx_bad_hello),
 		cmocka_unit_test(test_rx_bad_fds),
+		cmocka_unit_test(test_rx_disk_fds),
+		cmocka_unit_test(test_state_add),
 		cmocka_unit_test(test_ack_parse),
 		cmocka_unit_test(test_socket_roundtrip),
 		cmocka_unit_test(test_socket_errors_leak_nothing),

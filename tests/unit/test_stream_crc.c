@@ -403,7 +403,7 @@ static void test_doc_example(void **state)
 
 static void test_rp_page_resend(void **state)
 {
-	uint8_t msg[] = { 7, 0, 1, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0 };
+	uint8_t msg[] = { 9, 0, 1, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0 };
 	struct mig_rp_msg m;
 	struct stream s;
 	char err[256];

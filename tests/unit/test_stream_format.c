@@ -1242,6 +1242,22 @@ static void test_rp_valid(void **state)
 	put_rp_error(&b, ECANCELED, "inspected\n\x01", 11);
 	put_rp_error(&b, 4095, longtext, sizeof(longtext));
 	put_rp_running(&b, 0, 0, 0);
+	tbuf_u8(&b, MIG_RP_STATE_REQ);          /* section 10, disk 1, 64 KiB at 1 MiB */
+	tbuf_u32(&b, 10);
+	tbuf_u32(&b, 1);
+	tbuf_u64(&b, 1 << 20);
+	tbuf_u32(&b, 65536);
+	tbuf_u8(&b, MIG_RP_STATE_BITMAP);       /* 3 bits: 0 and 2 held */
+	tbuf_u32(&b, 10);
+	tbuf_u32(&b, 0);
+	tbuf_u64(&b, 3);
+	tbuf_u32(&b, 1);
+	tbuf_u8(&b, 0x05);
+	tbuf_u8(&b, MIG_RP_STATE_BITMAP);       /* none: the disk receives nothing */
+	tbuf_u32(&b, 10);
+	tbuf_u32(&b, 1);
+	tbuf_u64(&b, 0);
+	tbuf_u32(&b, 0);
 	stream_init_mem(&s, b.p, b.len);
 
 	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
@@ -1262,6 +1278,22 @@ static void test_rp_valid(void **state)
 	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
 	assert_false(m.same_clock);
 
+	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, MIG_RP_STATE_REQ);
+	assert_int_equal(m.section_id, 10);
+	assert_int_equal(m.instance, 1);
+	assert_int_equal(m.offset, 1 << 20);
+	assert_int_equal(m.length, 65536);
+	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, MIG_RP_STATE_BITMAP);
+	assert_int_equal(m.bitmap_pages, 3);
+	assert_int_equal(m.bitmap[0], 0x05);
+	mig_rp_msg_release(&m);
+	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.bitmap_pages, 0);
+	assert_int_equal(m.instance, 1);
+	mig_rp_msg_release(&m);
+
 	assert_int_equal(mig_rp_read(&s, &m, err, sizeof(err)), -EPIPE);
 	stream_release(&s);
 	tbuf_free(&b);
@@ -1277,8 +1309,47 @@ static void test_rp_bad(void **state)
 	tbuf_u8(&b, 0);
 	expect_rp_bad(&b, "unknown message type 0");
 	tbuf_free(&b);
-	tbuf_u8(&b, 8);
-	expect_rp_bad(&b, "unknown message type 8");
+	tbuf_u8(&b, 10);
+	expect_rp_bad(&b, "unknown message type 10");
+	tbuf_free(&b);
+	/* STATE_REQ: 0 bytes, too many, a range that wraps. */
+	{
+		static const struct { uint64_t off; uint32_t len; } bad[] = {
+			{ 0, 0 }, { 0, MIG_STATE_REQ_MAX_BYTES + 1 }, { UINT64_MAX - 10, 11 },
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			tbuf_u8(&b, MIG_RP_STATE_REQ);
+			tbuf_u32(&b, 10);
+			tbuf_u32(&b, 0);
+			tbuf_u64(&b, bad[i].off);
+			tbuf_u32(&b, bad[i].len);
+			expect_rp_bad(&b, "state request for");
+			tbuf_free(&b);
+		}
+	}
+	/* STATE_BITMAP: a length that disagrees, too many bits, bits past the end. */
+	tbuf_u8(&b, MIG_RP_STATE_BITMAP);
+	tbuf_u32(&b, 10);
+	tbuf_u32(&b, 0);
+	tbuf_u64(&b, 9);
+	tbuf_u32(&b, 1);
+	expect_rp_bad(&b, "state bitmap of 9 bits in 1 bytes");
+	tbuf_free(&b);
+	tbuf_u8(&b, MIG_RP_STATE_BITMAP);
+	tbuf_u32(&b, 10);
+	tbuf_u32(&b, 0);
+	tbuf_u64(&b, MIG_RECV_BITMAP_MAX_PAGES + 1);
+	tbuf_u32(&b, 0);
+	expect_rp_bad(&b, "state bitmap of");
+	tbuf_free(&b);
+	tbuf_u8(&b, MIG_RP_STATE_BITMAP);
+	tbuf_u32(&b, 10);
+	tbuf_u32(&b, 0);
+	tbuf_u64(&b, 3);
+	tbuf_u32(&b, 1);
+	tbuf_u8(&b, 0x0f);
+	expect_rp_bad(&b, "bits past bit 3");
 	tbuf_free(&b);
 
 	put_rp_error(&b, EIO, longtext, sizeof(longtext));
@@ -1559,7 +1630,7 @@ static void test_resumed_records(void **state)
 		stream_init_mem(&s, b.p, b.len);
 		assert_int_equal(mig_load_resumed_record(&s, &t.h, &ops, &t, err, sizeof(err)),
 				 -EBADMSG);
-		assert_non_null(strstr(err, "only RAM, PING and END"));
+		assert_non_null(strstr(err, "only RAM, SECTION_PART, PING and END"));
 		stream_release(&s);
 		tbuf_free(&b);
 	}
