@@ -65,12 +65,16 @@ BENCH_LIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(BENCH_LIB_SRC))
 BENCH_LIB     := $(BUILD)/libbench.a
 BENCH_SRC:= $(filter-out $(BENCH_LIB_SRC),$(sort $(wildcard bench/*.c)))
 BENCH_BIN:= $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+# The chaos campaign (tests/chaos): an engine the CI test and the long run share.
+CHAOS_LIB_SRC := tests/chaos/chaos.c tests/chaos/chaos_verdict.c
+CHAOS_LIB_OBJ := $(patsubst %,$(BUILD)/%.o,$(CHAOS_LIB_SRC))
+CHAOS_BIN     := $(BUILD)/tests/chaos/chaos
 TOOL_SRC := $(sort $(wildcard tools/*.c))
 TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
 
-.PHONY: all check demo bench fuzz fuzz-long clean setup tests
+.PHONY: all check demo bench fuzz fuzz-long clean setup tests chaos
 all: $(BIN) $(GUEST_ELFS) tests $(BENCH_BIN) $(TOOL_BIN)
-tests: $(UNIT_BIN) $(INT_BIN)
+tests: $(UNIT_BIN) $(INT_BIN) $(CHAOS_BIN)
 
 $(BUILD)/guest/%.S.o: guest/%.S
 	@mkdir -p $(dir $@)
@@ -137,6 +141,10 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.c.o $(TLIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.c.o $(TLIB_OBJ) $(HARNESS) $(LIB)
 	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/integration/test_chaos: $(BUILD)/tests/integration/test_chaos.c.o $(CHAOS_LIB_OBJ) $(TLIB_OBJ) $(HARNESS) $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(CHAOS_BIN): $(BUILD)/tests/chaos/main.c.o $(CHAOS_LIB_OBJ) $(HARNESS) $(LIB)
+	$(CC) $(ALLCFLAGS) -o $@ $^ $(LDLIBS)
 # The unit test of bench/wire.c's scheduling core.
 $(BUILD)/tests/unit/test_wire: $(BENCH_LIB)
 $(BUILD)/bench/%: $(BUILD)/bench/%.c.o $(BENCH_LIB) $(HARNESS) $(LIB)
@@ -162,6 +170,11 @@ fuzz-long:
 
 setup:
 	@scripts/setup.sh
+
+# The long chaos campaign, not part of CI: CHAOS_RUNS (200) migrations with
+# one random fault each, CHAOS_SEED to repeat one (scripts/chaos.sh).
+chaos: $(BIN) $(CHAOS_BIN)
+	@scripts/chaos.sh --runs $(or $(CHAOS_RUNS),200) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 check:
 	@scripts/setup.sh

@@ -280,6 +280,30 @@ int harness_run(const char *const args[], const char *stdin_text, int timeout_ms
 		struct harness_result *res);
 void harness_result_free(struct harness_result *res);
 
+/* ---- a path that breaks: a TCP relay ---- */
+
+/*
+ * A TCP relay on 127.0.0.1 (its own thread): every connection to its port
+ * is forwarded to 127.0.0.1:@up_port.  The stand-in for a network path a
+ * test breaks on purpose.  0 with *out, or -errno.  Main thread.
+ */
+struct harness_relay;
+int harness_relay_start(int up_port, struct harness_relay **out);
+/* The port it listens on. */
+int harness_relay_port(const struct harness_relay *r);
+/* Close every forwarded connection at once, and keep listening (a link
+ * that fails and comes back).  Asynchronous: harness_relay_cuts() counts
+ * the cuts done. */
+void harness_relay_cut(struct harness_relay *r);
+/* Read what the connecting side sends at most @bytes_per_s (0: stop
+ * reading it, so its socket fills; UINT64_MAX: unlimited, the default).
+ * The other direction is never throttled. */
+void harness_relay_throttle(struct harness_relay *r, uint64_t bytes_per_s);
+unsigned harness_relay_accepted(const struct harness_relay *r);
+unsigned harness_relay_cuts(const struct harness_relay *r);
+/* Close everything, join the thread, free.  NULL is a no-op. */
+void harness_relay_stop(struct harness_relay *r);
+
 /* ---- two simulated hosts ---- */
 
 /* How the two hosts are joined. */

@@ -5,7 +5,7 @@
 # package list (for testing this script).
 set -eu
 
-PACKAGES="${VMFERRY_PACKAGES:-gcc make libc6-dev clang libclang-rt-14-dev libtsan2 libjson-c-dev libcmocka-dev liburing-dev iproute2 procps fio}"
+PACKAGES="${VMFERRY_PACKAGES:-gcc make libc6-dev clang libclang-rt-14-dev libtsan2 libjson-c-dev libcmocka-dev liburing-dev iproute2 procps fio nftables}"
 
 missing=""
 for p in $PACKAGES; do

@@ -10,6 +10,13 @@
  *                rounded down to pages, at least one page)
  *   rate=N       page writes per second per vCPU (0 = as fast as possible)
  *   passes=N     stop after N passes over the working set (0 = forever)
+ *   check=1      fill the rest of each page with a pattern keyed by (vCPU,
+ *                page, sequence number) (include/vmferry/page_pattern.h),
+ *                and check the whole page before each overwrite: a page
+ *                that does not hold what this vCPU last wrote there (lost,
+ *                stale, torn or corrupted anywhere, e.g. in a migration) is
+ *                reported on the console and panics the guest through the
+ *                panic port (code DIRTIER_PANIC_*), where it is found
  *
  * Rate control: pages are written in bursts; the clock is read once per
  * burst (each read is two VM exits) and the vCPU sleeps in the VMM when it
@@ -23,6 +30,7 @@
  * vCPU 0 prints one '.' per completed pass, at most one per 100 ms.
  */
 #include "vmf.h"
+#include "vmferry/page_pattern.h"
 
 #define DIRTIER_NS_PER_S        1000000000ull
 #define DIRTIER_BURSTS_PER_S    500ull        /* rated mode: burst count cap   */
@@ -33,6 +41,9 @@
 #define DIRTIER_FAST_MIN_NS     1000000ull
 #define DIRTIER_FAST_MAX_NS     8000000ull
 #define DIRTIER_FAST_MAX_BURST  (1ull << 22)
+/* check=1: the panic codes of a page that is not what was written there. */
+#define DIRTIER_PANIC_SEQ       0xc4ec0001u   /* word 0: another sequence number */
+#define DIRTIER_PANIC_BODY      0xc4ec0002u   /* words 1..511: not the pattern   */
 
 struct dirtier {
 	volatile struct vmf_vcpu_stats *st;
@@ -43,7 +54,54 @@ struct dirtier {
 	uint64_t passes;    /* completed passes (mirrors st->passes) */
 	uint64_t limit;     /* passes to do; 0 = forever */
 	int finished;       /* the pass limit was reached */
+	int check;          /* check=1: pattern pages, checked before overwrite */
+	unsigned vcpu;
 };
+
+/* Say what page @k held instead of what was written there, and panic. */
+__attribute__((noreturn)) static void dirtier_bad_page(const struct dirtier *d, uint64_t k,
+							uint32_t word, uint64_t want,
+							uint64_t got, uint32_t code)
+{
+	vmf_puts("\ndirtier: vcpu ");
+	vmf_put_u64(d->vcpu);
+	vmf_puts(" page ");
+	vmf_put_u64(k);
+	vmf_puts(" word ");
+	vmf_put_u64(word);
+	vmf_puts(" holds ");
+	vmf_put_u64(got);
+	vmf_puts(", expected ");
+	vmf_put_u64(want);
+	vmf_puts(" (before write ");
+	vmf_put_u64(d->seq + 1);
+	vmf_puts(")\n");
+	vmf_panic(code);
+}
+
+/*
+ * check=1: page @k must hold what write @prev (0: none yet, all zeros) put
+ * there; then it gets the pattern of write @seq, word 0 last (the verifier
+ * relies on that order: a page whose word 0 is new is complete).
+ */
+static void dirtier_check_and_fill(const struct dirtier *d, uint64_t k, uint64_t prev,
+				   uint64_t seq)
+{
+	volatile uint64_t *page = (volatile uint64_t *)(d->base + k * VMF_PAGE_BYTES);
+	uint64_t old_key = vmf_pattern_key(d->vcpu, k, prev);
+	uint64_t new_key = vmf_pattern_key(d->vcpu, k, seq);
+
+	if (page[0] != prev)
+		dirtier_bad_page(d, k, 0, prev, page[0], DIRTIER_PANIC_SEQ);
+	for (uint32_t i = 1; i < VMF_PATTERN_WORDS; i++) {
+		uint64_t want = prev ? vmf_pattern_word(old_key, i) : 0;
+
+		if (page[i] != want)
+			dirtier_bad_page(d, k, i, want, page[i], DIRTIER_PANIC_BODY);
+		page[i] = vmf_pattern_word(new_key, i);
+	}
+	__asm__ volatile("" ::: "memory");
+}
 
 /*
  * Write up to @count pages.  Returns the number written; stops early, with
@@ -57,6 +115,10 @@ static uint64_t dirtier_burst(struct dirtier *d, uint64_t count)
 		volatile uint64_t *slot =
 			(volatile uint64_t *)(d->base + d->next_page * VMF_PAGE_BYTES);
 
+		if (d->check)
+			dirtier_check_and_fill(d, d->next_page,
+					       d->seq + 1 > d->npages ? d->seq + 1 - d->npages : 0,
+					       d->seq + 1);
 		*slot = ++d->seq;
 		d->st->writes = d->seq;
 		if (++d->next_page == d->npages) {
@@ -71,7 +133,7 @@ static uint64_t dirtier_burst(struct dirtier *d, uint64_t count)
 	return done;
 }
 
-static void dirtier_banner(uint64_t npages, uint64_t rate, uint64_t limit)
+static void dirtier_banner(uint64_t npages, uint64_t rate, uint64_t limit, int check)
 {
 	vmf_puts("dirtier: wss ");
 	vmf_put_u64(npages * VMF_PAGE_BYTES / 1024);
@@ -85,6 +147,8 @@ static void dirtier_banner(uint64_t npages, uint64_t rate, uint64_t limit)
 		vmf_put_u64(limit);
 	else
 		vmf_puts("forever");
+	if (check)
+		vmf_puts(", every page checked");
 	vmf_putc('\n');
 }
 
@@ -98,6 +162,8 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 		.st = st,
 		.base = (uint8_t *)bi->range[vcpu].gpa,
 		.limit = vmf_param(bi, "passes", 0),
+		.check = vmf_param(bi, "check", 0) != 0,
+		.vcpu = vcpu,
 	};
 	uint64_t burst, sched_base_ns, sched_done, last_ns, dot_ns = 0;
 	uint64_t dotted_passes = 0;
@@ -109,7 +175,7 @@ int vmf_main(unsigned vcpu, struct vmf_boot_info *bi)
 	if (rate > DIRTIER_MAX_RATE)
 		rate = DIRTIER_MAX_RATE;
 	if (vcpu == 0)
-		dirtier_banner(d.npages, rate, d.limit);
+		dirtier_banner(d.npages, rate, d.limit, d.check);
 	st->phase = VMF_PHASE_RUNNING;
 	if (d.npages == 0) {
 		/* No memory to dirty: stay alive like idle. */

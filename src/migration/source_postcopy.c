@@ -951,6 +951,14 @@ static void mig_src_drop_conns(struct mig_src *src, int *fdp)
 }
 
 /*
+ * What a paused source cannot tell (a dead destination from a broken link),
+ * in every message it shows while paused, so a failed or abandoned resume
+ * does not drop it from error-desc.
+ */
+#define MIG_SRC_PAUSED_MEANS "if the destination's process died the guest is lost " \
+	"(query-status there tells); else it waits there for the pages it lacks"
+
+/*
  * Automatic recovery (postcopy-recover-timeout): resume to the same
  * destination, retrying with a growing backoff until @deadline_ns.  0
  * resumed; -ETIMEDOUT gave up (error-desc says so); -EAGAIN a manual
@@ -984,12 +992,14 @@ static int mig_src_auto_resume(struct mig_src *src, int *fdp, pthread_t *rp_thre
 		now = clock_monotonic_ns();
 		if (now >= deadline_ns) {
 			mig_replace_error(m, "postcopy paused: automatic recovery to %s gave up after "
-					  "%u attempts (last: %s); resume by hand with migrate "
-					  "{\"uri\": URI, \"resume\": true}", m->main_ch.uri, attempt, why);
+					  "%u attempts (last: %.160s); resume by hand with migrate "
+					  "{\"uri\": URI, \"resume\": true}; " MIG_SRC_PAUSED_MEANS,
+					  m->main_ch.uri, attempt, why);
 			return -ETIMEDOUT;
 		}
 		mig_replace_error(m, "postcopy paused: automatic recovery to %s, attempt %u failed: "
-				  "%s; retrying", m->main_ch.uri, attempt, why);
+				  "%.160s; retrying; " MIG_SRC_PAUSED_MEANS, m->main_ch.uri, attempt,
+				  why);
 		if (mig_wait_cond_ms(m, (unsigned)((deadline_ns - now) / 1000000 + 1 < backoff_ms
 						   ? (deadline_ns - now) / 1000000 + 1 : backoff_ms)))
 			return -ECANCELED;
@@ -1034,7 +1044,8 @@ static int mig_src_paused(struct mig_src *src, int *fdp, pthread_t *rp_thread, b
 		if (!r)
 			return 0;
 		mig_src_drop_conns(src, fdp);
-		mig_replace_error(m, "postcopy paused: resuming to %s failed: %s", m->main_ch.uri, why);
+		mig_replace_error(m, "postcopy paused: resuming to %s failed: %.160s; "
+				  MIG_SRC_PAUSED_MEANS, m->main_ch.uri, why);
 		atomic_fetch_add(&m->resume_failures, 1);
 	}
 }

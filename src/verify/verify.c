@@ -23,6 +23,7 @@
 
 #include "util/log.h"
 #include "vmferry/guest_abi.h"
+#include "vmferry/page_pattern.h"
 
 #define VERIFY_MSG_BYTES 320
 
@@ -367,6 +368,9 @@ static bool verify_incrementer_vcpu(const struct verify_image *img,
  * page is kept.
  */
 struct verify_dirtier_scan {
+	const struct verify_image *img;
+	uint32_t vcpu;
+	bool check;           /* check=1: page bodies hold the pattern too */
 	uint64_t wss_pages;
 	uint64_t writes;
 	uint64_t next_page;   /* writes % wss_pages: where writes + 1 goes */
@@ -375,6 +379,7 @@ struct verify_dirtier_scan {
 	uint64_t bad_page;
 	uint64_t expected;    /* what bad_page should hold */
 	uint64_t value;       /* what it holds */
+	uint32_t bad_word;    /* 0: the sequence number; else a body word */
 	uint64_t bad_pages;   /* offending pages in all */
 };
 
@@ -416,20 +421,54 @@ static void verify_dirtier_bad(struct verify_dirtier_scan *s, uint64_t page,
 	s->value = value;
 }
 
-static void verify_dirtier_page(struct verify_dirtier_scan *s, uint64_t k,
+/* What word @i (1..511) of page @k holds after write @seq (0: none). */
+static uint64_t verify_dirtier_body_word(const struct verify_dirtier_scan *s, uint64_t k,
+					 uint64_t seq, uint32_t i)
+{
+	return seq ? vmf_pattern_word(vmf_pattern_key(s->vcpu, k, seq), i) : 0;
+}
+
+/*
+ * check=1: the body of page @k at @gpa holds the pattern of write @seq; a
+ * word may hold that of write @alt instead (not 0: the page the guest was
+ * filling when it stopped, word 0 last, so its body may be part new).  The
+ * first wrong word is recorded as the page's damage.
+ */
+static void verify_dirtier_body(struct verify_dirtier_scan *s, uint64_t k, uint64_t gpa,
+				uint64_t seq, uint64_t alt)
+{
+	for (uint32_t i = 1; i < VMF_PATTERN_WORDS; i++) {
+		uint64_t got = verify_read_u64(s->img, gpa + (uint64_t)i * 8);
+		uint64_t want = verify_dirtier_body_word(s, k, seq, i);
+
+		if (got == want || (alt && got == verify_dirtier_body_word(s, k, alt, i)))
+			continue;
+		if (!s->bad)
+			s->bad_word = i;
+		verify_dirtier_bad(s, k, want, got, 1);
+		return;
+	}
+}
+
+static void verify_dirtier_page(struct verify_dirtier_scan *s, uint64_t k, uint64_t gpa,
 				uint64_t value)
 {
 	uint64_t want = 0;
+	bool next = k == s->next_page && s->writes != UINT64_MAX;
 
 	if (k < s->wss_pages)
 		want = verify_dirtier_expected(s->writes, s->wss_pages, k);
-	if (value == want)
-		return;
-	if (k == s->next_page && s->writes != UINT64_MAX && value == s->writes + 1) {
+	if (value != want && next && value == s->writes + 1) {
 		s->in_flight = true;
+		want = value;
+	}
+	if (value != want) {
+		verify_dirtier_bad(s, k, want, value, 1);
 		return;
 	}
-	verify_dirtier_bad(s, k, want, value, 1);
+	if (s->check)
+		verify_dirtier_body(s, k, gpa, want,
+				    next && !s->in_flight ? s->writes + 1 : 0);
 }
 
 static void verify_dirtier_scan_range(const struct verify_image *img,
@@ -443,7 +482,7 @@ static void verify_dirtier_scan_range(const struct verify_image *img,
 		uint64_t written_end;
 
 		if (gpa < img->bytes) {
-			verify_dirtier_page(s, k, verify_read_u64(img, gpa));
+			verify_dirtier_page(s, k, gpa, verify_read_u64(img, gpa));
 			continue;
 		}
 		/*
@@ -489,6 +528,9 @@ static bool verify_dirtier_vcpu(const struct verify_image *img,
 {
 	const struct vmf_range *r = &bi->range[vcpu];
 	struct verify_dirtier_scan s = {
+		.img = img,
+		.vcpu = vcpu,
+		.check = verify_param(bi, "check", 0) != 0,
 		.wss_pages = verify_dirtier_wss_pages(bi, vcpu),
 		.writes = bi->stats[vcpu].writes,
 	};
@@ -506,7 +548,13 @@ static bool verify_dirtier_vcpu(const struct verify_image *img,
 		return true;
 
 	bad_gpa = r->gpa + s.bad_page * VMF_PAGE_BYTES;
-	if (s.bad_page >= s.wss_pages) {
+	if (s.bad_word) {
+		snprintf(msg, msg_len, "vcpu %" PRIu32 ": page %" PRIu64 " (gpa 0x%" PRIx64
+			 ") word %" PRIu32 " holds %#" PRIx64 ", expected %#" PRIx64 " (the"
+			 " pattern of write %" PRIu64 "; writes %" PRIu64 "): corrupted body",
+			 vcpu, s.bad_page, bad_gpa, s.bad_word, s.value, s.expected,
+			 verify_read_u64(img, bad_gpa), s.writes);
+	} else if (s.bad_page >= s.wss_pages) {
 		snprintf(msg, msg_len, "vcpu %" PRIu32 ": page %" PRIu64 " (gpa 0x%"
 			 PRIx64 ") holds %" PRIu64 ", expected 0 (beyond the working"
 			 " set of %" PRIu64 " pages: never written)", vcpu,
@@ -525,6 +573,8 @@ static bool verify_dirtier_vcpu(const struct verify_image *img,
 	verify_put(o, "expected", json_object_new_uint64(s.expected), err);
 	verify_put(o, "value", json_object_new_uint64(s.value), err);
 	verify_put(o, "bad_pages", json_object_new_uint64(s.bad_pages), err);
+	if (s.bad_word)
+		verify_put(o, "bad_word", json_object_new_uint64(s.bad_word), err);
 	return false;
 }
 

@@ -28,7 +28,6 @@
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
-#include "lib/relay.h"
 #include "harness/harness.h"
 
 #define DK_MEM "64M"
@@ -271,7 +270,7 @@ static void test_postcopy_recovery(void **state)
 {
 	struct harness_vm src, dst;
 	char uri[HARNESS_PATH_BYTES + 8], via[64];
-	struct relay relay;
+	struct harness_relay *relay = NULL;
 	struct json_object *q;
 	int dst_port = 0;
 	struct dk d;
@@ -283,8 +282,8 @@ static void test_postcopy_recovery(void **state)
 				     sizeof(uri));
 	migtest_disk_expect_writing(&src, 20); /* filled, and writing */
 	assert_int_equal(sscanf(strrchr(uri, ':') + 1, "%d", &dst_port), 1);
-	relay_start(&relay, dst_port);
-	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", relay.port);
+	assert_int_equal(harness_relay_start(dst_port, &relay), 0);
+	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", harness_relay_port(relay));
 	assert_int_equal(harness_set_params(&src, DK_CUT_BANDWIDTH), 0);
 	assert_int_equal(harness_set_params(&dst, "{\"postcopy-recover-timeout\": 60}"), 0);
 	assert_int_equal(harness_set_capability(&src, "postcopy-ram", true), 0);
@@ -299,7 +298,7 @@ static void test_postcopy_recovery(void **state)
 	assert_int_equal(harness_call(&src, "query-migrate", NULL, &q), 0);
 	assert_string_equal(harness_json_str(q, "status"), "postcopy-active"); /* not over yet */
 	json_object_put(q);
-	relay_cut(&relay);
+	harness_relay_cut(relay);
 	for (int i = 0; i < 6000 && (migtest_query_int(&src, "postcopy-pauses") < 1 ||
 				     migtest_query_int(&dst, "postcopy-pauses") < 1); i++)
 		harness_nap_ms(5);
@@ -315,7 +314,7 @@ static void test_postcopy_recovery(void **state)
 		(long long)harness_json_int(q, "postcopy-pages-pushed"));
 	json_object_put(q);
 	migtest_wait_migration_status(&dst, "completed");
-	relay_stop(&relay);
+	harness_relay_stop(relay);
 	migtest_disk_expect_alive(&dst, d.path);
 	assert_int_equal(harness_vm_quit(&src), 0);
 	assert_int_equal(harness_vm_quit(&dst), 0);

@@ -30,20 +30,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "lib/migtest.h"
-#include "lib/relay.h"
 #include "migration/migration.h"
 #include "harness/harness.h"
 #include "util/log.h"
@@ -251,7 +243,7 @@ static void expect_recovered(int64_t pauses)
 static void test_recover_automatically(void **state)
 {
 	char uri[HARNESS_PATH_BYTES + 8], via[64];
-	struct relay relay;
+	struct harness_relay *relay = NULL;
 	int dst_port = 0;
 
 	(void)state;
@@ -259,8 +251,8 @@ static void test_recover_automatically(void **state)
 	assert_int_equal(harness_wait_passes(&rec_src, 1, 30000), 0);
 	migtest_spawn_incoming(&rec_dst, REC_MEM, REC_VCPUS, false, uri, sizeof(uri));
 	assert_int_equal(sscanf(strrchr(uri, ':') + 1, "%d", &dst_port), 1);
-	relay_start(&relay, dst_port);
-	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", relay.port);
+	assert_int_equal(harness_relay_start(dst_port, &relay), 0);
+	snprintf(via, sizeof(via), "tcp:127.0.0.1:%d", harness_relay_port(relay));
 	for (int i = 0; i < 2; i++) {
 		struct harness_vm *vm = i ? &rec_dst : &rec_src;
 		struct json_object *q = NULL;
@@ -275,18 +267,18 @@ static void test_recover_automatically(void **state)
 		int64_t since = migtest_query_int(&rec_src, "transferred");
 
 		wait_active_with_progress(since);
-		relay_cut(&relay);
+		harness_relay_cut(relay);
 		/* Both notice the break and pause, then come back on their own. */
 		for (int i = 0; i < 6000 && (migtest_query_int(&rec_src, "postcopy-pauses") < cut ||
 					     migtest_query_int(&rec_dst, "postcopy-pauses") < cut); i++)
 			harness_nap_ms(5);
 		assert_true(migtest_query_int(&rec_src, "postcopy-pauses") >= cut);
 		assert_true(migtest_query_int(&rec_dst, "postcopy-pauses") >= cut);
-		fprintf(stderr, "recovery: cut %d through the relay, %d connections so far\n", cut,
-			atomic_load(&relay.accepted));
+		fprintf(stderr, "recovery: cut %d through the relay, %u connections so far\n", cut,
+			harness_relay_accepted(relay));
 	}
 	expect_recovered(migtest_query_int(&rec_src, "postcopy-pauses"));
-	relay_stop(&relay);
+	harness_relay_stop(relay);
 }
 
 static void unix_uri(char *uri, size_t len)

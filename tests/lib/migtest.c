@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,19 +161,18 @@ void migtest_wait_migration_status(struct harness_vm *vm, const char *status)
 	assert_int_equal(harness_wait_migrate_status(vm, status, MIG_TIMEOUT_MS, 5), 0);
 }
 
-int64_t migtest_guest_ram_allocated(struct harness_vm *vm)
+int migtest_guest_ram_open(struct harness_vm *vm, int flags)
 {
 	char dir[64], path[352], link[256];
 	struct dirent *e;
-	int64_t bytes = -1;
+	int fd = -1;
 	DIR *d;
 
 	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)vm->pid);
 	d = opendir(dir);
 	if (!d)
 		return -1;
-	while (bytes < 0 && (e = readdir(d)) != NULL) {
-		struct stat st;
+	while (fd < 0 && (e = readdir(d)) != NULL) {
 		ssize_t n;
 
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
@@ -180,10 +180,24 @@ int64_t migtest_guest_ram_allocated(struct harness_vm *vm)
 		if (n <= 0)
 			continue;
 		link[n] = 0;
-		if (!strncmp(link, "/memfd:ram0", 11) && stat(path, &st) == 0)
-			bytes = (int64_t)st.st_blocks * 512;
+		if (!strncmp(link, "/memfd:ram0", 11))
+			fd = open(path, flags | O_CLOEXEC);
 	}
 	closedir(d);
+	return fd;
+}
+
+int64_t migtest_guest_ram_allocated(struct harness_vm *vm)
+{
+	int fd = migtest_guest_ram_open(vm, O_RDONLY);
+	struct stat st;
+	int64_t bytes = -1;
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) == 0)
+		bytes = (int64_t)st.st_blocks * 512;
+	close(fd);
 	return bytes;
 }
 

@@ -69,6 +69,9 @@ void migtest_expect_guest_alive_and_verified(struct harness_vm *vm);
  * /proc/PID/fd; -1 when it has no such fd.
  */
 int64_t migtest_guest_ram_allocated(struct harness_vm *vm);
+/* A new fd of @vm's guest RAM memfd, opened through /proc with open(2)
+ * @flags (O_RDWR to write guest memory behind its back); -1 without one. */
+int migtest_guest_ram_open(struct harness_vm *vm, int flags);
 /* Wait (at most @timeout_ms) until @vm's guest RAM holds no memory: fails otherwise. */
 void migtest_expect_guest_ram_released(struct harness_vm *vm, long timeout_ms);
 

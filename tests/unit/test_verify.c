@@ -22,6 +22,7 @@
 
 #include "verify/verify.h"
 #include "vmferry/guest_abi.h"
+#include "vmferry/page_pattern.h"
 
 #define TEST_RAM_BYTES (8ull << 20)
 #define TEST_PAGE VMF_PAGE_BYTES
@@ -941,6 +942,105 @@ static const char *test_str(struct json_object *obj, const char *key)
 	return json_object_get_string(v);
 }
 
+/* ---- dirtier, check=1: whole pages hold a pattern ---- */
+
+/* Page @k of @vcpu as write @seq leaves it (all zeros for 0). */
+static void test_check_page(struct test_image *t, unsigned vcpu, uint64_t k, uint64_t seq)
+{
+	uint8_t *p = test_page(t, vcpu, k);
+	uint64_t key = vmf_pattern_key(vcpu, k, seq);
+
+	test_put_u64(p, seq);
+	for (uint32_t i = 1; i < VMF_PATTERN_WORDS; i++)
+		test_put_u64(p + i * 8, seq ? vmf_pattern_word(key, i) : 0);
+}
+
+/* A check=1 image of 2 vCPUs, 64-page working sets, @writes writes each. */
+static void test_check_init(struct test_image *t, uint64_t writes)
+{
+	test_dirtier_init(t, 2, 64 * TEST_PAGE);
+	strcpy(t->bi->params[2].key, "check");
+	t->bi->params[2].value = 1;
+	memset(t->ram + t->bi->range[0].gpa, 0, t->bi->range[0].bytes);
+	memset(t->ram + t->bi->range[1].gpa, 0, t->bi->range[1].bytes);
+	for (unsigned v = 0; v < 2; v++) {
+		t->bi->stats[v].writes = writes;
+		t->bi->stats[v].passes = writes / 64;
+		for (uint64_t seq = writes > 128 ? writes - 127 : 1; seq <= writes; seq++)
+			test_check_page(t, v, (seq - 1) % 64, seq);
+	}
+}
+
+static void test_dirtier_check_ok(void **state)
+{
+	struct test_image t;
+	struct json_object *verdict;
+	uint8_t *p;
+
+	(void)state;
+	test_check_init(&t, 0);
+	json_object_put(test_dirtier_expect_ok(&t));
+	test_image_free(&t);
+	test_check_init(&t, 1000);
+	json_object_put(test_dirtier_expect_ok(&t));
+	/* the page being written when the guest stopped: body part new, word 0 old */
+	p = test_page(&t, 0, 1000 % 64);
+	for (uint32_t i = 1; i < 100; i++)
+		test_put_u64(p + i * 8, vmf_pattern_word(vmf_pattern_key(0, 1000 % 64, 1001), i));
+	json_object_put(test_dirtier_expect_ok(&t));
+	/* ... or complete with word 0 new: in flight */
+	test_check_page(&t, 1, 1000 % 64, 1001);
+	verdict = test_dirtier_expect_ok(&t);
+	assert_true(test_bool(test_vcpu(verdict, 1), "in_flight"));
+	json_object_put(verdict);
+	test_image_free(&t);
+}
+
+/* Expect vCPU @vcpu's page @k to be reported with a corrupted body at @word. */
+static void test_check_expect_body(struct test_image *t, unsigned vcpu, uint64_t k,
+				   uint32_t word)
+{
+	struct json_object *verdict = NULL, *v;
+
+	assert_int_equal(test_verify_dirtier(t, &verdict), -EBADMSG);
+	if (!strstr(test_error(verdict), "corrupted body"))
+		fail_msg("error \"%s\" lacks \"corrupted body\"", test_error(verdict));
+	v = test_vcpu(verdict, vcpu);
+	assert_false(test_bool(v, "ok"));
+	assert_int_equal(test_int(v, "bad_page"), k);
+	assert_int_equal(test_int(v, "bad_word"), word);
+	json_object_put(verdict);
+}
+
+static void test_dirtier_check_bad_body(void **state)
+{
+	struct test_image t;
+
+	(void)state;
+	/* one flipped bit in the middle of a page, word 0 intact */
+	test_check_init(&t, 1000);
+	test_page(&t, 1, 5)[8 * 300 + 3] ^= 0x10;
+	test_check_expect_body(&t, 1, 5, 300);
+	/* a page whose body is one write behind (stale body, new word 0) */
+	test_image_free(&t);
+	test_check_init(&t, 1000);
+	test_check_page(&t, 0, 20, 917);
+	test_put_u64(test_page(&t, 0, 20), 981); /* page 20's last write: 981 */
+	test_check_expect_body(&t, 0, 20, 1);
+	/* a body part new on a page other than the one being written */
+	test_image_free(&t);
+	test_check_init(&t, 1000);
+	test_put_u64(test_page(&t, 0, 3) + 8 * 7,
+		     vmf_pattern_word(vmf_pattern_key(0, 3, 1001), 7));
+	test_check_expect_body(&t, 0, 3, 7);
+	/* a never-written page (writes < n) holding anything in its body */
+	test_image_free(&t);
+	test_check_init(&t, 10);
+	test_page(&t, 1, 40)[4000] = 1;
+	test_check_expect_body(&t, 1, 40, 500);
+	test_image_free(&t);
+}
+
 static void test_auto_dispatch(void **state)
 {
 	struct test_image t;
@@ -1347,6 +1447,8 @@ int main(void)
 		cmocka_unit_test(test_dirtier_bad_in_flight_wrong_page),
 		cmocka_unit_test(test_dirtier_bad_phase_setup),
 		cmocka_unit_test(test_dirtier_bad_boot_info),
+		cmocka_unit_test(test_dirtier_check_ok),
+		cmocka_unit_test(test_dirtier_check_bad_body),
 		cmocka_unit_test(test_auto_dispatch),
 		cmocka_unit_test(test_auto_no_verifier),
 		cmocka_unit_test(test_file_ok_and_truncated),
