@@ -369,6 +369,36 @@ static void test_urgent_and_resumed(void **state)
 	stream_init_mem(&s, b->p, b->len);
 	assert_int_equal(mig_load_resume_start(&s, &h, err, sizeof(err)), -EBADMSG);
 	stream_release(&s);
+	assert_non_null(strstr(err, "not the paused migration's"));
+	h.version = MIG_VERSION;
+
+	/* A SECTION_PART on the urgent channel (a state's answer, after RUN). */
+	{
+		static const struct mig_load_ops part_ops = { .ram = mig_load_ram_skip,
+							      .section_part = t_part };
+		struct tload t = { 0 };
+
+		b->len = 0;
+		put_section(b, MIG_REC_SECTION_PART, t_body, 10);
+		stream_init_mem(&s, b->p, b->len);
+		assert_int_equal(mig_load_urgent_record(&s, &h, &part_ops, &t, err, sizeof(err)), 1);
+		assert_int_equal(t.parts, 1);
+		stream_release(&s);
+		b->p[b->len - 1] ^= 1;
+		stream_init_mem(&s, b->p, b->len);
+		assert_int_equal(mig_load_urgent_record(&s, &h, &part_ops, &t, err, sizeof(err)),
+				 -EILSEQ);
+		assert_non_null(strstr(err, "(a part) fails its CRC check"));
+		assert_int_equal(t.parts, 1);
+		stream_release(&s);
+		b->p[b->len - 1] ^= 1;
+		b->p[3] ^= 1; /* the id, in the head */
+		stream_init_mem(&s, b->p, b->len);
+		assert_int_equal(mig_load_urgent_record(&s, &h, &part_ops, &t, err, sizeof(err)),
+				 -EILSEQ);
+		assert_non_null(strstr(err, "head fails its CRC check"));
+		stream_release(&s);
+	}
 	free(b);
 }
 
