@@ -20,8 +20,19 @@
 _Static_assert(HARNESS_TUN_MTU <= WIRE_MTU, "the wire carries the TUN devices' packets");
 
 const char *const bench_transport_names[BENCH_TRANSPORT__COUNT] = { "loopback-tcp", "veth-1gbit",
-								    "wire-1gbit" };
-const char *const bench_transport_opts[BENCH_TRANSPORT__COUNT] = { "loopback", "veth", "wire" };
+								    "wire-1gbit", "unix-socket" };
+const char *const bench_transport_opts[BENCH_TRANSPORT__COUNT] = { "loopback", "veth", "wire",
+								   "unix" };
+
+void bench_listen_uri(enum bench_transport t, const char *host_addr, char *buf, size_t len)
+{
+	char path[HARNESS_PATH_BYTES];
+
+	if (t == BENCH_UNIX && harness_unique_path(path, sizeof(path), "mig") == 0)
+		snprintf(buf, len, "unix:%s", path);
+	else
+		snprintf(buf, len, "tcp:%s:0", host_addr);
+}
 
 /* ---- the two simulated hosts ---- */
 
@@ -346,6 +357,9 @@ int bench_common_option(int opt, const char *arg, struct bench_common_opts *c,
 		if (!*arg)
 			return -1;
 		c->guest_spec = arg;
+		return 1;
+	case 'S':
+		c->stream_crc = true;
 		return 1;
 	default:
 		return 0;

@@ -38,7 +38,19 @@ struct json_object;
 #define BENCH_READY_MS_FOR(mem_bytes) (BENCH_READY_MS + 15000 * (int)((mem_bytes) >> 30))
 #define BENCH_POLL_MS          20
 
-enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_TRANSPORT__COUNT };
+enum bench_transport { BENCH_LOOPBACK, BENCH_VETH, BENCH_WIRE, BENCH_UNIX, BENCH_TRANSPORT__COUNT };
+
+/* Whether @t runs between two network namespaces (else on this host's own). */
+static inline bool bench_transport_netns(int t)
+{
+	return t == BENCH_VETH || t == BENCH_WIRE;
+}
+/*
+ * The destination's --incoming for @t: tcp:@host_addr:0, or for BENCH_UNIX a
+ * fresh socket path in the harness's directory (its link probe is TCP
+ * loopback's: the kernel copies the bytes in both).
+ */
+void bench_listen_uri(enum bench_transport t, const char *host_addr, char *buf, size_t len);
 
 /* Indexed by enum bench_transport: the name in the output, the one in --transports. */
 extern const char *const bench_transport_names[BENCH_TRANSPORT__COUNT];
@@ -233,8 +245,9 @@ struct bench_common_opts {
 	const char *bin;           /* VMFERRY_BIN, or build/vmferry */
 	const char *guest_spec;    /* --guest: one workload of this spec, or NULL */
 	bool quick;
+	bool stream_crc;           /* the stream-crc capability on the source */
 };
-/* getopt_long entries for them (getopt values m w t r c C T p q g). */
+/* getopt_long entries for them (getopt values m w t r c C T p q g S). */
 #define BENCH_COMMON_LONGOPTS \
 	{ "mem", required_argument, NULL, 'm' }, \
 	{ "workloads", required_argument, NULL, 'w' }, \
@@ -245,7 +258,8 @@ struct bench_common_opts {
 	{ "timeout", required_argument, NULL, 'T' }, \
 	{ "probe-bytes", required_argument, NULL, 'p' }, \
 	{ "quick", no_argument, NULL, 'q' }, \
-	{ "guest", required_argument, NULL, 'g' }
+	{ "guest", required_argument, NULL, 'g' }, \
+	{ "stream-crc", no_argument, NULL, 'S' }
 /*
  * The name of the workload --guest SPEC runs (instead of the program's
  * table), counting its work as the dirtier and the incrementer do.

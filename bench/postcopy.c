@@ -34,8 +34,9 @@
  *                        "veth-1gbit"; needs root), wire (the same namespaces
  *                        joined by TUN devices and bench/wire.h's user-space
  *                        link: 1 Gbit/s and 0.5 ms each way whatever the
- *                        kernel has, jumbo frames: "wire-1gbit"; needs root)
- *                        (default loopback,veth)
+ *                        kernel has, jumbo frames: "wire-1gbit"; needs root),
+ *                        unix (a UNIX socket on this host: "unix-socket"; its
+ *                        link probe is loopback's) (default loopback,veth)
  *   --runs N             runs per combination (default 3)
  *   --vcpus N            guest vCPUs (default 2)
  *   --convergence-timeout S  migrate-set-parameters convergence-timeout, every
@@ -55,6 +56,7 @@
  *                        named "guest", its work counted as the dirtier's
  *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
  *   --quick              smoke: 256M, loopback, 1 run (modes and workloads as given)
+ *   --stream-crc         the source with the stream-crc capability (CRCs)
  *
  * Per run, as bench/precopy: measure the link with no VM running, start a
  * destination `vmferry run --incoming`, start a source with the workload and
@@ -313,6 +315,8 @@ static int bench_prepare(const struct bench_opts *o, const struct bench_mode *mo
 	if (mode->postcopy_ram &&
 	    (bench_set_caps(dst, NULL, r) || bench_set_caps(src, &mode->preempt, r)))
 		return -EIO;
+	if (o->c.stream_crc && bench_vm_error(src, harness_set_capability(src, "stream-crc", true), r))
+		return -EIO;
 	if (mode->postcopy_ram && mode->vcpu_nice >= 0) {
 		p = json_object_new_object();
 		json_object_object_add(p, "postcopy-vcpu-nice", json_object_new_int(mode->vcpu_nice));
@@ -404,13 +408,13 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		      const struct bench_mode *mode, struct bench_pc_result *pr)
 {
 	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
-	char mem[32], vcpus[16], listen_uri[64], uri[96];
+	char mem[32], vcpus[16], listen_uri[HARNESS_PATH_BYTES + 8], uri[HARNESS_PATH_BYTES + 8];
 	/* --dest-ready: all of it up front, not just ahead of the stream. */
 	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri,
 				   o->dest_ready ? "--prealloc" : NULL, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = t != BENCH_LOOPBACK ? n->hosts.addr[1] : "127.0.0.1";
-	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
+	const char *host_addr = bench_transport_netns(t) ? n->hosts.addr[1] : "127.0.0.1";
+	struct bench_netns *ns = bench_transport_netns(t) ? n : NULL;
 	struct bench_result *r = &pr->b;
 	struct json_object *args, *q = NULL;
 	uint64_t deadline, progress;
@@ -423,7 +427,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	r->downtime_ms = -1;
 	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
 	snprintf(vcpus, sizeof(vcpus), "%u", o->c.vcpus);
-	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
+	bench_listen_uri(t, host_addr, listen_uri, sizeof(listen_uri));
 
 	/* The link first, with no VM competing for the CPUs. */
 	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
@@ -573,7 +577,7 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	}
 	json_object_object_add(obj, "send", json_object_new_string(mode->copy_send ? "copy" : "sendfile"));
 	json_object_object_add(obj, "transport", json_object_new_string(bench_transport_names[t]));
-	if (t != BENCH_LOOPBACK && n && n->shaper[0]) {
+	if (bench_transport_netns(t) && n && n->shaper[0]) {
 		json_object_object_add(obj, "shaper", json_object_new_string(n->shaper));
 		bench_json_num(obj, "link_delay_ms", n->delay_us / 1000.0, 3);
 	}
@@ -735,12 +739,13 @@ static void bench_usage(FILE *f)
 		"usage: postcopy [--mem SIZES] [--workloads LIST] [--modes LIST] [--transports LIST]\n"
 		"                [--runs N] [--vcpus N] [--convergence-timeout S] [--timeout S]\n"
 		"                [--probe-bytes SIZE] [--dest-ready] [--guest SPEC] [--quick]\n"
+		"                [--stream-crc]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: incrementer, heavy, idle (default: all)\n"
 		"  modes: pure, pure-missing, pure-nopreempt, pure-vcpu-nice0, pure-vcpu-nice10,\n"
 		"         pure-vcpu-nice19, pure-eager-map, pure-copy-send, hybrid, hybrid-missing,\n"
 		"         precopy (default: all)\n"
-		"  transports: loopback, veth, wire (default: loopback,veth)\n");
+		"  transports: loopback, veth, wire, unix (default: loopback,veth)\n");
 }
 
 int main(int argc, char **argv)
@@ -823,7 +828,7 @@ int main(int argc, char **argv)
 	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
 		if (!o.c.transport_on[t])
 			continue;
-		if (t != BENCH_LOOPBACK)
+		if (bench_transport_netns(t))
 			netns_ok = bench_netns_create(&netns, (enum bench_transport)t,
 						      BENCH_VETH_DELAY_US) == 0;
 		for (unsigned m = 0; m < o.c.nmem; m++) {
@@ -836,7 +841,7 @@ int main(int argc, char **argv)
 
 						if (!o.mode_on[d])
 							continue;
-						if (t != BENCH_LOOPBACK && !netns_ok) {
+						if (bench_transport_netns(t) && !netns_ok) {
 							memset(r, 0, sizeof(*r));
 							snprintf(r->b.error, sizeof(r->b.error),
 								 "cannot create the network namespaces");
@@ -858,7 +863,7 @@ int main(int argc, char **argv)
 								   &results[d * o.c.runs]);
 			}
 		}
-		if (t != BENCH_LOOPBACK && netns_ok)
+		if (bench_transport_netns(t) && netns_ok)
 			bench_netns_finish(&netns);
 	}
 	free(results);

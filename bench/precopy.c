@@ -14,7 +14,9 @@
  *                        1 Gbit/s: "veth-1gbit"; needs root), wire (the same
  *                        namespaces joined by TUN devices and bench/wire.h's
  *                        user-space 1 Gbit/s link, no added delay:
- *                        "wire-1gbit"; needs root)  (default loopback)
+ *                        "wire-1gbit"; needs root), unix (a UNIX socket on this
+ *                        host: "unix-socket"; its link probe is loopback's)
+ *                        (default loopback)
  *   --runs N             runs per combination (default 3)
  *   --vcpus N            guest vCPUs (default 2)
  *   --downtime-limit MS  migrate-set-parameters downtime-limit (default: the VMM's)
@@ -27,6 +29,7 @@
  *                        named "guest", its work counted as the dirtier's
  *                        (bench/scale: dirtier,wss=...,rate=...,fill=1)
  *   --quick              smoke: 256M, loopback, 1 run (workloads as given)
+ *   --stream-crc         the source with the stream-crc capability (CRCs)
  *
  * Per run: measure the link (one TCP stream of --probe-bytes between two
  * threads of this process, over the same path the migration takes, with no
@@ -121,6 +124,8 @@ static int bench_set_params(const struct bench_opts *o, struct harness_vm *src,
 	json_object_put(p);
 	if (rc)
 		return rc;
+	if (o->c.stream_crc && bench_vm_error(src, harness_set_capability(src, "stream-crc", true), r))
+		return -EIO;
 	if (o->auto_converge) {
 		p = json_tokener_parse("{\"capabilities\": [{\"capability\": \"auto-converge\", "
 				       "\"state\": true}]}");
@@ -141,11 +146,11 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 		      uint64_t mem_bytes, const struct bench_workload *w, struct bench_result *r)
 {
 	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
-	char mem[32], vcpus[16], listen_uri[64], uri[96];
+	char mem[32], vcpus[16], listen_uri[HARNESS_PATH_BYTES + 8], uri[HARNESS_PATH_BYTES + 8];
 	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri, NULL };
 	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = t != BENCH_LOOPBACK ? n->hosts.addr[1] : "127.0.0.1";
-	struct bench_netns *ns = t != BENCH_LOOPBACK ? n : NULL;
+	const char *host_addr = bench_transport_netns(t) ? n->hosts.addr[1] : "127.0.0.1";
+	struct bench_netns *ns = bench_transport_netns(t) ? n : NULL;
 	struct json_object *args, *q = NULL;
 	uint64_t deadline, progress;
 	bool running = false;
@@ -155,7 +160,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	r->downtime_ms = -1;
 	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
 	snprintf(vcpus, sizeof(vcpus), "%u", o->c.vcpus);
-	snprintf(listen_uri, sizeof(listen_uri), "tcp:%s:0", host_addr);
+	bench_listen_uri(t, host_addr, listen_uri, sizeof(listen_uri));
 
 	/* The link first, with no VM competing for the CPUs. */
 	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
@@ -230,7 +235,7 @@ static struct json_object *bench_line(const char *type, enum bench_transport t,
 	json_object_object_add(o, "type", json_object_new_string(type));
 	json_object_object_add(o, "mode", json_object_new_string("precopy"));
 	json_object_object_add(o, "transport", json_object_new_string(bench_transport_names[t]));
-	if (t != BENCH_LOOPBACK && n && n->shaper[0])
+	if (bench_transport_netns(t) && n && n->shaper[0])
 		json_object_object_add(o, "shaper", json_object_new_string(n->shaper));
 	json_object_object_add(o, "workload", json_object_new_string(w->name));
 	json_object_object_add(o, "guest", json_object_new_string(w->spec));
@@ -334,9 +339,10 @@ static void bench_usage(FILE *f)
 		"usage: precopy [--mem SIZES] [--workloads LIST] [--transports LIST] [--runs N]\n"
 		"               [--vcpus N] [--downtime-limit MS] [--convergence-timeout S]\n"
 		"               [--auto-converge] [--timeout S] [--probe-bytes SIZE] [--guest SPEC] [--quick]\n"
+		"               [--stream-crc]\n"
 		"  SIZES: comma separated, e.g. 256M,1G (default)\n"
 		"  workloads: idle, moderate, heavy, incrementer (default: all)\n"
-		"  transports: loopback, veth, wire (default loopback)\n");
+		"  transports: loopback, veth, wire, unix (default loopback)\n");
 }
 
 int main(int argc, char **argv)
@@ -415,7 +421,7 @@ int main(int argc, char **argv)
 	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++) {
 		if (!o.c.transport_on[t])
 			continue;
-		if (t != BENCH_LOOPBACK)
+		if (bench_transport_netns(t))
 			netns_ok = bench_netns_create(&netns, (enum bench_transport)t, 0) == 0;
 		for (unsigned m = 0; m < o.c.nmem; m++) {
 			for (size_t w = 0; w < BENCH_NWORKLOADS; w++) {
@@ -424,7 +430,7 @@ int main(int argc, char **argv)
 				for (unsigned i = 0; i < o.c.runs; i++) {
 					struct bench_result *r = RESULT(t, m, w, i);
 
-					if (t != BENCH_LOOPBACK && !netns_ok) {
+					if (bench_transport_netns(t) && !netns_ok) {
 						memset(r, 0, sizeof(*r));
 						snprintf(r->error, sizeof(r->error),
 							 "cannot create the network namespaces");
@@ -443,7 +449,7 @@ int main(int argc, char **argv)
 					bench_print_median((enum bench_transport)t, &netns, o.c.mem_bytes[m],
 							   &bench_workloads[w], o.c.vcpus,
 							   RESULT(t, m, w, 0), o.c.runs);
-		if (t != BENCH_LOOPBACK && netns_ok)
+		if (bench_transport_netns(t) && netns_ok)
 			bench_netns_finish(&netns);
 	}
 #undef RESULT

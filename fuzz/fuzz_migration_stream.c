@@ -7,7 +7,9 @@
  * Checks beyond "no crash, no leak": every failure comes with a message;
  * success means END was seen with the VM section and one cpu section per
  * vCPU; the parser never reads past the input; a RAM record the callback
- * sees lies inside its block.
+ * sees lies inside its block.  Each input is parsed twice: as a destination
+ * does, and with version 2's CRCs taken as correct (crc_unchecked), so that
+ * mutated records reach the checks behind the CRC.
  */
 #include <assert.h>
 #include <errno.h>
@@ -33,7 +35,8 @@ static int fuzz_header(void *opaque, const struct mig_header *h, char *err, size
 
 	(void)err;
 	(void)errlen;
-	assert(h->version == MIG_VERSION && h->page_bytes == MIG_PAGE_BYTES);
+	assert(h->version >= MIG_VERSION_MIN && h->version <= MIG_VERSION);
+	assert(h->page_bytes == MIG_PAGE_BYTES);
 	assert(h->nvcpus >= 1 && h->nvcpus <= MIG_MAX_VCPUS);
 	assert(h->nblocks >= 1 && h->nblocks <= MIG_MAX_BLOCKS);
 	for (uint32_t i = 0; i < h->nblocks; i++) {
@@ -48,7 +51,8 @@ static int fuzz_header(void *opaque, const struct mig_header *h, char *err, size
 }
 
 static int fuzz_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
-		    bool zero, struct stream *s, char *err, size_t errlen)
+		    bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		    size_t errlen)
 {
 	struct fuzz_state *f = opaque;
 	uint64_t block_pages;
@@ -58,7 +62,9 @@ static int fuzz_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t 
 	block_pages = f->h.blocks[block].bytes / MIG_PAGE_BYTES;
 	assert(npages >= 1 && first_page < block_pages && npages <= block_pages - first_page);
 	assert(zero || npages <= MIG_RUN_MAX_PAGES);
-	return mig_load_ram_skip(NULL, block, first_page, npages, zero, s, err, errlen);
+	/* CRCs come with data runs of version 2 only (and not when unchecked) */
+	assert(!page_crcs || (!zero && MIG_VERSION_HAS_CRC(f->h.version)));
+	return mig_load_ram_skip(NULL, block, first_page, npages, zero, page_crcs, s, err, errlen);
 }
 
 static int fuzz_section(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
@@ -134,19 +140,18 @@ static int fuzz_cpr(void *opaque, const uint8_t *token, char *err, size_t errlen
 	return 0;
 }
 
-static const struct mig_load_ops fuzz_ops = {
-	.cpr = fuzz_cpr,
-	.header = fuzz_header,
-	.ram = fuzz_ram,
-	.section = fuzz_section,
-	.section_part = fuzz_section_part,
-	.pass_end = NULL, /* optional: the parser must cope */
-	.postcopy_advise = fuzz_advise,
-	.postcopy_discard = fuzz_discard,
-	.postcopy_run = fuzz_run,
-};
+#define FUZZ_OPS                                                                           \
+	.cpr = fuzz_cpr, .header = fuzz_header, .ram = fuzz_ram, .section = fuzz_section,   \
+	.section_part = fuzz_section_part,                                                  \
+	.pass_end = NULL, /* optional: the parser must cope */                             \
+	.postcopy_advise = fuzz_advise, .postcopy_discard = fuzz_discard,                   \
+	.postcopy_run = fuzz_run
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static const struct mig_load_ops fuzz_ops = { FUZZ_OPS };
+/* Version 2's CRCs taken as correct: mutations reach the checks behind them. */
+static const struct mig_load_ops fuzz_ops_unchecked = { FUZZ_OPS, .crc_unchecked = true };
+
+static void fuzz_one(const uint8_t *data, size_t size, const struct mig_load_ops *ops)
 {
 	struct fuzz_state f;
 	struct mig_load_stats st;
@@ -157,12 +162,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&f, 0, sizeof(f));
 	err[0] = 0;
 	stream_init_mem(&s, data, size);
-	r = mig_load(&s, &fuzz_ops, &f, &st, err, sizeof(err));
+	r = mig_load(&s, ops, &f, &st, err, sizeof(err));
 	assert(s.pos <= size);
 	if (r == 0) {
 		assert(st.end_seen);
-		assert(mig_load_sections_seen(&fuzz_ops, &st, VMSTATE_SECTION_VM) == 1);
-		assert(mig_load_sections_seen(&fuzz_ops, &st, VMSTATE_SECTION_CPU) ==
+		assert(mig_load_sections_seen(ops, &st, VMSTATE_SECTION_VM) == 1);
+		assert(mig_load_sections_seen(ops, &st, VMSTATE_SECTION_CPU) ==
 		       (f.h.nvcpus >= 64 ? ~0ull : (1ull << f.h.nvcpus) - 1));
 	} else {
 		assert(r < 0 && err[0]);
@@ -179,5 +184,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(r == 0 ? f.header_seen : err[0] != 0);
 		stream_release(&s);
 	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	fuzz_one(data, size, &fuzz_ops);
+	fuzz_one(data, size, &fuzz_ops_unchecked);
 	return 0;
 }

@@ -40,8 +40,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(s.pos > before); /* progress: no endless loop on any input */
 		if (m.type == MIG_RP_RUNNING) {
 			assert(m.same_clock == 0 || m.same_clock == 1);
-		} else if (m.type == MIG_RP_PAGE_REQ) {
+		} else if (m.type == MIG_RP_PAGE_REQ || m.type == MIG_RP_PAGE_RESEND) {
 			assert(m.npages >= 1 && m.npages <= MIG_RUN_MAX_PAGES);
+		} else if (m.type == MIG_RP_STATE_REQ) {
+			assert(m.length >= 1 && m.length <= MIG_STATE_REQ_MAX_BYTES &&
+			       m.offset <= UINT64_MAX - m.length);
+		} else if (m.type == MIG_RP_STATE_BITMAP) {
+			/* 0 bits allowed (a state holding nothing yet) */
+			assert(m.bitmap_pages <= MIG_RECV_BITMAP_MAX_PAGES);
+			if (m.bitmap_pages % 8)
+				assert(!(m.bitmap[(m.bitmap_pages - 1) / 8] >> (m.bitmap_pages % 8)));
+			mig_rp_msg_release(&m);
 		} else if (m.type == MIG_RP_RECV_BITMAP) {
 			assert(m.bitmap && m.bitmap_pages >= 1 &&
 			       m.bitmap_pages <= MIG_RECV_BITMAP_MAX_PAGES);

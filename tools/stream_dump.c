@@ -39,6 +39,7 @@
 #include "migration/load.h"
 #include "migration/stream.h"
 #include "migration/vmstate.h"
+#include "util/crc32c.h"
 #include "util/log.h"
 
 #define DUMP_ERR_BYTES 512
@@ -190,34 +191,41 @@ static int dump_header(void *opaque, const struct mig_header *h, char *err, size
 }
 
 static int dump_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
-		    bool zero, struct stream *s, char *err, size_t errlen)
+		    bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		    size_t errlen)
 {
 	struct dump *d = opaque;
-	/* The record's fixed part is 17 bytes: type, block, flags, pad, npages, first. */
-	uint64_t at = dump_offset(s) - 17;
+	uint8_t head[MIG_RAM_HEAD_MAX];
+	/* The record's head, as re-encoded, is what the parser just read. */
+	size_t head_len = mig_encode_ram_head(head, d->h.version, (uint8_t)block, zero, npages,
+					      first_page, page_crcs);
+	uint64_t at = dump_offset(s) - head_len;
+	int r = 0;
 
 	if (d->pages)
 		printf("@%llu RAM %s block %u \"%s\" pages %llu+%u (gpa %#llx)\n",
 		       (unsigned long long)at, zero ? "zero" : "data", block, d->h.blocks[block].name,
 		       (unsigned long long)first_page, npages,
 		       (unsigned long long)(d->h.blocks[block].gpa + first_page * MIG_PAGE_BYTES));
-	dump_save_le(d, MIG_REC_RAM, 1);
-	dump_save_le(d, block, 1);
-	dump_save_le(d, zero ? MIG_RAM_FLAG_ZERO : 0, 1);
-	dump_save_le(d, 0, 2);
-	dump_save_le(d, npages, 4);
-	dump_save_le(d, first_page, 8);
+	dump_save_bytes(d, head, head_len);
 	if (!d->save) {
-		mig_load_ram_skip(NULL, block, first_page, npages, zero, s, err, errlen);
+		r = mig_load_ram_skip(NULL, block, first_page, npages, zero, page_crcs, s, err,
+				      errlen);
 	} else {
-		for (uint32_t i = 0; !zero && i < npages && !stream_error(s); i++) {
+		for (uint32_t i = 0; !zero && i < npages && !stream_error(s) && !r; i++) {
 			stream_get_bytes(s, d->page, sizeof(d->page));
-			if (!stream_error(s))
-				dump_save_bytes(d, d->page, sizeof(d->page));
+			if (stream_error(s))
+				break;
+			if (!mig_page_crc_ok(page_crcs, i, d->page)) {
+				snprintf(err, errlen, "RAM record: page %llu of block %u fails its "
+					 "CRC check", (unsigned long long)(first_page + i), block);
+				r = -EBADMSG;
+			}
+			dump_save_bytes(d, d->page, sizeof(d->page));
 		}
 	}
-	if (stream_error(s))
-		return 0; /* mig_load reports the stream's error */
+	if (r || stream_error(s))
+		return r; /* mig_load reports the stream's error */
 	d->record_end = dump_offset(s);
 	d->run_records++;
 	if (zero)
@@ -318,12 +326,14 @@ static int dump_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 {
 	struct dump *d = opaque;
 	uint64_t end = dump_offset(d->s);
+	uint8_t head[MIG_SECTION_HEAD_MAX];
+	size_t head_len = mig_encode_section_head(head, d->h.version, MIG_REC_SECTION, id, instance,
+						  version, len, crc32c(0, data, len));
 	int r;
 
 	dump_flush_ram_summary(d);
-	/* The record's fixed part is 17 bytes: type, id, instance, version, len. */
 	printf("@%llu SECTION %s instance %u version %u, %u bytes\n",
-	       (unsigned long long)(end - len - 17), id == VMSTATE_SECTION_VM ? "vm" : "cpu",
+	       (unsigned long long)(end - len - head_len), id == VMSTATE_SECTION_VM ? "vm" : "cpu",
 	       instance, version, len);
 	if (id == VMSTATE_SECTION_VM) {
 		r = dump_section_version(id, version, VMSTATE_VM_VERSION, err, errlen);
@@ -336,11 +346,7 @@ static int dump_section(void *opaque, uint32_t id, uint32_t instance, uint32_t v
 	}
 	if (r)
 		return r;
-	dump_save_le(d, MIG_REC_SECTION, 1);
-	dump_save_le(d, id, 4);
-	dump_save_le(d, instance, 4);
-	dump_save_le(d, version, 4);
-	dump_save_le(d, len, 4);
+	dump_save_bytes(d, head, head_len);
 	dump_save_bytes(d, data, len);
 	d->record_end = end;
 	return 0;

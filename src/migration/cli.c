@@ -56,6 +56,9 @@ static void cli_usage(FILE *f)
 		"                                 not converge (1..1000000)\n"
 		"      --no-postcopy-preempt      with a postcopy option: no urgent channel; requested\n"
 		"                                 pages come behind the background stream\n"
+		"      --stream-crc               CRC-32C over every page and device state, checked\n"
+		"                                 by the destination (default off: it costs\n"
+		"                                 throughput; docs/stream-format.md)\n"
 		"      --storage                  storage migration: send every disk's data too, to a\n"
 		"                                 destination started with --disk file=NEW,incoming=on\n"
 		"      --cpr unix:CPR_PATH        live update (mode cpr-transfer) over this cpr channel\n"
@@ -65,8 +68,8 @@ static void cli_usage(FILE *f)
 		"  -q, --quiet                    no progress line\n"
 		"\n"
 		"Options apply to this migration only: each run sets downtime-limit,\n"
-		"max-bandwidth, convergence-timeout, auto-converge, postcopy-ram and\n"
-		"postcopy-after-passes on the source to the value given or the default, so a\n"
+		"max-bandwidth, convergence-timeout, auto-converge, stream-crc, postcopy-ram\n"
+		"and postcopy-after-passes on the source to the value given or the default, so a\n"
 		"plain `vmferry migrate` uses the defaults whatever an earlier run or a raw\n"
 		"migrate-set-parameters set (postcopy-vcpu-nice is left as it is).\n"
 		"\n"
@@ -382,7 +385,7 @@ struct cli_opts {
 	uint64_t timeout_s, after_passes; /* after_passes 0: not hybrid */
 	uint64_t downtime_ms, bandwidth, convergence_s; /* the value given, or the default */
 	bool downtime_given, bandwidth_given, convergence_given;
-	bool pure_postcopy, preempt, postcopy, resume, auto_converge, quiet, storage;
+	bool pure_postcopy, preempt, postcopy, resume, auto_converge, stream_crc, quiet, storage;
 };
 
 /* One option: 0, or the exit status to end with (usage error, or --help). */
@@ -406,6 +409,7 @@ static int cli_parse_option(int opt, struct cli_opts *o)
 		       ? cli_usage_error("--convergence-timeout: '%s' is not a number of seconds "
 					 "in 0..86400", optarg) : 0;
 	case 'a': o->auto_converge = true; return 0;
+	case 'k': o->stream_crc = true; return 0;
 	case 'P': o->pure_postcopy = true; return 0;
 	case 'A':
 		return size_parse_uint(optarg, 1, 1000000, &o->after_passes)
@@ -442,6 +446,7 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 		{ "postcopy", no_argument, NULL, 'P' },
 		{ "postcopy-after-passes", required_argument, NULL, 'A' },
 		{ "no-postcopy-preempt", no_argument, NULL, 'n' },
+		{ "stream-crc", no_argument, NULL, 'k' },
 		{ "cpr", required_argument, NULL, 'c' },
 		{ "resume", no_argument, NULL, 'R' },
 		{ "storage", no_argument, NULL, 'S' },
@@ -484,7 +489,7 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o)
 		return cli_usage_error("--storage with postcopy needs the urgent channel: drop "
 				       "--no-postcopy-preempt");
 	if (o->resume && (o->postcopy || !o->preempt || o->cpr_uri || o->auto_converge ||
-			  o->storage || o->downtime_given || o->bandwidth_given ||
+			  o->stream_crc || o->storage || o->downtime_given || o->bandwidth_given ||
 			  o->convergence_given))
 		return cli_usage_error("--resume takes the paused migration as it is: only "
 				       "--timeout and --quiet go with it");
@@ -521,6 +526,7 @@ static void cli_settings(const struct cli_opts *o, struct json_object **params,
 	if (o->postcopy)
 		cli_cap_add(cap_list, "postcopy-preempt", o->preempt);
 	cli_cap_add(cap_list, "auto-converge", o->auto_converge);
+	cli_cap_add(cap_list, "stream-crc", o->stream_crc);
 }
 
 /* The migrate command's arguments: the main channel, and the cpr one. */

@@ -152,6 +152,9 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "throughput", json_object_new_uint64(atomic_load(&m->throughput_bps)));
 	json_object_object_add(o, "cpu-throttle-percentage", json_object_new_int((int)throttle));
 	mig_query_ram(m, o);
+	json_object_object_add(o, "crc-suspect-pages", json_object_new_uint64(atomic_load(&m->crc_suspects)));
+	json_object_object_add(o, "crc-mismatches", json_object_new_uint64(atomic_load(&m->crc_mismatches)));
+	json_object_object_add(o, "crc-resends", json_object_new_uint64(atomic_load(&m->crc_resends)));
 	/* Source: live while postcopy runs, kept at the end. */
 	if (!m->incoming && (snap.status == MIG_STATUS_POSTCOPY_ACTIVE ||
 			     snap.status == MIG_STATUS_POSTCOPY_PAUSED ||
@@ -488,6 +491,8 @@ int migration_set_capabilities(struct migration *m, const struct mig_caps_update
 		m->params.postcopy_ram = u->postcopy_ram;
 	if (u->postcopy_preempt >= 0)
 		m->params.postcopy_preempt = u->postcopy_preempt;
+	if (u->stream_crc >= 0)
+		m->params.stream_crc = u->stream_crc;
 	mig_pc_prepare_waiting(m);
 	pthread_mutex_unlock(&m->lock);
 	return 0;
@@ -497,7 +502,7 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 				    struct json_object **ret, char *err, size_t errlen)
 {
 	struct mig_caps_update u = { .auto_converge = -1, .postcopy_ram = -1,
-				     .postcopy_preempt = -1 };
+				     .postcopy_preempt = -1, .stream_crc = -1 };
 	struct json_object *caps;
 	size_t n;
 
@@ -522,9 +527,11 @@ static int mig_cmd_set_capabilities(void *opaque, struct json_object *args,
 			u.postcopy_ram = json_object_get_boolean(state);
 		} else if (!strcmp(json_object_get_string(name), "postcopy-preempt")) {
 			u.postcopy_preempt = json_object_get_boolean(state);
+		} else if (!strcmp(json_object_get_string(name), "stream-crc")) {
+			u.stream_crc = json_object_get_boolean(state);
 		} else {
 			snprintf(err, errlen, "unknown capability '%s' (known: auto-converge, postcopy-ram, "
-				 "postcopy-preempt)",
+				 "postcopy-preempt, stream-crc)",
 				 json_object_get_string(name));
 			return -EINVAL;
 		}
@@ -554,6 +561,12 @@ static int mig_cmd_query_capabilities(void *opaque, struct json_object *args,
 	json_object_object_add(c, "capability", json_object_new_string("postcopy-preempt"));
 	pthread_mutex_lock(&m->lock);
 	json_object_object_add(c, "state", json_object_new_boolean(m->params.postcopy_preempt));
+	pthread_mutex_unlock(&m->lock);
+	json_object_array_add(arr, c);
+	c = json_object_new_object();
+	json_object_object_add(c, "capability", json_object_new_string("stream-crc"));
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(c, "state", json_object_new_boolean(m->params.stream_crc));
 	pthread_mutex_unlock(&m->lock);
 	json_object_array_add(arr, c);
 	*ret = arr;

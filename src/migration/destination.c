@@ -28,6 +28,9 @@ struct mig_dst {
 	uint64_t sections_ns;        /* load thread: time spent loading device state */
 	struct mig_breakdown bd;     /* load thread: this side of the pause */
 	atomic_bool closing;         /* mig_dst_finish runs: the urgent thread must go */
+	struct mig_crc_dst crc;      /* pages whose copy failed its CRC */
+	bool pong_held;              /* under rp_lock: PONG(pong_id) waits for pages asked */
+	uint32_t pong_id;            /* for again after a bad copy (see mig_dst_ping) */
 };
 
 /* Each reader of RAM records: the load thread and the urgent thread. */
@@ -36,6 +39,8 @@ struct mig_dst_chan {
 	uint8_t *bounce;             /* MIG_RUN_MAX_PAGES pages, for UFFDIO_COPY */
 	struct stream *s;            /* the stream being read, for mig_dst_fill */
 };
+
+static void mig_dst_release_pong(struct mig_dst *d);
 
 /* Postcopy minor mode: pages placed per piece of a RAM record (256 KiB). */
 #define MIG_FILL_PAGES 64u
@@ -115,8 +120,57 @@ static int mig_dst_ram_minor(struct mig_dst_chan *c, uint64_t first_page, uint32
 	return 0;
 }
 
+/*
+ * Postcopy, a record in c->bounce of which some pages failed their CRC
+ * (bad[i]): place the good pages; ask for each bad one again (PAGE_RESEND,
+ * on the return path) - a second bad copy of a page fails.  0 or the error
+ * (in @err).
+ */
+static int mig_dst_place_checked(struct mig_dst_chan *c, uint64_t first_page, uint32_t npages,
+				 const uint8_t *bad, char *err, size_t errlen)
+{
+	struct mig_dst *d = c->d;
+	uint32_t done = 0;
+
+	while (done < npages) {
+		uint32_t k = 0;
+		int r;
+
+		while (done + k < npages && !bad[done + k])
+			k++;
+		if (k) {
+			r = postcopy_dst_place(d->pd, first_page + done, k,
+					       c->bounce + (size_t)done * MIG_PAGE_BYTES);
+			if (r) {
+				snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s",
+					 first_page + done, k, strerror(-r));
+				return r;
+			}
+			if (mig_crc_retry_done(&d->crc, first_page + done, k))
+				mig_dst_release_pong(d);
+			done += k;
+			continue;
+		}
+		/* page first_page + done failed its CRC: not placed */
+		atomic_fetch_add(&d->m->crc_mismatches, 1);
+		r = mig_crc_retry_mark(&d->crc, first_page + done, err, errlen);
+		if (r)
+			return r;
+		log_debug("postcopy: page %" PRIu64 " failed its CRC check; asking for it again",
+			  first_page + done);
+		atomic_fetch_add(&d->m->crc_resends, 1);
+		pthread_mutex_lock(&d->rp_lock);
+		if (d->rp_connected) /* else the resume's bitmap asks for it */
+			mig_rp_send_page_resend(&d->rp, 0, first_page + done, 1);
+		pthread_mutex_unlock(&d->rp_lock);
+		done++;
+	}
+	return 0;
+}
+
 static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
-		       bool zero, struct stream *s, char *err, size_t errlen)
+		       bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		       size_t errlen)
 {
 	struct mig_dst_chan *c = opaque;
 	struct mig_dst *d = c->d;
@@ -125,7 +179,9 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 	uint64_t off = first_page * MIG_PAGE_BYTES, len = (uint64_t)npages * MIG_PAGE_BYTES;
 	int r;
 
-	if (d->pd && atomic_load(&d->run_at_ns) && !zero && postcopy_dst_minor(d->pd)) {
+	if (d->pd && atomic_load(&d->run_at_ns) && !zero && !page_crcs &&
+	    postcopy_dst_minor(d->pd)) {
+		/* (pages with CRCs go through the bounce buffer: checked, then placed) */
 		r = mig_dst_ram_minor(c, first_page, npages, s);
 		if (r && !stream_error(s)) {
 			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
@@ -134,26 +190,42 @@ static int mig_dst_ram(void *opaque, uint32_t block, uint64_t first_page, uint32
 		}
 	} else if (d->pd && atomic_load(&d->run_at_ns)) {
 		/* Postcopy: guest RAM is under userfaultfd; place atomically. */
+		uint8_t bad[MIG_RUN_MAX_PAGES];
+		uint32_t nbad = 0;
+
 		if (!zero)
-			stream_get_bytes(s, c->bounce, len);
+			nbad = mig_get_pages_checked(s, c->bounce, npages, page_crcs, bad);
 		if (stream_error(s))
 			return 0; /* the caller reports the stream error */
+		if (nbad)
+			return mig_dst_place_checked(c, first_page, npages, bad, err, errlen);
 		r = postcopy_dst_place(d->pd, first_page, npages, zero ? NULL : c->bounce);
 		if (r) {
 			snprintf(err, errlen, "placing pages %" PRIu64 "+%u failed: %s", first_page,
 				 npages, strerror(-r));
 			return r;
 		}
-	} else if (zero) {
-		/* Free and zero them: nothing is read, nothing allocated. */
-		if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			      (off_t)off, (off_t)len) < 0) {
+		if (mig_crc_retry_done(&d->crc, first_page, npages))
+			mig_dst_release_pong(d);
+	} else {
+		uint8_t bad[MIG_RUN_MAX_PAGES];
+		uint32_t nbad = 0;
+
+		if (!zero) {
+			nbad = mig_get_pages_checked(s, rb->host + off, npages, page_crcs, bad);
+		} else if (fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				     (off_t)off, (off_t)len) < 0) {
+			/* Free and zero them: nothing is read, nothing allocated. */
 			memset(rb->host + off, 0, len);
 		}
-		if (d->pd)
-			postcopy_dst_mark_received(d->pd, first_page, npages);
-	} else {
-		stream_get_bytes(s, rb->host + off, len);
+		if (stream_error(s))
+			return 0;
+		/* Precopy: the guest does not run here yet, so a bad copy may sit
+		 * in its memory as long as it is replaced before the stop. */
+		r = mig_crc_precopy_pages(d->m, &d->crc, block, rb->bytes / MIG_PAGE_BYTES,
+					  first_page, npages, nbad ? bad : NULL, err, errlen);
+		if (r)
+			return r;
 		if (d->pd)
 			postcopy_dst_mark_received(d->pd, first_page, npages);
 	}
@@ -416,6 +488,8 @@ static void *mig_urgent_thread(void *arg)
 			mig_urgent_policy(rt);
 		}
 	}
+	if (r == -EILSEQ)
+		atomic_fetch_add(&m->crc_mismatches, 1);
 	if (r && !atomic_load(&m->cancel) && !atomic_load(&d->closing)) {
 		mig_dst_urgent_broke(d, err);
 		atomic_store(&d->urgent_failed, true);
@@ -454,6 +528,8 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 	/* Normally done when the capability was set; if not, now. */
 	r = mig_pc_prepare(m);
 	if (!r)
+		r = mig_crc_dst_init(&d->crc, vm_ram_block(m->vm, 0)->bytes / MIG_PAGE_BYTES);
+	if (!r)
 		r = postcopy_dst_create(vm_ram_block(m->vm, 0), mig_dst_request, d, &m->pagepath_rt,
 					&d->pd);
 	if (r) {
@@ -466,6 +542,28 @@ static int mig_dst_advise(void *opaque, char *err, size_t errlen)
 		return -EAGAIN;
 	}
 	return 0;
+}
+
+/*
+ * A PONG tells the source it may give back every page sent before the
+ * PING; a page asked for again after a bad copy may be one of them, so
+ * PONGs wait while any is outstanding:
+ *
+ *   source                         destination
+ *   page p (damaged) ------------>  CRC fails: not placed
+ *                   <------------  PAGE_RESEND p
+ *   PING 7 ---------------------->  p outstanding: PONG 7 held
+ *   page p ---------------------->  placed: PONG 7 sent now
+ *                   <------------  PONG 7: the source releases p
+ */
+static void mig_dst_release_pong(struct mig_dst *d)
+{
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->pong_held && d->rp_connected && !atomic_load(&d->crc.nwaiting)) {
+		mig_rp_send_pong(&d->rp, d->pong_id);
+		d->pong_held = false;
+	}
+	pthread_mutex_unlock(&d->rp_lock);
 }
 
 static int mig_dst_ping(void *opaque, uint32_t id)
@@ -484,7 +582,11 @@ static int mig_dst_ping(void *opaque, uint32_t id)
 		mig_prealloc_join(d->m);
 	}
 	pthread_mutex_lock(&d->rp_lock);
-	if (d->rp_connected) {
+	if (d->rp_connected && atomic_load(&d->crc.nwaiting)) {
+		d->pong_held = true; /* sent by mig_dst_release_pong */
+		d->pong_id = id;
+		r = 0;
+	} else if (d->rp_connected) {
 		mig_rp_send_pong(&d->rp, id);
 		r = stream_error(&d->rp);
 	}
@@ -499,7 +601,8 @@ static int mig_dst_discard(void *opaque, uint32_t block, uint64_t first_page, ui
 	uint64_t t0 = clock_monotonic_ns();
 	int r;
 
-	(void)block;
+	/* fetched again in postcopy: a copy that failed its CRC does not matter */
+	mig_crc_precopy_forget(&c->d->crc, block, first_page, npages);
 	r = postcopy_dst_discard(c->d->pd, first_page, npages);
 	c->d->discard_ns += clock_monotonic_ns() - t0;
 	c->d->discard_pages += npages;
@@ -517,6 +620,9 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	bool same_clock;
 	int r;
 
+	r = mig_crc_precopy_verdict(m, &d->crc, &d->header, "postcopy's start", err, errlen);
+	if (r)
+		return r;
 	/* Missing mode: preallocation would fill pages that must fault, so it
 	 * stops here; minor mode: it goes on, through the alias. */
 	if (!vm_ram_block(m->vm, 0)->alias)
@@ -658,6 +764,7 @@ static void mig_dst_finish(struct migration *m, struct mig_dst *d, struct stream
 		close(d->rp_fd);
 	}
 	free(chan->bounce);
+	mig_crc_dst_release(&d->crc);
 	mig_dst_close_listener(m);
 	pthread_mutex_destroy(&d->rp_lock);
 }
@@ -768,6 +875,11 @@ static int mig_dst_resume(struct migration *m, struct mig_dst *d, struct stream 
 		return -ENOMEM;
 	}
 	atomic_store(&d->urgent_failed, false);
+	/* Nothing places pages while paused.  The bitmap below asks for every
+	 * page not held, those asked for again after a bad copy too, and what
+	 * PONG was held for belongs to the broken connection. */
+	mig_crc_retry_reset(&d->crc, npages);
+	d->pong_held = false;
 	d->urgent_started = pthread_create(&d->urgent_thread, NULL, mig_urgent_thread, d) == 0;
 	pthread_mutex_lock(&d->rp_lock);
 	postcopy_dst_received_bits(d->pd, bits);
@@ -1012,6 +1124,8 @@ static int mig_in_load(struct migration *m, struct mig_dst *d, struct stream *s,
 		return -ENOMEM;
 	}
 	err = mig_load(s, &ops, chan, st, errbuf, errlen);
+	if (err == -EILSEQ) /* a record's CRC (a page's is counted where it is checked) */
+		atomic_fetch_add(&m->crc_mismatches, 1);
 	atomic_store(&m->zero_pages, st->zero_pages);
 	atomic_store(&m->normal_pages, st->data_pages);
 	(void)d;
@@ -1090,6 +1204,12 @@ static int mig_in_finish_load(struct migration *m, struct mig_dst *d, struct str
 			vm_request_exit(m->vm, 1);
 		return -1;
 	}
+	err = mig_crc_precopy_verdict(m, &d->crc, &d->header, "the end", errbuf, errlen);
+	if (err) {
+		mig_set_error(m, "incoming migration failed: %s", errbuf);
+		mig_dst_rp_error(d, err, m->error);
+		return -1;
+	}
 	return mig_in_start_guest(m, d, clock_monotonic_ns());
 }
 
@@ -1132,163 +1252,4 @@ void *mig_incoming_thread(void *arg)
 		 (double)m->downtime_ns / 1e6);
 	log_debug("migration: the load thread used %.1f ms of CPU", clock_thread_cpu_ns() / 1e6);
 	return NULL;
-}
-
-/*
- * Destination: fault in guest RAM ahead of the stream.  The guest's RAM is
- * committed to it anyway; paying for the page faults while waiting for the
- * source (instead of inside every recv) is what -mem-prealloc does in QEMU.
- *
- * Follow mode (the default) stays within MIG_PREALLOC_AHEAD_BYTES of the
- * furthest page data the stream wrote, and skips what the stream passed: a
- * first pass comes in address order and sends nothing (precopy) or zero
- * runs (postcopy) for the source's memfd holes, so those are never
- * allocated here, and a 64 GiB guest that touched 2 GiB costs 2 GiB.
- */
-#define MIG_PREALLOC_CHUNK_BYTES  (2ull << 20)
-#define MIG_PREALLOC_AHEAD_BYTES  (64ull << 20)
-
-void mig_prealloc_front(struct migration *m, uint64_t end)
-{
-	uint64_t front = atomic_load(&m->prealloc_front);
-
-	while (end > front && !atomic_compare_exchange_weak(&m->prealloc_front, &front, end))
-		;
-	if (end > front && end >= atomic_load(&m->prealloc_want)) {
-		pthread_mutex_lock(&m->prealloc_lock);
-		pthread_cond_signal(&m->prealloc_cond);
-		pthread_mutex_unlock(&m->prealloc_lock);
-	}
-}
-
-/*
- * Follow mode: wait until the stream's front is within the look-ahead of
- * @off (or the thread is stopped).  The front in *@front.  Against
- * mig_prealloc_front(): this stores "want" then reads "front", that stores
- * "front" then reads "want" (both sequentially consistent), so either this
- * sees the new front or that one signals - under the lock this sleeps with.
- */
-static void mig_prealloc_wait(struct migration *m, uint64_t off, uint64_t *front)
-{
-	uint64_t want = off + MIG_PREALLOC_CHUNK_BYTES > MIG_PREALLOC_AHEAD_BYTES
-			? off + MIG_PREALLOC_CHUNK_BYTES - MIG_PREALLOC_AHEAD_BYTES : 0;
-
-	pthread_mutex_lock(&m->prealloc_lock);
-	atomic_store(&m->prealloc_want, want);
-	while (atomic_load(&m->prealloc_front) < want && !atomic_load(&m->prealloc_stop))
-		pthread_cond_wait(&m->prealloc_cond, &m->prealloc_lock);
-	pthread_mutex_unlock(&m->prealloc_lock);
-	*front = atomic_load(&m->prealloc_front);
-}
-
-void *mig_prealloc_thread(void *arg)
-{
-	struct migration *m = arg;
-	/*
-	 * Small steps: each holds the address-space lock for reading, and the
-	 * postcopy switch (registering userfaultfd) needs it for writing; a
-	 * 2 MiB step costs it a millisecond or two, a larger one would land in
-	 * the guest's pause.
-	 */
-	const uint64_t chunk = MIG_PREALLOC_CHUNK_BYTES;
-	uint64_t t0 = clock_monotonic_ns(), front;
-	struct ram_block *rb = vm_ram_block(m->vm, 0);
-
-	for (uint64_t off = 0; off < rb->bytes && !atomic_load(&m->prealloc_stop); off += chunk) {
-		uint64_t n = rb->bytes - off < chunk ? rb->bytes - off : chunk;
-		int r;
-
-		if (m->prealloc_follow) {
-			mig_prealloc_wait(m, off, &front);
-			if (atomic_load(&m->prealloc_stop))
-				break;
-			if (off + n <= front) {
-				/* The stream is past it: written, or a hole to keep. */
-				uint64_t next = front / chunk * chunk;
-
-				off = (next > off ? next : off + chunk) - chunk;
-				continue;
-			}
-		}
-		/* In postcopy's minor mode the guest's own mapping must show only
-		 * received pages: allocate through the alias. */
-		r = rb->alias ? ram_block_populate_alias(rb, off, n) : ram_block_populate(rb, off, n);
-		if (r) {
-			log_warn("migration: preallocating guest RAM failed (%s); pages will be "
-				 "allocated as they arrive", strerror(-r));
-			return NULL;
-		}
-		atomic_fetch_add(&m->prealloc_bytes, n);
-	}
-	atomic_store(&m->prealloc_ns, clock_monotonic_ns() - t0);
-	log_debug("migration: %" PRIu64 " MiB of guest RAM preallocated in %.1f ms",
-		  atomic_load(&m->prealloc_bytes) >> 20, (double)(clock_monotonic_ns() - t0) / 1e6);
-	return NULL;
-}
-
-void mig_prealloc_join(struct migration *m)
-{
-	if (!m->prealloc_joinable)
-		return;
-	pthread_mutex_lock(&m->prealloc_lock);
-	atomic_store(&m->prealloc_stop, true);
-	pthread_cond_broadcast(&m->prealloc_cond);
-	pthread_mutex_unlock(&m->prealloc_lock);
-	pthread_join(m->prealloc_thread, NULL);
-	m->prealloc_joinable = false;
-}
-
-/*
- * Destination, postcopy enabled, nothing arrived yet: get guest RAM ready
- * for userfaultfd.  Minor mode (the default where the kernel has it;
- * VMFERRY_POSTCOPY_UFFD=missing forces the older way, for comparison): keep
- * the memory, unmap it from the guest's view and go on preallocating it
- * through an alias mapping.  Missing mode: give it all back (punch).
- * Under m->lock from the control thread (capability set) or the main thread
- * (incoming start), or from the incoming thread (advise).
- */
-int mig_pc_prepare(struct migration *m)
-{
-	struct ram_block *rb = vm_ram_block(m->vm, 0);
-	const char *how = getenv("VMFERRY_POSTCOPY_UFFD");
-	bool restart = m->prealloc_joinable;
-	int r;
-
-	if (m->pc_prepared)
-		return 0;
-	mig_prealloc_join(m);
-	if ((!how || strcmp(how, "missing")) && postcopy_minor_supported() &&
-	    ram_block_map_alias(rb) == 0) {
-		r = madvise(rb->host, rb->bytes, MADV_DONTNEED) < 0 ? -errno : 0;
-		if (!r && restart) {
-			atomic_store(&m->prealloc_stop, false);
-			atomic_store(&m->prealloc_bytes, 0);
-			m->prealloc_joinable =
-				pthread_create(&m->prealloc_thread, NULL, mig_prealloc_thread, m) == 0;
-		}
-	} else {
-		r = fallocate(rb->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-			      (off_t)rb->bytes) < 0 ? -errno : 0;
-	}
-	if (!r)
-		m->pc_prepared = true;
-	log_debug("postcopy: guest RAM prepared for %s mode%s", rb->alias ? "minor" : "missing",
-		  r ? " (failed)" : "");
-	return r;
-}
-
-/*
- * A destination still waiting for its stream, with postcopy-ram on: give its
- * preallocated RAM back now, while nothing has arrived, instead of inside
- * the switch-over.  Never over RAM inherited in a live update (missing mode
- * would punch the guest's memory out).  Under m->lock: the stream only
- * writes RAM once the status is active.
- */
-void mig_pc_prepare_waiting(struct migration *m)
-{
-	if (!m->incoming || m->cpr_incoming || m->status != MIG_STATUS_SETUP ||
-	    !m->params.postcopy_ram || m->pc_prepared)
-		return;
-	if (mig_pc_prepare(m))
-		log_warn("postcopy: preparing guest RAM failed; trying again at the switch");
 }

@@ -1,7 +1,10 @@
 /*
- * The vmferry migration stream, version 1 (docs/stream-format.md has it
+ * The vmferry migration stream, version 2 (docs/stream-format.md has it
  * byte by byte).  All integers little-endian.  Zero is invalid in every
- * enum.
+ * enum.  Version 2 adds CRC-32Cs (util/crc32c.h) to RAM and section records:
+ * the record's head (every byte before the payload) ends with the CRC of
+ * the head, and carries the CRC of each page (RAM) or of the body
+ * (sections).  Readers take version 1 too (no CRCs).
  *
  *   source                                   destination
  *     |-- header ------------------------------->|  validate, refuse mismatch
@@ -40,7 +43,10 @@
 #include <stdint.h>
 
 #define MIG_MAGIC 0x004d525453464d56ull /* "VMFSTRM\0" */
-#define MIG_VERSION 1u
+#define MIG_VERSION 2u     /* the newest: written with the stream-crc capability */
+#define MIG_VERSION_MIN 1u /* oldest version read: 1 has no CRCs */
+/* Whether records of stream @version carry CRCs. */
+#define MIG_VERSION_HAS_CRC(version) ((version) >= 2u)
 #define MIG_PAGE_BYTES 4096u
 #define MIG_MAX_BLOCKS 16u
 #define MIG_BLOCK_NAME_MAX 31u
@@ -51,8 +57,11 @@
 #define MIG_ERRMSG_MAX 512u
 
 enum mig_record {
-	MIG_REC_RAM = 1,     /* u8 block, u8 flags, u16 0, u32 npages, u64 first_page [, data] */
-	MIG_REC_SECTION = 2, /* u32 id, u32 instance, u32 version, u32 len, data */
+	MIG_REC_RAM = 1,     /* u8 block, u8 flags, u16 0, u32 npages, u64 first_page,
+			      * v2: [npages x u32 page_crc unless zero], u32 head_crc;
+			      * [data unless zero] */
+	MIG_REC_SECTION = 2, /* u32 id, u32 instance, u32 version, u32 len,
+			      * v2: u32 body_crc, u32 head_crc; data */
 	MIG_REC_PASS_END = 3,/* u32 pass */
 	MIG_REC_END = 4,     /* nothing */
 	MIG_REC_POSTCOPY_ADVISE = 5, /* nothing: postcopy may follow (first record) */
@@ -94,6 +103,8 @@ enum mig_rp_message {
 	MIG_RP_STATE_BITMAP = 8,/* u32 section id, u32 instance, u64 nbits, u32 len, len
 				 * bytes: what a state holds (postcopy recovery, after
 				 * RECV_BITMAP) */
+	MIG_RP_PAGE_RESEND = 9, /* as PAGE_REQ: the copy that arrived failed its CRC, send
+				 * the pages again (postcopy, stream version 2) */
 };
 /* Bytes one STATE_REQ may ask for. */
 #define MIG_STATE_REQ_MAX_BYTES (16u << 20)

@@ -7,7 +7,9 @@
  *   source_postcopy.c  the source after the switch: push, return path,
  *                      release-ram, pause and resume
  *   destination.c      the incoming side: load thread, urgent thread,
- *                      preallocation, postcopy recovery
+ *                      postcopy recovery
+ *   destination_ram.c  the incoming side's RAM: preallocation, pages that
+ *                      failed their CRC
  *   cpr.c              the cpr channel, and the source's live update
  */
 #ifndef VMFERRY_MIGRATION_INTERNAL_H
@@ -88,6 +90,8 @@
  */
 #define MIG_ACK_PAGES 1024u
 #define MIG_REQ_RING 256u /* requests the background push can be behind by */
+/* In a req_ring entry: a PAGE_RESEND (send it even if the push took it). */
+#define MIG_REQ_RESEND (1ull << 63)
 
 /*
  * Where a migration's pause went, in ns (query-migrate's
@@ -208,6 +212,15 @@ struct migration {
 	/* source postcopy figures, counted live by the migration and return-path
 	 * threads; reset when a migration starts (not when it resumes) */
 	_Atomic uint64_t pages_pushed, pages_requested, postcopy_requests, pages_resent;
+	/*
+	 * CRC failures (stream version 2), reset when a migration starts.
+	 * Destination: crc_suspects - precopy copies that failed the check
+	 * (pages the guest wrote while they were sent do; they come again),
+	 * crc_mismatches - damage that mattered (a record or postcopy page that
+	 * failed, a page still suspect at the stop), crc_resends - postcopy
+	 * pages asked for again.  Source: crc_resends - pages sent again.
+	 */
+	_Atomic uint64_t crc_suspects, crc_mismatches, crc_resends;
 	struct postcopy_dst_stats pc_stats; /* destination, kept at the end; under lock */
 	bool pc_stats_valid;
 	struct mig_breakdown bd;           /* the last migration's pause, under lock */
@@ -281,7 +294,7 @@ struct mig_src {
 	 * most one request out, so the ring never laps in practice; if it did,
 	 * the push would skip to the newest MIG_REQ_RING.
 	 */
-	_Atomic uint64_t req_ring[MIG_REQ_RING];
+	_Atomic uint64_t req_ring[MIG_REQ_RING]; /* page | MIG_REQ_RESEND */
 	_Atomic uint64_t req_seq;  /* requests written so far */
 	struct mig_releaser releaser; /* release-ram's hole punching */
 	bool ram_detached;         /* guest RAM taken out of KVM (vm_detach_ram) */
@@ -381,9 +394,11 @@ void mig_src_close_side_channels(struct mig_src *src);
 int mig_postcopy(struct mig_src *src, bool was_running, uint64_t stop_ns, int *fdp);
 
 /* destination.c */
+void *mig_incoming_thread(void *arg);
+
+/* destination_ram.c: preallocation */
 void mig_prealloc_join(struct migration *m);
 int mig_pc_prepare(struct migration *m);
-void *mig_incoming_thread(void *arg);
 void *mig_prealloc_thread(void *arg);
 /*
  * Destination load threads: page data reached byte @end of guest RAM; in
@@ -391,6 +406,52 @@ void *mig_prealloc_thread(void *arg);
  */
 void mig_prealloc_front(struct migration *m, uint64_t end);
 void mig_pc_prepare_waiting(struct migration *m);
+
+/*
+ * destination_ram.c: pages whose copy failed its CRC (stream version 2).
+ * Precopy (load thread only): such a page is suspect until a good copy
+ * arrives - the source sent it while the guest wrote it, so it is dirty
+ * and comes again - and one still suspect at the stop fails the migration.
+ * Postcopy (load and urgent threads): it is not placed but asked for again
+ * (PAGE_RESEND); a second bad copy fails loudly.
+ */
+struct mig_crc_dst {
+	uint64_t *suspect[MIG_MAX_BLOCKS]; /* precopy, load thread: a bitmap per block */
+	uint64_t nsuspect;
+	uint32_t last_pass;              /* the pass of the last failure, for the error */
+	_Atomic uint64_t *retry;         /* postcopy, block 0: ever failed (bitmap) */
+	_Atomic uint64_t *waiting;       /* postcopy: asked for again, not here yet */
+	_Atomic uint64_t nwaiting;
+};
+/* Postcopy's bitmaps for a block of @npages.  0 or -ENOMEM. */
+int mig_crc_dst_init(struct mig_crc_dst *c, uint64_t npages);
+void mig_crc_dst_release(struct mig_crc_dst *c);
+/*
+ * Precopy: @npages pages at @first of @block (of @block_pages) arrived;
+ * bad[i] says page i failed its CRC (@bad NULL: none did) - it becomes
+ * suspect, the others stop being.  0 or -ENOMEM.
+ */
+int mig_crc_precopy_pages(struct migration *m, struct mig_crc_dst *c, uint32_t block,
+			  uint64_t block_pages, uint64_t first, uint32_t npages, const uint8_t *bad,
+			  char *err, size_t errlen);
+/* Precopy: the pages will not be used (discarded for postcopy to fetch). */
+void mig_crc_precopy_forget(struct mig_crc_dst *c, uint32_t block, uint64_t first, uint64_t n);
+/*
+ * At the stop (@when: "the end", "postcopy's start"): 0, or -EBADMSG with
+ * the error if any page is still suspect (counted in m->crc_mismatches).
+ */
+int mig_crc_precopy_verdict(struct migration *m, const struct mig_crc_dst *c,
+			    const struct mig_header *h, const char *when, char *err, size_t errlen);
+/*
+ * Postcopy: page @page's copy failed its CRC: 0 (first time: ask for it
+ * again) or -EBADMSG with the error (it failed before).  Any thread.
+ */
+int mig_crc_retry_mark(struct mig_crc_dst *c, uint64_t page, char *err, size_t errlen);
+/* Good copies of [first, first + n) arrived: true when that was the last
+ * page asked for again.  Any thread. */
+bool mig_crc_retry_done(struct mig_crc_dst *c, uint64_t first, uint64_t n);
+/* Postcopy resumed (nothing places pages): every page gets a fresh chance. */
+void mig_crc_retry_reset(struct mig_crc_dst *c, uint64_t npages);
 
 /* state.c: the engine's walks over the registered states */
 int mig_states_setup(struct mig_save *sv, char *err, size_t errlen);

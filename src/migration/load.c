@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "migration/vmstate.h"
+#include "util/crc32c.h"
 
 void mig_boot_id(uint8_t out[MIG_BOOT_ID_BYTES])
 {
@@ -56,6 +57,110 @@ void mig_save_header(struct stream *s, const struct mig_header *h)
 }
 
 #define LOAD_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -EBADMSG; } while (0)
+/* A record that fails its CRC: the bytes were damaged on the way. */
+#define CRC_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -EILSEQ; } while (0)
+
+/* The 17 fixed bytes of a RAM record, as on the wire, into @out. */
+static void mig_ram_head_encode(uint8_t out[17], uint8_t block, uint8_t flags, uint16_t pad,
+				uint32_t npages, uint64_t first_page)
+{
+	out[0] = MIG_REC_RAM;
+	out[1] = block;
+	out[2] = flags;
+	memcpy(out + 3, &pad, 2);
+	memcpy(out + 5, &npages, 4);
+	memcpy(out + 9, &first_page, 8);
+}
+
+/* The 21 bytes of a section record's head before its head_crc (version 2). */
+static void mig_section_head_encode(uint8_t out[21], uint8_t type, uint32_t id, uint32_t inst,
+				    uint32_t ver, uint32_t len, uint32_t body_crc)
+{
+	out[0] = type;
+	memcpy(out + 1, &id, 4);
+	memcpy(out + 5, &inst, 4);
+	memcpy(out + 9, &ver, 4);
+	memcpy(out + 13, &len, 4);
+	memcpy(out + 17, &body_crc, 4);
+}
+
+size_t mig_encode_ram_head(uint8_t *out, uint32_t version, uint8_t block, bool zero,
+			   uint32_t npages, uint64_t first_page, const uint32_t *page_crcs)
+{
+	size_t n = 17;
+	uint32_t crc;
+
+	mig_ram_head_encode(out, block, zero ? MIG_RAM_FLAG_ZERO : 0, 0, npages, first_page);
+	if (!MIG_VERSION_HAS_CRC(version))
+		return n;
+	if (!zero) {
+		memcpy(out + n, page_crcs, (size_t)npages * 4);
+		n += (size_t)npages * 4;
+	}
+	crc = crc32c(0, out, n);
+	memcpy(out + n, &crc, 4);
+	return n + 4;
+}
+
+size_t mig_encode_section_head(uint8_t *out, uint32_t version, uint8_t type, uint32_t id,
+			       uint32_t instance, uint32_t section_version, uint32_t len,
+			       uint32_t body_crc)
+{
+	uint32_t crc;
+
+	mig_section_head_encode(out, type, id, instance, section_version, len, body_crc);
+	if (!MIG_VERSION_HAS_CRC(version))
+		return 17;
+	crc = crc32c(0, out, 21);
+	memcpy(out + 21, &crc, 4);
+	return 25;
+}
+
+void mig_save_ram_head(struct stream *s, uint32_t version, uint8_t block, bool zero,
+		       uint32_t npages, uint64_t first_page, const uint8_t *pages)
+{
+	uint8_t head[MIG_RAM_HEAD_MAX];
+	uint32_t crcs[MIG_RUN_MAX_PAGES];
+
+	for (uint32_t i = 0; MIG_VERSION_HAS_CRC(version) && !zero && i < npages &&
+			     i < MIG_RUN_MAX_PAGES; i++)
+		crcs[i] = crc32c(0, pages + (size_t)i * MIG_PAGE_BYTES, MIG_PAGE_BYTES);
+	stream_put_bytes(s, head, mig_encode_ram_head(head, version, block, zero, npages,
+						      first_page, crcs));
+}
+
+void mig_save_section_record(struct stream *s, uint32_t version, uint8_t type, uint32_t id,
+			     uint32_t instance, uint32_t section_version, const void *data,
+			     uint32_t len)
+{
+	uint8_t head[MIG_SECTION_HEAD_MAX];
+	uint32_t body_crc = MIG_VERSION_HAS_CRC(version) ? crc32c(0, data, len) : 0;
+
+	stream_put_bytes(s, head, mig_encode_section_head(head, version, type, id, instance,
+							  section_version, len, body_crc));
+	stream_put_bytes(s, data, len);
+}
+
+bool mig_page_crc_ok(const uint32_t *page_crcs, uint32_t i, const void *page)
+{
+	return !page_crcs || crc32c(0, page, MIG_PAGE_BYTES) == page_crcs[i];
+}
+
+uint32_t mig_get_pages_checked(struct stream *s, uint8_t *dst, uint32_t npages,
+			       const uint32_t *page_crcs, uint8_t *bad)
+{
+	uint32_t nbad = 0;
+
+	for (uint32_t done = 0, k; done < npages && !stream_error(s); done += k) {
+		k = npages - done < MIG_CHECK_PIECE_PAGES ? npages - done : MIG_CHECK_PIECE_PAGES;
+		stream_get_bytes(s, dst + (size_t)done * MIG_PAGE_BYTES, (size_t)k * MIG_PAGE_BYTES);
+		for (uint32_t i = done; page_crcs && i < done + k && !stream_error(s); i++) {
+			bad[i] = !mig_page_crc_ok(page_crcs, i, dst + (size_t)i * MIG_PAGE_BYTES);
+			nbad += bad[i];
+		}
+	}
+	return stream_error(s) ? 0 : nbad;
+}
 
 static int mig_load_io_error(struct stream *s, char *err, size_t errlen)
 {
@@ -80,8 +185,9 @@ int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t er
 	stream_get_bytes(s, h->boot_id, MIG_BOOT_ID_BYTES);
 	if (stream_error(s))
 		return mig_load_io_error(s, err, errlen);
-	if (h->version != MIG_VERSION)
-		LOAD_FAIL("stream version %u, this build reads version %u", h->version, MIG_VERSION);
+	if (h->version < MIG_VERSION_MIN || h->version > MIG_VERSION)
+		LOAD_FAIL("stream version %u, this build reads versions %u to %u", h->version,
+			  MIG_VERSION_MIN, MIG_VERSION);
 	if (h->page_bytes != MIG_PAGE_BYTES)
 		LOAD_FAIL("stream page size %u, expected %u", h->page_bytes, MIG_PAGE_BYTES);
 	if (h->nvcpus == 0 || h->nvcpus > MIG_MAX_VCPUS)
@@ -121,13 +227,41 @@ int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t er
 }
 
 int mig_load_ram_skip(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
-		      bool zero, struct stream *s, char *err, size_t errlen)
+		      bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		      size_t errlen)
 {
 	uint8_t scratch[MIG_PAGE_BYTES];
 
-	(void)opaque; (void)block; (void)first_page; (void)err; (void)errlen;
-	for (uint32_t i = 0; !zero && i < npages && !stream_error(s); i++)
+	(void)opaque;
+	for (uint32_t i = 0; !zero && i < npages && !stream_error(s); i++) {
 		stream_get_bytes(s, scratch, sizeof(scratch));
+		if (!stream_error(s) && !mig_page_crc_ok(page_crcs, i, scratch))
+			CRC_FAIL("RAM record: page %llu of block %u fails its CRC check",
+				  (unsigned long long)(first_page + i), block);
+	}
+	return 0;
+}
+
+/*
+ * Version 2: the page CRCs (data runs) and the head's CRC after the fixed
+ * bytes of a RAM record.  @crcs gets npages entries.  0 or the error.
+ */
+static int mig_load_ram_crcs(struct stream *s, const struct mig_load_ops *ops,
+			     const uint8_t fixed[17], bool zero, uint32_t npages, uint32_t *crcs,
+			     char *err, size_t errlen)
+{
+	uint32_t crc = crc32c(0, fixed, 17), head_crc;
+
+	if (!zero) {
+		stream_get_bytes(s, crcs, (size_t)npages * 4);
+		crc = crc32c(crc, crcs, (size_t)npages * 4);
+	}
+	head_crc = stream_get_u32(s);
+	if (stream_error(s))
+		return mig_load_io_error(s, err, errlen);
+	if (crc != head_crc && !ops->crc_unchecked)
+		CRC_FAIL("RAM record head fails its CRC check (%#x, expected %#x): the stream was "
+			  "corrupted in transit", crc, head_crc);
 	return 0;
 }
 
@@ -143,30 +277,40 @@ static int mig_load_ram_record(struct stream *s, const struct mig_header *h,
 	uint16_t pad = stream_get_u16(s);
 	uint32_t npages = stream_get_u32(s);
 	uint64_t first = stream_get_u64(s), block_pages;
-	bool zero;
+	uint32_t crcs[MIG_RUN_MAX_PAGES];
+	bool zero, with_crc = MIG_VERSION_HAS_CRC(h->version);
 	int r;
 
 	if (stream_error(s))
 		return mig_load_io_error(s, err, errlen);
-	if (block >= h->nblocks || (flags & ~MIG_RAM_FLAG_ZERO) || pad) {
-		snprintf(err, errlen, "RAM record: block %u flags %#x pad %#x invalid",
-			 block, flags, pad);
-		return -EBADMSG;
-	}
 	zero = flags & MIG_RAM_FLAG_ZERO;
-	block_pages = h->blocks[block].bytes / MIG_PAGE_BYTES;
 	if (!zero && npages > MIG_RUN_MAX_PAGES) {
 		snprintf(err, errlen, "RAM record: data run of %u pages (at most %u)",
 			 npages, MIG_RUN_MAX_PAGES);
 		return -EBADMSG;
 	}
+	if (with_crc) {
+		uint8_t fixed[17];
+
+		mig_ram_head_encode(fixed, block, flags, pad, npages, first);
+		r = mig_load_ram_crcs(s, ops, fixed, zero, npages, crcs, err, errlen);
+		if (r)
+			return r;
+	}
+	if (block >= h->nblocks || (flags & ~MIG_RAM_FLAG_ZERO) || pad) {
+		snprintf(err, errlen, "RAM record: block %u flags %#x pad %#x invalid",
+			 block, flags, pad);
+		return -EBADMSG;
+	}
+	block_pages = h->blocks[block].bytes / MIG_PAGE_BYTES;
 	if (npages == 0 || first >= block_pages || npages > block_pages - first) {
 		snprintf(err, errlen, "RAM record: pages %llu+%u outside block %s (%llu pages)",
 			 (unsigned long long)first, npages, h->blocks[block].name,
 			 (unsigned long long)block_pages);
 		return -EBADMSG;
 	}
-	r = ops->ram(opaque, block, first, npages, zero, s, err, errlen);
+	r = ops->ram(opaque, block, first, npages, zero,
+		     with_crc && !zero && !ops->crc_unchecked ? crcs : NULL, s, err, errlen);
 	if (r)
 		return r;
 	if (stream_error(s))
@@ -189,32 +333,72 @@ int mig_load_urgent_magic(struct stream *s, bool *requests_here, char *err, size
 	return 0;
 }
 
+/* A section record's head after its type byte (@type): the fields in @sh. */
+struct mig_section_head {
+	uint32_t id, inst, ver, len, body_crc;
+	bool check_body;           /* version 2 and checked: compare body_crc */
+};
+
+/* Read it; version 2: the CRCs too, the head's checked.  0 or the error. */
+static int mig_load_section_head(struct stream *s, uint32_t version, bool unchecked,
+				 uint8_t type, struct mig_section_head *sh, char *err,
+				 size_t errlen)
+{
+	sh->id = stream_get_u32(s);
+	sh->inst = stream_get_u32(s);
+	sh->ver = stream_get_u32(s);
+	sh->len = stream_get_u32(s);
+	sh->body_crc = 0;
+	sh->check_body = MIG_VERSION_HAS_CRC(version) && !unchecked;
+	if (MIG_VERSION_HAS_CRC(version)) {
+		uint8_t head[21];
+		uint32_t head_crc;
+
+		sh->body_crc = stream_get_u32(s);
+		head_crc = stream_get_u32(s);
+		mig_section_head_encode(head, type, sh->id, sh->inst, sh->ver, sh->len,
+					sh->body_crc);
+		if (!stream_error(s) && !unchecked && crc32c(0, head, sizeof(head)) != head_crc)
+			CRC_FAIL("section record head fails its CRC check: the stream was corrupted "
+				 "in transit");
+	}
+	return stream_error(s) ? mig_load_io_error(s, err, errlen) : 0;
+}
+
 /*
  * A SECTION_PART after its type byte, outside mig_load (after POSTCOPY_RUN:
  * the urgent channel, a resumed stream): the length is bounded before the
  * body is allocated; the id, instance and version are the state's to check
  * (mig_states_load refuses an unknown id).  1 or <0.
  */
-static int mig_load_late_part(struct stream *s, const struct mig_load_ops *ops, void *opaque,
-			      char *err, size_t errlen)
+static int mig_load_late_part(struct stream *s, const struct mig_header *h,
+			      const struct mig_load_ops *ops, void *opaque, char *err, size_t errlen)
 {
-	uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
-	uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
+	struct mig_section_head sh;
 	uint8_t *body;
-	int r;
+	int r = mig_load_section_head(s, h->version, ops->crc_unchecked, MIG_REC_SECTION_PART, &sh,
+				      err, errlen);
 
-	if (stream_error(s))
-		return mig_load_io_error(s, err, errlen);
+	if (r)
+		return r;
 	if (!ops->section_part)
-		LOAD_FAIL("section %u part: parts are not taken here", id);
-	if (len > VMSTATE_SECTION_MAX_BYTES)
-		LOAD_FAIL("section %u of %u bytes exceeds %u", id, len, VMSTATE_SECTION_MAX_BYTES);
-	body = malloc(len ? len : 1);
+		LOAD_FAIL("section %u part: parts are not taken here", sh.id);
+	if (sh.len > VMSTATE_SECTION_MAX_BYTES)
+		LOAD_FAIL("section %u of %u bytes exceeds %u", sh.id, sh.len,
+			  VMSTATE_SECTION_MAX_BYTES);
+	body = malloc(sh.len ? sh.len : 1);
 	if (!body)
 		return -ENOMEM;
-	stream_get_bytes(s, body, len);
-	r = stream_error(s) ? mig_load_io_error(s, err, errlen)
-			    : ops->section_part(opaque, id, inst, ver, body, len, err, errlen);
+	stream_get_bytes(s, body, sh.len);
+	if (stream_error(s))
+		r = mig_load_io_error(s, err, errlen);
+	else if (sh.check_body && crc32c(0, body, sh.len) != sh.body_crc) {
+		snprintf(err, errlen, "section %u instance %u (a part) fails its CRC check: the "
+			 "stream was corrupted in transit", sh.id, sh.inst);
+		r = -EILSEQ;
+	} else {
+		r = ops->section_part(opaque, sh.id, sh.inst, sh.ver, body, sh.len, err, errlen);
+	}
 	free(body);
 	return r ? r : 1;
 }
@@ -232,7 +416,7 @@ int mig_load_urgent_record(struct stream *s, const struct mig_header *h,
 	if (type == MIG_REC_END)
 		return 0;
 	if (type == MIG_REC_SECTION_PART)
-		return mig_load_late_part(s, ops, opaque, err, errlen);
+		return mig_load_late_part(s, h, ops, opaque, err, errlen);
 	if (type != MIG_REC_RAM)
 		LOAD_FAIL("urgent channel: record type %u (only RAM, SECTION_PART and END belong "
 			  "here)", type);
@@ -249,7 +433,7 @@ int mig_load_resume_start(struct stream *s, const struct mig_header *orig, char 
 
 	if (r)
 		return r;
-	if (h.nvcpus != orig->nvcpus || h.nblocks != orig->nblocks ||
+	if (h.version != orig->version || h.nvcpus != orig->nvcpus || h.nblocks != orig->nblocks ||
 	    memcmp(h.boot_id, orig->boot_id, MIG_BOOT_ID_BYTES))
 		LOAD_FAIL("resume: the header is not the paused migration's (another source?)");
 	for (uint32_t i = 0; i < h.nblocks; i++)
@@ -291,7 +475,7 @@ int mig_load_resumed_record(struct stream *s, const struct mig_header *h,
 		}
 		return 1;
 	case MIG_REC_SECTION_PART:
-		return mig_load_late_part(s, ops, opaque, err, errlen);
+		return mig_load_late_part(s, h, ops, opaque, err, errlen);
 	}
 	LOAD_FAIL("resumed stream: record type %u (only RAM, SECTION_PART, PING and END belong "
 		  "here)", type);
@@ -469,14 +653,19 @@ static int mig_rec_run(struct mig_loader *l, char *err, size_t errlen)
 static int mig_rec_section_common(struct mig_loader *l, bool part, char *err, size_t errlen)
 {
 	struct stream *s = l->s;
-	uint32_t id = stream_get_u32(s), inst = stream_get_u32(s);
-	uint32_t ver = stream_get_u32(s), len = stream_get_u32(s);
+	struct mig_section_head sh;
 	const struct mig_section_kind *k = NULL;
+	uint32_t id, inst, ver, len;
 	size_t ki;
-	int r;
+	int r = mig_load_section_head(s, l->h.version, l->ops->crc_unchecked,
+				      part ? MIG_REC_SECTION_PART : MIG_REC_SECTION, &sh, err, errlen);
 
-	if (stream_error(s))
-		return mig_load_io_error(s, err, errlen);
+	if (r)
+		return r;
+	id = sh.id;
+	inst = sh.inst;
+	ver = sh.ver;
+	len = sh.len;
 	for (ki = 0; ki < l->nkinds && !k; ki++)
 		if (l->kinds[ki].id == id)
 			k = &l->kinds[ki];
@@ -497,6 +686,9 @@ static int mig_rec_section_common(struct mig_loader *l, bool part, char *err, si
 	stream_get_bytes(s, l->section, len);
 	if (stream_error(s))
 		return mig_load_io_error(s, err, errlen);
+	if (sh.check_body && crc32c(0, l->section, len) != sh.body_crc)
+		CRC_FAIL("%s section %u%s fails its CRC check: the stream was corrupted in transit",
+			  k->name, inst, part ? " (a part)" : "");
 	if (part) {
 		r = l->ops->section_part(l->opaque, id, inst, ver, l->section, len, err, errlen);
 		l->st->section_parts += !r;
@@ -693,6 +885,7 @@ int mig_rp_read(struct stream *s, struct mig_rp_msg *m, char *err, size_t errlen
 		return 0;
 	}
 	case MIG_RP_PAGE_REQ:
+	case MIG_RP_PAGE_RESEND:
 		m->block = stream_get_u8(s);
 		m->npages = stream_get_u32(s);
 		m->first_page = stream_get_u64(s);
@@ -795,6 +988,16 @@ void mig_rp_send_error(struct stream *s, int err, const char *text)
 void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, uint32_t npages)
 {
 	stream_put_u8(s, MIG_RP_PAGE_REQ);
+	stream_put_u8(s, block);
+	stream_put_u32(s, npages);
+	stream_put_u64(s, first_page);
+	stream_flush(s);
+}
+
+void mig_rp_send_page_resend(struct stream *s, uint8_t block, uint64_t first_page,
+			     uint32_t npages)
+{
+	stream_put_u8(s, MIG_RP_PAGE_RESEND);
 	stream_put_u8(s, block);
 	stream_put_u32(s, npages);
 	stream_put_u64(s, first_page);

@@ -41,10 +41,14 @@ struct mig_load_ops {
 	/*
 	 * A RAM record, bounds-checked against the header's block.  For a data
 	 * record the callback must consume exactly npages * page bytes from @s
-	 * (for instance straight into guest memory).
+	 * (for instance straight into guest memory).  @page_crcs: the CRC-32C
+	 * of each page (stream version 2; the record's head passed its own
+	 * CRC), NULL when the stream has none (version 1, zero runs): the
+	 * callback checks each page with mig_page_crc_ok before it uses it.
 	 */
 	int (*ram)(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
-		   bool zero, struct stream *s, char *err, size_t errlen);
+		   bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		   size_t errlen);
 	int (*section)(void *opaque, uint32_t id, uint32_t instance, uint32_t version,
 		       const uint8_t *data, uint32_t len, char *err, size_t errlen);
 	/* A part of a section sent while the guest still runs (NULL: refused). */
@@ -59,6 +63,12 @@ struct mig_load_ops {
 	int (*ping)(void *opaque, uint32_t id);
 	/* CPR transfer: RAM is shared, check the token (NULL: refused). */
 	int (*cpr)(void *opaque, const uint8_t *token, char *err, size_t errlen);
+	/*
+	 * Fuzzing only: a CRC that does not match is taken as if it did (and
+	 * no page CRCs reach @ram), so mutated records get past the check to
+	 * the checks behind it.
+	 */
+	bool crc_unchecked;
 };
 
 struct mig_load_stats {
@@ -73,7 +83,8 @@ struct mig_load_stats {
 
 /*
  * Read the stream up to and including END.  Returns 0, or the first error:
- * -EBADMSG for malformed or mismatching content (message in @err), the
+ * -EBADMSG for malformed or mismatching content (message in @err), -EILSEQ
+ * for a record that fails its CRC (version 2: damaged in transit), the
  * stream's error for I/O (message in @err).  Which record may come when is
  * a table in load.c; at POSTCOPY_RUN and END every required section
  * (ops->section_kinds) must have arrived.
@@ -89,12 +100,50 @@ uint64_t mig_load_sections_seen(const struct mig_load_ops *ops, const struct mig
 /* Read and check only the header. */
 int mig_load_header(struct stream *s, struct mig_header *h, char *err, size_t errlen);
 
-/* A ram callback that reads and discards page data (dump tool, fuzzing). */
+/* A ram callback that reads and discards page data, checking the pages'
+ * CRCs (dump tool, fuzzing).  0 or -EILSEQ (a page failed its CRC). */
 int mig_load_ram_skip(void *opaque, uint32_t block, uint64_t first_page, uint32_t npages,
-		      bool zero, struct stream *s, char *err, size_t errlen);
+		      bool zero, const uint32_t *page_crcs, struct stream *s, char *err,
+		      size_t errlen);
+
+/* Whether page @i of a RAM record matches its CRC (true without CRCs). */
+bool mig_page_crc_ok(const uint32_t *page_crcs, uint32_t i, const void *page);
+/*
+ * Read a data record's @npages pages into @dst and check each against
+ * @page_crcs (NULL: none), a piece at a time, while the piece is still in
+ * the cache the read left it in (a whole 4 MiB run is not): bad[i] = 1 for
+ * a page that fails (@bad has npages entries; untouched without CRCs).
+ * Returns how many failed (0 after a stream error, which @s keeps).
+ */
+#define MIG_CHECK_PIECE_PAGES 32u
+uint32_t mig_get_pages_checked(struct stream *s, uint8_t *dst, uint32_t npages,
+			       const uint32_t *page_crcs, uint8_t *bad);
 
 /* Write a header for the source. */
 void mig_save_header(struct stream *s, const struct mig_header *h);
+/*
+ * Write a RAM record's head for stream @version; the caller sends the
+ * @npages pages after it unless @zero.  @pages: where the pages are now
+ * (their CRCs are computed from it; unused for zero runs).
+ */
+void mig_save_ram_head(struct stream *s, uint32_t version, uint8_t block, bool zero,
+		       uint32_t npages, uint64_t first_page, const uint8_t *pages);
+/* Write a whole SECTION or SECTION_PART (@type) record for stream @version. */
+#define MIG_RAM_HEAD_MAX (17u + 4u * MIG_RUN_MAX_PAGES + 4u)
+#define MIG_SECTION_HEAD_MAX 25u
+/*
+ * The same heads as bytes (for re-encoding, stream_dump --save): a RAM
+ * record's (@page_crcs: npages CRCs, for a data run of version 2) and a
+ * section's.  Returns the length written to @out (at most the _MAX above).
+ */
+size_t mig_encode_ram_head(uint8_t *out, uint32_t version, uint8_t block, bool zero,
+			   uint32_t npages, uint64_t first_page, const uint32_t *page_crcs);
+size_t mig_encode_section_head(uint8_t *out, uint32_t version, uint8_t type, uint32_t id,
+			       uint32_t instance, uint32_t section_version, uint32_t len,
+			       uint32_t body_crc);
+void mig_save_section_record(struct stream *s, uint32_t version, uint8_t type, uint32_t id,
+			     uint32_t instance, uint32_t section_version, const void *data,
+			     uint32_t len);
 
 /* This host's boot id (for comparing CLOCK_MONOTONIC across processes). */
 void mig_boot_id(uint8_t out[MIG_BOOT_ID_BYTES]);
@@ -105,9 +154,9 @@ void mig_boot_id(uint8_t out[MIG_BOOT_ID_BYTES]);
 
 struct mig_rp_msg {
 	uint8_t type;            /* enum mig_rp_message */
-	uint8_t block;           /* PAGE_REQ */
-	uint32_t npages;         /* PAGE_REQ */
-	uint64_t first_page;     /* PAGE_REQ */
+	uint8_t block;           /* PAGE_REQ, PAGE_RESEND */
+	uint32_t npages;         /* PAGE_REQ, PAGE_RESEND */
+	uint64_t first_page;     /* PAGE_REQ, PAGE_RESEND */
 	uint32_t id;             /* PONG */
 	uint64_t first_run_ns;   /* RUNNING */
 	uint64_t load_ns;        /* RUNNING */
@@ -138,6 +187,9 @@ void mig_rp_send_recv_bitmap(struct stream *s, uint8_t block, uint64_t npages, c
 void mig_rp_send_running(struct stream *s, uint64_t first_run_ns, bool same_clock, uint64_t load_ns);
 void mig_rp_send_error(struct stream *s, int err, const char *text);
 void mig_rp_send_page_req(struct stream *s, uint8_t block, uint64_t first_page, uint32_t npages);
+/* PAGE_RESEND: the copy of these pages that arrived failed its CRC. */
+void mig_rp_send_page_resend(struct stream *s, uint8_t block, uint64_t first_page,
+			     uint32_t npages);
 void mig_rp_send_complete(struct stream *s);
 /* STATE_REQ: [@offset, +@len) of section @id's instance @instance. */
 void mig_rp_send_state_req(struct stream *s, uint32_t id, uint32_t instance, uint64_t offset,

@@ -478,6 +478,9 @@ static void mig_reset_stats(struct migration *m)
 	atomic_store(&m->pages_pushed, 0);
 	atomic_store(&m->pages_requested, 0);
 	atomic_store(&m->pages_resent, 0);
+	atomic_store(&m->crc_suspects, 0);
+	atomic_store(&m->crc_mismatches, 0);
+	atomic_store(&m->crc_resends, 0);
 	atomic_store(&m->postcopy_requests, 0);
 	atomic_store(&m->postcopy_pauses, 0);
 	atomic_store(&m->resume_failures, 0);

@@ -76,6 +76,9 @@ struct mig_params {
 	bool postcopy_preempt;          /* capability (default on): answer page
 					 * requests on the urgent channel; off:
 					 * the background stream jumps to them */
+	bool stream_crc;                /* capability (default off): write stream
+					 * version 2, with CRCs over every RAM and
+					 * section record (docs/stream-format.md) */
 	uint64_t postcopy_after_passes; /* switch when not converged after N; 0 = never */
 	uint64_t postcopy_vcpu_nice;    /* destination: vCPUs this much nicer while
 					 * postcopy pages arrive (0..19, 0 = off;
@@ -94,6 +97,7 @@ struct mig_caps_update {
 	int auto_converge;
 	int postcopy_ram;
 	int postcopy_preempt;
+	int stream_crc;
 };
 
 /* Create the migration state for @vm (does not start anything). */

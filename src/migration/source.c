@@ -91,13 +91,30 @@ static void mig_wait_drained(struct mig_src *src)
 }
 
 /*
+ * The stream version this source writes: 2, with CRCs over every RAM and
+ * section record, with the stream-crc capability; else 1, as a build from
+ * before version 2 wrote (its cost: docs/benchmarks.md, 2026-12-07, ninth
+ * session).  Capabilities do not change during a migration.
+ */
+static uint32_t mig_src_stream_version(struct migration *m)
+{
+	bool crc;
+
+	pthread_mutex_lock(&m->lock);
+	crc = m->params.stream_crc;
+	pthread_mutex_unlock(&m->lock);
+	return crc ? MIG_VERSION : MIG_VERSION_MIN;
+}
+
+/*
  * Connect the main channel, set up its stream (published for cancel) and
  * queue the header.  The fd, or -1 with the migration's error set.
  */
 int mig_src_connect(struct mig_src *src)
 {
 	struct migration *m = src->m;
-	struct mig_header h = { .version = MIG_VERSION, .page_bytes = MIG_PAGE_BYTES };
+	struct mig_header h = { .version = mig_src_stream_version(m),
+				.page_bytes = MIG_PAGE_BYTES };
 	int fd = channel_connect(&m->main_ch.cu, MIG_CONNECT_TIMEOUT_MS), err;
 
 	if (fd < 0) {

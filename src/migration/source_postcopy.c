@@ -325,12 +325,20 @@ static uint64_t mig_push_data_from(struct mig_src *src, uint64_t p)
 	return (uint64_t)data / MIG_PAGE_BYTES;
 }
 
-/* Return-path thread: answers page requests on the urgent channel at once. */
+/*
+ * Return-path thread: answers page requests on the urgent channel at once.
+ * A PAGE_RESEND (the copy the destination got failed its CRC) is answered
+ * the same way, but also for a page the background push already took.
+ */
 static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *msg)
 {
 	uint64_t end = msg->first_page + msg->npages;
+	bool resend = msg->type == MIG_RP_PAGE_RESEND;
 
-	atomic_fetch_add(&src->m->postcopy_requests, 1);
+	if (resend)
+		atomic_fetch_add(&src->m->crc_resends, msg->npages);
+	else
+		atomic_fetch_add(&src->m->postcopy_requests, 1);
 	if (msg->block != 0 || msg->first_page >= src->npages || end > src->npages) {
 		snprintf(src->rp_error, sizeof(src->rp_error),
 			 "destination asked for pages %" PRIu64 "+%u outside block %u",
@@ -341,7 +349,8 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 	{
 		uint64_t seq = atomic_load_explicit(&src->req_seq, memory_order_relaxed);
 
-		atomic_store_explicit(&src->req_ring[seq % MIG_REQ_RING], msg->first_page,
+		atomic_store_explicit(&src->req_ring[seq % MIG_REQ_RING],
+				      msg->first_page | (resend ? MIG_REQ_RESEND : 0),
 				      memory_order_relaxed);
 		atomic_store_explicit(&src->req_seq, seq + 1, memory_order_release);
 	}
@@ -366,12 +375,7 @@ static void mig_rp_serve_request(struct mig_src *src, const struct mig_rp_msg *m
 		else
 			atomic_fetch_add(&src->m->pages_resent, 1);
 		zero = mig_page_is_zero(page);
-		stream_put_u8(&src->urgent, MIG_REC_RAM);
-		stream_put_u8(&src->urgent, 0);
-		stream_put_u8(&src->urgent, zero ? MIG_RAM_FLAG_ZERO : 0);
-		stream_put_u16(&src->urgent, 0);
-		stream_put_u32(&src->urgent, 1);
-		stream_put_u64(&src->urgent, p);
+		mig_save_ram_head(&src->urgent, src->header.version, 0, zero, 1, p, page);
 		if (!zero)
 			stream_put_bytes(&src->urgent, page, MIG_PAGE_BYTES);
 		if (!zero)
@@ -493,6 +497,7 @@ static bool mig_rp_from_return_path(struct mig_src *src, struct mig_rp_msg *msg)
 		atomic_store(&src->got_running, true);
 		return false;
 	case MIG_RP_PAGE_REQ:
+	case MIG_RP_PAGE_RESEND:
 	case MIG_RP_STATE_REQ:
 		mig_rp_serve(src, msg);
 		src->rp_fatal = src->rp_result != 0;
@@ -597,8 +602,11 @@ static void mig_postcopy_push_ram(struct mig_src *src, uint64_t *cursorp, uint64
 		for (; seen != seq; seen++) {
 			uint64_t p = atomic_load_explicit(&src->req_ring[seen % MIG_REQ_RING],
 							  memory_order_relaxed);
+			bool resend = p & MIG_REQ_RESEND;
 
-			if (p < src->npages && mig_pending_take(src, p)) {
+			p &= ~MIG_REQ_RESEND;
+			if (p < src->npages && (mig_pending_take(src, p) ||
+						(resend && !mig_released(src, p)))) {
 				mig_add_page(src, p, mig_page_is_zero(src->block->host + p * MIG_PAGE_BYTES));
 				atomic_fetch_add(&src->m->pages_pushed, 1);
 			}

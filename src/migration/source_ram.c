@@ -33,12 +33,15 @@ void mig_flush_run(struct mig_src *src)
 
 	if (!src->run_len)
 		return;
-	stream_put_u8(&src->s, MIG_REC_RAM);
-	stream_put_u8(&src->s, 0);
-	stream_put_u8(&src->s, src->run_zero ? MIG_RAM_FLAG_ZERO : 0);
-	stream_put_u16(&src->s, 0);
-	stream_put_u32(&src->s, src->run_len);
-	stream_put_u64(&src->s, src->run_first);
+	/*
+	 * The page CRCs are computed from guest memory now, and sendfile reads
+	 * the pages later: a page the guest writes in between arrives with a
+	 * CRC that does not match - but such a page is dirty and is sent
+	 * again, and the destination holds it as suspect until then
+	 * (docs/stream-format.md).  With the vCPUs stopped nothing writes.
+	 */
+	mig_save_ram_head(&src->s, src->header.version, 0, src->run_zero, src->run_len,
+			  src->run_first, src->block->host + src->run_first * MIG_PAGE_BYTES);
 	if (src->run_zero) {
 		atomic_fetch_add(&m->zero_pages, src->run_len);
 	} else {

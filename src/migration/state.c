@@ -53,12 +53,8 @@ static int mig_save_record(struct mig_save *sv, uint8_t type, uint32_t instance,
 	if (!ops->section_id || len > VMSTATE_SECTION_MAX_BYTES ||
 	    instance >= mig_state_instances(sv->m, ops))
 		return -EINVAL;
-	stream_put_u8(sv->s, type);
-	stream_put_u32(sv->s, ops->section_id);
-	stream_put_u32(sv->s, instance);
-	stream_put_u32(sv->s, version);
-	stream_put_u32(sv->s, len);
-	stream_put_bytes(sv->s, data, len);
+	mig_save_section_record(sv->s, sv->src->header.version, type, ops->section_id, instance,
+				version, data, len);
 	return 0;
 }
 

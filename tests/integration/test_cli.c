@@ -359,27 +359,39 @@ static void test_destination_not_listening(void **state)
 	assert_int_equal(harness_vm_quit(&src), 0);
 }
 
-/*
- * The settings `vmferry migrate` controls, as the source reports them:
- * query-migrate-parameters (caller owns) and auto-converge's state.
- */
-static struct json_object *cli_settings_now(struct harness_vm *vm, bool *auto_converge)
+/* Capability @name's state on @vm (it must be listed once). */
+static bool cli_cap_state(struct harness_vm *vm, const char *name)
 {
-	struct json_object *params = NULL, *caps = NULL;
+	struct json_object *caps = NULL;
+	bool state = false;
 
-	assert_int_equal(harness_call(vm, "query-migrate-parameters", NULL, &params), 0);
 	assert_int_equal(harness_call(vm, "query-migrate-capabilities", NULL, &caps), 0);
-	*auto_converge = false;
 	for (size_t i = 0, found = 0; i < json_object_array_length(caps); i++) {
 		struct json_object *c = json_object_array_get_idx(caps, i), *st;
 
-		if (strcmp(harness_json_str(c, "capability"), "auto-converge"))
+		if (strcmp(harness_json_str(c, "capability"), name))
 			continue;
 		assert_true(json_object_object_get_ex(c, "state", &st));
-		*auto_converge = json_object_get_boolean(st);
+		state = json_object_get_boolean(st);
 		assert_int_equal(++found, 1);
 	}
 	json_object_put(caps);
+	return state;
+}
+
+/*
+ * The settings `vmferry migrate` controls, as the source reports them:
+ * query-migrate-parameters (caller owns), auto-converge's and stream-crc's
+ * states (both set: true).
+ */
+static struct json_object *cli_settings_now(struct harness_vm *vm, bool *caps_on)
+{
+	struct json_object *params = NULL;
+	bool ac = cli_cap_state(vm, "auto-converge"), crc = cli_cap_state(vm, "stream-crc");
+
+	assert_int_equal(ac, crc); /* the tests set or leave both */
+	*caps_on = ac;
+	assert_int_equal(harness_call(vm, "query-migrate-parameters", NULL, &params), 0);
 	return params;
 }
 
@@ -397,11 +409,13 @@ static void cli_expect_same_param(struct json_object *a, struct json_object *b, 
  * destination nobody listens on, so it fails at once but has set them), a
  * plain run sets each back to the default of a fresh VMM, and completes.
  * Before, the second run kept the first's 50 MB/s cap and auto-converge.
+ * (auto-converge and stream-crc are checked together.)
  */
 static void test_options_do_not_persist(void **state)
 {
 	const char *const opts[] = { "--max-bandwidth", "50M", "--downtime-limit", "7",
-				     "--convergence-timeout", "100", "--auto-converge", NULL };
+				     "--convergence-timeout", "100", "--auto-converge",
+				     "--stream-crc", NULL };
 	struct json_object *fresh, *first, *second;
 	struct harness_vm src, dst;
 	char path[HARNESS_PATH_BYTES], uri[HARNESS_PATH_BYTES + 8];
