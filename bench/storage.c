@@ -105,6 +105,9 @@
 #define SB_IO_BYTES          (1u << 20)
 #define SB_MAX_INFLIGHT      5u /* the guest SDK's VMF_BLK_MAX_INFLIGHT */
 #define SB_REC_BYTES         512u
+/* fio's I/O path, the VMM's: io_uring on the page cache (the disk is opened without O_DIRECT). */
+#define SB_FIO_ENGINE        "io_uring"
+#define SB_FIO_DIRECT        0
 
 /* ---- the device cases ---- */
 
@@ -319,11 +322,12 @@ static int sb_fio_iops(const struct sb_opts *o, const struct sb_case *c, const c
 
 	snprintf(cmd, sizeof(cmd),
 		 "fio --name=storage --filename='%s' --rw=%s --bs=%llu --iodepth=%u "
-		 "--numjobs=%u --size=%llu --offset_increment=%llu --ioengine=io_uring "
-		 "--direct=0 --time_based --ramp_time=%ums --runtime=%llums --group_reporting "
+		 "--numjobs=%u --size=%llu --offset_increment=%llu --ioengine=" SB_FIO_ENGINE
+		 " --direct=%d --time_based --ramp_time=%ums --runtime=%llums --group_reporting "
 		 "--output-format=json 2>&1", disk, c->fio_rw, (unsigned long long)c->bs,
 		 c->deep ? SB_MAX_INFLIGHT : 1u, jobs, (unsigned long long)region,
-		 (unsigned long long)region, SB_WARMUP_MS, (unsigned long long)o->duration_ms);
+		 (unsigned long long)region, SB_FIO_DIRECT, SB_WARMUP_MS,
+		 (unsigned long long)o->duration_ms);
 	p = popen(cmd, "r");
 	if (!p) {
 		snprintf(err, errlen, "fio: %s", strerror(errno));
@@ -383,6 +387,12 @@ static struct json_object *sb_device_line(const char *type, const struct sb_opts
 	bench_json_u64(l, "depth_per_job", c->deep ? SB_MAX_INFLIGHT : 1u);
 	bench_json_u64(l, "disk_bytes", o->device_disk_bytes);
 	bench_json_u64(l, "duration_ms", o->duration_ms);
+	/* fio's settings beside the guest's, so that a reader can check they match. */
+	json_object_object_add(l, "fio_rw", json_object_new_string(c->fio_rw));
+	json_object_object_add(l, "fio_ioengine", json_object_new_string(SB_FIO_ENGINE));
+	bench_json_u64(l, "fio_direct", SB_FIO_DIRECT);
+	bench_json_u64(l, "fio_iodepth", c->deep ? SB_MAX_INFLIGHT : 1u);
+	bench_json_u64(l, "fio_numjobs", c->deep ? o->c.vcpus : 1u);
 	return l;
 }
 
