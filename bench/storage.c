@@ -105,7 +105,12 @@
 #define SB_IO_BYTES          (1u << 20)
 #define SB_MAX_INFLIGHT      5u /* the guest SDK's VMF_BLK_MAX_INFLIGHT */
 #define SB_REC_BYTES         512u
-/* fio's I/O path, the VMM's: io_uring on the page cache (the disk is opened without O_DIRECT). */
+/*
+ * fio's I/O path, the VMM's: io_uring on the page cache (the disk is opened
+ * without O_DIRECT).  fio runs with --invalidate=0: by default it drops the
+ * file's pages from the page cache before it starts, which made its reads
+ * come from the disk while the guest's came from the warm cache.
+ */
 #define SB_FIO_ENGINE        "io_uring"
 #define SB_FIO_DIRECT        0
 
@@ -323,7 +328,7 @@ static int sb_fio_iops(const struct sb_opts *o, const struct sb_case *c, const c
 	snprintf(cmd, sizeof(cmd),
 		 "fio --name=storage --filename='%s' --rw=%s --bs=%llu --iodepth=%u "
 		 "--numjobs=%u --size=%llu --offset_increment=%llu --ioengine=" SB_FIO_ENGINE
-		 " --direct=%d --time_based --ramp_time=%ums --runtime=%llums --group_reporting "
+		 " --direct=%d --invalidate=0 --time_based --ramp_time=%ums --runtime=%llums --group_reporting "
 		 "--output-format=json 2>&1", disk, c->fio_rw, (unsigned long long)c->bs,
 		 c->deep ? SB_MAX_INFLIGHT : 1u, jobs, (unsigned long long)region,
 		 (unsigned long long)region, SB_FIO_DIRECT, SB_WARMUP_MS,
@@ -391,6 +396,7 @@ static struct json_object *sb_device_line(const char *type, const struct sb_opts
 	json_object_object_add(l, "fio_rw", json_object_new_string(c->fio_rw));
 	json_object_object_add(l, "fio_ioengine", json_object_new_string(SB_FIO_ENGINE));
 	bench_json_u64(l, "fio_direct", SB_FIO_DIRECT);
+	bench_json_u64(l, "fio_invalidate", 0);
 	bench_json_u64(l, "fio_iodepth", c->deep ? SB_MAX_INFLIGHT : 1u);
 	bench_json_u64(l, "fio_numjobs", c->deep ? o->c.vcpus : 1u);
 	return l;
