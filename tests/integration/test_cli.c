@@ -539,6 +539,22 @@ static void test_run_postcopy_usage(void **state)
 }
 
 /*
+ * Guest RAM beyond the host's memory runs (a sparse guest touches less),
+ * but --prealloc of all of it cannot: refused before anything starts.
+ */
+static void test_run_prealloc_too_big(void **state)
+{
+	const char *const args[] = { "run", "--mem", "62G", "--prealloc", NULL };
+	long pages = sysconf(_SC_PHYS_PAGES);
+
+	(void)state;
+	if (pages <= 0 || (uint64_t)pages * 4096 >= (62ull << 30))
+		skip();
+	cli_expect_run_refused(args, "--prealloc: 63488 MiB of guest RAM does not fit in this "
+				     "host's memory");
+}
+
+/*
  * A postcopy that pauses (migrate-pause): `vmferry migrate --resume` to a
  * destination that does not listen exits 3 (paused, with the way out on
  * stderr); after migrate-recover, --resume completes it, memory verified.
@@ -624,6 +640,7 @@ int main(void)
 		cmocka_unit_test(test_postcopy_to_plain_destination),
 		cmocka_unit_test(test_refuses_waiting_destination),
 		cmocka_unit_test(test_run_postcopy_usage),
+		cmocka_unit_test(test_run_prealloc_too_big),
 		cmocka_unit_test(test_resume_paused_postcopy),
 	};
 

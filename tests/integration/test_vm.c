@@ -272,11 +272,19 @@ static void test_bad_configs(void **state)
 		assert_int_equal(vm_create(&cfg, &vm), cases[i].err);
 		assert_null(vm);
 	}
-	/* More than the host has (when the host has less than the limit). */
+	/*
+	 * More than the host has (when the host has less than the limit): a
+	 * warning, not an error - a sparse guest touches less, and RAM is
+	 * allocated on first write (only --prealloc of it is refused, in
+	 * `vmferry run`, test_cli).
+	 */
 	if (pages > 0 && (uint64_t)pages * 4096 < (62ull << 30)) {
 		struct vm_config cfg = { .ram_bytes = 62ull << 30, .nvcpus = 1, .guest = "idle" };
 
-		assert_int_equal(vm_create(&cfg, &vm), -ENOMEM);
+		assert_int_equal(vm_create(&cfg, &vm), 0);
+		assert_non_null(vm);
+		vm_destroy(vm);
+		vm = NULL;
 	}
 }
 
