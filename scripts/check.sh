@@ -23,7 +23,7 @@ scripts/run-tests.sh build ""
 count build
 
 echo "== tests under ASan/UBSan"
-if make -s -j"$jobs" WERROR=1 SAN=1 all; then
+if make -s -j"$jobs" WERROR=1 SAN=1 test-build; then
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		VMFERRY_SANITIZED=1 scripts/run-tests.sh build-san "[asan] "
 	count build-san
@@ -37,7 +37,9 @@ echo "== tests under TSan"
 # programs whose VMMs run the most threads at once (control, vCPUs,
 # migration / incoming, return path, urgent, fault, prealloc; CPR's
 # handover; a postcopy pause and resume; a disk's I/O thread writing guest
-# RAM while it migrates): test_control, test_cpr, test_disk's precopy and postcopy,
+# RAM while it migrates; a storage migration's block requests and recovery):
+# test_control, test_cpr, test_disk's precopy and postcopy, test_storage's busy
+# postcopy and its recovery,
 # test_postcopy, test_recovery over UNIX sockets, and test_migration minus
 # its long repetitions (ping-pong x20, the no-convergence timeout, the
 # auto-converge ramp), which add minutes but no thread interplay the rest
@@ -50,8 +52,8 @@ TSAN_PROGRAMS="unit/* integration/test_control integration/test_postcopy integra
 	integration/test_migration=test_bad_requests integration/test_recovery=test_recover_unix
 	integration/test_state=test_precopy integration/test_state=test_recovery
 	integration/test_disk=test_precopy integration/test_disk=test_postcopy
-	integration/test_storage=test_postcopy*"
-if make -s -j"$jobs" WERROR=1 TSAN=1 all; then
+	integration/test_storage=test_postcopy_recover integration/test_storage=test_postcopy_busy"
+if make -s -j"$jobs" WERROR=1 TSAN=1 test-build; then
 	tsan_start=$(date +%s)
 	TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp" \
 		VMFERRY_SANITIZED=1 VMFERRY_TEST_PROGRAMS="$TSAN_PROGRAMS" \
