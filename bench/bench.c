@@ -469,3 +469,14 @@ int bench_parse_sizes(const char *text, uint64_t *sizes, unsigned *nsizes)
 	free(copy);
 	return rc ? rc : *nsizes ? 0 : -EINVAL;
 }
+
+void bench_common_apply_quick(struct bench_common_opts *c)
+{
+	if (!c->quick)
+		return;
+	c->mem_bytes[0] = 256ull << 20;
+	c->nmem = 1;
+	c->runs = 1;
+	for (int t = 0; t < BENCH_TRANSPORT__COUNT; t++)
+		c->transport_on[t] = t == BENCH_LOOPBACK;
+}

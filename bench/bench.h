@@ -267,6 +267,8 @@ struct bench_common_opts {
 #define BENCH_GUEST_WORKLOAD "guest"
 /* Defaults: 256 MiB and 1 GiB, 3 runs, 2 vCPUs, every workload, loopback. */
 void bench_common_defaults(struct bench_common_opts *c);
+/* --quick: one 256 MiB run on loopback only (when c->quick). */
+void bench_common_apply_quick(struct bench_common_opts *c);
 /*
  * One getopt result: 1 taken, 0 not a common option, -1 a bad value.
  * @workloads: the program's workload names (at most BENCH_MAX_WORKLOADS).

@@ -395,14 +395,7 @@ int main(int argc, char **argv)
 		o.c.workload_on[i] = false;
 	o.c.workload_on[BENCH_NWORKLOADS - 1] = o.c.guest_spec != NULL;
 	bench_workloads[BENCH_NWORKLOADS - 1].spec = o.c.guest_spec;
-	if (o.c.quick) {
-		o.c.mem_bytes[0] = 256ull << 20;
-		o.c.nmem = 1;
-		o.c.runs = 1;
-		o.c.transport_on[BENCH_LOOPBACK] = true;
-		o.c.transport_on[BENCH_VETH] = false;
-		o.c.transport_on[BENCH_WIRE] = false;
-	}
+	bench_common_apply_quick(&o.c);
 	if (access("/dev/kvm", R_OK | W_OK) != 0) {
 		fprintf(stderr, "precopy: /dev/kvm not available: %s\n", strerror(errno));
 		return 77;
