@@ -7,11 +7,14 @@ set -u
 cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
 total_p=0 total_f=0 total_s=0
+failed_names=() # what failed, repeated just above the last line: CI shows only the tail
 
 count() { # add BUILD_DIR/test-counts to the totals
 	local p f s
 	read -r p f s < "$1/test-counts" || return
 	total_p=$((total_p + p)); total_f=$((total_f + f)); total_s=$((total_s + s))
+	[ -s "$1/test-failures" ] && mapfile -t -O "${#failed_names[@]}" failed_names < "$1/test-failures"
+	return 0
 }
 
 echo "== build (strict warnings)"
@@ -28,7 +31,7 @@ if make -s -j"$jobs" WERROR=1 SAN=1 test-build; then
 		VMFERRY_SANITIZED=1 scripts/run-tests.sh build-san "[asan] "
 	count build-san
 else
-	echo "sanitizer build failed"; total_f=$((total_f + 1))
+	echo "sanitizer build failed"; total_f=$((total_f + 1)); failed_names+=("ASan/UBSan build")
 fi
 
 echo "== tests under TSan"
@@ -61,7 +64,7 @@ if make -s -j"$jobs" WERROR=1 TSAN=1 test-build; then
 	count build-tsan
 	echo "(TSan tests: $(($(date +%s) - tsan_start)) s)"
 else
-	echo "TSan build failed"; total_f=$((total_f + 1))
+	echo "TSan build failed"; total_f=$((total_f + 1)); failed_names+=("TSan build")
 fi
 
 echo "== fuzz targets (short runs)"
@@ -78,13 +81,15 @@ if make -s -j"$jobs" fuzz; then
 			echo "ok   $name"; total_p=$((total_p + 1))
 		else
 			echo "FAIL $name"; tail -n 30 "build-fuzz/$name.log"; total_f=$((total_f + 1))
+			failed_names+=("$name")
 		fi
 		rm -rf "$work"
 	done
 else
-	echo "fuzz build failed"; total_f=$((total_f + 1))
+	echo "fuzz build failed"; total_f=$((total_f + 1)); failed_names+=("fuzz build")
 fi
 
+for n in "${failed_names[@]}"; do echo "failed: $n"; done
 if [ "$total_s" -gt 0 ]; then
 	echo "$total_p passed, $total_f failed, $total_s skipped"
 else

@@ -79,4 +79,5 @@ for t in "$build"/tests/unit/test_* "$build"/tests/integration/test_*; do
 done
 rm -rf "$logdir"
 echo "$passed $failed $skipped" > "$build/test-counts"
+printf '%s\n' "${failures[@]/#/$label}" | grep -v '^$' > "$build/test-failures"
 [ "${#failures[@]}" -eq 0 ]
