@@ -806,6 +806,18 @@ int blkmig_load_complete(struct virtio_blk *b, unsigned index, char *err, size_t
 			 index, b->opts.path, missing, bm->geom.nblocks);
 		return -ENODATA;
 	}
+	/* Every block is here; durable once the guest runs (blkmig_load_settle). */
+	bm->settle = true;
+	return 0;
+}
+
+int blkmig_load_settle(struct virtio_blk *b, unsigned index, char *err, size_t errlen)
+{
+	struct blkmig *bm = &b->mig;
+
+	if (!bm->settle)
+		return 0;
+	bm->settle = false;
 	if (fdatasync(b->fd) < 0) {
 		int e = errno;
 
@@ -814,7 +826,12 @@ int blkmig_load_complete(struct virtio_blk *b, unsigned index, char *err, size_t
 		return -e;
 	}
 	atomic_store(&bm->migrating, false);
-	return 0;
+	return 1;
+}
+
+bool blkmig_save_settles(struct virtio_blk *b)
+{
+	return b->mig.dirty != NULL;
 }
 
 uint64_t blkmig_load_pending(struct virtio_blk *b)

@@ -127,6 +127,7 @@ struct blkmig {
 	_Atomic uint64_t *received;
 	_Atomic uint64_t nreceived;
 	bool got_setup;
+	bool settle;                    /* every block in, fdatasync still to do */
 	bool postcopy_in;               /* POSTCOPY seen: the rest comes after RUN */
 	atomic_bool pc_active;          /* the guest runs and blocks still arrive */
 	atomic_bool guest_runs;         /* postcopy: the guest ran here; from now on a
@@ -209,6 +210,14 @@ void blkmig_send_requests(struct virtio_blk *b);
 int blkmig_load_part(struct virtio_blk *b, const uint8_t *data, uint32_t len, char *err,
 		     size_t errlen);
 int blkmig_load_complete(struct virtio_blk *b, unsigned index, char *err, size_t errlen);
+/*
+ * Destination, load thread, the guest running: fdatasync what
+ * blkmig_load_complete found whole (outside the pause).  1 done, 0 nothing
+ * to do, -errno with @err.  Source, migration thread: whether this disk's
+ * data moves, so the destination will settle it.
+ */
+int blkmig_load_settle(struct virtio_blk *b, unsigned index, char *err, size_t errlen);
+bool blkmig_save_settles(struct virtio_blk *b);
 
 /* query-migrate's "disk" object: the disks' figures summed. */
 struct blkmig_sums {

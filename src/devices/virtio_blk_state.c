@@ -358,6 +358,31 @@ static int vblk_load_complete(void *opaque, char *err, size_t errlen)
 	return r;
 }
 
+static int vblk_load_settle(void *opaque, char *err, size_t errlen)
+{
+	struct virtio_blk_disks *disks = opaque;
+	int any = 0;
+
+	for (unsigned i = 0; i < disks->n; i++) {
+		int r = blkmig_load_settle(disks->disk[i], i, err, errlen);
+
+		if (r < 0)
+			return r;
+		any |= r;
+	}
+	return any;
+}
+
+static bool vblk_save_settles(void *opaque)
+{
+	struct virtio_blk_disks *disks = opaque;
+
+	for (unsigned i = 0; i < disks->n; i++)
+		if (blkmig_save_settles(disks->disk[i]))
+			return true;
+	return false;
+}
+
 /* query-migrate's "disk": the disks' data, summed (when any moves or moved). */
 static void vblk_query_migrate(void *opaque, struct json_object *reply)
 {
@@ -653,6 +678,8 @@ static const struct mig_state_ops vblk_state_ops = {
 	.load = vblk_load,
 	.load_part = vblk_load_part,
 	.load_complete = vblk_load_complete,
+	.save_settles = vblk_save_settles,
+	.load_settle = vblk_load_settle,
 	.save_push = vblk_save_push,
 	.save_request = vblk_save_request,
 	.save_resume = vblk_save_resume,

@@ -381,6 +381,22 @@ static int mig_dst_rerequest_locked(void *opaque, uint32_t block, uint64_t first
 	return stream_error(&d->rp);
 }
 
+/*
+ * Test hook: whether VMFERRY_DST_FAULT names @point.  Tests use it to
+ * put the destination's steps in an order the network may produce, or to
+ * fail one that the host rarely fails (settle-fails: an fdatasync error;
+ * settle-silent: the source never hears the outcome).
+ */
+static bool mig_test_fault(const char *point)
+{
+	const char *want = getenv("VMFERRY_DST_FAULT");
+
+	if (!want || strcmp(want, point))
+		return false;
+	log_warn("VMFERRY_DST_FAULT=%s", point);
+	return true;
+}
+
 static void mig_dst_rp_running(struct mig_dst *d, uint64_t first_run_ns, bool same_clock,
 			       uint64_t load_ns)
 {
@@ -977,17 +993,17 @@ static int mig_dst_paused(struct migration *m, struct mig_dst *d, struct stream 
 }
 
 /*
- * Test hook: whether VMFERRY_POSTCOPY_FAULT names @point.  Tests use it to
- * put the destination's steps in an order the network may produce.
+ * Postcopy, every page and block here: what a state left to make durable
+ * (a disk whose blocks had all arrived before the switch), before COMPLETE.
+ * The guest runs here whatever happens, so a failure is only logged, as a
+ * disk's own fdatasync after its last postcopy block is.
  */
-static bool mig_test_fault(const char *point)
+static void mig_dst_postcopy_settle(struct migration *m)
 {
-	const char *want = getenv("VMFERRY_POSTCOPY_FAULT");
+	char errbuf[MIG_ERROR_BYTES];
 
-	if (!want || strcmp(want, point))
-		return false;
-	log_warn("VMFERRY_POSTCOPY_FAULT=%s", point);
-	return true;
+	if (mig_states_load_settle(m, errbuf, sizeof(errbuf)) < 0)
+		log_error("postcopy: the guest runs here, but its data is not durable: %s", errbuf);
 }
 
 static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct stream *s, int *fdp,
@@ -1010,6 +1026,7 @@ static int mig_dst_postcopy(struct migration *m, struct mig_dst *d, struct strea
 				nanosleep(&ms, NULL);
 			}
 			if (!postcopy_dst_missing(d->pd) && !mig_states_load_pending(m)) {
+				mig_dst_postcopy_settle(m);
 				if (mig_test_fault("urgent-closed-first")) {
 					/* As if COMPLETE were overtaken by the close. */
 					atomic_store(&d->closing, true);
@@ -1132,6 +1149,39 @@ static int mig_in_load(struct migration *m, struct mig_dst *d, struct stream *s,
 	return err;
 }
 
+/*
+ * Precopy, the guest running here: make durable what the source keeps
+ * until this side has it (a disk's blocks: the fdatasync that used to sit
+ * inside the pause), then COMPLETE.  A failure is told to the source (it
+ * keeps its copy) and logged; the guest runs on here either way.
+ */
+static void mig_in_settle(struct migration *m, struct mig_dst *d)
+{
+	char errbuf[MIG_ERROR_BYTES];
+	uint64_t t0 = clock_monotonic_ns();
+	int r = mig_states_load_settle(m, errbuf, sizeof(errbuf));
+
+	if (r > 0 && mig_test_fault("settle-fails")) {
+		r = -EIO;
+		snprintf(errbuf, sizeof(errbuf), "fdatasync: %s (VMFERRY_DST_FAULT)", strerror(EIO));
+	}
+	if (r > 0 && mig_test_fault("settle-silent"))
+		return;
+	if (r < 0) {
+		log_error("migration: the guest runs here, but its data is not durable: %s", errbuf);
+		mig_dst_rp_error(d, r, errbuf);
+		return;
+	}
+	if (r == 0)
+		return;
+	log_debug("migration: settled in %.3f ms after the guest started",
+		  (double)(clock_monotonic_ns() - t0) / 1e6);
+	pthread_mutex_lock(&d->rp_lock);
+	if (d->rp_connected && !stream_error(&d->rp))
+		mig_rp_send_complete(&d->rp);
+	pthread_mutex_unlock(&d->rp_lock);
+}
+
 /* Precopy's end, every section in: start the guest here, tell the source.  0 or -1. */
 static int mig_in_start_guest(struct migration *m, struct mig_dst *d, uint64_t end_ns)
 {
@@ -1170,6 +1220,7 @@ static int mig_in_start_guest(struct migration *m, struct mig_dst *d, uint64_t e
 		d->bd.receive_ns = end_ns - m->in_vm.stop_ns;
 	d->bd.load_ns = d->sections_ns;
 	mig_set_breakdown(m, &d->bd);
+	mig_in_settle(m, d);
 	return 0;
 }
 

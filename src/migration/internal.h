@@ -467,6 +467,14 @@ size_t mig_states_section_kinds(struct migration *m, struct mig_section_kind *ki
 int mig_states_load(struct migration *m, uint32_t id, uint32_t instance, uint32_t version,
 		    bool part, const uint8_t *data, uint32_t len, char *err, size_t errlen);
 int mig_states_load_complete(struct migration *m, char *err, size_t errlen);
+/*
+ * Precopy, after the guest started on the destination (state.h,
+ * load_settle): 1 some state made data durable (send COMPLETE), 0 none,
+ * -errno with @err.  Source: whether any state's destination will (wait
+ * for COMPLETE).
+ */
+int mig_states_load_settle(struct migration *m, char *err, size_t errlen);
+bool mig_states_save_settles(struct migration *m);
 void mig_states_end(struct migration *m, bool source, bool completed);
 void mig_states_query(struct migration *m, struct json_object *reply);
 /* postcopy of states' data (state.h's save_push ... load_received) */

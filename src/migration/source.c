@@ -354,6 +354,38 @@ static int mig_src_stop_vcpus(struct mig_run *run)
 	return 0;
 }
 
+/*
+ * After RUNNING, when a state's data must be durable on the destination
+ * before this side lets go of its copy (state.h, save_settles): wait for
+ * COMPLETE.  The guest runs there already, so whatever happens it is never
+ * resumed here; a failure says to keep this side's copy.  0 or -1.
+ */
+static int mig_src_wait_settled(struct mig_run *run)
+{
+	struct migration *m = run->m;
+	struct mig_rp_msg rp = { 0 };
+	int err;
+
+	run->stopped = false; /* from here on the guest is the destination's */
+	run->kept = VM_KEPT_PEER_RAN;
+	run->src.s.timeout_ms = MIG_RP_TIMEOUT_MS;
+	err = mig_rp_read(&run->src.s, &rp, run->errbuf, sizeof(run->errbuf));
+	if (!err && rp.type == MIG_RP_COMPLETE)
+		return 0;
+	if (err)
+		mig_set_error(m, "the guest runs on the destination, which did not confirm that the "
+			      "disks' data is durable there (%s): keep this side's disk files until "
+			      "the destination's are checked", run->errbuf);
+	else
+		mig_set_error(m, "the guest runs on the destination, but %s: keep this side's "
+			      "disk files",
+			      rp.type == MIG_RP_ERROR ? rp.text : "it sent an unexpected message "
+								  "instead of COMPLETE");
+	if (!err)
+		mig_rp_msg_release(&rp);
+	return -1;
+}
+
 /* After END: wait for the destination to run the guest.  0 or -1. */
 static int mig_src_wait_running(struct mig_run *run)
 {
@@ -389,7 +421,7 @@ static int mig_src_wait_running(struct mig_run *run)
 	mig_set_downtime(m, end_ns - run->stop_ns, rp.same_clock);
 	mig_breakdown_fit(&run->src.bd, run->stop_ns, end_ns);
 	mig_set_breakdown(m, &run->src.bd);
-	return 0;
+	return mig_states_save_settles(m) ? mig_src_wait_settled(run) : 0;
 }
 
 /* Precopy's end: stop, every state's rest, END; the destination runs it. */

@@ -13,7 +13,8 @@ static bool mig_state_ops_valid(const struct mig_state_ops *ops)
 
 	if (!ops->name || !ops->save_complete || !ops->save_cleanup || (some_iter && !all_iter))
 		return false;
-	if (ops->instances > 64 || !ops->save_resume != !ops->load_received)
+	if (ops->instances > 64 || !ops->save_resume != !ops->load_received ||
+	    !ops->save_settles != !ops->load_settle)
 		return false;
 	if (ops->section_id)
 		return ops->load && ops->version && ops->min_version &&
@@ -284,6 +285,35 @@ int mig_states_load_complete(struct migration *m, char *err, size_t errlen)
 			return r;
 	}
 	return 0;
+}
+
+int mig_states_load_settle(struct migration *m, char *err, size_t errlen)
+{
+	int any = 0;
+
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+		int r;
+
+		if (!st->ops->load_settle)
+			continue;
+		r = st->ops->load_settle(st->opaque, err, errlen);
+		if (r < 0)
+			return r;
+		any |= r > 0;
+	}
+	return any;
+}
+
+bool mig_states_save_settles(struct migration *m)
+{
+	for (unsigned i = 0; i < m->nstates; i++) {
+		const struct mig_state_reg *st = &m->states[i];
+
+		if (st->ops->save_settles && st->ops->save_settles(st->opaque))
+			return true;
+	}
+	return false;
 }
 
 /* ---- postcopy ---- */

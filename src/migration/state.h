@@ -96,6 +96,19 @@ struct mig_state_ops {
 	/* Destination, load thread: every section is in; the vCPUs start next. */
 	int (*load_complete)(void *opaque, char *err, size_t errlen);
 	/*
+	 * Precopy's data that must be durable on the destination before the
+	 * source lets go of its own copy (a disk's blocks), made so outside
+	 * the pause.  Destination, load thread, right after the guest started
+	 * there and RUNNING went out: load_settle makes it durable; 1 it had
+	 * work (the engine then sends COMPLETE), 0 none, or -errno with @err
+	 * (ERROR instead; the guest runs on here).  Source, migration thread,
+	 * after RUNNING: save_settles says whether load_settle will have work,
+	 * so the source waits for COMPLETE before it calls the migration
+	 * completed and releases what it kept.  Both or neither.
+	 */
+	bool (*save_settles)(void *opaque);
+	int (*load_settle)(void *opaque, char *err, size_t errlen);
+	/*
 	 * Either side, once the migration is over: @source tells which side,
 	 * @completed whether it moved.  Postcopy: after the last page.
 	 */

@@ -240,9 +240,9 @@ static void test_complete_after_urgent_close(void **state)
 	(void)state;
 	migtest_spawn(&src, "64M", "2", "incrementer", NULL);
 	assert_int_equal(harness_wait_passes(&src, 1, 30000), 0);
-	setenv("VMFERRY_POSTCOPY_FAULT", "urgent-closed-first", 1);
+	setenv("VMFERRY_DST_FAULT", "urgent-closed-first", 1);
 	migtest_spawn_incoming(&dst, "64M", "2", true, uri, sizeof(uri));
-	unsetenv("VMFERRY_POSTCOPY_FAULT");
+	unsetenv("VMFERRY_DST_FAULT");
 	assert_int_equal(set_postcopy_cap(&src, true), 0);
 	assert_int_equal(set_postcopy_cap(&dst, true), 0);
 	assert_int_equal(harness_call(&src, "migrate-start-postcopy", NULL, NULL), 0);

@@ -10,8 +10,10 @@
  * guest writing on.  A failed storage migration - wrong size, a destination
  * without incoming=on or a source without --storage, ENOSPC on the
  * destination (a tiny tmpfs), a cancel, a destination killed - leaves the
- * source writing with every acknowledged record intact.  Also the option
- * errors.  Skips (77) without KVM.
+ * source writing with every acknowledged record intact; a destination
+ * that cannot make the disk durable once the guest runs there, or never
+ * says, leaves the guest there and tells to keep the source's disk.  Also
+ * the option errors.  Skips (77) without KVM.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -525,6 +527,61 @@ static void st_interrupt(bool kill)
 	st_remove(s);
 }
 
+/*
+ * Precopy whose destination, the guest running there, cannot make the disk
+ * durable (VMFERRY_DST_FAULT=settle-fails: an fdatasync error) or never
+ * says whether it did (settle-silent: it ends the connection without):
+ * the source's migration fails naming @want and telling to keep its disk,
+ * its guest is the destination's for good (cont refused, forced too), and
+ * the destination's guest writes on with every record intact.
+ */
+static void st_settle_fault(const char *fault, const char *want)
+{
+	struct harness_vm src, dst;
+	char uri[HARNESS_PATH_BYTES + 8];
+	struct json_object *q, *force;
+	struct st *s = &st_cur;
+
+	memset(s, 0, sizeof(*s));
+	st_make(s, ST_DISK_BYTES, true);
+	migtest_spawn_extra(&src, ST_MEM, ST_VCPUS, ST_GUEST, NULL, s->src_opts);
+	setenv("VMFERRY_DST_FAULT", fault, 1);
+	migtest_spawn_incoming_extra(&dst, ST_MEM, ST_VCPUS, true, s->dst_opts, uri, sizeof(uri));
+	unsetenv("VMFERRY_DST_FAULT");
+	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
+	assert_int_equal(st_migrate(&src, uri, true), 0);
+	q = migtest_wait_migration(&src);
+	fprintf(stderr, "failed as expected: %s\n", harness_json_str(q, "error-desc"));
+	assert_string_equal(harness_json_str(q, "status"), "failed");
+	if (!strstr(harness_json_str(q, "error-desc"), want) ||
+	    !strstr(harness_json_str(q, "error-desc"), "keep this side's disk files"))
+		fail_msg("error '%s' does not say '%s'", harness_json_str(q, "error-desc"), want);
+	json_object_put(q);
+	force = json_tokener_parse("{\"force\": true}");
+	assert_int_equal(harness_call(&src, "cont", force, NULL), -EREMOTEIO);
+	json_object_put(force);
+	if (!strstr(src.error, "can never run here again"))
+		fail_msg("forced cont refused with '%s'", src.error);
+	migtest_wait_migration_status(&dst, "completed");
+	st_expect_same(s->src, s->dst, ST_SPAN, ST_DISK_BYTES);
+	migtest_disk_expect_alive(&dst, s->dst);
+	assert_int_equal(harness_vm_quit(&src), 0);
+	assert_int_equal(harness_vm_quit(&dst), 0);
+	st_remove(s);
+}
+
+static void test_settle_fails(void **state)
+{
+	(void)state;
+	st_settle_fault("settle-fails", "Input/output error");
+}
+
+static void test_settle_silent(void **state)
+{
+	(void)state;
+	st_settle_fault("settle-silent", "did not confirm that the disks' data is durable");
+}
+
 static void test_cancel(void **state) { (void)state; st_interrupt(false); }
 static void test_destination_killed(void **state) { (void)state; st_interrupt(true); }
 
@@ -614,6 +671,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_no_storage, st_teardown),
 		cmocka_unit_test_teardown(test_enospc, st_teardown),
 		cmocka_unit_test_teardown(test_cancel, st_teardown),
+		cmocka_unit_test_teardown(test_settle_fails, st_teardown),
+		cmocka_unit_test_teardown(test_settle_silent, st_teardown),
 		cmocka_unit_test_teardown(test_destination_killed, st_teardown),
 		cmocka_unit_test_teardown(test_postcopy_without_preempt_refused, st_teardown),
 		cmocka_unit_test_teardown(test_postcopy, st_teardown),
