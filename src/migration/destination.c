@@ -20,6 +20,7 @@ struct mig_dst {
 	pthread_mutex_t rp_lock;
 	pthread_t urgent_thread;
 	bool urgent_started;
+	_Atomic pid_t urgent_tid;    /* the urgent thread's, 0 when none: its policy is set from outside */
 	atomic_bool urgent_failed;
 	uint64_t first_run_ns;
 	_Atomic uint64_t run_at_ns;  /* when RUN was handled: RAM is under userfaultfd */
@@ -447,11 +448,26 @@ static void mig_dst_urgent_broke(struct mig_dst *d, const char *why)
  */
 #define MIG_URGENT_SLICE_NS 100000ull
 
-static void mig_urgent_policy(bool rt)
+/* The urgent thread's (kernel id @tid) policy: as the fault thread's, or a short slice. */
+static void mig_urgent_policy(pid_t tid, bool rt)
 {
-	thread_set_latency_critical(rt);
-	if (!rt && thread_set_short_slice(MIG_URGENT_SLICE_NS))
+	thread_set_latency_critical_of(tid, rt);
+	if (!rt && thread_set_short_slice_of(tid, MIG_URGENT_SLICE_NS))
 		log_debug("postcopy: the urgent thread keeps the default time slice");
+}
+
+void mig_dst_pagepath_policy_changed(struct migration *m)
+{
+	pid_t tid;
+
+	pthread_mutex_lock(&m->lock);
+	if (m->dst) {
+		postcopy_dst_policy_changed(m->dst->pd);
+		tid = atomic_load(&m->dst->urgent_tid);
+		if (tid)
+			mig_urgent_policy(tid, atomic_load(&m->pagepath_rt));
+	}
+	pthread_mutex_unlock(&m->lock);
 }
 
 /* Urgent thread: requested pages, straight into guest RAM. */
@@ -464,12 +480,14 @@ static void *mig_urgent_thread(void *arg)
 	struct mig_dst_chan c = { .d = d, .bounce = malloc((size_t)MIG_RUN_MAX_PAGES * MIG_PAGE_BYTES) };
 	struct stream s;
 	char err[256];
-	bool requests_here = false, rt;
+	bool requests_here = false;
 	int fd, r;
 
 	pthread_setname_np(pthread_self(), "pc-urgent");
-	rt = atomic_load(&m->pagepath_rt);
-	mig_urgent_policy(rt);
+	pthread_mutex_lock(&m->lock); /* against mig_dst_pagepath_policy_changed */
+	atomic_store(&d->urgent_tid, (pid_t)syscall(SYS_gettid));
+	mig_urgent_policy(0, atomic_load(&m->pagepath_rt));
+	pthread_mutex_unlock(&m->lock);
 	fd = channel_accept(m->listen_fd, MIG_IO_TIMEOUT_MS, m->cancel_fd);
 	if (fd < 0 || !c.bounce || stream_init(&s, fd, -1)) {
 		if (fd != -ECANCELED) {
@@ -499,10 +517,6 @@ static void *mig_urgent_thread(void *arg)
 			r = 0;
 		else if (r == 0)
 			break; /* END */
-		if (atomic_load(&m->pagepath_rt) != rt) {
-			rt = !rt;
-			mig_urgent_policy(rt);
-		}
 	}
 	if (r == -EILSEQ)
 		atomic_fetch_add(&m->crc_mismatches, 1);
@@ -512,6 +526,7 @@ static void *mig_urgent_thread(void *arg)
 	}
 	mig_dst_req_close(d);
 	pthread_mutex_lock(&m->lock);
+	atomic_store(&d->urgent_tid, 0);
 	m->urgent_stream = NULL;
 	m->urgent_conn_fd = -1;
 	pthread_mutex_unlock(&m->lock);
@@ -659,6 +674,7 @@ static int mig_dst_run(void *opaque, char *err, size_t errlen)
 	pthread_mutex_lock(&m->lock);
 	m->dst = d; /* states may ask for their data now (mig_request) */
 	pthread_mutex_unlock(&m->lock);
+	mig_dst_pagepath_policy_changed(m); /* mig_dst_vcpu_nice came before m->dst */
 	d->bd.start_ns = clock_monotonic_ns();
 	r = vm_incoming_finish(m->vm, m->in_vm.was_running, &d->first_run_ns);
 	if (r) {

@@ -353,6 +353,8 @@ void mig_set_breakdown(struct migration *m, const struct mig_breakdown *bd);
 void mig_breakdown_fit(struct mig_breakdown *bd, uint64_t stop_ns, uint64_t end_ns);
 void mig_publish_conns(struct migration *m, int conn_fd, int urgent_fd);
 void mig_dst_vcpu_nice(struct migration *m, bool on);
+/* Destination: m->pagepath_rt changed; the page path's threads take it now.  Any thread. */
+void mig_dst_pagepath_policy_changed(struct migration *m);
 void mig_enter_paused(struct migration *m, const char *reason);
 void mig_leave_paused(struct migration *m);
 void mig_finish_failed(struct migration *m);

@@ -258,6 +258,7 @@ void mig_dst_vcpu_nice(struct migration *m, bool on)
 	}
 	r = vm_set_vcpu_nice(m->vm, nice);
 	atomic_store(&m->pagepath_rt, !(nice > 0 && r == 0));
+	mig_dst_pagepath_policy_changed(m);
 	if (r == -EPERM)
 		log_info("postcopy: vCPU priority left alone: lowering it could not be undone "
 			 "without CAP_SYS_NICE or RLIMIT_NICE");

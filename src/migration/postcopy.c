@@ -44,6 +44,7 @@ struct postcopy_dst {
 	_Atomic uint64_t nreceived;
 	int uffd;                     /* -1 until listening */
 	int stop_fd;
+	int policy_fd;                /* postcopy_dst_policy_changed: look at @realtime */
 	pthread_t thread;
 	bool thread_running;
 	atomic_bool listening;
@@ -146,9 +147,10 @@ int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, v
 	pd->req_ns = calloc(pd->npages, sizeof(uint64_t));
 	pd->samples_us = calloc(pd->npages, sizeof(uint32_t));
 	pd->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	pd->policy_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&pd->stats_lock, NULL);
 	if (!pd->received || !pd->claimed || !pd->requested || !pd->waiting || !pd->mapped ||
-	    !pd->req_ns || !pd->samples_us || pd->stop_fd < 0) {
+	    !pd->req_ns || !pd->samples_us || pd->stop_fd < 0 || pd->policy_fd < 0) {
 		postcopy_dst_destroy(pd);
 		return -ENOMEM;
 	}
@@ -182,6 +184,8 @@ void postcopy_dst_destroy(struct postcopy_dst *pd)
 	}
 	if (pd->stop_fd >= 0)
 		close(pd->stop_fd);
+	if (pd->policy_fd >= 0)
+		close(pd->policy_fd);
 	free((void *)pd->received);
 	free((void *)pd->claimed);
 	free((void *)pd->requested);
@@ -723,14 +727,22 @@ static void pc_handle_fault(struct postcopy_dst *pd, uint64_t addr)
 		pc_copy(pd, p, 1, pc_zero);
 }
 
+void postcopy_dst_policy_changed(struct postcopy_dst *pd)
+{
+	uint64_t one = 1;
+
+	if (pd && write(pd->policy_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_debug("postcopy: policy wake-up: %s", strerror(errno));
+}
+
 static void *pc_fault_thread(void *arg)
 {
 	struct postcopy_dst *pd = arg;
-	struct pollfd pfd[2] = {
+	struct pollfd pfd[3] = {
 		{ .fd = pd->uffd, .events = POLLIN },
 		{ .fd = pd->stop_fd, .events = POLLIN },
+		{ .fd = pd->policy_fd, .events = POLLIN },
 	};
-
 	bool rt = true;
 
 	pthread_setname_np(pthread_self(), "pc-fault");
@@ -739,7 +751,7 @@ static void *pc_fault_thread(void *arg)
 		struct uffd_msg msgs[64];
 		ssize_t n;
 
-		if (poll(pfd, 2, -1) < 0) {
+		if (poll(pfd, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			log_error("postcopy: poll: %s", strerror(errno));
@@ -747,10 +759,18 @@ static void *pc_fault_thread(void *arg)
 		}
 		if (pfd[1].revents)
 			return NULL;
+		if (pfd[2].revents) {
+			uint64_t v;
+
+			if (read(pd->policy_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_debug("postcopy: policy read: %s", strerror(errno));
+		}
 		if ((!pd->realtime || atomic_load(pd->realtime)) != rt) {
 			rt = !rt;
 			thread_set_latency_critical(rt);
 		}
+		if (!pfd[0].revents)
+			continue; /* only the policy */
 		n = read(pd->uffd, msgs, sizeof(msgs));
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)

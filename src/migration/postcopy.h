@@ -56,13 +56,19 @@ bool postcopy_minor_supported(void);
  * Track one RAM block (the VM's block 0); opens the userfaultfd and starts
  * the fault thread (nothing faults before postcopy_dst_listen).  The thread
  * runs real-time (thread_set_latency_critical) while @realtime is true or
- * NULL, else in the normal policy; it looks when it wakes, at each fault.
- * 0 or -errno.
+ * NULL, else in the normal policy; it looks at each fault and when
+ * postcopy_dst_policy_changed says to.  0 or -errno.
  */
 int postcopy_dst_create(struct ram_block *block, postcopy_request_fn *request, void *opaque,
 			const atomic_bool *realtime, struct postcopy_dst **out);
 /* Stop the fault thread, unregister, free.  NULL is fine. */
 void postcopy_dst_destroy(struct postcopy_dst *pd);
+/*
+ * *@realtime changed: the fault thread takes the new policy now, not at the
+ * next fault (which may never come once the guest's working set is here).
+ * Any thread.
+ */
+void postcopy_dst_policy_changed(struct postcopy_dst *pd);
 
 /* Precopy phase: pages written in place (plain stores) now hold current data. */
 void postcopy_dst_mark_received(struct postcopy_dst *pd, uint64_t first_page, uint64_t npages);

@@ -116,14 +116,24 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	fprintf(stderr, "%s\n", line);
 }
 
-void thread_boost_priority(int boost)
+static void thread_boost_priority_of(pid_t tid, int boost)
 {
 	/* PRIO_PROCESS with a thread id applies to that thread alone on Linux. */
-	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -boost) < 0)
+	if (setpriority(PRIO_PROCESS, (id_t)tid, -boost) < 0)
 		log_debug("thread priority unchanged: %s", strerror(errno));
 }
 
+void thread_boost_priority(int boost)
+{
+	thread_boost_priority_of((pid_t)syscall(SYS_gettid), boost);
+}
+
 void thread_set_latency_critical(bool on)
+{
+	thread_set_latency_critical_of((pid_t)syscall(SYS_gettid), on);
+}
+
+void thread_set_latency_critical_of(pid_t tid, bool on)
 {
 	struct sched_param sp = { .sched_priority = on ? 1 : 0 };
 
@@ -133,11 +143,16 @@ void thread_set_latency_critical(bool on)
 	 * thread handles one short message and blocks again; the kernel's
 	 * real-time throttling bounds it should it ever spin.
 	 */
-	if (pthread_setschedparam(pthread_self(), on ? SCHED_FIFO : SCHED_OTHER, &sp) != 0 || !on)
-		thread_boost_priority(on ? 10 : 0);
+	if (sched_setscheduler(tid, on ? SCHED_FIFO : SCHED_OTHER, &sp) != 0 || !on)
+		thread_boost_priority_of(tid, on ? 10 : 0);
 }
 
 int thread_set_short_slice(uint64_t slice_ns)
+{
+	return thread_set_short_slice_of(0, slice_ns);
+}
+
+int thread_set_short_slice_of(pid_t tid, uint64_t slice_ns)
 {
 	/* struct sched_attr as the kernel takes it (glibc has no wrapper). */
 	struct {
@@ -148,7 +163,7 @@ int thread_set_short_slice(uint64_t slice_ns)
 		uint64_t sched_runtime, sched_deadline, sched_period;
 	} attr = { .size = sizeof(attr), .sched_policy = SCHED_OTHER, .sched_runtime = slice_ns };
 
-	return syscall(SYS_sched_setattr, 0, &attr, 0) < 0 ? -errno : 0;
+	return syscall(SYS_sched_setattr, tid, &attr, 0) < 0 ? -errno : 0;
 }
 
 void thread_make_latency_critical(void)

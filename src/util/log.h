@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum log_level { LOG_ERROR = 1, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -44,6 +45,8 @@ void thread_make_latency_critical(void);
  * docs/migration.md).
  */
 void thread_set_latency_critical(bool on);
+/* The same for thread @tid of this process (a kernel thread id, gettid). */
+void thread_set_latency_critical_of(pid_t tid, bool on);
 /*
  * Put the calling thread in the normal policy at nice 0 with a scheduler
  * slice of @slice_ns (EEVDF's request size, Linux 6.12+; older kernels take
@@ -51,6 +54,8 @@ void thread_set_latency_critical(bool on);
  * deadline and runs before threads with the default one.  0 or -errno.
  */
 int thread_set_short_slice(uint64_t slice_ns);
+/* The same for thread @tid of this process (0: the calling thread). */
+int thread_set_short_slice_of(pid_t tid, uint64_t slice_ns);
 /*
  * Whether this process may set a thread back to nice @nice once it has made
  * it nicer: always with CAP_SYS_NICE, else only down to 20 - RLIMIT_NICE.

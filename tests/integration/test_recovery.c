@@ -133,8 +133,10 @@ static void expect_dst_vcpus_idle(void)
 /*
  * The destination's page-path threads (pc-fault, pc-urgent) end up with
  * @want of them real-time: none while its vCPUs run nicer (the urgent
- * thread then with a 100 µs slice), both while they run at full priority.  A thread looks when it next wakes (a fault, a
- * requested page), which the incrementer brings soon.
+ * thread then with a 100 µs slice), both while they run at full priority.
+ * The VMM sets both when the vCPUs' priority changes (at the start, a pause,
+ * a resume), whether or not pages are still faulted on; the check polls,
+ * bounded, for that.
  */
 static void expect_dst_pagepath_realtime(int want)
 {
