@@ -69,7 +69,8 @@
  *   block_request_p50_us / p99_us: from query-migrate's "disk" object
  *     ("request-latency-p50-us", "request-latency-p99-us"), the
  *     destination's unless it says 0, null without one; both sides' objects
- *     are copied ("disk_migration", "disk_migration_destination")
+ *     are copied ("disk_migration", "disk_migration_destination"), and the
+ *     destination's downtime-breakdown ("downtime_breakdown_destination")
  *   disk_quiesce_us: the longest a source disk took to drain at the stop
  *     (query-block "pause_last_ns"): the device's own share of the pause
  *   writes_per_s_before / during / after: records acknowledged per second
@@ -481,6 +482,7 @@ struct sb_mig_result {
 	double quiesce_us;           /* the source's disks' drain in the stop (query-block), NaN */
 	char disk_obj[512];          /* the source's query-migrate "disk", JSON text, or "" */
 	char disk_obj_dst[512];      /* the destination's */
+	char breakdown_dst[512];     /* the destination's downtime-breakdown, JSON text, or "" */
 };
 
 struct sb_run {
@@ -716,8 +718,10 @@ static void sb_disk_stats(struct sb_run *s)
 	struct sb_mig_result *r = s->r;
 	struct json_object *q = NULL;
 
-	if (harness_call(&s->dst, "query-migrate", NULL, &q) == 0)
+	if (harness_call(&s->dst, "query-migrate", NULL, &q) == 0) {
 		sb_copy_disk_stats(q, r, r->disk_obj_dst, sizeof(r->disk_obj_dst));
+		bench_breakdown_text(q, r->breakdown_dst, sizeof(r->breakdown_dst));
+	}
 	json_object_put(q);
 	q = NULL;
 	if (harness_call(&s->src, "query-migrate", NULL, &q) == 0)
@@ -849,6 +853,9 @@ static void sb_mig_print_run(const struct sb_run *s, unsigned run)
 		bench_json_num(l, "total_time_ms", r->b.total_ms, 3);
 		bench_json_num(l, "downtime_ms", r->b.downtime_ms >= 0 ? r->b.downtime_ms : NAN, 3);
 		bench_json_breakdown(l, r->b.breakdown);
+		d = r->breakdown_dst[0] ? json_tokener_parse(r->breakdown_dst) : NULL;
+		if (d)
+			json_object_object_add(l, "downtime_breakdown_destination", d);
 		bench_json_u64(l, "ram_sent_bytes", r->b.normal_pages * BENCH_PAGE_BYTES);
 		bench_json_u64(l, "disk_data_bytes", r->disk_data_bytes);
 		bench_json_u64(l, "bytes_on_wire", r->b.wire_bytes);
