@@ -143,6 +143,28 @@ int bench_workload(struct harness_vm *vm, bool *running, uint64_t *progress,
 	return 0;
 }
 
+int bench_wait_running(struct harness_vm *src, uint64_t mem_bytes, struct bench_result *r)
+{
+	uint64_t deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
+	uint64_t progress;
+	bool running = false;
+	int rc;
+
+	while (!running && clock_monotonic_ns() < deadline) {
+		rc = bench_workload(src, &running, &progress, r);
+		if (rc)
+			return rc;
+		if (!running)
+			harness_nap_ms(10);
+	}
+	if (!running) {
+		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
+			 BENCH_READY_MS_FOR(mem_bytes));
+		return -ETIMEDOUT;
+	}
+	return 0;
+}
+
 int bench_incoming_uri(struct harness_vm *dst, char *uri, size_t len, struct bench_result *r)
 {
 	return bench_vm_error(dst, harness_incoming_uri(dst, uri, len, BENCH_CONNECT_MS), r);

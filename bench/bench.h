@@ -168,6 +168,12 @@ int bench_call(struct harness_vm *vm, const char *cmd, struct json_object *args,
 int bench_workload(struct harness_vm *vm, bool *running, uint64_t *progress,
 		   struct bench_result *r);
 
+/*
+ * Poll bench_workload on the source @src until its guest runs, for at most
+ * BENCH_READY_MS_FOR(@mem_bytes).  0, or -errno with r->error.
+ */
+int bench_wait_running(struct harness_vm *src, uint64_t mem_bytes, struct bench_result *r);
+
 /* harness_incoming_uri() within BENCH_CONNECT_MS; 0 or -errno with r->error. */
 int bench_incoming_uri(struct harness_vm *dst, char *uri, size_t len, struct bench_result *r);
 

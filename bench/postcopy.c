@@ -402,92 +402,89 @@ static int bench_dst_done(struct harness_vm *dst, struct bench_pc_result *r)
 	return -ETIMEDOUT;
 }
 
-/* One migration; the result in *r (r->b.error set when it did not complete). */
-static void bench_one(const struct bench_opts *o, enum bench_transport t, struct bench_netns *n,
-		      uint64_t mem_bytes, const struct bench_workload *w,
-		      const struct bench_mode *mode, struct bench_pc_result *pr)
+/*
+ * Measure the link to @host_addr between @ns's hosts (NULL: this host)
+ * before any VM competes for the CPUs: cache-hot bandwidth, bandwidth over
+ * @mem_bytes, round trip.  0, or -errno with r->error.
+ */
+static int bench_probe_link(const struct bench_opts *o, const struct bench_netns *ns,
+			    const char *host_addr, uint64_t mem_bytes, struct bench_result *r)
 {
-	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
-	char mem[32], vcpus[16], listen_uri[HARNESS_PATH_BYTES + 8], uri[HARNESS_PATH_BYTES + 8];
-	/* --dest-ready: all of it up front, not just ahead of the stream. */
-	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri,
-				   o->dest_ready ? "--prealloc" : NULL, NULL };
-	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
-	const char *host_addr = bench_transport_netns(t) ? n->hosts.addr[1] : "127.0.0.1";
-	struct bench_netns *ns = bench_transport_netns(t) ? n : NULL;
-	struct bench_result *r = &pr->b;
-	struct json_object *args, *q = NULL;
-	uint64_t deadline, progress;
-	double src_cpu0 = -1, dst_cpu0 = 0, dst_vcpu0 = 0, cpu_unused;
-	bool running = false;
+	const char *src_ns = ns ? ns->hosts.ns[0] : NULL, *dst_ns = ns ? ns->hosts.ns[1] : NULL;
 	int rc;
 
-	memset(pr, 0, sizeof(*pr));
-	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
-	r->downtime_ms = -1;
-	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
-	snprintf(vcpus, sizeof(vcpus), "%u", o->c.vcpus);
-	bench_listen_uri(t, host_addr, listen_uri, sizeof(listen_uri));
-
-	/* The link first, with no VM competing for the CPUs. */
-	rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
-				  o->c.probe_bytes, 0, &r->link_bps);
+	rc = bench_link_bandwidth(src_ns, dst_ns, host_addr, o->c.probe_bytes, 0, &r->link_bps);
 	if (!rc)
-		rc = bench_link_bandwidth(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr,
-					  mem_bytes, mem_bytes, &r->ram_link_bps);
+		rc = bench_link_bandwidth(src_ns, dst_ns, host_addr, mem_bytes, mem_bytes,
+					  &r->ram_link_bps);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "link bandwidth probe: %s", strerror(-rc));
-		return;
+		return rc;
 	}
-	rc = bench_link_rtt(ns ? ns->hosts.ns[0] : NULL, ns ? ns->hosts.ns[1] : NULL, host_addr, &r->link_rtt_us);
-	if (rc) {
+	rc = bench_link_rtt(src_ns, dst_ns, host_addr, &r->link_rtt_us);
+	if (rc)
 		snprintf(r->error, sizeof(r->error), "link round-trip probe: %s", strerror(-rc));
-		return;
-	}
+	return rc;
+}
+
+/*
+ * Start the destination with @dst_args (and @mode's userfaultfd and mapping
+ * choices), take the URI it listens on into @uri, then the source with
+ * @src_args (and @mode's send path).  0, or -errno with r->error.
+ */
+static int bench_start_vms(const struct bench_opts *o, const struct bench_netns *ns,
+			   const struct bench_mode *mode, const char *const dst_args[],
+			   const char *const src_args[], struct harness_vm *src, struct harness_vm *dst,
+			   char *uri, size_t uri_len, struct bench_result *r)
+{
+	int rc;
+
 	if (mode->uffd_missing)
 		setenv("VMFERRY_POSTCOPY_UFFD", "missing", 1);
 	if (mode->eager_map)
 		setenv("VMFERRY_POSTCOPY_MAP", "eager", 1);
-	rc = bench_vm_start(o->c.bin, ns, 1, "dst", dst_args, &dst, r);
+	rc = bench_vm_start(o->c.bin, ns, 1, "dst", dst_args, dst, r);
 	unsetenv("VMFERRY_POSTCOPY_UFFD");
 	unsetenv("VMFERRY_POSTCOPY_MAP");
 	if (!rc)
-		rc = bench_incoming_uri(&dst, uri, sizeof(uri), r);
+		rc = bench_incoming_uri(dst, uri, uri_len, r);
 	if (!rc && mode->copy_send)
 		setenv("VMFERRY_SEND_COPY", "1", 1);
 	if (!rc)
-		rc = bench_vm_start(o->c.bin, ns, 0, "src", src_args, &src, r);
+		rc = bench_vm_start(o->c.bin, ns, 0, "src", src_args, src, r);
 	unsetenv("VMFERRY_SEND_COPY");
-	if (rc)
-		goto out;
-	/* Pages the guest has not written yet would cross as zero flags only. */
-	deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
-	while (!running && clock_monotonic_ns() < deadline) {
-		if (bench_workload(&src, &running, &progress, r))
-			goto out;
-		if (!running)
-			harness_nap_ms(10);
-	}
-	if (!running) {
-		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
-			 BENCH_READY_MS_FOR(mem_bytes));
-		goto out;
-	}
-	if (bench_prepare(o, mode, &src, &dst, r))
-		goto out;
+	return rc;
+}
+
+/*
+ * Migrate from @src (its guest running) to @dst listening on @uri in @mode,
+ * and take the figures into *pr: the source's, the destination's once it
+ * completes too, the CPU time both spent, the guest's account; then verify
+ * the destination's memory.  r->error says when it did not complete.
+ */
+static void bench_migrate(const struct bench_opts *o, const struct bench_workload *w,
+			  const struct bench_mode *mode, struct harness_vm *src,
+			  struct harness_vm *dst, const char *uri, struct bench_pc_result *pr)
+{
+	struct bench_result *r = &pr->b;
+	struct json_object *args, *q = NULL;
+	double src_cpu0 = -1, dst_cpu0 = 0, dst_vcpu0 = 0, cpu_unused;
+	int rc;
+
+	if (bench_prepare(o, mode, src, dst, r))
+		return;
 	args = json_object_new_object();
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	if (w->progress)
-		bench_guest_rate(&src, &pr->b.guest);
-	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
-	if (bench_proc_cpu(src.pid, &src_cpu0, &cpu_unused) ||
-	    bench_proc_cpu(dst.pid, &dst_cpu0, &dst_vcpu0))
+		bench_guest_rate(src, &pr->b.guest);
+	if (bench_proc_cpu(src->pid, &src_cpu0, &cpu_unused) ||
+	    bench_proc_cpu(dst->pid, &dst_cpu0, &dst_vcpu0))
 		src_cpu0 = -1;
-	rc = bench_call(&src, "migrate", args, NULL, r);
+	rc = bench_call(src, "migrate", args, NULL, r);
 	json_object_put(args);
-	if (rc || bench_wait_migration(o->c.timeout_s, &src, &q, r))
-		goto out;
-	if (src_cpu0 >= 0 && !bench_proc_cpu(src.pid, &pr->src_cpu_ms, &cpu_unused))
+	if (rc || bench_wait_migration(o->c.timeout_s, src, &q, r))
+		return;
+	if (src_cpu0 >= 0 && !bench_proc_cpu(src->pid, &pr->src_cpu_ms, &cpu_unused))
 		pr->src_cpu_ms -= src_cpu0;
 	bench_copy_stats(q, r);
 	/*
@@ -502,13 +499,13 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	pr->requests_served = harness_json_u64(q, "postcopy-requests");
 	json_object_put(q);
 	if (!r->completed)
-		goto out;
-	if (bench_dst_done(&dst, pr)) {
+		return;
+	if (bench_dst_done(dst, pr)) {
 		r->completed = false;
 		snprintf(r->status, sizeof(r->status), "dst-failed");
-		goto out;
+		return;
 	}
-	if (src_cpu0 >= 0 && !bench_proc_cpu(dst.pid, &pr->dst_cpu_ms, &pr->dst_vcpu_cpu_ms)) {
+	if (src_cpu0 >= 0 && !bench_proc_cpu(dst->pid, &pr->dst_cpu_ms, &pr->dst_vcpu_cpu_ms)) {
 		pr->dst_cpu_ms -= dst_cpu0;
 		pr->dst_vcpu_cpu_ms -= dst_vcpu0;
 	}
@@ -517,9 +514,38 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	 * polls after it.  The guest runs on the destination meanwhile: at
 	 * full speed that adds nothing to guest_lost_ms.
 	 */
-	bench_guest_close(&dst, &pr->b.guest);
-	bench_verify_destination(&dst, w->name, r);
-out:
+	bench_guest_close(dst, &pr->b.guest);
+	bench_verify_destination(dst, w->name, r);
+}
+
+/* One migration; the result in *r (r->b.error set when it did not complete). */
+static void bench_one(const struct bench_opts *o, enum bench_transport t, struct bench_netns *n,
+		      uint64_t mem_bytes, const struct bench_workload *w,
+		      const struct bench_mode *mode, struct bench_pc_result *pr)
+{
+	struct harness_vm src = { .pid = -1 }, dst = { .pid = -1 };
+	char mem[32], vcpus[16], listen_uri[HARNESS_PATH_BYTES + 8], uri[HARNESS_PATH_BYTES + 8];
+	/* --dest-ready: all of it up front, not just ahead of the stream. */
+	const char *dst_args[] = { "--mem", mem, "--vcpus", vcpus, "--incoming", listen_uri,
+				   o->dest_ready ? "--prealloc" : NULL, NULL };
+	const char *src_args[] = { "--mem", mem, "--vcpus", vcpus, "--guest", w->spec, NULL };
+	const char *host_addr = bench_transport_netns(t) ? n->hosts.addr[1] : "127.0.0.1";
+	struct bench_netns *ns = bench_transport_netns(t) ? n : NULL;
+	struct bench_result *r = &pr->b;
+
+	memset(pr, 0, sizeof(*pr));
+	pr->src_cpu_ms = pr->dst_cpu_ms = pr->dst_vcpu_cpu_ms = -1;
+	r->downtime_ms = -1;
+	snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(mem_bytes >> 20));
+	snprintf(vcpus, sizeof(vcpus), "%u", o->c.vcpus);
+	bench_listen_uri(t, host_addr, listen_uri, sizeof(listen_uri));
+
+	if (bench_probe_link(o, ns, host_addr, mem_bytes, r))
+		return;
+	/* Pages the guest has not written yet would cross as zero flags only. */
+	if (!bench_start_vms(o, ns, mode, dst_args, src_args, &src, &dst, uri, sizeof(uri), r) &&
+	    !bench_wait_running(&src, mem_bytes, r))
+		bench_migrate(o, w, mode, &src, &dst, uri, pr);
 	if (r->error[0]) {
 		harness_vm_log_tail(&src, "source");
 		harness_vm_log_tail(&dst, "destination");

@@ -152,8 +152,6 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	const char *host_addr = bench_transport_netns(t) ? n->hosts.addr[1] : "127.0.0.1";
 	struct bench_netns *ns = bench_transport_netns(t) ? n : NULL;
 	struct json_object *args, *q = NULL;
-	uint64_t deadline, progress;
-	bool running = false;
 	int rc;
 
 	memset(r, 0, sizeof(*r));
@@ -173,19 +171,7 @@ static void bench_one(const struct bench_opts *o, enum bench_transport t, struct
 	    bench_incoming_uri(&dst, uri, sizeof(uri), r) ||
 	    bench_vm_start(o->c.bin, ns, 0, "src", src_args, &src, r))
 		goto out;
-	deadline = clock_monotonic_ns() + (uint64_t)BENCH_READY_MS_FOR(mem_bytes) * 1000000ull;
-	while (!running && clock_monotonic_ns() < deadline) {
-		if (bench_workload(&src, &running, &progress, r))
-			goto out;
-		if (!running)
-			harness_nap_ms(10);
-	}
-	if (!running) {
-		snprintf(r->error, sizeof(r->error), "source guest not running after %d ms",
-			 BENCH_READY_MS_FOR(mem_bytes));
-		goto out;
-	}
-	if (bench_set_params(o, &src, r))
+	if (bench_wait_running(&src, mem_bytes, r) || bench_set_params(o, &src, r))
 		goto out;
 	if (w->progress)
 		bench_guest_rate(&src, &r->guest);

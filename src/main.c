@@ -257,7 +257,36 @@ static void *main_signal_thread(void *arg)
 	return NULL;
 }
 
-static int main_run(int argc, char **argv)
+/* What `vmferry run`'s options ask for. */
+struct main_run_opts {
+	struct vm_config cfg;
+	const char *control_path, *incoming_uri, *cpr_uri;
+	bool mem_given, vcpus_given, postcopy, with_test_state;
+	struct virtio_blk_opts disk[VMF_MAX_DEVICES];
+	unsigned ndisks;
+	int vcpu_nice; /* -1: the migration default */
+	int prealloc;  /* -1: the default for the mode (--incoming: follow the stream, migration.h) */
+};
+
+/* What `vmferry run` holds while it runs; NULL or -1 when not (yet) held. */
+struct main_run_res {
+	struct cpr_state cpr;
+	int cpr_fd;
+	struct vm *vm;
+	struct virtio_blk_disks disks;
+	struct migration *mig;
+	struct test_state *test_state;
+	struct control_server *srv;
+};
+
+/* main_run_parse's "no exit status yet": the options are read, go on. */
+#define MAIN_RUN_GO_ON (-1)
+
+/*
+ * Read `vmferry run`'s options into @o.  Returns MAIN_RUN_GO_ON, or the exit
+ * status to end with at once (0 after --help, 2 on a usage error).
+ */
+static int main_run_parse(int argc, char **argv, struct main_run_opts *o)
 {
 	static const struct option opts[] = {
 		{ "mem", required_argument, NULL, 'm' },
@@ -279,68 +308,55 @@ static int main_run(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
-	struct vm_config cfg = {
-		.ram_bytes = 256ull << 20,
-		.nvcpus = 1,
-		.guest = "incrementer",
-	};
-	const char *control_path = NULL, *incoming_uri = NULL, *cpr_uri = NULL;
-	struct cpr_state cpr = { 0 };
-	bool mem_given = false, vcpus_given = false, postcopy = false, with_test_state = false;
-	struct test_state *test_state = NULL;
-	static struct virtio_blk_opts disk_opts[VMF_MAX_DEVICES];
-	struct virtio_blk_disks disks = { .n = 0 };
-	unsigned ndisks = 0;
-	int vcpu_nice = -1; /* -1: the migration default */
-	int cpr_fd = -1;
-	struct control_server *srv = NULL;
-	struct migration *mig = NULL;
 	char errbuf[512];
-	struct vm *vm = NULL;
-	pthread_t sig_thread;
-	sigset_t sigs;
 	uint64_t v;
-	int opt, err, status = 1, prealloc = -1; /* -1: the default for the mode */
+	int opt;
 
+	memset(o, 0, sizeof(*o));
+	o->cfg.ram_bytes = 256ull << 20;
+	o->cfg.nvcpus = 1;
+	o->cfg.guest = "incrementer";
+	o->vcpu_nice = -1;
+	o->prealloc = -1;
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "m:c:g:Svh", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'm':
-			if (size_parse(optarg, &cfg.ram_bytes))
+			if (size_parse(optarg, &o->cfg.ram_bytes))
 				return run_usage_error("--mem: '%s' is not a size (e.g. 512M, 1G)", optarg);
-			mem_given = true;
+			o->mem_given = true;
 			break;
 		case 'c':
 			if (size_parse_uint(optarg, 1, VMF_MAX_VCPUS, &v))
 				return run_usage_error("--vcpus: '%s' is not a number in 1..%u",
 						       optarg, VMF_MAX_VCPUS);
-			cfg.nvcpus = (unsigned)v;
-			vcpus_given = true;
+			o->cfg.nvcpus = (unsigned)v;
+			o->vcpus_given = true;
 			break;
-		case 'g': cfg.guest = optarg; break;
-		case 'C': control_path = optarg; break;
-		case 'o': cfg.console_path = optarg; break;
-		case 'S': cfg.start_paused = true; break;
-		case 'N': cfg.no_shutdown = true; break;
-		case 'I': incoming_uri = optarg; cfg.incoming = true; break;
-		case 'R': cpr_uri = optarg; break;
-		case 'Y': postcopy = true; break;
-		case 'T': with_test_state = true; break;
+		case 'g': o->cfg.guest = optarg; break;
+		case 'C': o->control_path = optarg; break;
+		case 'o': o->cfg.console_path = optarg; break;
+		case 'S': o->cfg.start_paused = true; break;
+		case 'N': o->cfg.no_shutdown = true; break;
+		case 'I': o->incoming_uri = optarg; o->cfg.incoming = true; break;
+		case 'R': o->cpr_uri = optarg; break;
+		case 'Y': o->postcopy = true; break;
+		case 'T': o->with_test_state = true; break;
 		case 'D':
-			if (ndisks == VMF_MAX_DEVICES)
+			if (o->ndisks == VMF_MAX_DEVICES)
 				return run_usage_error("--disk: at most %u disks", VMF_MAX_DEVICES);
-			if (virtio_blk_parse_opts(optarg, &disk_opts[ndisks], errbuf, sizeof(errbuf)))
+			if (virtio_blk_parse_opts(optarg, &o->disk[o->ndisks], errbuf, sizeof(errbuf)))
 				return run_usage_error("--disk %s: %s", optarg, errbuf);
-			ndisks++;
+			o->ndisks++;
 			break;
 		case 'n':
 			if (size_parse_uint(optarg, 0, 20, &v))
 				return run_usage_error("--postcopy-vcpu-nice: '%s' is not a number "
 						       "in 0..20", optarg);
-			vcpu_nice = (int)v;
+			o->vcpu_nice = (int)v;
 			break;
-		case 'P': prealloc = 1; break;
-		case 'p': prealloc = 0; break;
+		case 'P': o->prealloc = 1; break;
+		case 'p': o->prealloc = 0; break;
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': run_usage(stdout); return 0;
 		default:
@@ -351,159 +367,238 @@ static int main_run(int argc, char **argv)
 	}
 	if (optind < argc)
 		return run_usage_error("unexpected argument '%s'", argv[optind]);
+	return MAIN_RUN_GO_ON;
+}
 
-	for (unsigned i = 0; i < ndisks; i++)
-		if (disk_opts[i].incoming && (!incoming_uri || cpr_uri))
+/* Check that @o's options go together.  Returns 0, or 2 after saying why not. */
+static int main_run_check(const struct main_run_opts *o)
+{
+	for (unsigned i = 0; i < o->ndisks; i++)
+		if (o->disk[i].incoming && (!o->incoming_uri || o->cpr_uri))
 			return run_usage_error("--disk %s,incoming=on: an incoming disk receives a "
 					       "storage migration: it needs --incoming URI (and no "
-					       "--incoming-cpr)", disk_opts[i].path);
-	if (postcopy && (!incoming_uri || cpr_uri))
-		return run_usage_error("--postcopy %s", incoming_uri
+					       "--incoming-cpr)", o->disk[i].path);
+	if (o->postcopy && (!o->incoming_uri || o->cpr_uri))
+		return run_usage_error("--postcopy %s", o->incoming_uri
 				       ? "does not apply to --incoming-cpr: a live update moves no RAM"
 				       : "needs --incoming URI: it prepares the destination of a "
 					 "migration");
-	if (vcpu_nice >= 0 && !postcopy)
+	if (o->vcpu_nice >= 0 && !o->postcopy)
 		return run_usage_error("--postcopy-vcpu-nice needs --postcopy");
-	if (cpr_uri) {
-		/* Before signals are routed: Ctrl-C while waiting just ends us. */
-		if (!incoming_uri)
-			return run_usage_error("--incoming-cpr needs --incoming MAIN_URI too");
-		if (prealloc > 0)
-			return run_usage_error("--prealloc does not apply to --incoming-cpr: "
-					       "guest RAM is inherited, not allocated");
-		prealloc = 0;
-		cpr_fd = main_cpr_receive(cpr_uri, &cpr, &cfg, mem_given, vcpus_given);
-		if (cpr_fd < 0)
-			return 1;
-	}
+	if (o->cpr_uri && !o->incoming_uri)
+		return run_usage_error("--incoming-cpr needs --incoming MAIN_URI too");
+	if (o->cpr_uri && o->prealloc > 0)
+		return run_usage_error("--prealloc does not apply to --incoming-cpr: "
+				       "guest RAM is inherited, not allocated");
+	/* Not with --incoming-cpr (refused above): its RAM size comes from the old process. */
+	if (o->prealloc > 0 && sysconf(_SC_PHYS_PAGES) > 0 &&
+	    o->cfg.ram_bytes > (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE))
+		return run_usage_error("--prealloc: %llu MiB of guest RAM does not fit in this "
+				       "host's memory", (unsigned long long)(o->cfg.ram_bytes >> 20));
+	return 0;
+}
 
-	/* SIGINT/SIGTERM go to one thread; created threads inherit the mask. */
+/* Route SIGINT/SIGTERM to one thread (created threads inherit the mask); ignore SIGPIPE. */
+static void main_block_signals(void)
+{
+	sigset_t sigs;
+
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
 
-	/* -1 stays: with --incoming, follow the stream (migration.h). */
-	if (prealloc > 0 && sysconf(_SC_PHYS_PAGES) > 0 &&
-	    cfg.ram_bytes > (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE))
-		return run_usage_error("--prealloc: %llu MiB of guest RAM does not fit in this "
-				       "host's memory", (unsigned long long)(cfg.ram_bytes >> 20));
-	err = vm_create(&cfg, &vm);
-	if (err) {
-		main_cpr_fail(&cpr_fd, err, "the new process could not create its VM over the "
-			      "inherited memory (see its log)");
-		return 1;
-	}
-	if (cpr_fd >= 0)
+/*
+ * After vm_create: allocate a booting guest's RAM if --prealloc, and open
+ * every --disk into @res->disks.  0, or -errno after saying why.
+ */
+static int main_run_setup_vm(struct main_run_opts *o, struct main_run_res *res)
+{
+	int err;
+
+	if (res->cpr_fd >= 0)
 		cpr_fault_point("after-map");
-	if (prealloc > 0 && !cfg.incoming) {
+	if (o->prealloc > 0 && !o->cfg.incoming) {
 		/* Booting: before the first instruction, so the guest never waits. */
-		err = ram_block_populate(vm_ram_block(vm, 0), 0, vm_ram_block(vm, 0)->bytes);
+		err = ram_block_populate(vm_ram_block(res->vm, 0), 0, vm_ram_block(res->vm, 0)->bytes);
 		if (err)
 			log_warn("--prealloc: %s; pages will be allocated on first use", strerror(-err));
-		err = 0;
 	}
-	for (unsigned i = 0; i < ndisks; i++)
-		disk_opts[i].cpr_inherit = cpr_fd >= 0; /* its fd comes with the update */
-	err = main_create_disks(vm, disk_opts, ndisks, &disks);
-	if (err) {
-		main_cpr_fail(&cpr_fd, err, "the new process could not open its disks (see its log)");
-		goto out;
-	}
-	err = migration_create(vm, &mig);
-	if (!err && with_test_state)
-		err = test_state_create(mig, &test_state);
-	if (!err)
-		err = virtio_blk_register_state(&disks, mig);
+	for (unsigned i = 0; i < o->ndisks; i++)
+		o->disk[i].cpr_inherit = res->cpr_fd >= 0; /* its fd comes with the update */
+	err = main_create_disks(res->vm, o->disk, o->ndisks, &res->disks);
 	if (err)
-		goto out;
-	if (cpr_fd >= 0) {
+		main_cpr_fail(&res->cpr_fd, err, "the new process could not open its disks (see its log)");
+	return err;
+}
+
+/*
+ * Create the migration and its states (test state, disks), take what a live
+ * update lent, and turn postcopy on if asked.  0, or -errno after saying why.
+ */
+static int main_run_setup_migration(const struct main_run_opts *o, struct main_run_res *res)
+{
+	char errbuf[512];
+	int err;
+
+	err = migration_create(res->vm, &res->mig);
+	if (!err && o->with_test_state)
+		err = test_state_create(res->mig, &res->test_state);
+	if (!err)
+		err = virtio_blk_register_state(&res->disks, res->mig);
+	if (err)
+		return err;
+	if (res->cpr_fd >= 0) {
 		/* Each state takes what it lent on the old side: the disks' files. */
-		err = migration_incoming_take_cpr(mig, &cpr, errbuf, sizeof(errbuf));
+		err = migration_incoming_take_cpr(res->mig, &res->cpr, errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --incoming-cpr: %s\n", errbuf);
-			main_cpr_fail(&cpr_fd, err, errbuf);
-			goto out;
+			main_cpr_fail(&res->cpr_fd, err, errbuf);
+			return err;
 		}
 	}
-	if (postcopy) {
+	if (o->postcopy) {
 		/* Applied when the incoming side starts listening, before it accepts. */
 		const struct mig_caps_update caps = { .auto_converge = -1, .postcopy_ram = 1,
 						      .postcopy_preempt = -1 };
 
-		err = migration_set_capabilities(mig, &caps, errbuf, sizeof(errbuf));
+		err = migration_set_capabilities(res->mig, &caps, errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --postcopy: %s\n", errbuf);
-			goto out;
+			return err;
 		}
-		if (vcpu_nice >= 0)
-			migration_set_postcopy_vcpu_nice(mig, (unsigned)vcpu_nice);
+		if (o->vcpu_nice >= 0)
+			migration_set_postcopy_vcpu_nice(res->mig, (unsigned)o->vcpu_nice);
 	}
-	if (control_path) {
-		err = control_server_create(control_path, &srv);
-		if (err)
-			goto out;
-		err = vm_register_commands(vm, srv);
-		if (err)
-			goto out;
-		vm_set_event_handler(vm, control_server_emit_event, srv);
-		migration_set_event_handler(mig, control_server_emit_event, srv);
-		err = migration_register_commands(mig, srv);
-		if (!err && test_state)
-			err = test_state_register_commands(test_state, srv);
-		if (!err)
-			err = virtio_blk_register_commands(&disks, srv);
-		if (err)
-			goto out;
-	}
-	if (pthread_create(&sig_thread, NULL, main_signal_thread, vm) == 0)
-		pthread_detach(sig_thread);
-	err = vm_start(vm);
+	return 0;
+}
+
+/*
+ * With --control: create the control server (not serving yet) and register
+ * every module's commands and events.  0 or -errno.
+ */
+static int main_run_setup_control(const struct main_run_opts *o, struct main_run_res *res)
+{
+	int err;
+
+	if (!o->control_path)
+		return 0;
+	err = control_server_create(o->control_path, &res->srv);
 	if (err)
-		goto out;
-	if (incoming_uri) {
-		err = migration_incoming_start(mig, incoming_uri,
-					       prealloc < 0 ? MIG_PREALLOC_FOLLOW
-					       : prealloc ? MIG_PREALLOC_ALL : MIG_PREALLOC_NONE,
+		return err;
+	err = vm_register_commands(res->vm, res->srv);
+	if (err)
+		return err;
+	vm_set_event_handler(res->vm, control_server_emit_event, res->srv);
+	migration_set_event_handler(res->mig, control_server_emit_event, res->srv);
+	err = migration_register_commands(res->mig, res->srv);
+	if (!err && res->test_state)
+		err = test_state_register_commands(res->test_state, res->srv);
+	if (!err)
+		err = virtio_blk_register_commands(&res->disks, res->srv);
+	return err;
+}
+
+/*
+ * Start the vCPUs, the incoming side (answering a live update's old process
+ * once it listens) and the control server.  0, or -errno after saying why.
+ */
+static int main_run_start(const struct main_run_opts *o, struct main_run_res *res)
+{
+	char errbuf[512];
+	pthread_t sig_thread;
+	int err;
+
+	if (pthread_create(&sig_thread, NULL, main_signal_thread, res->vm) == 0)
+		pthread_detach(sig_thread);
+	err = vm_start(res->vm);
+	if (err)
+		return err;
+	if (o->incoming_uri) {
+		err = migration_incoming_start(res->mig, o->incoming_uri,
+					       o->prealloc < 0 ? MIG_PREALLOC_FOLLOW
+					       : o->prealloc ? MIG_PREALLOC_ALL : MIG_PREALLOC_NONE,
 					       errbuf, sizeof(errbuf));
 		if (err) {
 			fprintf(stderr, "vmferry run: --incoming: %s\n", errbuf);
-			main_cpr_fail(&cpr_fd, err, errbuf);
-			goto out;
+			main_cpr_fail(&res->cpr_fd, err, errbuf);
+			return err;
 		}
-		if (cpr_fd >= 0)
-			main_cpr_prefault(vm);
-		if (cpr_fd >= 0) {
+		if (res->cpr_fd >= 0) {
+			main_cpr_prefault(res->vm);
 			/* Listening on the main channel: the old process may connect. */
-			if (cpr_send_ack(cpr_fd, 0, NULL))
+			if (cpr_send_ack(res->cpr_fd, 0, NULL))
 				log_warn("--incoming-cpr: the old process went away before the answer");
-			close(cpr_fd);
-			cpr_fd = -1;
+			close(res->cpr_fd);
+			res->cpr_fd = -1;
 		}
 	}
 	/* Clients are served once everything they may ask about exists. */
-	if (srv) {
-		err = control_server_start(srv);
-		if (err)
-			goto out;
-	}
-	status = vm_wait(vm);
-out:
+	if (res->srv)
+		return control_server_start(res->srv);
+	return 0;
+}
+
+/*
+ * Release what @res holds, in reverse order of acquisition; @err: how the
+ * run ended (nonzero: a live update's old process is told it failed).
+ */
+static void main_run_teardown(const struct main_run_opts *o, struct main_run_res *res, int err)
+{
 	if (err)
-		main_cpr_fail(&cpr_fd, err, "the new process failed to start (see its log)");
-	if (cpr_uri)
-		cpr_state_close(&cpr); /* lent fds nobody took (a failure before taking) */
+		main_cpr_fail(&res->cpr_fd, err, "the new process failed to start (see its log)");
+	if (o->cpr_uri)
+		cpr_state_close(&res->cpr); /* lent fds nobody took (a failure before taking) */
 	/* Nothing may emit events into the server once it is destroyed. */
-	migration_shutdown(mig);
-	if (vm)
-		vm_join_vcpus(vm);
-	control_server_destroy(srv);
-	migration_destroy(mig);
-	test_state_destroy(test_state);
-	main_destroy_disks(&disks);
-	vm_destroy(vm);
-	return err ? 1 : status;
+	migration_shutdown(res->mig);
+	if (res->vm)
+		vm_join_vcpus(res->vm);
+	control_server_destroy(res->srv);
+	migration_destroy(res->mig);
+	test_state_destroy(res->test_state);
+	main_destroy_disks(&res->disks);
+	vm_destroy(res->vm);
+}
+
+/* `vmferry run`.  Returns the exit status (run_usage's "Exit status"). */
+static int main_run(int argc, char **argv)
+{
+	static struct main_run_opts o; /* static: the disks' paths take 32 KiB */
+	struct main_run_res res = { .cpr_fd = -1 };
+	int err, status;
+
+	status = main_run_parse(argc, argv, &o);
+	if (status != MAIN_RUN_GO_ON)
+		return status;
+	status = main_run_check(&o);
+	if (status)
+		return status;
+	if (o.cpr_uri) {
+		/* Before signals are routed: Ctrl-C while waiting just ends us. */
+		o.prealloc = 0;
+		res.cpr_fd = main_cpr_receive(o.cpr_uri, &res.cpr, &o.cfg, o.mem_given, o.vcpus_given);
+		if (res.cpr_fd < 0)
+			return 1;
+	}
+	main_block_signals();
+	err = vm_create(&o.cfg, &res.vm);
+	if (err) {
+		main_cpr_fail(&res.cpr_fd, err, "the new process could not create its VM over the "
+			      "inherited memory (see its log)");
+		return 1;
+	}
+	err = main_run_setup_vm(&o, &res);
+	if (!err)
+		err = main_run_setup_migration(&o, &res);
+	if (!err)
+		err = main_run_setup_control(&o, &res);
+	if (!err)
+		err = main_run_start(&o, &res);
+	status = err ? 1 : vm_wait(res.vm);
+	main_run_teardown(&o, &res, err);
+	return status;
 }
 
 int main(int argc, char **argv)

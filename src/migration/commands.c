@@ -85,62 +85,69 @@ static void mig_query_pc_dst(struct json_object *o, const struct postcopy_dst_st
 	json_object_object_add(o, "vcpu-blocked-time", mig_json_fixed3((double)st->blocked_ns / 1e6));
 }
 
-struct json_object *migration_query(struct migration *m)
+/* What query-migrate reads under m->lock, copied in one go. */
+struct mig_query_snap {
+	enum mig_status status;
+	enum mig_mode mode;
+	char error[MIG_ERROR_BYTES];
+	char uri[CHANNEL_URI_BYTES];
+	uint64_t start_ns, setup_ns, end_ns, downtime_ns, expected_downtime_ms;
+	bool downtime_known, downtime_same_clock, pc_stats_valid;
+	struct postcopy_dst_stats pc_stats;
+	struct mig_breakdown bd;
+};
+
+/* Copy into @snap what m->lock protects (takes the lock). */
+static void mig_query_snapshot(struct migration *m, struct mig_query_snap *snap)
 {
-	struct json_object *o = json_object_new_object();
-	struct { /* what the lock protects, copied in one go */
-		enum mig_status status;
-		enum mig_mode mode;
-		char error[MIG_ERROR_BYTES];
-		char uri[sizeof(m->main_ch.uri)];
-		uint64_t start_ns, setup_ns, end_ns, downtime_ns, expected_downtime_ms;
-		bool downtime_known, downtime_same_clock, pc_stats_valid;
-		struct postcopy_dst_stats pc_stats;
-		struct mig_breakdown bd;
-	} snap;
-	const char *error = snap.error;
-	uint64_t now = clock_monotonic_ns(), total_ns;
-	unsigned throttle = vm_get_throttle(m->vm);
-
 	pthread_mutex_lock(&m->lock);
-	snap.status = m->status;
-	snap.mode = m->params.mode;
-	memcpy(snap.error, m->error, sizeof(snap.error));
-	memcpy(snap.uri, m->main_ch.uri, sizeof(snap.uri));
-	snap.start_ns = m->start_ns;
-	snap.setup_ns = m->setup_ns;
-	snap.end_ns = m->end_ns;
-	snap.downtime_ns = m->downtime_ns;
-	snap.downtime_known = m->downtime_known;
-	snap.downtime_same_clock = m->downtime_same_clock;
-	snap.expected_downtime_ms = m->expected_downtime_ms;
-	snap.pc_stats = m->pc_stats;
-	snap.pc_stats_valid = m->pc_stats_valid;
-	snap.bd = m->bd;
+	snap->status = m->status;
+	snap->mode = m->params.mode;
+	memcpy(snap->error, m->error, sizeof(snap->error));
+	memcpy(snap->uri, m->main_ch.uri, sizeof(snap->uri));
+	snap->start_ns = m->start_ns;
+	snap->setup_ns = m->setup_ns;
+	snap->end_ns = m->end_ns;
+	snap->downtime_ns = m->downtime_ns;
+	snap->downtime_known = m->downtime_known;
+	snap->downtime_same_clock = m->downtime_same_clock;
+	snap->expected_downtime_ms = m->expected_downtime_ms;
+	snap->pc_stats = m->pc_stats;
+	snap->pc_stats_valid = m->pc_stats_valid;
+	snap->bd = m->bd;
 	pthread_mutex_unlock(&m->lock);
+}
 
-	json_object_object_add(o, "status", json_object_new_string(mig_status_name(snap.status)));
-	if (snap.status == MIG_STATUS_NONE)
-		return o;
+/* Add to @o who and how (role, mode, uri) and the times: total, setup, downtime and its breakdown. */
+static void mig_query_times(struct migration *m, const struct mig_query_snap *snap, uint64_t now,
+			    struct json_object *o)
+{
+	uint64_t total_ns;
+
 	json_object_object_add(o, "role", json_object_new_string(m->incoming ? "destination" : "source"));
-	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(snap.mode)));
-	json_object_object_add(o, "uri", json_object_new_string(snap.uri));
+	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(snap->mode)));
+	json_object_object_add(o, "uri", json_object_new_string(snap->uri));
 	json_object_object_add(o, "cpu-throttle-max", json_object_new_int((int)atomic_load(&m->throttle_max)));
-	total_ns = snap.start_ns ? (snap.end_ns ? snap.end_ns : now) - snap.start_ns : 0;
+	total_ns = snap->start_ns ? (snap->end_ns ? snap->end_ns : now) - snap->start_ns : 0;
 	json_object_object_add(o, "total-time", mig_json_fixed3((double)total_ns / 1e6));
-	json_object_object_add(o, "setup-time", mig_json_fixed3((double)snap.setup_ns / 1e6));
-	if (snap.downtime_known) {
-		json_object_object_add(o, "downtime", mig_json_fixed3((double)snap.downtime_ns / 1e6));
+	json_object_object_add(o, "setup-time", mig_json_fixed3((double)snap->setup_ns / 1e6));
+	if (snap->downtime_known) {
+		json_object_object_add(o, "downtime", mig_json_fixed3((double)snap->downtime_ns / 1e6));
 		json_object_object_add(o, "downtime-measured",
-				       json_object_new_string(snap.downtime_same_clock
+				       json_object_new_string(snap->downtime_same_clock
 							      ? "source-vcpu-stop-to-destination-vcpu-run"
 							      : "source-vcpu-stop-to-running-ack"));
 	}
-	if (snap.bd.valid)
-		json_object_object_add(o, "downtime-breakdown", mig_query_breakdown(m, &snap.bd));
+	if (snap->bd.valid)
+		json_object_object_add(o, "downtime-breakdown", mig_query_breakdown(m, &snap->bd));
 	if (!m->incoming)
 		json_object_object_add(o, "expected-downtime",
-				       json_object_new_uint64(snap.expected_downtime_ms));
+				       json_object_new_uint64(snap->expected_downtime_ms));
+}
+
+/* Add to @o the transfer counters of either side, the "ram" object and the CRC counters. */
+static void mig_query_counters(struct migration *m, unsigned throttle, struct json_object *o)
+{
 	json_object_object_add(o, "transferred", json_object_new_uint64(atomic_load(&m->transferred)));
 	json_object_object_add(o, "remaining", json_object_new_uint64(atomic_load(&m->remaining_bytes)));
 	json_object_object_add(o, "total", json_object_new_uint64(m->total_bytes));
@@ -155,9 +162,17 @@ struct json_object *migration_query(struct migration *m)
 	json_object_object_add(o, "crc-suspect-pages", json_object_new_uint64(atomic_load(&m->crc_suspects)));
 	json_object_object_add(o, "crc-mismatches", json_object_new_uint64(atomic_load(&m->crc_mismatches)));
 	json_object_object_add(o, "crc-resends", json_object_new_uint64(atomic_load(&m->crc_resends)));
-	/* Source: live while postcopy runs, kept at the end. */
-	if (!m->incoming && (snap.status == MIG_STATUS_POSTCOPY_ACTIVE ||
-			     snap.status == MIG_STATUS_POSTCOPY_PAUSED ||
+}
+
+/*
+ * Add to @o the postcopy figures: the source's once postcopy ran (live
+ * while it runs), the destination's userfaultfd mode and fault figures.
+ */
+static void mig_query_postcopy(struct migration *m, const struct mig_query_snap *snap,
+			       struct json_object *o)
+{
+	if (!m->incoming && (snap->status == MIG_STATUS_POSTCOPY_ACTIVE ||
+			     snap->status == MIG_STATUS_POSTCOPY_PAUSED ||
 			     atomic_load(&m->pages_pushed) || atomic_load(&m->pages_requested))) {
 		json_object_object_add(o, "postcopy-requests", json_object_new_uint64(atomic_load(&m->postcopy_requests)));
 		json_object_object_add(o, "postcopy-pages-pushed", json_object_new_uint64(atomic_load(&m->pages_pushed)));
@@ -168,8 +183,24 @@ struct json_object *migration_query(struct migration *m)
 		json_object_object_add(o, "postcopy-uffd-mode",
 				       json_object_new_string(vm_ram_block(m->vm, 0)->alias ? "minor"
 											: "missing"));
-	if (m->incoming && snap.pc_stats_valid)
-		mig_query_pc_dst(o, &snap.pc_stats);
+	if (m->incoming && snap->pc_stats_valid)
+		mig_query_pc_dst(o, &snap->pc_stats);
+}
+
+struct json_object *migration_query(struct migration *m)
+{
+	struct json_object *o = json_object_new_object();
+	struct mig_query_snap snap;
+	uint64_t now = clock_monotonic_ns();
+	unsigned throttle = vm_get_throttle(m->vm);
+
+	mig_query_snapshot(m, &snap);
+	json_object_object_add(o, "status", json_object_new_string(mig_status_name(snap.status)));
+	if (snap.status == MIG_STATUS_NONE)
+		return o;
+	mig_query_times(m, &snap, now, o);
+	mig_query_counters(m, throttle, o);
+	mig_query_postcopy(m, &snap, o);
 	if (m->incoming || atomic_load(&m->prealloc_bytes)) {
 		json_object_object_add(o, "prealloc-bytes", json_object_new_uint64(atomic_load(&m->prealloc_bytes)));
 		json_object_object_add(o, "prealloc-time",
@@ -183,8 +214,8 @@ struct json_object *migration_query(struct migration *m)
 					       json_object_new_uint64(atomic_load(&m->resume_failures)));
 	}
 	mig_states_query(m, o);
-	if (error[0])
-		json_object_object_add(o, "error-desc", json_object_new_string(error));
+	if (snap.error[0])
+		json_object_object_add(o, "error-desc", json_object_new_string(snap.error));
 	return o;
 }
 

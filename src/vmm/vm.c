@@ -830,22 +830,17 @@ static void vm_install_kick_handler(void)
 	pthread_sigmask(SIG_BLOCK, &block, NULL);
 }
 
-int vm_create(const struct vm_config *config, struct vm **out)
+/*
+ * A VM in its prelaunch state with a copy of @config: no fds open yet, its
+ * lock and condition variable ready.  NULL when out of memory.
+ */
+static struct vm *vm_alloc(const struct vm_config *config)
 {
-	struct kvm_cpuid2 *cpuid = NULL;
 	pthread_condattr_t ca;
-	uint64_t entry;
-	struct vm *vm;
-	int err;
+	struct vm *vm = calloc(1, sizeof(*vm));
 
-	*out = NULL;
-	err = vm_check_config(config);
-	vm = err ? NULL : calloc(1, sizeof(*vm));
-	if (!vm) {
-		if (config->ram_inherited)
-			close(config->ram_fd);
-		return err ? err : -ENOMEM;
-	}
+	if (!vm)
+		return NULL;
 	vm->config = *config;
 	vm->start_ns = clock_monotonic_ns();
 	vm->kvm_fd = vm->vm_fd = vm->console_fd = -1;
@@ -860,32 +855,39 @@ int vm_create(const struct vm_config *config, struct vm **out)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&vm->cond, &ca);
 	pthread_condattr_destroy(&ca);
+	return vm;
+}
 
-	if (config->incoming) {
-		/* The guest arrives in the stream; its name is in the boot info. */
-		vm->runstate = VM_RUNSTATE_INMIGRATE;
-		snprintf(vm->guest.name, sizeof(vm->guest.name), "incoming");
-	} else {
-		err = guest_spec_parse(config->guest ? config->guest : "incrementer", &vm->guest);
-		if (err)
-			goto fail;
-	}
-	if (config->console_path) {
-		vm->console_fd = open(config->console_path,
-				      O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (vm->console_fd < 0) {
-			err = -errno;
-			log_error("--console: cannot open %s: %s", config->console_path,
-				  strerror(errno));
-			goto fail;
-		}
-		vm->console_owned = true;
-	} else {
+/* Open --console (or take stdout) as the guest's console.  0, or -errno after logging. */
+static int vm_open_console(struct vm *vm)
+{
+	const char *path = vm->config.console_path;
+
+	if (!path) {
 		vm->console_fd = STDOUT_FILENO;
+		return 0;
 	}
-	err = vm_open_kvm(vm);
-	if (err)
-		goto fail;
+	vm->console_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (vm->console_fd < 0) {
+		int err = -errno;
+
+		log_error("--console: cannot open %s: %s", path, strerror(errno));
+		return err;
+	}
+	vm->console_owned = true;
+	return 0;
+}
+
+/*
+ * Guest RAM: create it, or adopt @config's inherited memfd (the block owns
+ * it from here; vm->config.ram_inherited turns false), and map it into KVM;
+ * booting, load the guest image, its page tables and boot info, with the
+ * entry point in *@entry (0 when incoming).  0 or -errno.
+ */
+static int vm_setup_ram(struct vm *vm, const struct vm_config *config, uint64_t *entry)
+{
+	int err;
+
 	if (config->ram_inherited) {
 		int fd = config->ram_fd;
 
@@ -898,43 +900,86 @@ int vm_create(const struct vm_config *config, struct vm **out)
 		err = ram_block_create("ram0", 0, config->ram_bytes, &vm->ram);
 	}
 	if (err)
-		goto fail;
+		return err;
 	err = vm_set_memslot(vm, 0, &vm->ram, 0);
 	if (err)
-		goto fail;
+		return err;
 	vm_enable_manual_dirty_log(vm);
-	entry = 0;
+	*entry = 0;
 	if (!config->incoming) {
-		err = guest_image_load(&vm->guest, vm->ram.host, vm->ram.bytes, &entry);
+		err = guest_image_load(&vm->guest, vm->ram.host, vm->ram.bytes, entry);
 		if (err)
-			goto fail;
+			return err;
 		vm_build_page_tables(vm);
 		vm_fill_boot_info(vm);
 	}
+	return 0;
+}
+
+/*
+ * Create the vCPUs (not running), each with the host's supported CPUID and
+ * registers set to start at @entry.  0 or -errno; vm_destroy releases what
+ * was made.
+ */
+static int vm_create_vcpus(struct vm *vm, uint64_t entry)
+{
+	struct kvm_cpuid2 *cpuid = NULL;
+	int err;
 
 	err = vm_get_supported_cpuid(vm, &cpuid);
 	if (err)
-		goto fail;
+		return err;
 	vm->vcpus = calloc(vm->nvcpus, sizeof(*vm->vcpus));
 	if (!vm->vcpus) {
-		err = -ENOMEM;
-		goto fail;
+		free(cpuid);
+		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < vm->nvcpus; i++)
 		vm->vcpus[i].fd = -1;
-	for (unsigned i = 0; i < vm->nvcpus; i++) {
+	for (unsigned i = 0; i < vm->nvcpus && !err; i++)
 		err = vcpu_init(vm, &vm->vcpus[i], i, cpuid, entry);
+	free(cpuid);
+	return err;
+}
+
+int vm_create(const struct vm_config *config, struct vm **out)
+{
+	uint64_t entry;
+	struct vm *vm;
+	int err;
+
+	*out = NULL;
+	err = vm_check_config(config);
+	vm = err ? NULL : vm_alloc(config);
+	if (!vm) {
+		if (config->ram_inherited)
+			close(config->ram_fd);
+		return err ? err : -ENOMEM;
+	}
+	if (config->incoming) {
+		/* The guest arrives in the stream; its name is in the boot info. */
+		vm->runstate = VM_RUNSTATE_INMIGRATE;
+		snprintf(vm->guest.name, sizeof(vm->guest.name), "incoming");
+	} else {
+		err = guest_spec_parse(config->guest ? config->guest : "incrementer", &vm->guest);
 		if (err)
 			goto fail;
 	}
-	free(cpuid);
+	err = vm_open_console(vm);
+	if (!err)
+		err = vm_open_kvm(vm);
+	if (!err)
+		err = vm_setup_ram(vm, config, &entry);
+	if (!err)
+		err = vm_create_vcpus(vm, entry);
+	if (err)
+		goto fail;
 	vm_install_kick_handler();
 	*out = vm;
 	return 0;
 fail:
 	if (vm->config.ram_inherited)
 		close(config->ram_fd); /* failed before the block took it */
-	free(cpuid);
 	vm_destroy(vm);
 	return err;
 }
