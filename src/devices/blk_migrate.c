@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <json-c/json.h>
+#include <liburing.h>
 
 #include "migration/state.h"
 #include "util/log.h"
@@ -163,8 +164,11 @@ void blkmig_init(struct blkmig *bm, uint64_t disk_bytes, bool incoming)
 	bm->geom.nblocks = (disk_bytes + BLKMIG_BLOCK_BYTES - 1) / BLKMIG_BLOCK_BYTES;
 }
 
+static void blkmig_wb_destroy(struct blkmig *bm);
+
 void blkmig_destroy(struct blkmig *bm)
 {
+	blkmig_wb_destroy(bm);
 	free((void *)bm->dirty);
 	free((void *)bm->received);
 	free(bm->requested);
@@ -608,6 +612,104 @@ static bool blkmig_set_received(struct blkmig *bm, uint64_t i)
 }
 
 /* SETUP: the source's disk against this one. */
+/* ---- destination: write-behind ---- */
+
+/*
+ * The writeback of blocks that land before the guest runs is started as
+ * they land, so that the fdatasync once the guest runs (blkmig_load_settle)
+ * finds little left.  sync_file_range(SYNC_FILE_RANGE_WRITE) blocks while
+ * the device's queue is full - on the load thread that stalled the stream,
+ * and at the end the guest's pause, by 15-25 ms (docs/benchmarks.md) - so
+ * io_uring runs it on its own worker.  Only a hint: a range that finds no
+ * free slot grows and goes with the next submit; the fdatasync is what
+ * counts.
+ */
+#define BLKMIG_WB_DEPTH 32u
+#define BLKMIG_WB_CHUNK_BYTES (8ull << 20)
+#define BLKMIG_WB_MAX_BYTES (1ull << 30) /* an sqe's length is 32 bits */
+
+struct blkmig_wb {
+	struct io_uring ring;
+	unsigned inflight;
+	uint64_t start, end; /* not submitted yet; empty when start == end */
+};
+
+static void blkmig_wb_create(struct blkmig *bm)
+{
+	struct blkmig_wb *wb = calloc(1, sizeof(*wb));
+	int r = wb ? io_uring_queue_init(BLKMIG_WB_DEPTH, &wb->ring, 0) : -ENOMEM;
+
+	if (r) {
+		log_debug("storage migration: no write-behind (%s)", strerror(-r));
+		free(wb);
+		return;
+	}
+	bm->wb = wb;
+}
+
+/* Completions in; with @wait, all of them. */
+static void blkmig_wb_reap(struct blkmig_wb *wb, bool wait)
+{
+	struct io_uring_cqe *cqe;
+
+	while (wb->inflight && (wait ? io_uring_wait_cqe(&wb->ring, &cqe)
+				     : io_uring_peek_cqe(&wb->ring, &cqe)) == 0) {
+		io_uring_cqe_seen(&wb->ring, cqe);
+		wb->inflight--;
+	}
+}
+
+/* Start the writeback of what is pending, if a slot is free. */
+static void blkmig_wb_submit(struct blkmig_wb *wb, int fd)
+{
+	struct io_uring_sqe *sqe;
+	uint64_t len = wb->end - wb->start;
+
+	if (!len)
+		return;
+	blkmig_wb_reap(wb, false);
+	if (wb->inflight == BLKMIG_WB_DEPTH || !(sqe = io_uring_get_sqe(&wb->ring)))
+		return;
+	if (len > BLKMIG_WB_MAX_BYTES)
+		len = BLKMIG_WB_MAX_BYTES;
+	io_uring_prep_sync_file_range(sqe, fd, (unsigned)len, wb->start, SYNC_FILE_RANGE_WRITE);
+	sqe->flags |= IOSQE_ASYNC; /* never inline: it may block */
+	if (io_uring_submit(&wb->ring) == 1) {
+		wb->inflight++;
+		wb->start += len;
+	}
+}
+
+/* Load thread, before the guest runs: [@off, +@len) was just written. */
+static void blkmig_wb_add(struct virtio_blk *b, uint64_t off, uint64_t len)
+{
+	struct blkmig_wb *wb = b->mig.wb;
+
+	if (!wb)
+		return;
+	if (wb->start != wb->end && off != wb->end)
+		blkmig_wb_submit(wb, b->fd); /* not contiguous: the old range first */
+	if (wb->start == wb->end) {
+		wb->start = off;
+		wb->end = off + len;
+	} else { /* still pending: cover both (clean pages cost nothing) */
+		wb->start = off < wb->start ? off : wb->start;
+		wb->end = off + len > wb->end ? off + len : wb->end;
+	}
+	if (wb->end - wb->start >= BLKMIG_WB_CHUNK_BYTES)
+		blkmig_wb_submit(wb, b->fd);
+}
+
+static void blkmig_wb_destroy(struct blkmig *bm)
+{
+	if (!bm->wb)
+		return;
+	blkmig_wb_reap(bm->wb, true);
+	io_uring_queue_exit(&bm->wb->ring);
+	free(bm->wb);
+	bm->wb = NULL;
+}
+
 static int blkmig_load_setup(struct virtio_blk *b, const struct blkmig_part *pt, char *err,
 			     size_t errlen)
 {
@@ -629,6 +731,8 @@ static int blkmig_load_setup(struct virtio_blk *b, const struct blkmig_part *pt,
 		return -ENOMEM;
 	bm->geom = pt->geom;
 	bm->got_setup = true;
+	if (!bm->wb)
+		blkmig_wb_create(bm);
 	atomic_store(&bm->nreceived, 0);
 	atomic_store(&bm->migrating, true);
 	return 0;
@@ -697,14 +801,8 @@ static int blkmig_load_blocks(struct virtio_blk *b, const struct blkmig_part *pt
 		    ? blkmig_write(b, pt->data, pt->data_bytes, pt->first * bm->geom.block_bytes,
 				   err, errlen)
 		    : blkmig_zero(b, pt->first, pt->nblocks, err, errlen);
-		/*
-		 * Write-behind: start the writeback of what just landed, so that
-		 * the fdatasync at the stop (inside the guest's pause) finds little
-		 * left to write.  Only a hint: the fdatasync is what counts.
-		 */
 		if (!r && pt->kind == BLKMIG_DATA)
-			(void)sync_file_range(b->fd, (off_t)(pt->first * bm->geom.block_bytes),
-					      (off_t)pt->data_bytes, SYNC_FILE_RANGE_WRITE);
+			blkmig_wb_add(b, pt->first * bm->geom.block_bytes, pt->data_bytes);
 		for (uint64_t i = pt->first; !r && i < pt->first + pt->nblocks; i++)
 			blkmig_set_received(bm, i);
 	}
@@ -818,6 +916,7 @@ int blkmig_load_settle(struct virtio_blk *b, unsigned index, char *err, size_t e
 	if (!bm->settle)
 		return 0;
 	bm->settle = false;
+	blkmig_wb_destroy(bm); /* its ranges are in the fdatasync's anyway */
 	if (fdatasync(b->fd) < 0) {
 		int e = errno;
 

@@ -128,6 +128,7 @@ struct blkmig {
 	_Atomic uint64_t nreceived;
 	bool got_setup;
 	bool settle;                    /* every block in, fdatasync still to do */
+	struct blkmig_wb *wb;           /* load thread: write-behind (blk_migrate.c), or NULL */
 	bool postcopy_in;               /* POSTCOPY seen: the rest comes after RUN */
 	atomic_bool pc_active;          /* the guest runs and blocks still arrive */
 	atomic_bool guest_runs;         /* postcopy: the guest ran here; from now on a
