@@ -29,6 +29,7 @@ void vblk_wake(struct virtio_blk *b)
 {
 	uint64_t one = 1;
 
+	atomic_store(&b->woken, true); /* for the polling loop, which reads no fd */
 	if (write(b->ctl_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		log_warn("%s: waking the I/O thread: %s", b->name, strerror(errno));
 }
@@ -85,18 +86,21 @@ static void vblk_finish(struct virtio_blk *b, struct vblk_req *r, int res)
 	b->in_flight--;
 }
 
-/* Lock held: every completion io_uring has. */
-static void vblk_reap(struct virtio_blk *b)
+/* Lock held: every completion io_uring has.  How many. */
+static unsigned vblk_reap(struct virtio_blk *b)
 {
 	struct io_uring_cqe *cqe;
+	unsigned n = 0;
 
 	while (b->ring_ready && io_uring_peek_cqe(&b->ring, &cqe) == 0) {
-		if (cqe->user_data < VBLK_QUEUE_DEPTH) /* else a placeholder nop */
+		if (cqe->user_data < VBLK_QUEUE_DEPTH)
 			vblk_finish(b, &b->reqs[cqe->user_data], cqe->res);
 		io_uring_cqe_seen(&b->ring, cqe);
+		n++;
 	}
 	if (b->in_flight == 0)
 		pthread_cond_broadcast(&b->cond);
+	return n;
 }
 
 /* ---- taking requests ---- */
@@ -145,9 +149,8 @@ static bool vblk_in_range(const struct virtio_blk *b, uint64_t sector, uint64_t 
 	       nbytes / VIRTIO_BLK_SECTOR_BYTES <= nsect - sector;
 }
 
-/* DISCARD / WRITE_ZEROES: one segment, a hole punched.  A status, or 0xff: submitted. */
-static uint8_t vblk_prep_punch(struct virtio_blk *b, struct io_uring_sqe *sqe, struct vblk_req *r,
-			       int64_t data_bytes)
+/* DISCARD / WRITE_ZEROES: one segment, a hole to punch.  A status, or 0xff: to do. */
+static uint8_t vblk_prep_punch(struct virtio_blk *b, struct vblk_req *r, int64_t data_bytes)
 {
 	struct virtio_blk_discard_wz seg;
 
@@ -161,8 +164,6 @@ static uint8_t vblk_prep_punch(struct virtio_blk *b, struct io_uring_sqe *sqe, s
 		return VIRTIO_BLK_S_IOERR;
 	r->off = seg.sector * VIRTIO_BLK_SECTOR_BYTES;
 	r->len = (uint64_t)seg.num_sectors * VIRTIO_BLK_SECTOR_BYTES;
-	io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->off,
-				r->len);
 	r->expect = 0;
 	if (r->type == VIRTIO_BLK_T_DISCARD)
 		b->st.discard_ops++;
@@ -191,11 +192,12 @@ static uint8_t vblk_get_id(struct virtio_blk *b, struct vblk_req *r, uint32_t *w
 }
 
 /*
- * Prepare request @c into @sqe.  Returns 0xff when submitted, else the
- * status to complete it with at once (bad header, out of range, read-only).
+ * Check request @c and describe it in @r (type, range, buffers).  Returns
+ * 0xff when it is to be done (vblk_do), else the status to complete it
+ * with at once (bad header, out of range, read-only, GET_ID done).
  */
 static uint8_t vblk_prep(struct virtio_blk *b, const struct vq_chain *c, struct vblk_req *r,
-			 struct io_uring_sqe *sqe, uint32_t *written)
+			 uint32_t *written)
 {
 	struct virtio_blk_req_hdr h;
 	bool in;
@@ -216,12 +218,6 @@ static uint8_t vblk_prep(struct virtio_blk *b, const struct vq_chain *c, struct 
 			return VIRTIO_BLK_S_IOERR;
 		if (!in && b->opts.readonly)
 			return VIRTIO_BLK_S_IOERR;
-		if (in)
-			io_uring_prep_readv(sqe, b->fd, r->iov, r->niov,
-					    h.sector * VIRTIO_BLK_SECTOR_BYTES);
-		else
-			io_uring_prep_writev(sqe, b->fd, r->iov, r->niov,
-					     h.sector * VIRTIO_BLK_SECTOR_BYTES);
 		r->expect = n;
 		r->off = h.sector * VIRTIO_BLK_SECTOR_BYTES;
 		r->len = (uint64_t)n;
@@ -231,7 +227,6 @@ static uint8_t vblk_prep(struct virtio_blk *b, const struct vq_chain *c, struct 
 			b->st.wr_ops++;
 		return 0xff;
 	case VIRTIO_BLK_T_FLUSH:
-		io_uring_prep_fsync(sqe, b->fd, IORING_FSYNC_DATASYNC);
 		r->expect = 0;
 		b->st.flush_ops++;
 		return 0xff;
@@ -239,18 +234,87 @@ static uint8_t vblk_prep(struct virtio_blk *b, const struct vq_chain *c, struct 
 		return vblk_get_id(b, r, written);
 	case VIRTIO_BLK_T_DISCARD:
 	case VIRTIO_BLK_T_WRITE_ZEROES:
-		return vblk_prep_punch(b, sqe, r, n);
+		return vblk_prep_punch(b, r, n);
 	}
 	return VIRTIO_BLK_S_UNSUPP;
 }
 
-/* Start request @c of queue @q: submitted (in flight) or completed at once. */
+/* @r's operation into @sqe (its type, range and buffers are set). */
+static void vblk_prep_sqe(struct virtio_blk *b, struct vblk_req *r, struct io_uring_sqe *sqe)
+{
+	switch (r->type) {
+	case VIRTIO_BLK_T_IN:
+		io_uring_prep_readv(sqe, b->fd, r->iov, r->niov, r->off);
+		break;
+	case VIRTIO_BLK_T_OUT:
+		io_uring_prep_writev(sqe, b->fd, r->iov, r->niov, r->off);
+		break;
+	case VIRTIO_BLK_T_FLUSH:
+		io_uring_prep_fsync(sqe, b->fd, IORING_FSYNC_DATASYNC);
+		break;
+	default: /* DISCARD, WRITE_ZEROES */
+		io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					r->off, r->len);
+		break;
+	}
+	sqe->user_data = (uint64_t)(r - b->reqs);
+}
+
+/*
+ * A read whose data is in the page cache, done here (RWF_NOWAIT): no
+ * hand-off to io_uring, whose completion would wake this thread once more.
+ * True when it completed; else io_uring does it (a read that would block,
+ * or a short one, done again whole).  Writes always go to io_uring: ext4
+ * takes no RWF_NOWAIT for buffered writes, and a write that blocks here
+ * would hold the disk's lock, which the vCPUs' MMIO exits take.
+ */
+static bool vblk_try_inline(struct virtio_blk *b, struct vblk_req *r)
+{
+	ssize_t n;
+
+	if (r->type != VIRTIO_BLK_T_IN || !b->inline_reads)
+		return false;
+	n = preadv2(b->fd, r->iov, (int)r->niov, (off_t)r->off, RWF_NOWAIT);
+	if (n < 0 && errno == EOPNOTSUPP)
+		b->inline_reads = false; /* a file system without it */
+	if (n != r->expect)
+		return false;
+	vblk_finish(b, r, (int)n);
+	return true;
+}
+
+/* In flight: done here, deferred, or handed to io_uring. */
+static void vblk_do(struct virtio_blk *b, struct vblk_req *r)
+{
+	struct io_uring_sqe *sqe;
+
+	r->busy = true;
+	b->in_flight++;
+	if ((r->type == VIRTIO_BLK_T_IN || r->type == VIRTIO_BLK_T_OUT ||
+	     r->type == VIRTIO_BLK_T_DISCARD || r->type == VIRTIO_BLK_T_WRITE_ZEROES) &&
+	    blkmig_io_wait(b, r->type, r->off, r->len)) {
+		/* Storage postcopy: blocks it needs are on their way; it stays in
+		 * flight (taken, not lost) until vblk_retry_deferred does it. */
+		r->deferred = true;
+		r->defer_ns = clock_monotonic_ns();
+		return;
+	}
+	if (vblk_try_inline(b, r))
+		return;
+	sqe = io_uring_get_sqe(&b->ring);
+	if (!sqe) { /* cannot happen: the ring has a slot per request */
+		vblk_finish(b, r, -EAGAIN);
+		return;
+	}
+	vblk_prep_sqe(b, r, sqe);
+}
+
+/* Start request @c of queue @q: in flight or completed at once. */
 static void vblk_start(struct virtio_blk *b, uint16_t q, const struct vq_chain *c,
 		       struct vblk_req *r)
 {
 	const struct vq_seg *last = &c->seg[c->nsegs - 1];
 	uint64_t status_gpa = last->write && last->len ? last->gpa + last->len - 1 : 0;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
 	uint32_t written = 0;
 	uint8_t status;
 
@@ -258,32 +322,18 @@ static void vblk_start(struct virtio_blk *b, uint16_t q, const struct vq_chain *
 	r->head = c->head;
 	r->status_gpa = status_gpa;
 	r->niov = 0;
-	if (!status_gpa || !sqe) {
+	if (!status_gpa) {
 		/* No status byte to say so: returned unused, counted. */
 		b->st.invalid_ops++;
 		vblk_complete(b, q, c->head, 0, VIRTIO_BLK_S_IOERR, 0);
 		return;
 	}
-	status = vblk_prep(b, c, r, sqe, &written);
+	status = vblk_prep(b, c, r, &written);
 	if (status != 0xff) {
-		io_uring_prep_nop(sqe); /* the sqe is taken: keep it harmless */
-		sqe->user_data = VBLK_QUEUE_DEPTH;
 		vblk_complete(b, q, c->head, status_gpa, status, written + 1);
 		return;
 	}
-	sqe->user_data = (uint64_t)(r - b->reqs);
-	r->busy = true;
-	b->in_flight++;
-	if ((r->type == VIRTIO_BLK_T_IN || r->type == VIRTIO_BLK_T_OUT ||
-	     r->type == VIRTIO_BLK_T_DISCARD || r->type == VIRTIO_BLK_T_WRITE_ZEROES) &&
-	    blkmig_io_wait(b, r->type, r->off, r->len)) {
-		/* Storage postcopy: blocks it needs are on their way; it stays in
-		 * flight (taken, not lost) until vblk_retry_deferred submits it. */
-		io_uring_prep_nop(sqe);
-		sqe->user_data = VBLK_QUEUE_DEPTH;
-		r->deferred = true;
-		r->defer_ns = clock_monotonic_ns();
-	}
+	vblk_do(b, r);
 }
 
 /*
@@ -308,62 +358,87 @@ static void vblk_retry_deferred(struct virtio_blk *b)
 		sqe = io_uring_get_sqe(&b->ring);
 		if (!sqe)
 			return; /* the ring is full: the next round */
-		if (r->type == VIRTIO_BLK_T_IN)
-			io_uring_prep_readv(sqe, b->fd, r->iov, r->niov, r->off);
-		else if (r->type == VIRTIO_BLK_T_OUT)
-			io_uring_prep_writev(sqe, b->fd, r->iov, r->niov, r->off);
-		else
-			io_uring_prep_fallocate(sqe, b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-						r->off, r->len);
-		sqe->user_data = i;
+		vblk_prep_sqe(b, r, sqe);
 		r->deferred = false;
 		blkmig_io_waited(b, clock_monotonic_ns() - r->defer_ns);
 	}
 }
 
-/* Lock held: take what queue @q has, as slots allow. */
-static void vblk_process_queue(struct virtio_blk *b, uint16_t q)
+/* Lock held: take what queue @q has, as slots allow.  How many. */
+static unsigned vblk_process_queue(struct virtio_blk *b, uint16_t q)
 {
 	struct virtqueue *vq = &b->vq[q];
+	struct vblk_req *r;
+	unsigned n = 0;
 
-	for (;;) {
-		struct vblk_req *r;
+	while ((r = vblk_slot(b)) != NULL) {
+		int got = vq_pop(vq, &b->guest, &b->chain);
 
-		while ((r = vblk_slot(b)) != NULL) {
-			int n = vq_pop(vq, &b->guest, &b->chain);
-
-			if (n == 0)
-				break;
-			if (n < 0) {
-				b->st.invalid_ops++;
-				virtio_mmio_needs_reset(&b->mmio);
-				return;
-			}
-			vblk_start(b, q, &b->chain, r);
-		}
-		if (!r)
-			return; /* full: a completion brings us back */
-		if (!vq_arm_kick(vq))
+		if (got == 0)
 			break;
+		if (got < 0) {
+			b->st.invalid_ops++;
+			virtio_mmio_needs_reset(&b->mmio);
+			break;
+		}
+		vblk_start(b, q, &b->chain, r);
+		n++;
 	}
-	if (vq->event_idx)
-		vblk_mark(b, vq->used_gpa, vq_used_bytes(vq));
+	return n; /* full: a completion brings us back */
 }
 
-static void vblk_process(struct virtio_blk *b)
+/* Lock held: whether the queues may be looked at (the guest's driver is up, not paused). */
+static bool vblk_queues_open(const struct virtio_blk *b)
 {
+	return !b->stop && !b->paused && b->started && virtio_mmio_running(&b->mmio);
+}
+
+/* Lock held: deferred requests, then every queue.  Requests taken. */
+static unsigned vblk_process(struct virtio_blk *b)
+{
+	unsigned n = 0;
+
 	/* Taken requests first, paused or not: a pause waits for them. */
 	if (atomic_load(&b->mig.pc_active) || b->in_flight)
 		vblk_retry_deferred(b);
 	if (b->in_flight == 0)
 		pthread_cond_broadcast(&b->cond);
-	if (b->stop || b->paused || !b->started || !virtio_mmio_running(&b->mmio)) {
-		io_uring_submit(&b->ring);
-		return;
-	}
-	for (uint16_t q = 0; q < b->nqueues; q++)
-		vblk_process_queue(b, q);
+	for (uint16_t q = 0; vblk_queues_open(b) && q < b->nqueues; q++)
+		n += vblk_process_queue(b, q);
 	io_uring_submit(&b->ring);
+	return n;
+}
+
+/*
+ * Lock held, before the thread sleeps: ask for a kick at each queue's next
+ * entry (EVENT_IDX).  True when entries came meanwhile (take them first:
+ * the guest may not kick for them).
+ */
+static bool vblk_arm_kicks(struct virtio_blk *b)
+{
+	bool pending = false;
+
+	for (uint16_t q = 0; vblk_queues_open(b) && q < b->nqueues; q++) {
+		struct virtqueue *vq = &b->vq[q];
+
+		pending |= vq_arm_kick(vq);
+		if (vq->event_idx && vq->size)
+			vblk_mark(b, vq->used_gpa, vq_used_bytes(vq));
+	}
+	return pending;
+}
+
+/* Lock held, polling: anything to do (a request, a completion, a wake-up)? */
+static bool vblk_has_work(struct virtio_blk *b)
+{
+	if (b->stop || atomic_exchange(&b->woken, false))
+		return true;
+	if (b->ring_ready && io_uring_cq_ready(&b->ring))
+		return true;
+	for (uint16_t q = 0; vblk_queues_open(b) && q < b->nqueues; q++)
+		if (vq_avail_pending(&b->vq[q]))
+			return true;
+	return false;
 }
 
 /* ---- the I/O thread ---- */
@@ -376,11 +451,86 @@ static void vblk_drain_fd(int fd)
 		;
 }
 
+/* Lock held on entry and return: sleep until a kick, a completion or a wake-up. */
+static void vblk_sleep(struct virtio_blk *b, struct pollfd *fds, unsigned nfds)
+{
+	pthread_mutex_unlock(&b->lock);
+	if (atomic_load(&b->mig.pc_active))
+		blkmig_send_requests(b); /* outside the lock: it writes to the source */
+	if (poll(fds, nfds, -1) < 0 && errno != EINTR)
+		log_warn("%s: poll: %s", b->name, strerror(errno));
+	for (unsigned i = 0; i < nfds; i++)
+		if (fds[i].revents & POLLIN)
+			vblk_drain_fd(fds[i].fd);
+	atomic_store(&b->woken, false);
+	pthread_mutex_lock(&b->lock);
+}
+
+/*
+ * Lock held on entry and return: one look without sleeping (the polling
+ * window).  True when there is something to do.
+ */
+static bool vblk_poll_once(struct virtio_blk *b)
+{
+	pthread_mutex_unlock(&b->lock);
+	if (atomic_load(&b->mig.pc_active))
+		blkmig_send_requests(b);
+	pthread_mutex_lock(&b->lock);
+	return vblk_has_work(b);
+}
+
+/*
+ * The loop: reap completions, take requests; then, for poll_ns after the
+ * last request or completion, look again without sleeping - the kicks stay
+ * unarmed meanwhile, so a guest with EVENT_IDX does not exit to notify -
+ * and only then arm the kicks and sleep in poll().  It does not look while
+ * requests are in flight on io_uring: its worker threads need the CPU this
+ * loop would take from them (two cores: a spinning vCPU and this thread
+ * already fill them), and their completion wakes the thread anyway.
+ *
+ * Polling pays only while the guest's vCPU runs on another core than this
+ * thread; sharing one, the vCPU cannot submit while this thread looks, and
+ * every window ends empty.  After VBLK_POLL_MISSES empty windows in a row
+ * the thread stops looking for VBLK_POLL_BACKOFF_NS, then tries again.
+ */
+#define VBLK_POLL_MISSES 8u
+#define VBLK_POLL_BACKOFF_NS 20000000ull
+
+/* The polling window's state (the I/O thread's own). */
+struct vblk_poll {
+	uint64_t last_work_ns; /* the last request or completion */
+	uint64_t off_until_ns; /* backing off until then */
+	unsigned misses;       /* empty windows in a row */
+	bool looking;          /* in a window now */
+};
+
+/* Lock held: whether to look once more instead of sleeping. */
+static bool vblk_poll_now(struct virtio_blk *b, struct vblk_poll *p)
+{
+	uint64_t now;
+
+	if (!b->poll_ns || b->in_flight)
+		return false;
+	now = clock_monotonic_ns();
+	if (now < p->off_until_ns)
+		return false;
+	if (now - p->last_work_ns < b->poll_ns) {
+		p->looking = true;
+		return true;
+	}
+	if (p->looking && ++p->misses >= VBLK_POLL_MISSES) {
+		p->off_until_ns = now + VBLK_POLL_BACKOFF_NS;
+		p->misses = 0;
+	}
+	p->looking = false;
+	return false;
+}
 static void *vblk_thread(void *arg)
 {
 	struct virtio_blk *b = arg;
 	struct pollfd fds[2 + VIRTIO_MMIO_MAX_QUEUES];
 	unsigned nfds = 0;
+	struct vblk_poll p = { 0 };
 
 	pthread_setname_np(pthread_self(), b->name);
 	fds[nfds++] = (struct pollfd){ .fd = b->ctl_efd, .events = POLLIN };
@@ -389,17 +539,15 @@ static void *vblk_thread(void *arg)
 		fds[nfds++] = (struct pollfd){ .fd = b->mmio.kick_fd[q], .events = POLLIN };
 	pthread_mutex_lock(&b->lock);
 	while (!b->stop || b->in_flight) {
-		pthread_mutex_unlock(&b->lock);
-		if (atomic_load(&b->mig.pc_active))
-			blkmig_send_requests(b); /* outside the lock: it writes to the source */
-		if (poll(fds, nfds, -1) < 0 && errno != EINTR)
-			log_warn("%s: poll: %s", b->name, strerror(errno));
-		for (unsigned i = 0; i < nfds; i++)
-			if (fds[i].revents & POLLIN)
-				vblk_drain_fd(fds[i].fd);
-		pthread_mutex_lock(&b->lock);
-		vblk_reap(b);
-		vblk_process(b);
+		if (vblk_poll_now(b, &p)) {
+			if (!vblk_poll_once(b))
+				continue;
+			p.misses = 0; /* found something while looking */
+		} else if (!vblk_arm_kicks(b)) {
+			vblk_sleep(b, fds, nfds);
+		}
+		if (vblk_reap(b) + vblk_process(b))
+			p.last_work_ns = clock_monotonic_ns();
 	}
 	pthread_mutex_unlock(&b->lock);
 	return NULL;
@@ -681,6 +829,8 @@ int virtio_blk_create(struct vm *vm, const struct virtio_blk_opts *opts, unsigne
 	b->opts = *opts;
 	b->fd = b->ring_efd = b->ctl_efd = -1;
 	b->paused = true; /* until the VM first runs */
+	b->inline_reads = true;
+	b->poll_ns = (uint64_t)opts->poll_us * 1000;
 	b->nqueues = (uint16_t)(vm_nvcpus(vm) < VIRTIO_MMIO_MAX_QUEUES ? vm_nvcpus(vm)
 								     : VIRTIO_MMIO_MAX_QUEUES);
 	b->guest = (struct vq_guest){ .host = ram->host, .gpa = ram->gpa, .bytes = ram->bytes };

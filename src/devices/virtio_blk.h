@@ -35,6 +35,13 @@ struct virtio_blk_opts {
 	bool readonly;
 	bool incoming;  /* a storage migration's destination: receives the source's data */
 	/*
+	 * How long the I/O thread keeps looking at the queues after its last
+	 * request before it sleeps and waits for a kick (poll-us=, 0..1000;
+	 * default VIRTIO_BLK_POLL_US_DEFAULT): while it looks the guest need
+	 * not kick, which costs a VM exit and a wake-up per request.
+	 */
+	uint32_t poll_us;
+	/*
 	 * Not an option: set on a live update's new process, whose disk file
 	 * comes open over the cpr channel (the state's cpr_take_fds), so
 	 * virtio_blk_create opens nothing.
@@ -42,10 +49,13 @@ struct virtio_blk_opts {
 	bool cpr_inherit;
 };
 
+#define VIRTIO_BLK_POLL_US_DEFAULT 50u
+#define VIRTIO_BLK_POLL_US_MAX 1000u
+
 /*
- * Parse "file=PATH[,readonly=on|off][,incoming=on|off]" into @out.  0, or
- * -EINVAL with a message in @err (unknown or repeated key, no file, a bad
- * value, readonly=on with incoming=on).
+ * Parse "file=PATH[,readonly=on|off][,incoming=on|off][,poll-us=N]" into
+ * @out.  0, or -EINVAL with a message in @err (unknown or repeated key, no
+ * file, a bad value, readonly=on with incoming=on).
  */
 int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *err,
 			  size_t errlen);

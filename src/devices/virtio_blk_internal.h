@@ -9,6 +9,7 @@
 
 #include <liburing.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/uio.h>
 
 #include "devices/blk_migrate.h"
@@ -70,6 +71,10 @@ struct virtio_blk {
 	struct vblk_stats st;
 	struct blkmig mig;             /* storage migration (blk_migrate.h); its bitmap
 				        * pointer under the lock */
+
+	bool inline_reads;             /* cached reads done on the I/O thread (RWF_NOWAIT) */
+	uint64_t poll_ns;              /* opts.poll_us: look this long after the last request */
+	atomic_bool woken;             /* vblk_wake was called: the polling loop looks */
 
 	struct io_uring ring;
 	bool ring_ready;

@@ -51,19 +51,42 @@ static int vblk_parse_bool(const char *s, size_t n, bool *v)
 	return -EINVAL;
 }
 
+/* poll-us=N: 0..VIRTIO_BLK_POLL_US_MAX, decimal. */
+static int vblk_parse_poll_us(const char *v, size_t vlen, uint32_t *out, char *err,
+			      size_t errlen)
+{
+	uint32_t n = 0;
+
+	for (size_t i = 0; i < vlen && n <= VIRTIO_BLK_POLL_US_MAX; i++) {
+		if (v[i] < '0' || v[i] > '9') {
+			n = VIRTIO_BLK_POLL_US_MAX + 1;
+			break;
+		}
+		n = n * 10 + (uint32_t)(v[i] - '0');
+	}
+	if (vlen == 0 || n > VIRTIO_BLK_POLL_US_MAX) {
+		snprintf(err, errlen, "poll-us=%.*s: microseconds, 0 to %u", (int)vlen, v,
+			 VIRTIO_BLK_POLL_US_MAX);
+		return -EINVAL;
+	}
+	*out = n;
+	return 0;
+}
+
 /* One key=value of --disk into @out; @seen: the keys given so far (bits). */
 static int vblk_parse_key(const char *k, size_t klen, const char *v, size_t vlen,
 			  struct virtio_blk_opts *out, unsigned *seen, char *err, size_t errlen)
 {
-	static const char *const keys[] = { "file", "readonly", "incoming" };
+	static const char *const keys[] = { "file", "readonly", "incoming", "poll-us" };
+	const unsigned nkeys = sizeof(keys) / sizeof(keys[0]);
 	unsigned i;
 
-	for (i = 0; i < 3; i++)
+	for (i = 0; i < nkeys; i++)
 		if (strlen(keys[i]) == klen && !strncmp(k, keys[i], klen))
 			break;
-	if (i == 3 || (*seen & (1u << i))) {
-		snprintf(err, errlen, "%s key '%.*s' (known: file, readonly, incoming)",
-			 i == 3 ? "unknown" : "repeated", (int)klen, k);
+	if (i == nkeys || (*seen & (1u << i))) {
+		snprintf(err, errlen, "%s key '%.*s' (known: file, readonly, incoming, poll-us)",
+			 i == nkeys ? "unknown" : "repeated", (int)klen, k);
 		return -EINVAL;
 	}
 	*seen |= 1u << i;
@@ -76,6 +99,8 @@ static int vblk_parse_key(const char *k, size_t klen, const char *v, size_t vlen
 		memcpy(out->path, v, vlen);
 		return 0;
 	}
+	if (i == 3)
+		return vblk_parse_poll_us(v, vlen, &out->poll_us, err, errlen);
 	if (vblk_parse_bool(v, vlen, i == 1 ? &out->readonly : &out->incoming)) {
 		snprintf(err, errlen, "%s=%.*s: on or off", keys[i], (int)vlen, v);
 		return -EINVAL;
@@ -90,6 +115,7 @@ int virtio_blk_parse_opts(const char *spec, struct virtio_blk_opts *out, char *e
 	unsigned seen = 0;
 
 	memset(out, 0, sizeof(*out));
+	out->poll_us = VIRTIO_BLK_POLL_US_DEFAULT;
 	while (*p) {
 		const char *comma = strchr(p, ',');
 		size_t len = comma ? (size_t)(comma - p) : strlen(p);

@@ -148,6 +148,11 @@ bool vq_arm_kick(struct virtqueue *vq)
 	       vq->last_avail;
 }
 
+bool vq_avail_pending(const struct virtqueue *vq)
+{
+	return vq->size && vq_load16(vq->avail + 2) != vq->last_avail;
+}
+
 uint64_t vq_used_bytes(const struct virtqueue *vq)
 {
 	return VIRTQ_USED_BYTES(vq->size);

@@ -89,6 +89,9 @@ void vq_push(struct virtqueue *vq, uint16_t head, uint32_t len);
  */
 bool vq_arm_kick(struct virtqueue *vq);
 
+/* Whether the guest made entries available that vq_pop has not taken. */
+bool vq_avail_pending(const struct virtqueue *vq);
+
 /* Guest-physical range of the used ring, for dirty logging. */
 uint64_t vq_used_bytes(const struct virtqueue *vq);
 

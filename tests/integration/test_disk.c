@@ -51,8 +51,10 @@
 struct dk {
 	char path[HARNESS_PATH_BYTES];
 	char arg[HARNESS_PATH_BYTES + 8];     /* file=PATH */
+	char arg_nopoll[HARNESS_PATH_BYTES + 24]; /* file=PATH,poll-us=0 */
 	const char *opts[4];                  /* --disk file=PATH [--postcopy] */
 	const char *opts_postcopy[4];
+	const char *opts_nopoll[3];           /* --disk file=PATH,poll-us=0 */
 };
 
 static void dk_make(struct dk *d)
@@ -65,6 +67,10 @@ static void dk_make(struct dk *d)
 	assert_int_equal(ftruncate(fd, DK_DISK_BYTES), 0);
 	close(fd);
 	snprintf(d->arg, sizeof(d->arg), "file=%s", d->path);
+	snprintf(d->arg_nopoll, sizeof(d->arg_nopoll), "file=%s,poll-us=0", d->path);
+	d->opts_nopoll[0] = "--disk";
+	d->opts_nopoll[1] = d->arg_nopoll;
+	d->opts_nopoll[2] = NULL;
 	d->opts[0] = d->opts_postcopy[0] = "--disk";
 	d->opts[1] = d->opts_postcopy[1] = d->arg;
 	d->opts[2] = NULL;
@@ -102,7 +108,10 @@ static void dk_migrate(enum dk_mode mode)
 	struct dk d;
 
 	dk_make(&d);
-	migtest_spawn_extra(&src, DK_MEM, DK_VCPUS, DK_GUEST, NULL, d.opts);
+	/* Precopy: the source's disk thread never polls (every request a kick),
+	 * the destination's does (the default). */
+	migtest_spawn_extra(&src, DK_MEM, DK_VCPUS, DK_GUEST, NULL,
+			    mode == DK_PRECOPY ? d.opts_nopoll : d.opts);
 	migtest_spawn_incoming_extra(&dst, DK_MEM, DK_VCPUS, true,
 				     postcopy ? d.opts_postcopy : d.opts, uri, sizeof(uri));
 	assert_int_equal(harness_wait_passes(&src, 2, 30000), 0);
@@ -386,6 +395,10 @@ static void test_disk_errors(void **state)
 		{ "readonly=on", "file=PATH is required", 2 },
 		{ "file=/tmp/x,readonly=maybe", "readonly=maybe: on or off", 2 },
 		{ "file=/tmp/x,file=/tmp/y", "repeated key 'file'", 2 },
+		{ "file=/tmp/x,poll-us=1001", "poll-us=1001: microseconds, 0 to 1000", 2 },
+		{ "file=/tmp/x,poll-us=5ms", "poll-us=5ms: microseconds, 0 to 1000", 2 },
+		{ "file=/tmp/x,poll-us=", "poll-us=: microseconds, 0 to 1000", 2 },
+		{ "file=/tmp/x,poll-us=99999999999999999999", "microseconds, 0 to 1000", 2 },
 		{ "file=/dev/null", "neither a regular file nor a block device", 1 },
 	};
 
