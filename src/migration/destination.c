@@ -602,7 +602,8 @@ static int mig_dst_ping(void *opaque, uint32_t id)
 	struct mig_dst *d = ((struct mig_dst_chan *)opaque)->d;
 	int r = -EPIPE;
 
-	d->discard_ns = d->discard_pages = 0; /* what follows is inside the pause */
+	/* what follows is inside the pause */
+	d->discard_ns = d->discard_pages = d->sections_ns = 0;
 	if (d->pd && !atomic_load(&d->run_at_ns)) {
 		/*
 		 * The source stops its guest once this is answered: finish
