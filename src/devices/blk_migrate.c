@@ -33,6 +33,8 @@
 #include "migration/state.h"
 #include "util/log.h"
 
+_Static_assert(BLKMIG_SETUP_ID_BYTES == VIRTIO_BLK_ID_BYTES, "SETUP carries a GET_ID id");
+
 /* ---- the parts ---- */
 
 static void blkmig_put(uint8_t *p, uint64_t v, unsigned n)
@@ -66,12 +68,12 @@ uint64_t blkmig_range_bytes(const struct blkmig_geom *g, uint64_t first, uint64_
 	return (end > g->disk_bytes ? g->disk_bytes : end) - start;
 }
 
-static int blkmig_parse_setup(uint32_t a, uint64_t b, uint64_t c, uint32_t len,
-			      struct blkmig_part *out, char *err, size_t errlen)
+static int blkmig_parse_setup(const uint8_t *p, uint32_t a, uint64_t b, uint64_t c,
+			      uint32_t len, struct blkmig_part *out, char *err, size_t errlen)
 {
-	if (len != BLKMIG_HEAD_BYTES) {
-		snprintf(err, errlen, "a setup part of %u bytes, expected %u", len,
-			 BLKMIG_HEAD_BYTES);
+	if (len != BLKMIG_HEAD_BYTES && len != BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES) {
+		snprintf(err, errlen, "a setup part of %u bytes, expected %u or %u", len,
+			 BLKMIG_HEAD_BYTES, BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES);
 		return -EBADMSG;
 	}
 	if (a < BLKMIG_MIN_BLOCK_BYTES || a > BLKMIG_MAX_BLOCK_BYTES || (a & (a - 1))) {
@@ -85,6 +87,7 @@ static int blkmig_parse_setup(uint32_t a, uint64_t b, uint64_t c, uint32_t len,
 		return -EBADMSG;
 	}
 	out->geom = (struct blkmig_geom){ .block_bytes = a, .disk_bytes = b, .nblocks = c };
+	out->id = len > BLKMIG_HEAD_BYTES ? p + BLKMIG_HEAD_BYTES : NULL;
 	return 0;
 }
 
@@ -113,7 +116,7 @@ int blkmig_part_parse(const uint8_t *p, uint32_t len, const struct blkmig_geom *
 			snprintf(err, errlen, "a second setup part");
 			return -EBADMSG;
 		}
-		return blkmig_parse_setup((uint32_t)a, b, c, len, out, err, errlen);
+		return blkmig_parse_setup(p, (uint32_t)a, b, c, len, out, err, errlen);
 	}
 	if (!geom) {
 		snprintf(err, errlen, "a block part before the setup part");
@@ -370,7 +373,7 @@ int blkmig_save_setup(struct virtio_blk *b, struct mig_save *sv, uint32_t instan
 	const struct blkmig_geom *g = &bm->geom;
 	uint64_t words = (g->nblocks + 63) / 64;
 	_Atomic uint64_t *dirty = calloc(words, sizeof(*dirty));
-	uint8_t head[BLKMIG_HEAD_BYTES];
+	uint8_t head[BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES];
 
 	if (!bm->buf)
 		bm->buf = malloc(BLKMIG_HEAD_BYTES + BLKMIG_PART_MAX_DATA);
@@ -393,6 +396,8 @@ int blkmig_save_setup(struct virtio_blk *b, struct mig_save *sv, uint32_t instan
 	atomic_store(&bm->dirty_bytes, g->disk_bytes);
 	atomic_store(&bm->migrating, true);
 	blkmig_put_head(head, BLKMIG_SETUP, g->block_bytes, g->disk_bytes, g->nblocks);
+	/* The id goes along: the guest's disk keeps its serial on NEW. */
+	memcpy(head + BLKMIG_HEAD_BYTES, b->id, BLKMIG_SETUP_ID_BYTES);
 	return mig_save_part(sv, instance, head, sizeof(head));
 }
 
@@ -731,6 +736,9 @@ static int blkmig_load_setup(struct virtio_blk *b, const struct blkmig_part *pt,
 		return -ENOMEM;
 	bm->geom = pt->geom;
 	bm->got_setup = true;
+	bm->has_src_id = pt->id != NULL;
+	if (pt->id)
+		memcpy(bm->src_id, pt->id, BLKMIG_SETUP_ID_BYTES);
 	if (!bm->wb)
 		blkmig_wb_create(bm);
 	atomic_store(&bm->nreceived, 0);
@@ -884,6 +892,11 @@ int blkmig_load_complete(struct virtio_blk *b, unsigned index, char *err, size_t
 		snprintf(err, errlen, "disk %u (%s) is incoming=on but the stream carries no blocks "
 			 "(migrate the source with --storage)", index, b->opts.path);
 		return -ENODATA;
+	}
+	if (bm->has_src_id) { /* before the guest runs here: GET_ID answers the source's id */
+		pthread_mutex_lock(&b->lock);
+		memcpy(b->id, bm->src_id, BLKMIG_SETUP_ID_BYTES);
+		pthread_mutex_unlock(&b->lock);
 	}
 	missing = bm->geom.nblocks - atomic_load(&bm->nreceived);
 	if (bm->postcopy_in)

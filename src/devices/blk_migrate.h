@@ -52,6 +52,7 @@ struct json_object;
  */
 #define BLKMIG_BLOCK_BYTES (64u * 1024u)
 #define BLKMIG_HEAD_BYTES 24u
+#define BLKMIG_SETUP_ID_BYTES 20u /* SETUP may carry the source's disk id after its head */
 #define BLKMIG_MIN_BLOCK_BYTES 4096u
 #define BLKMIG_MAX_BLOCK_BYTES (1u << 19)
 /* Data bytes in one DATA part: with its head, within VMSTATE_SECTION_MAX_BYTES. */
@@ -81,6 +82,7 @@ struct blkmig_geom {
 struct blkmig_part {
 	enum blkmig_kind kind;
 	struct blkmig_geom geom;    /* SETUP */
+	const uint8_t *id;          /* SETUP: the source disk's id (GET_ID), or NULL */
 	uint64_t first, nblocks;    /* DATA, ZERO */
 	const uint8_t *data;        /* DATA: into the part */
 	uint32_t data_bytes;
@@ -127,6 +129,8 @@ struct blkmig {
 	_Atomic uint64_t *received;
 	_Atomic uint64_t nreceived;
 	bool got_setup;
+	bool has_src_id;                /* SETUP carried the source disk's id: */
+	uint8_t src_id[BLKMIG_SETUP_ID_BYTES]; /* the disk answers GET_ID with it */
 	bool settle;                    /* every block in, fdatasync still to do */
 	struct blkmig_wb *wb;           /* load thread: write-behind (blk_migrate.c), or NULL */
 	bool postcopy_in;               /* POSTCOPY seen: the rest comes after RUN */

@@ -153,6 +153,7 @@ static struct json_object *vblk_query_one(struct virtio_blk *b)
 	json_object_object_add(o, "device", json_object_new_string(b->name));
 	json_object_object_add(o, "file", json_object_new_string(b->opts.path));
 	json_object_object_add(o, "size", json_object_new_uint64(b->bytes));
+	json_object_object_add(o, "id", json_object_new_string_len(b->id, (int)strnlen(b->id, sizeof(b->id))));
 	json_object_object_add(o, "read-only", json_object_new_boolean(b->opts.readonly));
 	json_object_object_add(o, "discard", json_object_new_boolean(b->can_punch));
 	json_object_object_add(o, "mmio-gpa", json_object_new_uint64(b->mmio_gpa));

@@ -235,9 +235,21 @@ static void st_expect_disk_figures(struct json_object *q, bool busy)
 		assert_true(harness_json_int(d, "blocks-dirtied") > 0);
 }
 
-static void st_expect_incoming_block(struct harness_vm *dst)
+/* query-block's disk 0 "id" on @vm (GET_ID's answer) into @out. */
+static void st_disk_id(struct harness_vm *vm, char *out, size_t len)
+{
+	struct json_object *q = NULL;
+
+	assert_int_equal(harness_call(vm, "query-block", NULL, &q), 0);
+	snprintf(out, len, "%s", harness_json_str(json_object_array_get_idx(q, 0), "id"));
+	json_object_put(q);
+}
+
+/* NEW received and settled, and answers GET_ID with the source disk's id. */
+static void st_expect_incoming_block(struct harness_vm *src, struct harness_vm *dst)
 {
 	struct json_object *q = NULL, *b0;
+	char src_id[64], dst_id[64];
 
 	assert_int_equal(harness_call(dst, "query-block", NULL, &q), 0);
 	b0 = json_object_array_get_idx(q, 0);
@@ -245,6 +257,10 @@ static void st_expect_incoming_block(struct harness_vm *dst)
 	assert_true(json_object_get_boolean(json_object_object_get(b0, "incoming")));
 	assert_false(json_object_get_boolean(json_object_object_get(b0, "migrating")));
 	json_object_put(q);
+	st_disk_id(src, src_id, sizeof(src_id));
+	st_disk_id(dst, dst_id, sizeof(dst_id));
+	assert_true(strncmp(src_id, "disk", 4) == 0); /* the source file's name */
+	assert_string_equal(dst_id, src_id);
 }
 
 enum st_mode { ST_PRECOPY = 1, ST_HYBRID, ST_POSTCOPY, ST_RECOVER };
@@ -379,7 +395,7 @@ static void st_migrate_mode(enum st_mode mode, const char *guest, bool busy)
 	st_expect_disk_figures(q, busy);
 	json_object_put(q);
 	migtest_wait_migration_status(&dst, "completed");
-	st_expect_incoming_block(&dst);
+	st_expect_incoming_block(&src, &dst);
 	st_expect_dst_figures(&dst, mode == ST_POSTCOPY);
 	/* The source is paused for good: its disk is what moved. */
 	st_expect_same(s->src, s->dst, ST_SPAN, ST_DISK_BYTES);

@@ -44,6 +44,11 @@ static void test_valid_parts(void **state)
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, NULL, &pt), 0);
 	assert_int_equal(pt.kind, BLKMIG_SETUP);
 	assert_int_equal(pt.geom.nblocks, 11);
+	assert_null(pt.id);
+	/* With the source disk's id after the head. */
+	memcpy(p + BLKMIG_HEAD_BYTES, "disk-0\0\0\0\0\0\0\0\0\0\0\0\0\0", BLKMIG_SETUP_ID_BYTES);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES, NULL, &pt), 0);
+	assert_ptr_equal(pt.id, p + BLKMIG_HEAD_BYTES);
 	blkmig_put_head(p, BLKMIG_DATA, 0, 3, 2);
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + 2 * T_BS, &t_geom, &pt), 0);
 	assert_int_equal(pt.first, 3);
@@ -86,7 +91,7 @@ static void test_bad_setup(void **state)
 		{ T_BS, T_DISK, 12 },
 		{ T_BS, UINT64_MAX - 511, UINT64_MAX / T_BS }, /* overflows */
 	};
-	uint8_t p[BLKMIG_HEAD_BYTES + 1] = { 0 };
+	uint8_t p[BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES + 1] = { 0 };
 	struct blkmig_part pt;
 
 	(void)state;
@@ -96,6 +101,11 @@ static void test_bad_setup(void **state)
 	}
 	blkmig_put_head(p, BLKMIG_SETUP, T_BS, T_DISK, 11);
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + 1, NULL, &pt), -EBADMSG); /* trailing */
+	/* an id of any other length */
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES - 1, NULL, &pt),
+			 -EBADMSG);
+	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES + BLKMIG_SETUP_ID_BYTES + 1, NULL, &pt),
+			 -EBADMSG);
 	assert_int_equal(t_parse(p, BLKMIG_HEAD_BYTES, &t_geom, &pt), -EBADMSG);  /* a second */
 }
 
