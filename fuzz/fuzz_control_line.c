@@ -12,10 +12,12 @@
  * validation, and only once the session has negotiated.  The handlers echo
  * the client's bytes back (the arguments, the command name in errors) and
  * one reports raw bytes of the input as its error, as a handler passing on
- * a peer's text would.
+ * a peer's text would.  An input's replies are checked once each: a repeat
+ * is the same bytes, so it would get the same verdict.
  */
 #include <assert.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -107,12 +109,77 @@ static const struct control_command fuzz_cmds[] = {
 	{ "fail", fuzz_cmd_fail, NULL, NULL, NULL },
 };
 
+/*
+ * The replies of the current input already checked, by content.  An input
+ * repeats lines and errors repeat replies: about 7 in 10 replies are
+ * byte-for-byte ones checked earlier in the same input.  The checks depend on
+ * the bytes alone, so a repeat needs none; the memory is per input, so what a
+ * run covers does not depend on the inputs run before it.  Not instrumented:
+ * libFuzzer should not keep inputs for what they do to this bookkeeping.
+ */
+#define FUZZ_SEEN_SLOTS 1024u           /* a power of two */
+#define FUZZ_SEEN_MAX_BYTES (1u << 20)  /* copies kept per input */
+
+struct fuzz_seen_slot {
+	uint64_t hash;
+	size_t off, len;   /* of the copy in fuzz_seen_bytes */
+	uint64_t input;    /* fuzz_input when filled; otherwise empty */
+};
+
+static struct fuzz_seen_slot fuzz_seen[FUZZ_SEEN_SLOTS];
+static char *fuzz_seen_bytes;
+static size_t fuzz_seen_len;
+static uint64_t fuzz_input; /* counts inputs, so no slot needs clearing */
+
+__attribute__((noinline, no_sanitize("coverage")))
+static uint64_t fuzz_hash(const char *s, size_t n)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+
+	for (; n >= 8; s += 8, n -= 8) {
+		memcpy(&w, s, 8);
+		h = (h ^ w) * 0x100000001b3ull;
+		h ^= h >> 29;
+	}
+	w = 0;
+	memcpy(&w, s, n);
+	return (h ^ w) * 0x100000001b3ull;
+}
+
+/* True when @reply was checked before in this input; otherwise remembers it. */
+__attribute__((noinline, no_sanitize("coverage")))
+static bool fuzz_reply_seen(const char *reply, size_t len)
+{
+	uint64_t h = fuzz_hash(reply, len);
+	struct fuzz_seen_slot *slot;
+
+	for (size_t i = 0;; i++) {
+		if (i == FUZZ_SEEN_SLOTS)
+			return false; /* full: check it, do not remember it */
+		slot = &fuzz_seen[(h + i) & (FUZZ_SEEN_SLOTS - 1)];
+		if (slot->input != fuzz_input)
+			break;
+		if (slot->hash == h && slot->len == len &&
+		    memcmp(fuzz_seen_bytes + slot->off, reply, len) == 0)
+			return true;
+	}
+	if (!fuzz_seen_bytes)
+		fuzz_seen_bytes = malloc(FUZZ_SEEN_MAX_BYTES);
+	if (!fuzz_seen_bytes || len > FUZZ_SEEN_MAX_BYTES - fuzz_seen_len)
+		return false;
+	memcpy(fuzz_seen_bytes + fuzz_seen_len, reply, len);
+	*slot = (struct fuzz_seen_slot){ .hash = h, .off = fuzz_seen_len, .len = len,
+					 .input = fuzz_input };
+	fuzz_seen_len += len;
+	return false;
+}
+
 static void fuzz_check_reply(const struct control_dispatch *res)
 {
 	struct json_object *o;
 	char why[CONTROL_ERROR_DESC_BYTES];
 
-	if (!res->reply)
+	if (!res->reply || fuzz_reply_seen(res->reply, res->reply_len_bytes))
 		return;
 	assert(res->reply_len_bytes > 0 && res->reply[res->reply_len_bytes - 1] == '\n');
 	assert(memchr(res->reply, '\n', res->reply_len_bytes - 1) == NULL);
@@ -133,6 +200,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	fuzz_data = data;
 	fuzz_size = size;
+	fuzz_input++;
+	fuzz_seen_len = 0;
 	/* Half the inputs start negotiated, so commands are reached without it. */
 	fuzz_session.negotiated = size > 0 && (data[0] & 2);
 	/* A small limit as well as the real one, so the overflow path is hit. */
